@@ -1,0 +1,36 @@
+# t2i-align on NVIDIA GPUs: a cargo build, then a CUDA runtime image with onnxruntime-gpu from PyPI.
+# No Docker engine runs on the development machines, so this file is kept correct by review, not by a build.
+#
+#   docker build -t t2i-align .
+#   docker run --gpus all -p 8080:8080 -v /path/to/sd15-onnx:/model t2i-align serve --device cuda
+#
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock rustfmt.toml ./
+COPY src ./src
+RUN cargo build --release --locked --bin t2i-align
+
+# onnxruntime-gpu 1.31.1 is built for CUDA 13 and cuDNN 9; its [cuda,cudnn] extras bring those runtime libraries
+# as wheels, so the base image only needs the driver interface.
+FROM nvidia/cuda:13.0.0-base-ubuntu24.04
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/ort \
+ && /opt/ort/bin/pip install --no-cache-dir "onnxruntime-gpu[cuda,cudnn]==1.31.1"
+# The CUDA execution provider finds libcudart, cuBLAS and cuDNN through the nvidia-* wheels' lib folders.
+RUN ldconfig_dirs=$(find /opt/ort/lib -path '*nvidia/*/lib' -type d | tr '\n' ':') \
+ && echo "export LD_LIBRARY_PATH=${ldconfig_dirs}" > /etc/profile.d/nvidia-wheels.sh \
+ && find /opt/ort/lib -path '*nvidia/*/lib' -type d > /etc/ld.so.conf.d/nvidia-wheels.conf \
+ && ldconfig
+ENV ORT_DYLIB_PATH=/opt/ort/lib/python3.12/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1 \
+    T2I_MODEL=/model \
+    T2I_HOST=0.0.0.0 \
+    T2I_PORT=8080 \
+    T2I_DEVICE=cuda
+COPY --from=build /src/target/release/t2i-align /usr/local/bin/t2i-align
+EXPOSE 8080
+VOLUME ["/model"]
+ENTRYPOINT ["t2i-align"]
+CMD ["serve"]

@@ -1,0 +1,94 @@
+# t2i-align: `make run` serves the default model on 127.0.0.1:8080; `make test` runs every test.
+# Everything installs into the project: .venv (ONNX Runtime's shared library, ruff, pytest) and cargo's target dir.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3
+VENV        ?= .venv
+ORT_VERSION := 1.31.1
+CARGO       ?= cargo
+# One profile for build, run, test and bench, so the dependencies compile once on a 2-core machine.
+CARGO_FLAGS ?= --release --locked
+BIN         := $(or $(CARGO_TARGET_DIR),target)/release/t2i-align
+MODEL       ?= models/tiny-sd
+HOST        ?= 127.0.0.1
+PORT        ?= 8080
+
+# Resolved when a recipe runs, after `venv` has installed the wheel. Set ORT_DYLIB_PATH to use another library.
+ORT_DYLIB_PATH ?= $(abspath $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION))))
+export ORT_DYLIB_PATH
+
+.PHONY: help venv venv-gpu build run test test-rust test-python test-trainer lint fmt openapi bench trainer-venv test-model clean
+
+help:
+	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
+	@echo "make test   - every test: cargo fmt/clippy, Rust unit+integration tests, ruff, pytest"
+	@echo "make bench  - /generate vs Optimum's ORTStableDiffusionPipeline, written to BENCHMARKS.md"
+	@echo "make venv-gpu - install onnxruntime-gpu==$(ORT_VERSION) instead (then run with DEVICE=cuda)"
+	@echo "make test-trainer - the trainer's tests that need torch (in .venv-trainer)"
+	@echo "make test-model - rebuild models/tiny-sd and tests/golden with the Python trainer (needs torch)"
+
+$(VENV)/.installed: requirements-runtime.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-runtime.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# The CUDA build of the same ONNX Runtime, with the CUDA 13 / cuDNN 9 runtime wheels it needs.
+venv-gpu: $(VENV)/.installed
+	$(VENV)/bin/pip uninstall --yes onnxruntime
+	$(VENV)/bin/pip install --quiet "onnxruntime-gpu[cuda,cudnn]==$(ORT_VERSION)"
+
+build:
+	$(CARGO) build $(CARGO_FLAGS)
+
+run: venv build
+	$(BIN) serve --model $(MODEL) --host $(HOST) --port $(PORT) --device $(or $(DEVICE),cpu)
+
+test: venv lint test-rust test-python
+
+lint: venv
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy $(CARGO_FLAGS) --all-targets -- -D warnings
+	$(VENV)/bin/ruff check trainer scripts
+	$(VENV)/bin/ruff format --check trainer scripts
+
+test-rust: venv
+	@test -f "$(ORT_DYLIB_PATH)" || { echo "ONNX Runtime library missing: run 'make venv'"; exit 1; }
+	$(CARGO) test $(CARGO_FLAGS) --all-targets
+
+# Tests that need torch/diffusers carry the trainer_env marker and run in `make test-trainer`.
+test-python: venv
+	cd trainer && ../$(VENV)/bin/pytest -q -m "not trainer_env" tests
+
+test-trainer: trainer-venv
+	cd trainer && ../.venv-trainer/bin/pytest -q tests
+
+fmt:
+	$(CARGO) fmt --all
+	$(VENV)/bin/ruff format trainer scripts
+
+# Regenerate the committed OpenAPI spec from the code.
+openapi: build
+	$(BIN) openapi > openapi/openapi.json
+
+# Optimum's pipeline needs torch and diffusers, so the benchmark runs in the trainer's environment.
+bench: trainer-venv build
+	.venv-trainer/bin/python scripts/bench.py --binary $(BIN) --model $(MODEL) --out BENCHMARKS.md
+
+# The trainer's own environment (PyTorch, diffusers, optimum-onnx). Only needed to rebuild models and goldens.
+trainer-venv: .venv-trainer/.installed
+.venv-trainer/.installed: trainer/requirements.txt
+	$(PYTHON) -m venv .venv-trainer
+	.venv-trainer/bin/pip install --quiet --disable-pip-version-check -r trainer/requirements.txt
+	touch $@
+
+test-model: trainer-venv
+	.venv-trainer/bin/python trainer/build_test_model.py --out models/tiny-sd
+	.venv-trainer/bin/python trainer/make_goldens.py --model models/tiny-sd --out tests/golden
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)

@@ -1,0 +1,191 @@
+"""Benchmark: one `/generate` of one 64x64 image with 20 DDIM steps through HTTP, against Optimum's
+ORTStableDiffusionPipeline doing the same, side by side in one run: same ONNX files, same onnxruntime version,
+same thread count. Writes BENCHMARKS.md.
+
+Run with `make bench` (it uses the trainer's environment, which has torch, diffusers and optimum-onnx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+PROMPT = "two blue stars on a white background"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--binary", default="target/release/t2i-align", help="the t2i-align binary")
+    parser.add_argument("--model", default="models/tiny-sd", help="an Optimum ONNX export folder")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads on both sides")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps per image")
+    parser.add_argument("--size", type=int, default=64, help="image width and height")
+    parser.add_argument("--runs", type=int, default=9, help="timed runs per side, after warm-up")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs per side")
+    parser.add_argument("--port", type=int, default=18080, help="loopback port for the server")
+    parser.add_argument("--out", default="BENCHMARKS.md", help="where to write the report")
+    return parser.parse_args()
+
+
+def ort_library() -> str:
+    import onnxruntime
+
+    capi = Path(onnxruntime.__file__).parent / "capi"
+    candidates = sorted(capi.glob("libonnxruntime.so*"))
+    if not candidates:
+        sys.exit(f"no libonnxruntime.so in {capi}")
+    return str(max(candidates, key=lambda p: len(p.name)))
+
+
+class RustServer:
+    def __init__(self, args: argparse.Namespace, library: str):
+        env = dict(os.environ, ORT_DYLIB_PATH=library, RUST_LOG="warn")
+        command = [
+            args.binary, "serve", "--model", args.model, "--host", "127.0.0.1", "--port", str(args.port),
+            "--intra-threads", str(args.threads), "--workers", "1",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        self.log: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.url = f"http://127.0.0.1:{args.port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                sys.exit("t2i-align exited:\n" + "".join(self.log))
+            try:
+                with urllib.request.urlopen(self.url + "/ready", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        sys.exit("t2i-align did not become ready")
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log.append(line)
+
+    def generate(self, steps: int, size: int, seed: int) -> tuple[float, dict]:
+        body = json.dumps({
+            "prompt": PROMPT, "n": 1, "steps": steps, "guidance_scale": 7.5, "scheduler": "ddim",
+            "seed": seed, "width": size, "height": size,
+        }).encode()  # fmt: skip
+        request = urllib.request.Request(
+            self.url + "/generate", data=body, headers={"Content-Type": "application/json"}
+        )
+        started = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=300) as response:
+            payload = json.loads(response.read())
+        return time.perf_counter() - started, payload
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def optimum_pipeline(model: str, threads: int):
+    import onnxruntime
+    from diffusers import DDIMScheduler
+    from optimum.onnxruntime import ORTStableDiffusionPipeline
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    pipe = ORTStableDiffusionPipeline.from_pretrained(
+        model, provider="CPUExecutionProvider", session_options=options
+    )
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_optimum(pipe, steps: int, size: int, seed: int) -> float:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
+    pipe(PROMPT, num_inference_steps=steps, guidance_scale=7.5, height=size, width=size, generator=generator)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    args = parse_args()
+    import onnxruntime
+    import torch
+
+    torch.set_num_threads(args.threads)
+    library = ort_library()
+    server = RustServer(args, library)
+    pipe = optimum_pipeline(args.model, args.threads)
+    try:
+        for seed in range(args.warmup):
+            server.generate(args.steps, args.size, seed)
+            run_optimum(pipe, args.steps, args.size, seed)
+        rust_seconds, python_seconds, outside_share, inference_ms = [], [], [], []
+        # Alternate the two sides so that any drift in the machine's speed hits both alike.
+        for seed in range(args.runs):
+            elapsed, payload = server.generate(args.steps, args.size, seed)
+            rust_seconds.append(elapsed)
+            inference = payload["timings"]["inference_ms"] / 1e3
+            inference_ms.append(payload["timings"]["inference_ms"])
+            outside_share.append((elapsed - inference) / elapsed)
+            python_seconds.append(run_optimum(pipe, args.steps, args.size, seed))
+    finally:
+        server.stop()
+
+    rust = statistics.median(rust_seconds)
+    python = statistics.median(python_seconds)
+    outside = statistics.median(outside_share)
+    ratio = rust / python
+    command = " ".join(["python", "scripts/bench.py"] + sys.argv[1:])
+    rows = "\n".join(
+        f"| {i} | {r * 1e3:.1f} | {p * 1e3:.1f} | {s * 100:.1f}% |"
+        for i, (r, p, s) in enumerate(zip(rust_seconds, python_seconds, outside_share, strict=True))
+    )
+    report = f"""# Benchmarks
+
+All figures are measured by `make bench` ({command}), in one run, side by side. Medians of {args.runs}
+runs after {args.warmup} warm-up runs per side.
+
+## Single-request latency: `/generate` vs Optimum's `ORTStableDiffusionPipeline`
+
+One {args.size}x{args.size} image, {args.steps} DDIM steps, guidance 7.5 (UNet at batch 2),
+model `{args.model}`. Both sides use the same ONNX files and onnxruntime {onnxruntime.__version__}
+(`{Path(library).name}`) on the CPU execution provider with {args.threads} intra-op threads. The Rust time
+is measured by the client around the whole HTTP request (JSON, PNG encoding and base64 included); the
+Python time around the pipeline call (PIL output).
+
+| side | median latency |
+|---|---|
+| t2i-align `/generate` over HTTP | {rust * 1e3:.1f} ms |
+| Optimum `ORTStableDiffusionPipeline` | {python * 1e3:.1f} ms |
+| **ratio Rust / Python** | **{ratio:.3f}x** (target <= 0.6x) |
+
+Share of the Rust request time spent outside ONNX Runtime `run` calls (client time minus the server's
+`inference_ms`, over client time): **{outside * 100:.1f}%** (target <= 10%). Median time inside `run`:
+{statistics.median(inference_ms):.1f} ms.
+
+| run | Rust ms | Python ms | Rust outside ORT |
+|---|---|---|---|
+{rows}
+
+Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()},
+torch {torch.__version__}.
+"""
+    Path(args.out).write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+//! The crate's one error type. Every module returns it, and `http::error` maps each kind to a status code in one
+//! place, so a handler can use `?` everywhere.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong, grouped by who must act: the caller (validation), the operator (model, runtime,
+/// configuration) or nobody (cancelled, overloaded).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is well-formed JSON but a field breaks a rule. `param` names the field.
+    #[error("{message}")]
+    Validation { message: String, param: Option<String> },
+
+    /// The body could not be read as the expected JSON at all.
+    #[error("{message}")]
+    InvalidRequest { message: String, param: Option<String> },
+
+    /// The bounded queue is full; the caller should retry after `retry_after_secs`.
+    #[error("the server is at capacity ({queued} requests queued, limit {limit}); retry after {retry_after_secs} s")]
+    Overloaded {
+        queued: usize,
+        limit: usize,
+        retry_after_secs: u64,
+    },
+
+    /// No such route or resource.
+    #[error("{0}")]
+    NotFound(String),
+
+    /// The models are not loaded and warmed yet, or the server is shutting down.
+    #[error("{0}")]
+    Unavailable(String),
+
+    /// The caller went away, or the work was cancelled before it finished.
+    #[error("the request was cancelled")]
+    Cancelled,
+
+    /// A file the model folder must contain is missing or unreadable.
+    #[error("model folder `{}`: {reason}", folder.display())]
+    Model { folder: PathBuf, reason: String },
+
+    /// ONNX Runtime could not be loaded or configured; the message says how to fix it.
+    #[error("{0}")]
+    Runtime(String),
+
+    /// ONNX Runtime failed while running a session.
+    #[error("inference failed in {component}: {message}")]
+    Inference { component: &'static str, message: String },
+
+    /// A bad command-line or environment configuration.
+    #[error("{0}")]
+    Config(String),
+
+    /// Something that should not happen; the message is for the logs.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn validation(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Validation {
+            message: message.into(),
+            param: Some(param.into()),
+        }
+    }
+
+    pub fn model(folder: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Model {
+            folder: folder.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A stable snake_case name of the kind, used as the `type` of the JSON error body and as a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Validation { .. } => "validation_error",
+            Error::InvalidRequest { .. } => "invalid_request",
+            Error::Overloaded { .. } => "overloaded",
+            Error::NotFound(_) => "not_found",
+            Error::Unavailable(_) => "unavailable",
+            Error::Cancelled => "cancelled",
+            Error::Model { .. } => "model_error",
+            Error::Runtime(_) => "runtime_error",
+            Error::Inference { .. } => "inference_error",
+            Error::Config(_) => "config_error",
+            Error::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The request field the error is about, when there is one.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            Error::Validation { param, .. } | Error::InvalidRequest { param, .. } => param.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

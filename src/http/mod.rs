@@ -1,0 +1,92 @@
+//! The HTTP surface (actix-web): routes, the error mapping, request metrics and the OpenAPI document.
+//! Knows nothing of ONNX Runtime; it talks to the `batching::Engine`.
+
+pub mod error;
+pub mod openapi;
+pub mod routes;
+pub mod schemas;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use actix_web::dev::{Server, Service};
+use actix_web::{web, App, HttpServer};
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::batching::Engine;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::pipeline::{ModelLimits, RequestLimits};
+use crate::runtime::ExecutionProvider;
+
+/// What exists once the models are loaded and warmed up.
+pub struct Serving {
+    pub engine: Engine,
+    pub provider: ExecutionProvider,
+    pub model_limits: ModelLimits,
+}
+
+pub struct AppState {
+    /// Empty while loading: `/ready` answers 503 and `/generate` too.
+    pub serving: OnceLock<Serving>,
+    pub metrics: Arc<Metrics>,
+    pub model_name: String,
+    /// The device asked for on the command line.
+    pub device: String,
+    pub limits: RequestLimits,
+}
+
+impl AppState {
+    pub fn serving(&self) -> Result<&Serving> {
+        self.serving
+            .get()
+            .ok_or_else(|| Error::Unavailable("the models are still loading; retry when /ready answers 200".into()))
+    }
+}
+
+pub struct HttpConfig {
+    pub host: String,
+    pub port: u16,
+    pub http_workers: usize,
+    pub max_body_bytes: usize,
+}
+
+/// Binds the listener and returns the server future (not yet awaited) with the port it bound.
+pub fn build_server(state: web::Data<AppState>, config: &HttpConfig) -> std::io::Result<(Server, u16)> {
+    let max_body_bytes = config.max_body_bytes;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::PayloadConfig::new(max_body_bytes))
+            .wrap_fn(|request, service| {
+                let started = Instant::now();
+                let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_string());
+                let method = request.method().to_string();
+                let state = request.app_data::<web::Data<AppState>>().cloned();
+                let response = service.call(request);
+                async move {
+                    let response = response.await?;
+                    let status = response.status().as_u16();
+                    let elapsed = started.elapsed();
+                    if let Some(state) = state {
+                        state.metrics.observe_http(&route, &method, status, elapsed);
+                    }
+                    tracing::info!(%method, %route, status, ms = elapsed.as_secs_f64() * 1e3, "request");
+                    Ok(response)
+                }
+            })
+            .service(routes::generate)
+            .service(routes::health)
+            .service(routes::ready)
+            .service(routes::metrics)
+            .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi::ApiDoc::openapi()))
+            .default_service(web::to(routes::not_found))
+    })
+    .workers(config.http_workers.max(1))
+    // A client that closes its side is gone: drop its request (and so cancel its work) instead of finishing it.
+    .h1_allow_half_closed(false)
+    .bind((config.host.as_str(), config.port))?;
+    let port = server.addrs().first().map_or(config.port, |addr| addr.port());
+    Ok((server.run(), port))
+}

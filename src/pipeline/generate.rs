@@ -1,0 +1,569 @@
+//! The Stable Diffusion denoising loop over three ONNX sessions: text encoder, UNet, VAE decoder.
+//!
+//! Classifier-free guidance runs in one UNet call at batch 2n (negatives first, as diffusers orders them).
+//! A `Pipeline` owns its sessions; because `Session::run` takes `&mut self`, one worker thread owns one pipeline.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ort::session::{Session, SessionInputValue, SessionOutputs};
+use ort::value::TensorRef;
+
+use crate::error::{Error, Result};
+use crate::pipeline::image::{encode_png, to_rgb8};
+use crate::pipeline::model::{ModelFolder, TEXT_ENCODER_ONNX, UNET_ONNX, VAE_DECODER_ONNX};
+use crate::pipeline::noise::NoiseSource;
+use crate::pipeline::request::{GenerateParams, ModelLimits};
+use crate::pipeline::scheduler::{self, SchedulerOptions};
+use crate::runtime::contract::{ElementType, SessionContract, TensorSpec};
+use crate::runtime::{ExecutionProvider, Runtime};
+
+/// Told about progress, and asked whether to stop, between denoising steps.
+pub trait Progress {
+    fn on_step(&mut self, _done: usize, _total: usize) {}
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// A `Progress` that reports nothing and never cancels.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// How long each stage took. `ort_run` sums the time inside ONNX Runtime `run` calls of all stages.
+#[derive(Debug, Clone, Default)]
+pub struct StageTimings {
+    pub text_encode: Duration,
+    pub denoise: Duration,
+    pub unet_steps: Vec<Duration>,
+    pub decode: Duration,
+    pub png_encode: Duration,
+    pub ort_run: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct GeneratedImage {
+    pub index: usize,
+    pub seed: u64,
+    pub width: usize,
+    pub height: usize,
+    pub png: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateOutput {
+    pub images: Vec<GeneratedImage>,
+    pub timings: StageTimings,
+    pub warnings: Vec<String>,
+}
+
+/// One ONNX session with the contract read from it.
+struct Component {
+    name: &'static str,
+    session: Session,
+    contract: SessionContract,
+}
+
+impl Component {
+    fn load(runtime: &mut Runtime, model: &ModelFolder, name: &'static str, relative: &str) -> Result<Self> {
+        let session = runtime.session(name, &model.onnx_path(relative))?;
+        let contract = SessionContract::read(name, &session)?;
+        Ok(Component {
+            name,
+            session,
+            contract,
+        })
+    }
+
+    fn run<'s>(
+        &'s mut self,
+        inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)>,
+        ort_time: &mut Duration,
+    ) -> Result<SessionOutputs<'s>> {
+        let started = Instant::now();
+        let name = self.name;
+        let outputs = self.session.run(inputs).map_err(|err| inference_error(name, err))?;
+        *ort_time += started.elapsed();
+        Ok(outputs)
+    }
+}
+
+fn inference_error(component: &'static str, err: ort::Error) -> Error {
+    Error::Inference {
+        component,
+        message: err.to_string(),
+    }
+}
+
+/// How the UNet wants its timestep: exporters disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimestepInput {
+    /// Optimum ≥1.24: one float for the whole batch.
+    FloatScalar,
+    /// `[B]` floats.
+    FloatBatch,
+    /// Legacy exports: `[B]` int64.
+    Int64Batch,
+    Int64Scalar,
+}
+
+impl TimestepInput {
+    fn from_spec(spec: &TensorSpec) -> Result<Self> {
+        match (spec.element, spec.rank()) {
+            (ElementType::Float32, 0) => Ok(TimestepInput::FloatScalar),
+            (ElementType::Float32, 1) => Ok(TimestepInput::FloatBatch),
+            (ElementType::Int64, 1) => Ok(TimestepInput::Int64Batch),
+            (ElementType::Int64, 0) => Ok(TimestepInput::Int64Scalar),
+            _ => Err(Error::Runtime(format!(
+                "the unet's timestep input is {}; supported: float32 scalar or [B], int64 scalar or [B]",
+                spec.describe()
+            ))),
+        }
+    }
+}
+
+/// The ONNX tensor names a Stable Diffusion export uses, with the variants we adapt to.
+struct Contract {
+    input_ids: String,
+    ids_int32: bool,
+    text_output: String,
+    sample: String,
+    timestep: String,
+    timestep_input: TimestepInput,
+    encoder_hidden_states: String,
+    unet_output: String,
+    latent_sample: String,
+    vae_output: String,
+}
+
+impl Contract {
+    fn read(text_encoder: &SessionContract, unet: &SessionContract, vae: &SessionContract) -> Result<Self> {
+        let input_ids = text_encoder.input("input_ids")?;
+        let ids_int32 = match input_ids.element {
+            ElementType::Int64 => false,
+            ElementType::Int32 => true,
+            _ => {
+                return Err(Error::Runtime(format!(
+                    "the text encoder's input is {}; expected int64 or int32 ids",
+                    input_ids.describe()
+                )))
+            }
+        };
+        text_encoder.reject_unknown_inputs(&["input_ids"])?;
+        unet.reject_unknown_inputs(&["sample", "timestep", "encoder_hidden_states"])?;
+        vae.reject_unknown_inputs(&["latent_sample"])?;
+        for spec in [
+            unet.input("sample")?,
+            unet.input("encoder_hidden_states")?,
+            vae.input("latent_sample")?,
+        ] {
+            if spec.element != ElementType::Float32 {
+                return Err(Error::Runtime(format!(
+                    "{} is not float32; float16 exports are not supported yet, export in float32",
+                    spec.describe()
+                )));
+            }
+        }
+        let timestep = unet.input("timestep")?;
+        Ok(Contract {
+            input_ids: input_ids.name.clone(),
+            ids_int32,
+            text_output: text_encoder.output_or_first("last_hidden_state")?.name.clone(),
+            sample: "sample".into(),
+            timestep: timestep.name.clone(),
+            timestep_input: TimestepInput::from_spec(timestep)?,
+            encoder_hidden_states: "encoder_hidden_states".into(),
+            unet_output: unet.output_or_first("out_sample")?.name.clone(),
+            latent_sample: "latent_sample".into(),
+            vae_output: vae.output_or_first("sample")?.name.clone(),
+        })
+    }
+}
+
+pub struct Pipeline {
+    model: Arc<ModelFolder>,
+    provider: ExecutionProvider,
+    text_encoder: Component,
+    unet: Component,
+    vae_decoder: Component,
+    contract: Contract,
+}
+
+impl Pipeline {
+    /// Creates the three sessions for `model` on the runtime's execution provider.
+    pub fn load(runtime: &mut Runtime, model: Arc<ModelFolder>) -> Result<Self> {
+        let text_encoder = Component::load(runtime, &model, "text_encoder", TEXT_ENCODER_ONNX)?;
+        let unet = Component::load(runtime, &model, "unet", UNET_ONNX)?;
+        let vae_decoder = Component::load(runtime, &model, "vae_decoder", VAE_DECODER_ONNX)?;
+        let contract = Contract::read(&text_encoder.contract, &unet.contract, &vae_decoder.contract)?;
+        Ok(Pipeline {
+            provider: runtime.provider(),
+            model,
+            text_encoder,
+            unet,
+            vae_decoder,
+            contract,
+        })
+    }
+
+    pub fn model(&self) -> &Arc<ModelFolder> {
+        &self.model
+    }
+
+    pub fn provider(&self) -> ExecutionProvider {
+        self.provider
+    }
+
+    pub fn limits(&self) -> ModelLimits {
+        ModelLimits {
+            size_multiple: self.model.size_multiple,
+            default_size: self.model.default_size,
+            default_scheduler: self.model.default_scheduler,
+        }
+    }
+
+    /// Says, in one line each, how this export's contract was read (for the start-up log).
+    pub fn describe_contract(&self) -> Vec<String> {
+        [&self.text_encoder, &self.unet, &self.vae_decoder]
+            .iter()
+            .map(|component| {
+                let specs =
+                    |specs: &[TensorSpec]| specs.iter().map(TensorSpec::describe).collect::<Vec<_>>().join(", ");
+                format!(
+                    "{}: inputs {} -> outputs {}",
+                    component.name,
+                    specs(&component.contract.inputs),
+                    specs(&component.contract.outputs)
+                )
+            })
+            .collect()
+    }
+
+    /// Generates `params.num_images` images. Starts from seeded noise (see `pipeline::noise`).
+    pub fn generate(&mut self, params: &GenerateParams, progress: &mut dyn Progress) -> Result<GenerateOutput> {
+        let latents = self.initial_latents(params);
+        self.generate_from_latents(params, latents, progress)
+    }
+
+    /// The seeded initial latents of a request, before scaling by the scheduler's initial sigma.
+    pub fn initial_latents(&self, params: &GenerateParams) -> Vec<f32> {
+        let (height, width) = params.latent_size(self.model.vae_scale_factor);
+        let per_image = self.model.latent_channels * height * width;
+        let mut latents = vec![0.0f32; per_image * params.num_images];
+        for (index, chunk) in latents.chunks_exact_mut(per_image).enumerate() {
+            NoiseSource::new(params.seed.wrapping_add(index as u64)).fill_normal(chunk);
+        }
+        latents
+    }
+
+    /// Generates from the given unscaled initial latents (`[n, C, h, w]`, row-major), as diffusers does when a
+    /// caller passes `latents=`. Stochastic schedulers still draw their noise from the seeded streams.
+    pub fn generate_from_latents(
+        &mut self,
+        params: &GenerateParams,
+        mut latents: Vec<f32>,
+        progress: &mut dyn Progress,
+    ) -> Result<GenerateOutput> {
+        let mut timings = StageTimings::default();
+        let mut warnings = Vec::new();
+        let num_images = params.num_images;
+        let (latent_h, latent_w) = params.latent_size(self.model.vae_scale_factor);
+        let channels = self.model.latent_channels;
+        let per_image = channels * latent_h * latent_w;
+        if latents.len() != per_image * num_images {
+            return Err(Error::Internal(format!(
+                "initial latents have {} values; expected {}",
+                latents.len(),
+                per_image * num_images
+            )));
+        }
+
+        // Text: one encoder call for [negative, prompt].
+        let started = Instant::now();
+        let guided = params.guidance_scale > 1.0;
+        let embeddings = self.encode_prompts(params, guided, &mut warnings, &mut timings.ort_run)?;
+        let hidden_states = repeat_embeddings(&embeddings.values, embeddings.rows, num_images);
+        timings.text_encode = started.elapsed();
+
+        // Denoise.
+        let started = Instant::now();
+        let mut scheduler = scheduler::build(
+            params.scheduler,
+            &self.model.scheduler_config,
+            params.steps,
+            &SchedulerOptions { eta: params.eta },
+        )
+        .map_err(|err| Error::validation("scheduler", err.to_string()))?;
+        let sigma = scheduler.init_noise_sigma();
+        latents.iter_mut().for_each(|value| *value *= sigma);
+        let mut noise_sources: Vec<NoiseSource> = (0..num_images)
+            .map(|index| {
+                // Skip past the values the initial latents took, so step noise never repeats them.
+                let mut source = NoiseSource::new(params.seed.wrapping_add(index as u64));
+                (0..per_image).for_each(|_| {
+                    source.next_normal();
+                });
+                source
+            })
+            .collect();
+        let unet_batch = if guided { 2 * num_images } else { num_images };
+        let sample_shape = [unet_batch, channels, latent_h, latent_w];
+        let hidden_shape = [unet_batch, embeddings.seq_len, embeddings.hidden];
+        let mut model_input = vec![0.0f32; per_image * unet_batch];
+        let mut noise = vec![0.0f32; latents.len()];
+        let timesteps = scheduler.timesteps().to_vec();
+        for (step_index, &timestep) in timesteps.iter().enumerate() {
+            if progress.cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let step_started = Instant::now();
+            for copy in model_input.chunks_exact_mut(latents.len()) {
+                copy.copy_from_slice(&latents);
+            }
+            scheduler.scale_model_input(&mut model_input, step_index);
+            let prediction = self.run_unet(
+                &model_input,
+                sample_shape,
+                timestep,
+                &hidden_states,
+                hidden_shape,
+                &mut timings.ort_run,
+            )?;
+            let guided_prediction = if guided {
+                apply_guidance(&prediction, params.guidance_scale)
+            } else {
+                prediction
+            };
+            let step_noise = if scheduler.needs_noise() {
+                for (chunk, source) in noise.chunks_exact_mut(per_image).zip(noise_sources.iter_mut()) {
+                    source.fill_normal(chunk);
+                }
+                Some(noise.as_slice())
+            } else {
+                None
+            };
+            scheduler
+                .step(&guided_prediction, step_index, &mut latents, step_noise)
+                .map_err(|err| Error::Internal(format!("scheduler step {step_index}: {err}")))?;
+            timings.unet_steps.push(step_started.elapsed());
+            progress.on_step(step_index + 1, timesteps.len());
+        }
+        timings.denoise = started.elapsed();
+
+        // Decode all images in one VAE call.
+        let started = Instant::now();
+        let scale = 1.0 / self.model.scaling_factor;
+        let shift = self.model.shift_factor;
+        latents.iter_mut().for_each(|value| *value = *value * scale + shift);
+        let pixels = self.run_vae(
+            &latents,
+            [num_images, channels, latent_h, latent_w],
+            &mut timings.ort_run,
+        )?;
+        timings.decode = started.elapsed();
+
+        let started = Instant::now();
+        let per_pixel_image = 3 * params.height * params.width;
+        if pixels.len() != per_pixel_image * num_images {
+            return Err(Error::Inference {
+                component: "vae_decoder",
+                message: format!(
+                    "returned {} values; expected {num_images}x3x{}x{}",
+                    pixels.len(),
+                    params.height,
+                    params.width
+                ),
+            });
+        }
+        let images = pixels
+            .chunks_exact(per_pixel_image)
+            .enumerate()
+            .map(|(index, chw)| {
+                let rgb = to_rgb8(chw, params.height, params.width);
+                Ok(GeneratedImage {
+                    index,
+                    seed: params.seed.wrapping_add(index as u64),
+                    width: params.width,
+                    height: params.height,
+                    png: encode_png(&rgb, params.height, params.width)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        timings.png_encode = started.elapsed();
+        Ok(GenerateOutput {
+            images,
+            timings,
+            warnings,
+        })
+    }
+
+    fn encode_prompts(
+        &mut self,
+        params: &GenerateParams,
+        guided: bool,
+        warnings: &mut Vec<String>,
+        ort_time: &mut Duration,
+    ) -> Result<Embeddings> {
+        let mut prompts = Vec::with_capacity(2);
+        if guided {
+            prompts.push(("negative_prompt", params.negative_prompt.as_str()));
+        }
+        prompts.push(("prompt", params.prompt.as_str()));
+        let tokenizer = &self.model.tokenizer;
+        let seq_len = tokenizer.max_length();
+        let mut ids: Vec<i64> = Vec::with_capacity(seq_len * prompts.len());
+        for (field, text) in &prompts {
+            let tokens = tokenizer.encode(text)?;
+            if tokens.truncated() {
+                warnings.push(format!(
+                    "`{field}` was cut to {seq_len} tokens (it had {}); the rest was ignored",
+                    tokens.untruncated_len
+                ));
+            }
+            ids.extend(tokens.ids.iter().map(|&id| id as i64));
+        }
+        let rows = prompts.len();
+        let shape = [rows, seq_len];
+        let ids32: Vec<i32>;
+        let input = if self.contract.ids_int32 {
+            ids32 = ids.iter().map(|&id| id as i32).collect();
+            TensorRef::from_array_view((shape, ids32.as_slice())).map(SessionInputValue::from)
+        } else {
+            TensorRef::from_array_view((shape, ids.as_slice())).map(SessionInputValue::from)
+        }
+        .map_err(|err| inference_error("text_encoder", err))?;
+        let output_name = self.contract.text_output.clone();
+        let inputs = vec![(Cow::from(self.contract.input_ids.clone()), input)];
+        let outputs = self.text_encoder.run(inputs, ort_time)?;
+        let (out_shape, values) = outputs[output_name.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(|err| inference_error("text_encoder", err))?;
+        if out_shape.len() != 3 || out_shape[0] as usize != rows {
+            return Err(Error::Inference {
+                component: "text_encoder",
+                message: format!("unexpected output shape {out_shape:?}"),
+            });
+        }
+        Ok(Embeddings {
+            values: values.to_vec(),
+            rows,
+            seq_len: out_shape[1] as usize,
+            hidden: out_shape[2] as usize,
+        })
+    }
+
+    fn run_unet(
+        &mut self,
+        sample: &[f32],
+        sample_shape: [usize; 4],
+        timestep: f32,
+        hidden_states: &[f32],
+        hidden_shape: [usize; 3],
+        ort_time: &mut Duration,
+    ) -> Result<Vec<f32>> {
+        let batch = sample_shape[0];
+        let to_error = |err| inference_error("unet", err);
+        let float_batch = vec![timestep; batch];
+        // torch's `.long()` truncates; legacy int64 exports expect the same.
+        let int_batch = vec![timestep as i64; batch];
+        let timestep_value: SessionInputValue<'_> = match self.contract.timestep_input {
+            TimestepInput::FloatScalar => TensorRef::from_array_view(((), &float_batch[..1])).map(Into::into),
+            TimestepInput::FloatBatch => TensorRef::from_array_view(([batch], float_batch.as_slice())).map(Into::into),
+            TimestepInput::Int64Batch => TensorRef::from_array_view(([batch], int_batch.as_slice())).map(Into::into),
+            TimestepInput::Int64Scalar => TensorRef::from_array_view(((), &int_batch[..1])).map(Into::into),
+        }
+        .map_err(to_error)?;
+        let inputs = vec![
+            (
+                Cow::from(self.contract.sample.as_str()),
+                TensorRef::from_array_view((sample_shape, sample))
+                    .map_err(to_error)?
+                    .into(),
+            ),
+            (Cow::from(self.contract.timestep.as_str()), timestep_value),
+            (
+                Cow::from(self.contract.encoder_hidden_states.as_str()),
+                TensorRef::from_array_view((hidden_shape, hidden_states))
+                    .map_err(to_error)?
+                    .into(),
+            ),
+        ];
+        let output_name = self.contract.unet_output.clone();
+        let outputs = self.unet.run(inputs, ort_time)?;
+        let (_, values) = outputs[output_name.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(to_error)?;
+        if values.len() != sample.len() {
+            return Err(Error::Inference {
+                component: "unet",
+                message: format!("returned {} values for a sample of {}", values.len(), sample.len()),
+            });
+        }
+        Ok(values.to_vec())
+    }
+
+    fn run_vae(&mut self, latents: &[f32], shape: [usize; 4], ort_time: &mut Duration) -> Result<Vec<f32>> {
+        let to_error = |err| inference_error("vae_decoder", err);
+        let inputs = vec![(
+            Cow::from(self.contract.latent_sample.as_str()),
+            TensorRef::from_array_view((shape, latents)).map_err(to_error)?.into(),
+        )];
+        let output_name = self.contract.vae_output.clone();
+        let outputs = self.vae_decoder.run(inputs, ort_time)?;
+        let (_, values) = outputs[output_name.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(to_error)?;
+        Ok(values.to_vec())
+    }
+}
+
+struct Embeddings {
+    values: Vec<f32>,
+    /// 1 (prompt) or 2 (negative, prompt).
+    rows: usize,
+    seq_len: usize,
+    hidden: usize,
+}
+
+/// Lays out encoder hidden states for the UNet batch: each row repeated once per image, rows in order.
+fn repeat_embeddings(values: &[f32], rows: usize, num_images: usize) -> Vec<f32> {
+    let per_row = values.len() / rows;
+    let mut out = Vec::with_capacity(values.len() * num_images);
+    for row in values.chunks_exact(per_row) {
+        for _ in 0..num_images {
+            out.extend_from_slice(row);
+        }
+    }
+    out
+}
+
+/// `uncond + g · (cond − uncond)`, with the batch laid out as [uncond × n, cond × n].
+fn apply_guidance(prediction: &[f32], guidance_scale: f32) -> Vec<f32> {
+    let (uncond, cond) = prediction.split_at(prediction.len() / 2);
+    uncond
+        .iter()
+        .zip(cond)
+        .map(|(&u, &c)| u + guidance_scale * (c - u))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guidance_combines_halves() {
+        let prediction = [1.0, 2.0, 3.0, 6.0];
+        assert_eq!(apply_guidance(&prediction, 2.0), vec![5.0, 10.0]);
+    }
+
+    #[test]
+    fn embeddings_repeat_per_image_in_row_order() {
+        let values = [1.0, 1.0, 2.0, 2.0];
+        assert_eq!(
+            repeat_embeddings(&values, 2, 2),
+            vec![1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
+        );
+    }
+}

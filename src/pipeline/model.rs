@@ -1,0 +1,172 @@
+//! Reading a diffusers/Optimum ONNX export folder (`optimum-cli export onnx --task text-to-image`):
+//! the configs that fix latent channels, VAE factor and default size, the tokenizer and the scheduler config.
+//! Sessions are created elsewhere (`runtime`); this module only reads files and checks they are all there.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::pipeline::scheduler::{SchedulerConfig, SchedulerKind};
+use crate::pipeline::tokenizer::ClipTokenizer;
+
+/// The three ONNX components `/generate` needs, relative to the model folder.
+pub const TEXT_ENCODER_ONNX: &str = "text_encoder/model.onnx";
+pub const UNET_ONNX: &str = "unet/model.onnx";
+pub const VAE_DECODER_ONNX: &str = "vae_decoder/model.onnx";
+
+/// Everything about a model that is known before any session exists.
+pub struct ModelFolder {
+    pub root: PathBuf,
+    /// The folder's name, used as the model id in responses.
+    pub name: String,
+    pub pipeline_class: String,
+    pub tokenizer: ClipTokenizer,
+    pub scheduler_config: SchedulerConfig,
+    /// The scheduler named by `scheduler_config.json`, used when a request names none.
+    pub default_scheduler: SchedulerKind,
+    pub latent_channels: usize,
+    /// Pixels per latent cell: 2^(VAE blocks - 1), 8 for Stable Diffusion.
+    pub vae_scale_factor: usize,
+    /// Image sizes must be multiples of this: the VAE factor times the UNet's total downsampling.
+    pub size_multiple: usize,
+    pub scaling_factor: f32,
+    pub shift_factor: f32,
+    pub default_size: usize,
+}
+
+#[derive(Debug, Deserialize)]
+struct UnetConfig {
+    #[serde(default = "default_channels")]
+    in_channels: usize,
+    sample_size: Option<Value>,
+    #[serde(default)]
+    down_block_types: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct VaeConfig {
+    #[serde(default)]
+    block_out_channels: Vec<usize>,
+    #[serde(default = "default_channels")]
+    latent_channels: usize,
+    scaling_factor: Option<f32>,
+    shift_factor: Option<f32>,
+}
+
+fn default_channels() -> usize {
+    4
+}
+
+impl ModelFolder {
+    pub fn open(root: &Path) -> Result<Self> {
+        if !root.is_dir() {
+            return Err(Error::model(
+                root,
+                "not a directory (pass the folder optimum-cli exported to)",
+            ));
+        }
+        let index: Value = read_json(root, "model_index.json")?;
+        let pipeline_class = index
+            .get("_class_name")
+            .and_then(Value::as_str)
+            .unwrap_or("StableDiffusionPipeline")
+            .to_string();
+        if pipeline_class.contains("XL") {
+            return Err(Error::model(
+                root,
+                format!("{pipeline_class} is not supported yet; export a Stable Diffusion 1.x/2.x pipeline"),
+            ));
+        }
+        for onnx in [TEXT_ENCODER_ONNX, UNET_ONNX, VAE_DECODER_ONNX] {
+            require_file(root, onnx)?;
+        }
+
+        let scheduler_json = require_file(root, "scheduler/scheduler_config.json")?;
+        let scheduler_text = read_text(root, &scheduler_json)?;
+        let scheduler_config = SchedulerConfig::from_json_str(&scheduler_text)
+            .map_err(|err| Error::model(root, format!("scheduler/scheduler_config.json: {err}")))?;
+        let default_scheduler = scheduler_config
+            .class_name
+            .as_deref()
+            .and_then(SchedulerKind::from_class_name)
+            .unwrap_or_else(|| {
+                tracing::warn!(
+                    class = ?scheduler_config.class_name,
+                    "the export's scheduler is not one this server implements; requests default to euler"
+                );
+                SchedulerKind::Euler
+            });
+
+        let tokenizer_dir = root.join("tokenizer");
+        if !tokenizer_dir.is_dir() {
+            return Err(Error::model(
+                root,
+                "missing tokenizer/ (vocab.json, merges.txt, tokenizer_config.json)",
+            ));
+        }
+        let tokenizer = ClipTokenizer::from_folder(&tokenizer_dir)?;
+
+        let unet: UnetConfig = read_json(root, "unet/config.json")?;
+        let vae: VaeConfig = read_json(root, "vae_decoder/config.json")?;
+        if unet.in_channels != vae.latent_channels {
+            return Err(Error::model(
+                root,
+                format!(
+                    "unet/config.json in_channels={} disagrees with vae_decoder/config.json latent_channels={}",
+                    unet.in_channels, vae.latent_channels
+                ),
+            ));
+        }
+        let vae_scale_factor = 1usize << vae.block_out_channels.len().saturating_sub(1);
+        let unet_downsampling = 1usize << unet.down_block_types.len().saturating_sub(1);
+        let latent_size = match unet.sample_size {
+            Some(Value::Number(size)) => size.as_u64().unwrap_or(64) as usize,
+            Some(Value::Array(sizes)) => sizes.first().and_then(Value::as_u64).unwrap_or(64) as usize,
+            _ => 64,
+        };
+        let name = root
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or("model")
+            .to_string();
+        Ok(ModelFolder {
+            root: root.to_path_buf(),
+            name,
+            pipeline_class,
+            tokenizer,
+            scheduler_config,
+            default_scheduler,
+            latent_channels: vae.latent_channels,
+            vae_scale_factor,
+            size_multiple: vae_scale_factor * unet_downsampling,
+            scaling_factor: vae.scaling_factor.unwrap_or(0.18215),
+            shift_factor: vae.shift_factor.unwrap_or(0.0),
+            default_size: latent_size * vae_scale_factor,
+        })
+    }
+
+    pub fn onnx_path(&self, relative: &str) -> PathBuf {
+        self.root.join(relative)
+    }
+}
+
+fn require_file(root: &Path, relative: &str) -> Result<PathBuf> {
+    let path = root.join(relative);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::model(root, format!("missing {relative}")))
+    }
+}
+
+fn read_text(root: &Path, path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|err| Error::model(root, format!("cannot read {}: {err}", path.display())))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(root: &Path, relative: &str) -> Result<T> {
+    let path = require_file(root, relative)?;
+    let text = read_text(root, &path)?;
+    serde_json::from_str(&text).map_err(|err| Error::model(root, format!("{relative} is not valid: {err}")))
+}

@@ -1,0 +1,298 @@
+//! Validating a generation request against the model and the server's limits. Every message quotes the limit and
+//! the value given, and names the field, so a caller can fix the request without reading our code.
+
+use crate::error::{Error, Result};
+use crate::pipeline::scheduler::SchedulerKind;
+
+/// What the caller asked for, before validation. Absent fields take the server's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct GenerateInput {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub n: Option<i64>,
+    pub steps: Option<i64>,
+    pub guidance_scale: Option<f64>,
+    pub scheduler: Option<String>,
+    pub seed: Option<u64>,
+    pub width: Option<i64>,
+    pub height: Option<i64>,
+    pub eta: Option<f64>,
+}
+
+/// The server's limits and defaults for requests (configured on the command line).
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    pub max_images: u32,
+    pub max_steps: u32,
+    pub max_image_size: u32,
+    pub max_prompt_bytes: usize,
+    pub default_steps: u32,
+    pub default_guidance_scale: f64,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_images: 8,
+            max_steps: 150,
+            max_image_size: 1024,
+            max_prompt_bytes: 4096,
+            default_steps: 25,
+            default_guidance_scale: 7.5,
+        }
+    }
+}
+
+/// What the model itself allows: facts from its config files.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelLimits {
+    pub size_multiple: usize,
+    pub default_size: usize,
+    pub default_scheduler: SchedulerKind,
+}
+
+/// The largest guidance scale we accept; far beyond any useful value, it only catches typos.
+pub const MAX_GUIDANCE_SCALE: f64 = 100.0;
+
+/// A request that passed validation: every field is set and within limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateParams {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub num_images: usize,
+    pub steps: usize,
+    pub guidance_scale: f32,
+    pub scheduler: SchedulerKind,
+    /// Image `i` uses seed `seed + i` (wrapping); see `pipeline::noise`.
+    pub seed: u64,
+    pub width: usize,
+    pub height: usize,
+    /// DDIM's eta; ignored by other schedulers.
+    pub eta: f32,
+}
+
+impl GenerateParams {
+    pub fn latent_size(&self, vae_scale_factor: usize) -> (usize, usize) {
+        (self.height / vae_scale_factor, self.width / vae_scale_factor)
+    }
+}
+
+pub fn validate(input: GenerateInput, model: &ModelLimits, limits: &RequestLimits) -> Result<GenerateParams> {
+    if input.prompt.trim().is_empty() {
+        return Err(Error::validation("prompt", "`prompt` must not be empty"));
+    }
+    check_prompt_bytes("prompt", &input.prompt, limits)?;
+    let negative_prompt = input.negative_prompt.unwrap_or_default();
+    check_prompt_bytes("negative_prompt", &negative_prompt, limits)?;
+
+    let n = input.n.unwrap_or(1);
+    check_range("n", n, 1, limits.max_images.into())?;
+    let steps = input.steps.unwrap_or(limits.default_steps.into());
+    check_range("steps", steps, 1, limits.max_steps.into())?;
+
+    let guidance_scale = input.guidance_scale.unwrap_or(limits.default_guidance_scale);
+    if !guidance_scale.is_finite() {
+        return Err(Error::validation(
+            "guidance_scale",
+            format!("`guidance_scale` must be a finite number. Given: {guidance_scale}"),
+        ));
+    }
+    if !(0.0..=MAX_GUIDANCE_SCALE).contains(&guidance_scale) {
+        return Err(Error::validation(
+            "guidance_scale",
+            format!("`guidance_scale` must be between 0 and {MAX_GUIDANCE_SCALE}. Given: {guidance_scale}"),
+        ));
+    }
+    let eta = input.eta.unwrap_or(0.0);
+    if !eta.is_finite() || !(0.0..=1.0).contains(&eta) {
+        return Err(Error::validation(
+            "eta",
+            format!("`eta` must be between 0 and 1. Given: {eta}"),
+        ));
+    }
+
+    let scheduler = match input.scheduler.as_deref() {
+        None => model.default_scheduler,
+        Some(name) => SchedulerKind::from_name(name).map_err(|err| Error::validation("scheduler", err.to_string()))?,
+    };
+
+    let width = check_size("width", input.width, model, limits)?;
+    let height = check_size("height", input.height, model, limits)?;
+
+    Ok(GenerateParams {
+        prompt: input.prompt,
+        negative_prompt,
+        num_images: n as usize,
+        steps: steps as usize,
+        guidance_scale: guidance_scale as f32,
+        scheduler,
+        seed: input.seed.unwrap_or_else(random_seed),
+        width,
+        height,
+        eta: eta as f32,
+    })
+}
+
+fn check_prompt_bytes(field: &str, text: &str, limits: &RequestLimits) -> Result<()> {
+    if text.len() > limits.max_prompt_bytes {
+        return Err(Error::validation(
+            field,
+            format!(
+                "`{field}` must be at most {} bytes. Given: {} bytes",
+                limits.max_prompt_bytes,
+                text.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_range(field: &str, value: i64, min: i64, max: i64) -> Result<()> {
+    if value < min || value > max {
+        return Err(Error::validation(
+            field,
+            format!("`{field}` must be between {min} and {max}. Given: {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_size(field: &str, value: Option<i64>, model: &ModelLimits, limits: &RequestLimits) -> Result<usize> {
+    let multiple = model.size_multiple.max(1);
+    let max = (limits.max_image_size as usize).max(model.default_size);
+    let size = value.unwrap_or(model.default_size as i64);
+    if size < multiple as i64 || size > max as i64 {
+        return Err(Error::validation(
+            field,
+            format!("`{field}` must be between {multiple} and {max} pixels. Given: {size}"),
+        ));
+    }
+    let size = size as usize;
+    if !size.is_multiple_of(multiple) {
+        return Err(Error::validation(
+            field,
+            format!("`{field}` must be a multiple of {multiple} (the model's VAE factor times its UNet downsampling). Given: {size}"),
+        ));
+    }
+    Ok(size)
+}
+
+/// A seed below 2^53, so that JavaScript clients read it back exactly.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish() >> 11
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> ModelLimits {
+        ModelLimits {
+            size_multiple: 16,
+            default_size: 64,
+            default_scheduler: SchedulerKind::Pndm,
+        }
+    }
+
+    fn input() -> GenerateInput {
+        GenerateInput {
+            prompt: "a red circle".into(),
+            ..GenerateInput::default()
+        }
+    }
+
+    fn error_of(input: GenerateInput) -> (String, String) {
+        match validate(input, &model(), &RequestLimits::default()) {
+            Err(Error::Validation { message, param }) => (param.unwrap_or_default(), message),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_fill_every_field() {
+        let params = validate(input(), &model(), &RequestLimits::default()).unwrap();
+        assert_eq!(params.num_images, 1);
+        assert_eq!(params.steps, 25);
+        assert_eq!(params.guidance_scale, 7.5);
+        assert_eq!(params.scheduler, SchedulerKind::Pndm);
+        assert_eq!((params.width, params.height), (64, 64));
+        assert!(params.seed < 1 << 53);
+    }
+
+    #[test]
+    fn empty_prompt_is_rejected() {
+        let (param, message) = error_of(GenerateInput {
+            prompt: "  ".into(),
+            ..input()
+        });
+        assert_eq!(param, "prompt");
+        assert!(message.contains("must not be empty"));
+    }
+
+    #[test]
+    fn counts_out_of_bounds_quote_the_limit() {
+        let (param, message) = error_of(GenerateInput { n: Some(40), ..input() });
+        assert_eq!(param, "n");
+        assert_eq!(message, "`n` must be between 1 and 8. Given: 40");
+        let (param, message) = error_of(GenerateInput {
+            steps: Some(0),
+            ..input()
+        });
+        assert_eq!(param, "steps");
+        assert!(message.contains("between 1 and 150"), "{message}");
+    }
+
+    #[test]
+    fn sizes_must_fit_the_model() {
+        let (param, message) = error_of(GenerateInput {
+            width: Some(72),
+            ..input()
+        });
+        assert_eq!(param, "width");
+        assert!(message.contains("multiple of 16"), "{message}");
+        let (param, message) = error_of(GenerateInput {
+            height: Some(4096),
+            ..input()
+        });
+        assert_eq!(param, "height");
+        assert!(message.contains("between 16 and 1024"), "{message}");
+    }
+
+    #[test]
+    fn guidance_must_be_finite() {
+        for bad in [f64::NAN, f64::INFINITY, -1.0, 1000.0] {
+            let (param, _) = error_of(GenerateInput {
+                guidance_scale: Some(bad),
+                ..input()
+            });
+            assert_eq!(param, "guidance_scale");
+        }
+    }
+
+    #[test]
+    fn unknown_scheduler_lists_the_names() {
+        let (param, message) = error_of(GenerateInput {
+            scheduler: Some("lms".into()),
+            ..input()
+        });
+        assert_eq!(param, "scheduler");
+        assert!(message.contains("ddim"), "{message}");
+    }
+
+    #[test]
+    fn overlong_prompt_bytes_are_rejected() {
+        let (param, message) = error_of(GenerateInput {
+            prompt: "a".repeat(5000),
+            ..input()
+        });
+        assert_eq!(param, "prompt");
+        assert!(message.contains("at most 4096 bytes"), "{message}");
+    }
+}

@@ -1,0 +1,389 @@
+//! Diffusion schedulers that reproduce diffusers' (0.42) arithmetic on flat `f32` latents.
+//!
+//! A request builds its own scheduler with [`build`], walks [`Scheduler::timesteps`] in order, and for
+//! each step calls [`Scheduler::scale_model_input`] on the UNet input and [`Scheduler::step`] on the
+//! latents. Every operation is elementwise, so one scheduler serves all images of a request.
+
+mod config;
+mod ddim;
+mod dpm_solver;
+mod euler;
+mod euler_ancestral;
+mod numerics;
+mod pndm;
+
+use std::fmt;
+
+pub use config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
+
+/// The schedulers a request can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SchedulerKind {
+    Ddim,
+    Euler,
+    EulerAncestral,
+    DpmSolverMultistep,
+    Pndm,
+}
+
+impl SchedulerKind {
+    pub const ALL: [SchedulerKind; 5] = [
+        SchedulerKind::Ddim,
+        SchedulerKind::Euler,
+        SchedulerKind::EulerAncestral,
+        SchedulerKind::DpmSolverMultistep,
+        SchedulerKind::Pndm,
+    ];
+
+    /// Parses a request's scheduler name (case-insensitive); the error lists the accepted names.
+    pub fn from_name(name: &str) -> Result<Self, SchedulerError> {
+        let kind = match name.trim().to_ascii_lowercase().as_str() {
+            "ddim" => SchedulerKind::Ddim,
+            "euler" => SchedulerKind::Euler,
+            "euler_a" | "euler_ancestral" => SchedulerKind::EulerAncestral,
+            "dpm++2m" | "dpmsolver++" | "dpm_solver_multistep" => SchedulerKind::DpmSolverMultistep,
+            "pndm" | "plms" => SchedulerKind::Pndm,
+            _ => {
+                return Err(SchedulerError::Unknown {
+                    given: name.to_owned(),
+                    expected: Self::accepted_names(),
+                })
+            }
+        };
+        Ok(kind)
+    }
+
+    /// Maps a diffusers class name (`_class_name` in `scheduler_config.json`) to a kind.
+    pub fn from_class_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.class_name() == name)
+    }
+
+    /// The canonical request name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SchedulerKind::Ddim => "ddim",
+            SchedulerKind::Euler => "euler",
+            SchedulerKind::EulerAncestral => "euler_a",
+            SchedulerKind::DpmSolverMultistep => "dpm++2m",
+            SchedulerKind::Pndm => "pndm",
+        }
+    }
+
+    /// The diffusers class this kind reproduces.
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            SchedulerKind::Ddim => "DDIMScheduler",
+            SchedulerKind::Euler => "EulerDiscreteScheduler",
+            SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
+            SchedulerKind::DpmSolverMultistep => "DPMSolverMultistepScheduler",
+            SchedulerKind::Pndm => "PNDMScheduler",
+        }
+    }
+
+    fn accepted_names() -> String {
+        "ddim, euler, euler_a (alias euler_ancestral), dpm++2m (aliases dpmsolver++, dpm_solver_multistep), \
+         pndm (alias plms)"
+            .to_owned()
+    }
+}
+
+impl fmt::Display for SchedulerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One denoising schedule, set for a fixed number of inference steps.
+pub trait Scheduler: Send {
+    fn kind(&self) -> SchedulerKind;
+
+    /// The timesteps the denoising loop visits, in order. PNDM's PLMS list repeats one, as diffusers'
+    /// does. Float because Euler's are fractional; cast for UNets that take int64.
+    fn timesteps(&self) -> &[f32];
+
+    /// The factor for the initial Gaussian latents.
+    fn init_noise_sigma(&self) -> f32;
+
+    /// Scales the UNet input for step `step_index`, in place: identity for DDIM, PNDM and DPM-Solver,
+    /// division by `sqrt(sigma² + 1)` for the Euler variants.
+    ///
+    /// # Panics
+    /// When `step_index` is not below `timesteps().len()`.
+    fn scale_model_input(&self, sample: &mut [f32], step_index: usize);
+
+    /// True when [`Scheduler::step`] needs a noise slice: Euler ancestral, DDIM with `eta > 0`, and
+    /// the SDE variants of DPM-Solver.
+    fn needs_noise(&self) -> bool;
+
+    /// Advances `sample` in place to the next (less noisy) timestep. `noise` is standard Gaussian
+    /// noise of `sample`'s length, required when [`Scheduler::needs_noise`] and ignored otherwise.
+    /// Multistep schedulers (DPM-Solver, PNDM) must be stepped through every index in order.
+    fn step(
+        &mut self,
+        model_output: &[f32],
+        step_index: usize,
+        sample: &mut [f32],
+        noise: Option<&[f32]>,
+    ) -> Result<(), SchedulerError>;
+}
+
+/// Per-request options that are not part of `scheduler_config.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SchedulerOptions {
+    /// DDIM's noise weight: 0 is deterministic DDIM, 1 is DDPM-like. Ignored by other kinds.
+    pub eta: f32,
+}
+
+/// Builds a `kind` scheduler from a diffusers config, with its timesteps set for
+/// `num_inference_steps`. A config written for another class works, as with diffusers' `from_config`.
+pub fn build(
+    kind: SchedulerKind,
+    config: &SchedulerConfig,
+    num_inference_steps: usize,
+    options: &SchedulerOptions,
+) -> Result<Box<dyn Scheduler>, SchedulerError> {
+    if num_inference_steps == 0 || num_inference_steps > config.num_train_timesteps {
+        return Err(SchedulerError::InvalidSteps {
+            given: num_inference_steps,
+            max: config.num_train_timesteps,
+        });
+    }
+    config.check_shared()?;
+    let scheduler: Box<dyn Scheduler> = match kind {
+        SchedulerKind::Ddim => Box::new(ddim::Ddim::new(config, num_inference_steps, options.eta)?),
+        SchedulerKind::Euler => Box::new(euler::Euler::new(config, num_inference_steps)?),
+        SchedulerKind::EulerAncestral => Box::new(euler_ancestral::EulerAncestral::new(config, num_inference_steps)?),
+        SchedulerKind::DpmSolverMultistep => {
+            Box::new(dpm_solver::DpmSolverMultistep::new(config, num_inference_steps)?)
+        }
+        SchedulerKind::Pndm => Box::new(pndm::Pndm::new(config, num_inference_steps)?),
+    };
+    Ok(scheduler)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("unknown scheduler `{given}`; expected one of: {expected}")]
+    Unknown { given: String, expected: String },
+    #[error("unsupported scheduler configuration: {0}")]
+    Unsupported(String),
+    #[error("`num_inference_steps` must be between 1 and {max}. Given: {given}")]
+    InvalidSteps { given: usize, max: usize },
+    #[error("invalid scheduler config: {0}")]
+    InvalidConfig(#[from] serde_json::Error),
+    #[error("step {given} was called out of order; this scheduler expects step {expected} next")]
+    OutOfOrder { given: usize, expected: usize },
+    #[error("step {given} is past the last of {steps} steps")]
+    StepOutOfRange { given: usize, steps: usize },
+    #[error("`{name}` has {given} values but the sample has {expected}")]
+    LengthMismatch {
+        name: &'static str,
+        given: usize,
+        expected: usize,
+    },
+    #[error("this scheduler's step needs a noise slice of the sample's length")]
+    MissingNoise,
+}
+
+/// Checks what every `step` shares: the index is in range and the slices line up. Returns the noise
+/// slice when `needs_noise`.
+fn check_step<'a>(
+    step_index: usize,
+    steps: usize,
+    sample: &[f32],
+    model_output: &[f32],
+    noise: Option<&'a [f32]>,
+    needs_noise: bool,
+) -> Result<Option<&'a [f32]>, SchedulerError> {
+    if step_index >= steps {
+        return Err(SchedulerError::StepOutOfRange {
+            given: step_index,
+            steps,
+        });
+    }
+    check_len("model_output", model_output, sample)?;
+    if !needs_noise {
+        return Ok(None);
+    }
+    let noise = noise.ok_or(SchedulerError::MissingNoise)?;
+    check_len("noise", noise, sample)?;
+    Ok(Some(noise))
+}
+
+fn check_len(name: &'static str, values: &[f32], sample: &[f32]) -> Result<(), SchedulerError> {
+    if values.len() == sample.len() {
+        Ok(())
+    } else {
+        Err(SchedulerError::LengthMismatch {
+            name,
+            given: values.len(),
+            expected: sample.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_aliases_resolve() {
+        for kind in SchedulerKind::ALL {
+            assert_eq!(SchedulerKind::from_name(kind.name()).unwrap(), kind);
+            assert_eq!(SchedulerKind::from_class_name(kind.class_name()), Some(kind));
+        }
+        let aliases = [
+            ("euler_ancestral", SchedulerKind::EulerAncestral),
+            ("dpmsolver++", SchedulerKind::DpmSolverMultistep),
+            ("dpm_solver_multistep", SchedulerKind::DpmSolverMultistep),
+            ("PLMS", SchedulerKind::Pndm),
+        ];
+        for (alias, kind) in aliases {
+            assert_eq!(SchedulerKind::from_name(alias).unwrap(), kind);
+        }
+        assert_eq!(SchedulerKind::from_class_name("LMSDiscreteScheduler"), None);
+    }
+
+    #[test]
+    fn unknown_name_lists_accepted_names() {
+        let err = SchedulerKind::from_name("heun").unwrap_err();
+        let message = err.to_string();
+        assert!(message.starts_with("unknown scheduler `heun`"), "{message}");
+        for kind in SchedulerKind::ALL {
+            assert!(message.contains(kind.name()), "{message}");
+        }
+    }
+
+    #[test]
+    fn step_counts_are_validated() {
+        let config = SchedulerConfig::default();
+        for steps in [0, 1001] {
+            for kind in SchedulerKind::ALL {
+                let err = build(kind, &config, steps, &SchedulerOptions::default()).err().unwrap();
+                assert!(matches!(err, SchedulerError::InvalidSteps { given, max: 1000 } if given == steps));
+            }
+        }
+    }
+
+    #[test]
+    fn every_kind_denoises_a_constant_prediction_to_finite_values() {
+        let config = SchedulerConfig::from_json_str(config::tests::SD15_CONFIG).unwrap();
+        for kind in SchedulerKind::ALL {
+            let mut scheduler = build(kind, &config, 10, &SchedulerOptions { eta: 0.5 }).unwrap();
+            let mut sample = vec![scheduler.init_noise_sigma(); 8];
+            let noise = vec![0.25; 8];
+            for step_index in 0..scheduler.timesteps().len() {
+                let mut model_input = sample.clone();
+                scheduler.scale_model_input(&mut model_input, step_index);
+                let noise = scheduler.needs_noise().then_some(noise.as_slice());
+                scheduler.step(&model_input, step_index, &mut sample, noise).unwrap();
+            }
+            assert!(sample.iter().all(|value| value.is_finite()), "{kind}: {sample:?}");
+        }
+    }
+
+    #[test]
+    fn step_rejects_mismatched_slices_and_missing_noise() {
+        let config = SchedulerConfig::default();
+        let mut ancestral = build(SchedulerKind::EulerAncestral, &config, 4, &SchedulerOptions::default()).unwrap();
+        let mut sample = vec![0.0; 4];
+        let err = ancestral.step(&[0.0; 3], 0, &mut sample, Some(&[0.0; 4])).unwrap_err();
+        assert!(matches!(
+            err,
+            SchedulerError::LengthMismatch {
+                name: "model_output",
+                given: 3,
+                expected: 4
+            }
+        ));
+        let err = ancestral.step(&[0.0; 4], 0, &mut sample, None).unwrap_err();
+        assert!(matches!(err, SchedulerError::MissingNoise));
+        let err = ancestral.step(&[0.0; 4], 4, &mut sample, Some(&[0.0; 4])).unwrap_err();
+        assert!(matches!(err, SchedulerError::StepOutOfRange { given: 4, steps: 4 }));
+    }
+
+    #[test]
+    fn multistep_schedulers_refuse_skipped_steps() {
+        let config = SchedulerConfig::default();
+        for kind in [SchedulerKind::DpmSolverMultistep, SchedulerKind::Pndm] {
+            let mut scheduler = build(kind, &config, 10, &SchedulerOptions::default()).unwrap();
+            let mut sample = vec![0.5; 4];
+            let err = scheduler.step(&[0.1; 4], 1, &mut sample, None).unwrap_err();
+            assert!(
+                matches!(err, SchedulerError::OutOfOrder { given: 1, expected: 0 }),
+                "{kind}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unsupported_configs_are_refused_naming_the_field() {
+        let refused = [
+            (SchedulerKind::Ddim, r#"{"thresholding": true}"#, "thresholding"),
+            (SchedulerKind::Euler, r#"{"use_beta_sigmas": true}"#, "use_beta_sigmas"),
+            (
+                SchedulerKind::Euler,
+                r#"{"use_karras_sigmas": true, "use_exponential_sigmas": true}"#,
+                "use_karras_sigmas",
+            ),
+            (
+                SchedulerKind::Euler,
+                r#"{"interpolation_type": "log_linear"}"#,
+                "interpolation_type",
+            ),
+            (
+                SchedulerKind::EulerAncestral,
+                r#"{"prediction_type": "sample"}"#,
+                "prediction_type",
+            ),
+            (
+                SchedulerKind::Pndm,
+                r#"{"prediction_type": "sample"}"#,
+                "prediction_type",
+            ),
+            (
+                SchedulerKind::DpmSolverMultistep,
+                r#"{"algorithm_type": "dpmsolver"}"#,
+                "final_sigmas_type",
+            ),
+            (
+                SchedulerKind::DpmSolverMultistep,
+                r#"{"solver_order": 4}"#,
+                "solver_order",
+            ),
+            (
+                SchedulerKind::DpmSolverMultistep,
+                r#"{"use_lu_lambdas": true}"#,
+                "use_lu_lambdas",
+            ),
+            (
+                SchedulerKind::DpmSolverMultistep,
+                r#"{"algorithm_type": "unipc"}"#,
+                "algorithm_type",
+            ),
+            (
+                SchedulerKind::Ddim,
+                r#"{"timestep_spacing": "trailing"}"#,
+                "timestep_spacing",
+            ),
+        ];
+        for (kind, json, field) in refused {
+            let config = SchedulerConfig::from_json_str(json).unwrap();
+            // 61 trailing steps make numpy's arange yield a timestep of -1.
+            let steps = if field == "timestep_spacing" { 61 } else { 10 };
+            let err = build(kind, &config, steps, &SchedulerOptions::default()).err().unwrap();
+            assert!(matches!(err, SchedulerError::Unsupported(_)), "{kind} {json}: {err}");
+            let message = err.to_string();
+            assert!(message.contains(field), "{kind} {json}: {message}");
+        }
+        let config = SchedulerConfig::default();
+        let err = build(SchedulerKind::Pndm, &config, 3, &SchedulerOptions::default())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("skip_prk_steps"), "{err}");
+        let err = build(SchedulerKind::Ddim, &config, 10, &SchedulerOptions { eta: -1.0 })
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("eta"), "{err}");
+    }
+}

@@ -1,0 +1,136 @@
+//! Start-up and shutdown of `t2i-align serve`: load the library and the model folder (failing fast with a
+//! sentence), bind HTTP at once so `/health` answers, then load and warm the sessions before `/ready` says 200.
+
+use std::sync::{Arc, Mutex};
+
+use actix_web::web;
+
+use crate::batching::Engine;
+use crate::error::{Error, Result};
+use crate::http::{build_server, AppState, HttpConfig, Serving};
+use crate::metrics::Metrics;
+use crate::pipeline::{GenerateParams, ModelFolder, Pipeline, RequestLimits};
+use crate::runtime::{Device, Runtime, SessionSettings};
+
+pub struct ServeConfig {
+    pub model: std::path::PathBuf,
+    pub ort_library: Option<std::path::PathBuf>,
+    pub device: Device,
+    pub sessions: SessionSettings,
+    pub workers: usize,
+    pub queue_capacity: usize,
+    pub warmup: bool,
+    pub limits: RequestLimits,
+    pub http: HttpConfig,
+}
+
+pub async fn serve(config: ServeConfig) -> Result<()> {
+    let runtime = Runtime::init(config.ort_library.as_deref(), config.device, config.sessions.clone())?;
+    tracing::info!(library = %runtime.library().display(), device = %config.device, "ONNX Runtime loaded");
+    let model = Arc::new(ModelFolder::open(&config.model)?);
+    let metrics = Arc::new(Metrics::new());
+    let state = web::Data::new(AppState {
+        serving: Default::default(),
+        metrics: metrics.clone(),
+        model_name: model.name.clone(),
+        device: config.device.to_string(),
+        limits: config.limits.clone(),
+    });
+    let (server, port) = build_server(state.clone(), &config.http).map_err(|err| {
+        Error::Config(format!(
+            "cannot listen on {}:{}: {err}",
+            config.http.host, config.http.port
+        ))
+    })?;
+    tracing::info!(model = %model.name, "listening on http://{}:{port}; loading the model", config.http.host);
+
+    let load_error: Arc<Mutex<Option<Error>>> = Arc::default();
+    let handle = server.handle();
+    let loader = {
+        let load_error = load_error.clone();
+        let workers = config.workers;
+        let capacity = config.queue_capacity;
+        let warmup = config.warmup;
+        tokio::task::spawn_blocking(move || match load(runtime, model, workers, capacity, warmup, metrics) {
+            Ok(serving) => {
+                tracing::info!(
+                    execution_provider = serving.provider.label(),
+                    "ready: the model is loaded and warmed up"
+                );
+                let _ = state.serving.set(serving);
+                true
+            }
+            Err(err) => {
+                if let Ok(mut slot) = load_error.lock() {
+                    *slot = Some(err);
+                }
+                false
+            }
+        })
+    };
+    let stopper = tokio::spawn(async move {
+        if let Ok(false) = loader.await {
+            handle.stop(false).await;
+        }
+    });
+    server
+        .await
+        .map_err(|err| Error::Internal(format!("the HTTP server failed: {err}")))?;
+    stopper.abort();
+    let error = load_error.lock().ok().and_then(|mut slot| slot.take());
+    match error {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+fn load(
+    mut runtime: Runtime,
+    model: Arc<ModelFolder>,
+    workers: usize,
+    capacity: usize,
+    warmup: bool,
+    metrics: Arc<Metrics>,
+) -> Result<Serving> {
+    let mut pipelines = Vec::with_capacity(workers.max(1));
+    for index in 0..workers.max(1) {
+        let mut pipeline = Pipeline::load(&mut runtime, model.clone())?;
+        if index == 0 {
+            for line in pipeline.describe_contract() {
+                tracing::info!("{line}");
+            }
+        }
+        if warmup {
+            let started = std::time::Instant::now();
+            pipeline.generate(&warmup_params(&pipeline), &mut crate::pipeline::generate::NoProgress)?;
+            tracing::info!(worker = index, ms = started.elapsed().as_millis() as u64, "warmed up");
+        }
+        pipelines.push(pipeline);
+    }
+    let provider = runtime.provider();
+    metrics.set_model_info(&model.name, provider.label(), &runtime.requested_device().to_string());
+    let model_limits = pipelines[0].limits();
+    let engine = Engine::start(pipelines, capacity, metrics)?;
+    Ok(Serving {
+        engine,
+        provider,
+        model_limits,
+    })
+}
+
+/// A short generation at the model's default size that touches every session with guidance on.
+pub fn warmup_params(pipeline: &Pipeline) -> GenerateParams {
+    let limits = pipeline.limits();
+    GenerateParams {
+        prompt: "warm-up".into(),
+        negative_prompt: String::new(),
+        num_images: 1,
+        steps: 2,
+        guidance_scale: 7.5,
+        scheduler: limits.default_scheduler,
+        seed: 0,
+        width: limits.default_size,
+        height: limits.default_size,
+        eta: 0.0,
+    }
+}

@@ -1,0 +1,168 @@
+//! The binary's command line: `generate`, `openapi`, and start-up failures that must be loud and clear.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{binary, ort_dylib, repo_path, tiny_sd};
+
+fn run(args: &[&str], ort: Option<&std::path::Path>) -> Output {
+    let mut command = Command::new(binary());
+    command
+        .args(args)
+        .env("RUST_LOG", "info,ort=warn")
+        .env_remove("ORT_DYLIB_PATH");
+    if let Some(path) = ort {
+        command.env("ORT_DYLIB_PATH", path);
+    }
+    command.output().expect("run t2i-align")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn openapi_spec_is_committed_and_current() {
+    let output = run(&["openapi"], None);
+    assert!(output.status.success());
+    let generated = String::from_utf8(output.stdout).unwrap();
+    let committed = std::fs::read_to_string(repo_path("openapi/openapi.json")).unwrap_or_default();
+    assert!(
+        generated == committed,
+        "openapi/openapi.json is stale: regenerate it with `make openapi` (t2i-align openapi > openapi/openapi.json)"
+    );
+}
+
+#[test]
+fn generate_writes_a_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cat.png");
+    let model = tiny_sd();
+    let output = run(
+        &[
+            "generate",
+            "a green triangle",
+            "--steps",
+            "3",
+            "--seed",
+            "7",
+            "-o",
+            out.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+        ],
+        Some(&ort_dylib()),
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let png = image::open(&out).expect("a PNG was written").to_rgb8();
+    assert_eq!(png.dimensions(), (64, 64));
+    assert!(stderr(&output).contains("seed 7"));
+}
+
+#[test]
+fn a_missing_library_stops_start_up_with_a_fix() {
+    let output = run(&["serve", "--port", "0"], None);
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains("ORT_DYLIB_PATH") && text.contains("make venv"), "{text}");
+
+    let output = run(
+        &["serve", "--port", "0"],
+        Some(std::path::Path::new("/nonexistent/libonnxruntime.so")),
+    );
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("/nonexistent/libonnxruntime.so"));
+
+    // A file that is not ONNX Runtime at all.
+    let not_a_library = repo_path("Cargo.toml");
+    let output = run(&["serve", "--port", "0"], Some(&not_a_library));
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(
+        text.contains("cannot load ONNX Runtime") && text.contains("onnxruntime==1.31.1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn device_cuda_fails_loudly_without_the_cuda_provider() {
+    let model = tiny_sd();
+    let output = run(
+        &[
+            "serve",
+            "--port",
+            "0",
+            "--device",
+            "cuda",
+            "--model",
+            model.to_str().unwrap(),
+        ],
+        Some(&ort_dylib()),
+    );
+    assert!(!output.status.success(), "--device cuda must not fall back silently");
+    let text = stderr(&output);
+    assert!(text.contains("cuda:0") && text.contains("onnxruntime-gpu"), "{text}");
+}
+
+#[test]
+fn device_auto_falls_back_to_cpu_with_a_warning() {
+    let server = common::Server::start(&["--device", "auto"]);
+    let health = server.get("/health").json();
+    assert_eq!(health["device"], "auto");
+    assert_eq!(health["execution_provider"], "CPUExecutionProvider");
+    assert!(server.log().contains("falling back to CPU"), "{}", server.log());
+}
+
+#[test]
+fn a_bad_device_name_is_a_cli_error() {
+    let output = run(&["serve", "--device", "tpu"], None);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("expected cpu, cuda, cuda:N or auto"));
+}
+
+#[test]
+fn an_incomplete_model_folder_names_the_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("broken");
+    copy_dir(&tiny_sd(), &copy);
+    std::fs::remove_file(copy.join("unet/model.onnx")).unwrap();
+    let output = run(
+        &["generate", "x", "--steps", "1", "--model", copy.to_str().unwrap()],
+        Some(&ort_dylib()),
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("missing unet/model.onnx"),
+        "{}",
+        stderr(&output)
+    );
+
+    std::fs::remove_file(copy.join("scheduler/scheduler_config.json")).unwrap();
+    std::fs::write(copy.join("unet/model.onnx"), b"not onnx").unwrap();
+    let output = run(
+        &["generate", "x", "--model", copy.to_str().unwrap()],
+        Some(&ort_dylib()),
+    );
+    assert!(
+        stderr(&output).contains("missing scheduler/scheduler_config.json"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = run(&["generate", "x", "--model", "/nonexistent/model"], Some(&ort_dylib()));
+    assert!(stderr(&output).contains("not a directory"), "{}", stderr(&output));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

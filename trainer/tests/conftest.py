@@ -1,0 +1,47 @@
+"""Fixtures for the trainer tests.
+
+Most tests need only numpy, onnx and onnxruntime, which the Rust project's `.venv` has, so `make test` runs
+them. Tests that take the `trainer_packages` fixture also need torch, diffusers, transformers, optimum-onnx
+and open-clip-torch (trainer/requirements.txt). They carry the `trainer_env` marker: `make test` deselects
+them (`-m "not trainer_env"`), and `make test-trainer` runs them in .venv-trainer, where a missing package
+is an error.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from repo_files import REPO_ROOT, require_folder
+
+# Nothing here may reach the model hub; huggingface_hub reads this variable when it is imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TRAINER_PACKAGES = ("torch", "diffusers", "transformers", "optimum.onnxruntime", "open_clip")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "trainer_packages" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.trainer_env)
+
+
+@pytest.fixture(scope="session")
+def trainer_packages() -> None:
+    import importlib
+
+    for name in TRAINER_PACKAGES:
+        importlib.import_module(name)
+    import torch
+
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd() -> Path:
+    return require_folder(REPO_ROOT / "models" / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_legacy() -> Path:
+    return require_folder(REPO_ROOT / "models" / "tiny-sd-legacy")
