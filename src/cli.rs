@@ -61,6 +61,9 @@ pub struct RuntimeArgs {
     /// Threads across independent ONNX operators.
     #[arg(long, env = "T2I_INTER_THREADS", default_value_t = 1)]
     pub inter_threads: usize,
+    /// One ONNX Runtime thread pool shared by all sessions (true), or one pool per session (false).
+    #[arg(long, env = "T2I_SHARED_THREAD_POOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub shared_thread_pool: bool,
     /// ONNX Runtime graph optimisation level.
     #[arg(long, env = "T2I_GRAPH_OPTIMIZATION", value_enum, default_value_t = OptimizationLevel::All)]
     pub graph_optimization: OptimizationLevel,
@@ -72,6 +75,7 @@ impl RuntimeArgs {
             intra_threads: self.intra_threads,
             inter_threads: self.inter_threads,
             optimization_level: self.graph_optimization,
+            shared_thread_pool: self.shared_thread_pool,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
 
-use ort::environment::Environment;
+use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::ep;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
@@ -115,6 +115,10 @@ pub struct SessionSettings {
     /// Threads across independent operators; only used with parallel execution.
     pub inter_threads: usize,
     pub optimization_level: OptimizationLevel,
+    /// One intra-op thread pool for every session of the process, instead of one per session. A pipeline runs
+    /// its sessions one after another; with a pool each, the idle pools' threads keep spinning and steal the
+    /// cores from the one that works.
+    pub shared_thread_pool: bool,
 }
 
 impl Default for SessionSettings {
@@ -123,6 +127,7 @@ impl Default for SessionSettings {
             intra_threads: 0,
             inter_threads: 1,
             optimization_level: OptimizationLevel::All,
+            shared_thread_pool: true,
         }
     }
 }
@@ -142,7 +147,7 @@ impl Runtime {
     /// `auto` is settled later, by the first session: a CUDA EP that fails to register there falls back to CPU.
     pub fn init(library: Option<&Path>, device: Device, settings: SessionSettings) -> Result<Self> {
         let library = resolve_library(library)?;
-        let env = environment(&library)?;
+        let env = environment(&library, &settings)?;
         let provider = match device {
             Device::Cuda(id) => ExecutionProvider::Cuda(id),
             Device::Auto => ExecutionProvider::Cuda(0),
@@ -198,7 +203,8 @@ impl Runtime {
 /// ONNX Runtime allows one environment per process; every `Runtime` in the process shares it.
 static ENVIRONMENT: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
 
-fn environment(library: &Path) -> Result<Environment> {
+/// The thread settings of the first `Runtime` in a process are the ones the shared pool keeps.
+fn environment(library: &Path, settings: &SessionSettings) -> Result<Environment> {
     let mut slot = ENVIRONMENT
         .lock()
         .map_err(|_| Error::Internal("the ONNX Runtime environment lock is poisoned".into()))?;
@@ -218,11 +224,16 @@ fn environment(library: &Path) -> Result<Environment> {
             library.display()
         ))
     })?;
-    let env = builder
-        .with_name("t2i-align")
-        .with_telemetry(false)
-        .build()
-        .map_err(|err| Error::Runtime(format!("cannot create the ONNX Runtime environment: {err}")))?;
+    let env_error = |err: ort::Error| Error::Runtime(format!("cannot create the ONNX Runtime environment: {err}"));
+    let mut builder = builder.with_name("t2i-align").with_telemetry(false);
+    if settings.shared_thread_pool {
+        let pool = GlobalThreadPoolOptions::default()
+            .with_intra_threads(settings.intra_threads)
+            .and_then(|pool| pool.with_inter_threads(settings.inter_threads.max(1)))
+            .map_err(env_error)?;
+        builder = builder.with_global_thread_pool(pool);
+    }
+    let env = builder.build().map_err(env_error)?;
     *slot = Some((library.to_path_buf(), env.clone()));
     Ok(env)
 }
