@@ -15,9 +15,11 @@ MODEL       ?= models/tiny-sd
 HOST        ?= 127.0.0.1
 PORT        ?= 8080
 
-# Resolved when a recipe runs, after `venv` has installed the wheel. Set ORT_DYLIB_PATH to use another library.
-ORT_DYLIB_PATH ?= $(abspath $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION))))
+# `venv` records where pip put the library; read when a recipe runs. Set ORT_DYLIB_PATH to use another library.
+ORT_DYLIB_PATH ?= $(shell cat $(VENV)/ort-dylib-path 2>/dev/null)
 export ORT_DYLIB_PATH
+# The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
+FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
 .PHONY: help venv venv-gpu build run test test-rust test-python test-trainer lint fmt openapi bench trainer-venv test-model clean
 
@@ -32,6 +34,7 @@ help:
 $(VENV)/.installed: requirements-runtime.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-runtime.txt
+	$(FIND_ORT)
 	touch $@
 
 venv: $(VENV)/.installed
@@ -40,6 +43,7 @@ venv: $(VENV)/.installed
 venv-gpu: $(VENV)/.installed
 	$(VENV)/bin/pip uninstall --yes onnxruntime
 	$(VENV)/bin/pip install --quiet "onnxruntime-gpu[cuda,cudnn]==$(ORT_VERSION)"
+	$(FIND_ORT)
 
 build:
 	$(CARGO) build $(CARGO_FLAGS)
