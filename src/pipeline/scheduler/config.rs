@@ -397,6 +397,8 @@ fn python_json_to_json(json: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use SchedulerKind::{Ddim, Euler, Pndm};
+    use TimestepSpacing::{Leading, Linspace};
 
     pub(crate) const SD15_CONFIG: &str = r#"{"_class_name":"PNDMScheduler","_diffusers_version":"0.6.0",
         "beta_end":0.012,"beta_schedule":"scaled_linear","beta_start":0.00085,"num_train_timesteps":1000,
@@ -413,16 +415,10 @@ pub(crate) mod tests {
         assert_eq!(config.trained_betas, None);
         assert_eq!(config.clip_sample_range_for_ddim(), None);
         assert_eq!(config.prediction_type, PredictionType::Epsilon);
-        assert!(!config.set_alpha_to_one_for(SchedulerKind::Ddim));
+        assert!(!config.set_alpha_to_one_for(Ddim));
         // Fields the file leaves out take the defaults of the kind being built, as in diffusers.
-        assert_eq!(
-            config.timestep_spacing_for(SchedulerKind::Pndm),
-            TimestepSpacing::Leading
-        );
-        assert_eq!(
-            config.timestep_spacing_for(SchedulerKind::Euler),
-            TimestepSpacing::Linspace
-        );
+        assert_eq!(config.timestep_spacing_for(Pndm), Leading);
+        assert_eq!(config.timestep_spacing_for(Euler), Linspace);
         assert_eq!(
             (config.solver_order, config.algorithm_type.as_str()),
             (2, "dpmsolver++")
@@ -433,16 +429,10 @@ pub(crate) mod tests {
     fn empty_config_takes_each_kinds_defaults() {
         let config = SchedulerConfig::from_json_str("{}").unwrap();
         assert_eq!(config, SchedulerConfig::default());
-        assert_eq!(
-            config.timestep_spacing_for(SchedulerKind::Ddim),
-            TimestepSpacing::Leading
-        );
-        assert_eq!(
-            config.timestep_spacing_for(SchedulerKind::Euler),
-            TimestepSpacing::Linspace
-        );
-        assert!(config.set_alpha_to_one_for(SchedulerKind::Ddim));
-        assert!(!config.set_alpha_to_one_for(SchedulerKind::Pndm));
+        assert_eq!(config.timestep_spacing_for(Ddim), Leading);
+        assert_eq!(config.timestep_spacing_for(Euler), Linspace);
+        assert!(config.set_alpha_to_one_for(Ddim));
+        assert!(!config.set_alpha_to_one_for(Pndm));
         assert_eq!(config.clip_sample_range_for_ddim(), Some(1.0));
     }
 
@@ -463,10 +453,7 @@ pub(crate) mod tests {
             "_use_default_values":["timestep_spacing"]}"#;
         let config = SchedulerConfig::from_json_str(json).unwrap();
         assert_eq!(config.timestep_spacing, None);
-        assert_eq!(
-            config.timestep_spacing_for(SchedulerKind::Euler),
-            TimestepSpacing::Linspace
-        );
+        assert_eq!(config.timestep_spacing_for(Euler), Linspace);
         assert_eq!(config.steps_offset, 1);
     }
 

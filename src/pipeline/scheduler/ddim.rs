@@ -1,14 +1,14 @@
 //! DDIM (Song et al., 2020), as diffusers' `DDIMScheduler`.
 
 use super::config::{check_timesteps_in_range, leading_timesteps, linspace_timesteps, trailing_timesteps, unsupported};
-use super::{check_step, PredictionType, Scheduler, SchedulerConfig, SchedulerError, SchedulerKind, TimestepSpacing};
+use super::{
+    PredictionType, Schedule, SchedulerConfig, SchedulerError, SchedulerImpl, SchedulerKind, StepArgs, TimestepSpacing,
+};
 
 pub(crate) struct Ddim {
     timesteps: Vec<f32>,
     train_timesteps: Vec<i64>,
-    alphas_cumprod: Vec<f32>,
-    /// ᾱ used once the previous timestep falls below 0.
-    final_alpha_cumprod: f32,
+    alphas: AlphaTable,
     /// diffusers steps back by `train_steps // steps` whatever the spacing.
     step_stride: i64,
     prediction_type: PredictionType,
@@ -34,17 +34,10 @@ impl Ddim {
                 .collect(),
         };
         check_timesteps_in_range(&train_timesteps, train_steps)?;
-        let alphas_cumprod = config.alphas_cumprod(SchedulerKind::Ddim);
-        let final_alpha_cumprod = if config.set_alpha_to_one_for(SchedulerKind::Ddim) {
-            1.0
-        } else {
-            alphas_cumprod[0]
-        };
         Ok(Self {
             timesteps: train_timesteps.iter().map(|&t| t as f32).collect(),
             train_timesteps,
-            alphas_cumprod,
-            final_alpha_cumprod,
+            alphas: AlphaTable::new(config, SchedulerKind::Ddim),
             step_stride: (train_steps / steps) as i64,
             prediction_type: config.prediction_type,
             clip_sample_range: config.clip_sample_range_for_ddim(),
@@ -53,53 +46,21 @@ impl Ddim {
     }
 }
 
-impl Scheduler for Ddim {
-    fn kind(&self) -> SchedulerKind {
-        SchedulerKind::Ddim
-    }
+impl SchedulerImpl for Ddim {
+    const KIND: SchedulerKind = SchedulerKind::Ddim;
 
-    fn timesteps(&self) -> &[f32] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, _sample: &mut [f32], step_index: usize) {
-        assert!(
-            step_index < self.timesteps.len(),
-            "step {step_index} is past the last step"
-        );
+    fn schedule(&self) -> Schedule<'_> {
+        Schedule::unscaled(&self.timesteps)
     }
 
     fn needs_noise(&self) -> bool {
         self.eta > 0.0
     }
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        step_index: usize,
-        sample: &mut [f32],
-        noise: Option<&[f32]>,
-    ) -> Result<(), SchedulerError> {
-        let noise = check_step(
-            step_index,
-            self.timesteps.len(),
-            sample,
-            model_output,
-            noise,
-            self.needs_noise(),
-        )?;
-        let timestep = self.train_timesteps[step_index];
-        let prev_timestep = timestep - self.step_stride;
-        let alpha_prod_t = self.alphas_cumprod[timestep as usize];
-        let alpha_prod_t_prev = if prev_timestep >= 0 {
-            self.alphas_cumprod[prev_timestep as usize]
-        } else {
-            self.final_alpha_cumprod
-        };
+    fn advance(&mut self, step: StepArgs<'_>, sample: &mut [f32]) -> Result<(), SchedulerError> {
+        let timestep = self.train_timesteps[step.index];
+        let alpha_prod_t = self.alphas.at(timestep).expect("timesteps are checked when built");
+        let alpha_prod_t_prev = self.alphas.at_prev(timestep - self.step_stride);
         let beta_prod_t = 1.0 - alpha_prod_t;
         let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
         let (sqrt_alpha_t, sqrt_beta_t) = (alpha_prod_t.sqrt(), beta_prod_t.sqrt());
@@ -110,7 +71,7 @@ impl Scheduler for Ddim {
         let direction_coeff = (1.0 - alpha_prod_t_prev - std_dev_t * std_dev_t).sqrt();
         let sqrt_alpha_prev = alpha_prod_t_prev.sqrt();
 
-        for (index, (value, &model)) in sample.iter_mut().zip(model_output).enumerate() {
+        for (index, (value, &model)) in sample.iter_mut().zip(step.model_output).enumerate() {
             let x_t = *value;
             let (mut pred_original, pred_epsilon) = match self.prediction_type {
                 PredictionType::Epsilon => ((x_t - sqrt_beta_t * model) / sqrt_alpha_t, model),
@@ -124,11 +85,49 @@ impl Scheduler for Ddim {
                 pred_original = pred_original.clamp(-range, range);
             }
             let mut prev = sqrt_alpha_prev * pred_original + direction_coeff * pred_epsilon;
-            if let Some(noise) = noise {
+            if let Some(noise) = step.noise {
                 prev += std_dev_t * noise[index];
             }
             *value = prev;
         }
         Ok(())
+    }
+}
+
+/// The ᾱ table that DDIM and PNDM step through, with what a step that lands before timestep 0
+/// sees instead.
+pub(crate) struct AlphaTable {
+    alphas_cumprod: Vec<f32>,
+    /// 1 with `set_alpha_to_one`, else ᾱ_0.
+    final_alpha_cumprod: f32,
+}
+
+impl AlphaTable {
+    pub(crate) fn new(config: &SchedulerConfig, kind: SchedulerKind) -> Self {
+        let alphas_cumprod = config.alphas_cumprod(kind);
+        let final_alpha_cumprod = if config.set_alpha_to_one_for(kind) {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
+        Self {
+            alphas_cumprod,
+            final_alpha_cumprod,
+        }
+    }
+
+    /// ᾱ at a training timestep; `None` outside the table.
+    pub(crate) fn at(&self, timestep: i64) -> Option<f32> {
+        usize::try_from(timestep)
+            .ok()
+            .and_then(|t| self.alphas_cumprod.get(t).copied())
+    }
+
+    /// ᾱ at the timestep a step lands on, `final_alpha_cumprod` once that falls below 0.
+    pub(crate) fn at_prev(&self, prev_timestep: i64) -> f32 {
+        match usize::try_from(prev_timestep) {
+            Ok(prev) => self.alphas_cumprod[prev],
+            Err(_) => self.final_alpha_cumprod,
+        }
     }
 }

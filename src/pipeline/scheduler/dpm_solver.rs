@@ -7,7 +7,7 @@ use super::config::{
 };
 use super::numerics::{np_interp, timesteps_for_sigmas, SigmaSpacing};
 use super::{
-    check_step, BetaSchedule, PredictionType, Scheduler, SchedulerConfig, SchedulerError, SchedulerKind,
+    BetaSchedule, PredictionType, Schedule, SchedulerConfig, SchedulerError, SchedulerImpl, SchedulerKind, StepArgs,
     TimestepSpacing,
 };
 
@@ -265,58 +265,29 @@ impl DpmSolverMultistep {
     }
 }
 
-impl Scheduler for DpmSolverMultistep {
-    fn kind(&self) -> SchedulerKind {
-        SchedulerKind::DpmSolverMultistep
-    }
+impl SchedulerImpl for DpmSolverMultistep {
+    const KIND: SchedulerKind = SchedulerKind::DpmSolverMultistep;
 
-    fn timesteps(&self) -> &[f32] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, _sample: &mut [f32], step_index: usize) {
-        assert!(
-            step_index < self.timesteps.len(),
-            "step {step_index} is past the last step"
-        );
+    fn schedule(&self) -> Schedule<'_> {
+        Schedule::unscaled(&self.timesteps)
     }
 
     fn needs_noise(&self) -> bool {
         self.algorithm.is_sde()
     }
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        step_index: usize,
-        sample: &mut [f32],
-        noise: Option<&[f32]>,
-    ) -> Result<(), SchedulerError> {
-        let noise = check_step(
-            step_index,
-            self.timesteps.len(),
-            sample,
-            model_output,
-            noise,
-            self.needs_noise(),
-        )?;
-        if step_index != self.next_step {
-            return Err(SchedulerError::OutOfOrder {
-                given: step_index,
-                expected: self.next_step,
-            });
-        }
-        let order = self.order_at(step_index);
-        let converted = self.convert_model_output(model_output, sample, self.sigmas[step_index]);
+    fn expected_step(&self) -> Option<usize> {
+        Some(self.next_step)
+    }
+
+    fn advance(&mut self, step: StepArgs<'_>, sample: &mut [f32]) -> Result<(), SchedulerError> {
+        let order = self.order_at(step.index);
+        let converted = self.convert_model_output(step.model_output, sample, self.sigmas[step.index]);
         if self.history.len() == self.solver_order {
             self.history.remove(0);
         }
         self.history.push(converted);
-        let coefficients = self.coefficients(step_index, order);
+        let coefficients = self.coefficients(step.index, order);
 
         let latest = self.history.len() - 1;
         let m0 = &self.history[latest];
@@ -324,7 +295,7 @@ impl Scheduler for DpmSolverMultistep {
         let m2 = (order == 3).then(|| &self.history[latest - 2]);
         for (index, value) in sample.iter_mut().enumerate() {
             let predictions = [m0[index], m1.map_or(0.0, |m| m[index]), m2.map_or(0.0, |m| m[index])];
-            *value = coefficients.apply(*value, predictions, noise.map(|noise| noise[index]));
+            *value = coefficients.apply(*value, predictions, step.noise.map(|noise| noise[index]));
         }
 
         self.warm_steps = (self.warm_steps + 1).min(self.solver_order);

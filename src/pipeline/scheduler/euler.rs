@@ -5,13 +5,12 @@ use super::config::{
     check_timesteps_in_range, leading_timesteps, linspace_timesteps, trailing_timesteps, training_sigmas, unsupported,
 };
 use super::numerics::{np_interp, timesteps_for_sigmas};
-use super::{check_step, PredictionType, Scheduler, SchedulerConfig, SchedulerError, SchedulerKind, TimestepSpacing};
+use super::{
+    PredictionType, Schedule, SchedulerConfig, SchedulerError, SchedulerImpl, SchedulerKind, StepArgs, TimestepSpacing,
+};
 
 pub(crate) struct Euler {
-    timesteps: Vec<f32>,
-    /// One more than the timesteps: the last is where the final step lands.
-    sigmas: Vec<f32>,
-    init_noise_sigma: f32,
+    table: SigmaTable,
     prediction_type: PredictionType,
 }
 
@@ -53,64 +52,75 @@ impl Euler {
                 (timesteps.into_iter().map(|t| t as f32).collect(), sigmas)
             }
         };
-        let mut sigmas: Vec<f32> = sigmas.into_iter().map(|sigma| sigma as f32).collect();
-        sigmas.push(if final_sigma_is_min { training_sigmas[0] } else { 0.0 });
-
+        let sigmas: Vec<f32> = sigmas.into_iter().map(|sigma| sigma as f32).collect();
         if continuous {
-            timesteps = sigmas[..steps].iter().map(|sigma| 0.25 * sigma.ln()).collect();
+            timesteps = sigmas.iter().map(|sigma| 0.25 * sigma.ln()).collect();
         }
+        let final_sigma = if final_sigma_is_min { training_sigmas[0] } else { 0.0 };
         Ok(Self {
-            timesteps,
-            init_noise_sigma: init_noise_sigma(&sigmas, spacing),
-            sigmas,
+            table: SigmaTable::new(timesteps, sigmas, final_sigma, spacing),
             prediction_type: config.prediction_type,
         })
     }
 }
 
-impl Scheduler for Euler {
-    fn kind(&self) -> SchedulerKind {
-        SchedulerKind::Euler
+impl SchedulerImpl for Euler {
+    const KIND: SchedulerKind = SchedulerKind::Euler;
+
+    fn schedule(&self) -> Schedule<'_> {
+        self.table.schedule()
     }
 
-    fn timesteps(&self) -> &[f32] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        self.init_noise_sigma
-    }
-
-    fn scale_model_input(&self, sample: &mut [f32], step_index: usize) {
-        scale_by_sigma(sample, self.sigmas[..self.timesteps.len()][step_index]);
-    }
-
-    fn needs_noise(&self) -> bool {
-        false
-    }
-
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        step_index: usize,
-        sample: &mut [f32],
-        noise: Option<&[f32]>,
-    ) -> Result<(), SchedulerError> {
-        check_step(step_index, self.timesteps.len(), sample, model_output, noise, false)?;
-        let sigma = self.sigmas[step_index];
-        let dt = self.sigmas[step_index + 1] - sigma;
-        let v_scale = VScale::new(sigma);
-        for (value, &model) in sample.iter_mut().zip(model_output) {
+    fn advance(&mut self, step: StepArgs<'_>, sample: &mut [f32]) -> Result<(), SchedulerError> {
+        let (sigma, sigma_next) = self.table.sigmas_at(step.index);
+        let dt = sigma_next - sigma;
+        let derivative = Derivative::new(self.prediction_type, sigma);
+        for (value, &model) in sample.iter_mut().zip(step.model_output) {
             let x_t = *value;
-            let pred_original = match self.prediction_type {
-                PredictionType::Epsilon => x_t - sigma * model,
-                PredictionType::Sample => model,
-                PredictionType::VPrediction => v_scale.pred_original(x_t, model),
-            };
-            let derivative = (x_t - pred_original) / sigma;
-            *value = x_t + derivative * dt;
+            *value = x_t + derivative.at(x_t, model) * dt;
         }
         Ok(())
+    }
+}
+
+/// The table both Euler variants step along: the timesteps, the sigma at each, and the sigma the
+/// last step lands on. The UNet input at a step is scaled by that step's sigma.
+pub(crate) struct SigmaTable {
+    timesteps: Vec<f32>,
+    /// One more than the timesteps.
+    sigmas: Vec<f32>,
+    init_noise_sigma: f32,
+}
+
+impl SigmaTable {
+    /// `sigmas` holds the sigma of each of `timesteps`; `final_sigma` is where the last step lands.
+    pub(crate) fn new(timesteps: Vec<f32>, mut sigmas: Vec<f32>, final_sigma: f32, spacing: TimestepSpacing) -> Self {
+        sigmas.push(final_sigma);
+        let max_sigma = sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // With `leading` spacing the first timestep is not the noisiest, so diffusers scales the
+        // initial noise as a model input would be scaled.
+        let init_noise_sigma = match spacing {
+            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max_sigma,
+            TimestepSpacing::Leading => (max_sigma * max_sigma + 1.0).sqrt(),
+        };
+        Self {
+            timesteps,
+            sigmas,
+            init_noise_sigma,
+        }
+    }
+
+    pub(crate) fn schedule(&self) -> Schedule<'_> {
+        Schedule {
+            timesteps: &self.timesteps,
+            init_noise_sigma: self.init_noise_sigma,
+            input_sigmas: Some(&self.sigmas[..self.timesteps.len()]),
+        }
+    }
+
+    /// The sigma at step `index` and the one the step moves to.
+    pub(crate) fn sigmas_at(&self, index: usize) -> (f32, f32) {
+        (self.sigmas[index], self.sigmas[index + 1])
     }
 }
 
@@ -136,40 +146,33 @@ pub(crate) fn discrete_timesteps(
     Ok(integral.into_iter().map(|t| t as f32).collect())
 }
 
-/// With `leading` spacing the first timestep is not the noisiest, so diffusers scales the initial
-/// noise as a model input would be scaled.
-pub(crate) fn init_noise_sigma(sigmas: &[f32], spacing: TimestepSpacing) -> f32 {
-    let max_sigma = sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    match spacing {
-        TimestepSpacing::Linspace | TimestepSpacing::Trailing => max_sigma,
-        TimestepSpacing::Leading => (max_sigma * max_sigma + 1.0).sqrt(),
-    }
+/// k-diffusion's `to_d` at one sigma: the slope `(x_t - x₀) / sigma` of the probability-flow ODE,
+/// with the clean sample x₀ read from the model output according to the prediction type.
+pub(crate) struct Derivative {
+    sigma: f32,
+    prediction_type: PredictionType,
+    /// v-prediction's `x₀ = x_t / (sigma² + 1) - v · sigma / sqrt(sigma² + 1)`.
+    v_model_coeff: f32,
+    v_variance: f32,
 }
 
-/// Divides by `sqrt(sigma² + 1)`, so the UNet sees unit-variance input.
-pub(crate) fn scale_by_sigma(sample: &mut [f32], sigma: f32) {
-    let scale = (sigma * sigma + 1.0).sqrt();
-    for value in sample {
-        *value /= scale;
-    }
-}
-
-/// The v-prediction reading of the model output at one sigma.
-pub(crate) struct VScale {
-    model_coeff: f32,
-    variance: f32,
-}
-
-impl VScale {
-    pub(crate) fn new(sigma: f32) -> Self {
-        let variance = sigma * sigma + 1.0;
+impl Derivative {
+    pub(crate) fn new(prediction_type: PredictionType, sigma: f32) -> Self {
+        let v_variance = sigma * sigma + 1.0;
         Self {
-            model_coeff: -sigma / variance.sqrt(),
-            variance,
+            sigma,
+            prediction_type,
+            v_model_coeff: -sigma / v_variance.sqrt(),
+            v_variance,
         }
     }
 
-    pub(crate) fn pred_original(&self, x_t: f32, model: f32) -> f32 {
-        model * self.model_coeff + x_t / self.variance
+    pub(crate) fn at(&self, x_t: f32, model: f32) -> f32 {
+        let pred_original = match self.prediction_type {
+            PredictionType::Epsilon => x_t - self.sigma * model,
+            PredictionType::Sample => model,
+            PredictionType::VPrediction => model * self.v_model_coeff + x_t / self.v_variance,
+        };
+        (x_t - pred_original) / self.sigma
     }
 }

@@ -185,29 +185,129 @@ pub enum SchedulerError {
     MissingNoise,
 }
 
-/// Checks what every `step` shares: the index is in range and the slices line up. Returns the noise
-/// slice when `needs_noise`.
-fn check_step<'a>(
-    step_index: usize,
-    steps: usize,
-    sample: &[f32],
-    model_output: &[f32],
+/// What sets one kind apart. [`Scheduler`] is implemented once, below, for every kind: checking
+/// `step`'s arguments, holding multistep kinds to the order of their steps and scaling the UNet
+/// input work the same for all of them, so each kind supplies only its schedule and its update.
+trait SchedulerImpl: Send {
+    const KIND: SchedulerKind;
+
+    fn schedule(&self) -> Schedule<'_>;
+
+    /// As [`Scheduler::needs_noise`].
+    fn needs_noise(&self) -> bool {
+        false
+    }
+
+    /// The step a multistep kind expects next. Those kinds build each update from the model outputs
+    /// of the steps before, so they must see every step, in order; `None` for the others.
+    fn expected_step(&self) -> Option<usize> {
+        None
+    }
+
+    /// [`Scheduler::step`] once its arguments have passed the checks that [`StepArgs`] describes.
+    /// Multistep kinds move their expected step on here.
+    fn advance(&mut self, step: StepArgs<'_>, sample: &mut [f32]) -> Result<(), SchedulerError>;
+}
+
+/// What [`Scheduler`]'s shared methods read of a kind's schedule.
+struct Schedule<'a> {
+    timesteps: &'a [f32],
+    init_noise_sigma: f32,
+    /// The sigma of each timestep where the UNet input is divided by `sqrt(sigma² + 1)` (the Euler
+    /// variants); `None` where the input is used as it is.
+    input_sigmas: Option<&'a [f32]>,
+}
+
+impl<'a> Schedule<'a> {
+    /// A schedule that uses the initial noise and the UNet input as they are: DDIM, PNDM and
+    /// DPM-Solver, which work on the variance-preserving sample itself.
+    fn unscaled(timesteps: &'a [f32]) -> Self {
+        Self {
+            timesteps,
+            init_noise_sigma: 1.0,
+            input_sigmas: None,
+        }
+    }
+}
+
+/// The arguments of one [`Scheduler::step`] call, checked: `index` is a step of the schedule (the
+/// expected one for multistep kinds), `model_output` has the sample's length, and `noise` is there,
+/// of the sample's length, exactly when the kind needs it.
+#[derive(Clone, Copy)]
+struct StepArgs<'a> {
+    index: usize,
+    model_output: &'a [f32],
     noise: Option<&'a [f32]>,
-    needs_noise: bool,
-) -> Result<Option<&'a [f32]>, SchedulerError> {
-    if step_index >= steps {
-        return Err(SchedulerError::StepOutOfRange {
-            given: step_index,
-            steps,
-        });
+}
+
+impl<S: SchedulerImpl> Scheduler for S {
+    fn kind(&self) -> SchedulerKind {
+        S::KIND
     }
-    check_len("model_output", model_output, sample)?;
-    if !needs_noise {
-        return Ok(None);
+
+    fn timesteps(&self) -> &[f32] {
+        self.schedule().timesteps
     }
-    let noise = noise.ok_or(SchedulerError::MissingNoise)?;
-    check_len("noise", noise, sample)?;
-    Ok(Some(noise))
+
+    fn init_noise_sigma(&self) -> f32 {
+        self.schedule().init_noise_sigma
+    }
+
+    fn scale_model_input(&self, sample: &mut [f32], step_index: usize) {
+        let schedule = self.schedule();
+        assert!(
+            step_index < schedule.timesteps.len(),
+            "step {step_index} is past the last step"
+        );
+        if let Some(sigmas) = schedule.input_sigmas {
+            // The Euler variants' sample is x₀ + sigma·ε: this gives the UNet unit-variance input.
+            let sigma = sigmas[step_index];
+            let scale = (sigma * sigma + 1.0).sqrt();
+            for value in sample {
+                *value /= scale;
+            }
+        }
+    }
+
+    fn needs_noise(&self) -> bool {
+        SchedulerImpl::needs_noise(self)
+    }
+
+    fn step(
+        &mut self,
+        model_output: &[f32],
+        step_index: usize,
+        sample: &mut [f32],
+        noise: Option<&[f32]>,
+    ) -> Result<(), SchedulerError> {
+        let steps = self.schedule().timesteps.len();
+        if step_index >= steps {
+            return Err(SchedulerError::StepOutOfRange {
+                given: step_index,
+                steps,
+            });
+        }
+        check_len("model_output", model_output, sample)?;
+        let noise = if SchedulerImpl::needs_noise(self) {
+            let noise = noise.ok_or(SchedulerError::MissingNoise)?;
+            check_len("noise", noise, sample)?;
+            Some(noise)
+        } else {
+            None
+        };
+        if let Some(expected) = self.expected_step().filter(|&expected| expected != step_index) {
+            return Err(SchedulerError::OutOfOrder {
+                given: step_index,
+                expected,
+            });
+        }
+        let step = StepArgs {
+            index: step_index,
+            model_output,
+            noise,
+        };
+        self.advance(step, sample)
+    }
 }
 
 fn check_len(name: &'static str, values: &[f32], sample: &[f32]) -> Result<(), SchedulerError> {
@@ -318,54 +418,23 @@ mod tests {
 
     #[test]
     fn unsupported_configs_are_refused_naming_the_field() {
+        use SchedulerKind::{Ddim, DpmSolverMultistep as Dpm, Euler, EulerAncestral, Pndm};
         let refused = [
-            (SchedulerKind::Ddim, r#"{"thresholding": true}"#, "thresholding"),
-            (SchedulerKind::Euler, r#"{"use_beta_sigmas": true}"#, "use_beta_sigmas"),
+            (Ddim, r#"{"thresholding": true}"#, "thresholding"),
+            (Ddim, r#"{"timestep_spacing": "trailing"}"#, "timestep_spacing"),
+            (Euler, r#"{"use_beta_sigmas": true}"#, "use_beta_sigmas"),
             (
-                SchedulerKind::Euler,
+                Euler,
                 r#"{"use_karras_sigmas": true, "use_exponential_sigmas": true}"#,
                 "use_karras_sigmas",
             ),
-            (
-                SchedulerKind::Euler,
-                r#"{"interpolation_type": "log_linear"}"#,
-                "interpolation_type",
-            ),
-            (
-                SchedulerKind::EulerAncestral,
-                r#"{"prediction_type": "sample"}"#,
-                "prediction_type",
-            ),
-            (
-                SchedulerKind::Pndm,
-                r#"{"prediction_type": "sample"}"#,
-                "prediction_type",
-            ),
-            (
-                SchedulerKind::DpmSolverMultistep,
-                r#"{"algorithm_type": "dpmsolver"}"#,
-                "final_sigmas_type",
-            ),
-            (
-                SchedulerKind::DpmSolverMultistep,
-                r#"{"solver_order": 4}"#,
-                "solver_order",
-            ),
-            (
-                SchedulerKind::DpmSolverMultistep,
-                r#"{"use_lu_lambdas": true}"#,
-                "use_lu_lambdas",
-            ),
-            (
-                SchedulerKind::DpmSolverMultistep,
-                r#"{"algorithm_type": "unipc"}"#,
-                "algorithm_type",
-            ),
-            (
-                SchedulerKind::Ddim,
-                r#"{"timestep_spacing": "trailing"}"#,
-                "timestep_spacing",
-            ),
+            (Euler, r#"{"interpolation_type": "log_linear"}"#, "interpolation_type"),
+            (EulerAncestral, r#"{"prediction_type": "sample"}"#, "prediction_type"),
+            (Pndm, r#"{"prediction_type": "sample"}"#, "prediction_type"),
+            (Dpm, r#"{"algorithm_type": "dpmsolver"}"#, "final_sigmas_type"),
+            (Dpm, r#"{"solver_order": 4}"#, "solver_order"),
+            (Dpm, r#"{"use_lu_lambdas": true}"#, "use_lu_lambdas"),
+            (Dpm, r#"{"algorithm_type": "unipc"}"#, "algorithm_type"),
         ];
         for (kind, json, field) in refused {
             let config = SchedulerConfig::from_json_str(json).unwrap();

@@ -3,7 +3,10 @@
 //! (PLMS) steps that reuse the last four model outputs.
 
 use super::config::{check_timesteps_in_range, leading_timesteps, linspace_timesteps, trailing_timesteps, unsupported};
-use super::{check_step, PredictionType, Scheduler, SchedulerConfig, SchedulerError, SchedulerKind, TimestepSpacing};
+use super::ddim::AlphaTable;
+use super::{
+    PredictionType, Schedule, SchedulerConfig, SchedulerError, SchedulerImpl, SchedulerKind, StepArgs, TimestepSpacing,
+};
 
 /// The Runge-Kutta warm-up: three 4-stage steps.
 const PRK_STEPS: usize = 12;
@@ -13,8 +16,7 @@ pub(crate) struct Pndm {
     train_timesteps: Vec<i64>,
     /// 0 with `skip_prk_steps`, else `PRK_STEPS`.
     prk_steps: usize,
-    alphas_cumprod: Vec<f32>,
-    final_alpha_cumprod: f32,
+    alphas: AlphaTable,
     /// diffusers steps back by `train_steps // steps` whatever the spacing.
     step_stride: i64,
     v_prediction: bool,
@@ -60,18 +62,11 @@ impl Pndm {
         } else {
             (prk_then_plms_timesteps(&ascending, step_stride / 2)?, PRK_STEPS)
         };
-        let alphas_cumprod = config.alphas_cumprod(SchedulerKind::Pndm);
-        let final_alpha_cumprod = if config.set_alpha_to_one_for(SchedulerKind::Pndm) {
-            1.0
-        } else {
-            alphas_cumprod[0]
-        };
         Ok(Self {
             timesteps: train_timesteps.iter().map(|&t| t as f32).collect(),
             train_timesteps,
             prk_steps,
-            alphas_cumprod,
-            final_alpha_cumprod,
+            alphas: AlphaTable::new(config, SchedulerKind::Pndm),
             step_stride,
             v_prediction,
             ets: Vec::with_capacity(4),
@@ -83,13 +78,8 @@ impl Pndm {
 
     /// One Runge-Kutta stage. Stages start from the sample saved at stage 0; their model outputs
     /// are weighted 1/6, 1/3, 1/3, 1/6, and the last stage uses the weighted sum.
-    fn step_prk(
-        &mut self,
-        counter: usize,
-        model_output: &[f32],
-        timestep: i64,
-        sample: &mut [f32],
-    ) -> Result<(), SchedulerError> {
+    fn step_prk(&mut self, step: StepArgs<'_>, timestep: i64, sample: &mut [f32]) -> Result<(), SchedulerError> {
+        let (counter, model_output) = (step.index, step.model_output);
         let half_stride = if counter % 2 == 1 { 0 } else { self.step_stride / 2 };
         let prev_timestep = timestep - half_stride;
         let transfer = self.transfer(self.train_timesteps[counter / 4 * 4], prev_timestep)?;
@@ -126,13 +116,8 @@ impl Pndm {
     /// One linear multistep step (Adams-Bashforth of up to fourth order on the model outputs).
     /// Without a Runge-Kutta warm-up, the first step is taken twice: once with the first output
     /// alone, then again from the same sample with the average of the first two.
-    fn step_plms(
-        &mut self,
-        counter: usize,
-        model_output: &[f32],
-        timestep: i64,
-        sample: &mut [f32],
-    ) -> Result<(), SchedulerError> {
+    fn step_plms(&mut self, step: StepArgs<'_>, timestep: i64, sample: &mut [f32]) -> Result<(), SchedulerError> {
+        let (counter, model_output) = (step.index, step.model_output);
         let redo_first = counter == 1 && self.ets.len() == 1;
         let (timestep, prev_timestep) = if redo_first {
             (timestep + self.step_stride, timestep)
@@ -166,17 +151,13 @@ impl Pndm {
         Ok(())
     }
 
-    /// The update from `timestep` to `prev_timestep` (eq. 9 of the PNDM paper); ᾱ past the end is
-    /// `final_alpha_cumprod`.
+    /// The update from `timestep` to `prev_timestep` (eq. 9 of the PNDM paper).
     fn transfer(&self, timestep: i64, prev_timestep: i64) -> Result<Transfer, SchedulerError> {
-        let alpha_prod_t = usize::try_from(timestep)
-            .ok()
-            .and_then(|t| self.alphas_cumprod.get(t).copied())
+        let alpha_prod_t = self
+            .alphas
+            .at(timestep)
             .ok_or_else(|| unsupported(format!("PNDM reached timestep {timestep}, outside the training range")))?;
-        let alpha_prod_t_prev = match usize::try_from(prev_timestep) {
-            Ok(prev) => self.alphas_cumprod[prev],
-            Err(_) => self.final_alpha_cumprod,
-        };
+        let alpha_prod_t_prev = self.alphas.at_prev(prev_timestep);
         let beta_prod_t = 1.0 - alpha_prod_t;
         let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
         Ok(Transfer {
@@ -189,49 +170,23 @@ impl Pndm {
     }
 }
 
-impl Scheduler for Pndm {
-    fn kind(&self) -> SchedulerKind {
-        SchedulerKind::Pndm
+impl SchedulerImpl for Pndm {
+    const KIND: SchedulerKind = SchedulerKind::Pndm;
+
+    fn schedule(&self) -> Schedule<'_> {
+        Schedule::unscaled(&self.timesteps)
     }
 
-    fn timesteps(&self) -> &[f32] {
-        &self.timesteps
+    fn expected_step(&self) -> Option<usize> {
+        Some(self.next_step)
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, _sample: &mut [f32], step_index: usize) {
-        assert!(
-            step_index < self.timesteps.len(),
-            "step {step_index} is past the last step"
-        );
-    }
-
-    fn needs_noise(&self) -> bool {
-        false
-    }
-
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        step_index: usize,
-        sample: &mut [f32],
-        noise: Option<&[f32]>,
-    ) -> Result<(), SchedulerError> {
-        check_step(step_index, self.timesteps.len(), sample, model_output, noise, false)?;
-        if step_index != self.next_step {
-            return Err(SchedulerError::OutOfOrder {
-                given: step_index,
-                expected: self.next_step,
-            });
-        }
-        let timestep = self.train_timesteps[step_index];
-        if step_index < self.prk_steps {
-            self.step_prk(step_index, model_output, timestep, sample)?;
+    fn advance(&mut self, step: StepArgs<'_>, sample: &mut [f32]) -> Result<(), SchedulerError> {
+        let timestep = self.train_timesteps[step.index];
+        if step.index < self.prk_steps {
+            self.step_prk(step, timestep, sample)?;
         } else {
-            self.step_plms(step_index, model_output, timestep, sample)?;
+            self.step_plms(step, timestep, sample)?;
         }
         self.next_step += 1;
         Ok(())
