@@ -38,10 +38,17 @@ fn max_pixel_error(golden_name: &str, model: &std::path::Path) -> f32 {
         .into_raw();
     let theirs = common::floats(&golden["image"]);
     assert_eq!(ours.len(), theirs.len());
-    ours.iter()
+    let error = ours
+        .iter()
         .zip(&theirs)
         .map(|(&a, &b)| (a as f32 / 255.0 - b).abs())
-        .fold(0.0, f32::max)
+        .fold(0.0, f32::max);
+    eprintln!(
+        "{golden_name} on {}: max per-pixel error {:.3}/255",
+        model.display(),
+        error * 255.0
+    );
+    error
 }
 
 #[test]

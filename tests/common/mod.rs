@@ -68,8 +68,15 @@ impl Server {
     }
 
     pub fn start_with_model(model: &std::path::Path, extra_args: &[&str]) -> Server {
+        // One intra-op thread unless the test sets its own: tests run side by side on two cores.
+        let threads: &[&str] = if extra_args.contains(&"--intra-threads") {
+            &[]
+        } else {
+            &["--intra-threads", "1"]
+        };
         let mut child = Command::new(binary())
-            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--intra-threads", "1"])
+            .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+            .args(threads)
             .arg("--model")
             .arg(model)
             .args(extra_args)
