@@ -15,6 +15,10 @@ pub enum Error {
     #[error("{message}")]
     InvalidRequest { message: String, param: Option<String> },
 
+    /// The request body is larger than the server accepts.
+    #[error("the request body is larger than the limit of {limit} bytes (--max-body-bytes)")]
+    PayloadTooLarge { limit: usize },
+
     /// The bounded queue is full; the caller should retry after `retry_after_secs`.
     #[error("the server is at capacity ({queued} requests queued, limit {limit}); retry after {retry_after_secs} s")]
     Overloaded {
@@ -76,6 +80,7 @@ impl Error {
         match self {
             Error::Validation { .. } => "validation_error",
             Error::InvalidRequest { .. } => "invalid_request",
+            Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::Overloaded { .. } => "overloaded",
             Error::NotFound(_) => "not_found",
             Error::Unavailable(_) => "unavailable",

@@ -35,6 +35,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         model_name: model.name.clone(),
         device: config.device.to_string(),
         limits: config.limits.clone(),
+        max_body_bytes: config.http.max_body_bytes,
     });
     let (server, port) = build_server(state.clone(), &config.http).map_err(|err| {
         Error::Config(format!(

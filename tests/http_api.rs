@@ -143,6 +143,11 @@ fn bad_input_gets_a_4xx_naming_the_field_and_the_limit() {
     let response = server.post_json("/generate", &long);
     assert_eq!(response.status, 422);
     assert!(response.text().contains("at most 4096 bytes"));
+    let huge = format!(r#"{{"prompt":"{}"}}"#, "a".repeat(2 << 20));
+    let response = server.post_json("/generate", &huge);
+    assert_eq!(response.status, 413, "{}", response.text());
+    assert_eq!(response.json()["error"]["type"], "payload_too_large");
+    assert!(response.text().contains("1048576 bytes"), "{}", response.text());
     let missing = server.get("/no-such-route");
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json()["error"]["type"], "not_found");

@@ -31,6 +31,7 @@ impl ResponseError for Error {
         match self {
             Error::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -35,6 +35,7 @@ pub struct AppState {
     /// The device asked for on the command line.
     pub device: String,
     pub limits: RequestLimits,
+    pub max_body_bytes: usize,
 }
 
 impl AppState {
@@ -54,11 +55,9 @@ pub struct HttpConfig {
 
 /// Binds the listener and returns the server future (not yet awaited) with the port it bound.
 pub fn build_server(state: web::Data<AppState>, config: &HttpConfig) -> std::io::Result<(Server, u16)> {
-    let max_body_bytes = config.max_body_bytes;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .app_data(web::PayloadConfig::new(max_body_bytes))
             .wrap_fn(|request, service| {
                 let started = Instant::now();
                 let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_string());

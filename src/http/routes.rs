@@ -4,12 +4,29 @@ use std::time::Instant;
 
 use actix_web::{get, post, web, HttpResponse};
 use base64::Engine as _;
+use futures_util::StreamExt;
 
 use crate::error::{Error, Result};
 use crate::http::error::{parse_json, ErrorBody};
 use crate::http::schemas::{GenerateRequest, GenerateResponse, HealthResponse, ImageOut, Timings};
 use crate::http::AppState;
 use crate::pipeline::request::validate;
+
+/// Reads the whole body, refusing it as soon as it passes `limit` bytes.
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|err| Error::InvalidRequest {
+            message: format!("cannot read the request body: {err}"),
+            param: None,
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(Error::PayloadTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
 
 fn millis(duration: std::time::Duration) -> f64 {
     (duration.as_secs_f64() * 1e6).round() / 1e3
@@ -24,14 +41,16 @@ fn millis(duration: std::time::Duration) -> f64 {
     responses(
         (status = 200, description = "The images", body = GenerateResponse),
         (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 413, description = "The body is larger than `--max-body-bytes`", body = ErrorBody),
         (status = 422, description = "A field breaks a rule; `param` names it", body = ErrorBody),
         (status = 429, description = "The queue is full; retry after the `Retry-After` header's seconds", body = ErrorBody),
         (status = 503, description = "The models are still loading", body = ErrorBody),
     )
 )]
 #[post("/generate")]
-pub async fn generate(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse> {
+pub async fn generate(state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse> {
     let started = Instant::now();
+    let body = read_body(payload, state.max_body_bytes).await?;
     let request: GenerateRequest = parse_json(&body)?;
     let serving = state.serving()?;
     let params = validate(request.into(), &serving.model_limits, &state.limits)?;
