@@ -207,6 +207,31 @@ fn health_ready_metrics_and_docs() {
 }
 
 #[test]
+fn http_threads_answer_while_a_worker_is_busy() {
+    let server = Server::start(&["--workers", "1"]);
+    let port = server.port;
+    let busy = std::thread::spawn(move || {
+        common::request(
+            port,
+            "POST",
+            "/generate",
+            Some(r#"{"prompt":"a long job","steps":150,"n":4}"#),
+        )
+        .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let health = server.get("/health");
+    assert_eq!(health.status, 200);
+    let invalid = server.post_json("/generate", r#"{"prompt":""}"#);
+    assert_eq!(invalid.status, 422, "validation answers without waiting for the worker");
+    assert!(
+        !busy.is_finished(),
+        "the long job should still be running while /health answers"
+    );
+    assert_eq!(busy.join().unwrap().status, 200);
+}
+
+#[test]
 fn a_full_queue_answers_429_with_retry_after() {
     let server = Server::start(&["--workers", "1", "--queue-capacity", "1"]);
     let port = server.port;
