@@ -58,6 +58,15 @@ fn every_scheduler_and_size_is_served() {
         let png = decode_png(response.json()["images"][0]["png_base64"].as_str().unwrap());
         assert_eq!(png.dimensions(), (96, 48), "{scheduler}");
     }
+    // Stochastic samplers draw their step noise from the seeded streams too.
+    for body in [
+        r#"{"prompt":"a star","steps":4,"seed":8,"scheduler":"euler_a","n":2}"#,
+        r#"{"prompt":"a star","steps":4,"seed":8,"scheduler":"ddim","eta":0.7}"#,
+    ] {
+        let first = server.post_json("/generate", body).json();
+        let second = server.post_json("/generate", body).json();
+        assert_eq!(first["images"], second["images"], "{body}");
+    }
     let no_guidance = server.post_json("/generate", r#"{"prompt":"a star","steps":3,"guidance_scale":1.0}"#);
     assert_eq!(no_guidance.status, 200, "{}", no_guidance.text());
 }

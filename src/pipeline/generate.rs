@@ -297,16 +297,18 @@ impl Pipeline {
         .map_err(|err| Error::validation("scheduler", err.to_string()))?;
         let sigma = scheduler.init_noise_sigma();
         latents.iter_mut().for_each(|value| *value *= sigma);
-        let mut noise_sources: Vec<NoiseSource> = (0..num_images)
-            .map(|index| {
-                // Skip past the values the initial latents took, so step noise never repeats them.
-                let mut source = NoiseSource::new(params.seed.wrapping_add(index as u64));
-                (0..per_image).for_each(|_| {
-                    source.next_normal();
-                });
-                source
-            })
-            .collect();
+        // Step noise continues each image's stream past the values its initial latents took.
+        let mut noise_sources: Vec<NoiseSource> = if scheduler.needs_noise() {
+            (0..num_images)
+                .map(|index| {
+                    let mut source = NoiseSource::new(params.seed.wrapping_add(index as u64));
+                    source.skip_normals(per_image);
+                    source
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let unet_batch = if guided { 2 * num_images } else { num_images };
         let sample_shape = [unet_batch, channels, latent_h, latent_w];
         let hidden_shape = [unet_batch, embeddings.seq_len, embeddings.hidden];
