@@ -181,7 +181,18 @@ fn worker_loop(mut pipeline: Pipeline, receiver: Receiver<Job>, metrics: Arc<Met
         }
         let started = Instant::now();
         let mut progress = JobProgress { cancel: &job.cancel };
-        let result = pipeline.generate(&job.params, &mut progress);
+        // A panic inside one request must not take the worker (and every later request) down with it.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pipeline.generate(&job.params, &mut progress)
+        }))
+        .unwrap_or_else(|panic| {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::Internal(format!("generation panicked: {reason}")))
+        });
         match &result {
             Ok(output) => {
                 metrics.observe_stages(provider, queue_time, &output.timings);
