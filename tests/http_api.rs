@@ -210,9 +210,13 @@ fn health_ready_metrics_and_docs() {
     let spec = server.get("/openapi.json");
     assert_eq!(spec.status, 200);
     assert!(spec.json()["paths"]["/generate"]["post"].is_object());
+    let committed = std::fs::read_to_string(common::repo_path("openapi/openapi.json")).unwrap();
+    assert_eq!(spec.text(), committed, "the served spec is the committed one");
     let docs = server.get("/docs/");
     assert_eq!(docs.status, 200, "{}", docs.text());
     assert!(docs.text().to_lowercase().contains("swagger"));
+    let initializer = server.get("/docs/swagger-initializer.js");
+    assert!(initializer.text().contains("/openapi.json"), "{}", initializer.text());
 }
 
 #[test]

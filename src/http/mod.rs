@@ -11,8 +11,7 @@ use std::time::Instant;
 
 use actix_web::dev::{Server, Service};
 use actix_web::{web, App, HttpServer};
-use utoipa::OpenApi;
-use utoipa_swagger_ui::SwaggerUi;
+use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::batching::Engine;
 use crate::error::{Error, Result};
@@ -79,7 +78,8 @@ pub fn build_server(state: web::Data<AppState>, config: &HttpConfig) -> std::io:
             .service(routes::health)
             .service(routes::ready)
             .service(routes::metrics)
-            .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi::ApiDoc::openapi()))
+            .service(routes::openapi_json)
+            .service(SwaggerUi::new("/docs/{_:.*}").config(Config::new(["/openapi.json"])))
             .default_service(web::to(routes::not_found))
     })
     .workers(config.http_workers.max(1))

@@ -11,10 +11,11 @@ use crate::http::schemas::{GenerateRequest, GenerateResponse, HealthResponse, Im
 #[openapi(
     info(
         title = "t2i-align",
-        description = "Text-to-image diffusion models aligned with human feedback, served through ONNX Runtime.",
+        description = "Text-to-image diffusion models aligned with human feedback, served through ONNX Runtime. \
+                       Swagger UI for this document is served at /docs/.",
         license(name = "Apache-2.0")
     ),
-    paths(routes::generate, routes::health, routes::ready, routes::metrics),
+    paths(routes::generate, routes::health, routes::ready, routes::metrics, routes::openapi_json),
     components(schemas(GenerateRequest, GenerateResponse, ImageOut, Timings, HealthResponse, ErrorBody, ErrorDetail)),
     tags(
         (name = "generation", description = "Text-to-image"),

@@ -128,6 +128,16 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
+/// This OpenAPI document (JSON). Swagger UI at `/docs/` reads it.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
+#[get("/openapi.json")]
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(crate::http::openapi::spec_json())
+}
+
 /// Any path we do not serve.
 pub async fn not_found(request: actix_web::HttpRequest) -> Result<HttpResponse> {
     Err(Error::NotFound(format!(
