@@ -219,20 +219,19 @@ fn health_ready_metrics_and_docs() {
     assert!(initializer.text().contains("/openapi.json"), "{}", initializer.text());
 }
 
+/// Starts a long generation (4 images, 150 steps) on another thread and gives it time to reach the worker.
+fn occupy_the_worker(port: u16) -> std::thread::JoinHandle<common::Response> {
+    let body = r#"{"prompt":"a long job","steps":150,"n":4}"#;
+    let busy = std::thread::spawn(move || common::request(port, "POST", "/generate", Some(body)).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    busy
+}
+
 #[test]
 fn http_threads_answer_while_a_worker_is_busy() {
     let server = Server::start(&["--workers", "1"]);
     let port = server.port;
-    let busy = std::thread::spawn(move || {
-        common::request(
-            port,
-            "POST",
-            "/generate",
-            Some(r#"{"prompt":"a long job","steps":150,"n":4}"#),
-        )
-        .unwrap()
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let busy = occupy_the_worker(port);
     let health = server.get("/health");
     assert_eq!(health.status, 200);
     let invalid = server.post_json("/generate", r#"{"prompt":""}"#);
@@ -274,18 +273,9 @@ fn a_full_queue_answers_429_with_retry_after() {
 #[test]
 fn a_client_that_disconnects_has_its_work_dropped() {
     let server = Server::start(&["--workers", "1"]);
-    // Occupy the only worker, so the next request waits in the queue.
     let port = server.port;
-    let busy = std::thread::spawn(move || {
-        common::request(
-            port,
-            "POST",
-            "/generate",
-            Some(r#"{"prompt":"a long job","steps":150,"n":4}"#),
-        )
-        .unwrap()
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    // Occupy the only worker, so the next request waits in the queue.
+    let busy = occupy_the_worker(port);
     {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let body = r#"{"prompt":"abandoned","steps":150}"#;
