@@ -123,23 +123,25 @@ impl TimestepInput {
     }
 }
 
-/// The ONNX tensor names a Stable Diffusion export uses, with the variants we adapt to.
+// Input names are fixed by the Stable Diffusion export; output names vary, so `Contract` reads those.
+const INPUT_IDS: &str = "input_ids";
+const SAMPLE: &str = "sample";
+const TIMESTEP: &str = "timestep";
+const ENCODER_HIDDEN_STATES: &str = "encoder_hidden_states";
+const LATENT_SAMPLE: &str = "latent_sample";
+
+/// How this export differs from the others: id and timestep types, and output names.
 struct Contract {
-    input_ids: String,
     ids_int32: bool,
     text_output: String,
-    sample: String,
-    timestep: String,
     timestep_input: TimestepInput,
-    encoder_hidden_states: String,
     unet_output: String,
-    latent_sample: String,
     vae_output: String,
 }
 
 impl Contract {
     fn read(text_encoder: &SessionContract, unet: &SessionContract, vae: &SessionContract) -> Result<Self> {
-        let input_ids = text_encoder.input("input_ids")?;
+        let input_ids = text_encoder.input(INPUT_IDS)?;
         let ids_int32 = match input_ids.element {
             ElementType::Int64 => false,
             ElementType::Int32 => true,
@@ -150,13 +152,13 @@ impl Contract {
                 )))
             }
         };
-        text_encoder.reject_unknown_inputs(&["input_ids"])?;
-        unet.reject_unknown_inputs(&["sample", "timestep", "encoder_hidden_states"])?;
-        vae.reject_unknown_inputs(&["latent_sample"])?;
+        text_encoder.reject_unknown_inputs(&[INPUT_IDS])?;
+        unet.reject_unknown_inputs(&[SAMPLE, TIMESTEP, ENCODER_HIDDEN_STATES])?;
+        vae.reject_unknown_inputs(&[LATENT_SAMPLE])?;
         for spec in [
-            unet.input("sample")?,
-            unet.input("encoder_hidden_states")?,
-            vae.input("latent_sample")?,
+            unet.input(SAMPLE)?,
+            unet.input(ENCODER_HIDDEN_STATES)?,
+            vae.input(LATENT_SAMPLE)?,
         ] {
             if spec.element != ElementType::Float32 {
                 return Err(Error::Runtime(format!(
@@ -165,17 +167,12 @@ impl Contract {
                 )));
             }
         }
-        let timestep = unet.input("timestep")?;
+        let timestep = unet.input(TIMESTEP)?;
         Ok(Contract {
-            input_ids: input_ids.name.clone(),
             ids_int32,
             text_output: text_encoder.output_or_first("last_hidden_state")?.name.clone(),
-            sample: "sample".into(),
-            timestep: timestep.name.clone(),
             timestep_input: TimestepInput::from_spec(timestep)?,
-            encoder_hidden_states: "encoder_hidden_states".into(),
             unet_output: unet.output_or_first("out_sample")?.name.clone(),
-            latent_sample: "latent_sample".into(),
             vae_output: vae.output_or_first("sample")?.name.clone(),
         })
     }
@@ -435,10 +432,9 @@ impl Pipeline {
             TensorRef::from_array_view((shape, ids.as_slice())).map(SessionInputValue::from)
         }
         .map_err(|err| inference_error("text_encoder", err))?;
-        let output_name = self.contract.text_output.clone();
-        let inputs = vec![(Cow::from(self.contract.input_ids.clone()), input)];
+        let inputs = vec![(Cow::from(INPUT_IDS), input)];
         let outputs = self.text_encoder.run(inputs, ort_time)?;
-        let (out_shape, values) = outputs[output_name.as_str()]
+        let (out_shape, values) = outputs[self.contract.text_output.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(|err| inference_error("text_encoder", err))?;
         if out_shape.len() != 3 || out_shape[0] as usize != rows {
@@ -478,22 +474,21 @@ impl Pipeline {
         .map_err(to_error)?;
         let inputs = vec![
             (
-                Cow::from(self.contract.sample.as_str()),
+                Cow::from(SAMPLE),
                 TensorRef::from_array_view((sample_shape, sample))
                     .map_err(to_error)?
                     .into(),
             ),
-            (Cow::from(self.contract.timestep.as_str()), timestep_value),
+            (Cow::from(TIMESTEP), timestep_value),
             (
-                Cow::from(self.contract.encoder_hidden_states.as_str()),
+                Cow::from(ENCODER_HIDDEN_STATES),
                 TensorRef::from_array_view((hidden_shape, hidden_states))
                     .map_err(to_error)?
                     .into(),
             ),
         ];
-        let output_name = self.contract.unet_output.clone();
         let outputs = self.unet.run(inputs, ort_time)?;
-        let (_, values) = outputs[output_name.as_str()]
+        let (_, values) = outputs[self.contract.unet_output.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(to_error)?;
         if values.len() != sample.len() {
@@ -508,12 +503,11 @@ impl Pipeline {
     fn run_vae(&mut self, latents: &[f32], shape: [usize; 4], ort_time: &mut Duration) -> Result<Vec<f32>> {
         let to_error = |err| inference_error("vae_decoder", err);
         let inputs = vec![(
-            Cow::from(self.contract.latent_sample.as_str()),
+            Cow::from(LATENT_SAMPLE),
             TensorRef::from_array_view((shape, latents)).map_err(to_error)?.into(),
         )];
-        let output_name = self.contract.vae_output.clone();
         let outputs = self.vae_decoder.run(inputs, ort_time)?;
-        let (_, values) = outputs[output_name.as_str()]
+        let (_, values) = outputs[self.contract.vae_output.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(to_error)?;
         Ok(values.to_vec())
