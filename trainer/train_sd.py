@@ -9,9 +9,10 @@ Three stages, each resumable: a stage whose folder exists is skipped unless --fo
 writes into `<name>.partial` and renames it when done, so an interrupted run never leaves a half-written
 folder that a re-run would trust.
 
-1. vae: AutoencoderKL (64x64 RGB, VAE factor 8, 4 latent channels), reconstruction loss plus a small KL
-   term. Its `scaling_factor` is measured afterwards: 1 / std of the latents, as SD's 0.18215 was.
-2. unet: UNet2DConditionModel on 8x8 latents with the epsilon-prediction DDPM loss (SD 1.5's noise
+1. vae: AutoencoderKL (64x64 RGB, VAE factor 4, 4 latent channels; see build_vae), reconstruction loss
+   plus a small KL term. Its `scaling_factor` is measured afterwards: 1 / std of the latents, as SD's
+   0.18215 was.
+2. unet: UNet2DConditionModel on 16x16 latents with the epsilon-prediction DDPM loss (SD 1.5's noise
    schedule), 10% empty captions so that classifier-free guidance works. The CLIP text encoder is trained
    jointly: a random encoder maps every prompt to nearly the same vectors, and the UNet cannot read shape or
    colour out of those.
@@ -20,10 +21,9 @@ folder that a re-run would trust.
 
 Progress goes to stdout as JSON lines ({"event": "step", "stage": "unet", "step": 10, "loss": ...}).
 
-Expected time on 2 quiet CPU cores with the defaults, from per-step timings (not yet timed end to end):
-about 8 min for the VAE (1500 steps of 16, 0.3 s each) and 24 min for the UNet and text encoder (4000 steps
-of 32, 0.36 s each), plus a minute to load, save and sample: about 33 min. Shared cores are much slower (a
-VAE step took 2.5-6 s while Rust compiled alongside). `--smoke` runs a few steps of each
+Time on 2 quiet CPU cores with the defaults: see models/REPORT.md, which `make models` writes. From
+per-step timings, about 10 min for the VAE (2000 steps of 16) and 20 min for the UNet and text encoder
+(5000 steps of 32). Shared cores are much slower. `--smoke` runs a few steps of each
 stage in well under a minute, for tests.
 
 Usage:
@@ -55,21 +55,16 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from build_test_model import (
-    SD15_SCHEDULER_CONFIG,
-    build_text_encoder,
-    build_tokenizer,
-    build_unet,
-    build_vae,
-)
+from build_test_model import SD15_SCHEDULER_CONFIG, build_text_encoder, build_tokenizer
 from shapes_world import IMAGE_SIZE, noisy_caption, render, train_prompts
+from stage_cli import check_output_parent, emit
 
 STAGES = ("vae", "unet", "pipeline")
 SAMPLE_PROMPTS = ("a red circle", "two blue squares on a yellow background")
 SAMPLES_PER_PROMPT = 4
 
 # Full run and --smoke: steps and batch size of each trained stage, and the samples' denoising steps.
-DEFAULTS = {"vae_steps": 1500, "vae_batch": 16, "unet_steps": 4000, "unet_batch": 32, "sample_steps": 30}
+DEFAULTS = {"vae_steps": 2000, "vae_batch": 16, "unet_steps": 5000, "unet_batch": 32, "sample_steps": 30}
 SMOKE = {"vae_steps": 3, "vae_batch": 4, "unet_steps": 3, "unet_batch": 4, "sample_steps": 3}
 
 
@@ -158,22 +153,53 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in ("count_noise", "caption_dropout"):
         if not 0 <= getattr(args, name) <= 1:
             parser.error(f"--{name.replace('_', '-')} must be between 0 and 1. Given: {getattr(args, name)}")
-    parent = args.out.resolve().parent
-    if parent.exists() and not parent.is_dir():
-        parser.error(f"the parent of --out is a file, not a folder: {parent}")
-    if not parent.is_dir():
-        parser.error(
-            f"the parent folder of --out does not exist: {parent}. Create it or choose another --out."
-        )
-    if not os.access(parent, os.W_OK | os.X_OK):
-        parser.error(f"the parent folder of --out is not writable: {parent}")
+    check_output_parent(parser, args.out)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
 
 
-def emit(event: str, **fields) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
+# ----------------------------------------------------------------------------------------------------
+# Networks
+# ----------------------------------------------------------------------------------------------------
+
+# The latents are 4 x 16 x 16: a VAE factor of 4, not Stable Diffusion's 8. Measured here after 600 steps
+# (batch 16), a (16, 32, 64) VAE of factor 4 reconstructed the shapes (MSE 0.033 on [-1, 1] pixels), while
+# SD's factor 8 at this width, (8, 16, 16, 16), gave grey blobs (MSE 0.13): a 14 px star is 2 latent cells
+# across at factor 8. The UNet then works at 16x16, which costs 0.19 s per step of 32 (against 0.17 s for
+# the (32, 64) UNet at the same size) with cross-attention only at 8x8 and 4x4.
+LATENT_SIZE = IMAGE_SIZE // 4
+
+
+def build_vae(seed: int) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        latent_channels=4,
+        sample_size=IMAGE_SIZE,
+    )
+
+
+def build_unet(cross_attention_dim: int, seed: int) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=LATENT_SIZE,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        attention_head_dim=4,
+        norm_num_groups=16,
+        cross_attention_dim=cross_attention_dim,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -230,8 +256,6 @@ def run_stage(folder: Path, force: bool, build) -> bool:
 
 
 def train_vae(args: argparse.Namespace, out: Path) -> None:
-    # build_test_model's widths (8, 16, 16, 16): the 4x8x8 latent, not the width, limits what survives, and
-    # at 64x64 a wider one costs more: (16, 32, 32, 32) took 1.5 s a step against 1.0 s (batch 16, busy CPU).
     vae = build_vae(args.seed + 3).to(args.device).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     data = ShapesBatches(args.seed + 10, args.count_noise, 0.0)

@@ -7,7 +7,11 @@ them (`-m "not trainer_env"`), and `make test-trainer` runs them in .venv-traine
 is an error.
 """
 
+import json
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -45,3 +49,35 @@ def tiny_sd() -> Path:
 @pytest.fixture(scope="session")
 def tiny_sd_legacy() -> Path:
     return require_folder(REPO_ROOT / "models" / "tiny-sd-legacy")
+
+
+@dataclass
+class SmokeBuild:
+    build: Path
+    models: Path
+    events: list[dict]
+
+
+@pytest.fixture(scope="session")
+def smoke_models(trainer_packages, tmp_path_factory) -> SmokeBuild:
+    """`make models` at smoke settings, once per test session, into scratch folders."""
+    root = tmp_path_factory.mktemp("make_models")
+    build, models = root / "build", root / "models"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "trainer" / "make_models.py"), "--smoke", "--build", str(build),
+         "--models", str(models)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return SmokeBuild(build, models, events)
+
+
+@pytest.fixture(scope="session")
+def shapes_sd() -> Path:
+    return require_folder(REPO_ROOT / "models" / "shapes-sd")
+
+
+@pytest.fixture(scope="session")
+def shapes_reward() -> Path:
+    return require_folder(REPO_ROOT / "models" / "shapes-reward")

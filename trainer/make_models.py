@@ -1,0 +1,151 @@
+"""Build the default models from nothing, stage by stage, and write the report (issue #3; `make models`).
+
+Stages, each a script of its own with its own CLI, run here as child processes in this order:
+
+1. train_sd      trainer/train_sd.py      the pretrained pipeline (diffusers)   build/shapes-sd-diffusers
+2. export_sd     trainer/export_sd.py     its ONNX export + diffusers weights  models/shapes-sd
+3. sample_rated  trainer/sample_rated.py  rated samples of the pretrained model build/reward-data
+4. train_reward  trainer/train_reward.py  the reward model (and its ablation)   models/shapes-reward
+5. report        trainer/report.py        the measured report                   models/REPORT.md
+
+Every stage writes to a `.partial` folder and renames it when done, and skips itself when its output
+exists, so an interrupted build resumes at the stage it was in and never leaves a half-written model in
+models/. `--force` rebuilds everything. The seed is fixed (--seed), so a rebuild gives the same models up to
+floating-point reduction order.
+
+Each stage's wall time goes to `<build>/timings.json` (a skipped stage keeps the time of the run that built
+it), and the report prints them with their sum.
+
+`--smoke` runs every stage at a few steps into a scratch folder (`--build`, `--models`): under 3 minutes on
+2 cores. It is what `make test` runs.
+
+Usage:
+    python trainer/make_models.py                       # full build: build/ and models/
+    python trainer/make_models.py --smoke --build /tmp/b --models /tmp/m
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+TRAINER = Path(__file__).resolve().parent
+REPO_ROOT = TRAINER.parent
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--build", type=Path, default=REPO_ROOT / "build", help="scratch folder (%(default)s)"
+    )
+    parser.add_argument(
+        "--models", type=Path, default=REPO_ROOT / "models", help="model folder (%(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of every stage (default: 0)")
+    parser.add_argument("--force", action="store_true", help="rebuild every stage")
+    parser.add_argument("--smoke", action="store_true", help="a few steps per stage, for tests")
+    parser.add_argument(
+        "--device", default=None, help="torch device for every stage (default: cuda if present)"
+    )
+    args = parser.parse_args(argv)
+    for name in ("build", "models"):
+        folder = getattr(args, name)
+        if folder.exists() and not folder.is_dir():
+            parser.error(f"--{name} is a file, not a folder: {folder}")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            parser.error(f"cannot create --{name} {folder}: {error.strerror}")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            parser.error(f"--{name} is not writable: {folder}")
+    return args
+
+
+def stages(args: argparse.Namespace) -> list[tuple[str, Path, list[str]]]:
+    build, models = args.build.resolve(), args.models.resolve()
+    diffusers_out = build / "shapes-sd-diffusers"
+    common = ["--seed", str(args.seed)]
+    if args.smoke:
+        common.append("--smoke")
+    device = ["--device", args.device] if args.device else []
+    force = ["--force"] if args.force else []
+    return [
+        ("train_sd", diffusers_out, ["train_sd.py", "--out", str(diffusers_out), *common, *device, *force]),
+        (
+            "export_sd",
+            models / "shapes-sd",
+            ["export_sd.py", "--pipeline", str(diffusers_out), "--out", str(models / "shapes-sd"), *force],
+        ),
+        (
+            "sample_rated",
+            build / "reward-data",
+            [
+                "sample_rated.py",
+                "--pipeline", str(diffusers_out),
+                "--out", str(build / "reward-data"),
+                *common, *device, *force,
+            ],
+        ),
+        (
+            "train_reward",
+            models / "shapes-reward",
+            [
+                "train_reward.py",
+                "--data", str(build / "reward-data"),
+                "--tokenizer", str(models / "shapes-sd" / "tokenizer"),
+                "--out", str(models / "shapes-reward"),
+                *common, *device, *force,
+            ],
+        ),
+        (
+            "report",
+            models / "REPORT.md",
+            [
+                "report.py",
+                "--data", str(build / "reward-data"),
+                "--sd", str(models / "shapes-sd"),
+                "--reward", str(models / "shapes-reward"),
+                "--timings", str(build / "timings.json"),
+                "--out", str(models / "REPORT.md"),
+            ],
+        ),
+    ]  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    timings_path = args.build.resolve() / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() and not args.force else {}
+    timings["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "smoke": args.smoke}
+    started = time.monotonic()
+    for name, output, command in stages(args):
+        existed = output.exists()
+        stage_started = time.monotonic()
+        print(json.dumps({"event": "stage", "stage": name, "command": command}), flush=True)
+        # A stage whose input was rebuilt by hand is stale; --force rebuilds every stage.
+        result = subprocess.run(
+            [sys.executable, str(TRAINER / command[0]), *command[1:]], cwd=TRAINER, check=False
+        )
+        if result.returncode != 0:
+            print(f"error: stage {name} failed with exit code {result.returncode}", file=sys.stderr)
+            return result.returncode
+        seconds = round(time.monotonic() - stage_started, 1)
+        if name != "report" and (args.force or not existed):
+            timings[name] = {
+                "seconds": seconds,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+    print(json.dumps({"event": "done", "seconds": round(time.monotonic() - started, 1)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
