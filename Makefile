@@ -11,7 +11,7 @@ CARGO       ?= cargo
 # One profile for build, run, test and bench, so the dependencies compile once on a 2-core machine.
 CARGO_FLAGS ?= --release --locked
 BIN         := $(or $(CARGO_TARGET_DIR),target)/release/t2i-align
-MODEL       ?= models/tiny-sd
+MODEL       ?= models/shapes-sd
 HOST        ?= 127.0.0.1
 PORT        ?= 8080
 
@@ -21,14 +21,14 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu build run test test-rust test-python test-trainer lint fmt openapi bench trainer-venv test-model clean
+.PHONY: help venv venv-gpu build run test test-rust test-python test-python-light lint fmt openapi bench trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
 	@echo "make test   - every test: cargo fmt/clippy, Rust unit+integration tests, ruff, pytest"
 	@echo "make bench  - /generate vs Optimum's ORTStableDiffusionPipeline, written to BENCHMARKS.md"
 	@echo "make venv-gpu - install onnxruntime-gpu==$(ORT_VERSION) instead (then run with DEVICE=cuda)"
-	@echo "make test-trainer - the trainer's tests that need torch (in .venv-trainer)"
+	@echo "make models - rebuild models/shapes-sd, models/shapes-reward and models/REPORT.md (CPU: under 60 min)"
 	@echo "make test-model - rebuild models/tiny-sd and tests/golden with the Python trainer (needs torch)"
 
 $(VENV)/.installed: requirements-runtime.txt
@@ -51,7 +51,7 @@ build:
 run: venv build
 	$(BIN) serve --model $(MODEL) --host $(HOST) --port $(PORT) --device $(or $(DEVICE),cpu)
 
-test: venv lint test-rust test-python
+test: venv trainer-venv lint test-rust test-python
 
 lint: venv
 	$(CARGO) fmt --all -- --check
@@ -63,12 +63,14 @@ test-rust: venv
 	@test -f "$(ORT_DYLIB_PATH)" || { echo "ONNX Runtime library missing: run 'make venv'"; exit 1; }
 	$(CARGO) test $(CARGO_FLAGS) --all-targets
 
-# Tests that need torch/diffusers carry the trainer_env marker and run in `make test-trainer`.
-test-python: venv
-	cd trainer && ../$(VENV)/bin/pytest -q -m "not trainer_env" tests
-
-test-trainer: trainer-venv
+# Every trainer test, in the trainer's environment: the world and rater, the goldens, the smoke run of every
+# `make models` stage, and the ONNX-vs-PyTorch parity of the committed models.
+test-python: trainer-venv
 	cd trainer && ../.venv-trainer/bin/pytest -q tests
+
+# The trainer tests that need only numpy, onnx and onnxruntime, in the light .venv.
+test-python-light: venv
+	cd trainer && ../$(VENV)/bin/pytest -q -m "not trainer_env" tests
 
 fmt:
 	$(CARGO) fmt --all
@@ -88,6 +90,10 @@ trainer-venv: .venv-trainer/.installed
 	$(PYTHON) -m venv .venv-trainer
 	.venv-trainer/bin/pip install --quiet --disable-pip-version-check -r trainer/requirements.txt
 	touch $@
+
+# Rebuild the default models from nothing (resumes at the stage it was in; FORCE=1 rebuilds all of them).
+models: trainer-venv
+	.venv-trainer/bin/python trainer/make_models.py $(if $(FORCE),--force,)
 
 test-model: trainer-venv
 	.venv-trainer/bin/python trainer/build_test_model.py --out models/tiny-sd

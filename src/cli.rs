@@ -47,7 +47,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RuntimeArgs {
     /// A diffusers/Optimum ONNX export folder (model_index.json, unet/model.onnx, ...).
-    #[arg(long, env = "T2I_MODEL", default_value = "models/tiny-sd")]
+    #[arg(long, env = "T2I_MODEL", default_value = "models/shapes-sd")]
     pub model: PathBuf,
     /// ONNX Runtime shared library (libonnxruntime.so.1.31.1 from the onnxruntime wheel). Default: $ORT_DYLIB_PATH.
     #[arg(long = "ort-dylib", env = "ORT_DYLIB_PATH")]
@@ -95,12 +95,12 @@ pub struct LimitArgs {
     /// Longest prompt or negative prompt, in bytes (longer token lists are cut to 77 with a warning).
     #[arg(long, env = "T2I_MAX_PROMPT_BYTES", default_value_t = 4096)]
     pub max_prompt_bytes: usize,
-    /// Denoising steps when a request names none.
-    #[arg(long, env = "T2I_DEFAULT_STEPS", default_value_t = 25)]
-    pub default_steps: u32,
-    /// Guidance scale when a request names none.
-    #[arg(long, env = "T2I_DEFAULT_GUIDANCE_SCALE", default_value_t = 7.5)]
-    pub default_guidance_scale: f64,
+    /// Denoising steps when a request names none. Default: the model's t2i-align.json, else 25.
+    #[arg(long, env = "T2I_DEFAULT_STEPS")]
+    pub default_steps: Option<u32>,
+    /// Guidance scale when a request names none. Default: the model's t2i-align.json, else 7.5.
+    #[arg(long, env = "T2I_DEFAULT_GUIDANCE_SCALE")]
+    pub default_guidance_scale: Option<f64>,
 }
 
 impl LimitArgs {

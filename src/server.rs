@@ -44,6 +44,11 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         ))
     })?;
     tracing::info!(model = %model.name, "listening on http://{}:{port}; loading the model", config.http.host);
+    tracing::info!(
+        steps = model.defaults.default_steps,
+        guidance_scale = model.defaults.default_guidance_scale,
+        "the model's request defaults (t2i-align.json, or SD's 25 and 7.5)"
+    );
 
     let load_error: Arc<Mutex<Option<Error>>> = Arc::default();
     let handle = server.handle();

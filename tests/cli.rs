@@ -61,6 +61,43 @@ fn generate_writes_a_png() {
 }
 
 #[test]
+fn generate_serves_the_shapes_model_by_default() {
+    // No --model: the default is models/shapes-sd, a VAE of factor 4 (16x16 latents for 64x64 images).
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("shapes.png");
+    let output = Command::new(binary())
+        .current_dir(repo_path(""))
+        .args([
+            "generate",
+            "two blue stars on a white background",
+            "--steps",
+            "4",
+            "--seed",
+            "3",
+        ])
+        .args(["--intra-threads", "1", "-o", out.to_str().unwrap()])
+        .env("ORT_DYLIB_PATH", ort_dylib())
+        .env_remove("T2I_MODEL")
+        .output()
+        .expect("run t2i-align");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let png = image::open(&out).expect("a PNG was written").to_rgb8();
+    assert_eq!(png.dimensions(), (64, 64));
+    // A trained model draws a plain background: the border is nearly one colour, unlike random weights' noise.
+    let border: Vec<[u8; 3]> = (0..64)
+        .flat_map(|i| [png.get_pixel(i, 0).0, png.get_pixel(0, i).0])
+        .collect();
+    let spread = |channel: usize| {
+        let values = border.iter().map(|pixel| pixel[channel] as i32);
+        values.clone().max().unwrap() - values.min().unwrap()
+    };
+    assert!(
+        (0..3).all(|channel| spread(channel) < 64),
+        "border is not plain: {border:?}"
+    );
+}
+
+#[test]
 fn a_missing_library_stops_start_up_with_a_fix() {
     let output = run(&["serve", "--port", "0"], None);
     assert!(!output.status.success());
@@ -152,6 +189,34 @@ fn an_incomplete_model_folder_names_the_missing_file() {
 
     let output = run(&["generate", "x", "--model", "/nonexistent/model"], Some(&ort_dylib()));
     assert!(stderr(&output).contains("not a directory"), "{}", stderr(&output));
+}
+
+#[test]
+fn a_bad_defaults_file_names_the_field_and_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("bad-defaults");
+    copy_dir(&tiny_sd(), &copy);
+    let cases = [
+        (
+            r#"{"default_steps": 0}"#,
+            "t2i-align.json: default_steps must be between 1 and 1000. Given: 0",
+        ),
+        (
+            r#"{"default_guidance_scale": 500}"#,
+            "default_guidance_scale must be between 0 and 100. Given: 500",
+        ),
+        (r#"{"default_stepz": 20}"#, "unknown field `default_stepz`"),
+        ("not json", "t2i-align.json is not valid"),
+    ];
+    for (text, expected) in cases {
+        std::fs::write(copy.join("t2i-align.json"), text).unwrap();
+        let output = run(
+            &["generate", "x", "--model", copy.to_str().unwrap()],
+            Some(&ort_dylib()),
+        );
+        assert!(!output.status.success());
+        assert!(stderr(&output).contains(expected), "{text}: {}", stderr(&output));
+    }
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

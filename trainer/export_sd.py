@@ -4,9 +4,10 @@ The export is optimum-onnx's own (`main_export`, task text-to-image), so the fol
 `optimum-cli export onnx` makes for Stable Diffusion 1.5 and the service loads it unchanged. The diffusers
 weights (safetensors) go beside it, in `<out>/diffusers/`, for the fine-tune job to start from.
 
-Before the folder is moved into place, every ONNX graph (text encoder, UNet, VAE encoder and decoder) is run
-on seeded inputs and compared with its PyTorch module: the largest absolute difference must be at most
---tolerance (1e-4). The differences are written to `<out>/export.json`.
+Before the folder is moved into place, the guidance scale it serves by default is chosen by a sweep that the
+rater judges (tune_defaults.py) and written to `t2i-align.json`, and every ONNX graph (text encoder, UNet,
+VAE encoder and decoder) is run on seeded inputs and compared with its PyTorch module: the largest absolute
+difference must be at most --tolerance (1e-4). The differences are written to `<out>/export.json`.
 
 The export is written to `<out>.partial` and renamed when checked, so `<out>` is never half-written.
 
@@ -33,6 +34,7 @@ from optimum.exporters.onnx import main_export
 
 from onnx_contract import describe_exports
 from stage_cli import begin_output, check_output_parent, emit, finish_output
+from tune_defaults import tune, write_defaults
 
 TOLERANCE = 1e-4
 ONNX_PARTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
@@ -50,6 +52,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--tolerance", type=float, default=TOLERANCE, help="largest |onnx - torch| (%(default)s)"
     )
     parser.add_argument("--force", action="store_true", help="export again even if --out exists")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a two-scale, few-image guidance sweep, for tests"
+    )
     args = parser.parse_args(argv)
     if not (args.pipeline / "model_index.json").is_file():
         parser.error(f"--pipeline is not a diffusers pipeline folder (no model_index.json): {args.pipeline}")
@@ -164,6 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "graphs": describe_exports(partial),
     }
     (partial / "export.json").write_text(json.dumps(record, indent=2) + "\n")
+    pipeline.set_progress_bar_config(disable=True)
+    if args.smoke:
+        tuned = tune(pipeline, scales=(2.0, 7.5), prompts_per_category=1, images=1, steps=2)
+    else:
+        tuned = tune(pipeline)
+    write_defaults(partial, tuned)
     finish_output(partial, out)
     emit("done", out=str(out), seconds=round(time.monotonic() - started, 1))
     return 0

@@ -81,7 +81,12 @@ def stages(args: argparse.Namespace) -> list[tuple[str, Path, list[str]]]:
         (
             "export_sd",
             models / "shapes-sd",
-            ["export_sd.py", "--pipeline", str(diffusers_out), "--out", str(models / "shapes-sd"), *force],
+            [
+                "export_sd.py",
+                "--pipeline", str(diffusers_out),
+                "--out", str(models / "shapes-sd"),
+                *(["--smoke"] if args.smoke else []), *force,
+            ],
         ),
         (
             "sample_rated",
@@ -90,6 +95,7 @@ def stages(args: argparse.Namespace) -> list[tuple[str, Path, list[str]]]:
                 "sample_rated.py",
                 "--pipeline", str(diffusers_out),
                 "--out", str(build / "reward-data"),
+                "--served-defaults", str(models / "shapes-sd" / "t2i-align.json"),
                 *common, *device, *force,
             ],
         ),
@@ -119,6 +125,20 @@ def stages(args: argparse.Namespace) -> list[tuple[str, Path, list[str]]]:
     ]  # fmt: skip
 
 
+def train_sd_parts(out: Path) -> dict[str, dict]:
+    """The stage records train_sd.py leaves in its folders; empty if any is missing."""
+    folders = {
+        "vae": out.with_name(out.name + "-stages") / "vae",
+        "unet": out.with_name(out.name + "-stages") / "unet",
+        "pipeline": out,
+        "samples": out.with_name(out.name + "-samples"),
+    }
+    records = {name: folder / "stage.json" for name, folder in folders.items()}
+    if not all(path.is_file() for path in records.values()):
+        return {}
+    return {name: json.loads(path.read_text()) for name, path in records.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     timings_path = args.build.resolve() / "timings.json"
@@ -137,12 +157,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: stage {name} failed with exit code {result.returncode}", file=sys.stderr)
             return result.returncode
         seconds = round(time.monotonic() - stage_started, 1)
-        if name != "report" and (args.force or not existed):
-            timings[name] = {
-                "seconds": seconds,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+        if name == "train_sd":
+            # train_sd.py resumes by sub-stage and records each one's time in its folder.
+            parts = train_sd_parts(output)
+            if parts:
+                total = round(sum(part["seconds"] for part in parts.values()), 1)
+                finished = max(part["finished"] for part in parts.values())
+                timings[name] = {"seconds": total, "finished": finished, "parts": parts}
+        elif name != "report" and (args.force or not existed):
+            finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            timings[name] = {"seconds": seconds, "finished": finished}
+        timings_path.write_text(json.dumps(timings, indent=2) + "\n")
     print(json.dumps({"event": "done", "seconds": round(time.monotonic() - started, 1)}), flush=True)
     return 0
 

@@ -8,7 +8,8 @@ Nothing in the report is typed in by hand: every figure comes from the stage out
   same figure for the renderer's own images of those prompts).
 - `--reward` (train_reward.py): metrics.json, with the reward model's pairwise accuracy, its ablation without
   the auxiliary loss, a random baseline, and the ONNX parity check.
-- `--sd` (export_sd.py): export.json, with each graph's ONNX-vs-PyTorch difference.
+- `--sd` (export_sd.py): export.json, with each graph's ONNX-vs-PyTorch difference, and the guidance sweep
+  behind the served defaults (guidance_sweep.json, t2i-align.json).
 - `--timings` (make_models.py): the wall time of each stage and the machine.
 
 A grid of samples goes beside the report as REPORT-samples.png. The report is rewritten on every run.
@@ -32,6 +33,7 @@ from shapes_world import CATEGORIES, parse_prompt, render, sample_rng
 
 ATTRIBUTES = ("shape", "colour", "count", "background")
 SPLITS = {"eval_seen": "seen prompts", "eval_unseen": "held-out prompts"}
+BUILD_STAGES = ("train_sd", "export_sd", "sample_rated", "train_reward")
 GRID_PROMPTS = 6
 GRID_IMAGES = 8
 
@@ -193,6 +195,29 @@ def reward_table(metrics: dict) -> str:
     )
 
 
+def guidance_text(sd: Path) -> str:
+    """The served defaults export_sd.py chose, and the sweep they came from."""
+    path = sd / "guidance_sweep.json"
+    if not path.is_file():
+        return "The export recorded no guidance sweep."
+    sweep = json.loads(path.read_text())
+    served = json.loads((sd / "t2i-align.json").read_text())
+    rows = [
+        [scale, f"{100 * result['attributes_matched']:.1f}%", f"{100 * result['good']:.1f}%"]
+        for scale, result in sweep["results"].items()
+    ]
+    return "\n".join(
+        [
+            f"The guidance scale is the one the model serves by default, "
+            f"**{served['default_guidance_scale']}** ({served['default_steps']} steps, in "
+            "models/shapes-sd/t2i-align.json). The export chose it with this sweep over "
+            f"{sweep['prompts']} seen prompts, {sweep['images_per_prompt']} images each (tune_defaults.py):",
+            "",
+            table(["guidance scale", "stated attributes matched", "images good"], rows),
+        ]
+    )
+
+
 def share(accuracy: float | None) -> str:
     return "n/a (no good/bad pairs)" if accuracy is None else f"{100 * accuracy:.1f}%"
 
@@ -216,16 +241,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     grid_prompts = sample_grid(records, images, grid_path)
     clean = {split: [r["clean"] for r in records if r["split"] == split] for split in SPLITS}
 
-    stage_rows = [
-        [name, minutes(timings[name]["seconds"]), timings[name]["finished"]]
-        for name in ("train_sd", "export_sd", "sample_rated", "train_reward")
-        if name in timings
-    ]
-    total = sum(
-        timings[name]["seconds"]
-        for name in ("train_sd", "export_sd", "sample_rated", "train_reward")
-        if name in timings
-    )
+    stage_rows = []
+    for name in BUILD_STAGES:
+        if name not in timings:
+            stage_rows.append([name, "not recorded", ""])
+            continue
+        stage_rows.append([name, minutes(timings[name]["seconds"]), timings[name]["finished"]])
+        for part, record in timings[name].get("parts", {}).items():
+            stage_rows.append([f"&nbsp;&nbsp;{name}: {part}", minutes(record["seconds"]), record["finished"]])
+    total = sum(timings[name]["seconds"] for name in BUILD_STAGES if name in timings)
     machine = timings.get("machine", {})
     settings = summary["settings"]
     count_share = shares.get(("eval_seen", "count"))
@@ -270,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Share of images the rater calls good:",
         "",
         category_table,
+        "",
+        guidance_text(args.sd),
         "",
         "There are no held-out background prompts: their single object is never a held-out "
         "(shape, colour) or "

@@ -11,8 +11,9 @@ sets come out, each with its own seeds:
   holds out (shape, colour) and (shape, count) pairs, so there are no held-out background prompts: their one
   object is never a held-out pair. Held-out backgrounds are tested inside combination prompts.
 
-The two eval sets measure the pretrained model (report.py) and the reward model's pairwise accuracy
-(train_reward.py) on images it never saw.
+Images are sampled at the guidance the model serves by default (`--served-defaults`, which export_sd.py
+chose), so the labels describe what users get. The two eval sets measure the pretrained model (report.py)
+and the reward model's pairwise accuracy (train_reward.py) on images it never saw.
 
 Output (written to `<out>.partial`, renamed when complete, skipped if `<out>` exists unless --force):
 - `images.npy`: uint8 [N, 64, 64, 3];
@@ -53,7 +54,7 @@ DEFAULTS = {
     "batch": 128,
 }
 SMOKE = {"train_prompts": 24, "train_images": 2, "eval_prompts": 2, "eval_images": 2, "steps": 2, "batch": 32}
-# The service's default guidance scale (src/pipeline/request.rs), so the labels describe what it serves.
+# Without --served-defaults or --guidance-scale: Stable Diffusion's usual guidance, the service's fallback.
 GUIDANCE_SCALE = 7.5
 
 
@@ -78,7 +79,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-images", type=int, help=f"images per eval prompt ({DEFAULTS['eval_images']})")
     parser.add_argument("--steps", type=int, help=f"denoising steps ({DEFAULTS['steps']})")
     parser.add_argument("--batch", type=int, help=f"images per pipeline call ({DEFAULTS['batch']})")
-    parser.add_argument("--guidance-scale", type=float, default=GUIDANCE_SCALE, help="(default: %(default)s)")
+    parser.add_argument(
+        "--served-defaults",
+        type=Path,
+        help="the served model's t2i-align.json (export_sd.py): sample at the guidance it serves by default",
+    )
+    parser.add_argument(
+        "--guidance-scale", type=float, help=f"(default: --served-defaults' value, else {GUIDANCE_SCALE})"
+    )
     add_run_flags(parser, SMOKE)
     args = parser.parse_args(argv)
     finish_args(
@@ -89,6 +97,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not (args.pipeline / "model_index.json").is_file():
         parser.error(f"--pipeline is not a diffusers pipeline folder (no model_index.json): {args.pipeline}")
     check_output_parent(parser, args.out)
+    if args.guidance_scale is None:
+        args.guidance_scale = GUIDANCE_SCALE
+        if args.served_defaults is not None:
+            try:
+                args.guidance_scale = float(
+                    json.loads(args.served_defaults.read_text())["default_guidance_scale"]
+                )
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                parser.error(
+                    f"--served-defaults {args.served_defaults} has no default_guidance_scale: {error}"
+                )
     return args
 
 

@@ -119,12 +119,11 @@ class RewardModel(nn.Module):
                 nn.GELU(),
             ]
 
-        # 64x64 -> 32x32 -> 16x16 cells.
+        # 64x64 -> 32x32 -> 16x16 cells, each seeing 22 px: a whole small shape, part of a big one.
         self.image_tower = nn.Sequential(
-            *conv(3, 32, 1),
-            *conv(32, 64, 2),
-            *conv(64, 64, 1),
-            *conv(64, width, 2),
+            *conv(3, 32, 2),
+            *conv(32, 48, 1),
+            *conv(48, width, 2),
             nn.Conv2d(width, width, 3, 1, 1),
         )
         self.text_tower = CLIPTextModel(

@@ -96,7 +96,7 @@ pub struct Timings {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({
     "id": "gen-4f9c2a7e",
-    "model": "tiny-sd",
+    "model": "shapes-sd",
     "images": [{"index": 0, "seed": 42, "png_base64": "iVBORw0KGgo..."}],
     "timings": {"queue_ms": 0.1, "text_encode_ms": 3.2, "denoise_ms": 120.5, "decode_ms": 8.1,
                 "png_encode_ms": 0.4, "inference_ms": 128.9, "total_ms": 132.6},
@@ -112,7 +112,7 @@ pub struct GenerateResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"status": "ok", "ready": true, "model": "tiny-sd", "device": "cpu",
+#[schema(example = json!({"status": "ok", "ready": true, "model": "shapes-sd", "device": "cpu",
                          "execution_provider": "CPUExecutionProvider", "version": "0.1.0"}))]
 pub struct HealthResponse {
     /// Always `ok` while the process serves.

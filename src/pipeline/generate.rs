@@ -217,6 +217,8 @@ impl Pipeline {
             size_multiple: self.model.size_multiple,
             default_size: self.model.default_size,
             default_scheduler: self.model.default_scheduler,
+            default_steps: self.model.defaults.default_steps,
+            default_guidance_scale: self.model.defaults.default_guidance_scale,
         }
     }
 

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::pipeline::request::MAX_GUIDANCE_SCALE;
 use crate::pipeline::scheduler::{SchedulerConfig, SchedulerKind};
 use crate::pipeline::tokenizer::ClipTokenizer;
 
@@ -34,6 +35,65 @@ pub struct ModelFolder {
     pub scaling_factor: f32,
     pub shift_factor: f32,
     pub default_size: usize,
+    /// Steps and guidance for requests that name none, from the optional `t2i-align.json`.
+    pub defaults: ModelDefaults,
+}
+
+/// The file in a model folder where its builder recommends request defaults. Optional: without it, a model gets
+/// Stable Diffusion's usual 25 steps at guidance 7.5.
+pub const DEFAULTS_FILE: &str = "t2i-align.json";
+
+/// What a model's builder recommends for requests that do not say (`t2i-align.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelDefaults {
+    #[serde(default = "default_steps")]
+    pub default_steps: u32,
+    #[serde(default = "default_guidance_scale")]
+    pub default_guidance_scale: f64,
+}
+
+fn default_steps() -> u32 {
+    25
+}
+
+fn default_guidance_scale() -> f64 {
+    7.5
+}
+
+impl Default for ModelDefaults {
+    fn default() -> Self {
+        ModelDefaults {
+            default_steps: default_steps(),
+            default_guidance_scale: default_guidance_scale(),
+        }
+    }
+}
+
+impl ModelDefaults {
+    fn read(root: &Path) -> Result<Self> {
+        if !root.join(DEFAULTS_FILE).is_file() {
+            return Ok(ModelDefaults::default());
+        }
+        let defaults: ModelDefaults = read_json(root, DEFAULTS_FILE)?;
+        if defaults.default_steps == 0 || defaults.default_steps > 1000 {
+            return Err(Error::model(
+                root,
+                format!(
+                    "{DEFAULTS_FILE}: default_steps must be between 1 and 1000. Given: {}",
+                    defaults.default_steps
+                ),
+            ));
+        }
+        let guidance = defaults.default_guidance_scale;
+        if !guidance.is_finite() || !(0.0..=MAX_GUIDANCE_SCALE).contains(&guidance) {
+            return Err(Error::model(
+                root,
+                format!("{DEFAULTS_FILE}: default_guidance_scale must be between 0 and {MAX_GUIDANCE_SCALE}. Given: {guidance}"),
+            ));
+        }
+        Ok(defaults)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +204,7 @@ impl ModelFolder {
             scaling_factor: vae.scaling_factor.unwrap_or(0.18215),
             shift_factor: vae.shift_factor.unwrap_or(0.0),
             default_size: latent_size * vae_scale_factor,
+            defaults: ModelDefaults::read(root)?,
         })
     }
 

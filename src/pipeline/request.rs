@@ -19,15 +19,16 @@ pub struct GenerateInput {
     pub eta: Option<f64>,
 }
 
-/// The server's limits and defaults for requests (configured on the command line).
+/// The server's limits and defaults for requests (configured on the command line). A default set here beats the
+/// model's own (`ModelLimits`).
 #[derive(Debug, Clone)]
 pub struct RequestLimits {
     pub max_images: u32,
     pub max_steps: u32,
     pub max_image_size: u32,
     pub max_prompt_bytes: usize,
-    pub default_steps: u32,
-    pub default_guidance_scale: f64,
+    pub default_steps: Option<u32>,
+    pub default_guidance_scale: Option<f64>,
 }
 
 impl Default for RequestLimits {
@@ -37,18 +38,20 @@ impl Default for RequestLimits {
             max_steps: 150,
             max_image_size: 1024,
             max_prompt_bytes: 4096,
-            default_steps: 25,
-            default_guidance_scale: 7.5,
+            default_steps: None,
+            default_guidance_scale: None,
         }
     }
 }
 
-/// What the model itself allows: facts from its config files.
+/// What the model itself allows and recommends: facts from its config files.
 #[derive(Debug, Clone, Copy)]
 pub struct ModelLimits {
     pub size_multiple: usize,
     pub default_size: usize,
     pub default_scheduler: SchedulerKind,
+    pub default_steps: u32,
+    pub default_guidance_scale: f64,
 }
 
 /// The largest guidance scale we accept; far beyond any useful value, it only catches typos.
@@ -87,10 +90,14 @@ pub fn validate(input: GenerateInput, model: &ModelLimits, limits: &RequestLimit
 
     let n = input.n.unwrap_or(1);
     check_range("n", n, 1, limits.max_images.into())?;
-    let steps = input.steps.unwrap_or(limits.default_steps.into());
+    let steps = input
+        .steps
+        .unwrap_or(limits.default_steps.unwrap_or(model.default_steps).into());
     check_range("steps", steps, 1, limits.max_steps.into())?;
 
-    let guidance_scale = input.guidance_scale.unwrap_or(limits.default_guidance_scale);
+    let guidance_scale = input
+        .guidance_scale
+        .unwrap_or(limits.default_guidance_scale.unwrap_or(model.default_guidance_scale));
     if !guidance_scale.is_finite() {
         return Err(Error::validation(
             "guidance_scale",
@@ -198,6 +205,8 @@ mod tests {
             size_multiple: 16,
             default_size: 64,
             default_scheduler: SchedulerKind::Pndm,
+            default_steps: 20,
+            default_guidance_scale: 3.0,
         }
     }
 
@@ -219,11 +228,30 @@ mod tests {
     fn defaults_fill_every_field() {
         let params = validate(input(), &model(), &RequestLimits::default()).unwrap();
         assert_eq!(params.num_images, 1);
-        assert_eq!(params.steps, 25);
-        assert_eq!(params.guidance_scale, 7.5);
+        // The model's recommended defaults, as no server flag overrides them.
+        assert_eq!(params.steps, 20);
+        assert_eq!(params.guidance_scale, 3.0);
         assert_eq!(params.scheduler, SchedulerKind::Pndm);
         assert_eq!((params.width, params.height), (64, 64));
         assert!(params.seed < 1 << 53);
+    }
+
+    #[test]
+    fn server_defaults_beat_the_model_and_requests_beat_both() {
+        let limits = RequestLimits {
+            default_steps: Some(30),
+            default_guidance_scale: Some(5.0),
+            ..RequestLimits::default()
+        };
+        let params = validate(input(), &model(), &limits).unwrap();
+        assert_eq!((params.steps, params.guidance_scale), (30, 5.0));
+        let asked = GenerateInput {
+            steps: Some(7),
+            guidance_scale: Some(1.5),
+            ..input()
+        };
+        let params = validate(asked, &model(), &limits).unwrap();
+        assert_eq!((params.steps, params.guidance_scale), (7, 1.5));
     }
 
     #[test]

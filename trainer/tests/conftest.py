@@ -1,10 +1,10 @@
 """Fixtures for the trainer tests.
 
-Most tests need only numpy, onnx and onnxruntime, which the Rust project's `.venv` has, so `make test` runs
-them. Tests that take the `trainer_packages` fixture also need torch, diffusers, transformers, optimum-onnx
-and open-clip-torch (trainer/requirements.txt). They carry the `trainer_env` marker: `make test` deselects
-them (`-m "not trainer_env"`), and `make test-trainer` runs them in .venv-trainer, where a missing package
-is an error.
+Most tests need only numpy, onnx and onnxruntime, which the Rust project's `.venv` has. Tests that take the
+`trainer_packages` fixture also need torch, diffusers, transformers, optimum-onnx and open-clip-torch
+(trainer/requirements.txt) and carry the `trainer_env` marker. `make test` runs every test in .venv-trainer,
+where a missing package is an error; `make test-python-light` runs the others in .venv
+(`-m "not trainer_env"`).
 """
 
 import json

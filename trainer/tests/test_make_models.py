@@ -38,6 +38,11 @@ def test_shapes_sd_is_an_optimum_export_with_diffusers_weights(smoke_models):
     vae_config = json.loads((root / "vae_decoder" / "config.json").read_text())
     assert unet_config["sample_size"] * 2 ** (len(vae_config["block_out_channels"]) - 1) == 64
     assert not list(smoke_models.models.glob("*.partial"))
+    # The served defaults come from the guidance sweep, which the service reads (src/pipeline/model.rs).
+    served = json.loads((root / "t2i-align.json").read_text())
+    sweep = json.loads((root / "guidance_sweep.json").read_text())
+    assert set(served) == {"default_steps", "default_guidance_scale"}
+    assert str(served["default_guidance_scale"]) in sweep["results"]
 
 
 def test_rated_samples_cover_every_split(smoke_models):
@@ -98,7 +103,7 @@ NO_REPORT_INPUT = ["--data", "/none", "--sd", "/x", "--reward", "/y", "--timings
         ("export_sd.py", ["--pipeline", "/none", "--out", "/tmp/e"], NO_PIPELINE),
         ("make_models.py", ["--models", "/proc/version"], "--models is a file, not a folder"),
         ("report.py", NO_REPORT_INPUT, "--data: missing"),
-        ("train_reward.py", ["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        ("train_reward.py", ["--data", "d", "--tokenizer", "t", "--out", "o", "--bad-flag"], "unrecognized"),
     ],
 )  # fmt: skip
 def test_bad_input_exits_nonzero_with_a_clear_message(trainer_packages, script, flags, message):

@@ -1,0 +1,53 @@
+"""The committed default models: each ONNX graph equals its PyTorch model within 1e-4 (issue #3)."""
+
+import json
+
+import numpy as np
+import pytest
+
+TOLERANCE = 1e-4
+
+
+def test_shapes_sd_onnx_matches_its_diffusers_weights(trainer_packages, shapes_sd):
+    from diffusers import StableDiffusionPipeline
+
+    import export_sd
+
+    pipeline = StableDiffusionPipeline.from_pretrained(shapes_sd / "diffusers")
+    differences = export_sd.parity(pipeline, shapes_sd)
+    assert set(differences) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
+    assert max(differences.values()) <= TOLERANCE, differences
+
+
+def test_shapes_reward_onnx_matches_its_pytorch_weights(trainer_packages, shapes_reward):
+    from transformers import CLIPTokenizer
+
+    import train_reward
+    from shapes_world import all_prompts, render, sample_rng
+
+    model = train_reward.load_model(shapes_reward)
+    tokenizer = CLIPTokenizer.from_pretrained(shapes_reward / "tokenizer")
+    prompts = all_prompts()[::50]
+    images = np.stack([np.asarray(render(p, sample_rng(7, i))) for i, p in enumerate(prompts)])
+    difference = train_reward.onnx_difference(
+        model,
+        shapes_reward / "model.onnx",
+        train_reward.preprocess(images),
+        train_reward.tokenize(tokenizer, [p.text for p in prompts]),
+    )
+    assert difference <= TOLERANCE
+
+
+def test_shapes_sd_serves_the_guidance_its_sweep_chose(shapes_sd):
+    served = json.loads((shapes_sd / "t2i-align.json").read_text())
+    results = json.loads((shapes_sd / "guidance_sweep.json").read_text())["results"]
+    best = max(results, key=lambda scale: (results[scale]["attributes_matched"], -float(scale)))
+    assert served["default_guidance_scale"] == float(best)
+
+
+@pytest.mark.parametrize("kind", ["reward_head"])
+def test_committed_reward_manifest_describes_the_graph(shapes_reward, kind):
+    manifest = json.loads((shapes_reward / "manifest.json").read_text())
+    assert manifest["kind"] == kind
+    assert manifest["inputs"]["input_ids"] == {"dtype": "int64", "shape": ["batch", 77]}
+    assert manifest["image"]["center_crop"] == {"height": 64, "width": 64}
