@@ -139,19 +139,16 @@ def sample_grid(records: list[dict], images: np.ndarray, out: Path) -> list[str]
     for record in records:
         if record["split"] == "eval_seen":
             by_prompt[record["prompt"]].append(record["index"])
-    chosen = []
-    for category in CATEGORIES:
-        for prompt in by_prompt:
-            if (
-                parse_prompt(prompt).category == category
-                and len(chosen) < GRID_PROMPTS
-                and prompt not in chosen
-            ):
-                chosen.append(prompt)
-                break
-    for prompt in by_prompt:
-        if len(chosen) < GRID_PROMPTS and prompt not in chosen:
-            chosen.append(prompt)
+    # Categories in turn, each time the first prompt whose shape no chosen row shows yet.
+    chosen: list[str] = []
+    shapes: set[str] = set()
+    for round_number in range(GRID_PROMPTS):
+        category = CATEGORIES[round_number % len(CATEGORIES)]
+        candidates = [p for p in by_prompt if parse_prompt(p).category == category and p not in chosen]
+        fresh = [p for p in candidates if parse_prompt(p).shape not in shapes]
+        if fresh or candidates:
+            chosen.append((fresh or candidates)[0])
+            shapes.add(parse_prompt(chosen[-1]).shape)
     if not chosen:
         return []
     rows = []
