@@ -61,7 +61,7 @@ AUX_WEIGHT = 0.5
 NEGATIVES = 4  # N - 1 perturbed prompts per good image
 PARITY_TOLERANCE = 1e-4
 
-DEFAULTS = {"epochs": 12, "batch": 64}
+DEFAULTS = {"epochs": 24, "batch": 64}
 SMOKE = {"epochs": 1, "batch": 8}
 
 
