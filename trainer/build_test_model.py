@@ -180,12 +180,13 @@ def build_pipeline(tokenizer_dir: Path, text_hidden_size: int, seed: int) -> Sta
 # ----------------------------------------------------------------------------------------------------
 
 
-def drop_scratch_paths(root: Path) -> None:
-    """The export records the temporary folder it read from; a fixed name keeps re-runs byte-identical."""
+def drop_scratch_paths(root: Path, name: str | None = None) -> None:
+    """The export records the temporary folder it read from; a fixed name (default: the folder's) keeps
+    re-runs byte-identical."""
     for config_path in sorted(root.rglob("*.json")):
         config = json.loads(config_path.read_text(encoding="utf-8"))
         if isinstance(config, dict) and "_name_or_path" in config:
-            config["_name_or_path"] = root.name
+            config["_name_or_path"] = name or root.name
             config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

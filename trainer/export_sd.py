@@ -32,12 +32,12 @@ from diffusers import StableDiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from optimum.exporters.onnx import main_export
 
+from build_test_model import drop_scratch_paths
 from onnx_contract import describe_exports
 from stage_cli import begin_output, check_output_parent, emit, finish_output
 from tune_defaults import tune, write_defaults
 
 TOLERANCE = 1e-4
-ONNX_PARTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -126,15 +126,6 @@ def parity(pipeline: StableDiffusionPipeline, root: Path) -> dict[str, float]:
             raise RuntimeError(f"{part}: ONNX output shape {onnx_out.shape} != PyTorch {reference.shape}")
         differences[part] = float(np.abs(onnx_out - reference).max())
     return differences
-
-
-def drop_scratch_paths(root: Path, name: str) -> None:
-    """The export records the folder it read from; the model's own name keeps re-runs byte-identical."""
-    for config_path in sorted(root.rglob("*.json")):
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        if isinstance(config, dict) and "_name_or_path" in config:
-            config["_name_or_path"] = name
-            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

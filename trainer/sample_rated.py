@@ -134,30 +134,46 @@ def sample_jobs(args: argparse.Namespace) -> list[tuple[str, Prompt]]:
     return jobs
 
 
-def generate(args: argparse.Namespace, jobs: list[tuple[str, Prompt]]) -> np.ndarray:
-    pipeline = StableDiffusionPipeline.from_pretrained(args.pipeline).to(args.device)
-    pipeline.set_progress_bar_config(disable=True)
-    images = np.zeros((len(jobs), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+def sample_images(
+    pipeline: StableDiffusionPipeline,
+    texts: list[str],
+    steps: int,
+    guidance_scale: float,
+    seed: int,
+    batch: int,
+    progress: bool = False,
+) -> np.ndarray:
+    """uint8 [len(texts), 64, 64, 3]: one image per text, `batch` texts per pipeline call."""
+    images = np.zeros((len(texts), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     started = time.monotonic()
-    for start in range(0, len(jobs), args.batch):
-        batch = jobs[start : start + args.batch]
+    for start in range(0, len(texts), batch):
+        chunk = texts[start : start + batch]
         # One generator per batch, seeded by position, so a batch's images do not depend on the batch size
         # of earlier calls and a re-run gives the same pixels.
-        generator = torch.Generator(args.device).manual_seed(args.seed * 1_000_003 + start)
+        generator = torch.Generator(pipeline.device).manual_seed(seed * 1_000_003 + start)
         output = pipeline(
-            [prompt.text for _, prompt in batch],
+            chunk,
             height=IMAGE_SIZE,
             width=IMAGE_SIZE,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance_scale,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
             generator=generator,
             output_type="np",
         ).images
-        images[start : start + len(batch)] = np.clip(np.round(output * 255), 0, 255).astype(np.uint8)
-        emit(
-            "sampled", done=start + len(batch), total=len(jobs), seconds=round(time.monotonic() - started, 1)
-        )
+        images[start : start + len(chunk)] = np.clip(np.round(output * 255), 0, 255).astype(np.uint8)
+        if progress:
+            done, seconds = start + len(chunk), round(time.monotonic() - started, 1)
+            emit("sampled", done=done, total=len(texts), seconds=seconds)
     return images
+
+
+def generate(args: argparse.Namespace, jobs: list[tuple[str, Prompt]]) -> np.ndarray:
+    pipeline = StableDiffusionPipeline.from_pretrained(args.pipeline).to(args.device)
+    pipeline.set_progress_bar_config(disable=True)
+    texts = [prompt.text for _, prompt in jobs]
+    return sample_images(
+        pipeline, texts, args.steps, args.guidance_scale, args.seed, args.batch, progress=True
+    )
 
 
 def rate(jobs: list[tuple[str, Prompt]], images: np.ndarray) -> list[dict]:

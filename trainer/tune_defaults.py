@@ -30,7 +30,8 @@ from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 
 from rater import judge
-from shapes_world import CATEGORIES, IMAGE_SIZE, train_prompts
+from sample_rated import sample_images
+from shapes_world import CATEGORIES, train_prompts
 from stage_cli import emit
 
 DEFAULTS_FILE = "t2i-align.json"
@@ -54,30 +55,16 @@ def tune(
         picks = rng.choice(len(pool), size=min(prompts_per_category, len(pool)), replace=False)
         prompts.extend(pool[index] for index in sorted(picks))
     jobs = [prompt for prompt in prompts for _ in range(images)]
-    device = pipeline.device
     sweep = {}
     for scale in scales:
         started = time.monotonic()
+        samples = sample_images(pipeline, [prompt.text for prompt in jobs], steps, scale, seed, batch=128)
         matched, good = [], []
-        for start in range(0, len(jobs), 128):
-            batch = jobs[start : start + 128]
-            generator = torch.Generator(device).manual_seed(seed * 1_000_003 + start)
-            output = pipeline(
-                [prompt.text for prompt in batch],
-                height=IMAGE_SIZE,
-                width=IMAGE_SIZE,
-                num_inference_steps=steps,
-                guidance_scale=scale,
-                generator=generator,
-                output_type="np",
-            ).images
-            for prompt, pixels in zip(batch, output, strict=True):
-                rating = judge(
-                    Image.fromarray(np.clip(np.round(pixels * 255), 0, 255).astype(np.uint8)), prompt
-                )
-                checks = [check.ok for check in rating.reasons.values()]
-                matched.append(sum(checks) / len(checks))
-                good.append(rating.label == "good")
+        for prompt, pixels in zip(jobs, samples, strict=True):
+            rating = judge(Image.fromarray(pixels), prompt)
+            checks = [check.ok for check in rating.reasons.values()]
+            matched.append(sum(checks) / len(checks))
+            good.append(rating.label == "good")
         sweep[str(scale)] = {
             "attributes_matched": round(float(np.mean(matched)), 4),
             "good": round(float(np.mean(good)), 4),
