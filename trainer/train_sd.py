@@ -22,8 +22,9 @@ folder that a re-run would trust.
 Progress goes to stdout as JSON lines ({"event": "step", "stage": "unet", "step": 10, "loss": ...}).
 
 Time on 2 quiet CPU cores with the defaults: see models/REPORT.md, which `make models` writes. From
-per-step timings on quiet cores, about 10 min for the VAE (2000 steps of 16, 0.3 s each) and 31 min for
-the UNet and text encoder (7000 steps of 32, 0.26 s each). Shared cores are much slower. `--smoke` runs a
+per-step timings on quiet cores, about 8 min for the VAE (1500 steps of 16, 0.3 s each; its loss was flat
+from step 1250 on) and 31 min for the UNet and text encoder (7000 steps of 32, 0.255 s each, after encoding a
+pool of 32768 renders once, about 80 s). Shared cores are much slower. `--smoke` runs a
 few steps of each stage in seconds, for tests.
 
 Usage:
@@ -67,8 +68,15 @@ SAMPLE_PROMPTS = ("a red circle", "two blue squares on a yellow background")
 SAMPLES_PER_PROMPT = 4
 
 # Full run and --smoke: steps and batch size of each trained stage, and the samples' denoising steps.
-DEFAULTS = {"vae_steps": 2000, "vae_batch": 16, "unet_steps": 7000, "unet_batch": 32, "sample_steps": 30}
-SMOKE = {"vae_steps": 3, "vae_batch": 4, "unet_steps": 3, "unet_batch": 4, "sample_steps": 3}
+DEFAULTS = {
+    "vae_steps": 1500,
+    "vae_batch": 16,
+    "unet_steps": 7000,
+    "unet_batch": 32,
+    "unet_pool": 32768,
+    "sample_steps": 30,
+}
+SMOKE = {"vae_steps": 3, "vae_batch": 4, "unet_steps": 3, "unet_batch": 4, "unet_pool": 16, "sample_steps": 3}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -104,6 +112,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--unet-steps", type=int, help=f"UNet steps (default: {DEFAULTS['unet_steps']}).")
     parser.add_argument(
         "--unet-batch", type=int, help=f"UNet batch size (default: {DEFAULTS['unet_batch']})."
+    )
+    parser.add_argument(
+        "--unet-pool",
+        type=int,
+        help=f"Renders the VAE encodes once for the UNet to draw from (default: {DEFAULTS['unet_pool']}).",
     )
     parser.add_argument(
         "--unet-lr",
@@ -162,6 +175,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "vae_batch",
         "unet_steps",
         "unet_batch",
+        "unet_pool",
         "sample_steps",
         "log_every",
         "threads",
@@ -225,7 +239,7 @@ def build_unet(cross_attention_dim: int, seed: int) -> UNet2DConditionModel:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Data: rendered on the fly, so every step sees new images
+# Data: the VAE sees new renders every step; the UNet draws from a pool of encoded renders
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -248,6 +262,48 @@ class ShapesBatches:
         # [batch, 3, 64, 64] in [-1, 1], as diffusers' VAE expects.
         pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1
         return pixels, captions
+
+
+class LatentPool:
+    """The UNet's data: `size` renders encoded once by the frozen VAE, drawn with fresh captions and noise.
+
+    Encoding a batch of 32 renders took 0.07 s of the UNet's 0.26 s step here, so encoding every step
+    anew cost about 8 of its 31 minutes. A pool keeps the posterior's mean and standard deviation, so each
+    draw still samples a new latent, and each draw's caption gets its own count noise and dropout.
+    """
+
+    def __init__(self, vae: AutoencoderKL, size: int, seed: int, count_noise: float, caption_dropout: float):
+        renders = ShapesBatches(seed, count_noise, 0.0)
+        self.rng = np.random.default_rng(seed + 1)
+        self.count_noise = count_noise
+        self.caption_dropout = caption_dropout
+        self.scaling_factor = vae.config.scaling_factor
+        device = next(vae.parameters()).device
+        self.prompts, means, stds = [], [], []
+        for start in range(0, size, 64):
+            count = min(64, size - start)
+            prompts = [renders.prompts[renders.rng.integers(len(renders.prompts))] for _ in range(count)]
+            images = [np.asarray(render(prompt, renders.rng), dtype=np.float32) for prompt in prompts]
+            pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1
+            with torch.no_grad():
+                posterior = vae.encode(pixels.to(device)).latent_dist
+            self.prompts.extend(prompts)
+            means.append(posterior.mean)
+            stds.append(posterior.std)
+        self.means = torch.cat(means)
+        self.stds = torch.cat(stds)
+
+    def next(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+        indices = self.rng.integers(len(self.prompts), size=batch_size)
+        index_tensor = torch.from_numpy(indices).to(self.means.device)
+        means, stds = self.means[index_tensor], self.stds[index_tensor]
+        noise = torch.randn(means.shape, generator=generator, device=means.device)
+        latents = (means + stds * noise) * self.scaling_factor
+        captions = []
+        for index in indices:
+            caption = noisy_caption(self.prompts[index], self.rng, self.count_noise)
+            captions.append("" if self.rng.random() < self.caption_dropout else caption)
+        return latents, captions
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -349,14 +405,13 @@ def train_unet(args: argparse.Namespace, vae_folder: Path, tokenizer_folder: Pat
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
     snr = alphas_cumprod / (1 - alphas_cumprod)
     snr_weight = torch.clamp(snr, max=args.min_snr_gamma) / snr
-    data = ShapesBatches(args.seed + 20, args.count_noise, args.caption_dropout)
+    started = time.monotonic()
+    data = LatentPool(vae, args.unet_pool, args.seed + 20, args.count_noise, args.caption_dropout)
+    emit("latent_pool", images=args.unet_pool, seconds=round(time.monotonic() - started, 1))
     generator = torch.Generator(device).manual_seed(args.seed + 30)
     started = time.monotonic()
     for step in range(1, args.unet_steps + 1):
-        pixels, captions = data.next(args.unet_batch)
-        with torch.no_grad():
-            posterior = vae.encode(pixels.to(device)).latent_dist
-            latents = posterior.sample(generator) * vae.config.scaling_factor
+        latents, captions = data.next(args.unet_batch, generator)
         # Padded to 77 as the pipeline pads at inference: the UNet attends to the padding's states too.
         input_ids = tokenizer(
             captions,

@@ -81,6 +81,26 @@ def test_aux_loss_prefers_the_true_prompt(trainer_packages):
     assert F.cross_entropy(peaked, target) < F.cross_entropy(flat, target)
 
 
+def test_trimmed_padding_gives_the_same_text_features(trainer_packages, tiny_sd):
+    """Training trims the padding after the end-of-text token; the pooled text features must not change."""
+    import torch
+    from transformers import CLIPTokenizer
+
+    import train_reward
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd / "tokenizer")
+    texts = ["a red circle", "two blue stars on a white background", ""]
+    full = train_reward.tokenize(tokenizer, texts)
+    trimmed = train_reward.trim_padding(full)
+    assert trimmed.shape[1] < full.shape[1]
+    assert (trimmed[:, -1] == full.max()).any()
+    torch.manual_seed(0)
+    model = train_reward.RewardModel(**train_reward.MODEL_CONFIG).eval()
+    with torch.no_grad():
+        difference = (model.text_features(full) - model.text_features(trimmed)).abs().max()
+    assert difference < 1e-5
+
+
 @pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch", "0"), ("--aux-weight", "-1")])
 def test_bad_settings_are_refused(trainer_packages, tiny_sd, tmp_path, capsys, flag, value):
     import train_reward
