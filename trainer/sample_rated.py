@@ -41,7 +41,7 @@ from diffusers import StableDiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 
 from rater import judge
-from shapes_world import CATEGORIES, IMAGE_SIZE, Prompt, heldout_prompts, train_prompts
+from shapes_world import IMAGE_SIZE, Prompt, eval_prompts, heldout_prompts, train_prompts
 from stage_cli import add_run_flags, begin_output, check_output_parent, emit, finish_args, finish_output
 
 # train_prompts 0 means every training prompt.
@@ -109,16 +109,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     f"--served-defaults {args.served_defaults} has no default_guidance_scale: {error}"
                 )
     return args
-
-
-def eval_prompts(prompts: list[Prompt], per_category: int, rng: np.random.Generator) -> list[Prompt]:
-    """Up to `per_category` prompts of each category, chosen at random, in a fixed order."""
-    chosen = []
-    for category in CATEGORIES:
-        pool = [prompt for prompt in prompts if prompt.category == category]
-        picks = rng.choice(len(pool), size=min(per_category, len(pool)), replace=False) if pool else []
-        chosen.extend(pool[index] for index in sorted(picks))
-    return chosen
 
 
 def sample_jobs(args: argparse.Namespace) -> list[tuple[str, Prompt]]:

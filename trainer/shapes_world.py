@@ -209,6 +209,16 @@ ATTRIBUTE_VALUES = {
 }
 
 
+def eval_prompts(prompts: list[Prompt], per_category: int, rng: np.random.Generator) -> list[Prompt]:
+    """Up to `per_category` prompts of each category, chosen at random, in a fixed order."""
+    chosen = []
+    for category in CATEGORIES:
+        pool = [prompt for prompt in prompts if prompt.category == category]
+        picks = rng.choice(len(pool), size=min(per_category, len(pool)), replace=False) if pool else []
+        chosen.extend(pool[index] for index in sorted(picks))
+    return chosen
+
+
 def perturbation_kinds(prompt: Prompt) -> list[str]:
     """The attributes a prompt states. Changing one it leaves open would not make the prompt wrong."""
     return [kind for kind in PERTURBATION_KINDS if getattr(prompt, kind) is not None]

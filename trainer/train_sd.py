@@ -21,11 +21,10 @@ folder that a re-run would trust.
 
 Progress goes to stdout as JSON lines ({"event": "step", "stage": "unet", "step": 10, "loss": ...}).
 
-Time on 2 quiet CPU cores with the defaults: see models/REPORT.md, which `make models` writes. From
-per-step timings on quiet cores, about 8 min for the VAE (1500 steps of 16, 0.3 s each; its loss was flat
-from step 1250 on) and 31 min for the UNet and text encoder (7000 steps of 32, 0.255 s each, after encoding a
-pool of 32768 renders once, about 80 s). Shared cores are much slower. `--smoke` runs a
-few steps of each stage in seconds, for tests.
+Time on 2 quiet CPU cores with the defaults, measured in the committed build (models/REPORT.md): 7.2 min for
+the VAE (1500 steps of 16; its loss was flat from step 1250 on) and 30.6 min for the UNet and text encoder
+(7000 steps of 32 at 0.25 s, after encoding a pool of 32768 renders once in 60 s). Shared cores are much
+slower. `--smoke` runs a few steps of each stage in seconds, for tests.
 
 Usage:
     python trainer/train_sd.py --out build/shapes-sd-diffusers
