@@ -21,15 +21,16 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu build run test test-rust test-python test-python-light lint fmt openapi bench trainer-venv models test-model clean
+.PHONY: help venv venv-gpu build run test test-rust test-python test-python-light lint fmt openapi bench bench-reward trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
 	@echo "make test   - every test: cargo fmt/clippy, Rust unit+integration tests, ruff, pytest"
 	@echo "make bench  - /generate vs Optimum's ORTStableDiffusionPipeline, written to BENCHMARKS.md"
+	@echo "make bench-reward - best-of-n alignment, cost and /score throughput, written to models/REPORT.md"
 	@echo "make venv-gpu - install onnxruntime-gpu==$(ORT_VERSION) instead (then run with DEVICE=cuda)"
 	@echo "make models - rebuild models/shapes-sd, models/shapes-reward and models/REPORT.md (CPU: under 60 min)"
-	@echo "make test-model - rebuild models/tiny-sd and tests/golden with the Python trainer (needs torch)"
+	@echo "make test-model - rebuild models/tiny-sd, models/tiny-clip-reward and tests/golden (needs torch)"
 
 $(VENV)/.installed: requirements-runtime.txt
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +85,11 @@ openapi: build
 bench: trainer-venv build
 	.venv-trainer/bin/python scripts/bench.py --binary $(BIN) --model $(MODEL) --out BENCHMARKS.md
 
+# Best-of-n alignment, its cost and /score throughput, through the service; writes its section of
+# models/REPORT.md and models/reward-serving.json. The light .venv is enough (the rater needs numpy and Pillow).
+bench-reward: venv build
+	$(VENV)/bin/python scripts/bench_reward.py --binary $(BIN)
+
 # The trainer's own environment (PyTorch, diffusers, optimum-onnx). Only needed to rebuild models and goldens.
 trainer-venv: .venv-trainer/.installed
 .venv-trainer/.installed: trainer/requirements.txt
@@ -92,12 +98,17 @@ trainer-venv: .venv-trainer/.installed
 	touch $@
 
 # Rebuild the default models from nothing (resumes at the stage it was in; FORCE=1 rebuilds all of them).
+# Then the reward parity goldens follow the new shapes-reward (seconds).
 models: trainer-venv
 	.venv-trainer/bin/python trainer/make_models.py $(if $(FORCE),--force,)
+	.venv-trainer/bin/python trainer/reward_goldens.py --model models/shapes-reward --out tests/golden/reward
 
+# The tiny test models and every golden file the Rust tests read.
 test-model: trainer-venv
 	.venv-trainer/bin/python trainer/build_test_model.py --out models/tiny-sd
 	.venv-trainer/bin/python trainer/make_goldens.py --model models/tiny-sd --out tests/golden
+	.venv-trainer/bin/python trainer/export_clip_reward.py --tiny-random --out models/tiny-clip-reward --goldens tests/golden/reward
+	.venv-trainer/bin/python trainer/reward_goldens.py --model models/shapes-reward --out tests/golden/reward
 
 clean:
 	$(CARGO) clean

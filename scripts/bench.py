@@ -8,16 +8,14 @@ Run with `make bench` (it uses the trainer's environment, which has torch, diffu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
+
+from server_process import ServerProcess
 
 PROMPT = "two blue stars on a white background"
 
@@ -49,50 +47,19 @@ def ort_library() -> str:
     return str(max(candidates, key=lambda p: len(p.name)))
 
 
-class RustServer:
+class RustServer(ServerProcess):
     def __init__(self, args: argparse.Namespace, library: str):
-        env = dict(os.environ, ORT_DYLIB_PATH=library, RUST_LOG="warn")
         command = [
-            args.binary, "serve", "--model", args.model, "--host", "127.0.0.1", "--port", str(args.port),
-            "--intra-threads", str(args.threads), "--workers", "1",
+            args.binary, "serve", "--model", args.model, "--host", "127.0.0.1",
+            "--intra-threads", str(args.threads), "--workers", "1", "--no-reward-model",
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-        self.log: list[str] = []
-        threading.Thread(target=self._drain, daemon=True).start()
-        self.url = f"http://127.0.0.1:{args.port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                sys.exit("t2i-align exited:\n" + "".join(self.log))
-            try:
-                with urllib.request.urlopen(self.url + "/ready", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        sys.exit("t2i-align did not become ready")
-
-    def _drain(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.log.append(line)
+        super().__init__(command, args.port, library)
 
     def generate(self, steps: int, size: int, seed: int) -> tuple[float, dict]:
-        body = json.dumps({
+        return self.post("/generate", {
             "prompt": PROMPT, "n": 1, "steps": steps, "guidance_scale": 7.5, "scheduler": "ddim",
             "seed": seed, "width": size, "height": size,
-        }).encode()  # fmt: skip
-        request = urllib.request.Request(
-            self.url + "/generate", data=body, headers={"Content-Type": "application/json"}
-        )
-        started = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=300) as response:
-            payload = json.loads(response.read())
-        return time.perf_counter() - started, payload
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
+        })  # fmt: skip
 
 
 def optimum_pipeline(model: str, threads: int):

@@ -6,12 +6,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::{Error, Result};
-use crate::http::HttpConfig;
+use crate::http::{HttpConfig, ScoreLimits};
+use crate::metrics::Metrics;
 use crate::pipeline::generate::Progress;
 use crate::pipeline::request::validate;
 use crate::pipeline::{GenerateInput, ModelFolder, Pipeline, RequestLimits};
+use crate::reward::best_of::{generate_selected, validate_selection};
+use crate::reward::preprocess::decode_image;
+use crate::reward::{SelectionInput, SelectionLimits};
 use crate::runtime::{Device, OptimizationLevel, Runtime, SessionSettings};
-use crate::server::ServeConfig;
+use crate::server::{load_rewards, RewardConfig, ServeConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,8 +41,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve the HTTP API (POST /generate, /health, /ready, /metrics, /openapi.json, /docs).
     Serve(ServeArgs),
-    /// Generate images from a prompt and write PNG files.
+    /// Generate images from a prompt and write PNG files (with --best-of, the reward model picks them).
     Generate(GenerateArgs),
+    /// Score images against a prompt with a reward model and print one score per image.
+    Score(ScoreArgs),
     /// Print the OpenAPI spec (JSON) to stdout.
     Openapi,
 }
@@ -116,12 +122,74 @@ impl LimitArgs {
     }
 }
 
+/// Reward models: which to load, and how they batch and limit scoring and rejection sampling.
+#[derive(Debug, Args)]
+pub struct RewardArgs {
+    /// Reward model folder with a manifest.json; repeat (or separate with commas) to load several. The first is
+    /// the default for /score, /rerank and /generate.
+    #[arg(
+        long = "reward-model",
+        env = "T2I_REWARD_MODEL",
+        value_delimiter = ',',
+        default_value = "models/shapes-reward"
+    )]
+    pub reward_models: Vec<PathBuf>,
+    /// Load no reward model: images come back unscored, and /score, /rerank and best_of answer 422.
+    #[arg(long, env = "T2I_NO_REWARD_MODEL")]
+    pub no_reward_model: bool,
+    /// Most images in one reward-model ONNX call; requests waiting together share calls up to this.
+    #[arg(long, env = "T2I_REWARD_BATCH_SIZE", default_value_t = 64)]
+    pub reward_batch_size: usize,
+    /// Most candidates denoised in one batch for best_of and min_reward (each is two UNet rows with guidance).
+    #[arg(long, env = "T2I_CANDIDATE_BATCH_SIZE", default_value_t = 16)]
+    pub candidate_batch_size: usize,
+    /// Largest `best_of` a request may ask for.
+    #[arg(long, env = "T2I_MAX_BEST_OF", default_value_t = 16)]
+    pub max_best_of: u32,
+    /// Most candidates one request may generate (`best_of` × `n`, or `max_candidates`).
+    #[arg(long, env = "T2I_MAX_CANDIDATES", default_value_t = 128)]
+    pub max_candidates: u32,
+    /// Most images in one /score or /rerank request.
+    #[arg(long, env = "T2I_MAX_SCORE_IMAGES", default_value_t = 64)]
+    pub max_score_images: usize,
+    /// Most pixels (width × height) an image to score may announce in its header; checked before decoding.
+    #[arg(long, env = "T2I_MAX_IMAGE_PIXELS", default_value_t = 4096 * 4096)]
+    pub max_image_pixels: u64,
+}
+
+impl RewardArgs {
+    fn config(&self) -> RewardConfig {
+        RewardConfig {
+            models: if self.no_reward_model {
+                Vec::new()
+            } else {
+                self.reward_models.clone()
+            },
+            max_batch: self.reward_batch_size.max(1),
+            batch_images: self.candidate_batch_size.max(1),
+            selection: SelectionLimits {
+                max_best_of: self.max_best_of,
+                max_candidates: self.max_candidates,
+            },
+            score: ScoreLimits {
+                max_images: self.max_score_images,
+                max_image_pixels: self.max_image_pixels,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub reward: RewardArgs,
+    /// Generated images kept in memory so /score and /rerank can take their `image_id`s (0 turns it off).
+    #[arg(long, env = "T2I_IMAGE_STORE_CAPACITY", default_value_t = 256)]
+    pub image_store_capacity: usize,
     /// Address to listen on.
     #[arg(long, env = "T2I_HOST", default_value = "127.0.0.1")]
     pub host: String,
@@ -176,10 +244,38 @@ pub struct GenerateArgs {
     /// DDIM eta in [0, 1].
     #[arg(long)]
     pub eta: Option<f64>,
+    /// Generate this many candidates per image and keep the ones the reward model scores best.
+    #[arg(long)]
+    pub best_of: Option<i64>,
+    /// Keep generating until the images score at least this (up to --max-candidates-per-request).
+    #[arg(long)]
+    pub min_reward: Option<f64>,
+    /// The candidate budget for --min-reward (default 4 × n).
+    #[arg(long = "max-candidates-per-request")]
+    pub max_candidates_per_request: Option<i64>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub reward: RewardArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// The prompt every image is scored against.
+    #[arg(long)]
+    pub prompt: String,
+    /// PNG or JPEG files.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Print JSON ({"model", "scores": [{"path", "score"}]}) instead of one `score<TAB>path` line per image.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub reward: RewardArgs,
 }
 
 impl ServeArgs {
@@ -193,6 +289,8 @@ impl ServeArgs {
             workers: self.workers,
             queue_capacity: self.queue_capacity,
             warmup: self.warmup,
+            reward: self.reward.config(),
+            image_store_capacity: self.image_store_capacity,
             http: HttpConfig {
                 host: self.host,
                 port: self.port,
@@ -203,16 +301,24 @@ impl ServeArgs {
     }
 }
 
-struct BarProgress(ProgressBar);
+/// A progress bar over every denoising step of every candidate batch.
+struct BarProgress {
+    bar: ProgressBar,
+    /// Steps of the batches already finished.
+    done: u64,
+}
 
 impl Progress for BarProgress {
     fn on_step(&mut self, done: usize, total: usize) {
-        self.0.set_length(total as u64);
-        self.0.set_position(done as u64);
+        self.bar.set_position(self.done + done as u64);
+        if done == total {
+            self.done += total as u64;
+        }
     }
 }
 
-/// `t2i-align generate`: one generation on this thread, with a progress bar over the denoising steps.
+/// `t2i-align generate`: one generation on this thread, with a progress bar over the denoising steps. With a
+/// reward model, every image is scored and `--best-of`/`--min-reward` choose among candidates.
 pub fn run_generate(args: GenerateArgs) -> Result<Vec<PathBuf>> {
     let mut runtime = Runtime::init(
         args.runtime.ort_dylib.as_deref(),
@@ -234,17 +340,55 @@ pub fn run_generate(args: GenerateArgs) -> Result<Vec<PathBuf>> {
         eta: args.eta,
     };
     let params = validate(input, &pipeline.limits(), &args.limits.limits())?;
-    let bar = ProgressBar::new(params.steps as u64);
+    let reward = args.reward.config();
+    let wants_selection = args.best_of.is_some() || args.min_reward.is_some();
+    // Plain generation loads no reward model unless asked to choose: it stays as fast as before.
+    let rewards = if wants_selection {
+        load_rewards(&mut runtime, &reward, 4, false, &std::sync::Arc::new(Metrics::new()))?
+    } else {
+        Default::default()
+    };
+    let selection = validate_selection(
+        &SelectionInput {
+            best_of: args.best_of,
+            min_reward: args.min_reward,
+            max_candidates: args.max_candidates_per_request,
+        },
+        params.num_images,
+        &reward.selection,
+        !rewards.is_empty(),
+    )
+    .map_err(cli_flag_error)?;
+    let candidates = selection.budget(params.num_images);
+    let bar = ProgressBar::new((params.steps * candidates.div_ceil(reward.batch_images)) as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} steps ({elapsed})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("denoising on {}", pipeline.provider()));
-    let mut progress = BarProgress(bar);
-    let output = pipeline.generate(&params, &mut progress)?;
-    progress.0.finish();
+    let mut progress = BarProgress { bar, done: 0 };
+    let output = if wants_selection {
+        let scorer = rewards.get(None, "reward_model")?;
+        generate_selected(
+            &mut pipeline,
+            scorer,
+            &params,
+            selection,
+            reward.batch_images,
+            &mut progress,
+        )?
+    } else {
+        pipeline.generate(&params, &mut progress)?
+    };
+    progress.bar.finish();
     for warning in &output.warnings {
         tracing::warn!("{warning}");
+    }
+    if let Some(report) = &output.selection {
+        eprintln!(
+            "{} scored {} candidates; {} accepted",
+            report.reward_model, report.candidates, report.accepted
+        );
     }
     let mut written = Vec::new();
     for image in &output.images {
@@ -255,10 +399,87 @@ pub fn run_generate(args: GenerateArgs) -> Result<Vec<PathBuf>> {
         };
         std::fs::write(&path, &image.png)
             .map_err(|err| Error::Config(format!("cannot write {}: {err}", path.display())))?;
-        eprintln!("wrote {} (seed {})", path.display(), image.seed);
+        match image.reward {
+            Some(reward) => eprintln!("wrote {} (seed {}, reward {reward:.4})", path.display(), image.seed),
+            None => eprintln!("wrote {} (seed {})", path.display(), image.seed),
+        }
         written.push(path);
     }
     Ok(written)
+}
+
+/// A request field's error, retold with the command-line flag's name.
+fn cli_flag_error(err: Error) -> Error {
+    match err {
+        Error::Validation { message, param } => {
+            let flag = match param.as_deref() {
+                Some("max_candidates") => "--max-candidates-per-request".to_string(),
+                Some(field) => format!("--{}", field.replace('_', "-")),
+                None => String::new(),
+            };
+            Error::Validation {
+                message: format!("{flag}: {message}"),
+                param,
+            }
+        }
+        other => other,
+    }
+}
+
+/// `t2i-align score`: scores each file against the prompt with the first reward model.
+pub fn run_score(args: ScoreArgs) -> Result<Vec<f32>> {
+    if args.prompt.trim().is_empty() {
+        return Err(Error::Config("--prompt must not be empty".into()));
+    }
+    let reward = args.reward.config();
+    if reward.models.is_empty() {
+        return Err(Error::Config(
+            "`score` needs a reward model; drop --no-reward-model or pass --reward-model".into(),
+        ));
+    }
+    let mut runtime = Runtime::init(
+        args.runtime.ort_dylib.as_deref(),
+        args.runtime.device,
+        args.runtime.sessions(),
+    )?;
+    let rewards = load_rewards(&mut runtime, &reward, 4, false, &std::sync::Arc::new(Metrics::new()))?;
+    let scorer = rewards.get(None, "reward_model")?;
+    let preprocessor = scorer.preprocessor();
+    let mut pixels = Vec::with_capacity(args.images.len() * preprocessor.values_per_image());
+    for path in &args.images {
+        let bytes =
+            std::fs::read(path).map_err(|err| Error::Config(format!("cannot read {}: {err}", path.display())))?;
+        let image = decode_image(&bytes, reward.score.max_image_pixels, &path.display().to_string())
+            .map_err(|err| Error::Config(err.to_string()))?;
+        preprocessor.pixel_values_into(&image, &mut pixels);
+    }
+    let mut scores = Vec::with_capacity(args.images.len());
+    let per_image = preprocessor.values_per_image();
+    for (paths, chunk) in args
+        .images
+        .chunks(reward.max_batch)
+        .zip(pixels.chunks(reward.max_batch * per_image))
+    {
+        let scored = scorer.score_blocking(vec![args.prompt.clone(); paths.len()], chunk.to_vec())?;
+        scores.extend(scored.scores);
+    }
+    if args.json {
+        let rows: Vec<serde_json::Value> = args
+            .images
+            .iter()
+            .zip(&scores)
+            .map(|(path, score)| serde_json::json!({"path": path.display().to_string(), "score": score}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"model": scorer.name(), "prompt": args.prompt, "scores": rows})
+        );
+    } else {
+        for (path, score) in args.images.iter().zip(&scores) {
+            println!("{score:.6}\t{}", path.display());
+        }
+    }
+    Ok(scores)
 }
 
 fn numbered(path: &std::path::Path, index: usize) -> PathBuf {

@@ -22,6 +22,7 @@ fn main() -> std::process::ExitCode {
             Ok(())
         }
         Command::Generate(args) => cli::run_generate(args).map(|_| ()),
+        Command::Score(args) => cli::run_score(args).map(|_| ()),
         Command::Serve(args) => {
             let config = args.into_config();
             actix_web::rt::System::new().block_on(t2i_align::server::serve(config))

@@ -1,14 +1,17 @@
 //! Prometheus metrics, named by the conventions: base units (`_seconds`), `_total` for counters.
 //! One registry per server, so tests can start several servers in one process.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus::{
-    exponential_buckets, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
-use crate::pipeline::StageTimings;
+use crate::pipeline::{SelectionReport, StageTimings};
+use crate::reward::manifest::RewardKind;
 
 pub struct Metrics {
     registry: Registry,
@@ -19,6 +22,12 @@ pub struct Metrics {
     pub images_generated: IntCounter,
     pub requests_dropped: IntCounterVec,
     pub model_info: GaugeVec,
+    /// One histogram per reward model, with buckets fitted to its score range.
+    reward_scores: Mutex<HashMap<String, Histogram>>,
+    pub reward_batch_size: HistogramVec,
+    pub reward_batch_duration: HistogramVec,
+    pub candidates_generated: IntCounterVec,
+    pub candidates_accepted: IntCounterVec,
 }
 
 impl Metrics {
@@ -40,7 +49,7 @@ impl Metrics {
         let stage_duration = HistogramVec::new(
             HistogramOpts::new(
                 "t2i_stage_duration_seconds",
-                "Duration of pipeline stages: queue, text_encode, unet_step, vae_decode, png_encode",
+                "Duration of pipeline stages: queue, text_encode, unet_step, vae_decode, png_encode, score",
             )
             .buckets(latency_buckets),
             &["stage", "execution_provider"],
@@ -60,6 +69,36 @@ impl Metrics {
             ),
             &["model", "execution_provider", "device"],
         );
+        let reward_batch_size = HistogramVec::new(
+            HistogramOpts::new(
+                "t2i_reward_batch_size",
+                "Images per reward-model ONNX call, across the requests batched together",
+            )
+            .buckets(exponential_buckets(1.0, 2.0, 10).unwrap_or_default()),
+            &["model"],
+        );
+        let reward_batch_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "t2i_reward_batch_duration_seconds",
+                "Duration of one reward-model ONNX call (one batch)",
+            )
+            .buckets(exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()),
+            &["model"],
+        );
+        let candidates_generated = IntCounterVec::new(
+            Opts::new(
+                "t2i_candidates_generated_total",
+                "Candidate images generated and scored for /generate (best_of, min_reward)",
+            ),
+            &["reward_model"],
+        );
+        let candidates_accepted = IntCounterVec::new(
+            Opts::new(
+                "t2i_candidates_accepted_total",
+                "Candidates returned by best_of, or at or above min_reward; divide by generated for the acceptance rate",
+            ),
+            &["reward_model"],
+        );
         let registry = Registry::new();
         // These registrations cannot collide: every name above is distinct and the registry is fresh.
         let metrics = (|| -> prometheus::Result<Metrics> {
@@ -71,6 +110,11 @@ impl Metrics {
                 images_generated: images_generated?,
                 requests_dropped: requests_dropped?,
                 model_info: model_info?,
+                reward_scores: Mutex::new(HashMap::new()),
+                reward_batch_size: reward_batch_size?,
+                reward_batch_duration: reward_batch_duration?,
+                candidates_generated: candidates_generated?,
+                candidates_accepted: candidates_accepted?,
                 registry,
             };
             metrics.registry.register(Box::new(metrics.http_requests.clone()))?;
@@ -80,6 +124,16 @@ impl Metrics {
             metrics.registry.register(Box::new(metrics.images_generated.clone()))?;
             metrics.registry.register(Box::new(metrics.requests_dropped.clone()))?;
             metrics.registry.register(Box::new(metrics.model_info.clone()))?;
+            metrics.registry.register(Box::new(metrics.reward_batch_size.clone()))?;
+            metrics
+                .registry
+                .register(Box::new(metrics.reward_batch_duration.clone()))?;
+            metrics
+                .registry
+                .register(Box::new(metrics.candidates_generated.clone()))?;
+            metrics
+                .registry
+                .register(Box::new(metrics.candidates_accepted.clone()))?;
             Ok(metrics)
         })();
         match metrics {
@@ -110,6 +164,69 @@ impl Metrics {
         }
         observe("vae_decode", timings.decode);
         observe("png_encode", timings.png_encode);
+        if !timings.score.is_zero() {
+            observe("score", timings.score);
+        }
+    }
+
+    /// Adds `t2i_reward_score{model="<name>"}`, with buckets that fit the model's score range: 0 to 1 for a
+    /// reward head trained on labels, a share of `logit_scale` for CLIP similarity.
+    pub fn register_reward_model(&self, name: &str, kind: &RewardKind) {
+        let Ok(mut histograms) = self.reward_scores.lock() else {
+            return;
+        };
+        if histograms.contains_key(name) {
+            return;
+        }
+        // Tenths from -0.5 to 1.5 of the score's unit: 1 for a reward head, logit_scale for CLIP similarity,
+        // whose cosines rarely pass 0.5.
+        let (unit, count) = match kind {
+            RewardKind::RewardHead { .. } => (1.0, 21),
+            RewardKind::ClipSimilarity { logit_scale, .. } => (f64::from(*logit_scale), 11),
+        };
+        let buckets: Vec<f64> = (0..count).map(|tenth| f64::from(tenth - 5) / 10.0 * unit).collect();
+        let histogram = Histogram::with_opts(
+            HistogramOpts::new(
+                "t2i_reward_score",
+                "Reward-model scores of scored images, per reward model",
+            )
+            .const_label("model", name)
+            .buckets(buckets),
+        );
+        match histogram {
+            Ok(histogram) => match self.registry.register(Box::new(histogram.clone())) {
+                Ok(()) => {
+                    histograms.insert(name.to_string(), histogram);
+                }
+                Err(err) => tracing::warn!(model = name, error = %err, "cannot register the reward histogram"),
+            },
+            Err(err) => tracing::warn!(model = name, error = %err, "cannot build the reward histogram"),
+        }
+    }
+
+    pub fn observe_reward(&self, model: &str, score: f32) {
+        if let Ok(histograms) = self.reward_scores.lock() {
+            if let Some(histogram) = histograms.get(model) {
+                histogram.observe(f64::from(score));
+            }
+        }
+    }
+
+    pub fn observe_reward_batch(&self, model: &str, size: usize, elapsed: Duration) {
+        self.reward_batch_size.with_label_values(&[model]).observe(size as f64);
+        self.reward_batch_duration
+            .with_label_values(&[model])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_selection(&self, report: &SelectionReport) {
+        let labels = [report.reward_model.as_str()];
+        self.candidates_generated
+            .with_label_values(&labels)
+            .inc_by(report.candidates as u64);
+        self.candidates_accepted
+            .with_label_values(&labels)
+            .inc_by(report.accepted as u64);
     }
 
     pub fn set_model_info(&self, model: &str, provider: &str, device: &str) {
@@ -148,5 +265,34 @@ mod tests {
         assert!(text.contains(
             "t2i_model_info{device=\"cpu\",execution_provider=\"CPUExecutionProvider\",model=\"tiny-sd\"} 1"
         ));
+    }
+
+    #[test]
+    fn reward_metrics_carry_the_model() {
+        let metrics = Metrics::new();
+        let kind = RewardKind::RewardHead {
+            output: "reward".into(),
+        };
+        metrics.register_reward_model("shapes-reward", &kind);
+        metrics.register_reward_model("shapes-reward", &kind);
+        metrics.observe_reward("shapes-reward", 0.73);
+        metrics.observe_reward_batch("shapes-reward", 12, Duration::from_millis(3));
+        metrics.observe_selection(&SelectionReport {
+            reward_model: "shapes-reward".into(),
+            candidates: 8,
+            accepted: 2,
+            candidate_scores: vec![],
+        });
+        let text = metrics.render();
+        assert!(
+            text.contains("t2i_reward_score_bucket{model=\"shapes-reward\",le=\"0.8\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t2i_reward_batch_size_sum{model=\"shapes-reward\"} 12"),
+            "{text}"
+        );
+        assert!(text.contains("t2i_candidates_generated_total{reward_model=\"shapes-reward\"} 8"));
+        assert!(text.contains("t2i_candidates_accepted_total{reward_model=\"shapes-reward\"} 2"));
     }
 }

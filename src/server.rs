@@ -7,10 +7,26 @@ use actix_web::web;
 
 use crate::batching::Engine;
 use crate::error::{Error, Result};
-use crate::http::{build_server, AppState, HttpConfig, Serving};
+use crate::http::{build_server, AppState, HttpConfig, ScoreLimits, Serving};
 use crate::metrics::Metrics;
 use crate::pipeline::{GenerateParams, ModelFolder, Pipeline, RequestLimits};
+use crate::reward::model::RewardModel;
+use crate::reward::{RewardSet, Scorer, SelectionLimits};
 use crate::runtime::{Device, Runtime, SessionSettings};
+use crate::storage::ImageStore;
+
+/// Reward models to load and how they batch.
+#[derive(Debug, Clone)]
+pub struct RewardConfig {
+    /// Folders with a manifest.json; the first is the default. Empty: no scoring.
+    pub models: Vec<std::path::PathBuf>,
+    /// Most images in one reward-model ONNX call.
+    pub max_batch: usize,
+    /// Most candidates in one denoising batch for best_of and min_reward.
+    pub batch_images: usize,
+    pub selection: SelectionLimits,
+    pub score: ScoreLimits,
+}
 
 pub struct ServeConfig {
     pub model: std::path::PathBuf,
@@ -21,6 +37,9 @@ pub struct ServeConfig {
     pub queue_capacity: usize,
     pub warmup: bool,
     pub limits: RequestLimits,
+    pub reward: RewardConfig,
+    /// Generated images kept in memory for `image_ids` (0: none).
+    pub image_store_capacity: usize,
     pub http: HttpConfig,
 }
 
@@ -35,7 +54,10 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         model_name: model.name.clone(),
         device: config.device.to_string(),
         limits: config.limits.clone(),
+        selection_limits: config.reward.selection,
+        score_limits: config.reward.score,
         max_body_bytes: config.http.max_body_bytes,
+        store: Arc::new(ImageStore::new(config.image_store_capacity)),
     });
     let (server, port) = build_server(state.clone(), &config.http).map_err(|err| {
         Error::Config(format!(
@@ -57,22 +79,25 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         let workers = config.workers;
         let capacity = config.queue_capacity;
         let warmup = config.warmup;
-        tokio::task::spawn_blocking(move || match load(runtime, model, workers, capacity, warmup, metrics) {
-            Ok(serving) => {
-                tracing::info!(
-                    execution_provider = serving.provider.label(),
-                    "ready: the model is loaded and warmed up"
-                );
-                let _ = state.serving.set(serving);
-                true
-            }
-            Err(err) => {
-                if let Ok(mut slot) = load_error.lock() {
-                    *slot = Some(err);
+        let reward = config.reward.clone();
+        tokio::task::spawn_blocking(
+            move || match load(runtime, model, &reward, workers, capacity, warmup, metrics) {
+                Ok(serving) => {
+                    tracing::info!(
+                        execution_provider = serving.provider.label(),
+                        "ready: the model is loaded and warmed up"
+                    );
+                    let _ = state.serving.set(serving);
+                    true
                 }
-                false
-            }
-        })
+                Err(err) => {
+                    if let Ok(mut slot) = load_error.lock() {
+                        *slot = Some(err);
+                    }
+                    false
+                }
+            },
+        )
     };
     let stopper = tokio::spawn(async move {
         if let Ok(false) = loader.await {
@@ -93,6 +118,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
 fn load(
     mut runtime: Runtime,
     model: Arc<ModelFolder>,
+    reward: &RewardConfig,
     workers: usize,
     capacity: usize,
     warmup: bool,
@@ -113,15 +139,53 @@ fn load(
         }
         pipelines.push(pipeline);
     }
+    let rewards = load_rewards(&mut runtime, reward, capacity, warmup, &metrics)?;
     let provider = runtime.provider();
     metrics.set_model_info(&model.name, provider.label(), &runtime.requested_device().to_string());
     let model_limits = pipelines[0].limits();
-    let engine = Engine::start(pipelines, capacity, metrics)?;
+    let engine = Engine::start(pipelines, capacity, reward.batch_images, metrics)?;
     Ok(Serving {
         engine,
         provider,
         model_limits,
+        rewards,
     })
+}
+
+/// Loads each reward model folder and starts its scorer thread; warms each with one blank image.
+pub fn load_rewards(
+    runtime: &mut Runtime,
+    config: &RewardConfig,
+    capacity: usize,
+    warmup: bool,
+    metrics: &Arc<Metrics>,
+) -> Result<RewardSet> {
+    let mut scorers: Vec<Arc<Scorer>> = Vec::new();
+    for folder in &config.models {
+        let model = RewardModel::load(runtime, folder)?;
+        tracing::info!("{}", model.describe());
+        if scorers.iter().any(|scorer| scorer.name() == model.name()) {
+            return Err(Error::Config(format!(
+                "two reward models are called `{}` (their manifest's `name`); names must differ",
+                model.name()
+            )));
+        }
+        let preprocessor = model.preprocessor().clone();
+        let scorer = Scorer::start(model, config.max_batch, capacity, metrics.clone())?;
+        if warmup {
+            let started = std::time::Instant::now();
+            let (height, width) = preprocessor.output_size();
+            let blank = image::RgbImage::new(width as u32, height as u32);
+            scorer.score_blocking(vec!["warm-up".into()], preprocessor.pixel_values(&blank))?;
+            tracing::info!(
+                model = scorer.name(),
+                ms = started.elapsed().as_millis() as u64,
+                "reward model warmed up"
+            );
+        }
+        scorers.push(Arc::new(scorer));
+    }
+    Ok(RewardSet::new(scorers))
 }
 
 /// A short generation at the model's default size that touches every session with guidance on.

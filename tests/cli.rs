@@ -231,3 +231,107 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[test]
+fn score_prints_the_reward_of_each_image() {
+    let prompt = "a red circle";
+    let images: Vec<String> = (0..3)
+        .map(|index| {
+            repo_path(&format!("tests/golden/reward/shapes-reward/{index}.png"))
+                .display()
+                .to_string()
+        })
+        .collect();
+    let reward_model = repo_path("models/shapes-reward");
+    let mut args = vec![
+        "score",
+        "--prompt",
+        prompt,
+        "--reward-model",
+        reward_model.to_str().unwrap(),
+    ];
+    args.extend(images.iter().map(String::as_str));
+    let output = run(&args, Some(&ort_dylib()));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for (index, line) in lines.iter().enumerate() {
+        let (score, path) = line.split_once('\t').unwrap();
+        assert_eq!(path, images[index]);
+        let expected = common::golden_reward_score(prompt, index);
+        assert!((score.parse::<f64>().unwrap() - expected).abs() < 1e-4, "{line}");
+    }
+
+    let missing = run(
+        &[
+            "score",
+            "--prompt",
+            prompt,
+            "/nonexistent/x.png",
+            "--reward-model",
+            reward_model.to_str().unwrap(),
+        ],
+        Some(&ort_dylib()),
+    );
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("/nonexistent/x.png"), "{}", stderr(&missing));
+    let bad_model = run(
+        &[
+            "score",
+            "--prompt",
+            prompt,
+            &images[0],
+            "--reward-model",
+            "/nonexistent/reward",
+        ],
+        Some(&ort_dylib()),
+    );
+    assert!(!bad_model.status.success());
+    assert!(stderr(&bad_model).contains("manifest.json"), "{}", stderr(&bad_model));
+}
+
+#[test]
+fn generate_best_of_keeps_the_best_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("best.png");
+    let model = repo_path("models/shapes-sd");
+    let reward_model = repo_path("models/shapes-reward");
+    let output = run(
+        &[
+            "generate",
+            "three red circles",
+            "--steps",
+            "4",
+            "--seed",
+            "11",
+            "--best-of",
+            "3",
+            "-o",
+            out.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--reward-model",
+            reward_model.to_str().unwrap(),
+            "--intra-threads",
+            "1",
+        ],
+        Some(&ort_dylib()),
+    );
+    let log = stderr(&output);
+    assert!(output.status.success(), "{log}");
+    assert!(log.contains("shapes-reward scored 3 candidates"), "{log}");
+    assert!(log.contains("reward "), "{log}");
+    assert!(image::open(&out).is_ok());
+
+    let refused = run(
+        &["generate", "a", "--best-of", "99", "--model", model.to_str().unwrap()],
+        Some(&ort_dylib()),
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("--best-of: `best_of` must be between 1 and 16"),
+        "{}",
+        stderr(&refused)
+    );
+}

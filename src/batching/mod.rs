@@ -16,6 +16,8 @@ use tokio::sync::oneshot;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::pipeline::{GenerateOutput, GenerateParams, Pipeline, Progress};
+use crate::reward::best_of::{generate_selected, Selection};
+use crate::reward::Scorer;
 
 /// A finished generation, with the time it waited in the queue.
 pub struct Completed {
@@ -25,6 +27,9 @@ pub struct Completed {
 
 struct Job {
     params: GenerateParams,
+    /// How to choose among candidates, and the reward model that scores them; without one, no scoring.
+    selection: Selection,
+    scorer: Option<Arc<Scorer>>,
     cancel: Arc<AtomicBool>,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Completed>>,
@@ -60,8 +65,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts one worker thread per pipeline. `capacity` bounds the jobs waiting for a worker.
-    pub fn start(pipelines: Vec<Pipeline>, capacity: usize, metrics: Arc<Metrics>) -> Result<Self> {
+    /// Starts one worker thread per pipeline. `capacity` bounds the jobs waiting for a worker; `batch_images`
+    /// bounds the candidates in one denoising batch when a request asks for several (best_of, min_reward).
+    pub fn start(
+        pipelines: Vec<Pipeline>,
+        capacity: usize,
+        batch_images: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
         if pipelines.is_empty() {
             return Err(Error::Config("at least one worker is needed".into()));
         }
@@ -76,7 +87,7 @@ impl Engine {
                 let mean = mean_job_seconds.clone();
                 std::thread::Builder::new()
                     .name(format!("t2i-worker-{index}"))
-                    .spawn(move || worker_loop(pipeline, receiver, metrics, mean))
+                    .spawn(move || worker_loop(pipeline, receiver, batch_images, metrics, mean))
                     .map_err(|err| Error::Internal(format!("cannot start worker thread: {err}")))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -97,8 +108,14 @@ impl Engine {
         self.capacity
     }
 
-    /// Enqueues a job and waits for it. Fails at once with `Overloaded` when the queue is full.
-    pub async fn generate(&self, params: GenerateParams) -> Result<Completed> {
+    /// Enqueues a job and waits for it. Fails at once with `Overloaded` when the queue is full. With a scorer,
+    /// every candidate is scored and `selection` picks the images; without one, the images come back unscored.
+    pub async fn generate(
+        &self,
+        params: GenerateParams,
+        selection: Selection,
+        scorer: Option<Arc<Scorer>>,
+    ) -> Result<Completed> {
         let sender = self
             .sender
             .as_ref()
@@ -111,6 +128,8 @@ impl Engine {
         let (reply, receive) = oneshot::channel();
         let job = Job {
             params,
+            selection,
+            scorer,
             cancel,
             enqueued: Instant::now(),
             reply,
@@ -166,7 +185,13 @@ impl Progress for JobProgress<'_> {
     }
 }
 
-fn worker_loop(mut pipeline: Pipeline, receiver: Receiver<Job>, metrics: Arc<Metrics>, mean: Arc<AtomicU64>) {
+fn worker_loop(
+    mut pipeline: Pipeline,
+    receiver: Receiver<Job>,
+    batch_images: usize,
+    metrics: Arc<Metrics>,
+    mean: Arc<AtomicU64>,
+) {
     let provider = pipeline.provider().label();
     while let Ok(job) = receiver.recv() {
         metrics.queue_depth.set(receiver.len() as i64);
@@ -182,8 +207,16 @@ fn worker_loop(mut pipeline: Pipeline, receiver: Receiver<Job>, metrics: Arc<Met
         let started = Instant::now();
         let mut progress = JobProgress { cancel: &job.cancel };
         // A panic inside one request must not take the worker (and every later request) down with it.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pipeline.generate(&job.params, &mut progress)
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &job.scorer {
+            Some(scorer) => generate_selected(
+                &mut pipeline,
+                scorer,
+                &job.params,
+                job.selection,
+                batch_images,
+                &mut progress,
+            ),
+            None => pipeline.generate(&job.params, &mut progress),
         }))
         .unwrap_or_else(|panic| {
             let reason = panic
@@ -197,6 +230,9 @@ fn worker_loop(mut pipeline: Pipeline, receiver: Receiver<Job>, metrics: Arc<Met
             Ok(output) => {
                 metrics.observe_stages(provider, queue_time, &output.timings);
                 metrics.images_generated.inc_by(output.images.len() as u64);
+                if let Some(report) = &output.selection {
+                    metrics.observe_selection(report);
+                }
                 let seconds = started.elapsed().as_secs_f64();
                 let previous = f64::from_bits(mean.load(Ordering::Relaxed));
                 mean.store((0.8 * previous + 0.2 * seconds).to_bits(), Ordering::Relaxed);

@@ -54,12 +54,84 @@ impl ResponseError for Error {
             },
         };
         let mut response = HttpResponse::build(self.status_code()).json(body);
-        if let Error::Overloaded { retry_after_secs, .. } = self {
-            if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
-                response.headers_mut().insert(RETRY_AFTER, value);
-            }
+        if let Some(value) = retry_after(self) {
+            response.headers_mut().insert(RETRY_AFTER, value);
         }
         response
+    }
+}
+
+/// OpenAI's error body: `{"error":{"message","type","param","code"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenAiErrorDetail {
+    pub message: String,
+    /// `invalid_request_error`, `rate_limit_error` or `server_error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    /// This server's own kind, e.g. `validation_error`.
+    pub code: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenAiErrorBody {
+    pub error: OpenAiErrorDetail,
+}
+
+/// An [`Error`] answered in OpenAI's shape, for the OpenAI-compatible routes. OpenAI answers a request it cannot
+/// take with 400 (not 422), so its clients raise `BadRequestError`; every other status stays ours.
+#[derive(Debug)]
+pub struct OpenAiError(pub Error);
+
+impl From<Error> for OpenAiError {
+    fn from(err: Error) -> Self {
+        OpenAiError(err)
+    }
+}
+
+impl std::fmt::Display for OpenAiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl ResponseError for OpenAiError {
+    fn status_code(&self) -> StatusCode {
+        match self.0 {
+            Error::Validation { .. } => StatusCode::BAD_REQUEST,
+            _ => self.0.status_code(),
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let kind = if status == StatusCode::TOO_MANY_REQUESTS {
+            "rate_limit_error"
+        } else if status.is_client_error() {
+            "invalid_request_error"
+        } else {
+            "server_error"
+        };
+        let body = OpenAiErrorBody {
+            error: OpenAiErrorDetail {
+                message: self.0.to_string(),
+                kind: kind.to_string(),
+                param: self.0.param().map(str::to_string),
+                code: Some(self.0.kind().to_string()),
+            },
+        };
+        let mut response = HttpResponse::build(status).json(body);
+        if let Some(value) = retry_after(&self.0) {
+            response.headers_mut().insert(RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+fn retry_after(err: &Error) -> Option<HeaderValue> {
+    match err {
+        Error::Overloaded { retry_after_secs, .. } => HeaderValue::from_str(&retry_after_secs.to_string()).ok(),
+        _ => None,
     }
 }
 
@@ -77,10 +149,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Erro
             };
             Error::Validation { message, param }
         } else {
-            Error::InvalidRequest {
-                message: format!("the body is not valid JSON: {inner}"),
-                param: None,
-            }
+            syntax_error(body, &inner)
         }
     })?;
     deserializer.end().map_err(|err| Error::InvalidRequest {
@@ -88,6 +157,52 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Erro
         param: None,
     })?;
     Ok(parsed)
+}
+
+/// A JSON syntax error, with the text where it happened and, when it is a value, the field it belongs to.
+/// `NaN` and `Infinity` are the usual culprits: JSON has neither.
+fn syntax_error(body: &[u8], err: &serde_json::Error) -> Error {
+    let text = String::from_utf8_lossy(body);
+    // serde_json counts lines and columns from 1; find the byte offset they point at.
+    let offset = text
+        .split_inclusive('\n')
+        .take(err.line().saturating_sub(1))
+        .map(str::len)
+        .sum::<usize>()
+        + err.column().saturating_sub(1);
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind([':', ',', '[', '{']).map_or(0, |at| at + 1);
+    let near: String = text[start..].trim_start().chars().take(16).collect();
+    let near = near.split([',', '}', ']']).next().unwrap_or("").trim().to_string();
+    // Only a bad value has a field to blame; a body cut short or a missing comma does not.
+    let at_value = err.classify() == serde_json::error::Category::Syntax && !near.is_empty();
+    let param = text[..start]
+        .trim_end()
+        .strip_suffix(':')
+        .filter(|_| at_value)
+        .and_then(|before| {
+            let before = before.trim_end().strip_suffix('"')?;
+            let name_start = before.rfind('"')? + 1;
+            Some(before[name_start..].to_string())
+        });
+    let hint = if ["NaN", "Infinity", "-Infinity", "nan", "inf", "-inf"]
+        .iter()
+        .any(|word| near.starts_with(word))
+    {
+        " (JSON has no NaN or Infinity; send a finite number)"
+    } else {
+        ""
+    };
+    let field = param.as_deref().map_or(String::new(), |field| format!("`{field}`: "));
+    let near = if near.is_empty() {
+        String::new()
+    } else {
+        format!(", near `{near}`")
+    };
+    Error::InvalidRequest {
+        message: format!("{field}the body is not valid JSON{hint}: {err}{near}"),
+        param,
+    }
 }
 
 /// serde names fields in backticks in "unknown field `foo`" and "missing field `prompt`"; other messages
@@ -133,6 +248,30 @@ mod tests {
         assert_eq!(err.kind(), "invalid_request");
         let err = parse_json::<Body>(br#"{"n": 1}"#).unwrap_err();
         assert_eq!(err.param(), Some("prompt"));
+    }
+
+    #[test]
+    fn a_nan_is_named_with_its_field() {
+        let err = parse_json::<Body>(b"{\"prompt\": \"x\",\n \"n\": NaN}").unwrap_err();
+        assert_eq!(err.kind(), "invalid_request");
+        assert_eq!(err.param(), Some("n"));
+        let message = err.to_string();
+        assert!(message.contains("JSON has no NaN"), "{message}");
+        assert!(message.contains("near `NaN`"), "{message}");
+    }
+
+    #[test]
+    fn openai_shape_says_400_for_bad_fields() {
+        let err = OpenAiError(Error::validation("n", "`n` must be between 1 and 8. Given: 40"));
+        assert_eq!(err.status_code(), StatusCode::BAD_REQUEST);
+        let overloaded = OpenAiError(Error::Overloaded {
+            queued: 1,
+            limit: 1,
+            retry_after_secs: 2,
+        });
+        let response = overloaded.error_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers().get(RETRY_AFTER).unwrap(), "2");
     }
 
     #[test]

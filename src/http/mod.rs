@@ -17,13 +17,34 @@ use crate::batching::Engine;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::pipeline::{ModelLimits, RequestLimits};
+use crate::reward::{RewardSet, SelectionLimits};
 use crate::runtime::ExecutionProvider;
+use crate::storage::ImageStore;
 
 /// What exists once the models are loaded and warmed up.
 pub struct Serving {
     pub engine: Engine,
     pub provider: ExecutionProvider,
     pub model_limits: ModelLimits,
+    pub rewards: RewardSet,
+}
+
+/// Limits on the images `/score` and `/rerank` take.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreLimits {
+    /// Most images in one request.
+    pub max_images: usize,
+    /// Most pixels (width × height) one image may announce in its header.
+    pub max_image_pixels: u64,
+}
+
+impl Default for ScoreLimits {
+    fn default() -> Self {
+        ScoreLimits {
+            max_images: 64,
+            max_image_pixels: 4096 * 4096,
+        }
+    }
 }
 
 pub struct AppState {
@@ -34,7 +55,11 @@ pub struct AppState {
     /// The device asked for on the command line.
     pub device: String,
     pub limits: RequestLimits,
+    pub selection_limits: SelectionLimits,
+    pub score_limits: ScoreLimits,
     pub max_body_bytes: usize,
+    /// Generated images, so `/score` and `/rerank` can take their ids.
+    pub store: Arc<ImageStore>,
 }
 
 impl AppState {
@@ -75,6 +100,9 @@ pub fn build_server(state: web::Data<AppState>, config: &HttpConfig) -> std::io:
                 }
             })
             .service(routes::generate)
+            .service(routes::score)
+            .service(routes::rerank)
+            .service(routes::openai_images)
             .service(routes::health)
             .service(routes::ready)
             .service(routes::metrics)

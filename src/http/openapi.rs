@@ -3,9 +3,12 @@
 
 use utoipa::OpenApi;
 
-use crate::http::error::{ErrorBody, ErrorDetail};
+use crate::http::error::{ErrorBody, ErrorDetail, OpenAiErrorBody, OpenAiErrorDetail};
 use crate::http::routes;
-use crate::http::schemas::{GenerateRequest, GenerateResponse, HealthResponse, ImageOut, Timings};
+use crate::http::schemas::{
+    GenerateRequest, GenerateResponse, HealthResponse, ImageOut, OpenAiImage, OpenAiImageRequest, OpenAiImagesResponse,
+    Prompts, RerankRequest, RerankResult, ScoreRequest, ScoreResponse, ScoreTimings, SelectionOut, Timings,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,10 +18,41 @@ use crate::http::schemas::{GenerateRequest, GenerateResponse, HealthResponse, Im
                        Swagger UI for this document is served at /docs/.",
         license(name = "Apache-2.0")
     ),
-    paths(routes::generate, routes::health, routes::ready, routes::metrics, routes::openapi_json),
-    components(schemas(GenerateRequest, GenerateResponse, ImageOut, Timings, HealthResponse, ErrorBody, ErrorDetail)),
+    paths(
+        routes::generate,
+        routes::score,
+        routes::rerank,
+        routes::openai_images,
+        routes::health,
+        routes::ready,
+        routes::metrics,
+        routes::openapi_json
+    ),
+    components(schemas(
+        GenerateRequest,
+        GenerateResponse,
+        ImageOut,
+        SelectionOut,
+        Timings,
+        Prompts,
+        ScoreRequest,
+        ScoreResponse,
+        ScoreTimings,
+        RerankRequest,
+        RerankResult,
+        OpenAiImageRequest,
+        OpenAiImagesResponse,
+        OpenAiImage,
+        HealthResponse,
+        ErrorBody,
+        ErrorDetail,
+        OpenAiErrorBody,
+        OpenAiErrorDetail
+    )),
     tags(
-        (name = "generation", description = "Text-to-image"),
+        (name = "generation", description = "Text-to-image, with best-of-n rejection sampling by reward"),
+        (name = "reward", description = "Reward-model scores and ranking of images for a prompt"),
+        (name = "openai", description = "OpenAI-compatible routes"),
         (name = "operations", description = "Health, readiness and metrics")
     )
 )]

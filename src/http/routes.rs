@@ -1,16 +1,27 @@
 //! Route handlers. They validate, hand work to the engine and shape responses; they never call ONNX Runtime.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::{get, post, web, HttpResponse};
+use actix_web::http::header;
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use futures_util::StreamExt;
 
 use crate::error::{Error, Result};
-use crate::http::error::{parse_json, ErrorBody};
-use crate::http::schemas::{GenerateRequest, GenerateResponse, HealthResponse, ImageOut, Timings};
-use crate::http::AppState;
-use crate::pipeline::request::validate;
+use crate::http::error::{parse_json, ErrorBody, OpenAiError, OpenAiErrorBody};
+use crate::http::schemas::{
+    GenerateRequest, GenerateResponse, HealthResponse, ImageOut, OpenAiImage, OpenAiImageRequest, OpenAiImagesResponse,
+    Prompts, RerankRequest, RerankResult, ScoreRequest, ScoreResponse, ScoreTimings, SelectionOut, Timings,
+};
+use crate::http::{AppState, ScoreLimits};
+use crate::pipeline::request::{check_prompt_bytes, validate};
+use crate::pipeline::RequestLimits;
+use crate::reward::best_of::{top_n, validate_selection};
+use crate::reward::preprocess::decode_image;
+use crate::reward::{Scored, Scorer, Selection};
+use crate::storage::{ImageStore, StoredImage};
 
 /// Reads the whole body, refusing it as soon as it passes `limit` bytes.
 async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut> {
@@ -32,14 +43,15 @@ fn millis(duration: std::time::Duration) -> f64 {
     (duration.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// Generate images from a prompt.
+/// Generate images from a prompt. With a reward model loaded, every image carries its reward; `best_of` and
+/// `min_reward` turn on rejection sampling.
 #[utoipa::path(
     post,
     path = "/generate",
     tag = "generation",
     request_body = GenerateRequest,
     responses(
-        (status = 200, description = "The images", body = GenerateResponse),
+        (status = 200, description = "The images: best first with best_of above 1 or min_reward, else in seed order", body = GenerateResponse),
         (status = 400, description = "The body is not JSON", body = ErrorBody),
         (status = 413, description = "The body is larger than `--max-body-bytes`", body = ErrorBody),
         (status = 422, description = "A field breaks a rule; `param` names it", body = ErrorBody),
@@ -52,35 +64,572 @@ pub async fn generate(state: web::Data<AppState>, payload: web::Payload) -> Resu
     let started = Instant::now();
     let body = read_body(payload, state.max_body_bytes).await?;
     let request: GenerateRequest = parse_json(&body)?;
+    let response = run_generate(&state, request, started).await?;
+    Ok(HttpResponse::Ok().json(response))
+}
+
+/// Validates, generates (and scores and chooses, with a reward model), stores the images and shapes the answer.
+async fn run_generate(state: &AppState, request: GenerateRequest, started: Instant) -> Result<GenerateResponse> {
     let serving = state.serving()?;
+    let selection_input = request.selection_input();
+    let reward_model = request.reward_model.clone();
+    let return_candidate_scores = request.return_candidate_scores.unwrap_or(false);
     let params = validate(request.into(), &serving.model_limits, &state.limits)?;
-    let completed = serving.engine.generate(params).await?;
+    let selection = validate_selection(
+        &selection_input,
+        params.num_images,
+        &state.selection_limits,
+        !serving.rewards.is_empty(),
+    )?;
+    let scorer = if serving.rewards.is_empty() && reward_model.is_none() {
+        None
+    } else {
+        Some(serving.rewards.get(reward_model.as_deref(), "reward_model")?.clone())
+    };
+    let prompt = params.prompt.clone();
+    let completed = serving.engine.generate(params, selection, scorer).await?;
     let output = completed.output;
     let timings = &output.timings;
-    let response = GenerateResponse {
-        id: format!("gen-{}", uuid::Uuid::new_v4().simple()),
-        model: state.model_name.clone(),
-        images: output
-            .images
-            .iter()
-            .map(|image| ImageOut {
+    let images = output
+        .images
+        .iter()
+        .map(|image| {
+            let png = Arc::new(image.png.clone());
+            let image_id = state.store.insert(StoredImage {
+                png,
+                prompt: prompt.clone(),
+                seed: image.seed,
+                model: state.model_name.clone(),
+                reward: image.reward,
+            });
+            ImageOut {
                 index: image.index,
                 seed: image.seed,
-                png_base64: base64::engine::general_purpose::STANDARD.encode(&image.png),
-            })
-            .collect(),
+                png_base64: BASE64.encode(&image.png),
+                reward: image.reward,
+                image_id,
+            }
+        })
+        .collect();
+    let selection_out = output.selection.as_ref().map(|report| SelectionOut {
+        reward_model: report.reward_model.clone(),
+        best_of: match selection {
+            Selection::BestOf { k } => Some(k),
+            Selection::Threshold { .. } => None,
+        },
+        min_reward: match selection {
+            Selection::Threshold { min_reward, .. } => Some(min_reward),
+            Selection::BestOf { .. } => None,
+        },
+        candidates: report.candidates,
+        accepted: report.accepted,
+        candidate_scores: return_candidate_scores.then(|| report.candidate_scores.clone()),
+    });
+    Ok(GenerateResponse {
+        id: format!("gen-{}", uuid::Uuid::new_v4().simple()),
+        model: state.model_name.clone(),
+        images,
+        selection: selection_out,
         timings: Timings {
             queue_ms: millis(completed.queue_time),
             text_encode_ms: millis(timings.text_encode),
             denoise_ms: millis(timings.denoise),
             decode_ms: millis(timings.decode),
             png_encode_ms: millis(timings.png_encode),
+            score_ms: millis(timings.score),
             inference_ms: millis(timings.ort_run),
             total_ms: millis(started.elapsed()),
         },
         warnings: output.warnings,
+    })
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Scoring: /score and /rerank
+// ------------------------------------------------------------------------------------------------------------
+
+/// Where one image to score comes from. `field` names it in errors, e.g. `images[2]`.
+enum ImageSource {
+    Base64(String),
+    Bytes(Vec<u8>),
+    Stored(Arc<Vec<u8>>),
+}
+
+/// A scoring request after reading JSON or multipart, before any image is decoded.
+struct ScoreInput {
+    prompts: Prompts,
+    images: Vec<(String, ImageSource)>,
+    model: Option<String>,
+    top_k: Option<i64>,
+    return_images: bool,
+}
+
+/// The images to score: sent (`images`, as base64 or form files) or stored (`image_ids`), never both.
+fn image_sources(
+    sent: Option<Vec<(String, ImageSource)>>,
+    ids: Option<Vec<String>>,
+    store: &ImageStore,
+) -> Result<Vec<(String, ImageSource)>> {
+    match (sent, ids) {
+        (Some(_), Some(_)) => Err(Error::validation("image_ids", "send `images` or `image_ids`, not both")),
+        (None, None) => Err(Error::validation(
+            "images",
+            "`images` (base64 PNG or JPEG files) or `image_ids` (from /generate) is required",
+        )),
+        (Some(sent), None) => Ok(sent),
+        (None, Some(ids)) => ids
+            .iter()
+            .enumerate()
+            .map(|(index, id)| {
+                let field = format!("image_ids[{index}]");
+                let stored = store.get(id, &field)?;
+                Ok((field, ImageSource::Stored(stored.png)))
+            })
+            .collect(),
+    }
+}
+
+impl ScoreInput {
+    fn from_json(
+        prompts: Prompts,
+        images: Option<Vec<String>>,
+        image_ids: Option<Vec<String>>,
+        model: Option<String>,
+        store: &ImageStore,
+    ) -> Result<Self> {
+        let sent = images.map(|images| {
+            images
+                .into_iter()
+                .enumerate()
+                .map(|(index, text)| (format!("images[{index}]"), ImageSource::Base64(text)))
+                .collect()
+        });
+        Ok(ScoreInput {
+            prompts,
+            images: image_sources(sent, image_ids, store)?,
+            model,
+            top_k: None,
+            return_images: false,
+        })
+    }
+}
+
+fn is_multipart(request: &HttpRequest) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        })
+}
+
+/// Reads `multipart/form-data`: `prompt` (once, or once per image), `image` files (or `images`), `image_id`s,
+/// and optional `model`, `top_k` and `return_images` fields.
+async fn read_multipart(
+    request: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    store: &ImageStore,
+) -> Result<ScoreInput> {
+    let mut multipart = actix_multipart::Multipart::new(request.headers(), payload);
+    let mut total = 0usize;
+    let mut prompts: Vec<String> = Vec::new();
+    let mut images: Vec<(String, ImageSource)> = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
+    let mut model = None;
+    let mut top_k = None;
+    let mut return_images = false;
+    let form_error = |err: actix_multipart::MultipartError| Error::InvalidRequest {
+        message: format!("the multipart/form-data body cannot be read: {err}"),
+        param: None,
     };
-    Ok(HttpResponse::Ok().json(response))
+    while let Some(field) = multipart.next().await {
+        let mut field = field.map_err(form_error)?;
+        let name = field.name().unwrap_or_default().to_string();
+        let mut data = Vec::new();
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk.map_err(form_error)?;
+            total += chunk.len();
+            if total > limit {
+                return Err(Error::PayloadTooLarge { limit });
+            }
+            data.extend_from_slice(&chunk);
+        }
+        let text = |data: Vec<u8>| {
+            String::from_utf8(data).map_err(|_| Error::validation(&name, format!("`{name}` is not UTF-8 text")))
+        };
+        match name.as_str() {
+            "prompt" => prompts.push(text(data)?),
+            "image" | "images" | "images[]" | "file" => {
+                images.push((format!("images[{}]", images.len()), ImageSource::Bytes(data)))
+            }
+            "image_id" | "image_ids" | "image_ids[]" => ids.push(text(data)?.trim().to_string()),
+            "model" => model = Some(text(data)?),
+            "top_k" => {
+                let value = text(data)?;
+                top_k = Some(value.trim().parse::<i64>().map_err(|_| {
+                    Error::validation("top_k", format!("`top_k` must be a whole number. Given: `{value}`"))
+                })?);
+            }
+            "return_images" => {
+                let value = text(data)?;
+                return_images = match value.trim() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    other => {
+                        return Err(Error::validation(
+                            "return_images",
+                            format!("`return_images` must be true or false. Given: `{other}`"),
+                        ))
+                    }
+                };
+            }
+            other => {
+                return Err(Error::validation(
+                    other,
+                    format!(
+                        "unknown form field `{other}`; expected prompt, image, image_id, model, top_k, return_images"
+                    ),
+                ))
+            }
+        }
+    }
+    let prompts = match prompts.len() {
+        0 => return Err(Error::validation("prompt", "the form needs a `prompt` field")),
+        1 => Prompts::One(prompts.remove(0)),
+        _ => Prompts::Each(prompts),
+    };
+    let sent = (!images.is_empty()).then_some(images);
+    Ok(ScoreInput {
+        prompts,
+        images: image_sources(sent, (!ids.is_empty()).then_some(ids), store)?,
+        model,
+        top_k,
+        return_images,
+    })
+}
+
+/// One prompt per image: a single prompt is repeated, a list must match the images one to one.
+fn prompts_per_image(prompts: Prompts, count: usize, limits: &RequestLimits) -> Result<Vec<String>> {
+    let check = |field: &str, prompt: &str| -> Result<()> {
+        if prompt.trim().is_empty() {
+            return Err(Error::validation(field, format!("`{field}` must not be empty")));
+        }
+        check_prompt_bytes(field, prompt, limits)
+    };
+    match prompts {
+        Prompts::One(prompt) => {
+            check("prompt", &prompt)?;
+            Ok(vec![prompt; count])
+        }
+        Prompts::Each(prompts) => {
+            if prompts.len() != count {
+                return Err(Error::validation(
+                    "prompt",
+                    format!(
+                        "`prompt` has {} entries for {count} images; send one prompt, or one per image",
+                        prompts.len()
+                    ),
+                ));
+            }
+            for (index, prompt) in prompts.iter().enumerate() {
+                check(&format!("prompt[{index}]"), prompt)?;
+            }
+            Ok(prompts)
+        }
+    }
+}
+
+/// The bytes of a base64 image, with or without a `data:image/...;base64,` prefix.
+fn base64_bytes(text: &str, field: &str) -> Result<Vec<u8>> {
+    let payload = match text.strip_prefix("data:") {
+        Some(rest) => rest.split_once(',').map_or(rest, |(_, data)| data),
+        None => text,
+    };
+    BASE64
+        .decode(payload.trim())
+        .map_err(|err| Error::validation(field, format!("`{field}` is not valid base64: {err}")))
+}
+
+/// Decoded, resized and normalised images for `scorer`, ready to batch; done on a blocking thread.
+struct Prepared {
+    pixels: Vec<f32>,
+    /// The images as base64, kept only when the caller wants them back.
+    base64: Vec<String>,
+    elapsed: std::time::Duration,
+}
+
+async fn prepare_images(
+    scorer: &Arc<Scorer>,
+    images: Vec<(String, ImageSource)>,
+    limits: ScoreLimits,
+    keep_base64: bool,
+) -> Result<Prepared> {
+    let count = images.len();
+    if count == 0 || count > limits.max_images {
+        return Err(Error::validation(
+            "images",
+            format!(
+                "send between 1 and {} images (--max-score-images). Given: {count}",
+                limits.max_images
+            ),
+        ));
+    }
+    let scorer = scorer.clone();
+    let started = Instant::now();
+    let prepared = web::block(move || -> Result<(Vec<f32>, Vec<String>)> {
+        let preprocessor = scorer.preprocessor();
+        let mut pixels = Vec::with_capacity(count * preprocessor.values_per_image());
+        let mut base64 = Vec::new();
+        for (field, source) in images {
+            let bytes: std::borrow::Cow<'_, [u8]> = match &source {
+                ImageSource::Base64(text) => base64_bytes(text, &field)?.into(),
+                ImageSource::Bytes(bytes) => bytes.as_slice().into(),
+                ImageSource::Stored(png) => png.as_slice().into(),
+            };
+            let image = decode_image(&bytes, limits.max_image_pixels, &field)?;
+            preprocessor.pixel_values_into(&image, &mut pixels);
+            if keep_base64 {
+                base64.push(match &source {
+                    ImageSource::Base64(text) => text.clone(),
+                    _ => BASE64.encode(&bytes),
+                });
+            }
+        }
+        Ok((pixels, base64))
+    })
+    .await
+    .map_err(|err| Error::Internal(format!("image decoding stopped: {err}")))??;
+    Ok(Prepared {
+        pixels: prepared.0,
+        base64: prepared.1,
+        elapsed: started.elapsed(),
+    })
+}
+
+async fn read_score_input<T, F>(
+    state: &AppState,
+    request: &HttpRequest,
+    payload: web::Payload,
+    from_json: F,
+) -> Result<ScoreInput>
+where
+    T: serde::de::DeserializeOwned,
+    F: FnOnce(T, &ImageStore) -> Result<ScoreInput>,
+{
+    if is_multipart(request) {
+        read_multipart(request, payload, state.max_body_bytes, &state.store).await
+    } else {
+        let body = read_body(payload, state.max_body_bytes).await?;
+        from_json(parse_json(&body)?, &state.store)
+    }
+}
+
+/// Scores with the chosen reward model; returns the scores, the timings and the images as base64 if kept.
+async fn score_input(state: &AppState, input: ScoreInput) -> Result<(Scored, String, Prepared)> {
+    let serving = state.serving()?;
+    let scorer = serving.rewards.get(input.model.as_deref(), "model")?;
+    let prompts = prompts_per_image(input.prompts, input.images.len(), &state.limits)?;
+    let prepared = prepare_images(scorer, input.images, state.score_limits, input.return_images).await?;
+    let scored = scorer.score(prompts, prepared.pixels.clone()).await?;
+    Ok((scored, scorer.name().to_string(), prepared))
+}
+
+/// Score images against a prompt with a reward model.
+#[utoipa::path(
+    post,
+    path = "/score",
+    tag = "reward",
+    request_body(content(
+        (ScoreRequest = "application/json"),
+        (ScoreRequest = "multipart/form-data")
+    ), description = "JSON, or a form with `prompt` (once, or once per image), `image` files (PNG or JPEG) or \
+                      `image_id` fields, and an optional `model`"),
+    responses(
+        (status = 200, description = "One score per image, in order", body = ScoreResponse),
+        (status = 400, description = "The body is not JSON or not a readable form", body = ErrorBody),
+        (status = 413, description = "The body is larger than `--max-body-bytes`", body = ErrorBody),
+        (status = 422, description = "An image does not decode or is too large, the counts do not match, or an id is unknown; `param` names it", body = ErrorBody),
+        (status = 429, description = "The scorer's queue is full", body = ErrorBody),
+        (status = 503, description = "The models are still loading", body = ErrorBody),
+    )
+)]
+#[post("/score")]
+pub async fn score(state: web::Data<AppState>, request: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
+    let started = Instant::now();
+    let input = read_score_input(&state, &request, payload, |body: ScoreRequest, store| {
+        ScoreInput::from_json(body.prompt, body.images, body.image_ids, body.model, store)
+    })
+    .await?;
+    let (scored, model, prepared) = score_input(&state, input).await?;
+    Ok(HttpResponse::Ok().json(ScoreResponse {
+        scores: scored.scores,
+        model,
+        timings: ScoreTimings {
+            decode_ms: millis(prepared.elapsed),
+            queue_ms: millis(scored.queue_time),
+            score_ms: millis(scored.score_time),
+            total_ms: millis(started.elapsed()),
+            batch_sizes: scored.batch_sizes,
+        },
+    }))
+}
+
+/// Rank images for a prompt by reward, best first.
+#[utoipa::path(
+    post,
+    path = "/rerank",
+    tag = "reward",
+    request_body(content(
+        (RerankRequest = "application/json"),
+        (RerankRequest = "multipart/form-data")
+    )),
+    responses(
+        (status = 200, description = "The images' indices and scores, best first", body = [RerankResult]),
+        (status = 400, description = "The body is not JSON or not a readable form", body = ErrorBody),
+        (status = 413, description = "The body is larger than `--max-body-bytes`", body = ErrorBody),
+        (status = 422, description = "A field breaks a rule; `param` names it", body = ErrorBody),
+        (status = 503, description = "The models are still loading", body = ErrorBody),
+    )
+)]
+#[post("/rerank")]
+pub async fn rerank(state: web::Data<AppState>, request: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
+    let input = read_score_input(&state, &request, payload, |body: RerankRequest, store| {
+        let mut input = ScoreInput::from_json(
+            Prompts::One(body.prompt),
+            body.images,
+            body.image_ids,
+            body.model,
+            store,
+        )?;
+        input.top_k = body.top_k;
+        input.return_images = body.return_images.unwrap_or(false);
+        Ok(input)
+    })
+    .await?;
+    if let Prompts::Each(_) = input.prompts {
+        return Err(Error::validation(
+            "prompt",
+            "`/rerank` ranks images for one prompt; send one `prompt`",
+        ));
+    }
+    let count = input.images.len();
+    let top_k = match input.top_k {
+        None => count,
+        Some(k) if k >= 1 => (k as usize).min(count),
+        Some(k) => {
+            return Err(Error::validation(
+                "top_k",
+                format!("`top_k` must be at least 1. Given: {k}"),
+            ))
+        }
+    };
+    let (scored, _, prepared) = score_input(&state, input).await?;
+    let mut base64 = prepared.base64.into_iter().map(Some).collect::<Vec<_>>();
+    let results: Vec<RerankResult> = top_n(&scored.scores, top_k)
+        .into_iter()
+        .map(|index| RerankResult {
+            index,
+            score: scored.scores[index],
+            image: base64.get_mut(index).and_then(Option::take),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(results))
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// OpenAI compatibility
+// ------------------------------------------------------------------------------------------------------------
+
+/// OpenAI's image generation (`client.images.generate`), answered by `/generate`. Errors come in OpenAI's shape.
+#[utoipa::path(
+    post,
+    path = "/v1/images/generations",
+    tag = "openai",
+    request_body = OpenAiImageRequest,
+    responses(
+        (status = 200, description = "The images as base64 PNG", body = OpenAiImagesResponse),
+        (status = 400, description = "A field breaks a rule; `param` names it", body = OpenAiErrorBody),
+        (status = 413, description = "The body is larger than `--max-body-bytes`", body = OpenAiErrorBody),
+        (status = 429, description = "The queue is full", body = OpenAiErrorBody),
+        (status = 503, description = "The models are still loading", body = OpenAiErrorBody),
+    )
+)]
+#[post("/v1/images/generations")]
+pub async fn openai_images(
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> std::result::Result<HttpResponse, OpenAiError> {
+    let started = Instant::now();
+    let body = read_body(payload, state.max_body_bytes).await?;
+    let request: OpenAiImageRequest = parse_json(&body)?;
+    if let Some(model) = request.model.as_deref() {
+        if model != state.model_name {
+            return Err(Error::validation(
+                "model",
+                format!("`model` is `{model}`; this server serves `{}`", state.model_name),
+            )
+            .into());
+        }
+    }
+    match request.response_format.as_deref() {
+        None | Some("b64_json") => {}
+        Some(other) => {
+            return Err(Error::validation(
+                "response_format",
+                format!("`response_format` must be `b64_json`; this server does not host image URLs. Given: `{other}`"),
+            )
+            .into())
+        }
+    }
+    let (width, height) = match request.size.as_deref() {
+        None | Some("auto") => (None, None),
+        Some(size) => parse_size(size)?,
+    };
+    if let Some(user) = request.user.as_deref() {
+        tracing::info!(user, "OpenAI-compatible image request");
+    }
+    let generation = GenerateRequest {
+        prompt: request.prompt,
+        n: request.n,
+        width,
+        height,
+        best_of: request.best_of,
+        ..GenerateRequest::default()
+    };
+    let response = run_generate(&state, generation, started).await?;
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    Ok(HttpResponse::Ok().json(OpenAiImagesResponse {
+        created,
+        data: response
+            .images
+            .into_iter()
+            .map(|image| OpenAiImage {
+                b64_json: image.png_base64,
+                revised_prompt: None,
+            })
+            .collect(),
+    }))
+}
+
+/// OpenAI's `size`, `WIDTHxHEIGHT`.
+fn parse_size(size: &str) -> Result<(Option<i64>, Option<i64>)> {
+    let parsed = size
+        .split_once('x')
+        .and_then(|(width, height)| Some((width.trim().parse::<i64>().ok()?, height.trim().parse::<i64>().ok()?)));
+    match parsed {
+        Some((width, height)) => Ok((Some(width), Some(height))),
+        None => Err(Error::validation(
+            "size",
+            format!("`size` must be WIDTHxHEIGHT in pixels, e.g. 64x64. Given: `{size}`"),
+        )),
+    }
 }
 
 /// Liveness, with the model and the execution provider.

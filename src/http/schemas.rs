@@ -4,20 +4,16 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::pipeline::GenerateInput;
+use crate::reward::SelectionInput;
 
 /// A text-to-image request. Absent fields take the server's defaults; unknown fields are rejected.
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({
     "prompt": "two blue stars on a white background",
-    "negative_prompt": "blurry",
     "n": 1,
-    "steps": 20,
-    "guidance_scale": 7.5,
-    "scheduler": "ddim",
     "seed": 42,
-    "width": 64,
-    "height": 64
+    "best_of": 8
 }))]
 pub struct GenerateRequest {
     /// What to draw. Must not be empty; cut to the text encoder's 77 tokens with a warning.
@@ -49,6 +45,24 @@ pub struct GenerateRequest {
     /// DDIM's eta in [0, 1] (0 is deterministic DDIM). Ignored by other schedulers. Default 0.
     #[serde(default)]
     pub eta: Option<f64>,
+    /// Rejection sampling: generate `best_of` candidates for each of the `n` images, score them all with the
+    /// reward model and return the `n` best. Default 1; at most the server's `--max-best-of`, and
+    /// `best_of × n` at most `--max-candidates`.
+    #[serde(default)]
+    pub best_of: Option<i64>,
+    /// Keep generating until `n` candidates score at least this much, or `max_candidates` have been tried;
+    /// the `n` best come back either way. An alternative to `best_of`.
+    #[serde(default)]
+    pub min_reward: Option<f64>,
+    /// The candidate budget for `min_reward`. Default 4 × n; at most `--max-candidates`.
+    #[serde(default)]
+    pub max_candidates: Option<i64>,
+    /// Which loaded reward model scores the candidates. Default: the first `--reward-model`.
+    #[serde(default)]
+    pub reward_model: Option<String>,
+    /// Also return every candidate's score, in seed order. Default false.
+    #[serde(default)]
+    pub return_candidate_scores: Option<bool>,
 }
 
 impl From<GenerateRequest> for GenerateInput {
@@ -68,6 +82,16 @@ impl From<GenerateRequest> for GenerateInput {
     }
 }
 
+impl GenerateRequest {
+    pub fn selection_input(&self) -> SelectionInput {
+        SelectionInput {
+            best_of: self.best_of,
+            min_reward: self.min_reward,
+            max_candidates: self.max_candidates,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ImageOut {
     pub index: usize,
@@ -77,6 +101,28 @@ pub struct ImageOut {
     /// The PNG file, base64-encoded.
     #[schema(example = "iVBORw0KGgoAAAANSUhEUgAA...")]
     pub png_base64: String,
+    /// The reward model's score of this image for the prompt; null when no reward model is loaded.
+    #[schema(example = 0.93)]
+    pub reward: Option<f32>,
+    /// Pass it to `/score` or `/rerank` as `image_ids` instead of the bytes; null when storing is off.
+    #[schema(example = "img_5d41402abc4b2a76b9719d911017c592")]
+    pub image_id: Option<String>,
+}
+
+/// How the reward model chose the returned images.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SelectionOut {
+    pub reward_model: String,
+    /// `best_of` as applied (1 when the request asked for none), or null with `min_reward`.
+    pub best_of: Option<usize>,
+    pub min_reward: Option<f32>,
+    /// Candidates generated and scored.
+    pub candidates: usize,
+    /// With `min_reward`: candidates that reached it. With `best_of`: the images returned.
+    pub accepted: usize,
+    /// Every candidate's score in seed order, when `return_candidate_scores` was true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate_scores: Option<Vec<f32>>,
 }
 
 /// Milliseconds spent in each stage of this request.
@@ -88,7 +134,9 @@ pub struct Timings {
     /// VAE decode.
     pub decode_ms: f64,
     pub png_encode_ms: f64,
-    /// Time inside ONNX Runtime `run` calls, all stages together.
+    /// Reward scoring of the candidates (preprocessing and the reward model's ONNX calls).
+    pub score_ms: f64,
+    /// Time inside ONNX Runtime `run` calls of the generation pipeline, all stages together.
     pub inference_ms: f64,
     pub total_ms: f64,
 }
@@ -97,15 +145,21 @@ pub struct Timings {
 #[schema(example = json!({
     "id": "gen-4f9c2a7e",
     "model": "shapes-sd",
-    "images": [{"index": 0, "seed": 42, "png_base64": "iVBORw0KGgo..."}],
-    "timings": {"queue_ms": 0.1, "text_encode_ms": 3.2, "denoise_ms": 120.5, "decode_ms": 8.1,
-                "png_encode_ms": 0.4, "inference_ms": 128.9, "total_ms": 132.6},
+    "images": [{"index": 0, "seed": 45, "png_base64": "iVBORw0KGgo...", "reward": 0.93,
+                "image_id": "img_5d41402abc4b2a76b9719d911017c592"}],
+    "selection": {"reward_model": "shapes-reward", "best_of": 8, "min_reward": null, "candidates": 8,
+                  "accepted": 1},
+    "timings": {"queue_ms": 0.1, "text_encode_ms": 3.2, "denoise_ms": 520.5, "decode_ms": 18.1,
+                "png_encode_ms": 0.4, "score_ms": 4.2, "inference_ms": 538.9, "total_ms": 546.6},
     "warnings": []
 }))]
 pub struct GenerateResponse {
     pub id: String,
     pub model: String,
+    /// Best first when a reward model chose them (`best_of` above 1, or `min_reward`); in seed order otherwise.
     pub images: Vec<ImageOut>,
+    /// Null when no reward model is loaded.
+    pub selection: Option<SelectionOut>,
     pub timings: Timings,
     /// Things the caller should know, e.g. that the prompt was cut to 77 tokens.
     pub warnings: Vec<String>,
@@ -125,4 +179,126 @@ pub struct HealthResponse {
     /// The execution provider that runs the sessions; null until they are loaded.
     pub execution_provider: Option<String>,
     pub version: String,
+}
+
+/// One prompt for every image, or one prompt per image.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(untagged, expecting = "a prompt (string), or a list of prompts with one per image")]
+pub enum Prompts {
+    One(String),
+    Each(Vec<String>),
+}
+
+/// Images to score: base64 PNG or JPEG (`data:` URLs too), or ids of images this server generated.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"prompt": "two blue stars on a white background", "images": ["iVBORw0KGgo..."]}))]
+pub struct ScoreRequest {
+    pub prompt: Prompts,
+    /// Base64 PNG or JPEG files. Send these or `image_ids`.
+    #[serde(default)]
+    pub images: Option<Vec<String>>,
+    /// `image_id`s from `/generate` responses.
+    #[serde(default)]
+    pub image_ids: Option<Vec<String>>,
+    /// A loaded reward model's name. Default: the first `--reward-model`.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// Milliseconds spent on a scoring request.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ScoreTimings {
+    /// Base64 and image decoding, resizing and normalisation.
+    pub decode_ms: f64,
+    /// Waiting for the scorer thread.
+    pub queue_ms: f64,
+    /// The reward model's ONNX calls that carried these images.
+    pub score_ms: f64,
+    pub total_ms: f64,
+    /// Images in each ONNX call that carried these images; above the request's count when other requests
+    /// shared the call.
+    pub batch_sizes: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"scores": [0.91, 0.07], "model": "shapes-reward",
+    "timings": {"decode_ms": 0.4, "queue_ms": 0.1, "score_ms": 2.3, "total_ms": 3.1, "batch_sizes": [2]}}))]
+pub struct ScoreResponse {
+    /// One score per image, in request order.
+    pub scores: Vec<f32>,
+    pub model: String,
+    pub timings: ScoreTimings,
+}
+
+/// Rank images for one prompt, best first (the shape of text-embeddings-inference's `/rerank`).
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"prompt": "three red circles", "images": ["iVBORw0KGgo...", "iVBORw0KGgo..."], "top_k": 1}))]
+pub struct RerankRequest {
+    pub prompt: String,
+    /// Base64 PNG or JPEG files. Send these or `image_ids`.
+    #[serde(default)]
+    pub images: Option<Vec<String>>,
+    #[serde(default)]
+    pub image_ids: Option<Vec<String>>,
+    /// Return only the best `top_k`. Default: all.
+    #[serde(default)]
+    pub top_k: Option<i64>,
+    /// Include each image (base64) in the answer. Default false.
+    #[serde(default)]
+    pub return_images: Option<bool>,
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RerankResult {
+    /// The image's position in the request.
+    pub index: usize,
+    pub score: f32,
+    /// The image as sent (base64), when `return_images` was true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// OpenAI's `POST /v1/images/generations` body. Only `b64_json` answers are supported.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"model": "shapes-sd", "prompt": "two blue stars on a white background", "n": 1,
+                         "size": "64x64", "response_format": "b64_json", "best_of": 4}))]
+pub struct OpenAiImageRequest {
+    pub prompt: String,
+    /// The served model's name; other names get a 400 naming `model`. Default: the served model.
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub n: Option<i64>,
+    /// `WIDTHxHEIGHT`, e.g. `64x64`. Default: the model's native size.
+    #[serde(default)]
+    pub size: Option<String>,
+    /// Only `b64_json` (the default here).
+    #[serde(default)]
+    pub response_format: Option<String>,
+    /// Accepted and logged, as OpenAI does for abuse monitoring.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// This server's extension: rejection sampling with the reward model, as in `/generate`.
+    #[serde(default)]
+    pub best_of: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OpenAiImage {
+    pub b64_json: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revised_prompt: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"created": 1764460800, "data": [{"b64_json": "iVBORw0KGgo..."}]}))]
+pub struct OpenAiImagesResponse {
+    /// Unix seconds.
+    pub created: u64,
+    pub data: Vec<OpenAiImage>,
 }

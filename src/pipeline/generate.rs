@@ -39,7 +39,40 @@ pub struct StageTimings {
     pub unet_steps: Vec<Duration>,
     pub decode: Duration,
     pub png_encode: Duration,
+    /// Reward scoring of the candidates (zero when no reward model scored them).
+    pub score: Duration,
     pub ort_run: Duration,
+}
+
+impl StageTimings {
+    /// Adds another call's stages to these (a request that ran the pipeline several times).
+    pub fn add(&mut self, other: &StageTimings) {
+        self.text_encode += other.text_encode;
+        self.denoise += other.denoise;
+        self.unet_steps.extend_from_slice(&other.unet_steps);
+        self.decode += other.decode;
+        self.png_encode += other.png_encode;
+        self.score += other.score;
+        self.ort_run += other.ort_run;
+    }
+}
+
+/// A decoded image before PNG encoding: interleaved RGB bytes.
+#[derive(Debug, Clone)]
+pub struct SampledImage {
+    pub index: usize,
+    pub seed: u64,
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<u8>,
+}
+
+/// What the denoising loop and the VAE produced, before PNG encoding.
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    pub images: Vec<SampledImage>,
+    pub timings: StageTimings,
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +82,34 @@ pub struct GeneratedImage {
     pub width: usize,
     pub height: usize,
     pub png: Vec<u8>,
+    /// The reward model's score, when one scored this image.
+    pub reward: Option<f32>,
+}
+
+impl GeneratedImage {
+    /// PNG-encodes a sampled image as output number `index`.
+    pub fn encode(image: &SampledImage, index: usize, reward: Option<f32>) -> Result<Self> {
+        Ok(GeneratedImage {
+            index,
+            seed: image.seed,
+            width: image.width,
+            height: image.height,
+            png: encode_png(&image.rgb, image.height, image.width)?,
+            reward,
+        })
+    }
+}
+
+/// How a reward model chose the returned images among the candidates (`reward::best_of`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelectionReport {
+    pub reward_model: String,
+    /// Candidates generated and scored.
+    pub candidates: usize,
+    /// Candidates at or above `min_reward` (with a threshold), else the number returned.
+    pub accepted: usize,
+    /// Every candidate's score, in candidate (seed) order.
+    pub candidate_scores: Vec<f32>,
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +117,28 @@ pub struct GenerateOutput {
     pub images: Vec<GeneratedImage>,
     pub timings: StageTimings,
     pub warnings: Vec<String>,
+    /// Set when a reward model scored the candidates.
+    pub selection: Option<SelectionReport>,
+}
+
+impl Sampled {
+    /// PNG-encodes every image, in order, without scores.
+    pub fn encode_all(self) -> Result<GenerateOutput> {
+        let started = Instant::now();
+        let images = self
+            .images
+            .iter()
+            .map(|image| GeneratedImage::encode(image, image.index, None))
+            .collect::<Result<Vec<_>>>()?;
+        let mut timings = self.timings;
+        timings.png_encode += started.elapsed();
+        Ok(GenerateOutput {
+            images,
+            timings,
+            warnings: self.warnings,
+            selection: None,
+        })
+    }
 }
 
 /// One ONNX session with the contract read from it.
@@ -239,10 +322,15 @@ impl Pipeline {
             .collect()
     }
 
-    /// Generates `params.num_images` images. Starts from seeded noise (see `pipeline::noise`).
+    /// Generates `params.num_images` images as PNGs. Starts from seeded noise (see `pipeline::noise`).
     pub fn generate(&mut self, params: &GenerateParams, progress: &mut dyn Progress) -> Result<GenerateOutput> {
+        self.sample(params, progress)?.encode_all()
+    }
+
+    /// Generates `params.num_images` images as RGB bytes, for callers that choose among them before encoding.
+    pub fn sample(&mut self, params: &GenerateParams, progress: &mut dyn Progress) -> Result<Sampled> {
         let latents = self.initial_latents(params);
-        self.generate_from_latents(params, latents, progress)
+        self.sample_from_latents(params, latents, progress)
     }
 
     /// The seeded initial latents of a request, before scaling by the scheduler's initial sigma.
@@ -261,9 +349,19 @@ impl Pipeline {
     pub fn generate_from_latents(
         &mut self,
         params: &GenerateParams,
-        mut latents: Vec<f32>,
+        latents: Vec<f32>,
         progress: &mut dyn Progress,
     ) -> Result<GenerateOutput> {
+        self.sample_from_latents(params, latents, progress)?.encode_all()
+    }
+
+    /// `generate_from_latents` without the PNG encoding.
+    pub fn sample_from_latents(
+        &mut self,
+        params: &GenerateParams,
+        mut latents: Vec<f32>,
+        progress: &mut dyn Progress,
+    ) -> Result<Sampled> {
         let mut timings = StageTimings::default();
         let mut warnings = Vec::new();
         let num_images = params.num_images;
@@ -364,7 +462,6 @@ impl Pipeline {
         )?;
         timings.decode = started.elapsed();
 
-        let started = Instant::now();
         let per_pixel_image = 3 * params.height * params.width;
         if pixels.len() != per_pixel_image * num_images {
             return Err(Error::Inference {
@@ -380,19 +477,15 @@ impl Pipeline {
         let images = pixels
             .chunks_exact(per_pixel_image)
             .enumerate()
-            .map(|(index, chw)| {
-                let rgb = to_rgb8(chw, params.height, params.width);
-                Ok(GeneratedImage {
-                    index,
-                    seed: params.seed.wrapping_add(index as u64),
-                    width: params.width,
-                    height: params.height,
-                    png: encode_png(&rgb, params.height, params.width)?,
-                })
+            .map(|(index, chw)| SampledImage {
+                index,
+                seed: params.seed.wrapping_add(index as u64),
+                width: params.width,
+                height: params.height,
+                rgb: to_rgb8(chw, params.height, params.width),
             })
-            .collect::<Result<Vec<_>>>()?;
-        timings.png_encode = started.elapsed();
-        Ok(GenerateOutput {
+            .collect();
+        Ok(Sampled {
             images,
             timings,
             warnings,

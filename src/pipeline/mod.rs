@@ -8,6 +8,8 @@ pub mod request;
 pub mod scheduler;
 pub mod tokenizer;
 
-pub use generate::{GenerateOutput, GeneratedImage, Pipeline, Progress, StageTimings};
+pub use generate::{
+    GenerateOutput, GeneratedImage, Pipeline, Progress, Sampled, SampledImage, SelectionReport, StageTimings,
+};
 pub use model::ModelFolder;
 pub use request::{GenerateInput, GenerateParams, ModelLimits, RequestLimits};

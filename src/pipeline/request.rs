@@ -140,7 +140,8 @@ pub fn validate(input: GenerateInput, model: &ModelLimits, limits: &RequestLimit
     })
 }
 
-fn check_prompt_bytes(field: &str, text: &str, limits: &RequestLimits) -> Result<()> {
+/// Refuses a prompt longer than `--max-prompt-bytes`, naming `field`.
+pub fn check_prompt_bytes(field: &str, text: &str, limits: &RequestLimits) -> Result<()> {
     if text.len() > limits.max_prompt_bytes {
         return Err(Error::validation(
             field,

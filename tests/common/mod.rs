@@ -136,6 +136,36 @@ impl Server {
         request(self.port, "POST", path, Some(body)).expect("POST")
     }
 
+    /// POSTs `multipart/form-data`: each part is (name, file name for files, bytes).
+    pub fn post_multipart(&self, path: &str, parts: &[(&str, Option<&str>, &[u8])]) -> Response {
+        let boundary = "t2i-test-boundary-7d3f";
+        let mut body = Vec::new();
+        for (name, filename, data) in parts {
+            body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+            match filename {
+                Some(file) => body.extend_from_slice(
+                    format!(
+                        "Content-Disposition: form-data; name=\"{name}\"; filename=\"{file}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                    )
+                    .as_bytes(),
+                ),
+                None => body.extend_from_slice(
+                    format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+                ),
+            }
+            body.extend_from_slice(data);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let mut raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&body);
+        send_raw(self.port, &raw).expect("POST multipart")
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -174,12 +204,35 @@ impl Response {
 
 /// Sends one request with `Connection: close` and reads the whole response.
 pub fn request(port: u16, method: &str, path: &str, body: Option<&str>) -> std::io::Result<Response> {
+    send_raw(port, raw_request(method, path, body).as_bytes())
+}
+
+/// Sends raw request bytes and reads the whole response.
+pub fn send_raw(port: u16, request: &[u8]) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(300)))?;
-    stream.write_all(raw_request(method, path, body).as_bytes())?;
+    stream.write_all(request)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     parse_response(&raw)
+}
+
+/// PyTorch's score of golden image `shapes-reward/<index>.png` for `prompt` (tests/golden/reward).
+pub fn golden_reward_score(prompt: &str, index: usize) -> f64 {
+    let golden = read_json("tests/golden/reward/shapes-reward.json");
+    let image = format!("shapes-reward/{index}.png");
+    golden["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|case| case["prompt"] == prompt && case["image"] == image.as_str())
+        .unwrap_or_else(|| panic!("no golden case for {prompt:?} and {image}"))["score"]
+        .as_f64()
+        .expect("a score")
+}
+
+pub fn shapes_sd() -> PathBuf {
+    repo_path("models/shapes-sd")
 }
 
 pub fn raw_request(method: &str, path: &str, body: Option<&str>) -> String {

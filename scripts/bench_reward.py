@@ -1,0 +1,335 @@
+"""Best-of-n by reward, measured through the running service (issue #4), side by side in one run:
+
+1. Alignment: the simulated rater's verdict on images from `/generate` with best_of 1, 4 and 16, per category,
+   on held-out prompts (the paper's Table 6 analogue). The held-out split holds out object-colour-count
+   combinations, so it has no background-only prompts; background uses seen prompts and says so. The same seed
+   is used for every K, so best_of=K chooses among a superset of the candidates best_of=1 returns.
+2. Cost: the latency of best_of=16 against one image, and against 16 single-image requests one after another.
+3. Scoring throughput: `/score` images per second at 1, 16 and 64 images per request, and 4 clients at once.
+
+Writes models/reward-serving.json and the section between the markers below in models/REPORT.md (report.py
+keeps that section when it rewrites the report).
+
+Usage (the light .venv is enough: numpy, Pillow and the trainer's world and rater):
+    make bench-reward
+    .venv/bin/python scripts/bench_reward.py --binary target/release/t2i-align
+"""
+
+import argparse
+import base64
+import io
+import json
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "trainer"))
+
+from rater import judge  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
+from shapes_world import CATEGORIES, eval_prompts, heldout_prompts, train_prompts  # noqa: E402
+
+BEGIN = "<!-- reward-serving:begin -->"
+END = "<!-- reward-serving:end -->"
+BEST_OF = (1, 4, 16)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--binary", default="target/release/t2i-align", help="the t2i-align binary")
+    parser.add_argument("--model", default="models/shapes-sd")
+    parser.add_argument("--reward-model", default="models/shapes-reward")
+    parser.add_argument("--port", type=int, default=18093)
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default: 2)")
+    parser.add_argument("--prompts-per-category", type=int, default=8)
+    parser.add_argument("--images-per-prompt", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report", type=Path, default=ROOT / "models" / "REPORT.md")
+    parser.add_argument("--json", type=Path, default=ROOT / "models" / "reward-serving.json")
+    args = parser.parse_args()
+    if not Path(args.binary).is_file():
+        parser.error(f"--binary {args.binary} does not exist; run `make build` first")
+    for flag in ("model", "reward_model"):
+        if not Path(getattr(args, flag)).is_dir():
+            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not a folder")
+    if args.prompts_per_category < 1 or args.images_per_prompt < 1:
+        parser.error("--prompts-per-category and --images-per-prompt must be at least 1")
+    return args
+
+
+def ort_library() -> str:
+    recorded = ROOT / ".venv" / "ort-dylib-path"
+    if os.environ.get("ORT_DYLIB_PATH"):
+        return os.environ["ORT_DYLIB_PATH"]
+    if recorded.is_file():
+        return recorded.read_text().strip()
+    sys.exit("ORT_DYLIB_PATH is not set and .venv/ort-dylib-path is missing: run `make venv`")
+
+
+class Server(ServerProcess):
+    def __init__(self, args: argparse.Namespace):
+        command = [
+            args.binary, "serve", "--model", args.model, "--reward-model", args.reward_model,
+            "--host", "127.0.0.1", "--intra-threads", str(args.threads),
+            "--max-best-of", "16", "--max-candidates", "128", "--image-store-capacity", "0",
+            "--max-body-bytes", str(64 << 20),
+        ]  # fmt: skip
+        super().__init__(command, args.port, ort_library())
+
+
+def png_image(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
+
+
+def alignment(server: Server, args: argparse.Namespace) -> tuple[dict, list[str]]:
+    """Per K and category: images judged good, and each stated attribute's matches."""
+    rng = np.random.default_rng(args.seed)
+    heldout = eval_prompts(heldout_prompts(), args.prompts_per_category, rng)
+    seen_background = [
+        p for p in eval_prompts(train_prompts(), args.prompts_per_category, rng) if p.category == "background"
+    ]
+    prompts = [("held-out", p) for p in heldout] + [("seen", p) for p in seen_background]
+    results: dict = {}
+    pngs: list[str] = []
+    for k in BEST_OF:
+        good = defaultdict(lambda: [0, 0])
+        attributes = defaultdict(lambda: [0, 0])
+        seconds = 0.0
+        for number, (split, prompt) in enumerate(prompts):
+            body = {
+                "prompt": prompt.text,
+                "n": args.images_per_prompt,
+                "best_of": k,
+                "seed": args.seed + 1000 * number,
+            }
+            elapsed, payload = server.post("/generate", body)
+            seconds += elapsed
+            for image in payload["images"]:
+                rating = judge(png_image(image["png_base64"]), prompt)
+                key = f"{prompt.category} ({split})"
+                good[key][0] += rating.label == "good"
+                good[key][1] += 1
+                for attribute, check in rating.reasons.items():
+                    attributes[attribute][0] += check.ok
+                    attributes[attribute][1] += 1
+                if k == 1:
+                    pngs.append(image["png_base64"])
+        results[k] = {
+            "good": {key: value for key, value in good.items()},
+            "attributes": {key: value for key, value in attributes.items()},
+            "seconds": round(seconds, 1),
+            "prompts": len(prompts),
+        }
+        print(json.dumps({"event": "alignment", "best_of": k, "seconds": round(seconds, 1)}), flush=True)
+    return results, pngs
+
+
+def cost(server: Server) -> dict:
+    prompt = "three red circles"
+
+    def timed(body: dict) -> float:
+        return server.post("/generate", body)[0]
+
+    timed({"prompt": prompt, "seed": 1})  # warm the caches of this size
+    single = [timed({"prompt": prompt, "seed": 10 + i}) for i in range(5)]
+    best16 = [timed({"prompt": prompt, "best_of": 16, "seed": 100 + i * 16}) for i in range(3)]
+    started = time.perf_counter()
+    for i in range(16):
+        timed({"prompt": prompt, "seed": 1000 + i})
+    separate = time.perf_counter() - started
+    one = statistics.median(single)
+    return {
+        "one_image_seconds": round(one, 4),
+        "best_of_16_seconds": round(statistics.median(best16), 4),
+        "sixteen_requests_seconds": round(separate, 4),
+        "best_of_16_over_one": round(statistics.median(best16) / one, 2),
+        "sixteen_requests_over_one": round(separate / one, 2),
+    }
+
+
+def throughput(server: Server, pngs: list[str]) -> dict:
+    prompt = "two blue stars on a white background"
+    results = {}
+    for batch in (1, 16, 64):
+        images = [pngs[i % len(pngs)] for i in range(batch)]
+        server.post("/score", {"prompt": prompt, "images": images})  # warm-up
+        repeats = max(3, 256 // batch)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            server.post("/score", {"prompt": prompt, "images": images})
+        elapsed = time.perf_counter() - started
+        results[f"batch_{batch}"] = {
+            "images_per_second": round(batch * repeats / elapsed, 1),
+            "latency_ms": round(1000 * elapsed / repeats, 2),
+        }
+    # Four clients sending 16 images each at once: the scorer packs their images into shared calls.
+    images = [pngs[i % len(pngs)] for i in range(16)]
+    batch_sizes: list[int] = []
+
+    def client(_: int) -> None:
+        for _ in range(16):
+            batch_sizes.extend(
+                server.post("/score", {"prompt": prompt, "images": images})[1]["timings"]["batch_sizes"]
+            )
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(client, range(4)))
+    elapsed = time.perf_counter() - started
+    results["4_clients_x_16"] = {
+        "images_per_second": round(4 * 16 * 16 / elapsed, 1),
+        "mean_onnx_batch": round(statistics.mean(batch_sizes), 1),
+    }
+    return results
+
+
+def percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "n/a"
+
+
+def markdown(data: dict, command: str) -> str:
+    align = data["alignment"]
+    keys = sorted({key for k in BEST_OF for key in align[k]["good"]}, key=lambda key: (
+        "seen" in key, CATEGORIES.index(key.split(" ")[0])))  # fmt: skip
+    rows = []
+    for key in keys:
+        cells = [key, str(align[1]["good"][key][1])]
+        cells += [percent(*align[k]["good"][key]) for k in BEST_OF]
+        rows.append(cells)
+    attribute_rows = []
+    for attribute in ("colour", "count", "shape", "background"):
+        if attribute in align[1]["attributes"]:
+            attribute_rows.append(
+                [attribute] + [percent(*align[k]["attributes"][attribute]) for k in BEST_OF]
+            )
+    cost = data["cost"]
+    score = data["throughput"]
+    settings = data["settings"]
+    clients = score["4_clients_x_16"]
+
+    def table(header, body):
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+
+    return "\n".join(
+        [
+            BEGIN,
+            "## Reward in the serving path (issue #4)",
+            "",
+            f"Measured by `scripts/bench_reward.py` through `t2i-align serve` on this machine "
+            f"({data['machine']}), {settings['threads']} ONNX Runtime threads, the served defaults "
+            f"({settings['steps']} steps, guidance {settings['guidance_scale']}), candidates denoised 16 at "
+            f"a time. Command: `{command}`.",
+            "",
+            "### Best-of-n alignment (the paper's Table 6 analogue)",
+            "",
+            f"The rater's verdict on the returned images: {settings['images_per_prompt']} images per "
+            "prompt, the same seeds for every K. The held-out split holds out object-colour-count "
+            "combinations, so it has no background-only prompts; that row uses seen prompts.",
+            "",
+            table(
+                ["category (prompts)", "images", "best_of=1: good", "best_of=4: good", "best_of=16: good"],
+                rows,
+            ),
+            "",
+            "Per stated attribute, all rows together:",
+            "",
+            table(["attribute", "best_of=1", "best_of=4", "best_of=16"], attribute_rows),
+            "",
+            "### Cost",
+            "",
+            table(
+                ["request", "seconds", "× one image"],
+                [
+                    ["one image (n=1)", f"{cost['one_image_seconds']:.3f}", "1.00"],
+                    [
+                        "best_of=16 (n=1), candidates batched",
+                        f"{cost['best_of_16_seconds']:.3f}",
+                        f"{cost['best_of_16_over_one']:.2f}",
+                    ],
+                    [
+                        "16 single-image requests, one after another",
+                        f"{cost['sixteen_requests_seconds']:.3f}",
+                        f"{cost['sixteen_requests_over_one']:.2f}",
+                    ],
+                ],
+            ),  # fmt: skip
+            "",
+            "Goal: best_of=16 at most 8× one image on CPU.",
+            "",
+            "### /score throughput",
+            "",
+            table(
+                ["images per request", "images / s", "latency per request (ms)"],
+                [
+                    [
+                        str(b),
+                        f"{score[f'batch_{b}']['images_per_second']}",
+                        f"{score[f'batch_{b}']['latency_ms']}",
+                    ]
+                    for b in (1, 16, 64)
+                ],
+            ),  # fmt: skip
+            "",
+            f"Four clients sending 16 images each at once: {clients['images_per_second']} images/s, "
+            f"{clients['mean_onnx_batch']} images per ONNX call on average (the scorer packs "
+            "requests that wait together into one call).",
+            END,
+        ]
+    )
+
+
+def write_report(path: Path, section: str) -> None:
+    text = path.read_text() if path.is_file() else ""
+    if BEGIN in text and END in text:
+        before, rest = text.split(BEGIN, 1)
+        after = rest.split(END, 1)[1]
+        text = before + section + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main() -> int:
+    args = parse_args()
+    defaults = json.loads((Path(args.model) / "t2i-align.json").read_text())
+    server = Server(args)
+    try:
+        align, pngs = alignment(server, args)
+        spent = cost(server)
+        score = throughput(server, pngs)
+    finally:
+        server.stop()
+    data = {
+        "machine": f"{os.cpu_count()} CPUs",
+        "settings": {
+            "threads": args.threads,
+            "steps": defaults.get("default_steps"),
+            "guidance_scale": defaults.get("default_guidance_scale"),
+            "images_per_prompt": args.images_per_prompt,
+            "prompts_per_category": args.prompts_per_category,
+            "seed": args.seed,
+        },
+        "alignment": align,
+        "cost": spent,
+        "throughput": score,
+    }
+    args.json.write_text(json.dumps(data, indent=2) + "\n")
+    command = "make bench-reward"
+    write_report(args.report, markdown(data, command))
+    print(json.dumps({"event": "done", "report": str(args.report), "cost": spent}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""A `t2i-align serve` child process for the benchmark scripts: started on a port, ready when /ready says 200,
+POSTed to with JSON, stopped at the end. Its log is kept in memory for error messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+
+class ServerProcess:
+    def __init__(self, command: list[str], port: int, library: str, ready_timeout: float = 120):
+        env = dict(os.environ, ORT_DYLIB_PATH=library, RUST_LOG="warn")
+        self.process = subprocess.Popen(
+            command + ["--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
+        )
+        self.log: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + ready_timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                sys.exit("t2i-align exited:\n" + "".join(self.log))
+            try:
+                with urllib.request.urlopen(self.url + "/ready", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        sys.exit("t2i-align did not become ready:\n" + "".join(self.log))
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log.append(line)
+
+    def post(self, path: str, body: dict) -> tuple[float, dict]:
+        """Seconds the request took, and the JSON answer; a non-200 answer stops the script with its body."""
+        request = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=600) as response:
+                payload = json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            sys.exit(f"{path} answered {err.code}: {err.read().decode()}")
+        return time.perf_counter() - started, payload
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
