@@ -219,6 +219,32 @@ def guidance_text(sd: Path) -> str:
     )
 
 
+def target_text(shares: dict) -> str:
+    """Issue #3's target, read per attribute: does the model draw the stated colour and background?"""
+    checks = []
+    for attribute in ("colour", "background"):
+        values = [shares.get((split, attribute)) for split in SPLITS]
+        values = [value for value in values if value is not None]
+        if values:
+            checks.append((attribute, min(values)))
+    if not checks:
+        return ""
+    met = all(value >= 0.8 for _, value in checks)
+    listed = ", ".join(f"{attribute} {100 * value:.1f}%" for attribute, value in checks)
+    text = (
+        f"Target: the stated colour and background drawn in at least 80% of images, count clearly lower: "
+        f"{'met' if met else 'not met'} (lowest over both splits: {listed})."
+    )
+    shape = shares.get(("eval_seen", "shape"))
+    if shape is not None:
+        text += (
+            " Whole images are good far less often (the first table): a good image also needs the right "
+            f"count and shape, and the model draws the stated shape in {100 * shape:.1f}% of images of seen "
+            "prompts."
+        )
+    return text
+
+
 def share(accuracy: float | None) -> str:
     return "n/a (no good/bad pairs)" if accuracy is None else f"{100 * accuracy:.1f}%"
 
@@ -313,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if count_share is not None and None not in other_shares
             else "."
         ),
+        "",
+        target_text(shares),
         "",
         "Image quality proxy, the share of images in which the rater found objects and could name every "
         f"object's shape: {percent(sum(clean['eval_seen']), len(clean['eval_seen']))} (seen prompts), "
