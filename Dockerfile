@@ -28,7 +28,8 @@ ENV ORT_DYLIB_PATH=/opt/ort/lib/python3.12/site-packages/onnxruntime/capi/libonn
     T2I_MODEL=/model \
     T2I_HOST=0.0.0.0 \
     T2I_PORT=8080 \
-    T2I_DEVICE=cuda
+    T2I_DEVICE=cuda \
+    T2I_NO_REWARD_MODEL=true
 COPY --from=build /src/target/release/t2i-align /usr/local/bin/t2i-align
 EXPOSE 8080
 VOLUME ["/model"]
