@@ -40,7 +40,8 @@ fn waiting_requests_share_a_batch_and_get_their_own_scores() {
         let (prompts, pixels) = job(128, "two blue stars on a white background");
         std::thread::spawn(move || scorer.score_blocking(prompts, pixels).unwrap())
     };
-    std::thread::sleep(Duration::from_millis(3));
+    // Long enough for the big job to be submitted first even on a loaded machine; short against its two batches.
+    std::thread::sleep(Duration::from_millis(20));
     let small: Vec<_> = ["a red circle", "three green triangles"]
         .into_iter()
         .map(|prompt| {
