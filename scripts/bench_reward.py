@@ -81,7 +81,7 @@ class Server(ServerProcess):
         command = [
             args.binary, "serve", "--model", args.model, "--reward-model", args.reward_model,
             "--host", "127.0.0.1", "--intra-threads", str(args.threads),
-            "--max-best-of", "16", "--max-candidates", "128", "--image-store-capacity", "0",
+            "--max-best-of", "16", "--max-candidates", "128",
             "--max-body-bytes", str(64 << 20), "--max-images", "8",
         ]  # fmt: skip
         super().__init__(command, args.port, ort_library())

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -16,6 +17,9 @@ import urllib.request
 class ServerProcess:
     def __init__(self, command: list[str], port: int, library: str, ready_timeout: float = 120):
         env = dict(os.environ, ORT_DYLIB_PATH=library, RUST_LOG="warn")
+        # A data directory of its own, and no stored images: benchmarks measure serving, not disk writes.
+        self.data_dir = tempfile.TemporaryDirectory(prefix="t2i-bench-")
+        command = command + ["--data-dir", self.data_dir.name, "--image-retention", "0"]
         self.process = subprocess.Popen(
             command + ["--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
         )
@@ -55,3 +59,4 @@ class ServerProcess:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
+        self.data_dir.cleanup()

@@ -187,9 +187,13 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub reward: RewardArgs,
-    /// Generated images kept in memory so /score and /rerank can take their `image_id`s (0 turns it off).
-    #[arg(long, env = "T2I_IMAGE_STORE_CAPACITY", default_value_t = 256)]
-    pub image_store_capacity: usize,
+    /// Data directory: the SQLite database and the files it points at (created if missing).
+    #[arg(long, env = "T2I_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Most generated images kept, so /score and /rerank can take their `image_id`s; the oldest go first
+    /// (0 keeps none).
+    #[arg(long, env = "T2I_IMAGE_RETENTION", default_value_t = 10_000)]
+    pub image_retention: u64,
     /// Address to listen on.
     #[arg(long, env = "T2I_HOST", default_value = "127.0.0.1")]
     pub host: String,
@@ -290,7 +294,8 @@ impl ServeArgs {
             queue_capacity: self.queue_capacity,
             warmup: self.warmup,
             reward: self.reward.config(),
-            image_store_capacity: self.image_store_capacity,
+            data_dir: self.data_dir,
+            image_retention: self.image_retention,
             http: HttpConfig {
                 host: self.host,
                 port: self.port,

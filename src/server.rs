@@ -13,7 +13,7 @@ use crate::pipeline::{GenerateParams, ModelFolder, Pipeline, RequestLimits};
 use crate::reward::model::RewardModel;
 use crate::reward::{RewardSet, Scorer, SelectionLimits};
 use crate::runtime::{Device, Runtime, SessionSettings};
-use crate::storage::ImageStore;
+use crate::storage::Storage;
 
 /// Reward models to load and how they batch.
 #[derive(Debug, Clone)]
@@ -38,8 +38,10 @@ pub struct ServeConfig {
     pub warmup: bool,
     pub limits: RequestLimits,
     pub reward: RewardConfig,
-    /// Generated images kept in memory for `image_ids` (0: none).
-    pub image_store_capacity: usize,
+    /// The data directory (SQLite database and the files it points at).
+    pub data_dir: std::path::PathBuf,
+    /// Most generated images kept for `image_ids` (0: none).
+    pub image_retention: u64,
     pub http: HttpConfig,
 }
 
@@ -47,6 +49,8 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     let runtime = Runtime::init(config.ort_library.as_deref(), config.device, config.sessions.clone())?;
     tracing::info!(library = %runtime.library().display(), device = %config.device, "ONNX Runtime loaded");
     let model = Arc::new(ModelFolder::open(&config.model)?);
+    let storage = Arc::new(Storage::open(&config.data_dir, config.image_retention).await?);
+    tracing::info!(data_dir = %config.data_dir.display(), image_retention = config.image_retention, "storage open");
     let metrics = Arc::new(Metrics::new());
     let state = web::Data::new(AppState {
         serving: Default::default(),
@@ -57,7 +61,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         selection_limits: config.reward.selection,
         score_limits: config.reward.score,
         max_body_bytes: config.http.max_body_bytes,
-        store: Arc::new(ImageStore::new(config.image_store_capacity)),
+        storage,
     });
     let (server, port) = build_server(state.clone(), &config.http).map_err(|err| {
         Error::Config(format!(

@@ -436,3 +436,38 @@ fn no_reward_model_means_unscored_images_and_clear_refusals() {
     assert_eq!(score.status, 422);
     assert_eq!(score.json()["error"]["param"], "model");
 }
+
+#[test]
+fn image_ids_survive_a_restart_and_old_ones_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let generate = |server: &Server| -> Value {
+        let response = server.post_json("/generate", r#"{"prompt":"a red circle","steps":3,"n":2,"seed":1}"#);
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.json()
+    };
+    let score = |server: &Server, id: &Value| {
+        server.post_json(
+            "/score",
+            &json!({"prompt": "a red circle", "image_ids": [id]}).to_string(),
+        )
+    };
+    let first = {
+        let server = shapes_server(&["--data-dir", data, "--image-retention", "3"]);
+        generate(&server)
+    };
+    // A new process on the same data directory still has the images.
+    let server = shapes_server(&["--data-dir", data, "--image-retention", "3"]);
+    let old = &first["images"][0];
+    let scored = score(&server, &old["image_id"]);
+    assert_eq!(scored.status, 200, "{}", scored.text());
+    assert!((floats(&scored.json()["scores"])[0] - old["reward"].as_f64().unwrap()).abs() < 1e-5);
+    // Two more images push the oldest past the retention of 3: its id and its file are gone.
+    generate(&server);
+    let expired = score(&server, &old["image_id"]);
+    assert_eq!(expired.status, 422, "{}", expired.text());
+    assert_eq!(expired.json()["error"]["param"], "image_ids[0]");
+    assert!(expired.text().contains("--image-retention"), "{}", expired.text());
+    assert_eq!(std::fs::read_dir(dir.path().join("images")).unwrap().count(), 3);
+    assert_eq!(score(&server, &first["images"][1]["image_id"]).status, 200);
+}

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{ModelLimits, RequestLimits};
 use crate::reward::{RewardSet, SelectionLimits};
 use crate::runtime::ExecutionProvider;
-use crate::storage::ImageStore;
+use crate::storage::Storage;
 
 /// What exists once the models are loaded and warmed up.
 pub struct Serving {
@@ -58,8 +58,8 @@ pub struct AppState {
     pub selection_limits: SelectionLimits,
     pub score_limits: ScoreLimits,
     pub max_body_bytes: usize,
-    /// Generated images, so `/score` and `/rerank` can take their ids.
-    pub store: Arc<ImageStore>,
+    /// The data directory's database: generated images (for `image_ids`), and later feedback and jobs.
+    pub storage: Arc<Storage>,
 }
 
 impl AppState {

@@ -21,7 +21,7 @@ use crate::pipeline::RequestLimits;
 use crate::reward::best_of::{top_n, validate_selection};
 use crate::reward::preprocess::decode_image;
 use crate::reward::{Scored, Scorer, Selection};
-use crate::storage::{ImageStore, StoredImage};
+use crate::storage::{Storage, StoredImage};
 
 /// Reads the whole body, refusing it as soon as it passes `limit` bytes.
 async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut> {
@@ -90,27 +90,26 @@ async fn run_generate(state: &AppState, request: GenerateRequest, started: Insta
     let completed = serving.engine.generate(params, selection, scorer).await?;
     let output = completed.output;
     let timings = &output.timings;
-    let images = output
-        .images
-        .iter()
-        .map(|image| {
-            let png = Arc::new(image.png.clone());
-            let image_id = state.store.insert(StoredImage {
-                png,
+    let mut images = Vec::with_capacity(output.images.len());
+    for image in &output.images {
+        let image_id = state
+            .storage
+            .insert_image(&StoredImage {
+                png: Arc::new(image.png.clone()),
                 prompt: prompt.clone(),
                 seed: image.seed,
                 model: state.model_name.clone(),
                 reward: image.reward,
-            });
-            ImageOut {
-                index: image.index,
-                seed: image.seed,
-                png_base64: BASE64.encode(&image.png),
-                reward: image.reward,
-                image_id,
-            }
-        })
-        .collect();
+            })
+            .await?;
+        images.push(ImageOut {
+            index: image.index,
+            seed: image.seed,
+            png_base64: BASE64.encode(&image.png),
+            reward: image.reward,
+            image_id,
+        });
+    }
     let selection_out = output.selection.as_ref().map(|report| SelectionOut {
         reward_model: report.reward_model.clone(),
         best_of: match selection {
@@ -152,6 +151,8 @@ async fn run_generate(state: &AppState, request: GenerateRequest, started: Insta
 enum ImageSource {
     Base64(String),
     Bytes(Vec<u8>),
+    /// An `image_id`, looked up in storage before decoding.
+    Id(String),
     Stored(Arc<Vec<u8>>),
 }
 
@@ -168,7 +169,6 @@ struct ScoreInput {
 fn image_sources(
     sent: Option<Vec<(String, ImageSource)>>,
     ids: Option<Vec<String>>,
-    store: &ImageStore,
 ) -> Result<Vec<(String, ImageSource)>> {
     match (sent, ids) {
         (Some(_), Some(_)) => Err(Error::validation("image_ids", "send `images` or `image_ids`, not both")),
@@ -177,16 +177,23 @@ fn image_sources(
             "`images` (base64 PNG or JPEG files) or `image_ids` (from /generate) is required",
         )),
         (Some(sent), None) => Ok(sent),
-        (None, Some(ids)) => ids
-            .iter()
+        (None, Some(ids)) => Ok(ids
+            .into_iter()
             .enumerate()
-            .map(|(index, id)| {
-                let field = format!("image_ids[{index}]");
-                let stored = store.get(id, &field)?;
-                Ok((field, ImageSource::Stored(stored.png)))
-            })
-            .collect(),
+            .map(|(index, id)| (format!("image_ids[{index}]"), ImageSource::Id(id)))
+            .collect()),
     }
+}
+
+/// Replaces each `image_id` with the stored PNG.
+async fn load_stored(images: &mut [(String, ImageSource)], storage: &Storage) -> Result<()> {
+    for (field, source) in images.iter_mut() {
+        if let ImageSource::Id(id) = source {
+            let stored = storage.image(id, field).await?;
+            *source = ImageSource::Stored(stored.png);
+        }
+    }
+    Ok(())
 }
 
 impl ScoreInput {
@@ -195,7 +202,6 @@ impl ScoreInput {
         images: Option<Vec<String>>,
         image_ids: Option<Vec<String>>,
         model: Option<String>,
-        store: &ImageStore,
     ) -> Result<Self> {
         let sent = images.map(|images| {
             images
@@ -206,7 +212,7 @@ impl ScoreInput {
         });
         Ok(ScoreInput {
             prompts,
-            images: image_sources(sent, image_ids, store)?,
+            images: image_sources(sent, image_ids)?,
             model,
             top_k: None,
             return_images: false,
@@ -229,12 +235,7 @@ fn is_multipart(request: &HttpRequest) -> bool {
 
 /// Reads `multipart/form-data`: `prompt` (once, or once per image), `image` files (or `images`), `image_id`s,
 /// and optional `model`, `top_k` and `return_images` fields.
-async fn read_multipart(
-    request: &HttpRequest,
-    payload: web::Payload,
-    limit: usize,
-    store: &ImageStore,
-) -> Result<ScoreInput> {
+async fn read_multipart(request: &HttpRequest, payload: web::Payload, limit: usize) -> Result<ScoreInput> {
     let mut multipart = actix_multipart::Multipart::new(request.headers(), payload);
     let mut total = 0usize;
     let mut prompts: Vec<String> = Vec::new();
@@ -306,7 +307,7 @@ async fn read_multipart(
     let sent = (!images.is_empty()).then_some(images);
     Ok(ScoreInput {
         prompts,
-        images: image_sources(sent, (!ids.is_empty()).then_some(ids), store)?,
+        images: image_sources(sent, (!ids.is_empty()).then_some(ids))?,
         model,
         top_k,
         return_images,
@@ -390,6 +391,11 @@ async fn prepare_images(
                 ImageSource::Base64(text) => base64_bytes(text, &field)?.into(),
                 ImageSource::Bytes(bytes) => bytes.as_slice().into(),
                 ImageSource::Stored(png) => png.as_slice().into(),
+                ImageSource::Id(id) => {
+                    return Err(Error::Internal(format!(
+                        "`{field}`: image `{id}` was not loaded from storage"
+                    )))
+                }
             };
             let image = decode_image(&bytes, limits.max_image_pixels, &field)?;
             preprocessor.pixel_values_into(&image, &mut pixels);
@@ -419,14 +425,16 @@ async fn read_score_input<T, F>(
 ) -> Result<ScoreInput>
 where
     T: serde::de::DeserializeOwned,
-    F: FnOnce(T, &ImageStore) -> Result<ScoreInput>,
+    F: FnOnce(T) -> Result<ScoreInput>,
 {
-    if is_multipart(request) {
-        read_multipart(request, payload, state.max_body_bytes, &state.store).await
+    let mut input = if is_multipart(request) {
+        read_multipart(request, payload, state.max_body_bytes).await?
     } else {
         let body = read_body(payload, state.max_body_bytes).await?;
-        from_json(parse_json(&body)?, &state.store)
-    }
+        from_json(parse_json(&body)?)?
+    };
+    load_stored(&mut input.images, &state.storage).await?;
+    Ok(input)
 }
 
 /// Scores with the chosen reward model; returns the scores, the timings and the images as base64 if kept.
@@ -461,8 +469,8 @@ async fn score_input(state: &AppState, input: ScoreInput) -> Result<(Scored, Str
 #[post("/score")]
 pub async fn score(state: web::Data<AppState>, request: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
     let started = Instant::now();
-    let input = read_score_input(&state, &request, payload, |body: ScoreRequest, store| {
-        ScoreInput::from_json(body.prompt, body.images, body.image_ids, body.model, store)
+    let input = read_score_input(&state, &request, payload, |body: ScoreRequest| {
+        ScoreInput::from_json(body.prompt, body.images, body.image_ids, body.model)
     })
     .await?;
     let (scored, model, prepared) = score_input(&state, input).await?;
@@ -498,14 +506,8 @@ pub async fn score(state: web::Data<AppState>, request: HttpRequest, payload: we
 )]
 #[post("/rerank")]
 pub async fn rerank(state: web::Data<AppState>, request: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
-    let input = read_score_input(&state, &request, payload, |body: RerankRequest, store| {
-        let mut input = ScoreInput::from_json(
-            Prompts::One(body.prompt),
-            body.images,
-            body.image_ids,
-            body.model,
-            store,
-        )?;
+    let input = read_score_input(&state, &request, payload, |body: RerankRequest| {
+        let mut input = ScoreInput::from_json(Prompts::One(body.prompt), body.images, body.image_ids, body.model)?;
         input.top_k = body.top_k;
         input.return_images = body.return_images.unwrap_or(false);
         Ok(input)

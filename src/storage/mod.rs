@@ -1,13 +1,24 @@
-//! Images this server generated, kept so that `/score` and `/rerank` can take `image_ids` instead of the bytes.
+//! Durable storage in a data directory: a SQLite database (through sqlx, with embedded migrations) and the
+//! files it points at. Today it keeps the images this server generated, so that `/score` and `/rerank` can take
+//! their `image_id`s, with a retention limit; feedback, jobs and model versions follow (#5).
 //!
-//! For now an in-memory store with a bound on the number of images: the oldest go first, and a restart forgets
-//! them all. Durable storage (SQLite through sqlx, with retention) replaces it with the feedback API (#5); the
-//! interface stays the same.
+//! Every file is written to a temporary name, flushed and renamed, and only then recorded in the database, so a
+//! crash leaves either nothing or a complete file. The queries are plain SQL through sqlx's runtime API, so the
+//! same code can later run on Postgres.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
 
 use crate::error::{Error, Result};
+
+pub const DATABASE_FILE: &str = "t2i-align.db";
+const IMAGES_DIR: &str = "images";
 
 /// One stored image and what produced it.
 #[derive(Debug, Clone)]
@@ -19,76 +30,184 @@ pub struct StoredImage {
     pub reward: Option<f32>,
 }
 
-struct Inner {
-    images: HashMap<String, StoredImage>,
-    order: VecDeque<String>,
+pub struct Storage {
+    pool: SqlitePool,
+    root: PathBuf,
+    /// Most images kept; the oldest go first. 0 keeps none.
+    image_retention: u64,
 }
 
-pub struct ImageStore {
-    capacity: usize,
-    inner: Mutex<Inner>,
-}
-
-impl ImageStore {
-    /// Keeps at most `capacity` images; 0 turns storing off.
-    pub fn new(capacity: usize) -> Self {
-        ImageStore {
-            capacity,
-            inner: Mutex::new(Inner {
-                images: HashMap::new(),
-                order: VecDeque::new(),
-            }),
-        }
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.capacity > 0
-    }
-
-    /// Stores the image and returns its id (`img_` and 32 hex digits), or `None` when storing is off.
-    pub fn insert(&self, image: StoredImage) -> Option<String> {
-        if !self.enabled() {
-            return None;
-        }
-        let id = format!("img_{}", uuid::Uuid::new_v4().simple());
-        let mut inner = self.inner.lock().ok()?;
-        while inner.order.len() >= self.capacity {
-            match inner.order.pop_front() {
-                Some(oldest) => {
-                    inner.images.remove(&oldest);
-                }
-                None => break,
-            }
-        }
-        inner.images.insert(id.clone(), image);
-        inner.order.push_back(id.clone());
-        Some(id)
-    }
-
-    /// The image with this id. `field` names the request field in the error, e.g. `image_ids[1]`.
-    pub fn get(&self, id: &str, field: &str) -> Result<StoredImage> {
-        let inner = self
-            .inner
-            .lock()
-            .map_err(|_| Error::Internal("the image store's lock is poisoned".into()))?;
-        inner.images.get(id).cloned().ok_or_else(|| {
-            Error::validation(
-                field,
-                format!(
-                    "`{field}` is `{id}`, which this server does not have: ids are kept for the last {} generated images, in memory (--image-store-capacity)",
-                    self.capacity
-                ),
-            )
+impl Storage {
+    /// Opens (or creates) the database in `root` and brings its schema up to date.
+    pub async fn open(root: &Path, image_retention: u64) -> Result<Self> {
+        let fail = |what: &str, err: &dyn std::fmt::Display| {
+            Error::Config(format!("data directory `{}`: {what}: {err}", root.display()))
+        };
+        std::fs::create_dir_all(root.join(IMAGES_DIR)).map_err(|err| fail("cannot create it", &err))?;
+        let url = format!("sqlite://{}", root.join(DATABASE_FILE).display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .map_err(|err| fail("bad database path", &err))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|err| fail("cannot open the database", &err))?;
+        sqlx::migrate!("src/storage/migrations")
+            .run(&pool)
+            .await
+            .map_err(|err| fail("cannot migrate the database", &err))?;
+        Ok(Storage {
+            pool,
+            root: root.to_path_buf(),
+            image_retention,
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.inner.lock().map_or(0, |inner| inner.images.len())
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub fn stores_images(&self) -> bool {
+        self.image_retention > 0
     }
+
+    /// Stores a generated image and returns its id (`img_` and 32 hex digits), or `None` when retention is 0.
+    /// The oldest images beyond the retention limit are deleted, rows and files.
+    pub async fn insert_image(&self, image: &StoredImage) -> Result<Option<String>> {
+        if !self.stores_images() {
+            return Ok(None);
+        }
+        let id = format!("img_{}", uuid::Uuid::new_v4().simple());
+        let relative = format!("{IMAGES_DIR}/{id}.png");
+        let path = self.root.join(&relative);
+        let png = image.png.clone();
+        let written = path.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&written, &png))
+            .await
+            .map_err(|err| Error::Internal(format!("the image writer stopped: {err}")))??;
+        let digest = hex(&Sha256::digest(image.png.as_slice()));
+        let created_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as i64);
+        let inserted = sqlx::query(
+            "INSERT INTO images (id, created_at, prompt, seed, model, reward, file, bytes, sha256) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(created_at)
+        .bind(&image.prompt)
+        .bind(image.seed as i64)
+        .bind(&image.model)
+        .bind(image.reward.map(f64::from))
+        .bind(&relative)
+        .bind(image.png.len() as i64)
+        .bind(&digest)
+        .execute(&self.pool)
+        .await;
+        if let Err(err) = inserted {
+            let _ = std::fs::remove_file(&path);
+            return Err(database_error("cannot record the image", err));
+        }
+        self.enforce_retention().await?;
+        Ok(Some(id))
+    }
+
+    /// Deletes the oldest images beyond the retention limit: their rows first, then their files.
+    async fn enforce_retention(&self) -> Result<()> {
+        let stale = sqlx::query("SELECT id, file FROM images ORDER BY created_at DESC, rowid DESC LIMIT -1 OFFSET ?")
+            .bind(self.image_retention as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|err| database_error("cannot list old images", err))?;
+        for row in stale {
+            let id: String = row.get("id");
+            let file: String = row.get("file");
+            sqlx::query("DELETE FROM images WHERE id = ?")
+                .bind(&id)
+                .execute(&self.pool)
+                .await
+                .map_err(|err| database_error("cannot delete an old image", err))?;
+            let _ = std::fs::remove_file(self.root.join(file));
+        }
+        Ok(())
+    }
+
+    /// The image with this id. `field` names the request field in errors, e.g. `image_ids[1]`.
+    pub async fn image(&self, id: &str, field: &str) -> Result<StoredImage> {
+        let row = sqlx::query("SELECT prompt, seed, model, reward, file, sha256 FROM images WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|err| database_error("cannot read the image", err))?;
+        let Some(row) = row else {
+            return Err(Error::validation(
+                field,
+                format!(
+                    "`{field}` is `{id}`, which this server does not have: it keeps the last {} generated images (--image-retention)",
+                    self.image_retention
+                ),
+            ));
+        };
+        let file: String = row.get("file");
+        let path = self.root.join(&file);
+        let png = tokio::task::spawn_blocking(move || std::fs::read(path))
+            .await
+            .map_err(|err| Error::Internal(format!("the image reader stopped: {err}")))?
+            .map_err(|err| Error::Internal(format!("image `{id}`: cannot read {file}: {err}")))?;
+        let expected: String = row.get("sha256");
+        if hex(&Sha256::digest(&png)) != expected {
+            return Err(Error::Internal(format!(
+                "image `{id}`: {file} does not match its recorded SHA-256; the file was damaged"
+            )));
+        }
+        let seed: i64 = row.get("seed");
+        let reward: Option<f64> = row.get("reward");
+        Ok(StoredImage {
+            png: Arc::new(png),
+            prompt: row.get("prompt"),
+            seed: seed as u64,
+            model: row.get("model"),
+            reward: reward.map(|value| value as f32),
+        })
+    }
+
+    pub async fn image_count(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT COUNT(*) AS count FROM images")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|err| database_error("cannot count images", err))?;
+        let count: i64 = row.get("count");
+        Ok(count as u64)
+    }
+}
+
+fn database_error(what: &str, err: sqlx::Error) -> Error {
+    Error::Internal(format!("storage: {what}: {err}"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder, flushed before the rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let fail = |err: std::io::Error| Error::Internal(format!("cannot write {}: {err}", path.display()));
+    let temporary = path.with_extension(format!("partial-{}", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result.map_err(fail)
 }
 
 #[cfg(test)]
@@ -97,7 +216,7 @@ mod tests {
 
     fn image(seed: u64) -> StoredImage {
         StoredImage {
-            png: Arc::new(vec![1, 2, 3]),
+            png: Arc::new(vec![seed as u8; 16]),
             prompt: "a red circle".into(),
             seed,
             model: "shapes-sd".into(),
@@ -105,25 +224,56 @@ mod tests {
         }
     }
 
-    #[test]
-    fn keeps_the_newest_and_names_missing_ids() {
-        let store = ImageStore::new(2);
-        let first = store.insert(image(1)).unwrap();
-        let second = store.insert(image(2)).unwrap();
-        let third = store.insert(image(3)).unwrap();
+    #[tokio::test]
+    async fn keeps_the_newest_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), 2).await.unwrap();
+        let first = storage.insert_image(&image(1)).await.unwrap().unwrap();
+        let second = storage.insert_image(&image(2)).await.unwrap().unwrap();
+        let third = storage.insert_image(&image(u64::MAX)).await.unwrap().unwrap();
         assert!(first.starts_with("img_") && first.len() == 36);
-        assert_eq!(store.len(), 2);
-        assert_eq!(store.get(&second, "image_ids[0]").unwrap().seed, 2);
-        assert_eq!(store.get(&third, "image_ids[0]").unwrap().seed, 3);
-        let err = store.get(&first, "image_ids[1]").unwrap_err();
+        assert_eq!(storage.image_count().await.unwrap(), 2);
+        let err = storage.image(&first, "image_ids[1]").await.unwrap_err();
         assert_eq!(err.param(), Some("image_ids[1]"));
         assert!(err.to_string().contains("last 2 generated images"), "{err}");
+        assert!(
+            !dir.path().join(format!("images/{first}.png")).exists(),
+            "the old file is gone too"
+        );
+        drop(storage);
+
+        let reopened = Storage::open(dir.path(), 2).await.unwrap();
+        assert_eq!(reopened.image(&second, "id").await.unwrap().seed, 2);
+        let last = reopened.image(&third, "id").await.unwrap();
+        assert_eq!(last.seed, u64::MAX);
+        assert_eq!(last.reward, Some(0.5));
+        assert_eq!(*last.png, vec![255u8; 16]);
     }
 
-    #[test]
-    fn capacity_zero_stores_nothing() {
-        let store = ImageStore::new(0);
-        assert!(store.insert(image(1)).is_none());
-        assert!(store.is_empty());
+    #[tokio::test]
+    async fn a_damaged_file_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), 5).await.unwrap();
+        let id = storage.insert_image(&image(3)).await.unwrap().unwrap();
+        std::fs::write(dir.path().join(format!("images/{id}.png")), b"garbage").unwrap();
+        let err = storage.image(&id, "id").await.unwrap_err();
+        assert!(err.to_string().contains("SHA-256"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn retention_zero_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), 0).await.unwrap();
+        assert!(storage.insert_image(&image(1)).await.unwrap().is_none());
+        assert_eq!(storage.image_count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_data_dir_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, b"x").unwrap();
+        let err = Storage::open(&blocker.join("data"), 1).await.err().unwrap();
+        assert!(err.to_string().contains("cannot create it"), "{err}");
     }
 }

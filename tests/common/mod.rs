@@ -60,6 +60,8 @@ pub struct Server {
     child: Child,
     pub port: u16,
     log: Arc<Mutex<String>>,
+    /// A data directory of its own, unless the test passed `--data-dir`; removed with the server.
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -74,9 +76,16 @@ impl Server {
         } else {
             &["--intra-threads", "1"]
         };
+        let data_dir =
+            (!extra_args.contains(&"--data-dir")).then(|| tempfile::tempdir().expect("a temporary data dir"));
+        let data_args: Vec<String> = match &data_dir {
+            Some(dir) => vec!["--data-dir".into(), dir.path().display().to_string()],
+            None => Vec::new(),
+        };
         let mut child = Command::new(binary())
             .args(["serve", "--host", "127.0.0.1", "--port", "0"])
             .args(threads)
+            .args(&data_args)
             .arg("--model")
             .arg(model)
             .args(extra_args)
@@ -102,7 +111,12 @@ impl Server {
             }
         });
         let port = port_rx.recv_timeout(Duration::from_secs(60)).unwrap_or(0);
-        let mut server = Server { child, port, log };
+        let mut server = Server {
+            child,
+            port,
+            log,
+            _data_dir: data_dir,
+        };
         assert!(port != 0, "the server did not start:\n{}", server.log());
         server.wait_ready();
         server
