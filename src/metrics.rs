@@ -28,6 +28,7 @@ pub struct Metrics {
     pub reward_batch_duration: HistogramVec,
     pub candidates_generated: IntCounterVec,
     pub candidates_accepted: IntCounterVec,
+    pub feedback: IntCounterVec,
 }
 
 impl Metrics {
@@ -99,6 +100,13 @@ impl Metrics {
             ),
             &["reward_model"],
         );
+        let feedback = IntCounterVec::new(
+            Opts::new(
+                "t2i_feedback_total",
+                "Ratings received through POST /feedback, by label",
+            ),
+            &["label"],
+        );
         let registry = Registry::new();
         // These registrations cannot collide: every name above is distinct and the registry is fresh.
         let metrics = (|| -> prometheus::Result<Metrics> {
@@ -115,6 +123,7 @@ impl Metrics {
                 reward_batch_duration: reward_batch_duration?,
                 candidates_generated: candidates_generated?,
                 candidates_accepted: candidates_accepted?,
+                feedback: feedback?,
                 registry,
             };
             metrics.registry.register(Box::new(metrics.http_requests.clone()))?;
@@ -134,6 +143,7 @@ impl Metrics {
             metrics
                 .registry
                 .register(Box::new(metrics.candidates_accepted.clone()))?;
+            metrics.registry.register(Box::new(metrics.feedback.clone()))?;
             Ok(metrics)
         })();
         match metrics {

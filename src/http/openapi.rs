@@ -6,8 +6,9 @@ use utoipa::OpenApi;
 use crate::http::error::{ErrorBody, ErrorDetail, OpenAiErrorBody, OpenAiErrorDetail};
 use crate::http::routes;
 use crate::http::schemas::{
-    GenerateRequest, GenerateResponse, HealthResponse, ImageOut, OpenAiImage, OpenAiImageRequest, OpenAiImagesResponse,
-    Prompts, RerankRequest, RerankResult, ScoreRequest, ScoreResponse, ScoreTimings, SelectionOut, Timings,
+    FeedbackOut, FeedbackPage, FeedbackRequest, GenerateRequest, GenerateResponse, HealthResponse, ImageOut,
+    OpenAiImage, OpenAiImageRequest, OpenAiImagesResponse, Prompts, RerankRequest, RerankResult, ScoreRequest,
+    ScoreResponse, ScoreTimings, SelectionOut, Timings,
 };
 
 #[derive(OpenApi)]
@@ -23,6 +24,9 @@ use crate::http::schemas::{
         routes::score,
         routes::rerank,
         routes::openai_images,
+        routes::post_feedback,
+        routes::list_feedback,
+        routes::export_feedback,
         routes::health,
         routes::ready,
         routes::metrics,
@@ -43,6 +47,9 @@ use crate::http::schemas::{
         OpenAiImageRequest,
         OpenAiImagesResponse,
         OpenAiImage,
+        FeedbackRequest,
+        FeedbackOut,
+        FeedbackPage,
         HealthResponse,
         ErrorBody,
         ErrorDetail,
@@ -53,6 +60,7 @@ use crate::http::schemas::{
         (name = "generation", description = "Text-to-image, with best-of-n rejection sampling by reward"),
         (name = "reward", description = "Reward-model scores and ranking of images for a prompt"),
         (name = "openai", description = "OpenAI-compatible routes"),
+        (name = "feedback", description = "Human ratings of images, for fine-tune jobs"),
         (name = "operations", description = "Health, readiness and metrics")
     )
 )]

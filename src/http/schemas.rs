@@ -302,3 +302,65 @@ pub struct OpenAiImagesResponse {
     pub created: u64,
     pub data: Vec<OpenAiImage>,
 }
+
+/// A rating: of an image this server generated (`image_id`), or of an image sent with its prompt.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"image_id": "img_5d41402abc4b2a76b9719d911017c592", "label": "good", "rater": "ann"}))]
+pub struct FeedbackRequest {
+    /// An `image_id` from `/generate`; its prompt is the one rated against.
+    #[serde(default)]
+    pub image_id: Option<String>,
+    /// Or a base64 PNG or JPEG, with `prompt`.
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// `good`, `bad` or `skip`.
+    pub label: String,
+    /// Who rated (free text, at most 128 characters).
+    #[serde(default)]
+    pub rater: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"id": "fb_0c2f4e0b8f7a4b1e9d1d2c3b4a596877", "created_at": 1764460800000_i64,
+    "image_id": "img_5d41402abc4b2a76b9719d911017c592", "prompt": "three red circles", "label": "good",
+    "rater": "ann"}))]
+pub struct FeedbackOut {
+    pub id: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub image_id: Option<String>,
+    pub prompt: String,
+    pub label: String,
+    pub rater: Option<String>,
+    /// The rated image as base64, in `/feedback/export?include_images=true` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_base64: Option<String>,
+}
+
+/// A page of ratings, oldest first. Pass `last_id` as `after` for the next page.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FeedbackPage {
+    pub data: Vec<FeedbackOut>,
+    pub has_more: bool,
+    pub last_id: Option<String>,
+}
+
+/// Filters and paging for `GET /feedback` and `GET /feedback/export`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FeedbackParams {
+    /// `good`, `bad` or `skip`.
+    pub label: Option<String>,
+    pub rater: Option<String>,
+    pub image_id: Option<String>,
+    /// The last id of the previous page.
+    pub after: Option<String>,
+    /// Ratings per page, 1 to 1000 (default 100). The export checks it but streams every match.
+    pub limit: Option<u32>,
+    /// Export only: include each image as base64.
+    pub include_images: Option<bool>,
+}

@@ -19,6 +19,71 @@ use crate::error::{Error, Result};
 
 pub const DATABASE_FILE: &str = "t2i-align.db";
 const IMAGES_DIR: &str = "images";
+const FEEDBACK_DIR: &str = "feedback";
+
+/// A rating's label, as the paper's binary feedback plus "skip" (the rater could not tell).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Label {
+    Good,
+    Bad,
+    Skip,
+}
+
+impl Label {
+    pub const NAMES: &'static str = "good, bad, skip";
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "good" => Some(Label::Good),
+            "bad" => Some(Label::Bad),
+            "skip" => Some(Label::Skip),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Label::Good => "good",
+            Label::Bad => "bad",
+            Label::Skip => "skip",
+        }
+    }
+}
+
+/// A rating to store: the image bytes (PNG or JPEG, already checked to decode) and what it was rated for.
+#[derive(Debug, Clone)]
+pub struct NewFeedback {
+    pub image_id: Option<String>,
+    pub prompt: String,
+    pub label: Label,
+    pub rater: Option<String>,
+    pub image: Arc<Vec<u8>>,
+    /// `png` or `jpg`.
+    pub extension: &'static str,
+}
+
+/// A stored rating.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Feedback {
+    pub id: String,
+    pub created_at: i64,
+    pub image_id: Option<String>,
+    pub prompt: String,
+    pub label: String,
+    pub rater: Option<String>,
+    pub file: String,
+}
+
+/// Which ratings to list: filters, then a page after a cursor.
+#[derive(Debug, Clone, Default)]
+pub struct FeedbackQuery {
+    pub label: Option<Label>,
+    pub rater: Option<String>,
+    pub image_id: Option<String>,
+    /// List the ratings stored after this one (its id), oldest first.
+    pub after: Option<String>,
+    pub limit: u32,
+}
 
 /// One stored image and what produced it.
 #[derive(Debug, Clone)]
@@ -90,9 +155,7 @@ impl Storage {
             .await
             .map_err(|err| Error::Internal(format!("the image writer stopped: {err}")))??;
         let digest = hex(&Sha256::digest(image.png.as_slice()));
-        let created_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as i64);
+        let created_at = now_millis();
         let inserted = sqlx::query(
             "INSERT INTO images (id, created_at, prompt, seed, model, reward, file, bytes, sha256) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -175,6 +238,110 @@ impl Storage {
         })
     }
 
+    /// Stores a rating with its own copy of the image and returns it.
+    pub async fn insert_feedback(&self, new: &NewFeedback) -> Result<Feedback> {
+        std::fs::create_dir_all(self.root.join(FEEDBACK_DIR))
+            .map_err(|err| Error::Internal(format!("cannot create the feedback folder: {err}")))?;
+        let id = format!("fb_{}", uuid::Uuid::new_v4().simple());
+        let file = format!("{FEEDBACK_DIR}/{id}.{}", new.extension);
+        let path = self.root.join(&file);
+        let bytes = new.image.clone();
+        let written = path.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&written, &bytes))
+            .await
+            .map_err(|err| Error::Internal(format!("the feedback writer stopped: {err}")))??;
+        let created_at = now_millis();
+        let inserted = sqlx::query(
+            "INSERT INTO feedback (id, created_at, image_id, prompt, label, rater, file, sha256) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(created_at)
+        .bind(&new.image_id)
+        .bind(&new.prompt)
+        .bind(new.label.name())
+        .bind(&new.rater)
+        .bind(&file)
+        .bind(hex(&Sha256::digest(new.image.as_slice())))
+        .execute(&self.pool)
+        .await;
+        if let Err(err) = inserted {
+            let _ = std::fs::remove_file(&path);
+            return Err(database_error("cannot record the feedback", err));
+        }
+        Ok(Feedback {
+            id,
+            created_at,
+            image_id: new.image_id.clone(),
+            prompt: new.prompt.clone(),
+            label: new.label.name().to_string(),
+            rater: new.rater.clone(),
+            file,
+        })
+    }
+
+    /// A page of ratings, oldest first, and whether more follow.
+    pub async fn list_feedback(&self, query: &FeedbackQuery) -> Result<(Vec<Feedback>, bool)> {
+        let after_rowid: i64 = match &query.after {
+            None => 0,
+            Some(after) => {
+                let row = sqlx::query("SELECT rowid FROM feedback WHERE id = ?")
+                    .bind(after)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|err| database_error("cannot read the cursor", err))?;
+                row.map(|row| row.get::<i64, _>("rowid")).ok_or_else(|| {
+                    Error::validation(
+                        "after",
+                        format!("`after` is `{after}`, which is not a stored rating's id"),
+                    )
+                })?
+            }
+        };
+        let limit = i64::from(query.limit.max(1));
+        let rows = sqlx::query(
+            "SELECT id, created_at, image_id, prompt, label, rater, file FROM feedback \
+             WHERE rowid > ? AND (? IS NULL OR label = ?) AND (? IS NULL OR rater = ?) \
+             AND (? IS NULL OR image_id = ?) ORDER BY rowid LIMIT ?",
+        )
+        .bind(after_rowid)
+        .bind(query.label.map(|label| label.name()))
+        .bind(query.label.map(|label| label.name()))
+        .bind(&query.rater)
+        .bind(&query.rater)
+        .bind(&query.image_id)
+        .bind(&query.image_id)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|err| database_error("cannot list feedback", err))?;
+        let has_more = rows.len() as i64 > limit;
+        let page = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(|row| Feedback {
+                id: row.get("id"),
+                created_at: row.get("created_at"),
+                image_id: row.get("image_id"),
+                prompt: row.get("prompt"),
+                label: row.get("label"),
+                rater: row.get("rater"),
+                file: row.get("file"),
+            })
+            .collect();
+        Ok((page, has_more))
+    }
+
+    /// The bytes of a rating's image.
+    pub async fn feedback_image(&self, feedback: &Feedback) -> Result<Vec<u8>> {
+        let path = self.root.join(&feedback.file);
+        let id = feedback.id.clone();
+        tokio::task::spawn_blocking(move || std::fs::read(&path))
+            .await
+            .map_err(|err| Error::Internal(format!("the feedback reader stopped: {err}")))?
+            .map_err(|err| Error::Internal(format!("rating `{id}`: cannot read its image: {err}")))
+    }
+
     pub async fn image_count(&self) -> Result<u64> {
         let row = sqlx::query("SELECT COUNT(*) AS count FROM images")
             .fetch_one(&self.pool)
@@ -183,6 +350,12 @@ impl Storage {
         let count: i64 = row.get("count");
         Ok(count as u64)
     }
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 fn database_error(what: &str, err: sqlx::Error) -> Error {
@@ -258,6 +431,67 @@ mod tests {
         std::fs::write(dir.path().join(format!("images/{id}.png")), b"garbage").unwrap();
         let err = storage.image(&id, "id").await.unwrap_err();
         assert!(err.to_string().contains("SHA-256"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn feedback_outlives_its_image_and_pages_with_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), 1).await.unwrap();
+        let id = storage.insert_image(&image(1)).await.unwrap().unwrap();
+        let stored = storage.image(&id, "image_id").await.unwrap();
+        let mut ids = Vec::new();
+        for (index, label) in [Label::Good, Label::Bad, Label::Good, Label::Skip]
+            .into_iter()
+            .enumerate()
+        {
+            let feedback = storage
+                .insert_feedback(&NewFeedback {
+                    image_id: Some(id.clone()),
+                    prompt: stored.prompt.clone(),
+                    label,
+                    rater: Some(if index < 2 { "ann" } else { "bob" }.into()),
+                    image: stored.png.clone(),
+                    extension: "png",
+                })
+                .await
+                .unwrap();
+            ids.push(feedback.id);
+        }
+        // The image expires; its ratings keep their copy.
+        storage.insert_image(&image(2)).await.unwrap();
+        assert!(storage.image(&id, "image_id").await.is_err());
+        let query = |label, rater: Option<&str>, after: Option<&String>, limit| FeedbackQuery {
+            label,
+            rater: rater.map(str::to_string),
+            image_id: None,
+            after: after.cloned(),
+            limit,
+        };
+        let (page, more) = storage.list_feedback(&query(None, None, None, 3)).await.unwrap();
+        assert_eq!(page.len(), 3);
+        assert!(more);
+        let (rest, more) = storage
+            .list_feedback(&query(None, None, Some(&page[2].id), 3))
+            .await
+            .unwrap();
+        assert_eq!(rest.iter().map(|f| &f.id).collect::<Vec<_>>(), vec![&ids[3]]);
+        assert!(!more);
+        let (good, _) = storage
+            .list_feedback(&query(Some(Label::Good), None, None, 10))
+            .await
+            .unwrap();
+        assert_eq!(good.len(), 2);
+        let (bob_good, _) = storage
+            .list_feedback(&query(Some(Label::Good), Some("bob"), None, 10))
+            .await
+            .unwrap();
+        assert_eq!(bob_good.len(), 1);
+        assert_eq!(*storage.feedback_image(&bob_good[0]).await.unwrap(), vec![1u8; 16]);
+        let err = storage
+            .list_feedback(&query(None, None, Some(&"fb_nope".to_string()), 3))
+            .await
+            .unwrap_err();
+        assert_eq!(err.param(), Some("after"));
     }
 
     #[tokio::test]
