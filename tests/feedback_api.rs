@@ -146,3 +146,56 @@ fn bad_feedback_gets_a_4xx_naming_the_field() {
     }
     assert!(server.is_running());
 }
+
+#[test]
+fn simulate_raters_labels_stored_images_through_the_api() {
+    let server = Server::start_with_model(&common::shapes_sd(), &[]);
+    for body in [
+        r#"{"prompt":"two blue stars on a white background","steps":4,"n":2,"seed":1}"#,
+        r#"{"prompt":"a photo of a cat","steps":2,"seed":1}"#,
+    ] {
+        assert_eq!(server.post_json("/generate", body).status, 200);
+    }
+    let listed = server.get("/images?limit=2").json();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 2);
+    assert_eq!(listed["has_more"], true);
+    let id = listed["data"][0]["id"].as_str().unwrap();
+    let png = server.get(&format!("/images/{id}"));
+    assert_eq!(png.header("content-type"), Some("image/png"));
+    assert!(png.body.starts_with(b"\x89PNG"));
+    assert_eq!(server.get("/images/img_nope").status, 404);
+    assert_eq!(server.get("/images?limit=0").json()["error"]["param"], "limit");
+
+    let run = || {
+        let python = common::repo_path(".venv/bin/python");
+        assert!(
+            python.is_file(),
+            "{} is missing: run the tests through `make test`",
+            python.display()
+        );
+        let output = std::process::Command::new(python)
+            .arg(common::repo_path("scripts/simulate_raters.py"))
+            .args(["--url", &format!("http://127.0.0.1:{}", server.port)])
+            .output()
+            .expect("run scripts/simulate_raters.py");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_str::<Value>(stdout.lines().last().unwrap()).unwrap()
+    };
+    let counts = run();
+    assert_eq!(
+        counts["good"].as_u64().unwrap() + counts["bad"].as_u64().unwrap(),
+        2,
+        "{counts}"
+    );
+    assert_eq!(counts["not_shapes"], 1, "{counts}");
+    let ratings = server.get("/feedback?rater=simulated").json();
+    assert_eq!(ratings["data"].as_array().unwrap().len(), 2);
+    // A second run leaves rated images alone.
+    let again = run();
+    assert_eq!(again["already_rated"], 2, "{again}");
+}

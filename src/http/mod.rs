@@ -106,6 +106,8 @@ pub fn build_server(state: web::Data<AppState>, config: &HttpConfig) -> std::io:
             .service(routes::post_feedback)
             .service(routes::export_feedback)
             .service(routes::list_feedback)
+            .service(routes::list_images)
+            .service(routes::get_image)
             .service(routes::health)
             .service(routes::ready)
             .service(routes::metrics)

@@ -6,9 +6,9 @@ use utoipa::OpenApi;
 use crate::http::error::{ErrorBody, ErrorDetail, OpenAiErrorBody, OpenAiErrorDetail};
 use crate::http::routes;
 use crate::http::schemas::{
-    FeedbackOut, FeedbackPage, FeedbackRequest, GenerateRequest, GenerateResponse, HealthResponse, ImageOut,
-    OpenAiImage, OpenAiImageRequest, OpenAiImagesResponse, Prompts, RerankRequest, RerankResult, ScoreRequest,
-    ScoreResponse, ScoreTimings, SelectionOut, Timings,
+    FeedbackOut, FeedbackPage, FeedbackRequest, GenerateRequest, GenerateResponse, HealthResponse, ImageOut, ImagePage,
+    ImageRecordOut, OpenAiImage, OpenAiImageRequest, OpenAiImagesResponse, Prompts, RerankRequest, RerankResult,
+    ScoreRequest, ScoreResponse, ScoreTimings, SelectionOut, Timings,
 };
 
 #[derive(OpenApi)]
@@ -27,6 +27,8 @@ use crate::http::schemas::{
         routes::post_feedback,
         routes::list_feedback,
         routes::export_feedback,
+        routes::list_images,
+        routes::get_image,
         routes::health,
         routes::ready,
         routes::metrics,
@@ -50,6 +52,8 @@ use crate::http::schemas::{
         FeedbackRequest,
         FeedbackOut,
         FeedbackPage,
+        ImageRecordOut,
+        ImagePage,
         HealthResponse,
         ErrorBody,
         ErrorDetail,

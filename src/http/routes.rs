@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 use crate::http::error::{parse_json, ErrorBody, OpenAiError, OpenAiErrorBody};
 use crate::http::schemas::{
     FeedbackOut, FeedbackPage, FeedbackParams, FeedbackRequest, GenerateRequest, GenerateResponse, HealthResponse,
-    ImageOut, OpenAiImage, OpenAiImageRequest, OpenAiImagesResponse, Prompts, RerankRequest, RerankResult,
-    ScoreRequest, ScoreResponse, ScoreTimings, SelectionOut, Timings,
+    ImageOut, ImagePage, ImageParams, ImageRecordOut, OpenAiImage, OpenAiImageRequest, OpenAiImagesResponse, Prompts,
+    RerankRequest, RerankResult, ScoreRequest, ScoreResponse, ScoreTimings, SelectionOut, Timings,
 };
 use crate::http::{AppState, ScoreLimits};
 use crate::pipeline::request::{check_prompt_bytes, validate};
@@ -765,6 +765,70 @@ pub async fn export_feedback(state: web::Data<AppState>, request: HttpRequest) -
         }
     });
     Ok(HttpResponse::Ok().content_type("application/x-ndjson").streaming(pages))
+}
+
+/// The generated images kept in the data directory, oldest first (for raters, e.g. `simulate-raters`).
+#[utoipa::path(
+    get,
+    path = "/images",
+    tag = "feedback",
+    params(ImageParams),
+    responses(
+        (status = 200, description = "A page of stored images", body = ImagePage),
+        (status = 422, description = "`limit` breaks its rule, or `after` is unknown", body = ErrorBody),
+    )
+)]
+#[get("/images")]
+pub async fn list_images(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse> {
+    let params = web::Query::<ImageParams>::from_query(request.query_string())
+        .map_err(|err| Error::validation("query", format!("the query string is not valid: {err}")))?
+        .into_inner();
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=MAX_FEEDBACK_PAGE).contains(&limit) {
+        return Err(Error::validation(
+            "limit",
+            format!("`limit` must be between 1 and {MAX_FEEDBACK_PAGE}. Given: {limit}"),
+        ));
+    }
+    let (page, has_more) = state.storage.list_images(params.after.as_deref(), limit).await?;
+    let last_id = page.last().map(|record| record.id.clone());
+    Ok(HttpResponse::Ok().json(ImagePage {
+        data: page
+            .into_iter()
+            .map(|record| ImageRecordOut {
+                id: record.id,
+                created_at: record.created_at,
+                prompt: record.prompt,
+                seed: record.seed,
+                model: record.model,
+                reward: record.reward,
+            })
+            .collect(),
+        has_more,
+        last_id,
+    }))
+}
+
+/// One stored image as a PNG file.
+#[utoipa::path(
+    get,
+    path = "/images/{id}",
+    tag = "feedback",
+    params(("id" = String, Path, description = "An `image_id` from `/generate`")),
+    responses(
+        (status = 200, description = "The PNG", content_type = "image/png"),
+        (status = 404, description = "No such image (or it expired under --image-retention)", body = ErrorBody),
+    )
+)]
+#[get("/images/{id}")]
+pub async fn get_image(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse> {
+    let stored = state.storage.image(&id, "id").await.map_err(|err| match err {
+        Error::Validation { message, .. } => Error::NotFound(message),
+        other => other,
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type("image/png")
+        .body(stored.png.as_ref().clone()))
 }
 
 // ------------------------------------------------------------------------------------------------------------

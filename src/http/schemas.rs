@@ -364,3 +364,34 @@ pub struct FeedbackParams {
     /// Export only: include each image as base64.
     pub include_images: Option<bool>,
 }
+
+/// A stored generated image, without its bytes (`GET /images/{id}` returns the PNG).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImageRecordOut {
+    pub id: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub prompt: String,
+    pub seed: u64,
+    pub model: String,
+    pub reward: Option<f32>,
+}
+
+/// A page of stored images, oldest first. Pass `last_id` as `after` for the next page.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImagePage {
+    pub data: Vec<ImageRecordOut>,
+    pub has_more: bool,
+    pub last_id: Option<String>,
+}
+
+/// Paging for `GET /images`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ImageParams {
+    /// The last id of the previous page.
+    pub after: Option<String>,
+    /// Images per page, 1 to 1000 (default 100).
+    pub limit: Option<u32>,
+}

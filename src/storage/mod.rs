@@ -95,6 +95,17 @@ pub struct StoredImage {
     pub reward: Option<f32>,
 }
 
+/// What is known of a stored image without its bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageRecord {
+    pub id: String,
+    pub created_at: i64,
+    pub prompt: String,
+    pub seed: u64,
+    pub model: String,
+    pub reward: Option<f32>,
+}
+
 pub struct Storage {
     pool: SqlitePool,
     root: PathBuf,
@@ -340,6 +351,49 @@ impl Storage {
             .await
             .map_err(|err| Error::Internal(format!("the feedback reader stopped: {err}")))?
             .map_err(|err| Error::Internal(format!("rating `{id}`: cannot read its image: {err}")))
+    }
+
+    /// A page of stored images' records (no bytes), oldest first, after the image `after`.
+    pub async fn list_images(&self, after: Option<&str>, limit: u32) -> Result<(Vec<ImageRecord>, bool)> {
+        let after_rowid: i64 = match after {
+            None => 0,
+            Some(after) => {
+                let row = sqlx::query("SELECT rowid FROM images WHERE id = ?")
+                    .bind(after)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|err| database_error("cannot read the cursor", err))?;
+                row.map(|row| row.get::<i64, _>("rowid")).ok_or_else(|| {
+                    Error::validation(
+                        "after",
+                        format!("`after` is `{after}`, which is not a stored image's id"),
+                    )
+                })?
+            }
+        };
+        let limit = i64::from(limit.max(1));
+        let rows = sqlx::query(
+            "SELECT id, created_at, prompt, seed, model, reward FROM images WHERE rowid > ? ORDER BY rowid LIMIT ?",
+        )
+        .bind(after_rowid)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|err| database_error("cannot list images", err))?;
+        let has_more = rows.len() as i64 > limit;
+        let page = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(|row| ImageRecord {
+                id: row.get("id"),
+                created_at: row.get("created_at"),
+                prompt: row.get("prompt"),
+                seed: row.get::<i64, _>("seed") as u64,
+                model: row.get("model"),
+                reward: row.get::<Option<f64>, _>("reward").map(|value| value as f32),
+            })
+            .collect();
+        Ok((page, has_more))
     }
 
     pub async fn image_count(&self) -> Result<u64> {
