@@ -167,17 +167,8 @@ fn simulate_raters_labels_stored_images_through_the_api() {
     assert_eq!(server.get("/images?limit=0").json()["error"]["param"], "limit");
 
     let run = || {
-        let python = common::repo_path(".venv/bin/python");
-        assert!(
-            python.is_file(),
-            "{} is missing: run the tests through `make test`",
-            python.display()
-        );
-        let output = std::process::Command::new(python)
-            .arg(common::repo_path("scripts/simulate_raters.py"))
-            .args(["--url", &format!("http://127.0.0.1:{}", server.port)])
-            .output()
-            .expect("run scripts/simulate_raters.py");
+        let url = format!("http://127.0.0.1:{}", server.port);
+        let output = common::run_python("scripts/simulate_raters.py", &["--url", &url]);
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         assert!(
             output.status.success(),

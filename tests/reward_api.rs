@@ -401,17 +401,8 @@ fn the_openai_route_answers_in_openais_shape() {
 #[test]
 fn the_openai_python_client_works_against_the_server() {
     let server = shapes_server(&[]);
-    let python = common::repo_path(".venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run the tests through `make test`",
-        python.display()
-    );
-    let output = std::process::Command::new(python)
-        .arg(common::repo_path("tests/openai_client.py"))
-        .arg(format!("http://127.0.0.1:{}/v1", server.port))
-        .output()
-        .expect("run tests/openai_client.py");
+    let url = format!("http://127.0.0.1:{}/v1", server.port);
+    let output = common::run_python("tests/openai_client.py", &[&url]);
     assert!(
         output.status.success(),
         "openai client check failed:\n{}\n{}",

@@ -658,18 +658,29 @@ pub async fn post_feedback(state: web::Data<AppState>, payload: web::Payload) ->
     Ok(HttpResponse::Created().json(feedback_out(stored, None)))
 }
 
-/// The filters of a feedback listing, from the query string.
-fn feedback_query(request: &HttpRequest) -> Result<(FeedbackQuery, bool)> {
-    let params = web::Query::<FeedbackParams>::from_query(request.query_string())
+/// A listing's query string, refused with a 422 when it does not parse.
+fn query_params<T: serde::de::DeserializeOwned>(request: &HttpRequest) -> Result<T> {
+    Ok(web::Query::<T>::from_query(request.query_string())
         .map_err(|err| Error::validation("query", format!("the query string is not valid: {err}")))?
-        .into_inner();
-    let limit = params.limit.unwrap_or(100);
+        .into_inner())
+}
+
+/// A page size: 100 by default, 1 to 1000.
+fn page_limit(limit: Option<u32>) -> Result<u32> {
+    let limit = limit.unwrap_or(100);
     if !(1..=MAX_FEEDBACK_PAGE).contains(&limit) {
         return Err(Error::validation(
             "limit",
             format!("`limit` must be between 1 and {MAX_FEEDBACK_PAGE}. Given: {limit}"),
         ));
     }
+    Ok(limit)
+}
+
+/// The filters of a feedback listing, from the query string.
+fn feedback_query(request: &HttpRequest) -> Result<(FeedbackQuery, bool)> {
+    let params: FeedbackParams = query_params(request)?;
+    let limit = page_limit(params.limit)?;
     let label = params.label.as_deref().map(label_of).transpose()?;
     Ok((
         FeedbackQuery {
@@ -780,16 +791,8 @@ pub async fn export_feedback(state: web::Data<AppState>, request: HttpRequest) -
 )]
 #[get("/images")]
 pub async fn list_images(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse> {
-    let params = web::Query::<ImageParams>::from_query(request.query_string())
-        .map_err(|err| Error::validation("query", format!("the query string is not valid: {err}")))?
-        .into_inner();
-    let limit = params.limit.unwrap_or(100);
-    if !(1..=MAX_FEEDBACK_PAGE).contains(&limit) {
-        return Err(Error::validation(
-            "limit",
-            format!("`limit` must be between 1 and {MAX_FEEDBACK_PAGE}. Given: {limit}"),
-        ));
-    }
+    let params: ImageParams = query_params(&request)?;
+    let limit = page_limit(params.limit)?;
     let (page, has_more) = state.storage.list_images(params.after.as_deref(), limit).await?;
     let last_id = page.last().map(|record| record.id.clone());
     Ok(HttpResponse::Ok().json(ImagePage {

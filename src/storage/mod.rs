@@ -293,22 +293,9 @@ impl Storage {
 
     /// A page of ratings, oldest first, and whether more follow.
     pub async fn list_feedback(&self, query: &FeedbackQuery) -> Result<(Vec<Feedback>, bool)> {
-        let after_rowid: i64 = match &query.after {
-            None => 0,
-            Some(after) => {
-                let row = sqlx::query("SELECT rowid FROM feedback WHERE id = ?")
-                    .bind(after)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|err| database_error("cannot read the cursor", err))?;
-                row.map(|row| row.get::<i64, _>("rowid")).ok_or_else(|| {
-                    Error::validation(
-                        "after",
-                        format!("`after` is `{after}`, which is not a stored rating's id"),
-                    )
-                })?
-            }
-        };
+        let after_rowid = self
+            .cursor("feedback", query.after.as_deref(), "a stored rating's")
+            .await?;
         let limit = i64::from(query.limit.max(1));
         let rows = sqlx::query(
             "SELECT id, created_at, image_id, prompt, label, rater, file FROM feedback \
@@ -353,24 +340,24 @@ impl Storage {
             .map_err(|err| Error::Internal(format!("rating `{id}`: cannot read its image: {err}")))
     }
 
+    /// The rowid a page starts after: 0 without a cursor, else the row whose id is `after` (a 422 naming
+    /// `after` when there is none). `table` is one of this module's own table names.
+    async fn cursor(&self, table: &'static str, after: Option<&str>, what: &str) -> Result<i64> {
+        let Some(after) = after else {
+            return Ok(0);
+        };
+        let row = sqlx::query(&format!("SELECT rowid FROM {table} WHERE id = ?"))
+            .bind(after)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|err| database_error("cannot read the cursor", err))?;
+        row.map(|row| row.get::<i64, _>("rowid"))
+            .ok_or_else(|| Error::validation("after", format!("`after` is `{after}`, which is not {what} id")))
+    }
+
     /// A page of stored images' records (no bytes), oldest first, after the image `after`.
     pub async fn list_images(&self, after: Option<&str>, limit: u32) -> Result<(Vec<ImageRecord>, bool)> {
-        let after_rowid: i64 = match after {
-            None => 0,
-            Some(after) => {
-                let row = sqlx::query("SELECT rowid FROM images WHERE id = ?")
-                    .bind(after)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|err| database_error("cannot read the cursor", err))?;
-                row.map(|row| row.get::<i64, _>("rowid")).ok_or_else(|| {
-                    Error::validation(
-                        "after",
-                        format!("`after` is `{after}`, which is not a stored image's id"),
-                    )
-                })?
-            }
-        };
+        let after_rowid = self.cursor("images", after, "a stored image's").await?;
         let limit = i64::from(limit.max(1));
         let rows = sqlx::query(
             "SELECT id, created_at, prompt, seed, model, reward FROM images WHERE rowid > ? ORDER BY rowid LIMIT ?",

@@ -245,6 +245,21 @@ pub fn golden_reward_score(prompt: &str, index: usize) -> f64 {
         .expect("a score")
 }
 
+/// Runs one of the repository's Python scripts in `.venv` (which `make test` installs) and returns its output.
+pub fn run_python(script: &str, args: &[&str]) -> std::process::Output {
+    let python = repo_path(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run the tests through `make test`",
+        python.display()
+    );
+    Command::new(python)
+        .arg(repo_path(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {script}: {err}"))
+}
+
 pub fn shapes_sd() -> PathBuf {
     repo_path("models/shapes-sd")
 }
