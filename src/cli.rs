@@ -450,22 +450,17 @@ pub fn run_score(args: ScoreArgs) -> Result<Vec<f32>> {
     let rewards = load_rewards(&mut runtime, &reward, 4, false, &std::sync::Arc::new(Metrics::new()))?;
     let scorer = rewards.get(None, "reward_model")?;
     let preprocessor = scorer.preprocessor();
-    let mut pixels = Vec::with_capacity(args.images.len() * preprocessor.values_per_image());
-    for path in &args.images {
-        let bytes =
-            std::fs::read(path).map_err(|err| Error::Config(format!("cannot read {}: {err}", path.display())))?;
-        let image = decode_image(&bytes, reward.score.max_image_pixels, &path.display().to_string())
-            .map_err(|err| Error::Config(err.to_string()))?;
-        preprocessor.pixel_values_into(&image, &mut pixels);
-    }
     let mut scores = Vec::with_capacity(args.images.len());
-    let per_image = preprocessor.values_per_image();
-    for (paths, chunk) in args
-        .images
-        .chunks(reward.max_batch)
-        .zip(pixels.chunks(reward.max_batch * per_image))
-    {
-        let scored = scorer.score_blocking(vec![args.prompt.clone(); paths.len()], chunk.to_vec())?;
+    for paths in args.images.chunks(reward.max_batch) {
+        let mut pixels = Vec::with_capacity(paths.len() * preprocessor.values_per_image());
+        for path in paths {
+            let bytes =
+                std::fs::read(path).map_err(|err| Error::Config(format!("cannot read {}: {err}", path.display())))?;
+            let image = decode_image(&bytes, reward.score.max_image_pixels, &path.display().to_string())
+                .map_err(|err| Error::Config(err.to_string()))?;
+            preprocessor.pixel_values_into(&image, &mut pixels);
+        }
+        let scored = scorer.score_blocking(vec![args.prompt.clone(); paths.len()], pixels)?;
         scores.extend(scored.scores);
     }
     if args.json {

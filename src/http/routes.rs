@@ -443,8 +443,10 @@ async fn score_input(state: &AppState, input: ScoreInput) -> Result<(Scored, Str
     let serving = state.serving()?;
     let scorer = serving.rewards.get(input.model.as_deref(), "model")?;
     let prompts = prompts_per_image(input.prompts, input.images.len(), &state.limits)?;
-    let prepared = prepare_images(scorer, input.images, state.score_limits, input.return_images).await?;
-    let scored = scorer.score(prompts, prepared.pixels.clone()).await?;
+    let mut prepared = prepare_images(scorer, input.images, state.score_limits, input.return_images).await?;
+    // The scorer owns the pixels from here; the caller keeps only the timings and the kept base64.
+    let pixels = std::mem::take(&mut prepared.pixels);
+    let scored = scorer.score(prompts, pixels).await?;
     Ok((scored, scorer.name().to_string(), prepared))
 }
 
@@ -549,7 +551,7 @@ pub async fn rerank(state: web::Data<AppState>, request: HttpRequest, payload: w
 // ------------------------------------------------------------------------------------------------------------
 
 const MAX_RATER_CHARS: usize = 128;
-const MAX_FEEDBACK_PAGE: u32 = 1000;
+const MAX_PAGE: u32 = 1000;
 
 fn label_of(name: &str) -> Result<Label> {
     Label::from_name(name).ok_or_else(|| {
@@ -668,10 +670,10 @@ fn query_params<T: serde::de::DeserializeOwned>(request: &HttpRequest) -> Result
 /// A page size: 100 by default, 1 to 1000.
 fn page_limit(limit: Option<u32>) -> Result<u32> {
     let limit = limit.unwrap_or(100);
-    if !(1..=MAX_FEEDBACK_PAGE).contains(&limit) {
+    if !(1..=MAX_PAGE).contains(&limit) {
         return Err(Error::validation(
             "limit",
-            format!("`limit` must be between 1 and {MAX_FEEDBACK_PAGE}. Given: {limit}"),
+            format!("`limit` must be between 1 and {MAX_PAGE}. Given: {limit}"),
         ));
     }
     Ok(limit)

@@ -57,14 +57,14 @@ impl StageTimings {
     }
 }
 
-/// A decoded image before PNG encoding: interleaved RGB bytes.
+/// A decoded image before PNG encoding, as an RGB buffer the reward preprocessor reads directly.
 #[derive(Debug, Clone)]
 pub struct SampledImage {
     pub index: usize,
     pub seed: u64,
     pub width: usize,
     pub height: usize,
-    pub rgb: Vec<u8>,
+    pub rgb: image::RgbImage,
 }
 
 /// What the denoising loop and the VAE produced, before PNG encoding.
@@ -94,7 +94,7 @@ impl GeneratedImage {
             seed: image.seed,
             width: image.width,
             height: image.height,
-            png: encode_png(&image.rgb, image.height, image.width)?,
+            png: encode_png(image.rgb.as_raw(), image.height, image.width)?,
             reward,
         })
     }
@@ -477,14 +477,19 @@ impl Pipeline {
         let images = pixels
             .chunks_exact(per_pixel_image)
             .enumerate()
-            .map(|(index, chw)| SampledImage {
-                index,
-                seed: params.seed.wrapping_add(index as u64),
-                width: params.width,
-                height: params.height,
-                rgb: to_rgb8(chw, params.height, params.width),
+            .map(|(index, chw)| {
+                let bytes = to_rgb8(chw, params.height, params.width);
+                let rgb = image::RgbImage::from_raw(params.width as u32, params.height as u32, bytes)
+                    .ok_or_else(|| Error::Internal("a decoded image has the wrong number of bytes".into()))?;
+                Ok(SampledImage {
+                    index,
+                    seed: params.seed.wrapping_add(index as u64),
+                    width: params.width,
+                    height: params.height,
+                    rgb,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(Sampled {
             images,
             timings,

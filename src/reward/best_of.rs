@@ -193,9 +193,7 @@ pub fn generate_selected(
         let started = Instant::now();
         let mut pixels = Vec::with_capacity(images.len() * preprocessor.values_per_image());
         for image in &images {
-            let rgb = image::RgbImage::from_raw(image.width as u32, image.height as u32, image.rgb.clone())
-                .ok_or_else(|| Error::Internal("a sampled image has the wrong number of bytes".into()))?;
-            preprocessor.pixel_values_into(&rgb, &mut pixels);
+            preprocessor.pixel_values_into(&image.rgb, &mut pixels);
         }
         let scored = scorer.score_blocking(vec![params.prompt.clone(); images.len()], pixels)?;
         timings.score += started.elapsed();

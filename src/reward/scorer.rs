@@ -53,9 +53,6 @@ pub struct Scorer {
     sender: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
     preprocessor: Preprocessor,
-    good_threshold: Option<f32>,
-    kind: &'static str,
-    max_batch: usize,
 }
 
 impl Scorer {
@@ -63,8 +60,6 @@ impl Scorer {
     pub fn start(model: RewardModel, max_batch: usize, capacity: usize, metrics: Arc<Metrics>) -> Result<Self> {
         let name = model.name().to_string();
         let preprocessor = model.preprocessor().clone();
-        let good_threshold = model.manifest.good_threshold;
-        let kind = model.manifest.kind_name();
         let max_batch = max_batch.max(1);
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(capacity.max(1));
         metrics.register_reward_model(&name, &model.manifest.kind);
@@ -77,9 +72,6 @@ impl Scorer {
             sender: Some(sender),
             thread: Some(thread),
             preprocessor,
-            good_threshold,
-            kind,
-            max_batch,
         })
     }
 
@@ -87,20 +79,8 @@ impl Scorer {
         &self.name
     }
 
-    pub fn kind(&self) -> &'static str {
-        self.kind
-    }
-
     pub fn preprocessor(&self) -> &Preprocessor {
         &self.preprocessor
-    }
-
-    pub fn good_threshold(&self) -> Option<f32> {
-        self.good_threshold
-    }
-
-    pub fn max_batch(&self) -> usize {
-        self.max_batch
     }
 
     fn submit(&self, prompts: Vec<String>, pixels: Vec<f32>) -> Result<oneshot::Receiver<Result<Scored>>> {

@@ -119,7 +119,9 @@ impl Storage {
         let fail = |what: &str, err: &dyn std::fmt::Display| {
             Error::Config(format!("data directory `{}`: {what}: {err}", root.display()))
         };
-        std::fs::create_dir_all(root.join(IMAGES_DIR)).map_err(|err| fail("cannot create it", &err))?;
+        for folder in [IMAGES_DIR, FEEDBACK_DIR] {
+            std::fs::create_dir_all(root.join(folder)).map_err(|err| fail("cannot create it", &err))?;
+        }
         let url = format!("sqlite://{}", root.join(DATABASE_FILE).display());
         let options = SqliteConnectOptions::from_str(&url)
             .map_err(|err| fail("bad database path", &err))?
@@ -143,10 +145,6 @@ impl Storage {
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub fn stores_images(&self) -> bool {
         self.image_retention > 0
     }
@@ -159,12 +157,7 @@ impl Storage {
         }
         let id = format!("img_{}", uuid::Uuid::new_v4().simple());
         let relative = format!("{IMAGES_DIR}/{id}.png");
-        let path = self.root.join(&relative);
-        let png = image.png.clone();
-        let written = path.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&written, &png))
-            .await
-            .map_err(|err| Error::Internal(format!("the image writer stopped: {err}")))??;
+        let path = self.write_file(&relative, image.png.clone()).await?;
         let digest = hex(&Sha256::digest(image.png.as_slice()));
         let created_at = now_millis();
         let inserted = sqlx::query(
@@ -227,11 +220,10 @@ impl Storage {
             ));
         };
         let file: String = row.get("file");
-        let path = self.root.join(&file);
-        let png = tokio::task::spawn_blocking(move || std::fs::read(path))
+        let png = self
+            .read_file(&file)
             .await
-            .map_err(|err| Error::Internal(format!("the image reader stopped: {err}")))?
-            .map_err(|err| Error::Internal(format!("image `{id}`: cannot read {file}: {err}")))?;
+            .map_err(|err| Error::Internal(format!("image `{id}`: {err}")))?;
         let expected: String = row.get("sha256");
         if hex(&Sha256::digest(&png)) != expected {
             return Err(Error::Internal(format!(
@@ -251,16 +243,9 @@ impl Storage {
 
     /// Stores a rating with its own copy of the image and returns it.
     pub async fn insert_feedback(&self, new: &NewFeedback) -> Result<Feedback> {
-        std::fs::create_dir_all(self.root.join(FEEDBACK_DIR))
-            .map_err(|err| Error::Internal(format!("cannot create the feedback folder: {err}")))?;
         let id = format!("fb_{}", uuid::Uuid::new_v4().simple());
         let file = format!("{FEEDBACK_DIR}/{id}.{}", new.extension);
-        let path = self.root.join(&file);
-        let bytes = new.image.clone();
-        let written = path.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&written, &bytes))
-            .await
-            .map_err(|err| Error::Internal(format!("the feedback writer stopped: {err}")))??;
+        let path = self.write_file(&file, new.image.clone()).await?;
         let created_at = now_millis();
         let inserted = sqlx::query(
             "INSERT INTO feedback (id, created_at, image_id, prompt, label, rater, file, sha256) \
@@ -332,12 +317,29 @@ impl Storage {
 
     /// The bytes of a rating's image.
     pub async fn feedback_image(&self, feedback: &Feedback) -> Result<Vec<u8>> {
-        let path = self.root.join(&feedback.file);
-        let id = feedback.id.clone();
-        tokio::task::spawn_blocking(move || std::fs::read(&path))
+        self.read_file(&feedback.file)
             .await
-            .map_err(|err| Error::Internal(format!("the feedback reader stopped: {err}")))?
-            .map_err(|err| Error::Internal(format!("rating `{id}`: cannot read its image: {err}")))
+            .map_err(|err| Error::Internal(format!("rating `{}`: {err}", feedback.id)))
+    }
+
+    /// Writes a file under the data directory atomically, off the async threads; returns its path.
+    async fn write_file(&self, relative: &str, bytes: Arc<Vec<u8>>) -> Result<PathBuf> {
+        let path = self.root.join(relative);
+        let written = path.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&written, &bytes))
+            .await
+            .map_err(|err| Error::Internal(format!("the file writer stopped: {err}")))??;
+        Ok(path)
+    }
+
+    /// Reads a file under the data directory, off the async threads.
+    async fn read_file(&self, relative: &str) -> Result<Vec<u8>> {
+        let path = self.root.join(relative);
+        let shown = relative.to_string();
+        tokio::task::spawn_blocking(move || std::fs::read(path))
+            .await
+            .map_err(|err| Error::Internal(format!("the file reader stopped: {err}")))?
+            .map_err(|err| Error::Internal(format!("cannot read {shown}: {err}")))
     }
 
     /// The rowid a page starts after: 0 without a cursor, else the row whose id is `after` (a 422 naming
