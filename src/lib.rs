@@ -2,15 +2,18 @@
 //!
 //! Modules own one concern each: `http` (routes, errors, OpenAPI), `pipeline` (tokenizer, schedulers, denoising
 //! loop), `reward` (reward models, the scorer thread and best-of-n), `runtime` (the ONNX Runtime environment and
-//! sessions), `batching` (the queue and the worker threads that own the sessions), `storage` (generated images),
-//! `metrics`, and `server`/`cli` that wire them together.
+//! sessions), `batching` (the queue and the worker threads that own the sessions), `storage` (the database: images,
+//! feedback, jobs, versions), `jobs` (fine-tune jobs and their runner), `registry` (model versions and the loaded
+//! engines), `metrics`, and `server`/`cli` that wire them together.
 
 pub mod batching;
 pub mod cli;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod pipeline;
+pub mod registry;
 pub mod reward;
 pub mod runtime;
 pub mod server;

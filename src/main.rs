@@ -23,10 +23,10 @@ fn main() -> std::process::ExitCode {
         }
         Command::Generate(args) => cli::run_generate(args).map(|_| ()),
         Command::Score(args) => cli::run_score(args).map(|_| ()),
-        Command::Serve(args) => {
-            let config = args.into_config();
-            actix_web::rt::System::new().block_on(t2i_align::server::serve(config))
-        }
+        Command::FineTune(command) => cli::fine_tune::run(command),
+        Command::Serve(args) => args
+            .into_config()
+            .and_then(|config| actix_web::rt::System::new().block_on(t2i_align::server::serve(config))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use prometheus::{
     exponential_buckets, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::pipeline::{SelectionReport, StageTimings};
@@ -29,6 +29,11 @@ pub struct Metrics {
     pub candidates_generated: IntCounterVec,
     pub candidates_accepted: IntCounterVec,
     pub feedback: IntCounterVec,
+    /// Fine-tune jobs by status (from the database, refreshed when a job changes).
+    pub fine_tune_jobs: IntGaugeVec,
+    pub fine_tune_stage_duration: HistogramVec,
+    /// The trainer's last reported loss of the running job.
+    pub fine_tune_trainer_loss: prometheus::Gauge,
 }
 
 impl Metrics {
@@ -107,6 +112,19 @@ impl Metrics {
             ),
             &["label"],
         );
+        let fine_tune_jobs = IntGaugeVec::new(Opts::new("t2i_fine_tune_jobs", "Fine-tune jobs by status"), &["status"]);
+        let fine_tune_stage_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "t2i_fine_tune_stage_duration_seconds",
+                "Duration of fine-tune job stages: prompts, sample, label, train, evaluate, register",
+            )
+            .buckets(exponential_buckets(0.5, 2.0, 16).unwrap_or_default()),
+            &["stage"],
+        );
+        let fine_tune_trainer_loss = prometheus::Gauge::new(
+            "t2i_fine_tune_trainer_loss",
+            "The fine-tune trainer's last reported objective (reward-weighted plus beta times pre-training loss)",
+        );
         let registry = Registry::new();
         // These registrations cannot collide: every name above is distinct and the registry is fresh.
         let metrics = (|| -> prometheus::Result<Metrics> {
@@ -124,6 +142,9 @@ impl Metrics {
                 candidates_generated: candidates_generated?,
                 candidates_accepted: candidates_accepted?,
                 feedback: feedback?,
+                fine_tune_jobs: fine_tune_jobs?,
+                fine_tune_stage_duration: fine_tune_stage_duration?,
+                fine_tune_trainer_loss: fine_tune_trainer_loss?,
                 registry,
             };
             metrics.registry.register(Box::new(metrics.http_requests.clone()))?;
@@ -144,6 +165,13 @@ impl Metrics {
                 .registry
                 .register(Box::new(metrics.candidates_accepted.clone()))?;
             metrics.registry.register(Box::new(metrics.feedback.clone()))?;
+            metrics.registry.register(Box::new(metrics.fine_tune_jobs.clone()))?;
+            metrics
+                .registry
+                .register(Box::new(metrics.fine_tune_stage_duration.clone()))?;
+            metrics
+                .registry
+                .register(Box::new(metrics.fine_tune_trainer_loss.clone()))?;
             Ok(metrics)
         })();
         match metrics {

@@ -5,15 +5,17 @@ use std::sync::{Arc, Mutex};
 
 use actix_web::web;
 
-use crate::batching::Engine;
 use crate::error::{Error, Result};
 use crate::http::{build_server, AppState, HttpConfig, ScoreLimits, Serving};
+use crate::jobs::{JobConfig, JobManager};
 use crate::metrics::Metrics;
 use crate::pipeline::{GenerateParams, ModelFolder, Pipeline, RequestLimits};
+use crate::registry::pool::{build_engine, EngineSettings, LoadedModel, ModelPool};
+use crate::registry::Registry;
 use crate::reward::model::RewardModel;
 use crate::reward::{RewardSet, Scorer, SelectionLimits};
 use crate::runtime::{Device, Runtime, SessionSettings};
-use crate::storage::Storage;
+use crate::storage::{Storage, VersionRecord};
 
 /// Reward models to load and how they batch.
 #[derive(Debug, Clone)]
@@ -42,6 +44,9 @@ pub struct ServeConfig {
     pub data_dir: std::path::PathBuf,
     /// Most generated images kept for `image_ids` (0: none).
     pub image_retention: u64,
+    /// Most model versions loaded at once.
+    pub max_loaded_models: usize,
+    pub jobs: JobConfig,
     pub http: HttpConfig,
 }
 
@@ -51,17 +56,24 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     let model = Arc::new(ModelFolder::open(&config.model)?);
     let storage = Arc::new(Storage::open(&config.data_dir, config.image_retention).await?);
     tracing::info!(data_dir = %config.data_dir.display(), image_retention = config.image_retention, "storage open");
+    for job in storage.fail_interrupted_jobs().await? {
+        tracing::warn!(job = %job, "marked failed: the server stopped while it was running");
+    }
+    let registry = Arc::new(Registry::new(storage.clone(), &config.data_dir)?);
+    registry.remove_unregistered().await?;
+    registry.register_folder(&model.name, &config.model).await?;
+    let active = registry.startup_version(&model.name).await?;
     let metrics = Arc::new(Metrics::new());
     let state = web::Data::new(AppState {
         serving: Default::default(),
         metrics: metrics.clone(),
-        model_name: model.name.clone(),
+        model_name: active.id.clone(),
         device: config.device.to_string(),
         limits: config.limits.clone(),
         selection_limits: config.reward.selection,
         score_limits: config.reward.score,
         max_body_bytes: config.http.max_body_bytes,
-        storage,
+        storage: storage.clone(),
     });
     let (server, port) = build_server(state.clone(), &config.http).map_err(|err| {
         Error::Config(format!(
@@ -69,29 +81,62 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
             config.http.host, config.http.port
         ))
     })?;
-    tracing::info!(model = %model.name, "listening on http://{}:{port}; loading the model", config.http.host);
+    tracing::info!(model = %active.id, "listening on http://{}:{port}; loading the model", config.http.host);
     tracing::info!(
         steps = model.defaults.default_steps,
         guidance_scale = model.defaults.default_guidance_scale,
-        "the model's request defaults (t2i-align.json, or SD's 25 and 7.5)"
+        "the --model folder's request defaults (t2i-align.json, or SD's 25 and 7.5)"
     );
 
     let load_error: Arc<Mutex<Option<Error>>> = Arc::default();
     let handle = server.handle();
+    let settings = EngineSettings {
+        workers: config.workers,
+        queue_capacity: config.queue_capacity,
+        batch_images: config.reward.batch_images,
+        warmup: config.warmup,
+        max_loaded: config.max_loaded_models,
+    };
     let loader = {
         let load_error = load_error.clone();
-        let workers = config.workers;
-        let capacity = config.queue_capacity;
-        let warmup = config.warmup;
         let reward = config.reward.clone();
-        tokio::task::spawn_blocking(
-            move || match load(runtime, model, &reward, workers, capacity, warmup, metrics) {
+        let device = config.device.to_string();
+        let jobs = config.jobs.clone();
+        let data_dir = config.data_dir.clone();
+        let runtime_handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let loaded = load(runtime, &registry, &active, &reward, settings, metrics.clone()).and_then(
+                |(runtime, model, rewards)| {
+                    let provider = runtime.provider();
+                    metrics.set_model_info(&model.version, provider.label(), &device);
+                    let pool = Arc::new(ModelPool::new(
+                        Arc::new(Mutex::new(runtime)),
+                        registry.clone(),
+                        settings,
+                        metrics.clone(),
+                        device,
+                        model,
+                    ));
+                    let rewards = Arc::new(rewards);
+                    let jobs = JobManager::new(storage, pool.clone(), rewards.clone(), metrics, jobs, &data_dir)?;
+                    Ok(Serving {
+                        models: pool,
+                        provider,
+                        rewards,
+                        jobs,
+                    })
+                },
+            );
+            match loaded {
                 Ok(serving) => {
                     tracing::info!(
                         execution_provider = serving.provider.label(),
                         "ready: the model is loaded and warmed up"
                     );
+                    let jobs = serving.jobs.clone();
                     let _ = state.serving.set(serving);
+                    let _guard = runtime_handle.enter();
+                    jobs.start();
                     true
                 }
                 Err(err) => {
@@ -100,8 +145,8 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
                     }
                     false
                 }
-            },
-        )
+            }
+        })
     };
     let stopper = tokio::spawn(async move {
         if let Ok(false) = loader.await {
@@ -119,41 +164,19 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     }
 }
 
+/// Loads the active version's engine and the reward models.
 fn load(
     mut runtime: Runtime,
-    model: Arc<ModelFolder>,
+    registry: &Registry,
+    active: &VersionRecord,
     reward: &RewardConfig,
-    workers: usize,
-    capacity: usize,
-    warmup: bool,
+    settings: EngineSettings,
     metrics: Arc<Metrics>,
-) -> Result<Serving> {
-    let mut pipelines = Vec::with_capacity(workers.max(1));
-    for index in 0..workers.max(1) {
-        let mut pipeline = Pipeline::load(&mut runtime, model.clone())?;
-        if index == 0 {
-            for line in pipeline.describe_contract() {
-                tracing::info!("{line}");
-            }
-        }
-        if warmup {
-            let started = std::time::Instant::now();
-            pipeline.generate(&warmup_params(&pipeline), &mut crate::pipeline::generate::NoProgress)?;
-            tracing::info!(worker = index, ms = started.elapsed().as_millis() as u64, "warmed up");
-        }
-        pipelines.push(pipeline);
-    }
-    let rewards = load_rewards(&mut runtime, reward, capacity, warmup, &metrics)?;
-    let provider = runtime.provider();
-    metrics.set_model_info(&model.name, provider.label(), &runtime.requested_device().to_string());
-    let model_limits = pipelines[0].limits();
-    let engine = Engine::start(pipelines, capacity, reward.batch_images, metrics)?;
-    Ok(Serving {
-        engine,
-        provider,
-        model_limits,
-        rewards,
-    })
+) -> Result<(Runtime, LoadedModel, RewardSet)> {
+    let folder = Arc::new(ModelFolder::open(&registry.folder(active))?);
+    let model = build_engine(&mut runtime, active.id.clone(), folder, settings, metrics.clone())?;
+    let rewards = load_rewards(&mut runtime, reward, settings.queue_capacity, settings.warmup, &metrics)?;
+    Ok((runtime, model, rewards))
 }
 
 /// Loads each reward model folder and starts its scorer thread; warms each with one blank image.

@@ -7,9 +7,11 @@ without downloading a real model.
 
 Two folders come out:
 
-* `models/tiny-sd`: exactly what `optimum` exports (timestep is a float32 scalar, input_ids are int64).
+* `models/tiny-sd`: exactly what `optimum` exports (timestep is a float32 scalar, input_ids are int64), plus
+  the diffusers weights (safetensors) in `models/tiny-sd/diffusers/`, the layout `export_sd.py` gives
+  `models/shapes-sd`, so that a fine-tune job (finetune_sd.py) can start from the tiny model.
 * `models/tiny-sd-legacy`: the same graphs after surgery to the older exporter contract (timestep is int64 of
-  shape [batch], input_ids are int32), so the service can be tested against both.
+  shape [batch], input_ids are int32), so the service can be tested against both. It has no `diffusers/`.
 
 Usage:
     python trainer/build_test_model.py --seed 0 --output models/tiny-sd --legacy-output models/tiny-sd-legacy
@@ -208,6 +210,8 @@ def main() -> None:
             device="cpu",
             local_files_only=True,
         )
+        # The weights the export came from, for fine-tune jobs (as export_sd.py saves them for shapes-sd).
+        pipeline.save_pretrained(args.output / "diffusers", safe_serialization=True)
     drop_scratch_paths(args.output)
     build_legacy_copy(args.output, args.legacy_output)
     check_legacy_matches(args.output, args.legacy_output, args.seed)

@@ -96,9 +96,14 @@ def rewrite_model(path: Path, surgery: Callable[[onnx.ModelProto], onnx.ModelPro
 
 
 def build_legacy_copy(source: Path, target: Path) -> None:
+    """Copy the ONNX export in `source` to `target` with the legacy input types. The diffusers weights that
+    sit beside an export (`source/diffusers/`) are left out: the legacy copy is only for serving."""
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(source, target)
+    top = Path(source).resolve()
+    shutil.copytree(
+        source, target, ignore=lambda folder, names: ["diffusers"] if Path(folder).resolve() == top else []
+    )
     rewrite_model(target / "unet" / "model.onnx", retype_unet_timestep)
     rewrite_model(target / "text_encoder" / "model.onnx", retype_input_ids)
 

@@ -426,6 +426,18 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
+def choose_prompts(split: str, count: int | None, per_category: int | None, seed: int) -> list[Prompt]:
+    """A split's prompts: all of them, `count` distinct ones at random, or `per_category` of each category."""
+    prompts = SPLITS[split]()
+    rng = np.random.default_rng(seed)
+    if per_category is not None:
+        return eval_prompts(prompts, per_category, rng)
+    if count is not None:
+        picks = rng.choice(len(prompts), size=min(count, len(prompts)), replace=False)
+        return [prompts[index] for index in sorted(picks)]
+    return prompts
+
+
 def write_samples(out: Path, count: int, seed: int, split: str, wrong: str | None) -> None:
     prompts = SPLITS[split]()
     if wrong is not None:
@@ -458,12 +470,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     listing = commands.add_parser("prompts", help="print the prompts of a split, one per line")
     listing.add_argument("--split", choices=tuple(SPLITS), default="train", help="(default: train)")
     listing.add_argument("--json", action="store_true", help="print JSON lines with the attributes")
+    listing.add_argument("--count", type=int, help="only this many distinct prompts, drawn at random")
+    listing.add_argument(
+        "--per-category", type=int, help="only this many of each category, drawn at random (eval_prompts)"
+    )
+    listing.add_argument("--seed", type=int, default=0, help="seed of the draw (default: 0)")
     args = parser.parse_args(argv)
+    if args.command == "prompts":
+        for name in ("count", "per_category"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                parser.error(f"--{name.replace('_', '-')} must be at least 1. Given: {getattr(args, name)}")
+        if args.count is not None and args.per_category is not None:
+            parser.error("--count and --per-category cannot be used together")
 
     if args.command == "sample":
         write_samples(args.out, args.count, args.seed, args.split, args.wrong)
     else:
-        for prompt in SPLITS[args.split]():
+        for prompt in choose_prompts(args.split, args.count, args.per_category, args.seed):
             sys.stdout.write((json.dumps(prompt.to_json()) if args.json else prompt.text) + "\n")
     return 0
 

@@ -310,6 +310,17 @@ class LatentPool:
 # ----------------------------------------------------------------------------------------------------
 
 
+def padded_ids(tokenizer: CLIPTokenizer, captions: list[str], device: str) -> torch.Tensor:
+    """Token ids padded to 77 as the pipeline pads at inference: the UNet attends to the padding too."""
+    return tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
+
+
 def run_stage(folder: Path, force: bool, build) -> bool:
     """Call build(partial_folder) unless `folder` is already done; an old .partial is always discarded.
 
@@ -411,14 +422,7 @@ def train_unet(args: argparse.Namespace, vae_folder: Path, tokenizer_folder: Pat
     started = time.monotonic()
     for step in range(1, args.unet_steps + 1):
         latents, captions = data.next(args.unet_batch, generator)
-        # Padded to 77 as the pipeline pads at inference: the UNet attends to the padding's states too.
-        input_ids = tokenizer(
-            captions,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
+        input_ids = padded_ids(tokenizer, captions, device)
         encoder_hidden_states = text_encoder(input_ids)[0]
         noise = torch.randn(latents.shape, generator=generator, device=device)
         timesteps = torch.randint(

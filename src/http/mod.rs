@@ -2,6 +2,7 @@
 //! Knows nothing of ONNX Runtime; it talks to the `batching::Engine`.
 
 pub mod error;
+pub mod fine_tunes;
 pub mod openapi;
 pub mod routes;
 pub mod schemas;
@@ -13,20 +14,22 @@ use actix_web::dev::{Server, Service};
 use actix_web::{web, App, HttpServer};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-use crate::batching::Engine;
 use crate::error::{Error, Result};
+use crate::jobs::JobManager;
 use crate::metrics::Metrics;
-use crate::pipeline::{ModelLimits, RequestLimits};
+use crate::pipeline::RequestLimits;
+use crate::registry::pool::ModelPool;
 use crate::reward::{RewardSet, SelectionLimits};
 use crate::runtime::ExecutionProvider;
 use crate::storage::Storage;
 
 /// What exists once the models are loaded and warmed up.
 pub struct Serving {
-    pub engine: Engine,
+    /// The loaded model versions; requests without `model` get the active one.
+    pub models: Arc<ModelPool>,
     pub provider: ExecutionProvider,
-    pub model_limits: ModelLimits,
-    pub rewards: RewardSet,
+    pub rewards: Arc<RewardSet>,
+    pub jobs: Arc<JobManager>,
 }
 
 /// Limits on the images `/score` and `/rerank` take.
@@ -51,6 +54,7 @@ pub struct AppState {
     /// Empty while loading: `/ready` answers 503 and `/generate` too.
     pub serving: OnceLock<Serving>,
     pub metrics: Arc<Metrics>,
+    /// The version served at start-up; once loaded, `serving.models.active()` says which one is active.
     pub model_name: String,
     /// The device asked for on the command line.
     pub device: String,
@@ -108,6 +112,13 @@ pub fn build_server(state: web::Data<AppState>, config: &HttpConfig) -> std::io:
             .service(routes::list_feedback)
             .service(routes::list_images)
             .service(routes::get_image)
+            .service(fine_tunes::create_fine_tune)
+            .service(fine_tunes::list_fine_tunes)
+            .service(fine_tunes::get_fine_tune)
+            .service(fine_tunes::cancel_fine_tune)
+            .service(fine_tunes::fine_tune_events)
+            .service(fine_tunes::list_models)
+            .service(fine_tunes::activate_model)
             .service(routes::health)
             .service(routes::ready)
             .service(routes::metrics)

@@ -4,12 +4,16 @@
 use utoipa::OpenApi;
 
 use crate::http::error::{ErrorBody, ErrorDetail, OpenAiErrorBody, OpenAiErrorDetail};
+use crate::http::fine_tunes::{
+    self, FineTuneEventOut, FineTuneEventPage, FineTuneOut, FineTunePage, ModelList, ModelOut,
+};
 use crate::http::routes;
 use crate::http::schemas::{
     FeedbackOut, FeedbackPage, FeedbackRequest, GenerateRequest, GenerateResponse, HealthResponse, ImageOut, ImagePage,
     ImageRecordOut, OpenAiImage, OpenAiImageRequest, OpenAiImagesResponse, Prompts, RerankRequest, RerankResult,
     ScoreRequest, ScoreResponse, ScoreTimings, SelectionOut, Timings,
 };
+use crate::jobs::spec::{FineTuneRequest, GateSpec, Hyperparameters, PretrainData, PromptGenerator, PromptSource};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +33,13 @@ use crate::http::schemas::{
         routes::export_feedback,
         routes::list_images,
         routes::get_image,
+        fine_tunes::create_fine_tune,
+        fine_tunes::list_fine_tunes,
+        fine_tunes::get_fine_tune,
+        fine_tunes::cancel_fine_tune,
+        fine_tunes::fine_tune_events,
+        fine_tunes::list_models,
+        fine_tunes::activate_model,
         routes::health,
         routes::ready,
         routes::metrics,
@@ -54,6 +65,18 @@ use crate::http::schemas::{
         FeedbackPage,
         ImageRecordOut,
         ImagePage,
+        FineTuneRequest,
+        PromptSource,
+        PromptGenerator,
+        Hyperparameters,
+        PretrainData,
+        GateSpec,
+        FineTuneOut,
+        FineTunePage,
+        FineTuneEventOut,
+        FineTuneEventPage,
+        ModelOut,
+        ModelList,
         HealthResponse,
         ErrorBody,
         ErrorDetail,
@@ -65,6 +88,8 @@ use crate::http::schemas::{
         (name = "reward", description = "Reward-model scores and ranking of images for a prompt"),
         (name = "openai", description = "OpenAI-compatible routes"),
         (name = "feedback", description = "Human ratings of images, for fine-tune jobs"),
+        (name = "fine-tuning", description = "Offline fine-tune jobs: reward-weighted likelihood on rated and reward-scored samples"),
+        (name = "models", description = "Model versions, their lineage and evaluation, and the active one"),
         (name = "operations", description = "Health, readiness and metrics")
     )
 )]

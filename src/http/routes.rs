@@ -25,7 +25,7 @@ use crate::reward::{Scored, Scorer, Selection};
 use crate::storage::{Feedback, FeedbackQuery, Label, NewFeedback, Storage, StoredImage};
 
 /// Reads the whole body, refusing it as soon as it passes `limit` bytes.
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut> {
+pub(crate) async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|err| Error::InvalidRequest {
@@ -75,7 +75,9 @@ async fn run_generate(state: &AppState, request: GenerateRequest, started: Insta
     let selection_input = request.selection_input();
     let reward_model = request.reward_model.clone();
     let return_candidate_scores = request.return_candidate_scores.unwrap_or(false);
-    let params = validate(request.into(), &serving.model_limits, &state.limits)?;
+    // The version is held for the whole request: a swap meanwhile lets this request finish on it.
+    let model = serving.models.get(request.model.as_deref(), "model").await?;
+    let params = validate(request.into(), &model.limits, &state.limits)?;
     let selection = validate_selection(
         &selection_input,
         params.num_images,
@@ -88,7 +90,7 @@ async fn run_generate(state: &AppState, request: GenerateRequest, started: Insta
         Some(serving.rewards.get(reward_model.as_deref(), "reward_model")?.clone())
     };
     let prompt = params.prompt.clone();
-    let completed = serving.engine.generate(params, selection, scorer).await?;
+    let completed = model.engine.generate(params, selection, scorer).await?;
     let output = completed.output;
     let timings = &output.timings;
     let mut images = Vec::with_capacity(output.images.len());
@@ -99,7 +101,7 @@ async fn run_generate(state: &AppState, request: GenerateRequest, started: Insta
                 png: Arc::new(image.png.clone()),
                 prompt: prompt.clone(),
                 seed: image.seed,
-                model: state.model_name.clone(),
+                model: model.version.clone(),
                 reward: image.reward,
             })
             .await?;
@@ -127,7 +129,7 @@ async fn run_generate(state: &AppState, request: GenerateRequest, started: Insta
     });
     Ok(GenerateResponse {
         id: format!("gen-{}", uuid::Uuid::new_v4().simple()),
-        model: state.model_name.clone(),
+        model: model.version.clone(),
         images,
         selection: selection_out,
         timings: Timings {
@@ -661,14 +663,14 @@ pub async fn post_feedback(state: web::Data<AppState>, payload: web::Payload) ->
 }
 
 /// A listing's query string, refused with a 422 when it does not parse.
-fn query_params<T: serde::de::DeserializeOwned>(request: &HttpRequest) -> Result<T> {
+pub(crate) fn query_params<T: serde::de::DeserializeOwned>(request: &HttpRequest) -> Result<T> {
     Ok(web::Query::<T>::from_query(request.query_string())
         .map_err(|err| Error::validation("query", format!("the query string is not valid: {err}")))?
         .into_inner())
 }
 
 /// A page size: 100 by default, 1 to 1000.
-fn page_limit(limit: Option<u32>) -> Result<u32> {
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32> {
     let limit = limit.unwrap_or(100);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(Error::validation(
@@ -862,15 +864,6 @@ pub async fn openai_images(
     let started = Instant::now();
     let body = read_body(payload, state.max_body_bytes).await?;
     let request: OpenAiImageRequest = parse_json(&body)?;
-    if let Some(model) = request.model.as_deref() {
-        if model != state.model_name {
-            return Err(Error::validation(
-                "model",
-                format!("`model` is `{model}`; this server serves `{}`", state.model_name),
-            )
-            .into());
-        }
-    }
     match request.response_format.as_deref() {
         None | Some("b64_json") => {}
         Some(other) => {
@@ -894,6 +887,7 @@ pub async fn openai_images(
         width,
         height,
         best_of: request.best_of,
+        model: request.model,
         ..GenerateRequest::default()
     };
     let response = run_generate(&state, generation, started).await?;
@@ -940,7 +934,10 @@ fn health_body(state: &AppState) -> HealthResponse {
     HealthResponse {
         status: "ok".into(),
         ready: serving.is_some(),
-        model: state.model_name.clone(),
+        model: serving.map_or_else(
+            || state.model_name.clone(),
+            |serving| serving.models.active().version.clone(),
+        ),
         device: state.device.clone(),
         execution_provider: serving.map(|serving| serving.provider.label().to_string()),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -965,7 +962,7 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse> {
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     if let Some(serving) = state.serving.get() {
-        state.metrics.queue_depth.set(serving.engine.queued() as i64);
+        state.metrics.queue_depth.set(serving.models.queued() as i64);
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

@@ -63,6 +63,9 @@ pub struct GenerateRequest {
     /// Also return every candidate's score, in seed order. Default false.
     #[serde(default)]
     pub return_candidate_scores: Option<bool>,
+    /// Which model version generates (`GET /models`). Default: the active version.
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 impl From<GenerateRequest> for GenerateInput {
@@ -269,7 +272,7 @@ pub struct RerankResult {
                          "size": "64x64", "response_format": "b64_json", "best_of": 4}))]
 pub struct OpenAiImageRequest {
     pub prompt: String,
-    /// The served model's name; other names get a 400 naming `model`. Default: the served model.
+    /// A model version (`GET /models`); an unknown one gets a 400 naming `model`. Default: the active version.
     #[serde(default)]
     pub model: Option<String>,
     #[serde(default)]

@@ -1,6 +1,7 @@
 //! Durable storage in a data directory: a SQLite database (through sqlx, with embedded migrations) and the
 //! files it points at. Today it keeps the images this server generated, so that `/score` and `/rerank` can take
-//! their `image_id`s, with a retention limit; feedback, jobs and model versions follow (#5).
+//! their `image_id`s, with a retention limit; the ratings users give (feedback); and fine-tune jobs, their events
+//! and model versions (`fine_tunes`).
 //!
 //! Every file is written to a temporary name, flushed and renamed, and only then recorded in the database, so a
 //! crash leaves either nothing or a complete file. The queries are plain SQL through sqlx's runtime API, so the
@@ -16,6 +17,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use crate::error::{Error, Result};
+
+mod fine_tunes;
+pub use fine_tunes::{JobEvent, JobRecord, JobStatus, VersionKind, VersionRecord};
 
 pub const DATABASE_FILE: &str = "t2i-align.db";
 const IMAGES_DIR: &str = "images";
@@ -395,7 +399,7 @@ impl Storage {
     }
 }
 
-fn now_millis() -> i64 {
+pub fn now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as i64)

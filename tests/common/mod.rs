@@ -180,6 +180,12 @@ impl Server {
         send_raw(self.port, &raw).expect("POST multipart")
     }
 
+    /// SIGKILL, as a crash or the OOM killer would stop it; nothing gets to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

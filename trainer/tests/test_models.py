@@ -19,6 +19,17 @@ def test_shapes_sd_onnx_matches_its_diffusers_weights(trainer_packages, shapes_s
     assert max(differences.values()) <= TOLERANCE, differences
 
 
+def test_tiny_sd_onnx_matches_its_diffusers_weights(trainer_packages, tiny_sd):
+    """models/tiny-sd/diffusers, the weights fine-tune jobs start from, are those of the committed graphs."""
+    from diffusers import StableDiffusionPipeline
+
+    import export_sd
+
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_sd / "diffusers")
+    differences = export_sd.parity(pipeline, tiny_sd)
+    assert max(differences.values()) <= TOLERANCE, differences
+
+
 def test_shapes_reward_onnx_matches_its_pytorch_weights(trainer_packages, shapes_reward):
     from transformers import CLIPTokenizer
 

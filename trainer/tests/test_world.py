@@ -257,3 +257,21 @@ def test_cli_lists_prompts_and_writes_samples(tmp_path, capsys):
     assert [record["image"] for record in records] == [f"{index:05d}.png" for index in range(5)]
     assert all((tmp_path / record["image"]).exists() for record in records)
     assert all(not is_heldout(parse_prompt(record["prompt"])) for record in records)
+
+
+def test_prompt_listing_draws_distinct_prompts_reproducibly(capsys):
+    from shapes_world import choose_prompts, heldout_prompts, main, train_prompts
+
+    drawn = choose_prompts("train", 50, None, seed=3)
+    assert len(drawn) == len(set(drawn)) == 50
+    assert set(drawn) <= set(train_prompts())
+    assert drawn == choose_prompts("train", 50, None, seed=3)
+    assert drawn != choose_prompts("train", 50, None, seed=4)
+    per_category = choose_prompts("heldout", None, 2, seed=0)
+    assert set(per_category) <= set(heldout_prompts())
+    assert main(["prompts", "--split", "train", "--count", "5", "--seed", "3"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        prompt.text for prompt in choose_prompts("train", 5, None, 3)
+    ]
+    with pytest.raises(SystemExit):
+        main(["prompts", "--count", "0"])

@@ -1,5 +1,7 @@
 //! The command line. Every flag is also an environment variable, and its doc comment is its `--help`.
 
+pub mod fine_tune;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -7,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::{Error, Result};
 use crate::http::{HttpConfig, ScoreLimits};
+use crate::jobs::{GateDefaults, JobConfig, JobLimits};
 use crate::metrics::Metrics;
 use crate::pipeline::generate::Progress;
 use crate::pipeline::request::validate;
@@ -45,6 +48,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Score images against a prompt with a reward model and print one score per image.
     Score(ScoreArgs),
+    /// Fine-tune jobs on a running server: create, list, show, cancel (a thin client of /fine-tunes).
+    #[command(subcommand, name = "fine-tune")]
+    FineTune(fine_tune::FineTuneCommand),
     /// Print the OpenAPI spec (JSON) to stdout.
     Openapi,
 }
@@ -215,6 +221,91 @@ pub struct ServeArgs {
     /// Run a short generation on each worker before /ready answers 200.
     #[arg(long, env = "T2I_WARMUP", default_value_t = true, action = clap::ArgAction::Set)]
     pub warmup: bool,
+    /// Most model versions loaded at once (the active one included); others load on first use.
+    #[arg(long, env = "T2I_MAX_LOADED_MODELS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_loaded_models: u64,
+    #[command(flatten)]
+    pub jobs: JobArgs,
+}
+
+/// How fine-tune jobs run.
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// Python with the trainer's dependencies (trainer/requirements.txt); runs the trainer, the evaluator and
+    /// the shapes world's prompt generator.
+    #[arg(long, env = "T2I_TRAINER_PYTHON", default_value = ".venv-trainer/bin/python")]
+    pub trainer_python: PathBuf,
+    /// The trainer's sources (finetune_sd.py, evaluate.py, shapes_world.py).
+    #[arg(long, env = "T2I_TRAINER_DIR", default_value = "trainer")]
+    pub trainer_dir: PathBuf,
+    /// The trainer's command line, replacing `<trainer-python> <trainer-dir>/finetune_sd.py`; `--spec FILE`
+    /// is appended. For several GPUs: `torchrun --nproc_per_node 4 trainer/finetune_sd.py`.
+    #[arg(long, env = "T2I_TRAINER_COMMAND")]
+    pub trainer_command: Option<String>,
+    /// torch CPU threads for the trainer.
+    #[arg(long, env = "T2I_TRAINER_THREADS", default_value_t = 2)]
+    pub trainer_threads: usize,
+    /// The gate: a new version's mean reward on the evaluation prompts must beat its base's by this much.
+    #[arg(
+        long,
+        env = "T2I_GATE_MIN_REWARD_GAIN",
+        default_value_t = 0.005,
+        allow_hyphen_values = true
+    )]
+    pub gate_min_reward_gain: f64,
+    /// The gate: the quality proxy may fall by at most this fraction (0.03 is 3 points).
+    #[arg(long, env = "T2I_GATE_MAX_QUALITY_DROP", default_value_t = 0.03)]
+    pub gate_max_quality_drop: f64,
+    /// Most prompts in one job.
+    #[arg(long, env = "T2I_MAX_JOB_PROMPTS", default_value_t = 10_000)]
+    pub max_job_prompts: usize,
+    /// Most samples per prompt in one job.
+    #[arg(long, env = "T2I_MAX_JOB_IMAGES_PER_PROMPT", default_value_t = 64)]
+    pub max_job_images_per_prompt: u32,
+    /// Most trainer steps in one job.
+    #[arg(long, env = "T2I_MAX_JOB_STEPS", default_value_t = 100_000)]
+    pub max_job_steps: i64,
+}
+
+impl JobArgs {
+    fn config(&self) -> Result<JobConfig> {
+        let trainer_command = match &self.trainer_command {
+            None => None,
+            Some(text) => {
+                let words: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+                if words.is_empty() {
+                    return Err(Error::Config("--trainer-command is empty".into()));
+                }
+                Some(words)
+            }
+        };
+        for (flag, value, low, high) in [
+            ("--gate-min-reward-gain", self.gate_min_reward_gain, -1.0, 1.0),
+            ("--gate-max-quality-drop", self.gate_max_quality_drop, 0.0, 1.0),
+        ] {
+            if !(low..=high).contains(&value) {
+                return Err(Error::Config(format!(
+                    "{flag} must be between {low} and {high}. Given: {value}"
+                )));
+            }
+        }
+        Ok(JobConfig {
+            python: self.trainer_python.clone(),
+            trainer_dir: self.trainer_dir.clone(),
+            trainer_command,
+            trainer_threads: self.trainer_threads.max(1),
+            limits: JobLimits {
+                max_prompts: self.max_job_prompts.max(1),
+                max_images_per_prompt: self.max_job_images_per_prompt.max(1),
+                max_steps: self.max_job_steps.max(1),
+                ..JobLimits::default()
+            },
+            gate: GateDefaults {
+                min_reward_gain: self.gate_min_reward_gain,
+                max_quality_drop: self.gate_max_quality_drop,
+            },
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -283,8 +374,10 @@ pub struct ScoreArgs {
 }
 
 impl ServeArgs {
-    pub fn into_config(self) -> ServeConfig {
-        ServeConfig {
+    pub fn into_config(self) -> Result<ServeConfig> {
+        Ok(ServeConfig {
+            jobs: self.jobs.config()?,
+            max_loaded_models: self.max_loaded_models as usize,
             sessions: self.runtime.sessions(),
             limits: self.limits.limits(),
             model: self.runtime.model,
@@ -302,7 +395,7 @@ impl ServeArgs {
                 http_workers: self.http_workers,
                 max_body_bytes: self.max_body_bytes,
             },
-        }
+        })
     }
 }
 

@@ -1,0 +1,121 @@
+//! Child processes of a job (the trainer, the evaluator, the prompt generator): each in its own process group,
+//! stdout read line by line, stderr appended to a log file, and the whole group killed on cancel.
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+use crate::error::{Error, Result};
+
+pub struct RunningChild {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    program: String,
+}
+
+impl RunningChild {
+    /// Starts `command[0]` with the rest as arguments, stderr appended to `log`.
+    pub fn spawn(command: &[String], log: &Path) -> Result<Self> {
+        let (program, args) = command
+            .split_first()
+            .ok_or_else(|| Error::Config("an empty command line".into()))?;
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|err| Error::Internal(format!("cannot open {}: {err}", log.display())))?;
+        let mut builder = Command::new(program);
+        builder
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            // Its own process group, so a cancel reaches every process it starts (torchrun's workers too).
+            .process_group(0)
+            .kill_on_drop(true);
+        // If the server dies (even by SIGKILL), the kernel kills the child too: no orphan keeps training.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            builder.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = builder
+            .spawn()
+            .map_err(|err| Error::Config(format!("cannot start `{}`: {err}", command.join(" "))))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Internal("the child has no stdout".into()))?;
+        Ok(RunningChild {
+            child,
+            lines: BufReader::new(stdout).lines(),
+            program: program.clone(),
+        })
+    }
+
+    /// The next line of stdout; `None` at its end.
+    pub async fn next_line(&mut self) -> Result<Option<String>> {
+        self.lines
+            .next_line()
+            .await
+            .map_err(|err| Error::Internal(format!("cannot read the output of {}: {err}", self.program)))
+    }
+
+    pub async fn wait(&mut self) -> Result<ExitStatus> {
+        self.child
+            .wait()
+            .await
+            .map_err(|err| Error::Internal(format!("cannot wait for {}: {err}", self.program)))
+    }
+
+    /// SIGTERM to the whole group, then SIGKILL if it has not exited within `grace`.
+    pub async fn kill_group(&mut self, grace: Duration) {
+        let Some(pid) = self.child.id() else {
+            return;
+        };
+        let group = -(pid as i32);
+        // SAFETY: kill() only sends a signal; a group that is gone yields ESRCH, which we ignore.
+        unsafe {
+            libc::kill(group, libc::SIGTERM);
+        }
+        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+            unsafe {
+                libc::kill(group, libc::SIGKILL);
+            }
+            let _ = self.child.wait().await;
+        }
+    }
+}
+
+/// The last `bytes` of a log file, for an error message.
+pub fn log_tail(log: &Path, bytes: usize) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let start = text.len().saturating_sub(bytes);
+    String::from_utf8_lossy(&text[start..]).trim().to_string()
+}
+
+/// Runs a short command to its end and returns its stdout; fails with its stderr when it exits non-zero.
+pub async fn run_to_end(command: &[String], log: &Path) -> Result<String> {
+    let mut child = RunningChild::spawn(command, log)?;
+    let mut output = String::new();
+    while let Some(line) = child.next_line().await? {
+        output.push_str(&line);
+        output.push('\n');
+    }
+    let status = child.wait().await?;
+    if !status.success() {
+        return Err(Error::Internal(format!(
+            "`{}` failed ({status}): {}",
+            command.join(" "),
+            log_tail(log, 1500)
+        )));
+    }
+    Ok(output)
+}

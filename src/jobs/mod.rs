@@ -1,0 +1,1032 @@
+//! Fine-tune jobs (#5): the queue, persisted in the database, and the runner that works through it one job at a
+//! time on a tokio task.
+//!
+//! A job's stages, each timed and recorded as events:
+//! 1. `prompts`: the job's prompts (a list, or drawn by `trainer/shapes_world.py prompts`).
+//! 2. `sample`: images from the base version through its ONNX engine, each scored by the reward model.
+//! 3. `label`: the training set: the stored ratings (good 1, bad 0) and the reward-scored samples, the paper's
+//!    semi-supervised set, written as `samples.jsonl` in the job's folder.
+//! 4. `train`: `trainer/finetune_sd.py` as a child process with a JSON spec; its JSON-lines progress becomes
+//!    events and metrics. It writes the candidate (diffusers weights and the ONNX export) into the job folder.
+//! 5. `evaluate`: the candidate is loaded (a candidate that does not load is refused here, and nothing is
+//!    registered), then base and candidate sample the evaluation prompts with the same seeds; the reward model
+//!    and the shapes world's rater (`trainer/evaluate.py`) judge both.
+//! 6. `register`: the candidate's files are checksummed and moved into the registry; then the gate decides
+//!    whether it may become active, and `activate_on_success` whether it does.
+//!
+//! A server that stops mid-job cannot resume it: at start-up, jobs left `running` are marked `failed`.
+
+pub mod child;
+pub mod spec;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::pipeline::GenerateParams;
+use crate::registry::pool::{LoadedModel, ModelPool};
+use crate::registry::Candidate;
+use crate::reward::best_of::Selection;
+use crate::reward::{RewardSet, Scorer};
+use crate::storage::{FeedbackQuery, JobRecord, JobStatus, Label, Storage};
+use child::{log_tail, run_to_end, RunningChild};
+pub use spec::{FineTuneRequest, GateDefaults, JobLimits, JobSpec, PromptSource};
+
+/// The data directory's folder for job working folders.
+pub const JOBS_DIR: &str = "jobs";
+
+/// Where each stage ends, as a share of the whole job, for `progress`.
+const STAGES: [(&str, f64); 6] = [
+    ("prompts", 0.01),
+    ("sample", 0.25),
+    ("label", 0.28),
+    ("train", 0.80),
+    ("evaluate", 0.97),
+    ("register", 1.0),
+];
+
+/// How the server runs jobs (command line).
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    /// Python with the trainer's dependencies; runs finetune_sd.py, evaluate.py and shapes_world.py.
+    pub python: PathBuf,
+    /// The trainer's sources.
+    pub trainer_dir: PathBuf,
+    /// Replaces `<python> <trainer_dir>/finetune_sd.py` (e.g. `torchrun --nproc_per_node 4 trainer/finetune_sd.py`);
+    /// `--spec <file>` is appended.
+    pub trainer_command: Option<Vec<String>>,
+    /// torch threads for the trainer.
+    pub trainer_threads: usize,
+    pub limits: JobLimits,
+    pub gate: GateDefaults,
+}
+
+struct RunningJob {
+    id: String,
+    cancel: watch::Sender<bool>,
+}
+
+pub struct JobManager {
+    storage: Arc<Storage>,
+    pool: Arc<ModelPool>,
+    rewards: Arc<RewardSet>,
+    metrics: Arc<Metrics>,
+    config: JobConfig,
+    jobs_dir: PathBuf,
+    wake: Notify,
+    running: Mutex<Option<RunningJob>>,
+}
+
+/// One sample of the training set.
+struct Sample {
+    image: String,
+    prompt: String,
+    reward: f64,
+    source: &'static str,
+}
+
+impl JobManager {
+    pub fn new(
+        storage: Arc<Storage>,
+        pool: Arc<ModelPool>,
+        rewards: Arc<RewardSet>,
+        metrics: Arc<Metrics>,
+        config: JobConfig,
+        data_dir: &Path,
+    ) -> Result<Arc<Self>> {
+        let jobs_dir = data_dir.join(JOBS_DIR);
+        std::fs::create_dir_all(&jobs_dir)
+            .map_err(|err| Error::Config(format!("cannot create {}: {err}", jobs_dir.display())))?;
+        // No job runs yet: a candidate left in a job folder is from a job that was interrupted.
+        for entry in std::fs::read_dir(&jobs_dir).into_iter().flatten().flatten() {
+            for leftover in ["candidate", "candidate.partial"] {
+                let path = entry.path().join(leftover);
+                if path.is_dir() {
+                    tracing::warn!(folder = %path.display(), "removing an interrupted job's candidate");
+                    let _ = std::fs::remove_dir_all(path);
+                }
+            }
+        }
+        Ok(Arc::new(JobManager {
+            storage,
+            pool,
+            rewards,
+            metrics,
+            config,
+            jobs_dir,
+            wake: Notify::new(),
+            running: Mutex::new(None),
+        }))
+    }
+
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// Starts the runner: it takes queued jobs oldest first, one at a time, until the process exits.
+    pub fn start(self: &Arc<Self>) {
+        let manager = self.clone();
+        tokio::spawn(async move {
+            manager.refresh_job_metrics().await;
+            loop {
+                let notified = manager.wake.notified();
+                match manager.storage.next_queued_job().await {
+                    Ok(Some(job)) => manager.run(job).await,
+                    Ok(None) => {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "the job runner cannot read the queue");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Validates a request and queues the job.
+    pub async fn create(&self, request: FineTuneRequest) -> Result<JobRecord> {
+        let base = match request.base_model.as_deref() {
+            Some(id) => self.pool.registry().version(id, "base_model").await?,
+            None => {
+                let active = self.pool.active().version.clone();
+                self.pool.registry().version(&active, "base_model").await?
+            }
+        };
+        let folder = self.pool.registry().folder(&base);
+        if !folder.join("diffusers/model_index.json").is_file() {
+            return Err(Error::validation(
+                "base_model",
+                format!(
+                    "`base_model` `{}` has no diffusers weights to fine-tune from ({}/diffusers/model_index.json)",
+                    base.id,
+                    folder.display()
+                ),
+            ));
+        }
+        if let Some(name) = request.reward_model.as_deref() {
+            self.rewards.get(Some(name), "reward_model")?;
+        } else if self.rewards.is_empty() {
+            return Err(Error::validation(
+                "reward_model",
+                "this server has no reward model loaded (start it with --reward-model); a job needs one",
+            ));
+        }
+        if request.retrain_reward_model == Some(true) {
+            return Err(Error::validation(
+                "retrain_reward_model",
+                "`retrain_reward_model` is not available yet: retrain with `make models` (trainer/train_reward.py) \
+                 and start the server with the new --reward-model",
+            ));
+        }
+        let spec = request.validate(base.id.clone(), &self.config.limits, &self.config.gate)?;
+        let id = format!("ft_{}", uuid::Uuid::new_v4().simple());
+        let spec_json = serde_json::to_value(&spec).map_err(|err| Error::Internal(err.to_string()))?;
+        let job = self.storage.insert_job(&id, &base.id, &spec_json).await?;
+        self.storage
+            .insert_event(&id, "info", "status", &format!("queued (base model {})", base.id), None)
+            .await?;
+        self.refresh_job_metrics().await;
+        self.wake.notify_one();
+        Ok(job)
+    }
+
+    /// Cancels a queued or running job. A running one stops at once: its trainer's process group is killed.
+    pub async fn cancel(&self, id: &str) -> Result<JobRecord> {
+        let job = self
+            .storage
+            .job(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no fine-tune job `{id}`")))?;
+        if job.status.is_final() {
+            return Err(Error::validation(
+                "id",
+                format!(
+                    "job `{id}` is {} already; only queued or running jobs can be cancelled",
+                    job.status.name()
+                ),
+            ));
+        }
+        let signalled = self.running.lock().ok().and_then(|running| {
+            running
+                .as_ref()
+                .filter(|running| running.id == id)
+                .map(|running| running.cancel.send(true).is_ok())
+        });
+        if signalled.is_none() && self.storage.set_job_status(id, JobStatus::Cancelled, None).await? {
+            self.storage
+                .insert_event(id, "info", "status", "cancelled before it started", None)
+                .await?;
+            self.refresh_job_metrics().await;
+        }
+        // A running job records its own cancellation once its stage has stopped.
+        self.storage
+            .job(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no fine-tune job `{id}`")))
+    }
+
+    async fn refresh_job_metrics(&self) {
+        if let Ok(counts) = self.storage.job_counts().await {
+            for status in ["queued", "running", "succeeded", "failed", "cancelled"] {
+                let count = counts
+                    .iter()
+                    .find(|(name, _)| name == status)
+                    .map_or(0, |(_, count)| *count);
+                self.metrics.fine_tune_jobs.with_label_values(&[status]).set(count);
+            }
+        }
+    }
+
+    async fn run(&self, job: JobRecord) {
+        let (cancel, cancelled) = watch::channel(false);
+        match self.storage.set_job_status(&job.id, JobStatus::Running, None).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(err) => {
+                tracing::error!(job = %job.id, error = %err, "cannot start the job");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                return;
+            }
+        }
+        if let Ok(mut running) = self.running.lock() {
+            *running = Some(RunningJob {
+                id: job.id.clone(),
+                cancel,
+            });
+        }
+        self.refresh_job_metrics().await;
+        let _ = self
+            .storage
+            .insert_event(&job.id, "info", "status", "running", None)
+            .await;
+        tracing::info!(job = %job.id, "fine-tune job started");
+        let started = Instant::now();
+        let result = match serde_json::from_value::<JobSpec>(job.spec.clone()) {
+            Ok(spec) => {
+                let mut context = JobContext {
+                    manager: self,
+                    job: &job,
+                    spec,
+                    folder: self.jobs_dir.join(&job.id),
+                    cancelled,
+                    metrics: json!({}),
+                };
+                context.execute().await
+            }
+            Err(err) => Err(Error::Internal(format!("the stored spec does not parse: {err}"))),
+        };
+        if let Ok(mut running) = self.running.lock() {
+            *running = None;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let (status, level, message) = match &result {
+            Ok(model) => (
+                JobStatus::Succeeded,
+                "info",
+                format!("succeeded in {seconds:.0} s: version {model}"),
+            ),
+            Err(Error::Cancelled) => (JobStatus::Cancelled, "info", "cancelled".to_string()),
+            Err(err) => (JobStatus::Failed, "error", format!("failed: {err}")),
+        };
+        let error = match &result {
+            Err(Error::Cancelled) | Ok(_) => None,
+            Err(err) => Some(err.to_string()),
+        };
+        if let Err(err) = self.storage.set_job_status(&job.id, status, error.as_deref()).await {
+            tracing::error!(job = %job.id, error = %err, "cannot record the job's end");
+        }
+        let _ = self
+            .storage
+            .insert_event(&job.id, level, "status", &message, None)
+            .await;
+        self.refresh_job_metrics().await;
+        tracing::info!(job = %job.id, status = status.name(), "{message}");
+    }
+}
+
+/// One running job: its spec, folder and the figures gathered so far.
+struct JobContext<'a> {
+    manager: &'a JobManager,
+    job: &'a JobRecord,
+    spec: JobSpec,
+    folder: PathBuf,
+    cancelled: watch::Receiver<bool>,
+    metrics: Value,
+}
+
+fn stage_bounds(stage: &str) -> (f64, f64) {
+    let index = STAGES.iter().position(|(name, _)| *name == stage).unwrap_or(0);
+    let start = if index == 0 { 0.0 } else { STAGES[index - 1].1 };
+    (start, STAGES[index].1)
+}
+
+impl JobContext<'_> {
+    async fn execute(&mut self) -> Result<String> {
+        std::fs::create_dir_all(&self.folder)
+            .map_err(|err| Error::Internal(format!("cannot create {}: {err}", self.folder.display())))?;
+        let scorer = self
+            .manager
+            .rewards
+            .get(self.spec.reward_model.as_deref(), "reward_model")?
+            .clone();
+        let base = self.manager.pool.get(Some(&self.spec.base_model), "base_model").await?;
+
+        let stage = self.begin("prompts").await?;
+        let prompts = self.prompts(&self.spec.prompts.clone(), "train").await?;
+        let eval_prompts = self.prompts(&self.spec.eval_prompts.clone(), "heldout").await?;
+        self.end(
+            stage,
+            &format!("{} prompts, {} evaluation prompts", prompts.len(), eval_prompts.len()),
+        )
+        .await?;
+
+        let stage = self.begin("sample").await?;
+        let data = self.folder.join("data");
+        let sampled = self
+            .sample(
+                &base,
+                &scorer,
+                &prompts,
+                self.spec.images_per_prompt,
+                self.spec.seed,
+                &data,
+                "s",
+                "sample",
+            )
+            .await?;
+        let sampled_mean = mean(sampled.iter().map(|sample| sample.reward));
+        self.metrics["samples"] =
+            json!({"images": sampled.len(), "mean_reward": sampled_mean, "reward_model": scorer.name()});
+        self.end(
+            stage,
+            &format!("{} images sampled, mean reward {}", sampled.len(), fmt(sampled_mean)),
+        )
+        .await?;
+
+        let stage = self.begin("label").await?;
+        let mut samples = if self.spec.use_feedback {
+            self.feedback_samples(&data).await?
+        } else {
+            Vec::new()
+        };
+        let rated = samples.len();
+        let mut sampled = sampled;
+        if let Some(note) = rescale_rewards(&mut sampled) {
+            self.manager
+                .storage
+                .insert_event(&self.job.id, "warning", "label", &note, None)
+                .await?;
+            self.metrics["samples"]["rescaled"] = json!(note);
+        }
+        samples.extend(sampled);
+        self.write_samples(&data, &samples)?;
+        if !samples.iter().any(|sample| sample.reward > 0.0) {
+            return Err(Error::Validation {
+                message: "no training sample has a reward above 0: rate some images good, or sample more".into(),
+                param: None,
+            });
+        }
+        self.metrics["training_set"] = json!({
+            "samples": samples.len(),
+            "rated": rated,
+            "reward_scored": samples.len() - rated,
+            "mean_reward": mean(samples.iter().map(|sample| sample.reward)),
+        });
+        self.end(
+            stage,
+            &format!(
+                "{} training samples: {rated} rated by people, {} scored by the reward model",
+                samples.len(),
+                samples.len() - rated
+            ),
+        )
+        .await?;
+
+        let stage = self.begin("train").await?;
+        let candidate = self.folder.join("candidate");
+        self.train(&data, &candidate).await?;
+        self.end(stage, "the trainer finished and exported the candidate")
+            .await?;
+
+        let stage = self.begin("evaluate").await?;
+        let candidate_model = self
+            .manager
+            .pool
+            .load_folder(format!("{}-candidate", self.job.id), candidate.clone())
+            .await
+            .map_err(|err| Error::Internal(format!("the candidate was refused: it does not load: {err}")))?;
+        let eval_seed = self.spec.seed.wrapping_add(1_000_000_007);
+        let per_prompt = self.spec.eval_images_per_prompt;
+        let base_eval = self
+            .evaluate(&base, &scorer, &eval_prompts, per_prompt, eval_seed, "base", 0.0)
+            .await?;
+        let candidate_eval = self
+            .evaluate(
+                &candidate_model,
+                &scorer,
+                &eval_prompts,
+                per_prompt,
+                eval_seed,
+                "candidate",
+                0.5,
+            )
+            .await?;
+        drop(candidate_model);
+        let gate = self.gate(&base_eval, &candidate_eval);
+        self.metrics["evaluation"] = json!({"base": base_eval, "candidate": candidate_eval});
+        self.metrics["gate"] = gate.clone();
+        self.end(stage, &format!("gate {}", gate_line(&gate))).await?;
+
+        let stage = self.begin("register").await?;
+        let root = self
+            .spec
+            .base_model
+            .split("-ft-")
+            .next()
+            .unwrap_or(&self.spec.base_model);
+        let short = self
+            .job
+            .id
+            .trim_start_matches("ft_")
+            .chars()
+            .take(8)
+            .collect::<String>();
+        let version_id = format!("{root}-ft-{short}");
+        let record = self
+            .manager
+            .pool
+            .registry()
+            .register_candidate(Candidate {
+                folder: &candidate,
+                id: &version_id,
+                parent: &self.spec.base_model,
+                job_id: &self.job.id,
+                metrics: &self.metrics,
+            })
+            .await?;
+        self.manager.storage.set_job_result(&self.job.id, &record.id).await?;
+        let passed = gate["passed"].as_bool().unwrap_or(false);
+        let outcome = if !passed {
+            format!(
+                "registered {version_id}; not activated: the gate refused it ({})",
+                gate_line(&gate)
+            )
+        } else if self.spec.activate_on_success {
+            self.manager.pool.activate(&version_id, "base_model").await?;
+            format!("registered and activated {version_id}")
+        } else {
+            format!("registered {version_id}; it passed the gate (activate_on_success is false)")
+        };
+        self.metrics["activated"] = json!(passed && self.spec.activate_on_success);
+        self.manager
+            .storage
+            .set_job_metrics(&self.job.id, &self.metrics)
+            .await?;
+        self.end(stage, &outcome).await?;
+        // The samples and evaluation images are the job's; the version keeps only what it serves.
+        let _ = std::fs::remove_dir_all(self.folder.join("eval"));
+        Ok(version_id)
+    }
+
+    /// Records a stage's start; returns the time it started.
+    async fn begin(&self, stage: &str) -> Result<Instant> {
+        self.check_cancelled()?;
+        let (start, _) = stage_bounds(stage);
+        self.manager.storage.set_job_stage(&self.job.id, stage, start).await?;
+        self.manager
+            .storage
+            .insert_event(&self.job.id, "info", "stage", &format!("{stage}: started"), None)
+            .await?;
+        Ok(Instant::now())
+    }
+
+    async fn end(&self, started: Instant, message: &str) -> Result<()> {
+        let stage = self.current_stage().await;
+        let seconds = started.elapsed().as_secs_f64();
+        self.manager
+            .metrics
+            .fine_tune_stage_duration
+            .with_label_values(&[&stage])
+            .observe(seconds);
+        let (_, end) = stage_bounds(&stage);
+        self.manager.storage.set_job_progress(&self.job.id, end).await?;
+        self.manager
+            .storage
+            .set_job_metrics(&self.job.id, &self.metrics)
+            .await?;
+        self.manager
+            .storage
+            .insert_event(
+                &self.job.id,
+                "info",
+                "stage",
+                &format!("{stage}: done in {seconds:.1} s; {message}"),
+                Some(&json!({"stage": stage, "seconds": seconds})),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn current_stage(&self) -> String {
+        match self.manager.storage.job(&self.job.id).await {
+            Ok(Some(job)) => job.stage.unwrap_or_default(),
+            _ => String::new(),
+        }
+    }
+
+    /// Progress within a stage (0..1 of it).
+    async fn stage_progress(&self, stage: &str, fraction: f64) -> Result<()> {
+        let (start, end) = stage_bounds(stage);
+        self.manager
+            .storage
+            .set_job_progress(&self.job.id, start + (end - start) * fraction.clamp(0.0, 1.0))
+            .await
+    }
+
+    fn check_cancelled(&self) -> Result<()> {
+        if *self.cancelled.borrow() {
+            return Err(Error::Cancelled);
+        }
+        Ok(())
+    }
+
+    fn python(&self, script: &str) -> Vec<String> {
+        vec![
+            self.manager.config.python.to_string_lossy().into_owned(),
+            self.manager
+                .config
+                .trainer_dir
+                .join(script)
+                .to_string_lossy()
+                .into_owned(),
+        ]
+    }
+
+    async fn prompts(&self, source: &PromptSource, default_split: &str) -> Result<Vec<String>> {
+        let generator = match source {
+            PromptSource::List(prompts) => return Ok(prompts.clone()),
+            PromptSource::Generator(generator) => generator,
+        };
+        let mut command = self.python("shapes_world.py");
+        command.extend(["prompts".into(), "--split".into()]);
+        command.push(generator.split.clone().unwrap_or_else(|| default_split.into()));
+        if let Some(count) = generator.count {
+            command.extend(["--count".into(), count.to_string()]);
+        }
+        if let Some(per_category) = generator.per_category {
+            command.extend(["--per-category".into(), per_category.to_string()]);
+        }
+        command.extend(["--seed".into(), generator.seed.unwrap_or(self.spec.seed).to_string()]);
+        let output = run_to_end(&command, &self.folder.join("tools.log")).await?;
+        let prompts: Vec<String> = output
+            .lines()
+            .map(str::to_string)
+            .filter(|line| !line.is_empty())
+            .collect();
+        if prompts.is_empty() {
+            return Err(Error::Internal(format!("`{}` listed no prompts", command.join(" "))));
+        }
+        Ok(prompts)
+    }
+
+    /// `per_prompt` images of each prompt from `model`, scored; PNGs written to `folder` as `<tag><i>-<j>.png`.
+    #[allow(clippy::too_many_arguments)]
+    async fn sample(
+        &self,
+        model: &LoadedModel,
+        scorer: &Arc<Scorer>,
+        prompts: &[String],
+        per_prompt: u32,
+        seed: u64,
+        folder: &Path,
+        tag: &str,
+        stage: &str,
+    ) -> Result<Vec<Sample>> {
+        std::fs::create_dir_all(folder)
+            .map_err(|err| Error::Internal(format!("cannot create {}: {err}", folder.display())))?;
+        let mut samples = Vec::with_capacity(prompts.len() * per_prompt as usize);
+        if per_prompt == 0 {
+            return Ok(samples);
+        }
+        let report_every = (prompts.len() / 50).max(1);
+        for (index, prompt) in prompts.iter().enumerate() {
+            self.check_cancelled()?;
+            let params = GenerateParams {
+                prompt: prompt.clone(),
+                negative_prompt: String::new(),
+                num_images: per_prompt as usize,
+                steps: model.limits.default_steps as usize,
+                guidance_scale: model.limits.default_guidance_scale as f32,
+                scheduler: model.limits.default_scheduler,
+                seed: seed
+                    .wrapping_mul(1_000_003)
+                    .wrapping_add(index as u64 * per_prompt as u64),
+                width: model.limits.default_size,
+                height: model.limits.default_size,
+                eta: 0.0,
+            };
+            let completed = loop {
+                match model
+                    .engine
+                    .generate(params.clone(), Selection::BestOf { k: 1 }, Some(scorer.clone()))
+                    .await
+                {
+                    Err(Error::Overloaded { retry_after_secs, .. }) => {
+                        tokio::time::sleep(Duration::from_secs(retry_after_secs.min(5))).await;
+                        self.check_cancelled()?;
+                    }
+                    other => break other?,
+                }
+            };
+            for (position, image) in completed.output.images.iter().enumerate() {
+                let name = format!("{tag}{index}-{position}.png");
+                // Working data: a crash fails the job anyway, so no fsync per file.
+                std::fs::write(folder.join(&name), &image.png)
+                    .map_err(|err| Error::Internal(format!("cannot write {name}: {err}")))?;
+                let reward = image
+                    .reward
+                    .ok_or_else(|| Error::Internal("a sampled image came back unscored".into()))?;
+                samples.push(Sample {
+                    image: name,
+                    prompt: prompt.clone(),
+                    reward: f64::from(reward),
+                    source: "reward_model",
+                });
+            }
+            if (index + 1) % report_every == 0 {
+                let fraction = (index + 1) as f64 / prompts.len() as f64;
+                self.stage_progress(stage, if stage == "evaluate" { fraction * 0.5 } else { fraction })
+                    .await?;
+            }
+        }
+        Ok(samples)
+    }
+
+    /// The stored ratings as samples: good 1, bad 0 (skips are left out), each image copied into `folder`.
+    async fn feedback_samples(&self, folder: &Path) -> Result<Vec<Sample>> {
+        let storage = &self.manager.storage;
+        let mut samples = Vec::new();
+        let mut query = FeedbackQuery {
+            limit: 500,
+            ..FeedbackQuery::default()
+        };
+        loop {
+            self.check_cancelled()?;
+            let (page, has_more) = storage.list_feedback(&query).await?;
+            for feedback in &page {
+                let reward = match Label::from_name(&feedback.label) {
+                    Some(Label::Good) => 1.0,
+                    Some(Label::Bad) => 0.0,
+                    _ => continue,
+                };
+                let bytes = storage.feedback_image(feedback).await?;
+                let extension = Path::new(&feedback.file)
+                    .extension()
+                    .and_then(|extension| extension.to_str())
+                    .unwrap_or("png");
+                let name = format!("{}.{extension}", feedback.id);
+                std::fs::write(folder.join(&name), &bytes)
+                    .map_err(|err| Error::Internal(format!("cannot write {name}: {err}")))?;
+                samples.push(Sample {
+                    image: name,
+                    prompt: feedback.prompt.clone(),
+                    reward,
+                    source: "feedback",
+                });
+            }
+            match page.last() {
+                Some(last) if has_more => query.after = Some(last.id.clone()),
+                _ => break,
+            }
+        }
+        Ok(samples)
+    }
+
+    fn write_samples(&self, folder: &Path, samples: &[Sample]) -> Result<()> {
+        let mut text = String::new();
+        for sample in samples {
+            text.push_str(
+                &json!({"image": sample.image, "prompt": sample.prompt, "reward": sample.reward, "source": sample.source})
+                    .to_string(),
+            );
+            text.push('\n');
+        }
+        crate::storage::write_atomically(&folder.join("samples.jsonl"), text.as_bytes())
+    }
+
+    async fn train(&mut self, data: &Path, candidate: &Path) -> Result<()> {
+        if candidate.exists() {
+            std::fs::remove_dir_all(candidate)
+                .map_err(|err| Error::Internal(format!("cannot clear {}: {err}", candidate.display())))?;
+        }
+        let base_folder = {
+            let version = self
+                .manager
+                .pool
+                .registry()
+                .version(&self.spec.base_model, "base_model")
+                .await?;
+            self.manager.pool.registry().folder(&version)
+        };
+        let hyper = &self.spec.hyperparameters;
+        let pretrain = match self.spec.pretrain_data.kind.as_str() {
+            "folder" => json!({"kind": "folder", "path": self.spec.pretrain_data.path}),
+            _ => json!({"kind": "shapes_world", "images": self.spec.pretrain_data.images.unwrap_or(8192)}),
+        };
+        let trainer_spec = json!({
+            "base": base_folder.join("diffusers"),
+            "out": candidate,
+            "samples": data.join("samples.jsonl"),
+            "pretrain": pretrain,
+            "beta": hyper.beta,
+            "learning_rate": hyper.learning_rate,
+            "steps": hyper.steps,
+            "batch_size": hyper.batch_size,
+            "pretrain_fraction": hyper.pretrain_fraction,
+            "train_text_encoder": hyper.train_text_encoder,
+            "seed": self.spec.seed,
+            "threads": self.manager.config.trainer_threads,
+            // About 100 progress lines, and at least one every 25 steps.
+            "log_every": (hyper.steps / 100).clamp(1, 25),
+        });
+        let spec_path = self.folder.join("trainer-spec.json");
+        crate::storage::write_atomically(&spec_path, trainer_spec.to_string().as_bytes())?;
+        let mut command = match &self.manager.config.trainer_command {
+            Some(command) => command.clone(),
+            None => self.python("finetune_sd.py"),
+        };
+        command.extend(["--spec".into(), spec_path.to_string_lossy().into_owned()]);
+        let log = self.folder.join("trainer.log");
+        let _ = self
+            .manager
+            .storage
+            .insert_event(
+                &self.job.id,
+                "info",
+                "trainer",
+                &format!("started: {}", command.join(" ")),
+                Some(&trainer_spec),
+            )
+            .await;
+        let mut child = RunningChild::spawn(&command, &log)?;
+        let mut cancelled = self.cancelled.clone();
+        let mut losses = Vec::new();
+        let mut trainer_error = None;
+        loop {
+            tokio::select! {
+                line = child.next_line() => {
+                    let Some(line) = line? else { break };
+                    self.trainer_line(&line, &mut losses, &mut trainer_error).await;
+                }
+                changed = cancelled.changed() => {
+                    if changed.is_err() || *cancelled.borrow() {
+                        child.kill_group(Duration::from_secs(10)).await;
+                        return Err(Error::Cancelled);
+                    }
+                }
+            }
+        }
+        let status = child.wait().await?;
+        self.metrics["trainer"] = json!({
+            "final_loss": losses.last(),
+            "losses": losses,
+        });
+        if !status.success() {
+            let detail = trainer_error.unwrap_or_else(|| log_tail(&log, 1500));
+            return Err(Error::Internal(format!("the trainer failed ({status}): {detail}")));
+        }
+        if !candidate.join("model_index.json").is_file() {
+            return Err(Error::Internal(format!(
+                "the trainer exited cleanly but wrote no model to {}",
+                candidate.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// One line of the trainer's stdout: a progress event, or anything else, kept as a log event.
+    async fn trainer_line(&self, line: &str, losses: &mut Vec<Value>, trainer_error: &mut Option<String>) {
+        let storage = &self.manager.storage;
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            let _ = storage
+                .insert_event(&self.job.id, "info", "trainer_log", line, None)
+                .await;
+            return;
+        };
+        let kind = event["event"].as_str().unwrap_or("trainer").to_string();
+        match kind.as_str() {
+            "step" => {
+                let step = event["step"].as_f64().unwrap_or(0.0);
+                let steps = event["steps"].as_f64().unwrap_or(1.0).max(1.0);
+                if let Some(loss) = event["loss"].as_f64() {
+                    self.manager.metrics.fine_tune_trainer_loss.set(loss);
+                    losses.push(json!({"step": step, "loss": loss}));
+                }
+                let _ = self.stage_progress("train", step / steps).await;
+                let message = format!(
+                    "step {step}/{steps}: loss {}",
+                    event["loss"].as_f64().map_or("?".into(), |loss| format!("{loss:.5}"))
+                );
+                let _ = storage
+                    .insert_event(&self.job.id, "info", "progress", &message, Some(&event))
+                    .await;
+            }
+            "error" => {
+                let message = event["message"].as_str().unwrap_or("the trainer failed").to_string();
+                *trainer_error = Some(message.clone());
+                let _ = storage
+                    .insert_event(&self.job.id, "error", "trainer", &message, Some(&event))
+                    .await;
+            }
+            _ => {
+                let _ = storage
+                    .insert_event(
+                        &self.job.id,
+                        "info",
+                        "trainer",
+                        &format!("trainer: {kind}"),
+                        Some(&event),
+                    )
+                    .await;
+            }
+        }
+    }
+
+    /// Samples the evaluation prompts from `model` and judges them: the mean reward, and the rater's figures
+    /// (`trainer/evaluate.py`) when the prompts are the shapes world's.
+    #[allow(clippy::too_many_arguments)]
+    async fn evaluate(
+        &self,
+        model: &LoadedModel,
+        scorer: &Arc<Scorer>,
+        prompts: &[String],
+        per_prompt: u32,
+        seed: u64,
+        name: &str,
+        offset: f64,
+    ) -> Result<Value> {
+        let folder = self.folder.join("eval").join(name);
+        let samples = self
+            .sample(model, scorer, prompts, per_prompt, seed, &folder, "e", "evaluate")
+            .await?;
+        self.stage_progress("evaluate", offset + 0.5).await?;
+        let mut listing = String::new();
+        for sample in &samples {
+            listing.push_str(&json!({"image": sample.image, "prompt": sample.prompt}).to_string());
+            listing.push('\n');
+        }
+        crate::storage::write_atomically(&folder.join("prompts.jsonl"), listing.as_bytes())?;
+        let mut result = json!({
+            "images": samples.len(),
+            "mean_reward": mean(samples.iter().map(|sample| sample.reward)),
+        });
+        let mut command = self.python("evaluate.py");
+        command.extend(["--images".into(), folder.to_string_lossy().into_owned()]);
+        match run_to_end(&command, &self.folder.join("tools.log")).await {
+            Ok(output) => match serde_json::from_str::<Value>(output.trim()) {
+                Ok(Value::Object(figures)) => {
+                    for (key, value) in figures {
+                        if key != "images" {
+                            result[key] = value;
+                        }
+                    }
+                }
+                _ => tracing::warn!(job = %self.job.id, "evaluate.py printed no JSON object"),
+            },
+            Err(err) => {
+                let _ = self
+                    .manager
+                    .storage
+                    .insert_event(
+                        &self.job.id,
+                        "warning",
+                        "evaluate",
+                        &format!("the rater could not judge the {name} images: {err}"),
+                        None,
+                    )
+                    .await;
+            }
+        }
+        let _ = self
+            .manager
+            .storage
+            .insert_event(
+                &self.job.id,
+                "info",
+                "metrics",
+                &format!(
+                    "{name}: mean reward {}",
+                    fmt(result["mean_reward"].as_f64().unwrap_or(f64::NAN))
+                ),
+                Some(&result),
+            )
+            .await;
+        Ok(result)
+    }
+
+    /// The promotion gate: the mean reward must rise by `min_reward_gain`, and the quality proxy may fall by at
+    /// most `max_quality_drop` (when the rater could judge the images).
+    fn gate(&self, base: &Value, candidate: &Value) -> Value {
+        let reward_gain =
+            candidate["mean_reward"].as_f64().unwrap_or(f64::NAN) - base["mean_reward"].as_f64().unwrap_or(f64::NAN);
+        let quality_drop = match (base["quality"].as_f64(), candidate["quality"].as_f64()) {
+            (Some(base), Some(candidate)) => Some(base - candidate),
+            _ => None,
+        };
+        let mut reasons = Vec::new();
+        if !reward_gain.is_finite() || reward_gain < self.spec.min_reward_gain {
+            reasons.push(format!(
+                "the mean reward changed by {} (needs at least {:+.4})",
+                fmt_signed(reward_gain),
+                self.spec.min_reward_gain
+            ));
+        }
+        if let Some(drop) = quality_drop {
+            if drop > self.spec.max_quality_drop {
+                reasons.push(format!(
+                    "the quality proxy fell by {:.1} points (at most {:.1} allowed)",
+                    drop * 100.0,
+                    self.spec.max_quality_drop * 100.0
+                ));
+            }
+        }
+        json!({
+            "passed": reasons.is_empty(),
+            "reward_gain": reward_gain,
+            "quality_drop": quality_drop,
+            "min_reward_gain": self.spec.min_reward_gain,
+            "max_quality_drop": self.spec.max_quality_drop,
+            "reasons": reasons,
+        })
+    }
+}
+
+/// The paper weights each sample by a reward "roughly in [0, 1]". A reward model whose scores fall outside
+/// (a CLIP similarity, PickScore's logits) is rescaled over the job's samples: min to 0, max to 1. Returns a
+/// sentence saying so, or `None` when the scores fit already.
+fn rescale_rewards(samples: &mut [Sample]) -> Option<String> {
+    let (low, high) = samples
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), sample| {
+            (low.min(sample.reward), high.max(sample.reward))
+        });
+    if samples.is_empty() || (low >= -0.05 && high <= 1.05) {
+        return None;
+    }
+    let span = (high - low).max(1e-12);
+    for sample in samples.iter_mut() {
+        sample.reward = (sample.reward - low) / span;
+    }
+    Some(format!(
+        "the reward model's scores span [{low:.4}, {high:.4}], outside [0, 1]; rescaled min-max to [0, 1] as the trainer's weights"
+    ))
+}
+
+fn gate_line(gate: &Value) -> String {
+    let reasons: Vec<&str> = gate["reasons"]
+        .as_array()
+        .map(|reasons| reasons.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if reasons.is_empty() {
+        format!(
+            "passed: reward {}, quality proxy {}",
+            fmt_signed(gate["reward_gain"].as_f64().unwrap_or(f64::NAN)),
+            gate["quality_drop"]
+                .as_f64()
+                .map_or("not measured".into(), |drop| format!("{:+.1} points", -drop * 100.0))
+        )
+    } else {
+        format!("refused: {}", reasons.join("; "))
+    }
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, count) = values.fold((0.0, 0usize), |(sum, count), value| (sum + value, count + 1));
+    if count == 0 {
+        f64::NAN
+    } else {
+        sum / count as f64
+    }
+}
+
+fn fmt(value: f64) -> String {
+    if value.is_finite() {
+        format!("{value:.4}")
+    } else {
+        "n/a".into()
+    }
+}
+
+fn fmt_signed(value: f64) -> String {
+    if value.is_finite() {
+        format!("{value:+.4}")
+    } else {
+        "n/a".into()
+    }
+}

@@ -1,0 +1,568 @@
+//! The fine-tune job's request body (`POST /fine-tunes`), its defaults and its validation. Every refusal is a
+//! 422 that names the field and the limit.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::{Error, Result};
+
+/// The job's prompts: a list, or the shapes world's generator.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum PromptSource {
+    List(Vec<String>),
+    Generator(PromptGenerator),
+}
+
+/// Prompts drawn by `trainer/shapes_world.py prompts`: `count` distinct prompts of a split at random, or
+/// `per_category` of each category.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromptGenerator {
+    /// `shapes_world`, the only generator.
+    pub generator: String,
+    /// `train` (default for the job's prompts), `heldout` (default for `eval_prompts`) or `all`.
+    #[serde(default)]
+    pub split: Option<String>,
+    /// How many distinct prompts, drawn at random from the split.
+    #[serde(default)]
+    pub count: Option<u32>,
+    /// Or this many of each category (colour, count, background, combination).
+    #[serde(default)]
+    pub per_category: Option<u32>,
+    /// Seed of the draw. Default: the job's seed.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// The trainer's hyperparameters. The objective is E_model[r · L] + beta · E_pretrain[L].
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Hyperparameters {
+    /// Weight of the pre-training term. Default 1.0; 0 is the ablation without it.
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+    /// AdamW learning rate (constant after a 5% warm-up). Default 1e-4.
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f64,
+    /// Optimiser steps. Default 500.
+    #[serde(default = "default_steps")]
+    pub steps: i64,
+    /// Rows per step, the model's samples and pre-training data together. Default 32.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: i64,
+    /// Share of every batch from the pre-training data, in [0, 1). Default 0.5, as in the paper.
+    #[serde(default = "default_pretrain_fraction")]
+    pub pretrain_fraction: f64,
+    /// Train the text encoder too (the paper keeps it frozen). Default false.
+    #[serde(default)]
+    pub train_text_encoder: bool,
+}
+
+impl Default for Hyperparameters {
+    fn default() -> Self {
+        Hyperparameters {
+            beta: default_beta(),
+            learning_rate: default_learning_rate(),
+            steps: default_steps(),
+            batch_size: default_batch_size(),
+            pretrain_fraction: default_pretrain_fraction(),
+            train_text_encoder: false,
+        }
+    }
+}
+
+fn default_beta() -> f64 {
+    1.0
+}
+fn default_learning_rate() -> f64 {
+    1e-4
+}
+fn default_steps() -> i64 {
+    500
+}
+fn default_batch_size() -> i64 {
+    32
+}
+fn default_pretrain_fraction() -> f64 {
+    0.5
+}
+
+/// Where the pre-training term's data comes from.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainData {
+    /// `shapes_world` (captioned renders, with the pretraining's noisy counts) or `folder` (image files each
+    /// with a same-named `.txt` caption, or a `metadata.jsonl` of `{file_name, text}`: for a real SD model).
+    pub kind: String,
+    /// Renders to draw for `shapes_world`. Default 8192.
+    #[serde(default)]
+    pub images: Option<u32>,
+    /// The folder for `folder`, readable by the server.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+impl Default for PretrainData {
+    fn default() -> Self {
+        PretrainData {
+            kind: "shapes_world".into(),
+            images: Some(8192),
+            path: None,
+        }
+    }
+}
+
+/// When a finished job's version replaces the active one.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GateSpec {
+    /// The candidate's mean reward on the evaluation prompts must beat the base's by at least this much.
+    /// Default: the server's `--gate-min-reward-gain`.
+    #[serde(default)]
+    pub min_reward_gain: Option<f64>,
+    /// The quality proxy (share of images whose every object the rater can name) may drop by at most this
+    /// much, as a fraction (0.03 is 3 points). Default: the server's `--gate-max-quality-drop`.
+    #[serde(default)]
+    pub max_quality_drop: Option<f64>,
+}
+
+/// `POST /fine-tunes`. Absent fields take the defaults; unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "prompts": {"generator": "shapes_world", "split": "train", "count": 400},
+    "images_per_prompt": 8,
+    "use_feedback": true,
+    "hyperparameters": {"beta": 1.0, "learning_rate": 1e-4, "steps": 500, "batch_size": 32},
+    "activate_on_success": true
+}))]
+pub struct FineTuneRequest {
+    /// The version to start from. Default: the active one.
+    #[serde(default)]
+    pub base_model: Option<String>,
+    /// Prompts to sample from the base model. Default: 200 of the shapes world's training prompts.
+    #[serde(default)]
+    pub prompts: Option<PromptSource>,
+    /// Samples per prompt, scored by the reward model. Default 8; 0 trains on feedback alone.
+    #[serde(default)]
+    pub images_per_prompt: Option<u32>,
+    /// Train on the stored ratings too (good 1, bad 0; skips are left out). Default true.
+    #[serde(default)]
+    pub use_feedback: Option<bool>,
+    /// Retrain the reward model on the ratings first and score with it (paper §3.2). Default false.
+    #[serde(default)]
+    pub retrain_reward_model: Option<bool>,
+    /// Which loaded reward model scores the samples and the evaluation. Default: the first.
+    #[serde(default)]
+    pub reward_model: Option<String>,
+    #[serde(default)]
+    pub hyperparameters: Option<Hyperparameters>,
+    #[serde(default)]
+    pub pretrain_data: Option<PretrainData>,
+    /// Held-out prompts to evaluate base and candidate on. Default: 8 per category of the shapes world's
+    /// held-out prompts.
+    #[serde(default)]
+    pub eval_prompts: Option<PromptSource>,
+    /// Images per evaluation prompt. Default 8.
+    #[serde(default)]
+    pub eval_images_per_prompt: Option<u32>,
+    /// Seeds the prompts, the samples, the trainer and the evaluation. Default 0.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Make the new version active if it passes the gate. Default false.
+    #[serde(default)]
+    pub activate_on_success: Option<bool>,
+    #[serde(default)]
+    pub gate: Option<GateSpec>,
+}
+
+/// A validated job: every field set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobSpec {
+    pub base_model: String,
+    pub prompts: PromptSource,
+    pub images_per_prompt: u32,
+    pub use_feedback: bool,
+    pub retrain_reward_model: bool,
+    pub reward_model: Option<String>,
+    pub hyperparameters: Hyperparameters,
+    pub pretrain_data: PretrainData,
+    pub eval_prompts: PromptSource,
+    pub eval_images_per_prompt: u32,
+    pub seed: u64,
+    pub activate_on_success: bool,
+    pub min_reward_gain: f64,
+    pub max_quality_drop: f64,
+}
+
+/// Limits on a job's size, from the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct JobLimits {
+    pub max_prompts: usize,
+    pub max_images_per_prompt: u32,
+    pub max_steps: i64,
+    pub max_batch_size: i64,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        JobLimits {
+            max_prompts: 10_000,
+            max_images_per_prompt: 64,
+            max_steps: 100_000,
+            max_batch_size: 4096,
+        }
+    }
+}
+
+/// The server-wide gate, used where a job does not set its own.
+#[derive(Debug, Clone, Copy)]
+pub struct GateDefaults {
+    pub min_reward_gain: f64,
+    pub max_quality_drop: f64,
+}
+
+fn finite(field: &str, value: f64, low: f64, high: f64, high_open: bool) -> Result<f64> {
+    let above = if high_open { value >= high } else { value > high };
+    if !value.is_finite() || value < low || above {
+        let bracket = if high_open { ")" } else { "]" };
+        return Err(Error::validation(
+            field,
+            format!("`{field}` must be a finite number in [{low}, {high}{bracket}. Given: {value}"),
+        ));
+    }
+    Ok(value)
+}
+
+fn check_prompts(field: &str, source: &PromptSource, limits: &JobLimits) -> Result<()> {
+    match source {
+        PromptSource::List(prompts) => {
+            if prompts.is_empty() || prompts.len() > limits.max_prompts {
+                return Err(Error::validation(
+                    field,
+                    format!(
+                        "`{field}` must list 1 to {} prompts (--max-job-prompts). Given: {}",
+                        limits.max_prompts,
+                        prompts.len()
+                    ),
+                ));
+            }
+            if let Some(index) = prompts.iter().position(|prompt| prompt.trim().is_empty()) {
+                return Err(Error::validation(
+                    format!("{field}[{index}]"),
+                    format!("`{field}[{index}]` is empty"),
+                ));
+            }
+        }
+        PromptSource::Generator(generator) => {
+            if generator.generator != "shapes_world" {
+                return Err(Error::validation(
+                    format!("{field}.generator"),
+                    format!(
+                        "`{field}.generator` must be `shapes_world`. Given: `{}`",
+                        generator.generator
+                    ),
+                ));
+            }
+            if let Some(split) = &generator.split {
+                if !["train", "heldout", "all"].contains(&split.as_str()) {
+                    return Err(Error::validation(
+                        format!("{field}.split"),
+                        format!("`{field}.split` must be train, heldout or all. Given: `{split}`"),
+                    ));
+                }
+            }
+            match (generator.count, generator.per_category) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(Error::validation(
+                        format!("{field}.count"),
+                        format!("`{field}` needs exactly one of `count` and `per_category`"),
+                    ))
+                }
+                (Some(count), None) if count == 0 || count as usize > limits.max_prompts => {
+                    return Err(Error::validation(
+                        format!("{field}.count"),
+                        format!(
+                            "`{field}.count` must be between 1 and {}. Given: {count}",
+                            limits.max_prompts
+                        ),
+                    ))
+                }
+                (None, Some(0)) => {
+                    return Err(Error::validation(
+                        format!("{field}.per_category"),
+                        format!("`{field}.per_category` must be at least 1"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+impl FineTuneRequest {
+    /// Fills in defaults and checks every field; `base_model` is the resolved version id (checked by the
+    /// caller against the registry).
+    pub fn validate(self, base_model: String, limits: &JobLimits, gate: &GateDefaults) -> Result<JobSpec> {
+        let prompts = self.prompts.unwrap_or(PromptSource::Generator(PromptGenerator {
+            generator: "shapes_world".into(),
+            split: Some("train".into()),
+            count: Some(200),
+            per_category: None,
+            seed: None,
+        }));
+        check_prompts("prompts", &prompts, limits)?;
+        let eval_prompts = self.eval_prompts.unwrap_or(PromptSource::Generator(PromptGenerator {
+            generator: "shapes_world".into(),
+            split: Some("heldout".into()),
+            count: None,
+            per_category: Some(8),
+            seed: None,
+        }));
+        check_prompts("eval_prompts", &eval_prompts, limits)?;
+        let images_per_prompt = self.images_per_prompt.unwrap_or(8);
+        if images_per_prompt > limits.max_images_per_prompt {
+            return Err(Error::validation(
+                "images_per_prompt",
+                format!(
+                    "`images_per_prompt` must be at most {} (--max-job-images-per-prompt). Given: {images_per_prompt}",
+                    limits.max_images_per_prompt
+                ),
+            ));
+        }
+        let use_feedback = self.use_feedback.unwrap_or(true);
+        if images_per_prompt == 0 && !use_feedback {
+            return Err(Error::validation(
+                "images_per_prompt",
+                "`images_per_prompt` is 0 and `use_feedback` is false: the job would have no data",
+            ));
+        }
+        let eval_images_per_prompt = self.eval_images_per_prompt.unwrap_or(8);
+        if !(1..=limits.max_images_per_prompt).contains(&eval_images_per_prompt) {
+            return Err(Error::validation(
+                "eval_images_per_prompt",
+                format!(
+                    "`eval_images_per_prompt` must be between 1 and {}. Given: {eval_images_per_prompt}",
+                    limits.max_images_per_prompt
+                ),
+            ));
+        }
+        let hyper = self.hyperparameters.unwrap_or_default();
+        finite("hyperparameters.beta", hyper.beta, 0.0, 1e6, false)?;
+        finite("hyperparameters.learning_rate", hyper.learning_rate, 1e-12, 1.0, false)?;
+        if hyper.learning_rate <= 0.0 {
+            return Err(Error::validation(
+                "hyperparameters.learning_rate",
+                "`hyperparameters.learning_rate` must be above 0",
+            ));
+        }
+        finite(
+            "hyperparameters.pretrain_fraction",
+            hyper.pretrain_fraction,
+            0.0,
+            1.0,
+            true,
+        )?;
+        if !(1..=limits.max_steps).contains(&hyper.steps) {
+            return Err(Error::validation(
+                "hyperparameters.steps",
+                format!(
+                    "`hyperparameters.steps` must be between 1 and {}. Given: {}",
+                    limits.max_steps, hyper.steps
+                ),
+            ));
+        }
+        if !(1..=limits.max_batch_size).contains(&hyper.batch_size) {
+            return Err(Error::validation(
+                "hyperparameters.batch_size",
+                format!(
+                    "`hyperparameters.batch_size` must be between 1 and {}. Given: {}",
+                    limits.max_batch_size, hyper.batch_size
+                ),
+            ));
+        }
+        let pretrain_rows = (hyper.batch_size as f64 * hyper.pretrain_fraction).round() as i64;
+        if hyper.batch_size - pretrain_rows < 1 || (hyper.pretrain_fraction > 0.0 && pretrain_rows < 1) {
+            return Err(Error::validation(
+                "hyperparameters.batch_size",
+                format!(
+                    "`hyperparameters.batch_size` {} cannot be split at pretrain_fraction {}: each part needs a row",
+                    hyper.batch_size, hyper.pretrain_fraction
+                ),
+            ));
+        }
+        let pretrain_data = self.pretrain_data.unwrap_or_default();
+        match pretrain_data.kind.as_str() {
+            "shapes_world" => {
+                if pretrain_data.path.is_some() {
+                    return Err(Error::validation(
+                        "pretrain_data.path",
+                        "`pretrain_data.path` is for kind `folder`",
+                    ));
+                }
+                if pretrain_data.images == Some(0) {
+                    return Err(Error::validation(
+                        "pretrain_data.images",
+                        "`pretrain_data.images` must be at least 1",
+                    ));
+                }
+            }
+            "folder" => {
+                let Some(path) = &pretrain_data.path else {
+                    return Err(Error::validation(
+                        "pretrain_data.path",
+                        "`pretrain_data.path` is required for kind `folder`",
+                    ));
+                };
+                if std::fs::read_dir(PathBuf::from(path)).is_err() {
+                    return Err(Error::validation(
+                        "pretrain_data.path",
+                        format!("`pretrain_data.path` is `{path}`, which is not a folder this server can read"),
+                    ));
+                }
+            }
+            other => {
+                return Err(Error::validation(
+                    "pretrain_data.kind",
+                    format!("`pretrain_data.kind` must be shapes_world or folder. Given: `{other}`"),
+                ))
+            }
+        }
+        let gate_spec = self.gate.unwrap_or(GateSpec {
+            min_reward_gain: None,
+            max_quality_drop: None,
+        });
+        let min_reward_gain = finite(
+            "gate.min_reward_gain",
+            gate_spec.min_reward_gain.unwrap_or(gate.min_reward_gain),
+            -1.0,
+            1.0,
+            false,
+        )?;
+        let max_quality_drop = finite(
+            "gate.max_quality_drop",
+            gate_spec.max_quality_drop.unwrap_or(gate.max_quality_drop),
+            0.0,
+            1.0,
+            false,
+        )?;
+        Ok(JobSpec {
+            base_model,
+            prompts,
+            images_per_prompt,
+            use_feedback,
+            retrain_reward_model: self.retrain_reward_model.unwrap_or(false),
+            reward_model: self.reward_model,
+            hyperparameters: hyper,
+            pretrain_data,
+            eval_prompts,
+            eval_images_per_prompt,
+            seed: self.seed.unwrap_or(0),
+            activate_on_success: self.activate_on_success.unwrap_or(false),
+            min_reward_gain,
+            max_quality_drop,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: serde_json::Value) -> FineTuneRequest {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn check(json: serde_json::Value) -> Result<JobSpec> {
+        let gate = GateDefaults {
+            min_reward_gain: 0.0,
+            max_quality_drop: 0.03,
+        };
+        request(json).validate("base".into(), &JobLimits::default(), &gate)
+    }
+
+    #[test]
+    fn defaults_fill_an_empty_request() {
+        let spec = check(serde_json::json!({})).unwrap();
+        assert_eq!(spec.hyperparameters.pretrain_fraction, 0.5);
+        assert_eq!(spec.images_per_prompt, 8);
+        assert!(spec.use_feedback);
+        assert!(!spec.activate_on_success);
+        assert_eq!(spec.max_quality_drop, 0.03);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        for (body, field) in [
+            (
+                serde_json::json!({"hyperparameters": {"steps": 0}}),
+                "hyperparameters.steps",
+            ),
+            (
+                serde_json::json!({"hyperparameters": {"steps": -3}}),
+                "hyperparameters.steps",
+            ),
+            (
+                serde_json::json!({"hyperparameters": {"pretrain_fraction": 1.0}}),
+                "hyperparameters.pretrain_fraction",
+            ),
+            (
+                serde_json::json!({"hyperparameters": {"beta": -1.0}}),
+                "hyperparameters.beta",
+            ),
+            (
+                serde_json::json!({"hyperparameters": {"batch_size": 1}}),
+                "hyperparameters.batch_size",
+            ),
+            (
+                serde_json::json!({"pretrain_data": {"kind": "folder", "path": "/no/such/folder"}}),
+                "pretrain_data.path",
+            ),
+            (
+                serde_json::json!({"pretrain_data": {"kind": "laion"}}),
+                "pretrain_data.kind",
+            ),
+            (serde_json::json!({"prompts": []}), "prompts"),
+            (serde_json::json!({"prompts": ["a red circle", " "]}), "prompts[1]"),
+            (
+                serde_json::json!({"prompts": {"generator": "coco", "count": 3}}),
+                "prompts.generator",
+            ),
+            (
+                serde_json::json!({"eval_prompts": {"generator": "shapes_world"}}),
+                "eval_prompts.count",
+            ),
+            (serde_json::json!({"images_per_prompt": 1000}), "images_per_prompt"),
+            (
+                serde_json::json!({"images_per_prompt": 0, "use_feedback": false}),
+                "images_per_prompt",
+            ),
+            (
+                serde_json::json!({"gate": {"max_quality_drop": 2.0}}),
+                "gate.max_quality_drop",
+            ),
+        ] {
+            let err = check(body.clone()).unwrap_err();
+            assert_eq!(err.param(), Some(field), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_nan_beta_is_refused() {
+        let mut spec = request(serde_json::json!({}));
+        spec.hyperparameters = Some(Hyperparameters {
+            beta: f64::NAN,
+            ..Hyperparameters::default()
+        });
+        let gate = GateDefaults {
+            min_reward_gain: 0.0,
+            max_quality_drop: 0.03,
+        };
+        let err = spec.validate("base".into(), &JobLimits::default(), &gate).unwrap_err();
+        assert_eq!(err.param(), Some("hyperparameters.beta"));
+    }
+}

@@ -1,0 +1,294 @@
+//! Model versions: which diffusion models this server can serve, where their files are, which one is active,
+//! and the loaded engines that serve them (`pool`).
+//!
+//! A `--model` folder is registered as a version named after the folder and served where it is. A fine-tune
+//! job's candidate is registered by `register_candidate`: the trainer wrote it into a temporary folder in the
+//! job's directory, the job checked that it loads, and here each file's SHA-256 is recorded and the folder is
+//! renamed into `models/<id>/` of the data directory before its row is inserted. A version's files are checked
+//! against the recorded digests before it is loaded, so a damaged version is refused and the active one keeps
+//! serving.
+
+pub mod pool;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::storage::{Storage, VersionKind, VersionRecord};
+
+/// The data directory's folder for registered versions.
+pub const VERSIONS_DIR: &str = "models";
+
+pub struct Registry {
+    storage: Arc<Storage>,
+    data_dir: PathBuf,
+}
+
+/// A candidate version to register: where the job left it and what to record with it.
+pub struct Candidate<'a> {
+    pub folder: &'a Path,
+    pub id: &'a str,
+    pub parent: &'a str,
+    pub job_id: &'a str,
+    pub metrics: &'a Value,
+}
+
+impl Registry {
+    pub fn new(storage: Arc<Storage>, data_dir: &Path) -> Result<Self> {
+        let versions = data_dir.join(VERSIONS_DIR);
+        std::fs::create_dir_all(&versions)
+            .map_err(|err| Error::Config(format!("cannot create {}: {err}", versions.display())))?;
+        Ok(Registry {
+            storage,
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// Registers a folder served as it is (the `--model` folder) under `id`.
+    pub async fn register_folder(&self, id: &str, folder: &Path) -> Result<VersionRecord> {
+        let absolute = std::fs::canonicalize(folder)
+            .map_err(|err| Error::model(folder, format!("cannot resolve the folder: {err}")))?;
+        self.storage
+            .upsert_folder_version(id, VersionKind::Diffusion, &absolute.to_string_lossy())
+            .await
+    }
+
+    /// The version to serve at start-up: the active one if it descends from the `--model` folder's version
+    /// `folder_id` (a promoted fine-tune survives a restart), else `folder_id` itself, which becomes active.
+    pub async fn startup_version(&self, folder_id: &str) -> Result<VersionRecord> {
+        let versions = self.storage.versions(VersionKind::Diffusion).await?;
+        if let Some(active) = versions.iter().find(|version| version.active) {
+            let mut root = active;
+            // Follow the lineage to the folder it was fine-tuned from (bounded: a cycle cannot loop forever).
+            for _ in 0..versions.len() {
+                match root
+                    .parent
+                    .as_ref()
+                    .and_then(|parent| versions.iter().find(|v| &v.id == parent))
+                {
+                    Some(parent) => root = parent,
+                    None => break,
+                }
+            }
+            if root.id == folder_id && active.id != folder_id {
+                match self.verify(active).await {
+                    Ok(()) => return Ok(active.clone()),
+                    Err(err) => tracing::warn!(
+                        version = %active.id,
+                        error = %err,
+                        "the active version's files are damaged; serving the --model folder instead"
+                    ),
+                }
+            }
+        }
+        self.storage.set_active_version(folder_id).await?;
+        self.version(folder_id, "model").await
+    }
+
+    /// Removes folders under `models/` that no version row points at: a registration cut short by a crash.
+    pub async fn remove_unregistered(&self) -> Result<()> {
+        let versions = self.data_dir.join(VERSIONS_DIR);
+        let entries = std::fs::read_dir(&versions)
+            .map_err(|err| Error::Config(format!("cannot list {}: {err}", versions.display())))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let registered = match self.storage.version(&name).await? {
+                Some(version) => self.folder(&version) == entry.path(),
+                None => false,
+            };
+            if !registered {
+                tracing::warn!(folder = %entry.path().display(), "removing a model folder that was never registered");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// The version `id`, or a 422 naming `field` that lists the known ones.
+    pub async fn version(&self, id: &str, field: &str) -> Result<VersionRecord> {
+        if let Some(version) = self.storage.version(id).await? {
+            if version.kind == VersionKind::Diffusion.name() {
+                return Ok(version);
+            }
+        }
+        let known: Vec<String> = self
+            .storage
+            .versions(VersionKind::Diffusion)
+            .await?
+            .into_iter()
+            .map(|version| version.id)
+            .collect();
+        Err(Error::validation(
+            field,
+            format!(
+                "`{field}` is `{id}`, which is not a model version; known versions: {}",
+                known.join(", ")
+            ),
+        ))
+    }
+
+    /// Where a version's files are.
+    pub fn folder(&self, version: &VersionRecord) -> PathBuf {
+        let path = PathBuf::from(&version.path);
+        if path.is_absolute() {
+            path
+        } else {
+            self.data_dir.join(path)
+        }
+    }
+
+    /// Checks a registered version's files against the digests recorded when it was registered.
+    pub async fn verify(&self, version: &VersionRecord) -> Result<()> {
+        let Some(Value::Object(expected)) = version.checksums.clone() else {
+            return Ok(());
+        };
+        let folder = self.folder(version);
+        let id = version.id.clone();
+        tokio::task::spawn_blocking(move || {
+            for (relative, digest) in expected {
+                let path = folder.join(&relative);
+                let actual = sha256_file(&path)
+                    .map_err(|err| Error::model(&folder, format!("version `{id}`: cannot read {relative}: {err}")))?;
+                if Some(actual.as_str()) != digest.as_str() {
+                    return Err(Error::model(
+                        &folder,
+                        format!("version `{id}`: {relative} does not match the SHA-256 recorded at registration"),
+                    ));
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|err| Error::Internal(format!("the checksum task stopped: {err}")))?
+    }
+
+    /// Moves a checked candidate folder into the registry and records it, with the SHA-256 of every file.
+    /// On any failure nothing is registered and the candidate folder is left where it was.
+    pub async fn register_candidate(&self, candidate: Candidate<'_>) -> Result<VersionRecord> {
+        let relative = format!("{VERSIONS_DIR}/{}", candidate.id);
+        let target = self.data_dir.join(&relative);
+        if target.exists() {
+            return Err(Error::Internal(format!("{} exists already", target.display())));
+        }
+        let folder = candidate.folder.to_path_buf();
+        let checksums = tokio::task::spawn_blocking(move || checksums(&folder))
+            .await
+            .map_err(|err| Error::Internal(format!("the checksum task stopped: {err}")))??;
+        std::fs::rename(candidate.folder, &target).map_err(|err| {
+            Error::Internal(format!(
+                "cannot move {} to {}: {err}",
+                candidate.folder.display(),
+                target.display()
+            ))
+        })?;
+        let record = VersionRecord {
+            id: candidate.id.to_string(),
+            created_at: crate::storage::now_millis(),
+            kind: VersionKind::Diffusion.name().into(),
+            source: "fine_tune".into(),
+            path: relative,
+            parent: Some(candidate.parent.to_string()),
+            job_id: Some(candidate.job_id.to_string()),
+            metrics: Some(candidate.metrics.clone()),
+            checksums: Some(serde_json::to_value(checksums).unwrap_or(Value::Null)),
+            active: false,
+        };
+        if let Err(err) = self.storage.insert_version(&record).await {
+            // Put the folder back so the registry never holds files without a row.
+            let _ = std::fs::rename(&target, candidate.folder);
+            return Err(err);
+        }
+        Ok(record)
+    }
+}
+
+/// SHA-256 of every file under `folder`, by path relative to it (with `/`).
+pub fn checksums(folder: &Path) -> Result<BTreeMap<String, String>> {
+    let mut digests = BTreeMap::new();
+    let mut pending = vec![folder.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries =
+            std::fs::read_dir(&dir).map_err(|err| Error::Internal(format!("cannot list {}: {err}", dir.display())))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|err| Error::Internal(format!("cannot list {}: {err}", dir.display())))?
+                .path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let relative = path
+                    .strip_prefix(folder)
+                    .map_err(|err| Error::Internal(err.to_string()))?
+                    .components()
+                    .map(|part| part.as_os_str().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                let digest = sha256_file(&path)
+                    .map_err(|err| Error::Internal(format!("cannot read {}: {err}", path.display())))?;
+                digests.insert(relative, digest);
+            }
+        }
+    }
+    Ok(digests)
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+    }
+    Ok(hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_registered_candidate_is_moved_checksummed_and_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(&dir.path().join("data"), 1).await.unwrap());
+        let registry = Registry::new(storage.clone(), &dir.path().join("data")).unwrap();
+        let candidate = dir.path().join("candidate");
+        std::fs::create_dir_all(candidate.join("unet")).unwrap();
+        std::fs::write(candidate.join("unet/model.onnx"), b"weights").unwrap();
+        std::fs::write(candidate.join("model_index.json"), b"{}").unwrap();
+        let record = registry
+            .register_candidate(Candidate {
+                folder: &candidate,
+                id: "base-ft-1",
+                parent: "base",
+                job_id: "ft_1",
+                metrics: &serde_json::json!({"gate": {"passed": true}}),
+            })
+            .await
+            .unwrap();
+        assert!(!candidate.exists());
+        let folder = registry.folder(&record);
+        assert!(folder.join("unet/model.onnx").is_file());
+        let sums = record.checksums.clone().unwrap();
+        assert_eq!(sums.as_object().unwrap().len(), 2);
+        assert!(sums.get("unet/model.onnx").is_some());
+        registry.verify(&record).await.unwrap();
+        std::fs::write(folder.join("unet/model.onnx"), b"damaged").unwrap();
+        let err = registry.verify(&record).await.unwrap_err();
+        assert!(err.to_string().contains("unet/model.onnx"), "{err}");
+        let err = registry.version("nope", "base_model").await.unwrap_err();
+        assert_eq!(err.param(), Some("base_model"));
+    }
+}

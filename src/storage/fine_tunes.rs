@@ -1,0 +1,548 @@
+//! Fine-tune jobs, their events and model versions in the database (#5). The job runner (`crate::jobs`) and
+//! the registry (`crate::registry`) own the logic; this file only reads and writes rows.
+
+use serde_json::Value;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use super::{database_error, now_millis, Storage};
+use crate::error::{Error, Result};
+
+/// Where a job is in its life. Only `queued` and `running` can still change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const NAMES: &'static str = "queued, running, succeeded, failed, cancelled";
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            JobStatus::Queued,
+            JobStatus::Running,
+            JobStatus::Succeeded,
+            JobStatus::Failed,
+            JobStatus::Cancelled,
+        ]
+        .into_iter()
+        .find(|status| status.name() == name)
+    }
+
+    pub fn is_final(&self) -> bool {
+        !matches!(self, JobStatus::Queued | JobStatus::Running)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub status: JobStatus,
+    pub stage: Option<String>,
+    pub progress: f64,
+    pub base_model: String,
+    pub spec: Value,
+    pub metrics: Option<Value>,
+    pub result_model: Option<String>,
+    pub error: Option<String>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobEvent {
+    pub id: String,
+    pub job_id: String,
+    pub created_at: i64,
+    pub level: String,
+    pub kind: String,
+    pub message: String,
+    pub data: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionKind {
+    Diffusion,
+    Reward,
+}
+
+impl VersionKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            VersionKind::Diffusion => "diffusion",
+            VersionKind::Reward => "reward",
+        }
+    }
+}
+
+/// A registered model version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionRecord {
+    pub id: String,
+    pub created_at: i64,
+    pub kind: String,
+    /// `folder` (a --model folder, served where it is) or `fine_tune` (copied into the data directory).
+    pub source: String,
+    /// Absolute for `folder`; relative to the data directory for `fine_tune`.
+    pub path: String,
+    pub parent: Option<String>,
+    pub job_id: Option<String>,
+    pub metrics: Option<Value>,
+    pub checksums: Option<Value>,
+    pub active: bool,
+}
+
+fn json_column(row: &SqliteRow, name: &str) -> Option<Value> {
+    row.get::<Option<String>, _>(name)
+        .and_then(|text| serde_json::from_str(&text).ok())
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<JobRecord> {
+    let status: String = row.get("status");
+    Ok(JobRecord {
+        id: row.get("id"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        status: JobStatus::from_name(&status)
+            .ok_or_else(|| Error::Internal(format!("storage: a job has the unknown status `{status}`")))?,
+        stage: row.get("stage"),
+        progress: row.get("progress"),
+        base_model: row.get("base_model"),
+        spec: json_column(row, "spec").unwrap_or(Value::Null),
+        metrics: json_column(row, "metrics"),
+        result_model: row.get("result_model"),
+        error: row.get("error"),
+        started_at: row.get("started_at"),
+        finished_at: row.get("finished_at"),
+    })
+}
+
+fn version_from_row(row: &SqliteRow) -> VersionRecord {
+    VersionRecord {
+        id: row.get("id"),
+        created_at: row.get("created_at"),
+        kind: row.get("kind"),
+        source: row.get("source"),
+        path: row.get("path"),
+        parent: row.get("parent"),
+        job_id: row.get("job_id"),
+        metrics: json_column(row, "metrics"),
+        checksums: json_column(row, "checksums"),
+        active: row.get::<i64, _>("active") != 0,
+    }
+}
+
+const JOB_COLUMNS: &str = "id, created_at, updated_at, status, stage, progress, base_model, spec, metrics, \
+     result_model, error, started_at, finished_at";
+const VERSION_COLUMNS: &str = "id, created_at, kind, source, path, parent, job_id, metrics, checksums, active";
+
+impl Storage {
+    /// Records a new queued job.
+    pub async fn insert_job(&self, id: &str, base_model: &str, spec: &Value) -> Result<JobRecord> {
+        let now = now_millis();
+        sqlx::query(
+            "INSERT INTO fine_tunes (id, created_at, updated_at, status, progress, base_model, spec) \
+             VALUES (?, ?, ?, 'queued', 0, ?, ?)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(now)
+        .bind(base_model)
+        .bind(spec.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(|err| database_error("cannot record the job", err))?;
+        self.job(id)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("storage: job `{id}` vanished after its insert")))
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<JobRecord>> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM fine_tunes WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|err| database_error("cannot read the job", err))?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// A page of jobs, newest first, after the job `after`; and whether more follow.
+    pub async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<JobRecord>, bool)> {
+        let before_rowid = match after {
+            Some(_) => self.cursor("fine_tunes", after, "a fine-tune job's").await?,
+            None => i64::MAX,
+        };
+        let limit = i64::from(limit.max(1));
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM fine_tunes WHERE rowid < ? AND (? IS NULL OR status = ?) \
+             ORDER BY rowid DESC LIMIT ?"
+        ))
+        .bind(before_rowid)
+        .bind(status.map(|status| status.name()))
+        .bind(status.map(|status| status.name()))
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|err| database_error("cannot list jobs", err))?;
+        let has_more = rows.len() as i64 > limit;
+        let jobs = rows
+            .iter()
+            .take(limit as usize)
+            .map(job_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((jobs, has_more))
+    }
+
+    /// How many jobs have each status.
+    pub async fn job_counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS count FROM fine_tunes GROUP BY status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|err| database_error("cannot count jobs", err))?;
+        Ok(rows.iter().map(|row| (row.get("status"), row.get("count"))).collect())
+    }
+
+    /// The oldest queued job, which runs next.
+    pub async fn next_queued_job(&self) -> Result<Option<JobRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM fine_tunes WHERE status = 'queued' ORDER BY rowid LIMIT 1"
+        ))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|err| database_error("cannot read the queue", err))?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Moves a job to `status` if it is still queued or running; returns whether it moved. A final status
+    /// records the error (if any) and the finish time.
+    pub async fn set_job_status(&self, id: &str, status: JobStatus, error: Option<&str>) -> Result<bool> {
+        let now = now_millis();
+        let result = sqlx::query(
+            "UPDATE fine_tunes SET status = ?, updated_at = ?, error = COALESCE(?, error), \
+             started_at = CASE WHEN ? = 'running' THEN ? ELSE started_at END, \
+             finished_at = CASE WHEN ? IN ('succeeded', 'failed', 'cancelled') THEN ? ELSE finished_at END \
+             WHERE id = ? AND status IN ('queued', 'running')",
+        )
+        .bind(status.name())
+        .bind(now)
+        .bind(error)
+        .bind(status.name())
+        .bind(now)
+        .bind(status.name())
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(|err| database_error("cannot update the job", err))?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    pub async fn set_job_stage(&self, id: &str, stage: &str, progress: f64) -> Result<()> {
+        sqlx::query("UPDATE fine_tunes SET stage = ?, progress = ?, updated_at = ? WHERE id = ?")
+            .bind(stage)
+            .bind(progress.clamp(0.0, 1.0))
+            .bind(now_millis())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|err| database_error("cannot update the job's stage", err))?;
+        Ok(())
+    }
+
+    pub async fn set_job_progress(&self, id: &str, progress: f64) -> Result<()> {
+        sqlx::query("UPDATE fine_tunes SET progress = ?, updated_at = ? WHERE id = ?")
+            .bind(progress.clamp(0.0, 1.0))
+            .bind(now_millis())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|err| database_error("cannot update the job's progress", err))?;
+        Ok(())
+    }
+
+    pub async fn set_job_metrics(&self, id: &str, metrics: &Value) -> Result<()> {
+        sqlx::query("UPDATE fine_tunes SET metrics = ?, updated_at = ? WHERE id = ?")
+            .bind(metrics.to_string())
+            .bind(now_millis())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|err| database_error("cannot update the job's metrics", err))?;
+        Ok(())
+    }
+
+    pub async fn set_job_result(&self, id: &str, model: &str) -> Result<()> {
+        sqlx::query("UPDATE fine_tunes SET result_model = ?, updated_at = ? WHERE id = ?")
+            .bind(model)
+            .bind(now_millis())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|err| database_error("cannot record the job's model", err))?;
+        Ok(())
+    }
+
+    /// Jobs left `running` by a server that stopped: they cannot resume, so they fail, with an event.
+    pub async fn fail_interrupted_jobs(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT id FROM fine_tunes WHERE status = 'running'")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|err| database_error("cannot list running jobs", err))?;
+        let mut failed = Vec::new();
+        for row in rows {
+            let id: String = row.get("id");
+            let message = "interrupted: the server stopped while the job was running";
+            if self.set_job_status(&id, JobStatus::Failed, Some(message)).await? {
+                self.insert_event(&id, "error", "status", &format!("failed ({message})"), None)
+                    .await?;
+                failed.push(id);
+            }
+        }
+        Ok(failed)
+    }
+
+    pub async fn insert_event(
+        &self,
+        job_id: &str,
+        level: &str,
+        kind: &str,
+        message: &str,
+        data: Option<&Value>,
+    ) -> Result<JobEvent> {
+        let event = JobEvent {
+            id: format!("ftevent_{}", uuid::Uuid::new_v4().simple()),
+            job_id: job_id.to_string(),
+            created_at: now_millis(),
+            level: level.to_string(),
+            kind: kind.to_string(),
+            message: message.to_string(),
+            data: data.cloned(),
+        };
+        sqlx::query(
+            "INSERT INTO fine_tune_events (id, job_id, created_at, level, kind, message, data) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&event.id)
+        .bind(&event.job_id)
+        .bind(event.created_at)
+        .bind(&event.level)
+        .bind(&event.kind)
+        .bind(&event.message)
+        .bind(data.map(Value::to_string))
+        .execute(&self.pool)
+        .await
+        .map_err(|err| database_error("cannot record the job's event", err))?;
+        Ok(event)
+    }
+
+    /// A page of a job's events, oldest first, after the event `after`.
+    pub async fn list_events(&self, job_id: &str, after: Option<&str>, limit: u32) -> Result<(Vec<JobEvent>, bool)> {
+        let after_rowid = self.cursor("fine_tune_events", after, "an event's").await?;
+        let limit = i64::from(limit.max(1));
+        let rows = sqlx::query(
+            "SELECT id, job_id, created_at, level, kind, message, data FROM fine_tune_events \
+             WHERE job_id = ? AND rowid > ? ORDER BY rowid LIMIT ?",
+        )
+        .bind(job_id)
+        .bind(after_rowid)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|err| database_error("cannot list the job's events", err))?;
+        let has_more = rows.len() as i64 > limit;
+        let events = rows
+            .iter()
+            .take(limit as usize)
+            .map(|row| JobEvent {
+                id: row.get("id"),
+                job_id: row.get("job_id"),
+                created_at: row.get("created_at"),
+                level: row.get("level"),
+                kind: row.get("kind"),
+                message: row.get("message"),
+                data: json_column(row, "data"),
+            })
+            .collect();
+        Ok((events, has_more))
+    }
+
+    /// Records (or refreshes the path of) a version served from a folder as it is.
+    pub async fn upsert_folder_version(&self, id: &str, kind: VersionKind, path: &str) -> Result<VersionRecord> {
+        sqlx::query(
+            "INSERT INTO model_versions (id, created_at, kind, source, path) VALUES (?, ?, ?, 'folder', ?) \
+             ON CONFLICT (id) DO UPDATE SET path = excluded.path WHERE source = 'folder'",
+        )
+        .bind(id)
+        .bind(now_millis())
+        .bind(kind.name())
+        .bind(path)
+        .execute(&self.pool)
+        .await
+        .map_err(|err| database_error("cannot record the model version", err))?;
+        self.version(id)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("storage: version `{id}` vanished after its insert")))
+    }
+
+    /// Records a fine-tuned version; its files are in place already.
+    pub async fn insert_version(&self, version: &VersionRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO model_versions (id, created_at, kind, source, path, parent, job_id, metrics, checksums, active) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+        )
+        .bind(&version.id)
+        .bind(version.created_at)
+        .bind(&version.kind)
+        .bind(&version.source)
+        .bind(&version.path)
+        .bind(&version.parent)
+        .bind(&version.job_id)
+        .bind(version.metrics.as_ref().map(Value::to_string))
+        .bind(version.checksums.as_ref().map(Value::to_string))
+        .execute(&self.pool)
+        .await
+        .map_err(|err| database_error("cannot record the model version", err))?;
+        Ok(())
+    }
+
+    pub async fn version(&self, id: &str) -> Result<Option<VersionRecord>> {
+        let row = sqlx::query(&format!("SELECT {VERSION_COLUMNS} FROM model_versions WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|err| database_error("cannot read the model version", err))?;
+        Ok(row.as_ref().map(version_from_row))
+    }
+
+    /// Every version of a kind, oldest first.
+    pub async fn versions(&self, kind: VersionKind) -> Result<Vec<VersionRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM model_versions WHERE kind = ? ORDER BY created_at, rowid"
+        ))
+        .bind(kind.name())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|err| database_error("cannot list model versions", err))?;
+        Ok(rows.iter().map(version_from_row).collect())
+    }
+
+    /// Makes `id` the one active diffusion version, in one transaction.
+    pub async fn set_active_version(&self, id: &str) -> Result<()> {
+        let mut transaction = self
+            .pool
+            .begin()
+            .await
+            .map_err(|err| database_error("cannot start a transaction", err))?;
+        sqlx::query("UPDATE model_versions SET active = 0 WHERE kind = 'diffusion' AND active = 1")
+            .execute(&mut *transaction)
+            .await
+            .map_err(|err| database_error("cannot deactivate the version", err))?;
+        let updated = sqlx::query("UPDATE model_versions SET active = 1 WHERE id = ? AND kind = 'diffusion'")
+            .bind(id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(|err| database_error("cannot activate the version", err))?;
+        if updated.rows_affected() != 1 {
+            return Err(Error::NotFound(format!("no diffusion model version `{id}`")));
+        }
+        transaction
+            .commit()
+            .await
+            .map_err(|err| database_error("cannot commit the activation", err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn jobs_move_once_to_a_final_status_and_interrupted_ones_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), 1).await.unwrap();
+        let spec = serde_json::json!({"steps": 3});
+        storage.insert_job("ft_a", "base", &spec).await.unwrap();
+        storage.insert_job("ft_b", "base", &spec).await.unwrap();
+        assert_eq!(storage.next_queued_job().await.unwrap().unwrap().id, "ft_a");
+        assert!(storage.set_job_status("ft_a", JobStatus::Running, None).await.unwrap());
+        assert_eq!(storage.next_queued_job().await.unwrap().unwrap().id, "ft_b");
+        assert!(storage
+            .set_job_status("ft_b", JobStatus::Cancelled, None)
+            .await
+            .unwrap());
+        assert!(!storage.set_job_status("ft_b", JobStatus::Running, None).await.unwrap());
+        drop(storage);
+
+        let storage = Storage::open(dir.path(), 1).await.unwrap();
+        assert_eq!(storage.fail_interrupted_jobs().await.unwrap(), vec!["ft_a".to_string()]);
+        let job = storage.job("ft_a").await.unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Failed);
+        assert!(job.error.unwrap().contains("interrupted"));
+        assert!(job.finished_at.is_some());
+        let (events, more) = storage.list_events("ft_a", None, 10).await.unwrap();
+        assert!(!more);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].level, "error");
+        let (jobs, more) = storage.list_jobs(None, None, 1).await.unwrap();
+        assert_eq!(jobs[0].id, "ft_b", "newest first");
+        assert!(more);
+        let (jobs, more) = storage.list_jobs(None, Some("ft_b"), 5).await.unwrap();
+        assert_eq!(jobs.iter().map(|job| job.id.as_str()).collect::<Vec<_>>(), vec!["ft_a"]);
+        assert!(!more);
+        let (failed, _) = storage.list_jobs(Some(JobStatus::Failed), None, 5).await.unwrap();
+        assert_eq!(failed.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn one_version_is_active() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), 1).await.unwrap();
+        storage
+            .upsert_folder_version("base", VersionKind::Diffusion, "/models/base")
+            .await
+            .unwrap();
+        storage
+            .upsert_folder_version("other", VersionKind::Diffusion, "/models/other")
+            .await
+            .unwrap();
+        storage.set_active_version("base").await.unwrap();
+        storage.set_active_version("other").await.unwrap();
+        let versions = storage.versions(VersionKind::Diffusion).await.unwrap();
+        let active: Vec<_> = versions.iter().filter(|v| v.active).map(|v| v.id.as_str()).collect();
+        assert_eq!(active, vec!["other"]);
+        assert!(matches!(
+            storage.set_active_version("missing").await,
+            Err(Error::NotFound(_))
+        ));
+        let still: Vec<_> = storage
+            .versions(VersionKind::Diffusion)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|v| v.active)
+            .map(|v| v.id)
+            .collect();
+        assert_eq!(still, vec!["other".to_string()], "a failed activation changes nothing");
+    }
+}

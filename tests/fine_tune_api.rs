@@ -1,0 +1,371 @@
+//! Fine-tune jobs and model versions over HTTP (#5), against a real server, the real trainer
+//! (`trainer/finetune_sd.py` in `.venv-trainer`) and tiny-sd: the lifecycle from ratings to generating with the
+//! new version, cancel, a server killed mid-job, a corrupt candidate, and bad specs.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{binary, repo_path, Server};
+use serde_json::{json, Value};
+
+/// The server flags that point jobs at this checkout's trainer.
+fn trainer_args() -> Vec<String> {
+    let python = repo_path(".venv-trainer/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run the tests through `make test` (it builds the trainer's venv)",
+        python.display()
+    );
+    vec![
+        "--trainer-python".into(),
+        python.display().to_string(),
+        "--trainer-dir".into(),
+        repo_path("trainer").display().to_string(),
+        "--trainer-threads".into(),
+        "1".into(),
+    ]
+}
+
+fn start(data_dir: &std::path::Path, extra: &[&str]) -> Server {
+    let data = data_dir.display().to_string();
+    let trainer = trainer_args();
+    let mut args: Vec<&str> = vec!["--data-dir", &data];
+    args.extend(trainer.iter().map(String::as_str));
+    args.extend(extra);
+    Server::start(&args)
+}
+
+/// A job small enough for tiny-sd to finish in seconds; `steps` sets how long the trainer runs.
+fn tiny_job(steps: u64) -> Value {
+    json!({
+        "prompts": ["a red circle", "two blue squares"],
+        "images_per_prompt": 2,
+        "hyperparameters": {"steps": steps, "batch_size": 4, "learning_rate": 1e-4},
+        "pretrain_data": {"kind": "shapes_world", "images": 8},
+        "eval_prompts": ["a red circle", "three green stars"],
+        "eval_images_per_prompt": 2,
+        // tiny-sd is random: the gate is opened wide so that the lifecycle does not depend on its luck.
+        "gate": {"min_reward_gain": -1.0, "max_quality_drop": 1.0},
+    })
+}
+
+fn job(server: &Server, id: &str) -> Value {
+    let response = server.get(&format!("/fine-tunes/{id}"));
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()
+}
+
+fn events(server: &Server, id: &str) -> Vec<Value> {
+    let response = server.get(&format!("/fine-tunes/{id}/events?limit=1000"));
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()["data"].as_array().cloned().unwrap_or_default()
+}
+
+fn wait_for(server: &Server, id: &str, what: &str, done: impl Fn(&Value, &[Value]) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        let current = job(server, id);
+        if done(&current, &events(server, id)) {
+            return current;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} never {what}: {current}\nevents: {:#?}\nlog:\n{}",
+            events(server, id),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn wait_final(server: &Server, id: &str) -> Value {
+    wait_for(server, id, "finished", |job, _| {
+        !matches!(job["status"].as_str(), Some("queued" | "running"))
+    })
+}
+
+/// Processes whose command line mentions `needle` (the job's trainer spec file).
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(needle) && !text.contains("fine_tune_api") {
+                found.push(text);
+            }
+        }
+    }
+    found
+}
+
+fn wait_no_trainer(id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !processes_with(id).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the trainer of {id} still runs: {:?}",
+            processes_with(id)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn model_ids(server: &Server) -> (Vec<String>, String) {
+    let models = server.get("/models").json();
+    let ids = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|model| model["id"].as_str().unwrap().to_string())
+        .collect();
+    (ids, models["active"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn rate_fine_tune_activate_generate_and_survive_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = start(data.path(), &[]);
+    // Two rated images: the job trains on them too (good 1, bad 0).
+    let generated = server.post_json("/generate", r#"{"prompt": "a red circle", "n": 2, "seed": 3}"#);
+    assert_eq!(generated.status, 200, "{}", generated.text());
+    let images = generated.json()["images"].as_array().unwrap().clone();
+    for (image, label) in images.iter().zip(["good", "bad"]) {
+        let body = json!({"image_id": image["image_id"], "label": label, "rater": "test"});
+        assert_eq!(server.post_json("/feedback", &body.to_string()).status, 201);
+    }
+
+    // Created and followed to the end through the CLI, as a user would.
+    let spec = data.path().join("job.json");
+    std::fs::write(&spec, tiny_job(3).to_string()).unwrap();
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let output = Command::new(binary())
+        .args(["fine-tune", "create", "--url", &url, "--activate", "--file"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "fine-tune create failed:\n{stderr}\n{}",
+        server.log()
+    );
+    assert!(stderr.contains("succeeded"), "{stderr}");
+
+    let listed = server.get("/fine-tunes").json();
+    let id = listed["data"][0]["id"].as_str().unwrap().to_string();
+    let done = job(&server, &id);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["progress"], 1.0);
+    let version = done["result_model"].as_str().unwrap().to_string();
+    assert!(version.starts_with("tiny-sd-ft-"), "{version}");
+    let metrics = &done["metrics"];
+    assert_eq!(metrics["training_set"]["rated"], 2, "{metrics}");
+    assert_eq!(metrics["training_set"]["reward_scored"], 4, "{metrics}");
+    assert_eq!(metrics["trainer"]["losses"].as_array().unwrap().len(), 3, "{metrics}");
+    assert!(metrics["evaluation"]["base"]["mean_reward"].is_number(), "{metrics}");
+    assert!(
+        metrics["evaluation"]["candidate"]["mean_reward"].is_number(),
+        "{metrics}"
+    );
+    assert_eq!(metrics["gate"]["passed"], true, "{metrics}");
+    let kinds: Vec<String> = events(&server, &id)
+        .iter()
+        .map(|event| event["kind"].as_str().unwrap().to_string())
+        .collect();
+    for kind in ["status", "stage", "trainer", "progress", "metrics"] {
+        assert!(kinds.iter().any(|k| k == kind), "no `{kind}` event: {kinds:?}");
+    }
+
+    // The new version is registered with its lineage and checksums, and active.
+    let models = server.get("/models").json();
+    assert_eq!(models["active"], version.as_str());
+    let record = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|model| model["id"] == version.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(record["lineage"], json!(["tiny-sd"]));
+    assert_eq!(record["job_id"], id.as_str());
+    assert!(record["checksummed_files"].as_u64().unwrap() >= 8, "{record}");
+    let generated = server.post_json("/generate", r#"{"prompt": "a red circle", "seed": 1}"#);
+    assert_eq!(generated.status, 200, "{}", generated.text());
+    assert_eq!(generated.json()["model"], version.as_str());
+    let old = server.post_json(
+        "/generate",
+        r#"{"prompt": "a red circle", "seed": 1, "model": "tiny-sd"}"#,
+    );
+    assert_eq!(old.json()["model"], "tiny-sd");
+    assert_ne!(
+        old.json()["images"][0]["png_base64"],
+        generated.json()["images"][0]["png_base64"],
+        "the fine-tuned weights draw differently"
+    );
+    let metrics_text = server.get("/metrics").text();
+    assert!(
+        metrics_text.contains(r#"t2i_fine_tune_jobs{status="succeeded"} 1"#),
+        "{metrics_text}"
+    );
+    assert!(
+        metrics_text.contains(&format!(r#"model="{version}""#)),
+        "{metrics_text}"
+    );
+    assert!(metrics_text.contains("t2i_fine_tune_stage_duration_seconds_count{stage=\"train\"} 1"));
+
+    // A swap does not drop a request in flight: it finishes on the version it started with.
+    let port = server.port;
+    let slow = std::thread::spawn(move || {
+        common::request(
+            port,
+            "POST",
+            "/generate",
+            Some(r#"{"prompt": "two blue squares", "n": 8, "steps": 150, "seed": 5}"#),
+        )
+        .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let swapped = server.post_json("/models/tiny-sd/activate", "");
+    assert_eq!(swapped.status, 200, "{}", swapped.text());
+    assert_eq!(swapped.json()["active"], "tiny-sd");
+    let slow = slow.join().unwrap();
+    assert_eq!(slow.status, 200, "{}", slow.text());
+    assert_eq!(slow.json()["model"], version.as_str());
+    assert_eq!(server.post_json("/models/nope/activate", "").status, 422);
+
+    // The active version survives a restart.
+    let activated = server.post_json(&format!("/models/{version}/activate"), "");
+    assert_eq!(activated.status, 200, "{}", activated.text());
+    server.kill();
+    let server = start(data.path(), &[]);
+    assert_eq!(server.get("/health").json()["model"], version.as_str());
+    let (ids, active) = model_ids(&server);
+    assert_eq!(ids, vec!["tiny-sd".to_string(), version.clone()]);
+    assert_eq!(active, version);
+}
+
+#[test]
+fn cancel_stops_the_trainer_and_registers_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path(), &[]);
+    let created = server.post_json("/fine-tunes", &tiny_job(100_000).to_string());
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    // A second job waits in the queue behind it; cancelling a queued job is immediate.
+    let queued = server.post_json("/fine-tunes", &tiny_job(3).to_string()).json();
+    let queued_id = queued["id"].as_str().unwrap();
+    assert_eq!(queued["status"], "queued");
+    let cancelled = server.post_json(&format!("/fine-tunes/{queued_id}/cancel"), "");
+    assert_eq!(cancelled.status, 200);
+    assert_eq!(cancelled.json()["status"], "cancelled");
+
+    wait_for(&server, &id, "trained", |_, events| {
+        events.iter().any(|event| event["data"]["event"] == "data")
+    });
+    assert!(!processes_with(&id).is_empty(), "the trainer should be running");
+    let response = server.post_json(&format!("/fine-tunes/{id}/cancel"), "");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let done = wait_final(&server, &id);
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert!(done["result_model"].is_null());
+    wait_no_trainer(&id);
+    let again = server.post_json(&format!("/fine-tunes/{id}/cancel"), "");
+    assert_eq!(again.status, 422, "{}", again.text());
+    assert_eq!(server.post_json("/fine-tunes/ft_nope/cancel", "").status, 404);
+    assert_eq!(model_ids(&server).0, vec!["tiny-sd".to_string()]);
+    let listed = server.get("/fine-tunes?status=cancelled").json();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_server_killed_mid_job_marks_it_failed_on_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = start(data.path(), &[]);
+    let created = server.post_json("/fine-tunes", &tiny_job(100_000).to_string());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    wait_for(&server, &id, "trained", |_, events| {
+        events.iter().any(|event| event["data"]["event"] == "data")
+    });
+    server.kill();
+    // The trainer dies with the server (PR_SET_PDEATHSIG): nothing keeps writing into the job folder.
+    wait_no_trainer(&id);
+
+    let server = start(data.path(), &[]);
+    let failed = job(&server, &id);
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(failed["error"].as_str().unwrap().contains("interrupted"), "{failed}");
+    assert!(failed["finished_at"].is_number());
+    let last = events(&server, &id).last().cloned().unwrap();
+    assert_eq!(last["level"], "error");
+    assert!(last["message"].as_str().unwrap().contains("interrupted"), "{last}");
+    let (ids, active) = model_ids(&server);
+    assert_eq!(ids, vec!["tiny-sd".to_string()], "nothing half-registered");
+    assert_eq!(active, "tiny-sd");
+    assert!(!data.path().join("jobs").join(&id).join("candidate.partial").exists());
+    assert_eq!(
+        std::fs::read_dir(data.path().join("models")).unwrap().count(),
+        0,
+        "no stray version folder"
+    );
+}
+
+#[test]
+fn a_corrupt_candidate_is_refused_and_the_active_version_keeps_serving() {
+    let data = tempfile::tempdir().unwrap();
+    let trainer = format!(
+        "{} {}",
+        repo_path(".venv/bin/python").display(),
+        repo_path("tests/corrupt_trainer.py").display()
+    );
+    let server = start(data.path(), &["--trainer-command", &trainer]);
+    let mut spec = tiny_job(3);
+    spec["activate_on_success"] = json!(true);
+    let created = server.post_json("/fine-tunes", &spec.to_string());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let done = wait_final(&server, &id);
+    assert_eq!(done["status"], "failed", "{done}");
+    let error = done["error"].as_str().unwrap();
+    assert!(error.contains("refused") && error.contains("unet"), "{error}");
+    assert_eq!(model_ids(&server), (vec!["tiny-sd".to_string()], "tiny-sd".to_string()));
+    let generated = server.post_json("/generate", r#"{"prompt": "a red circle"}"#);
+    assert_eq!(generated.status, 200);
+    assert_eq!(generated.json()["model"], "tiny-sd");
+}
+
+#[test]
+fn bad_specs_get_a_422_naming_the_field() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path(), &[]);
+    for (body, field) in [
+        (r#"{"base_model": "no-such-model"}"#.to_string(), "base_model"),
+        (
+            r#"{"hyperparameters": {"steps": 0}}"#.to_string(),
+            "hyperparameters.steps",
+        ),
+        (r#"{"hyperparameters": {"beta": NaN}}"#.to_string(), "beta"),
+        (
+            r#"{"hyperparameters": {"beta": "NaN"}}"#.to_string(),
+            "hyperparameters.beta",
+        ),
+        (
+            r#"{"pretrain_data": {"kind": "folder", "path": "/no/such/folder"}}"#.to_string(),
+            "pretrain_data.path",
+        ),
+        (r#"{"learning_rate": 0.1}"#.to_string(), "learning_rate"),
+        (r#"{"images_per_prompt": -1}"#.to_string(), "images_per_prompt"),
+        (r#"{"reward_model": "nope"}"#.to_string(), "reward_model"),
+    ] {
+        let response = server.post_json("/fine-tunes", &body);
+        assert_eq!(response.status, 422, "{body}: {}", response.text());
+        let error = response.json()["error"].clone();
+        assert_eq!(error["param"], field, "{body}: {error}");
+    }
+    assert_eq!(server.get("/fine-tunes/ft_nope").status, 404);
+    assert_eq!(server.get("/fine-tunes?limit=0").status, 422);
+    assert_eq!(server.get("/fine-tunes?status=done").status, 422);
+    assert_eq!(server.get("/fine-tunes/ft_nope/events").status, 404);
+    let listed = server.get("/fine-tunes").json();
+    assert_eq!(listed["data"], json!([]), "nothing was queued");
+}

@@ -1,0 +1,380 @@
+"""finetune_sd.py and evaluate.py (issue #5): the fine-tune spec's checks, two short real fine-tunes from
+models/tiny-sd/diffusers, and the evaluation figures on renders whose truth is known.
+
+The fine-tunes are a few steps on 64x64 images so that the file runs in well under a minute on 2 cores.
+"""
+
+import json
+import math
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from evaluate import evaluate
+from evaluate import main as evaluate_main
+from repo_files import require_folder
+from shapes_world import parse_prompt, render, render_wrong, sample_rng
+
+FINETUNE_SD = Path(__file__).resolve().parents[1] / "finetune_sd.py"
+PROMPTS = (
+    "a red circle",
+    "two blue squares on a yellow background",
+    "three triangles",
+    "a star on a black background",
+)
+EVALUATE_KEYS = {"images", "rated", "prompts", "good", "categories", "attributes", "quality", "diversity"}
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_sd) -> Path:
+    return require_folder(tiny_sd / "diffusers")
+
+
+def write_samples(folder: Path, count: int = 6) -> Path:
+    """Renders of PROMPTS as a fine-tune job's samples.jsonl, with rewards alternating 1 and 0."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index in range(count):
+        text = PROMPTS[index % len(PROMPTS)]
+        name = f"sample-{index}.png"
+        render(parse_prompt(text), sample_rng(3, index)).save(folder / name)
+        lines.append(json.dumps({"image": name, "prompt": text, "reward": float(index % 2 == 0)}))
+    path = folder / "samples.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_spec(path: Path, spec: dict) -> Path:
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    return path
+
+
+def stdout_events(text: str) -> list[dict]:
+    """Every stdout line must be a JSON progress line: the service parses them all."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def safetensors_differ(first: Path, second: Path) -> bool:
+    from safetensors.torch import load_file
+
+    a, b = load_file(first), load_file(second)
+    assert a.keys() == b.keys()
+    return any(not bool((a[name] == b[name]).all()) for name in a)
+
+
+@pytest.fixture
+def restore_sigterm():
+    """finetune_sd.main installs a SIGTERM handler; put pytest's back afterwards."""
+    handler = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, handler)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The spec
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def valid_spec(tiny_base, tmp_path) -> dict:
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("")
+    return {"base": str(tiny_base), "out": str(tmp_path / "out"), "samples": str(samples)}
+
+
+def test_a_minimal_spec_gets_the_defaults(trainer_packages, valid_spec):
+    import finetune_sd
+
+    spec = finetune_sd.parse_spec(valid_spec)
+    assert (spec.steps, spec.batch_size, spec.beta, spec.export) == (1000, 32, 1.0, True)
+    assert (spec.model_rows, spec.pretrain_rows) == (16, 16)
+    assert spec.pretrain == {"kind": "shapes_world"}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"colour": "red"}, "unknown field `colour`"),
+        ({"steps": 0}, "`steps` must be between 1"),
+        ({"steps": -5}, "`steps` must be between 1"),
+        ({"steps": 10**400}, "`steps` must be between 1"),
+        ({"steps": 2.5}, "`steps` must be a finite integer"),
+        ({"beta": math.nan}, "`beta` must be a finite number"),
+        ({"beta": -1}, "`beta` must be between 0"),
+        ({"pretrain_fraction": 1.0}, "`pretrain_fraction` must be between 0"),
+        ({"batch_size": 1}, "`batch_size` 1 leaves no row for pre-training data"),
+        ({"export": "false"}, "`export` must be true or false"),
+        ({"train_text_encoder": 1}, "`train_text_encoder` must be true or false"),
+        (
+            {"pretrain": {"kind": "folder", "path": "/no/such/folder"}},
+            "`pretrain.path` is not a readable folder",
+        ),
+        ({"pretrain": {"kind": "laion"}}, "`pretrain.kind` must be shapes_world or folder"),
+        ({"pretrain": {"kind": "shapes_world", "size": 64}}, "unknown field `pretrain.size`"),
+        ({"pretrain": {"kind": "shapes_world", "images": 0}}, "`pretrain.images` must be an integer"),
+        ({"pretrain": {"kind": "shapes_world", "count_noise": 1.5}}, "`pretrain.count_noise` must be"),
+        ({"base": None}, "`base` is required"),
+        ({"base": "/no/such/pipeline"}, "`base` is not a diffusers pipeline folder"),
+        ({"samples": "/no/such/samples.jsonl"}, "`samples` is not a file"),
+        ({"out": "/no/such/parent/out"}, "the parent folder of `out` does not exist"),
+    ],
+)
+def test_bad_specs_are_refused_naming_the_field(trainer_packages, valid_spec, change, message):
+    import finetune_sd
+
+    spec = {**valid_spec, **change}
+    spec = {name: value for name, value in spec.items() if value is not None}
+    with pytest.raises(finetune_sd.SpecError, match=re.escape(message)):
+        finetune_sd.parse_spec(spec)
+
+
+def test_an_existing_out_is_refused(trainer_packages, valid_spec):
+    import finetune_sd
+
+    Path(valid_spec["out"]).mkdir()
+    with pytest.raises(finetune_sd.SpecError, match="`out` exists already"):
+        finetune_sd.parse_spec(valid_spec)
+
+
+def test_a_nan_in_the_spec_file_exits_2_with_an_error_line(trainer_packages, valid_spec, tmp_path, capsys):
+    import finetune_sd
+
+    # Python's json reads the non-standard token NaN as a float; the spec check must still refuse it.
+    text = json.dumps(valid_spec)[:-1] + ', "beta": NaN}'
+    path = tmp_path / "spec.json"
+    path.write_text(text)
+    assert finetune_sd.main(["--spec", str(path)]) == 2
+    (event,) = stdout_events(capsys.readouterr().out)
+    assert event["event"] == "error"
+    assert "`beta`" in event["message"]
+
+
+def test_samples_without_a_reward_above_zero_are_refused(trainer_packages, tmp_path):
+    import finetune_sd
+
+    samples = write_samples(tmp_path / "samples", count=2)
+    lines = [json.loads(line) | {"reward": 0} for line in samples.read_text().splitlines()]
+    samples.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(finetune_sd.SpecError, match="no sample with a reward above 0"):
+        finetune_sd.load_samples(samples)
+
+
+def test_a_caption_folder_reads_txt_pairs_and_metadata_jsonl(trainer_packages, tmp_path):
+    import finetune_sd
+
+    pairs, metadata = tmp_path / "pairs", tmp_path / "metadata"
+    pairs.mkdir()
+    metadata.mkdir()
+    for index, text in enumerate(PROMPTS[:2]):
+        image = render(parse_prompt(text), sample_rng(4, index))
+        image.save(pairs / f"{index}.png")
+        (pairs / f"{index}.txt").write_text(text + "\n")
+        image.save(metadata / f"{index}.png")
+    (pairs / "no-caption.png").write_bytes((pairs / "0.png").read_bytes())
+    (metadata / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": f"{i}.png", "text": t}) + "\n" for i, t in enumerate(PROMPTS[:2]))
+    )
+    for folder in (pairs, metadata):
+        images, captions = finetune_sd.load_caption_folder(folder)
+        assert captions == list(PROMPTS[:2])
+        assert [image.shape for image in images] == [(64, 64, 3)] * 2
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Real fine-tunes from models/tiny-sd/diffusers
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_smoke_finetune_trains_the_unet_and_exports_a_checked_onnx_folder(
+    trainer_packages, tiny_base, tmp_path
+):
+    samples = write_samples(tmp_path / "job")
+    out = tmp_path / "candidate"
+    spec = write_spec(
+        tmp_path / "job.json",
+        {"base": str(tiny_base), "out": str(out), "samples": str(samples), "device": "cpu",
+         "pretrain": {"kind": "shapes_world", "images": 8}, "steps": 3, "batch_size": 4, "log_every": 1,
+         "export": True},
+    )  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(FINETUNE_SD), "--spec", str(spec)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    events = stdout_events(result.stdout)
+    assert [event["event"] for event in events] == [
+        "start",
+        "data",
+        "step",
+        "step",
+        "step",
+        "export",
+        "export",
+        "done",
+    ]
+    data = events[1]
+    assert (data["samples"], data["rewarded"], data["pretrain"], data["mean_reward"]) == (6, 3, 8, 0.5)
+    steps = [event for event in events if event["event"] == "step"]
+    assert [event["step"] for event in steps] == [1, 2, 3]
+    assert all(event["steps"] == 3 and math.isfinite(event["loss"]) for event in steps)
+    assert all(event["pretrain_loss"] > 0 and event["model_loss"] > 0 for event in steps)
+    assert max(events[6]["max_abs_difference"].values()) <= 1e-4
+    assert events[-1]["out"] == str(out)
+
+    for part in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
+        assert (out / part / "model.onnx").is_file(), part
+    assert (out / "diffusers" / "model_index.json").is_file()
+    assert not out.with_name(out.name + ".partial").exists()
+    record = json.loads((out / "finetune.json").read_text())
+    assert [entry["step"] for entry in record["history"]] == [1, 2, 3]
+    assert record["spec"]["base"] == str(tiny_base)
+    # No config keeps the scratch folder's name.
+    for config in out.rglob("*.json"):
+        assert ".partial" not in config.read_text(), config
+
+    # The UNet is trained; the text encoder (frozen by default) and the VAE are the base's.
+    def weights(root: Path, part: str) -> Path:
+        return next((root / part).glob("*.safetensors"))
+
+    assert safetensors_differ(weights(tiny_base, "unet"), weights(out / "diffusers", "unet"))
+    assert not safetensors_differ(
+        weights(tiny_base, "text_encoder"), weights(out / "diffusers", "text_encoder")
+    )
+    assert not safetensors_differ(weights(tiny_base, "vae"), weights(out / "diffusers", "vae"))
+
+
+def test_folder_pretraining_without_export(trainer_packages, tiny_base, tmp_path, capsys, restore_sigterm):
+    import finetune_sd
+
+    pretrain = tmp_path / "pretrain"
+    pretrain.mkdir()
+    for index, text in enumerate(PROMPTS):
+        render(parse_prompt(text), sample_rng(9, index)).save(pretrain / f"{index}.png")
+        (pretrain / f"{index}.txt").write_text(text)
+    out = tmp_path / "candidate"
+    spec = write_spec(
+        tmp_path / "job.json",
+        {"base": str(tiny_base), "out": str(out), "samples": str(write_samples(tmp_path / "job", count=4)),
+         "device": "cpu", "pretrain": {"kind": "folder", "path": str(pretrain)}, "steps": 2, "batch_size": 4,
+         "pretrain_fraction": 0.25, "export": False},
+    )  # fmt: skip
+    assert finetune_sd.main(["--spec", str(spec)]) == 0
+    events = stdout_events(capsys.readouterr().out)
+    assert [event["event"] for event in events] == ["start", "data", "step", "done"]
+    assert events[1]["pretrain"] == len(PROMPTS)
+    assert events[2]["step"] == 2
+    assert (out / "diffusers" / "model_index.json").is_file()
+    assert (out / "finetune.json").is_file()
+    assert not (out / "unet").exists()
+    assert not (out / "export.json").exists()
+
+
+def test_torchrun_trains_data_parallel_and_only_the_main_process_reports(
+    trainer_packages, tiny_base, tmp_path
+):
+    """Two CPU processes (gloo) under torchrun, as --trainer-command would start them on several GPUs."""
+    out = tmp_path / "candidate"
+    spec = write_spec(
+        tmp_path / "job.json",
+        {"base": str(tiny_base), "out": str(out), "samples": str(write_samples(tmp_path / "job", count=4)),
+         "device": "cpu", "threads": 1, "pretrain": {"kind": "shapes_world", "images": 4}, "steps": 2,
+         "batch_size": 2, "log_every": 1, "export": False},
+    )  # fmt: skip
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(FINETUNE_SD), "--spec", str(spec)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    events = stdout_events(result.stdout)
+    assert [event["event"] for event in events] == ["start", "data", "step", "step", "done"]
+    assert events[0]["processes"] == 2
+    assert (out / "diffusers" / "model_index.json").is_file()
+    assert safetensors_differ(
+        next((tiny_base / "unet").glob("*.safetensors")),
+        next((out / "diffusers" / "unet").glob("*.safetensors")),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# evaluate.py (numpy and Pillow only)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def renders(texts, seed: int, wrong: str | None = None) -> list[np.ndarray]:
+    images = []
+    for index, text in enumerate(texts):
+        rng = sample_rng(seed, index)
+        prompt = parse_prompt(text)
+        image = render(prompt, rng) if wrong is None else render_wrong(prompt, rng, wrong)
+        images.append(np.asarray(image))
+    return images
+
+
+def test_clean_renders_are_all_good():
+    texts = [text for text in PROMPTS for _ in range(3)]
+    result = evaluate(renders(texts, seed=1), texts)
+    assert set(result) == EVALUATE_KEYS
+    assert (result["images"], result["rated"], result["prompts"]) == (12, 12, 4)
+    assert result["good"] == 1.0
+    assert result["quality"] == 1.0
+    assert result["categories"] == {"colour": 1.0, "count": 1.0, "background": 1.0, "combination": 1.0}
+    assert result["attributes"] == {"shape": 1.0, "colour": 1.0, "count": 1.0, "background": 1.0}
+    assert 0 < result["diversity"] < 1
+
+
+def test_renders_with_the_wrong_count_fail_the_count_attribute():
+    texts = [text for text in PROMPTS for _ in range(2)]
+    result = evaluate(renders(texts, seed=2, wrong="count"), texts)
+    assert result["attributes"]["count"] < 1
+    assert result["good"] < 1
+    # Only the count is wrong: every object is still a clean, nameable shape.
+    assert result["attributes"]["shape"] == 1.0
+
+
+def test_prompts_outside_the_shapes_world_are_counted_but_not_rated():
+    texts = ["a red circle", "a red circle", "three triangles", "a photo of a cat", "a photo of a cat", ""]
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    images = renders(texts[:3], seed=3) + noise
+    result = evaluate(images, texts)
+    assert (result["images"], result["rated"], result["prompts"]) == (6, 3, 4)
+    assert result["good"] == 1.0 and result["quality"] == 1.0
+    assert set(result["categories"]) == {"colour", "count"}
+    # Diversity still takes every prompt with two images, the unrated one included.
+    rated_only = evaluate(images[:3], texts[:3])
+    assert result["diversity"] != rated_only["diversity"]
+    assert result["diversity"] == pytest.approx(
+        np.mean([rated_only["diversity"], evaluate(noise[:2], texts[3:5])["diversity"]])
+    )
+
+    nothing_rated = evaluate(noise, texts[3:])
+    assert (nothing_rated["images"], nothing_rated["rated"]) == (3, 0)
+    assert nothing_rated["good"] is None and nothing_rated["quality"] is None
+    assert nothing_rated["categories"] == {} and nothing_rated["attributes"] == {}
+
+
+def test_evaluate_cli_prints_the_figures_as_json(tmp_path, capsys):
+    texts = ["a red circle", "a red circle", "two blue squares on a yellow background", "not a shapes prompt"]
+    lines = []
+    for index, image in enumerate(renders(texts[:3], seed=4) + [np.zeros((64, 64, 3), np.uint8)]):
+        Image.fromarray(image).save(tmp_path / f"{index}.png")
+        lines.append(json.dumps({"image": f"{index}.png", "prompt": texts[index]}))
+    (tmp_path / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    assert evaluate_main(["--images", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == EVALUATE_KEYS
+    assert (result["images"], result["rated"], result["good"]) == (4, 3, 1.0)
+
+
+def test_evaluate_cli_refuses_a_folder_without_prompts_jsonl(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main(["--images", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "no prompts.jsonl" in capsys.readouterr().err
