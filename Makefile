@@ -21,7 +21,7 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu build run test test-rust test-python test-python-light lint fmt openapi bench bench-reward simulate-raters trainer-venv models test-model clean
+.PHONY: help venv venv-gpu build run test test-rust test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
@@ -29,6 +29,7 @@ help:
 	@echo "make bench  - /generate vs Optimum's ORTStableDiffusionPipeline, written to BENCHMARKS.md"
 	@echo "make bench-reward - best-of-n alignment, cost and /score throughput, written to models/REPORT.md"
 	@echo "make simulate-raters - rate the running server's stored images with the simulated rater"
+	@echo "make finetune-loop - rate, fine-tune, evaluate and compare through the service; written to models/REPORT.md"
 	@echo "make venv-gpu - install onnxruntime-gpu==$(ORT_VERSION) instead (then run with DEVICE=cuda)"
 	@echo "make models - rebuild models/shapes-sd, models/shapes-reward and models/REPORT.md (CPU: under 60 min)"
 	@echo "make test-model - rebuild models/tiny-sd, models/tiny-clip-reward and tests/golden (needs torch)"
@@ -94,6 +95,12 @@ bench-reward: venv build
 # Label the running server's stored images with the shapes world's rater, through the API (POST /feedback).
 simulate-raters: venv
 	$(VENV)/bin/python scripts/simulate_raters.py --url http://$(HOST):$(PORT)
+
+# The whole feedback loop of #5 through the service: serve, rate with the simulated rater, fine-tune (the trainer
+# runs in .venv-trainer), evaluate, compare with best-of-16; writes its section of models/REPORT.md and
+# models/fine-tune.json. About an hour on 2 CPU cores, ablations included.
+finetune-loop: trainer-venv build
+	.venv-trainer/bin/python scripts/finetune_loop.py --binary $(BIN)
 
 # The trainer's own environment (PyTorch, diffusers, optimum-onnx). Only needed to rebuild models and goldens.
 trainer-venv: .venv-trainer/.installed

@@ -91,8 +91,11 @@ def png_image(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
 
 
-def alignment(server: Server, args: argparse.Namespace) -> tuple[dict, list[str]]:
-    """Per K and category: images judged good, and each stated attribute's matches."""
+def alignment(
+    server: ServerProcess, args: argparse.Namespace, best_of=BEST_OF, model: str | None = None
+) -> tuple[dict, list[str]]:
+    """Per K and category: images judged good, and each stated attribute's matches. `model` picks a version
+    (scripts/finetune_loop.py compares a fine-tuned one on the same prompts and seeds)."""
     rng = np.random.default_rng(args.seed)
     heldout = eval_prompts(heldout_prompts(), args.prompts_per_category, rng)
     seen_background = [
@@ -101,7 +104,7 @@ def alignment(server: Server, args: argparse.Namespace) -> tuple[dict, list[str]
     prompts = [("held-out", p) for p in heldout] + [("seen", p) for p in seen_background]
     results: dict = {}
     pngs: list[str] = []
-    for k in BEST_OF:
+    for k in best_of:
         good = defaultdict(lambda: [0, 0])
         attributes = defaultdict(lambda: [0, 0])
         seconds = 0.0
@@ -112,6 +115,8 @@ def alignment(server: Server, args: argparse.Namespace) -> tuple[dict, list[str]
                 "best_of": k,
                 "seed": args.seed + 1000 * number,
             }
+            if model is not None:
+                body["model"] = model
             elapsed, payload = server.post("/generate", body)
             seconds += elapsed
             for image in payload["images"]:
@@ -336,11 +341,12 @@ def markdown(data: dict, command: str) -> str:
     )
 
 
-def write_report(path: Path, section: str) -> None:
+def write_report(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replaces the report's section between the markers, or appends it."""
     text = path.read_text() if path.is_file() else ""
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
+    if begin in text and end in text:
+        before, rest = text.split(begin, 1)
+        after = rest.split(end, 1)[1]
         text = before + section + after
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"

@@ -15,11 +15,18 @@ import urllib.request
 
 
 class ServerProcess:
-    def __init__(self, command: list[str], port: int, library: str, ready_timeout: float = 120):
+    def __init__(
+        self,
+        command: list[str],
+        port: int,
+        library: str,
+        ready_timeout: float = 120,
+        image_retention: int = 0,
+    ):
         env = dict(os.environ, ORT_DYLIB_PATH=library, RUST_LOG="warn")
-        # A data directory of its own, and no stored images: benchmarks measure serving, not disk writes.
+        # A data directory of its own; by default no stored images (benchmarks measure serving, not disk).
         self.data_dir = tempfile.TemporaryDirectory(prefix="t2i-bench-")
-        command = command + ["--data-dir", self.data_dir.name, "--image-retention", "0"]
+        command = command + ["--data-dir", self.data_dir.name, "--image-retention", str(image_retention)]
         self.process = subprocess.Popen(
             command + ["--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
         )
@@ -55,6 +62,13 @@ class ServerProcess:
         except urllib.error.HTTPError as err:
             sys.exit(f"{path} answered {err.code}: {err.read().decode()}")
         return time.perf_counter() - started, payload
+
+    def get(self, path: str) -> dict:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=60) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            sys.exit(f"{path} answered {err.code}: {err.read().decode()}")
 
     def stop(self) -> None:
         self.process.terminate()

@@ -40,6 +40,9 @@ GRID_IMAGES = 8
 
 SERVING_BEGIN = "<!-- reward-serving:begin -->"
 SERVING_END = "<!-- reward-serving:end -->"
+# Sections other scripts write into the report, kept when this one rewrites it: best-of-n serving
+# (scripts/bench_reward.py, #4) and the fine-tune loop (scripts/finetune_loop.py, #5).
+KEPT_SECTIONS = ((SERVING_BEGIN, SERVING_END), ("<!-- fine-tune:begin -->", "<!-- fine-tune:end -->"))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -379,12 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         table(["graph", "max abs difference"], parity_rows),
         "",
     ]
-    # scripts/bench_reward.py measures the serving side (issue #4) into its own section: keep it.
     if args.out.is_file():
         previous = args.out.read_text()
-        if SERVING_BEGIN in previous and SERVING_END in previous:
-            kept = previous[previous.index(SERVING_BEGIN) : previous.index(SERVING_END) + len(SERVING_END)]
-            lines += [kept, ""]
+        for begin, end in KEPT_SECTIONS:
+            if begin in previous and end in previous:
+                lines += [previous[previous.index(begin) : previous.index(end) + len(end)], ""]
     args.out.write_text("\n".join(lines))
     print(json.dumps({"event": "done", "out": str(args.out), "samples": str(grid_path)}), flush=True)
     return 0
