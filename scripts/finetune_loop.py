@@ -48,10 +48,12 @@ FULL = {
     "rated_images": 8,
     "job_prompts": 500,
     "images_per_prompt": 8,
-    "steps": 1000,
+    "steps": 1500,
     "batch_size": 32,
-    "learning_rate": 5e-4,
-    "beta": 0.2,
+    "learning_rate": 3e-4,
+    "beta": 0.5,
+    "ema_decay": 0.999,
+    "train_text_encoder": True,
     "bad_learning_rate": 5e-3,
     "eval_per_category": 16,
     "eval_images": 8,
@@ -63,8 +65,10 @@ SMOKE = {
     "images_per_prompt": 2,
     "steps": 5,
     "batch_size": 8,
-    "learning_rate": 5e-4,
-    "beta": 0.2,
+    "learning_rate": 3e-4,
+    "beta": 0.5,
+    "ema_decay": 0.999,
+    "train_text_encoder": True,
     "bad_learning_rate": 5e-3,
     "eval_per_category": 1,
     "eval_images": 2,
@@ -159,6 +163,8 @@ def job_body(args: argparse.Namespace, beta: float, learning_rate: float, activa
             "steps": settings["steps"],
             "batch_size": settings["batch_size"],
             "pretrain_fraction": 0.5,
+            "ema_decay": settings["ema_decay"],
+            "train_text_encoder": settings["train_text_encoder"],
         },
         "pretrain_data": {"kind": "shapes_world", "images": 8192 if not args.smoke else 16},
         "eval_prompts": {
@@ -289,7 +295,8 @@ def markdown(data: dict) -> str:
         f"simulated rater through POST /feedback ({rated['labels']}). Then one job: "
         f"{s['job_prompts']} training prompts × {s['images_per_prompt']} samples scored by shapes-reward, "
         f"plus the ratings; {s['steps']} steps of batch {s['batch_size']}, half of it pre-training renders "
-        f"with the pretraining's noisy captions; learning rate {s['learning_rate']}, beta {s['beta']}.",
+        f"with the pretraining's noisy captions; learning rate {s['learning_rate']}, beta {s['beta']}, "
+        f"text encoder {'trained' if s['train_text_encoder'] else 'frozen'}, EMA {s['ema_decay']}.",
         "",
         f"**The loop took {data['loop_seconds'] / 60:.1f} min** (budget: 45): serving and rating "
         f"{rated['generate_seconds'] + rated['rate_seconds']:.0f} s, the job {main['seconds']:.0f} s "

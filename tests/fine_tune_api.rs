@@ -247,6 +247,60 @@ fn rate_fine_tune_activate_generate_and_survive_a_restart() {
 }
 
 #[test]
+fn retraining_the_reward_model_registers_a_reward_version_and_scores_with_it() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path(), &[]);
+    for (number, prompt) in ["a red circle", "two blue squares", "three green stars", "a blue cross"]
+        .iter()
+        .enumerate()
+    {
+        let body = json!({"prompt": prompt, "n": 3, "seed": number});
+        let images = server.post_json("/generate", &body.to_string()).json()["images"].clone();
+        for (index, image) in images.as_array().unwrap().iter().enumerate() {
+            let label = if (number + index) % 2 == 0 { "good" } else { "bad" };
+            let rating = json!({"image_id": image["image_id"], "label": label});
+            assert_eq!(server.post_json("/feedback", &rating.to_string()).status, 201);
+        }
+    }
+    let mut spec = tiny_job(2);
+    spec["retrain_reward_model"] = json!(true);
+    let created = server.post_json("/fine-tunes", &spec.to_string());
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let done = wait_final(&server, &id);
+    assert_eq!(done["status"], "succeeded", "{done}\n{:#?}", events(&server, &id));
+    let reward = &done["metrics"]["reward_model"];
+    let version = reward["version"].as_str().unwrap();
+    assert!(version.starts_with("shapes-reward-ft-"), "{reward}");
+    assert_eq!(reward["parent"], "shapes-reward");
+    assert_eq!(reward["rescored_samples"], 4, "{reward}");
+    assert_eq!(reward["retrained"]["ratings"], 12, "{reward}");
+    let models = server.get("/models").json();
+    let record = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|model| model["id"] == version)
+        .unwrap()
+        .clone();
+    assert_eq!(record["kind"], "reward");
+    assert_eq!(record["active"], false);
+    assert!(record["checksummed_files"].as_u64().unwrap() >= 3, "{record}");
+    // The folder it was registered under serves as a reward model.
+    let manifest = data.path().join("models").join(version).join("manifest.json");
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
+    assert_eq!(manifest["name"], version);
+    assert!(events(&server, &id)
+        .iter()
+        .any(|event| event["kind"] == "reward_trainer"));
+    assert_eq!(
+        server.post_json(&format!("/models/{version}/activate"), "").status,
+        422,
+        "a reward version is not a diffusion model"
+    );
+}
+
+#[test]
 fn cancel_stops_the_trainer_and_registers_nothing() {
     let data = tempfile::tempdir().unwrap();
     let server = start(data.path(), &[]);
@@ -356,6 +410,10 @@ fn bad_specs_get_a_422_naming_the_field() {
         (r#"{"learning_rate": 0.1}"#.to_string(), "learning_rate"),
         (r#"{"images_per_prompt": -1}"#.to_string(), "images_per_prompt"),
         (r#"{"reward_model": "nope"}"#.to_string(), "reward_model"),
+        (
+            r#"{"retrain_reward_model": true, "use_feedback": false}"#.to_string(),
+            "retrain_reward_model",
+        ),
     ] {
         let response = server.post_json("/fine-tunes", &body);
         assert_eq!(response.status, 422, "{body}: {}", response.text());

@@ -26,6 +26,8 @@ Spec (JSON; unknown keys are refused):
     steps             optimiser steps (default 1000)
     batch_size        rows per step and process, model and pre-training together (default 32)
     pretrain_fraction share of each batch from D_pre, in [0, 1) (default 0.5)
+    ema_decay         save an exponential moving average of the trained weights, with this decay (warmed up
+                      as diffusers' EMAModel does); 0 (default) saves the last step's weights
     train_text_encoder, seed, device (default cuda when available), threads, log_every, export (default true)
 
 Output: <out>/diffusers (safetensors), and unless "export" is false the ONNX layout of `optimum-cli export
@@ -123,6 +125,7 @@ class Spec:
     batch_size: int = 32
     pretrain_fraction: float = 0.5
     train_text_encoder: bool = False
+    ema_decay: float = 0.0
     seed: int = 0
     device: str | None = None
     threads: int = 2
@@ -176,6 +179,7 @@ def parse_spec(raw: dict) -> Spec:
     number("seed", 0, 2**63 - 1, integer=True)
     number("threads", 1, 1024, integer=True)
     number("log_every", 1, 10_000_000, integer=True)
+    number("ema_decay", 0.0, 0.999999)
     for name in ("train_text_encoder", "export"):
         if not isinstance(getattr(spec, name), bool):
             raise SpecError(f"`{name}` must be true or false. Given: {getattr(spec, name)!r}")
@@ -387,6 +391,11 @@ def train(spec: Spec, stop) -> dict:
     if spec.train_text_encoder:
         parameters += list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=spec.learning_rate, weight_decay=1e-2)
+    ema = None
+    if spec.ema_decay > 0:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(parameters, decay=spec.ema_decay, use_ema_warmup=True)
     warmup = max(1, spec.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     # Each worker of a data-parallel run draws its own rows and noise; DDP averages their gradients.
@@ -435,6 +444,8 @@ def train(spec: Spec, stop) -> dict:
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
+        if ema is not None:
+            ema.step(parameters)
         if step % spec.log_every == 0 or step == spec.steps:
             record = {
                 "step": step,
@@ -447,6 +458,8 @@ def train(spec: Spec, stop) -> dict:
             history.append(record)
             say("step", **record)
 
+    if ema is not None:
+        ema.copy_to(parameters)
     unet.eval()
     text_encoder.eval()
     pipeline.to("cpu")

@@ -124,12 +124,15 @@ pub struct PageParams {
 
 /// A model version.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"id": "shapes-sd-ft-5d41402a", "object": "model", "active": true, "loaded": true,
+#[schema(example = json!({"id": "shapes-sd-ft-5d41402a", "object": "model", "kind": "diffusion", "active": true, "loaded": true,
     "source": "fine_tune", "parent": "shapes-sd", "job_id": "ft_5d41402abc4b2a76b9719d911017c592"}))]
 pub struct ModelOut {
     pub id: String,
     /// Always `model`.
     pub object: String,
+    /// `diffusion` (served by /generate) or `reward` (a reward model a job retrained; serve it with
+    /// `--reward-model <data-dir>/models/<id>`).
+    pub kind: String,
     pub created_at: i64,
     /// `folder` (served from --model) or `fine_tune` (registered by a job).
     pub source: String,
@@ -148,7 +151,7 @@ pub struct ModelOut {
     pub checksummed_files: usize,
 }
 
-/// Every model version, oldest first, and the active one.
+/// Every model version (diffusion, then reward), oldest first, and the active diffusion version.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ModelList {
     pub data: Vec<ModelOut>,
@@ -324,7 +327,8 @@ pub async fn list_models(state: web::Data<AppState>) -> Result<HttpResponse> {
 
 async fn model_list(state: &AppState) -> Result<ModelList> {
     let serving = serving(state)?;
-    let versions = state.storage.versions(VersionKind::Diffusion).await?;
+    let mut versions = state.storage.versions(VersionKind::Diffusion).await?;
+    versions.extend(state.storage.versions(VersionKind::Reward).await?);
     let active = serving.models.active().version.clone();
     let data = versions
         .iter()
@@ -341,12 +345,13 @@ async fn model_list(state: &AppState) -> Result<ModelList> {
             ModelOut {
                 id: version.id.clone(),
                 object: "model".into(),
+                kind: version.kind.clone(),
                 created_at: version.created_at,
                 source: version.source.clone(),
                 parent: version.parent.clone(),
                 lineage,
                 job_id: version.job_id.clone(),
-                active: version.id == active,
+                active: version.id == active && version.kind == "diffusion",
                 loaded: serving.models.is_loaded(&version.id),
                 metrics: version.metrics.clone(),
                 checksummed_files: version

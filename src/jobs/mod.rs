@@ -6,6 +6,9 @@
 //! 2. `sample`: images from the base version through its ONNX engine, each scored by the reward model.
 //! 3. `label`: the training set: the stored ratings (good 1, bad 0) and the reward-scored samples, the paper's
 //!    semi-supervised set, written as `samples.jsonl` in the job's folder.
+//!    With `retrain_reward_model`, the `reward` stage first retrains the reward model on the ratings
+//!    (`trainer/retrain_reward.py`, paper §3.2), registers it as a reward version, and re-scores the samples
+//!    with it; the evaluation then uses it too.
 //! 4. `train`: `trainer/finetune_sd.py` as a child process with a JSON spec; its JSON-lines progress becomes
 //!    events and metrics. It writes the candidate (diffusers weights and the ONNX export) into the job folder.
 //! 5. `evaluate`: the candidate is loaded (a candidate that does not load is refused here, and nothing is
@@ -41,10 +44,11 @@ pub use spec::{FineTuneRequest, GateDefaults, JobLimits, JobSpec, PromptSource};
 pub const JOBS_DIR: &str = "jobs";
 
 /// Where each stage ends, as a share of the whole job, for `progress`.
-const STAGES: [(&str, f64); 6] = [
+const STAGES: [(&str, f64); 7] = [
     ("prompts", 0.01),
     ("sample", 0.25),
     ("label", 0.28),
+    ("reward", 0.33),
     ("train", 0.80),
     ("evaluate", 0.97),
     ("register", 1.0),
@@ -175,13 +179,6 @@ impl JobManager {
             return Err(Error::validation(
                 "reward_model",
                 "this server has no reward model loaded (start it with --reward-model); a job needs one",
-            ));
-        }
-        if request.retrain_reward_model == Some(true) {
-            return Err(Error::validation(
-                "retrain_reward_model",
-                "`retrain_reward_model` is not available yet: retrain with `make models` (trainer/train_reward.py) \
-                 and start the server with the new --reward-model",
             ));
         }
         let spec = request.validate(base.id.clone(), &self.config.limits, &self.config.gate)?;
@@ -408,6 +405,16 @@ impl JobContext<'_> {
         )
         .await?;
 
+        let scorer = if self.spec.retrain_reward_model {
+            let stage = self.begin("reward").await?;
+            let (scorer, note) = self.retrain_reward(&data, &mut samples, &scorer).await?;
+            self.write_samples(&data, &samples)?;
+            self.end(stage, &note).await?;
+            scorer
+        } else {
+            scorer
+        };
+
         let stage = self.begin("train").await?;
         let candidate = self.folder.join("candidate");
         self.train(&data, &candidate).await?;
@@ -444,25 +451,13 @@ impl JobContext<'_> {
         self.end(stage, &format!("gate {}", gate_line(&gate))).await?;
 
         let stage = self.begin("register").await?;
-        let root = self
-            .spec
-            .base_model
-            .split("-ft-")
-            .next()
-            .unwrap_or(&self.spec.base_model);
-        let short = self
-            .job
-            .id
-            .trim_start_matches("ft_")
-            .chars()
-            .take(8)
-            .collect::<String>();
-        let version_id = format!("{root}-ft-{short}");
+        let version_id = self.version_id(&self.spec.base_model);
         let record = self
             .manager
             .pool
             .registry()
             .register_candidate(Candidate {
+                kind: crate::storage::VersionKind::Diffusion,
                 folder: &candidate,
                 id: &version_id,
                 parent: &self.spec.base_model,
@@ -492,6 +487,14 @@ impl JobContext<'_> {
         // The samples and evaluation images are the job's; the version keeps only what it serves.
         let _ = std::fs::remove_dir_all(self.folder.join("eval"));
         Ok(version_id)
+    }
+
+    /// The id of the version this job makes from `parent`: the root of its lineage, `-ft-` and the job's id
+    /// (shortened), so a fine-tune of a fine-tune does not grow a longer name.
+    fn version_id(&self, parent: &str) -> String {
+        let root = parent.split("-ft-").next().unwrap_or(parent);
+        let short: String = self.job.id.trim_start_matches("ft_").chars().take(8).collect();
+        format!("{root}-ft-{short}")
     }
 
     /// Records a stage's start; returns the time it started.
@@ -720,6 +723,152 @@ impl JobContext<'_> {
         crate::storage::write_atomically(&folder.join("samples.jsonl"), text.as_bytes())
     }
 
+    /// Retrains the reward model on the ratings among `samples`, registers it as a reward version, and
+    /// re-scores the reward-scored samples with it. Returns its scorer for the rest of the job.
+    async fn retrain_reward(
+        &mut self,
+        data: &Path,
+        samples: &mut [Sample],
+        current: &Arc<Scorer>,
+    ) -> Result<(Arc<Scorer>, String)> {
+        let registry = self.manager.pool.registry().clone();
+        let version_id = self.version_id(current.name());
+        let base = registry.version(&self.spec.base_model, "base_model").await?;
+        let folder = self.folder.join("reward");
+        if folder.exists() {
+            let _ = std::fs::remove_dir_all(&folder);
+        }
+        let mut command = self.python("retrain_reward.py");
+        for (flag, value) in [
+            ("--samples", data.join("samples.jsonl").to_string_lossy().into_owned()),
+            (
+                "--tokenizer",
+                registry.folder(&base).join("tokenizer").to_string_lossy().into_owned(),
+            ),
+            ("--out", folder.to_string_lossy().into_owned()),
+            ("--name", version_id.clone()),
+            ("--seed", self.spec.seed.to_string()),
+            ("--threads", self.manager.config.trainer_threads.to_string()),
+        ] {
+            command.extend([flag.to_string(), value]);
+        }
+        let lines = self.run_tool(&command, "reward_trainer").await?;
+        let retrained = lines
+            .iter()
+            .rev()
+            .find(|line| line["event"] == "retrained")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let runtime = self.manager.pool.runtime().clone();
+        let metrics = self.manager.metrics.clone();
+        let load_folder = folder.clone();
+        let scorer = tokio::task::spawn_blocking(move || {
+            let mut runtime = runtime
+                .lock()
+                .map_err(|_| Error::Internal("the ONNX Runtime lock is poisoned".into()))?;
+            let model = crate::reward::model::RewardModel::load(&mut runtime, &load_folder)?;
+            drop(runtime);
+            Scorer::start(model, 64, 8, metrics)
+        })
+        .await
+        .map_err(|err| Error::Internal(format!("the reward model loader stopped: {err}")))?
+        .map_err(|err| {
+            Error::Internal(format!(
+                "the retrained reward model was refused: it does not load: {err}"
+            ))
+        })?;
+        let scorer = Arc::new(scorer);
+        // Re-score what the old reward model scored; people's ratings keep their labels.
+        let indices: Vec<usize> = (0..samples.len())
+            .filter(|&index| samples[index].source == "reward_model")
+            .collect();
+        for chunk in indices.chunks(64) {
+            self.check_cancelled()?;
+            let mut pixels = Vec::new();
+            let mut prompts = Vec::new();
+            for &index in chunk {
+                let bytes = std::fs::read(data.join(&samples[index].image))
+                    .map_err(|err| Error::Internal(format!("cannot read {}: {err}", samples[index].image)))?;
+                let image = crate::reward::preprocess::decode_image(&bytes, u64::MAX, "image")?;
+                scorer.preprocessor().pixel_values_into(&image, &mut pixels);
+                prompts.push(samples[index].prompt.clone());
+            }
+            let scored = scorer.score(prompts, pixels).await?;
+            for (&index, value) in chunk.iter().zip(scored.scores) {
+                samples[index].reward = f64::from(value);
+            }
+        }
+        let record = registry
+            .register_candidate(Candidate {
+                kind: crate::storage::VersionKind::Reward,
+                folder: &folder,
+                id: &version_id,
+                parent: current.name(),
+                job_id: &self.job.id,
+                metrics: &retrained,
+            })
+            .await?;
+        let mean_reward = mean(indices.iter().map(|&index| samples[index].reward));
+        self.metrics["reward_model"] = json!({
+            "version": record.id,
+            "parent": current.name(),
+            "retrained": retrained,
+            "rescored_samples": indices.len(),
+            "mean_reward": mean_reward,
+        });
+        let note = format!(
+            "reward model {} retrained on the ratings and registered; {} samples re-scored, mean reward {}",
+            record.id,
+            indices.len(),
+            fmt(mean_reward)
+        );
+        Ok((scorer, note))
+    }
+
+    /// Runs a tool to its end, cancellable; each JSON line of its stdout becomes an event of `kind`.
+    async fn run_tool(&self, command: &[String], kind: &str) -> Result<Vec<Value>> {
+        let log = self.folder.join("tools.log");
+        let mut child = RunningChild::spawn(command, &log)?;
+        let mut cancelled = self.cancelled.clone();
+        let mut lines = Vec::new();
+        loop {
+            tokio::select! {
+                line = child.next_line() => {
+                    let Some(line) = line? else { break };
+                    if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                        let level = if value["event"] == "error" { "error" } else { "info" };
+                        let message = value["message"].as_str().map_or_else(
+                            || format!("{kind}: {}", value["event"].as_str().unwrap_or("line")),
+                            str::to_string,
+                        );
+                        let _ = self.manager.storage.insert_event(&self.job.id, level, kind, &message, Some(&value)).await;
+                        lines.push(value);
+                    }
+                }
+                changed = cancelled.changed() => {
+                    if changed.is_err() || *cancelled.borrow() {
+                        child.kill_group(Duration::from_secs(10)).await;
+                        return Err(Error::Cancelled);
+                    }
+                }
+            }
+        }
+        let status = child.wait().await?;
+        if !status.success() {
+            let detail = lines
+                .iter()
+                .rev()
+                .find(|line| line["event"] == "error")
+                .and_then(|line| line["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| log_tail(&log, 1500));
+            return Err(Error::Internal(format!(
+                "`{}` failed ({status}): {detail}",
+                command.join(" ")
+            )));
+        }
+        Ok(lines)
+    }
+
     async fn train(&mut self, data: &Path, candidate: &Path) -> Result<()> {
         if candidate.exists() {
             std::fs::remove_dir_all(candidate)
@@ -750,6 +899,7 @@ impl JobContext<'_> {
             "batch_size": hyper.batch_size,
             "pretrain_fraction": hyper.pretrain_fraction,
             "train_text_encoder": hyper.train_text_encoder,
+            "ema_decay": hyper.ema_decay,
             "seed": self.spec.seed,
             "threads": self.manager.config.trainer_threads,
             // About 100 progress lines, and at least one every 25 steps.

@@ -59,6 +59,10 @@ pub struct Hyperparameters {
     /// Train the text encoder too (the paper keeps it frozen). Default false.
     #[serde(default)]
     pub train_text_encoder: bool,
+    /// Save an exponential moving average of the weights with this decay, in [0, 1); 0 saves the last
+    /// step's. Default 0.
+    #[serde(default)]
+    pub ema_decay: f64,
 }
 
 impl Default for Hyperparameters {
@@ -70,6 +74,7 @@ impl Default for Hyperparameters {
             batch_size: default_batch_size(),
             pretrain_fraction: default_pretrain_fraction(),
             train_text_encoder: false,
+            ema_decay: 0.0,
         }
     }
 }
@@ -341,6 +346,13 @@ impl FineTuneRequest {
                 "`images_per_prompt` is 0 and `use_feedback` is false: the job would have no data",
             ));
         }
+        let retrain_reward_model = self.retrain_reward_model.unwrap_or(false);
+        if retrain_reward_model && !use_feedback {
+            return Err(Error::validation(
+                "retrain_reward_model",
+                "`retrain_reward_model` retrains on the stored ratings, so it needs `use_feedback` true",
+            ));
+        }
         let eval_images_per_prompt = self.eval_images_per_prompt.unwrap_or(8);
         if !(1..=limits.max_images_per_prompt).contains(&eval_images_per_prompt) {
             return Err(Error::validation(
@@ -367,6 +379,7 @@ impl FineTuneRequest {
             1.0,
             true,
         )?;
+        finite("hyperparameters.ema_decay", hyper.ema_decay, 0.0, 1.0, true)?;
         if !(1..=limits.max_steps).contains(&hyper.steps) {
             return Err(Error::validation(
                 "hyperparameters.steps",
@@ -455,7 +468,7 @@ impl FineTuneRequest {
             prompts,
             images_per_prompt,
             use_feedback,
-            retrain_reward_model: self.retrain_reward_model.unwrap_or(false),
+            retrain_reward_model,
             reward_model: self.reward_model,
             hyperparameters: hyper,
             pretrain_data,
@@ -505,6 +518,10 @@ mod tests {
             (
                 serde_json::json!({"hyperparameters": {"steps": -3}}),
                 "hyperparameters.steps",
+            ),
+            (
+                serde_json::json!({"hyperparameters": {"ema_decay": 1.0}}),
+                "hyperparameters.ema_decay",
             ),
             (
                 serde_json::json!({"hyperparameters": {"pretrain_fraction": 1.0}}),

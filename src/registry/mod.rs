@@ -31,6 +31,7 @@ pub struct Registry {
 
 /// A candidate version to register: where the job left it and what to record with it.
 pub struct Candidate<'a> {
+    pub kind: VersionKind,
     pub folder: &'a Path,
     pub id: &'a str,
     pub parent: &'a str,
@@ -193,7 +194,7 @@ impl Registry {
         let record = VersionRecord {
             id: candidate.id.to_string(),
             created_at: crate::storage::now_millis(),
-            kind: VersionKind::Diffusion.name().into(),
+            kind: candidate.kind.name().into(),
             source: "fine_tune".into(),
             path: relative,
             parent: Some(candidate.parent.to_string()),
@@ -270,6 +271,7 @@ mod tests {
         std::fs::write(candidate.join("model_index.json"), b"{}").unwrap();
         let record = registry
             .register_candidate(Candidate {
+                kind: VersionKind::Diffusion,
                 folder: &candidate,
                 id: "base-ft-1",
                 parent: "base",

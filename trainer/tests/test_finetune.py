@@ -378,3 +378,40 @@ def test_evaluate_cli_refuses_a_folder_without_prompts_jsonl(tmp_path, capsys):
         evaluate_main(["--images", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "no prompts.jsonl" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------------------
+# retrain_reward.py (the job's `retrain_reward_model` stage; the Rust test runs it end to end)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_retrain_reward_refuses_too_few_ratings_naming_the_counts(tmp_path, capsys):
+    import retrain_reward
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    lines = []
+    for index, text in enumerate(("a red circle", "two blue squares", "a cat on a mat")):
+        render(parse_prompt("a red circle"), sample_rng(1, index)).save(folder / f"{index}.png")
+        lines.append(
+            json.dumps({"image": f"{index}.png", "prompt": text, "reward": 1.0, "source": "feedback"})
+        )
+    lines.append(
+        json.dumps({"image": "0.png", "prompt": "a red circle", "reward": 0.3, "source": "reward_model"})
+    )
+    (folder / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    images, prompts, labels, skipped = retrain_reward.ratings(folder / "samples.jsonl")
+    assert (len(images), prompts, labels, skipped) == (
+        2,
+        ["a red circle", "two blue squares"],
+        ["good"] * 2,
+        1,
+    )
+    status = retrain_reward.main(
+        ["--samples", str(folder / "samples.jsonl"), "--tokenizer", "unused", "--out", str(tmp_path / "out"),
+         "--name", "shapes-reward-ft-1"]
+    )  # fmt: skip
+    assert status == 2
+    event = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert event["event"] == "error"
+    assert "2 (2 good, 1 of other prompts left out)" in event["message"]
