@@ -1,0 +1,122 @@
+"""Hyperparameter trials for the fine-tune job (issue #5), in PyTorch, outside the service.
+
+Each trial fine-tunes models/shapes-sd/diffusers with finetune_sd.py on the rated samples `make models` left
+in build/reward-data (the train split: the pretrained model's own images with the rater's labels, good 1 and
+bad 0), then samples the held-out evaluation prompts of sample_rated.py (16 per category, 16 images each,
+20 steps at guidance 2.0, seed 7) and rates them with evaluate.py. The untouched base model is trial `base`.
+
+One JSON line per trial is appended to --results: the evaluation figures, the trial's name and spec, seconds.
+The trials are cheap stand-ins for whole jobs, used to choose the job's settings in scripts/finetune_loop.py.
+
+Usage:
+    python trainer/finetune_trials.py base
+    python trainer/finetune_trials.py e '{"steps": 1500, "learning_rate": 3e-4, "beta": 0.5,
+        "ema_decay": 0.999, "train_text_encoder": true, "pretrain": {"kind": "shapes_world", "images": 4096}}'
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+from PIL import Image
+
+from evaluate import evaluate
+from shapes_world import eval_prompts, heldout_prompts, train_prompts
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = ROOT / "models" / "shapes-sd" / "diffusers"
+
+
+def prepare_samples(data: Path, folder: Path) -> Path:
+    """build/reward-data's train split as a job's samples.jsonl (reward 1 for good, 0 for bad)."""
+    samples = folder / "samples.jsonl"
+    if samples.is_file():
+        return samples
+    folder.mkdir(parents=True, exist_ok=True)
+    images = np.load(data / "images.npy")
+    lines = []
+    for line in (data / "records.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["split"] != "train":
+            continue
+        name = f"{record['index']}.png"
+        Image.fromarray(images[record["index"]]).save(folder / name)
+        reward = 1.0 if record["label"] == "good" else 0.0
+        lines.append(json.dumps({"image": name, "prompt": record["prompt"], "reward": reward}))
+    samples.write_text("\n".join(lines) + "\n")
+    return samples
+
+
+def evaluate_pipeline(folder: Path, images_per_prompt: int = 16) -> dict:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from sample_rated import sample_images
+
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    eval_prompts(train_prompts(), 16, rng)  # sample_rated.py draws the seen prompts first
+    heldout = eval_prompts(heldout_prompts(), 16, rng)
+    texts = [prompt.text for prompt in heldout for _ in range(images_per_prompt)]
+    pipeline = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    pipeline.set_progress_bar_config(disable=True)
+    return evaluate(list(sample_images(pipeline, texts, 20, 2.0, 7, 128)), texts)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("name", help="the trial's name; `base` evaluates the pretrained model")
+    parser.add_argument("spec", nargs="?", help="finetune_sd.py spec fields as JSON (not for `base`)")
+    parser.add_argument("--data", type=Path, default=ROOT / "build" / "reward-data")
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "finetune-trials")
+    parser.add_argument("--results", type=Path, default=ROOT / "build" / "finetune-trials" / "results.jsonl")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    spec = None
+    if args.name == "base":
+        folder = BASE
+    else:
+        if not args.spec:
+            parser.error("a trial other than `base` needs a spec")
+        if not (args.data / "records.jsonl").is_file():
+            parser.error(f"--data has no records.jsonl (run `make models`): {args.data}")
+        samples = prepare_samples(args.data, args.work / "samples")
+        out = args.work / f"run-{args.name}"
+        spec = {
+            "base": str(BASE),
+            "out": str(out),
+            "samples": str(samples),
+            "export": False,
+            "log_every": 100,
+        }
+        spec |= json.loads(args.spec)
+        spec_path = args.work / f"{args.name}.json"
+        spec_path.write_text(json.dumps(spec))
+        subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("finetune_sd.py")), "--spec", str(spec_path)],
+            check=True,
+        )
+        folder = out / "diffusers"
+    result = evaluate_pipeline(folder) | {
+        "name": args.name,
+        "spec": spec,
+        "seconds": round(time.monotonic() - started),
+    }
+    print(json.dumps(result))
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.results, "a", encoding="utf-8") as lines:
+        lines.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
