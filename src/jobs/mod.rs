@@ -374,7 +374,7 @@ impl JobContext<'_> {
         };
         let rated = samples.len();
         let mut sampled = sampled;
-        if let Some(note) = rescale_rewards(&mut sampled) {
+        if let Some(note) = rescale_rewards(&mut sampled, scorer.bounded()) {
             self.manager
                 .storage
                 .insert_event(&self.job.id, "warning", "label", &note, None)
@@ -1117,24 +1117,25 @@ impl JobContext<'_> {
     }
 }
 
-/// The paper weights each sample by a reward "roughly in [0, 1]". A reward model whose scores fall outside
-/// (a CLIP similarity, PickScore's logits) is rescaled over the job's samples: min to 0, max to 1. Returns a
-/// sentence saying so, or `None` when the scores fit already.
-fn rescale_rewards(samples: &mut [Sample]) -> Option<String> {
+/// The paper weights each sample by its raw reward, "roughly in [0, 1]". A reward head trained towards 0/1
+/// labels is used as it is: a score a little outside is clipped by the trainer, and one outlier must not move
+/// every other weight. An unbounded reward model (a CLIP similarity, PickScore's logits) is rescaled over the
+/// job's samples, min to 0 and max to 1. Returns a sentence saying so, or `None` when nothing was rescaled.
+fn rescale_rewards(samples: &mut [Sample], bounded: bool) -> Option<String> {
+    if bounded || samples.is_empty() {
+        return None;
+    }
     let (low, high) = samples
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), sample| {
             (low.min(sample.reward), high.max(sample.reward))
         });
-    if samples.is_empty() || (low >= -0.05 && high <= 1.05) {
-        return None;
-    }
     let span = (high - low).max(1e-12);
     for sample in samples.iter_mut() {
         sample.reward = (sample.reward - low) / span;
     }
     Some(format!(
-        "the reward model's scores span [{low:.4}, {high:.4}], outside [0, 1]; rescaled min-max to [0, 1] as the trainer's weights"
+        "the reward model's scores are unbounded (span [{low:.4}, {high:.4}]); rescaled min-max to [0, 1] as the trainer's weights"
     ))
 }
 
@@ -1178,5 +1179,51 @@ fn fmt_signed(value: f64) -> String {
         format!("{value:+.4}")
     } else {
         "n/a".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples(rewards: &[f64]) -> Vec<Sample> {
+        rewards
+            .iter()
+            .map(|&reward| Sample {
+                image: "x.png".into(),
+                prompt: "a red circle".into(),
+                reward,
+                source: "reward_model",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reward_head_keeps_its_scores_and_one_outlier_moves_nothing() {
+        let mut head = samples(&[-6.4, 0.1, 0.9, 1.3]);
+        assert!(rescale_rewards(&mut head, true).is_none());
+        let kept: Vec<f64> = head.iter().map(|sample| sample.reward).collect();
+        assert_eq!(kept, vec![-6.4, 0.1, 0.9, 1.3]);
+    }
+
+    #[test]
+    fn an_unbounded_similarity_is_rescaled_to_the_unit_interval() {
+        let mut clip = samples(&[-8.0, -7.0, -6.0]);
+        let note = rescale_rewards(&mut clip, false).unwrap();
+        assert!(note.contains("unbounded"), "{note}");
+        let scaled: Vec<f64> = clip.iter().map(|sample| sample.reward).collect();
+        assert_eq!(scaled, vec![0.0, 0.5, 1.0]);
+    }
+
+    #[test]
+    fn stages_cover_the_job_in_order() {
+        let mut previous = 0.0;
+        for (name, end) in STAGES {
+            let (start, stop) = stage_bounds(name);
+            assert_eq!(start, previous, "{name}");
+            assert_eq!(stop, end);
+            previous = end;
+        }
+        assert_eq!(previous, 1.0);
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::reward::manifest::RewardKind;
 use crate::reward::model::RewardModel;
 use crate::reward::preprocess::Preprocessor;
 
@@ -50,6 +51,8 @@ struct Pending {
 /// A handle to one reward model's scorer thread. Cheap to share behind an `Arc`.
 pub struct Scorer {
     name: String,
+    /// Whether scores are trained towards [0, 1] (a reward head) rather than unbounded (a CLIP similarity).
+    bounded: bool,
     sender: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
     preprocessor: Preprocessor,
@@ -59,6 +62,7 @@ impl Scorer {
     /// Starts the thread. `max_batch` bounds the images in one ONNX call; `capacity` the jobs waiting.
     pub fn start(model: RewardModel, max_batch: usize, capacity: usize, metrics: Arc<Metrics>) -> Result<Self> {
         let name = model.name().to_string();
+        let bounded = matches!(model.manifest.kind, RewardKind::RewardHead { .. });
         let preprocessor = model.preprocessor().clone();
         let max_batch = max_batch.max(1);
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(capacity.max(1));
@@ -69,6 +73,7 @@ impl Scorer {
             .map_err(|err| Error::Internal(format!("cannot start the scorer thread: {err}")))?;
         Ok(Scorer {
             name,
+            bounded,
             sender: Some(sender),
             thread: Some(thread),
             preprocessor,
@@ -81,6 +86,11 @@ impl Scorer {
 
     pub fn preprocessor(&self) -> &Preprocessor {
         &self.preprocessor
+    }
+
+    /// True for a reward head trained towards labels in [0, 1]; false for an unbounded similarity.
+    pub fn bounded(&self) -> bool {
+        self.bounded
     }
 
     fn submit(&self, prompts: Vec<String>, pixels: Vec<f32>) -> Result<oneshot::Receiver<Result<Scored>>> {
