@@ -11,6 +11,7 @@ use crate::http::error::{parse_json, ErrorBody};
 use crate::http::routes::{page_limit, query_params, read_body};
 use crate::http::AppState;
 use crate::jobs::FineTuneRequest;
+use crate::registry::lineage;
 use crate::storage::{JobEvent, JobRecord, JobStatus, VersionKind};
 
 /// A fine-tune job.
@@ -333,15 +334,7 @@ async fn model_list(state: &AppState) -> Result<ModelList> {
     let data = versions
         .iter()
         .map(|version| {
-            let mut lineage = Vec::new();
-            let mut parent = version.parent.clone();
-            while let Some(id) = parent.take() {
-                if lineage.contains(&id) || lineage.len() > versions.len() {
-                    break;
-                }
-                parent = versions.iter().find(|v| v.id == id).and_then(|v| v.parent.clone());
-                lineage.push(id);
-            }
+            let lineage = lineage(&versions, version);
             ModelOut {
                 id: version.id.clone(),
                 object: "model".into(),

@@ -70,6 +70,12 @@ pub struct JobConfig {
     pub gate: GateDefaults,
 }
 
+/// A stage in progress: its name (one of `STAGES`) and when it began.
+struct Stage {
+    name: &'static str,
+    started: Instant,
+}
+
 struct RunningJob {
     id: String,
     cancel: watch::Sender<bool>,
@@ -354,7 +360,7 @@ impl JobContext<'_> {
                 self.spec.seed,
                 &data,
                 "s",
-                "sample",
+                ("sample", 0.0, 1.0),
             )
             .await?;
         let sampled_mean = mean(sampled.iter().map(|sample| sample.reward));
@@ -431,7 +437,7 @@ impl JobContext<'_> {
         let eval_seed = self.spec.seed.wrapping_add(1_000_000_007);
         let per_prompt = self.spec.eval_images_per_prompt;
         let base_eval = self
-            .evaluate(&base, &scorer, &eval_prompts, per_prompt, eval_seed, "base", 0.0)
+            .evaluate(&base, &scorer, &eval_prompts, per_prompt, eval_seed, "base", (0.0, 0.5))
             .await?;
         let candidate_eval = self
             .evaluate(
@@ -441,7 +447,7 @@ impl JobContext<'_> {
                 per_prompt,
                 eval_seed,
                 "candidate",
-                0.5,
+                (0.5, 1.0),
             )
             .await?;
         drop(candidate_model);
@@ -497,8 +503,8 @@ impl JobContext<'_> {
         format!("{root}-ft-{short}")
     }
 
-    /// Records a stage's start; returns the time it started.
-    async fn begin(&self, stage: &str) -> Result<Instant> {
+    /// Records a stage's start; `end` records its finish.
+    async fn begin(&self, stage: &'static str) -> Result<Stage> {
         self.check_cancelled()?;
         let (start, _) = stage_bounds(stage);
         self.manager.storage.set_job_stage(&self.job.id, stage, start).await?;
@@ -506,18 +512,21 @@ impl JobContext<'_> {
             .storage
             .insert_event(&self.job.id, "info", "stage", &format!("{stage}: started"), None)
             .await?;
-        Ok(Instant::now())
+        Ok(Stage {
+            name: stage,
+            started: Instant::now(),
+        })
     }
 
-    async fn end(&self, started: Instant, message: &str) -> Result<()> {
-        let stage = self.current_stage().await;
+    async fn end(&self, stage: Stage, message: &str) -> Result<()> {
+        let Stage { name: stage, started } = stage;
         let seconds = started.elapsed().as_secs_f64();
         self.manager
             .metrics
             .fine_tune_stage_duration
-            .with_label_values(&[&stage])
+            .with_label_values(&[stage])
             .observe(seconds);
-        let (_, end) = stage_bounds(&stage);
+        let (_, end) = stage_bounds(stage);
         self.manager.storage.set_job_progress(&self.job.id, end).await?;
         self.manager
             .storage
@@ -534,13 +543,6 @@ impl JobContext<'_> {
             )
             .await?;
         Ok(())
-    }
-
-    async fn current_stage(&self) -> String {
-        match self.manager.storage.job(&self.job.id).await {
-            Ok(Some(job)) => job.stage.unwrap_or_default(),
-            _ => String::new(),
-        }
     }
 
     /// Progress within a stage (0..1 of it).
@@ -599,6 +601,7 @@ impl JobContext<'_> {
     }
 
     /// `per_prompt` images of each prompt from `model`, scored; PNGs written to `folder` as `<tag><i>-<j>.png`.
+    /// Progress is reported over `progress`: a stage and the share of it, from and to, that this sampling is.
     #[allow(clippy::too_many_arguments)]
     async fn sample(
         &self,
@@ -609,8 +612,9 @@ impl JobContext<'_> {
         seed: u64,
         folder: &Path,
         tag: &str,
-        stage: &str,
+        progress: (&'static str, f64, f64),
     ) -> Result<Vec<Sample>> {
+        let (stage, from, to) = progress;
         std::fs::create_dir_all(folder)
             .map_err(|err| Error::Internal(format!("cannot create {}: {err}", folder.display())))?;
         let mut samples = Vec::with_capacity(prompts.len() * per_prompt as usize);
@@ -662,10 +666,9 @@ impl JobContext<'_> {
                     source: "reward_model",
                 });
             }
-            if (index + 1) % report_every == 0 {
+            if (index + 1) % report_every == 0 || index + 1 == prompts.len() {
                 let fraction = (index + 1) as f64 / prompts.len() as f64;
-                self.stage_progress(stage, if stage == "evaluate" { fraction * 0.5 } else { fraction })
-                    .await?;
+                self.stage_progress(stage, from + (to - from) * fraction).await?;
             }
         }
         Ok(samples)
@@ -1009,7 +1012,7 @@ impl JobContext<'_> {
     }
 
     /// Samples the evaluation prompts from `model` and judges them: the mean reward, and the rater's figures
-    /// (`trainer/evaluate.py`) when the prompts are the shapes world's.
+    /// (`trainer/evaluate.py`) when the prompts are the shapes world's. `share` is its part of the stage.
     #[allow(clippy::too_many_arguments)]
     async fn evaluate(
         &self,
@@ -1019,13 +1022,21 @@ impl JobContext<'_> {
         per_prompt: u32,
         seed: u64,
         name: &str,
-        offset: f64,
+        share: (f64, f64),
     ) -> Result<Value> {
         let folder = self.folder.join("eval").join(name);
         let samples = self
-            .sample(model, scorer, prompts, per_prompt, seed, &folder, "e", "evaluate")
+            .sample(
+                model,
+                scorer,
+                prompts,
+                per_prompt,
+                seed,
+                &folder,
+                "e",
+                ("evaluate", share.0, share.1),
+            )
             .await?;
-        self.stage_progress("evaluate", offset + 0.5).await?;
         let mut listing = String::new();
         for sample in &samples {
             listing.push_str(&json!({"image": sample.image, "prompt": sample.prompt}).to_string());

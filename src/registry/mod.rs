@@ -68,19 +68,10 @@ impl Registry {
     pub async fn startup_version(&self, folder_id: &str) -> Result<VersionRecord> {
         let versions = self.storage.versions(VersionKind::Diffusion).await?;
         if let Some(active) = versions.iter().find(|version| version.active) {
-            let mut root = active;
-            // Follow the lineage to the folder it was fine-tuned from (bounded: a cycle cannot loop forever).
-            for _ in 0..versions.len() {
-                match root
-                    .parent
-                    .as_ref()
-                    .and_then(|parent| versions.iter().find(|v| &v.id == parent))
-                {
-                    Some(parent) => root = parent,
-                    None => break,
-                }
-            }
-            if root.id == folder_id && active.id != folder_id {
+            // The folder it was fine-tuned from, at the end of its lineage.
+            let ancestors = lineage(&versions, active);
+            let root = ancestors.last().map_or(active.id.as_str(), String::as_str);
+            if root == folder_id && active.id != folder_id {
                 match self.verify(active).await {
                     Ok(()) => return Ok(active.clone()),
                     Err(err) => tracing::warn!(
@@ -210,6 +201,20 @@ impl Registry {
         }
         Ok(record)
     }
+}
+
+/// A version's ancestors, nearest first: its parent, the parent's parent, ... (a cycle stops the walk).
+pub fn lineage(versions: &[VersionRecord], version: &VersionRecord) -> Vec<String> {
+    let mut ancestors: Vec<String> = Vec::new();
+    let mut parent = version.parent.clone();
+    while let Some(id) = parent.take() {
+        if ancestors.contains(&id) || ancestors.len() > versions.len() {
+            break;
+        }
+        parent = versions.iter().find(|v| v.id == id).and_then(|v| v.parent.clone());
+        ancestors.push(id);
+    }
+    ancestors
 }
 
 /// SHA-256 of every file under `folder`, by path relative to it (with `/`).
