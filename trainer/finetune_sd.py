@@ -28,11 +28,15 @@ Spec (JSON; unknown keys are refused):
     pretrain_fraction share of each batch from D_pre, in [0, 1) (default 0.5)
     ema_decay         save an exponential moving average of the trained weights, with this decay (warmed up
                       as diffusers' EMAModel does); 0 (default) saves the last step's weights
+    caption_dropout   share of rows trained with the empty caption, as in pretraining (default 0.1): the
+                      unconditional prediction that classifier-free guidance subtracts is shared with the
+                      conditional one, so a fine-tune that never trains it lets it drift, and guidance
+                      amplifies the drift
     train_text_encoder, seed, device (default cuda when available), threads, log_every, export (default true)
 
 Output: <out>/diffusers (safetensors), and unless "export" is false the ONNX layout of `optimum-cli export
-onnx --task text-to-image` beside it, checked against PyTorch like export_sd.py, plus <out>/finetune.json with
-the spec, the losses and the time.
+onnx --task text-to-image` beside it (with export_sd.py's UNet, whose timestep is [batch]), checked against
+PyTorch like export_sd.py, plus <out>/finetune.json with the spec, the losses and the time.
 
 Progress lines: {"event": "start"}, {"event": "data", ...}, {"event": "step", "step", "steps", "loss",
 "model_loss", "pretrain_loss", "seconds"}, {"event": "export", ...}, {"event": "done", "out", "seconds"}.
@@ -126,6 +130,7 @@ class Spec:
     pretrain_fraction: float = 0.5
     train_text_encoder: bool = False
     ema_decay: float = 0.0
+    caption_dropout: float = 0.1
     seed: int = 0
     device: str | None = None
     threads: int = 2
@@ -180,6 +185,7 @@ def parse_spec(raw: dict) -> Spec:
     number("threads", 1, 1024, integer=True)
     number("log_every", 1, 10_000_000, integer=True)
     number("ema_decay", 0.0, 0.999999)
+    number("caption_dropout", 0.0, 1.0)
     for name in ("train_text_encoder", "export"):
         if not isinstance(getattr(spec, name), bool):
             raise SpecError(f"`{name}` must be true or false. Given: {getattr(spec, name)!r}")
@@ -411,6 +417,8 @@ def train(spec: Spec, stop) -> dict:
     mean_reward = float(rewards.mean())
 
     def denoising_losses(latents: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        dropped = rng.random(len(captions)) < spec.caption_dropout
+        captions = ["" if drop else caption for caption, drop in zip(captions, dropped, strict=True)]
         input_ids = padded_ids(tokenizer, captions, device)
         with torch.set_grad_enabled(spec.train_text_encoder):
             states = text_encoder(input_ids)[0]
@@ -467,25 +475,22 @@ def train(spec: Spec, stop) -> dict:
 
 
 def export(pipeline, partial: Path, base: Path) -> dict:
-    """Optimum's text-to-image export into `partial`, checked against PyTorch as export_sd.py checks it."""
-    from optimum.exporters.onnx import main_export
-
-    from export_sd import TOLERANCE, parity
+    """Optimum's text-to-image export into `partial` with export_sd.py's UNet config (a [batch] timestep),
+    checked against PyTorch as export_sd.py checks it."""
+    from export_sd import TOLERANCE, export_onnx, parity_report
     from onnx_contract import describe_exports
 
-    main_export(
-        str(partial / "diffusers"),
-        output=partial,
-        task="text-to-image",
-        library_name="diffusers",
-        device="cpu",
-        local_files_only=True,
-    )
-    differences = parity(pipeline, partial)
+    export_onnx(partial / "diffusers", partial, pipeline.unet.config)
+    differences, unet_rows = parity_report(pipeline, partial)
     failed = {part: value for part, value in differences.items() if not value <= TOLERANCE}
     if failed:
         raise RuntimeError(f"ONNX and PyTorch differ by more than {TOLERANCE}: {failed}")
-    record = {"max_abs_difference": differences, "tolerance": TOLERANCE, "graphs": describe_exports(partial)}
+    record = {
+        "max_abs_difference": differences,
+        "unet_rows": unet_rows,
+        "tolerance": TOLERANCE,
+        "graphs": describe_exports(partial),
+    }
     (partial / "export.json").write_text(json.dumps(record, indent=2) + "\n")
     # The served defaults (steps, guidance) carry over from the base version when it has them.
     defaults = base.parent / "t2i-align.json"

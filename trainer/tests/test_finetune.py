@@ -230,6 +230,9 @@ def test_smoke_finetune_trains_the_unet_and_exports_a_checked_onnx_folder(
     for part in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
         assert (out / part / "model.onnx").is_file(), part
     assert (out / "diffusers" / "model_index.json").is_file()
+    # export_sd.py's UNet config: a timestep per row.
+    export = json.loads((out / "export.json").read_text())
+    assert export["unet_rows"]["timestep_shape"] == ["batch_size"]
     assert not out.with_name(out.name + ".partial").exists()
     record = json.loads((out / "finetune.json").read_text())
     assert [entry["step"] for entry in record["history"]] == [1, 2, 3]

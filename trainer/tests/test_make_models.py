@@ -33,6 +33,7 @@ def test_shapes_sd_is_an_optimum_export_with_diffusers_weights(smoke_models):
     export = json.loads((root / "export.json").read_text())
     assert set(export["max_abs_difference"]) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
     assert max(export["max_abs_difference"].values()) <= 1e-4
+    assert export["unet_rows"]["timestep_shape"] == ["batch_size"]
     # VAE factor 4: 16x16 latents for 64x64 images.
     unet_config = json.loads((root / "unet" / "config.json").read_text())
     vae_config = json.loads((root / "vae_decoder" / "config.json").read_text())

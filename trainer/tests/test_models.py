@@ -49,6 +49,17 @@ def test_shapes_reward_onnx_matches_its_pytorch_weights(trainer_packages, shapes
     assert difference <= TOLERANCE
 
 
+def test_shapes_sd_unet_takes_a_timestep_per_row(shapes_sd):
+    """export_sd.py's UNet: a float32 timestep of shape [batch_size], checked per row against PyTorch."""
+    from onnx_contract import describe_exports
+
+    unet = {i["name"]: (i["type"], i["shape"]) for i in describe_exports(shapes_sd)["unet"]["inputs"]}
+    assert unet["timestep"] == ("tensor(float)", ["batch_size"])
+    rows = json.loads((shapes_sd / "export.json").read_text())["unet_rows"]
+    assert len(set(rows["timesteps"])) == len(rows["timesteps"]) > 1
+    assert max(rows["onnx_vs_torch_batch"] + rows["onnx_vs_torch_each_row_alone"]) <= TOLERANCE
+
+
 def test_shapes_sd_serves_the_guidance_its_sweep_chose(shapes_sd):
     served = json.loads((shapes_sd / "t2i-align.json").read_text())
     results = json.loads((shapes_sd / "guidance_sweep.json").read_text())["results"]
