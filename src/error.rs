@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong, grouped by who must act: the caller (validation), the operator (model, runtime,
 /// configuration) or nobody (cancelled, overloaded).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request is well-formed JSON but a field breaks a rule. `param` names the field.
     #[error("{message}")]

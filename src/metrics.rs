@@ -26,6 +26,12 @@ pub struct Metrics {
     reward_scores: Mutex<HashMap<String, Histogram>>,
     pub reward_batch_size: HistogramVec,
     pub reward_batch_duration: HistogramVec,
+    /// UNet rows per call of the continuous batcher (classifier-free guidance counts two per image).
+    pub unet_batch_rows: prometheus::Histogram,
+    /// Requests whose units share one UNet call.
+    pub unet_batch_requests: prometheus::Histogram,
+    /// Generation requests being denoised (admitted by a worker, not yet answered).
+    pub active_requests: IntGauge,
     pub candidates_generated: IntCounterVec,
     pub candidates_accepted: IntCounterVec,
     pub feedback: IntCounterVec,
@@ -91,6 +97,21 @@ impl Metrics {
             .buckets(exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()),
             &["model"],
         );
+        let unet_batch_rows = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "t2i_unet_batch_rows",
+                "UNet rows per call of the continuous batcher (two per image with classifier-free guidance)",
+            )
+            .buckets(exponential_buckets(1.0, 2.0, 9).unwrap_or_default()),
+        );
+        let unet_batch_requests = prometheus::Histogram::with_opts(
+            HistogramOpts::new("t2i_unet_batch_requests", "Requests sharing one UNet call")
+                .buckets(exponential_buckets(1.0, 2.0, 7).unwrap_or_default()),
+        );
+        let active_requests = IntGauge::new(
+            "t2i_active_requests",
+            "Generation requests admitted to a worker's batch and not yet answered",
+        );
         let candidates_generated = IntCounterVec::new(
             Opts::new(
                 "t2i_candidates_generated_total",
@@ -139,6 +160,9 @@ impl Metrics {
                 reward_scores: Mutex::new(HashMap::new()),
                 reward_batch_size: reward_batch_size?,
                 reward_batch_duration: reward_batch_duration?,
+                unet_batch_rows: unet_batch_rows?,
+                unet_batch_requests: unet_batch_requests?,
+                active_requests: active_requests?,
                 candidates_generated: candidates_generated?,
                 candidates_accepted: candidates_accepted?,
                 feedback: feedback?,
@@ -158,6 +182,11 @@ impl Metrics {
             metrics
                 .registry
                 .register(Box::new(metrics.reward_batch_duration.clone()))?;
+            metrics.registry.register(Box::new(metrics.unet_batch_rows.clone()))?;
+            metrics
+                .registry
+                .register(Box::new(metrics.unet_batch_requests.clone()))?;
+            metrics.registry.register(Box::new(metrics.active_requests.clone()))?;
             metrics
                 .registry
                 .register(Box::new(metrics.candidates_generated.clone()))?;

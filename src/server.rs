@@ -37,6 +37,8 @@ pub struct ServeConfig {
     pub sessions: SessionSettings,
     pub workers: usize,
     pub queue_capacity: usize,
+    /// Most UNet rows in one call of the continuous batcher.
+    pub max_batch_rows: usize,
     pub warmup: bool,
     pub limits: RequestLimits,
     pub reward: RewardConfig,
@@ -94,6 +96,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         workers: config.workers,
         queue_capacity: config.queue_capacity,
         batch_images: config.reward.batch_images,
+        max_batch_rows: config.max_batch_rows,
         warmup: config.warmup,
         max_loaded: config.max_loaded_models,
     };

@@ -1,23 +1,31 @@
-//! The bounded work queue between HTTP handlers and the worker threads that own the ONNX sessions.
+//! The bounded work queue between HTTP handlers and the worker threads that own the ONNX sessions, and the
+//! continuous batcher those workers run.
 //!
 //! Handlers never touch ONNX Runtime: they validate, enqueue and await a reply. A full queue answers at once
 //! (429 with `Retry-After`), never with an unbounded wait. Each worker thread owns one `Pipeline`, because
-//! `Session::run` needs `&mut`. A request whose caller went away is dropped before it starts, and stops at the
-//! next step boundary if it already runs. Continuous batching across requests builds on this in a later step.
+//! `Session::run` needs `&mut`, and denoises every request it has admitted in shared UNet calls
+//! (`worker`), choosing each call's members with a pure planner (`planner`). An engine serves one model
+//! version, so a batch never mixes versions. A request whose caller went away is dropped before it starts, and
+//! leaves the batch at the next step boundary if it already runs.
+
+pub mod planner;
+mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Sender, TrySendError};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::pipeline::{GenerateOutput, GenerateParams, Pipeline, Progress};
-use crate::reward::best_of::{generate_selected, Selection};
+use crate::pipeline::{GenerateOutput, GenerateParams, Pipeline};
+use crate::reward::best_of::Selection;
 use crate::reward::Scorer;
+
+pub use worker::BatchSettings;
 
 /// A finished generation, with the time it waited in the queue.
 pub struct Completed {
@@ -58,6 +66,7 @@ impl Drop for CancelOnDrop {
 pub struct Engine {
     sender: Option<Sender<Job>>,
     capacity: usize,
+    batch_rows: usize,
     workers: Vec<JoinHandle<()>>,
     /// Mean seconds per job (EWMA), kept as f64 bits, for `Retry-After`.
     mean_job_seconds: Arc<AtomicU64>,
@@ -65,12 +74,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts one worker thread per pipeline. `capacity` bounds the jobs waiting for a worker; `batch_images`
-    /// bounds the candidates in one denoising batch when a request asks for several (best_of, min_reward).
+    /// Starts one worker thread per pipeline. `capacity` bounds the jobs waiting for a worker; `settings`
+    /// bound the rows of one UNet call and the candidates of one unit (best_of, min_reward).
     pub fn start(
         pipelines: Vec<Pipeline>,
         capacity: usize,
-        batch_images: usize,
+        settings: BatchSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
         if pipelines.is_empty() {
@@ -87,13 +96,14 @@ impl Engine {
                 let mean = mean_job_seconds.clone();
                 std::thread::Builder::new()
                     .name(format!("t2i-worker-{index}"))
-                    .spawn(move || worker_loop(pipeline, receiver, batch_images, metrics, mean))
+                    .spawn(move || worker::Worker::new(pipeline, receiver, settings, metrics, mean).run())
                     .map_err(|err| Error::Internal(format!("cannot start worker thread: {err}")))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Engine {
             sender: Some(sender),
             capacity: capacity.max(1),
+            batch_rows: settings.max_rows.max(1),
             workers,
             mean_job_seconds,
             metrics,
@@ -106,6 +116,11 @@ impl Engine {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Most UNet rows one worker's call carries.
+    pub fn batch_rows(&self) -> usize {
+        self.batch_rows
     }
 
     /// Enqueues a job and waits for it. Fails at once with `Overloaded` when the queue is full. With a scorer,
@@ -172,80 +187,5 @@ impl Drop for Engine {
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
-    }
-}
-
-struct JobProgress<'a> {
-    cancel: &'a AtomicBool,
-}
-
-impl Progress for JobProgress<'_> {
-    fn cancelled(&self) -> bool {
-        self.cancel.load(Ordering::Relaxed)
-    }
-}
-
-fn worker_loop(
-    mut pipeline: Pipeline,
-    receiver: Receiver<Job>,
-    batch_images: usize,
-    metrics: Arc<Metrics>,
-    mean: Arc<AtomicU64>,
-) {
-    let provider = pipeline.provider().label();
-    while let Ok(job) = receiver.recv() {
-        metrics.queue_depth.set(receiver.len() as i64);
-        let queue_time = job.enqueued.elapsed();
-        if job.cancel.load(Ordering::Relaxed) || job.reply.is_closed() {
-            metrics
-                .requests_dropped
-                .with_label_values(&["client_disconnected"])
-                .inc();
-            tracing::debug!("dropped a queued request: its client disconnected");
-            continue;
-        }
-        let started = Instant::now();
-        let mut progress = JobProgress { cancel: &job.cancel };
-        // A panic inside one request must not take the worker (and every later request) down with it.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &job.scorer {
-            Some(scorer) => generate_selected(
-                &mut pipeline,
-                scorer,
-                &job.params,
-                job.selection,
-                batch_images,
-                &mut progress,
-            ),
-            None => pipeline.generate(&job.params, &mut progress),
-        }))
-        .unwrap_or_else(|panic| {
-            let reason = panic
-                .downcast_ref::<&str>()
-                .map(|text| text.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(Error::Internal(format!("generation panicked: {reason}")))
-        });
-        match &result {
-            Ok(output) => {
-                metrics.observe_stages(provider, queue_time, &output.timings);
-                metrics.images_generated.inc_by(output.images.len() as u64);
-                if let Some(report) = &output.selection {
-                    metrics.observe_selection(report);
-                }
-                let seconds = started.elapsed().as_secs_f64();
-                let previous = f64::from_bits(mean.load(Ordering::Relaxed));
-                mean.store((0.8 * previous + 0.2 * seconds).to_bits(), Ordering::Relaxed);
-            }
-            Err(Error::Cancelled) => {
-                metrics
-                    .requests_dropped
-                    .with_label_values(&["client_disconnected"])
-                    .inc();
-                tracing::debug!("stopped a running request: its client disconnected");
-            }
-            Err(err) => tracing::error!(error = %err, "generation failed"),
-        }
-        let _ = job.reply.send(result.map(|output| Completed { output, queue_time }));
     }
 }

@@ -215,6 +215,10 @@ pub struct ServeArgs {
     /// Generation requests that may wait for a worker; more are refused with 429 and Retry-After.
     #[arg(long, env = "T2I_QUEUE_CAPACITY", default_value_t = 32)]
     pub queue_capacity: usize,
+    /// Most UNet rows in one call of the continuous batcher: every admitted request's images (two rows each
+    /// with classifier-free guidance) share each denoising step up to this; more requests wait in the queue.
+    #[arg(long, env = "T2I_MAX_BATCH_ROWS", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_batch_rows: u64,
     /// Largest request body in bytes.
     #[arg(long, env = "T2I_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
@@ -385,6 +389,7 @@ impl ServeArgs {
             device: self.runtime.device,
             workers: self.workers,
             queue_capacity: self.queue_capacity,
+            max_batch_rows: self.max_batch_rows as usize,
             warmup: self.warmup,
             reward: self.reward.config(),
             data_dir: self.data_dir,

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 
@@ -622,35 +623,35 @@ impl JobContext<'_> {
             return Ok(samples);
         }
         let report_every = (prompts.len() / 50).max(1);
-        for (index, prompt) in prompts.iter().enumerate() {
-            self.check_cancelled()?;
-            let params = GenerateParams {
-                prompt: prompt.clone(),
-                negative_prompt: String::new(),
-                num_images: per_prompt as usize,
-                steps: model.limits.default_steps as usize,
-                guidance_scale: model.limits.default_guidance_scale as f32,
-                scheduler: model.limits.default_scheduler,
-                seed: seed
-                    .wrapping_mul(1_000_003)
-                    .wrapping_add(index as u64 * per_prompt as u64),
-                width: model.limits.default_size,
-                height: model.limits.default_size,
-                eta: 0.0,
-            };
-            let completed = loop {
-                match model
-                    .engine
-                    .generate(params.clone(), Selection::BestOf { k: 1 }, Some(scorer.clone()))
-                    .await
-                {
-                    Err(Error::Overloaded { retry_after_secs, .. }) => {
-                        tokio::time::sleep(Duration::from_secs(retry_after_secs.min(5))).await;
-                        self.check_cancelled()?;
-                    }
-                    other => break other?,
-                }
-            };
+        let params = |index: usize, prompt: &str| GenerateParams {
+            prompt: prompt.to_string(),
+            negative_prompt: String::new(),
+            num_images: per_prompt as usize,
+            steps: model.limits.default_steps as usize,
+            guidance_scale: model.limits.default_guidance_scale as f32,
+            scheduler: model.limits.default_scheduler,
+            seed: seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(index as u64 * per_prompt as u64),
+            width: model.limits.default_size,
+            height: model.limits.default_size,
+            eta: 0.0,
+        };
+        // Several prompts in flight at once, so that the engine's continuous batcher denoises them in shared UNet
+        // calls; answers come back in prompt order. At most half the queue, so users' requests still get in.
+        let in_flight = (model.engine.batch_rows() / (2 * per_prompt as usize))
+            .min(model.engine.capacity() / 2)
+            .clamp(1, 16);
+        let requests: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(index, prompt)| self.sample_one(model, scorer, params(index, prompt)))
+            .collect();
+        let mut answers = futures_util::stream::iter(requests).buffered(in_flight);
+        let mut index = 0;
+        while let Some(completed) = answers.next().await {
+            let completed = completed?;
+            let prompt = &prompts[index];
             for (position, image) in completed.output.images.iter().enumerate() {
                 let name = format!("{tag}{index}-{position}.png");
                 // Working data: a crash fails the job anyway, so no fsync per file.
@@ -666,12 +667,35 @@ impl JobContext<'_> {
                     source: "reward_model",
                 });
             }
-            if (index + 1) % report_every == 0 || index + 1 == prompts.len() {
-                let fraction = (index + 1) as f64 / prompts.len() as f64;
+            index += 1;
+            if index % report_every == 0 || index == prompts.len() {
+                let fraction = index as f64 / prompts.len() as f64;
                 self.stage_progress(stage, from + (to - from) * fraction).await?;
             }
         }
         Ok(samples)
+    }
+
+    /// One scored generation for a job, waiting and retrying while the engine's queue is full.
+    async fn sample_one(
+        &self,
+        model: &LoadedModel,
+        scorer: &Arc<Scorer>,
+        params: GenerateParams,
+    ) -> Result<crate::batching::Completed> {
+        loop {
+            self.check_cancelled()?;
+            match model
+                .engine
+                .generate(params.clone(), Selection::BestOf { k: 1 }, Some(scorer.clone()))
+                .await
+            {
+                Err(Error::Overloaded { retry_after_secs, .. }) => {
+                    tokio::time::sleep(Duration::from_secs(retry_after_secs.min(5))).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The stored ratings as samples: good 1, bad 0 (skips are left out), each image copied into `folder`.
@@ -903,6 +927,7 @@ impl JobContext<'_> {
             "pretrain_fraction": hyper.pretrain_fraction,
             "train_text_encoder": hyper.train_text_encoder,
             "ema_decay": hyper.ema_decay,
+            "caption_dropout": hyper.caption_dropout,
             "seed": self.spec.seed,
             "threads": self.manager.config.trainer_threads,
             // About 100 progress lines, and at least one every 25 steps.

@@ -63,6 +63,14 @@ pub struct Hyperparameters {
     /// step's. Default 0.
     #[serde(default)]
     pub ema_decay: f64,
+    /// Share of rows trained with the empty caption, in [0, 1], as the pretraining did, so that the
+    /// unconditional prediction classifier-free guidance subtracts keeps being trained. Default 0.1.
+    #[serde(default = "default_caption_dropout")]
+    pub caption_dropout: f64,
+}
+
+fn default_caption_dropout() -> f64 {
+    0.1
 }
 
 impl Default for Hyperparameters {
@@ -75,6 +83,7 @@ impl Default for Hyperparameters {
             pretrain_fraction: default_pretrain_fraction(),
             train_text_encoder: false,
             ema_decay: 0.0,
+            caption_dropout: default_caption_dropout(),
         }
     }
 }
@@ -380,6 +389,13 @@ impl FineTuneRequest {
             true,
         )?;
         finite("hyperparameters.ema_decay", hyper.ema_decay, 0.0, 1.0, true)?;
+        finite(
+            "hyperparameters.caption_dropout",
+            hyper.caption_dropout,
+            0.0,
+            1.0,
+            false,
+        )?;
         if !(1..=limits.max_steps).contains(&hyper.steps) {
             return Err(Error::validation(
                 "hyperparameters.steps",

@@ -192,6 +192,10 @@ enum TimestepInput {
 }
 
 impl TimestepInput {
+    fn is_scalar(self) -> bool {
+        matches!(self, TimestepInput::FloatScalar | TimestepInput::Int64Scalar)
+    }
+
     fn from_spec(spec: &TensorSpec) -> Result<Self> {
         match (spec.element, spec.rank()) {
             (ElementType::Float32, 0) => Ok(TimestepInput::FloatScalar),
@@ -355,155 +359,93 @@ impl Pipeline {
         self.sample_from_latents(params, latents, progress)?.encode_all()
     }
 
-    /// `generate_from_latents` without the PNG encoding.
+    /// `generate_from_latents` without the PNG encoding: one request alone through the same step-wise code
+    /// the batcher drives (`begin`, `step`, `finish`).
     pub fn sample_from_latents(
         &mut self,
         params: &GenerateParams,
-        mut latents: Vec<f32>,
+        latents: Vec<f32>,
         progress: &mut dyn Progress,
     ) -> Result<Sampled> {
-        let mut timings = StageTimings::default();
-        let mut warnings = Vec::new();
-        let num_images = params.num_images;
-        let (latent_h, latent_w) = params.latent_size(self.model.vae_scale_factor);
-        let channels = self.model.latent_channels;
-        let per_image = channels * latent_h * latent_w;
-        if latents.len() != per_image * num_images {
-            return Err(Error::Internal(format!(
-                "initial latents have {} values; expected {}",
-                latents.len(),
-                per_image * num_images
-            )));
-        }
-
-        // Text: one encoder call for [negative, prompt].
-        let started = Instant::now();
-        let guided = params.guidance_scale > 1.0;
-        let embeddings = self.encode_prompts(params, guided, &mut warnings, &mut timings.ort_run)?;
-        let hidden_states = repeat_embeddings(&embeddings.values, embeddings.rows, num_images);
-        timings.text_encode = started.elapsed();
-
-        // Denoise.
-        let started = Instant::now();
-        let mut scheduler = scheduler::build(
-            params.scheduler,
-            &self.model.scheduler_config,
-            params.steps,
-            &SchedulerOptions { eta: params.eta },
-        )
-        .map_err(|err| Error::validation("scheduler", err.to_string()))?;
-        let sigma = scheduler.init_noise_sigma();
-        latents.iter_mut().for_each(|value| *value *= sigma);
-        // Step noise continues each image's stream past the values its initial latents took.
-        let mut noise_sources: Vec<NoiseSource> = if scheduler.needs_noise() {
-            (0..num_images)
-                .map(|index| {
-                    let mut source = NoiseSource::new(params.seed.wrapping_add(index as u64));
-                    source.skip_normals(per_image);
-                    source
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let unet_batch = if guided { 2 * num_images } else { num_images };
-        let sample_shape = [unet_batch, channels, latent_h, latent_w];
-        let hidden_shape = [unet_batch, embeddings.seq_len, embeddings.hidden];
-        let mut model_input = vec![0.0f32; per_image * unet_batch];
-        let mut noise = vec![0.0f32; latents.len()];
-        let timesteps = scheduler.timesteps().to_vec();
-        for (step_index, &timestep) in timesteps.iter().enumerate() {
+        let mut unit = self
+            .begin(vec![(params.clone(), latents)])
+            .pop()
+            .ok_or_else(|| Error::Internal("begin returned no unit".into()))??;
+        while !unit.finished() {
             if progress.cancelled() {
                 return Err(Error::Cancelled);
             }
-            let step_started = Instant::now();
-            for copy in model_input.chunks_exact_mut(latents.len()) {
-                copy.copy_from_slice(&latents);
-            }
-            scheduler.scale_model_input(&mut model_input, step_index);
-            let prediction = self.run_unet(
-                &model_input,
-                sample_shape,
-                timestep,
-                &hidden_states,
-                hidden_shape,
-                &mut timings.ort_run,
-            )?;
-            let guided_prediction = if guided {
-                apply_guidance(&prediction, params.guidance_scale)
-            } else {
-                prediction
-            };
-            let step_noise = if scheduler.needs_noise() {
-                for (chunk, source) in noise.chunks_exact_mut(per_image).zip(noise_sources.iter_mut()) {
-                    source.fill_normal(chunk);
-                }
-                Some(noise.as_slice())
-            } else {
-                None
-            };
-            scheduler
-                .step(&guided_prediction, step_index, &mut latents, step_noise)
-                .map_err(|err| Error::Internal(format!("scheduler step {step_index}: {err}")))?;
-            timings.unet_steps.push(step_started.elapsed());
-            progress.on_step(step_index + 1, timesteps.len());
+            self.step(&mut [&mut unit])?;
+            progress.on_step(unit.steps_done(), unit.steps_total());
         }
-        timings.denoise = started.elapsed();
-
-        // Decode all images in one VAE call.
-        let started = Instant::now();
-        let scale = 1.0 / self.model.scaling_factor;
-        let shift = self.model.shift_factor;
-        latents.iter_mut().for_each(|value| *value = *value * scale + shift);
-        let pixels = self.run_vae(
-            &latents,
-            [num_images, channels, latent_h, latent_w],
-            &mut timings.ort_run,
-        )?;
-        timings.decode = started.elapsed();
-
-        let per_pixel_image = 3 * params.height * params.width;
-        if pixels.len() != per_pixel_image * num_images {
-            return Err(Error::Inference {
-                component: "vae_decoder",
-                message: format!(
-                    "returned {} values; expected {num_images}x3x{}x{}",
-                    pixels.len(),
-                    params.height,
-                    params.width
-                ),
-            });
-        }
-        let images = pixels
-            .chunks_exact(per_pixel_image)
-            .enumerate()
-            .map(|(index, chw)| {
-                let bytes = to_rgb8(chw, params.height, params.width);
-                let rgb = image::RgbImage::from_raw(params.width as u32, params.height as u32, bytes)
-                    .ok_or_else(|| Error::Internal("a decoded image has the wrong number of bytes".into()))?;
-                Ok(SampledImage {
-                    index,
-                    seed: params.seed.wrapping_add(index as u64),
-                    width: params.width,
-                    height: params.height,
-                    rgb,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Sampled {
-            images,
-            timings,
-            warnings,
-        })
+        self.finish(vec![unit])
+            .pop()
+            .ok_or_else(|| Error::Internal("finish returned no images".into()))?
     }
 
-    fn encode_prompts(
-        &mut self,
-        params: &GenerateParams,
-        guided: bool,
-        warnings: &mut Vec<String>,
-        ort_time: &mut Duration,
-    ) -> Result<Embeddings> {
+    /// Starts denoising each `(params, initial latents)`: one text-encoder call for all their prompts, then
+    /// each unit's scheduler and scaled latents. Results come back in order; a unit that cannot start (its
+    /// latents have the wrong length, its scheduler refuses the step count) fails alone.
+    pub fn begin(&mut self, units: Vec<(GenerateParams, Vec<f32>)>) -> Vec<Result<Denoising>> {
+        let started = Instant::now();
+        let mut prepared: Vec<Result<Prepared>> = units
+            .into_iter()
+            .map(|(params, latents)| self.prepare(params, latents))
+            .collect();
+        let ids: Vec<&[i64]> = prepared
+            .iter()
+            .filter_map(|unit| unit.as_ref().ok())
+            .map(|unit| unit.ids.as_slice())
+            .collect();
+        let mut ort_run = Duration::ZERO;
+        let encoded = if ids.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.encode_ids(&ids, &mut ort_run)
+        };
+        let text_encode = started.elapsed();
+        let mut embeddings = match encoded {
+            Ok(embeddings) => embeddings.into_iter(),
+            Err(err) => {
+                // The shared call failed: every unit that reached it fails with the same error.
+                return prepared
+                    .into_iter()
+                    .map(|unit| unit.and_then(|_| Err(err.clone())))
+                    .collect();
+            }
+        };
+        prepared
+            .drain(..)
+            .map(|unit| {
+                let unit = unit?;
+                let embeddings = embeddings
+                    .next()
+                    .ok_or_else(|| Error::Internal("the text encoder returned too few rows".into()))?;
+                let mut timings = StageTimings {
+                    text_encode,
+                    ort_run,
+                    ..StageTimings::default()
+                };
+                timings.denoise = Duration::ZERO;
+                Ok(unit.into_denoising(embeddings, timings))
+            })
+            .collect()
+    }
+
+    /// Tokenizes one unit's prompts and builds its scheduler.
+    fn prepare(&self, params: GenerateParams, mut latents: Vec<f32>) -> Result<Prepared> {
+        let (latent_h, latent_w) = params.latent_size(self.model.vae_scale_factor);
+        let channels = self.model.latent_channels;
+        let per_image = channels * latent_h * latent_w;
+        if latents.len() != per_image * params.num_images {
+            return Err(Error::Internal(format!(
+                "initial latents have {} values; expected {}",
+                latents.len(),
+                per_image * params.num_images
+            )));
+        }
+        let guided = params.guidance_scale > 1.0;
+        let mut warnings = Vec::new();
         let mut prompts = Vec::with_capacity(2);
         if guided {
             prompts.push(("negative_prompt", params.negative_prompt.as_str()));
@@ -522,7 +464,185 @@ impl Pipeline {
             }
             ids.extend(tokens.ids.iter().map(|&id| id as i64));
         }
-        let rows = prompts.len();
+        let scheduler = scheduler::build(
+            params.scheduler,
+            &self.model.scheduler_config,
+            params.steps,
+            &SchedulerOptions { eta: params.eta },
+        )
+        .map_err(|err| Error::validation("scheduler", err.to_string()))?;
+        let sigma = scheduler.init_noise_sigma();
+        latents.iter_mut().for_each(|value| *value *= sigma);
+        // Step noise continues each image's stream past the values its initial latents took.
+        let noise_sources: Vec<NoiseSource> = if scheduler.needs_noise() {
+            (0..params.num_images)
+                .map(|index| {
+                    let mut source = NoiseSource::new(params.seed.wrapping_add(index as u64));
+                    source.skip_normals(per_image);
+                    source
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Prepared {
+            rows: prompts.len(),
+            ids,
+            denoising: Denoising {
+                shape: LatentShape {
+                    channels,
+                    height: latent_h,
+                    width: latent_w,
+                },
+                guided,
+                latents,
+                hidden_states: Vec::new(),
+                seq_len: 0,
+                hidden: 0,
+                timesteps: scheduler.timesteps().to_vec(),
+                scheduler,
+                noise_sources,
+                step_index: 0,
+                timings: StageTimings::default(),
+                warnings,
+                params,
+            },
+        })
+    }
+
+    /// One UNet call for every unit in `units`, each advanced by one step. The units must share a latent
+    /// shape and, when this export takes one timestep for the whole batch, their next timestep; the batcher's
+    /// planner only groups units that do. A failed call fails the step of every unit in it.
+    pub fn step(&mut self, units: &mut [&mut Denoising]) -> Result<()> {
+        let Some(first) = units.first() else {
+            return Ok(());
+        };
+        let shape = first.shape;
+        let (seq_len, hidden) = (first.seq_len, first.hidden);
+        let shared_timestep = first.next_timestep();
+        let mut rows = 0;
+        for unit in units.iter() {
+            if unit.finished() {
+                return Err(Error::Internal("a finished unit was stepped".into()));
+            }
+            if unit.shape != shape || unit.seq_len != seq_len || unit.hidden != hidden {
+                return Err(Error::Internal("units of different shapes were batched".into()));
+            }
+            if self.contract.timestep_input.is_scalar() && unit.next_timestep() != shared_timestep {
+                return Err(Error::Internal(
+                    "units at different timesteps were batched for a UNet that takes one timestep".into(),
+                ));
+            }
+            rows += unit.unet_rows();
+        }
+        let started = Instant::now();
+        let per_row = shape.values();
+        let mut sample = Vec::with_capacity(rows * per_row);
+        let mut timesteps = Vec::with_capacity(rows);
+        let mut hidden_states = Vec::with_capacity(rows * seq_len * hidden);
+        for unit in units.iter() {
+            let from = sample.len();
+            for _ in 0..unit.copies() {
+                sample.extend_from_slice(&unit.latents);
+            }
+            unit.scheduler.scale_model_input(&mut sample[from..], unit.step_index);
+            timesteps.extend(std::iter::repeat_n(
+                unit.next_timestep().unwrap_or(0.0),
+                unit.unet_rows(),
+            ));
+            hidden_states.extend_from_slice(&unit.hidden_states);
+        }
+        let mut ort_run = Duration::ZERO;
+        let prediction = self.run_unet(
+            &sample,
+            [rows, shape.channels, shape.height, shape.width],
+            &timesteps,
+            &hidden_states,
+            [rows, seq_len, hidden],
+            &mut ort_run,
+        )?;
+        let mut offset = 0;
+        for unit in units.iter_mut() {
+            let size = unit.unet_rows() * per_row;
+            unit.apply(&prediction[offset..offset + size])?;
+            offset += size;
+            let elapsed = started.elapsed();
+            unit.timings.ort_run += ort_run;
+            unit.timings.denoise += elapsed;
+            unit.timings.unet_steps.push(elapsed);
+        }
+        Ok(())
+    }
+
+    /// Decodes finished units: one VAE call for all units of the same size. Results come back in order.
+    pub fn finish(&mut self, units: Vec<Denoising>) -> Vec<Result<Sampled>> {
+        let mut results: Vec<Option<Result<Sampled>>> = (0..units.len()).map(|_| None).collect();
+        let mut pending: Vec<(usize, Denoising)> = units.into_iter().enumerate().collect();
+        while let Some((_, first)) = pending.first() {
+            let shape = first.shape;
+            let (group, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(_, unit)| unit.shape == shape);
+            pending = rest;
+            let started = Instant::now();
+            let scale = 1.0 / self.model.scaling_factor;
+            let shift = self.model.shift_factor;
+            let images: usize = group.iter().map(|(_, unit)| unit.params.num_images).sum();
+            let mut latents = Vec::with_capacity(images * shape.values());
+            for (_, unit) in &group {
+                latents.extend(unit.latents.iter().map(|value| value * scale + shift));
+            }
+            let mut ort_run = Duration::ZERO;
+            let decoded = self.run_vae(
+                &latents,
+                [images, shape.channels, shape.height, shape.width],
+                &mut ort_run,
+            );
+            let decode = started.elapsed();
+            match decoded {
+                Err(err) => {
+                    for (index, _) in group {
+                        results[index] = Some(Err(err.clone()));
+                    }
+                }
+                Ok(pixels) => {
+                    let mut offset = 0;
+                    for (index, unit) in group {
+                        let params = &unit.params;
+                        let size = 3 * params.height * params.width * params.num_images;
+                        let slice = pixels.get(offset..offset + size);
+                        offset += size;
+                        results[index] = Some(match slice {
+                            None => Err(Error::Inference {
+                                component: "vae_decoder",
+                                message: format!(
+                                    "returned {} values; expected {images}x3x{}x{}",
+                                    pixels.len(),
+                                    params.height,
+                                    params.width
+                                ),
+                            }),
+                            Some(chw) => unit.into_sampled(chw, decode, ort_run),
+                        });
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|result| result.unwrap_or_else(|| Err(Error::Internal("a unit was not decoded".into()))))
+            .collect()
+    }
+
+    /// Whether this export's UNet takes one timestep per batch row, so units at different steps share calls.
+    pub fn per_row_timesteps(&self) -> bool {
+        !self.contract.timestep_input.is_scalar()
+    }
+
+    /// One text-encoder call for the token ids of several units (each one or two rows of `seq_len` ids);
+    /// returns each unit's rows of hidden states.
+    fn encode_ids(&mut self, units: &[&[i64]], ort_time: &mut Duration) -> Result<Vec<Embeddings>> {
+        let seq_len = self.model.tokenizer.max_length();
+        let ids: Vec<i64> = units.iter().flat_map(|ids| ids.iter().copied()).collect();
+        let rows = ids.len() / seq_len;
         let shape = [rows, seq_len];
         let ids32: Vec<i32>;
         let input = if self.contract.ids_int32 {
@@ -543,31 +663,47 @@ impl Pipeline {
                 message: format!("unexpected output shape {out_shape:?}"),
             });
         }
-        Ok(Embeddings {
-            values: values.to_vec(),
-            rows,
-            seq_len: out_shape[1] as usize,
-            hidden: out_shape[2] as usize,
-        })
+        let (out_seq, hidden) = (out_shape[1] as usize, out_shape[2] as usize);
+        let per_row = out_seq * hidden;
+        let mut offset = 0;
+        Ok(units
+            .iter()
+            .map(|ids| {
+                let unit_rows = ids.len() / seq_len;
+                let embeddings = Embeddings {
+                    values: values[offset..offset + unit_rows * per_row].to_vec(),
+                    rows: unit_rows,
+                    seq_len: out_seq,
+                    hidden,
+                };
+                offset += unit_rows * per_row;
+                embeddings
+            })
+            .collect())
     }
 
     fn run_unet(
         &mut self,
         sample: &[f32],
         sample_shape: [usize; 4],
-        timestep: f32,
+        timesteps: &[f32],
         hidden_states: &[f32],
         hidden_shape: [usize; 3],
         ort_time: &mut Duration,
     ) -> Result<Vec<f32>> {
         let batch = sample_shape[0];
         let to_error = |err| inference_error("unet", err);
-        let float_batch = vec![timestep; batch];
+        if timesteps.len() != batch {
+            return Err(Error::Internal(format!(
+                "{} timesteps for a UNet batch of {batch}",
+                timesteps.len()
+            )));
+        }
         // torch's `.long()` truncates; legacy int64 exports expect the same.
-        let int_batch = vec![timestep as i64; batch];
+        let int_batch: Vec<i64> = timesteps.iter().map(|&timestep| timestep as i64).collect();
         let timestep_value: SessionInputValue<'_> = match self.contract.timestep_input {
-            TimestepInput::FloatScalar => TensorRef::from_array_view(((), &float_batch[..1])).map(Into::into),
-            TimestepInput::FloatBatch => TensorRef::from_array_view(([batch], float_batch.as_slice())).map(Into::into),
+            TimestepInput::FloatScalar => TensorRef::from_array_view(((), &timesteps[..1])).map(Into::into),
+            TimestepInput::FloatBatch => TensorRef::from_array_view(([batch], timesteps)).map(Into::into),
             TimestepInput::Int64Batch => TensorRef::from_array_view(([batch], int_batch.as_slice())).map(Into::into),
             TimestepInput::Int64Scalar => TensorRef::from_array_view(((), &int_batch[..1])).map(Into::into),
         }
@@ -620,6 +756,158 @@ struct Embeddings {
     rows: usize,
     seq_len: usize,
     hidden: usize,
+}
+
+/// The latent tensor of one image: units batch together only when theirs match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LatentShape {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl LatentShape {
+    fn values(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+}
+
+/// A unit tokenized and given its scheduler, waiting for the shared text-encoder call.
+struct Prepared {
+    rows: usize,
+    ids: Vec<i64>,
+    denoising: Denoising,
+}
+
+impl Prepared {
+    fn into_denoising(self, embeddings: Embeddings, timings: StageTimings) -> Denoising {
+        debug_assert_eq!(embeddings.rows, self.rows);
+        let mut unit = self.denoising;
+        unit.hidden_states = repeat_embeddings(&embeddings.values, embeddings.rows, unit.params.num_images);
+        unit.seq_len = embeddings.seq_len;
+        unit.hidden = embeddings.hidden;
+        unit.timings = timings;
+        unit
+    }
+}
+
+/// One request's images (or one round of its candidates) in the middle of denoising: its latents, scheduler,
+/// noise streams and text embeddings, owned, so that the batcher can step any set of units in one UNet call.
+/// Made by [`Pipeline::begin`], advanced by [`Pipeline::step`], decoded by [`Pipeline::finish`].
+pub struct Denoising {
+    params: GenerateParams,
+    shape: LatentShape,
+    guided: bool,
+    latents: Vec<f32>,
+    /// Laid out for this unit's UNet rows: `[negative × n, prompt × n]` with guidance, else `[prompt × n]`.
+    hidden_states: Vec<f32>,
+    seq_len: usize,
+    hidden: usize,
+    scheduler: Box<dyn scheduler::Scheduler>,
+    timesteps: Vec<f32>,
+    noise_sources: Vec<NoiseSource>,
+    step_index: usize,
+    pub timings: StageTimings,
+    pub warnings: Vec<String>,
+}
+
+impl Denoising {
+    pub fn params(&self) -> &GenerateParams {
+        &self.params
+    }
+
+    /// Units may share a UNet call only when these match (the tensors' shapes).
+    pub fn batch_key(&self) -> (LatentShape, usize, usize) {
+        (self.shape, self.seq_len, self.hidden)
+    }
+
+    /// UNet rows per step: two per image with classifier-free guidance, else one.
+    pub fn unet_rows(&self) -> usize {
+        self.copies() * self.params.num_images
+    }
+
+    fn copies(&self) -> usize {
+        if self.guided {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The timestep of the next step; `None` once every step is done.
+    pub fn next_timestep(&self) -> Option<f32> {
+        self.timesteps.get(self.step_index).copied()
+    }
+
+    pub fn steps_done(&self) -> usize {
+        self.step_index
+    }
+
+    pub fn steps_total(&self) -> usize {
+        self.timesteps.len()
+    }
+
+    pub fn finished(&self) -> bool {
+        self.step_index >= self.timesteps.len()
+    }
+
+    /// Guidance, then the scheduler's step, from this unit's slice of a UNet output.
+    fn apply(&mut self, prediction: &[f32]) -> Result<()> {
+        let guided_prediction = if self.guided {
+            apply_guidance(prediction, self.params.guidance_scale)
+        } else {
+            prediction.to_vec()
+        };
+        let per_image = self.shape.values();
+        let mut noise = Vec::new();
+        if self.scheduler.needs_noise() {
+            noise.resize(self.latents.len(), 0.0);
+            for (chunk, source) in noise.chunks_exact_mut(per_image).zip(self.noise_sources.iter_mut()) {
+                source.fill_normal(chunk);
+            }
+        }
+        let step_noise = self.scheduler.needs_noise().then_some(noise.as_slice());
+        let step_index = self.step_index;
+        self.scheduler
+            .step(&guided_prediction, step_index, &mut self.latents, step_noise)
+            .map_err(|err| Error::Internal(format!("scheduler step {step_index}: {err}")))?;
+        self.step_index += 1;
+        Ok(())
+    }
+
+    /// The decoded pixels (`[n, 3, H, W]` in [-1, 1]) as RGB images.
+    fn into_sampled(self, chw_all: &[f32], decode: Duration, ort_run: Duration) -> Result<Sampled> {
+        let Denoising {
+            params,
+            mut timings,
+            warnings,
+            ..
+        } = self;
+        timings.decode += decode;
+        timings.ort_run += ort_run;
+        let per_pixel_image = 3 * params.height * params.width;
+        let images = chw_all
+            .chunks_exact(per_pixel_image)
+            .enumerate()
+            .map(|(index, chw)| {
+                let bytes = to_rgb8(chw, params.height, params.width);
+                let rgb = image::RgbImage::from_raw(params.width as u32, params.height as u32, bytes)
+                    .ok_or_else(|| Error::Internal("a decoded image has the wrong number of bytes".into()))?;
+                Ok(SampledImage {
+                    index,
+                    seed: params.seed.wrapping_add(index as u64),
+                    width: params.width,
+                    height: params.height,
+                    rgb,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Sampled {
+            images,
+            timings,
+            warnings,
+        })
+    }
 }
 
 /// Lays out encoder hidden states for the UNet batch: each row repeated once per image, rows in order.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use crate::batching::Engine;
+use crate::batching::{BatchSettings, Engine};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::pipeline::{ModelFolder, ModelLimits, Pipeline};
@@ -23,6 +23,8 @@ pub struct EngineSettings {
     pub workers: usize,
     pub queue_capacity: usize,
     pub batch_images: usize,
+    /// Most UNet rows in one call of the continuous batcher.
+    pub max_batch_rows: usize,
     pub warmup: bool,
     /// Most versions kept loaded at once, the active one included.
     pub max_loaded: usize,
@@ -227,6 +229,20 @@ pub fn build_engine(
             for line in pipeline.describe_contract() {
                 tracing::debug!("{line}");
             }
+            if pipeline.per_row_timesteps() {
+                tracing::info!(
+                    version = %version,
+                    max_batch_rows = settings.max_batch_rows,
+                    "continuous batching: the UNet takes a timestep per row, so requests at any step share calls"
+                );
+            } else {
+                tracing::warn!(
+                    version = %version,
+                    max_batch_rows = settings.max_batch_rows,
+                    "continuous batching: the UNet takes one scalar timestep per call, so only requests at the \
+                     same timestep share a call; export it with a [batch] timestep to batch requests at any step"
+                );
+            }
         }
         if settings.warmup {
             let started = Instant::now();
@@ -239,7 +255,15 @@ pub fn build_engine(
         pipelines.push(pipeline);
     }
     let limits = pipelines[0].limits();
-    let engine = Engine::start(pipelines, settings.queue_capacity, settings.batch_images, metrics)?;
+    let engine = Engine::start(
+        pipelines,
+        settings.queue_capacity,
+        BatchSettings {
+            max_rows: settings.max_batch_rows,
+            batch_images: settings.batch_images,
+        },
+        metrics,
+    )?;
     Ok(LoadedModel {
         version,
         engine,

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::pipeline::generate::{GenerateOutput, GeneratedImage, Progress, Sampled, SelectionReport};
+use crate::pipeline::generate::{GenerateOutput, GeneratedImage, Progress, Sampled, SampledImage, SelectionReport};
 use crate::pipeline::{GenerateParams, Pipeline, StageTimings};
 use crate::reward::scorer::Scorer;
 
@@ -199,13 +199,32 @@ pub fn generate_selected(
         timings.score += started.elapsed();
         scores.extend_from_slice(&scored.scores);
         candidates.extend(images);
-        if let Selection::Threshold { min_reward, .. } = selection {
-            if scores.iter().filter(|&&score| score >= min_reward).count() >= n {
-                break;
-            }
+        if selection_done(selection, n, &scores) {
+            break;
         }
     }
-    // With one candidate per output nothing is chosen: the images keep their seed order, scored.
+    selected_output(&candidates, scores, selection, n, scorer.name(), timings, warnings)
+}
+
+/// Whether a threshold selection has its `n` candidates at or above `min_reward` (best_of never stops early).
+pub fn selection_done(selection: Selection, n: usize, scores: &[f32]) -> bool {
+    match selection {
+        Selection::Threshold { min_reward, .. } => scores.iter().filter(|&&score| score >= min_reward).count() >= n,
+        Selection::BestOf { .. } => false,
+    }
+}
+
+/// The chosen `n` of the scored `candidates` (in candidate order) as PNGs, best first, with the report.
+/// With one candidate per output nothing is chosen: the images keep their seed order, scored.
+pub fn selected_output(
+    candidates: &[SampledImage],
+    scores: Vec<f32>,
+    selection: Selection,
+    n: usize,
+    reward_model: &str,
+    mut timings: StageTimings,
+    warnings: Vec<String>,
+) -> Result<GenerateOutput> {
     let chosen = match selection {
         Selection::BestOf { k: 1 } => (0..candidates.len().min(n)).collect(),
         _ => top_n(&scores, n),
@@ -226,7 +245,7 @@ pub fn generate_selected(
         timings,
         warnings,
         selection: Some(SelectionReport {
-            reward_model: scorer.name().to_string(),
+            reward_model: reward_model.to_string(),
             candidates: candidates.len(),
             accepted,
             candidate_scores: scores,

@@ -1,0 +1,559 @@
+//! A worker thread's continuous batcher: it owns one `Pipeline` and denoises every admitted request at once.
+//!
+//! Each request becomes one or more units (its images, or its candidates in rounds of at most
+//! `batch_images`). Between two UNet calls the worker admits queued requests while their units fit under
+//! the row limit, encodes the newcomers' prompts in one text-encoder call, asks the [`Planner`] which units
+//! share the next call, runs it, decodes every unit that finished in one VAE call per size, scores their
+//! images with one reward call per reward model, and answers each request whose images are all in. A request
+//! cancelled by its client leaves at the next step boundary; the others go on.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+
+use super::planner::{Planner, TimestepSharing};
+use super::{Completed, Job};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::pipeline::generate::{Denoising, LatentShape};
+use crate::pipeline::{GenerateParams, Pipeline, Sampled, SampledImage, StageTimings};
+use crate::reward::best_of::{next_round, selected_output, selection_done, Selection};
+use crate::reward::Scorer;
+
+type BatchKey = (LatentShape, usize, usize);
+
+/// Worker settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchSettings {
+    /// Most UNet rows in one call (two per image with classifier-free guidance).
+    pub max_rows: usize,
+    /// Most candidates in one unit of a best_of or min_reward request.
+    pub batch_images: usize,
+}
+
+/// A unit waiting for room in the batch.
+struct PendingUnit {
+    request: u64,
+    params: GenerateParams,
+    /// The unit's first candidate number; its images are candidates `first..first + num_images`.
+    first: usize,
+    rows: usize,
+}
+
+struct ActiveUnit {
+    request: u64,
+    first: usize,
+    denoising: Denoising,
+}
+
+/// An admitted request: its candidates so far, their scores, and how to finish it.
+struct Request {
+    job: Job,
+    queue_time: Duration,
+    started: Instant,
+    /// Candidates handed to units so far.
+    issued: usize,
+    /// Units issued and not yet back.
+    outstanding: usize,
+    candidates: Vec<(usize, SampledImage)>,
+    scores: Vec<(usize, f32)>,
+    timings: StageTimings,
+    warnings: Vec<String>,
+}
+
+impl Request {
+    fn n(&self) -> usize {
+        self.job.params.num_images
+    }
+
+    /// The most candidates this request may generate.
+    fn budget(&self) -> usize {
+        match self.job.scorer {
+            Some(_) => self.job.selection.budget(self.n()),
+            None => self.n(),
+        }
+    }
+
+    /// The scores in candidate order.
+    fn ordered_scores(&self) -> Vec<f32> {
+        let mut scores = self.scores.clone();
+        scores.sort_by_key(|&(index, _)| index);
+        scores.into_iter().map(|(_, score)| score).collect()
+    }
+
+    /// Whether no more units are needed: the budget is spent, or a threshold is met.
+    fn enough(&self) -> bool {
+        self.issued >= self.budget() || selection_done(self.job.selection, self.n(), &self.ordered_scores())
+    }
+}
+
+pub(super) struct Worker {
+    pipeline: Pipeline,
+    receiver: Receiver<Job>,
+    settings: BatchSettings,
+    metrics: Arc<Metrics>,
+    mean_job_seconds: Arc<AtomicU64>,
+    provider: &'static str,
+    planner: Planner<BatchKey>,
+    requests: HashMap<u64, Request>,
+    pending: VecDeque<PendingUnit>,
+    active: HashMap<u64, ActiveUnit>,
+    next_id: u64,
+}
+
+impl Worker {
+    pub(super) fn new(
+        pipeline: Pipeline,
+        receiver: Receiver<Job>,
+        settings: BatchSettings,
+        metrics: Arc<Metrics>,
+        mean_job_seconds: Arc<AtomicU64>,
+    ) -> Self {
+        let sharing = if pipeline.per_row_timesteps() {
+            TimestepSharing::PerRow
+        } else {
+            TimestepSharing::Shared
+        };
+        Worker {
+            provider: pipeline.provider().label(),
+            pipeline,
+            receiver,
+            metrics,
+            mean_job_seconds,
+            planner: Planner::new(settings.max_rows, sharing),
+            settings,
+            requests: HashMap::new(),
+            pending: VecDeque::new(),
+            active: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Runs until the queue closes and every admitted request is answered.
+    pub(super) fn run(mut self) {
+        loop {
+            if !self.admit() {
+                return;
+            }
+            // A panic inside one step must not take the worker (and every later request) down with it.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.iterate()));
+            if let Err(panic) = outcome {
+                let reason = panic
+                    .downcast_ref::<&str>()
+                    .map(|text| text.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(%reason, "a batched step panicked; failing the requests in the batch");
+                let ids: Vec<u64> = self.requests.keys().copied().collect();
+                for id in ids {
+                    self.fail(id, Error::Internal(format!("generation panicked: {reason}")));
+                }
+            }
+            self.metrics.active_requests.set(self.requests.len() as i64);
+        }
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Takes queued requests while their units fit, and starts the units that fit (one text-encoder call).
+    /// Blocks when nothing is active or waiting. Returns false once the queue is closed and all work is done.
+    fn admit(&mut self) -> bool {
+        self.drop_cancelled();
+        let mut starting: Vec<PendingUnit> = Vec::new();
+        let mut starting_rows = 0;
+        loop {
+            if let Some(unit) = self.pending.front() {
+                let fits = if self.planner.is_empty() && starting.is_empty() {
+                    true
+                } else {
+                    self.planner.active_rows() + starting_rows + unit.rows <= self.planner.max_rows()
+                };
+                if !fits {
+                    break;
+                }
+                if let Some(unit) = self.pending.pop_front() {
+                    starting_rows += unit.rows;
+                    starting.push(unit);
+                }
+                continue;
+            }
+            let idle = self.planner.is_empty() && starting.is_empty() && self.requests.is_empty();
+            let job = if idle {
+                match self.receiver.recv() {
+                    Ok(job) => job,
+                    Err(_) => return false,
+                }
+            } else {
+                match self.receiver.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+                }
+            };
+            self.metrics.queue_depth.set(self.receiver.len() as i64);
+            self.accept(job);
+        }
+        if !starting.is_empty() {
+            self.start_units(starting);
+        }
+        true
+    }
+
+    /// Makes a request of a queued job and queues its first units.
+    fn accept(&mut self, job: Job) {
+        let queue_time = job.enqueued.elapsed();
+        if job.cancel.load(Ordering::Relaxed) || job.reply.is_closed() {
+            self.metrics
+                .requests_dropped
+                .with_label_values(&["client_disconnected"])
+                .inc();
+            tracing::debug!("dropped a queued request: its client disconnected");
+            return;
+        }
+        let id = self.fresh_id();
+        self.requests.insert(
+            id,
+            Request {
+                job,
+                queue_time,
+                started: Instant::now(),
+                issued: 0,
+                outstanding: 0,
+                candidates: Vec::new(),
+                scores: Vec::new(),
+                timings: StageTimings::default(),
+                warnings: Vec::new(),
+            },
+        );
+        self.issue_units(id);
+    }
+
+    /// Queues the request's next units: all of a best_of's rounds at once (their seeds are fixed), one round at
+    /// a time for min_reward (whether another is needed depends on the scores).
+    fn issue_units(&mut self, id: u64) {
+        let max_rows = self.planner.max_rows();
+        let Some(request) = self.requests.get_mut(&id) else {
+            return;
+        };
+        let copies = if request.job.params.guidance_scale > 1.0 { 2 } else { 1 };
+        // A unit never needs more rows than one call carries (unless a single image does).
+        let unit_images = match request.job.scorer {
+            Some(_) => self.settings.batch_images,
+            None => request.n(),
+        }
+        .min(max_rows / copies)
+        .max(1);
+        let one_round = matches!(request.job.selection, Selection::Threshold { .. }) && request.job.scorer.is_some();
+        let mut units = Vec::new();
+        while request.issued < request.budget() {
+            let count = next_round(request.issued, request.budget(), unit_images);
+            units.push(PendingUnit {
+                request: id,
+                params: GenerateParams {
+                    num_images: count,
+                    seed: request.job.params.seed.wrapping_add(request.issued as u64),
+                    ..request.job.params.clone()
+                },
+                first: request.issued,
+                rows: count * copies,
+            });
+            request.issued += count;
+            request.outstanding += 1;
+            if one_round {
+                break;
+            }
+        }
+        // An admitted request's further rounds go ahead of requests not yet started.
+        if one_round && request.issued > unit_images {
+            for unit in units.into_iter().rev() {
+                self.pending.push_front(unit);
+            }
+        } else {
+            self.pending.extend(units);
+        }
+    }
+
+    fn start_units(&mut self, units: Vec<PendingUnit>) {
+        let inputs = units
+            .iter()
+            .map(|unit| (unit.params.clone(), self.pipeline.initial_latents(&unit.params)))
+            .collect();
+        let started = self.pipeline.begin(inputs);
+        for (unit, result) in units.into_iter().zip(started) {
+            match result {
+                Ok(denoising) => {
+                    let id = self.fresh_id();
+                    let timestep = denoising.next_timestep().unwrap_or(0.0);
+                    self.planner
+                        .join(id, denoising.unet_rows(), denoising.batch_key(), timestep);
+                    self.active.insert(
+                        id,
+                        ActiveUnit {
+                            request: unit.request,
+                            first: unit.first,
+                            denoising,
+                        },
+                    );
+                }
+                Err(err) => self.fail(unit.request, err),
+            }
+        }
+    }
+
+    /// One UNet call for the planned units, then decoding, scoring and answers for those that finished.
+    fn iterate(&mut self) {
+        let planned = self.planner.plan();
+        if planned.is_empty() {
+            return;
+        }
+        let mut units: Vec<(u64, ActiveUnit)> = planned
+            .iter()
+            .filter_map(|id| self.active.remove(id).map(|unit| (*id, unit)))
+            .collect();
+        let requests_in_call = {
+            let mut ids: Vec<u64> = units.iter().map(|(_, unit)| unit.request).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids.len()
+        };
+        let rows: usize = units.iter().map(|(_, unit)| unit.denoising.unet_rows()).sum();
+        let result = {
+            let mut refs: Vec<&mut Denoising> = units.iter_mut().map(|(_, unit)| &mut unit.denoising).collect();
+            self.pipeline.step(&mut refs)
+        };
+        self.metrics.unet_batch_rows.observe(rows as f64);
+        self.metrics.unet_batch_requests.observe(requests_in_call as f64);
+        if let Err(err) = result {
+            tracing::error!(error = %err, "a batched UNet step failed");
+            for (id, unit) in units {
+                self.planner.leave(id);
+                self.fail(unit.request, err.clone());
+            }
+            return;
+        }
+        let mut finished = Vec::new();
+        for (id, unit) in units {
+            match unit.denoising.next_timestep() {
+                Some(timestep) => {
+                    self.planner.set_timestep(id, timestep);
+                    self.active.insert(id, unit);
+                }
+                None => {
+                    self.planner.leave(id);
+                    finished.push(unit);
+                }
+            }
+        }
+        if !finished.is_empty() {
+            self.complete_units(finished);
+        }
+    }
+
+    /// Decodes finished units together, scores their images, and answers the requests that are done.
+    fn complete_units(&mut self, finished: Vec<ActiveUnit>) {
+        let owners: Vec<(u64, usize)> = finished.iter().map(|unit| (unit.request, unit.first)).collect();
+        let decoded = self
+            .pipeline
+            .finish(finished.into_iter().map(|unit| unit.denoising).collect());
+        let mut to_score: Vec<(u64, usize, Sampled)> = Vec::new();
+        for ((request, first), result) in owners.into_iter().zip(decoded) {
+            match result {
+                Ok(sampled) => to_score.push((request, first, sampled)),
+                Err(err) => self.fail(request, err),
+            }
+        }
+        self.score(&mut to_score);
+        let mut touched = Vec::new();
+        for (id, first, sampled) in to_score {
+            let Some(request) = self.requests.get_mut(&id) else {
+                continue;
+            };
+            request.outstanding = request.outstanding.saturating_sub(1);
+            request.timings.add(&sampled.timings);
+            for warning in sampled.warnings {
+                if !request.warnings.contains(&warning) {
+                    request.warnings.push(warning);
+                }
+            }
+            for mut image in sampled.images {
+                let index = first + image.index;
+                image.index = index;
+                request.candidates.push((index, image));
+            }
+            touched.push(id);
+        }
+        touched.dedup();
+        for id in touched {
+            self.advance(id);
+        }
+    }
+
+    /// Scores the images of `units` with one reward call per reward model, recording the scores on each
+    /// request; a failed call fails the requests it scored.
+    fn score(&mut self, units: &mut Vec<(u64, usize, Sampled)>) {
+        let mut by_scorer: Vec<(Arc<Scorer>, Vec<usize>)> = Vec::new();
+        for (position, (request, _, _)) in units.iter().enumerate() {
+            let Some(scorer) = self
+                .requests
+                .get(request)
+                .and_then(|request| request.job.scorer.clone())
+            else {
+                continue;
+            };
+            match by_scorer.iter_mut().find(|(known, _)| Arc::ptr_eq(known, &scorer)) {
+                Some((_, positions)) => positions.push(position),
+                None => by_scorer.push((scorer, vec![position])),
+            }
+        }
+        let mut failed: Vec<(u64, Error)> = Vec::new();
+        for (scorer, positions) in by_scorer {
+            let started = Instant::now();
+            let preprocessor = scorer.preprocessor();
+            let mut prompts = Vec::new();
+            let mut pixels = Vec::new();
+            for &position in &positions {
+                let (request, _, sampled) = &units[position];
+                let prompt = self
+                    .requests
+                    .get(request)
+                    .map(|request| request.job.params.prompt.clone())
+                    .unwrap_or_default();
+                for image in &sampled.images {
+                    preprocessor.pixel_values_into(&image.rgb, &mut pixels);
+                    prompts.push(prompt.clone());
+                }
+            }
+            let scored = scorer.score_blocking(prompts, pixels);
+            let elapsed = started.elapsed();
+            match scored {
+                Ok(scored) => {
+                    let mut offset = 0;
+                    for &position in &positions {
+                        let (request_id, first, sampled) = &mut units[position];
+                        sampled.timings.score += elapsed;
+                        let count = sampled.images.len();
+                        if let Some(request) = self.requests.get_mut(request_id) {
+                            for (index, &score) in scored.scores[offset..offset + count].iter().enumerate() {
+                                request.scores.push((*first + index, score));
+                            }
+                        }
+                        offset += count;
+                    }
+                }
+                Err(err) => {
+                    for &position in &positions {
+                        failed.push((units[position].0, err.clone()));
+                    }
+                }
+            }
+        }
+        for (request, err) in failed {
+            self.fail(request, err);
+        }
+        units.retain(|(request, _, _)| self.requests.contains_key(request));
+    }
+
+    /// After units came back: issue another round, or answer the request.
+    fn advance(&mut self, id: u64) {
+        let Some(request) = self.requests.get(&id) else {
+            return;
+        };
+        if request.outstanding > 0 {
+            return;
+        }
+        if !request.enough() {
+            self.issue_units(id);
+            return;
+        }
+        let Some(mut request) = self.requests.remove(&id) else {
+            return;
+        };
+        request.candidates.sort_by_key(|(index, _)| *index);
+        let scores = request.ordered_scores();
+        let candidates: Vec<SampledImage> = request.candidates.into_iter().map(|(_, image)| image).collect();
+        let output = match &request.job.scorer {
+            Some(scorer) => selected_output(
+                &candidates,
+                scores,
+                request.job.selection,
+                request.job.params.num_images,
+                scorer.name(),
+                request.timings,
+                request.warnings,
+            ),
+            None => crate::pipeline::Sampled {
+                images: candidates,
+                timings: request.timings,
+                warnings: request.warnings,
+            }
+            .encode_all(),
+        };
+        if let Ok(output) = &output {
+            self.metrics
+                .observe_stages(self.provider, request.queue_time, &output.timings);
+            self.metrics.images_generated.inc_by(output.images.len() as u64);
+            if let Some(report) = &output.selection {
+                self.metrics.observe_selection(report);
+            }
+            let seconds = request.started.elapsed().as_secs_f64();
+            let previous = f64::from_bits(self.mean_job_seconds.load(Ordering::Relaxed));
+            self.mean_job_seconds
+                .store((0.8 * previous + 0.2 * seconds).to_bits(), Ordering::Relaxed);
+        }
+        if let Err(err) = &output {
+            tracing::error!(error = %err, "generation failed");
+        }
+        let queue_time = request.queue_time;
+        let _ = request
+            .job
+            .reply
+            .send(output.map(|output| Completed { output, queue_time }));
+    }
+
+    /// Answers a request with an error and drops its units, active or waiting.
+    fn fail(&mut self, id: u64, err: Error) {
+        let Some(request) = self.requests.remove(&id) else {
+            return;
+        };
+        let units: Vec<u64> = self
+            .active
+            .iter()
+            .filter(|(_, unit)| unit.request == id)
+            .map(|(unit_id, _)| *unit_id)
+            .collect();
+        for unit_id in units {
+            self.active.remove(&unit_id);
+            self.planner.leave(unit_id);
+        }
+        self.pending.retain(|unit| unit.request != id);
+        match &err {
+            Error::Cancelled => {
+                self.metrics
+                    .requests_dropped
+                    .with_label_values(&["client_disconnected"])
+                    .inc();
+                tracing::debug!("stopped a running request: its client disconnected");
+            }
+            other => tracing::error!(error = %other, "generation failed"),
+        }
+        let _ = request.job.reply.send(Err(err));
+    }
+
+    /// Requests whose client went away leave at this step boundary.
+    fn drop_cancelled(&mut self) {
+        let cancelled: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, request)| request.job.cancel.load(Ordering::Relaxed) || request.job.reply.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in cancelled {
+            self.fail(id, Error::Cancelled);
+        }
+    }
+}
