@@ -85,7 +85,9 @@ openapi: build
 
 # Optimum's pipeline needs torch and diffusers, so the benchmark runs in the trainer's environment.
 bench: trainer-venv build
-	.venv-trainer/bin/python scripts/bench.py --binary $(BIN) --model $(MODEL) --out BENCHMARKS.md
+	$(CARGO) build $(CARGO_FLAGS) --example loadgen
+	.venv-trainer/bin/python scripts/bench.py --binary $(BIN) --model $(MODEL) \
+		--loadgen $(dir $(BIN))examples/loadgen --out BENCHMARKS.md
 
 # Best-of-n alignment, its cost and /score throughput, through the service; writes its section of
 # models/REPORT.md and models/reward-serving.json. The light .venv is enough (the rater needs numpy and Pillow).

@@ -1,6 +1,14 @@
-"""Benchmark: one `/generate` of one 64x64 image with 20 DDIM steps through HTTP, against Optimum's
-ORTStableDiffusionPipeline doing the same, side by side in one run: same ONNX files, same onnxruntime version,
-same thread count. Writes BENCHMARKS.md.
+"""Benchmark suite (issues #2 and #6), side by side in one run, written to BENCHMARKS.md:
+
+1. one `/generate` of one 64x64 image with 20 DDIM steps through HTTP, against Optimum's
+   ORTStableDiffusionPipeline doing the same: same ONNX files, same onnxruntime version, same thread count;
+   and the share of the request spent outside ONNX Runtime `run` calls;
+2. throughput and p50/p99 latency at 1, 4, 8 and 16 concurrent clients (examples/loadgen.rs), for two worker
+   layouts;
+3. best_of 1, 4 and 16 as cost per returned image;
+4. `/score` images per second at 1, 16 and 64 images per request, and 4 clients at once;
+5. peak RSS, and RSS after 100 and after 2,000 requests (a leak check);
+6. the UNet's cost per call at 2 to 32 rows and its op profile, which bound what batching can give here.
 
 Run with `make bench` (it uses the trainer's environment, which has torch, diffusers and optimum-onnx).
 """
@@ -8,6 +16,7 @@ Run with `make bench` (it uses the trainer's environment, which has torch, diffu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -15,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import bench_serving
+from bench_reward import throughput as score_throughput
 from server_process import ServerProcess
 
 PROMPT = "two blue stars on a white background"
@@ -34,6 +45,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pause", type=float, default=0.5, help="seconds of quiet before each timed call")
     parser.add_argument("--port", type=int, default=18080, help="loopback port for the server")
     parser.add_argument("--out", default="BENCHMARKS.md", help="where to write the report")
+    parser.add_argument(
+        "--loadgen",
+        default="target/release/examples/loadgen",
+        help="the load generator (examples/loadgen.rs)",
+    )
+    parser.add_argument("--leak-requests", type=int, default=2000, help="requests of the RSS leak check")
     return parser.parse_args()
 
 
@@ -48,11 +65,20 @@ def ort_library() -> str:
 
 
 class RustServer(ServerProcess):
-    def __init__(self, args: argparse.Namespace, library: str):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        library: str,
+        workers: int = 1,
+        threads: int | None = None,
+        reward: bool = False,
+    ):
         command = [
             args.binary, "serve", "--model", args.model, "--host", "127.0.0.1",
-            "--intra-threads", str(args.threads), "--workers", "1", "--no-reward-model",
+            "--intra-threads", str(threads or args.threads), "--workers", str(workers),
         ]  # fmt: skip
+        if not reward:
+            command.append("--no-reward-model")
         super().__init__(command, args.port, library)
 
     def generate(self, steps: int, size: int, seed: int) -> tuple[float, dict]:
@@ -128,6 +154,8 @@ def main() -> None:
             python_ort_ms.append(pipe.ort_seconds * 1e3)
     finally:
         server.stop()
+    del pipe
+    serving = measure_serving(args, library)
 
     rust = statistics.median(rust_seconds)
     python = statistics.median(python_seconds)
@@ -173,11 +201,174 @@ sessions' spinning threads from taking the cores of the one that works.
 |---|---|---|---|
 {rows}
 
+
+{serving_markdown(serving, args)}
 Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()},
 torch {torch.__version__}.
 """
     Path(args.out).write_text(report)
+    Path(args.out).with_suffix(".json").write_text(json.dumps(serving, indent=1, default=str) + "\n")
     print(report)
+
+
+# Worker layouts of the concurrency sweep: one worker using both cores inside each ONNX operator, or two
+# workers of one thread each, every worker batching its own requests.
+LAYOUTS = (("1 worker x 2 threads", 1, 2), ("2 workers x 1 thread", 2, 1))
+LEVELS = (1, 4, 8, 16)
+
+
+def measure_serving(args: argparse.Namespace, library: str) -> dict:
+    sweeps = {}
+    for name, workers, threads in LAYOUTS:
+        server = RustServer(args, library, workers=workers, threads=threads)
+        try:
+            rows = bench_serving.concurrency_sweep(server, args.loadgen, LEVELS)
+            sweeps[name] = {"rows": rows, "batching": bench_serving.batch_metrics(server)}
+        finally:
+            server.stop()
+    server = RustServer(args, library, reward=True)
+    try:
+        best_of = bench_serving.best_of_cost(server)
+        score = score_throughput(server, bench_serving.sample_pngs(server))
+        leak = bench_serving.leak_check(server, args.loadgen, total=args.leak_requests)
+    finally:
+        server.stop()
+    profile = bench_serving.unet_batch_profile(args.model, args.threads)
+    return {"sweeps": sweeps, "best_of": best_of, "score": score, "leak": leak, "profile": profile}
+
+
+def layout_verdict(sweeps: dict) -> str:
+    """Which worker layout served 8 clients faster, and what it cost one client, from the sweep."""
+    at = {name: {row["concurrency"]: row for row in sweep["rows"]} for name, sweep in sweeps.items()}
+    names = list(at)
+    best = max(names, key=lambda name: at[name][8]["requests_per_second"])
+    other = next(name for name in names if name != best)
+    return (
+        f"Under load `{best}` served more: {at[best][8]['requests_per_second']:.2f} against "
+        f"{at[other][8]['requests_per_second']:.2f} images/s at 8 clients, with one client's p50 "
+        f"{at[best][1]['p50_ms']:.0f} ms against {at[other][1]['p50_ms']:.0f} ms."
+    )
+
+
+def check(passed: bool) -> str:
+    return "met" if passed else "**missed**"
+
+
+def serving_markdown(data: dict, args: argparse.Namespace) -> str:
+    body = dict(bench_serving.GENERATE)
+    lines = [
+        "## Throughput and latency under concurrency",
+        "",
+        "`examples/loadgen.rs`: closed-loop clients over kept-alive connections, each sending its next "
+        "request as soon as the last is answered; max(16, 4 x clients) requests per level and round after "
+        "one "
+        "warm-up request per client, the levels taking turns for 3 rounds (medians of the rounds). "
+        f"Body: `{json.dumps(body)}` (one image, two UNet rows per step), model `{args.model}`, no reward "
+        "model. Every admitted request shares each UNet call (continuous batching, `--max-batch-rows 32`).",
+        "",
+        "This machine is a shared VM whose speed drifts: the same 2-row UNet call measured 3.9 to 7.2 ms "
+        "within minutes. So the levels of a table, and the best_of values, take turns; the two worker "
+        "layouts run one after the other.",
+        "",
+    ]
+    for name, sweep in data["sweeps"].items():
+        rows = sweep["rows"]
+        one, eight = rows[0], rows[LEVELS.index(8)]
+        gain = eight["requests_per_second"] / one["requests_per_second"]
+        stretch = eight["p50_ms"] / one["p50_ms"]
+        lines += [
+            f"### {name}",
+            "",
+            "| clients | images/s | p50 ms | p99 ms |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {row['concurrency']} | {row['requests_per_second']:.2f} | {row['p50_ms']:.0f} | "
+            f"{row['p99_ms']:.0f} |"
+            for row in rows
+        ]
+        batching = sweep["batching"]
+        lines += [
+            "",
+            f"8 clients against 1: **{gain:.2f}x** the throughput (target >= 2x: {check(gain >= 2)}), p50 "
+            f"**{stretch:.2f}x** (target <= 4x: {check(stretch <= 4)}). Over the whole sweep the UNet calls "
+            f"carried {batching['mean_rows']:.1f} rows from {batching['mean_requests']:.2f} requests on "
+            "average "
+            f"({batching['calls']} calls).",
+            "",
+        ]
+    profile = data["profile"]
+    ms = profile["milliseconds"]
+    per_row = ", ".join(
+        f"{rows} rows {value:.1f} ms ({value / rows:.2f} ms/row)" for rows, value in ms.items()
+    )
+    ops = ", ".join(f"{op} {share * 100:.0f}%" for op, share in profile["ops"])
+    lines += [
+        "### What bounds batching here",
+        "",
+        f"One UNet call of `{args.model}` with {args.threads} intra-op threads (onnxruntime in Python, same "
+        f"library): {per_row}. A 16-row call costs {ms[16] / ms[2]:.1f}x a 2-row one, so eight requests "
+        "batched "
+        f"into one call can at best run {8 * ms[2] / ms[16]:.2f}x as many images per second as one request "
+        "alone: "
+        "the UNet is already compute-bound at 2 rows on these two cores, and a bigger batch only spreads "
+        "fixed "
+        f"costs thinly. Op profile of the 16-row call (ONNX Runtime profiling): {ops}. No one op "
+        "dominates, so no "
+        "single kernel fix closes the gap. "
+        f"{layout_verdict(data['sweeps'])} What would close the gap: an accelerator, where a 16-row call "
+        "costs little more than a 2-row one (the GPU check, `scripts/gpu-check.sh`), or a larger UNet whose "
+        "calls parallelise better.",
+        "",
+    ]
+    cost = data["best_of"]
+    lines += [
+        "## best_of: cost per returned image",
+        "",
+        "One client, one image returned, 20 DDIM steps, the default reward model scoring every candidate; "
+        "the three take turns, 7 rounds (medians).",
+        "",
+        "| best_of | seconds per returned image | against best_of 1 |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {cost[k]:.3f} | {cost[k] / cost[1]:.2f}x |" for k in sorted(cost)]
+    lines += [
+        "",
+        f"best_of 16 costs {cost[16] / cost[1]:.2f}x one image (target <= 6x: "
+        f"{check(cost[16] / cost[1] <= 6)}).",
+        "",
+    ]
+    score = data["score"]
+    lines += [
+        "## /score throughput",
+        "",
+        "| images per request | images/s | ms per request |",
+        "|---|---|---|",
+    ]
+    for batch in (1, 16, 64):
+        entry = score[f"batch_{batch}"]
+        lines.append(f"| {batch} | {entry['images_per_second']} | {entry['latency_ms']} |")
+    clients = score["4_clients_x_16"]
+    lines += [
+        "",
+        f"Four clients sending 16 images each at once: {clients['images_per_second']} images/s, "
+        f"{clients['mean_onnx_batch']} images per ONNX call on average.",
+        "",
+    ]
+    leak = data["leak"]
+    growth = leak["growth"]
+    lines += [
+        "## Memory: peak RSS and a leak check",
+        "",
+        f"The server with the default reward model, 4 clients sending the /generate body above: RSS "
+        f"{leak['rss_early_kib'] / 1024:.1f} MiB after {leak['early']} requests, "
+        f"{leak['rss_total_kib'] / 1024:.1f} MiB after {leak['total']} ({growth * 100:+.1f}%, target "
+        "within 10%: "
+        f"{check(abs(growth) <= 0.10)}); peak RSS {leak['peak_kib'] / 1024:.1f} MiB "
+        f"({leak['seconds']:.0f} s).",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

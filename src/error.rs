@@ -39,6 +39,18 @@ pub enum Error {
     #[error("the request was cancelled")]
     Cancelled,
 
+    /// The request's deadline passed before its work finished; the work was stopped.
+    #[error("the request did not finish within its deadline of {seconds} s (the X-Request-Timeout header, or --request-timeout); its work was stopped")]
+    Timeout { seconds: f64 },
+
+    /// No valid API key for a route that needs one.
+    #[error("{0}")]
+    Unauthorized(String),
+
+    /// A valid API key whose scope does not cover the route.
+    #[error("{0}")]
+    Forbidden(String),
+
     /// A file the model folder must contain is missing or unreadable.
     #[error("model folder `{}`: {reason}", folder.display())]
     Model { folder: PathBuf, reason: String },
@@ -85,6 +97,9 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::Unavailable(_) => "unavailable",
             Error::Cancelled => "cancelled",
+            Error::Timeout { .. } => "timeout",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
             Error::Model { .. } => "model_error",
             Error::Runtime(_) => "runtime_error",
             Error::Inference { .. } => "inference_error",

@@ -40,6 +40,8 @@ pub struct ServeConfig {
     /// Most UNet rows in one call of the continuous batcher.
     pub max_batch_rows: usize,
     pub warmup: bool,
+    pub warmup_images: Vec<usize>,
+    pub warmup_sizes: Vec<usize>,
     pub limits: RequestLimits,
     pub reward: RewardConfig,
     /// The data directory (SQLite database and the files it points at).
@@ -50,6 +52,16 @@ pub struct ServeConfig {
     pub max_loaded_models: usize,
     pub jobs: JobConfig,
     pub http: HttpConfig,
+    pub auth: AuthConfig,
+    /// The default deadline of a generation, and the most `X-Request-Timeout` may ask for.
+    pub request_timeout: std::time::Duration,
+}
+
+/// Who may call what.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub keys: crate::http::auth::ApiKeys,
+    pub protect_metrics: bool,
 }
 
 pub async fn serve(config: ServeConfig) -> Result<()> {
@@ -65,6 +77,14 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     registry.remove_unregistered().await?;
     registry.register_folder(&model.name, &config.model).await?;
     let active = registry.startup_version(&model.name).await?;
+    if config.auth.keys.is_open() {
+        tracing::warn!(
+            "OPEN MODE: no API keys are configured (T2I_API_KEYS or --api-keys-file), so anyone who can reach \
+             this port can generate, fine-tune and activate models; use --require-auth to refuse to start so"
+        );
+    } else {
+        tracing::info!(keys = config.auth.keys.len(), "API keys loaded");
+    }
     let metrics = Arc::new(Metrics::new());
     let state = web::Data::new(AppState {
         serving: Default::default(),
@@ -76,6 +96,10 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         score_limits: config.reward.score,
         max_body_bytes: config.http.max_body_bytes,
         storage: storage.clone(),
+        api_keys: config.auth.keys.clone(),
+        protect_metrics: config.auth.protect_metrics,
+        request_timeout: config.request_timeout,
+        shutting_down: Default::default(),
     });
     let (server, port) = build_server(state.clone(), &config.http).map_err(|err| {
         Error::Config(format!(
@@ -90,6 +114,24 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         "the --model folder's request defaults (t2i-align.json, or SD's 25 and 7.5)"
     );
 
+    let signals = {
+        let handle = server.handle();
+        let state = state.clone();
+        let grace = std::time::Duration::from_secs(config.http.shutdown_grace);
+        tokio::spawn(async move {
+            let signal = termination().await;
+            state.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                signal,
+                grace_seconds = grace.as_secs(),
+                "shutting down: /ready answers 503, no new connections, in-flight requests finish"
+            );
+            if let Some(serving) = state.serving.get() {
+                serving.jobs.shutdown(grace).await;
+            }
+            handle.stop(true).await;
+        })
+    };
     let load_error: Arc<Mutex<Option<Error>>> = Arc::default();
     let handle = server.handle();
     let settings = EngineSettings {
@@ -98,6 +140,8 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         batch_images: config.reward.batch_images,
         max_batch_rows: config.max_batch_rows,
         warmup: config.warmup,
+        warmup_images: config.warmup_images.clone(),
+        warmup_sizes: config.warmup_sizes.clone(),
         max_loaded: config.max_loaded_models,
     };
     let loader = {
@@ -108,7 +152,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         let data_dir = config.data_dir.clone();
         let runtime_handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            let loaded = load(runtime, &registry, &active, &reward, settings, metrics.clone()).and_then(
+            let loaded = load(runtime, &registry, &active, &reward, &settings, metrics.clone()).and_then(
                 |(runtime, model, rewards)| {
                     let provider = runtime.provider();
                     metrics.set_model_info(&model.version, provider.label(), &device);
@@ -160,10 +204,27 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         .await
         .map_err(|err| Error::Internal(format!("the HTTP server failed: {err}")))?;
     stopper.abort();
+    signals.abort();
     let error = load_error.lock().ok().and_then(|mut slot| slot.take());
     match error {
         Some(err) => Err(err),
         None => Ok(()),
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C); returns its name.
+async fn termination() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        },
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the server gracefully");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
     }
 }
 
@@ -173,7 +234,7 @@ fn load(
     registry: &Registry,
     active: &VersionRecord,
     reward: &RewardConfig,
-    settings: EngineSettings,
+    settings: &EngineSettings,
     metrics: Arc<Metrics>,
 ) -> Result<(Runtime, LoadedModel, RewardSet)> {
     let folder = Arc::new(ModelFolder::open(&registry.folder(active))?);

@@ -159,6 +159,45 @@ fn a_bad_device_name_is_a_cli_error() {
 }
 
 #[test]
+fn a_warm_up_size_the_model_cannot_make_stops_start_up() {
+    let data = tempfile::tempdir().unwrap();
+    let model = tiny_sd();
+    let output = run(
+        &[
+            "serve",
+            "--port",
+            "0",
+            "--model",
+            model.to_str().unwrap(),
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--warmup-images",
+            "1,2",
+            "--warmup-sizes",
+            "64,63",
+        ],
+        Some(&ort_dylib()),
+    );
+    assert!(!output.status.success());
+    // Without colour codes, which the log puts between a field's name and its value.
+    let mut text = String::new();
+    let mut escape = false;
+    for c in stderr(&output).chars() {
+        match (escape, c) {
+            (false, '\u{1b}') => escape = true,
+            (true, 'm') => escape = false,
+            (true, _) => {}
+            (false, c) => text.push(c),
+        }
+    }
+    assert!(text.contains("--warmup-sizes: 63 is not a multiple"), "{text}");
+    assert!(
+        text.contains("size=64 images=2"),
+        "the valid sizes warm up first: {text}"
+    );
+}
+
+#[test]
 fn an_incomplete_model_folder_names_the_missing_file() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("broken");

@@ -427,3 +427,35 @@ fn bad_specs_get_a_422_naming_the_field() {
     let listed = server.get("/fine-tunes").json();
     assert_eq!(listed["data"], json!([]), "nothing was queued");
 }
+
+#[test]
+fn sigterm_records_the_running_job_as_interrupted_and_exits_zero() {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = start(data.path(), &["--shutdown-grace", "20"]);
+    let created = server.post_json("/fine-tunes", &tiny_job(100_000).to_string());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    wait_for(&server, &id, "trained", |_, events| {
+        events.iter().any(|event| event["data"]["event"] == "data")
+    });
+    server.terminate();
+    let status = server
+        .wait_exit(Duration::from_secs(40))
+        .expect("the server exits after SIGTERM");
+    assert!(status.success(), "exit status {status:?}\n{}", server.log());
+    wait_no_trainer(&id);
+
+    let server = start(data.path(), &[]);
+    let failed = job(&server, &id);
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("interrupted: the server shut down"), "{failed}");
+    let last = events(&server, &id).last().cloned().unwrap();
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted: the server shut down"),
+        "{last}"
+    );
+    assert_eq!(model_ids(&server).0, vec!["tiny-sd".to_string()], "nothing registered");
+}

@@ -11,7 +11,7 @@
 pub mod planner;
 mod worker;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -40,7 +40,34 @@ struct Job {
     scorer: Option<Arc<Scorer>>,
     cancel: Arc<AtomicBool>,
     enqueued: Instant,
+    /// When the request's work must stop, queued or running.
+    deadline: Option<Deadline>,
     reply: oneshot::Sender<Result<Completed>>,
+}
+
+/// A request's deadline: the instant, and the seconds it was given (for the 504's message).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    pub at: Instant,
+    pub seconds: f64,
+}
+
+impl Deadline {
+    /// `seconds` from `start`.
+    pub fn after(start: Instant, seconds: f64) -> Self {
+        Deadline {
+            at: start + Duration::from_secs_f64(seconds.max(0.0)),
+            seconds,
+        }
+    }
+
+    pub fn passed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+
+    pub fn error(&self) -> Error {
+        Error::Timeout { seconds: self.seconds }
+    }
 }
 
 /// Sets its flag when dropped, unless disarmed: a handler future dropped by a client disconnect cancels its job.
@@ -87,6 +114,7 @@ impl Engine {
         }
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(capacity.max(1));
         let mean_job_seconds = Arc::new(AtomicU64::new(1.0f64.to_bits()));
+        let loads: worker::Loads = (0..pipelines.len()).map(|_| AtomicUsize::new(0)).collect();
         let workers = pipelines
             .into_iter()
             .enumerate()
@@ -94,9 +122,10 @@ impl Engine {
                 let receiver = receiver.clone();
                 let metrics = metrics.clone();
                 let mean = mean_job_seconds.clone();
+                let loads = loads.clone();
                 std::thread::Builder::new()
                     .name(format!("t2i-worker-{index}"))
-                    .spawn(move || worker::Worker::new(pipeline, receiver, settings, metrics, mean).run())
+                    .spawn(move || worker::Worker::new(index, loads, pipeline, receiver, settings, metrics, mean).run())
                     .map_err(|err| Error::Internal(format!("cannot start worker thread: {err}")))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -125,11 +154,13 @@ impl Engine {
 
     /// Enqueues a job and waits for it. Fails at once with `Overloaded` when the queue is full. With a scorer,
     /// every candidate is scored and `selection` picks the images; without one, the images come back unscored.
+    /// Past its `deadline` the job answers 504 and its work stops at the next denoising step.
     pub async fn generate(
         &self,
         params: GenerateParams,
         selection: Selection,
         scorer: Option<Arc<Scorer>>,
+        deadline: Option<Deadline>,
     ) -> Result<Completed> {
         let sender = self
             .sender
@@ -147,6 +178,7 @@ impl Engine {
             scorer,
             cancel,
             enqueued: Instant::now(),
+            deadline,
             reply,
         };
         match sender.try_send(job) {
@@ -160,9 +192,14 @@ impl Engine {
             }
         }
         self.metrics.queue_depth.set(self.queued() as i64);
-        let result = receive
-            .await
-            .map_err(|_| Error::Internal("the worker dropped the request without answering".into()))?;
+        let answer = match deadline {
+            // Dropping `guard` on the way out raises the cancel flag, so the worker lets the job go too.
+            Some(deadline) => tokio::time::timeout_at(deadline.at.into(), receive)
+                .await
+                .map_err(|_| deadline.error())?,
+            None => receive.await,
+        };
+        let result = answer.map_err(|_| Error::Internal("the worker dropped the request without answering".into()))?;
         guard.disarm();
         result
     }

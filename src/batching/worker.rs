@@ -8,14 +8,14 @@
 //! cancelled by its client leaves at the next step boundary; the others go on.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 
 use super::planner::{Planner, TimestepSharing};
-use super::{Completed, Job};
+use super::{Completed, Deadline, Job};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pipeline::generate::{Denoising, LatentShape};
@@ -90,7 +90,13 @@ impl Request {
     }
 }
 
+/// Each worker's load in UNet rows (active and waiting units), so that a busy worker leaves queued requests to
+/// a less loaded one.
+pub(super) type Loads = Arc<[AtomicUsize]>;
+
 pub(super) struct Worker {
+    index: usize,
+    loads: Loads,
     pipeline: Pipeline,
     receiver: Receiver<Job>,
     settings: BatchSettings,
@@ -106,6 +112,8 @@ pub(super) struct Worker {
 
 impl Worker {
     pub(super) fn new(
+        index: usize,
+        loads: Loads,
         pipeline: Pipeline,
         receiver: Receiver<Job>,
         settings: BatchSettings,
@@ -118,6 +126,8 @@ impl Worker {
             TimestepSharing::Shared
         };
         Worker {
+            index,
+            loads,
             provider: pipeline.provider().label(),
             pipeline,
             receiver,
@@ -152,8 +162,31 @@ impl Worker {
                     self.fail(id, Error::Internal(format!("generation panicked: {reason}")));
                 }
             }
-            self.metrics.active_requests.set(self.requests.len() as i64);
+            self.publish_load();
         }
+    }
+
+    /// Rows this worker has active or waiting.
+    fn load(&self) -> usize {
+        self.planner.active_rows() + self.pending.iter().map(|unit| unit.rows).sum::<usize>()
+    }
+
+    fn publish_load(&self) {
+        if let Some(load) = self.loads.get(self.index) {
+            load.store(self.load(), Ordering::Relaxed);
+        }
+        let active: usize = self.requests.len();
+        self.metrics.active_requests.set(active as i64);
+    }
+
+    /// Whether no other worker carries less: a busy worker takes queued requests only then, so that an idle
+    /// (or lighter) worker gets them instead.
+    fn least_loaded(&self) -> bool {
+        let mine = self.load();
+        self.loads
+            .iter()
+            .enumerate()
+            .all(|(index, load)| index == self.index || load.load(Ordering::Relaxed) >= mine)
     }
 
     fn fresh_id(&mut self) -> u64 {
@@ -185,11 +218,15 @@ impl Worker {
             }
             let idle = self.planner.is_empty() && starting.is_empty() && self.requests.is_empty();
             let job = if idle {
+                self.publish_load();
                 match self.receiver.recv() {
                     Ok(job) => job,
                     Err(_) => return false,
                 }
             } else {
+                if !self.least_loaded() {
+                    break;
+                }
                 match self.receiver.try_recv() {
                     Ok(job) => job,
                     Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
@@ -207,6 +244,11 @@ impl Worker {
     /// Makes a request of a queued job and queues its first units.
     fn accept(&mut self, job: Job) {
         let queue_time = job.enqueued.elapsed();
+        if let Some(deadline) = job.deadline.filter(Deadline::passed) {
+            self.metrics.requests_dropped.with_label_values(&["deadline"]).inc();
+            let _ = job.reply.send(Err(deadline.error()));
+            return;
+        }
         if job.cancel.load(Ordering::Relaxed) || job.reply.is_closed() {
             self.metrics
                 .requests_dropped
@@ -532,6 +574,10 @@ impl Worker {
         }
         self.pending.retain(|unit| unit.request != id);
         match &err {
+            Error::Timeout { .. } => {
+                self.metrics.requests_dropped.with_label_values(&["deadline"]).inc();
+                tracing::debug!("stopped a request at its deadline");
+            }
             Error::Cancelled => {
                 self.metrics
                     .requests_dropped
@@ -544,16 +590,24 @@ impl Worker {
         let _ = request.job.reply.send(Err(err));
     }
 
-    /// Requests whose client went away leave at this step boundary.
+    /// Requests past their deadline, or whose client went away, leave at this step boundary.
     fn drop_cancelled(&mut self) {
-        let cancelled: Vec<u64> = self
+        let ended: Vec<(u64, Error)> = self
             .requests
             .iter()
-            .filter(|(_, request)| request.job.cancel.load(Ordering::Relaxed) || request.job.reply.is_closed())
-            .map(|(id, _)| *id)
+            .filter_map(|(id, request)| {
+                let job = &request.job;
+                if let Some(deadline) = job.deadline.filter(Deadline::passed) {
+                    Some((*id, deadline.error()))
+                } else if job.cancel.load(Ordering::Relaxed) || job.reply.is_closed() {
+                    Some((*id, Error::Cancelled))
+                } else {
+                    None
+                }
+            })
             .collect();
-        for id in cancelled {
-            self.fail(id, Error::Cancelled);
+        for (id, err) in ended {
+            self.fail(id, err);
         }
     }
 }

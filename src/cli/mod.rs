@@ -79,6 +79,15 @@ pub struct RuntimeArgs {
     /// ONNX Runtime graph optimisation level.
     #[arg(long, env = "T2I_GRAPH_OPTIMIZATION", value_enum, default_value_t = OptimizationLevel::All)]
     pub graph_optimization: OptimizationLevel,
+    /// Let ONNX Runtime plan each run's memory from the last run with the same input shapes.
+    #[arg(long, env = "T2I_MEMORY_PATTERN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub memory_pattern: bool,
+    /// Share pre-packed weight buffers between sessions of the same model (the copies --workers loads).
+    #[arg(long, env = "T2I_SHARE_PREPACKED_WEIGHTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub share_prepacked_weights: bool,
+    /// Let the shared thread pool spin between operators (faster under load; burns CPU briefly when idle).
+    #[arg(long, env = "T2I_SPIN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub spin: bool,
 }
 
 impl RuntimeArgs {
@@ -88,6 +97,9 @@ impl RuntimeArgs {
             inter_threads: self.inter_threads,
             optimization_level: self.graph_optimization,
             shared_thread_pool: self.shared_thread_pool,
+            memory_pattern: self.memory_pattern,
+            share_prepacked_weights: self.share_prepacked_weights,
+            spin: self.spin,
         }
     }
 }
@@ -219,12 +231,39 @@ pub struct ServeArgs {
     /// with classifier-free guidance) share each denoising step up to this; more requests wait in the queue.
     #[arg(long, env = "T2I_MAX_BATCH_ROWS", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub max_batch_rows: u64,
+    /// A file of API keys, one `scope:key` or `name:scope:key` a line (scopes: inference, admin). Keys also come
+    /// from the T2I_API_KEYS variable, in the same form, comma-separated; never from the command line itself.
+    #[arg(long, env = "T2I_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Refuse to start without API keys (instead of serving in open mode).
+    #[arg(long, env = "T2I_REQUIRE_AUTH")]
+    pub require_auth: bool,
+    /// Make /metrics need an admin key too.
+    #[arg(long, env = "T2I_PROTECT_METRICS")]
+    pub protect_metrics: bool,
+    /// Seconds a generation may take, queue included, unless its X-Request-Timeout header asks for less; then
+    /// it stops at the next denoising step and answers 504.
+    #[arg(long, env = "T2I_REQUEST_TIMEOUT", default_value_t = 300.0)]
+    pub request_timeout: f64,
+    /// Origins browsers may call the API from, comma-separated (`*` for any). None by default: CORS is off.
+    #[arg(long, env = "T2I_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Seconds in-flight requests get to finish after SIGTERM or SIGINT; the process then exits 0.
+    #[arg(long, env = "T2I_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
     /// Largest request body in bytes.
     #[arg(long, env = "T2I_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
     /// Run a short generation on each worker before /ready answers 200.
     #[arg(long, env = "T2I_WARMUP", default_value_t = true, action = clap::ArgAction::Set)]
     pub warmup: bool,
+    /// Image counts the warm-up generates on each worker, comma-separated (two UNet rows each with guidance):
+    /// the batch sizes ONNX Runtime plans before the first request.
+    #[arg(long, env = "T2I_WARMUP_IMAGES", value_delimiter = ',', default_value = "1")]
+    pub warmup_images: Vec<usize>,
+    /// Image sizes in pixels the warm-up covers, comma-separated (default: the model's own size).
+    #[arg(long, env = "T2I_WARMUP_SIZES", value_delimiter = ',')]
+    pub warmup_sizes: Vec<usize>,
     /// Most model versions loaded at once (the active one included); others load on first use.
     #[arg(long, env = "T2I_MAX_LOADED_MODELS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_loaded_models: u64,
@@ -379,7 +418,27 @@ pub struct ScoreArgs {
 
 impl ServeArgs {
     pub fn into_config(self) -> Result<ServeConfig> {
+        let keys = crate::http::auth::ApiKeys::load(
+            std::env::var("T2I_API_KEYS").ok().as_deref(),
+            self.api_keys_file.as_deref(),
+        )?;
+        if self.require_auth && keys.is_open() {
+            return Err(Error::Config(
+                "--require-auth is set but no API keys are configured: set T2I_API_KEYS or --api-keys-file".into(),
+            ));
+        }
+        if !(self.request_timeout.is_finite() && self.request_timeout > 0.0 && self.request_timeout <= 86_400.0) {
+            return Err(Error::Config(format!(
+                "--request-timeout must be between 0 and 86400 seconds. Given: {}",
+                self.request_timeout
+            )));
+        }
         Ok(ServeConfig {
+            auth: crate::server::AuthConfig {
+                keys,
+                protect_metrics: self.protect_metrics,
+            },
+            request_timeout: std::time::Duration::from_secs_f64(self.request_timeout),
             jobs: self.jobs.config()?,
             max_loaded_models: self.max_loaded_models as usize,
             sessions: self.runtime.sessions(),
@@ -391,6 +450,8 @@ impl ServeArgs {
             queue_capacity: self.queue_capacity,
             max_batch_rows: self.max_batch_rows as usize,
             warmup: self.warmup,
+            warmup_images: self.warmup_images,
+            warmup_sizes: self.warmup_sizes,
             reward: self.reward.config(),
             data_dir: self.data_dir,
             image_retention: self.image_retention,
@@ -399,6 +460,8 @@ impl ServeArgs {
                 port: self.port,
                 http_workers: self.http_workers,
                 max_body_bytes: self.max_body_bytes,
+                shutdown_grace: self.shutdown_grace,
+                cors_origins: self.cors_origins,
             },
         })
     }

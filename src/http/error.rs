@@ -1,6 +1,6 @@
 //! The one place where an [`Error`] becomes an HTTP status and a JSON body `{"error":{"type","message","param"}}`.
 
-use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
@@ -37,6 +37,9 @@ impl ResponseError for Error {
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             // The client is gone; the status is for logs and metrics only (nginx's "client closed request").
             Error::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Model { .. }
             | Error::Runtime(_)
             | Error::Inference { .. }
@@ -56,6 +59,11 @@ impl ResponseError for Error {
         let mut response = HttpResponse::build(self.status_code()).json(body);
         if let Some(value) = retry_after(self) {
             response.headers_mut().insert(RETRY_AFTER, value);
+        }
+        if matches!(self, Error::Unauthorized(_)) {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

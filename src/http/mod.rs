@@ -1,6 +1,7 @@
 //! The HTTP surface (actix-web): routes, the error mapping, request metrics and the OpenAPI document.
 //! Knows nothing of ONNX Runtime; it talks to the `batching::Engine`.
 
+pub mod auth;
 pub mod error;
 pub mod fine_tunes;
 pub mod openapi;
@@ -10,7 +11,9 @@ pub mod schemas;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use actix_web::dev::{Server, Service};
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Server, Service, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpServer};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
@@ -64,6 +67,14 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The data directory's database: generated images (for `image_ids`), and later feedback and jobs.
     pub storage: Arc<Storage>,
+    /// The bearer keys; empty is open mode.
+    pub api_keys: auth::ApiKeys,
+    /// Whether `/metrics` needs an admin key.
+    pub protect_metrics: bool,
+    /// The default deadline of a generation, and the longest one `X-Request-Timeout` may ask for.
+    pub request_timeout: std::time::Duration,
+    /// Set on SIGTERM: `/ready` answers 503 while in-flight requests finish.
+    pub shutting_down: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -79,13 +90,71 @@ pub struct HttpConfig {
     pub port: u16,
     pub http_workers: usize,
     pub max_body_bytes: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    pub shutdown_grace: u64,
+    /// Origins browsers may call from (`*` for any); empty turns CORS off, so browsers enforce same-origin.
+    pub cors_origins: Vec<String>,
+}
+
+/// CORS for the configured origins: off (no headers) unless some are given.
+fn cors(origins: &[String]) -> actix_cors::Cors {
+    if origins.is_empty() {
+        return actix_cors::Cors::default();
+    }
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST", "OPTIONS"])
+        .allowed_headers([
+            actix_web::http::header::AUTHORIZATION,
+            actix_web::http::header::CONTENT_TYPE,
+            actix_web::http::header::HeaderName::from_static("x-request-timeout"),
+        ])
+        .expose_headers([actix_web::http::header::RETRY_AFTER])
+        .max_age(3600);
+    if origins.iter().any(|origin| origin == "*") {
+        cors = cors.allow_any_origin();
+    } else {
+        for origin in origins {
+            cors = cors.allowed_origin(origin);
+        }
+    }
+    cors
+}
+
+/// Answers 401 or 403 before any handler runs when the route needs a key the request does not carry
+/// (`auth::route_scope`). The OpenAI-compatible routes answer in OpenAI's error shape.
+async fn authenticate<B: MessageBody + 'static>(
+    request: ServiceRequest,
+    next: Next<B>,
+) -> std::result::Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
+    if let Some(state) = request.app_data::<web::Data<AppState>>().cloned() {
+        let pattern = request.match_pattern().unwrap_or_else(|| "unmatched".to_string());
+        if let Some(scope) = auth::route_scope(request.method().as_str(), &pattern, state.protect_metrics) {
+            let header = request
+                .headers()
+                .get(actix_web::http::header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok());
+            if let Err(err) = state.api_keys.check(header, scope) {
+                let response = if pattern.starts_with("/v1/") {
+                    actix_web::ResponseError::error_response(&error::OpenAiError(err))
+                } else {
+                    actix_web::ResponseError::error_response(&err)
+                };
+                return Ok(request.into_response(response).map_into_right_body());
+            }
+        }
+    }
+    next.call(request).await.map(ServiceResponse::map_into_left_body)
 }
 
 /// Binds the listener and returns the server future (not yet awaited) with the port it bound.
 pub fn build_server(state: web::Data<AppState>, config: &HttpConfig) -> std::io::Result<(Server, u16)> {
+    let origins = config.cors_origins.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap(from_fn(authenticate))
+            // Outside the key check: a browser's preflight carries no key.
+            .wrap(cors(&origins))
             .wrap_fn(|request, service| {
                 let started = Instant::now();
                 let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_string());
@@ -127,6 +196,10 @@ pub fn build_server(state: web::Data<AppState>, config: &HttpConfig) -> std::io:
             .default_service(web::to(routes::not_found))
     })
     .workers(config.http_workers.max(1))
+    // `server::serve` handles SIGTERM and SIGINT itself: it marks the server unready and stops the job runner
+    // before the graceful stop, which then gives in-flight requests this long.
+    .disable_signals()
+    .shutdown_timeout(config.shutdown_grace)
     // A client that closes its side is gone: drop its request (and so cancel its work) instead of finishing it.
     .h1_allow_half_closed(false)
     .bind((config.host.as_str(), config.port))?;

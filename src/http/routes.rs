@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use futures_util::StreamExt;
 
+use crate::batching::Deadline;
 use crate::error::{Error, Result};
 use crate::http::error::{parse_json, ErrorBody, OpenAiError, OpenAiErrorBody};
 use crate::http::schemas::{
@@ -61,16 +62,51 @@ fn millis(duration: std::time::Duration) -> f64 {
     )
 )]
 #[post("/generate")]
-pub async fn generate(state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse> {
+pub async fn generate(state: web::Data<AppState>, http: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
     let started = Instant::now();
+    let deadline = request_deadline(&http, &state, started)?;
     let body = read_body(payload, state.max_body_bytes).await?;
     let request: GenerateRequest = parse_json(&body)?;
-    let response = run_generate(&state, request, started).await?;
+    let response = run_generate(&state, request, started, deadline).await?;
     Ok(HttpResponse::Ok().json(response))
 }
 
+/// The request's deadline: `X-Request-Timeout` seconds when the header is there (at most `--request-timeout`),
+/// else `--request-timeout`, counted from the request's arrival.
+fn request_deadline(http: &HttpRequest, state: &AppState, started: Instant) -> Result<Deadline> {
+    let limit = state.request_timeout.as_secs_f64();
+    let seconds = match http.headers().get(REQUEST_TIMEOUT_HEADER) {
+        None => limit,
+        Some(value) => {
+            let text = value.to_str().unwrap_or("");
+            match text.trim().parse::<f64>() {
+                Ok(seconds) if seconds.is_finite() && seconds > 0.0 && seconds <= limit => seconds,
+                _ => {
+                    return Err(Error::InvalidRequest {
+                        message: format!(
+                            "the `{REQUEST_TIMEOUT_HEADER}` header must be a number of seconds above 0 and at most \
+                             {limit} (--request-timeout). Given: `{}`",
+                            text.chars().take(40).collect::<String>()
+                        ),
+                        param: Some(REQUEST_TIMEOUT_HEADER.to_string()),
+                    })
+                }
+            }
+        }
+    };
+    Ok(Deadline::after(started, seconds))
+}
+
+/// The header a client sets to give one request a shorter deadline than `--request-timeout`.
+pub const REQUEST_TIMEOUT_HEADER: &str = "X-Request-Timeout";
+
 /// Validates, generates (and scores and chooses, with a reward model), stores the images and shapes the answer.
-async fn run_generate(state: &AppState, request: GenerateRequest, started: Instant) -> Result<GenerateResponse> {
+async fn run_generate(
+    state: &AppState,
+    request: GenerateRequest,
+    started: Instant,
+    deadline: Deadline,
+) -> Result<GenerateResponse> {
     let serving = state.serving()?;
     let selection_input = request.selection_input();
     let reward_model = request.reward_model.clone();
@@ -90,7 +126,7 @@ async fn run_generate(state: &AppState, request: GenerateRequest, started: Insta
         Some(serving.rewards.get(reward_model.as_deref(), "reward_model")?.clone())
     };
     let prompt = params.prompt.clone();
-    let completed = model.engine.generate(params, selection, scorer).await?;
+    let completed = model.engine.generate(params, selection, scorer, Some(deadline)).await?;
     let output = completed.output;
     let timings = &output.timings;
     let mut images = Vec::with_capacity(output.images.len());
@@ -859,9 +895,11 @@ pub async fn get_image(state: web::Data<AppState>, id: web::Path<String>) -> Res
 #[post("/v1/images/generations")]
 pub async fn openai_images(
     state: web::Data<AppState>,
+    http: HttpRequest,
     payload: web::Payload,
 ) -> std::result::Result<HttpResponse, OpenAiError> {
     let started = Instant::now();
+    let deadline = request_deadline(&http, &state, started)?;
     let body = read_body(payload, state.max_body_bytes).await?;
     let request: OpenAiImageRequest = parse_json(&body)?;
     match request.response_format.as_deref() {
@@ -890,7 +928,7 @@ pub async fn openai_images(
         model: request.model,
         ..GenerateRequest::default()
     };
-    let response = run_generate(&state, generation, started).await?;
+    let response = run_generate(&state, generation, started, deadline).await?;
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs());
@@ -952,6 +990,11 @@ fn health_body(state: &AppState) -> HealthResponse {
     ))]
 #[get("/ready")]
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse> {
+    if state.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Error::Unavailable(
+            "the server is shutting down: in-flight requests are finishing".into(),
+        ));
+    }
     state.serving()?;
     Ok(HttpResponse::Ok().json(health_body(&state)))
 }

@@ -16,6 +16,40 @@ pub struct RunningChild {
     program: String,
 }
 
+/// Variables a trainer child inherits: the basics a Python process needs, and those that steer CUDA, NCCL,
+/// torchrun, accelerate and the thread pools. Everything else in the server's environment stays behind.
+const INHERITED: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "TZ",
+    "LD_LIBRARY_PATH",
+];
+const INHERITED_PREFIXES: &[&str] = &[
+    "CUDA_",
+    "NCCL_",
+    "OMP_",
+    "MKL_",
+    "TORCH",
+    "ACCELERATE_",
+    "HF_",
+    "PYTHON",
+];
+
+fn inherited(name: &str) -> bool {
+    INHERITED.contains(&name) || INHERITED_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+}
+
+/// The environment a trainer child starts with.
+pub fn child_environment() -> Vec<(String, String)> {
+    let mut environment: Vec<(String, String)> = std::env::vars().filter(|(name, _)| inherited(name)).collect();
+    environment.push(("PYTHONUNBUFFERED".into(), "1".into()));
+    environment
+}
+
 impl RunningChild {
     /// Starts `command[0]` with the rest as arguments, stderr appended to `log`.
     pub fn spawn(command: &[String], log: &Path) -> Result<Self> {
@@ -28,6 +62,8 @@ impl RunningChild {
             .open(log)
             .map_err(|err| Error::Internal(format!("cannot open {}: {err}", log.display())))?;
         let mut builder = Command::new(program);
+        // A sanitised environment: the server's secrets (T2I_API_KEYS and the like) never reach the trainer.
+        builder.env_clear().envs(child_environment());
         builder
             .args(args)
             .stdin(Stdio::null())
@@ -118,4 +154,23 @@ pub async fn run_to_end(command: &[String], log: &Path) -> Result<String> {
         )));
     }
     Ok(output)
+}
+
+#[cfg(test)]
+mod environment_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_stay_behind_and_the_basics_pass() {
+        assert!(inherited("PATH") && inherited("CUDA_VISIBLE_DEVICES") && inherited("NCCL_DEBUG"));
+        assert!(inherited("HF_HUB_OFFLINE") && inherited("OMP_NUM_THREADS"));
+        for secret in [
+            "T2I_API_KEYS",
+            "T2I_API_KEYS_FILE",
+            "AWS_SECRET_ACCESS_KEY",
+            "DATABASE_URL",
+        ] {
+            assert!(!inherited(secret), "{secret}");
+        }
+    }
 }

@@ -77,6 +77,9 @@ struct Stage {
     started: Instant,
 }
 
+/// The error and event of a job stopped by a server shutdown.
+const INTERRUPTED_BY_SHUTDOWN: &str = "interrupted: the server shut down (SIGTERM) while the job ran";
+
 struct RunningJob {
     id: String,
     cancel: watch::Sender<bool>,
@@ -91,6 +94,8 @@ pub struct JobManager {
     jobs_dir: PathBuf,
     wake: Notify,
     running: Mutex<Option<RunningJob>>,
+    /// Set on SIGTERM: no job starts, and the running one is stopped and recorded as interrupted.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// One sample of the training set.
@@ -132,6 +137,7 @@ impl JobManager {
             jobs_dir,
             wake: Notify::new(),
             running: Mutex::new(None),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -146,6 +152,9 @@ impl JobManager {
             manager.refresh_job_metrics().await;
             loop {
                 let notified = manager.wake.notified();
+                if manager.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
                 match manager.storage.next_queued_job().await {
                     Ok(Some(job)) => manager.run(job).await,
                     Ok(None) => {
@@ -198,6 +207,29 @@ impl JobManager {
         self.refresh_job_metrics().await;
         self.wake.notify_one();
         Ok(job)
+    }
+
+    /// Stops the runner for a shutdown: no queued job starts, and the running one (if any) has its trainer killed
+    /// and is recorded as failed (interrupted), with an event. Waits at most `grace` for that record.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.wake.notify_waiters();
+        let signalled = self
+            .running
+            .lock()
+            .ok()
+            .and_then(|running| running.as_ref().map(|running| running.cancel.send(true).is_ok()));
+        if signalled.is_none() {
+            return;
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if self.running.lock().map(|running| running.is_none()).unwrap_or(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::warn!("the running fine-tune job did not record its end within the shutdown grace period");
     }
 
     /// Cancels a queued or running job. A running one stops at once: its trainer's process group is killed.
@@ -295,11 +327,16 @@ impl JobManager {
                 "info",
                 format!("succeeded in {seconds:.0} s: version {model}"),
             ),
+            Err(Error::Cancelled) if self.shutting_down.load(std::sync::atomic::Ordering::Relaxed) => {
+                (JobStatus::Failed, "error", INTERRUPTED_BY_SHUTDOWN.to_string())
+            }
             Err(Error::Cancelled) => (JobStatus::Cancelled, "info", "cancelled".to_string()),
             Err(err) => (JobStatus::Failed, "error", format!("failed: {err}")),
         };
         let error = match &result {
-            Err(Error::Cancelled) | Ok(_) => None,
+            Ok(_) => None,
+            Err(Error::Cancelled) if status == JobStatus::Failed => Some(INTERRUPTED_BY_SHUTDOWN.to_string()),
+            Err(Error::Cancelled) => None,
             Err(err) => Some(err.to_string()),
         };
         if let Err(err) = self.storage.set_job_status(&job.id, status, error.as_deref()).await {
@@ -687,7 +724,7 @@ impl JobContext<'_> {
             self.check_cancelled()?;
             match model
                 .engine
-                .generate(params.clone(), Selection::BestOf { k: 1 }, Some(scorer.clone()))
+                .generate(params.clone(), Selection::BestOf { k: 1 }, Some(scorer.clone()), None)
                 .await
             {
                 Err(Error::Overloaded { retry_after_secs, .. }) => {

@@ -12,13 +12,13 @@ use std::time::Instant;
 use crate::batching::{BatchSettings, Engine};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::pipeline::{ModelFolder, ModelLimits, Pipeline};
+use crate::pipeline::{GenerateParams, ModelFolder, ModelLimits, Pipeline};
 use crate::registry::Registry;
 use crate::runtime::{ExecutionProvider, Runtime};
 use crate::storage::VersionRecord;
 
 /// How each loaded version's engine is built.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EngineSettings {
     pub workers: usize,
     pub queue_capacity: usize,
@@ -26,6 +26,10 @@ pub struct EngineSettings {
     /// Most UNet rows in one call of the continuous batcher.
     pub max_batch_rows: usize,
     pub warmup: bool,
+    /// Image counts the warm-up generates at each warm-up size (each image is two UNet rows with guidance).
+    pub warmup_images: Vec<usize>,
+    /// Image sizes in pixels the warm-up covers; empty: the model's default size.
+    pub warmup_sizes: Vec<usize>,
     /// Most versions kept loaded at once, the active one included.
     pub max_loaded: usize,
 }
@@ -178,7 +182,7 @@ impl ModelPool {
     /// Loads a folder that is not (yet) a registered version, e.g. a fine-tune's candidate being checked.
     pub async fn load_folder(&self, name: String, folder: std::path::PathBuf) -> Result<LoadedModel> {
         let runtime = self.runtime.clone();
-        let settings = self.settings;
+        let settings = self.settings.clone();
         let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
@@ -186,7 +190,7 @@ impl ModelPool {
             let mut runtime = runtime
                 .lock()
                 .map_err(|_| Error::Internal("the ONNX Runtime lock is poisoned".into()))?;
-            let loaded = build_engine(&mut runtime, name, model, settings, metrics)?;
+            let loaded = build_engine(&mut runtime, name, model, &settings, metrics)?;
             tracing::info!(
                 version = %loaded.version,
                 ms = started.elapsed().as_millis() as u64,
@@ -214,12 +218,55 @@ impl ModelPool {
     }
 }
 
+/// One short generation for each warm-up size and image count, so that ONNX Runtime has planned those shapes
+/// before the first request. A size the model cannot make is a configuration error.
+fn warm_up(pipeline: &mut Pipeline, worker: usize, settings: &EngineSettings) -> Result<()> {
+    let base = crate::server::warmup_params(pipeline);
+    let limits = pipeline.limits();
+    let sizes = if settings.warmup_sizes.is_empty() {
+        vec![limits.default_size]
+    } else {
+        settings.warmup_sizes.clone()
+    };
+    let images = if settings.warmup_images.is_empty() {
+        vec![1]
+    } else {
+        settings.warmup_images.clone()
+    };
+    for &size in &sizes {
+        if size == 0 || size % limits.size_multiple != 0 {
+            return Err(Error::Config(format!(
+                "--warmup-sizes: {size} is not a multiple of this model's {} pixels",
+                limits.size_multiple
+            )));
+        }
+        for &count in &images {
+            let started = Instant::now();
+            let params = GenerateParams {
+                num_images: count.max(1),
+                width: size,
+                height: size,
+                ..base.clone()
+            };
+            pipeline.generate(&params, &mut crate::pipeline::generate::NoProgress)?;
+            tracing::info!(
+                worker,
+                size,
+                images = count,
+                ms = started.elapsed().as_millis() as u64,
+                "warmed up"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Builds the engine of one version: `settings.workers` pipelines, each warmed up when asked.
 pub fn build_engine(
     runtime: &mut Runtime,
     version: String,
     folder: Arc<ModelFolder>,
-    settings: EngineSettings,
+    settings: &EngineSettings,
     metrics: Arc<Metrics>,
 ) -> Result<LoadedModel> {
     let mut pipelines = Vec::with_capacity(settings.workers.max(1));
@@ -245,12 +292,7 @@ pub fn build_engine(
             }
         }
         if settings.warmup {
-            let started = Instant::now();
-            pipeline.generate(
-                &crate::server::warmup_params(&pipeline),
-                &mut crate::pipeline::generate::NoProgress,
-            )?;
-            tracing::info!(worker = index, ms = started.elapsed().as_millis() as u64, "warmed up");
+            warm_up(&mut pipeline, index, settings)?;
         }
         pipelines.push(pipeline);
     }

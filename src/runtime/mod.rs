@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::ep;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
 use ort::session::Session;
 
 use crate::error::{Error, Result};
@@ -119,6 +119,14 @@ pub struct SessionSettings {
     /// its sessions one after another; with a pool each, the idle pools' threads keep spinning and steal the
     /// cores from the one that works.
     pub shared_thread_pool: bool,
+    /// Let ONNX Runtime plan each run's memory from the last run of the same input shapes.
+    pub memory_pattern: bool,
+    /// One container of pre-packed weights for every session: the copies of a model that several workers load
+    /// share their pre-packed (re-laid-out) weight buffers instead of each holding its own.
+    pub share_prepacked_weights: bool,
+    /// Let the shared pool's threads spin between operators instead of sleeping: faster under steady load, but
+    /// idle threads burn CPU for a moment after each run.
+    pub spin: bool,
 }
 
 impl Default for SessionSettings {
@@ -128,6 +136,9 @@ impl Default for SessionSettings {
             inter_threads: 1,
             optimization_level: OptimizationLevel::All,
             shared_thread_pool: true,
+            memory_pattern: true,
+            share_prepacked_weights: true,
+            spin: true,
         }
     }
 }
@@ -139,6 +150,8 @@ pub struct Runtime {
     requested: Device,
     settings: SessionSettings,
     library: PathBuf,
+    /// Shared by every session when `share_prepacked_weights` is set.
+    prepacked: Option<PrepackedWeights>,
 }
 
 impl Runtime {
@@ -153,12 +166,14 @@ impl Runtime {
             Device::Auto => ExecutionProvider::Cuda(0),
             Device::Cpu => ExecutionProvider::Cpu,
         };
+        let prepacked = settings.share_prepacked_weights.then(PrepackedWeights::new);
         Ok(Runtime {
             env,
             provider,
             requested: device,
             settings,
             library,
+            prepacked,
         })
     }
 
@@ -183,7 +198,8 @@ impl Runtime {
     ///
     /// For `auto`, the first CUDA failure switches this runtime to CPU for good, with a warning.
     pub fn session(&mut self, component: &'static str, path: &Path) -> Result<Session> {
-        match build_session(&self.env, &self.settings, self.provider, path) {
+        let prepacked = self.prepacked.as_ref();
+        match build_session(&self.env, &self.settings, prepacked, self.provider, path) {
             Ok(session) => Ok(session),
             Err(err) if self.requested == Device::Auto && self.provider != ExecutionProvider::Cpu => {
                 tracing::warn!(
@@ -192,7 +208,7 @@ impl Runtime {
                     "--device auto: the CUDA execution provider could not be registered; falling back to CPU"
                 );
                 self.provider = ExecutionProvider::Cpu;
-                build_session(&self.env, &self.settings, self.provider, path)
+                build_session(&self.env, &self.settings, prepacked, self.provider, path)
                     .map_err(|err| session_error(component, path, self.provider, err))
             }
             Err(err) => Err(session_error(component, path, self.provider, err)),
@@ -230,6 +246,7 @@ fn environment(library: &Path, settings: &SessionSettings) -> Result<Environment
         let pool = GlobalThreadPoolOptions::default()
             .with_intra_threads(settings.intra_threads)
             .and_then(|pool| pool.with_inter_threads(settings.inter_threads.max(1)))
+            .and_then(|pool| pool.with_spin_control(settings.spin))
             .map_err(env_error)?;
         builder = builder.with_global_thread_pool(pool);
     }
@@ -274,6 +291,7 @@ fn session_error(component: &str, path: &Path, provider: ExecutionProvider, err:
 fn build_session(
     env: &Environment,
     settings: &SessionSettings,
+    prepacked: Option<&PrepackedWeights>,
     provider: ExecutionProvider,
     path: &Path,
 ) -> ort::Result<Session> {
@@ -290,7 +308,11 @@ fn build_session(
         .with_optimization_level(settings.optimization_level.into())?
         .with_intra_threads(settings.intra_threads)?
         .with_inter_threads(settings.inter_threads.max(1))?
+        .with_memory_pattern(settings.memory_pattern)?
         .with_execution_providers([dispatch])?;
+    if let Some(prepacked) = prepacked {
+        builder = builder.with_prepacked_weights(prepacked)?;
+    }
     builder.commit_from_file(path)
 }
 

@@ -70,6 +70,11 @@ impl Server {
     }
 
     pub fn start_with_model(model: &std::path::Path, extra_args: &[&str]) -> Server {
+        Self::start_with_env(model, extra_args, &[])
+    }
+
+    /// Starts a server with extra environment variables (e.g. `T2I_API_KEYS`).
+    pub fn start_with_env(model: &std::path::Path, extra_args: &[&str], envs: &[(&str, &str)]) -> Server {
         // One intra-op thread unless the test sets its own: tests run side by side on two cores.
         let threads: &[&str] = if extra_args.contains(&"--intra-threads") {
             &[]
@@ -91,6 +96,7 @@ impl Server {
             .args(extra_args)
             .env("ORT_DYLIB_PATH", ort_dylib())
             .env("RUST_LOG", "info,ort=warn")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -181,6 +187,31 @@ impl Server {
     }
 
     /// SIGKILL, as a crash or the OOM killer would stop it; nothing gets to clean up.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; its status, or None if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Sends SIGTERM, as an orchestrator stopping the service would.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

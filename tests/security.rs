@@ -1,0 +1,254 @@
+//! API keys and scopes, request deadlines, and a graceful stop on SIGTERM, against a real server (#7).
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+
+const INFERENCE_KEY: &str = "app-key-0123456789abcdef";
+const ADMIN_KEY: &str = "ops-key-fedcba9876543210";
+
+fn keys_env() -> String {
+    format!("app:inference:{INFERENCE_KEY},ops:admin:{ADMIN_KEY}")
+}
+
+fn with_key(server: &Server, method: &str, path: &str, body: Option<&str>, key: Option<&str>) -> common::Response {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    if let Some(key) = key {
+        request.push_str(&format!("Authorization: Bearer {key}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method == "POST" {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    common::send_raw(server.port, request.as_bytes()).expect("request")
+}
+
+const GENERATE: &str = r#"{"prompt":"a red circle","steps":3}"#;
+
+#[test]
+fn keys_gate_routes_by_scope_and_are_never_logged() {
+    let keys = keys_env();
+    let server = Server::start_with_env(&common::tiny_sd(), &[], &[("T2I_API_KEYS", &keys)]);
+    assert!(server.log().contains("API keys loaded"), "{}", server.log());
+
+    // Open routes.
+    for path in ["/health", "/ready", "/metrics", "/openapi.json"] {
+        assert_eq!(with_key(&server, "GET", path, None, None).status, 200, "{path}");
+    }
+    // No key, a wrong key: 401 with a Bearer challenge.
+    for key in [None, Some("not-a-key-but-long-enough")] {
+        let response = with_key(&server, "POST", "/generate", Some(GENERATE), key);
+        assert_eq!(response.status, 401, "{key:?}: {}", response.text());
+        assert_eq!(response.header("WWW-Authenticate"), Some("Bearer"));
+        assert_eq!(response.json()["error"]["type"], "unauthorized");
+    }
+    // The OpenAI-compatible route answers in OpenAI's shape.
+    let openai = with_key(
+        &server,
+        "POST",
+        "/v1/images/generations",
+        Some(r#"{"prompt":"x"}"#),
+        None,
+    );
+    assert_eq!(openai.status, 401);
+    assert_eq!(openai.json()["error"]["code"], "unauthorized");
+
+    // An inference key generates, but may not run fine-tunes or export feedback: 403.
+    let generated = with_key(&server, "POST", "/generate", Some(GENERATE), Some(INFERENCE_KEY));
+    assert_eq!(generated.status, 200, "{}", generated.text());
+    assert_eq!(
+        with_key(&server, "GET", "/models", None, Some(INFERENCE_KEY)).status,
+        200
+    );
+    for (method, path) in [
+        ("GET", "/fine-tunes"),
+        ("GET", "/feedback/export"),
+        ("POST", "/models/tiny-sd/activate"),
+    ] {
+        let response = with_key(&server, method, path, None, Some(INFERENCE_KEY));
+        assert_eq!(response.status, 403, "{method} {path}: {}", response.text());
+        let message = response.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains("needs `admin`"), "{message}");
+    }
+    // An admin key may do both.
+    assert_eq!(
+        with_key(&server, "GET", "/fine-tunes", None, Some(ADMIN_KEY)).status,
+        200
+    );
+    assert_eq!(
+        with_key(&server, "POST", "/generate", Some(GENERATE), Some(ADMIN_KEY)).status,
+        200
+    );
+    let log = server.log();
+    assert!(
+        !log.contains(INFERENCE_KEY) && !log.contains(ADMIN_KEY),
+        "a key reached the log"
+    );
+}
+
+#[test]
+fn metrics_can_be_protected() {
+    let keys = keys_env();
+    let server = Server::start_with_env(&common::tiny_sd(), &["--protect-metrics"], &[("T2I_API_KEYS", &keys)]);
+    assert_eq!(with_key(&server, "GET", "/metrics", None, None).status, 401);
+    assert_eq!(
+        with_key(&server, "GET", "/metrics", None, Some(INFERENCE_KEY)).status,
+        403
+    );
+    assert_eq!(with_key(&server, "GET", "/metrics", None, Some(ADMIN_KEY)).status, 200);
+    assert_eq!(with_key(&server, "GET", "/health", None, None).status, 200);
+}
+
+#[test]
+fn open_mode_warns_and_require_auth_refuses_to_start() {
+    let server = Server::start(&[]);
+    assert!(server.log().contains("OPEN MODE"), "{}", server.log());
+    drop(server);
+    let output = std::process::Command::new(common::binary())
+        .args(["serve", "--port", "0", "--require-auth", "--model"])
+        .arg(common::tiny_sd())
+        .env("ORT_DYLIB_PATH", common::ort_dylib())
+        .env_remove("T2I_API_KEYS")
+        .output()
+        .expect("run t2i-align");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--require-auth is set but no API keys"), "{stderr}");
+    // A short key is refused, and the error does not quote it.
+    let output = std::process::Command::new(common::binary())
+        .args(["serve", "--port", "0", "--model"])
+        .arg(common::tiny_sd())
+        .env("ORT_DYLIB_PATH", common::ort_dylib())
+        .env("T2I_API_KEYS", "admin:tooshort")
+        .output()
+        .expect("run t2i-align");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("at least 16"), "{stderr}");
+    assert!(!stderr.contains("tooshort"), "{stderr}");
+}
+
+#[test]
+fn a_deadline_stops_the_work_and_answers_504() {
+    let server = Server::start(&[]);
+    let slow = r#"{"prompt":"a long job","steps":150,"n":8}"#;
+    let mut request = format!(
+        "POST /generate HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         X-Request-Timeout: 0.3\r\nContent-Length: {}\r\n\r\n{slow}",
+        slow.len()
+    );
+    let started = std::time::Instant::now();
+    let response = common::send_raw(server.port, request.as_bytes()).unwrap();
+    assert_eq!(response.status, 504, "{}", response.text());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let error = response.json()["error"].clone();
+    assert_eq!(error["type"], "timeout");
+    assert!(error["message"].as_str().unwrap().contains("0.3 s"), "{error}");
+    // The work left the batch: the drop is counted, no image was made, and the server goes on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = server.get("/metrics").text();
+        if metrics.contains("t2i_requests_dropped_total{reason=\"deadline\"} 1") {
+            assert!(metrics.contains("t2i_images_generated_total 0"), "{metrics}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(server.post_json("/generate", GENERATE).status, 200);
+
+    // A header that is not a number of seconds within the limit: 400 naming it.
+    for value in ["soon", "0", "-1", "1e9"] {
+        request = format!(
+            "POST /generate HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
+             X-Request-Timeout: {value}\r\nContent-Length: {}\r\n\r\n{GENERATE}",
+            GENERATE.len()
+        );
+        let response = common::send_raw(server.port, request.as_bytes()).unwrap();
+        assert_eq!(response.status, 400, "{value}: {}", response.text());
+        assert_eq!(response.json()["error"]["param"], "X-Request-Timeout");
+    }
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
+    let mut server = Server::start(&["--shutdown-grace", "20"]);
+    let port = server.port;
+    let busy = std::thread::spawn(move || {
+        common::request(
+            port,
+            "POST",
+            "/generate",
+            Some(r#"{"prompt":"finish me","steps":150,"n":4}"#),
+        )
+        .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    server.terminate();
+    let answer = busy.join().unwrap();
+    assert_eq!(answer.status, 200, "the in-flight request finishes: {}", answer.text());
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the server exits after SIGTERM");
+    assert!(status.success(), "exit status {status:?}\n{}", server.log());
+    assert!(server.log().contains("shutting down"), "{}", server.log());
+}
+
+#[test]
+fn cors_is_off_by_default_and_answers_only_configured_origins() {
+    let preflight = |port: u16| {
+        let request = "OPTIONS /generate HTTP/1.1\r\nHost: x\r\nConnection: close\r\nOrigin: https://app.example\r\n\
+                       Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization\r\n\r\n";
+        common::send_raw(port, request.as_bytes()).unwrap()
+    };
+    let server = Server::start(&[]);
+    let response = preflight(server.port);
+    assert!(
+        response.header("Access-Control-Allow-Origin").is_none(),
+        "CORS is off by default"
+    );
+    drop(server);
+    let server = Server::start(&["--cors-origins", "https://app.example"]);
+    let response = preflight(server.port);
+    assert_eq!(
+        response.header("Access-Control-Allow-Origin"),
+        Some("https://app.example")
+    );
+    let other = "OPTIONS /generate HTTP/1.1\r\nHost: x\r\nConnection: close\r\nOrigin: https://evil.example\r\n\
+                 Access-Control-Request-Method: POST\r\n\r\n";
+    let response = common::send_raw(server.port, other.as_bytes()).unwrap();
+    assert!(response.header("Access-Control-Allow-Origin").is_none());
+}
+
+#[test]
+fn model_ids_cannot_walk_out_of_the_data_directory() {
+    let server = Server::start(&[]);
+    for id in ["../tiny-sd", "..%2F..%2Fetc", "%2Fetc%2Fpasswd", "tiny-sd%2F..%2F.."] {
+        let response = server.post_json(&format!("/models/{id}/activate"), "");
+        assert!(
+            response.status == 404 || response.status == 422,
+            "{id}: {} {}",
+            response.status,
+            response.text()
+        );
+    }
+    for model in ["../tiny-sd", "/etc/passwd", "tiny-sd/../../x"] {
+        let body = format!(r#"{{"prompt":"x","steps":2,"model":"{model}"}}"#);
+        let response = server.post_json("/generate", &body);
+        assert!(
+            response.status == 404 || response.status == 422,
+            "{model}: {} {}",
+            response.status,
+            response.text()
+        );
+    }
+    // The active version is unchanged.
+    assert_eq!(server.get("/health").json()["model"], "tiny-sd");
+}
