@@ -27,6 +27,10 @@ pub enum Error {
         retry_after_secs: u64,
     },
 
+    /// One API key has as many requests in flight as it may.
+    #[error("the API key `{key}` already has {limit} requests in flight (--max-concurrent-per-key); retry when one finishes")]
+    KeyBusy { key: String, limit: usize },
+
     /// No such route or resource.
     #[error("{0}")]
     NotFound(String),
@@ -94,6 +98,7 @@ impl Error {
             Error::InvalidRequest { .. } => "invalid_request",
             Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::Overloaded { .. } => "overloaded",
+            Error::KeyBusy { .. } => "rate_limited",
             Error::NotFound(_) => "not_found",
             Error::Unavailable(_) => "unavailable",
             Error::Cancelled => "cancelled",

@@ -62,6 +62,8 @@ pub struct ServeConfig {
 pub struct AuthConfig {
     pub keys: crate::http::auth::ApiKeys,
     pub protect_metrics: bool,
+    /// Most requests one key may have in flight (0: no limit).
+    pub max_concurrent_per_key: usize,
 }
 
 pub async fn serve(config: ServeConfig) -> Result<()> {
@@ -100,6 +102,8 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         protect_metrics: config.auth.protect_metrics,
         request_timeout: config.request_timeout,
         shutting_down: Default::default(),
+        max_concurrent_per_key: config.auth.max_concurrent_per_key,
+        in_flight: Default::default(),
     });
     let (server, port) = build_server(state.clone(), &config.http).map_err(|err| {
         Error::Config(format!(

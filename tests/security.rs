@@ -252,3 +252,65 @@ fn model_ids_cannot_walk_out_of_the_data_directory() {
     // The active version is unchanged.
     assert_eq!(server.get("/health").json()["model"], "tiny-sd");
 }
+
+#[test]
+fn the_work_budget_names_the_product_and_the_limit() {
+    let server = Server::start(&["--max-work", "100000"]);
+    // 2 images × 20 steps × 64×64 = 163,840 pixel-steps: over.
+    let response = server.post_json("/generate", r#"{"prompt":"x","n":2,"steps":20}"#);
+    assert_eq!(response.status, 422, "{}", response.text());
+    let error = response.json()["error"].clone();
+    assert_eq!(error["param"], "steps");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("163840") && message.contains("100000 (--max-work)"),
+        "{message}"
+    );
+    // 2 × 10 × 64×64 = 81,920: within.
+    assert_eq!(
+        server
+            .post_json("/generate", r#"{"prompt":"x","n":2,"steps":10}"#)
+            .status,
+        200
+    );
+}
+
+#[test]
+fn one_key_may_not_hold_more_than_its_share_of_requests() {
+    let keys = keys_env();
+    let server = Server::start_with_env(
+        &common::tiny_sd(),
+        &["--max-concurrent-per-key", "1"],
+        &[("T2I_API_KEYS", &keys)],
+    );
+    let port = server.port;
+    let long = r#"{"prompt":"a long job","steps":150,"n":4}"#;
+    let busy = std::thread::spawn(move || {
+        let request = format!(
+            "POST /generate HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {INFERENCE_KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{long}",
+            long.len()
+        );
+        common::send_raw(port, request.as_bytes()).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let second = with_key(&server, "POST", "/generate", Some(GENERATE), Some(INFERENCE_KEY));
+    assert_eq!(second.status, 429, "{}", second.text());
+    assert_eq!(second.header("Retry-After"), Some("1"));
+    assert_eq!(second.json()["error"]["type"], "rate_limited");
+    assert!(second.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--max-concurrent-per-key"));
+    // Another key is not held back.
+    assert_eq!(
+        with_key(&server, "POST", "/generate", Some(GENERATE), Some(ADMIN_KEY)).status,
+        200
+    );
+    assert_eq!(busy.join().unwrap().status, 200);
+    // The slot is free again.
+    assert_eq!(
+        with_key(&server, "POST", "/generate", Some(GENERATE), Some(INFERENCE_KEY)).status,
+        200
+    );
+}

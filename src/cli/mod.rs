@@ -125,6 +125,10 @@ pub struct LimitArgs {
     /// Guidance scale when a request names none. Default: the model's t2i-align.json, else 7.5.
     #[arg(long, env = "T2I_DEFAULT_GUIDANCE_SCALE")]
     pub default_guidance_scale: Option<f64>,
+    /// Most work one generation may ask for, in pixel-steps: images generated (n × best_of, or max_candidates)
+    /// × steps × width × height.
+    #[arg(long, env = "T2I_MAX_WORK", default_value_t = crate::pipeline::request::DEFAULT_MAX_WORK)]
+    pub max_work: u64,
 }
 
 impl LimitArgs {
@@ -136,6 +140,7 @@ impl LimitArgs {
             max_prompt_bytes: self.max_prompt_bytes,
             default_steps: self.default_steps,
             default_guidance_scale: self.default_guidance_scale,
+            max_work: self.max_work,
         }
     }
 }
@@ -238,6 +243,9 @@ pub struct ServeArgs {
     /// Refuse to start without API keys (instead of serving in open mode).
     #[arg(long, env = "T2I_REQUIRE_AUTH")]
     pub require_auth: bool,
+    /// Most requests one API key may have in flight; more answer 429 (0: no limit).
+    #[arg(long, env = "T2I_MAX_CONCURRENT_PER_KEY", default_value_t = 16)]
+    pub max_concurrent_per_key: usize,
     /// Make /metrics need an admin key too.
     #[arg(long, env = "T2I_PROTECT_METRICS")]
     pub protect_metrics: bool,
@@ -437,6 +445,7 @@ impl ServeArgs {
             auth: crate::server::AuthConfig {
                 keys,
                 protect_metrics: self.protect_metrics,
+                max_concurrent_per_key: self.max_concurrent_per_key,
             },
             request_timeout: std::time::Duration::from_secs_f64(self.request_timeout),
             jobs: self.jobs.config()?,

@@ -32,7 +32,7 @@ impl ResponseError for Error {
             Error::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Overloaded { .. } | Error::KeyBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             // The client is gone; the status is for logs and metrics only (nginx's "client closed request").
@@ -139,6 +139,7 @@ impl ResponseError for OpenAiError {
 fn retry_after(err: &Error) -> Option<HeaderValue> {
     match err {
         Error::Overloaded { retry_after_secs, .. } => HeaderValue::from_str(&retry_after_secs.to_string()).ok(),
+        Error::KeyBusy { .. } => Some(HeaderValue::from_static("1")),
         _ => None,
     }
 }

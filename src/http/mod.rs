@@ -75,6 +75,55 @@ pub struct AppState {
     pub request_timeout: std::time::Duration,
     /// Set on SIGTERM: `/ready` answers 503 while in-flight requests finish.
     pub shutting_down: std::sync::atomic::AtomicBool,
+    /// Most requests one API key may have in flight (0: no limit).
+    pub max_concurrent_per_key: usize,
+    /// Requests in flight per API key name.
+    pub in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One request of a key counted in flight until dropped.
+struct InFlight {
+    state: web::Data<AppState>,
+    key: String,
+}
+
+impl InFlight {
+    /// Counts a request of `key`, or refuses it when the key is at its limit.
+    fn acquire(state: &web::Data<AppState>, key: &str) -> Result<Option<InFlight>> {
+        let limit = state.max_concurrent_per_key;
+        if limit == 0 {
+            return Ok(None);
+        }
+        let mut counts = state
+            .in_flight
+            .lock()
+            .map_err(|_| Error::Internal("the in-flight counter lock is poisoned".into()))?;
+        let count = counts.entry(key.to_string()).or_insert(0);
+        if *count >= limit {
+            return Err(Error::KeyBusy {
+                key: key.to_string(),
+                limit,
+            });
+        }
+        *count += 1;
+        Ok(Some(InFlight {
+            state: state.clone(),
+            key: key.to_string(),
+        }))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.state.in_flight.lock() {
+            if let Some(count) = counts.get_mut(&self.key) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    counts.remove(&self.key);
+                }
+            }
+        }
+    }
 }
 
 impl AppState {
@@ -126,6 +175,7 @@ async fn authenticate<B: MessageBody + 'static>(
     request: ServiceRequest,
     next: Next<B>,
 ) -> std::result::Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
+    let mut in_flight = None;
     if let Some(state) = request.app_data::<web::Data<AppState>>().cloned() {
         let pattern = request.match_pattern().unwrap_or_else(|| "unmatched".to_string());
         if let Some(scope) = auth::route_scope(request.method().as_str(), &pattern, state.protect_metrics) {
@@ -133,17 +183,26 @@ async fn authenticate<B: MessageBody + 'static>(
                 .headers()
                 .get(actix_web::http::header::AUTHORIZATION)
                 .and_then(|value| value.to_str().ok());
-            if let Err(err) = state.api_keys.check(header, scope) {
-                let response = if pattern.starts_with("/v1/") {
-                    actix_web::ResponseError::error_response(&error::OpenAiError(err))
-                } else {
-                    actix_web::ResponseError::error_response(&err)
-                };
-                return Ok(request.into_response(response).map_into_right_body());
+            let admitted = state
+                .api_keys
+                .check(header, scope)
+                .and_then(|key| key.map_or(Ok(None), |key| InFlight::acquire(&state, &key)));
+            match admitted {
+                Ok(guard) => in_flight = guard,
+                Err(err) => {
+                    let response = if pattern.starts_with("/v1/") {
+                        actix_web::ResponseError::error_response(&error::OpenAiError(err))
+                    } else {
+                        actix_web::ResponseError::error_response(&err)
+                    };
+                    return Ok(request.into_response(response).map_into_right_body());
+                }
             }
         }
     }
-    next.call(request).await.map(ServiceResponse::map_into_left_body)
+    let response = next.call(request).await.map(ServiceResponse::map_into_left_body);
+    drop(in_flight);
+    response
 }
 
 /// Binds the listener and returns the server future (not yet awaited) with the port it bound.

@@ -100,8 +100,40 @@ pub fn spec_json() -> String {
     let mut doc = ApiDoc::openapi();
     // The crate version would make the committed file stale on every release bump.
     doc.info.version = "1".to_string();
+    add_security(&mut doc);
     match doc.to_pretty_json() {
         Ok(json) => json + "\n",
         Err(err) => format!("{{\"error\": \"{err}\"}}\n"),
+    }
+}
+
+/// The bearer scheme, and on every operation that needs a key the scope it needs (`auth::route_scope`).
+fn add_security(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+
+    let mut scheme = Http::new(HttpAuthScheme::Bearer);
+    scheme.description = Some(
+        "An API key, when the server has keys (T2I_API_KEYS or --api-keys-file). `inference` keys may generate, \
+         score, rerank, rate and read images and models; `admin` keys may do everything. 401 without a valid \
+         key, 403 for a key of too small a scope."
+            .to_string(),
+    );
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme("api_key", SecurityScheme::Http(scheme));
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let operations = [
+            ("GET", item.get.as_mut()),
+            ("POST", item.post.as_mut()),
+            ("PUT", item.put.as_mut()),
+            ("DELETE", item.delete.as_mut()),
+        ];
+        for (method, operation) in operations {
+            let Some(operation) = operation else { continue };
+            // `/metrics` is open unless --protect-metrics; the document describes the default.
+            if let Some(scope) = crate::http::auth::route_scope(method, path, false) {
+                operation.security = Some(vec![SecurityRequirement::new("api_key", [scope.name()])]);
+            }
+        }
     }
 }

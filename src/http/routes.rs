@@ -18,7 +18,7 @@ use crate::http::schemas::{
     RerankRequest, RerankResult, ScoreRequest, ScoreResponse, ScoreTimings, SelectionOut, Timings,
 };
 use crate::http::{AppState, ScoreLimits};
-use crate::pipeline::request::{check_prompt_bytes, validate};
+use crate::pipeline::request::{check_prompt_bytes, check_work, validate};
 use crate::pipeline::RequestLimits;
 use crate::reward::best_of::{top_n, validate_selection};
 use crate::reward::preprocess::decode_image;
@@ -125,6 +125,11 @@ async fn run_generate(
     } else {
         Some(serving.rewards.get(reward_model.as_deref(), "reward_model")?.clone())
     };
+    let candidates = match scorer {
+        Some(_) => selection.budget(params.num_images),
+        None => params.num_images,
+    };
+    check_work(&params, candidates, &state.limits)?;
     let prompt = params.prompt.clone();
     let completed = model.engine.generate(params, selection, scorer, Some(deadline)).await?;
     let output = completed.output;

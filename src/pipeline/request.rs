@@ -29,6 +29,31 @@ pub struct RequestLimits {
     pub max_prompt_bytes: usize,
     pub default_steps: Option<u32>,
     pub default_guidance_scale: Option<f64>,
+    /// Most work one request may ask for, in pixel-steps: candidates × steps × width × height.
+    pub max_work: u64,
+}
+
+/// The default `--max-work`: 2^30 pixel-steps, e.g. 128 candidates × 150 steps at 64×64, or 8 images × 50
+/// steps at 512×512; 8 images × 150 steps at 1024×1024 is over it.
+pub const DEFAULT_MAX_WORK: u64 = 1 << 30;
+
+/// Checks a request's whole work (`candidates` generated images of `params`' size and steps) against the limit.
+pub fn check_work(params: &GenerateParams, candidates: usize, limits: &RequestLimits) -> Result<()> {
+    let work = (candidates as u64)
+        .saturating_mul(params.steps as u64)
+        .saturating_mul(params.width as u64)
+        .saturating_mul(params.height as u64);
+    if work > limits.max_work {
+        return Err(Error::validation(
+            "steps",
+            format!(
+                "the request asks for {candidates} images × {} steps × {}×{} pixels = {work} pixel-steps; the limit \
+                 is {} (--max-work): ask for fewer images, candidates or steps, or a smaller size",
+                params.steps, params.width, params.height, limits.max_work
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Default for RequestLimits {
@@ -40,6 +65,7 @@ impl Default for RequestLimits {
             max_prompt_bytes: 4096,
             default_steps: None,
             default_guidance_scale: None,
+            max_work: DEFAULT_MAX_WORK,
         }
     }
 }
