@@ -21,12 +21,13 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu build run test test-rust test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop trainer-venv models test-model clean
+.PHONY: help venv venv-gpu build run test test-rust test-api reliability test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
-	@echo "make test   - every test: cargo fmt/clippy, Rust unit+integration tests, ruff, pytest"
-	@echo "make bench  - /generate vs Optimum's ORTStableDiffusionPipeline, written to BENCHMARKS.md"
+	@echo "make test   - every test: cargo fmt/clippy, Rust unit+integration tests, schemathesis, ruff, pytest"
+	@echo "make bench  - latency vs Optimum, throughput under load, best_of cost, /score, RSS: BENCHMARKS.md"
+	@echo "make reliability - the measured reliability figures (schemathesis), written to RELIABILITY.md"
 	@echo "make bench-reward - best-of-n alignment, cost and /score throughput, written to models/REPORT.md"
 	@echo "make simulate-raters - rate the running server's stored images with the simulated rater"
 	@echo "make finetune-loop - rate, fine-tune, evaluate and compare through the service; written to models/REPORT.md"
@@ -54,7 +55,7 @@ build:
 run: venv build
 	$(BIN) serve --model $(MODEL) --host $(HOST) --port $(PORT) --device $(or $(DEVICE),cpu)
 
-test: venv trainer-venv lint test-rust test-python
+test: venv trainer-venv lint test-rust test-api test-python
 
 lint: venv
 	$(CARGO) fmt --all -- --check
@@ -65,6 +66,14 @@ lint: venv
 test-rust: venv
 	@test -f "$(ORT_DYLIB_PATH)" || { echo "ONNX Runtime library missing: run 'make venv'"; exit 1; }
 	$(CARGO) test $(CARGO_FLAGS) --all-targets
+
+# schemathesis against the served /openapi.json: no server errors, no response that breaks the document.
+test-api: venv build
+	$(VENV)/bin/python scripts/api_fuzz.py --binary $(BIN)
+
+# The measured reliability figures, into RELIABILITY.md.
+reliability: venv build
+	$(VENV)/bin/python scripts/api_fuzz.py --binary $(BIN) --report RELIABILITY.md
 
 # Every trainer test, in the trainer's environment: the world and rater, the goldens, the smoke run of every
 # `make models` stage, and the ONNX-vs-PyTorch parity of the committed models.

@@ -37,7 +37,7 @@ pub struct FineTuneOut {
     #[schema(value_type = Object)]
     pub spec: Value,
     /// Figures so far: the samples, the trainer's losses, the evaluation of base and candidate, the gate.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub metrics: Option<Value>,
     /// The version it registered.
     pub result_model: Option<String>,
@@ -85,7 +85,7 @@ pub struct FineTuneEventOut {
     /// `status`, `stage`, `progress`, `trainer`, `trainer_log`, `metrics`, `evaluate`.
     pub kind: String,
     pub message: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub data: Option<Value>,
 }
 
@@ -146,7 +146,7 @@ pub struct ModelOut {
     /// Whether its sessions are loaded now.
     pub loaded: bool,
     /// The job's evaluation of it against its parent, and the gate's verdict.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub metrics: Option<Value>,
     /// How many files have a recorded SHA-256, checked before it loads.
     pub checksummed_files: usize,
@@ -171,6 +171,8 @@ fn serving(state: &AppState) -> Result<&crate::http::Serving> {
     request_body = FineTuneRequest,
     responses(
         (status = 201, description = "The job, queued", body = FineTuneOut),
+        (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 413, description = "The body is larger than `--max-body-bytes`", body = ErrorBody),
         (status = 422, description = "A field breaks a rule; `param` names it", body = ErrorBody),
         (status = 503, description = "The models are still loading", body = ErrorBody),
     )

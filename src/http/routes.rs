@@ -59,6 +59,7 @@ fn millis(duration: std::time::Duration) -> f64 {
         (status = 422, description = "A field breaks a rule; `param` names it", body = ErrorBody),
         (status = 429, description = "The queue is full; retry after the `Retry-After` header's seconds", body = ErrorBody),
         (status = 503, description = "The models are still loading", body = ErrorBody),
+        (status = 504, description = "The deadline (`X-Request-Timeout` or `--request-timeout`) passed; the work was stopped", body = ErrorBody),
     )
 )]
 #[post("/generate")]
@@ -895,6 +896,7 @@ pub async fn get_image(state: web::Data<AppState>, id: web::Path<String>) -> Res
         (status = 413, description = "The body is larger than `--max-body-bytes`", body = OpenAiErrorBody),
         (status = 429, description = "The queue is full", body = OpenAiErrorBody),
         (status = 503, description = "The models are still loading", body = OpenAiErrorBody),
+        (status = 504, description = "The deadline passed; the work was stopped", body = OpenAiErrorBody),
     )
 )]
 #[post("/v1/images/generations")]
