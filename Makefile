@@ -71,9 +71,11 @@ test-rust: venv
 test-api: venv build
 	$(VENV)/bin/python scripts/api_fuzz.py --binary $(BIN)
 
-# The measured reliability figures, into RELIABILITY.md.
-reliability: venv build
+# The measured reliability figures, into RELIABILITY.md: schemathesis, and SIGKILL rounds (feedback under load,
+# fine-tune jobs) counting what was lost.
+reliability: venv trainer-venv build
 	$(VENV)/bin/python scripts/api_fuzz.py --binary $(BIN) --report RELIABILITY.md
+	$(VENV)/bin/python scripts/crash_safety.py --binary $(BIN) --rounds 15 --report RELIABILITY.md
 
 # Every trainer test, in the trainer's environment: the world and rater, the goldens, the smoke run of every
 # `make models` stage, and the ONNX-vs-PyTorch parity of the committed models.

@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 
 class ServerProcess:
@@ -22,11 +23,14 @@ class ServerProcess:
         library: str,
         ready_timeout: float = 120,
         image_retention: int = 0,
+        data_dir: Path | None = None,
     ):
         env = dict(os.environ, ORT_DYLIB_PATH=library, RUST_LOG="warn")
-        # A data directory of its own; by default no stored images (benchmarks measure serving, not disk).
-        self.data_dir = tempfile.TemporaryDirectory(prefix="t2i-bench-")
-        command = command + ["--data-dir", self.data_dir.name, "--image-retention", str(image_retention)]
+        # A data directory of its own unless one is given (which then outlives the process); by default no
+        # stored images (benchmarks measure serving, not disk).
+        self.owned_data_dir = None if data_dir else tempfile.TemporaryDirectory(prefix="t2i-bench-")
+        folder = str(data_dir) if data_dir else self.owned_data_dir.name
+        command = command + ["--data-dir", folder, "--image-retention", str(image_retention)]
         self.process = subprocess.Popen(
             command + ["--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
         )
@@ -73,4 +77,10 @@ class ServerProcess:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
-        self.data_dir.cleanup()
+        if self.owned_data_dir:
+            self.owned_data_dir.cleanup()
+
+    def kill9(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash."""
+        self.process.kill()
+        self.process.wait()

@@ -53,6 +53,8 @@ pub struct ServeConfig {
     pub jobs: JobConfig,
     pub http: HttpConfig,
     pub auth: AuthConfig,
+    /// When a database commit reaches the disk.
+    pub durability: crate::storage::Durability,
     /// The default deadline of a generation, and the most `X-Request-Timeout` may ask for.
     pub request_timeout: std::time::Duration,
 }
@@ -70,7 +72,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     let runtime = Runtime::init(config.ort_library.as_deref(), config.device, config.sessions.clone())?;
     tracing::info!(library = %runtime.library().display(), device = %config.device, "ONNX Runtime loaded");
     let model = Arc::new(ModelFolder::open(&config.model)?);
-    let storage = Arc::new(Storage::open(&config.data_dir, config.image_retention).await?);
+    let storage = Arc::new(Storage::open_with(&config.data_dir, config.image_retention, config.durability).await?);
     tracing::info!(data_dir = %config.data_dir.display(), image_retention = config.image_retention, "storage open");
     for job in storage.fail_interrupted_jobs().await? {
         tracing::warn!(job = %job, "marked failed: the server stopped while it was running");

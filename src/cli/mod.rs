@@ -213,6 +213,10 @@ pub struct ServeArgs {
     /// Data directory: the SQLite database and the files it points at (created if missing).
     #[arg(long, env = "T2I_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+    /// When a database commit reaches the disk: `full` fsyncs every commit (an acknowledged rating survives
+    /// power loss); `normal` only at checkpoints (faster; a killed process still loses nothing).
+    #[arg(long, env = "T2I_DURABILITY", value_enum, default_value_t = crate::storage::Durability::Full)]
+    pub durability: crate::storage::Durability,
     /// Most generated images kept, so /score and /rerank can take their `image_id`s; the oldest go first
     /// (0 keeps none).
     #[arg(long, env = "T2I_IMAGE_RETENTION", default_value_t = 10_000)]
@@ -448,6 +452,7 @@ impl ServeArgs {
                 max_concurrent_per_key: self.max_concurrent_per_key,
             },
             request_timeout: std::time::Duration::from_secs_f64(self.request_timeout),
+            durability: self.durability,
             jobs: self.jobs.config()?,
             max_loaded_models: self.max_loaded_models as usize,
             sessions: self.runtime.sessions(),

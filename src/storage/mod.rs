@@ -117,9 +117,25 @@ pub struct Storage {
     image_retention: u64,
 }
 
+/// When a commit reaches the disk. SQLite runs in WAL mode either way, so a killed process never loses a
+/// committed row; the choice is about power loss and kernel crashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// fsync the WAL at every commit: an acknowledged row survives power loss (`synchronous=FULL`).
+    Full,
+    /// fsync only at checkpoints: faster writes; power loss may drop the last commits (`synchronous=NORMAL`).
+    Normal,
+}
+
 impl Storage {
-    /// Opens (or creates) the database in `root` and brings its schema up to date.
+    /// Opens (or creates) the database in `root` and brings its schema up to date, with full durability.
     pub async fn open(root: &Path, image_retention: u64) -> Result<Self> {
+        Self::open_with(root, image_retention, Durability::Full).await
+    }
+
+    /// Opens (or creates) the database in `root`, brings its schema up to date, and removes what a crash may
+    /// have left: half-written files, and files whose row was never committed.
+    pub async fn open_with(root: &Path, image_retention: u64, durability: Durability) -> Result<Self> {
         let fail = |what: &str, err: &dyn std::fmt::Display| {
             Error::Config(format!("data directory `{}`: {what}: {err}", root.display()))
         };
@@ -131,7 +147,10 @@ impl Storage {
             .map_err(|err| fail("bad database path", &err))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(match durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            })
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -142,11 +161,43 @@ impl Storage {
             .run(&pool)
             .await
             .map_err(|err| fail("cannot migrate the database", &err))?;
-        Ok(Storage {
+        let storage = Storage {
             pool,
             root: root.to_path_buf(),
             image_retention,
-        })
+        };
+        let swept = storage.sweep().await?;
+        if swept > 0 {
+            tracing::warn!(
+                files = swept,
+                "removed files a crash left behind (half-written, or never recorded)"
+            );
+        }
+        Ok(storage)
+    }
+
+    /// Removes `*.partial-*` files and files no row points at from the image and feedback folders. Rows are
+    /// committed after their file is written, so a crash between the two leaves only such a file.
+    async fn sweep(&self) -> Result<usize> {
+        let mut removed = 0;
+        for (folder, table) in [(IMAGES_DIR, "images"), (FEEDBACK_DIR, "feedback")] {
+            let recorded: std::collections::HashSet<String> =
+                sqlx::query_scalar::<_, String>(&format!("SELECT file FROM {table}"))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|err| database_error("cannot list the stored files", err))?
+                    .into_iter()
+                    .collect();
+            let entries = std::fs::read_dir(self.root.join(folder))
+                .map_err(|err| Error::Internal(format!("cannot list {folder}: {err}")))?;
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !recorded.contains(&format!("{folder}/{name}")) && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     pub fn stores_images(&self) -> bool {
@@ -442,6 +493,27 @@ mod tests {
             model: "shapes-sd".into(),
             reward: Some(0.5),
         }
+    }
+
+    #[tokio::test]
+    async fn a_reopen_sweeps_what_a_crash_left_and_keeps_what_was_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), 5).await.unwrap();
+        let kept = storage.insert_image(&image(1)).await.unwrap().unwrap();
+        drop(storage);
+        // A crash between writing a file and committing its row, and one in the middle of writing a file.
+        let images = dir.path().join("images");
+        std::fs::write(images.join("img_0123456789abcdef0123456789abcdef.png"), b"orphan").unwrap();
+        std::fs::write(images.join("img_x.partial-0123"), b"half").unwrap();
+        std::fs::write(dir.path().join("feedback/fb_orphan.png"), b"orphan").unwrap();
+        let reopened = Storage::open_with(dir.path(), 5, Durability::Normal).await.unwrap();
+        let left: Vec<String> = std::fs::read_dir(&images)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, vec![format!("{kept}.png")]);
+        assert_eq!(std::fs::read_dir(dir.path().join("feedback")).unwrap().count(), 0);
+        assert_eq!(reopened.image(&kept, "id").await.unwrap().seed, 1);
     }
 
     #[tokio::test]
