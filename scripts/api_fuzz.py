@@ -20,34 +20,18 @@ import sys
 import time
 from pathlib import Path
 
-from server_process import ServerProcess
+from server_process import ServerProcess, recorded_library, tool_arguments
 
-ROOT = Path(__file__).resolve().parent.parent
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 BEGIN, END = "<!-- schemathesis:begin -->", "<!-- schemathesis:end -->"
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--binary", default="target/release/t2i-align")
-    parser.add_argument("--model", default=str(ROOT / "models" / "tiny-sd"))
+    parser = tool_arguments(__doc__, 18095, "schemathesis")
     parser.add_argument("--library", help="libonnxruntime (default: .venv's, as the Makefile records it)")
-    parser.add_argument("--port", type=int, default=18095)
     parser.add_argument("--max-examples", type=int, default=15, help="examples per operation and phase")
     parser.add_argument("--seed", type=int, default=7, help="schemathesis's seed, so a run can be repeated")
-    parser.add_argument("--report", type=Path, help="write the figures into this file's schemathesis section")
     return parser.parse_args()
-
-
-def library(args: argparse.Namespace) -> str:
-    if args.library:
-        return args.library
-    recorded = ROOT / ".venv" / "ort-dylib-path"
-    if not recorded.is_file():
-        sys.exit("no ONNX Runtime library recorded in .venv/ort-dylib-path: run `make venv`")
-    return recorded.read_text().strip()
 
 
 def summary(output: str) -> dict:
@@ -68,7 +52,7 @@ def main() -> int:
         args.binary, "serve", "--model", args.model, "--host", "127.0.0.1", "--intra-threads", "1",
         "--warmup", "false", "--max-steps", "10",
     ]  # fmt: skip
-    server = ServerProcess(command, args.port, library(args), image_retention=100)
+    server = ServerProcess(command, args.port, args.library or recorded_library(), image_retention=100)
     started = time.monotonic()
     try:
         run = subprocess.run(

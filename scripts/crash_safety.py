@@ -35,30 +35,17 @@ import urllib.request
 from pathlib import Path
 
 from PIL import Image
-from server_process import ServerProcess
+from server_process import ServerProcess, recorded_library, tool_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- crash-safety:begin -->", "<!-- crash-safety:end -->"
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--binary", default="target/release/t2i-align")
-    parser.add_argument("--model", default=str(ROOT / "models" / "tiny-sd"))
+    parser = tool_arguments(__doc__, 18097, "crash-safety")
     parser.add_argument("--rounds", type=int, default=15, help="rounds in all; every third is a job round")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--port", type=int, default=18097)
-    parser.add_argument("--report", type=Path, help="write the counts into this file's crash-safety section")
     return parser.parse_args()
-
-
-def library() -> str:
-    recorded = ROOT / ".venv" / "ort-dylib-path"
-    if not recorded.is_file():
-        sys.exit("no ONNX Runtime library recorded in .venv/ort-dylib-path: run `make venv`")
-    return recorded.read_text().strip()
 
 
 def request(
@@ -90,7 +77,7 @@ class Server(ServerProcess):
             "--trainer-python", str(ROOT / ".venv-trainer" / "bin" / "python"),
             "--trainer-dir", str(ROOT / "trainer"), "--trainer-threads", "1",
         ]  # fmt: skip
-        super().__init__(command, args.port, library(), image_retention=1000, data_dir=data_dir)
+        super().__init__(command, args.port, recorded_library(), image_retention=1000, data_dir=data_dir)
 
 
 def feedback_load(url: str, acknowledged: list[str], stop: threading.Event, client: int) -> None:

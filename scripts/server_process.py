@@ -3,6 +3,7 @@ POSTed to with JSON, stopped at the end. Its log is kept in memory for error mes
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -13,6 +14,28 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def recorded_library() -> str:
+    """The libonnxruntime path `make venv` recorded in .venv/ort-dylib-path."""
+    recorded = ROOT / ".venv" / "ort-dylib-path"
+    if not recorded.is_file():
+        sys.exit("no ONNX Runtime library recorded in .venv/ort-dylib-path: run `make venv`")
+    return recorded.read_text().strip()
+
+
+def tool_arguments(description: str, port: int, report: str) -> argparse.ArgumentParser:
+    """The flags the reliability scripts share: the binary, the model, a port and the report to write."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--binary", default="target/release/t2i-align")
+    parser.add_argument("--model", default=str(ROOT / "models" / "tiny-sd"))
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--report", type=Path, help=f"write the figures into this file's {report} section")
+    return parser
 
 
 class ServerProcess:
