@@ -71,11 +71,12 @@ test-rust: venv
 test-api: venv build
 	$(VENV)/bin/python scripts/api_fuzz.py --binary $(BIN)
 
-# The measured reliability figures, into RELIABILITY.md: schemathesis, and SIGKILL rounds (feedback under load,
-# fine-tune jobs) counting what was lost.
+# The measured reliability figures, into RELIABILITY.md: schemathesis, SIGKILL rounds (feedback under load,
+# fine-tune jobs) counting what was lost, and each limit hit on a running server with what it returned.
 reliability: venv trainer-venv build
 	$(VENV)/bin/python scripts/api_fuzz.py --binary $(BIN) --report RELIABILITY.md
 	$(VENV)/bin/python scripts/crash_safety.py --binary $(BIN) --rounds 15 --report RELIABILITY.md
+	$(VENV)/bin/python scripts/limits_table.py --binary $(BIN) --report RELIABILITY.md
 
 # Every trainer test, in the trainer's environment: the world and rater, the goldens, the smoke run of every
 # `make models` stage, and the ONNX-vs-PyTorch parity of the committed models.

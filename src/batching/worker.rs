@@ -224,7 +224,8 @@ impl Worker {
                     Err(_) => return false,
                 }
             } else {
-                if !self.least_loaded() {
+                // A full batch takes no new request: it waits in the queue, where the queue's limit counts it.
+                if !self.least_loaded() || self.planner.active_rows() + starting_rows >= self.planner.max_rows() {
                     break;
                 }
                 match self.receiver.try_recv() {
