@@ -21,13 +21,14 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu build run test test-rust test-api reliability test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop trainer-venv models test-model clean
+.PHONY: help venv venv-gpu build run test test-rust test-api reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
 	@echo "make test   - every test: cargo fmt/clippy, Rust unit+integration tests, schemathesis, ruff, pytest"
 	@echo "make bench  - latency vs Optimum, throughput under load, best_of cost, /score, RSS: BENCHMARKS.md"
-	@echo "make reliability - the measured reliability figures (schemathesis), written to RELIABILITY.md"
+	@echo "make reliability - schemathesis, SIGKILL rounds and the limits table, written to RELIABILITY.md"
+	@echo "make soak   - 64 clients for 60 s (generate, score, feedback), written to RELIABILITY.md"
 	@echo "make bench-reward - best-of-n alignment, cost and /score throughput, written to models/REPORT.md"
 	@echo "make simulate-raters - rate the running server's stored images with the simulated rater"
 	@echo "make finetune-loop - rate, fine-tune, evaluate and compare through the service; written to models/REPORT.md"
@@ -70,6 +71,10 @@ test-rust: venv
 # schemathesis against the served /openapi.json: no server errors, no response that breaks the document.
 test-api: venv build
 	$(VENV)/bin/python scripts/api_fuzz.py --binary $(BIN)
+
+# 64 clients for 60 s: generate, score and feedback; errors by status, p50/p99, RSS before and after.
+soak: venv build
+	$(VENV)/bin/python scripts/soak.py --binary $(BIN) --report RELIABILITY.md
 
 # The measured reliability figures, into RELIABILITY.md: schemathesis, SIGKILL rounds (feedback under load,
 # fine-tune jobs) counting what was lost, and each limit hit on a running server with what it returned.
