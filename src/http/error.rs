@@ -179,7 +179,12 @@ fn syntax_error(body: &[u8], err: &serde_json::Error) -> Error {
         .map(str::len)
         .sum::<usize>()
         + err.column().saturating_sub(1);
-    let offset = offset.min(text.len());
+    // The lossy text can be longer than the body (each invalid byte becomes a 3-byte U+FFFD), so the offset may
+    // land inside a character: step back to a boundary rather than slice through one.
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let start = text[..offset].rfind([':', ',', '[', '{']).map_or(0, |at| at + 1);
     let near: String = text[start..].trim_start().chars().take(16).collect();
     let near = near.split([',', '}', ']']).next().unwrap_or("").trim().to_string();
@@ -227,6 +232,15 @@ fn field_in_message(message: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invalid_utf8_before_a_syntax_error_is_an_error_not_a_panic() {
+        // Found by `cargo fuzz run parse_request` (fuzz/artifacts): the lossy text's offsets moved past the
+        // body's, and slicing at serde's column landed inside a U+FFFD.
+        let body = include_bytes!("../../fuzz/corpus/parse_request/regression-char-boundary");
+        let err = parse_json::<serde_json::Value>(body).unwrap_err();
+        assert_eq!(err.kind(), "invalid_request");
+    }
 
     #[test]
     fn finds_the_field_serde_names() {

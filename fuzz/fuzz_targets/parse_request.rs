@@ -1,0 +1,33 @@
+//! Untrusted request bodies: `/generate` and `/fine-tunes` JSON is parsed and validated exactly as the routes
+//! do it. Any input must end in a value or an error naming a field, never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use t2i_align::http::error::parse_json;
+use t2i_align::http::schemas::GenerateRequest;
+use t2i_align::jobs::spec::{FineTuneRequest, GateDefaults, JobLimits};
+use t2i_align::pipeline::request::{check_work, validate, ModelLimits, RequestLimits};
+use t2i_align::pipeline::scheduler::SchedulerKind;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(request) = parse_json::<GenerateRequest>(data) {
+        let model = ModelLimits {
+            size_multiple: 16,
+            default_size: 64,
+            default_scheduler: SchedulerKind::Ddim,
+            default_steps: 20,
+            default_guidance_scale: 7.5,
+        };
+        let limits = RequestLimits::default();
+        if let Ok(params) = validate(request.into(), &model, &limits) {
+            let _ = check_work(&params, params.num_images, &limits);
+        }
+    }
+    if let Ok(request) = parse_json::<FineTuneRequest>(data) {
+        let gate = GateDefaults {
+            min_reward_gain: 0.005,
+            max_quality_drop: 0.03,
+        };
+        let _ = request.validate("base".into(), &JobLimits::default(), &gate);
+    }
+});
