@@ -31,7 +31,8 @@ FLAGS = [
 ]  # fmt: skip
 
 
-def call(url: str, path: str, body: bytes, headers: dict | None = None) -> tuple[int, dict, dict]:
+def call(url: str, path: str, body: bytes | None, headers: dict | None = None) -> tuple[int, dict, dict]:
+    """POST `body` as JSON (GET without one), with the inference key; status, headers and JSON answer."""
     request = urllib.request.Request(
         url + path,
         data=body,
@@ -118,7 +119,7 @@ def main() -> int:
         )
         busy.join()
         row("API keys", "no `Authorization` header", *call(url, "/generate", b"{}", {"Authorization": ""}))
-        row("API keys (scopes)", "an inference key on `GET /fine-tunes`", *call_get(url, "/fine-tunes"))
+        row("API keys (scopes)", "an inference key on `GET /fine-tunes`", *call(url, "/fine-tunes", None))
     finally:
         server.stop()
     # The queue limit needs a server whose per-key limit does not answer first: open mode.
@@ -152,15 +153,6 @@ def main() -> int:
 
         write_report(args.report, f"{BEGIN}\n{table}\n{END}", BEGIN, END)
     return 0
-
-
-def call_get(url: str, path: str) -> tuple[int, dict, dict]:
-    request = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {KEY}"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, dict(response.headers), json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), json.loads(err.read() or b"{}")
 
 
 if __name__ == "__main__":

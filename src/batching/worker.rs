@@ -84,9 +84,11 @@ impl Request {
         scores.into_iter().map(|(_, score)| score).collect()
     }
 
-    /// Whether no more units are needed: the budget is spent, or a threshold is met.
+    /// Whether no more units are needed: the budget is spent, or a threshold is met (a count, so the scores'
+    /// order does not matter).
     fn enough(&self) -> bool {
-        self.issued >= self.budget() || selection_done(self.job.selection, self.n(), &self.ordered_scores())
+        let scores: Vec<f32> = self.scores.iter().map(|&(_, score)| score).collect();
+        self.issued >= self.budget() || selection_done(self.job.selection, self.n(), &scores)
     }
 }
 

@@ -388,7 +388,7 @@ impl Pipeline {
     /// latents have the wrong length, its scheduler refuses the step count) fails alone.
     pub fn begin(&mut self, units: Vec<(GenerateParams, Vec<f32>)>) -> Vec<Result<Denoising>> {
         let started = Instant::now();
-        let mut prepared: Vec<Result<Prepared>> = units
+        let prepared: Vec<Result<Prepared>> = units
             .into_iter()
             .map(|(params, latents)| self.prepare(params, latents))
             .collect();
@@ -415,18 +415,17 @@ impl Pipeline {
             }
         };
         prepared
-            .drain(..)
+            .into_iter()
             .map(|unit| {
                 let unit = unit?;
                 let embeddings = embeddings
                     .next()
                     .ok_or_else(|| Error::Internal("the text encoder returned too few rows".into()))?;
-                let mut timings = StageTimings {
+                let timings = StageTimings {
                     text_encode,
                     ort_run,
                     ..StageTimings::default()
                 };
-                timings.denoise = Duration::ZERO;
                 Ok(unit.into_denoising(embeddings, timings))
             })
             .collect()
