@@ -110,6 +110,8 @@ pub(super) struct Worker {
     pending: VecDeque<PendingUnit>,
     active: HashMap<u64, ActiveUnit>,
     next_id: u64,
+    /// This worker's share of `t2i_active_requests` as last published.
+    published_active: i64,
 }
 
 impl Worker {
@@ -141,6 +143,7 @@ impl Worker {
             pending: VecDeque::new(),
             active: HashMap::new(),
             next_id: 0,
+            published_active: 0,
         }
     }
 
@@ -173,12 +176,15 @@ impl Worker {
         self.planner.active_rows() + self.pending.iter().map(|unit| unit.rows).sum::<usize>()
     }
 
-    fn publish_load(&self) {
+    fn publish_load(&mut self) {
         if let Some(load) = self.loads.get(self.index) {
             load.store(self.load(), Ordering::Relaxed);
         }
-        let active: usize = self.requests.len();
-        self.metrics.active_requests.set(active as i64);
+        // The gauge is shared by every worker of every engine: each adds the change in its own count, where
+        // setting it would overwrite the others'.
+        let active = self.requests.len() as i64;
+        self.metrics.active_requests.add(active - self.published_active);
+        self.published_active = active;
     }
 
     /// Whether no other worker carries less: a busy worker takes queued requests only then, so that an idle
