@@ -12,10 +12,19 @@
 # `docker build .` builds the last stage, `serve`, which is the `runtime` stage unchanged.
 #
 
+# The web console (web/): built with node here, embedded into the binary by build.rs below.
+FROM node:20-bookworm AS web
+WORKDIR /web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY web ./
+RUN npm run build
+
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock rustfmt.toml ./
+COPY Cargo.toml Cargo.lock rustfmt.toml build.rs ./
 COPY src ./src
+COPY --from=web /web/dist ./web/dist
 RUN cargo build --release --locked --bin t2i-align
 
 # onnxruntime-gpu 1.31.1 is built for CUDA 13 and cuDNN 9; its [cuda,cudnn] extras bring those runtime libraries

@@ -21,11 +21,14 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu build run test test-rust test-api reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop trainer-venv models test-model clean
+.PHONY: help venv venv-gpu web system-deps build run test test-rust test-api test-browser screenshots test-ops dashboard-pngs reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
-	@echo "make test   - every test: cargo fmt/clippy, Rust unit+integration tests, schemathesis, ruff, pytest"
+	@echo "make test   - every test: cargo fmt/clippy, Rust unit+integration tests, schemathesis, browser tests, ruff, pytest"
+	@echo "make test-ops - promtool on /metrics and deploy/prometheus.yml; every Grafana query through a real Prometheus"
+	@echo "make screenshots - the browser tests, also writing docs/console/*.png"
+	@echo "make dashboard-pngs - docs/dashboard/*.png and README's panel table, from a live Prometheus"
 	@echo "make bench  - latency vs Optimum, throughput under load, best_of cost, /score, RSS: BENCHMARKS.md"
 	@echo "make reliability - schemathesis, SIGKILL rounds and the limits table, written to RELIABILITY.md"
 	@echo "make soak   - 64 clients for 60 s (generate, score, feedback), written to RELIABILITY.md"
@@ -50,27 +53,69 @@ venv-gpu: $(VENV)/.installed
 	$(VENV)/bin/pip install --quiet "onnxruntime-gpu[cuda,cudnn]==$(ORT_VERSION)"
 	$(FIND_ORT)
 
-build:
+# The web console (web/: TypeScript, built by Vite with the machine's node and npm). build.rs embeds web/dist in
+# the binary, so the server needs neither node nor the folder at run time.
+WEB_SOURCES := $(shell find web/src web/public -type f 2>/dev/null) web/index.html web/vite.config.ts web/tsconfig.json
+web/node_modules/.installed: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $@
+web/dist/index.html: web/node_modules/.installed $(WEB_SOURCES)
+	cd web && npm run build
+web: web/dist/index.html
+
+# Debian packages the tests drive: chromium (browser tests) and prometheus (promtool and a live Prometheus for
+# the dashboard's queries). Installed when missing, as root or through sudo.
+SYSTEM_PACKAGES := chromium prometheus
+system-deps:
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+		sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "installing Debian packages:$$missing"; \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing \
+		|| { $$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing; }; \
+	fi
+
+build: web
 	$(CARGO) build $(CARGO_FLAGS)
 
 run: venv build
 	$(BIN) serve --model $(MODEL) --host $(HOST) --port $(PORT) --device $(or $(DEVICE),cpu)
 
-test: venv trainer-venv lint test-rust test-api test-python
+test: venv trainer-venv system-deps lint test-rust test-api test-ops test-browser test-python
 
-lint: venv
+lint: venv web
+	cd web && npm run typecheck
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(CARGO_FLAGS) --all-targets -- -D warnings
 	$(VENV)/bin/ruff check trainer scripts
 	$(VENV)/bin/ruff format --check trainer scripts
 
-test-rust: venv
+test-rust: venv web
 	@test -f "$(ORT_DYLIB_PATH)" || { echo "ONNX Runtime library missing: run 'make venv'"; exit 1; }
 	$(CARGO) test $(CARGO_FLAGS) --all-targets
 
 # schemathesis against the served /openapi.json: no server errors, no response that breaks the document.
 test-api: venv build
 	$(VENV)/bin/python scripts/api_fuzz.py --binary $(BIN)
+
+# The console in headless chromium (playwright-core) against servers the tests start: playground, rating,
+# a fine-tune job followed to the end, activation, API keys. Screenshots land in web/test-results/;
+# `make screenshots` also writes them to docs/console/.
+test-browser: build trainer-venv system-deps
+	cd web && T2I_BINARY=$(abspath $(BIN)) npm test
+
+screenshots: build trainer-venv system-deps
+	cd web && UPDATE_DOCS=1 T2I_BINARY=$(abspath $(BIN)) npm test
+
+# The operator surface (#8): promtool on deploy/prometheus.yml and on /metrics after real traffic, and every query
+# of deploy/grafana/t2i-align.json through a real Prometheus scraping a real server (about 15 s).
+test-ops: venv build system-deps
+	$(VENV)/bin/python scripts/ops_check.py --binary $(BIN)
+
+# docs/dashboard/*.png (Prometheus's graph page for each panel, headless Chromium) and README's panel table.
+dashboard-pngs: venv build system-deps
+	$(VENV)/bin/python scripts/ops_check.py --binary $(BIN) --rounds 10 --screenshots docs/dashboard --report README.md
 
 # 64 clients for 60 s: generate, score and feedback; errors by status, p50/p99, RSS before and after.
 soak: venv build
@@ -143,4 +188,4 @@ test-model: trainer-venv
 
 clean:
 	$(CARGO) clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) web/dist web/node_modules

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub candidates_generated: IntCounterVec,
     pub candidates_accepted: IntCounterVec,
     pub feedback: IntCounterVec,
+    /// Ratings taken back (`DELETE /feedback/{id}`), by label.
+    pub feedback_deleted: IntCounterVec,
     /// Fine-tune jobs by status (from the database, refreshed when a job changes).
     pub fine_tune_jobs: IntGaugeVec,
     pub fine_tune_stage_duration: HistogramVec,
@@ -133,6 +135,13 @@ impl Metrics {
             ),
             &["label"],
         );
+        let feedback_deleted = IntCounterVec::new(
+            Opts::new(
+                "t2i_feedback_deleted_total",
+                "Ratings taken back through DELETE /feedback/{id} (the console's undo), by label",
+            ),
+            &["label"],
+        );
         let fine_tune_jobs = IntGaugeVec::new(Opts::new("t2i_fine_tune_jobs", "Fine-tune jobs by status"), &["status"]);
         let fine_tune_stage_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -166,6 +175,7 @@ impl Metrics {
                 candidates_generated: candidates_generated?,
                 candidates_accepted: candidates_accepted?,
                 feedback: feedback?,
+                feedback_deleted: feedback_deleted?,
                 fine_tune_jobs: fine_tune_jobs?,
                 fine_tune_stage_duration: fine_tune_stage_duration?,
                 fine_tune_trainer_loss: fine_tune_trainer_loss?,
@@ -194,6 +204,7 @@ impl Metrics {
                 .registry
                 .register(Box::new(metrics.candidates_accepted.clone()))?;
             metrics.registry.register(Box::new(metrics.feedback.clone()))?;
+            metrics.registry.register(Box::new(metrics.feedback_deleted.clone()))?;
             metrics.registry.register(Box::new(metrics.fine_tune_jobs.clone()))?;
             metrics
                 .registry
@@ -286,7 +297,13 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Counts a rejection-sampling request's candidates. One candidate per image (a plain `/generate` scored
+    /// for its reward, or a fine-tune job's sample) is no selection and is not counted, so that accepted over
+    /// generated is best-of's acceptance rate.
     pub fn observe_selection(&self, report: &SelectionReport) {
+        if !report.rejection {
+            return;
+        }
         let labels = [report.reward_model.as_str()];
         self.candidates_generated
             .with_label_values(&labels)
@@ -349,6 +366,7 @@ mod tests {
             candidates: 8,
             accepted: 2,
             candidate_scores: vec![],
+            rejection: true,
         });
         let text = metrics.render();
         assert!(
@@ -361,5 +379,15 @@ mod tests {
         );
         assert!(text.contains("t2i_candidates_generated_total{reward_model=\"shapes-reward\"} 8"));
         assert!(text.contains("t2i_candidates_accepted_total{reward_model=\"shapes-reward\"} 2"));
+        // A plain scored generation (one candidate per image) is not rejection sampling: not counted.
+        metrics.observe_selection(&SelectionReport {
+            reward_model: "shapes-reward".into(),
+            candidates: 3,
+            accepted: 3,
+            candidate_scores: vec![],
+            rejection: false,
+        });
+        let text = metrics.render();
+        assert!(text.contains("t2i_candidates_generated_total{reward_model=\"shapes-reward\"} 8"));
     }
 }

@@ -259,7 +259,7 @@ pub fn load_rewards(
 ) -> Result<RewardSet> {
     let mut scorers: Vec<Arc<Scorer>> = Vec::new();
     for folder in &config.models {
-        let model = RewardModel::load(runtime, folder)?;
+        let mut model = RewardModel::load(runtime, folder)?;
         tracing::info!("{}", model.describe());
         if scorers.iter().any(|scorer| scorer.name() == model.name()) {
             return Err(Error::Config(format!(
@@ -267,19 +267,20 @@ pub fn load_rewards(
                 model.name()
             )));
         }
-        let preprocessor = model.preprocessor().clone();
-        let scorer = Scorer::start(model, config.max_batch, capacity, metrics.clone())?;
+        // Warmed before its scorer thread starts, so the blank image never reaches the score metrics.
         if warmup {
             let started = std::time::Instant::now();
+            let preprocessor = model.preprocessor().clone();
             let (height, width) = preprocessor.output_size();
             let blank = image::RgbImage::new(width as u32, height as u32);
-            scorer.score_blocking(vec!["warm-up".into()], preprocessor.pixel_values(&blank))?;
+            model.score(&preprocessor.pixel_values(&blank), &["warm-up"])?;
             tracing::info!(
-                model = scorer.name(),
+                model = model.name(),
                 ms = started.elapsed().as_millis() as u64,
                 "reward model warmed up"
             );
         }
+        let scorer = Scorer::start(model, config.max_batch, capacity, metrics.clone())?;
         scorers.push(Arc::new(scorer));
     }
     Ok(RewardSet::new(scorers))

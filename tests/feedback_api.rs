@@ -190,3 +190,39 @@ fn simulate_raters_labels_stored_images_through_the_api() {
     let again = run();
     assert_eq!(again["already_rated"], 2, "{again}");
 }
+
+#[test]
+fn a_rating_can_be_taken_back_once() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().display().to_string();
+    let server = Server::start(&["--data-dir", &data_dir]);
+    let generated = server.post_json("/generate", r#"{"prompt":"a red circle","steps":2,"seed":1}"#);
+    assert_eq!(generated.status, 200, "{}", generated.text());
+    let image_id = generated.json()["images"][0]["image_id"].as_str().unwrap().to_string();
+    let rating = post(&server, json!({"image_id": image_id, "label": "good"})).json();
+    let id = rating["id"].as_str().unwrap();
+    let files = |folder: &str| std::fs::read_dir(data.path().join(folder)).unwrap().count();
+    assert_eq!(files("feedback"), 1);
+
+    let deleted = common::request(server.port, "DELETE", &format!("/feedback/{id}"), None).unwrap();
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    assert_eq!(deleted.json()["label"], "good");
+    assert_eq!(server.get("/feedback").json()["data"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        files("feedback"),
+        0,
+        "the rating's copy of the image is deleted with it"
+    );
+    // The generated image itself stays: it can be rated again.
+    assert_eq!(post(&server, json!({"image_id": image_id, "label": "bad"})).status, 201);
+
+    let again = common::request(server.port, "DELETE", &format!("/feedback/{id}"), None).unwrap();
+    assert_eq!(again.status, 404, "{}", again.text());
+    assert_eq!(again.json()["error"]["type"], "not_found");
+    assert!(again.text().contains(id), "{}", again.text());
+    let metrics = server.get("/metrics").text();
+    assert!(
+        metrics.contains("t2i_feedback_deleted_total{label=\"good\"} 1"),
+        "{metrics}"
+    );
+}

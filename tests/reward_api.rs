@@ -90,13 +90,14 @@ fn best_of_returns_the_best_candidates_with_their_rewards() {
     assert!(worst <= 2, "the candidate and the single image differ by {worst}/255");
     assert_eq!(single["selection"]["best_of"], 1);
 
+    // Two best_of=4 requests count; the plain scored one (best_of 1) is no selection and does not.
     let metrics = server.get("/metrics").text();
     assert!(
-        metrics.contains("t2i_candidates_generated_total{reward_model=\"shapes-reward\"} 17"),
+        metrics.contains("t2i_candidates_generated_total{reward_model=\"shapes-reward\"} 16"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("t2i_candidates_accepted_total{reward_model=\"shapes-reward\"} 5"),
+        metrics.contains("t2i_candidates_accepted_total{reward_model=\"shapes-reward\"} 4"),
         "{metrics}"
     );
     assert!(

@@ -42,6 +42,15 @@ fn keys_gate_routes_by_scope_and_are_never_logged() {
     for path in ["/health", "/ready", "/metrics", "/openapi.json"] {
         assert_eq!(with_key(&server, "GET", path, None, None).status, 200, "{path}");
     }
+    // The console's page is open (it asks for a key when the API answers 401); `make web` builds it.
+    let console = with_key(&server, "GET", "/", None, None);
+    assert_eq!(console.status, 200, "{}", console.text());
+    assert!(console.text().contains("<title>t2i-align console</title>"));
+    // Taking back a rating needs a key like giving one.
+    let undo = with_key(&server, "DELETE", "/feedback/fb_0", None, None);
+    assert_eq!(undo.status, 401, "{}", undo.text());
+    let undo = with_key(&server, "DELETE", "/feedback/fb_0", None, Some(INFERENCE_KEY));
+    assert_eq!(undo.status, 404, "{}", undo.text());
     // No key, a wrong key: 401 with a Bearer challenge.
     for key in [None, Some("not-a-key-but-long-enough")] {
         let response = with_key(&server, "POST", "/generate", Some(GENERATE), key);

@@ -1,6 +1,7 @@
 //! API keys: bearer keys in two scopes, checked in one middleware before any handler runs.
 //!
-//! - `inference` keys may generate, score, rerank, rate (`POST /feedback`) and read images and the model list.
+//! - `inference` keys may generate, score, rerank, rate (`POST /feedback`, and `DELETE /feedback/{id}` to take
+//!   back a rating they made) and read images and the model list.
 //! - `admin` keys may do all that, and run fine-tunes, activate versions, list and export feedback.
 //! - `/health`, `/ready`, `/openapi.json` and `/docs` stay open; `/metrics` too unless `--protect-metrics`.
 //!
@@ -180,10 +181,14 @@ impl ApiKeys {
 pub fn route_scope(method: &str, pattern: &str, protect_metrics: bool) -> Option<Scope> {
     match (method, pattern) {
         (_, "/health" | "/ready" | "/openapi.json") => None,
+        // The console's page and assets: the page itself asks for a key when the API answers 401.
+        ("GET", "/" | "/assets/{file}" | "/favicon.svg") => None,
         (_, "/metrics") => protect_metrics.then_some(Scope::Admin),
         (_, pattern) if pattern.starts_with("/docs") => None,
         (_, "/generate" | "/v1/images/generations" | "/score" | "/rerank") => Some(Scope::Inference),
         ("POST", "/feedback") => Some(Scope::Inference),
+        // Undo: a rating's id is only known to whoever made it (listing ratings needs admin).
+        ("DELETE", "/feedback/{id}") => Some(Scope::Inference),
         ("GET", "/images" | "/images/{id}" | "/models") => Some(Scope::Inference),
         (_, "unmatched") => None,
         // Fine-tunes, activation, listing and exporting feedback, and anything added later: admin.
@@ -276,5 +281,9 @@ mod tests {
         assert_eq!(route_scope("POST", "/models/{id}/activate", false), Some(Scope::Admin));
         assert_eq!(route_scope("GET", "/models", false), Some(Scope::Inference));
         assert_eq!(route_scope("GET", "/docs/{_:.*}", false), None);
+        assert_eq!(route_scope("DELETE", "/feedback/{id}", false), Some(Scope::Inference));
+        assert_eq!(route_scope("GET", "/", false), None);
+        assert_eq!(route_scope("GET", "/assets/{file}", false), None);
+        assert_eq!(route_scope("POST", "/", false), Some(Scope::Admin));
     }
 }

@@ -2,6 +2,7 @@
 //! Knows nothing of ONNX Runtime; it talks to the `batching::Engine`.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod fine_tunes;
 pub mod openapi;
@@ -151,7 +152,7 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
         return actix_cors::Cors::default();
     }
     let mut cors = actix_cors::Cors::default()
-        .allowed_methods(["GET", "POST", "OPTIONS"])
+        .allowed_methods(["GET", "POST", "DELETE", "OPTIONS"])
         .allowed_headers([
             actix_web::http::header::AUTHORIZATION,
             actix_web::http::header::CONTENT_TYPE,
@@ -236,6 +237,7 @@ pub fn build_server(state: web::Data<AppState>, config: &HttpConfig) -> std::io:
             .service(routes::rerank)
             .service(routes::openai_images)
             .service(routes::post_feedback)
+            .service(routes::delete_feedback)
             .service(routes::export_feedback)
             .service(routes::list_feedback)
             .service(routes::list_images)
@@ -251,6 +253,9 @@ pub fn build_server(state: web::Data<AppState>, config: &HttpConfig) -> std::io:
             .service(routes::ready)
             .service(routes::metrics)
             .service(routes::openapi_json)
+            .service(console::index)
+            .service(console::assets)
+            .service(console::favicon)
             .service(SwaggerUi::new("/docs/{_:.*}").config(Config::new(["/openapi.json"])))
             .default_service(web::to(routes::not_found))
     })

@@ -29,6 +29,7 @@ use crate::jobs::spec::{FineTuneRequest, GateSpec, Hyperparameters, PretrainData
         routes::rerank,
         routes::openai_images,
         routes::post_feedback,
+        routes::delete_feedback,
         routes::list_feedback,
         routes::export_feedback,
         routes::list_images,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::http::header;
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use futures_util::StreamExt;
@@ -702,6 +702,34 @@ pub async fn post_feedback(state: web::Data<AppState>, payload: web::Payload) ->
     let stored = state.storage.insert_feedback(&new).await?;
     state.metrics.feedback.with_label_values(&[label.name()]).inc();
     Ok(HttpResponse::Created().json(feedback_out(stored, None)))
+}
+
+/// Take back a rating (the console's undo): its row and its copy of the image are deleted. The id is only known
+/// to whoever made the rating, or to an admin (listing ratings needs the admin scope).
+#[utoipa::path(
+    delete,
+    path = "/feedback/{id}",
+    tag = "feedback",
+    params(("id" = String, Path, description = "The rating's id, from `POST /feedback`")),
+    responses(
+        (status = 200, description = "The deleted rating", body = FeedbackOut),
+        (status = 404, description = "No such rating (or it was already deleted)", body = ErrorBody),
+    )
+)]
+#[delete("/feedback/{id}")]
+pub async fn delete_feedback(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse> {
+    let id = id.into_inner();
+    let deleted = state
+        .storage
+        .delete_feedback(&id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no rating `{id}` (it may have been deleted already)")))?;
+    state
+        .metrics
+        .feedback_deleted
+        .with_label_values(&[deleted.label.as_str()])
+        .inc();
+    Ok(HttpResponse::Ok().json(feedback_out(deleted, None)))
 }
 
 /// A listing's query string, refused with a 422 when it does not parse.

@@ -110,6 +110,9 @@ pub struct SelectionReport {
     pub accepted: usize,
     /// Every candidate's score, in candidate (seed) order.
     pub candidate_scores: Vec<f32>,
+    /// Whether the reward model chose among candidates (`best_of` above 1, or `min_reward`); false when it only
+    /// scored one candidate per image.
+    pub rejection: bool,
 }
 
 #[derive(Debug, Clone)]

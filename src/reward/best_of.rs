@@ -249,6 +249,7 @@ pub fn selected_output(
             candidates: candidates.len(),
             accepted,
             candidate_scores: scores,
+            rejection: !matches!(selection, Selection::BestOf { k: 1 }),
         }),
     })
 }

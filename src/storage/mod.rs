@@ -331,6 +331,25 @@ impl Storage {
         })
     }
 
+    /// Deletes a rating: its row first (committed), then its image file. A crash between the two leaves only an
+    /// orphan file, which the start-up sweep removes. `Ok(None)` when there is no such rating.
+    pub async fn delete_feedback(&self, id: &str) -> Result<Option<Feedback>> {
+        let row = sqlx::query(
+            "DELETE FROM feedback WHERE id = ? RETURNING id, created_at, image_id, prompt, label, rater, file",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|err| database_error("cannot delete the rating", err))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let feedback = feedback_row(&row);
+        let path = self.root.join(&feedback.file);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+        Ok(Some(feedback))
+    }
+
     /// A page of ratings, oldest first, and whether more follow.
     pub async fn list_feedback(&self, query: &FeedbackQuery) -> Result<(Vec<Feedback>, bool)> {
         let after_rowid = self
@@ -357,15 +376,7 @@ impl Storage {
         let page = rows
             .into_iter()
             .take(limit as usize)
-            .map(|row| Feedback {
-                id: row.get("id"),
-                created_at: row.get("created_at"),
-                image_id: row.get("image_id"),
-                prompt: row.get("prompt"),
-                label: row.get("label"),
-                rater: row.get("rater"),
-                file: row.get("file"),
-            })
+            .map(|row| feedback_row(&row))
             .collect();
         Ok((page, has_more))
     }
@@ -447,6 +458,19 @@ impl Storage {
             .map_err(|err| database_error("cannot count images", err))?;
         let count: i64 = row.get("count");
         Ok(count as u64)
+    }
+}
+
+/// A `feedback` row read with the columns id, created_at, image_id, prompt, label, rater and file.
+fn feedback_row(row: &sqlx::sqlite::SqliteRow) -> Feedback {
+    Feedback {
+        id: row.get("id"),
+        created_at: row.get("created_at"),
+        image_id: row.get("image_id"),
+        prompt: row.get("prompt"),
+        label: row.get("label"),
+        rater: row.get("rater"),
+        file: row.get("file"),
     }
 }
 

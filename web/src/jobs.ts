@@ -1,0 +1,479 @@
+// Jobs: create a fine-tune job from a form, follow its stages, loss and events live, and on success compare
+// the base and the new version on the same prompts and seeds, with the job's evaluation.
+
+import { api, type FineTuneEvent, type FineTuneOut, type GenerateResponse, type ModelList, type Page } from "./api";
+import prompts from "./shapes-prompts.json";
+import {
+  append,
+  badge,
+  fieldError,
+  formatDuration,
+  formatNumber,
+  formatTime,
+  h,
+  lineChart,
+  pngSource,
+  progressBar,
+  showError,
+} from "./ui";
+
+const STAGES = ["prompts", "sample", "label", "train", "evaluate", "register"];
+const POLL_MS = 1500;
+const categories = prompts as Record<string, string[]>;
+
+export function jobsPage(root: HTMLElement, args: string[]): () => void {
+  return args[0] ? jobDetail(root, decodeURIComponent(args[0])) : jobList(root);
+}
+
+// --- The list and the form ---
+
+interface Field {
+  name: string;
+  label: string;
+  hint: string;
+  /** The server's default, shown as the placeholder; empty fields are left out of the request. */
+  placeholder: string;
+  min?: number;
+  max?: number;
+  step?: string;
+  integer?: boolean;
+  /** Where the value goes in the request, e.g. `hyperparameters.steps`. */
+  path: string;
+}
+
+const FIELDS: Field[] = [
+  { name: "steps", label: "Optimiser steps", hint: "", placeholder: "500", min: 1, max: 100000, integer: true, path: "hyperparameters.steps" },
+  { name: "learning_rate", label: "Learning rate", hint: "AdamW, after a 5% warm-up", placeholder: "0.0001", min: 0, max: 1, step: "any", path: "hyperparameters.learning_rate" },
+  { name: "batch_size", label: "Batch size", hint: "rows per step", placeholder: "32", min: 1, max: 4096, integer: true, path: "hyperparameters.batch_size" },
+  { name: "beta", label: "β (pre-training weight)", hint: "0 is the ablation without it", placeholder: "1.0", min: 0, max: 100, step: "any", path: "hyperparameters.beta" },
+  { name: "prompt_count", label: "Training prompts", hint: "drawn from the shapes world's train split", placeholder: "200", min: 1, max: 100000, integer: true, path: "prompts.count" },
+  { name: "images_per_prompt", label: "Samples per prompt", hint: "scored by the reward model; 0 trains on ratings alone", placeholder: "8", min: 0, max: 1000, integer: true, path: "images_per_prompt" },
+  { name: "eval_per_category", label: "Evaluation prompts per category", hint: "held-out split", placeholder: "server default", min: 1, max: 1000, integer: true, path: "eval_prompts.per_category" },
+  { name: "eval_images_per_prompt", label: "Evaluation images per prompt", hint: "", placeholder: "8", min: 1, max: 1000, integer: true, path: "eval_images_per_prompt" },
+  { name: "pretrain_images", label: "Pre-training renders", hint: "the β term's data", placeholder: "8192", min: 1, max: 1000000, integer: true, path: "pretrain_data.images" },
+  { name: "min_reward_gain", label: "Gate: min reward gain", hint: "candidate vs base", placeholder: "server default", step: "any", min: -10, max: 10, path: "gate.min_reward_gain" },
+  { name: "seed", label: "Seed", hint: "prompts, samples, trainer, evaluation", placeholder: "0", min: 0, integer: true, path: "seed" },
+];
+
+/** Small enough to finish in about a minute on two CPU cores: for trying the loop, not for a better model. */
+const QUICK: Record<string, string> = {
+  steps: "3",
+  batch_size: "4",
+  prompt_count: "2",
+  images_per_prompt: "2",
+  eval_per_category: "1",
+  eval_images_per_prompt: "2",
+  pretrain_images: "8",
+  min_reward_gain: "-1",
+};
+
+function setPath(target: Record<string, unknown>, path: string, value: unknown): void {
+  const parts = path.split(".");
+  let node = target;
+  for (const part of parts.slice(0, -1)) {
+    node[part] = (node[part] as Record<string, unknown>) ?? {};
+    node = node[part] as Record<string, unknown>;
+  }
+  node[parts[parts.length - 1]] = value;
+}
+
+function jobList(root: HTMLElement): () => void {
+  let timer = 0;
+  let creating = false;
+  const form = h("form", { class: "card form-grid", novalidate: true, "data-testid": "job-form" });
+  const base = h("select", { name: "base_model" }, h("option", { value: "" }, "the active version"));
+  const checks = {
+    use_feedback: h("input", { name: "use_feedback", type: "checkbox", checked: true }),
+    retrain_reward_model: h("input", { name: "retrain_reward_model", type: "checkbox" }),
+    activate_on_success: h("input", { name: "activate_on_success", type: "checkbox" }),
+  };
+  const submit = h("button", { type: "submit" }, "Create job");
+  const quick = h("button", { type: "button", class: "secondary" }, "Quick trial values");
+  const defaults = h("button", { type: "button", class: "secondary" }, "Server defaults");
+  const preview = h("pre", { class: "preview", "data-testid": "job-preview" });
+  const error = h("div", { class: "error", hidden: true });
+  append(form, h("label", {}, "Base version", base));
+  for (const field of FIELDS) {
+    append(
+      form,
+      h(
+        "label",
+        {},
+        field.label,
+        h("input", {
+          name: field.name,
+          "data-param": field.path,
+          type: "number",
+          placeholder: field.placeholder,
+          min: field.min,
+          max: field.max,
+          step: field.step ?? (field.integer ? "1" : "any"),
+        }),
+        field.hint ? h("small", { class: "muted" }, field.hint) : null,
+      ),
+    );
+  }
+  append(
+    form,
+    h("label", { class: "check" }, checks.use_feedback, "Train on the stored ratings"),
+    h("label", { class: "check" }, checks.retrain_reward_model, "Retrain the reward model on them first"),
+    h("label", { class: "check" }, checks.activate_on_success, "Activate the new version if it passes the gate"),
+    h("div", { class: "row wide" }, submit, quick, defaults),
+    h("details", { class: "wide" }, h("summary", {}, "The request this form sends"), preview),
+  );
+  const table = h("div", { "data-testid": "job-list" });
+  append(
+    root,
+    h("h1", {}, "Fine-tune jobs"),
+    h(
+      "p",
+      { class: "muted" },
+      "Reward-weighted fine-tuning (Lee et al., 2023): the base version's samples scored by the reward model, your ratings, and half of each batch from pre-training data. Empty fields take the server's defaults.",
+    ),
+    form,
+    error,
+    h("h2", {}, "Jobs"),
+    table,
+  );
+
+  function request(): Record<string, unknown> | null {
+    showError(error, null, form);
+    const data = new FormData(form);
+    const body: Record<string, unknown> = {};
+    let valid = true;
+    for (const field of FIELDS) {
+      const raw = String(data.get(field.name) ?? "").trim();
+      if (!raw) continue;
+      const value = Number(raw);
+      const low = field.min ?? -Infinity;
+      const high = field.max ?? Number.MAX_SAFE_INTEGER;
+      if (!Number.isFinite(value) || value < low || value > high || (field.integer && !Number.isInteger(value))) {
+        fieldError(form, field.path, `${field.integer ? "A whole number" : "A number"} from ${low} to ${high}. Given: ${raw}`);
+        valid = false;
+        continue;
+      }
+      setPath(body, field.path, value);
+    }
+    if (body.prompts) (body.prompts as Record<string, unknown>).generator = "shapes_world";
+    if (body.eval_prompts) (body.eval_prompts as Record<string, unknown>).generator = "shapes_world";
+    if (body.pretrain_data) (body.pretrain_data as Record<string, unknown>).kind = "shapes_world";
+    if (data.get("base_model")) body.base_model = data.get("base_model");
+    body.use_feedback = checks.use_feedback.checked;
+    if (checks.retrain_reward_model.checked) body.retrain_reward_model = true;
+    if (checks.activate_on_success.checked) body.activate_on_success = true;
+    return valid ? body : null;
+  }
+
+  function showPreview(): void {
+    const body = request();
+    preview.textContent = body ? `POST /fine-tunes\n${JSON.stringify(body, null, 2)}` : "(fix the marked fields)";
+  }
+
+  form.addEventListener("input", showPreview);
+  quick.addEventListener("click", () => {
+    for (const [name, value] of Object.entries(QUICK)) {
+      const input = form.querySelector<HTMLInputElement>(`[name="${name}"]`);
+      if (input) input.value = value;
+    }
+    showPreview();
+  });
+  defaults.addEventListener("click", () => {
+    form.querySelectorAll<HTMLInputElement>('input[type="number"]').forEach((input) => (input.value = ""));
+    showPreview();
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (creating) return;
+    const body = request();
+    if (!body) return;
+    creating = true;
+    submit.disabled = true;
+    try {
+      const job = await api<FineTuneOut>("POST", "/fine-tunes", body);
+      location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
+    } catch (err) {
+      showError(error, err, form);
+    } finally {
+      creating = false;
+      submit.disabled = false;
+    }
+  });
+
+  api<ModelList>("GET", "/models")
+    .then((list) => {
+      for (const version of list.data.filter((entry) => entry.kind === "diffusion")) {
+        base.append(h("option", { value: version.id }, version.active ? `${version.id} (active)` : version.id));
+      }
+    })
+    .catch(() => {});
+
+  async function refresh(): Promise<void> {
+    try {
+      const page = await api<Page<FineTuneOut>>("GET", "/fine-tunes?limit=50");
+      if (page.data.length === 0) {
+        table.replaceChildren(h("p", { class: "muted" }, "No jobs yet."));
+      } else {
+        const rows = page.data.map((job) =>
+          h(
+            "tr",
+            {},
+            h("td", {}, h("a", { href: `#/jobs/${encodeURIComponent(job.id)}` }, job.id)),
+            h("td", {}, badge(job.status)),
+            h("td", {}, job.stage ?? "–"),
+            h("td", {}, progressBar(job.progress)),
+            h("td", {}, job.base_model),
+            h("td", {}, job.result_model ?? "–"),
+            h("td", {}, formatTime(job.created_at)),
+          ),
+        );
+        table.replaceChildren(
+          h(
+            "table",
+            {},
+            h("thead", {}, h("tr", {}, ...["Job", "Status", "Stage", "Progress", "Base", "Result", "Created"].map((t) => h("th", {}, t)))),
+            h("tbody", {}, ...rows),
+          ),
+        );
+      }
+      showError(error, null);
+    } catch (err) {
+      table.replaceChildren();
+      showError(error, err);
+    }
+    timer = window.setTimeout(refresh, POLL_MS * 2);
+  }
+
+  showPreview();
+  void refresh();
+  return () => window.clearTimeout(timer);
+}
+
+// --- One job ---
+
+function jobDetail(root: HTMLElement, id: string): () => void {
+  let timer = 0;
+  let after: string | null = null;
+  let compared = false;
+  const losses: [number, number][] = [];
+  const header = h("div", { class: "card" });
+  const stages = h("ol", { class: "stages", "data-testid": "job-stages" });
+  const chart = h("div", { class: "card", hidden: true });
+  const outcome = h("div", { "data-testid": "job-outcome" });
+  const log = h("ol", { class: "events", "data-testid": "job-events" });
+  const error = h("div", { class: "error", hidden: true });
+  append(
+    root,
+    h("p", {}, h("a", { href: "#/jobs" }, "← all jobs")),
+    h("h1", {}, `Job ${id}`),
+    error,
+    header,
+    stages,
+    chart,
+    outcome,
+    h("details", { open: true }, h("summary", {}, "Events"), log),
+  );
+
+  function drawHeader(job: FineTuneOut): void {
+    const cancel = h("button", { type: "button", class: "secondary" }, "Cancel job");
+    cancel.addEventListener("click", async () => {
+      cancel.disabled = true;
+      try {
+        await api("POST", `/fine-tunes/${encodeURIComponent(id)}/cancel`);
+      } catch (err) {
+        showError(error, err);
+        cancel.disabled = false;
+      }
+    });
+    const running = job.started_at ? ((job.finished_at ?? Date.now()) - job.started_at) / 1000 : 0;
+    header.replaceChildren();
+    append(
+      header,
+      h(
+        "p",
+        { class: "row" },
+        h("span", { "data-testid": "job-status" }, badge(job.status)),
+        h("span", {}, `base ${job.base_model}`),
+        job.result_model ? h("span", {}, "→ ", h("a", { href: "#/models" }, job.result_model)) : null,
+        running ? h("span", { class: "muted" }, formatDuration(running)) : null,
+        job.status === "queued" || job.status === "running" ? cancel : null,
+      ),
+      progressBar(job.progress, `${Math.round(job.progress * 100)}%${job.stage ? ` · ${job.stage}` : ""}`),
+      job.error ? h("p", { class: "error", role: "alert" }, job.error) : null,
+    );
+    const current = job.stage ? STAGES.indexOf(job.stage) : -1;
+    stages.replaceChildren(
+      ...STAGES.map((stage, index) => {
+        let state = "pending";
+        if (index < current || job.status === "succeeded") state = "done";
+        else if (index === current) state = job.status === "running" ? "running" : job.status;
+        return h("li", { class: `stage stage-${state}`, title: state }, stage);
+      }),
+    );
+  }
+
+  function drawLoss(): void {
+    if (losses.length === 0) return;
+    chart.hidden = false;
+    const last = losses[losses.length - 1];
+    chart.replaceChildren(
+      h("h2", {}, "Trainer loss"),
+      h("p", { class: "muted", "data-testid": "job-loss" }, `step ${last[0]}: ${formatNumber(last[1], 5)}`),
+      lineChart(losses, "the trainer's loss by step"),
+    );
+  }
+
+  async function pollEvents(): Promise<void> {
+    for (;;) {
+      const query = `limit=500${after ? `&after=${encodeURIComponent(after)}` : ""}`;
+      const page = await api<Page<FineTuneEvent>>("GET", `/fine-tunes/${encodeURIComponent(id)}/events?${query}`);
+      for (const event of page.data) {
+        after = event.id;
+        const data = event.data ?? {};
+        if (typeof data.loss === "number" && typeof data.step === "number") losses.push([data.step, data.loss]);
+        log.append(
+          h(
+            "li",
+            { class: `event event-${event.level}` },
+            h("span", { class: "muted" }, new Date(event.created_at).toLocaleTimeString()),
+            " ",
+            badge(event.kind, "kind"),
+            " ",
+            event.message,
+          ),
+        );
+      }
+      if (!page.has_more) break;
+    }
+    drawLoss();
+  }
+
+  async function refresh(): Promise<void> {
+    let final = false;
+    try {
+      const job = await api<FineTuneOut>("GET", `/fine-tunes/${encodeURIComponent(id)}`);
+      drawHeader(job);
+      await pollEvents();
+      final = ["succeeded", "failed", "cancelled"].includes(job.status);
+      if (final && job.metrics && !compared) {
+        compared = true;
+        drawOutcome(outcome, job);
+      }
+      showError(error, null);
+    } catch (err) {
+      showError(error, err);
+    }
+    if (!final) timer = window.setTimeout(refresh, POLL_MS);
+  }
+
+  void refresh();
+  return () => window.clearTimeout(timer);
+}
+
+/** The evaluation's figures, base against candidate, and the gate. */
+function drawOutcome(box: HTMLElement, job: FineTuneOut): void {
+  const metrics = job.metrics ?? {};
+  const evaluation = metrics.evaluation as { base?: Record<string, unknown>; candidate?: Record<string, unknown> } | undefined;
+  box.replaceChildren();
+  if (evaluation?.base && evaluation.candidate) {
+    const keys = Object.keys(evaluation.base).filter((key) => typeof evaluation.base?.[key] === "number");
+    const rows = keys.map((key) => {
+      const before = evaluation.base?.[key] as number;
+      const after = evaluation.candidate?.[key] as number;
+      const change = typeof after === "number" ? after - before : NaN;
+      return h(
+        "tr",
+        {},
+        h("td", {}, key.replaceAll("_", " ")),
+        h("td", {}, formatNumber(before)),
+        h("td", {}, formatNumber(after)),
+        h("td", { class: change > 0 ? "up" : change < 0 ? "down" : "" }, Number.isFinite(change) ? `${change > 0 ? "+" : ""}${formatNumber(change)}` : "–"),
+      );
+    });
+    append(
+      box,
+      h("h2", {}, "Evaluation on held-out prompts"),
+      h(
+        "table",
+        { "data-testid": "job-evaluation" },
+        h("thead", {}, h("tr", {}, h("th", {}, "Figure"), h("th", {}, job.base_model), h("th", {}, job.result_model ?? "candidate"), h("th", {}, "Change"))),
+        h("tbody", {}, ...rows),
+      ),
+    );
+  }
+  const gate = metrics.gate as Record<string, unknown> | undefined;
+  if (gate) {
+    append(
+      box,
+      h(
+        "p",
+        { "data-testid": "job-gate" },
+        "Gate: ",
+        badge(gate.passed ? "passed" : "failed"),
+        ` reward gain ${formatNumber(gate.reward_gain)} (at least ${formatNumber(gate.min_reward_gain)}),`,
+        ` quality drop ${formatNumber(gate.quality_drop)} (at most ${formatNumber(gate.max_quality_drop)})`,
+        Array.isArray(gate.reasons) && gate.reasons.length ? h("span", { class: "muted" }, ` · ${gate.reasons.join("; ")}`) : null,
+      ),
+    );
+  }
+  if (job.status === "succeeded" && job.result_model) append(box, compare(job.base_model, job.result_model, job.spec));
+}
+
+/** Base and new version side by side: the same prompts and the same seeds through POST /generate. */
+function compare(baseModel: string, newModel: string, spec: Record<string, unknown>): HTMLElement {
+  const listed = Array.isArray(spec.eval_prompts) ? (spec.eval_prompts as string[]) : [];
+  const defaults = listed.length
+    ? listed.slice(0, 4)
+    : Object.values(categories).map((pool) => pool[Math.floor(pool.length / 2)]);
+  const prompts = h("textarea", { name: "compare_prompts", rows: 4 }, defaults.join("\n"));
+  const seed = h("input", { name: "compare_seed", type: "number", min: 0, value: 1000 });
+  const run = h("button", { type: "button" }, "Compare");
+  const error = h("div", { class: "error", hidden: true });
+  const grid = h("div", { class: "compare", "data-testid": "job-compare" });
+  const box = h(
+    "section",
+    { class: "card" },
+    h("h2", {}, "Base and new version, same prompts and seeds"),
+    h("div", { class: "form-grid" }, h("label", { class: "wide" }, "Prompts, one per line", prompts), h("label", {}, "Seed", seed), h("div", { class: "row" }, run)),
+    error,
+    grid,
+  );
+  let busy = false;
+  run.addEventListener("click", async () => {
+    if (busy) return;
+    busy = true;
+    run.disabled = true;
+    showError(error, null);
+    const lines = prompts.value.split("\n").map((line) => line.trim()).filter(Boolean).slice(0, 8);
+    grid.replaceChildren(h("div", { class: "compare-head" }, "Prompt"), h("div", { class: "compare-head" }, baseModel), h("div", { class: "compare-head" }, newModel));
+    try {
+      for (const prompt of lines) {
+        const request = { prompt, n: 2, seed: Number(seed.value) || 0 };
+        const [before, after] = await Promise.all([
+          api<GenerateResponse>("POST", "/generate", { ...request, model: baseModel }),
+          api<GenerateResponse>("POST", "/generate", { ...request, model: newModel }),
+        ]);
+        const cell = (response: GenerateResponse) =>
+          h(
+            "div",
+            { class: "compare-cell" },
+            ...response.images.map((image) =>
+              h(
+                "figure",
+                { class: "image-card small" },
+                h("img", { src: pngSource(image.png_base64), alt: `${prompt} (${response.model}, seed ${image.seed})` }),
+                h("figcaption", {}, image.reward == null ? `seed ${image.seed}` : `reward ${formatNumber(image.reward)}`),
+              ),
+            ),
+          );
+        grid.append(h("div", { class: "compare-prompt" }, prompt), cell(before), cell(after));
+      }
+    } catch (err) {
+      showError(error, err);
+    } finally {
+      busy = false;
+      run.disabled = false;
+    }
+  });
+  queueMicrotask(() => run.click());
+  return box;
+}

@@ -1,0 +1,212 @@
+// Playground: one prompt in, images out, with their rewards; best_of turns on rejection sampling.
+
+import { api, ApiError, type GenerateResponse, type ModelList } from "./api";
+import { append, fieldError, formatNumber, h, pngSource, progress, showError } from "./ui";
+
+const SCHEDULERS = ["ddim", "euler", "euler_a", "dpm++2m", "pndm"];
+/** Bounds the form checks before sending; the server's own limits (--max-steps, --max-images, ...) come back as
+ * inline messages naming the field when they are tighter. */
+export const BOUNDS = { promptBytes: 2048, steps: [1, 200], guidance: [0, 30], n: [1, 8], bestOf: [1, 16] } as const;
+
+function numberField(name: string, label: string, attributes: Record<string, string | number>, hint: string) {
+  return h(
+    "label",
+    {},
+    label,
+    h("input", { name, type: "number", inputmode: "decimal", ...attributes }),
+    h("small", { class: "muted" }, hint),
+  );
+}
+
+export function playgroundPage(root: HTMLElement): () => void {
+  let controller: AbortController | null = null;
+  const form = h("form", { class: "card form-grid", novalidate: true });
+  const prompt = h("textarea", {
+    name: "prompt",
+    rows: 2,
+    placeholder: "e.g. two red circles on a yellow background",
+    required: true,
+  });
+  const negative = h("input", { name: "negative_prompt", type: "text", placeholder: "optional" });
+  const scheduler = h(
+    "select",
+    { name: "scheduler" },
+    h("option", { value: "" }, "the model's own"),
+    ...SCHEDULERS.map((name) => h("option", { value: name }, name)),
+  );
+  const model = h("select", { name: "model" }, h("option", { value: "" }, "the active version"));
+  const bestOf = h("input", { name: "best_of", type: "range", min: BOUNDS.bestOf[0], max: BOUNDS.bestOf[1], value: 1 });
+  const bestOfValue = h("output", { for: "best_of" }, "1");
+  bestOf.addEventListener("input", () => (bestOfValue.textContent = bestOf.value));
+  const scores = h("input", { name: "return_candidate_scores", type: "checkbox" });
+  const submit = h("button", { type: "submit" }, "Generate");
+  const cancel = h("button", { type: "button", class: "secondary", hidden: true }, "Cancel");
+  const status = h("div", { class: "status", hidden: true });
+  const error = h("div", { class: "error", hidden: true });
+  const results = h("section", { class: "results", "aria-live": "polite" });
+
+  append(
+    form,
+    h("label", { class: "wide" }, "Prompt", prompt),
+    h("label", { class: "wide" }, "Negative prompt", negative),
+    numberField("steps", "Steps", { min: BOUNDS.steps[0], max: BOUNDS.steps[1], step: 1, placeholder: "default" }, "empty: the model's default"),
+    numberField(
+      "guidance_scale",
+      "Guidance",
+      { min: BOUNDS.guidance[0], max: BOUNDS.guidance[1], step: 0.5, placeholder: "default" },
+      "1 or less turns guidance off",
+    ),
+    h("label", {}, "Scheduler", scheduler),
+    numberField("seed", "Seed", { min: 0, step: 1, placeholder: "random" }, "image i uses seed + i"),
+    numberField("n", "Images (n)", { min: BOUNDS.n[0], max: BOUNDS.n[1], step: 1, value: 1 }, `${BOUNDS.n[0]} to ${BOUNDS.n[1]}`),
+    h("label", {}, "Version", model),
+    h(
+      "label",
+      { class: "wide" },
+      h("span", {}, "best_of: ", bestOfValue, " candidates per image, ranked by the reward model"),
+      bestOf,
+    ),
+    h("label", { class: "check wide" }, scores, "Show every candidate's score"),
+    h("div", { class: "row wide" }, submit, cancel),
+  );
+  append(root, h("h1", {}, "Playground"), form, status, error, results);
+
+  api<ModelList>("GET", "/models")
+    .then((list) => {
+      for (const version of list.data.filter((entry) => entry.kind === "diffusion")) {
+        model.append(h("option", { value: version.id }, version.active ? `${version.id} (active)` : version.id));
+      }
+    })
+    .catch(() => {
+      /* The version list is optional here; generating still works with the active version. */
+    });
+
+  /** The request body, or null after marking the fields that are out of range. */
+  function body(): Record<string, unknown> | null {
+    showError(error, null, form);
+    const data = new FormData(form);
+    const request: Record<string, unknown> = {};
+    let valid = true;
+    const text = String(data.get("prompt") ?? "");
+    if (!text.trim()) {
+      fieldError(form, "prompt", "Write a prompt: it must not be empty.");
+      valid = false;
+    } else if (new TextEncoder().encode(text).length > BOUNDS.promptBytes) {
+      fieldError(form, "prompt", `The prompt is ${new TextEncoder().encode(text).length} bytes; at most ${BOUNDS.promptBytes}.`);
+      valid = false;
+    }
+    request.prompt = text;
+    if (String(data.get("negative_prompt") ?? "").trim()) request.negative_prompt = data.get("negative_prompt");
+    const numbers: [string, number, number, boolean][] = [
+      ["steps", BOUNDS.steps[0], BOUNDS.steps[1], true],
+      ["guidance_scale", BOUNDS.guidance[0], BOUNDS.guidance[1], false],
+      ["seed", 0, Number.MAX_SAFE_INTEGER, true],
+      ["n", BOUNDS.n[0], BOUNDS.n[1], true],
+    ];
+    for (const [name, low, high, integer] of numbers) {
+      const raw = String(data.get(name) ?? "").trim();
+      if (!raw) continue;
+      const value = Number(raw);
+      if (!Number.isFinite(value) || value < low || value > high || (integer && !Number.isInteger(value))) {
+        fieldError(form, name, `${integer ? "A whole number" : "A number"} from ${low} to ${high === Number.MAX_SAFE_INTEGER ? "2^53" : high}. Given: ${raw}`);
+        valid = false;
+      } else {
+        request[name] = value;
+      }
+    }
+    if (data.get("scheduler")) request.scheduler = data.get("scheduler");
+    if (data.get("model")) request.model = data.get("model");
+    const best = Number(bestOf.value);
+    if (best > 1) request.best_of = best;
+    if (scores.checked) request.return_candidate_scores = true;
+    return valid ? request : null;
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (controller) return; // one request at a time: a double click does not send twice
+    const request = body();
+    if (!request) return;
+    controller = new AbortController();
+    submit.disabled = true;
+    cancel.hidden = false;
+    const images = (request.n as number | undefined) ?? 1;
+    const candidates = images * ((request.best_of as number | undefined) ?? 1);
+    const indicator = progress(
+      status,
+      candidates > images ? `Generating ${candidates} candidates for ${images} image(s)…` : `Generating ${images} image(s)…`,
+    );
+    try {
+      const response = await api<GenerateResponse>("POST", "/generate", request, { signal: controller.signal });
+      render(response, request);
+    } catch (err) {
+      showError(error, err, form);
+      if (err instanceof ApiError && err.param === "prompt") prompt.focus();
+    } finally {
+      indicator.stop();
+      status.hidden = true;
+      controller = null;
+      submit.disabled = false;
+      cancel.hidden = true;
+    }
+  });
+  cancel.addEventListener("click", () => controller?.abort());
+
+  function render(response: GenerateResponse, request: Record<string, unknown>): void {
+    results.replaceChildren();
+    const selection = response.selection;
+    const summary = h(
+      "p",
+      { class: "summary" },
+      `${response.images.length} image(s) from ${response.model}`,
+      selection
+        ? ` · reward model ${selection.reward_model}: ${selection.candidates} candidate(s) scored, ${selection.accepted} returned`
+        : " · no reward model loaded",
+      response.timings.total_ms !== undefined ? ` · ${formatNumber(response.timings.total_ms / 1000, 2)} s` : "",
+    );
+    append(results, summary);
+    for (const warning of response.warnings) append(results, h("p", { class: "warning", role: "status" }, warning));
+    const grid = h("div", { class: "image-grid" });
+    response.images.forEach((image, rank) => {
+      append(
+        grid,
+        h(
+          "figure",
+          { class: "image-card", "data-testid": "generated-image" },
+          h("img", { src: pngSource(image.png_base64), alt: `${String(request.prompt)} (seed ${image.seed})` }),
+          h(
+            "figcaption",
+            {},
+            h("span", { class: "reward", "data-testid": "reward" }, image.reward == null ? "no reward" : `reward ${formatNumber(image.reward)}`),
+            h("span", { class: "muted" }, selection && (selection.best_of ?? 1) > 1 ? `#${rank + 1} · seed ${image.seed}` : `seed ${image.seed}`),
+          ),
+        ),
+      );
+    });
+    append(results, grid);
+    const candidateScores = selection?.candidate_scores;
+    if (candidateScores && candidateScores.length) {
+      const kept = new Set(response.images.map((image) => image.reward));
+      const low = Math.min(...candidateScores);
+      const high = Math.max(...candidateScores);
+      const list = h("ol", { class: "scores", "data-testid": "candidate-scores" });
+      candidateScores.forEach((score, index) => {
+        const width = high > low ? 8 + ((score - low) / (high - low)) * 92 : 100;
+        append(
+          list,
+          h(
+            "li",
+            { class: kept.has(score) ? "kept" : "" },
+            h("span", { class: "muted" }, `candidate ${index}`),
+            h("span", { class: "bar", style: `width: ${width.toFixed(0)}%` }),
+            h("span", {}, formatNumber(score), kept.has(score) ? " ✓ returned" : ""),
+          ),
+        );
+      });
+      append(results, h("h2", {}, "Every candidate's score (seed order)"), list);
+    }
+  }
+
+  prompt.focus();
+  return () => controller?.abort();
+}

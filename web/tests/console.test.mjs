@@ -1,0 +1,288 @@
+// Browser tests of the web console: headless Debian chromium, driven by playwright-core, against a real
+// server started here. The flows of issue #8: generate in the playground, rate three images (double clicks
+// and undo included), create a small fine-tune job and watch it finish, compare, and activate the version.
+// Screenshots of every page go to web/test-results/; UPDATE_DOCS=1 also writes them to docs/console/.
+
+import assert from "node:assert/strict";
+import { copyFileSync, mkdirSync } from "node:fs";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import { chromium } from "playwright-core";
+import { ROOT, startServer } from "./server.mjs";
+
+const ARTEFACTS = path.join(ROOT, "web", "test-results");
+const DOCS = path.join(ROOT, "docs", "console");
+mkdirSync(ARTEFACTS, { recursive: true });
+
+async function launch() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    // Chromium's sandbox cannot start as root (CI containers run as root).
+    args: process.getuid?.() === 0 ? ["--no-sandbox"] : [],
+  });
+}
+
+async function screenshot(page, name) {
+  const file = path.join(ARTEFACTS, `${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  if (process.env.UPDATE_DOCS === "1") {
+    mkdirSync(DOCS, { recursive: true });
+    copyFileSync(file, path.join(DOCS, `${name}.png`));
+  }
+}
+
+async function json(server, route) {
+  const response = await fetch(`${server.url}${route}`);
+  const text = await response.text();
+  assert.equal(response.status, 200, `${route}: ${text}`);
+  return JSON.parse(text);
+}
+
+/** Fails the test on any script error or failed console call in the page. */
+function watchErrors(page) {
+  const errors = [];
+  page.on("pageerror", (error) => errors.push(String(error)));
+  page.on("console", (message) => {
+    // The API's 4xx answers are logged by the browser as failed loads; the tests cause those on purpose.
+    if (message.type() === "error" && !message.text().includes("Failed to load resource")) errors.push(message.text());
+  });
+  return errors;
+}
+
+describe("the console in open mode", () => {
+  let server;
+  let browser;
+  let page;
+  let errors;
+
+  before(async () => {
+    server = await startServer({ args: ["--max-steps", "60", "--trainer-threads", "2"] });
+    browser = await launch();
+    page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    errors = watchErrors(page);
+  });
+  after(async () => {
+    await browser?.close();
+    await server?.stop();
+  });
+
+  test("the page and its assets come from the binary", async () => {
+    const response = await fetch(`${server.url}/`);
+    assert.equal(response.status, 200);
+    assert.match(response.headers.get("content-security-policy"), /default-src 'self'/);
+    const html = await response.text();
+    const script = html.match(/src="(\/assets\/[^"]+\.js)"/)[1];
+    const asset = await fetch(`${server.url}${script}`);
+    assert.equal(asset.status, 200);
+    assert.match(asset.headers.get("content-type"), /javascript/);
+    assert.match(asset.headers.get("cache-control"), /immutable/);
+  });
+
+  test("playground: inline messages for bad input, then images with rewards and every candidate's score", async () => {
+    await page.goto(`${server.url}/#/playground`);
+    await page.waitForSelector(".health.ok");
+    const submit = page.locator("main form button[type=submit]");
+
+    // An empty prompt never leaves the page.
+    await submit.click();
+    await page.waitForSelector(".field-error");
+    assert.match(await page.locator(".field-error").first().innerText(), /must not be empty/);
+
+    // Out of the form's range: a message under the field.
+    await page.fill("textarea[name=prompt]", "two red circles on a yellow background");
+    await page.fill("input[name=guidance_scale]", "99");
+    await submit.click();
+    assert.match(await page.locator(".field-error").first().innerText(), /from 0 to 30/);
+    await page.fill("input[name=guidance_scale]", "");
+
+    // Within the form's range but over this server's --max-steps 60: the server's 422 names the field.
+    await page.fill("input[name=steps]", "100");
+    await submit.click();
+    await page.waitForSelector(".error:not([hidden])");
+    assert.match(await page.locator(".error").first().innerText(), /steps/);
+    assert.match(await page.locator(".error").first().innerText(), /60/);
+    assert.equal(await page.locator("input[name=steps].invalid").count(), 1);
+    await screenshot(page, "playground-error");
+    await page.fill("input[name=steps]", "");
+
+    // Two images, best of 4, with every candidate's score.
+    await page.fill("input[name=n]", "2");
+    await page.fill("input[name=seed]", "7");
+    await page.locator("input[name=best_of]").fill("4");
+    await page.check("input[name=return_candidate_scores]");
+    await submit.click();
+    await page.waitForSelector("[role=progressbar]"); // the progress indicator while the server works
+    await page.waitForSelector("[data-testid=generated-image]", { timeout: 120_000 });
+    assert.equal(await page.locator("[data-testid=generated-image]").count(), 2);
+    const rewards = await page.locator("[data-testid=reward]").allInnerTexts();
+    assert.ok(rewards.every((text) => /^reward -?\d+\.\d+$/.test(text)), rewards.join(", "));
+    assert.equal(await page.locator("[data-testid=candidate-scores] li").count(), 8);
+    assert.equal(await page.locator("[data-testid=candidate-scores] li.kept").count(), 2);
+    assert.equal(await page.locator(".error:not([hidden])").count(), 0);
+    await screenshot(page, "playground");
+  });
+
+  test("rate: three images labelled by keyboard and click; a double click stores one row; undo deletes", async () => {
+    await page.goto(`${server.url}/#/rate`);
+    await page.fill("input[name=rater]", "browser-test");
+    await page.locator("input[name=rater]").dispatchEvent("change");
+    await page.waitForSelector("[data-testid=rate-card]", { timeout: 60_000 });
+    assert.equal(await page.locator("[data-testid=rate-card]").count(), 3);
+    const before = (await json(server, "/feedback?limit=1000")).data.length;
+
+    // Image 1 good by keyboard (the first image is picked), image 2 bad by keyboard.
+    await page.locator("main h1").click();
+    await page.keyboard.press("g");
+    await page.waitForSelector("[data-testid=rate-card][data-label=good]");
+    await page.keyboard.press("b");
+    await page.waitForSelector("[data-testid=rate-card][data-label=bad]");
+
+    // Image 3: a double click on "Skip" sends one rating.
+    await page.locator("[data-testid=rate-card]").nth(2).locator("button.label-skip").dblclick();
+    await page.waitForSelector("[data-testid=rate-card][data-label=skip]");
+    await page.waitForFunction(() => document.querySelector("[data-testid=rating-count]")?.textContent?.startsWith("3 rated"));
+    let stored = (await json(server, "/feedback?limit=1000")).data.slice(before);
+    assert.deepEqual(
+      stored.map((row) => row.label),
+      ["good", "bad", "skip"],
+      "one row per label, none doubled by the double click",
+    );
+    assert.ok(stored.every((row) => row.rater === "browser-test"));
+    assert.equal(new Set(stored.map((row) => row.image_id)).size, 3);
+    await screenshot(page, "rate");
+
+    // Undo takes back the last label (the skip), on the server too; the image can be labelled again.
+    await page.keyboard.press("u");
+    await page.waitForFunction(() => document.querySelector("[data-testid=rating-count]")?.textContent?.startsWith("2 rated"));
+    stored = (await json(server, "/feedback?limit=1000")).data.slice(before);
+    assert.deepEqual(stored.map((row) => row.label), ["good", "bad"]);
+    await page.keyboard.press("g");
+    await page.waitForFunction(() => document.querySelector("[data-testid=rating-count]")?.textContent?.startsWith("3 rated"));
+    stored = (await json(server, "/feedback?limit=1000")).data.slice(before);
+    assert.deepEqual(stored.map((row) => row.label), ["good", "bad", "good"]);
+
+    // The next prompt brings three new images.
+    const firstPrompt = await page.locator("[data-testid=rating-prompt]").textContent();
+    await page.keyboard.press("n");
+    await page.waitForFunction(
+      (first) => document.querySelector("[data-testid=rating-prompt]")?.textContent !== first,
+      firstPrompt,
+      { timeout: 60_000 },
+    );
+    assert.equal(await page.locator("[data-testid=rate-card][data-state=open]").count(), 3);
+  });
+
+  let newVersion;
+  test("jobs: a small fine-tune job from the form, followed to the end, compared with its base", async () => {
+    await page.goto(`${server.url}/#/jobs`);
+    await page.getByRole("button", { name: "Quick trial values" }).click();
+    assert.match(await page.locator("[data-testid=job-preview]").textContent(), /"steps": 3/);
+    // An out-of-range field is marked, and nothing is sent.
+    await page.fill("input[name=images_per_prompt]", "-1");
+    await page.getByRole("button", { name: "Create job" }).click();
+    assert.match(await page.locator(".field-error").first().innerText(), /from 0 to 1000/);
+    await page.fill("input[name=images_per_prompt]", "2");
+    await screenshot(page, "jobs-form");
+    await page.getByRole("button", { name: "Create job" }).dblclick();
+    await page.waitForURL(/#\/jobs\/ft/);
+    const listed = await json(server, "/fine-tunes");
+    assert.equal(listed.data.length, 1, "a double click creates one job");
+
+    await page.waitForFunction(
+      () => /succeeded|failed|cancelled/.test(document.querySelector("[data-testid=job-status]")?.textContent ?? ""),
+      null,
+      { timeout: 600_000, polling: 1000 },
+    );
+    const status = await page.locator("[data-testid=job-status]").innerText();
+    assert.match(status, /succeeded/, `the job ended ${status}:\n${await page.locator("[data-testid=job-events]").innerText()}`);
+    assert.equal(await page.locator(".stage-done").count(), 6);
+    assert.match(await page.locator("[data-testid=job-loss]").innerText(), /step 3: \d/);
+    assert.ok((await page.locator("[data-testid=job-evaluation] tbody tr").count()) >= 2);
+    await page.waitForSelector("[data-testid=job-compare] .compare-cell img", { timeout: 120_000 });
+    await page.waitForFunction(() => document.querySelectorAll("[data-testid=job-compare] .compare-prompt").length === 4, null, {
+      timeout: 120_000,
+    });
+    const job = (await json(server, "/fine-tunes")).data[0];
+    newVersion = job.result_model;
+    assert.ok(newVersion, JSON.stringify(job));
+    await screenshot(page, "job");
+  });
+
+  test("models: lineage and evaluation, and activating the new version", async () => {
+    await page.goto(`${server.url}/#/models`);
+    const row = page.locator(`[data-testid=model-row][data-model="${newVersion}"]`);
+    await row.waitFor();
+    assert.match(await row.innerText(), /shapes-sd/);
+    assert.match(await row.innerText(), /mean reward/);
+    await row.getByRole("button", { name: "Activate" }).dblclick();
+    await page.waitForSelector(".notice:not([hidden])", { timeout: 120_000 });
+    const models = await json(server, "/models");
+    assert.equal(models.active, newVersion);
+    await page.waitForFunction((id) => /active/.test(document.querySelector(`[data-model="${id}"] td`)?.textContent ?? ""), newVersion);
+    await screenshot(page, "models");
+    assert.deepEqual(errors, []);
+  });
+});
+
+describe("the console with API keys", () => {
+  const inference = "console-inference-key-0123";
+  const admin = "console-admin-key-456789ab";
+  let server;
+  let browser;
+  let page;
+
+  before(async () => {
+    server = await startServer({
+      model: "models/tiny-sd",
+      args: ["--no-reward-model"],
+      env: { T2I_API_KEYS: `rater:inference:${inference}\nops:admin:${admin}` },
+    });
+    browser = await launch();
+    page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  });
+  after(async () => {
+    await browser?.close();
+    await server?.stop();
+  });
+
+  test("a 401 asks for a key; a wrong or expired key is said so; the key lives in session storage", async () => {
+    // The playground lists the versions as it opens: the 401 brings the key dialog at once.
+    await page.goto(`${server.url}/#/playground`);
+    const dialog = page.locator("#key-dialog");
+    await dialog.waitFor({ state: "visible" });
+    assert.match(await page.locator("#key-reason").innerText(), /needs an API key/);
+    await screenshot(page, "api-key");
+    await page.getByRole("button", { name: "Cancel" }).click();
+
+    // Without a key, generating fails with a readable message.
+    await page.fill("textarea[name=prompt]", "a red circle");
+    await page.locator("main form button[type=submit]").click();
+    await dialog.waitFor({ state: "visible" });
+    assert.match(await page.locator(".error").first().innerText(), /needs an API key/);
+
+    await page.fill("#key-input", "not-a-valid-key-at-all");
+    await page.click("#key-save");
+    await page.locator("main form button[type=submit]").click();
+    await dialog.waitFor({ state: "visible" });
+    assert.match(await page.locator("#key-reason").innerText(), /refused this tab's key.*not valid/s);
+
+    await page.fill("#key-input", inference);
+    await page.click("#key-save");
+    await page.waitForFunction((key) => sessionStorage.getItem("t2i-align.api-key") === key, inference);
+    await page.locator("main form button[type=submit]").click();
+    await page.waitForSelector("[data-testid=generated-image]", { timeout: 60_000 });
+    assert.equal(await page.locator(".error:not([hidden])").count(), 0);
+  });
+
+  test("an inference key cannot activate a version: the 403 is shown inline", async () => {
+    await page.goto(`${server.url}/#/jobs`);
+    await page.waitForSelector(".error:not([hidden])");
+    assert.match(await page.locator(".error").first().innerText(), /admin/);
+    await page.click("#key-button");
+    await page.fill("#key-input", admin);
+    await page.click("#key-save");
+    await page.goto(`${server.url}/#/models`);
+    await page.waitForSelector("[data-testid=model-row]");
+    assert.equal(await page.locator(".error:not([hidden])").count(), 0);
+  });
+});
