@@ -21,11 +21,12 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu web system-deps build run test test-rust test-api test-browser screenshots test-ops dashboard-pngs reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop trainer-venv models test-model clean
+.PHONY: help venv venv-gpu web system-deps build run test test-rust test-api test-browser screenshots test-ops dashboard-pngs audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
 	@echo "make test   - every test: cargo fmt/clippy, Rust unit+integration tests, schemathesis, browser tests, ruff, pytest"
+	@echo "make audit  - cargo audit (offline) against the RustSec advisories committed in audit/"
 	@echo "make test-ops - promtool on /metrics and deploy/prometheus.yml; every Grafana query through a real Prometheus"
 	@echo "make screenshots - the browser tests, also writing docs/console/*.png"
 	@echo "make dashboard-pngs - docs/dashboard/*.png and README's panel table, from a live Prometheus"
@@ -82,7 +83,7 @@ build: web
 run: venv build
 	$(BIN) serve --model $(MODEL) --host $(HOST) --port $(PORT) --device $(or $(DEVICE),cpu)
 
-test: venv trainer-venv system-deps lint test-rust test-api test-ops test-browser test-python
+test: venv trainer-venv system-deps lint audit test-rust test-api test-ops test-browser test-python
 
 lint: venv web
 	cd web && npm run typecheck
@@ -107,6 +108,14 @@ test-browser: build trainer-venv system-deps
 
 screenshots: build trainer-venv system-deps
 	cd web && UPDATE_DOCS=1 T2I_BINARY=$(abspath $(BIN)) npm test
+
+# cargo audit, offline, against the RustSec advisories committed in audit/ (GitHub, where cargo-audit fetches
+# them from, is out of reach); the snapshot must cover every locked crate. cargo-audit installs into .tools/.
+CARGO_AUDIT_VERSION := 0.22.2
+.tools/bin/cargo-audit:
+	$(CARGO) install cargo-audit --locked --version $(CARGO_AUDIT_VERSION) --root .tools
+audit: venv .tools/bin/cargo-audit
+	$(VENV)/bin/python scripts/advisories.py audit --cargo-audit .tools/bin/cargo-audit
 
 # The operator surface (#8): promtool on deploy/prometheus.yml and on /metrics after real traffic, and every query
 # of deploy/grafana/t2i-align.json through a real Prometheus scraping a real server (about 15 s).

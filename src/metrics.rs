@@ -21,6 +21,8 @@ pub struct Metrics {
     pub stage_duration: HistogramVec,
     pub images_generated: IntCounter,
     pub requests_dropped: IntCounterVec,
+    /// ONNX Runtime runs stopped midway (`RunOptions::terminate`) because none of their requests still waited.
+    pub runs_terminated: IntCounterVec,
     pub model_info: GaugeVec,
     /// One histogram per reward model, with buckets fitted to its score range.
     reward_scores: Mutex<HashMap<String, Histogram>>,
@@ -75,6 +77,13 @@ impl Metrics {
                 "Generation requests dropped before finishing, by reason",
             ),
             &["reason"],
+        );
+        let runs_terminated = IntCounterVec::new(
+            Opts::new(
+                "t2i_runs_terminated_total",
+                "ONNX Runtime runs stopped midway because every request in them was cancelled or past its deadline, by stage",
+            ),
+            &["stage"],
         );
         let model_info = GaugeVec::new(
             Opts::new(
@@ -165,6 +174,7 @@ impl Metrics {
                 stage_duration: stage_duration?,
                 images_generated: images_generated?,
                 requests_dropped: requests_dropped?,
+                runs_terminated: runs_terminated?,
                 model_info: model_info?,
                 reward_scores: Mutex::new(HashMap::new()),
                 reward_batch_size: reward_batch_size?,
@@ -187,6 +197,7 @@ impl Metrics {
             metrics.registry.register(Box::new(metrics.stage_duration.clone()))?;
             metrics.registry.register(Box::new(metrics.images_generated.clone()))?;
             metrics.registry.register(Box::new(metrics.requests_dropped.clone()))?;
+            metrics.registry.register(Box::new(metrics.runs_terminated.clone()))?;
             metrics.registry.register(Box::new(metrics.model_info.clone()))?;
             metrics.registry.register(Box::new(metrics.reward_batch_size.clone()))?;
             metrics

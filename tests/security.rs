@@ -186,6 +186,72 @@ fn a_deadline_stops_the_work_and_answers_504() {
     }
 }
 
+/// The sum of `t2i_runs_terminated_total` over its stages.
+fn runs_terminated(server: &Server) -> u64 {
+    server
+        .get("/metrics")
+        .text()
+        .lines()
+        .filter(|line| line.starts_with("t2i_runs_terminated_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn wait_for_metric(server: &Server, what: &str, done: impl Fn(&str) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let metrics = server.get("/metrics").text();
+        if done(&metrics) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never happened:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_run_is_terminated_inside_onnx_runtime_by_a_deadline_or_a_disconnect() {
+    // One step of four 512x512 images: a single UNet call (8 rows of 64x64 latents) and a VAE decode that each
+    // take far longer than the deadline on these cores, so the deadline falls inside an ONNX Runtime run.
+    let server = Server::start(&["--image-retention", "0"]);
+    let big = r#"{"prompt":"a big job","steps":1,"n":4,"width":512,"height":512}"#;
+    let request = format!(
+        "POST /generate HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         X-Request-Timeout: 0.5\r\nContent-Length: {}\r\n\r\n{big}",
+        big.len()
+    );
+    let response = common::send_raw(server.port, request.as_bytes()).unwrap();
+    assert_eq!(response.status, 504, "{}", response.text());
+    // The watchdog set the run's terminate flag: the run ended early with an error, counted by stage.
+    wait_for_metric(&server, "a terminated run", |metrics| {
+        metrics.contains("t2i_requests_dropped_total{reason=\"deadline\"} 1")
+    });
+    assert_eq!(runs_terminated(&server), 1, "{}", server.get("/metrics").text());
+    // The flag was cleared: the next request runs.
+    assert_eq!(server.post_json("/generate", GENERATE).status, 200);
+
+    // A client that goes away mid-run stops it the same way.
+    let body = big.replace("a big job", "a big job again");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        common::raw_request("POST", "/generate", Some(&body)).as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(stream);
+    wait_for_metric(&server, "a disconnect", |metrics| {
+        metrics.contains("t2i_requests_dropped_total{reason=\"client_disconnected\"} 1")
+    });
+    assert_eq!(runs_terminated(&server), 2, "{}", server.get("/metrics").text());
+    let metrics = server.get("/metrics").text();
+    assert!(metrics.contains("t2i_images_generated_total 1"), "{metrics}");
+    assert_eq!(server.post_json("/generate", GENERATE).status, 200);
+}
+
 #[test]
 fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     let mut server = Server::start(&["--shutdown-grace", "20"]);

@@ -9,6 +9,7 @@
 //! leaves the batch at the next step boundary if it already runs.
 
 pub mod planner;
+mod watchdog;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

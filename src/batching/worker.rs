@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, TryRecvError};
 
 use super::planner::{Planner, TimestepSharing};
+use super::watchdog::{Member, Watchdog};
 use super::{Completed, Deadline, Job};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -112,6 +113,8 @@ pub(super) struct Worker {
     next_id: u64,
     /// This worker's share of `t2i_active_requests` as last published.
     published_active: i64,
+    /// Stops a UNet or VAE run once none of its requests waits for it; `None` if its thread did not start.
+    watchdog: Option<Watchdog>,
 }
 
 impl Worker {
@@ -144,6 +147,49 @@ impl Worker {
             active: HashMap::new(),
             next_id: 0,
             published_active: 0,
+            watchdog: Watchdog::start(format!("t2i-watchdog-{index}"))
+                .map_err(|err| tracing::warn!(error = %err, "no watchdog: deadlines act at step boundaries only"))
+                .ok(),
+        }
+    }
+
+    /// Arms the watchdog for a call made on behalf of `requests`.
+    fn watch(&self, requests: impl IntoIterator<Item = u64>) {
+        let Some(watchdog) = &self.watchdog else {
+            return;
+        };
+        let mut ids: Vec<u64> = requests.into_iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let members = ids
+            .iter()
+            .filter_map(|id| self.requests.get(id))
+            .map(|request| Member {
+                cancel: request.job.cancel.clone(),
+                deadline: request.job.deadline.map(|deadline| deadline.at),
+            })
+            .collect();
+        watchdog.arm(self.pipeline.run_options(), members);
+    }
+
+    /// Ends the watch; true when the watchdog stopped the call (its terminate flag is cleared for the next one).
+    fn unwatch(&self, stage: &str) -> bool {
+        let terminated = self.watchdog.as_ref().is_some_and(Watchdog::disarm);
+        if terminated {
+            self.metrics.runs_terminated.with_label_values(&[stage]).inc();
+            if let Err(err) = self.pipeline.clear_termination() {
+                tracing::error!(error = %err, "the next run may fail at once");
+            }
+            tracing::debug!(stage, "stopped an ONNX Runtime run: none of its requests waits for it");
+        }
+        terminated
+    }
+
+    /// Why a request no longer waits: its deadline, or its client gone.
+    fn ended_error(&self, id: u64) -> Error {
+        match self.requests.get(&id).and_then(|request| request.job.deadline) {
+            Some(deadline) if deadline.passed() => deadline.error(),
+            _ => Error::Cancelled,
         }
     }
 
@@ -373,17 +419,26 @@ impl Worker {
             ids.len()
         };
         let rows: usize = units.iter().map(|(_, unit)| unit.denoising.unet_rows()).sum();
+        self.watch(units.iter().map(|(_, unit)| unit.request));
         let result = {
             let mut refs: Vec<&mut Denoising> = units.iter_mut().map(|(_, unit)| &mut unit.denoising).collect();
             self.pipeline.step(&mut refs)
         };
+        let terminated = self.unwatch("unet_step");
         self.metrics.unet_batch_rows.observe(rows as f64);
         self.metrics.unet_batch_requests.observe(requests_in_call as f64);
         if let Err(err) = result {
-            tracing::error!(error = %err, "a batched UNet step failed");
+            if !terminated {
+                tracing::error!(error = %err, "a batched UNet step failed");
+            }
             for (id, unit) in units {
                 self.planner.leave(id);
-                self.fail(unit.request, err.clone());
+                let err = if terminated {
+                    self.ended_error(unit.request)
+                } else {
+                    err.clone()
+                };
+                self.fail(unit.request, err);
             }
             return;
         }
@@ -408,13 +463,19 @@ impl Worker {
     /// Decodes finished units together, scores their images, and answers the requests that are done.
     fn complete_units(&mut self, finished: Vec<ActiveUnit>) {
         let owners: Vec<(u64, usize)> = finished.iter().map(|unit| (unit.request, unit.first)).collect();
+        self.watch(owners.iter().map(|&(request, _)| request));
         let decoded = self
             .pipeline
             .finish(finished.into_iter().map(|unit| unit.denoising).collect());
+        let terminated = self.unwatch("vae_decode");
         let mut to_score: Vec<(u64, usize, Sampled)> = Vec::new();
         for ((request, first), result) in owners.into_iter().zip(decoded) {
             match result {
                 Ok(sampled) => to_score.push((request, first, sampled)),
+                Err(_) if terminated => {
+                    let err = self.ended_error(request);
+                    self.fail(request, err);
+                }
                 Err(err) => self.fail(request, err),
             }
         }

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ort::session::{Session, SessionInputValue, SessionOutputs};
+use ort::session::{RunOptions, Session, SessionInputValue, SessionOutputs};
 use ort::value::TensorRef;
 
 use crate::error::{Error, Result};
@@ -144,21 +144,30 @@ impl Sampled {
     }
 }
 
-/// One ONNX session with the contract read from it.
+/// One ONNX session with the contract read from it, and the pipeline's shared run options (through which
+/// another thread can stop a run in progress: [`Pipeline::run_options`]).
 struct Component {
     name: &'static str,
     session: Session,
     contract: SessionContract,
+    run_options: Arc<RunOptions>,
 }
 
 impl Component {
-    fn load(runtime: &mut Runtime, model: &ModelFolder, name: &'static str, relative: &str) -> Result<Self> {
+    fn load(
+        runtime: &mut Runtime,
+        model: &ModelFolder,
+        name: &'static str,
+        relative: &str,
+        run_options: &Arc<RunOptions>,
+    ) -> Result<Self> {
         let session = runtime.session(name, &model.onnx_path(relative))?;
         let contract = SessionContract::read(name, &session)?;
         Ok(Component {
             name,
             session,
             contract,
+            run_options: run_options.clone(),
         })
     }
 
@@ -169,7 +178,10 @@ impl Component {
     ) -> Result<SessionOutputs<'s>> {
         let started = Instant::now();
         let name = self.name;
-        let outputs = self.session.run(inputs).map_err(|err| inference_error(name, err))?;
+        let outputs = self
+            .session
+            .run_with_options(inputs, &self.run_options)
+            .map_err(|err| inference_error(name, err))?;
         *ort_time += started.elapsed();
         Ok(outputs)
     }
@@ -271,6 +283,7 @@ impl Contract {
 pub struct Pipeline {
     model: Arc<ModelFolder>,
     provider: ExecutionProvider,
+    run_options: Arc<RunOptions>,
     text_encoder: Component,
     unet: Component,
     vae_decoder: Component,
@@ -278,14 +291,32 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The run options every session of this pipeline runs with. `terminate()` on them, from any thread, stops
+    /// the run in progress (ONNX Runtime checks between nodes) with an error; [`Pipeline::clear_termination`]
+    /// must follow before the next run.
+    pub fn run_options(&self) -> Arc<RunOptions> {
+        self.run_options.clone()
+    }
+
+    /// Clears a termination, so that the next run goes ahead.
+    pub fn clear_termination(&self) -> Result<()> {
+        self.run_options
+            .unterminate()
+            .map_err(|err| Error::Internal(format!("cannot clear the run's terminate flag: {err}")))
+    }
+
     /// Creates the three sessions for `model` on the runtime's execution provider.
     pub fn load(runtime: &mut Runtime, model: Arc<ModelFolder>) -> Result<Self> {
-        let text_encoder = Component::load(runtime, &model, "text_encoder", TEXT_ENCODER_ONNX)?;
-        let unet = Component::load(runtime, &model, "unet", UNET_ONNX)?;
-        let vae_decoder = Component::load(runtime, &model, "vae_decoder", VAE_DECODER_ONNX)?;
+        let run_options = Arc::new(
+            RunOptions::new().map_err(|err| Error::Internal(format!("cannot create ONNX run options: {err}")))?,
+        );
+        let text_encoder = Component::load(runtime, &model, "text_encoder", TEXT_ENCODER_ONNX, &run_options)?;
+        let unet = Component::load(runtime, &model, "unet", UNET_ONNX, &run_options)?;
+        let vae_decoder = Component::load(runtime, &model, "vae_decoder", VAE_DECODER_ONNX, &run_options)?;
         let contract = Contract::read(&text_encoder.contract, &unet.contract, &vae_decoder.contract)?;
         Ok(Pipeline {
             provider: runtime.provider(),
+            run_options,
             model,
             text_encoder,
             unet,

@@ -4,9 +4,9 @@ import { api, ApiError, type GenerateResponse, type ModelList } from "./api";
 import { append, fieldError, formatNumber, h, pngSource, progress, showError } from "./ui";
 
 const SCHEDULERS = ["ddim", "euler", "euler_a", "dpm++2m", "pndm"];
-/** Bounds the form checks before sending; the server's own limits (--max-steps, --max-images, ...) come back as
- * inline messages naming the field when they are tighter. */
-export const BOUNDS = { promptBytes: 2048, steps: [1, 200], guidance: [0, 30], n: [1, 8], bestOf: [1, 16] } as const;
+/** Bounds the form checks before sending. The server's own limits (--max-prompt-bytes, --max-steps,
+ * --max-images, ...) come back as inline messages naming the field when they are tighter. */
+export const BOUNDS = { steps: [1, 200], guidance: [0, 30], n: [1, 8], bestOf: [1, 16] } as const;
 
 function numberField(name: string, label: string, attributes: Record<string, string | number>, hint: string) {
   return h(
@@ -90,9 +90,6 @@ export function playgroundPage(root: HTMLElement): () => void {
     const text = String(data.get("prompt") ?? "");
     if (!text.trim()) {
       fieldError(form, "prompt", "Write a prompt: it must not be empty.");
-      valid = false;
-    } else if (new TextEncoder().encode(text).length > BOUNDS.promptBytes) {
-      fieldError(form, "prompt", `The prompt is ${new TextEncoder().encode(text).length} bytes; at most ${BOUNDS.promptBytes}.`);
       valid = false;
     }
     request.prompt = text;

@@ -88,6 +88,12 @@ describe("the console in open mode", () => {
     await page.waitForSelector(".field-error");
     assert.match(await page.locator(".field-error").first().innerText(), /must not be empty/);
 
+    // An over-long prompt: the server's 422 (--max-prompt-bytes, 4096 by default) appears under the field.
+    await page.fill("textarea[name=prompt]", "a red circle ".repeat(400));
+    await submit.click();
+    await page.waitForSelector("textarea[name=prompt].invalid");
+    assert.match(await page.locator(".field-error").first().innerText(), /4096/);
+
     // Out of the form's range: a message under the field.
     await page.fill("textarea[name=prompt]", "two red circles on a yellow background");
     await page.fill("input[name=guidance_scale]", "99");
