@@ -30,12 +30,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from PIL import Image
-from server_process import ServerProcess, recorded_library, tool_arguments
+from server_process import ServerProcess, http, recorded_library, tool_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- crash-safety:begin -->", "<!-- crash-safety:end -->"
@@ -51,14 +49,10 @@ def parse_args() -> argparse.Namespace:
 def request(
     url: str, method: str = "GET", body: dict | None = None, timeout: float = 30
 ) -> tuple[int, bytes]:
-    data = None if body is None else json.dumps(body).encode()
-    headers = {} if body is None else {"Content-Type": "application/json"}
-    req = urllib.request.Request(url, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
+    answer = http(url, body, method=method, timeout=timeout)
+    if answer.status == 0:
+        raise ConnectionError(f"no answer from {url}")
+    return answer.status, answer.body
 
 
 def png(seed: int) -> str:

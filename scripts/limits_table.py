@@ -16,11 +16,9 @@ import os
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 from PIL import Image
-from server_process import ServerProcess, recorded_library, tool_arguments
+from server_process import ServerProcess, http, recorded_library, tool_arguments
 
 BEGIN, END = "<!-- limits:begin -->", "<!-- limits:end -->"
 KEY = "limits-inference-key-0123456789"
@@ -33,16 +31,8 @@ FLAGS = [
 
 def call(url: str, path: str, body: bytes | None, headers: dict | None = None) -> tuple[int, dict, dict]:
     """POST `body` as JSON (GET without one), with the inference key; status, headers and JSON answer."""
-    request = urllib.request.Request(
-        url + path,
-        data=body,
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"} | (headers or {}),
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, dict(response.headers), json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), json.loads(err.read() or b"{}")
+    answer = http(url + path, body, headers={"Authorization": f"Bearer {KEY}"} | (headers or {}))
+    return answer.status, answer.headers, answer.json()
 
 
 def png(size: int) -> str:

@@ -47,6 +47,7 @@ import urllib.request
 from pathlib import Path
 
 from server_process import ROOT, ServerProcess, recorded_library, tool_arguments
+from server_process import http as request_once
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "t2i-align.json"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus.yml"
@@ -125,17 +126,12 @@ def http(
 ):
     """(status, parsed JSON or text) of a GET, or of a POST of `body` as JSON, or of `method`; HTTP errors are
     returned."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url, data=data, headers={"Content-Type": "application/json"} | (headers or {}), method=method
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw, kind = response.status, response.read(), response.headers.get("Content-Type", "")
-    except urllib.error.HTTPError as err:
-        status, raw, kind = err.code, err.read(), err.headers.get("Content-Type", "")
-    text = raw.decode(errors="replace")
-    return status, (json.loads(text) if "json" in kind and text else text)
+    answer = request_once(url, body, method=method, headers=headers, timeout=timeout)
+    if answer.status == 0:
+        raise ConnectionError(f"no answer from {url}")
+    text = answer.body.decode(errors="replace")
+    kind = answer.headers.get("Content-Type", "")
+    return answer.status, (json.loads(text) if "json" in kind and text else text)
 
 
 # --- Prometheus ---------------------------------------------------------------------------------------------

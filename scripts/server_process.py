@@ -13,6 +13,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +38,44 @@ def tool_arguments(description: str, port: int, report: str) -> argparse.Argumen
     parser.add_argument("--port", type=int, default=port)
     parser.add_argument("--report", type=Path, help=f"write the figures into this file's {report} section")
     return parser
+
+
+@dataclass
+class Answer:
+    """An HTTP answer: status (0 when the connection failed), headers (case-insensitive `get`), body and the
+    seconds it took."""
+
+    status: int
+    headers: Message
+    body: bytes
+    seconds: float
+
+    def json(self):
+        return json.loads(self.body or b"{}")
+
+
+def http(
+    url: str,
+    body: dict | bytes | None = None,
+    *,
+    method: str | None = None,
+    headers: dict | None = None,
+    timeout: float = 120,
+) -> Answer:
+    """One request: `body` as JSON (a dict) or as given (bytes), GET without one unless `method` says. An HTTP
+    error is an answer like any other; a failed connection is status 0. The scripts' one HTTP client."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json"} | (headers or {}), method=method
+    )
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return Answer(response.status, response.headers, response.read(), time.perf_counter() - started)
+    except urllib.error.HTTPError as err:
+        return Answer(err.code, err.headers, err.read(), time.perf_counter() - started)
+    except OSError:
+        return Answer(0, Message(), b"", time.perf_counter() - started)
 
 
 class ServerProcess:
@@ -79,23 +119,16 @@ class ServerProcess:
 
     def post(self, path: str, body: dict) -> tuple[float, dict]:
         """Seconds the request took, and the JSON answer; a non-200 answer stops the script with its body."""
-        request = urllib.request.Request(
-            self.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-        )
-        started = time.perf_counter()
-        try:
-            with urllib.request.urlopen(request, timeout=600) as response:
-                payload = json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            sys.exit(f"{path} answered {err.code}: {err.read().decode()}")
-        return time.perf_counter() - started, payload
+        answer = http(self.url + path, body, timeout=600)
+        if answer.status != 200:
+            sys.exit(f"{path} answered {answer.status}: {answer.body.decode(errors='replace')}")
+        return answer.seconds, answer.json()
 
     def get(self, path: str) -> dict:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=60) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            sys.exit(f"{path} answered {err.code}: {err.read().decode()}")
+        answer = http(self.url + path, timeout=60)
+        if answer.status != 200:
+            sys.exit(f"{path} answered {answer.status}: {answer.body.decode(errors='replace')}")
+        return answer.json()
 
     def stop(self) -> None:
         self.process.terminate()

@@ -15,18 +15,15 @@ from __future__ import annotations
 import base64
 import collections
 import io
-import json
 import random
 import statistics
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from PIL import Image
-from server_process import ROOT, ServerProcess, recorded_library, tool_arguments
+from server_process import ROOT, ServerProcess, http, recorded_library, tool_arguments
 
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 
@@ -39,18 +36,8 @@ def rss_kib(pid: int) -> int:
 
 
 def post(url: str, body: dict) -> tuple[int, dict, float]:
-    started = time.perf_counter()
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, dict(response.headers), time.perf_counter() - started
-    except urllib.error.HTTPError as err:
-        err.read()
-        return err.code, dict(err.headers), time.perf_counter() - started
-    except OSError:
-        return 0, {}, time.perf_counter() - started
+    answer = http(url, body)
+    return answer.status, answer.headers, answer.seconds
 
 
 def png(seed: int) -> str:
