@@ -80,7 +80,8 @@ system-deps:
 build: web
 	$(CARGO) build $(CARGO_FLAGS)
 
-run: venv build
+# The trainer's environment too: fine-tune jobs (the console's Jobs page) run in it.
+run: venv trainer-venv build
 	$(BIN) serve --model $(MODEL) --host $(HOST) --port $(PORT) --device $(or $(DEVICE),cpu)
 
 test: venv trainer-venv system-deps lint audit test-rust test-api test-ops test-browser test-python

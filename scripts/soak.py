@@ -53,6 +53,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--warmup-seconds", type=float, default=15, help="the same load first, not counted")
+    parser.add_argument("--sample-seconds", type=float, default=5, help="RSS sampling interval")
     args = parser.parse_args()
     command = [args.binary, "serve", "--model", args.model, "--host", "127.0.0.1"]
     server = ServerProcess(command, args.port, recorded_library(), image_retention=2000)
@@ -89,6 +90,17 @@ def main() -> int:
                 retry = {name.lower(): value for name, value in headers.items()}.get("retry-after", "1")
                 time.sleep(min(1.0, float(retry)))
 
+    # RSS every few seconds through both phases: a leak keeps growing, a working set levels off.
+    samples: list[tuple[float, int]] = []
+    sampling = threading.Event()
+
+    def sample_rss() -> None:
+        begun = time.monotonic()
+        while not sampling.wait(args.sample_seconds):
+            samples.append((time.monotonic() - begun, rss_kib(server.process.pid)))
+
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
     try:
         # A warm-up at the same load first (not counted), so that "before" is the working set of this load:
         # ONNX Runtime's arenas and the batch buffers grow to the largest batch once, and a leak is growth
@@ -107,6 +119,7 @@ def main() -> int:
             elapsed = time.monotonic() - started
         rss_after = rss_kib(server.process.pid)
     finally:
+        sampling.set()
         server.stop()
 
     statuses = collections.Counter(status for _, status, _ in results)
@@ -140,6 +153,10 @@ def main() -> int:
         f"{len(results)} requests in {elapsed:.0f} s; statuses {dict(sorted(statuses.items()))}; errors "
         f"other than 429: {sum(errors.values())} (target 0). RSS {rss_before / 1024:.1f} MiB before, "
         f"{rss_after / 1024:.1f} MiB after ({growth * 100:+.1f}%, target under 10%).",
+        "",
+        "RSS through the warm-up and the run (seconds since start: MiB): "
+        + ", ".join(f"{seconds:.0f}: {kib / 1024:.0f}" for seconds, kib in samples)
+        + ".",
     ]
     report = "\n".join(lines)
     print(report)

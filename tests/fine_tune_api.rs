@@ -459,3 +459,21 @@ fn sigterm_records_the_running_job_as_interrupted_and_exits_zero() {
     );
     assert_eq!(model_ids(&server).0, vec!["tiny-sd".to_string()], "nothing registered");
 }
+
+#[test]
+fn without_the_trainers_python_a_job_is_refused_up_front() {
+    let server = Server::start(&["--trainer-python", "/nonexistent/venv/bin/python"]);
+    assert!(
+        server.log().contains("fine-tune jobs cannot run here"),
+        "{}",
+        server.log()
+    );
+    let created = server.post_json("/fine-tunes", &tiny_job(1).to_string());
+    assert_eq!(created.status, 503, "{}", created.text());
+    let message = created.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("/nonexistent/venv/bin/python") && message.contains("make trainer-venv"),
+        "{message}"
+    );
+    assert_eq!(server.get("/fine-tunes").json()["data"].as_array().unwrap().len(), 0);
+}

@@ -174,7 +174,7 @@ fn serving(state: &AppState) -> Result<&crate::http::Serving> {
         (status = 400, description = "The body is not JSON", body = ErrorBody),
         (status = 413, description = "The body is larger than `--max-body-bytes`", body = ErrorBody),
         (status = 422, description = "A field breaks a rule; `param` names it", body = ErrorBody),
-        (status = 503, description = "The models are still loading", body = ErrorBody),
+        (status = 503, description = "The models are still loading, or this server cannot run jobs (its trainer's Python is missing)", body = ErrorBody),
     )
 )]
 #[post("/fine-tunes")]

@@ -98,6 +98,15 @@ pub struct JobManager {
     shutting_down: std::sync::atomic::AtomicBool,
 }
 
+/// Whether `program` names a file: a path as given, or a bare name found on `PATH` as a child process would.
+fn program_exists(program: &Path) -> bool {
+    if program.components().count() > 1 {
+        return program.is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|folder| folder.join(program).is_file()))
+}
+
 /// One sample of the training set.
 struct Sample {
     image: String,
@@ -147,6 +156,9 @@ impl JobManager {
 
     /// Starts the runner: it takes queued jobs oldest first, one at a time, until the process exits.
     pub fn start(self: &Arc<Self>) {
+        if let Some(reason) = self.unavailable() {
+            tracing::warn!("{reason}");
+        }
         let manager = self.clone();
         tokio::spawn(async move {
             manager.refresh_job_metrics().await;
@@ -170,7 +182,23 @@ impl JobManager {
     }
 
     /// Validates a request and queues the job.
+    /// Why jobs cannot run on this server, if they cannot: the trainer's Python (which also runs the prompt
+    /// generator and the evaluator) does not exist.
+    pub fn unavailable(&self) -> Option<String> {
+        let python = &self.config.python;
+        (!program_exists(python)).then(|| {
+            format!(
+                "fine-tune jobs cannot run here: the trainer's Python `{}` does not exist (run `make trainer-venv`, \
+                 or point --trainer-python at a Python with trainer/requirements.txt)",
+                python.display()
+            )
+        })
+    }
+
     pub async fn create(&self, request: FineTuneRequest) -> Result<JobRecord> {
+        if let Some(reason) = self.unavailable() {
+            return Err(Error::Unavailable(reason));
+        }
         let base = match request.base_model.as_deref() {
             Some(id) => self.pool.registry().version(id, "base_model").await?,
             None => {
