@@ -104,8 +104,10 @@ def main() -> int:
     try:
         # A warm-up at the same load first (not counted), so that "before" is the working set of this load:
         # ONNX Runtime's arenas and the batch buffers grow to the largest batch once, and a leak is growth
-        # beyond that.
-        for phase, seconds in (("warm-up", args.warmup_seconds), ("run", args.seconds)):
+        # beyond that. The largest batches come when all clients start at once, so the warm-up does that
+        # twice, as the run will once more; the RSS samples show the steps and what follows them.
+        half = args.warmup_seconds / 2
+        for phase, seconds in (("warm-up", half), ("warm-up", half), ("run", args.seconds)):
             if phase == "run":
                 rss_before = rss_kib(server.process.pid)
             stop = time.monotonic() + seconds
@@ -125,6 +127,15 @@ def main() -> int:
     statuses = collections.Counter(status for _, status, _ in results)
     errors = {status: count for status, count in statuses.items() if status not in (200, 201, 429)}
     growth = rss_after / rss_before - 1
+    # Single readings catch transient batch buffers (glibc hands them back within seconds), so the trend is
+    # also given as the median RSS of the run's first and last thirds.
+    run_samples = [kib for seconds, kib in samples if seconds >= args.warmup_seconds + args.sample_seconds]
+    third = max(1, len(run_samples) // 3)
+    early, late = (
+        statistics.median(run_samples[:third] or [0]),
+        statistics.median(run_samples[-third:] or [0]),
+    )
+    trend = late / early - 1 if early else float("nan")
     lines = [
         "## Soak (`make soak`)",
         "",
@@ -132,7 +143,8 @@ def main() -> int:
         f"on loopback against `{Path(args.model).name}` with the default reward model; each request is a "
         "generation (10 steps, 60%), a score of four images (25%) or a rating (15%); a client answered 429 "
         f"waits its `Retry-After` (at most 1 s). RSS before is taken after {args.warmup_seconds:.0f} s of "
-        "the same load (not counted), once the working set has grown to this load's largest batch.",
+        "the same load (not counted; all clients start at once twice, as they do again for the run), "
+        "once the working set has grown to this load's largest batch.",
         "",
         "| kind | requests | 2xx | 429 | other | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|---|",
@@ -153,6 +165,9 @@ def main() -> int:
         f"{len(results)} requests in {elapsed:.0f} s; statuses {dict(sorted(statuses.items()))}; errors "
         f"other than 429: {sum(errors.values())} (target 0). RSS {rss_before / 1024:.1f} MiB before, "
         f"{rss_after / 1024:.1f} MiB after ({growth * 100:+.1f}%, target under 10%).",
+        "",
+        f"Trend over the run: median RSS {early / 1024:.1f} MiB in its first third, "
+        f"{late / 1024:.1f} MiB in its last third ({trend * 100:+.1f}%).",
         "",
         "RSS through the warm-up and the run (seconds since start: MiB): "
         + ", ".join(f"{seconds:.0f}: {kib / 1024:.0f}" for seconds, kib in samples)
