@@ -345,9 +345,6 @@ impl JobManager {
             }
             Err(err) => Err(Error::Internal(format!("the stored spec does not parse: {err}"))),
         };
-        if let Ok(mut running) = self.running.lock() {
-            *running = None;
-        }
         let seconds = started.elapsed().as_secs_f64();
         let (status, level, message) = match &result {
             Ok(model) => (
@@ -376,6 +373,10 @@ impl JobManager {
             .await;
         self.refresh_job_metrics().await;
         tracing::info!(job = %job.id, status = status.name(), "{message}");
+        // Only now: a shutdown waits for this, so the job's end (status and event) is recorded before exit.
+        if let Ok(mut running) = self.running.lock() {
+            *running = None;
+        }
     }
 }
 

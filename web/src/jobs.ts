@@ -79,6 +79,7 @@ function setPath(target: Record<string, unknown>, path: string, value: unknown):
 
 function jobList(root: HTMLElement): () => void {
   let timer = 0;
+  let stopped = false;
   let creating = false;
   const form = h("form", { class: "card form-grid", novalidate: true, "data-testid": "job-form" });
   const base = h("select", { name: "base_model" }, h("option", { value: "" }, "the active version"));
@@ -240,18 +241,22 @@ function jobList(root: HTMLElement): () => void {
       table.replaceChildren();
       showError(error, err);
     }
-    timer = window.setTimeout(refresh, POLL_MS * 2);
+    if (!stopped) timer = window.setTimeout(refresh, POLL_MS * 2);
   }
 
   showPreview();
   void refresh();
-  return () => window.clearTimeout(timer);
+  return () => {
+    stopped = true;
+    window.clearTimeout(timer);
+  };
 }
 
 // --- One job ---
 
 function jobDetail(root: HTMLElement, id: string): () => void {
   let timer = 0;
+  let stopped = false;
   let after: string | null = null;
   let compared = false;
   const losses: [number, number][] = [];
@@ -362,11 +367,15 @@ function jobDetail(root: HTMLElement, id: string): () => void {
     } catch (err) {
       showError(error, err);
     }
-    if (!final) timer = window.setTimeout(refresh, POLL_MS);
+    if (!final && !stopped) timer = window.setTimeout(refresh, POLL_MS);
   }
 
   void refresh();
-  return () => window.clearTimeout(timer);
+  // A refresh still in flight when the user leaves schedules nothing more.
+  return () => {
+    stopped = true;
+    window.clearTimeout(timer);
+  };
 }
 
 /** The evaluation's figures, base against candidate, and the gate. */
