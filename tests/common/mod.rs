@@ -41,8 +41,11 @@ pub fn binary() -> &'static str {
 }
 
 pub fn read_json(relative: &str) -> serde_json::Value {
-    let path = repo_path(relative);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
+    read_json_path(&repo_path(relative))
+}
+
+pub fn read_json_path(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|err| panic!("{} is not JSON: {err}", path.display()))
 }
 

@@ -1,0 +1,93 @@
+//! The fp16 variant (`trainer/convert_fp16.py`, issue #6): made from tiny-sd, checked component by component
+//! by the converter, and served by the service unchanged (its inputs and outputs stay float32), with images
+//! that match the float32 model's to within a level of 8-bit rounding.
+
+mod common;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use common::Server;
+
+fn pixels(response: &serde_json::Value) -> Vec<u8> {
+    let png = BASE64
+        .decode(response["images"][0]["png_base64"].as_str().unwrap())
+        .unwrap();
+    image::load_from_memory(&png).unwrap().to_rgb8().into_raw()
+}
+
+#[test]
+fn the_fp16_variant_serves_unchanged_and_matches_float32() {
+    let folder = tempfile::tempdir().unwrap();
+    let out = folder.path().join("tiny-sd-fp16");
+    let model = common::tiny_sd();
+    let converted = common::run_python(
+        "trainer/convert_fp16.py",
+        &[
+            "--model",
+            &model.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+        ],
+    );
+    assert!(
+        converted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&converted.stderr)
+    );
+    let report = common::read_json_path(&out.join("fp16.json"));
+    for component in ["text_encoder", "unet", "vae_decoder"] {
+        let entry = &report["components"][component];
+        assert_eq!(entry["dtype"], "float16", "{component}: {entry}");
+        assert!(entry["relative_error"].as_f64().unwrap() < 0.02, "{component}: {entry}");
+    }
+    // The graphs really hold float16 weights: half the bytes.
+    let size = |folder: &std::path::Path| std::fs::metadata(folder.join("unet/model.onnx")).unwrap().len();
+    assert!(size(&out) * 10 < size(&model) * 6, "{} vs {}", size(&out), size(&model));
+
+    let body = r#"{"prompt":"a red circle","steps":10,"seed":3}"#;
+    let fp32 = Server::start(&[]).post_json("/generate", body);
+    let fp16 = Server::start_with_model(&out, &[]).post_json("/generate", body);
+    assert_eq!(fp16.status, 200, "{}", fp16.text());
+    let (a, b) = (pixels(&fp32.json()), pixels(&fp16.json()));
+    assert_eq!(a.len(), b.len());
+    let worst = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+    let mean = a.iter().zip(&b).map(|(x, y)| f64::from(x.abs_diff(*y))).sum::<f64>() / a.len() as f64;
+    assert!(worst <= 2 && mean < 0.25, "worst {worst}/255, mean {mean}/255");
+}
+
+#[test]
+fn a_component_beyond_the_tolerance_is_kept_in_float32() {
+    let folder = tempfile::tempdir().unwrap();
+    let out = folder.path().join("strict");
+    let model = common::tiny_sd();
+    // A tolerance no fp16 graph can meet: every component falls back to the original float32 graph.
+    let converted = common::run_python(
+        "trainer/convert_fp16.py",
+        &[
+            "--model",
+            &model.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+            "--tolerance",
+            "1e-12",
+        ],
+    );
+    assert!(
+        converted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&converted.stderr)
+    );
+    let report = common::read_json_path(&out.join("fp16.json"));
+    for component in ["text_encoder", "unet", "vae_decoder"] {
+        assert_eq!(report["components"][component]["dtype"], "float32", "{report}");
+        let original = std::fs::read(model.join(component).join("model.onnx")).unwrap();
+        let kept = std::fs::read(out.join(component).join("model.onnx")).unwrap();
+        assert!(original == kept, "{component} was not restored byte for byte");
+    }
+    let refused = common::run_python(
+        "trainer/convert_fp16.py",
+        &["--model", "/nonexistent", "--out", "/tmp/x"],
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--model"));
+}
