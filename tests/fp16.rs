@@ -6,6 +6,8 @@ mod common;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
+use std::path::Path;
+
 use common::Server;
 
 fn pixels(response: &serde_json::Value) -> Vec<u8> {
@@ -15,33 +17,33 @@ fn pixels(response: &serde_json::Value) -> Vec<u8> {
     image::load_from_memory(&png).unwrap().to_rgb8().into_raw()
 }
 
-#[test]
-fn the_fp16_variant_serves_unchanged_and_matches_float32() {
-    let folder = tempfile::tempdir().unwrap();
-    let out = folder.path().join("tiny-sd-fp16");
-    let model = common::tiny_sd();
-    let converted = common::run_python(
-        "trainer/convert_fp16.py",
-        &[
-            "--model",
-            &model.display().to_string(),
-            "--out",
-            &out.display().to_string(),
-        ],
-    );
+/// Runs the converter from `model` into `out` and returns its `fp16.json`.
+fn convert(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let (model, out) = (model.display().to_string(), out.display().to_string());
+    let mut args = vec!["--model", model.as_str(), "--out", out.as_str()];
+    args.extend_from_slice(extra);
+    let converted = common::run_python("trainer/convert_fp16.py", &args);
     assert!(
         converted.status.success(),
         "{}",
         String::from_utf8_lossy(&converted.stderr)
     );
-    let report = common::read_json_path(&out.join("fp16.json"));
+    common::read_json_path(&Path::new(&out).join("fp16.json"))
+}
+
+#[test]
+fn the_fp16_variant_serves_unchanged_and_matches_float32() {
+    let folder = tempfile::tempdir().unwrap();
+    let out = folder.path().join("tiny-sd-fp16");
+    let model = common::tiny_sd();
+    let report = convert(&model, &out, &[]);
     for component in ["text_encoder", "unet", "vae_decoder"] {
         let entry = &report["components"][component];
         assert_eq!(entry["dtype"], "float16", "{component}: {entry}");
         assert!(entry["relative_error"].as_f64().unwrap() < 0.02, "{component}: {entry}");
     }
     // The graphs really hold float16 weights: half the bytes.
-    let size = |folder: &std::path::Path| std::fs::metadata(folder.join("unet/model.onnx")).unwrap().len();
+    let size = |folder: &Path| std::fs::metadata(folder.join("unet/model.onnx")).unwrap().len();
     assert!(size(&out) * 10 < size(&model) * 6, "{} vs {}", size(&out), size(&model));
 
     let body = r#"{"prompt":"a red circle","steps":10,"seed":3}"#;
@@ -61,23 +63,7 @@ fn a_component_beyond_the_tolerance_is_kept_in_float32() {
     let out = folder.path().join("strict");
     let model = common::tiny_sd();
     // A tolerance no fp16 graph can meet: every component falls back to the original float32 graph.
-    let converted = common::run_python(
-        "trainer/convert_fp16.py",
-        &[
-            "--model",
-            &model.display().to_string(),
-            "--out",
-            &out.display().to_string(),
-            "--tolerance",
-            "1e-12",
-        ],
-    );
-    assert!(
-        converted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&converted.stderr)
-    );
-    let report = common::read_json_path(&out.join("fp16.json"));
+    let report = convert(&model, &out, &["--tolerance", "1e-12"]);
     for component in ["text_encoder", "unet", "vae_decoder"] {
         assert_eq!(report["components"][component]["dtype"], "float32", "{report}");
         let original = std::fs::read(model.join(component).join("model.onnx")).unwrap();
