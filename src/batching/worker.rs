@@ -85,12 +85,32 @@ impl Request {
         scores.into_iter().map(|(_, score)| score).collect()
     }
 
+    /// Why the request no longer waits, if it does not: its deadline passed, or its client went away.
+    fn ended(&self) -> Option<Error> {
+        let job = &self.job;
+        if let Some(deadline) = job.deadline.filter(Deadline::passed) {
+            Some(deadline.error())
+        } else if job.cancel.load(Ordering::Relaxed) || job.reply.is_closed() {
+            Some(Error::Cancelled)
+        } else {
+            None
+        }
+    }
+
     /// Whether no more units are needed: the budget is spent, or a threshold is met (a count, so the scores'
     /// order does not matter).
     fn enough(&self) -> bool {
         let scores: Vec<f32> = self.scores.iter().map(|&(_, score)| score).collect();
         self.issued >= self.budget() || selection_done(self.job.selection, self.n(), &scores)
     }
+}
+
+/// The distinct request ids among `ids`, sorted.
+fn distinct(ids: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    let mut ids: Vec<u64> = ids.into_iter().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// Each worker's load in UNet rows (active and waiting units), so that a busy worker leaves queued requests to
@@ -153,15 +173,12 @@ impl Worker {
         }
     }
 
-    /// Arms the watchdog for a call made on behalf of `requests`.
-    fn watch(&self, requests: impl IntoIterator<Item = u64>) {
+    /// Arms the watchdog for a call made on behalf of `requests` (distinct ids).
+    fn watch(&self, requests: &[u64]) {
         let Some(watchdog) = &self.watchdog else {
             return;
         };
-        let mut ids: Vec<u64> = requests.into_iter().collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let members = ids
+        let members = requests
             .iter()
             .filter_map(|id| self.requests.get(id))
             .map(|request| Member {
@@ -185,12 +202,12 @@ impl Worker {
         terminated
     }
 
-    /// Why a request no longer waits: its deadline, or its client gone.
+    /// Why a request in a call the watchdog stopped no longer waits (the watchdog stops only such calls).
     fn ended_error(&self, id: u64) -> Error {
-        match self.requests.get(&id).and_then(|request| request.job.deadline) {
-            Some(deadline) if deadline.passed() => deadline.error(),
-            _ => Error::Cancelled,
-        }
+        self.requests
+            .get(&id)
+            .and_then(Request::ended)
+            .unwrap_or(Error::Cancelled)
     }
 
     /// Runs until the queue closes and every admitted request is answered.
@@ -412,21 +429,16 @@ impl Worker {
             .iter()
             .filter_map(|id| self.active.remove(id).map(|unit| (*id, unit)))
             .collect();
-        let requests_in_call = {
-            let mut ids: Vec<u64> = units.iter().map(|(_, unit)| unit.request).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            ids.len()
-        };
+        let requests_in_call = distinct(units.iter().map(|(_, unit)| unit.request));
         let rows: usize = units.iter().map(|(_, unit)| unit.denoising.unet_rows()).sum();
-        self.watch(units.iter().map(|(_, unit)| unit.request));
+        self.watch(&requests_in_call);
         let result = {
             let mut refs: Vec<&mut Denoising> = units.iter_mut().map(|(_, unit)| &mut unit.denoising).collect();
             self.pipeline.step(&mut refs)
         };
         let terminated = self.unwatch("unet_step");
         self.metrics.unet_batch_rows.observe(rows as f64);
-        self.metrics.unet_batch_requests.observe(requests_in_call as f64);
+        self.metrics.unet_batch_requests.observe(requests_in_call.len() as f64);
         if let Err(err) = result {
             if !terminated {
                 tracing::error!(error = %err, "a batched UNet step failed");
@@ -463,7 +475,7 @@ impl Worker {
     /// Decodes finished units together, scores their images, and answers the requests that are done.
     fn complete_units(&mut self, finished: Vec<ActiveUnit>) {
         let owners: Vec<(u64, usize)> = finished.iter().map(|unit| (unit.request, unit.first)).collect();
-        self.watch(owners.iter().map(|&(request, _)| request));
+        self.watch(&distinct(owners.iter().map(|&(request, _)| request)));
         let decoded = self
             .pipeline
             .finish(finished.into_iter().map(|unit| unit.denoising).collect());
@@ -665,16 +677,7 @@ impl Worker {
         let ended: Vec<(u64, Error)> = self
             .requests
             .iter()
-            .filter_map(|(id, request)| {
-                let job = &request.job;
-                if let Some(deadline) = job.deadline.filter(Deadline::passed) {
-                    Some((*id, deadline.error()))
-                } else if job.cancel.load(Ordering::Relaxed) || job.reply.is_closed() {
-                    Some((*id, Error::Cancelled))
-                } else {
-                    None
-                }
-            })
+            .filter_map(|(id, request)| Some((*id, request.ended()?)))
             .collect();
         for (id, err) in ended {
             self.fail(id, err);

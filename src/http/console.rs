@@ -3,7 +3,7 @@
 //! works offline; the Content-Security-Policy says so to the browser too.
 
 use actix_web::http::header;
-use actix_web::{get, web, HttpResponse};
+use actix_web::{get, web, HttpResponse, HttpResponseBuilder};
 
 /// (path under web/dist, bytes), from build.rs; empty when the console was not built.
 static ASSETS: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/console_assets.rs"));
@@ -15,11 +15,6 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data: 
 
 fn asset(path: &str) -> Option<&'static [u8]> {
     ASSETS.iter().find(|(name, _)| *name == path).map(|(_, bytes)| *bytes)
-}
-
-/// Whether this binary carries the console (built with web/dist present).
-pub fn embedded() -> bool {
-    asset("index.html").is_some()
 }
 
 fn content_type(path: &str) -> &'static str {
@@ -36,16 +31,23 @@ fn content_type(path: &str) -> &'static str {
     }
 }
 
+/// A 200 for the asset at `path`, typed by its extension and cached as `cache_control` says.
+fn found(path: &str, cache_control: &'static str) -> HttpResponseBuilder {
+    let mut response = HttpResponse::Ok();
+    response
+        .content_type(content_type(path))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::CACHE_CONTROL, cache_control));
+    response
+}
+
 /// The console's page. Its routes are `#/playground`, `#/rate`, `#/jobs` and `#/models`.
 #[get("/")]
 pub async fn index() -> HttpResponse {
     match asset("index.html") {
-        Some(page) => HttpResponse::Ok()
-            .content_type(content_type("index.html"))
+        // The page names the current hashed assets, so it is never cached.
+        Some(page) => found("index.html", "no-cache")
             .insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
-            .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-            // The page names the current hashed assets, so it is never cached.
-            .insert_header((header::CACHE_CONTROL, "no-cache"))
             .body(page),
         None => HttpResponse::ServiceUnavailable()
             .content_type("text/plain; charset=utf-8")
@@ -62,11 +64,7 @@ pub async fn index() -> HttpResponse {
 pub async fn assets(file: web::Path<String>) -> HttpResponse {
     let path = format!("assets/{file}");
     match asset(&path) {
-        Some(bytes) => HttpResponse::Ok()
-            .content_type(content_type(&path))
-            .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-            .insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"))
-            .body(bytes),
+        Some(bytes) => found(&path, "public, max-age=31536000, immutable").body(bytes),
         None => HttpResponse::NotFound()
             .content_type("text/plain; charset=utf-8")
             .body(format!("no console asset `{path}`\n")),
@@ -77,10 +75,7 @@ pub async fn assets(file: web::Path<String>) -> HttpResponse {
 #[get("/favicon.svg")]
 pub async fn favicon() -> HttpResponse {
     match asset("favicon.svg") {
-        Some(bytes) => HttpResponse::Ok()
-            .content_type(content_type("favicon.svg"))
-            .insert_header((header::CACHE_CONTROL, "public, max-age=86400"))
-            .body(bytes),
+        Some(bytes) => found("favicon.svg", "public, max-age=86400").body(bytes),
         None => HttpResponse::NotFound().finish(),
     }
 }

@@ -181,7 +181,6 @@ impl JobManager {
         });
     }
 
-    /// Validates a request and queues the job.
     /// Why jobs cannot run on this server, if they cannot: the trainer's Python (which also runs the prompt
     /// generator and the evaluator) does not exist.
     pub fn unavailable(&self) -> Option<String> {
@@ -195,6 +194,7 @@ impl JobManager {
         })
     }
 
+    /// Validates a request and queues the job.
     pub async fn create(&self, request: FineTuneRequest) -> Result<JobRecord> {
         if let Some(reason) = self.unavailable() {
             return Err(Error::Unavailable(reason));

@@ -1,12 +1,13 @@
 // Jobs: create a fine-tune job from a form, follow its stages, loss and events live, and on success compare
 // the base and the new version on the same prompts and seeds, with the job's evaluation.
 
-import { api, type FineTuneEvent, type FineTuneOut, type GenerateResponse, type ModelList, type Page } from "./api";
+import { api, type FineTuneEvent, type FineTuneOut, type GenerateResponse, type Page } from "./api";
 import prompts from "./shapes-prompts.json";
 import {
+  addVersions,
   append,
   badge,
-  fieldError,
+  checkedNumber,
   formatDuration,
   formatNumber,
   formatTime,
@@ -144,16 +145,11 @@ function jobList(root: HTMLElement): () => void {
     let valid = true;
     for (const field of FIELDS) {
       const raw = String(data.get(field.name) ?? "").trim();
-      if (!raw) continue;
-      const value = Number(raw);
       const low = field.min ?? -Infinity;
       const high = field.max ?? Number.MAX_SAFE_INTEGER;
-      if (!Number.isFinite(value) || value < low || value > high || (field.integer && !Number.isInteger(value))) {
-        fieldError(form, field.path, `${field.integer ? "A whole number" : "A number"} from ${low} to ${high}. Given: ${raw}`);
-        valid = false;
-        continue;
-      }
-      setPath(body, field.path, value);
+      const value = checkedNumber(form, field.path, raw, low, high, field.integer ?? false);
+      if (value === null) valid = false;
+      else if (value !== undefined) setPath(body, field.path, value);
     }
     if (body.prompts) (body.prompts as Record<string, unknown>).generator = "shapes_world";
     if (body.eval_prompts) (body.eval_prompts as Record<string, unknown>).generator = "shapes_world";
@@ -200,13 +196,7 @@ function jobList(root: HTMLElement): () => void {
     }
   });
 
-  api<ModelList>("GET", "/models")
-    .then((list) => {
-      for (const version of list.data.filter((entry) => entry.kind === "diffusion")) {
-        base.append(h("option", { value: version.id }, version.active ? `${version.id} (active)` : version.id));
-      }
-    })
-    .catch(() => {});
+  addVersions(base);
 
   async function refresh(): Promise<void> {
     try {

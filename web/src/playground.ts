@@ -1,7 +1,7 @@
 // Playground: one prompt in, images out, with their rewards; best_of turns on rejection sampling.
 
-import { api, ApiError, type GenerateResponse, type ModelList } from "./api";
-import { append, fieldError, formatNumber, h, pngSource, progress, showError } from "./ui";
+import { api, ApiError, type GenerateResponse } from "./api";
+import { addVersions, append, checkedNumber, fieldError, formatNumber, h, pngSource, progress, showError } from "./ui";
 
 const SCHEDULERS = ["ddim", "euler", "euler_a", "dpm++2m", "pndm"];
 /** Bounds the form checks before sending. The server's own limits (--max-prompt-bytes, --max-steps,
@@ -71,15 +71,7 @@ export function playgroundPage(root: HTMLElement): () => void {
   );
   append(root, h("h1", {}, "Playground"), form, status, error, results);
 
-  api<ModelList>("GET", "/models")
-    .then((list) => {
-      for (const version of list.data.filter((entry) => entry.kind === "diffusion")) {
-        model.append(h("option", { value: version.id }, version.active ? `${version.id} (active)` : version.id));
-      }
-    })
-    .catch(() => {
-      /* The version list is optional here; generating still works with the active version. */
-    });
+  addVersions(model);
 
   /** The request body, or null after marking the fields that are out of range. */
   function body(): Record<string, unknown> | null {
@@ -101,15 +93,9 @@ export function playgroundPage(root: HTMLElement): () => void {
       ["n", BOUNDS.n[0], BOUNDS.n[1], true],
     ];
     for (const [name, low, high, integer] of numbers) {
-      const raw = String(data.get(name) ?? "").trim();
-      if (!raw) continue;
-      const value = Number(raw);
-      if (!Number.isFinite(value) || value < low || value > high || (integer && !Number.isInteger(value))) {
-        fieldError(form, name, `${integer ? "A whole number" : "A number"} from ${low} to ${high === Number.MAX_SAFE_INTEGER ? "2^53" : high}. Given: ${raw}`);
-        valid = false;
-      } else {
-        request[name] = value;
-      }
+      const value = checkedNumber(form, name, String(data.get(name) ?? "").trim(), low, high, integer);
+      if (value === null) valid = false;
+      else if (value !== undefined) request[name] = value;
     }
     if (data.get("scheduler")) request.scheduler = data.get("scheduler");
     if (data.get("model")) request.model = data.get("model");

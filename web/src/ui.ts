@@ -1,7 +1,7 @@
 // Small DOM helpers: element building, inline error boxes next to the field the server named, a progress
 // indicator, and the formatting the pages share.
 
-import { ApiError, describe } from "./api";
+import { api, ApiError, describe, type ModelList } from "./api";
 
 type Child = Node | string | number | null | undefined | false;
 type Attributes = Record<string, string | number | boolean | null | undefined | EventListener>;
@@ -162,4 +162,36 @@ export function lineChart(points: [number, number][], label: string): SVGSVGElem
   text(2, height - 4, formatNumber(y0, 4));
   text(width - 2, height - 4, `step ${x1}`, "end");
   return svg;
+}
+
+/** A number typed into a form: undefined when left empty; null (after a message under the field named `param`)
+ * when it is not a number from `low` to `high`, or not whole where `integer` asks for that; else the number. */
+export function checkedNumber(
+  form: HTMLElement,
+  param: string,
+  raw: string,
+  low: number,
+  high: number,
+  integer: boolean,
+): number | null | undefined {
+  if (!raw) return undefined;
+  const value = Number(raw);
+  if (!Number.isFinite(value) || value < low || value > high || (integer && !Number.isInteger(value))) {
+    const top = high === Number.MAX_SAFE_INTEGER ? "2^53" : high;
+    fieldError(form, param, `${integer ? "A whole number" : "A number"} from ${low} to ${top}. Given: ${raw}`);
+    return null;
+  }
+  return value;
+}
+
+/** Adds the diffusion versions (`GET /models`) to `select`, the active one marked. The list is optional:
+ * without it the select keeps its first choice, the active version. */
+export function addVersions(select: HTMLSelectElement): void {
+  api<ModelList>("GET", "/models")
+    .then((list) => {
+      for (const version of list.data.filter((entry) => entry.kind === "diffusion")) {
+        select.append(h("option", { value: version.id }, version.active ? `${version.id} (active)` : version.id));
+      }
+    })
+    .catch(() => {});
 }
