@@ -5,6 +5,11 @@ in build/reward-data (the train split: the pretrained model's own images with th
 bad 0), then samples the held-out evaluation prompts of sample_rated.py (16 per category, 16 images each,
 20 steps at guidance 2.0, seed 7) and rates them with evaluate.py. The untouched base model is trial `base`.
 
+`--samples FILE` trains on another samples file instead, such as scripts/sample_train_set.py's 8,448 served
+images of every training prompt (samples-rater.jsonl or samples-reward.jsonl). `--split seen` rates the
+seen evaluation prompts instead (16 per category, 8 images each), to tell forgetting from failing to
+generalise; a trial whose run folder exists is evaluated again without training.
+
 One JSON line per trial is appended to --results: the evaluation figures, the trial's name and spec, seconds.
 The trials are cheap stand-ins for whole jobs, used to choose the job's settings in scripts/finetune_loop.py.
 
@@ -12,6 +17,8 @@ Usage:
     python trainer/finetune_trials.py base
     python trainer/finetune_trials.py e '{"steps": 1500, "learning_rate": 3e-4, "beta": 0.5,
         "ema_decay": 0.999, "train_text_encoder": true, "pretrain": {"kind": "shapes_world", "images": 4096}}'
+    python trainer/finetune_trials.py j '{...}' --samples build/train-samples/samples-rater.jsonl
+    python trainer/finetune_trials.py j --split seen
 """
 
 import argparse
@@ -54,7 +61,7 @@ def prepare_samples(data: Path, folder: Path) -> Path:
     return samples
 
 
-def evaluate_pipeline(folder: Path, images_per_prompt: int = 16) -> dict:
+def evaluate_pipeline(folder: Path, images_per_prompt: int = 16, split: str = "heldout") -> dict:
     import torch
     from diffusers import StableDiffusionPipeline
 
@@ -62,12 +69,24 @@ def evaluate_pipeline(folder: Path, images_per_prompt: int = 16) -> dict:
 
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
-    eval_prompts(train_prompts(), 16, rng)  # sample_rated.py draws the seen prompts first
-    heldout = eval_prompts(heldout_prompts(), 16, rng)
-    texts = [prompt.text for prompt in heldout for _ in range(images_per_prompt)]
+    seen = eval_prompts(train_prompts(), 16, rng)  # sample_rated.py draws the seen prompts first
+    prompts = seen if split == "seen" else eval_prompts(heldout_prompts(), 16, rng)
+    texts = [prompt.text for prompt in prompts for _ in range(images_per_prompt)]
     pipeline = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
     pipeline.set_progress_bar_config(disable=True)
     return evaluate(list(sample_images(pipeline, texts, 20, 2.0, 7, 128)), texts)
+
+
+def relative_paths(spec: dict | None) -> dict | None:
+    """The spec with its paths relative to the repository, as the committed results show them."""
+    if spec is None:
+        return None
+    relative = dict(spec)
+    for key in ("base", "out", "samples"):
+        path = Path(relative[key])
+        if path.is_absolute() and path.is_relative_to(ROOT):
+            relative[key] = str(path.relative_to(ROOT))
+    return relative
 
 
 def main(argv=None) -> int:
@@ -77,20 +96,43 @@ def main(argv=None) -> int:
     parser.add_argument("name", help="the trial's name; `base` evaluates the pretrained model")
     parser.add_argument("spec", nargs="?", help="finetune_sd.py spec fields as JSON (not for `base`)")
     parser.add_argument("--data", type=Path, default=ROOT / "build" / "reward-data")
+    parser.add_argument(
+        "--samples",
+        type=Path,
+        help="a finetune_sd.py samples file to train on instead of --data's train split",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("heldout", "seen"),
+        default="heldout",
+        help="the evaluation prompts (default: heldout)",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "finetune-trials")
     parser.add_argument("--results", type=Path, default=ROOT / "build" / "finetune-trials" / "results.jsonl")
     args = parser.parse_args(argv)
     started = time.monotonic()
     spec = None
+    out = args.work / f"run-{args.name}"
+    spec_path = args.work / f"{args.name}.json"
     if args.name == "base":
         folder = BASE
+    elif (out / "diffusers").is_dir() and spec_path.is_file():
+        # Trained before: evaluate the same weights again (e.g. on the other split).
+        spec = json.loads(spec_path.read_text())
+        folder = out / "diffusers"
     else:
         if not args.spec:
             parser.error("a trial other than `base` needs a spec")
-        if not (args.data / "records.jsonl").is_file():
+        if args.samples:
+            if not args.samples.is_file():
+                parser.error(
+                    f"--samples {args.samples} does not exist (scripts/sample_train_set.py makes one)"
+                )
+            samples = args.samples.resolve()
+        elif not (args.data / "records.jsonl").is_file():
             parser.error(f"--data has no records.jsonl (run `make models`): {args.data}")
-        samples = prepare_samples(args.data, args.work / "samples")
-        out = args.work / f"run-{args.name}"
+        else:
+            samples = prepare_samples(args.data, args.work / "samples")
         spec = {
             "base": str(BASE),
             "out": str(out),
@@ -99,16 +141,18 @@ def main(argv=None) -> int:
             "log_every": 100,
         }
         spec |= json.loads(args.spec)
-        spec_path = args.work / f"{args.name}.json"
+        args.work.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(json.dumps(spec))
         subprocess.run(
             [sys.executable, str(Path(__file__).with_name("finetune_sd.py")), "--spec", str(spec_path)],
             check=True,
         )
         folder = out / "diffusers"
-    result = evaluate_pipeline(folder) | {
+    per_prompt = 8 if args.split == "seen" else 16
+    result = evaluate_pipeline(folder, per_prompt, args.split) | {
         "name": args.name,
-        "spec": spec,
+        "split": args.split,
+        "spec": relative_paths(spec),
         "seconds": round(time.monotonic() - started),
     }
     print(json.dumps(result))

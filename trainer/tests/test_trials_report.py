@@ -1,0 +1,80 @@
+"""The fine-tune trials' report: held-out and seen-split trials go to their own tables, with the columns that
+tell the trials apart (samples, pre-training captions), and trial specs keep repository-relative paths."""
+
+import json
+import sys
+
+from repo_files import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+import finetune_loop  # noqa: E402
+
+import finetune_trials  # noqa: E402
+
+
+def trial(name: str, split: str | None, **spec) -> dict:
+    result = {
+        "name": name,
+        "spec": spec or None,
+        "attributes": {"count": 0.25, "colour": 0.9, "background": 0.95, "shape": 0.5},
+        "good": 0.2,
+        "quality": 0.8,
+        "diversity": 0.25,
+    }
+    if split:
+        result["split"] = split
+    return result
+
+
+def rows_of(lines: list[str], first_cell: str) -> list[str]:
+    return [line for line in lines if line.startswith(f"| {first_cell} |")]
+
+
+def test_seen_trials_get_their_own_table(tmp_path):
+    path = tmp_path / "trials.jsonl"
+    trials = [
+        trial("base", None),
+        trial("a", None, steps=600, samples="build/finetune-trials/samples/samples.jsonl"),
+        trial("k", "heldout", steps=1500, samples="build/train-samples/samples-rater.jsonl",
+              pretrain={"kind": "shapes_world", "count_noise": 0.0}, pretrain_fraction=0.75),
+        trial("k", "seen", steps=1500, samples="build/train-samples/samples-rater.jsonl",
+              pretrain={"kind": "shapes_world", "count_noise": 0.0}, pretrain_fraction=0.75),
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(t) + "\n" for t in trials))
+    text = "\n".join(finetune_loop.trials_table(path)).splitlines()
+    tables = [index for index, line in enumerate(text) if line.startswith("| trial |")]
+    assert len(tables) == 2, "a held-out table and a seen table"
+    held_out, seen = text[tables[0] : tables[1]], text[tables[1] :]
+    assert len(rows_of(held_out, "base")) == 1 and len(rows_of(held_out, "a")) == 1
+    assert rows_of(held_out, "k")[0].split(" | ")[1:2] == ["8,448 served"]
+    assert "0.75, exact" in rows_of(held_out, "k")[0]
+    assert "0.5, noisy" in rows_of(held_out, "a")[0]
+    assert len(rows_of(seen, "k")) == 1 and not rows_of(seen, "a")
+
+
+def test_no_seen_table_without_seen_trials(tmp_path):
+    path = tmp_path / "trials.jsonl"
+    path.write_text(json.dumps(trial("base", None)) + "\n")
+    text = "\n".join(finetune_loop.trials_table(path))
+    assert text.count("| trial |") == 1
+    assert finetune_loop.trials_table(tmp_path / "missing.jsonl") == []
+
+
+def test_committed_trials_render():
+    lines = "\n".join(
+        finetune_loop.trials_table(REPO_ROOT / "models" / "fine-tune-trials.jsonl")
+    ).splitlines()
+    names = [json.loads(line)["name"] for line in (REPO_ROOT / "models" / "fine-tune-trials.jsonl").open()]
+    for name in set(names):
+        assert rows_of(lines, name), f"trial {name} is missing from the report"
+
+
+def test_specs_keep_repository_relative_paths():
+    samples = REPO_ROOT / "build" / "train-samples" / "samples-rater.jsonl"
+    spec = {"base": str(REPO_ROOT / "models" / "shapes-sd" / "diffusers"), "out": "/elsewhere/run-x",
+            "samples": str(samples), "steps": 5}  # fmt: skip
+    relative = finetune_trials.relative_paths(spec)
+    assert relative == {"base": "models/shapes-sd/diffusers", "out": "/elsewhere/run-x",
+                        "samples": "build/train-samples/samples-rater.jsonl", "steps": 5}  # fmt: skip
+    assert finetune_trials.relative_paths(None) is None
