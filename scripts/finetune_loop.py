@@ -466,6 +466,13 @@ def count_limit(trials: list[dict]) -> list[str]:
     def gain(name: str, split: str, attribute: str) -> str:
         return points(found[(name, split)][attribute] - found[("base", split)][attribute])
 
+    longer = ""
+    if ("l", "heldout") in found and ("l", "seen") in found:
+        longer = (
+            " Trial l is j with twice the steps (3,000): count "
+            f"{gain('l', 'heldout', 'count')} held-out and {gain('l', 'seen', 'count')} seen, colour "
+            f"{gain('l', 'heldout', 'colour')} held-out and {gain('l', 'seen', 'colour')} seen."
+        )
     return [
         "",
         "**What limits the count gain.** Trial j trains on twice the rated samples of h, covering every "
@@ -475,7 +482,8 @@ def count_limit(trials: list[dict]) -> list[str]:
         "On its own training prompts (seen) count moves "
         f"{gain('j', 'seen', 'count')} points while colour moves {gain('j', 'seen', 'colour')}: the colour "
         "cost is forgetting, not a failure to generalise, and the model's own good images barely teach it to "
-        "count even on the prompts they were drawn for. The control k keeps every setting but gives the "
+        "count even on the prompts they were drawn for."
+        f"{longer} The control k keeps j's settings but gives the "
         "pre-training renders their exact captions, 3/4 of each batch at beta 1: count "
         f"{gain('k', 'heldout', 'count')} points held-out and {gain('k', 'seen', 'count')} seen, colour "
         f"{gain('k', 'heldout', 'colour')} held-out. So this UNet can learn to count within 1,500 steps when "
