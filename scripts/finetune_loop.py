@@ -428,7 +428,7 @@ def trials_table(path: Path) -> list[str]:
         "The trials that chose these settings (`trainer/finetune_trials.py`, models/fine-tune-trials.jsonl): "
         "each fine-tunes shapes-sd in PyTorch on rated training samples with the rater's labels as rewards "
         "(good 1, bad 0), then rates 28 held-out prompts × 16 images. `base` is the pretrained model. Trials "
-        "a to i train on the 4,224 samples `make models` drew (18.7% good); j and k on 8,448 images served "
+        "a to i train on the 4,224 samples `make models` drew (18.7% good); j to l on 8,448 images served "
         "for every one of the 528 training prompts, 16 each (`scripts/sample_train_set.py`, 1,553 good, "
         "18.4%). Batches are 32 rows; `pre-training share` is the share of each batch from pre-training "
         "renders, whose captions are the pretraining's noisy ones (half with a wrong or missing count) "

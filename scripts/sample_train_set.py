@@ -8,7 +8,8 @@ Each image is judged by the simulated rater (trainer/rater.py) and keeps the rew
     <seed>-<prompt>-<image>.png
     records.jsonl           {"image", "prompt", "label", "score", "checks"} per image
     samples-rater.jsonl     finetune_sd.py samples, the rater's label as the reward (good 1, bad 0)
-    samples-reward.jsonl    the same images, the reward model's score clamped to [0, 1] as the reward
+    samples-reward.jsonl    the same images, the reward model's score as the reward (finetune_sd.py clamps
+                            it to [0, 1])
 
 trainer/finetune_trials.py --samples takes either samples file. 528 prompts x 16 images took 13 minutes on
 this 2-CPU machine.
@@ -106,8 +107,7 @@ def main() -> int:
     for record in records:
         lines["records.jsonl"].append(json.dumps(record))
         rater = 1.0 if record["label"] == "good" else 0.0
-        reward = min(max(float(record["score"]), 0.0), 1.0)
-        for name, value in (("samples-rater.jsonl", rater), ("samples-reward.jsonl", reward)):
+        for name, value in (("samples-rater.jsonl", rater), ("samples-reward.jsonl", record["score"])):
             lines[name].append(
                 json.dumps({"image": record["image"], "prompt": record["prompt"], "reward": value})
             )

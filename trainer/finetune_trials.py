@@ -8,7 +8,7 @@ bad 0), then samples the held-out evaluation prompts of sample_rated.py (16 per 
 `--samples FILE` trains on another samples file instead, such as scripts/sample_train_set.py's 8,448 served
 images of every training prompt (samples-rater.jsonl or samples-reward.jsonl). `--split seen` rates the
 seen evaluation prompts instead (16 per category, 8 images each), to tell forgetting from failing to
-generalise; a trial whose run folder exists is evaluated again without training.
+generalise; a trial named without a spec whose run folder exists is evaluated again without training.
 
 One JSON line per trial is appended to --results: the evaluation figures, the trial's name and spec, seconds.
 The trials are cheap stand-ins for whole jobs, used to choose the job's settings in scripts/finetune_loop.py.
@@ -116,13 +116,17 @@ def main(argv=None) -> int:
     spec_path = args.work / f"{args.name}.json"
     if args.name == "base":
         folder = BASE
-    elif (out / "diffusers").is_dir() and spec_path.is_file():
-        # Trained before: evaluate the same weights again (e.g. on the other split).
+    elif not args.spec and (out / "diffusers").is_dir() and spec_path.is_file():
+        # Trained before and no new spec: evaluate the same weights again (e.g. on the other split).
         spec = json.loads(spec_path.read_text())
         folder = out / "diffusers"
     else:
         if not args.spec:
             parser.error("a trial other than `base` needs a spec")
+        if out.exists():
+            parser.error(
+                f"trial {args.name} was trained already ({out}); give a new name, or no spec to re-evaluate"
+            )
         if args.samples:
             if not args.samples.is_file():
                 parser.error(
