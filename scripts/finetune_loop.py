@@ -385,10 +385,13 @@ def trial_row(trial: dict) -> list[str]:
     spec = trial["spec"] or {}
     pretrain = spec.get("pretrain", {})
     if not spec:
-        samples, captions = "-", "-"
+        samples, captions, trained = "-", "-", "-"
     else:
-        samples = "8,448 served" if "train-samples" in spec.get("samples", "") else "4,224 `make models`"
+        samples = trial_samples(spec)
         captions = "exact" if pretrain.get("count_noise", 0.5) == 0 else "noisy"
+        trained = "cross-attention" if spec.get("unet_layers") == "cross_attention" else "UNet"
+        if spec.get("train_text_encoder"):
+            trained += " + text encoder"
     return (
         [
             trial["name"],
@@ -396,7 +399,7 @@ def trial_row(trial: dict) -> list[str]:
             str(spec.get("steps", "-")),
             str(spec.get("learning_rate", "-")),
             str(spec.get("beta", "-")),
-            "yes" if spec.get("train_text_encoder") else "no",
+            trained,
             str(spec.get("ema_decay", 0)) if spec else "-",
             # Trials a to g ran before the trainer had caption dropout: they trained with none. Trials that
             # record their split ran after it became the default (0.1).
@@ -412,6 +415,21 @@ def trial_row(trial: dict) -> list[str]:
     )
 
 
+def trial_samples(spec: dict) -> str:
+    """What a trial trained on, from its samples file (and its base, when that is another trial)."""
+    path = spec.get("samples", "")
+    if "train-samples-" in path:
+        start = Path(spec.get("base", "")).parent.name.removeprefix("run-")
+        return f"4,224 served by {start}, starting from {start}"
+    if path.endswith("samples-count.jsonl"):
+        return "8,448 served, count-only oracle"
+    if path.endswith("samples-reward.jsonl"):
+        return "8,448 served, reward-model scores"
+    if "train-samples" in path:
+        return "8,448 served"
+    return "4,224 `make models`"
+
+
 def trials_table(path: Path) -> list[str]:
     """The trials that chose the job's settings (trainer/finetune_trials.py), against the base model, and
     the trials that tell what limits the count gain."""
@@ -420,27 +438,29 @@ def trials_table(path: Path) -> list[str]:
     trials = [json.loads(line) for line in path.read_text().splitlines()]
     heldout = [trial_row(trial) for trial in trials if trial.get("split", "heldout") == "heldout"]
     seen = [trial_row(trial) for trial in trials if trial.get("split") == "seen"]
-    header = ["trial", "samples", "steps", "lr", "beta", "text encoder", "EMA", "empty captions"]
+    header = ["trial", "samples", "steps", "lr", "beta", "trained", "EMA", "empty captions"]
     header += ["pre-training share, captions", "count", "colour", "background", "shape"]
     header += ["all right", "quality", "diversity"]
     lines = [
         "",
-        "The trials that chose these settings (`trainer/finetune_trials.py`, models/fine-tune-trials.jsonl): "
-        "each fine-tunes shapes-sd in PyTorch on rated training samples with the rater's labels as rewards "
-        "(good 1, bad 0), then rates 28 held-out prompts × 16 images. `base` is the pretrained model. Trials "
-        "a to i train on the 4,224 samples `make models` drew (18.7% good); j to l on 8,448 images served "
-        "for every one of the 528 training prompts, 16 each (`scripts/sample_train_set.py`, 1,553 good, "
-        "18.4%). Batches are 32 rows; `pre-training share` is the share of each batch from pre-training "
-        "renders, whose captions are the pretraining's noisy ones (half with a wrong or missing count) "
-        "or, in the control k alone, exact.",
+        "The trials that chose these settings (`trainer/finetune_trials.py`, models/fine-tune-"
+        "trials.jsonl): each fine-tunes shapes-sd in PyTorch on rated training samples with the rater's "
+        "labels as rewards (good 1, bad 0), then rates 28 held-out prompts × 16 images. `base` is the "
+        "pretrained model. Trials a to i train on the 4,224 samples `make models` drew (18.7% good); j to"
+        " o and q on 8,448 images served for every one of the 528 training prompts, 16 each "
+        "(`scripts/sample_train_set.py`, 1,553 good, 18.4%; m and q with other rewards, see below); p on "
+        "4,224 images served by n's model. `trained` names the weights a trial changes. Batches are 32 "
+        "rows; `pre-training share` is the share of each batch from pre-training renders, whose captions "
+        "are the pretraining's noisy ones (half with a wrong or missing count) or, in the control k "
+        "alone, exact.",
         "",
         table(header, heldout),
         "",
         "`empty captions` is the share of rows trained with the empty caption, as the pretraining did "
         "(10%). Without it the unconditional prediction that guidance subtracts is never trained and may "
         "drift. Trial h repeats e with it: colour and background moved within the trials' noise, so that "
-        "drift is not what costs colour. The trainer now drops 10% of captions by default; the measured loop "
-        "above ran before that change.",
+        "drift is not what costs colour. The job drops 10% of captions by default (`caption_dropout`), "
+        "as in the measured loop above.",
     ]
     if seen:
         lines += [
@@ -455,7 +475,8 @@ def trials_table(path: Path) -> list[str]:
 
 
 def count_limit(trials: list[dict]) -> list[str]:
-    """What the feedback trial j and the exact-caption control k say about the count target."""
+    """What the trials say about the count target: the feedback trial j, the exact-caption control k, and
+    the diagnostic trials m to q when they are there."""
     found = {(trial["name"], trial.get("split", "heldout")): trial["attributes"] for trial in trials}
     needed = [(name, split) for name in ("base", "j", "k") for split in ("heldout", "seen")] + [
         ("h", "heldout")
@@ -466,6 +487,14 @@ def count_limit(trials: list[dict]) -> list[str]:
     def gain(name: str, split: str, attribute: str) -> str:
         return points(found[(name, split)][attribute] - found[("base", split)][attribute])
 
+    def both(name: str, attribute: str) -> str:
+        return f"{attribute} {gain(name, 'heldout', attribute)}"
+
+    def seen_part(name: str) -> str:
+        if (name, "seen") not in found or ("base", "seen") not in found:
+            return ""
+        return f"; on seen prompts count {gain(name, 'seen', 'count')}, colour {gain(name, 'seen', 'colour')}"
+
     longer = ""
     if ("l", "heldout") in found and ("l", "seen") in found:
         longer = (
@@ -473,6 +502,70 @@ def count_limit(trials: list[dict]) -> list[str]:
             f"{gain('l', 'heldout', 'count')} held-out and {gain('l', 'seen', 'count')} seen, colour "
             f"{gain('l', 'heldout', 'colour')} held-out and {gain('l', 'seen', 'colour')} seen."
         )
+    later = []
+    if all((name, "heldout") in found for name in ("m", "n", "o")):
+        later.append(
+            "Trial m keeps j's settings but rewards the count alone, an oracle no rater gives: reward 1 for "
+            "every served image with the stated number of objects, whatever else is wrong (2,403 images "
+            f"instead of 1,553): {both('m', 'count')}, {both('m', 'colour')} held-out, no better than j. So "
+            "the rater's strict labels are not what holds the count back: at j's weights the model's own "
+            "images, even those with the right count, teach it little. Trial n gives the samples more "
+            f"weight, 3/4 of each batch at beta 0.1: {both('n', 'count')}, {both('n', 'colour')} held-out"
+            f"{seen_part('n')}. Trial o trains only the "
+            "UNet's cross-attention layers (`unet_layers`), at learning rate 1e-3 with the text encoder "
+            f"frozen: {both('o', 'count')}, {both('o', 'colour')}. Colour still falls with the layers that "
+            "draw the objects untouched, so the colour cost lies in how the text binds to the image."
+        )
+    if ("p", "heldout") in found:
+        later.append(
+            "Trial p is a second round on the model's own images: n's model served 8 images of every "
+            "training prompt (`scripts/sample_train_set.py --model`), the rater labelled them, and p "
+            f"trained from n with n's settings: {both('p', 'count')}, {both('p', 'colour')} held-out against "
+            f"the base (n alone: {both('n', 'count')}, {both('n', 'colour')}){seen_part('p')}."
+        )
+    if ("q", "heldout") in found:
+        later.append(
+            "Trial q is j with the reward model's scores as rewards instead of the rater's labels: "
+            f"{both('q', 'count')}, {both('q', 'colour')} (j: "
+            f"{both('j', 'count')}, {both('j', 'colour')}): the reward model's scores, which the job uses "
+            "for the images nobody rated, teach about as much as the rater's labels."
+        )
+    feedback = [
+        (name, attributes)
+        for (name, split), attributes in found.items()
+        if split == "heldout" and name not in ("base", "k")
+    ]
+    if later and feedback:
+        base = found[("base", "heldout")]
+
+        def change(attributes: dict, attribute: str) -> float:
+            return attributes[attribute] - base[attribute]
+
+        best = max(feedback, key=lambda item: change(item[1], "count"))
+        kept = [item for item in feedback if change(item[1], "colour") >= -0.05]
+        sentence = (
+            f"Of the feedback trials (all but k), the largest held-out count gain is "
+            f"{both(best[0], 'count')} (trial {best[0]}), with {both(best[0], 'colour')}"
+        )
+        if kept:
+            safe = max(kept, key=lambda item: change(item[1], "count"))
+            sentence += (
+                f"; the largest that keeps colour within 5 points is {both(safe[0], 'count')} "
+                f"(trial {safe[0]}, {both(safe[0], 'colour')})"
+            )
+        meets = [
+            name
+            for name, attributes in feedback
+            if change(attributes, "count") >= 0.15 and change(attributes, "colour") >= -0.05
+        ]
+        if meets:
+            sentence += f". Trials meeting both targets: {', '.join(sorted(meets))}."
+        else:
+            sentence += (
+                ". None meets both targets (count +15, colour within 5 points): more weight, more steps, "
+                "fewer trained layers and a second round each trade colour for count."
+            )
+        later.append(sentence)
     return [
         "",
         "**What limits the count gain.** Trial j trains on twice the rated samples of h, covering every "
@@ -491,6 +584,7 @@ def count_limit(trials: list[dict]) -> list[str]:
         "samples are good, the reward term is scaled by that mean reward against beta, and good samples "
         "the model already draws carry a small gradient. k is a control, not a fine-tune method: exact "
         "captions are the supervision the feedback is meant to replace.",
+        *(["", " ".join(later)] if later else []),
     ]
 
 

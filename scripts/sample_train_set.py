@@ -10,12 +10,15 @@ Each image is judged by the simulated rater (trainer/rater.py) and keeps the rew
     samples-rater.jsonl     finetune_sd.py samples, the rater's label as the reward (good 1, bad 0)
     samples-reward.jsonl    the same images, the reward model's score as the reward (finetune_sd.py clamps
                             it to [0, 1])
+    samples-count.jsonl     a diagnostic, not feedback: reward 1 when the rater counts the stated number of
+                            objects, whatever else is wrong (an oracle for the count alone)
 
 trainer/finetune_trials.py --samples takes either samples file. 528 prompts x 16 images took 13 minutes on
 this 2-CPU machine.
 
 Usage:
     .venv-trainer/bin/python scripts/sample_train_set.py --out build/train-samples --images 16
+    .venv-trainer/bin/python scripts/sample_train_set.py --rewrite build/train-samples   # samples files again
 """
 
 import argparse
@@ -36,6 +39,25 @@ from server_process import ServerProcess, recorded_library  # noqa: E402
 from shapes_world import train_prompts  # noqa: E402
 
 PER_REQUEST = 8
+SAMPLE_FILES = ("samples-rater.jsonl", "samples-reward.jsonl", "samples-count.jsonl")
+
+
+def write_samples(out: Path, records: list[dict]) -> None:
+    """records.jsonl and the samples files finetune_sd.py reads, one per choice of reward."""
+    lines = {name: [] for name in ("records.jsonl", *SAMPLE_FILES)}
+    for record in records:
+        lines["records.jsonl"].append(json.dumps(record))
+        rewards = {
+            "samples-rater.jsonl": 1.0 if record["label"] == "good" else 0.0,
+            "samples-reward.jsonl": record["score"],
+            "samples-count.jsonl": 1.0 if record["checks"].get("count") else 0.0,
+        }
+        for name, value in rewards.items():
+            lines[name].append(
+                json.dumps({"image": record["image"], "prompt": record["prompt"], "reward": value})
+            )
+    for name, content in lines.items():
+        (out / name).write_text("\n".join(content) + "\n")
 
 
 def main() -> int:
@@ -45,7 +67,12 @@ def main() -> int:
     parser.add_argument("--binary", default="target/release/t2i-align")
     parser.add_argument("--model", default=str(ROOT / "models" / "shapes-sd"))
     parser.add_argument("--reward-model", default=str(ROOT / "models" / "shapes-reward"))
-    parser.add_argument("--out", type=Path, required=True, help="folder to write (must not exist)")
+    parser.add_argument("--out", type=Path, help="folder to write (must not exist)")
+    parser.add_argument(
+        "--rewrite",
+        type=Path,
+        help="write the samples files of a folder again from its records.jsonl, without serving",
+    )
     parser.add_argument(
         "--images", type=int, default=16, help=f"images per prompt, a multiple of {PER_REQUEST}"
     )
@@ -54,6 +81,14 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=18112)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.rewrite:
+        if not (args.rewrite / "records.jsonl").is_file():
+            parser.error(f"--rewrite {args.rewrite} has no records.jsonl")
+        records = [json.loads(line) for line in (args.rewrite / "records.jsonl").read_text().splitlines()]
+        write_samples(args.rewrite, records)
+        return 0
+    if args.out is None:
+        parser.error("--out is required (or --rewrite)")
     if args.images < PER_REQUEST or args.images % PER_REQUEST:
         parser.error(f"--images must be a positive multiple of {PER_REQUEST}. Given: {args.images}")
     if args.out.exists():
@@ -103,16 +138,7 @@ def main() -> int:
                 )
     finally:
         server.stop()
-    lines = {"records.jsonl": [], "samples-rater.jsonl": [], "samples-reward.jsonl": []}
-    for record in records:
-        lines["records.jsonl"].append(json.dumps(record))
-        rater = 1.0 if record["label"] == "good" else 0.0
-        for name, value in (("samples-rater.jsonl", rater), ("samples-reward.jsonl", record["score"])):
-            lines[name].append(
-                json.dumps({"image": record["image"], "prompt": record["prompt"], "reward": value})
-            )
-    for name, content in lines.items():
-        (args.out / name).write_text("\n".join(content) + "\n")
+    write_samples(args.out, records)
     good = sum(record["label"] == "good" for record in records)
     print(json.dumps({"images": len(records), "good": good, "seconds": round(time.perf_counter() - started)}))
     return 0

@@ -118,9 +118,10 @@ class ServerProcess:
             self.log.append(line)
 
     def post(self, path: str, body: dict) -> tuple[float, dict]:
-        """Seconds the request took, and the JSON answer; a non-200 answer stops the script with its body."""
+        """Seconds the request took, and the JSON answer; an answer other than 2xx (POST /feedback and
+        POST /fine-tunes answer 201) stops the script with its body."""
         answer = http(self.url + path, body, timeout=600)
-        if answer.status != 200:
+        if not 200 <= answer.status < 300:
             sys.exit(f"{path} answered {answer.status}: {answer.body.decode(errors='replace')}")
         return answer.seconds, answer.json()
 

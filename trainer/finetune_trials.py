@@ -19,6 +19,16 @@ Usage:
         "ema_decay": 0.999, "train_text_encoder": true, "pretrain": {"kind": "shapes_world", "images": 4096}}'
     python trainer/finetune_trials.py j '{...}' --samples build/train-samples/samples-rater.jsonl
     python trainer/finetune_trials.py j --split seen
+
+A second round starts from a trial's weights: train the first with `"export": true` so that the service can
+serve it, sample its images, and name its diffusers folder as the next trial's base:
+
+    python trainer/finetune_trials.py n '{..., "export": true}' \
+        --samples build/train-samples/samples-rater.jsonl
+    python scripts/sample_train_set.py --model build/finetune-trials/run-n \
+        --out build/train-samples-n --images 8
+    python trainer/finetune_trials.py p '{"base": "build/finetune-trials/run-n/diffusers", ...}' \
+        --samples build/train-samples-n/samples-rater.jsonl
 """
 
 import argparse

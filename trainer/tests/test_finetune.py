@@ -111,6 +111,7 @@ def test_a_minimal_spec_gets_the_defaults(trainer_packages, valid_spec):
         ({"batch_size": 1}, "`batch_size` 1 leaves no row for pre-training data"),
         ({"export": "false"}, "`export` must be true or false"),
         ({"train_text_encoder": 1}, "`train_text_encoder` must be true or false"),
+        ({"unet_layers": "attention"}, "`unet_layers` must be one of all, cross_attention"),
         (
             {"pretrain": {"kind": "folder", "path": "/no/such/folder"}},
             "`pretrain.path` is not a readable folder",
@@ -276,6 +277,27 @@ def test_folder_pretraining_without_export(trainer_packages, tiny_base, tmp_path
     assert (out / "finetune.json").is_file()
     assert not (out / "unet").exists()
     assert not (out / "export.json").exists()
+
+
+def test_cross_attention_layers_alone_are_trained(trainer_packages, tiny_base, tmp_path, restore_sigterm):
+    from safetensors.torch import load_file
+
+    import finetune_sd
+
+    out = tmp_path / "candidate"
+    spec = write_spec(
+        tmp_path / "job.json",
+        {"base": str(tiny_base), "out": str(out), "samples": str(write_samples(tmp_path / "job", count=4)),
+         "device": "cpu", "pretrain": {"kind": "shapes_world", "images": 4}, "steps": 2, "batch_size": 4,
+         "unet_layers": "cross_attention", "learning_rate": 1e-2, "export": False},
+    )  # fmt: skip
+    assert finetune_sd.main(["--spec", str(spec)]) == 0
+    before = load_file(next((tiny_base / "unet").glob("*.safetensors")))
+    after = load_file(next((out / "diffusers" / "unet").glob("*.safetensors")))
+    changed = {name for name in before if not bool((before[name] == after[name]).all())}
+    cross_attention = {name for name in before if ".attn2." in name}
+    assert cross_attention, "the tiny UNet has cross-attention layers"
+    assert changed == cross_attention
 
 
 def test_torchrun_trains_data_parallel_and_only_the_main_process_reports(

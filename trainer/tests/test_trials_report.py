@@ -53,6 +53,24 @@ def test_seen_trials_get_their_own_table(tmp_path):
     assert len(rows_of(seen, "k")) == 1 and not rows_of(seen, "a")
 
 
+def test_samples_name_the_reward_and_the_round():
+    served = "build/train-samples/samples-rater.jsonl"
+    assert finetune_loop.trial_samples({"samples": served}) == "8,448 served"
+    oracle = {"samples": "build/train-samples/samples-count.jsonl"}
+    assert finetune_loop.trial_samples(oracle) == "8,448 served, count-only oracle"
+    scores = {"samples": "build/train-samples/samples-reward.jsonl"}
+    assert finetune_loop.trial_samples(scores) == "8,448 served, reward-model scores"
+    second = {
+        "samples": "build/train-samples-n/samples-rater.jsonl",
+        "base": "build/finetune-trials/run-n/diffusers",
+    }
+    assert finetune_loop.trial_samples(second) == "4,224 served by n, starting from n"
+    row = finetune_loop.trial_row(trial("o", "heldout", samples=served, unet_layers="cross_attention"))
+    assert row[5] == "cross-attention"
+    row = finetune_loop.trial_row(trial("j", "heldout", samples=served, train_text_encoder=True))
+    assert row[5] == "UNet + text encoder"
+
+
 def test_no_seen_table_without_seen_trials(tmp_path):
     path = tmp_path / "trials.jsonl"
     path.write_text(json.dumps(trial("base", None)) + "\n")
@@ -78,3 +96,20 @@ def test_specs_keep_repository_relative_paths():
     assert relative == {"base": "models/shapes-sd/diffusers", "out": "/elsewhere/run-x",
                         "samples": "build/train-samples/samples-rater.jsonl", "steps": 5}  # fmt: skip
     assert finetune_trials.relative_paths(None) is None
+
+
+def test_the_count_paragraph_names_trials_that_meet_both_targets():
+    def result(name: str, split: str, count: float, colour: float) -> dict:
+        row = trial(name, split, steps=1500, samples="build/train-samples/samples-rater.jsonl")
+        row["attributes"] = {"count": count, "colour": colour, "background": 0.95, "shape": 0.5}
+        return row
+
+    trials = [
+        result(name, split, 0.25, 0.9) for name in ("base", "h", "j", "k") for split in ("heldout", "seen")
+    ]
+    trials += [result(name, "heldout", 0.3, 0.8) for name in ("m", "n", "o")]
+    text = " ".join(finetune_loop.count_limit(trials))
+    assert "None meets both targets" in text
+    text = " ".join(finetune_loop.count_limit(trials + [result("z", "heldout", 0.45, 0.88)]))
+    assert "Trials meeting both targets: z." in text
+    assert "the largest held-out count gain is count +20.0 (trial z)" in text
