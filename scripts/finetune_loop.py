@@ -459,8 +459,8 @@ def trials_table(path: Path) -> list[str]:
         "`empty captions` is the share of rows trained with the empty caption, as the pretraining did "
         "(10%). Without it the unconditional prediction that guidance subtracts is never trained and may "
         "drift. Trial h repeats e with it: colour and background moved within the trials' noise, so that "
-        "drift is not what costs colour. The job drops 10% of captions by default (`caption_dropout`), "
-        "as in the measured loop above.",
+        "drift is not what costs colour. The trainer now drops 10% of captions by default; the measured loop "
+        "above ran before that change.",
     ]
     if seen:
         lines += [
