@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,18 @@ def http(
         return Answer(0, Message(), b"", time.perf_counter() - started)
 
 
+def port_is_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:`port` (binding it, then letting it go)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As servers do: a port whose last connections wait in TIME_WAIT is free, one with a listener is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class ServerProcess:
     def __init__(
         self,
@@ -88,6 +101,9 @@ class ServerProcess:
         image_retention: int = 0,
         data_dir: Path | None = None,
     ):
+        if not port_is_free(port):
+            # Another server there would answer /ready in this one's place, and the script would measure it.
+            sys.exit(f"port {port} is in use by another process; stop it or choose another --port")
         env = dict(os.environ, ORT_DYLIB_PATH=library, RUST_LOG="warn")
         # A data directory of its own unless one is given (which then outlives the process); by default no
         # stored images (benchmarks measure serving, not disk).

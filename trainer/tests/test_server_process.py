@@ -1,5 +1,6 @@
 """scripts/server_process.py, the scripts' HTTP client: any 2xx answer is a success (POST /feedback and
-POST /fine-tunes answer 201), and any other status stops the script with the answer's body."""
+POST /fine-tunes answer 201), and any other status stops the script with the answer's body. A server is not
+started on a port another process listens on: that one would answer in its place."""
 
 import json
 import sys
@@ -12,6 +13,7 @@ from repo_files import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
+import server_process  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 
 STATUSES = {"/fine-tunes": 201, "/generate": 200, "/bad": 422}
@@ -54,3 +56,10 @@ def test_2xx_answers_are_returned(client, path):
 def test_other_answers_stop_the_script_with_the_body(client):
     with pytest.raises(SystemExit, match=r"/bad answered 422: .*\"steps\": 5"):
         client.post("/bad", {"steps": 5})
+
+
+def test_a_port_in_use_stops_the_script_before_starting_a_server(client):
+    port = int(client.url.rsplit(":", 1)[1])
+    assert not server_process.port_is_free(port)
+    with pytest.raises(SystemExit, match=f"port {port} is in use"):
+        ServerProcess(["false"], port, "")
