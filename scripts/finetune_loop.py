@@ -484,8 +484,11 @@ def count_limit(trials: list[dict]) -> list[str]:
     if not all(key in found for key in needed):
         return []
 
+    def delta(name: str, split: str, attribute: str) -> float:
+        return found[(name, split)][attribute] - found[("base", split)][attribute]
+
     def gain(name: str, split: str, attribute: str) -> str:
-        return points(found[(name, split)][attribute] - found[("base", split)][attribute])
+        return points(delta(name, split, attribute))
 
     def both(name: str, attribute: str) -> str:
         return f"{attribute} {gain(name, 'heldout', attribute)}"
@@ -530,34 +533,25 @@ def count_limit(trials: list[dict]) -> list[str]:
             f"{both('j', 'count')}, {both('j', 'colour')}): the reward model's scores, which the job uses "
             "for the images nobody rated, teach about as much as the rater's labels."
         )
-    feedback = [
-        (name, attributes)
-        for (name, split), attributes in found.items()
-        if split == "heldout" and name not in ("base", "k")
-    ]
+    feedback = [name for name, split in found if split == "heldout" and name not in ("base", "k")]
     if later and feedback:
-        base = found[("base", "heldout")]
 
-        def change(attributes: dict, attribute: str) -> float:
-            return attributes[attribute] - base[attribute]
+        def change(name: str, attribute: str) -> float:
+            return delta(name, "heldout", attribute)
 
-        best = max(feedback, key=lambda item: change(item[1], "count"))
-        kept = [item for item in feedback if change(item[1], "colour") >= -0.05]
+        best = max(feedback, key=lambda name: change(name, "count"))
+        kept = [name for name in feedback if change(name, "colour") >= -0.05]
         sentence = (
             f"Of the feedback trials (all but k), the largest held-out count gain is "
-            f"{both(best[0], 'count')} (trial {best[0]}), with {both(best[0], 'colour')}"
+            f"{both(best, 'count')} (trial {best}), with {both(best, 'colour')}"
         )
         if kept:
-            safe = max(kept, key=lambda item: change(item[1], "count"))
+            safe = max(kept, key=lambda name: change(name, "count"))
             sentence += (
-                f"; the largest that keeps colour within 5 points is {both(safe[0], 'count')} "
-                f"(trial {safe[0]}, {both(safe[0], 'colour')})"
+                f"; the largest that keeps colour within 5 points is {both(safe, 'count')} "
+                f"(trial {safe}, {both(safe, 'colour')})"
             )
-        meets = [
-            name
-            for name, attributes in feedback
-            if change(attributes, "count") >= 0.15 and change(attributes, "colour") >= -0.05
-        ]
+        meets = [name for name in kept if change(name, "count") >= 0.15]
         if meets:
             sentence += f". Trials meeting both targets: {', '.join(sorted(meets))}."
         else:
