@@ -39,6 +39,7 @@ import simulate_raters  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 from shapes_world import choose_prompts  # noqa: E402
 
+ROUND_TRIP = ROOT / "models" / "vae-round-trip.json"
 BEGIN = "<!-- fine-tune:begin -->"
 END = "<!-- fine-tune:end -->"
 
@@ -397,7 +398,7 @@ def trial_row(trial: dict) -> list[str]:
             trial["name"],
             samples,
             str(spec.get("steps", "-")),
-            str(spec.get("learning_rate", "-")),
+            str(spec.get("learning_rate", "-")) + (", cosine" if spec.get("lr_schedule") == "cosine" else ""),
             str(spec.get("beta", "-")),
             trained,
             str(spec.get("ema_decay", 0)) if spec else "-",
@@ -418,6 +419,10 @@ def trial_row(trial: dict) -> list[str]:
 def trial_samples(spec: dict) -> str:
     """What a trial trained on, from its samples file (and its base, when that is another trial)."""
     path = spec.get("samples", "")
+    if path.endswith("samples-rater-latent.jsonl"):
+        return "8,448 drawn in PyTorch, their latents"
+    if "train-latents" in path:
+        return "8,448 drawn in PyTorch"
     if "train-samples-" in path:
         start = Path(spec.get("base", "")).parent.name.removeprefix("run-")
         return f"4,224 served by {start}, starting from {start}"
@@ -472,6 +477,51 @@ def trials_table(path: Path) -> list[str]:
         ]
     lines += count_limit(trials)
     return lines
+
+
+def schedule_findings(found: dict, both) -> list[str]:
+    """Trials r to v: whether re-encoded PNGs or the learning rate cost the colour."""
+    paragraphs = []
+    if all((name, "heldout") in found for name in ("r", "r0")):
+        round_trip = ""
+        if ROUND_TRIP.is_file():
+            rounds = json.loads(ROUND_TRIP.read_text())
+            first, second = rounds["rounds"][0]["attributes"], rounds["rounds"][1]["attributes"]
+            round_trip = (
+                f" Encoding the model's own images with its VAE and decoding them again costs "
+                f"{points(first['colour'] - second['colour']).lstrip('+')} points of colour accuracy and "
+                f"{points(first['shape'] - second['shape']).lstrip('+')} of shape "
+                f"(`trainer/vae_round_trip.py` on {rounds['images']:,} served samples, "
+                "models/vae-round-trip.json), so a fine-tune on re-encoded PNGs could learn that loss."
+            )
+        paragraphs.append(
+            f"Trials r to v look for where the colour goes.{round_trip} Trials r and r0 train with n's "
+            "settings on 8,448 images the base drew in PyTorch (`trainer/sample_train_latents.py`): r on the "
+            "latents the images were decoded from (the trainer's `latent` field), r0 on the PNGs encoded "
+            f"again, as the job does: r {both('r', 'count')}, {both('r', 'colour')}; r0 "
+            f"{both('r0', 'count')}, {both('r0', 'colour')}. The latents change nothing, so the job keeps "
+            "encoding its PNGs."
+        )
+    if ("s", "heldout") in found:
+        paragraphs.append(
+            "Trial s trains on pre-training renders alone (31 of every 32 rows, beta 1) at the same constant "
+            f"learning rate, 3e-4: {both('s', 'count')}, {both('s', 'colour')}, {both('s', 'background')}. "
+            "The colour cost is there without any feedback. The base's pretraining ended with its learning "
+            "rate decayed to a tenth of its 1e-3 peak; a fine-tune held at 3e-4 undoes that annealing."
+        )
+    if ("u", "heldout") in found and ("r0", "heldout") in found:
+        paragraphs.append(
+            "Trial u is r0 with the learning rate decayed along a cosine to a tenth by the last step "
+            f"(`lr_schedule: cosine`): {both('u', 'count')}, {both('u', 'colour')}, {both('u', 'background')}"
+            f" (r0: {both('r0', 'count')}, {both('r0', 'colour')}, {both('r0', 'background')}). The same "
+            "count gain for half the colour cost, so the job's `lr_schedule` defaults to cosine."
+        )
+    if ("v", "heldout") in found and ("n", "heldout") in found:
+        paragraphs.append(
+            f"Trial v is n with the cosine: {both('v', 'count')}, {both('v', 'colour')}, "
+            f"{both('v', 'background')} (n: {both('n', 'count')}, {both('n', 'colour')})."
+        )
+    return paragraphs
 
 
 def count_limit(trials: list[dict]) -> list[str]:
@@ -533,7 +583,8 @@ def count_limit(trials: list[dict]) -> list[str]:
             f"{both('j', 'count')}, {both('j', 'colour')}): the reward model's scores, which the job uses "
             "for the images nobody rated, teach about as much as the rater's labels."
         )
-    feedback = [name for name, split in found if split == "heldout" and name not in ("base", "k")]
+    later.extend(schedule_findings(found, both))
+    feedback = [name for name, split in found if split == "heldout" and name not in ("base", "k", "s")]
     if later and feedback:
 
         def change(name: str, attribute: str) -> float:
@@ -556,8 +607,9 @@ def count_limit(trials: list[dict]) -> list[str]:
             sentence += f". Trials meeting both targets: {', '.join(sorted(meets))}."
         else:
             sentence += (
-                ". None meets both targets (count +15, colour within 5 points): more weight, more steps, "
-                "fewer trained layers and a second round each trade colour for count."
+                ". None meets both targets (count +15, colour within 5 points): with a constant learning "
+                "rate, more weight, more steps, fewer trained layers and a second round each trade colour "
+                "for count, and the cosine schedule keeps the colour but not the count."
             )
         later.append(sentence)
     return [

@@ -177,6 +177,13 @@ fn rate_fine_tune_activate_generate_and_survive_a_restart() {
     for kind in ["status", "stage", "trainer", "progress", "metrics"] {
         assert!(kinds.iter().any(|k| k == kind), "no `{kind}` event: {kinds:?}");
     }
+    // The trainer got the job's hyperparameters, the defaults filled in.
+    let started = events(&server, &id)
+        .into_iter()
+        .find(|event| event["kind"] == "trainer" && event["message"].as_str().unwrap().starts_with("started"))
+        .unwrap();
+    assert_eq!(started["data"]["lr_schedule"], "cosine", "{started}");
+    assert_eq!(started["data"]["learning_rate"], 1e-4, "{started}");
 
     // The new version is registered with its lineage and checksums, and active.
     let models = server.get("/models").json();
@@ -406,6 +413,10 @@ fn bad_specs_get_a_422_naming_the_field() {
         (
             r#"{"pretrain_data": {"kind": "folder", "path": "/no/such/folder"}}"#.to_string(),
             "pretrain_data.path",
+        ),
+        (
+            r#"{"hyperparameters": {"lr_schedule": "linear"}}"#.to_string(),
+            "hyperparameters.lr_schedule",
         ),
         (r#"{"learning_rate": 0.1}"#.to_string(), "learning_rate"),
         (r#"{"images_per_prompt": -1}"#.to_string(), "images_per_prompt"),

@@ -17,12 +17,19 @@ rows on images whose reward is 0. The UNet is trained; the text encoder stays fr
 Spec (JSON; unknown keys are refused):
     base              diffusers pipeline folder to start from (required)
     out               folder to write; must not exist; written as <out>.partial and renamed (required)
-    samples           JSON-lines file: {"image": path relative to the file, "prompt", "reward"} (required)
+    samples           JSON-lines file: {"image": path relative to the file, "prompt", "reward"} (required),
+                      and optionally "latent": a .npy of the latent the image was decoded from ([4, h, w],
+                      the UNet's scaled space), which is trained on as it is instead of encoding the image
+                      again (a VAE round trip of the model's own samples costs accuracy; see EncodedSet).
+                      A latent is used only if it is readable and the base's VAE decodes it back to the
+                      image (checked_latents); any other is left out, and its image encoded
     pretrain          {"kind": "shapes_world", "images": 8192, "count_noise": 0.5}
                       or {"kind": "folder", "path": ...}: image files each with a same-named .txt caption,
                       or a metadata.jsonl of {"file_name", "text"} (the Hugging Face imagefolder layout)
     beta              weight of the pre-training term (default 1.0)
-    learning_rate     AdamW learning rate, constant after a 5% warm-up (default 1e-4)
+    learning_rate     AdamW learning rate, reached after a 5% linear warm-up (default 1e-4)
+    lr_schedule       after the warm-up: `constant` (default), or `cosine`, decayed to a tenth by the last
+                      step as the pretraining's was (train_sd.py)
     steps             optimiser steps (default 1000)
     batch_size        rows per step and process, model and pre-training together (default 32)
     pretrain_fraction share of each batch from D_pre, in [0, 1) (default 0.5)
@@ -41,7 +48,8 @@ Output: <out>/diffusers (safetensors), and unless "export" is false the ONNX lay
 onnx --task text-to-image` beside it (with export_sd.py's UNet, whose timestep is [batch]), checked against
 PyTorch like export_sd.py, plus <out>/finetune.json with the spec, the losses and the time.
 
-Progress lines: {"event": "start"}, {"event": "data", ...}, {"event": "step", "step", "steps", "loss",
+Progress lines: {"event": "start"}, {"event": "data", ..., "latents": {"given", "used", "wrong_shape",
+"mismatched", "unreadable"}}, {"event": "warning", "message"}, {"event": "step", "step", "steps", "loss",
 "model_loss", "pretrain_loss", "seconds"}, {"event": "export", ...}, {"event": "done", "out", "seconds"}.
 An error prints {"event": "error", "message"} and exits with status 1 (2 for a bad spec).
 
@@ -78,6 +86,11 @@ from stage_cli import emit
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MIN_SNR_GAMMA = 5.0
 UNET_LAYERS = ("all", "cross_attention")
+LR_SCHEDULES = ("constant", "cosine")
+# How far (mean absolute difference, 0-255) the base's VAE may decode a sample's latent from its 8-bit image
+# and still be trusted as that image's latent: rounding to 8 bits costs about 0.25, and ONNX Runtime's
+# decoder against PyTorch's a little more; a latent from another VAE is tens away.
+LATENT_TOLERANCE = 2.0
 
 
 @dataclass
@@ -136,6 +149,7 @@ class Spec:
     ema_decay: float = 0.0
     caption_dropout: float = 0.1
     unet_layers: str = "all"
+    lr_schedule: str = "constant"
     seed: int = 0
     device: str | None = None
     threads: int = 2
@@ -194,6 +208,10 @@ def parse_spec(raw: dict) -> Spec:
     for name in ("train_text_encoder", "export"):
         if not isinstance(getattr(spec, name), bool):
             raise SpecError(f"`{name}` must be true or false. Given: {getattr(spec, name)!r}")
+    if spec.lr_schedule not in LR_SCHEDULES:
+        raise SpecError(
+            f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}. Given: {spec.lr_schedule!r}"
+        )
     if spec.unet_layers not in UNET_LAYERS:
         raise SpecError(f"`unet_layers` must be one of {', '.join(UNET_LAYERS)}. Given: {spec.unet_layers!r}")
     if spec.device is not None and (not isinstance(spec.device, str) or not spec.device):
@@ -248,29 +266,85 @@ def parse_spec(raw: dict) -> Spec:
 
 
 class EncodedSet:
-    """Images encoded once: the posterior's mean and std, with a caption and a weight per image."""
+    """Images encoded once: the posterior's mean and std, with a caption and a weight per image.
 
-    def __init__(self, vae, images: list[np.ndarray], captions: list[str], weights: np.ndarray, size: int):
+    An image that comes with the latent the model drew it from (`latents[i]`, in the UNet's scaled space)
+    keeps that latent exactly (std 0) instead of being encoded again: a VAE round trip of the model's own
+    samples is lossy, and training on the re-encoded latents teaches the UNet the loss.
+    """
+
+    def __init__(
+        self,
+        vae,
+        images: list[np.ndarray],
+        captions: list[str],
+        weights: np.ndarray,
+        size: int,
+        latents: list[np.ndarray | None] | None = None,
+    ):
         device = next(vae.parameters()).device
-        means, stds = [], []
-        for start in range(0, len(images), 64):
-            chunk = [resize(image, size) for image in images[start : start + 64]]
+        self.scaling_factor = vae.config.scaling_factor
+        latents = latents if latents is not None else [None] * len(images)
+        to_encode = [index for index, latent in enumerate(latents) if latent is None]
+        means: list[torch.Tensor | None] = [None] * len(images)
+        stds: list[torch.Tensor | None] = [None] * len(images)
+        for start in range(0, len(to_encode), 64):
+            chunk_indices = to_encode[start : start + 64]
+            chunk = [resize(images[index], size) for index in chunk_indices]
             pixels = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).float() / 127.5 - 1
             with torch.no_grad():
                 posterior = vae.encode(pixels.to(device)).latent_dist
-            means.append(posterior.mean)
-            stds.append(posterior.std)
-        self.means = torch.cat(means)
-        self.stds = torch.cat(stds)
+            for offset, index in enumerate(chunk_indices):
+                means[index] = posterior.mean[offset]
+                stds[index] = posterior.std[offset]
+        for index, latent in enumerate(latents):
+            if latent is not None:
+                means[index] = torch.from_numpy(latent).to(device) / self.scaling_factor
+                stds[index] = torch.zeros_like(means[index])
+        self.means = torch.stack(means) if means else torch.zeros(0)
+        self.stds = torch.stack(stds) if stds else torch.zeros(0)
         self.captions = captions
         self.weights = weights
-        self.scaling_factor = vae.config.scaling_factor
 
     def draw(self, indices: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
         index = torch.from_numpy(indices).to(self.means.device)
         means, stds = self.means[index], self.stds[index]
         noise = torch.randn(means.shape, generator=generator, device=means.device)
         return (means + stds * noise) * self.scaling_factor, [self.captions[i] for i in indices]
+
+
+def checked_latents(
+    vae, images: list[np.ndarray], latents: list[np.ndarray | None], unet, size: int
+) -> tuple[list[np.ndarray | None], dict]:
+    """The samples' latents that this base can use: shaped as its UNet's input, and decoded by its VAE back
+    to the sample's image (mean absolute difference at most LATENT_TOLERANCE of 255). Any other latent is
+    dropped and its image encoded instead: it came from another model's VAE, or does not belong to the image.
+    Returns the latents and the counts {given, used, wrong_shape, mismatched} (the caller adds the unreadable
+    ones, which load_samples left out)."""
+    expected = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    kept = list(latents)
+    given = [index for index, latent in enumerate(latents) if latent is not None]
+    shaped = [index for index in given if latents[index].shape == expected]
+    counts = {"given": len(given), "used": 0, "wrong_shape": len(given) - len(shaped), "mismatched": 0}
+    for index in set(given) - set(shaped):
+        kept[index] = None
+    device = next(vae.parameters()).device
+    for start in range(0, len(shaped), 64):
+        chunk = shaped[start : start + 64]
+        stacked = torch.from_numpy(np.stack([latents[index] for index in chunk])).to(device)
+        with torch.no_grad():
+            decoded = vae.decode(stacked / vae.config.scaling_factor).sample
+        pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
+        for offset, index in enumerate(chunk):
+            target = resize(images[index], size).astype(np.float32)
+            if (
+                pixels[offset].shape != target.shape
+                or np.abs(pixels[offset] - target).mean() > LATENT_TOLERANCE
+            ):
+                kept[index] = None
+                counts["mismatched"] += 1
+    counts["used"] = sum(latent is not None for latent in kept)
+    return kept, counts
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -289,8 +363,42 @@ def load_rgb(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def load_samples(path: Path) -> tuple[list[np.ndarray], list[str], np.ndarray]:
-    images, prompts, rewards = [], [], []
+def load_latent(path: Path, number: int) -> np.ndarray | None:
+    """A .npy latent as the denoising loop ended it ([channels, height, width], the UNet's scaled space), or
+    None, with a warning line, when the file is unreadable or holds something else: a latent is an aid (its
+    image is encoded instead), so a damaged one never fails the job."""
+    try:
+        latent = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        say("warning", message=f"`samples` line {number}: `latent` is not a readable .npy file: {error}")
+        return None
+    if latent.ndim == 4 and latent.shape[0] == 1:
+        latent = latent[0]
+    if latent.ndim != 3 or not np.issubdtype(latent.dtype, np.floating) or not np.isfinite(latent).all():
+        say(
+            "warning",
+            message=f"`samples` line {number}: `latent` must hold finite floats shaped [channels, height, "
+            f"width]. Given: {latent.dtype} {list(latent.shape)}",
+        )
+        return None
+    return latent.astype(np.float32)
+
+
+@dataclass
+class Samples:
+    """A samples file: images, prompts, rewards and, where a record names a readable one (`latent`), the
+    latent the image was decoded from; `unreadable_latents` counts those named but unusable."""
+
+    images: list[np.ndarray]
+    prompts: list[str]
+    rewards: np.ndarray
+    latents: list[np.ndarray | None]
+    unreadable_latents: int
+
+
+def load_samples(path: Path) -> Samples:
+    images, prompts, rewards, latents = [], [], [], []
+    unreadable = 0
     with open(path, encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -300,12 +408,18 @@ def load_samples(path: Path) -> tuple[list[np.ndarray], list[str], np.ndarray]:
                 reward = float(record["reward"])
                 prompt = record["prompt"]
                 image = load_rgb(path.parent / record["image"])
-            except (ValueError, KeyError, TypeError, OSError) as error:
+                latent_name = record.get("latent")
+            except (ValueError, KeyError, TypeError, OSError, AttributeError) as error:
                 raise SpecError(f"`samples` line {number} is not a readable sample: {error}") from error
             if not math.isfinite(reward):
                 raise SpecError(f"`samples` line {number}: reward must be finite. Given: {reward}")
+            if latent_name is not None and not isinstance(latent_name, str):
+                raise SpecError(f"`samples` line {number}: `latent` must be a path. Given: {latent_name!r}")
             images.append(image)
             prompts.append(str(prompt))
+            latent = None if latent_name is None else load_latent(path.parent / latent_name, number)
+            unreadable += latent_name is not None and latent is None
+            latents.append(latent)
             # The paper's weights are "roughly in [0, 1]": a score outside is clipped, never negated.
             rewards.append(min(max(reward, 0.0), 1.0))
     if not images:
@@ -313,7 +427,7 @@ def load_samples(path: Path) -> tuple[list[np.ndarray], list[str], np.ndarray]:
     weights = np.asarray(rewards, dtype=np.float64)
     if weights.sum() <= 0:
         raise SpecError("`samples` has no sample with a reward above 0, so the reward term would be empty")
-    return images, prompts, weights
+    return Samples(images, prompts, weights, latents, unreadable)
 
 
 def load_caption_folder(folder: Path) -> tuple[list[np.ndarray], list[str]]:
@@ -374,6 +488,18 @@ def trainable_unet_parameters(unet, layers: str) -> list:
     return chosen
 
 
+def learning_rate_factor(step: int, steps: int, schedule: str) -> float:
+    """The learning rate at optimiser step `step` (0-based) as a share of the peak: a linear warm-up over the
+    first 5% of the steps, then constant, or a cosine decay to a tenth at the last step."""
+    warmup = max(1, steps // 20)
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step + 1 - warmup) / max(1, steps - warmup))
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+
 def train(spec: Spec, stop) -> dict:
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
@@ -389,8 +515,14 @@ def train(spec: Spec, stop) -> dict:
     size = unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
     started = time.monotonic()
 
-    images, prompts, rewards = load_samples(spec.samples)
-    model_set = EncodedSet(vae, images, prompts, rewards, size)
+    samples = load_samples(spec.samples)
+    images, prompts, rewards = samples.images, samples.prompts, samples.rewards
+    latents, latent_counts = checked_latents(vae, images, samples.latents, unet, size)
+    latent_counts["given"] += samples.unreadable_latents
+    latent_counts["unreadable"] = samples.unreadable_latents
+    model_set = EncodedSet(vae, images, prompts, rewards, size, latents)
+    del samples
+    del latents
     del images
     pretrain_set = None
     if spec.pretrain_rows:
@@ -405,6 +537,7 @@ def train(spec: Spec, stop) -> dict:
         samples=len(prompts),
         mean_reward=round(float(rewards.mean()), 4),
         rewarded=int((rewards > 0).sum()),
+        latents=latent_counts,
         pretrain=0 if pretrain_set is None else len(pretrain_set.captions),
         seconds=round(time.monotonic() - started, 1),
     )
@@ -422,8 +555,9 @@ def train(spec: Spec, stop) -> dict:
         from diffusers.training_utils import EMAModel
 
         ema = EMAModel(parameters, decay=spec.ema_decay, use_ema_warmup=True)
-    warmup = max(1, spec.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate_factor(step, spec.steps, spec.lr_schedule)
+    )
     # Each worker of a data-parallel run draws its own rows and noise; DDP averages their gradients.
     rng = np.random.default_rng([spec.seed, WORLD.rank])
     generator = torch.Generator(device).manual_seed(spec.seed + 7919 * WORLD.rank)

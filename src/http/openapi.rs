@@ -13,7 +13,9 @@ use crate::http::schemas::{
     ImageRecordOut, OpenAiImage, OpenAiImageRequest, OpenAiImagesResponse, Prompts, RerankRequest, RerankResult,
     ScoreRequest, ScoreResponse, ScoreTimings, SelectionOut, Timings,
 };
-use crate::jobs::spec::{FineTuneRequest, GateSpec, Hyperparameters, PretrainData, PromptGenerator, PromptSource};
+use crate::jobs::spec::{
+    FineTuneRequest, GateSpec, Hyperparameters, LrSchedule, PretrainData, PromptGenerator, PromptSource,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -70,6 +72,7 @@ use crate::jobs::spec::{FineTuneRequest, GateSpec, Hyperparameters, PretrainData
         PromptSource,
         PromptGenerator,
         Hyperparameters,
+        LrSchedule,
         PretrainData,
         GateSpec,
         FineTuneOut,

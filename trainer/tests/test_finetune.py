@@ -112,6 +112,7 @@ def test_a_minimal_spec_gets_the_defaults(trainer_packages, valid_spec):
         ({"export": "false"}, "`export` must be true or false"),
         ({"train_text_encoder": 1}, "`train_text_encoder` must be true or false"),
         ({"unet_layers": "attention"}, "`unet_layers` must be one of all, cross_attention"),
+        ({"lr_schedule": "linear"}, "`lr_schedule` must be one of constant, cosine"),
         (
             {"pretrain": {"kind": "folder", "path": "/no/such/folder"}},
             "`pretrain.path` is not a readable folder",
@@ -164,6 +165,97 @@ def test_samples_without_a_reward_above_zero_are_refused(trainer_packages, tmp_p
     samples.write_text("".join(json.dumps(line) + "\n" for line in lines))
     with pytest.raises(finetune_sd.SpecError, match="no sample with a reward above 0"):
         finetune_sd.load_samples(samples)
+
+
+def with_latents(samples: Path, shape: tuple[int, ...] = (4, 8, 8), every: int = 1) -> list[np.ndarray]:
+    """Gives every `every`-th sample a random .npy latent beside it; returns the latents in order."""
+    rng = np.random.default_rng(5)
+    lines = [json.loads(line) for line in samples.read_text().splitlines()]
+    latents = []
+    for index, line in enumerate(lines):
+        if index % every == 0:
+            latent = rng.standard_normal(shape).astype(np.float32)
+            np.save(samples.parent / f"latent-{index}.npy", latent)
+            line["latent"] = f"latent-{index}.npy"
+            latents.append(latent)
+    samples.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return latents
+
+
+def test_samples_read_the_latents_they_name(trainer_packages, tmp_path):
+    import finetune_sd
+
+    samples = write_samples(tmp_path / "samples", count=4)
+    written = with_latents(samples, every=2)
+    latents = finetune_sd.load_samples(samples).latents
+    assert [latent is None for latent in latents] == [False, True, False, True]
+    np.testing.assert_array_equal(latents[0], written[0])
+    np.testing.assert_array_equal(latents[2], written[1])
+
+
+@pytest.mark.parametrize(
+    "latent, message",
+    [
+        ("missing.npy", "`latent` is not a readable .npy file"),
+        (np.zeros((4, 8), dtype=np.float32), r"shaped \[channels, height, width\]"),
+        (np.full((4, 8, 8), np.nan, dtype=np.float32), "finite floats"),
+        (np.zeros((4, 8, 8), dtype=np.int64), "finite floats"),
+        (7, "`latent` must be a path"),
+    ],
+)
+def test_unusable_latents_are_left_out_with_a_warning_naming_the_line(
+    trainer_packages, tmp_path, capsys, latent, message
+):
+    import finetune_sd
+
+    samples = write_samples(tmp_path / "samples", count=2)
+    lines = [json.loads(line) for line in samples.read_text().splitlines()]
+    if isinstance(latent, np.ndarray):
+        np.save(samples.parent / "bad.npy", latent)
+        latent = "bad.npy"
+    lines[1]["latent"] = latent
+    samples.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    if not isinstance(latent, str):
+        with pytest.raises(finetune_sd.SpecError, match=message) as error:
+            finetune_sd.load_samples(samples)
+        assert "line 2" in str(error.value)
+        return
+    loaded = finetune_sd.load_samples(samples)
+    assert loaded.latents == [None, None]
+    assert loaded.unreadable_latents == 1
+    warning = stdout_events(capsys.readouterr().out)[-1]
+    assert warning["event"] == "warning"
+    assert re.search(message, warning["message"]) and "line 2" in warning["message"]
+
+
+def test_a_given_latent_is_trained_on_as_it_is_and_the_rest_are_encoded(trainer_packages, tiny_base):
+    """The model's own latent is drawn back exactly (no posterior noise, no VAE round trip); an image without
+    one is encoded and drawn from its posterior."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    import finetune_sd
+
+    vae = AutoencoderKL.from_pretrained(tiny_base / "vae").eval()
+    images = [np.asarray(render(parse_prompt(text), sample_rng(3, i))) for i, text in enumerate(PROMPTS[:2])]
+    size = images[0].shape[0]
+    latent_side = size // 2 ** (len(vae.config.block_out_channels) - 1)
+    given = np.random.default_rng(1).standard_normal((vae.config.latent_channels, latent_side, latent_side))
+    encoded = finetune_sd.EncodedSet(
+        vae, images, list(PROMPTS[:2]), np.ones(2), size, [given.astype(np.float32), None]
+    )
+    generator = torch.Generator().manual_seed(0)
+    first, _ = encoded.draw(np.array([0, 0]), generator)
+    np.testing.assert_allclose(first.numpy(), np.stack([given, given]), rtol=1e-6, atol=1e-6)
+    second_a, _ = encoded.draw(np.array([1]), generator)
+    second_b, _ = encoded.draw(np.array([1]), generator)
+    with torch.no_grad():
+        pixels = torch.from_numpy(images[1][None].copy()).permute(0, 3, 1, 2).float() / 127.5 - 1
+        posterior = vae.encode(pixels).latent_dist
+    assert not torch.equal(second_a, second_b), "an encoded image is drawn from its posterior"
+    torch.testing.assert_close(encoded.means[1], posterior.mean[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(encoded.stds[1], posterior.std[0], rtol=1e-5, atol=1e-5)
+    assert float(encoded.stds[0].abs().max()) == 0.0
 
 
 def test_a_caption_folder_reads_txt_pairs_and_metadata_jsonl(trainer_packages, tmp_path):
@@ -277,6 +369,79 @@ def test_folder_pretraining_without_export(trainer_packages, tiny_base, tmp_path
     assert (out / "finetune.json").is_file()
     assert not (out / "unet").exists()
     assert not (out / "export.json").exists()
+
+
+def decoded_samples(folder: Path, base: Path, count: int) -> tuple[Path, list[np.ndarray]]:
+    """Samples whose images are the base VAE's decodings of random latents, as a job's sampling writes them:
+    the image, and beside it the latent it came from."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(base / "vae").eval()
+    latents = np.random.default_rng(2).standard_normal((count, 4, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        decoded = vae.decode(torch.from_numpy(latents) / vae.config.scaling_factor).sample
+    pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index in range(count):
+        Image.fromarray(pixels[index]).save(folder / f"{index}.png")
+        np.save(folder / f"{index}.npy", latents[index])
+        text = PROMPTS[index % len(PROMPTS)]
+        lines.append({"image": f"{index}.png", "latent": f"{index}.npy", "prompt": text, "reward": 1.0})
+    samples = folder / "samples.jsonl"
+    samples.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return samples, list(latents)
+
+
+def test_only_latents_the_base_vae_decodes_to_their_image_are_trained_on(
+    trainer_packages, tiny_base, tmp_path
+):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    import finetune_sd
+
+    samples, latents = decoded_samples(tmp_path / "job", tiny_base, 4)
+    np.save(samples.parent / "1.npy", latents[3])  # another image's latent
+    np.save(samples.parent / "2.npy", np.zeros((4, 16, 16), dtype=np.float32))  # another model's shape
+    loaded = finetune_sd.load_samples(samples)
+    vae = AutoencoderKL.from_pretrained(tiny_base / "vae").eval()
+    unet = UNet2DConditionModel.from_pretrained(tiny_base / "unet")
+    kept, counts = finetune_sd.checked_latents(vae, loaded.images, loaded.latents, unet, 64)
+    assert counts == {"given": 4, "used": 2, "wrong_shape": 1, "mismatched": 1}
+    assert [latent is None for latent in kept] == [False, True, True, False]
+    np.testing.assert_array_equal(kept[0], latents[0])
+
+
+def test_a_fine_tune_reports_the_latents_it_trains_on(
+    trainer_packages, tiny_base, tmp_path, capsys, restore_sigterm
+):
+    import finetune_sd
+
+    samples, _ = decoded_samples(tmp_path / "job", tiny_base, 5)
+    np.save(samples.parent / "3.npy", np.zeros((4, 16, 16), dtype=np.float32))
+    (samples.parent / "4.npy").write_bytes(b"damaged")
+    spec = write_spec(
+        tmp_path / "job.json",
+        {"base": str(tiny_base), "out": str(tmp_path / "candidate"), "samples": str(samples), "device": "cpu",
+         "steps": 2, "batch_size": 4, "pretrain": {"kind": "shapes_world", "images": 4}, "export": False},
+    )  # fmt: skip
+    assert finetune_sd.main(["--spec", str(spec)]) == 0
+    events = stdout_events(capsys.readouterr().out)
+    data = next(event for event in events if event["event"] == "data")
+    assert data["latents"] == {"given": 5, "used": 3, "wrong_shape": 1, "mismatched": 0, "unreadable": 1}
+    assert (tmp_path / "candidate" / "diffusers" / "model_index.json").is_file()
+
+
+def test_the_learning_rate_warms_up_then_stays_or_decays_to_a_tenth(trainer_packages):
+    import finetune_sd
+
+    constant = [finetune_sd.learning_rate_factor(step, 100, "constant") for step in range(100)]
+    cosine = [finetune_sd.learning_rate_factor(step, 100, "cosine") for step in range(100)]
+    assert constant[:5] == cosine[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert constant[5:] == [1.0] * 95
+    assert cosine[4] == 1.0 and cosine[-1] == pytest.approx(0.1)
+    assert all(later <= earlier for earlier, later in zip(cosine[4:], cosine[5:], strict=False))
 
 
 def test_cross_attention_layers_alone_are_trained(trainer_packages, tiny_base, tmp_path, restore_sigterm):
