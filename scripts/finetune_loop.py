@@ -479,7 +479,7 @@ def trials_table(path: Path) -> list[str]:
     return lines
 
 
-def schedule_findings(found: dict, both) -> list[str]:
+def schedule_findings(found: dict, both, seen_part) -> list[str]:
     """Trials r to v: whether re-encoded PNGs or the learning rate cost the colour."""
     paragraphs = []
     if all((name, "heldout") in found for name in ("r", "r0")):
@@ -519,7 +519,15 @@ def schedule_findings(found: dict, both) -> list[str]:
     if ("v", "heldout") in found and ("n", "heldout") in found:
         paragraphs.append(
             f"Trial v is n with the cosine: {both('v', 'count')}, {both('v', 'colour')}, "
-            f"{both('v', 'background')} (n: {both('n', 'count')}, {both('n', 'colour')})."
+            f"{both('v', 'background')} (n: {both('n', 'count')}, {both('n', 'colour')}){seen_part('v')}."
+        )
+    if ("w", "heldout") in found and ("v", "heldout") in found:
+        paragraphs.append(
+            "Trial w is a second round from v, as p was from n: v's model served 8 images of every training "
+            "prompt, the rater labelled them, and w trained from v with v's settings: "
+            f"{both('w', 'count')}, {both('w', 'colour')}, {both('w', 'background')} against the base"
+            f"{seen_part('w')}. Two rounds of feedback with the cosine schedule meet both targets in these "
+            "PyTorch trials; the service's loop (above) runs one job and has not been measured with them."
         )
     return paragraphs
 
@@ -583,7 +591,7 @@ def count_limit(trials: list[dict]) -> list[str]:
             f"{both('j', 'count')}, {both('j', 'colour')}): the reward model's scores, which the job uses "
             "for the images nobody rated, teach about as much as the rater's labels."
         )
-    later.extend(schedule_findings(found, both))
+    later.extend(schedule_findings(found, both, seen_part))
     feedback = [name for name, split in found if split == "heldout" and name not in ("base", "k", "s")]
     if later and feedback:
 
