@@ -313,6 +313,13 @@ class EncodedSet:
         return (means + stds * noise) * self.scaling_factor, [self.captions[i] for i in indices]
 
 
+def decoded_pixels(vae, latents: torch.Tensor) -> torch.Tensor:
+    """The VAE's images of latents in the UNet's scaled space: floats [N, H, W, 3] in 0..255, unrounded."""
+    with torch.no_grad():
+        decoded = vae.decode(latents / vae.config.scaling_factor).sample
+    return ((decoded.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1)
+
+
 def checked_latents(
     vae, images: list[np.ndarray], latents: list[np.ndarray | None], unet, size: int
 ) -> tuple[list[np.ndarray | None], dict]:
@@ -332,9 +339,7 @@ def checked_latents(
     for start in range(0, len(shaped), 64):
         chunk = shaped[start : start + 64]
         stacked = torch.from_numpy(np.stack([latents[index] for index in chunk])).to(device)
-        with torch.no_grad():
-            decoded = vae.decode(stacked / vae.config.scaling_factor).sample
-        pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
+        pixels = decoded_pixels(vae, stacked).cpu().numpy()
         for offset, index in enumerate(chunk):
             target = resize(images[index], size).astype(np.float32)
             if (

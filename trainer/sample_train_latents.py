@@ -56,10 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
     from diffusers import StableDiffusionPipeline
 
+    from finetune_sd import decoded_pixels
+
     torch.set_num_threads(args.threads)
     pipeline = StableDiffusionPipeline.from_pretrained(args.base, safety_checker=None)
     pipeline.set_progress_bar_config(disable=True)
-    scaling = pipeline.vae.config.scaling_factor
     jobs = [prompt for prompt in train_prompts() for _ in range(args.images)]
     records = []
     started = time.monotonic()
@@ -76,8 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 generator=generator,
                 output_type="latent",
             ).images
-            decoded = pipeline.vae.decode(latents / scaling).sample
-        pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        pixels = decoded_pixels(pipeline.vae, latents).round().byte().numpy()
         for offset, prompt in enumerate(chunk):
             number = start + offset
             image = Image.fromarray(pixels[offset])
@@ -95,8 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         emit(
             "sampled", done=start + len(chunk), total=len(jobs), seconds=round(time.monotonic() - started, 1)
         )
-    lines = {"samples-rater-latent.jsonl": records, "samples-rater.jsonl": []}
-    lines["samples-rater.jsonl"] = [{k: v for k, v in record.items() if k != "latent"} for record in records]
+    lines = {
+        "samples-rater-latent.jsonl": records,
+        "samples-rater.jsonl": [{k: v for k, v in record.items() if k != "latent"} for record in records],
+    }
     for name, content in lines.items():
         (args.out / name).write_text("".join(json.dumps(record) + "\n" for record in content))
     emit("done", images=len(records), good=round(float(np.mean([r["reward"] for r in records])), 4))

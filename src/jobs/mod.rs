@@ -988,7 +988,7 @@ impl JobContext<'_> {
             "pretrain": pretrain,
             "beta": hyper.beta,
             "learning_rate": hyper.learning_rate,
-            "lr_schedule": hyper.lr_schedule.name(),
+            "lr_schedule": hyper.lr_schedule,
             "steps": hyper.steps,
             "batch_size": hyper.batch_size,
             "pretrain_fraction": hyper.pretrain_fraction,

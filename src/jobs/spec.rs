@@ -85,16 +85,6 @@ pub enum LrSchedule {
     Constant,
 }
 
-impl LrSchedule {
-    /// The trainer's name for it (`trainer/finetune_sd.py`'s `lr_schedule`).
-    pub fn name(self) -> &'static str {
-        match self {
-            LrSchedule::Cosine => "cosine",
-            LrSchedule::Constant => "constant",
-        }
-    }
-}
-
 fn default_caption_dropout() -> f64 {
     0.1
 }
