@@ -1,17 +1,20 @@
 """The whole feedback loop of issue #5, measured through the running service on the shapes world:
 
 1. Serve: `t2i-align serve` with shapes-sd and shapes-reward, on a fresh data directory.
-2. Rate: generate images for training prompts through POST /generate, and let the simulated rater label them
-   through POST /feedback (scripts/simulate_raters.py), as people would.
-3. Fine-tune: POST /fine-tunes, which samples more images from the base model, scores them with the
-   reward model, trains on ratings plus scores (reward-weighted likelihood with the pre-training term),
-   evaluates base and candidate on held-out prompts, registers the version and activates it if the gate
-   passes. The job is followed through GET /fine-tunes/{id} until it ends. The 45-minute budget is for this.
-4. Compare, through /generate with `model`, on the prompts and seeds of scripts/bench_reward.py: the
-   pretrained model, the fine-tuned one, and best-of-16 on the pretrained model (models/reward-serving.json,
+2. Two rounds of feedback, as the paper's loop would run twice. In each round:
+   a. Rate: generate images for training prompts through POST /generate from the round's base model (the
+      pretrained one, then round 1's version), and let the simulated rater label them through POST /feedback
+      (scripts/simulate_raters.py), as people would.
+   b. Fine-tune: POST /fine-tunes with `base_model` the round's base. The job samples more images from it,
+      scores them with the reward model, trains on ratings plus scores (reward-weighted likelihood with the
+      pre-training term, cosine learning rate), evaluates base and candidate on held-out prompts, registers
+      the version and activates it if the gate passes. The job is followed through GET /fine-tunes/{id}.
+   The 45-minute budget is for both rounds together.
+3. Compare, through /generate with `model`, on the prompts and seeds of scripts/bench_reward.py: the
+   pretrained model, each round's version, and best-of-16 on the pretrained model (models/reward-serving.json,
    measured by `make bench-reward`), on alignment and on seconds per image.
-5. Ablation: the same job with beta = 0 (no pre-training term), for the quality proxy and diversity.
-6. The gate: a job with a learning rate far too high, whose version the gate must refuse.
+4. Ablation: round 1's job with beta = 0 (no pre-training term), for the quality proxy and diversity.
+5. The gate: a job with a learning rate far too high, whose version the gate must refuse.
 
 Writes models/fine-tune.json and the section between the markers below in models/REPORT.md.
 
@@ -43,16 +46,19 @@ ROUND_TRIP = ROOT / "models" / "vae-round-trip.json"
 BEGIN = "<!-- fine-tune:begin -->"
 END = "<!-- fine-tune:end -->"
 
-# The measured run. The job's settings were chosen by the trials reported in the section this writes.
+# The measured run. The job's settings were chosen by the trials reported in the section this writes (trials v
+# and w are these two rounds in PyTorch): round 1 samples every training prompt 16 times, round 2 8 times.
 FULL = {
     "rated_prompts": 150,
     "rated_images": 8,
-    "job_prompts": 500,
-    "images_per_prompt": 14,
+    "rounds": [{"job_prompts": 528, "images_per_prompt": 16}, {"job_prompts": 528, "images_per_prompt": 8}],
     "steps": 1500,
     "batch_size": 32,
     "learning_rate": 3e-4,
-    "beta": 0.5,
+    "lr_schedule": "cosine",
+    "beta": 0.1,
+    "pretrain_fraction": 0.25,
+    "pretrain_images": 4096,
     "ema_decay": 0.999,
     "train_text_encoder": True,
     "bad_learning_rate": 5e-3,
@@ -65,12 +71,14 @@ FULL = {
 SMOKE = {
     "rated_prompts": 4,
     "rated_images": 2,
-    "job_prompts": 6,
-    "images_per_prompt": 2,
+    "rounds": [{"job_prompts": 6, "images_per_prompt": 2}, {"job_prompts": 6, "images_per_prompt": 1}],
     "steps": 5,
     "batch_size": 8,
     "learning_rate": 3e-4,
-    "beta": 0.5,
+    "lr_schedule": "cosine",
+    "beta": 0.1,
+    "pretrain_fraction": 0.25,
+    "pretrain_images": 16,
     "ema_decay": 0.999,
     "train_text_encoder": True,
     "bad_learning_rate": 5e-3,
@@ -136,19 +144,33 @@ def emit(event: str, **fields) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
-def rate_served_images(server: Server, args: argparse.Namespace) -> dict:
-    """Images served for training prompts, then labelled by the simulated rater through POST /feedback."""
+def rate_served_images(server: Server, args: argparse.Namespace, model: str, number: int) -> dict:
+    """Images that `model` serves for training prompts, labelled by the simulated rater through
+    POST /feedback. Each round rates other prompts; images the rater already rated are left alone."""
     settings = args.settings
-    prompts = choose_prompts("train", settings["rated_prompts"], None, args.seed + 17)
+    prompts = choose_prompts("train", settings["rated_prompts"], None, args.seed + 17 * number)
     started = time.perf_counter()
-    for number, prompt in enumerate(prompts):
-        server.post(
-            "/generate", {"prompt": prompt.text, "n": settings["rated_images"], "seed": 50_000 + number}
-        )
+    for index, prompt in enumerate(prompts):
+        body = {"prompt": prompt.text, "n": settings["rated_images"], "seed": 50_000 * number + index}
+        server.post("/generate", body | {"model": model})
     generated = time.perf_counter() - started
+    before = feedback_labels(server)
     started = time.perf_counter()
     simulate_raters.main(["--url", server.url, "--rater", "simulated"])
     rated = time.perf_counter() - started
+    labels = {label: count - before.get(label, 0) for label, count in feedback_labels(server).items()}
+    return {
+        "model": model,
+        "prompts": len(prompts),
+        "images": len(prompts) * settings["rated_images"],
+        "labels": {label: count for label, count in labels.items() if count},
+        "generate_seconds": round(generated, 1),
+        "rate_seconds": round(rated, 1),
+    }
+
+
+def feedback_labels(server: Server) -> dict:
+    """Every stored rating, counted by label (GET /feedback, paged)."""
     labels = defaultdict(int)
     after = None
     while True:
@@ -156,37 +178,42 @@ def rate_served_images(server: Server, args: argparse.Namespace) -> dict:
         for rating in page["data"]:
             labels[rating["label"]] += 1
         if not page["has_more"]:
-            break
+            return dict(labels)
         after = page["last_id"]
-    return {
-        "prompts": len(prompts),
-        "images": len(prompts) * settings["rated_images"],
-        "labels": dict(labels),
-        "generate_seconds": round(generated, 1),
-        "rate_seconds": round(rated, 1),
-    }
 
 
-def job_body(args: argparse.Namespace, beta: float, learning_rate: float, activate: bool) -> dict:
+def job_body(
+    args: argparse.Namespace,
+    base_model: str,
+    round_settings: dict,
+    beta: float,
+    learning_rate: float,
+    activate: bool = True,
+) -> dict:
     settings = args.settings
     return {
-        "prompts": {"generator": "shapes_world", "split": "train", "count": settings["job_prompts"]},
-        "images_per_prompt": settings["images_per_prompt"],
+        "base_model": base_model,
+        "prompts": {"generator": "shapes_world", "split": "train", "count": round_settings["job_prompts"]},
+        "images_per_prompt": round_settings["images_per_prompt"],
         "use_feedback": True,
         "hyperparameters": {
             "beta": beta,
             "learning_rate": learning_rate,
+            "lr_schedule": settings["lr_schedule"],
             "steps": settings["steps"],
             "batch_size": settings["batch_size"],
-            "pretrain_fraction": 0.5,
+            "pretrain_fraction": settings["pretrain_fraction"],
             "ema_decay": settings["ema_decay"],
             "train_text_encoder": settings["train_text_encoder"],
         },
-        "pretrain_data": {"kind": "shapes_world", "images": 8192 if not args.smoke else 16},
+        "pretrain_data": {"kind": "shapes_world", "images": settings["pretrain_images"]},
+        # The same prompts and the same seeds (the job's seed) in every job, so that every version is
+        # evaluated on the same images' noise as the pretrained model.
         "eval_prompts": {
             "generator": "shapes_world",
             "split": "heldout",
             "per_category": settings["eval_per_category"],
+            "seed": args.seed,
         },
         "eval_images_per_prompt": settings["eval_images"],
         "seed": args.seed,
@@ -251,35 +278,31 @@ def points(value: float) -> str:
     return f"{100 * value:+.1f}"
 
 
-def evaluation_rows(jobs: dict) -> list[list[str]]:
-    """The job's own evaluation (held-out prompts, same seeds for base and candidate), per job."""
-    rows = []
-    base = next(iter(jobs.values()))["job"]["metrics"]["evaluation"]["base"]
-    rows.append(
-        ["pretrained (shapes-sd)"]
-        + [percent(base["attributes"].get(name)) for name in ("count", "colour", "background", "shape")]
+ATTRIBUTES = ("count", "colour", "background", "shape")
+
+
+def evaluation_row(name: str, evaluation: dict) -> list[str]:
+    return (
+        [name]
+        + [percent(evaluation["attributes"].get(key)) for key in ATTRIBUTES]
         + [
-            percent(base["good"]),
-            percent(base["quality"]),
-            f"{base['diversity']:.3f}",
-            f"{base['mean_reward']:.3f}",
+            percent(evaluation["good"]),
+            percent(evaluation["quality"]),
+            f"{evaluation['diversity']:.3f}",
+            f"{evaluation['mean_reward']:.3f}",
         ]
     )
+
+
+def evaluation_rows(jobs: dict) -> list[list[str]]:
+    """The jobs' own evaluations (held-out prompts, the same seeds in every job): the pretrained model, as
+    the first job's base, then each job's candidate."""
+    base = next(iter(jobs.values()))["job"]["metrics"]["evaluation"]["base"]
+    rows = [evaluation_row("pretrained (shapes-sd)", base)]
     for name, record in jobs.items():
-        candidate = record["job"]["metrics"]["evaluation"]["candidate"]
-        rows.append(
-            [name]
-            + [
-                percent(candidate["attributes"].get(key))
-                for key in ("count", "colour", "background", "shape")
-            ]
-            + [
-                percent(candidate["good"]),
-                percent(candidate["quality"]),
-                f"{candidate['diversity']:.3f}",
-                f"{candidate['mean_reward']:.3f}",
-            ]
-        )
+        job = record["job"]
+        label = f"{name}: `{job['result_model']}`, from `{job['base_model']}`"
+        rows.append(evaluation_row(label, job["metrics"]["evaluation"]["candidate"]))
     return rows
 
 
@@ -289,67 +312,77 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def rounds(data: dict) -> list[tuple[str, dict]]:
+    return [(name, record) for name, record in data["jobs"].items() if name.startswith("round ")]
+
+
 def markdown(data: dict, trials: list[str]) -> str:
-    main = data["jobs"]["fine-tuned (default beta)"]
-    metrics = main["job"]["metrics"]
-    base, tuned = metrics["evaluation"]["base"], metrics["evaluation"]["candidate"]
-    count_gain = tuned["attributes"]["count"] - base["attributes"]["count"]
-    drops = {
-        name: base["attributes"][name] - tuned["attributes"][name]
+    loop = rounds(data)
+    base = loop[0][1]["job"]["metrics"]["evaluation"]["base"]
+    last = loop[-1][1]["job"]["metrics"]["evaluation"]["candidate"]
+    first = loop[0][1]["job"]["metrics"]["evaluation"]["candidate"]
+    count_gain = last["attributes"]["count"] - base["attributes"]["count"]
+    changes = {
+        name: last["attributes"][name] - base["attributes"][name]
         for name in ("colour", "background")
         if name in base["attributes"]
     }
-    s, rated = data["settings"], data["rated"]
-    stage_times = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in main["stages"].items())
-    gate = "passed, activated" if metrics["gate"]["passed"] else "refused"
+    s = data["settings"]
+    round_lines = []
+    for (name, record), rated, job_settings in zip(loop, data["rated"], s["rounds"], strict=True):
+        job = record["job"]
+        stage_times = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in record["stages"].items())
+        gate = "passed, activated" if job["metrics"]["gate"]["passed"] else "refused"
+        labels = ", ".join(f"{count} {label}" for label, count in sorted(rated["labels"].items()))
+        round_lines.append(
+            f"- **{name.capitalize()}**, from `{rated['model']}`: {rated['prompts']} training prompts × "
+            f"{s['rated_images']} served images rated by the simulated rater through POST /feedback "
+            f"({labels}; "
+            f"{rated['generate_seconds'] + rated['rate_seconds']:.0f} s). Then a job on every rating so far "
+            f"plus {job_settings['job_prompts']} training prompts × {job_settings['images_per_prompt']} "
+            f"samples scored by shapes-reward: {record['seconds']:.0f} s ({stage_times}). Version "
+            f"`{job['result_model']}`; gate: {gate}."
+        )
     lines = [
         BEGIN,
         "## Fine-tuning from feedback (issue #5)",
         "",
-        f"Measured by `{data['command']}` on {data['machine']}, through the service. "
-        f"{s['rated_prompts']} training prompts × {s['rated_images']} served images were rated by the "
-        f"simulated rater through POST /feedback ({rated['labels']}). Then one job: "
-        f"{s['job_prompts']} training prompts × {s['images_per_prompt']} samples scored by shapes-reward, "
-        f"plus the ratings; {s['steps']} steps of batch {s['batch_size']}, half of it pre-training renders "
-        f"with the pretraining's noisy captions; learning rate {s['learning_rate']}, beta {s['beta']}, "
-        f"text encoder {'trained' if s['train_text_encoder'] else 'frozen'}, EMA {s['ema_decay']}.",
+        f"Measured by `{data['command']}` on {data['machine']}, through the service: two rounds of feedback, "
+        "the second starting from the first's version. Each job trains "
+        f"{s['steps']} steps of batch {s['batch_size']}, {s['pretrain_fraction']:.0%} of it pre-training "
+        f"renders ({s['pretrain_images']} of them, with the pretraining's noisy captions); learning rate "
+        f"{s['learning_rate']} with the {s['lr_schedule']} schedule, beta {s['beta']}, text encoder "
+        f"{'trained' if s['train_text_encoder'] else 'frozen'}, EMA {s['ema_decay']}, 10% empty captions.",
         "",
-        f"**The loop took {data['loop_seconds'] / 60:.1f} min** (budget: 45): serving and rating "
-        f"{rated['generate_seconds'] + rated['rate_seconds']:.0f} s, the job {main['seconds']:.0f} s "
-        f"({stage_times}). Version `{main['job']['result_model']}`; gate: {gate}.",
+        *round_lines,
         "",
-        "The job's own evaluation, on held-out prompts with the same seeds for every model: "
+        f"**The loop took {data['loop_seconds'] / 60:.1f} min** (budget: 45), both rounds together.",
+        "",
+        "The jobs' own evaluations, on held-out prompts with the same prompts and seeds for every model: "
         f"{s['eval_per_category']} per category × {s['eval_images']} images. The held-out split has no "
         "background-only prompts, so background is judged on combination prompts. An attribute's share is "
         "over the images whose prompt states it.",
         "",
         table(
-            [
-                "model",
-                "count",
-                "colour",
-                "background",
-                "shape",
-                "all right",
-                "quality",
-                "diversity",
-                "reward",
-            ],
+            ["model", *ATTRIBUTES, "all right", "quality", "diversity", "reward"],
             evaluation_rows(data["jobs"]),
         ),
         "",
-        f"- **Alignment**: count {points(count_gain)} points on held-out prompts (target: at least +15).",
+        f"- **Alignment**: count {points(count_gain)} points on held-out prompts after round {len(loop)} "
+        f"(target: at least +15); round 1 alone: "
+        f"{points(first['attributes']['count'] - base['attributes']['count'])}.",
         "- **Cost**: "
-        + ", ".join(f"{name} {points(-drop)} points" for name, drop in drops.items())
+        + ", ".join(f"{name} {points(change)} points" for name, change in changes.items())
         + " (target: no drop beyond 5 points).",
     ]
     if "beta 0 (ablation)" in data["jobs"]:
         ablation = data["jobs"]["beta 0 (ablation)"]["job"]["metrics"]["evaluation"]["candidate"]
         lines.append(
-            f"- **Ablation, beta = 0** (the paper's Table 3 analogue): quality proxy "
-            f"{percent(ablation['quality'])}, against {percent(tuned['quality'])} at beta = {s['beta']}, "
-            f"and {percent(base['quality'])} before; diversity {ablation['diversity']:.3f}, against "
-            f"{tuned['diversity']:.3f} and {base['diversity']:.3f}."
+            f"- **Ablation, beta = 0** (the paper's Table 3 analogue): round 1's job again without the "
+            f"pre-training term. Quality proxy {percent(ablation['quality'])}, against "
+            f"{percent(first['quality'])} at beta = {s['beta']} and {percent(base['quality'])} before; "
+            f"diversity {ablation['diversity']:.3f}, against {first['diversity']:.3f} and "
+            f"{base['diversity']:.3f}."
         )
     if "learning rate too high" in data["jobs"]:
         bad = data["jobs"]["learning rate too high"]["job"]
@@ -464,8 +497,8 @@ def trials_table(path: Path) -> list[str]:
         "`empty captions` is the share of rows trained with the empty caption, as the pretraining did "
         "(10%). Without it the unconditional prediction that guidance subtracts is never trained and may "
         "drift. Trial h repeats e with it: colour and background moved within the trials' noise, so that "
-        "drift is not what costs colour. The trainer now drops 10% of captions by default; the measured loop "
-        "above ran before that change.",
+        "drift is not what costs colour. The trainer drops 10% of captions by default, in the loop's jobs "
+        "too.",
     ]
     if seen:
         lines += [
@@ -527,7 +560,7 @@ def schedule_findings(found: dict, both, seen_part) -> list[str]:
             "prompt, the rater labelled them, and w trained from v with v's settings: "
             f"{both('w', 'count')}, {both('w', 'colour')}, {both('w', 'background')} against the base"
             f"{seen_part('w')}. Two rounds of feedback with the cosine schedule meet both targets in these "
-            "PyTorch trials; the service's loop (above) runs one job and has not been measured with them."
+            "PyTorch trials; the service's loop above runs the same two rounds through the job API."
         )
     return paragraphs
 
@@ -653,22 +686,24 @@ def main() -> int:
     started = time.perf_counter()
     server = Server(args)
     try:
-        rated = rate_served_images(server, args)
-        emit("rated", **rated)
-        jobs = {}
-        jobs["fine-tuned (default beta)"] = run_job(
-            server, job_body(args, settings["beta"], settings["learning_rate"], activate=True), "main"
-        )
+        rated, jobs, versions = [], {}, ["shapes-sd"]
+        for number, round_settings in enumerate(settings["rounds"], start=1):
+            rated.append(rate_served_images(server, args, versions[-1], number))
+            emit("rated", round=number, **rated[-1])
+            body = job_body(args, versions[-1], round_settings, settings["beta"], settings["learning_rate"])
+            jobs[f"round {number}"] = run_job(server, body, f"round {number}")
+            versions.append(jobs[f"round {number}"]["job"]["result_model"])
         loop_seconds = time.perf_counter() - started
-        version = jobs["fine-tuned (default beta)"]["job"]["result_model"]
         # The comparison on bench_reward's prompts and seeds.
         bench_args = argparse.Namespace(seed=0, prompts_per_category=8, images_per_prompt=8)
         if args.smoke:
             bench_args.prompts_per_category, bench_args.images_per_prompt = 1, 1
         comparison = {}
-        for name, model in (("pretrained, one image", "shapes-sd"), ("fine-tuned, one image", version)):
+        names = ["pretrained, one image"] + [f"round {n}, one image" for n in range(1, len(versions))]
+        for name, model in zip(names, versions, strict=True):
             result, _ = bench_reward.alignment(server, bench_args, best_of=(1,), model=model)
             comparison[name] = {
+                "model": model,
                 "attributes": attribute_shares(result[1]),
                 "good": good_shares(result[1]),
                 "seconds_per_image": seconds_per_image(server, model),
@@ -681,13 +716,18 @@ def main() -> int:
         }
         active_after_bad = None
         if not args.skip_ablations:
+            first = settings["rounds"][0]
             jobs["beta 0 (ablation)"] = run_job(
-                server, job_body(args, 0.0, settings["learning_rate"], activate=False), "beta0"
+                server,
+                job_body(args, "shapes-sd", first, 0.0, settings["learning_rate"], activate=False),
+                "beta0",
             )
             # The gate's demonstration needs no more data than it takes to break the model.
-            bad = job_body(args, settings["beta"], settings["bad_learning_rate"], activate=True)
-            bad["prompts"]["count"] = settings["bad_prompts"]
-            bad["images_per_prompt"] = settings["bad_images_per_prompt"]
+            bad_round = {
+                "job_prompts": settings["bad_prompts"],
+                "images_per_prompt": settings["bad_images_per_prompt"],
+            }
+            bad = job_body(args, "shapes-sd", bad_round, settings["beta"], settings["bad_learning_rate"])
             bad["hyperparameters"]["steps"] = settings["bad_steps"]
             jobs["learning rate too high"] = run_job(server, bad, "bad")
             active_after_bad = server.get("/models")["active"]
@@ -699,7 +739,7 @@ def main() -> int:
         "settings": settings,
         "rated": rated,
         "loop_seconds": round(loop_seconds, 1),
-        "jobs": {name: record for name, record in jobs.items()},
+        "jobs": jobs,
         "comparison": comparison,
         "active_after_bad": active_after_bad,
     }

@@ -113,3 +113,57 @@ def test_the_count_paragraph_names_trials_that_meet_both_targets():
     text = " ".join(finetune_loop.count_limit(trials + [result("z", "heldout", 0.45, 0.88)]))
     assert "Trials meeting both targets: z." in text
     assert "the largest held-out count gain is count +20.0 (trial z)" in text
+
+
+def evaluation(count: float, colour: float, quality: float = 0.8) -> dict:
+    return {
+        "attributes": {"count": count, "colour": colour, "background": 0.97, "shape": 0.55},
+        "good": 0.2,
+        "quality": quality,
+        "diversity": 0.25,
+        "mean_reward": 0.3,
+    }
+
+
+def job_record(result: str, base: str, base_eval: dict, candidate: dict, passed: bool = True) -> dict:
+    metrics = {
+        "evaluation": {"base": base_eval, "candidate": candidate},
+        "gate": {"passed": passed, "reasons": [] if passed else ["quality fell 9.0 points"]},
+    }
+    job = {"result_model": result, "base_model": base, "metrics": metrics}
+    return {"seconds": 600.0, "stages": {"sample": 300.0, "train": 280.0}, "job": job}
+
+
+def test_the_loop_report_measures_the_last_round_against_the_pretrained_model():
+    pretrained, first, second = evaluation(0.22, 0.92), evaluation(0.30, 0.90), evaluation(0.40, 0.88)
+    rounds = [{"job_prompts": 528, "images_per_prompt": 16}, {"job_prompts": 528, "images_per_prompt": 8}]
+    rated = {"prompts": 150, "labels": {"good": 200, "bad": 1000}, "generate_seconds": 80, "rate_seconds": 5}
+    data = {
+        "command": "make finetune-loop",
+        "machine": "2 CPUs",
+        "settings": finetune_loop.FULL | {"rounds": rounds},
+        "rated": [rated | {"model": "shapes-sd"}, rated | {"model": "v1"}],
+        "loop_seconds": 2400.0,
+        "jobs": {
+            "round 1": job_record("v1", "shapes-sd", pretrained, first),
+            # Round 2's own base is round 1's version; the report still compares with the pretrained model.
+            "round 2": job_record("v2", "v1", first, second),
+            "beta 0 (ablation)": job_record("v3", "shapes-sd", pretrained, evaluation(0.3, 0.85, 0.7), False),
+            "learning rate too high": job_record(
+                "v4", "shapes-sd", pretrained, evaluation(0.1, 0.5, 0.4), False
+            ),
+        },
+        "comparison": {"pretrained, one image": {"attributes": {"count": 0.2}, "seconds_per_image": 0.1}},
+        "active_after_bad": "v2",
+    }
+    text = finetune_loop.markdown(data, [])
+    assert "count +18.0 points on held-out prompts after round 2" in text
+    assert "round 1 alone: +8.0" in text
+    assert "colour -4.0 points" in text
+    assert "Quality proxy 70.0%, against 80.0% at beta = 0.1" in text
+    assert "the gate refused it (quality fell 9.0 points), and the active version stayed `v2`" in text
+    assert "- **Round 2**, from `v1`" in text
+    assert "The loop took 40.0 min" in text
+    table_rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert table_rows[1].startswith("| pretrained (shapes-sd) | 22.0% | 92.0% |")
+    assert table_rows[3].startswith("| round 2: `v2`, from `v1` | 40.0% | 88.0% |")
