@@ -396,7 +396,7 @@ def markdown(data: dict, trials: list[str]) -> str:
         )
     rows = [
         [name]
-        + [percent(row["attributes"].get(key)) for key in ("count", "colour", "background", "shape")]
+        + [percent(row["attributes"].get(key)) for key in ATTRIBUTES]
         + [f"{row['seconds_per_image']:.3f}"]
         for name, row in data["comparison"].items()
     ]
@@ -407,7 +407,7 @@ def markdown(data: dict, trials: list[str]) -> str:
         "the rater. Best-of-16's row is the committed models/reward-serving.json; the others are measured "
         "here.",
         "",
-        table(["", "count", "colour", "background", "shape", "seconds per image"], rows),
+        table(["", *ATTRIBUTES, "seconds per image"], rows),
         *trials,
         "",
         END,
@@ -440,7 +440,7 @@ def trial_row(trial: dict) -> list[str]:
             str(spec.get("caption_dropout", 0.1 if "split" in trial else 0)) if spec else "-",
             f"{spec.get('pretrain_fraction', 0.5)}, {captions}" if spec else "-",
         ]
-        + [percent(trial["attributes"].get(key)) for key in ("count", "colour", "background", "shape")]
+        + [percent(trial["attributes"].get(key)) for key in ATTRIBUTES]
         + [
             percent(trial["good"]),
             percent(trial["quality"]),
@@ -477,7 +477,7 @@ def trials_table(path: Path) -> list[str]:
     heldout = [trial_row(trial) for trial in trials if trial.get("split", "heldout") == "heldout"]
     seen = [trial_row(trial) for trial in trials if trial.get("split") == "seen"]
     header = ["trial", "samples", "steps", "lr", "beta", "trained", "EMA", "empty captions"]
-    header += ["pre-training share, captions", "count", "colour", "background", "shape"]
+    header += ["pre-training share, captions", *ATTRIBUTES]
     header += ["all right", "quality", "diversity"]
     lines = [
         "",
