@@ -172,7 +172,7 @@ simulate-raters: venv
 
 # The whole feedback loop of #5 through the service: serve, rate with the simulated rater, fine-tune (the trainer
 # runs in .venv-trainer), evaluate, compare with best-of-16; writes its section of models/REPORT.md and
-# models/fine-tune.json. The two rounds took 47.4 min on 2 CPU cores; the ablation job is as long again as round 1's.
+# models/fine-tune.json. The two rounds took 35.4 min on 2 CPU cores; the ablation and gate jobs add about 20 min.
 finetune-loop: trainer-venv build
 	.venv-trainer/bin/python scripts/finetune_loop.py --binary $(BIN)
 

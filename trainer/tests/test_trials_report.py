@@ -146,9 +146,10 @@ def test_the_loop_report_measures_the_last_round_against_the_pretrained_model():
         "loop_seconds": 2400.0,
         "jobs": {
             "round 1": job_record("v1", "shapes-sd", pretrained, first),
+            # The ablation runs between the rounds, on round 1's data; the table still lists the rounds first.
+            "beta 0 (ablation)": job_record("v3", "shapes-sd", pretrained, evaluation(0.3, 0.85, 0.7), False),
             # Round 2's own base is round 1's version; the report still compares with the pretrained model.
             "round 2": job_record("v2", "v1", first, second),
-            "beta 0 (ablation)": job_record("v3", "shapes-sd", pretrained, evaluation(0.3, 0.85, 0.7), False),
             "learning rate too high": job_record(
                 "v4", "shapes-sd", pretrained, evaluation(0.1, 0.5, 0.4), False
             ),
@@ -161,9 +162,11 @@ def test_the_loop_report_measures_the_last_round_against_the_pretrained_model():
     assert "round 1 alone: +8.0" in text
     assert "colour -4.0 points" in text
     assert "Quality proxy 70.0%, against 80.0% at beta = 0.1" in text
+    assert "colour accuracy 85.0%, against 90.0% and 92.0%; count 30.0%, against 30.0% and 22.0%" in text
     assert "the gate refused it (quality fell 9.0 points), and the active version stayed `v2`" in text
     assert "- **Round 2**, from `v1`" in text
     assert "The loop took 40.0 min" in text
+    assert "the ablation ran between them and is not counted" in text
     table_rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert table_rows[1].startswith("| pretrained (shapes-sd) | 22.0% | 92.0% |")
     assert table_rows[3].startswith("| round 2: `v2`, from `v1` | 40.0% | 88.0% |")
