@@ -1,15 +1,15 @@
 """The whole feedback loop of issue #5, measured through the running service on the shapes world:
 
 1. Serve: `t2i-align serve` with shapes-sd and shapes-reward, on a fresh data directory.
-2. Two rounds of feedback, as the paper's loop would run twice. In each round:
+2. Rounds of feedback, as the paper's loop would run repeatedly. In each round:
    a. Rate: generate images for training prompts through POST /generate from the round's base model (the
-      pretrained one, then round 1's version), and let the simulated rater label them through POST /feedback
-      (scripts/simulate_raters.py), as people would.
+      pretrained one, then the previous round's version), and let the simulated rater label them through
+      POST /feedback (scripts/simulate_raters.py), as people would.
    b. Fine-tune: POST /fine-tunes with `base_model` the round's base. The job samples more images from it,
       scores them with the reward model, trains on ratings plus scores (reward-weighted likelihood with the
       pre-training term, cosine learning rate), evaluates base and candidate on held-out prompts, registers
       the version and activates it if the gate passes. The job is followed through GET /fine-tunes/{id}.
-   The 45-minute budget is for both rounds together.
+   The 45-minute budget is for the rounds together.
 3. Compare, through /generate with `model`, on the prompts and seeds of scripts/bench_reward.py: the
    pretrained model, each round's version, and best-of-16 on the pretrained model (models/reward-serving.json,
    measured by `make bench-reward`), on alignment and on seconds per image.
@@ -55,7 +55,7 @@ END = "<!-- fine-tune:end -->"
 FULL = {
     "rated_prompts": 528,
     "rated_images": 6,
-    "rounds": [{"job_prompts": 528, "images_per_prompt": 2}, {"job_prompts": 528, "images_per_prompt": 2}],
+    "rounds": [{"job_prompts": 528, "images_per_prompt": 2}] * 2,
     "steps": 1500,
     "batch_size": 32,
     "learning_rate": 3e-4,
@@ -362,8 +362,8 @@ def markdown(data: dict, trials: list[str]) -> str:
         BEGIN,
         "## Fine-tuning from feedback (issue #5)",
         "",
-        f"Measured by `{data['command']}` on {data['machine']}, through the service: two rounds of feedback, "
-        "the second starting from the first's version. Each job trains "
+        f"Measured by `{data['command']}` on {data['machine']}, through the service: {len(loop)} rounds of "
+        "feedback, each starting from the previous round's version. Each job trains "
         f"{s['steps']} steps of batch {s['batch_size']}, {s['pretrain_fraction']:.0%} of it pre-training "
         f"renders ({s['pretrain_images']} of them, with the pretraining's noisy captions); learning rate "
         f"{s['learning_rate']} with the {s['lr_schedule']} schedule, beta {s['beta']}, text encoder "
@@ -371,9 +371,9 @@ def markdown(data: dict, trials: list[str]) -> str:
         "",
         *round_lines,
         "",
-        f"**The loop took {data['loop_seconds'] / 60:.1f} min** (budget: 45), both rounds together"
+        f"**The loop took {data['loop_seconds'] / 60:.1f} min** (budget: 45), its {len(loop)} rounds together"
         + (
-            "; the ablation ran between them and is not counted."
+            "; the ablation ran after round 1 and is not counted."
             if "beta 0 (ablation)" in data["jobs"]
             else "."
         ),

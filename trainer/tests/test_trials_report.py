@@ -166,7 +166,7 @@ def test_the_loop_report_measures_the_last_round_against_the_pretrained_model():
     assert "the gate refused it (quality fell 9.0 points), and the active version stayed `v2`" in text
     assert "- **Round 2**, from `v1`" in text
     assert "The loop took 40.0 min" in text
-    assert "the ablation ran between them and is not counted" in text
+    assert "its 2 rounds together; the ablation ran after round 1 and is not counted" in text
     table_rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert table_rows[1].startswith("| pretrained (shapes-sd) | 22.0% | 92.0% |")
     assert table_rows[3].startswith("| round 2: `v2`, from `v1` | 40.0% | 88.0% |")
