@@ -47,6 +47,7 @@ from shapes_world import choose_prompts  # noqa: E402
 ROUND_TRIP = ROOT / "models" / "vae-round-trip.json"
 BEGIN = "<!-- fine-tune:begin -->"
 END = "<!-- fine-tune:end -->"
+ABLATION = "beta 0 (ablation)"
 
 # The measured run. The job's settings were chosen by the trials reported in the section this writes (trials v
 # and w are two such rounds in PyTorch, on the rater's labels). Each round the rater labels 6 images of every
@@ -313,7 +314,7 @@ def evaluation_rows(jobs: dict) -> list[list[str]]:
     base = next(iter(jobs.values()))["job"]["metrics"]["evaluation"]["base"]
     rows = [evaluation_row("pretrained (shapes-sd)", base)]
     # The rounds first, then the other jobs, whatever order they ran in.
-    ordered = sorted(jobs.items(), key=lambda item: not item[0].startswith("round "))
+    ordered = sorted(jobs.items(), key=lambda item: not is_round(item[0]))
     for name, record in ordered:
         job = record["job"]
         label = f"{name}: `{job['result_model']}`, from `{job['base_model']}`"
@@ -327,8 +328,12 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def is_round(job_name: str) -> bool:
+    return job_name.startswith("round ")
+
+
 def rounds(data: dict) -> list[tuple[str, dict]]:
-    return [(name, record) for name, record in data["jobs"].items() if name.startswith("round ")]
+    return [(name, record) for name, record in data["jobs"].items() if is_round(name)]
 
 
 def markdown(data: dict, trials: list[str]) -> str:
@@ -372,11 +377,7 @@ def markdown(data: dict, trials: list[str]) -> str:
         *round_lines,
         "",
         f"**The loop took {data['loop_seconds'] / 60:.1f} min** (budget: 45), its {len(loop)} rounds together"
-        + (
-            "; the ablation ran after round 1 and is not counted."
-            if "beta 0 (ablation)" in data["jobs"]
-            else "."
-        ),
+        + ("; the ablation ran after round 1 and is not counted." if ABLATION in data["jobs"] else "."),
         "",
         "The jobs' own evaluations, on held-out prompts with the same prompts and seeds for every model: "
         f"{s['eval_per_category']} per category × {s['eval_images']} images. The held-out split has no "
@@ -395,8 +396,8 @@ def markdown(data: dict, trials: list[str]) -> str:
         + ", ".join(f"{name} {points(change)} points" for name, change in changes.items())
         + " (target: no drop beyond 5 points).",
     ]
-    if "beta 0 (ablation)" in data["jobs"]:
-        ablation = data["jobs"]["beta 0 (ablation)"]["job"]["metrics"]["evaluation"]["candidate"]
+    if ABLATION in data["jobs"]:
+        ablation = data["jobs"][ABLATION]["job"]["metrics"]["evaluation"]["candidate"]
         lines.append(
             f"- **Ablation, beta = 0** (the paper's Table 3 analogue): round 1's job again without the "
             f"pre-training term. Quality proxy {percent(ablation['quality'])}, against "
@@ -711,7 +712,6 @@ def main() -> int:
     server = Server(args)
     try:
         rated, jobs, versions = [], {}, ["shapes-sd"]
-        ablation_seconds = 0.0
         for number, round_settings in enumerate(settings["rounds"], start=1):
             rated.append(rate_served_images(server, args, versions[-1], number))
             emit("rated", round=number, **rated[-1])
@@ -722,9 +722,8 @@ def main() -> int:
                 # Round 1's job again without the pre-training term, before round 2 adds ratings, so that it
                 # trains on exactly round 1's data. Its time is not the loop's.
                 ablation = job_body(args, "shapes-sd", round_settings, 0.0, settings["learning_rate"], False)
-                jobs["beta 0 (ablation)"] = run_job(server, ablation, "beta0")
-                ablation_seconds = jobs["beta 0 (ablation)"]["seconds"]
-        loop_seconds = time.perf_counter() - started - ablation_seconds
+                jobs[ABLATION] = run_job(server, ablation, "beta0")
+        loop_seconds = time.perf_counter() - started - jobs.get(ABLATION, {}).get("seconds", 0.0)
         # The comparison on bench_reward's prompts and seeds.
         bench_args = argparse.Namespace(seed=0, prompts_per_category=8, images_per_prompt=8)
         if args.smoke:
