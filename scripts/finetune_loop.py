@@ -48,15 +48,20 @@ ROUND_TRIP = ROOT / "models" / "vae-round-trip.json"
 BEGIN = "<!-- fine-tune:begin -->"
 END = "<!-- fine-tune:end -->"
 ABLATION = "beta 0 (ablation)"
+MAX_N = 8  # the server's limit on `n` per /generate request
 
 # The measured run. The job's settings were chosen by the trials reported in the section this writes (trials v
-# and w are two such rounds in PyTorch, on the rater's labels). Each round the rater labels 6 images of every
-# training prompt served by the round's base, and the job scores 2 more per prompt with the reward model: 3/4
-# of each round's samples are rated, near the paper's 23k rated and 16k scored.
+# and w are two such rounds in PyTorch, on the rater's labels). Each round the rater labels `rated_images` of
+# every training prompt served by the round's base, and the job scores 2 more per prompt with the reward
+# model: 4/5 of each round's samples are rated, near the paper's 23k rated and 16k scored. Each job trains on
+# the ratings of its own base's images (`feedback_filter`), as trial w did: round 2 learns from what round 1's
+# version draws, not again from the pretrained model's images.
 FULL = {
     "rated_prompts": 528,
-    "rated_images": 6,
-    "rounds": [{"job_prompts": 528, "images_per_prompt": 2}] * 2,
+    "rounds": [
+        {"rated_images": 9, "job_prompts": 528, "images_per_prompt": 2},
+        {"rated_images": 8, "job_prompts": 528, "images_per_prompt": 2},
+    ],
     "steps": 1500,
     "batch_size": 32,
     "learning_rate": 3e-4,
@@ -75,8 +80,10 @@ FULL = {
 }
 SMOKE = {
     "rated_prompts": 4,
-    "rated_images": 2,
-    "rounds": [{"job_prompts": 6, "images_per_prompt": 2}, {"job_prompts": 6, "images_per_prompt": 1}],
+    "rounds": [
+        {"rated_images": 2, "job_prompts": 6, "images_per_prompt": 2},
+        {"rated_images": 2, "job_prompts": 6, "images_per_prompt": 1},
+    ],
     "steps": 5,
     "batch_size": 8,
     "learning_rate": 3e-4,
@@ -149,19 +156,23 @@ def emit(event: str, **fields) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
-def rate_served_images(server: Server, args: argparse.Namespace, model: str, number: int) -> dict:
+def rate_served_images(
+    server: Server, args: argparse.Namespace, model: str, number: int, round_settings: dict
+) -> dict:
     """Images that `model` serves for training prompts, labelled by the simulated rater through
     POST /feedback. Every round draws new seeds; images the rater already rated are left alone."""
     settings = args.settings
     prompts = choose_prompts("train", settings["rated_prompts"], None, args.seed + 17 * number)
-    per_prompt = settings["rated_images"]
+    per_prompt = round_settings["rated_images"]
 
     def generate(index: int) -> None:
-        # Image i of a request uses seed + i, so the prompts' seed ranges must not overlap.
+        # Image i of a request uses seed + i, so the prompts' seed ranges must not overlap. /generate serves
+        # at most MAX_N images per request.
         seed = 1_000_000 * (args.seed + number) + index * per_prompt
-        server.post(
-            "/generate", {"prompt": prompts[index].text, "n": per_prompt, "seed": seed, "model": model}
-        )
+        for first in range(0, per_prompt, MAX_N):
+            n = min(MAX_N, per_prompt - first)
+            body = {"prompt": prompts[index].text, "n": n, "seed": seed + first, "model": model}
+            server.post("/generate", body)
 
     started = time.perf_counter()
     # A few requests in flight, as several users would send them: the server batches their denoising steps.
@@ -176,7 +187,7 @@ def rate_served_images(server: Server, args: argparse.Namespace, model: str, num
     return {
         "model": model,
         "prompts": len(prompts),
-        "images": len(prompts) * settings["rated_images"],
+        "images": len(prompts) * per_prompt,
         "labels": {label: count for label, count in labels.items() if count},
         "generate_seconds": round(generated, 1),
         "rate_seconds": round(rated, 1),
@@ -210,6 +221,8 @@ def job_body(
         "prompts": {"generator": "shapes_world", "split": "train", "count": round_settings["job_prompts"]},
         "images_per_prompt": round_settings["images_per_prompt"],
         "use_feedback": True,
+        # The ratings of the base's own images: each round learns from what the model it starts from draws.
+        "feedback_filter": {"model": base_model},
         "hyperparameters": {
             "beta": beta,
             "learning_rate": learning_rate,
@@ -354,12 +367,17 @@ def markdown(data: dict, trials: list[str]) -> str:
         stage_times = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in record["stages"].items())
         gate = "passed, activated" if job["metrics"]["gate"]["passed"] else "refused"
         labels = ", ".join(f"{count} {label}" for label, count in sorted(rated["labels"].items()))
+        which = (
+            "these ratings (`feedback_filter`: the base's own images)"
+            if (record["job"].get("spec", {}).get("feedback_filter") or {}).get("model")
+            else "every rating so far"
+        )
         round_lines.append(
             f"- **{name.capitalize()}**, from `{rated['model']}`: {rated['prompts']} training prompts × "
-            f"{s['rated_images']} served images rated by the simulated rater through POST /feedback "
-            f"({labels}; "
-            f"{rated['generate_seconds'] + rated['rate_seconds']:.0f} s). Then a job on every rating so far "
-            f"plus {job_settings['job_prompts']} training prompts × {job_settings['images_per_prompt']} "
+            f"{rated['images'] // rated['prompts']} served images rated by the simulated rater through "
+            f"POST /feedback ({labels}; "
+            f"{rated['generate_seconds'] + rated['rate_seconds']:.0f} s). Then a job on {which} plus "
+            f"{job_settings['job_prompts']} training prompts × {job_settings['images_per_prompt']} "
             f"samples scored by shapes-reward: {record['seconds']:.0f} s ({stage_times}). Version "
             f"`{job['result_model']}`; gate: {gate}."
         )
@@ -713,7 +731,7 @@ def main() -> int:
     try:
         rated, jobs, versions = [], {}, ["shapes-sd"]
         for number, round_settings in enumerate(settings["rounds"], start=1):
-            rated.append(rate_served_images(server, args, versions[-1], number))
+            rated.append(rate_served_images(server, args, versions[-1], number, round_settings))
             emit("rated", round=number, **rated[-1])
             body = job_body(args, versions[-1], round_settings, settings["beta"], settings["learning_rate"])
             jobs[f"round {number}"] = run_job(server, body, f"round {number}")

@@ -34,6 +34,7 @@ fn ratings_are_stored_listed_and_exported() {
     assert!(good["id"].as_str().unwrap().starts_with("fb_"));
     assert_eq!(good["prompt"], "three red circles");
     assert_eq!(good["image_id"], ids[0]);
+    assert_eq!(good["model"], generated["model"]);
     let png = std::fs::read(common::repo_path("tests/golden/reward/shapes-reward/1.png")).unwrap();
     let sent = post(
         &server,
@@ -41,6 +42,7 @@ fn ratings_are_stored_listed_and_exported() {
     );
     assert_eq!(sent.status, 201, "{}", sent.text());
     assert_eq!(sent.json()["image_id"], Value::Null);
+    assert_eq!(sent.json()["model"], Value::Null);
     assert_eq!(post(&server, json!({"image_id": ids[1], "label": "skip"})).status, 201);
 
     let all = server.get("/feedback").json();
@@ -56,6 +58,16 @@ fn ratings_are_stored_listed_and_exported() {
     let goods = server.get("/feedback?label=good").json();
     assert_eq!(goods["data"].as_array().unwrap().len(), 1);
     assert_eq!(server.get("/feedback?rater=bob").json()["data"][0]["label"], "bad");
+    let model = generated["model"].as_str().unwrap();
+    let by_model = server.get(&format!("/feedback?model={model}")).json();
+    let labels: Vec<&str> = by_model["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rating| rating["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, vec!["good", "skip"], "the uploaded image has no model");
+    assert_eq!(server.get("/feedback?model=ft-other").json()["data"], json!([]));
     let by_image = server.get(&format!("/feedback?image_id={}", ids[1])).json();
     assert_eq!(by_image["data"].as_array().unwrap().len(), 1);
 

@@ -7,6 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 use common::{binary, repo_path, Server};
 use serde_json::{json, Value};
 
@@ -136,9 +137,16 @@ fn rate_fine_tune_activate_generate_and_survive_a_restart() {
         assert_eq!(server.post_json("/feedback", &body.to_string()).status, 201);
     }
 
-    // Created and followed to the end through the CLI, as a user would.
+    // A rating of an image sent with its prompt: no model generated it, so the job's filter leaves it out.
+    let png = std::fs::read(repo_path("tests/golden/reward/shapes-reward/1.png")).unwrap();
+    let body = json!({"image": BASE64.encode(&png), "prompt": "a red circle", "label": "good"});
+    assert_eq!(server.post_json("/feedback", &body.to_string()).status, 201);
+
+    // Created and followed to the end through the CLI, as a user would, on the ratings of tiny-sd's images.
     let spec = data.path().join("job.json");
-    std::fs::write(&spec, tiny_job(3).to_string()).unwrap();
+    let mut body = tiny_job(3);
+    body["feedback_filter"] = json!({"model": "tiny-sd"});
+    std::fs::write(&spec, body.to_string()).unwrap();
     let url = format!("http://127.0.0.1:{}", server.port);
     let output = Command::new(binary())
         .args(["fine-tune", "create", "--url", &url, "--activate", "--file"])
@@ -425,6 +433,15 @@ fn bad_specs_get_a_422_naming_the_field() {
             r#"{"retrain_reward_model": true, "use_feedback": false}"#.to_string(),
             "retrain_reward_model",
         ),
+        (
+            r#"{"feedback_filter": {"model": "no-such-model"}}"#.to_string(),
+            "feedback_filter.model",
+        ),
+        (
+            r#"{"use_feedback": false, "feedback_filter": {"rater": "ann"}}"#.to_string(),
+            "feedback_filter",
+        ),
+        (r#"{"feedback_filter": {"models": ["tiny-sd"]}}"#.to_string(), "models"),
     ] {
         let response = server.post_json("/fine-tunes", &body);
         assert_eq!(response.status, 422, "{body}: {}", response.text());

@@ -14,7 +14,7 @@ use crate::http::schemas::{
     ScoreRequest, ScoreResponse, ScoreTimings, SelectionOut, Timings,
 };
 use crate::jobs::spec::{
-    FineTuneRequest, GateSpec, Hyperparameters, LrSchedule, PretrainData, PromptGenerator, PromptSource,
+    FeedbackFilter, FineTuneRequest, GateSpec, Hyperparameters, LrSchedule, PretrainData, PromptGenerator, PromptSource,
 };
 
 #[derive(OpenApi)]
@@ -71,6 +71,7 @@ use crate::jobs::spec::{
         FineTuneRequest,
         PromptSource,
         PromptGenerator,
+        FeedbackFilter,
         Hyperparameters,
         LrSchedule,
         PretrainData,

@@ -611,6 +611,7 @@ fn feedback_out(feedback: Feedback, image_base64: Option<String>) -> FeedbackOut
         id: feedback.id,
         created_at: feedback.created_at,
         image_id: feedback.image_id,
+        model: feedback.model,
         prompt: feedback.prompt,
         label: feedback.label,
         rater: feedback.rater,
@@ -667,6 +668,7 @@ pub async fn post_feedback(state: web::Data<AppState>, payload: web::Payload) ->
             let stored = state.storage.image(&image_id, "image_id").await?;
             NewFeedback {
                 image_id: Some(image_id),
+                model: Some(stored.model),
                 prompt: stored.prompt,
                 label,
                 rater: request.rater,
@@ -691,6 +693,7 @@ pub async fn post_feedback(state: web::Data<AppState>, payload: web::Payload) ->
             let extension = if bytes.starts_with(b"\x89PNG") { "png" } else { "jpg" };
             NewFeedback {
                 image_id: None,
+                model: None,
                 prompt,
                 label,
                 rater: request.rater,
@@ -761,6 +764,7 @@ fn feedback_query(request: &HttpRequest) -> Result<(FeedbackQuery, bool)> {
             label,
             rater: params.rater,
             image_id: params.image_id,
+            model: params.model,
             after: params.after,
             limit,
         },

@@ -335,6 +335,8 @@ pub struct FeedbackOut {
     /// Unix milliseconds.
     pub created_at: i64,
     pub image_id: Option<String>,
+    /// The version that generated the image; null for images sent with their prompt.
+    pub model: Option<String>,
     pub prompt: String,
     pub label: String,
     pub rater: Option<String>,
@@ -360,6 +362,8 @@ pub struct FeedbackParams {
     pub label: Option<String>,
     pub rater: Option<String>,
     pub image_id: Option<String>,
+    /// Only ratings of images this version generated (a `GET /models` id).
+    pub model: Option<String>,
     /// The last id of the previous page.
     pub after: Option<String>,
     /// Ratings per page, 1 to 1000 (default 100). The export checks it but streams every match.

@@ -226,6 +226,10 @@ impl JobManager {
             ));
         }
         let spec = request.validate(base.id.clone(), &self.config.limits, &self.config.gate)?;
+        if let Some(model) = &spec.feedback_filter.model {
+            // A typo would otherwise match no rating and train on the reward model's scores alone.
+            self.pool.registry().version(model, "feedback_filter.model").await?;
+        }
         let id = format!("ft_{}", uuid::Uuid::new_v4().simple());
         let spec_json = serde_json::to_value(&spec).map_err(|err| Error::Internal(err.to_string()))?;
         let job = self.storage.insert_job(&id, &base.id, &spec_json).await?;
@@ -468,10 +472,20 @@ impl JobContext<'_> {
             "reward_scored": samples.len() - rated,
             "mean_reward": mean(samples.iter().map(|sample| sample.reward)),
         });
+        let filter = &self.spec.feedback_filter;
+        let chosen: Vec<String> = [("of model", &filter.model), ("by rater", &filter.rater)]
+            .into_iter()
+            .filter_map(|(what, value)| value.as_ref().map(|value| format!("{what} {value}")))
+            .collect();
+        let which = if chosen.is_empty() {
+            String::new()
+        } else {
+            format!(" (ratings {})", chosen.join(", "))
+        };
         self.end(
             stage,
             &format!(
-                "{} training samples: {rated} rated by people, {} scored by the reward model",
+                "{} training samples: {rated} rated by people{which}, {} scored by the reward model",
                 samples.len(),
                 samples.len() - rated
             ),
@@ -768,8 +782,11 @@ impl JobContext<'_> {
     async fn feedback_samples(&self, folder: &Path) -> Result<Vec<Sample>> {
         let storage = &self.manager.storage;
         let mut samples = Vec::new();
+        let filter = &self.spec.feedback_filter;
         let mut query = FeedbackQuery {
             limit: 500,
+            model: filter.model.clone(),
+            rater: filter.rater.clone(),
             ..FeedbackQuery::default()
         };
         loop {

@@ -37,6 +37,19 @@ pub struct PromptGenerator {
     pub seed: Option<u64>,
 }
 
+/// Which stored ratings a job trains on (with `use_feedback`). Absent fields match every rating.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackFilter {
+    /// Only ratings of images this version generated (a `GET /models` id): with `base_model`, the round's
+    /// own samples, as in an on-policy round of feedback.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Only ratings from this rater.
+    #[serde(default)]
+    pub rater: Option<String>,
+}
+
 /// The trainer's hyperparameters. The objective is E_model[r · L] + beta · E_pretrain[L].
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -183,6 +196,9 @@ pub struct FineTuneRequest {
     /// Train on the stored ratings too (good 1, bad 0; skips are left out). Default true.
     #[serde(default)]
     pub use_feedback: Option<bool>,
+    /// Which stored ratings: by the model that generated the image, by rater. Default: all of them.
+    #[serde(default)]
+    pub feedback_filter: Option<FeedbackFilter>,
     /// Retrain the reward model on the ratings first and score with it (paper §3.2). Default false.
     #[serde(default)]
     pub retrain_reward_model: Option<bool>,
@@ -217,6 +233,9 @@ pub struct JobSpec {
     pub prompts: PromptSource,
     pub images_per_prompt: u32,
     pub use_feedback: bool,
+    /// Absent in jobs stored before the filter existed: they trained on every rating.
+    #[serde(default)]
+    pub feedback_filter: FeedbackFilter,
     pub retrain_reward_model: bool,
     pub reward_model: Option<String>,
     pub hyperparameters: Hyperparameters,
@@ -372,6 +391,21 @@ impl FineTuneRequest {
                 "`images_per_prompt` is 0 and `use_feedback` is false: the job would have no data",
             ));
         }
+        let feedback_filter = self.feedback_filter.unwrap_or_default();
+        if !use_feedback && feedback_filter != FeedbackFilter::default() {
+            return Err(Error::validation(
+                "feedback_filter",
+                "`feedback_filter` chooses among the stored ratings, so it needs `use_feedback` true",
+            ));
+        }
+        for (field, value) in [("model", &feedback_filter.model), ("rater", &feedback_filter.rater)] {
+            if value.as_deref().is_some_and(|value| value.trim().is_empty()) {
+                return Err(Error::validation(
+                    format!("feedback_filter.{field}"),
+                    format!("`feedback_filter.{field}` must not be empty; leave it out to match every rating"),
+                ));
+            }
+        }
         let retrain_reward_model = self.retrain_reward_model.unwrap_or(false);
         if retrain_reward_model && !use_feedback {
             return Err(Error::validation(
@@ -501,6 +535,7 @@ impl FineTuneRequest {
             prompts,
             images_per_prompt,
             use_feedback,
+            feedback_filter,
             retrain_reward_model,
             reward_model: self.reward_model,
             hyperparameters: hyper,
@@ -538,6 +573,7 @@ mod tests {
         assert_eq!(spec.hyperparameters.lr_schedule, LrSchedule::Cosine);
         assert_eq!(spec.images_per_prompt, 8);
         assert!(spec.use_feedback);
+        assert_eq!(spec.feedback_filter, FeedbackFilter::default());
         assert!(!spec.activate_on_success);
         assert_eq!(spec.max_quality_drop, 0.03);
     }
@@ -596,10 +632,26 @@ mod tests {
                 serde_json::json!({"gate": {"max_quality_drop": 2.0}}),
                 "gate.max_quality_drop",
             ),
+            (
+                serde_json::json!({"use_feedback": false, "feedback_filter": {"model": "shapes-sd"}}),
+                "feedback_filter",
+            ),
+            (
+                serde_json::json!({"feedback_filter": {"rater": " "}}),
+                "feedback_filter.rater",
+            ),
         ] {
             let err = check(body.clone()).unwrap_err();
             assert_eq!(err.param(), Some(field), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn a_stored_spec_without_a_feedback_filter_still_reads() {
+        let mut stored = serde_json::to_value(check(serde_json::json!({})).unwrap()).unwrap();
+        stored.as_object_mut().unwrap().remove("feedback_filter");
+        let spec: JobSpec = serde_json::from_value(stored).unwrap();
+        assert_eq!(spec.feedback_filter, FeedbackFilter::default());
     }
 
     #[test]

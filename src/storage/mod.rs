@@ -58,6 +58,8 @@ impl Label {
 #[derive(Debug, Clone)]
 pub struct NewFeedback {
     pub image_id: Option<String>,
+    /// The version that generated the image, for images rated by `image_id`.
+    pub model: Option<String>,
     pub prompt: String,
     pub label: Label,
     pub rater: Option<String>,
@@ -72,6 +74,7 @@ pub struct Feedback {
     pub id: String,
     pub created_at: i64,
     pub image_id: Option<String>,
+    pub model: Option<String>,
     pub prompt: String,
     pub label: String,
     pub rater: Option<String>,
@@ -84,6 +87,8 @@ pub struct FeedbackQuery {
     pub label: Option<Label>,
     pub rater: Option<String>,
     pub image_id: Option<String>,
+    /// Only ratings of images this version generated.
+    pub model: Option<String>,
     /// List the ratings stored after this one (its id), oldest first.
     pub after: Option<String>,
     pub limit: u32,
@@ -303,12 +308,13 @@ impl Storage {
         let path = self.write_file(&file, new.image.clone()).await?;
         let created_at = now_millis();
         let inserted = sqlx::query(
-            "INSERT INTO feedback (id, created_at, image_id, prompt, label, rater, file, sha256) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO feedback (id, created_at, image_id, model, prompt, label, rater, file, sha256) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&id)
         .bind(created_at)
         .bind(&new.image_id)
+        .bind(&new.model)
         .bind(&new.prompt)
         .bind(new.label.name())
         .bind(&new.rater)
@@ -324,6 +330,7 @@ impl Storage {
             id,
             created_at,
             image_id: new.image_id.clone(),
+            model: new.model.clone(),
             prompt: new.prompt.clone(),
             label: new.label.name().to_string(),
             rater: new.rater.clone(),
@@ -335,7 +342,8 @@ impl Storage {
     /// orphan file, which the start-up sweep removes. `Ok(None)` when there is no such rating.
     pub async fn delete_feedback(&self, id: &str) -> Result<Option<Feedback>> {
         let row = sqlx::query(
-            "DELETE FROM feedback WHERE id = ? RETURNING id, created_at, image_id, prompt, label, rater, file",
+            "DELETE FROM feedback WHERE id = ? \
+             RETURNING id, created_at, image_id, model, prompt, label, rater, file",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -357,9 +365,9 @@ impl Storage {
             .await?;
         let limit = i64::from(query.limit.max(1));
         let rows = sqlx::query(
-            "SELECT id, created_at, image_id, prompt, label, rater, file FROM feedback \
+            "SELECT id, created_at, image_id, model, prompt, label, rater, file FROM feedback \
              WHERE rowid > ? AND (? IS NULL OR label = ?) AND (? IS NULL OR rater = ?) \
-             AND (? IS NULL OR image_id = ?) ORDER BY rowid LIMIT ?",
+             AND (? IS NULL OR image_id = ?) AND (? IS NULL OR model = ?) ORDER BY rowid LIMIT ?",
         )
         .bind(after_rowid)
         .bind(query.label.map(|label| label.name()))
@@ -368,6 +376,8 @@ impl Storage {
         .bind(&query.rater)
         .bind(&query.image_id)
         .bind(&query.image_id)
+        .bind(&query.model)
+        .bind(&query.model)
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await
@@ -461,12 +471,13 @@ impl Storage {
     }
 }
 
-/// A `feedback` row read with the columns id, created_at, image_id, prompt, label, rater and file.
+/// A `feedback` row read with the columns id, created_at, image_id, model, prompt, label, rater and file.
 fn feedback_row(row: &sqlx::sqlite::SqliteRow) -> Feedback {
     Feedback {
         id: row.get("id"),
         created_at: row.get("created_at"),
         image_id: row.get("image_id"),
+        model: row.get("model"),
         prompt: row.get("prompt"),
         label: row.get("label"),
         rater: row.get("rater"),
@@ -590,6 +601,7 @@ mod tests {
             let feedback = storage
                 .insert_feedback(&NewFeedback {
                     image_id: Some(id.clone()),
+                    model: (index < 3).then(|| stored.model.clone()),
                     prompt: stored.prompt.clone(),
                     label,
                     rater: Some(if index < 2 { "ann" } else { "bob" }.into()),
@@ -607,6 +619,7 @@ mod tests {
             label,
             rater: rater.map(str::to_string),
             image_id: None,
+            model: None,
             after: after.cloned(),
             limit,
         };
@@ -630,6 +643,29 @@ mod tests {
             .unwrap();
         assert_eq!(bob_good.len(), 1);
         assert_eq!(*storage.feedback_image(&bob_good[0]).await.unwrap(), vec![1u8; 16]);
+        // The generating model is kept with the rating, after the image has gone.
+        let (by_model, _) = storage
+            .list_feedback(&FeedbackQuery {
+                model: Some(stored.model.clone()),
+                ..query(None, None, None, 10)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            by_model.iter().map(|f| &f.id).collect::<Vec<_>>(),
+            ids[..3].iter().collect::<Vec<_>>()
+        );
+        assert!(by_model
+            .iter()
+            .all(|f| f.model.as_deref() == Some(stored.model.as_str())));
+        let (other, _) = storage
+            .list_feedback(&FeedbackQuery {
+                model: Some("ft-other".into()),
+                ..query(None, None, None, 10)
+            })
+            .await
+            .unwrap();
+        assert!(other.is_empty());
         let err = storage
             .list_feedback(&query(None, None, Some(&"fb_nope".to_string()), 3))
             .await

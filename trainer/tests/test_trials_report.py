@@ -125,19 +125,27 @@ def evaluation(count: float, colour: float, quality: float = 0.8) -> dict:
     }
 
 
-def job_record(result: str, base: str, base_eval: dict, candidate: dict, passed: bool = True) -> dict:
+def job_record(
+    result: str, base: str, base_eval: dict, candidate: dict, passed: bool = True, spec: dict | None = None
+) -> dict:
     metrics = {
         "evaluation": {"base": base_eval, "candidate": candidate},
         "gate": {"passed": passed, "reasons": [] if passed else ["quality fell 9.0 points"]},
     }
-    job = {"result_model": result, "base_model": base, "metrics": metrics}
+    job = {"result_model": result, "base_model": base, "metrics": metrics, "spec": spec or {}}
     return {"seconds": 600.0, "stages": {"sample": 300.0, "train": 280.0}, "job": job}
 
 
 def test_the_loop_report_measures_the_last_round_against_the_pretrained_model():
     pretrained, first, second = evaluation(0.22, 0.92), evaluation(0.30, 0.90), evaluation(0.40, 0.88)
     rounds = [{"job_prompts": 528, "images_per_prompt": 16}, {"job_prompts": 528, "images_per_prompt": 8}]
-    rated = {"prompts": 150, "labels": {"good": 200, "bad": 1000}, "generate_seconds": 80, "rate_seconds": 5}
+    rated = {
+        "prompts": 150,
+        "images": 1200,
+        "labels": {"good": 200, "bad": 1000},
+        "generate_seconds": 80,
+        "rate_seconds": 5,
+    }
     data = {
         "command": "make finetune-loop",
         "machine": "2 CPUs",
@@ -149,7 +157,7 @@ def test_the_loop_report_measures_the_last_round_against_the_pretrained_model():
             # The ablation runs between the rounds, on round 1's data; the table still lists the rounds first.
             "beta 0 (ablation)": job_record("v3", "shapes-sd", pretrained, evaluation(0.3, 0.85, 0.7), False),
             # Round 2's own base is round 1's version; the report still compares with the pretrained model.
-            "round 2": job_record("v2", "v1", first, second),
+            "round 2": job_record("v2", "v1", first, second, spec={"feedback_filter": {"model": "v1"}}),
             "learning rate too high": job_record(
                 "v4", "shapes-sd", pretrained, evaluation(0.1, 0.5, 0.4), False
             ),
@@ -164,7 +172,9 @@ def test_the_loop_report_measures_the_last_round_against_the_pretrained_model():
     assert "Quality proxy 70.0%, against 80.0% at beta = 0.1" in text
     assert "colour accuracy 85.0%, against 90.0% and 92.0%; count 30.0%, against 30.0% and 22.0%" in text
     assert "the gate refused it (quality fell 9.0 points), and the active version stayed `v2`" in text
-    assert "- **Round 2**, from `v1`" in text
+    assert "- **Round 2**, from `v1`: 150 training prompts × 8 served images" in text
+    assert "Then a job on these ratings (`feedback_filter`: the base's own images) plus 528" in text
+    assert "Then a job on every rating so far plus 528" in text
     assert "The loop took 40.0 min" in text
     assert "its 2 rounds together; the ablation ran after round 1 and is not counted" in text
     table_rows = [line for line in text.splitlines() if line.startswith("| ")]
