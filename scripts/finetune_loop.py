@@ -16,6 +16,9 @@
 4. Ablation: round 1's job with beta = 0 (no pre-training term), for the quality proxy and diversity. It runs
    right after round 1, on the same ratings and samples, and its time is left out of the loop's.
 5. The gate: a job with a learning rate far too high, whose version the gate must refuse.
+6. Every held-out prompt: the rounds' versions and the ablation's are copied out of the data directory
+   (--keep-versions) and scripts/heldout_eval.py judges them against the pretrained model on all 282 held-out
+   prompts, with bootstrap intervals (models/heldout-eval.json and its own section of the report).
 
 Writes models/fine-tune.json and the section between the markers below in models/REPORT.md.
 
@@ -28,6 +31,7 @@ Usage:
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -40,6 +44,7 @@ sys.path.insert(0, str(ROOT / "trainer"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_reward  # noqa: E402
+import heldout_eval  # noqa: E402
 import simulate_raters  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 from shapes_world import choose_prompts  # noqa: E402
@@ -124,6 +129,13 @@ def parse_args() -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--render-only", action="store_true", help="rewrite the report's section from --json; run nothing"
+    )
+    parser.add_argument(
+        "--keep-versions", type=Path, default=ROOT / "build" / "finetune-loop" / "versions",
+        help="where the rounds' and the ablation's versions are copied, for the held-out evaluation",
+    )  # fmt: skip
+    parser.add_argument(
+        "--skip-heldout-eval", action="store_true", help="do not judge the versions on every held-out prompt"
     )
     args = parser.parse_args()
     if args.render_only:
@@ -773,6 +785,7 @@ def main() -> int:
             bad["hyperparameters"]["steps"] = settings["bad_steps"]
             jobs["learning rate too high"] = run_job(server, bad, "bad")
             active_after_bad = server.get("/models")["active"]
+        kept = keep_versions(server, args, jobs)
     finally:
         server.stop()
     data = {
@@ -787,8 +800,32 @@ def main() -> int:
     }
     args.json.write_text(json.dumps(data, indent=2) + "\n")
     bench_reward.write_report(args.report, markdown(data, trials_table(args.trials)), BEGIN, END)
+    if not args.skip_heldout_eval:
+        heldout = [f"--model=pretrained={args.model}"] + [f"--model={name}={folder}" for name, folder in kept]
+        heldout += ["--binary", args.binary, "--threads", str(args.threads), "--report", str(args.report)]
+        heldout += ["--json", str(args.json.with_name(args.json.name.replace("fine-tune", "heldout-eval")))]
+        if args.smoke:
+            heldout += ["--prompts", "6", "--images-per-prompt", "1", "--bootstrap", "100"]
+        heldout_eval.main(heldout)
     emit("done", report=str(args.report), loop_minutes=round(loop_seconds / 60, 1))
     return 0
+
+
+def keep_versions(server: Server, args: argparse.Namespace, jobs: dict) -> list[tuple[str, str]]:
+    """Copies the rounds' and the ablation's versions out of the server's data directory, which goes with
+    the server; returns (name, folder) pairs, the rounds first."""
+    kept = []
+    for name, record in sorted(jobs.items(), key=lambda item: not is_round(item[0])):
+        if not (is_round(name) or name == ABLATION):
+            continue
+        version = record["job"]["result_model"]
+        source = Path(server.owned_data_dir.name) / "models" / version
+        target = args.keep_versions / name.split(" (")[0].replace(" ", "-")
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
+        kept.append((name.split(" (")[0], str(target)))
+    return kept
 
 
 if __name__ == "__main__":

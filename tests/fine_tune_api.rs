@@ -144,12 +144,19 @@ fn rate_fine_tune_activate_generate_and_survive_a_restart() {
 
     // Created and followed to the end through the CLI, as a user would, on the ratings of tiny-sd's images.
     let spec = data.path().join("job.json");
-    let mut body = tiny_job(3);
-    body["feedback_filter"] = json!({"model": "tiny-sd"});
-    std::fs::write(&spec, body.to_string()).unwrap();
+    std::fs::write(&spec, tiny_job(3).to_string()).unwrap();
     let url = format!("http://127.0.0.1:{}", server.port);
     let output = Command::new(binary())
-        .args(["fine-tune", "create", "--url", &url, "--activate", "--file"])
+        .args([
+            "fine-tune",
+            "create",
+            "--url",
+            &url,
+            "--activate",
+            "--feedback-model",
+            "tiny-sd",
+            "--file",
+        ])
         .arg(&spec)
         .output()
         .unwrap();
@@ -169,6 +176,7 @@ fn rate_fine_tune_activate_generate_and_survive_a_restart() {
     let version = done["result_model"].as_str().unwrap().to_string();
     assert!(version.starts_with("tiny-sd-ft-"), "{version}");
     let metrics = &done["metrics"];
+    assert_eq!(done["spec"]["feedback_filter"]["model"], "tiny-sd", "{done}");
     assert_eq!(metrics["training_set"]["rated"], 2, "{metrics}");
     assert_eq!(metrics["training_set"]["reward_scored"], 4, "{metrics}");
     assert_eq!(metrics["trainer"]["losses"].as_array().unwrap().len(), 3, "{metrics}");

@@ -54,6 +54,13 @@ pub struct CreateArgs {
     pub batch_size: Option<i64>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Train only on ratings of images this version generated (`feedback_filter.model`); for an on-policy
+    /// round, the same as --base-model.
+    #[arg(long)]
+    pub feedback_model: Option<String>,
+    /// Train only on this rater's ratings (`feedback_filter.rater`).
+    #[arg(long)]
+    pub feedback_rater: Option<String>,
     /// Make the new version active if it passes the gate.
     #[arg(long)]
     pub activate: bool,
@@ -189,6 +196,14 @@ fn create(args: CreateArgs) -> Result<()> {
     }
     if args.activate {
         body["activate_on_success"] = json!(true);
+    }
+    for (name, value) in [("model", &args.feedback_model), ("rater", &args.feedback_rater)] {
+        if let Some(value) = value {
+            if !body["feedback_filter"].is_object() {
+                body["feedback_filter"] = json!({});
+            }
+            body["feedback_filter"][name] = json!(value);
+        }
     }
     for (name, value) in [
         ("steps", args.steps.map(|value| json!(value))),

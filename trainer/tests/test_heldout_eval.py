@@ -1,0 +1,73 @@
+"""scripts/heldout_eval.py's figures: shares, the paired bootstrap's gain and interval, the report's rows,
+and its refusals of a bad --model."""
+
+import argparse
+import sys
+
+import pytest
+
+from repo_files import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+import heldout_eval  # noqa: E402
+
+
+def row(count: tuple[int, int], colour: tuple[int, int], good: int = 0) -> dict:
+    attributes = {name: [0, 0] for name in heldout_eval.ATTRIBUTES}
+    attributes["count"], attributes["colour"] = list(count), list(colour)
+    return {"prompt": "p", "category": "combination", "good": good, "attributes": attributes}
+
+
+def test_the_gain_is_the_pooled_difference_and_its_interval_holds_it():
+    base = [row((1, 4), (4, 4)), row((0, 4), (3, 4)), row((2, 4), (4, 4)), row((1, 4), (4, 4))]
+    other = [row((3, 4), (4, 4)), row((1, 4), (3, 4)), row((2, 4), (3, 4)), row((4, 4), (4, 4))]
+    gain = heldout_eval.paired_gain(base, other, "count", resamples=2000, seed=0)
+    assert gain["gain"] == pytest.approx((10 - 4) / 16)
+    assert gain["low"] <= gain["gain"] <= gain["high"]
+    assert gain["low"] > 0, "every prompt gained or held, so no resample can show a loss"
+    colour = heldout_eval.paired_gain(base, other, "colour", resamples=2000, seed=0)
+    assert colour["gain"] == pytest.approx(-1 / 16)
+    assert colour["high"] <= 0
+    assert heldout_eval.paired_gain(base, other, "background", resamples=10, seed=0) is None
+
+
+def test_the_same_version_gains_nothing_and_different_images_are_refused():
+    rows = [row((1, 4), (4, 4)), row((3, 4), (2, 4))]
+    same = heldout_eval.paired_gain(rows, rows, "count", resamples=500, seed=1)
+    assert same == {"gain": 0.0, "low": 0.0, "high": 0.0}
+    with pytest.raises(ValueError, match="different images"):
+        heldout_eval.paired_gain(rows, [row((1, 3), (4, 4)), row((3, 4), (2, 4))], "count", 10, 0)
+
+
+def test_the_report_lists_every_version_and_the_gains_over_the_first():
+    args = argparse.Namespace(images_per_prompt=4, bootstrap=200, seed=0)
+    base = [row((1, 4), (4, 4), good=1), row((0, 4), (3, 4))]
+    better = [row((3, 4), (4, 4), good=3), row((2, 4), (3, 4), good=2)]
+    results = {
+        "pretrained": {"folder": "models/shapes-sd", "rows": base, "seconds": 10.0},
+        "round 1": {"folder": "build/round-1", "rows": better, "seconds": 11.0},
+    }
+    summary = heldout_eval.summarise(results, args)
+    assert summary["pretrained"]["attributes"]["count"] == pytest.approx(1 / 8)
+    assert summary["round 1"]["good"] == pytest.approx(5 / 8)
+    data = {
+        "command": "scripts/heldout_eval.py",
+        "machine": "2 CPUs",
+        "prompts": 2,
+        "images_per_prompt": 4,
+        "bootstrap": 200,
+        "summary": summary,
+    }
+    text = heldout_eval.markdown(data)
+    assert text.startswith(heldout_eval.BEGIN) and text.endswith(heldout_eval.END)
+    assert "| pretrained (`models/shapes-sd`) | 12.5% | 87.5% | n/a |" in text
+    assert "| round 1 | +50.0 (" in text
+    assert ", 2 held-out prompts × 4 images" in text
+
+
+@pytest.mark.parametrize("spec", ["no-equals-sign", "=models/shapes-sd", "x=/no/such/folder"])
+def test_a_bad_model_argument_is_refused(spec, capsys):
+    with pytest.raises(SystemExit):
+        heldout_eval.parse_args(["--model", spec])
+    assert "--model" in capsys.readouterr().err
