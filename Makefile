@@ -172,7 +172,9 @@ simulate-raters: venv
 
 # The whole feedback loop of #5 through the service: serve, rate with the simulated rater, fine-tune (the trainer
 # runs in .venv-trainer), evaluate, compare with best-of-16; writes its section of models/REPORT.md and
-# models/fine-tune.json. The two rounds took 35.4 min on 2 CPU cores; the ablation and gate jobs add about 20 min.
+# models/fine-tune.json, then judges the versions on every held-out prompt (scripts/heldout_eval.py,
+# models/heldout-eval.json). The two rounds took 38.2 min on 2 CPU cores; the ablation, gate job and held-out
+# evaluation add about 30 min.
 finetune-loop: trainer-venv build
 	.venv-trainer/bin/python scripts/finetune_loop.py --binary $(BIN)
 

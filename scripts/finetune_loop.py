@@ -361,7 +361,30 @@ def rounds(data: dict) -> list[tuple[str, dict]]:
     return [(name, record) for name, record in data["jobs"].items() if is_round(name)]
 
 
-def markdown(data: dict, trials: list[str]) -> str:
+def heldout_lines(
+    heldout: dict | None, last_round: str, job_prompts: int | None, count_gain: float, changes: dict
+) -> list[str]:
+    """The last round on every held-out prompt (scripts/heldout_eval.py), beside the job's own figures."""
+    summary = (heldout or {}).get("summary", {})
+    if last_round not in summary:
+        return []
+    gains = summary[last_round]["gains"]
+    shown = ", ".join(
+        f"{name} {heldout_eval.interval(gains[name])}"
+        for name in ("count", "colour", "background")
+        if gains[name]
+    )
+    job = ", ".join([f"count {points(count_gain)}"] + [f"{n} {points(c)}" for n, c in changes.items()])
+    return [
+        f"- **On every held-out prompt** ({heldout['prompts']} × {heldout['images_per_prompt']} images, "
+        f"section below), {last_round} against the pretrained model: {shown} points (95% intervals). "
+        f"The jobs' evaluation above, on {job_prompts or 'some'} of those prompts, read {job}: "
+        "which prompts are drawn moves these figures by several points, so the whole split is the measure "
+        "to hold the targets to."
+    ]
+
+
+def markdown(data: dict, trials: list[str], heldout: dict | None = None) -> str:
     loop = rounds(data)
     base = loop[0][1]["job"]["metrics"]["evaluation"]["base"]
     last = loop[-1][1]["job"]["metrics"]["evaluation"]["candidate"]
@@ -425,6 +448,7 @@ def markdown(data: dict, trials: list[str]) -> str:
         "- **Cost**: "
         + ", ".join(f"{name} {points(change)} points" for name, change in changes.items())
         + " (target: no drop beyond 5 points).",
+        *heldout_lines(heldout, loop[-1][0], base.get("prompts"), count_gain, changes),
     ]
     if ABLATION in data["jobs"]:
         ablation = data["jobs"][ABLATION]["job"]["metrics"]["evaluation"]["candidate"]
@@ -732,9 +756,11 @@ def count_limit(trials: list[dict]) -> list[str]:
 
 def main() -> int:
     args = parse_args()
+    heldout_json = args.json.with_name(args.json.name.replace("fine-tune", "heldout-eval"))
     if args.render_only:
         data = json.loads(args.json.read_text())
-        bench_reward.write_report(args.report, markdown(data, trials_table(args.trials)), BEGIN, END)
+        heldout = json.loads(heldout_json.read_text()) if heldout_json.is_file() else None
+        bench_reward.write_report(args.report, markdown(data, trials_table(args.trials), heldout), BEGIN, END)
         return 0
     settings = args.settings
     served = json.loads((ROOT / "models" / "reward-serving.json").read_text())
@@ -799,14 +825,16 @@ def main() -> int:
         "active_after_bad": active_after_bad,
     }
     args.json.write_text(json.dumps(data, indent=2) + "\n")
-    bench_reward.write_report(args.report, markdown(data, trials_table(args.trials)), BEGIN, END)
+    heldout = None
     if not args.skip_heldout_eval:
-        heldout = [f"--model=pretrained={args.model}"] + [f"--model={name}={folder}" for name, folder in kept]
-        heldout += ["--binary", args.binary, "--threads", str(args.threads), "--report", str(args.report)]
-        heldout += ["--json", str(args.json.with_name(args.json.name.replace("fine-tune", "heldout-eval")))]
+        command = [f"--model=pretrained={args.model}"] + [f"--model={name}={folder}" for name, folder in kept]
+        command += ["--binary", args.binary, "--threads", str(args.threads), "--report", str(args.report)]
+        command += ["--json", str(heldout_json)]
         if args.smoke:
-            heldout += ["--prompts", "6", "--images-per-prompt", "1", "--bootstrap", "100"]
-        heldout_eval.main(heldout)
+            command += ["--prompts", "6", "--images-per-prompt", "1", "--bootstrap", "100"]
+        heldout_eval.main(command)
+        heldout = json.loads(heldout_json.read_text())
+    bench_reward.write_report(args.report, markdown(data, trials_table(args.trials), heldout), BEGIN, END)
     emit("done", report=str(args.report), loop_minutes=round(loop_seconds / 60, 1))
     return 0
 

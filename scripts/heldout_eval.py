@@ -205,6 +205,18 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
+def to_json(data: dict) -> str:
+    """The figures indented, and the per-prompt rows that back them one to a line."""
+    head = json.dumps({key: value for key, value in data.items() if key != "rows"}, indent=2)
+    models = [
+        f"    {json.dumps(name)}: [\n"
+        + ",\n".join("      " + json.dumps(row, separators=(",", ":")) for row in rows)
+        + "\n    ]"
+        for name, rows in data["rows"].items()
+    ]
+    return head[:-2] + ',\n  "rows": {\n' + ",\n".join(models) + "\n  }\n}\n"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not Path(args.binary).is_file():
@@ -225,7 +237,7 @@ def main(argv=None) -> int:
         "summary": summarise(results, args),
         "rows": {name: result["rows"] for name, result in results.items()},
     }
-    args.json.write_text(json.dumps(data, indent=1) + "\n")
+    args.json.write_text(to_json(data))
     bench_reward.write_report(args.report, markdown(data), BEGIN, END)
     print(json.dumps({"event": "done", "report": str(args.report)}), flush=True)
     return 0

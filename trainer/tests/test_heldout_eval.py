@@ -2,6 +2,7 @@
 and its refusals of a bad --model."""
 
 import argparse
+import json
 import sys
 
 import pytest
@@ -71,3 +72,8 @@ def test_a_bad_model_argument_is_refused(spec, capsys):
     with pytest.raises(SystemExit):
         heldout_eval.parse_args(["--model", spec])
     assert "--model" in capsys.readouterr().err
+
+
+def test_the_json_reads_back_whole():
+    data = {"prompts": 1, "summary": {"a": {"gains": {}}}, "rows": {"a": [row((1, 4), (4, 4))], "b": []}}
+    assert json.loads(heldout_eval.to_json(data)) == data

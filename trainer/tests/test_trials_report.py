@@ -165,7 +165,23 @@ def test_the_loop_report_measures_the_last_round_against_the_pretrained_model():
         "comparison": {"pretrained, one image": {"attributes": {"count": 0.2}, "seconds_per_image": 0.1}},
         "active_after_bad": "v2",
     }
-    text = finetune_loop.markdown(data, [])
+    assert "On every held-out prompt" not in finetune_loop.markdown(data, [])
+    gain = {"gain": 0.1, "low": 0.05, "high": 0.15}
+    heldout = {
+        "prompts": 282,
+        "images_per_prompt": 4,
+        "summary": {
+            "round 2": {"gains": {"count": gain, "colour": gain | {"gain": -0.06}, "background": None}}
+        },
+    }
+    for base_eval in (pretrained, first):
+        base_eval["prompts"] = 28
+    text = finetune_loop.markdown(data, [], heldout)
+    assert (
+        "- **On every held-out prompt** (282 × 4 images, section below), round 2 against the pretrained "
+        "model: count +10.0 (+5.0 to +15.0), colour -6.0 (+5.0 to +15.0) points (95% intervals). The jobs' "
+        "evaluation above, on 28 of those prompts, read count +18.0, colour -4.0"
+    ) in text
     assert "count +18.0 points on held-out prompts after round 2" in text
     assert "round 1 alone: +8.0" in text
     assert "colour -4.0 points" in text
