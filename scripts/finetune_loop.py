@@ -361,26 +361,24 @@ def rounds(data: dict) -> list[tuple[str, dict]]:
     return [(name, record) for name, record in data["jobs"].items() if is_round(name)]
 
 
-def heldout_lines(
-    heldout: dict | None, last_round: str, job_prompts: int | None, count_gain: float, changes: dict
-) -> list[str]:
-    """The last round on every held-out prompt (scripts/heldout_eval.py), beside the job's own figures."""
+def heldout_lines(heldout: dict | None, last_round: str, job_prompts: int | None, job: dict) -> list[str]:
+    """The last round on every held-out prompt (scripts/heldout_eval.py), beside the job's own figures
+    (`job`: points gained per measure, as fractions)."""
     summary = (heldout or {}).get("summary", {})
     if last_round not in summary:
         return []
     gains = summary[last_round]["gains"]
     shown = ", ".join(
-        f"{name} {heldout_eval.interval(gains[name])}"
-        for name in ("count", "colour", "background")
-        if gains[name]
+        f"{name} {heldout_eval.interval(gains[name])}" for name in job if gains.get(name) is not None
     )
-    job = ", ".join([f"count {points(count_gain)}"] + [f"{n} {points(c)}" for n, c in changes.items()])
+    read = ", ".join(f"{name} {points(change)}" for name, change in job.items())
     return [
         f"- **On every held-out prompt** ({heldout['prompts']} × {heldout['images_per_prompt']} images, "
         f"section below), {last_round} against the pretrained model: {shown} points (95% intervals). "
-        f"The jobs' evaluation above, on {job_prompts or 'some'} of those prompts, read {job}: "
+        f"The jobs' evaluation above, on {job_prompts or 'some'} of those prompts, read {read}: "
         "which prompts are drawn moves these figures by several points, so the whole split is the measure "
-        "to hold the targets to."
+        "to hold the targets to, and a gate that must tell 3 points of quality apart needs evaluation "
+        "prompts on that scale."
     ]
 
 
@@ -448,7 +446,12 @@ def markdown(data: dict, trials: list[str], heldout: dict | None = None) -> str:
         "- **Cost**: "
         + ", ".join(f"{name} {points(change)} points" for name, change in changes.items())
         + " (target: no drop beyond 5 points).",
-        *heldout_lines(heldout, loop[-1][0], base.get("prompts"), count_gain, changes),
+        *heldout_lines(
+            heldout,
+            loop[-1][0],
+            base.get("prompts"),
+            {"count": count_gain, **changes, "quality": last["quality"] - base["quality"]},
+        ),
     ]
     if ABLATION in data["jobs"]:
         ablation = data["jobs"][ABLATION]["job"]["metrics"]["evaluation"]["candidate"]

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "trainer"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_reward  # noqa: E402
+from evaluate import mean_pairwise_rms  # noqa: E402
 from rater import judge  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 from shapes_world import heldout_prompts  # noqa: E402
@@ -39,6 +40,9 @@ from shapes_world import heldout_prompts  # noqa: E402
 BEGIN = "<!-- heldout-eval:begin -->"
 END = "<!-- heldout-eval:end -->"
 ATTRIBUTES = ("count", "colour", "background", "shape")
+# What gets a gain with an interval: the attributes, and the quality proxy of models/REPORT.md (images whose
+# every object the rater could find and name).
+MEASURES = (*ATTRIBUTES, "quality")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -76,7 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def judge_version(args: argparse.Namespace, folder: str, prompts: list) -> tuple[list[dict], float]:
-    """Per prompt: each attribute's [right, judged] and how many images were good; and the seconds taken."""
+    """Per prompt: each attribute's [right, judged], how many images were good, the quality proxy's
+    [clean, judged] and the images' diversity; and the seconds taken."""
     command = [
         args.binary, "serve", "--model", folder, "--host", "127.0.0.1", "--intra-threads", str(args.threads),
     ]  # fmt: skip
@@ -88,15 +93,27 @@ def judge_version(args: argparse.Namespace, folder: str, prompts: list) -> tuple
         body = {"prompt": prompt.text, "n": args.images_per_prompt, "seed": args.seed + 1000 * index}
         _, payload = server.post("/generate", body)
         attributes = {name: [0, 0] for name in ATTRIBUTES}
-        good = 0
+        good = clean = 0
+        pixels = []
         for image in payload["images"]:
-            rating = judge(bench_reward.png_image(image["png_base64"]), prompt)
+            picture = bench_reward.png_image(image["png_base64"])
+            pixels.append(np.asarray(picture))
+            rating = judge(picture, prompt)
             good += rating.label == "good"
+            clean += bool(rating.objects) and all(found.shape != "unknown" for found in rating.objects)
             for attribute, check in rating.reasons.items():
                 tally = attributes.setdefault(attribute, [0, 0])
                 tally[0] += check.ok
                 tally[1] += 1
-        return {"prompt": prompt.text, "category": prompt.category, "good": good, "attributes": attributes}
+        diversity = mean_pairwise_rms(np.stack(pixels)) if len(pixels) > 1 else None
+        return {
+            "prompt": prompt.text,
+            "category": prompt.category,
+            "good": good,
+            "attributes": attributes,
+            "quality": [clean, len(pixels)],
+            "diversity": diversity,
+        }
 
     try:
         # A few requests in flight: the server batches their denoising steps.
@@ -107,10 +124,17 @@ def judge_version(args: argparse.Namespace, folder: str, prompts: list) -> tuple
     return rows, time.perf_counter() - started
 
 
-def counts(rows: list[dict], attribute: str) -> tuple[np.ndarray, np.ndarray]:
-    right = np.array([row["attributes"][attribute][0] for row in rows], dtype=np.float64)
-    judged = np.array([row["attributes"][attribute][1] for row in rows], dtype=np.float64)
+def counts(rows: list[dict], measure: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt, [right, judged] of an attribute or of the quality proxy."""
+    pairs = [row["quality"] if measure == "quality" else row["attributes"][measure] for row in rows]
+    right = np.array([pair[0] for pair in pairs], dtype=np.float64)
+    judged = np.array([pair[1] for pair in pairs], dtype=np.float64)
     return right, judged
+
+
+def diversity(rows: list[dict]) -> float | None:
+    values = [row["diversity"] for row in rows if row.get("diversity") is not None]
+    return float(np.mean(values)) if values else None
 
 
 def share(rows: list[dict], attribute: str) -> float | None:
@@ -153,11 +177,12 @@ def summarise(results: dict, args: argparse.Namespace) -> dict:
             "seconds": round(results[name]["seconds"], 1),
             "attributes": {attribute: share(rows, attribute) for attribute in ATTRIBUTES},
             "good": sum(row["good"] for row in rows) / (len(rows) * args.images_per_prompt),
+            "quality": share(rows, "quality"),
+            "diversity": diversity(rows),
             "gains": {}
             if name == names[0]
             else {
-                attribute: paired_gain(base, rows, attribute, args.bootstrap, args.seed)
-                for attribute in ATTRIBUTES
+                measure: paired_gain(base, rows, measure, args.bootstrap, args.seed) for measure in MEASURES
             },
         }
     return summary
@@ -176,7 +201,7 @@ def interval(gain: dict | None) -> str:
 def markdown(data: dict) -> str:
     summary = data["summary"]
     names = list(summary)
-    header = ["version", *ATTRIBUTES, "all right"]
+    header = ["version", *ATTRIBUTES, "all right", "quality", "diversity"]
     lines = [
         BEGIN,
         "## Every held-out prompt (issue #5)",
@@ -185,8 +210,10 @@ def markdown(data: dict) -> str:
         f"{'all ' if data['prompts'] == len(heldout_prompts()) else ''}{data['prompts']} held-out prompts × "
         f"{data['images_per_prompt']} images, the same seeds for every "
         "version, judged by the simulated rater. An attribute's share is over the images whose prompt "
-        "states it (background: the combination prompts). Gains are points over the first row, with the 95% "
-        f"interval of a paired bootstrap over prompts ({data['bootstrap']} resamples).",
+        "states it (background: the combination prompts). Quality is the share of images whose every object "
+        "the rater could find and name; diversity the mean over prompts of the mean pairwise RMS distance "
+        "between a prompt's images. Gains are points over the first row, with the 95% interval of a paired "
+        f"bootstrap over prompts ({data['bootstrap']} resamples).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -195,12 +222,17 @@ def markdown(data: dict) -> str:
         row = summary[name]
         cells = [f"{name} (`{row['folder']}`)"]
         cells += [percent(row["attributes"][attribute]) for attribute in ATTRIBUTES]
-        cells.append(percent(row["good"]))
+        cells += [percent(row["good"]), percent(row.get("quality"))]
+        cells.append("n/a" if row.get("diversity") is None else f"{row['diversity']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| gain over " + names[0] + " | " + " | ".join(ATTRIBUTES) + " |", "|---|" + "---|" * 4]
+    lines += [
+        "",
+        "| gain over " + names[0] + " | " + " | ".join(MEASURES) + " |",
+        "|---|" + "---|" * len(MEASURES),
+    ]
     for name in names[1:]:
         gains = summary[name]["gains"]
-        lines.append("| " + name + " | " + " | ".join(interval(gains[a]) for a in ATTRIBUTES) + " |")
+        lines.append("| " + name + " | " + " | ".join(interval(gains.get(m)) for m in MEASURES) + " |")
     lines.append(END)
     return "\n".join(lines)
 

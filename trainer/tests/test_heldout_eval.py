@@ -17,7 +17,14 @@ import heldout_eval  # noqa: E402
 def row(count: tuple[int, int], colour: tuple[int, int], good: int = 0) -> dict:
     attributes = {name: [0, 0] for name in heldout_eval.ATTRIBUTES}
     attributes["count"], attributes["colour"] = list(count), list(colour)
-    return {"prompt": "p", "category": "combination", "good": good, "attributes": attributes}
+    return {
+        "prompt": "p",
+        "category": "combination",
+        "good": good,
+        "attributes": attributes,
+        "quality": [good, 4],
+        "diversity": 0.1 + good / 100,
+    }
 
 
 def test_the_gain_is_the_pooled_difference_and_its_interval_holds_it():
@@ -52,6 +59,9 @@ def test_the_report_lists_every_version_and_the_gains_over_the_first():
     summary = heldout_eval.summarise(results, args)
     assert summary["pretrained"]["attributes"]["count"] == pytest.approx(1 / 8)
     assert summary["round 1"]["good"] == pytest.approx(5 / 8)
+    assert summary["round 1"]["quality"] == pytest.approx(5 / 8)
+    assert summary["round 1"]["gains"]["quality"]["gain"] == pytest.approx(4 / 8)
+    assert summary["pretrained"]["diversity"] == pytest.approx(0.105)
     data = {
         "command": "scripts/heldout_eval.py",
         "machine": "2 CPUs",
@@ -62,7 +72,7 @@ def test_the_report_lists_every_version_and_the_gains_over_the_first():
     }
     text = heldout_eval.markdown(data)
     assert text.startswith(heldout_eval.BEGIN) and text.endswith(heldout_eval.END)
-    assert "| pretrained (`models/shapes-sd`) | 12.5% | 87.5% | n/a |" in text
+    assert "| pretrained (`models/shapes-sd`) | 12.5% | 87.5% | n/a | n/a | 12.5% | 12.5% | 0.105 |" in text
     assert "| round 1 | +50.0 (" in text
     assert ", 2 held-out prompts × 4 images" in text
 

@@ -171,7 +171,14 @@ def test_the_loop_report_measures_the_last_round_against_the_pretrained_model():
         "prompts": 282,
         "images_per_prompt": 4,
         "summary": {
-            "round 2": {"gains": {"count": gain, "colour": gain | {"gain": -0.06}, "background": None}}
+            "round 2": {
+                "gains": {
+                    "count": gain,
+                    "colour": gain | {"gain": -0.06},
+                    "background": None,
+                    "quality": gain,
+                }
+            }
         },
     }
     for base_eval in (pretrained, first):
@@ -179,8 +186,9 @@ def test_the_loop_report_measures_the_last_round_against_the_pretrained_model():
     text = finetune_loop.markdown(data, [], heldout)
     assert (
         "- **On every held-out prompt** (282 × 4 images, section below), round 2 against the pretrained "
-        "model: count +10.0 (+5.0 to +15.0), colour -6.0 (+5.0 to +15.0) points (95% intervals). The jobs' "
-        "evaluation above, on 28 of those prompts, read count +18.0, colour -4.0"
+        "model: count +10.0 (+5.0 to +15.0), colour -6.0 (+5.0 to +15.0), quality +10.0 (+5.0 to +15.0) "
+        "points (95% intervals). The jobs' evaluation above, on 28 of those prompts, read count +18.0, "
+        "colour -4.0, background +0.0, quality +0.0: "
     ) in text
     assert "count +18.0 points on held-out prompts after round 2" in text
     assert "round 1 alone: +8.0" in text
