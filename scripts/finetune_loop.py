@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench_reward  # noqa: E402
 import heldout_eval  # noqa: E402
 import simulate_raters  # noqa: E402
+from heldout_eval import percent  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 from shapes_world import choose_prompts  # noqa: E402
 
@@ -307,10 +308,6 @@ def attribute_shares(result: dict) -> dict:
 
 def good_shares(result: dict) -> dict:
     return {name: good / total for name, (good, total) in result["good"].items() if total}
-
-
-def percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def points(value: float) -> str:
@@ -835,8 +832,7 @@ def main() -> int:
         command += ["--json", str(heldout_json)]
         if args.smoke:
             command += ["--prompts", "6", "--images-per-prompt", "1", "--bootstrap", "100"]
-        heldout_eval.main(command)
-        heldout = json.loads(heldout_json.read_text())
+        heldout = heldout_eval.run(command)
     bench_reward.write_report(args.report, markdown(data, trials_table(args.trials), heldout), BEGIN, END)
     emit("done", report=str(args.report), loop_minutes=round(loop_seconds / 60, 1))
     return 0
@@ -849,13 +845,13 @@ def keep_versions(server: Server, args: argparse.Namespace, jobs: dict) -> list[
     for name, record in sorted(jobs.items(), key=lambda item: not is_round(item[0])):
         if not (is_round(name) or name == ABLATION):
             continue
-        version = record["job"]["result_model"]
-        source = Path(server.owned_data_dir.name) / "models" / version
-        target = args.keep_versions / name.split(" (")[0].replace(" ", "-")
+        short = name.split(" (")[0]  # "beta 0 (ablation)" is "beta 0"
+        source = Path(server.owned_data_dir.name) / "models" / record["job"]["result_model"]
+        target = args.keep_versions / short.replace(" ", "-")
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(source, target)
-        kept.append((name.split(" (")[0], str(target)))
+        kept.append((short, str(target)))
     return kept
 
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "trainer"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_reward  # noqa: E402
-from evaluate import mean_pairwise_rms  # noqa: E402
+from evaluate import is_clean, mean_pairwise_rms  # noqa: E402
 from rater import judge  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 from shapes_world import heldout_prompts  # noqa: E402
@@ -100,7 +100,7 @@ def judge_version(args: argparse.Namespace, folder: str, prompts: list) -> tuple
             pixels.append(np.asarray(picture))
             rating = judge(picture, prompt)
             good += rating.label == "good"
-            clean += bool(rating.objects) and all(found.shape != "unknown" for found in rating.objects)
+            clean += is_clean(rating)
             for attribute, check in rating.reasons.items():
                 tally = attributes.setdefault(attribute, [0, 0])
                 tally[0] += check.ok
@@ -249,7 +249,8 @@ def to_json(data: dict) -> str:
     return head[:-2] + ',\n  "rows": {\n' + ",\n".join(models) + "\n  }\n}\n"
 
 
-def main(argv=None) -> int:
+def run(argv=None) -> dict:
+    """Judges the versions, writes --json and the report's section, and returns what it wrote."""
     args = parse_args(argv)
     if not Path(args.binary).is_file():
         sys.exit(f"--binary {args.binary} does not exist; run `make build` first")
@@ -272,6 +273,11 @@ def main(argv=None) -> int:
     args.json.write_text(to_json(data))
     bench_reward.write_report(args.report, markdown(data), BEGIN, END)
     print(json.dumps({"event": "done", "report": str(args.report)}), flush=True)
+    return data
+
+
+def main(argv=None) -> int:
+    run(argv)
     return 0
 
 

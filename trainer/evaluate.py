@@ -49,6 +49,11 @@ def mean_pairwise_rms(images: np.ndarray) -> float:
     return float(np.mean(distances)) if distances else float("nan")
 
 
+def is_clean(rating) -> bool:
+    """The quality proxy's test: the rater found objects and could name every one of them."""
+    return bool(rating.objects) and all(found.shape != "unknown" for found in rating.objects)
+
+
 def evaluate(images: Sequence[np.ndarray], prompts: Sequence[str]) -> dict:
     """The figures for uint8 HxWx3 images, each generated for the prompt at the same position.
 
@@ -78,7 +83,7 @@ def evaluate(images: Sequence[np.ndarray], prompts: Sequence[str]) -> dict:
         for attribute, check in rating.reasons.items():
             by_attribute[attribute][0] += check.ok
             by_attribute[attribute][1] += 1
-        clean += bool(rating.objects) and all(found.shape != "unknown" for found in rating.objects)
+        clean += is_clean(rating)
     spreads = [mean_pairwise_rms(np.stack(group)) for group in by_prompt.values() if len(group) > 1]
     return {
         "images": len(images),
