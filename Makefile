@@ -21,7 +21,7 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu web system-deps build run test test-rust test-api test-browser screenshots test-ops dashboard-pngs audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop trainer-venv models test-model clean
+.PHONY: help venv venv-gpu web system-deps build run test test-rust test-api test-browser screenshots test-ops dashboard-pngs audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-more trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
@@ -36,6 +36,7 @@ help:
 	@echo "make bench-reward - best-of-n alignment, cost and /score throughput, written to models/REPORT.md"
 	@echo "make simulate-raters - rate the running server's stored images with the simulated rater"
 	@echo "make finetune-loop - rate, fine-tune, evaluate and compare through the service; written to models/REPORT.md"
+	@echo "make finetune-more - two more rounds from finetune-loop's round 2, past the budget (models/REPORT.md)"
 	@echo "make venv-gpu - install onnxruntime-gpu==$(ORT_VERSION) instead (then run with DEVICE=cuda)"
 	@echo "make models - rebuild models/shapes-sd, models/shapes-reward and models/REPORT.md (CPU: under 60 min)"
 	@echo "make test-model - rebuild models/tiny-sd, models/tiny-clip-reward and tests/golden (needs torch)"
@@ -177,6 +178,13 @@ simulate-raters: venv
 # evaluation add about 30 min.
 finetune-loop: trainer-venv build
 	.venv-trainer/bin/python scripts/finetune_loop.py --binary $(BIN)
+
+# Two more rounds past the budget, going on from the version round 2 of `make finetune-loop` kept: how far more
+# feedback carries the count and what it costs. Writes models/fine-tune-continued.json and its own section of
+# models/REPORT.md, and judges every kept version on every held-out prompt again (models/heldout-eval.json).
+finetune-more: trainer-venv build
+	.venv-trainer/bin/python scripts/finetune_loop.py --binary $(BIN) --model build/finetune-loop/versions/round-2 \
+		--first-round 3 --rounds 2 --skip-ablations --json models/fine-tune-continued.json
 
 # The trainer's own environment (PyTorch, diffusers, optimum-onnx). Only needed to rebuild models and goldens.
 trainer-venv: .venv-trainer/.installed

@@ -37,7 +37,9 @@ import sys
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "trainer"))
@@ -53,6 +55,8 @@ from shapes_world import choose_prompts  # noqa: E402
 ROUND_TRIP = ROOT / "models" / "vae-round-trip.json"
 BEGIN = "<!-- fine-tune:begin -->"
 END = "<!-- fine-tune:end -->"
+CONTINUED_BEGIN = "<!-- fine-tune-continued:begin -->"
+CONTINUED_END = "<!-- fine-tune-continued:end -->"
 ABLATION = "beta 0 (ablation)"
 MAX_N = 8  # the server's limit on `n` per /generate request
 
@@ -138,12 +142,28 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--skip-heldout-eval", action="store_true", help="do not judge the versions on every held-out prompt"
     )
+    parser.add_argument(
+        "--rounds", type=int,
+        help="rounds of feedback (default: the settings' 2); rounds past the settings' list repeat its last",
+    )  # fmt: skip
+    parser.add_argument(
+        "--first-round", type=int, default=1,
+        help="the first round's number, to go on from a kept version: --model build/finetune-loop/versions/"
+        "round-2 --first-round 3 (each round's prompts and seeds follow its number)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.render_only:
         return args
     if not Path(args.binary).is_file():
         parser.error(f"--binary {args.binary} does not exist; run `make build` first")
-    args.settings = SMOKE if args.smoke else FULL
+    settings = SMOKE if args.smoke else FULL
+    if args.rounds is not None and args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    if args.first_round < 1:
+        parser.error(f"--first-round must be at least 1, got {args.first_round}")
+    count = args.rounds or len(settings["rounds"])
+    listed = settings["rounds"]
+    args.settings = settings | {"rounds": [listed[min(i, len(listed) - 1)] for i in range(count)]}
     if args.smoke:
         args.report = (
             args.report.with_name("REPORT-smoke.md") if args.report.name == "REPORT.md" else args.report
@@ -192,11 +212,11 @@ def rate_served_images(
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(generate, range(len(prompts))))
     generated = time.perf_counter() - started
-    before = feedback_labels(server)
     started = time.perf_counter()
     simulate_raters.main(["--url", server.url, "--rater", "simulated"])
     rated = time.perf_counter() - started
-    labels = {label: count - before.get(label, 0) for label, count in feedback_labels(server).items()}
+    # The round's base drew these images and no others: its ratings are this round's.
+    labels = feedback_labels(server, model)
     return {
         "model": model,
         "prompts": len(prompts),
@@ -207,12 +227,12 @@ def rate_served_images(
     }
 
 
-def feedback_labels(server: Server) -> dict:
-    """Every stored rating, counted by label (GET /feedback, paged)."""
+def feedback_labels(server: Server, model: str) -> dict:
+    """The stored ratings of images `model` generated, counted by label (GET /feedback?model=, paged)."""
     labels = defaultdict(int)
     after = None
     while True:
-        page = server.get("/feedback?limit=1000" + (f"&after={after}" if after else ""))
+        page = server.get(f"/feedback?limit=1000&model={quote(model)}" + (f"&after={after}" if after else ""))
         for rating in page["data"]:
             labels[rating["label"]] += 1
         if not page["has_more"]:
@@ -330,11 +350,11 @@ def evaluation_row(name: str, evaluation: dict) -> list[str]:
     )
 
 
-def evaluation_rows(jobs: dict) -> list[list[str]]:
-    """The jobs' own evaluations (held-out prompts, the same seeds in every job): the pretrained model, as
-    the first job's base, then each job's candidate."""
+def evaluation_rows(jobs: dict, base_name: str = "pretrained (shapes-sd)") -> list[list[str]]:
+    """The jobs' own evaluations (held-out prompts, the same seeds in every job): the first job's base, then
+    each job's candidate."""
     base = next(iter(jobs.values()))["job"]["metrics"]["evaluation"]["base"]
-    rows = [evaluation_row("pretrained (shapes-sd)", base)]
+    rows = [evaluation_row(base_name, base)]
     # The rounds first, then the other jobs, whatever order they ran in.
     ordered = sorted(jobs.items(), key=lambda item: not is_round(item[0]))
     for name, record in ordered:
@@ -379,6 +399,187 @@ def heldout_lines(heldout: dict | None, last_round: str, job_prompts: int | None
     ]
 
 
+def describe_rounds(data: dict) -> list[str]:
+    """One line per round: what the rater labelled, the job's stages and its version."""
+    lines = []
+    for (name, record), rated, job_settings in zip(
+        rounds(data), data["rated"], data["settings"]["rounds"], strict=True
+    ):
+        job = record["job"]
+        stage_times = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in record["stages"].items())
+        gate = "passed, activated" if job["metrics"]["gate"]["passed"] else "refused"
+        labels = ", ".join(f"{count} {label}" for label, count in sorted(rated["labels"].items()))
+        which = (
+            "these ratings (`feedback_filter`: the base's own images)"
+            if (record["job"].get("spec", {}).get("feedback_filter") or {}).get("model")
+            else "every rating so far"
+        )
+        lines.append(
+            f"- **{name.capitalize()}**, from `{rated['model']}`: {rated['prompts']} training prompts × "
+            f"{rated['images'] // rated['prompts']} served images rated by the simulated rater through "
+            f"POST /feedback ({labels}; "
+            f"{rated['generate_seconds'] + rated['rate_seconds']:.0f} s). Then a job on {which} plus "
+            f"{job_settings['job_prompts']} training prompts × {job_settings['images_per_prompt']} "
+            f"samples scored by shapes-reward: {record['seconds']:.0f} s ({stage_times}). Version "
+            f"`{job['result_model']}`; gate: {gate}."
+        )
+    return lines
+
+
+def round_minutes(data: dict) -> dict[str, float]:
+    """Each round's minutes: rating its base's images, then its job."""
+    return {
+        name: (rated["generate_seconds"] + rated["rate_seconds"] + record["seconds"]) / 60
+        for (name, record), rated in zip(rounds(data), data["rated"], strict=True)
+    }
+
+
+def continued_markdown(data: dict, earlier: dict | None, heldout: dict | None) -> str:
+    """The section for rounds that go on from a kept version (--first-round > 1): how far more rounds carry
+    the count past the budget, and what they cost, on every held-out prompt."""
+    loop = rounds(data)
+    names = [name for name, _ in loop]
+    minutes = round_minutes(earlier) if earlier else {}
+    minutes.update(round_minutes(data))
+    base = loop[0][1]["job"]["base_model"]
+    lines = [
+        CONTINUED_BEGIN,
+        f"## Past the budget: {' and '.join(names)} (issue #5)",
+        "",
+        f"Measured by `{data['command']}` on {data['machine']}: the loop's job settings again, going on from "
+        f"the version `{base}` that the measured loop above made and kept, to see how far more rounds of "
+        "feedback carry the count and what they cost. These rounds are outside the 45-minute budget.",
+        "",
+        *describe_rounds(data),
+        "",
+        f"**These {len(loop)} rounds took {data['loop_seconds'] / 60:.1f} min.**",
+    ]
+    summary = (heldout or {}).get("summary", {})
+    ordered = [name for name in minutes if name in summary]
+    if ordered:
+        total = 0.0
+        rows = []
+        for name in ordered:
+            total += minutes[name]
+            gains = summary[name]["gains"]
+            rows.append(
+                [name, f"{total:.1f}"]
+                + [heldout_eval.interval(gains[key]) if gains.get(key) else "n/a" for key in HELDOUT_GAINS]
+            )
+        lines += [
+            "",
+            f"Every round on every held-out prompt ({heldout['prompts']} × {heldout['images_per_prompt']} "
+            "images, the section above): points gained over the pretrained model, with 95% intervals, and "
+            "the minutes the rounds took on this machine up to that one (rating and job).",
+            "",
+            table(["round", "minutes so far", *HELDOUT_GAINS], rows),
+            "",
+            *target_verdict(ordered, minutes, summary),
+            *round_steps(ordered, summary),
+            *gate_on_the_whole_split(data, summary),
+        ]
+    rows = comparison_rows(data)
+    lines += [
+        "",
+        "The jobs' own evaluations (the same held-out sample and seeds as above):",
+        "",
+        table(
+            ["model", *ATTRIBUTES, "all right", "quality", "diversity", "reward"],
+            evaluation_rows(data["jobs"], f"`{base}`"),
+        ),
+        "",
+        "On the prompts and seeds of `make bench-reward`, one image per request:",
+        "",
+        table(["", *ATTRIBUTES, "seconds per image"], rows),
+        "",
+        CONTINUED_END,
+    ]
+    return "\n".join(lines)
+
+
+HELDOUT_GAINS = ("count", "colour", "background", "quality")
+
+
+def target_verdict(ordered: list[str], minutes: dict[str, float], summary: dict) -> list[str]:
+    """When, if ever, the rounds meet the count target and whether colour and background stay within their
+    limit there, on the whole held-out split."""
+
+    def gain(name: str, key: str) -> float:
+        return summary[name]["gains"][key]["gain"]
+
+    met = [name for name in ordered if gain(name, "count") >= 0.15]
+    last = ordered[-1]
+    elapsed = sum(minutes[name] for name in ordered)
+    costs = f"colour {points(gain(last, 'colour'))}, background {points(gain(last, 'background'))}"
+    if not met:
+        return [
+            f"- **Count**: {points(gain(last, 'count'))} points after {last} ({elapsed:.0f} min of rounds); "
+            f"the target, +15, is not met. At that point {costs} points (limit: 5)."
+        ]
+    first = met[0]
+    upto = sum(minutes[name] for name in ordered[: ordered.index(first) + 1])
+    within = all(gain(first, key) >= -0.05 for key in ("colour", "background"))
+    return [
+        f"- **Count**: the target, +15 points, is first met after {first}, {upto:.0f} min of rounds on this "
+        f"machine (budget: 45): {points(gain(first, 'count'))} points, with colour "
+        f"{points(gain(first, 'colour'))} and background {points(gain(first, 'background'))} "
+        f"({'within' if within else 'past'} the 5-point limit)."
+    ]
+
+
+def round_steps(ordered: list[str], summary: dict) -> list[str]:
+    """What each round adds over the one before it, on the whole held-out split."""
+
+    def share(name: str, key: str) -> float:
+        entry = summary[name]
+        return entry["quality"] if key == "quality" else entry["attributes"][key]
+
+    keys = ("count", "colour", "shape", "quality")
+    steps = [
+        f"{current} {', '.join(f'{key} {points(share(current, key) - share(before, key))}' for key in keys)}"
+        for before, current in pairwise(["pretrained", *ordered])
+        if all(name in summary for name in (before, current))
+    ]
+    if not steps:
+        return []
+    return [f"- **Each round over the one before**, on the whole split (points): {'; '.join(steps)}."]
+
+
+def gate_on_the_whole_split(data: dict, summary: dict) -> list[str]:
+    """The rounds' gate verdicts, on the jobs' evaluation sample, beside the quality the whole split measures
+    against the same base."""
+    lines = []
+    names = list(summary)
+    for name, record in rounds(data):
+        job = record["job"]
+        gate = job["metrics"]["gate"]
+        index = names.index(name) if name in names else -1
+        if index < 1 or "max_quality_drop" not in gate:
+            continue
+        before = names[index - 1]
+        drop = summary[before]["quality"] - summary[name]["quality"]
+        sample = gate.get("quality_drop", 0.0)
+        limit = gate["max_quality_drop"]
+        if drop > limit >= sample:
+            lines.append(
+                f"- **The gate** passed {name} on the jobs' evaluation sample (quality down "
+                f"{100 * sample:.1f} points from its base, at most {100 * limit:.0f} allowed); on the whole "
+                f"split its quality fell {100 * drop:.1f} points from {before}'s, which that gate would have "
+                "refused."
+            )
+    return lines
+
+
+def comparison_rows(data: dict) -> list[list[str]]:
+    """One image per request from each version, on bench-reward's prompts and seeds, with its cost."""
+    return [
+        [name]
+        + [percent(row["attributes"].get(key)) for key in ATTRIBUTES]
+        + [f"{row['seconds_per_image']:.3f}"]
+        for name, row in data["comparison"].items()
+    ]
+
+
 def markdown(data: dict, trials: list[str], heldout: dict | None = None) -> str:
     loop = rounds(data)
     base = loop[0][1]["job"]["metrics"]["evaluation"]["base"]
@@ -391,26 +592,7 @@ def markdown(data: dict, trials: list[str], heldout: dict | None = None) -> str:
         if name in base["attributes"]
     }
     s = data["settings"]
-    round_lines = []
-    for (name, record), rated, job_settings in zip(loop, data["rated"], s["rounds"], strict=True):
-        job = record["job"]
-        stage_times = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in record["stages"].items())
-        gate = "passed, activated" if job["metrics"]["gate"]["passed"] else "refused"
-        labels = ", ".join(f"{count} {label}" for label, count in sorted(rated["labels"].items()))
-        which = (
-            "these ratings (`feedback_filter`: the base's own images)"
-            if (record["job"].get("spec", {}).get("feedback_filter") or {}).get("model")
-            else "every rating so far"
-        )
-        round_lines.append(
-            f"- **{name.capitalize()}**, from `{rated['model']}`: {rated['prompts']} training prompts × "
-            f"{rated['images'] // rated['prompts']} served images rated by the simulated rater through "
-            f"POST /feedback ({labels}; "
-            f"{rated['generate_seconds'] + rated['rate_seconds']:.0f} s). Then a job on {which} plus "
-            f"{job_settings['job_prompts']} training prompts × {job_settings['images_per_prompt']} "
-            f"samples scored by shapes-reward: {record['seconds']:.0f} s ({stage_times}). Version "
-            f"`{job['result_model']}`; gate: {gate}."
-        )
+    round_lines = describe_rounds(data)
     lines = [
         BEGIN,
         "## Fine-tuning from feedback (issue #5)",
@@ -472,12 +654,7 @@ def markdown(data: dict, trials: list[str], heldout: dict | None = None) -> str:
             f"the gate {'passed' if verdict['passed'] else 'refused'} it{reasons}, and the active version "
             f"stayed `{data['active_after_bad']}`."
         )
-    rows = [
-        [name]
-        + [percent(row["attributes"].get(key)) for key in ATTRIBUTES]
-        + [f"{row['seconds_per_image']:.3f}"]
-        for name, row in data["comparison"].items()
-    ]
+    rows = comparison_rows(data)
     lines += [
         "",
         "Against best-of-16 on the pretrained model, on the prompts and seeds of `make bench-reward` "
@@ -756,19 +933,22 @@ def count_limit(trials: list[dict]) -> list[str]:
 
 def main() -> int:
     args = parse_args()
-    heldout_json = args.json.with_name(args.json.name.replace("fine-tune", "heldout-eval"))
+    heldout_json = held_out_json(args)
     if args.render_only:
         data = json.loads(args.json.read_text())
+        if rounds(data)[0][0] != "round 1":  # rounds that went on from a kept version
+            heldout_json = args.json.with_name("heldout-eval.json")
         heldout = json.loads(heldout_json.read_text()) if heldout_json.is_file() else None
-        bench_reward.write_report(args.report, markdown(data, trials_table(args.trials), heldout), BEGIN, END)
+        render(args, data, heldout)
         return 0
     settings = args.settings
     served = json.loads((ROOT / "models" / "reward-serving.json").read_text())
     started = time.perf_counter()
     server = Server(args)
     try:
-        rated, jobs, versions = [], {}, ["shapes-sd"]
-        for number, round_settings in enumerate(settings["rounds"], start=1):
+        # The served folder's name is its version's id.
+        rated, jobs, versions = [], {}, [Path(args.model).name]
+        for number, round_settings in enumerate(settings["rounds"], start=args.first_round):
             rated.append(rate_served_images(server, args, versions[-1], number, round_settings))
             emit("rated", round=number, **rated[-1])
             body = job_body(args, versions[-1], round_settings, settings["beta"], settings["learning_rate"])
@@ -777,7 +957,7 @@ def main() -> int:
             if number == 1 and not args.skip_ablations:
                 # Round 1's job again without the pre-training term, before round 2 adds ratings, so that it
                 # trains on exactly round 1's data. Its time is not the loop's.
-                ablation = job_body(args, "shapes-sd", round_settings, 0.0, settings["learning_rate"], False)
+                ablation = job_body(args, versions[0], round_settings, 0.0, settings["learning_rate"], False)
                 jobs[ABLATION] = run_job(server, ablation, "beta0")
         loop_seconds = time.perf_counter() - started - jobs.get(ABLATION, {}).get("seconds", 0.0)
         # The comparison on bench_reward's prompts and seeds.
@@ -785,7 +965,10 @@ def main() -> int:
         if args.smoke:
             bench_args.prompts_per_category, bench_args.images_per_prompt = 1, 1
         comparison = {}
-        names = ["pretrained, one image"] + [f"round {n}, one image" for n in range(1, len(versions))]
+        first = "pretrained" if args.first_round == 1 else f"`{versions[0]}`"
+        names = [f"{first}, one image"] + [
+            f"round {n}, one image" for n in range(args.first_round, args.first_round + len(versions) - 1)
+        ]
         for name, model in zip(names, versions, strict=True):
             result, _ = bench_reward.alignment(server, bench_args, best_of=(1,), model=model)
             comparison[name] = {
@@ -807,7 +990,7 @@ def main() -> int:
                 "job_prompts": settings["bad_prompts"],
                 "images_per_prompt": settings["bad_images_per_prompt"],
             }
-            bad = job_body(args, "shapes-sd", bad_round, settings["beta"], settings["bad_learning_rate"])
+            bad = job_body(args, versions[0], bad_round, settings["beta"], settings["bad_learning_rate"])
             bad["hyperparameters"]["steps"] = settings["bad_steps"]
             jobs["learning rate too high"] = run_job(server, bad, "bad")
             active_after_bad = server.get("/models")["active"]
@@ -816,7 +999,7 @@ def main() -> int:
         server.stop()
     data = {
         "machine": f"{os.cpu_count()} CPUs",
-        "command": "make finetune-loop" + (" (smoke)" if args.smoke else ""),
+        "command": loop_command(args),
         "settings": settings,
         "rated": rated,
         "loop_seconds": round(loop_seconds, 1),
@@ -827,15 +1010,68 @@ def main() -> int:
     args.json.write_text(json.dumps(data, indent=2) + "\n")
     heldout = None
     if not args.skip_heldout_eval:
-        command = [f"--model=pretrained={args.model}"] + [f"--model={name}={folder}" for name, folder in kept]
+        command = [f"--model={name}={folder}" for name, folder in heldout_models(args, kept)]
         command += ["--binary", args.binary, "--threads", str(args.threads), "--report", str(args.report)]
         command += ["--json", str(heldout_json)]
         if args.smoke:
             command += ["--prompts", "6", "--images-per-prompt", "1", "--bootstrap", "100"]
         heldout = heldout_eval.run(command)
-    bench_reward.write_report(args.report, markdown(data, trials_table(args.trials), heldout), BEGIN, END)
+    render(args, data, heldout)
     emit("done", report=str(args.report), loop_minutes=round(loop_seconds / 60, 1))
     return 0
+
+
+def held_out_json(args: argparse.Namespace) -> Path:
+    """Where scripts/heldout_eval.py's figures go: beside the run's JSON. Rounds that go on from a kept
+    version share the measured loop's file, since they are judged together with its versions."""
+    if args.first_round > 1:
+        return args.json.with_name("heldout-eval.json")
+    return args.json.with_name(args.json.name.replace("fine-tune", "heldout-eval"))
+
+
+def heldout_models(args: argparse.Namespace, kept: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The versions to judge on every held-out prompt: the run's base, then the kept ones. Rounds that go on
+    from a kept version are judged with the pretrained model and every version kept before them, so that the
+    table shows the whole curve."""
+    if args.first_round == 1:
+        return [("pretrained", args.model), *kept]
+    earlier = [
+        (f"round {number}", args.keep_versions / f"round-{number}") for number in range(1, args.first_round)
+    ]
+    ablation = [("beta 0", args.keep_versions / "beta-0")]
+    found = [(name, relative(folder)) for name, folder in earlier + ablation if folder.is_dir()]
+    rounds_found = [entry for entry in found if entry[0].startswith("round ")]
+    others = [entry for entry in found if not entry[0].startswith("round ")]
+    return [("pretrained", "models/shapes-sd"), *rounds_found, *kept, *others]
+
+
+def relative(path: Path) -> str:
+    """A path as the report's commands show it: from the repository's root when it is inside it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def render(args: argparse.Namespace, data: dict, heldout: dict | None) -> None:
+    """Writes the run's section of the report. Rounds that go on from a kept version (--first-round) get their
+    own section, after the measured loop's (its fine-tune.json beside their JSON)."""
+    if rounds(data)[0][0] != "round 1":
+        earlier = args.json.with_name("fine-tune.json")
+        before = json.loads(earlier.read_text()) if earlier.is_file() else None
+        bench_reward.write_report(
+            args.report, continued_markdown(data, before, heldout), CONTINUED_BEGIN, CONTINUED_END
+        )
+        return
+    bench_reward.write_report(args.report, markdown(data, trials_table(args.trials), heldout), BEGIN, END)
+
+
+def loop_command(args: argparse.Namespace) -> str:
+    """How to run this measurement again."""
+    if args.first_round == 1 and args.rounds is None:
+        return "make finetune-loop" + (" (smoke)" if args.smoke else "")
+    command = f"scripts/finetune_loop.py --model {args.model} --first-round {args.first_round}"
+    if args.rounds is not None:
+        command += f" --rounds {args.rounds}"
+    return command + (" --skip-ablations" if args.skip_ablations else "") + (" --smoke" if args.smoke else "")
 
 
 def keep_versions(server: Server, args: argparse.Namespace, jobs: dict) -> list[tuple[str, str]]:
@@ -851,7 +1087,7 @@ def keep_versions(server: Server, args: argparse.Namespace, jobs: dict) -> list[
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(source, target)
-        kept.append((short, str(target)))
+        kept.append((short, relative(target)))
     return kept
 
 

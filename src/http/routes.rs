@@ -23,7 +23,7 @@ use crate::pipeline::RequestLimits;
 use crate::reward::best_of::{top_n, validate_selection};
 use crate::reward::preprocess::decode_image;
 use crate::reward::{Scored, Scorer, Selection};
-use crate::storage::{Feedback, FeedbackQuery, Label, NewFeedback, Storage, StoredImage};
+use crate::storage::{Feedback, FeedbackQuery, Label, NewFeedback, Storage, StoredImage, MAX_RATER_CHARS};
 
 /// Reads the whole body, refusing it as soon as it passes `limit` bytes.
 pub(crate) async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut> {
@@ -594,7 +594,6 @@ pub async fn rerank(state: web::Data<AppState>, request: HttpRequest, payload: w
 // Feedback
 // ------------------------------------------------------------------------------------------------------------
 
-const MAX_RATER_CHARS: usize = 128;
 const MAX_PAGE: u32 = 1000;
 
 fn label_of(name: &str) -> Result<Label> {

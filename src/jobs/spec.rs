@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
+use crate::storage::MAX_RATER_CHARS;
 
 /// The job's prompts: a list, or the shapes world's generator.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
@@ -45,7 +46,7 @@ pub struct FeedbackFilter {
     /// own samples, as in an on-policy round of feedback.
     #[serde(default)]
     pub model: Option<String>,
-    /// Only ratings from this rater.
+    /// Only ratings from this rater (at most 128 characters, as stored).
     #[serde(default)]
     pub rater: Option<String>,
 }
@@ -406,6 +407,17 @@ impl FineTuneRequest {
                 ));
             }
         }
+        if let Some(rater) = &feedback_filter.rater {
+            let chars = rater.chars().count();
+            if chars > MAX_RATER_CHARS {
+                return Err(Error::validation(
+                    "feedback_filter.rater",
+                    format!(
+                        "`feedback_filter.rater` must be at most {MAX_RATER_CHARS} characters, as stored raters are. Given: {chars}"
+                    ),
+                ));
+            }
+        }
         let retrain_reward_model = self.retrain_reward_model.unwrap_or(false);
         if retrain_reward_model && !use_feedback {
             return Err(Error::validation(
@@ -638,6 +650,10 @@ mod tests {
             ),
             (
                 serde_json::json!({"feedback_filter": {"rater": " "}}),
+                "feedback_filter.rater",
+            ),
+            (
+                serde_json::json!({"feedback_filter": {"rater": "r".repeat(129)}}),
                 "feedback_filter.rater",
             ),
         ] {

@@ -22,6 +22,8 @@ mod fine_tunes;
 pub use fine_tunes::{JobEvent, JobRecord, JobStatus, VersionKind, VersionRecord};
 
 pub const DATABASE_FILE: &str = "t2i-align.db";
+/// The longest rater name a rating stores (and so the longest a filter on raters can match).
+pub const MAX_RATER_CHARS: usize = 128;
 const IMAGES_DIR: &str = "images";
 const FEEDBACK_DIR: &str = "feedback";
 

@@ -4,6 +4,8 @@ tell the trials apart (samples, pre-training captions), and trial specs keep rep
 import json
 import sys
 
+import pytest
+
 from repo_files import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
@@ -204,3 +206,154 @@ def test_the_loop_report_measures_the_last_round_against_the_pretrained_model():
     table_rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert table_rows[1].startswith("| pretrained (shapes-sd) | 22.0% | 92.0% |")
     assert table_rows[3].startswith("| round 2: `v2`, from `v1` | 40.0% | 88.0% |")
+
+
+def loop_data(names: list[str], bases: list[str], evaluations: list[dict], command: str) -> dict:
+    """A finetune_loop JSON with one job per round, each round rated for 10 minutes and its job 10 more."""
+    rated = {"prompts": 528, "images": 4224, "labels": {"good": 900, "bad": 3324}}
+    rated |= {"generate_seconds": 500.0, "rate_seconds": 100.0}
+    jobs, records = {}, []
+    for index, (name, base) in enumerate(zip(names, bases, strict=True)):
+        spec = {"feedback_filter": {"model": base}}
+        result = f"{base}-ft"
+        jobs[name] = job_record(result, base, evaluations[index], evaluations[index + 1], spec=spec)
+        records.append(rated | {"model": base})
+    round_settings = [{"job_prompts": 528, "images_per_prompt": 2}] * len(names)
+    return {
+        "command": command,
+        "machine": "2 CPUs",
+        "settings": finetune_loop.FULL | {"rounds": round_settings},
+        "rated": records,
+        "loop_seconds": 1200.0 * len(names),
+        "jobs": jobs,
+        "comparison": {"`round-2`, one image": {"attributes": {"count": 0.3}, "seconds_per_image": 0.1}},
+    }
+
+
+def heldout_gains(counts: dict[str, float], colour: float) -> dict:
+    def gain(value: float) -> dict:
+        return {"gain": value, "low": value - 0.03, "high": value + 0.03}
+
+    def entry(count: float, quality: float) -> dict:
+        gains = {"count": gain(count), "colour": gain(colour), "background": gain(-0.01), "quality": None}
+        attributes = {"count": 0.2 + count, "colour": 0.9 + colour, "shape": 0.5}
+        return {"gains": gains, "attributes": attributes, "quality": quality}
+
+    summary = {"pretrained": entry(0.0, 0.88)}
+    summary |= {name: entry(count, 0.85 - 0.02 * index) for index, (name, count) in enumerate(counts.items())}
+    return {"prompts": 282, "images_per_prompt": 4, "summary": summary}
+
+
+def test_rounds_past_the_budget_get_their_own_section_with_the_whole_curve(tmp_path):
+    evaluations = [evaluation(0.22, 0.92), evaluation(0.3, 0.9), evaluation(0.35, 0.88)]
+    earlier = loop_data(["round 1", "round 2"], ["shapes-sd", "v1"], evaluations, "make finetune-loop")
+    continued = loop_data(
+        ["round 3", "round 4"],
+        ["round-2", "round-2-ft"],
+        evaluations,
+        "scripts/finetune_loop.py --first-round 3",
+    )
+    heldout = heldout_gains({"round 1": 0.01, "round 2": 0.07, "round 3": 0.12, "round 4": 0.16}, -0.08)
+    text = finetune_loop.continued_markdown(continued, earlier, heldout)
+    assert text.startswith(finetune_loop.CONTINUED_BEGIN) and text.endswith(finetune_loop.CONTINUED_END)
+    assert "## Past the budget: round 3 and round 4 (issue #5)" in text
+    assert "going on from the version `round-2` that the measured loop above made and kept" in text
+    # Each round: 10 minutes of rating and 10 of its job, so the curve's minutes add up across both runs.
+    assert (
+        "| round 1 | 20.0 | +1.0 (-2.0 to +4.0) | -8.0 (-11.0 to -5.0) | -1.0 (-4.0 to +2.0) | n/a |" in text
+    )
+    assert "| round 4 | 80.0 | +16.0 (+13.0 to +19.0) |" in text
+    assert (
+        "the target, +15 points, is first met after round 4, 80 min of rounds on this machine (budget: 45): "
+        "+16.0 points, with colour -8.0 and background -1.0 (past the 5-point limit)"
+    ) in text
+    assert "| `round-2` | 22.0% |" in text  # the jobs' table starts from the continued run's base
+    assert (
+        "on the whole split (points): round 1 count +1.0, colour +0.0, shape +0.0, quality -3.0; "
+        "round 2 count +6.0, colour +0.0, shape +0.0, quality -2.0; round 3"
+    ) in text
+    assert "**The gate**" not in text  # these gates record no limit
+    gate = {"passed": True, "reasons": [], "max_quality_drop": 0.03, "quality_drop": 0.01}
+    continued["jobs"]["round 4"]["job"]["metrics"]["gate"] = gate
+    heldout["summary"]["round 4"]["quality"] = heldout["summary"]["round 3"]["quality"] - 0.045
+    text = finetune_loop.continued_markdown(continued, earlier, heldout)
+    assert (
+        "- **The gate** passed round 4 on the jobs' evaluation sample (quality down 1.0 points from its "
+        "base, at most 3 allowed); on the whole split its quality fell 4.5 points from round 3's"
+    ) in text
+    # Round 3's quality fell 2 points on the whole split, within the limit: nothing to say about its gate.
+    continued["jobs"]["round 3"]["job"]["metrics"]["gate"] = gate
+    assert "passed round 3" not in finetune_loop.continued_markdown(continued, earlier, heldout)
+    missed = heldout_gains({"round 1": 0.01, "round 2": 0.07, "round 3": 0.1, "round 4": 0.12}, -0.04)
+    text = finetune_loop.continued_markdown(continued, earlier, missed)
+    assert "+12.0 points after round 4 (80 min of rounds); the target, +15, is not met" in text
+    assert "colour -4.0, background -1.0 points (limit: 5)" in text
+
+
+def test_the_report_section_follows_the_first_round(tmp_path):
+    evaluations = [evaluation(0.22, 0.92), evaluation(0.3, 0.9), evaluation(0.35, 0.88)]
+    continued = loop_data(["round 3", "round 4"], ["round-2", "round-2-ft"], evaluations, "continued")
+    report = tmp_path / "REPORT.md"
+    report.write_text(f"# Report\n\n{finetune_loop.BEGIN}\nthe loop\n{finetune_loop.END}\n")
+    args = type("Args", (), {"json": tmp_path / "fine-tune-continued.json", "report": report})()
+    finetune_loop.render(args, continued, None)
+    text = report.read_text()
+    assert "the loop" in text  # the measured loop's section is left alone
+    assert text.index(finetune_loop.END) < text.index(finetune_loop.CONTINUED_BEGIN)
+    finetune_loop.render(args, continued, None)
+    assert report.read_text().count(finetune_loop.CONTINUED_BEGIN) == 1
+
+
+def parse_loop_args(monkeypatch, tmp_path, *extra: str):
+    binary = tmp_path / "t2i-align"
+    binary.write_text("")
+    monkeypatch.setattr(sys, "argv", ["finetune_loop.py", "--binary", str(binary), *extra])
+    return finetune_loop.parse_args()
+
+
+def test_more_rounds_repeat_the_last_rounds_settings(monkeypatch, tmp_path):
+    args = parse_loop_args(monkeypatch, tmp_path, "--rounds", "4")
+    listed = finetune_loop.FULL["rounds"]
+    assert args.settings["rounds"] == [listed[0], listed[1], listed[1], listed[1]]
+    assert finetune_loop.FULL["rounds"] == listed  # the module's settings are not changed
+    args = parse_loop_args(monkeypatch, tmp_path, "--rounds", "1")
+    assert args.settings["rounds"] == [listed[0]]
+    assert parse_loop_args(monkeypatch, tmp_path).settings["rounds"] == listed
+    for bad in (["--rounds", "0"], ["--first-round", "0"]):
+        with pytest.raises(SystemExit):
+            parse_loop_args(monkeypatch, tmp_path, *bad)
+
+
+def test_continued_rounds_are_judged_with_every_kept_version(monkeypatch, tmp_path):
+    kept_dir = tmp_path / "versions"
+    for name in ("round-1", "round-2", "beta-0"):
+        (kept_dir / name).mkdir(parents=True)
+    args = parse_loop_args(
+        monkeypatch,
+        tmp_path,
+        "--first-round",
+        "3",
+        "--keep-versions",
+        str(kept_dir),
+        "--json",
+        str(tmp_path / "x.json"),
+    )
+    new = [("round 3", "v3"), ("round 4", "v4")]
+    models = finetune_loop.heldout_models(args, new)
+    assert [name for name, _ in models] == [
+        "pretrained",
+        "round 1",
+        "round 2",
+        "round 3",
+        "round 4",
+        "beta 0",
+    ]
+    assert models[0] == ("pretrained", "models/shapes-sd")
+    assert models[1][1] == str((kept_dir / "round-1").resolve())
+    assert finetune_loop.held_out_json(args) == tmp_path / "heldout-eval.json"
+    first = parse_loop_args(monkeypatch, tmp_path, "--json", str(tmp_path / "fine-tune.json"))
+    assert finetune_loop.heldout_models(first, new) == [("pretrained", "models/shapes-sd"), *new]
+    assert finetune_loop.held_out_json(first) == tmp_path / "heldout-eval.json"
+    command = finetune_loop.loop_command(args)
+    assert command == "scripts/finetune_loop.py --model models/shapes-sd --first-round 3"
+    assert finetune_loop.loop_command(first) == "make finetune-loop"

@@ -1,13 +1,14 @@
 // Jobs: create a fine-tune job from a form, follow its stages, loss and events live, and on success compare
 // the base and the new version on the same prompts and seeds, with the job's evaluation.
 
-import { api, type FineTuneEvent, type FineTuneOut, type GenerateResponse, type Page } from "./api";
+import { api, type FineTuneEvent, type FineTuneOut, type GenerateResponse, type ModelList, type Page } from "./api";
 import prompts from "./shapes-prompts.json";
 import {
   addVersions,
   append,
   badge,
   checkedNumber,
+  fieldError,
   formatDuration,
   formatNumber,
   formatTime,
@@ -19,6 +20,10 @@ import {
 } from "./ui";
 
 const STAGES = ["prompts", "sample", "label", "train", "evaluate", "register"];
+/** The rating filter's choice "the base version's own images": resolved to the base's id in the request. */
+const BASE_IMAGES = "(base)";
+/** The server keeps raters' names to this many characters (POST /feedback). */
+const MAX_RATER_CHARS = 128;
 const POLL_MS = 1500;
 const categories = prompts as Record<string, string[]>;
 
@@ -89,6 +94,21 @@ function jobList(root: HTMLElement): () => void {
     retrain_reward_model: h("input", { name: "retrain_reward_model", type: "checkbox" }),
     activate_on_success: h("input", { name: "activate_on_success", type: "checkbox" }),
   };
+  // Which stored ratings the job trains on: `feedback_filter`. On-policy rounds train on the base's own images.
+  const feedbackModel = h(
+    "select",
+    { name: "feedback_model", "data-param": "feedback_filter.model" },
+    h("option", { value: "" }, "any version"),
+    h("option", { value: BASE_IMAGES }, "the base version"),
+  );
+  const feedbackRater = h("input", {
+    name: "feedback_rater",
+    "data-param": "feedback_filter.rater",
+    type: "text",
+    placeholder: "any rater",
+    maxlength: MAX_RATER_CHARS,
+  });
+  let activeVersion: string | null = null;
   const submit = h("button", { type: "submit" }, "Create job");
   const quick = h("button", { type: "button", class: "secondary" }, "Quick trial values");
   const defaults = h("button", { type: "button", class: "secondary" }, "Server defaults");
@@ -118,6 +138,8 @@ function jobList(root: HTMLElement): () => void {
   append(
     form,
     h("label", { class: "check" }, checks.use_feedback, "Train on the stored ratings"),
+    h("label", {}, "Ratings of images from", feedbackModel, h("small", { class: "muted" }, "the version that generated them")),
+    h("label", {}, "Ratings by", feedbackRater, h("small", { class: "muted" }, "one rater's name, or any")),
     h("label", { class: "check" }, checks.retrain_reward_model, "Retrain the reward model on them first"),
     h("label", { class: "check" }, checks.activate_on_success, "Activate the new version if it passes the gate"),
     h("div", { class: "row wide" }, submit, quick, defaults),
@@ -156,6 +178,20 @@ function jobList(root: HTMLElement): () => void {
     if (body.pretrain_data) (body.pretrain_data as Record<string, unknown>).kind = "shapes_world";
     if (data.get("base_model")) body.base_model = data.get("base_model");
     body.use_feedback = checks.use_feedback.checked;
+    if (body.use_feedback) {
+      const filter: Record<string, string> = {};
+      const model = feedbackModel.value === BASE_IMAGES ? String(data.get("base_model") || activeVersion || "") : feedbackModel.value;
+      if (feedbackModel.value === BASE_IMAGES && !model) {
+        fieldError(form, "feedback_filter.model", "The active version is not known yet: choose the base version above.");
+        valid = false;
+      } else if (model) filter.model = model;
+      const rater = feedbackRater.value.trim();
+      if (rater.length > MAX_RATER_CHARS) {
+        fieldError(form, "feedback_filter.rater", `At most ${MAX_RATER_CHARS} characters. Given: ${rater.length}`);
+        valid = false;
+      } else if (rater) filter.rater = rater;
+      if (Object.keys(filter).length > 0) body.feedback_filter = filter;
+    }
     if (checks.retrain_reward_model.checked) body.retrain_reward_model = true;
     if (checks.activate_on_success.checked) body.activate_on_success = true;
     return valid ? body : null;
@@ -167,6 +203,12 @@ function jobList(root: HTMLElement): () => void {
   }
 
   form.addEventListener("input", showPreview);
+  // The filter chooses among the stored ratings: without them it has nothing to choose from.
+  const syncFeedback = (): void => {
+    feedbackModel.disabled = !checks.use_feedback.checked;
+    feedbackRater.disabled = !checks.use_feedback.checked;
+  };
+  checks.use_feedback.addEventListener("change", syncFeedback);
   quick.addEventListener("click", () => {
     for (const [name, value] of Object.entries(QUICK)) {
       const input = form.querySelector<HTMLInputElement>(`[name="${name}"]`);
@@ -197,6 +239,13 @@ function jobList(root: HTMLElement): () => void {
   });
 
   addVersions(base);
+  addVersions(feedbackModel);
+  api<ModelList>("GET", "/models")
+    .then((list) => {
+      activeVersion = list.active;
+      showPreview();
+    })
+    .catch(() => {});
 
   async function refresh(): Promise<void> {
     try {

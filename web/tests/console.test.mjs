@@ -188,6 +188,20 @@ describe("the console in open mode", () => {
     await page.getByRole("button", { name: "Create job" }).click();
     assert.match(await page.locator(".field-error").first().innerText(), /from 0 to 1000/);
     await page.fill("input[name=images_per_prompt]", "2");
+    // On-policy: the ratings the rate test stored, of the base version's own images, by that rater alone.
+    await page.selectOption("select[name=feedback_model]", "(base)");
+    await page.fill("input[name=feedback_rater]", "browser-test");
+    const filter = { model: "shapes-sd", rater: "browser-test" };
+    await page.waitForFunction(
+      () => /"feedback_filter"/.test(document.querySelector("[data-testid=job-preview]")?.textContent ?? ""),
+    );
+    const sent = JSON.parse((await page.locator("[data-testid=job-preview]").textContent()).replace(/^POST \/fine-tunes\n/, ""));
+    assert.deepEqual(sent.feedback_filter, filter);
+    // Without the stored ratings the filter has nothing to choose from: it is disabled and left out.
+    await page.locator("input[name=use_feedback]").uncheck();
+    assert.ok(await page.locator("select[name=feedback_model]").isDisabled());
+    assert.doesNotMatch(await page.locator("[data-testid=job-preview]").textContent(), /feedback_filter/);
+    await page.locator("input[name=use_feedback]").check();
     await screenshot(page, "jobs-form");
     await page.getByRole("button", { name: "Create job" }).dblclick();
     await page.waitForURL(/#\/jobs\/ft/);
@@ -209,6 +223,7 @@ describe("the console in open mode", () => {
       timeout: 120_000,
     });
     const job = (await json(server, "/fine-tunes")).data[0];
+    assert.deepEqual(job.spec.feedback_filter, filter);
     newVersion = job.result_model;
     assert.ok(newVersion, JSON.stringify(job));
     await screenshot(page, "job");
