@@ -156,6 +156,9 @@ def parse_args() -> argparse.Namespace:
         return args
     if not Path(args.binary).is_file():
         parser.error(f"--binary {args.binary} does not exist; run `make build` first")
+    if not (Path(args.model) / "model_index.json").is_file():
+        hint = " (`make finetune-more` goes on from the version `make finetune-loop` keeps)"
+        parser.error(f"--model {args.model} is not a model folder{hint if args.first_round > 1 else ''}")
     settings = SMOKE if args.smoke else FULL
     if args.rounds is not None and args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")

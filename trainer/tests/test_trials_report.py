@@ -308,6 +308,7 @@ def parse_loop_args(monkeypatch, tmp_path, *extra: str):
     binary = tmp_path / "t2i-align"
     binary.write_text("")
     monkeypatch.setattr(sys, "argv", ["finetune_loop.py", "--binary", str(binary), *extra])
+    monkeypatch.chdir(REPO_ROOT)  # the default --model, models/shapes-sd, is relative to the repository
     return finetune_loop.parse_args()
 
 
@@ -322,6 +323,13 @@ def test_more_rounds_repeat_the_last_rounds_settings(monkeypatch, tmp_path):
     for bad in (["--rounds", "0"], ["--first-round", "0"]):
         with pytest.raises(SystemExit):
             parse_loop_args(monkeypatch, tmp_path, *bad)
+
+
+def test_going_on_from_a_missing_version_says_how_to_make_it(monkeypatch, tmp_path, capsys):
+    missing = tmp_path / "versions" / "round-2"
+    with pytest.raises(SystemExit):
+        parse_loop_args(monkeypatch, tmp_path, "--model", str(missing), "--first-round", "3")
+    assert "is not a model folder (`make finetune-more` goes on from the version" in capsys.readouterr().err
 
 
 def test_continued_rounds_are_judged_with_every_kept_version(monkeypatch, tmp_path):
