@@ -37,7 +37,7 @@ import sys
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from itertools import pairwise
+from itertools import accumulate, pairwise
 from pathlib import Path
 from urllib.parse import quote
 
@@ -381,6 +381,11 @@ def rounds(data: dict) -> list[tuple[str, dict]]:
     return [(name, record) for name, record in data["jobs"].items() if is_round(name)]
 
 
+def is_continued(data: dict) -> bool:
+    """Whether the run's rounds went on from a kept version (--first-round > 1)."""
+    return rounds(data)[0][0] != "round 1"
+
+
 def heldout_lines(heldout: dict | None, last_round: str, job_prompts: int | None, job: dict) -> list[str]:
     """The last round on every held-out prompt (scripts/heldout_eval.py), beside the job's own figures
     (`job`: points gained per measure, as fractions)."""
@@ -460,15 +465,17 @@ def continued_markdown(data: dict, earlier: dict | None, heldout: dict | None) -
     summary = (heldout or {}).get("summary", {})
     ordered = [name for name in minutes if name in summary]
     if ordered:
-        total = 0.0
-        rows = []
-        for name in ordered:
-            total += minutes[name]
-            gains = summary[name]["gains"]
-            rows.append(
-                [name, f"{total:.1f}"]
-                + [heldout_eval.interval(gains[key]) if gains.get(key) else "n/a" for key in HELDOUT_GAINS]
-            )
+        so_far = dict(zip(ordered, accumulate(minutes[name] for name in ordered), strict=True))
+        rows = [
+            [name, f"{so_far[name]:.1f}"]
+            + [
+                heldout_eval.interval(summary[name]["gains"][key])
+                if summary[name]["gains"].get(key)
+                else "n/a"
+                for key in HELDOUT_GAINS
+            ]
+            for name in ordered
+        ]
         lines += [
             "",
             f"Every round on every held-out prompt ({heldout['prompts']} × {heldout['images_per_prompt']} "
@@ -477,7 +484,7 @@ def continued_markdown(data: dict, earlier: dict | None, heldout: dict | None) -
             "",
             table(["round", "minutes so far", *HELDOUT_GAINS], rows),
             "",
-            *target_verdict(ordered, minutes, summary),
+            *target_verdict(so_far, summary),
             *round_steps(ordered, summary),
             *gate_on_the_whole_split(data, summary),
         ]
@@ -503,28 +510,26 @@ def continued_markdown(data: dict, earlier: dict | None, heldout: dict | None) -
 HELDOUT_GAINS = ("count", "colour", "background", "quality")
 
 
-def target_verdict(ordered: list[str], minutes: dict[str, float], summary: dict) -> list[str]:
+def target_verdict(so_far: dict[str, float], summary: dict) -> list[str]:
     """When, if ever, the rounds meet the count target and whether colour and background stay within their
-    limit there, on the whole held-out split."""
+    limit there, on the whole held-out split. `so_far`: each round's minutes of rounds up to it, in order."""
 
     def gain(name: str, key: str) -> float:
         return summary[name]["gains"][key]["gain"]
 
-    met = [name for name in ordered if gain(name, "count") >= 0.15]
-    last = ordered[-1]
-    elapsed = sum(minutes[name] for name in ordered)
+    met = [name for name in so_far if gain(name, "count") >= 0.15]
+    last = list(so_far)[-1]
     costs = f"colour {points(gain(last, 'colour'))}, background {points(gain(last, 'background'))}"
     if not met:
         return [
-            f"- **Count**: {points(gain(last, 'count'))} points after {last} ({elapsed:.0f} min of rounds); "
-            f"the target, +15, is not met. At that point {costs} points (limit: 5)."
+            f"- **Count**: {points(gain(last, 'count'))} points after {last} ({so_far[last]:.0f} min of "
+            f"rounds); the target, +15, is not met. At that point {costs} points (limit: 5)."
         ]
     first = met[0]
-    upto = sum(minutes[name] for name in ordered[: ordered.index(first) + 1])
     within = all(gain(first, key) >= -0.05 for key in ("colour", "background"))
     return [
-        f"- **Count**: the target, +15 points, is first met after {first}, {upto:.0f} min of rounds on this "
-        f"machine (budget: 45): {points(gain(first, 'count'))} points, with colour "
+        f"- **Count**: the target, +15 points, is first met after {first}, {so_far[first]:.0f} min of rounds "
+        f"on this machine (budget: 45): {points(gain(first, 'count'))} points, with colour "
         f"{points(gain(first, 'colour'))} and background {points(gain(first, 'background'))} "
         f"({'within' if within else 'past'} the 5-point limit)."
     ]
@@ -936,11 +941,9 @@ def count_limit(trials: list[dict]) -> list[str]:
 
 def main() -> int:
     args = parse_args()
-    heldout_json = held_out_json(args)
     if args.render_only:
         data = json.loads(args.json.read_text())
-        if rounds(data)[0][0] != "round 1":  # rounds that went on from a kept version
-            heldout_json = args.json.with_name("heldout-eval.json")
+        heldout_json = held_out_json(args.json, is_continued(data))
         heldout = json.loads(heldout_json.read_text()) if heldout_json.is_file() else None
         render(args, data, heldout)
         return 0
@@ -1015,7 +1018,7 @@ def main() -> int:
     if not args.skip_heldout_eval:
         command = [f"--model={name}={folder}" for name, folder in heldout_models(args, kept)]
         command += ["--binary", args.binary, "--threads", str(args.threads), "--report", str(args.report)]
-        command += ["--json", str(heldout_json)]
+        command += ["--json", str(held_out_json(args.json, args.first_round > 1))]
         if args.smoke:
             command += ["--prompts", "6", "--images-per-prompt", "1", "--bootstrap", "100"]
         heldout = heldout_eval.run(command)
@@ -1024,12 +1027,12 @@ def main() -> int:
     return 0
 
 
-def held_out_json(args: argparse.Namespace) -> Path:
+def held_out_json(run_json: Path, continued: bool) -> Path:
     """Where scripts/heldout_eval.py's figures go: beside the run's JSON. Rounds that go on from a kept
     version share the measured loop's file, since they are judged together with its versions."""
-    if args.first_round > 1:
-        return args.json.with_name("heldout-eval.json")
-    return args.json.with_name(args.json.name.replace("fine-tune", "heldout-eval"))
+    if continued:
+        return run_json.with_name("heldout-eval.json")
+    return run_json.with_name(run_json.name.replace("fine-tune", "heldout-eval"))
 
 
 def heldout_models(args: argparse.Namespace, kept: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -1057,7 +1060,7 @@ def relative(path: Path) -> str:
 def render(args: argparse.Namespace, data: dict, heldout: dict | None) -> None:
     """Writes the run's section of the report. Rounds that go on from a kept version (--first-round) get their
     own section, after the measured loop's (its fine-tune.json beside their JSON)."""
-    if rounds(data)[0][0] != "round 1":
+    if is_continued(data):
         earlier = args.json.with_name("fine-tune.json")
         before = json.loads(earlier.read_text()) if earlier.is_file() else None
         bench_reward.write_report(

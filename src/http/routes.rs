@@ -23,7 +23,7 @@ use crate::pipeline::RequestLimits;
 use crate::reward::best_of::{top_n, validate_selection};
 use crate::reward::preprocess::decode_image;
 use crate::reward::{Scored, Scorer, Selection};
-use crate::storage::{Feedback, FeedbackQuery, Label, NewFeedback, Storage, StoredImage, MAX_RATER_CHARS};
+use crate::storage::{check_rater, Feedback, FeedbackQuery, Label, NewFeedback, Storage, StoredImage};
 
 /// Reads the whole body, refusing it as soon as it passes `limit` bytes.
 pub(crate) async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut> {
@@ -637,15 +637,7 @@ pub async fn post_feedback(state: web::Data<AppState>, payload: web::Payload) ->
     let request: FeedbackRequest = parse_json(&body)?;
     let label = label_of(&request.label)?;
     if let Some(rater) = &request.rater {
-        if rater.chars().count() > MAX_RATER_CHARS {
-            return Err(Error::validation(
-                "rater",
-                format!(
-                    "`rater` must be at most {MAX_RATER_CHARS} characters. Given: {}",
-                    rater.chars().count()
-                ),
-            ));
-        }
+        check_rater("rater", rater)?;
     }
     let new = match (request.image_id, request.image) {
         (Some(_), Some(_)) => {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
-use crate::storage::MAX_RATER_CHARS;
+use crate::storage::check_rater;
 
 /// The job's prompts: a list, or the shapes world's generator.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
@@ -408,15 +408,7 @@ impl FineTuneRequest {
             }
         }
         if let Some(rater) = &feedback_filter.rater {
-            let chars = rater.chars().count();
-            if chars > MAX_RATER_CHARS {
-                return Err(Error::validation(
-                    "feedback_filter.rater",
-                    format!(
-                        "`feedback_filter.rater` must be at most {MAX_RATER_CHARS} characters, as stored raters are. Given: {chars}"
-                    ),
-                ));
-            }
+            check_rater("feedback_filter.rater", rater)?;
         }
         let retrain_reward_model = self.retrain_reward_model.unwrap_or(false);
         if retrain_reward_model && !use_feedback {

@@ -24,6 +24,18 @@ pub use fine_tunes::{JobEvent, JobRecord, JobStatus, VersionKind, VersionRecord}
 pub const DATABASE_FILE: &str = "t2i-align.db";
 /// The longest rater name a rating stores (and so the longest a filter on raters can match).
 pub const MAX_RATER_CHARS: usize = 128;
+
+/// Refuses a rater name longer than a rating stores, naming `param`, the field that carried it.
+pub fn check_rater(param: &str, rater: &str) -> Result<()> {
+    let chars = rater.chars().count();
+    if chars > MAX_RATER_CHARS {
+        return Err(Error::validation(
+            param,
+            format!("`{param}` must be at most {MAX_RATER_CHARS} characters, as a rating stores. Given: {chars}"),
+        ));
+    }
+    Ok(())
+}
 const IMAGES_DIR: &str = "images";
 const FEEDBACK_DIR: &str = "feedback";
 

@@ -358,10 +358,10 @@ def test_continued_rounds_are_judged_with_every_kept_version(monkeypatch, tmp_pa
     ]
     assert models[0] == ("pretrained", "models/shapes-sd")
     assert models[1][1] == str((kept_dir / "round-1").resolve())
-    assert finetune_loop.held_out_json(args) == tmp_path / "heldout-eval.json"
+    assert finetune_loop.held_out_json(args.json, True) == tmp_path / "heldout-eval.json"
     first = parse_loop_args(monkeypatch, tmp_path, "--json", str(tmp_path / "fine-tune.json"))
     assert finetune_loop.heldout_models(first, new) == [("pretrained", "models/shapes-sd"), *new]
-    assert finetune_loop.held_out_json(first) == tmp_path / "heldout-eval.json"
+    assert finetune_loop.held_out_json(first.json, False) == tmp_path / "heldout-eval.json"
     command = finetune_loop.loop_command(args)
     assert command == "scripts/finetune_loop.py --model models/shapes-sd --first-round 3"
     assert finetune_loop.loop_command(first) == "make finetune-loop"

@@ -1,7 +1,7 @@
 // Jobs: create a fine-tune job from a form, follow its stages, loss and events live, and on success compare
 // the base and the new version on the same prompts and seeds, with the job's evaluation.
 
-import { api, type FineTuneEvent, type FineTuneOut, type GenerateResponse, type ModelList, type Page } from "./api";
+import { api, type FineTuneEvent, type FineTuneOut, type GenerateResponse, type Page } from "./api";
 import prompts from "./shapes-prompts.json";
 import {
   addVersions,
@@ -238,14 +238,12 @@ function jobList(root: HTMLElement): () => void {
     }
   });
 
-  addVersions(base);
-  addVersions(feedbackModel);
-  api<ModelList>("GET", "/models")
-    .then((list) => {
-      activeVersion = list.active;
-      showPreview();
-    })
-    .catch(() => {});
+  void addVersions(base, feedbackModel).then((active) => {
+    activeVersion = active;
+    // Only "the base version" reads it. Refreshing the preview clears the page's errors, such as the job
+    // list's 403, so it is left alone otherwise.
+    if (feedbackModel.value === BASE_IMAGES) showPreview();
+  });
 
   async function refresh(): Promise<void> {
     try {

@@ -71,7 +71,7 @@ export function playgroundPage(root: HTMLElement): () => void {
   );
   append(root, h("h1", {}, "Playground"), form, status, error, results);
 
-  addVersions(model);
+  void addVersions(model);
 
   /** The request body, or null after marking the fields that are out of range. */
   function body(): Record<string, unknown> | null {

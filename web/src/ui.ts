@@ -184,14 +184,17 @@ export function checkedNumber(
   return value;
 }
 
-/** Adds the diffusion versions (`GET /models`) to `select`, the active one marked. The list is optional:
- * without it the select keeps its first choice, the active version. */
-export function addVersions(select: HTMLSelectElement): void {
-  api<ModelList>("GET", "/models")
+/** Adds the diffusion versions (`GET /models`, fetched once) to each select, the active one marked, and
+ * resolves to the active version's id. The list is optional: without it the selects keep their first choices,
+ * and the promise resolves to null. */
+export function addVersions(...selects: HTMLSelectElement[]): Promise<string | null> {
+  return api<ModelList>("GET", "/models")
     .then((list) => {
       for (const version of list.data.filter((entry) => entry.kind === "diffusion")) {
-        select.append(h("option", { value: version.id }, version.active ? `${version.id} (active)` : version.id));
+        const label = version.active ? `${version.id} (active)` : version.id;
+        for (const select of selects) select.append(h("option", { value: version.id }, label));
       }
+      return list.active;
     })
-    .catch(() => {});
+    .catch(() => null);
 }
