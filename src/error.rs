@@ -35,6 +35,18 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
 
+    /// The path exists but does not take this method; `allowed` lists the ones it takes.
+    #[error("{path} does not take {method}; it takes {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: String,
+    },
+
+    /// The resource is in a state that does not allow the change, e.g. cancelling a finished job.
+    #[error("{0}")]
+    Conflict(String),
+
     /// The models are not loaded and warmed yet, or the server is shutting down.
     #[error("{0}")]
     Unavailable(String),
@@ -100,6 +112,8 @@ impl Error {
             Error::Overloaded { .. } => "overloaded",
             Error::KeyBusy { .. } => "rate_limited",
             Error::NotFound(_) => "not_found",
+            Error::MethodNotAllowed { .. } => "method_not_allowed",
+            Error::Conflict(_) => "conflict",
             Error::Unavailable(_) => "unavailable",
             Error::Cancelled => "cancelled",
             Error::Timeout { .. } => "timeout",

@@ -17,6 +17,7 @@ pub mod registry;
 pub mod reward;
 pub mod runtime;
 pub mod server;
+pub mod serving;
 pub mod storage;
 
 pub use error::{Error, Result};

@@ -18,7 +18,10 @@ fn main() -> std::process::ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Openapi => {
-            print!("{}", t2i_align::http::openapi::spec_json());
+            print!(
+                "{}",
+                t2i_align::http::openapi::spec_json(t2i_align::http::openapi::Security::Keys)
+            );
             Ok(())
         }
         Command::Generate(args) => cli::run_generate(args).map(|_| ()),

@@ -9,13 +9,12 @@ use crate::error::{Error, Result};
 use crate::http::{build_server, AppState, HttpConfig, ScoreLimits, Serving};
 use crate::jobs::{JobConfig, JobManager};
 use crate::metrics::Metrics;
-use crate::pipeline::{GenerateParams, ModelFolder, Pipeline, RequestLimits};
-use crate::registry::pool::{build_engine, EngineSettings, LoadedModel, ModelPool};
+use crate::pipeline::{ModelFolder, RequestLimits};
 use crate::registry::Registry;
-use crate::reward::model::RewardModel;
-use crate::reward::{RewardSet, Scorer, SelectionLimits};
+use crate::reward::SelectionLimits;
 use crate::runtime::{Device, Runtime, SessionSettings};
-use crate::storage::{Storage, VersionRecord};
+use crate::serving::{EngineSettings, Loader, ModelPool, RewardSettings};
+use crate::storage::Storage;
 
 /// Reward models to load and how they batch.
 #[derive(Debug, Clone)]
@@ -28,6 +27,17 @@ pub struct RewardConfig {
     pub batch_images: usize,
     pub selection: SelectionLimits,
     pub score: ScoreLimits,
+}
+
+impl RewardConfig {
+    /// The command line's one-shot runs (`generate`, `score`): a short queue and no warm-up.
+    pub fn cli_settings(&self) -> RewardSettings {
+        RewardSettings {
+            max_batch: self.max_batch,
+            capacity: 4,
+            warmup: false,
+        }
+    }
 }
 
 pub struct ServeConfig {
@@ -150,26 +160,27 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         warmup_sizes: config.warmup_sizes.clone(),
         max_loaded: config.max_loaded_models,
     };
+    let reward_settings = RewardSettings {
+        max_batch: config.reward.max_batch,
+        capacity: config.queue_capacity,
+        warmup: config.warmup,
+    };
     let loader = {
         let load_error = load_error.clone();
-        let reward = config.reward.clone();
+        let reward_models = config.reward.models.clone();
         let device = config.device.to_string();
         let jobs = config.jobs.clone();
         let data_dir = config.data_dir.clone();
         let runtime_handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            let loaded = load(runtime, &registry, &active, &reward, &settings, metrics.clone()).and_then(
-                |(runtime, model, rewards)| {
-                    let provider = runtime.provider();
+            let loader = Arc::new(Loader::new(runtime, settings, reward_settings, metrics.clone()));
+            let loaded = loader
+                .load_diffusion_blocking(active.id.clone(), &registry.folder(&active))
+                .and_then(|model| Ok((model, loader.load_rewards_blocking(&reward_models)?)))
+                .and_then(|(model, rewards)| {
+                    let provider = loader.provider();
                     metrics.set_model_info(&model.version, provider.label(), &device);
-                    let pool = Arc::new(ModelPool::new(
-                        Arc::new(Mutex::new(runtime)),
-                        registry.clone(),
-                        settings,
-                        metrics.clone(),
-                        device,
-                        model,
-                    ));
+                    let pool = Arc::new(ModelPool::new(loader, registry.clone(), device, model));
                     let rewards = Arc::new(rewards);
                     let jobs = JobManager::new(storage, pool.clone(), rewards.clone(), metrics, jobs, &data_dir)?;
                     Ok(Serving {
@@ -178,8 +189,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
                         rewards,
                         jobs,
                     })
-                },
-            );
+                });
             match loaded {
                 Ok(serving) => {
                     tracing::info!(
@@ -231,74 +241,5 @@ async fn termination() -> &'static str {
             let _ = tokio::signal::ctrl_c().await;
             "SIGINT"
         }
-    }
-}
-
-/// Loads the active version's engine and the reward models.
-fn load(
-    mut runtime: Runtime,
-    registry: &Registry,
-    active: &VersionRecord,
-    reward: &RewardConfig,
-    settings: &EngineSettings,
-    metrics: Arc<Metrics>,
-) -> Result<(Runtime, LoadedModel, RewardSet)> {
-    let folder = Arc::new(ModelFolder::open(&registry.folder(active))?);
-    let model = build_engine(&mut runtime, active.id.clone(), folder, settings, metrics.clone())?;
-    let rewards = load_rewards(&mut runtime, reward, settings.queue_capacity, settings.warmup, &metrics)?;
-    Ok((runtime, model, rewards))
-}
-
-/// Loads each reward model folder and starts its scorer thread; warms each with one blank image.
-pub fn load_rewards(
-    runtime: &mut Runtime,
-    config: &RewardConfig,
-    capacity: usize,
-    warmup: bool,
-    metrics: &Arc<Metrics>,
-) -> Result<RewardSet> {
-    let mut scorers: Vec<Arc<Scorer>> = Vec::new();
-    for folder in &config.models {
-        let mut model = RewardModel::load(runtime, folder)?;
-        tracing::info!("{}", model.describe());
-        if scorers.iter().any(|scorer| scorer.name() == model.name()) {
-            return Err(Error::Config(format!(
-                "two reward models are called `{}` (their manifest's `name`); names must differ",
-                model.name()
-            )));
-        }
-        // Warmed before its scorer thread starts, so the blank image never reaches the score metrics.
-        if warmup {
-            let started = std::time::Instant::now();
-            let preprocessor = model.preprocessor().clone();
-            let (height, width) = preprocessor.output_size();
-            let blank = image::RgbImage::new(width as u32, height as u32);
-            model.score(&preprocessor.pixel_values(&blank), &["warm-up"])?;
-            tracing::info!(
-                model = model.name(),
-                ms = started.elapsed().as_millis() as u64,
-                "reward model warmed up"
-            );
-        }
-        let scorer = Scorer::start(model, config.max_batch, capacity, metrics.clone())?;
-        scorers.push(Arc::new(scorer));
-    }
-    Ok(RewardSet::new(scorers))
-}
-
-/// A short generation at the model's default size that touches every session with guidance on.
-pub fn warmup_params(pipeline: &Pipeline) -> GenerateParams {
-    let limits = pipeline.limits();
-    GenerateParams {
-        prompt: "warm-up".into(),
-        negative_prompt: String::new(),
-        num_images: 1,
-        steps: 2,
-        guidance_scale: 7.5,
-        scheduler: limits.default_scheduler,
-        seed: 0,
-        width: limits.default_size,
-        height: limits.default_size,
-        eta: 0.0,
     }
 }

@@ -348,8 +348,10 @@ fn cancel_stops_the_trainer_and_registers_nothing() {
     assert_eq!(done["status"], "cancelled", "{done}");
     assert!(done["result_model"].is_null());
     wait_no_trainer(&id);
+    // A finished job cannot be cancelled: the request conflicts with its state.
     let again = server.post_json(&format!("/fine-tunes/{id}/cancel"), "");
-    assert_eq!(again.status, 422, "{}", again.text());
+    assert_eq!(again.status, 409, "{}", again.text());
+    assert_eq!(again.json()["error"]["type"], "conflict");
     assert_eq!(server.post_json("/fine-tunes/ft_nope/cancel", "").status, 404);
     assert_eq!(model_ids(&server).0, vec!["tiny-sd".to_string()]);
     let listed = server.get("/fine-tunes?status=cancelled").json();

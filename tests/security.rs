@@ -42,6 +42,9 @@ fn keys_gate_routes_by_scope_and_are_never_logged() {
     for path in ["/health", "/ready", "/metrics", "/openapi.json"] {
         assert_eq!(with_key(&server, "GET", path, None, None).status, 200, "{path}");
     }
+    // A server with keys serves the committed document, each operation with the scope its route needs.
+    let committed = std::fs::read_to_string(common::repo_path("openapi/openapi.json")).unwrap();
+    assert_eq!(with_key(&server, "GET", "/openapi.json", None, None).text(), committed);
     // The console's page is open (it asks for a key when the API answers 401); `make web` builds it.
     let console = with_key(&server, "GET", "/", None, None);
     assert_eq!(console.status, 200, "{}", console.text());

@@ -18,7 +18,8 @@ use crate::reward::best_of::{generate_selected, validate_selection};
 use crate::reward::preprocess::decode_image;
 use crate::reward::{SelectionInput, SelectionLimits};
 use crate::runtime::{Device, OptimizationLevel, Runtime, SessionSettings};
-use crate::server::{load_rewards, RewardConfig, ServeConfig};
+use crate::server::{RewardConfig, ServeConfig};
+use crate::serving::load_rewards;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -524,7 +525,12 @@ pub fn run_generate(args: GenerateArgs) -> Result<Vec<PathBuf>> {
     let wants_selection = args.best_of.is_some() || args.min_reward.is_some();
     // Plain generation loads no reward model unless asked to choose: it stays as fast as before.
     let rewards = if wants_selection {
-        load_rewards(&mut runtime, &reward, 4, false, &std::sync::Arc::new(Metrics::new()))?
+        load_rewards(
+            &mut runtime,
+            &reward.models,
+            &reward.cli_settings(),
+            &std::sync::Arc::new(Metrics::new()),
+        )?
     } else {
         Default::default()
     };
@@ -622,7 +628,12 @@ pub fn run_score(args: ScoreArgs) -> Result<Vec<f32>> {
         args.runtime.device,
         args.runtime.sessions(),
     )?;
-    let rewards = load_rewards(&mut runtime, &reward, 4, false, &std::sync::Arc::new(Metrics::new()))?;
+    let rewards = load_rewards(
+        &mut runtime,
+        &reward.models,
+        &reward.cli_settings(),
+        &std::sync::Arc::new(Metrics::new()),
+    )?;
     let scorer = rewards.get(None, "reward_model")?;
     let preprocessor = scorer.preprocessor();
     let mut scores = Vec::with_capacity(args.images.len());

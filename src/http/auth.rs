@@ -1,4 +1,5 @@
-//! API keys: bearer keys in two scopes, checked in one middleware before any handler runs.
+//! API keys: bearer keys in two scopes, checked in one middleware before any handler runs, against the scope
+//! each route's `Endpoint` declares.
 //!
 //! - `inference` keys may generate, score, rerank, rate (`POST /feedback`, and `DELETE /feedback/{id}` to take
 //!   back a rating they made) and read images and the model list.
@@ -10,9 +11,16 @@
 //! presented key is compared with every configured digest in constant time, so neither the comparison's duration
 //! nor the logs reveal a key. No keys at all is open mode, which the server announces loudly at start-up.
 
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::web;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::http::endpoint::{self, Access};
+use crate::http::error::OpenAiError;
+use crate::http::AppState;
 
 /// What a key may do. `Admin` includes everything `Inference` may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -177,23 +185,101 @@ impl ApiKeys {
     }
 }
 
-/// The scope a route needs, from its method and matched pattern; `None` for the open routes.
+/// The scope a route needs, from its method and matched pattern, as its `Endpoint` declares; `None` for the
+/// open routes, the Swagger UI and paths we do not serve (404). A method a path does not declare needs admin,
+/// so that nothing undeclared is ever open.
 pub fn route_scope(method: &str, pattern: &str, protect_metrics: bool) -> Option<Scope> {
-    match (method, pattern) {
-        (_, "/health" | "/ready" | "/openapi.json") => None,
-        // The console's page and assets: the page itself asks for a key when the API answers 401.
-        ("GET", "/" | "/assets/{file}" | "/favicon.svg") => None,
-        (_, "/metrics") => protect_metrics.then_some(Scope::Admin),
-        (_, pattern) if pattern.starts_with("/docs") => None,
-        (_, "/generate" | "/v1/images/generations" | "/score" | "/rerank") => Some(Scope::Inference),
-        ("POST", "/feedback") => Some(Scope::Inference),
-        // Undo: a rating's id is only known to whoever made it (listing ratings needs admin).
-        ("DELETE", "/feedback/{id}") => Some(Scope::Inference),
-        ("GET", "/images" | "/images/{id}" | "/models") => Some(Scope::Inference),
-        (_, "unmatched") => None,
-        // Fine-tunes, activation, listing and exporting feedback, and anything added later: admin.
-        _ => Some(Scope::Admin),
+    if pattern == "unmatched" || pattern.starts_with("/docs") {
+        return None;
     }
+    let endpoints = crate::http::endpoints();
+    match endpoint::find(&endpoints, method, pattern).map(|endpoint| endpoint.access) {
+        Some(Access::Open) => None,
+        Some(Access::Inference) => Some(Scope::Inference),
+        Some(Access::Metrics) => protect_metrics.then_some(Scope::Admin),
+        Some(Access::Admin) | None => Some(Scope::Admin),
+    }
+}
+
+/// One request of a key counted in flight until dropped.
+struct InFlight {
+    state: web::Data<AppState>,
+    key: String,
+}
+
+impl InFlight {
+    /// Counts a request of `key`, or refuses it when the key is at its limit.
+    fn acquire(state: &web::Data<AppState>, key: &str) -> Result<Option<InFlight>> {
+        let limit = state.max_concurrent_per_key;
+        if limit == 0 {
+            return Ok(None);
+        }
+        let mut counts = state
+            .in_flight
+            .lock()
+            .map_err(|_| Error::Internal("the in-flight counter lock is poisoned".into()))?;
+        let count = counts.entry(key.to_string()).or_insert(0);
+        if *count >= limit {
+            return Err(Error::KeyBusy {
+                key: key.to_string(),
+                limit,
+            });
+        }
+        *count += 1;
+        Ok(Some(InFlight {
+            state: state.clone(),
+            key: key.to_string(),
+        }))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.state.in_flight.lock() {
+            if let Some(count) = counts.get_mut(&self.key) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    counts.remove(&self.key);
+                }
+            }
+        }
+    }
+}
+
+/// Middleware: answers 401 or 403 before any handler runs when the route needs a key the request does not
+/// carry (`route_scope`). The OpenAI-compatible routes answer in OpenAI's error shape.
+pub async fn authenticate<B: MessageBody + 'static>(
+    request: ServiceRequest,
+    next: Next<B>,
+) -> std::result::Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
+    let mut in_flight = None;
+    if let Some(state) = request.app_data::<web::Data<AppState>>().cloned() {
+        let pattern = request.match_pattern().unwrap_or_else(|| "unmatched".to_string());
+        if let Some(scope) = route_scope(request.method().as_str(), &pattern, state.protect_metrics) {
+            let header = request
+                .headers()
+                .get(actix_web::http::header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok());
+            let admitted = state
+                .api_keys
+                .check(header, scope)
+                .and_then(|key| key.map_or(Ok(None), |key| InFlight::acquire(&state, &key)));
+            match admitted {
+                Ok(guard) => in_flight = guard,
+                Err(err) => {
+                    let response = if pattern.starts_with("/v1/") {
+                        actix_web::ResponseError::error_response(&OpenAiError(err))
+                    } else {
+                        actix_web::ResponseError::error_response(&err)
+                    };
+                    return Ok(request.into_response(response).map_into_right_body());
+                }
+            }
+        }
+    }
+    let response = next.call(request).await.map(ServiceResponse::map_into_left_body);
+    drop(in_flight);
+    response
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! works offline; the Content-Security-Policy says so to the browser too.
 
 use actix_web::http::header;
-use actix_web::{get, web, HttpResponse, HttpResponseBuilder};
+use actix_web::{web, HttpResponse, HttpResponseBuilder};
+
+use crate::http::endpoint::{self, Access, Endpoint, Method};
 
 /// (path under web/dist, bytes), from build.rs; empty when the console was not built.
 static ASSETS: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/console_assets.rs"));
@@ -12,6 +14,18 @@ static ASSETS: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/console_as
 /// PNGs in base64). No inline scripts.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; \
      script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// The page and its assets are open: the page itself asks for a key when the API answers 401. They are not
+/// part of the API, so the OpenAPI document leaves them out.
+pub const ENDPOINTS: &[Endpoint] = &[
+    Endpoint::new(Method::Get, "/", Access::Open, |route| route.to(index)),
+    Endpoint::new(Method::Get, "/assets/{file}", Access::Open, |route| route.to(assets)),
+    Endpoint::new(Method::Get, "/favicon.svg", Access::Open, |route| route.to(favicon)),
+];
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    endpoint::configure(cfg, ENDPOINTS);
+}
 
 fn asset(path: &str) -> Option<&'static [u8]> {
     ASSETS.iter().find(|(name, _)| *name == path).map(|(_, bytes)| *bytes)
@@ -42,7 +56,6 @@ fn found(path: &str, cache_control: &'static str) -> HttpResponseBuilder {
 }
 
 /// The console's page. Its routes are `#/playground`, `#/rate`, `#/jobs` and `#/models`.
-#[get("/")]
 pub async fn index() -> HttpResponse {
     match asset("index.html") {
         // The page names the current hashed assets, so it is never cached.
@@ -60,7 +73,6 @@ pub async fn index() -> HttpResponse {
 }
 
 /// A built asset. Vite puts a content hash in each name, so they are cached for a year.
-#[get("/assets/{file}")]
 pub async fn assets(file: web::Path<String>) -> HttpResponse {
     let path = format!("assets/{file}");
     match asset(&path) {
@@ -72,7 +84,6 @@ pub async fn assets(file: web::Path<String>) -> HttpResponse {
 }
 
 /// The console's icon, so that browsers asking for it get one instead of a JSON 404.
-#[get("/favicon.svg")]
 pub async fn favicon() -> HttpResponse {
     match asset("favicon.svg") {
         Some(bytes) => found("favicon.svg", "public, max-age=86400").body(bytes),

@@ -34,6 +34,8 @@ impl ResponseError for Error {
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Overloaded { .. } | Error::KeyBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             // The client is gone; the status is for logs and metrics only (nginx's "client closed request").
             Error::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
@@ -59,6 +61,11 @@ impl ResponseError for Error {
         let mut response = HttpResponse::build(self.status_code()).json(body);
         if let Some(value) = retry_after(self) {
             response.headers_mut().insert(RETRY_AFTER, value);
+        }
+        if let Error::MethodNotAllowed { allowed, .. } = self {
+            if let Ok(value) = HeaderValue::from_str(allowed) {
+                response.headers_mut().insert(actix_web::http::header::ALLOW, value);
+            }
         }
         if matches!(self, Error::Unauthorized(_)) {
             response

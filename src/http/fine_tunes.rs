@@ -1,18 +1,18 @@
-//! Fine-tune jobs and model versions over HTTP: `/fine-tunes` (shaped like OpenAI's fine-tuning jobs) and
-//! `/models`. The job runner and the registry do the work; these handlers validate, call them and shape answers.
+//! Fine-tune jobs over HTTP: `/fine-tunes`, shaped like OpenAI's fine-tuning jobs. The job manager does the
+//! work; these handlers validate, call it and shape answers.
 
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
+use crate::http::endpoint::{self, Access, Endpoint, Method};
 use crate::http::error::{parse_json, ErrorBody};
-use crate::http::routes::{page_limit, query_params, read_body};
+use crate::http::extract::{page_limit, query_params, read_body};
 use crate::http::AppState;
 use crate::jobs::FineTuneRequest;
-use crate::registry::lineage;
-use crate::storage::{JobEvent, JobRecord, JobStatus, VersionKind};
+use crate::storage::{JobEvent, JobRecord, JobStatus};
 
 /// A fine-tune job.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -123,44 +123,27 @@ pub struct PageParams {
     pub status: Option<String>,
 }
 
-/// A model version.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"id": "shapes-sd-ft-5d41402a", "object": "model", "kind": "diffusion", "active": true, "loaded": true,
-    "source": "fine_tune", "parent": "shapes-sd", "job_id": "ft_5d41402abc4b2a76b9719d911017c592"}))]
-pub struct ModelOut {
-    pub id: String,
-    /// Always `model`.
-    pub object: String,
-    /// `diffusion` (served by /generate) or `reward` (a reward model a job retrained; serve it with
-    /// `--reward-model <data-dir>/models/<id>`).
-    pub kind: String,
-    pub created_at: i64,
-    /// `folder` (served from --model) or `fine_tune` (registered by a job).
-    pub source: String,
-    /// The version it was fine-tuned from.
-    pub parent: Option<String>,
-    /// Every ancestor, nearest first.
-    pub lineage: Vec<String>,
-    pub job_id: Option<String>,
-    pub active: bool,
-    /// Whether its sessions are loaded now.
-    pub loaded: bool,
-    /// The job's evaluation of it against its parent, and the gate's verdict.
-    #[schema(value_type = Option<Object>)]
-    pub metrics: Option<Value>,
-    /// How many files have a recorded SHA-256, checked before it loads.
-    pub checksummed_files: usize,
-}
+/// The routes this module serves, each with who may call it.
+pub const ENDPOINTS: &[Endpoint] = &[
+    Endpoint::new(Method::Post, "/fine-tunes", Access::Admin, |route| {
+        route.to(create_fine_tune)
+    }),
+    Endpoint::new(Method::Get, "/fine-tunes", Access::Admin, |route| {
+        route.to(list_fine_tunes)
+    }),
+    Endpoint::new(Method::Get, "/fine-tunes/{id}", Access::Admin, |route| {
+        route.to(get_fine_tune)
+    }),
+    Endpoint::new(Method::Post, "/fine-tunes/{id}/cancel", Access::Admin, |route| {
+        route.to(cancel_fine_tune)
+    }),
+    Endpoint::new(Method::Get, "/fine-tunes/{id}/events", Access::Admin, |route| {
+        route.to(fine_tune_events)
+    }),
+];
 
-/// Every model version (diffusion, then reward), oldest first, and the active diffusion version.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ModelList {
-    pub data: Vec<ModelOut>,
-    pub active: String,
-}
-
-fn serving(state: &AppState) -> Result<&crate::http::Serving> {
-    state.serving()
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    endpoint::configure(cfg, ENDPOINTS);
 }
 
 /// Create a fine-tune job. It is queued and runs when the jobs before it are done.
@@ -177,7 +160,6 @@ fn serving(state: &AppState) -> Result<&crate::http::Serving> {
         (status = 503, description = "The models are still loading, or this server cannot run jobs (its trainer's Python is missing)", body = ErrorBody),
     )
 )]
-#[post("/fine-tunes")]
 pub async fn create_fine_tune(state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse> {
     let body = read_body(payload, state.max_body_bytes).await?;
     // A value JSON cannot hold (NaN, Infinity) is a bad field here too: a 422 that names it.
@@ -191,7 +173,7 @@ pub async fn create_fine_tune(state: web::Data<AppState>, payload: web::Payload)
         },
         other => other,
     })?;
-    let job = serving(&state)?.jobs.create(request).await?;
+    let job = state.serving()?.jobs.create(request).await?;
     Ok(HttpResponse::Created().json(FineTuneOut::from(job)))
 }
 
@@ -206,7 +188,6 @@ pub async fn create_fine_tune(state: web::Data<AppState>, payload: web::Payload)
         (status = 422, description = "`limit`, `status` or `after` breaks a rule", body = ErrorBody),
     )
 )]
-#[get("/fine-tunes")]
 pub async fn list_fine_tunes(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse> {
     let params: PageParams = query_params(&request)?;
     let limit = page_limit(params.limit)?;
@@ -250,7 +231,6 @@ async fn job_or_404(state: &AppState, id: &str) -> Result<JobRecord> {
         (status = 404, description = "No such job", body = ErrorBody),
     )
 )]
-#[get("/fine-tunes/{id}")]
 pub async fn get_fine_tune(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse> {
     let job = job_or_404(&state, &path).await?;
     Ok(HttpResponse::Ok().json(FineTuneOut::from(job)))
@@ -265,12 +245,11 @@ pub async fn get_fine_tune(state: web::Data<AppState>, path: web::Path<String>) 
     responses(
         (status = 200, description = "The job; `cancelled` at once when it was queued, shortly after when running", body = FineTuneOut),
         (status = 404, description = "No such job", body = ErrorBody),
-        (status = 422, description = "The job has finished already", body = ErrorBody),
+        (status = 409, description = "The job has finished already", body = ErrorBody),
     )
 )]
-#[post("/fine-tunes/{id}/cancel")]
 pub async fn cancel_fine_tune(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse> {
-    let job = serving(&state)?.jobs.cancel(&path).await?;
+    let job = state.serving()?.jobs.cancel(&path).await?;
     Ok(HttpResponse::Ok().json(FineTuneOut::from(job)))
 }
 
@@ -286,7 +265,6 @@ pub async fn cancel_fine_tune(state: web::Data<AppState>, path: web::Path<String
         (status = 422, description = "`limit` or `after` breaks a rule", body = ErrorBody),
     )
 )]
-#[get("/fine-tunes/{id}/events")]
 pub async fn fine_tune_events(
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -311,70 +289,4 @@ pub async fn fine_tune_events(
         has_more,
         last_id,
     }))
-}
-
-/// Every model version with its lineage and evaluation, and which one is active.
-#[utoipa::path(
-    get,
-    path = "/models",
-    tag = "models",
-    responses(
-        (status = 200, description = "The versions, oldest first", body = ModelList),
-        (status = 503, description = "The models are still loading", body = ErrorBody),
-    )
-)]
-#[get("/models")]
-pub async fn list_models(state: web::Data<AppState>) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(model_list(&state).await?))
-}
-
-async fn model_list(state: &AppState) -> Result<ModelList> {
-    let serving = serving(state)?;
-    let mut versions = state.storage.versions(VersionKind::Diffusion).await?;
-    versions.extend(state.storage.versions(VersionKind::Reward).await?);
-    let active = serving.models.active().version.clone();
-    let data = versions
-        .iter()
-        .map(|version| {
-            let lineage = lineage(&versions, version);
-            ModelOut {
-                id: version.id.clone(),
-                object: "model".into(),
-                kind: version.kind.clone(),
-                created_at: version.created_at,
-                source: version.source.clone(),
-                parent: version.parent.clone(),
-                lineage,
-                job_id: version.job_id.clone(),
-                active: version.id == active && version.kind == "diffusion",
-                loaded: serving.models.is_loaded(&version.id),
-                metrics: version.metrics.clone(),
-                checksummed_files: version
-                    .checksums
-                    .as_ref()
-                    .and_then(Value::as_object)
-                    .map_or(0, |sums| sums.len()),
-            }
-        })
-        .collect();
-    Ok(ModelList { data, active })
-}
-
-/// Make a version active. It is loaded (its files checked against their SHA-256) before the swap; requests
-/// already running on the old version finish on it.
-#[utoipa::path(
-    post,
-    path = "/models/{id}/activate",
-    tag = "models",
-    params(("id" = String, Path, description = "The version's id")),
-    responses(
-        (status = 200, description = "The versions after the swap", body = ModelList),
-        (status = 422, description = "No such version", body = ErrorBody),
-        (status = 500, description = "The version's files are damaged or do not load; the active one keeps serving", body = ErrorBody),
-    )
-)]
-#[post("/models/{id}/activate")]
-pub async fn activate_model(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse> {
-    serving(&state)?.models.activate(&path, "id").await?;
-    Ok(HttpResponse::Ok().json(model_list(&state).await?))
 }

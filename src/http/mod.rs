@@ -1,30 +1,39 @@
-//! The HTTP surface (actix-web): routes, the error mapping, request metrics and the OpenAPI document.
-//! Knows nothing of ONNX Runtime; it talks to the `batching::Engine`.
+//! The HTTP surface (actix-web): one module per resource (generate, scoring, openai, feedback, images,
+//! fine_tunes, models, ops, and the console), each declaring its routes as `Endpoint`s with the scope they
+//! need; `extract` reads requests, `error` maps errors to statuses, `auth` checks keys, `openapi` documents it
+//! all. Knows nothing of ONNX Runtime: it talks to the engines of `serving`.
 
 pub mod auth;
 pub mod console;
+pub mod endpoint;
 pub mod error;
+pub mod extract;
+pub mod feedback;
 pub mod fine_tunes;
+pub mod generate;
+pub mod images;
+pub mod models;
+pub mod openai;
 pub mod openapi;
-pub mod routes;
+pub mod ops;
 pub mod schemas;
+pub mod scoring;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{Server, Service, ServiceRequest, ServiceResponse};
-use actix_web::middleware::{from_fn, Next};
+use actix_web::dev::{Server, Service};
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
-use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::error::{Error, Result};
+use crate::http::endpoint::Endpoint;
 use crate::jobs::JobManager;
 use crate::metrics::Metrics;
 use crate::pipeline::RequestLimits;
-use crate::registry::pool::ModelPool;
 use crate::reward::{RewardSet, SelectionLimits};
 use crate::runtime::ExecutionProvider;
+use crate::serving::ModelPool;
 use crate::storage::Storage;
 
 /// What exists once the models are loaded and warmed up.
@@ -82,51 +91,6 @@ pub struct AppState {
     pub in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
-/// One request of a key counted in flight until dropped.
-struct InFlight {
-    state: web::Data<AppState>,
-    key: String,
-}
-
-impl InFlight {
-    /// Counts a request of `key`, or refuses it when the key is at its limit.
-    fn acquire(state: &web::Data<AppState>, key: &str) -> Result<Option<InFlight>> {
-        let limit = state.max_concurrent_per_key;
-        if limit == 0 {
-            return Ok(None);
-        }
-        let mut counts = state
-            .in_flight
-            .lock()
-            .map_err(|_| Error::Internal("the in-flight counter lock is poisoned".into()))?;
-        let count = counts.entry(key.to_string()).or_insert(0);
-        if *count >= limit {
-            return Err(Error::KeyBusy {
-                key: key.to_string(),
-                limit,
-            });
-        }
-        *count += 1;
-        Ok(Some(InFlight {
-            state: state.clone(),
-            key: key.to_string(),
-        }))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if let Ok(mut counts) = self.state.in_flight.lock() {
-            if let Some(count) = counts.get_mut(&self.key) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    counts.remove(&self.key);
-                }
-            }
-        }
-    }
-}
-
 impl AppState {
     pub fn serving(&self) -> Result<&Serving> {
         self.serving
@@ -170,40 +134,23 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
     cors
 }
 
-/// Answers 401 or 403 before any handler runs when the route needs a key the request does not carry
-/// (`auth::route_scope`). The OpenAI-compatible routes answer in OpenAI's error shape.
-async fn authenticate<B: MessageBody + 'static>(
-    request: ServiceRequest,
-    next: Next<B>,
-) -> std::result::Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
-    let mut in_flight = None;
-    if let Some(state) = request.app_data::<web::Data<AppState>>().cloned() {
-        let pattern = request.match_pattern().unwrap_or_else(|| "unmatched".to_string());
-        if let Some(scope) = auth::route_scope(request.method().as_str(), &pattern, state.protect_metrics) {
-            let header = request
-                .headers()
-                .get(actix_web::http::header::AUTHORIZATION)
-                .and_then(|value| value.to_str().ok());
-            let admitted = state
-                .api_keys
-                .check(header, scope)
-                .and_then(|key| key.map_or(Ok(None), |key| InFlight::acquire(&state, &key)));
-            match admitted {
-                Ok(guard) => in_flight = guard,
-                Err(err) => {
-                    let response = if pattern.starts_with("/v1/") {
-                        actix_web::ResponseError::error_response(&error::OpenAiError(err))
-                    } else {
-                        actix_web::ResponseError::error_response(&err)
-                    };
-                    return Ok(request.into_response(response).map_into_right_body());
-                }
-            }
-        }
-    }
-    let response = next.call(request).await.map(ServiceResponse::map_into_left_body);
-    drop(in_flight);
-    response
+/// Every route the server serves, from each resource module's declarations.
+pub fn endpoints() -> Vec<&'static Endpoint> {
+    [
+        generate::ENDPOINTS,
+        scoring::ENDPOINTS,
+        openai::ENDPOINTS,
+        feedback::ENDPOINTS,
+        images::ENDPOINTS,
+        fine_tunes::ENDPOINTS,
+        models::ENDPOINTS,
+        ops::ENDPOINTS,
+        openapi::ENDPOINTS,
+        console::ENDPOINTS,
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Binds the listener and returns the server future (not yet awaited) with the port it bound.
@@ -212,7 +159,7 @@ pub fn build_server(state: web::Data<AppState>, config: &HttpConfig) -> std::io:
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .wrap(from_fn(authenticate))
+            .wrap(from_fn(auth::authenticate))
             // Outside the key check: a browser's preflight carries no key.
             .wrap(cors(&origins))
             .wrap_fn(|request, service| {
@@ -232,32 +179,17 @@ pub fn build_server(state: web::Data<AppState>, config: &HttpConfig) -> std::io:
                     Ok(response)
                 }
             })
-            .service(routes::generate)
-            .service(routes::score)
-            .service(routes::rerank)
-            .service(routes::openai_images)
-            .service(routes::post_feedback)
-            .service(routes::delete_feedback)
-            .service(routes::export_feedback)
-            .service(routes::list_feedback)
-            .service(routes::list_images)
-            .service(routes::get_image)
-            .service(fine_tunes::create_fine_tune)
-            .service(fine_tunes::list_fine_tunes)
-            .service(fine_tunes::get_fine_tune)
-            .service(fine_tunes::cancel_fine_tune)
-            .service(fine_tunes::fine_tune_events)
-            .service(fine_tunes::list_models)
-            .service(fine_tunes::activate_model)
-            .service(routes::health)
-            .service(routes::ready)
-            .service(routes::metrics)
-            .service(routes::openapi_json)
-            .service(console::index)
-            .service(console::assets)
-            .service(console::favicon)
-            .service(SwaggerUi::new("/docs/{_:.*}").config(Config::new(["/openapi.json"])))
-            .default_service(web::to(routes::not_found))
+            .configure(generate::configure)
+            .configure(scoring::configure)
+            .configure(openai::configure)
+            .configure(feedback::configure)
+            .configure(images::configure)
+            .configure(fine_tunes::configure)
+            .configure(models::configure)
+            .configure(ops::configure)
+            .configure(openapi::configure)
+            .configure(console::configure)
+            .default_service(web::to(ops::not_found))
     })
     .workers(config.http_workers.max(1))
     // `server::serve` handles SIGTERM and SIGINT itself: it marks the server unready and stops the job runner

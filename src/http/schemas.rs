@@ -402,3 +402,8 @@ pub struct ImageParams {
     /// Images per page, 1 to 1000 (default 100).
     pub limit: Option<u32>,
 }
+
+/// A duration in milliseconds, to the microsecond, as the responses' timings give it.
+pub fn millis(duration: std::time::Duration) -> f64 {
+    (duration.as_secs_f64() * 1e6).round() / 1e3
+}

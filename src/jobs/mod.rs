@@ -33,10 +33,10 @@ use tokio::sync::{watch, Notify};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::pipeline::GenerateParams;
-use crate::registry::pool::{LoadedModel, ModelPool};
 use crate::registry::Candidate;
 use crate::reward::best_of::Selection;
 use crate::reward::{RewardSet, Scorer};
+use crate::serving::{LoadedModel, ModelPool};
 use crate::storage::{FeedbackQuery, JobRecord, JobStatus, Label, Storage};
 use child::{log_tail, run_to_end, RunningChild};
 pub use spec::{FineTuneRequest, GateDefaults, JobLimits, JobSpec, PromptSource};
@@ -272,13 +272,10 @@ impl JobManager {
             .await?
             .ok_or_else(|| Error::NotFound(format!("no fine-tune job `{id}`")))?;
         if job.status.is_final() {
-            return Err(Error::validation(
-                "id",
-                format!(
-                    "job `{id}` is {} already; only queued or running jobs can be cancelled",
-                    job.status.name()
-                ),
-            ));
+            return Err(Error::Conflict(format!(
+                "job `{id}` is {} already; only queued or running jobs can be cancelled",
+                job.status.name()
+            )));
         }
         let signalled = self.running.lock().ok().and_then(|running| {
             running
@@ -869,24 +866,17 @@ impl JobContext<'_> {
             .find(|line| line["event"] == "retrained")
             .cloned()
             .unwrap_or(Value::Null);
-        let runtime = self.manager.pool.runtime().clone();
-        let metrics = self.manager.metrics.clone();
-        let load_folder = folder.clone();
-        let scorer = tokio::task::spawn_blocking(move || {
-            let mut runtime = runtime
-                .lock()
-                .map_err(|_| Error::Internal("the ONNX Runtime lock is poisoned".into()))?;
-            let model = crate::reward::model::RewardModel::load(&mut runtime, &load_folder)?;
-            drop(runtime);
-            Scorer::start(model, 64, 8, metrics)
-        })
-        .await
-        .map_err(|err| Error::Internal(format!("the reward model loader stopped: {err}")))?
-        .map_err(|err| {
-            Error::Internal(format!(
-                "the retrained reward model was refused: it does not load: {err}"
-            ))
-        })?;
+        let scorer = self
+            .manager
+            .pool
+            .loader()
+            .load_reward(folder.clone())
+            .await
+            .map_err(|err| {
+                Error::Internal(format!(
+                    "the retrained reward model was refused: it does not load: {err}"
+                ))
+            })?;
         let scorer = Arc::new(scorer);
         // Re-score what the old reward model scored; people's ratings keep their labels.
         let indices: Vec<usize> = (0..samples.len())

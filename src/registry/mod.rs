@@ -1,5 +1,5 @@
-//! Model versions: which diffusion models this server can serve, where their files are, which one is active,
-//! and the loaded engines that serve them (`pool`).
+//! Model versions: which diffusion and reward models this server can serve, where their files are, and which
+//! one is active. These are records only; the loaded engines live in `serving`.
 //!
 //! A `--model` folder is registered as a version named after the folder and served where it is. A fine-tune
 //! job's candidate is registered by `register_candidate`: the trainer wrote it into a temporary folder in the
@@ -7,8 +7,6 @@
 //! renamed into `models/<id>/` of the data directory before its row is inserted. A version's files are checked
 //! against the recorded digests before it is loaded, so a damaged version is refused and the active one keeps
 //! serving.
-
-pub mod pool;
 
 use std::collections::BTreeMap;
 use std::io::Read;

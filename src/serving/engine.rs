@@ -1,0 +1,149 @@
+//! Building one version's engine: `workers` pipelines over the version's ONNX sessions, each warmed up at the
+//! configured sizes and image counts before the engine takes requests.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::batching::{BatchSettings, Engine};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::pipeline::{GenerateParams, ModelFolder, ModelLimits, Pipeline};
+use crate::runtime::Runtime;
+
+/// How each loaded version's engine is built.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub workers: usize,
+    pub queue_capacity: usize,
+    pub batch_images: usize,
+    /// Most UNet rows in one call of the continuous batcher.
+    pub max_batch_rows: usize,
+    pub warmup: bool,
+    /// Image counts the warm-up generates at each warm-up size (each image is two UNet rows with guidance).
+    pub warmup_images: Vec<usize>,
+    /// Image sizes in pixels the warm-up covers; empty: the model's default size.
+    pub warmup_sizes: Vec<usize>,
+    /// Most versions kept loaded at once, the active one included.
+    pub max_loaded: usize,
+}
+
+/// A version with its engine.
+pub struct LoadedModel {
+    pub version: String,
+    pub engine: Engine,
+    pub limits: ModelLimits,
+    pub folder: Arc<ModelFolder>,
+}
+
+/// A short generation at the model's default size that touches every session with guidance on.
+pub fn warmup_params(pipeline: &Pipeline) -> GenerateParams {
+    let limits = pipeline.limits();
+    GenerateParams {
+        prompt: "warm-up".into(),
+        negative_prompt: String::new(),
+        num_images: 1,
+        steps: 2,
+        guidance_scale: 7.5,
+        scheduler: limits.default_scheduler,
+        seed: 0,
+        width: limits.default_size,
+        height: limits.default_size,
+        eta: 0.0,
+    }
+}
+
+/// One short generation for each warm-up size and image count, so that ONNX Runtime has planned those shapes
+/// before the first request. A size the model cannot make is a configuration error.
+fn warm_up(pipeline: &mut Pipeline, worker: usize, settings: &EngineSettings) -> Result<()> {
+    let base = warmup_params(pipeline);
+    let limits = pipeline.limits();
+    let sizes = if settings.warmup_sizes.is_empty() {
+        vec![limits.default_size]
+    } else {
+        settings.warmup_sizes.clone()
+    };
+    let images = if settings.warmup_images.is_empty() {
+        vec![1]
+    } else {
+        settings.warmup_images.clone()
+    };
+    for &size in &sizes {
+        if size == 0 || size % limits.size_multiple != 0 {
+            return Err(Error::Config(format!(
+                "--warmup-sizes: {size} is not a multiple of this model's {} pixels",
+                limits.size_multiple
+            )));
+        }
+        for &count in &images {
+            let started = Instant::now();
+            let params = GenerateParams {
+                num_images: count.max(1),
+                width: size,
+                height: size,
+                ..base.clone()
+            };
+            pipeline.generate(&params, &mut crate::pipeline::generate::NoProgress)?;
+            tracing::info!(
+                worker,
+                size,
+                images = count,
+                ms = started.elapsed().as_millis() as u64,
+                "warmed up"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Builds the engine of one version: `settings.workers` pipelines, each warmed up when asked.
+pub fn build_engine(
+    runtime: &mut Runtime,
+    version: String,
+    folder: Arc<ModelFolder>,
+    settings: &EngineSettings,
+    metrics: Arc<Metrics>,
+) -> Result<LoadedModel> {
+    let mut pipelines = Vec::with_capacity(settings.workers.max(1));
+    for index in 0..settings.workers.max(1) {
+        let mut pipeline = Pipeline::load(runtime, folder.clone())?;
+        if index == 0 {
+            for line in pipeline.describe_contract() {
+                tracing::debug!("{line}");
+            }
+            if pipeline.per_row_timesteps() {
+                tracing::info!(
+                    version = %version,
+                    max_batch_rows = settings.max_batch_rows,
+                    "continuous batching: the UNet takes a timestep per row, so requests at any step share calls"
+                );
+            } else {
+                tracing::warn!(
+                    version = %version,
+                    max_batch_rows = settings.max_batch_rows,
+                    "continuous batching: the UNet takes one scalar timestep per call, so only requests at the \
+                     same timestep share a call; export it with a [batch] timestep to batch requests at any step"
+                );
+            }
+        }
+        if settings.warmup {
+            warm_up(&mut pipeline, index, settings)?;
+        }
+        pipelines.push(pipeline);
+    }
+    let limits = pipelines[0].limits();
+    let engine = Engine::start(
+        pipelines,
+        settings.queue_capacity,
+        BatchSettings {
+            max_rows: settings.max_batch_rows,
+            batch_images: settings.batch_images,
+        },
+        metrics,
+    )?;
+    Ok(LoadedModel {
+        version,
+        engine,
+        limits,
+        folder,
+    })
+}

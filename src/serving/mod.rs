@@ -1,0 +1,13 @@
+//! The live models: the pool of loaded diffusion versions (`pool`), how one version's engine is built and
+//! warmed up (`engine`), and the one loader of diffusion and reward model folders (`loader`).
+//!
+//! Sits above `batching`, `pipeline`, `reward`, `runtime` and `registry` (version records), and below `jobs`
+//! and `http`, which take models from here.
+
+pub mod engine;
+pub mod loader;
+pub mod pool;
+
+pub use engine::{build_engine, warmup_params, EngineSettings, LoadedModel};
+pub use loader::{load_rewards, Loader, RewardSettings};
+pub use pool::ModelPool;
