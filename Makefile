@@ -59,7 +59,7 @@ venv-gpu: $(VENV)/.installed
 # The web console (web/: TypeScript, built by Vite with the machine's node and npm). build.rs embeds web/dist in
 # the binary, so the server needs neither node nor the folder at run time.
 WEB_SOURCES := $(shell find web/src web/public -type f 2>/dev/null) web/index.html web/vite.config.ts web/tsconfig.json
-web/node_modules/.installed: web/package.json web/package-lock.json
+web/node_modules/.installed: web/package.json web/package-lock.json web/.npmrc
 	cd web && npm ci --no-audit --no-fund
 	touch $@
 web/dist/index.html: web/node_modules/.installed $(WEB_SOURCES)
