@@ -15,7 +15,7 @@
 # The web console (web/): built with node here, embedded into the binary by build.rs below.
 FROM node:20-bookworm AS web
 WORKDIR /web
-COPY web/package.json web/package-lock.json ./
+COPY web/package.json web/package-lock.json web/.npmrc ./
 RUN npm ci --no-audit --no-fund
 COPY web ./
 RUN npm run build

@@ -21,7 +21,7 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu web system-deps build run test test-rust test-api test-browser screenshots test-ops dashboard-pngs audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-more trainer-venv models test-model clean
+.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-browser screenshots test-ops dashboard-pngs audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-more trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
@@ -39,6 +39,7 @@ help:
 	@echo "make finetune-more - two more rounds from finetune-loop's round 2, past the budget (models/REPORT.md)"
 	@echo "make venv-gpu - install onnxruntime-gpu==$(ORT_VERSION) instead (then run with DEVICE=cuda)"
 	@echo "make models - rebuild models/shapes-sd, models/shapes-reward and models/REPORT.md (CPU: under 60 min)"
+	@echo "make openapi web-api - regenerate openapi/openapi.json, then the console's types from it"
 	@echo "make test-model - rebuild models/tiny-sd, models/tiny-clip-reward and tests/golden (needs torch)"
 
 $(VENV)/.installed: requirements-runtime.txt
@@ -58,12 +59,17 @@ venv-gpu: $(VENV)/.installed
 # The web console (web/: TypeScript, built by Vite with the machine's node and npm). build.rs embeds web/dist in
 # the binary, so the server needs neither node nor the folder at run time.
 WEB_SOURCES := $(shell find web/src web/public -type f 2>/dev/null) web/index.html web/vite.config.ts web/tsconfig.json
-web/node_modules/.installed: web/package.json web/package-lock.json
+web/node_modules/.installed: web/package.json web/package-lock.json web/.npmrc
 	cd web && npm ci --no-audit --no-fund
 	touch $@
 web/dist/index.html: web/node_modules/.installed $(WEB_SOURCES)
 	cd web && npm run build
 web: web/dist/index.html
+
+# The console's API types (web/src/api.gen.ts, committed) from the committed spec: run after `make openapi`.
+# `make lint` fails while they are stale.
+web-api: web/node_modules/.installed
+	cd web && npm run gen-api
 
 # Debian packages the tests drive: chromium (browser tests) and prometheus (promtool and a live Prometheus for
 # the dashboard's queries). Installed when missing, as root or through sudo.
@@ -89,6 +95,7 @@ test: venv trainer-venv system-deps lint audit test-rust test-api test-ops test-
 
 lint: venv web
 	cd web && npm run typecheck
+	cd web && npm run check-api
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(CARGO_FLAGS) --all-targets -- -D warnings
 	$(VENV)/bin/ruff check trainer scripts

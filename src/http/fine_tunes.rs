@@ -17,7 +17,8 @@ use crate::storage::{JobEvent, JobRecord, JobStatus};
 /// A fine-tune job.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"id": "ft_5d41402abc4b2a76b9719d911017c592", "object": "fine_tune",
-    "status": "running", "stage": "train", "progress": 0.42, "base_model": "shapes-sd",
+    "status": "running", "stage": "train",
+    "stages": ["prompts", "sample", "label", "reward", "train", "evaluate", "register"], "progress": 0.42, "base_model": "shapes-sd",
     "result_model": null, "error": null}))]
 pub struct FineTuneOut {
     pub id: String,
@@ -28,8 +29,10 @@ pub struct FineTuneOut {
     pub updated_at: i64,
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
     pub status: String,
-    /// The running (or last) stage: prompts, sample, label, train, evaluate, register.
+    /// The running (or last) stage, one of `stages`.
     pub stage: Option<String>,
+    /// Every stage a job runs through, in order: prompts, sample, label, reward, train, evaluate, register.
+    pub stages: Vec<String>,
     /// 0 to 1 over the whole job.
     pub progress: f64,
     pub base_model: String,
@@ -55,6 +58,7 @@ impl From<JobRecord> for FineTuneOut {
             updated_at: job.updated_at,
             status: job.status.name().into(),
             stage: job.stage,
+            stages: crate::jobs::stage_names(),
             progress: job.progress,
             base_model: job.base_model,
             spec: job.spec,

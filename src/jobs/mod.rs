@@ -41,11 +41,17 @@ use crate::storage::{FeedbackQuery, JobRecord, JobStatus, Label, Storage};
 use child::{log_tail, run_to_end, RunningChild};
 pub use spec::{FineTuneRequest, GateDefaults, JobLimits, JobSpec, PromptSource};
 
+/// The stage names of `STAGES`, in order.
+pub fn stage_names() -> Vec<String> {
+    STAGES.iter().map(|(name, _)| (*name).to_string()).collect()
+}
+
 /// The data directory's folder for job working folders.
 pub const JOBS_DIR: &str = "jobs";
 
-/// Where each stage ends, as a share of the whole job, for `progress`.
-const STAGES: [(&str, f64); 7] = [
+/// The stages every job runs through, in order, and where each ends as a share of the whole job, for
+/// `progress`. The API serves the names with each job (`stages`), so the console never keeps its own copy.
+pub const STAGES: [(&str, f64); 7] = [
     ("prompts", 0.01),
     ("sample", 0.25),
     ("label", 0.28),

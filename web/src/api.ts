@@ -1,6 +1,8 @@
 // The JSON API, as the console calls it: one fetch wrapper that adds the session's key, turns the server's
 // error body {"error": {"type", "message", "param"}} into an ApiError, and asks for a key on 401.
 
+import type { components } from "./api.gen";
+
 const KEY_STORAGE = "t2i-align.api-key";
 
 export class ApiError extends Error {
@@ -56,7 +58,7 @@ export async function api<T>(method: string, path: string, body?: unknown, optio
     let message = `${response.status} ${response.statusText}`;
     let param: string | null = null;
     try {
-      const parsed = JSON.parse(text) as { error?: { type?: string; message?: string; param?: string | null } };
+      const parsed = JSON.parse(text) as Partial<components["schemas"]["ErrorBody"]>;
       if (parsed.error) {
         type = parsed.error.type ?? type;
         message = parsed.error.message ?? message;
@@ -91,97 +93,26 @@ export function describe(error: unknown): string {
   return String(error);
 }
 
-// --- The API's shapes (openapi/openapi.json), as far as the console reads them ---
+// --- The API's shapes: generated from openapi/openapi.json into api.gen.ts (`make web-api`), never written here ---
 
-export interface ImageOut {
-  index: number;
-  seed: number;
-  png_base64: string;
-  image_id?: string | null;
-  reward?: number | null;
-}
+type Schemas = components["schemas"];
 
-export interface SelectionOut {
-  reward_model: string;
-  candidates: number;
-  accepted: number;
-  best_of?: number | null;
-  min_reward?: number | null;
-  candidate_scores?: number[] | null;
-}
-
-export interface GenerateResponse {
-  id: string;
-  model: string;
-  images: ImageOut[];
-  selection?: SelectionOut | null;
-  timings: Record<string, number>;
-  warnings: string[];
-}
-
-export interface FeedbackOut {
-  id: string;
-  created_at: number;
-  image_id?: string | null;
-  prompt: string;
-  label: string;
-  rater?: string | null;
-}
-
-export interface FineTuneOut {
-  id: string;
-  created_at: number;
-  updated_at: number;
-  started_at?: number | null;
-  finished_at?: number | null;
-  status: string;
-  stage?: string | null;
-  progress: number;
-  base_model: string;
-  result_model?: string | null;
-  error?: string | null;
-  metrics?: Record<string, unknown> | null;
-  spec: Record<string, unknown>;
-}
-
-export interface FineTuneEvent {
-  id: string;
-  created_at: number;
-  level: string;
-  kind: string;
-  message: string;
-  data?: Record<string, unknown> | null;
-}
-
-export interface Page<T> {
-  data: T[];
-  has_more: boolean;
-}
-
-export interface ModelOut {
-  id: string;
-  kind: string;
-  source: string;
-  created_at: number;
-  parent?: string | null;
-  job_id?: string | null;
-  lineage: string[];
-  active: boolean;
-  loaded: boolean;
-  checksummed_files: number;
-  metrics?: Record<string, unknown> | null;
-}
-
-export interface ModelList {
-  data: ModelOut[];
-  active: string;
-}
-
-export interface Health {
-  status: string;
-  ready: boolean;
-  model: string;
-  device: string;
-  execution_provider?: string | null;
-  version: string;
-}
+export type ImageOut = Schemas["ImageOut"];
+export type SelectionOut = Schemas["SelectionOut"];
+export type GenerateRequest = Schemas["GenerateRequest"];
+export type GenerateResponse = Schemas["GenerateResponse"];
+export type FeedbackRequest = Schemas["FeedbackRequest"];
+export type FeedbackOut = Schemas["FeedbackOut"];
+export type FineTuneRequest = Schemas["FineTuneRequest"];
+export type FineTuneOut = Schemas["FineTuneOut"];
+export type FineTunePage = Schemas["FineTunePage"];
+export type FineTuneEventOut = Schemas["FineTuneEventOut"];
+export type FineTuneEventPage = Schemas["FineTuneEventPage"];
+export type Hyperparameters = Schemas["Hyperparameters"];
+export type PromptGenerator = Schemas["PromptGenerator"];
+export type PretrainData = Schemas["PretrainData"];
+export type GateSpec = Schemas["GateSpec"];
+export type FeedbackFilter = Schemas["FeedbackFilter"];
+export type ModelOut = Schemas["ModelOut"];
+export type ModelList = Schemas["ModelList"];
+export type HealthResponse = Schemas["HealthResponse"];

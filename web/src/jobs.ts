@@ -1,7 +1,20 @@
 // Jobs: create a fine-tune job from a form, follow its stages, loss and events live, and on success compare
 // the base and the new version on the same prompts and seeds, with the job's evaluation.
 
-import { api, type FineTuneEvent, type FineTuneOut, type GenerateResponse, type Page } from "./api";
+import {
+  api,
+  type FeedbackFilter,
+  type FineTuneEventPage,
+  type FineTuneOut,
+  type FineTunePage,
+  type FineTuneRequest,
+  type GateSpec,
+  type GenerateRequest,
+  type GenerateResponse,
+  type Hyperparameters,
+  type PretrainData,
+  type PromptGenerator,
+} from "./api";
 import prompts from "./shapes-prompts.json";
 import {
   addVersions,
@@ -19,7 +32,6 @@ import {
   showError,
 } from "./ui";
 
-const STAGES = ["prompts", "sample", "label", "train", "evaluate", "register"];
 /** The rating filter's choice "the base version's own images": resolved to the base's id in the request. */
 const BASE_IMAGES = "(base)";
 /** The server keeps raters' names to this many characters (POST /feedback). */
@@ -33,6 +45,16 @@ export function jobsPage(root: HTMLElement, args: string[]): () => void {
 
 // --- The list and the form ---
 
+/** A field of the request (`FineTuneRequest`) the form sets: checked against the generated API types, so a
+ * field the server renames or drops fails `npm run typecheck`. */
+type FieldPath =
+  | keyof FineTuneRequest
+  | `hyperparameters.${keyof Hyperparameters}`
+  | `prompts.${keyof PromptGenerator}`
+  | `eval_prompts.${keyof PromptGenerator}`
+  | `pretrain_data.${keyof PretrainData}`
+  | `gate.${keyof GateSpec}`;
+
 interface Field {
   name: string;
   label: string;
@@ -44,7 +66,7 @@ interface Field {
   step?: string;
   integer?: boolean;
   /** Where the value goes in the request, e.g. `hyperparameters.steps`. */
-  path: string;
+  path: FieldPath;
 }
 
 const FIELDS: Field[] = [
@@ -93,7 +115,7 @@ function jobList(root: HTMLElement): () => void {
     use_feedback: h("input", { name: "use_feedback", type: "checkbox", checked: true }),
     retrain_reward_model: h("input", { name: "retrain_reward_model", type: "checkbox" }),
     activate_on_success: h("input", { name: "activate_on_success", type: "checkbox" }),
-  };
+  } satisfies Partial<Record<keyof FineTuneRequest, HTMLInputElement>>;
   // Which stored ratings the job trains on: `feedback_filter`. On-policy rounds train on the base's own images.
   const feedbackModel = h(
     "select",
@@ -160,10 +182,10 @@ function jobList(root: HTMLElement): () => void {
     table,
   );
 
-  function request(): Record<string, unknown> | null {
+  function request(): FineTuneRequest | null {
     showError(error, null, form);
     const data = new FormData(form);
-    const body: Record<string, unknown> = {};
+    const fields: Record<string, unknown> = {};
     let valid = true;
     for (const field of FIELDS) {
       const raw = String(data.get(field.name) ?? "").trim();
@@ -171,15 +193,17 @@ function jobList(root: HTMLElement): () => void {
       const high = field.max ?? Number.MAX_SAFE_INTEGER;
       const value = checkedNumber(form, field.path, raw, low, high, field.integer ?? false);
       if (value === null) valid = false;
-      else if (value !== undefined) setPath(body, field.path, value);
+      else if (value !== undefined) setPath(fields, field.path, value);
     }
-    if (body.prompts) (body.prompts as Record<string, unknown>).generator = "shapes_world";
-    if (body.eval_prompts) (body.eval_prompts as Record<string, unknown>).generator = "shapes_world";
-    if (body.pretrain_data) (body.pretrain_data as Record<string, unknown>).kind = "shapes_world";
-    if (data.get("base_model")) body.base_model = data.get("base_model");
+    // Every path in FIELDS is one of FineTuneRequest's (FieldPath); the generator and kind are added here.
+    const body = fields as FineTuneRequest;
+    if (body.prompts) (body.prompts as PromptGenerator).generator = "shapes_world";
+    if (body.eval_prompts) (body.eval_prompts as PromptGenerator).generator = "shapes_world";
+    if (body.pretrain_data) body.pretrain_data.kind = "shapes_world";
+    if (base.value) body.base_model = base.value;
     body.use_feedback = checks.use_feedback.checked;
     if (body.use_feedback) {
-      const filter: Record<string, string> = {};
+      const filter: FeedbackFilter = {};
       const model = feedbackModel.value === BASE_IMAGES ? String(data.get("base_model") || activeVersion || "") : feedbackModel.value;
       if (feedbackModel.value === BASE_IMAGES && !model) {
         fieldError(form, "feedback_filter.model", "The active version is not known yet: choose the base version above.");
@@ -247,7 +271,7 @@ function jobList(root: HTMLElement): () => void {
 
   async function refresh(): Promise<void> {
     try {
-      const page = await api<Page<FineTuneOut>>("GET", "/fine-tunes?limit=50");
+      const page = await api<FineTunePage>("GET", "/fine-tunes?limit=50");
       if (page.data.length === 0) {
         table.replaceChildren(h("p", { class: "muted" }, "No jobs yet."));
       } else {
@@ -342,13 +366,14 @@ function jobDetail(root: HTMLElement, id: string): () => void {
       progressBar(job.progress, `${Math.round(job.progress * 100)}%${job.stage ? ` · ${job.stage}` : ""}`),
       job.error ? h("p", { class: "error", role: "alert" }, job.error) : null,
     );
-    const current = job.stage ? STAGES.indexOf(job.stage) : -1;
+    // The server's list of stages (`stages`), so that the console never keeps a copy that drifts from it.
+    const current = job.stage ? job.stages.indexOf(job.stage) : -1;
     stages.replaceChildren(
-      ...STAGES.map((stage, index) => {
+      ...job.stages.map((stage, index) => {
         let state = "pending";
         if (index < current || job.status === "succeeded") state = "done";
         else if (index === current) state = job.status === "running" ? "running" : job.status;
-        return h("li", { class: `stage stage-${state}`, title: state }, stage);
+        return h("li", { class: `stage stage-${state}`, title: state, "data-stage": stage }, stage);
       }),
     );
   }
@@ -367,7 +392,7 @@ function jobDetail(root: HTMLElement, id: string): () => void {
   async function pollEvents(): Promise<void> {
     for (;;) {
       const query = `limit=500${after ? `&after=${encodeURIComponent(after)}` : ""}`;
-      const page = await api<Page<FineTuneEvent>>("GET", `/fine-tunes/${encodeURIComponent(id)}/events?${query}`);
+      const page = await api<FineTuneEventPage>("GET", `/fine-tunes/${encodeURIComponent(id)}/events?${query}`);
       for (const event of page.data) {
         after = event.id;
         const data = event.data ?? {};
@@ -493,7 +518,7 @@ function compare(baseModel: string, newModel: string, spec: Record<string, unkno
     grid.replaceChildren(h("div", { class: "compare-head" }, "Prompt"), h("div", { class: "compare-head" }, baseModel), h("div", { class: "compare-head" }, newModel));
     try {
       for (const prompt of lines) {
-        const request = { prompt, n: 2, seed: Number(seed.value) || 0 };
+        const request: GenerateRequest = { prompt, n: 2, seed: Number(seed.value) || 0 };
         const [before, after] = await Promise.all([
           api<GenerateResponse>("POST", "/generate", { ...request, model: baseModel }),
           api<GenerateResponse>("POST", "/generate", { ...request, model: newModel }),

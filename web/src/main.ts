@@ -1,7 +1,7 @@
 // The console's shell: a hash router over the four pages, the health line and the API-key dialog.
 
 import "./style.css";
-import { api, apiKey, AUTH_REQUIRED, type Health, setApiKey } from "./api";
+import { api, apiKey, AUTH_REQUIRED, type HealthResponse, setApiKey } from "./api";
 import { jobsPage } from "./jobs";
 import { modelsPage } from "./models";
 import { playgroundPage } from "./playground";
@@ -73,7 +73,7 @@ window.addEventListener(AUTH_REQUIRED, (event) => {
 const health = document.getElementById("health") as HTMLElement;
 async function refreshHealth(): Promise<void> {
   try {
-    const status = await api<Health>("GET", "/health");
+    const status = await api<HealthResponse>("GET", "/health");
     health.textContent = `${status.model} · ${status.execution_provider ?? status.device} · ${status.ready ? "ready" : "loading"}`;
     health.className = `health ${status.ready ? "ok" : "warn"}`;
   } catch {

@@ -1,6 +1,6 @@
 // Playground: one prompt in, images out, with their rewards; best_of turns on rejection sampling.
 
-import { api, ApiError, type GenerateResponse } from "./api";
+import { api, ApiError, type GenerateRequest, type GenerateResponse } from "./api";
 import { addVersions, append, checkedNumber, fieldError, formatNumber, h, pngSource, progress, showError } from "./ui";
 
 const SCHEDULERS = ["ddim", "euler", "euler_a", "dpm++2m", "pndm"];
@@ -74,19 +74,18 @@ export function playgroundPage(root: HTMLElement): () => void {
   void addVersions(model);
 
   /** The request body, or null after marking the fields that are out of range. */
-  function body(): Record<string, unknown> | null {
+  function body(): GenerateRequest | null {
     showError(error, null, form);
     const data = new FormData(form);
-    const request: Record<string, unknown> = {};
     let valid = true;
     const text = String(data.get("prompt") ?? "");
     if (!text.trim()) {
       fieldError(form, "prompt", "Write a prompt: it must not be empty.");
       valid = false;
     }
-    request.prompt = text;
-    if (String(data.get("negative_prompt") ?? "").trim()) request.negative_prompt = data.get("negative_prompt");
-    const numbers: [string, number, number, boolean][] = [
+    const request: GenerateRequest = { prompt: text };
+    if (negative.value.trim()) request.negative_prompt = negative.value;
+    const numbers: ["steps" | "guidance_scale" | "seed" | "n", number, number, boolean][] = [
       ["steps", BOUNDS.steps[0], BOUNDS.steps[1], true],
       ["guidance_scale", BOUNDS.guidance[0], BOUNDS.guidance[1], false],
       ["seed", 0, Number.MAX_SAFE_INTEGER, true],
@@ -97,8 +96,8 @@ export function playgroundPage(root: HTMLElement): () => void {
       if (value === null) valid = false;
       else if (value !== undefined) request[name] = value;
     }
-    if (data.get("scheduler")) request.scheduler = data.get("scheduler");
-    if (data.get("model")) request.model = data.get("model");
+    if (scheduler.value) request.scheduler = scheduler.value;
+    if (model.value) request.model = model.value;
     const best = Number(bestOf.value);
     if (best > 1) request.best_of = best;
     if (scores.checked) request.return_candidate_scores = true;
@@ -113,8 +112,8 @@ export function playgroundPage(root: HTMLElement): () => void {
     controller = new AbortController();
     submit.disabled = true;
     cancel.hidden = false;
-    const images = (request.n as number | undefined) ?? 1;
-    const candidates = images * ((request.best_of as number | undefined) ?? 1);
+    const images = request.n ?? 1;
+    const candidates = images * (request.best_of ?? 1);
     const indicator = progress(
       status,
       candidates > images ? `Generating ${candidates} candidates for ${images} image(s)…` : `Generating ${images} image(s)…`,
@@ -135,7 +134,7 @@ export function playgroundPage(root: HTMLElement): () => void {
   });
   cancel.addEventListener("click", () => controller?.abort());
 
-  function render(response: GenerateResponse, request: Record<string, unknown>): void {
+  function render(response: GenerateResponse, request: GenerateRequest): void {
     results.replaceChildren();
     const selection = response.selection;
     const summary = h(
@@ -145,7 +144,7 @@ export function playgroundPage(root: HTMLElement): () => void {
       selection
         ? ` · reward model ${selection.reward_model}: ${selection.candidates} candidate(s) scored, ${selection.accepted} returned`
         : " · no reward model loaded",
-      response.timings.total_ms !== undefined ? ` · ${formatNumber(response.timings.total_ms / 1000, 2)} s` : "",
+      ` · ${formatNumber(response.timings.total_ms / 1000, 2)} s`,
     );
     append(results, summary);
     for (const warning of response.warnings) append(results, h("p", { class: "warning", role: "status" }, warning));

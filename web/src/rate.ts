@@ -2,7 +2,7 @@
 // Keys: 1-3 pick an image, g / b / s label the picked one (then the next), u undoes the last label, n or Enter
 // brings the next prompt. Each label is one POST /feedback; undo is DELETE /feedback/{id}.
 
-import { api, type FeedbackOut, type GenerateResponse } from "./api";
+import { api, type FeedbackOut, type FeedbackRequest, type GenerateRequest, type GenerateResponse } from "./api";
 import prompts from "./shapes-prompts.json";
 import { append, h, pngSource, progress, showError } from "./ui";
 
@@ -110,7 +110,7 @@ export function ratePage(root: HTMLElement): () => void {
     paint(card);
     showError(error, null);
     try {
-      const body: Record<string, unknown> = { image_id: card.imageId, label: value };
+      const body: FeedbackRequest = { image_id: card.imageId, label: value };
       if (rater.value.trim()) body.rater = rater.value.trim();
       const stored = await api<FeedbackOut>("POST", "/feedback", body);
       card.state = "labelled";
@@ -162,10 +162,8 @@ export function ratePage(root: HTMLElement): () => void {
     showError(error, null, controls);
     const indicator = progress(status, `Generating ${IMAGES_PER_PROMPT} images…`);
     try {
-      const response = await api<GenerateResponse>("POST", "/generate", {
-        prompt: chosen.text,
-        n: IMAGES_PER_PROMPT,
-      });
+      const request: GenerateRequest = { prompt: chosen.text, n: IMAGES_PER_PROMPT };
+      const response = await api<GenerateResponse>("POST", "/generate", request);
       const missing = response.images.some((image) => !image.image_id);
       if (missing) throw new Error("The server does not keep generated images (--image-retention 0), so they cannot be rated by id.");
       history = [];

@@ -215,7 +215,8 @@ describe("the console in open mode", () => {
     );
     const status = await page.locator("[data-testid=job-status]").innerText();
     assert.match(status, /succeeded/, `the job ended ${status}:\n${await page.locator("[data-testid=job-events]").innerText()}`);
-    assert.equal(await page.locator(".stage-done").count(), 6);
+    // Every stage the API lists (reward too, though this job skips it) is shown done, in the API's order.
+    assert.equal(await page.locator(".stage-done").count(), 7);
     assert.match(await page.locator("[data-testid=job-loss]").innerText(), /step 3: \d/);
     assert.ok((await page.locator("[data-testid=job-evaluation] tbody tr").count()) >= 2);
     await page.waitForSelector("[data-testid=job-compare] .compare-cell img", { timeout: 120_000 });
@@ -224,6 +225,7 @@ describe("the console in open mode", () => {
     });
     const job = (await json(server, "/fine-tunes")).data[0];
     assert.deepEqual(job.spec.feedback_filter, filter);
+    assert.deepEqual(await page.locator("[data-testid=job-stages] li").allInnerTexts(), job.stages);
     newVersion = job.result_model;
     assert.ok(newVersion, JSON.stringify(job));
     await screenshot(page, "job");
@@ -241,6 +243,81 @@ describe("the console in open mode", () => {
     assert.equal(models.active, newVersion);
     await page.waitForFunction((id) => /active/.test(document.querySelector(`[data-model="${id}"] td`)?.textContent ?? ""), newVersion);
     await screenshot(page, "models");
+    assert.deepEqual(errors, []);
+  });
+
+  test("jobs: the stages are the API's; a job that retrains the reward model shows `reward` running, then done", async () => {
+    // Nine ratings of shapes-world prompts, good and bad, by one rater: what the reward stage retrains on
+    // (trainer/retrain_reward.py needs at least 8, both labels).
+    const rater = "reward-test";
+    for (const [number, prompt] of ["a red circle", "two blue squares", "three green stars"].entries()) {
+      const generated = await fetch(`${server.url}/generate`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ prompt, n: 3, seed: number }),
+      });
+      const body = await generated.text();
+      assert.equal(generated.status, 200, body);
+      for (const [index, image] of JSON.parse(body).images.entries()) {
+        const rating = { image_id: image.image_id, label: (number + index) % 2 === 0 ? "good" : "bad", rater };
+        const stored = await fetch(`${server.url}/feedback`, {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify(rating),
+        });
+        assert.equal(stored.status, 201, await stored.text());
+      }
+    }
+
+    // The form's quick trial values, on that rater's ratings, retraining the reward model first.
+    await page.goto(`${server.url}/#/jobs`);
+    await page.getByRole("button", { name: "Quick trial values" }).click();
+    await page.fill("input[name=feedback_rater]", rater);
+    await page.locator("input[name=retrain_reward_model]").check();
+    await page.waitForFunction(
+      () => /"retrain_reward_model": true/.test(document.querySelector("[data-testid=job-preview]")?.textContent ?? ""),
+    );
+    await page.getByRole("button", { name: "Create job" }).click();
+    await page.waitForURL(/#\/jobs\/ft/);
+    const id = decodeURIComponent(page.url().split("#/jobs/")[1]);
+    const created = await json(server, `/fine-tunes/${encodeURIComponent(id)}`);
+    assert.equal(created.spec.retrain_reward_model, true);
+    assert.ok(created.stages.includes("reward"), JSON.stringify(created.stages));
+
+    // The page draws the API's stages, in its order, before the job reaches any of them.
+    await page.waitForSelector("[data-testid=job-stages] li");
+    assert.deepEqual(await page.locator("[data-testid=job-stages] li").allInnerTexts(), created.stages);
+
+    // While the reward model retrains: the stages before it done, `reward` running, the rest pending. Read
+    // in the page in one go (the page redraws every 1.5 s), polled often enough to see the stage.
+    const reward = created.stages.indexOf("reward");
+    const expected = created.stages.map((stage, index) => `${stage}:${index < reward ? "done" : index === reward ? "running" : "pending"}`);
+    const seen = await page.waitForFunction(
+      () => {
+        const items = [...document.querySelectorAll("[data-testid=job-stages] li")];
+        const running = items.find((item) => item.dataset.stage === "reward")?.classList.contains("stage-running");
+        return running ? items.map((item) => `${item.textContent}:${item.title}`) : null;
+      },
+      null,
+      { timeout: 300_000, polling: 100 },
+    );
+    assert.deepEqual(await seen.jsonValue(), expected);
+    await screenshot(page, "job-reward-stage");
+
+    await page.waitForFunction(
+      () => /succeeded|failed|cancelled/.test(document.querySelector("[data-testid=job-status]")?.textContent ?? ""),
+      null,
+      { timeout: 600_000, polling: 1000 },
+    );
+    const status = await page.locator("[data-testid=job-status]").innerText();
+    assert.match(status, /succeeded/, `the job ended ${status}:\n${await page.locator("[data-testid=job-events]").innerText()}`);
+    const job = await json(server, `/fine-tunes/${encodeURIComponent(id)}`);
+    assert.deepEqual(await page.locator("[data-testid=job-stages] li").allInnerTexts(), job.stages);
+    assert.equal(await page.locator("[data-testid=job-stages] li.stage-done").count(), job.stages.length);
+    assert.equal(job.stages.length, 7);
+    // It did retrain: a reward version registered by this job, whose events the page lists.
+    assert.match(job.metrics.reward_model.version, /-ft-/, JSON.stringify(job.metrics.reward_model));
+    assert.match(await page.locator("[data-testid=job-events]").innerText(), /reward_trainer/);
     assert.deepEqual(errors, []);
   });
 });
