@@ -7,12 +7,8 @@ import sys
 import pytest
 
 from repo_files import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-import finetune_loop  # noqa: E402
-
-import finetune_trials  # noqa: E402
+from t2i_scripts.eval import finetune_loop
+from t2i_trainer.trials import finetune_trials
 
 
 def trial(name: str, split: str | None, **spec) -> dict:
@@ -251,7 +247,7 @@ def test_rounds_past_the_budget_get_their_own_section_with_the_whole_curve(tmp_p
         ["round 3", "round 4"],
         ["round-2", "round-2-ft"],
         evaluations,
-        "scripts/finetune_loop.py --first-round 3",
+        "python -m t2i_scripts.eval.finetune_loop --first-round 3",
     )
     heldout = heldout_gains({"round 1": 0.01, "round 2": 0.07, "round 3": 0.12, "round 4": 0.16}, -0.08)
     text = finetune_loop.continued_markdown(continued, earlier, heldout)
@@ -363,5 +359,5 @@ def test_continued_rounds_are_judged_with_every_kept_version(monkeypatch, tmp_pa
     assert finetune_loop.heldout_models(first, new) == [("pretrained", "models/shapes-sd"), *new]
     assert finetune_loop.held_out_json(first.json, False) == tmp_path / "heldout-eval.json"
     command = finetune_loop.loop_command(args)
-    assert command == "scripts/finetune_loop.py --model models/shapes-sd --first-round 3"
+    assert command == "python -m t2i_scripts.eval.finetune_loop --model models/shapes-sd --first-round 3"
     assert finetune_loop.loop_command(first) == "make finetune-loop"
