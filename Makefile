@@ -42,9 +42,16 @@ help:
 	@echo "make openapi web-api - regenerate openapi/openapi.json, then the console's types from it"
 	@echo "make test-model - rebuild models/tiny-sd, models/tiny-clip-reward and tests/golden (needs torch)"
 
-$(VENV)/.installed: requirements-runtime.txt
+# The trainer (trainer/, package t2i_trainer) and the scripts (scripts/, package t2i_scripts) install editable
+# into both environments, without dependencies, so that `python -m t2i_scripts.ops.api_fuzz` and the like run
+# from the repository root. The packages import each other by name; nothing edits sys.path.
+PY_PACKAGES := trainer/pyproject.toml scripts/pyproject.toml
+INSTALL_PY_PACKAGES = --quiet --disable-pip-version-check --no-deps -e trainer -e scripts
+
+$(VENV)/.installed: requirements-runtime.txt $(PY_PACKAGES)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-runtime.txt
+	$(VENV)/bin/pip install $(INSTALL_PY_PACKAGES)
 	$(FIND_ORT)
 	touch $@
 
@@ -107,7 +114,7 @@ test-rust: venv web
 
 # schemathesis against the served /openapi.json: no server errors, no response that breaks the document.
 test-api: venv build
-	$(VENV)/bin/python scripts/api_fuzz.py --binary $(BIN)
+	$(VENV)/bin/python -m t2i_scripts.ops.api_fuzz --binary $(BIN)
 
 # The console in headless chromium (playwright-core) against servers the tests start: playground, rating,
 # a fine-tune job followed to the end, activation, API keys. Screenshots land in web/test-results/;
@@ -124,27 +131,27 @@ CARGO_AUDIT_VERSION := 0.22.2
 .tools/bin/cargo-audit:
 	$(CARGO) install cargo-audit --locked --version $(CARGO_AUDIT_VERSION) --root .tools
 audit: venv .tools/bin/cargo-audit
-	$(VENV)/bin/python scripts/advisories.py audit --cargo-audit .tools/bin/cargo-audit
+	$(VENV)/bin/python -m t2i_scripts.ops.advisories audit --cargo-audit .tools/bin/cargo-audit
 
 # The operator surface (#8): promtool on deploy/prometheus.yml and on /metrics after real traffic, and every query
 # of deploy/grafana/t2i-align.json through a real Prometheus scraping a real server (about 15 s).
 test-ops: venv build system-deps
-	$(VENV)/bin/python scripts/ops_check.py --binary $(BIN)
+	$(VENV)/bin/python -m t2i_scripts.ops.ops_check --binary $(BIN)
 
 # docs/dashboard/*.png (Prometheus's graph page for each panel, headless Chromium) and README's panel table.
 dashboard-pngs: venv build system-deps
-	$(VENV)/bin/python scripts/ops_check.py --binary $(BIN) --rounds 10 --screenshots docs/dashboard --report README.md
+	$(VENV)/bin/python -m t2i_scripts.ops.ops_check --binary $(BIN) --rounds 10 --screenshots docs/dashboard --report README.md
 
 # 64 clients for 60 s: generate, score and feedback; errors by status, p50/p99, RSS before and after.
 soak: venv build
-	$(VENV)/bin/python scripts/soak.py --binary $(BIN) --report RELIABILITY.md
+	$(VENV)/bin/python -m t2i_scripts.ops.soak --binary $(BIN) --report RELIABILITY.md
 
 # The measured reliability figures, into RELIABILITY.md: schemathesis, SIGKILL rounds (feedback under load,
 # fine-tune jobs) counting what was lost, and each limit hit on a running server with what it returned.
 reliability: venv trainer-venv build
-	$(VENV)/bin/python scripts/api_fuzz.py --binary $(BIN) --report RELIABILITY.md
-	$(VENV)/bin/python scripts/crash_safety.py --binary $(BIN) --rounds 15 --report RELIABILITY.md
-	$(VENV)/bin/python scripts/limits_table.py --binary $(BIN) --report RELIABILITY.md
+	$(VENV)/bin/python -m t2i_scripts.ops.api_fuzz --binary $(BIN) --report RELIABILITY.md
+	$(VENV)/bin/python -m t2i_scripts.ops.crash_safety --binary $(BIN) --rounds 15 --report RELIABILITY.md
+	$(VENV)/bin/python -m t2i_scripts.ops.limits_table --binary $(BIN) --report RELIABILITY.md
 
 # Every trainer test, in the trainer's environment: the world and rater, the goldens, the smoke run of every
 # `make models` stage, and the ONNX-vs-PyTorch parity of the committed models.
@@ -166,52 +173,53 @@ openapi: build
 # Optimum's pipeline needs torch and diffusers, so the benchmark runs in the trainer's environment.
 bench: trainer-venv build
 	$(CARGO) build $(CARGO_FLAGS) --example loadgen
-	.venv-trainer/bin/python scripts/bench.py --binary $(BIN) --model $(MODEL) \
+	.venv-trainer/bin/python -m t2i_scripts.bench.bench --binary $(BIN) --model $(MODEL) \
 		--loadgen $(dir $(BIN))examples/loadgen --out BENCHMARKS.md
 
 # Best-of-n alignment, its cost and /score throughput, through the service; writes its section of
 # models/REPORT.md and models/reward-serving.json. The light .venv is enough (the rater needs numpy and Pillow).
 bench-reward: venv build
-	$(VENV)/bin/python scripts/bench_reward.py --binary $(BIN)
+	$(VENV)/bin/python -m t2i_scripts.bench.bench_reward --binary $(BIN)
 
 # Label the running server's stored images with the shapes world's rater, through the API (POST /feedback).
 simulate-raters: venv
-	$(VENV)/bin/python scripts/simulate_raters.py --url http://$(HOST):$(PORT)
+	$(VENV)/bin/python -m t2i_scripts.eval.simulate_raters --url http://$(HOST):$(PORT)
 
 # The whole feedback loop of #5 through the service: serve, rate with the simulated rater, fine-tune (the trainer
 # runs in .venv-trainer), evaluate, compare with best-of-16; writes its section of models/REPORT.md and
-# models/fine-tune.json, then judges the versions on every held-out prompt (scripts/heldout_eval.py,
+# models/fine-tune.json, then judges the versions on every held-out prompt (t2i_scripts.eval.heldout_eval,
 # models/heldout-eval.json). The two rounds took 38.2 min on 2 CPU cores; the ablation, gate job and held-out
 # evaluation add about 30 min.
 finetune-loop: trainer-venv build
-	.venv-trainer/bin/python scripts/finetune_loop.py --binary $(BIN)
+	.venv-trainer/bin/python -m t2i_scripts.eval.finetune_loop --binary $(BIN)
 
 # Two more rounds past the budget, going on from the version round 2 of `make finetune-loop` kept: how far more
 # feedback carries the count and what it costs. Writes models/fine-tune-continued.json and its own section of
 # models/REPORT.md, and judges every kept version on every held-out prompt again (models/heldout-eval.json).
 finetune-more: trainer-venv build
-	.venv-trainer/bin/python scripts/finetune_loop.py --binary $(BIN) --model build/finetune-loop/versions/round-2 \
+	.venv-trainer/bin/python -m t2i_scripts.eval.finetune_loop --binary $(BIN) --model build/finetune-loop/versions/round-2 \
 		--first-round 3 --rounds 2 --skip-ablations --json models/fine-tune-continued.json
 
 # The trainer's own environment (PyTorch, diffusers, optimum-onnx). Only needed to rebuild models and goldens.
 trainer-venv: .venv-trainer/.installed
-.venv-trainer/.installed: trainer/requirements.txt
+.venv-trainer/.installed: trainer/requirements.txt $(PY_PACKAGES)
 	$(PYTHON) -m venv .venv-trainer
 	.venv-trainer/bin/pip install --quiet --disable-pip-version-check -r trainer/requirements.txt
+	.venv-trainer/bin/pip install $(INSTALL_PY_PACKAGES)
 	touch $@
 
 # Rebuild the default models from nothing (resumes at the stage it was in; FORCE=1 rebuilds all of them).
 # Then the reward parity goldens follow the new shapes-reward (seconds).
 models: trainer-venv
-	.venv-trainer/bin/python trainer/make_models.py $(if $(FORCE),--force,)
-	.venv-trainer/bin/python trainer/reward_goldens.py --model models/shapes-reward --out tests/golden/reward
+	.venv-trainer/bin/python -m t2i_trainer.build.make_models $(if $(FORCE),--force,)
+	.venv-trainer/bin/python -m t2i_trainer.goldens.reward_goldens --model models/shapes-reward --out tests/golden/reward
 
 # The tiny test models and every golden file the Rust tests read.
 test-model: trainer-venv
-	.venv-trainer/bin/python trainer/build_test_model.py --out models/tiny-sd
-	.venv-trainer/bin/python trainer/make_goldens.py --model models/tiny-sd --out tests/golden
-	.venv-trainer/bin/python trainer/export_clip_reward.py --tiny-random --out models/tiny-clip-reward --goldens tests/golden/reward
-	.venv-trainer/bin/python trainer/reward_goldens.py --model models/shapes-reward --out tests/golden/reward
+	.venv-trainer/bin/python -m t2i_trainer.build.build_test_model --out models/tiny-sd
+	.venv-trainer/bin/python -m t2i_trainer.goldens.make_goldens --model models/tiny-sd --out tests/golden
+	.venv-trainer/bin/python -m t2i_trainer.build.export_clip_reward --tiny-random --out models/tiny-clip-reward --goldens tests/golden/reward
+	.venv-trainer/bin/python -m t2i_trainer.goldens.reward_goldens --model models/shapes-reward --out tests/golden/reward
 
 clean:
 	$(CARGO) clean

@@ -180,7 +180,7 @@ fn simulate_raters_labels_stored_images_through_the_api() {
 
     let run = || {
         let url = format!("http://127.0.0.1:{}", server.port);
-        let output = common::run_python("scripts/simulate_raters.py", &["--url", &url]);
+        let output = common::run_python("t2i_scripts.eval.simulate_raters", &["--url", &url]);
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         assert!(
             output.status.success(),

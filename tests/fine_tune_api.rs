@@ -1,5 +1,5 @@
 //! Fine-tune jobs and model versions over HTTP (#5), against a real server, the real trainer
-//! (`trainer/finetune_sd.py` in `.venv-trainer`) and tiny-sd: the lifecycle from ratings to generating with the
+//! (`t2i_trainer.jobs.finetune` in `.venv-trainer`) and tiny-sd: the lifecycle from ratings to generating with the
 //! new version, cancel, a server killed mid-job, a corrupt candidate, and bad specs.
 
 mod common;

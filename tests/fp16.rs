@@ -1,4 +1,4 @@
-//! The fp16 variant (`trainer/convert_fp16.py`, issue #6): made from tiny-sd, checked component by component
+//! The fp16 variant (`t2i_trainer.build.convert_fp16`, issue #6): made from tiny-sd, checked component by component
 //! by the converter, and served by the service unchanged (its inputs and outputs stay float32), with images
 //! that match the float32 model's to within a level of 8-bit rounding.
 
@@ -22,7 +22,7 @@ fn convert(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     let (model, out) = (model.display().to_string(), out.display().to_string());
     let mut args = vec!["--model", model.as_str(), "--out", out.as_str()];
     args.extend_from_slice(extra);
-    let converted = common::run_python("trainer/convert_fp16.py", &args);
+    let converted = common::run_python("t2i_trainer.build.convert_fp16", &args);
     assert!(
         converted.status.success(),
         "{}",
@@ -71,7 +71,7 @@ fn a_component_beyond_the_tolerance_is_kept_in_float32() {
         assert!(original == kept, "{component} was not restored byte for byte");
     }
     let refused = common::run_python(
-        "trainer/convert_fp16.py",
+        "t2i_trainer.build.convert_fp16",
         &["--model", "/nonexistent", "--out", "/tmp/x"],
     );
     assert_eq!(refused.status.code(), Some(2));

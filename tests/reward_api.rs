@@ -403,7 +403,7 @@ fn the_openai_route_answers_in_openais_shape() {
 fn the_openai_python_client_works_against_the_server() {
     let server = shapes_server(&[]);
     let url = format!("http://127.0.0.1:{}/v1", server.port);
-    let output = common::run_python("tests/openai_client.py", &[&url]);
+    let output = common::run_python_file("tests/openai_client.py", &[&url]);
     assert!(
         output.status.success(),
         "openai client check failed:\n{}\n{}",

@@ -1,7 +1,7 @@
 //! Reward parity: the service's preprocessing and ONNX scores equal Python's (transformers' CLIPImageProcessor
 //! and the PyTorch model) for the same image files, within 1e-4, for both manifest kinds: shapes-reward (a
 //! reward head) and a tiny random CLIP exported by Optimum (CLIP similarity, as PickScore is used). The golden
-//! files come from trainer/reward_goldens.py and trainer/export_clip_reward.py.
+//! files come from t2i_trainer.goldens.reward_goldens and t2i_trainer.build.export_clip_reward.
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! Our CLIP tokenizer against transformers' `CLIPTokenizer` on the golden prompts (tests/golden/tokenizer.json,
-//! written by trainer/make_goldens.py).
+//! written by t2i_trainer.goldens.make_goldens).
 
 mod common;
 

@@ -291,11 +291,14 @@ pub struct JobArgs {
     /// the shapes world's prompt generator.
     #[arg(long, env = "T2I_TRAINER_PYTHON", default_value = ".venv-trainer/bin/python")]
     pub trainer_python: PathBuf,
-    /// The trainer's sources (finetune_sd.py, evaluate.py, shapes_world.py).
+    /// The trainer's sources: the folder holding the t2i_trainer package. Job children run
+    /// `<trainer-python> -m t2i_trainer.<module>` with this folder first on PYTHONPATH, so the trainer's Python
+    /// needs its dependencies but not the package installed.
     #[arg(long, env = "T2I_TRAINER_DIR", default_value = "trainer")]
     pub trainer_dir: PathBuf,
-    /// The trainer's command line, replacing `<trainer-python> <trainer-dir>/finetune_sd.py`; `--spec FILE`
-    /// is appended. For several GPUs: `torchrun --nproc_per_node 4 trainer/finetune_sd.py`.
+    /// The trainer's command line, replacing `<trainer-python> -m t2i_trainer.jobs.finetune`; `--spec FILE`
+    /// is appended, and it too gets `--trainer-dir` on PYTHONPATH. For several GPUs:
+    /// `torchrun --nproc_per_node 4 -m t2i_trainer.jobs.finetune`.
     #[arg(long, env = "T2I_TRAINER_COMMAND")]
     pub trainer_command: Option<String>,
     /// torch CPU threads for the trainer.

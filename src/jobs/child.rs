@@ -1,6 +1,7 @@
 //! Child processes of a job (the trainer, the evaluator, the prompt generator): each in its own process group,
 //! stdout read line by line, stderr appended to a log file, and the whole group killed on cancel.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -43,16 +44,34 @@ fn inherited(name: &str) -> bool {
     INHERITED.contains(&name) || INHERITED_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
 }
 
-/// The environment a trainer child starts with.
-pub fn child_environment() -> Vec<(String, String)> {
-    let mut environment: Vec<(String, String)> = std::env::vars().filter(|(name, _)| inherited(name)).collect();
+/// The environment a trainer child starts with: `trainer_dir` (which holds the t2i_trainer package the children
+/// run with `python -m`) first on PYTHONPATH, so a trainer Python without the package installed finds it.
+pub fn child_environment(trainer_dir: &Path) -> Vec<(String, String)> {
+    let mut environment: Vec<(String, String)> = std::env::vars()
+        .filter(|(name, _)| inherited(name) && name != "PYTHONPATH")
+        .collect();
     environment.push(("PYTHONUNBUFFERED".into(), "1".into()));
+    let existing = std::env::var_os("PYTHONPATH");
+    environment.push(("PYTHONPATH".into(), python_path(trainer_dir, existing.as_deref())));
     environment
 }
 
+/// `trainer_dir` as an absolute path, followed by the non-empty entries of `existing` (an inherited PYTHONPATH).
+fn python_path(trainer_dir: &Path, existing: Option<&OsStr>) -> String {
+    let first = std::path::absolute(trainer_dir).unwrap_or_else(|_| trainer_dir.to_path_buf());
+    let rest = existing
+        .map(|paths| std::env::split_paths(paths).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let entries = std::iter::once(first.clone()).chain(rest.into_iter().filter(|path| !path.as_os_str().is_empty()));
+    std::env::join_paths(entries)
+        .unwrap_or_else(|_| first.into_os_string())
+        .to_string_lossy()
+        .into_owned()
+}
+
 impl RunningChild {
-    /// Starts `command[0]` with the rest as arguments, stderr appended to `log`.
-    pub fn spawn(command: &[String], log: &Path) -> Result<Self> {
+    /// Starts `command[0]` with the rest as arguments, stderr appended to `log`, `trainer_dir` on PYTHONPATH.
+    pub fn spawn(command: &[String], log: &Path, trainer_dir: &Path) -> Result<Self> {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| Error::Config("an empty command line".into()))?;
@@ -63,7 +82,7 @@ impl RunningChild {
             .map_err(|err| Error::Internal(format!("cannot open {}: {err}", log.display())))?;
         let mut builder = Command::new(program);
         // A sanitised environment: the server's secrets (T2I_API_KEYS and the like) never reach the trainer.
-        builder.env_clear().envs(child_environment());
+        builder.env_clear().envs(child_environment(trainer_dir));
         builder
             .args(args)
             .stdin(Stdio::null())
@@ -138,8 +157,8 @@ pub fn log_tail(log: &Path, bytes: usize) -> String {
 }
 
 /// Runs a short command to its end and returns its stdout; fails with its stderr when it exits non-zero.
-pub async fn run_to_end(command: &[String], log: &Path) -> Result<String> {
-    let mut child = RunningChild::spawn(command, log)?;
+pub async fn run_to_end(command: &[String], log: &Path, trainer_dir: &Path) -> Result<String> {
+    let mut child = RunningChild::spawn(command, log, trainer_dir)?;
     let mut output = String::new();
     while let Some(line) = child.next_line().await? {
         output.push_str(&line);
@@ -172,5 +191,18 @@ mod environment_tests {
         ] {
             assert!(!inherited(secret), "{secret}");
         }
+    }
+
+    #[test]
+    fn the_trainer_dir_comes_first_on_pythonpath_as_an_absolute_path() {
+        let cwd = std::env::current_dir().unwrap();
+        let alone = python_path(Path::new("trainer"), None);
+        assert_eq!(alone, cwd.join("trainer").to_string_lossy());
+        let joined = python_path(Path::new("/opt/trainer"), Some(OsStr::new("/a::/b")));
+        assert_eq!(joined, "/opt/trainer:/a:/b");
+        assert_eq!(
+            python_path(Path::new("/opt/trainer"), Some(OsStr::new(""))),
+            "/opt/trainer"
+        );
     }
 }

@@ -2,18 +2,18 @@
 //! time on a tokio task.
 //!
 //! A job's stages, each timed and recorded as events:
-//! 1. `prompts`: the job's prompts (a list, or drawn by `trainer/shapes_world.py prompts`).
+//! 1. `prompts`: the job's prompts (a list, or drawn by `t2i_trainer.build.shapes_world prompts`).
 //! 2. `sample`: images from the base version through its ONNX engine, each scored by the reward model.
 //! 3. `label`: the training set: the stored ratings (good 1, bad 0) and the reward-scored samples, the paper's
 //!    semi-supervised set, written as `samples.jsonl` in the job's folder.
 //!    With `retrain_reward_model`, the `reward` stage first retrains the reward model on the ratings
-//!    (`trainer/retrain_reward.py`, paper §3.2), registers it as a reward version, and re-scores the samples
+//!    (`t2i_trainer.jobs.retrain_reward`, paper §3.2), registers it as a reward version, and re-scores the samples
 //!    with it; the evaluation then uses it too.
-//! 4. `train`: `trainer/finetune_sd.py` as a child process with a JSON spec; its JSON-lines progress becomes
+//! 4. `train`: `t2i_trainer.jobs.finetune` as a child process with a JSON spec; its JSON-lines progress becomes
 //!    events and metrics. It writes the candidate (diffusers weights and the ONNX export) into the job folder.
 //! 5. `evaluate`: the candidate is loaded (a candidate that does not load is refused here, and nothing is
 //!    registered), then base and candidate sample the evaluation prompts with the same seeds; the reward model
-//!    and the shapes world's rater (`trainer/evaluate.py`) judge both.
+//!    and the shapes world's rater (`t2i_trainer.jobs.evaluate`) judge both.
 //! 6. `register`: the candidate's files are checksummed and moved into the registry; then the gate decides
 //!    whether it may become active, and `activate_on_success` whether it does.
 //!
@@ -64,12 +64,13 @@ pub const STAGES: [(&str, f64); 7] = [
 /// How the server runs jobs (command line).
 #[derive(Debug, Clone)]
 pub struct JobConfig {
-    /// Python with the trainer's dependencies; runs finetune_sd.py, evaluate.py and shapes_world.py.
+    /// Python with the trainer's dependencies; runs the t2i_trainer modules jobs.finetune, jobs.evaluate,
+    /// jobs.retrain_reward and build.shapes_world (`<python> -m t2i_trainer.<module>`).
     pub python: PathBuf,
-    /// The trainer's sources.
+    /// The trainer's sources: the folder holding the t2i_trainer package, put first on every child's PYTHONPATH.
     pub trainer_dir: PathBuf,
-    /// Replaces `<python> <trainer_dir>/finetune_sd.py` (e.g. `torchrun --nproc_per_node 4 trainer/finetune_sd.py`);
-    /// `--spec <file>` is appended.
+    /// Replaces `<python> -m t2i_trainer.jobs.finetune` (e.g. `torchrun --nproc_per_node 4 -m
+    /// t2i_trainer.jobs.finetune`); `--spec <file>` is appended.
     pub trainer_command: Option<Vec<String>>,
     /// torch threads for the trainer.
     pub trainer_threads: usize,
@@ -645,15 +646,12 @@ impl JobContext<'_> {
         Ok(())
     }
 
-    fn python(&self, script: &str) -> Vec<String> {
+    /// `<python> -m t2i_trainer.<module>`; the child finds the package through PYTHONPATH (`child_environment`).
+    fn python(&self, module: &str) -> Vec<String> {
         vec![
             self.manager.config.python.to_string_lossy().into_owned(),
-            self.manager
-                .config
-                .trainer_dir
-                .join(script)
-                .to_string_lossy()
-                .into_owned(),
+            "-m".into(),
+            format!("t2i_trainer.{module}"),
         ]
     }
 
@@ -662,7 +660,7 @@ impl JobContext<'_> {
             PromptSource::List(prompts) => return Ok(prompts.clone()),
             PromptSource::Generator(generator) => generator,
         };
-        let mut command = self.python("shapes_world.py");
+        let mut command = self.python("build.shapes_world");
         command.extend(["prompts".into(), "--split".into()]);
         command.push(generator.split.clone().unwrap_or_else(|| default_split.into()));
         if let Some(count) = generator.count {
@@ -672,7 +670,12 @@ impl JobContext<'_> {
             command.extend(["--per-category".into(), per_category.to_string()]);
         }
         command.extend(["--seed".into(), generator.seed.unwrap_or(self.spec.seed).to_string()]);
-        let output = run_to_end(&command, &self.folder.join("tools.log")).await?;
+        let output = run_to_end(
+            &command,
+            &self.folder.join("tools.log"),
+            &self.manager.config.trainer_dir,
+        )
+        .await?;
         let prompts: Vec<String> = output
             .lines()
             .map(str::to_string)
@@ -851,7 +854,7 @@ impl JobContext<'_> {
         if folder.exists() {
             let _ = std::fs::remove_dir_all(&folder);
         }
-        let mut command = self.python("retrain_reward.py");
+        let mut command = self.python("jobs.retrain_reward");
         for (flag, value) in [
             ("--samples", data.join("samples.jsonl").to_string_lossy().into_owned()),
             (
@@ -934,7 +937,7 @@ impl JobContext<'_> {
     /// Runs a tool to its end, cancellable; each JSON line of its stdout becomes an event of `kind`.
     async fn run_tool(&self, command: &[String], kind: &str) -> Result<Vec<Value>> {
         let log = self.folder.join("tools.log");
-        let mut child = RunningChild::spawn(command, &log)?;
+        let mut child = RunningChild::spawn(command, &log, &self.manager.config.trainer_dir)?;
         let mut cancelled = self.cancelled.clone();
         let mut lines = Vec::new();
         loop {
@@ -1017,7 +1020,7 @@ impl JobContext<'_> {
         crate::storage::write_atomically(&spec_path, trainer_spec.to_string().as_bytes())?;
         let mut command = match &self.manager.config.trainer_command {
             Some(command) => command.clone(),
-            None => self.python("finetune_sd.py"),
+            None => self.python("jobs.finetune"),
         };
         command.extend(["--spec".into(), spec_path.to_string_lossy().into_owned()]);
         let log = self.folder.join("trainer.log");
@@ -1032,7 +1035,7 @@ impl JobContext<'_> {
                 Some(&trainer_spec),
             )
             .await;
-        let mut child = RunningChild::spawn(&command, &log)?;
+        let mut child = RunningChild::spawn(&command, &log, &self.manager.config.trainer_dir)?;
         let mut cancelled = self.cancelled.clone();
         let mut losses = Vec::new();
         let mut trainer_error = None;
@@ -1117,7 +1120,7 @@ impl JobContext<'_> {
     }
 
     /// Samples the evaluation prompts from `model` and judges them: the mean reward, and the rater's figures
-    /// (`trainer/evaluate.py`) when the prompts are the shapes world's. `share` is its part of the stage.
+    /// (`t2i_trainer.jobs.evaluate`) when the prompts are the shapes world's. `share` is its part of the stage.
     #[allow(clippy::too_many_arguments)]
     async fn evaluate(
         &self,
@@ -1152,9 +1155,15 @@ impl JobContext<'_> {
             "images": samples.len(),
             "mean_reward": mean(samples.iter().map(|sample| sample.reward)),
         });
-        let mut command = self.python("evaluate.py");
+        let mut command = self.python("jobs.evaluate");
         command.extend(["--images".into(), folder.to_string_lossy().into_owned()]);
-        match run_to_end(&command, &self.folder.join("tools.log")).await {
+        match run_to_end(
+            &command,
+            &self.folder.join("tools.log"),
+            &self.manager.config.trainer_dir,
+        )
+        .await
+        {
             Ok(output) => match serde_json::from_str::<Value>(output.trim()) {
                 Ok(Value::Object(figures)) => {
                     for (key, value) in figures {
@@ -1163,7 +1172,7 @@ impl JobContext<'_> {
                         }
                     }
                 }
-                _ => tracing::warn!(job = %self.job.id, "evaluate.py printed no JSON object"),
+                _ => tracing::warn!(job = %self.job.id, "t2i_trainer.jobs.evaluate printed no JSON object"),
             },
             Err(err) => {
                 let _ = self

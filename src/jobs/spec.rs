@@ -17,7 +17,7 @@ pub enum PromptSource {
     Generator(PromptGenerator),
 }
 
-/// Prompts drawn by `trainer/shapes_world.py prompts`: `count` distinct prompts of a split at random, or
+/// Prompts drawn by `t2i_trainer.build.shapes_world prompts`: `count` distinct prompts of a split at random, or
 /// `per_category` of each category.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -1,6 +1,7 @@
 //! A reward model folder's `manifest.json`: what the graph takes and returns, and how images and text are
-//! prepared for it. trainer/README.md documents the schema; `trainer/train_reward.py` writes the `reward_head`
-//! kind and `trainer/export_clip_reward.py` the `clip_similarity` kind (PickScore and other CLIP-style rewards).
+//! prepared for it. trainer/README.md documents the schema; `t2i_trainer.build.train_reward` writes the
+//! `reward_head` kind and `t2i_trainer.build.export_clip_reward` the `clip_similarity` kind (PickScore and other
+//! CLIP-style rewards).
 //!
 //! Every rule is checked when the folder is opened, and a broken manifest is refused with the field's path and
 //! the rule, so a bad folder fails at start-up rather than on the first request.

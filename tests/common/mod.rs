@@ -285,19 +285,36 @@ pub fn golden_reward_score(prompt: &str, index: usize) -> f64 {
         .expect("a score")
 }
 
-/// Runs one of the repository's Python scripts in `.venv` (which `make test` installs) and returns its output.
-pub fn run_python(script: &str, args: &[&str]) -> std::process::Output {
+/// Runs a module of the repository's Python packages (t2i_trainer, t2i_scripts) in `.venv` (which `make test`
+/// installs), as `python -m <module>`, and returns its output.
+pub fn run_python(module: &str, args: &[&str]) -> std::process::Output {
+    python_command(&["-m", module], args)
+}
+
+/// Runs a Python file of the repository (such as a test client under tests/) in `.venv`.
+pub fn run_python_file(script: &str, args: &[&str]) -> std::process::Output {
+    python_command(&[&repo_path(script).display().to_string()], args)
+}
+
+/// `.venv/bin/python` with `first` then `args`. trainer/ and scripts/ go on PYTHONPATH, as the server does for
+/// its trainer children, so the packages import even where `make venv` has not installed them.
+fn python_command(first: &[&str], args: &[&str]) -> std::process::Output {
     let python = repo_path(".venv/bin/python");
     assert!(
         python.is_file(),
         "{} is missing: run the tests through `make test`",
         python.display()
     );
+    let mut paths = vec![repo_path("trainer"), repo_path("scripts")];
+    if let Some(existing) = std::env::var_os("PYTHONPATH") {
+        paths.extend(std::env::split_paths(&existing).filter(|path| !path.as_os_str().is_empty()));
+    }
     Command::new(python)
-        .arg(repo_path(script))
+        .args(first)
         .args(args)
+        .env("PYTHONPATH", std::env::join_paths(paths).expect("PYTHONPATH entries"))
         .output()
-        .unwrap_or_else(|err| panic!("cannot run {script}: {err}"))
+        .unwrap_or_else(|err| panic!("cannot run {}: {err}", first.join(" ")))
 }
 
 pub fn shapes_sd() -> PathBuf {

@@ -64,7 +64,7 @@ def smoke_models(trainer_packages, tmp_path_factory) -> SmokeBuild:
     root = tmp_path_factory.mktemp("make_models")
     build, models = root / "build", root / "models"
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "trainer" / "make_models.py"), "--smoke", "--build", str(build),
+        [sys.executable, "-m", "t2i_trainer.build.make_models", "--smoke", "--build", str(build),
          "--models", str(models)],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip

@@ -11,7 +11,10 @@ GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
 
 def require_folder(path: Path) -> Path:
     if not path.exists():
-        pytest.fail(f"{path} is missing: run trainer/build_test_model.py, then trainer/make_goldens.py")
+        pytest.fail(
+            f"{path} is missing: run t2i_trainer.build.build_test_model, "
+            "then t2i_trainer.goldens.make_goldens"
+        )
     return path
 
 

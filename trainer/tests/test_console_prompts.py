@@ -1,5 +1,5 @@
 """The web console's rating page bundles the shapes world's training prompts (web/src/shapes-prompts.json);
-this fails when shapes_world.py changes and the file was not regenerated."""
+this fails when t2i_trainer.build.shapes_world changes and the file was not regenerated."""
 
 import subprocess
 import sys
@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_console_prompts_are_current():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "console_prompts.py"), "--check"],
+        [sys.executable, "-m", "t2i_scripts.eval.console_prompts", "--check"],
+        cwd=ROOT,
         capture_output=True,
         text=True,
     )
@@ -18,10 +19,9 @@ def test_console_prompts_are_current():
 
 
 def test_console_prompts_are_the_train_split_only():
-    sys.path.insert(0, str(ROOT / "trainer"))
     import json
 
-    import shapes_world
+    from t2i_trainer.build import shapes_world
 
     grouped = json.loads((ROOT / "web" / "src" / "shapes-prompts.json").read_text())
     heldout = {prompt.text for prompt in shapes_world.heldout_prompts()}

@@ -1,5 +1,6 @@
-"""finetune_sd.py and evaluate.py (issue #5): the fine-tune spec's checks, two short real fine-tunes from
-models/tiny-sd/diffusers, and the evaluation figures on renders whose truth is known.
+"""t2i_trainer.jobs.finetune and t2i_trainer.jobs.evaluate (issue #5): the fine-tune spec's checks, two
+short real fine-tunes from models/tiny-sd/diffusers, and the evaluation figures on renders whose truth is
+known.
 
 The fine-tunes are a few steps on 64x64 images so that the file runs in well under a minute on 2 cores.
 """
@@ -16,12 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluate import evaluate
-from evaluate import main as evaluate_main
 from repo_files import require_folder
-from shapes_world import parse_prompt, render, render_wrong, sample_rng
+from t2i_trainer.build.shapes_world import parse_prompt, render, render_wrong, sample_rng
+from t2i_trainer.jobs.evaluate import evaluate
+from t2i_trainer.jobs.evaluate import main as evaluate_main
 
-FINETUNE_SD = Path(__file__).resolve().parents[1] / "finetune_sd.py"
+FINETUNE = "t2i_trainer.jobs.finetune"
 PROMPTS = (
     "a red circle",
     "two blue squares on a yellow background",
@@ -70,7 +71,7 @@ def safetensors_differ(first: Path, second: Path) -> bool:
 
 @pytest.fixture
 def restore_sigterm():
-    """finetune_sd.main installs a SIGTERM handler; put pytest's back afterwards."""
+    """finetune.main installs a SIGTERM handler; put pytest's back afterwards."""
     handler = signal.getsignal(signal.SIGTERM)
     yield
     signal.signal(signal.SIGTERM, handler)
@@ -89,9 +90,9 @@ def valid_spec(tiny_base, tmp_path) -> dict:
 
 
 def test_a_minimal_spec_gets_the_defaults(trainer_packages, valid_spec):
-    import finetune_sd
+    from t2i_trainer.jobs import finetune
 
-    spec = finetune_sd.parse_spec(valid_spec)
+    spec = finetune.parse_spec(valid_spec)
     assert (spec.steps, spec.batch_size, spec.beta, spec.export) == (1000, 32, 1.0, True)
     assert (spec.model_rows, spec.pretrain_rows) == (16, 16)
     assert spec.pretrain == {"kind": "shapes_world"}
@@ -128,43 +129,43 @@ def test_a_minimal_spec_gets_the_defaults(trainer_packages, valid_spec):
     ],
 )
 def test_bad_specs_are_refused_naming_the_field(trainer_packages, valid_spec, change, message):
-    import finetune_sd
+    from t2i_trainer.jobs import finetune
 
     spec = {**valid_spec, **change}
     spec = {name: value for name, value in spec.items() if value is not None}
-    with pytest.raises(finetune_sd.SpecError, match=re.escape(message)):
-        finetune_sd.parse_spec(spec)
+    with pytest.raises(finetune.SpecError, match=re.escape(message)):
+        finetune.parse_spec(spec)
 
 
 def test_an_existing_out_is_refused(trainer_packages, valid_spec):
-    import finetune_sd
+    from t2i_trainer.jobs import finetune
 
     Path(valid_spec["out"]).mkdir()
-    with pytest.raises(finetune_sd.SpecError, match="`out` exists already"):
-        finetune_sd.parse_spec(valid_spec)
+    with pytest.raises(finetune.SpecError, match="`out` exists already"):
+        finetune.parse_spec(valid_spec)
 
 
 def test_a_nan_in_the_spec_file_exits_2_with_an_error_line(trainer_packages, valid_spec, tmp_path, capsys):
-    import finetune_sd
+    from t2i_trainer.jobs import finetune
 
     # Python's json reads the non-standard token NaN as a float; the spec check must still refuse it.
     text = json.dumps(valid_spec)[:-1] + ', "beta": NaN}'
     path = tmp_path / "spec.json"
     path.write_text(text)
-    assert finetune_sd.main(["--spec", str(path)]) == 2
+    assert finetune.main(["--spec", str(path)]) == 2
     (event,) = stdout_events(capsys.readouterr().out)
     assert event["event"] == "error"
     assert "`beta`" in event["message"]
 
 
 def test_samples_without_a_reward_above_zero_are_refused(trainer_packages, tmp_path):
-    import finetune_sd
+    from t2i_trainer.jobs import finetune
 
     samples = write_samples(tmp_path / "samples", count=2)
     lines = [json.loads(line) | {"reward": 0} for line in samples.read_text().splitlines()]
     samples.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    with pytest.raises(finetune_sd.SpecError, match="no sample with a reward above 0"):
-        finetune_sd.load_samples(samples)
+    with pytest.raises(finetune.SpecError, match="no sample with a reward above 0"):
+        finetune.load_samples(samples)
 
 
 def with_latents(samples: Path, shape: tuple[int, ...] = (4, 8, 8), every: int = 1) -> list[np.ndarray]:
@@ -183,11 +184,11 @@ def with_latents(samples: Path, shape: tuple[int, ...] = (4, 8, 8), every: int =
 
 
 def test_samples_read_the_latents_they_name(trainer_packages, tmp_path):
-    import finetune_sd
+    from t2i_trainer.jobs import finetune
 
     samples = write_samples(tmp_path / "samples", count=4)
     written = with_latents(samples, every=2)
-    latents = finetune_sd.load_samples(samples).latents
+    latents = finetune.load_samples(samples).latents
     assert [latent is None for latent in latents] == [False, True, False, True]
     np.testing.assert_array_equal(latents[0], written[0])
     np.testing.assert_array_equal(latents[2], written[1])
@@ -206,7 +207,7 @@ def test_samples_read_the_latents_they_name(trainer_packages, tmp_path):
 def test_unusable_latents_are_left_out_with_a_warning_naming_the_line(
     trainer_packages, tmp_path, capsys, latent, message
 ):
-    import finetune_sd
+    from t2i_trainer.jobs import finetune
 
     samples = write_samples(tmp_path / "samples", count=2)
     lines = [json.loads(line) for line in samples.read_text().splitlines()]
@@ -216,11 +217,11 @@ def test_unusable_latents_are_left_out_with_a_warning_naming_the_line(
     lines[1]["latent"] = latent
     samples.write_text("".join(json.dumps(line) + "\n" for line in lines))
     if not isinstance(latent, str):
-        with pytest.raises(finetune_sd.SpecError, match=message) as error:
-            finetune_sd.load_samples(samples)
+        with pytest.raises(finetune.SpecError, match=message) as error:
+            finetune.load_samples(samples)
         assert "line 2" in str(error.value)
         return
-    loaded = finetune_sd.load_samples(samples)
+    loaded = finetune.load_samples(samples)
     assert loaded.latents == [None, None]
     assert loaded.unreadable_latents == 1
     warning = stdout_events(capsys.readouterr().out)[-1]
@@ -234,14 +235,14 @@ def test_a_given_latent_is_trained_on_as_it_is_and_the_rest_are_encoded(trainer_
     import torch
     from diffusers import AutoencoderKL
 
-    import finetune_sd
+    from t2i_trainer.jobs import finetune
 
     vae = AutoencoderKL.from_pretrained(tiny_base / "vae").eval()
     images = [np.asarray(render(parse_prompt(text), sample_rng(3, i))) for i, text in enumerate(PROMPTS[:2])]
     size = images[0].shape[0]
     latent_side = size // 2 ** (len(vae.config.block_out_channels) - 1)
     given = np.random.default_rng(1).standard_normal((vae.config.latent_channels, latent_side, latent_side))
-    encoded = finetune_sd.EncodedSet(
+    encoded = finetune.EncodedSet(
         vae, images, list(PROMPTS[:2]), np.ones(2), size, [given.astype(np.float32), None]
     )
     generator = torch.Generator().manual_seed(0)
@@ -259,7 +260,7 @@ def test_a_given_latent_is_trained_on_as_it_is_and_the_rest_are_encoded(trainer_
 
 
 def test_a_caption_folder_reads_txt_pairs_and_metadata_jsonl(trainer_packages, tmp_path):
-    import finetune_sd
+    from t2i_trainer.jobs import finetune
 
     pairs, metadata = tmp_path / "pairs", tmp_path / "metadata"
     pairs.mkdir()
@@ -274,7 +275,7 @@ def test_a_caption_folder_reads_txt_pairs_and_metadata_jsonl(trainer_packages, t
         "".join(json.dumps({"file_name": f"{i}.png", "text": t}) + "\n" for i, t in enumerate(PROMPTS[:2]))
     )
     for folder in (pairs, metadata):
-        images, captions = finetune_sd.load_caption_folder(folder)
+        images, captions = finetune.load_caption_folder(folder)
         assert captions == list(PROMPTS[:2])
         assert [image.shape for image in images] == [(64, 64, 3)] * 2
 
@@ -296,7 +297,7 @@ def test_smoke_finetune_trains_the_unet_and_exports_a_checked_onnx_folder(
          "export": True},
     )  # fmt: skip
     result = subprocess.run(
-        [sys.executable, str(FINETUNE_SD), "--spec", str(spec)],
+        [sys.executable, "-m", FINETUNE, "--spec", str(spec)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
@@ -346,7 +347,7 @@ def test_smoke_finetune_trains_the_unet_and_exports_a_checked_onnx_folder(
 
 
 def test_folder_pretraining_without_export(trainer_packages, tiny_base, tmp_path, capsys, restore_sigterm):
-    import finetune_sd
+    from t2i_trainer.jobs import finetune
 
     pretrain = tmp_path / "pretrain"
     pretrain.mkdir()
@@ -360,7 +361,7 @@ def test_folder_pretraining_without_export(trainer_packages, tiny_base, tmp_path
          "device": "cpu", "pretrain": {"kind": "folder", "path": str(pretrain)}, "steps": 2, "batch_size": 4,
          "pretrain_fraction": 0.25, "export": False},
     )  # fmt: skip
-    assert finetune_sd.main(["--spec", str(spec)]) == 0
+    assert finetune.main(["--spec", str(spec)]) == 0
     events = stdout_events(capsys.readouterr().out)
     assert [event["event"] for event in events] == ["start", "data", "step", "done"]
     assert events[1]["pretrain"] == len(PROMPTS)
@@ -399,15 +400,15 @@ def test_only_latents_the_base_vae_decodes_to_their_image_are_trained_on(
 ):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    import finetune_sd
+    from t2i_trainer.jobs import finetune
 
     samples, latents = decoded_samples(tmp_path / "job", tiny_base, 4)
     np.save(samples.parent / "1.npy", latents[3])  # another image's latent
     np.save(samples.parent / "2.npy", np.zeros((4, 16, 16), dtype=np.float32))  # another model's shape
-    loaded = finetune_sd.load_samples(samples)
+    loaded = finetune.load_samples(samples)
     vae = AutoencoderKL.from_pretrained(tiny_base / "vae").eval()
     unet = UNet2DConditionModel.from_pretrained(tiny_base / "unet")
-    kept, counts = finetune_sd.checked_latents(vae, loaded.images, loaded.latents, unet, 64)
+    kept, counts = finetune.checked_latents(vae, loaded.images, loaded.latents, unet, 64)
     assert counts == {"given": 4, "used": 2, "wrong_shape": 1, "mismatched": 1}
     assert [latent is None for latent in kept] == [False, True, True, False]
     np.testing.assert_array_equal(kept[0], latents[0])
@@ -416,7 +417,7 @@ def test_only_latents_the_base_vae_decodes_to_their_image_are_trained_on(
 def test_a_fine_tune_reports_the_latents_it_trains_on(
     trainer_packages, tiny_base, tmp_path, capsys, restore_sigterm
 ):
-    import finetune_sd
+    from t2i_trainer.jobs import finetune
 
     samples, _ = decoded_samples(tmp_path / "job", tiny_base, 5)
     np.save(samples.parent / "3.npy", np.zeros((4, 16, 16), dtype=np.float32))
@@ -426,7 +427,7 @@ def test_a_fine_tune_reports_the_latents_it_trains_on(
         {"base": str(tiny_base), "out": str(tmp_path / "candidate"), "samples": str(samples), "device": "cpu",
          "steps": 2, "batch_size": 4, "pretrain": {"kind": "shapes_world", "images": 4}, "export": False},
     )  # fmt: skip
-    assert finetune_sd.main(["--spec", str(spec)]) == 0
+    assert finetune.main(["--spec", str(spec)]) == 0
     events = stdout_events(capsys.readouterr().out)
     data = next(event for event in events if event["event"] == "data")
     assert data["latents"] == {"given": 5, "used": 3, "wrong_shape": 1, "mismatched": 0, "unreadable": 1}
@@ -434,10 +435,10 @@ def test_a_fine_tune_reports_the_latents_it_trains_on(
 
 
 def test_the_learning_rate_warms_up_then_stays_or_decays_to_a_tenth(trainer_packages):
-    import finetune_sd
+    from t2i_trainer.jobs import finetune
 
-    constant = [finetune_sd.learning_rate_factor(step, 100, "constant") for step in range(100)]
-    cosine = [finetune_sd.learning_rate_factor(step, 100, "cosine") for step in range(100)]
+    constant = [finetune.learning_rate_factor(step, 100, "constant") for step in range(100)]
+    cosine = [finetune.learning_rate_factor(step, 100, "cosine") for step in range(100)]
     assert constant[:5] == cosine[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     assert constant[5:] == [1.0] * 95
     assert cosine[4] == 1.0 and cosine[-1] == pytest.approx(0.1)
@@ -447,7 +448,7 @@ def test_the_learning_rate_warms_up_then_stays_or_decays_to_a_tenth(trainer_pack
 def test_cross_attention_layers_alone_are_trained(trainer_packages, tiny_base, tmp_path, restore_sigterm):
     from safetensors.torch import load_file
 
-    import finetune_sd
+    from t2i_trainer.jobs import finetune
 
     out = tmp_path / "candidate"
     spec = write_spec(
@@ -456,7 +457,7 @@ def test_cross_attention_layers_alone_are_trained(trainer_packages, tiny_base, t
          "device": "cpu", "pretrain": {"kind": "shapes_world", "images": 4}, "steps": 2, "batch_size": 4,
          "unet_layers": "cross_attention", "learning_rate": 1e-2, "export": False},
     )  # fmt: skip
-    assert finetune_sd.main(["--spec", str(spec)]) == 0
+    assert finetune.main(["--spec", str(spec)]) == 0
     before = load_file(next((tiny_base / "unet").glob("*.safetensors")))
     after = load_file(next((out / "diffusers" / "unet").glob("*.safetensors")))
     changed = {name for name in before if not bool((before[name] == after[name]).all())}
@@ -478,7 +479,7 @@ def test_torchrun_trains_data_parallel_and_only_the_main_process_reports(
     )  # fmt: skip
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(FINETUNE_SD), "--spec", str(spec)],
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", FINETUNE, "--spec", str(spec)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
@@ -576,7 +577,7 @@ def test_evaluate_cli_refuses_a_folder_without_prompts_jsonl(tmp_path, capsys):
 
 
 def test_retrain_reward_refuses_too_few_ratings_naming_the_counts(tmp_path, capsys):
-    import retrain_reward
+    from t2i_trainer.jobs import retrain_reward
 
     folder = tmp_path / "data"
     folder.mkdir()

@@ -81,7 +81,7 @@ def test_e2e_golden_is_consistent(name):
 def test_tokenizer_golden_matches_clip_tokenizer(trainer_packages, tiny_sd):
     from transformers import CLIPTokenizer
 
-    from make_goldens import TOKENIZER_PROMPTS
+    from t2i_trainer.goldens.make_goldens import TOKENIZER_PROMPTS
 
     golden = read_golden("tokenizer.json")
     tokenizer = CLIPTokenizer.from_pretrained(str(tiny_sd / "tokenizer"))
@@ -96,7 +96,7 @@ def test_tokenizer_golden_matches_clip_tokenizer(trainer_packages, tiny_sd):
 def test_scheduler_golden_replays_exactly(trainer_packages, monkeypatch, case_name):
     import torch
 
-    from make_goldens import SCHEDULER_CLASSES as CLASSES
+    from t2i_trainer.goldens.make_goldens import SCHEDULER_CLASSES as CLASSES
 
     case = next(case for case in read_golden("schedulers.json")["cases"] if case["name"] == case_name)
     scheduler = CLASSES[case["class"]].from_config(case["config"])
@@ -128,6 +128,6 @@ def test_scheduler_golden_replays_exactly(trainer_packages, monkeypatch, case_na
 
 
 def test_scheduler_golden_lists_the_scripted_cases(trainer_packages):
-    from make_goldens import scheduler_cases
+    from t2i_trainer.goldens.make_goldens import scheduler_cases
 
     assert scheduler_case_names() == [spec["name"] for spec in scheduler_cases()]

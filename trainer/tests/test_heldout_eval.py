@@ -1,17 +1,12 @@
-"""scripts/heldout_eval.py's figures: shares, the paired bootstrap's gain and interval, the report's rows,
-and its refusals of a bad --model."""
+"""t2i_scripts.eval.heldout_eval's figures: shares, the paired bootstrap's gain and interval, the report's
+rows, and its refusals of a bad --model."""
 
 import argparse
 import json
-import sys
 
 import pytest
 
-from repo_files import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-import heldout_eval  # noqa: E402
+from t2i_scripts.eval import heldout_eval
 
 
 def row(count: tuple[int, int], colour: tuple[int, int], good: int = 0) -> dict:
@@ -63,7 +58,7 @@ def test_the_report_lists_every_version_and_the_gains_over_the_first():
     assert summary["round 1"]["gains"]["quality"]["gain"] == pytest.approx(4 / 8)
     assert summary["pretrained"]["diversity"] == pytest.approx(0.105)
     data = {
-        "command": "scripts/heldout_eval.py",
+        "command": "python -m t2i_scripts.eval.heldout_eval",
         "machine": "2 CPUs",
         "prompts": 2,
         "images_per_prompt": 4,

@@ -1,6 +1,11 @@
 """models/tiny-sd-legacy must be models/tiny-sd with only the input types changed."""
 
-from onnx_contract import ONNX_PARTS, build_legacy_copy, check_legacy_matches, describe_exports
+from t2i_trainer.build.onnx_contract import (
+    ONNX_PARTS,
+    build_legacy_copy,
+    check_legacy_matches,
+    describe_exports,
+)
 
 
 def inputs_of(contract: dict, part: str) -> dict:

@@ -10,7 +10,7 @@ import pytest
 
 from repo_files import REPO_ROOT
 
-MAKE_MODELS = REPO_ROOT / "trainer" / "make_models.py"
+MAKE_MODELS = "t2i_trainer.build.make_models"
 STAGES = ["train_sd", "export_sd", "sample_rated", "train_reward", "report"]
 
 
@@ -83,7 +83,7 @@ def test_report_is_written_from_the_measurements(smoke_models):
 
 def test_a_second_run_skips_every_finished_stage(smoke_models):
     result = subprocess.run(
-        [sys.executable, str(MAKE_MODELS), "--smoke", "--build", str(smoke_models.build),
+        [sys.executable, "-m", MAKE_MODELS, "--smoke", "--build", str(smoke_models.build),
          "--models", str(smoke_models.models)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
@@ -97,19 +97,21 @@ NO_REPORT_INPUT = ["--data", "/none", "--sd", "/x", "--reward", "/y", "--timings
 
 
 @pytest.mark.parametrize(
-    "script, flags, message",
+    "module, flags, message",
     [
-        ("train_reward.py", ["--data", "/n", "--tokenizer", "/x", "--out", "/r"], "--data has no images.npy"),
-        ("sample_rated.py", ["--pipeline", "/none", "--out", "/tmp/d"], NO_PIPELINE),
-        ("export_sd.py", ["--pipeline", "/none", "--out", "/tmp/e"], NO_PIPELINE),
-        ("make_models.py", ["--models", "/proc/version"], "--models is a file, not a folder"),
-        ("report.py", NO_REPORT_INPUT, "--data: missing"),
-        ("train_reward.py", ["--data", "d", "--tokenizer", "t", "--out", "o", "--bad-flag"], "unrecognized"),
+        ("build.train_reward", ["--data", "/n", "--tokenizer", "/x", "--out", "/r"],
+         "--data has no images.npy"),
+        ("build.sample_rated", ["--pipeline", "/none", "--out", "/tmp/d"], NO_PIPELINE),
+        ("build.export_sd", ["--pipeline", "/none", "--out", "/tmp/e"], NO_PIPELINE),
+        ("build.make_models", ["--models", "/proc/version"], "--models is a file, not a folder"),
+        ("build.report", NO_REPORT_INPUT, "--data: missing"),
+        ("build.train_reward", ["--data", "d", "--tokenizer", "t", "--out", "o", "--bad-flag"],
+         "unrecognized"),
     ],
 )  # fmt: skip
-def test_bad_input_exits_nonzero_with_a_clear_message(trainer_packages, script, flags, message):
+def test_bad_input_exits_nonzero_with_a_clear_message(trainer_packages, module, flags, message):
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "trainer" / script), *flags],
+        [sys.executable, "-m", f"t2i_trainer.{module}", *flags],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
@@ -122,7 +124,7 @@ def test_unwritable_output_is_refused(trainer_packages, tmp_path: Path):
     locked.chmod(0o500)
     try:
         result = subprocess.run(
-            [sys.executable, str(REPO_ROOT / "trainer" / "export_sd.py"),
+            [sys.executable, "-m", "t2i_trainer.build.export_sd",
              "--pipeline", str(REPO_ROOT / "models"), "--out", str(locked / "out")],
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip

@@ -11,7 +11,7 @@ TOLERANCE = 1e-4
 def test_shapes_sd_onnx_matches_its_diffusers_weights(trainer_packages, shapes_sd):
     from diffusers import StableDiffusionPipeline
 
-    import export_sd
+    from t2i_trainer.build import export_sd
 
     pipeline = StableDiffusionPipeline.from_pretrained(shapes_sd / "diffusers")
     differences = export_sd.parity(pipeline, shapes_sd)
@@ -23,7 +23,7 @@ def test_tiny_sd_onnx_matches_its_diffusers_weights(trainer_packages, tiny_sd):
     """models/tiny-sd/diffusers, the weights fine-tune jobs start from, are those of the committed graphs."""
     from diffusers import StableDiffusionPipeline
 
-    import export_sd
+    from t2i_trainer.build import export_sd
 
     pipeline = StableDiffusionPipeline.from_pretrained(tiny_sd / "diffusers")
     differences = export_sd.parity(pipeline, tiny_sd)
@@ -33,8 +33,8 @@ def test_tiny_sd_onnx_matches_its_diffusers_weights(trainer_packages, tiny_sd):
 def test_shapes_reward_onnx_matches_its_pytorch_weights(trainer_packages, shapes_reward):
     from transformers import CLIPTokenizer
 
-    import train_reward
-    from shapes_world import all_prompts, render, sample_rng
+    from t2i_trainer.build import train_reward
+    from t2i_trainer.build.shapes_world import all_prompts, render, sample_rng
 
     model = train_reward.load_model(shapes_reward)
     tokenizer = CLIPTokenizer.from_pretrained(shapes_reward / "tokenizer")
@@ -51,7 +51,7 @@ def test_shapes_reward_onnx_matches_its_pytorch_weights(trainer_packages, shapes
 
 def test_shapes_sd_unet_takes_a_timestep_per_row(shapes_sd):
     """export_sd.py's UNet: a float32 timestep of shape [batch_size], checked per row against PyTorch."""
-    from onnx_contract import describe_exports
+    from t2i_trainer.build.onnx_contract import describe_exports
 
     unet = {i["name"]: (i["type"], i["shape"]) for i in describe_exports(shapes_sd)["unet"]["inputs"]}
     assert unet["timestep"] == ("tensor(float)", ["batch_size"])

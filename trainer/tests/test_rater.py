@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from rater import Rater, components, judge, main
-from shapes_world import (
+from t2i_trainer.build.rater import Rater, components, judge, main
+from t2i_trainer.build.shapes_world import (
     CATEGORIES,
     DrawnObject,
     Prompt,
@@ -20,7 +20,7 @@ from shapes_world import (
     render,
     render_wrong,
 )
-from shapes_world import main as world_main
+from t2i_trainer.build.shapes_world import main as world_main
 
 PROMPTS_BY_CATEGORY = {
     category: [p for p in all_prompts() if p.category == category] for category in CATEGORIES

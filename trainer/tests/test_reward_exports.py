@@ -14,8 +14,8 @@ def test_tiny_clip_exports_with_a_manifest_and_goldens_that_onnx_agrees_with(tra
     from PIL import Image
     from transformers import CLIPTokenizer
 
-    import export_clip_reward
-    from reward_goldens import image_processor
+    from t2i_trainer.build import export_clip_reward
+    from t2i_trainer.goldens.reward_goldens import image_processor
 
     out = tmp_path / "tiny-clip-reward"
     goldens = tmp_path / "goldens"
@@ -65,7 +65,7 @@ def test_committed_goldens_belong_to_the_committed_models():
 
 
 def test_shapes_goldens_match_the_committed_weights(trainer_packages, tmp_path):
-    import reward_goldens
+    from t2i_trainer.goldens import reward_goldens
 
     record = reward_goldens.main(
         ["--model", str(REPO_ROOT / "models" / "shapes-reward"), "--out", str(tmp_path)]
@@ -74,7 +74,9 @@ def test_shapes_goldens_match_the_committed_weights(trainer_packages, tmp_path):
     fresh = json.loads((tmp_path / "shapes-reward.json").read_text())
     committed = json.loads((REPO_ROOT / "tests" / "golden" / "reward" / "shapes-reward.json").read_text())
     worst = max(abs(a["score"] - b["score"]) for a, b in zip(fresh["cases"], committed["cases"], strict=True))
-    assert worst < 1e-6, "tests/golden/reward is stale: run `make models` or trainer/reward_goldens.py"
+    assert worst < 1e-6, (
+        "tests/golden/reward is stale: run `make models` or t2i_trainer.goldens.reward_goldens"
+    )
 
 
 @pytest.mark.parametrize(
@@ -86,7 +88,7 @@ def test_shapes_goldens_match_the_committed_weights(trainer_packages, tmp_path):
     ],
 )
 def test_export_refuses_bad_arguments(trainer_packages, tmp_path, capsys, argv, words):
-    import export_clip_reward
+    from t2i_trainer.build import export_clip_reward
 
     argv = [arg.replace("OUT", str(tmp_path / "x")) for arg in argv]
     with pytest.raises(SystemExit) as exit_info:
@@ -96,7 +98,7 @@ def test_export_refuses_bad_arguments(trainer_packages, tmp_path, capsys, argv, 
 
 
 def test_goldens_refuse_a_folder_without_a_manifest(trainer_packages, tmp_path, capsys):
-    import reward_goldens
+    from t2i_trainer.goldens import reward_goldens
 
     with pytest.raises(SystemExit) as exit_info:
         reward_goldens.main(["--model", str(tmp_path), "--out", str(tmp_path / "g")])

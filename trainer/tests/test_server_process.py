@@ -1,20 +1,14 @@
-"""scripts/server_process.py, the scripts' HTTP client: any 2xx answer is a success (POST /feedback and
+"""t2i_scripts.server, the scripts' HTTP client: any 2xx answer is a success (POST /feedback and
 POST /fine-tunes answer 201), and any other status stops the script with the answer's body. A server is not
 started on a port another process listens on: that one would answer in its place."""
 
 import json
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from repo_files import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-import server_process  # noqa: E402
-from server_process import ServerProcess  # noqa: E402
+from t2i_scripts.server import ServerProcess, port_is_free
 
 STATUSES = {"/fine-tunes": 201, "/generate": 200, "/bad": 422}
 
@@ -60,6 +54,6 @@ def test_other_answers_stop_the_script_with_the_body(client):
 
 def test_a_port_in_use_stops_the_script_before_starting_a_server(client):
     port = int(client.url.rsplit(":", 1)[1])
-    assert not server_process.port_is_free(port)
+    assert not port_is_free(port)
     with pytest.raises(SystemExit, match=f"port {port} is in use"):
         ServerProcess(["false"], port, "")

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rater import judge
-from shapes_world import render, render_wrong, sample_rng, train_prompts
+from t2i_trainer.build.rater import judge
+from t2i_trainer.build.shapes_world import render, render_wrong, sample_rng, train_prompts
 
 
 def rated_folder(folder: Path, count: int = 24) -> Path:
@@ -30,7 +30,7 @@ def rated_folder(folder: Path, count: int = 24) -> Path:
 
 
 def test_pairwise_accuracy_counts_pairs_within_a_prompt_and_ties_as_half(trainer_packages):
-    import train_reward
+    from t2i_trainer.build import train_reward
 
     records = [
         {"prompt": "a", "label": "good"},
@@ -47,7 +47,7 @@ def test_pairwise_accuracy_counts_pairs_within_a_prompt_and_ties_as_half(trainer
 
 
 def test_training_uses_both_losses_and_exports_a_matching_graph(trainer_packages, tiny_sd, tmp_path):
-    import train_reward
+    from t2i_trainer.build import train_reward
 
     data = rated_folder(tmp_path / "data")
     labels = [json.loads(line)["label"] for line in (data / "records.jsonl").read_text().splitlines()]
@@ -73,7 +73,7 @@ def test_aux_loss_prefers_the_true_prompt(trainer_packages):
     import torch
     import torch.nn.functional as F
 
-    import train_reward
+    from t2i_trainer.build import train_reward
 
     peaked = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0]]) / train_reward.TEMPERATURE
     flat = torch.zeros(1, 5)
@@ -86,7 +86,7 @@ def test_trimmed_padding_gives_the_same_text_features(trainer_packages, tiny_sd)
     import torch
     from transformers import CLIPTokenizer
 
-    import train_reward
+    from t2i_trainer.build import train_reward
 
     tokenizer = CLIPTokenizer.from_pretrained(tiny_sd / "tokenizer")
     texts = ["a red circle", "two blue stars on a white background", ""]
@@ -103,7 +103,7 @@ def test_trimmed_padding_gives_the_same_text_features(trainer_packages, tiny_sd)
 
 @pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch", "0"), ("--aux-weight", "-1")])
 def test_bad_settings_are_refused(trainer_packages, tiny_sd, tmp_path, capsys, flag, value):
-    import train_reward
+    from t2i_trainer.build import train_reward
 
     data = rated_folder(tmp_path / "data", count=2)
     with pytest.raises(SystemExit) as exit_info:

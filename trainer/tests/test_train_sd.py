@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-TRAIN_SD = Path(__file__).resolve().parents[1] / "train_sd.py"
+TRAIN_SD = "t2i_trainer.build.train_sd"
 
 
 def run_train_sd(*flags: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(TRAIN_SD), *flags], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-m", TRAIN_SD, *flags], capture_output=True, text=True, timeout=300, check=False
     )
 
 
@@ -81,7 +81,7 @@ def test_interrupted_stage_restarts_and_finished_stages_are_skipped(smoke_run):
     ],
 )
 def test_bad_input_exits_nonzero_with_a_clear_message(trainer_packages, capsys, flags, message):
-    import train_sd
+    from t2i_trainer.build import train_sd
 
     with pytest.raises(SystemExit) as exit_info:
         train_sd.main(["--smoke", *flags])
@@ -92,7 +92,7 @@ def test_bad_input_exits_nonzero_with_a_clear_message(trainer_packages, capsys, 
 
 
 def test_out_under_a_file_is_refused(trainer_packages, tmp_path, capsys):
-    import train_sd
+    from t2i_trainer.build import train_sd
 
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")

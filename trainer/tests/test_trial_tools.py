@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluate import evaluate
 from repo_files import require_folder
-from shapes_world import parse_prompt, render, sample_rng
+from t2i_trainer.build.shapes_world import parse_prompt, render, sample_rng
+from t2i_trainer.jobs.evaluate import evaluate
 
 PROMPTS = ("a red circle", "two blue squares on a yellow background", "three triangles")
 
@@ -21,7 +21,7 @@ def tiny_base(tiny_sd) -> Path:
 
 
 def test_a_round_trip_rates_the_originals_then_each_generation(trainer_packages, tiny_base, tmp_path, capsys):
-    import vae_round_trip
+    from t2i_trainer.trials import vae_round_trip
 
     lines, images = [], []
     for index, text in enumerate(PROMPTS):
@@ -46,7 +46,7 @@ def test_a_round_trip_rates_the_originals_then_each_generation(trainer_packages,
 
 
 def test_a_round_trip_refuses_a_missing_samples_file(tmp_path, capsys):
-    import vae_round_trip
+    from t2i_trainer.trials import vae_round_trip
 
     with pytest.raises(SystemExit) as exit_info:
         vae_round_trip.main(["--samples", str(tmp_path / "none.jsonl")])
@@ -60,7 +60,7 @@ def test_sampled_latents_decode_to_their_images_and_both_samples_files_list_them
     import torch
     from diffusers import AutoencoderKL
 
-    import sample_train_latents
+    from t2i_trainer.trials import sample_train_latents
 
     prompts = [parse_prompt(text) for text in PROMPTS[:2]]
     monkeypatch.setattr(sample_train_latents, "train_prompts", lambda: prompts)
@@ -85,7 +85,7 @@ def test_sampled_latents_decode_to_their_images_and_both_samples_files_list_them
 
 
 def test_sampling_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
-    import sample_train_latents
+    from t2i_trainer.trials import sample_train_latents
 
     (tmp_path / "old.png").write_bytes(b"x")
     with pytest.raises(SystemExit) as exit_info:

@@ -7,12 +7,8 @@ import sys
 import pytest
 
 from repo_files import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-import finetune_loop  # noqa: E402
-
-import finetune_trials  # noqa: E402
+from t2i_scripts.eval import finetune_loop
+from t2i_trainer.trials import finetune_trials
 
 
 def trial(name: str, split: str | None, **spec) -> dict:
@@ -113,7 +109,7 @@ def test_the_count_paragraph_names_trials_that_meet_both_targets():
     text = " ".join(finetune_loop.count_limit(trials))
     assert "None meets both targets" in text
     text = " ".join(finetune_loop.count_limit(trials + [result("z", "heldout", 0.45, 0.88)]))
-    assert "Trials meeting both targets: z." in text
+    assert "Trials meeting both targets on these figures: z (one evaluation each, no interval)." in text
     assert "the largest held-out count gain is count +20.0 (trial z)" in text
 
 
@@ -251,7 +247,7 @@ def test_rounds_past_the_budget_get_their_own_section_with_the_whole_curve(tmp_p
         ["round 3", "round 4"],
         ["round-2", "round-2-ft"],
         evaluations,
-        "scripts/finetune_loop.py --first-round 3",
+        "python -m t2i_scripts.eval.finetune_loop --first-round 3",
     )
     heldout = heldout_gains({"round 1": 0.01, "round 2": 0.07, "round 3": 0.12, "round 4": 0.16}, -0.08)
     text = finetune_loop.continued_markdown(continued, earlier, heldout)
@@ -263,9 +259,10 @@ def test_rounds_past_the_budget_get_their_own_section_with_the_whole_curve(tmp_p
         "| round 1 | 20.0 | +1.0 (-2.0 to +4.0) | -8.0 (-11.0 to -5.0) | -1.0 (-4.0 to +2.0) | n/a |" in text
     )
     assert "| round 4 | 80.0 | +16.0 (+13.0 to +19.0) |" in text
+    # +16 points, but its interval (+13 to +19) spans the target: not met, not settled.
     assert (
-        "the target, +15 points, is first met after round 4, 80 min of rounds on this machine (budget: 45): "
-        "+16.0 points, with colour -8.0 and background -1.0 (past the 5-point limit)"
+        "+16.0 points after round 4 (80 min of rounds, 95% interval +13.0 to +19.0); the target, +15, is not "
+        "settled: its 95% interval spans +15. At that point colour -8.0, background -1.0 points (limit: 5)."
     ) in text
     assert "| `round-2` | 22.0% |" in text  # the jobs' table starts from the continued run's base
     assert (
@@ -284,9 +281,10 @@ def test_rounds_past_the_budget_get_their_own_section_with_the_whole_curve(tmp_p
     # Round 3's quality fell 2 points on the whole split, within the limit: nothing to say about its gate.
     continued["jobs"]["round 3"]["job"]["metrics"]["gate"] = gate
     assert "passed round 3" not in finetune_loop.continued_markdown(continued, earlier, heldout)
-    missed = heldout_gains({"round 1": 0.01, "round 2": 0.07, "round 3": 0.1, "round 4": 0.12}, -0.04)
+    missed = heldout_gains({"round 1": 0.01, "round 2": 0.07, "round 3": 0.1, "round 4": 0.11}, -0.04)
     text = finetune_loop.continued_markdown(continued, earlier, missed)
-    assert "+12.0 points after round 4 (80 min of rounds); the target, +15, is not met" in text
+    expected = "+11.0 points after round 4 (80 min of rounds, 95% interval +8.0 to +14.0)"
+    assert f"{expected}; the target, +15, is not met" in text
     assert "colour -4.0, background -1.0 points (limit: 5)" in text
 
 
@@ -363,5 +361,57 @@ def test_continued_rounds_are_judged_with_every_kept_version(monkeypatch, tmp_pa
     assert finetune_loop.heldout_models(first, new) == [("pretrained", "models/shapes-sd"), *new]
     assert finetune_loop.held_out_json(first.json, False) == tmp_path / "heldout-eval.json"
     command = finetune_loop.loop_command(args)
-    assert command == "scripts/finetune_loop.py --model models/shapes-sd --first-round 3"
+    assert command == "python -m t2i_scripts.eval.finetune_loop --model models/shapes-sd --first-round 3"
     assert finetune_loop.loop_command(first) == "make finetune-loop"
+
+
+def test_the_count_target_is_judged_on_its_whole_interval():
+    minutes = {"round 1": 20.0, "round 2": 40.0}
+
+    def summary(count: tuple[float, float, float], colour: tuple[float, float, float]) -> dict:
+        def gain(values):
+            return dict(zip(("gain", "low", "high"), values, strict=True))
+
+        gains = {"count": gain(count), "colour": gain(colour), "background": gain((0.0, -0.01, 0.01))}
+        return {"round 1": {"gains": gains}, "round 2": {"gains": gains}}
+
+    met = finetune_loop.target_verdict(minutes, summary((0.2, 0.16, 0.24), (-0.02, -0.04, 0.0)))
+    assert "is first met after round 1 (its whole 95% interval)" in met[0]
+    assert "(within the 5-point limit, whole intervals)" in met[0]
+    past = finetune_loop.target_verdict(minutes, summary((0.2, 0.16, 0.24), (-0.09, -0.12, -0.06)))
+    assert "(past the 5-point limit, whole intervals)" in past[0]
+    spans = finetune_loop.target_verdict(minutes, summary((0.2, 0.16, 0.24), (-0.05, -0.08, -0.02)))
+    assert "(the 5-point limit not settled: an interval spans it)" in spans[0]
+    missed = finetune_loop.target_verdict(minutes, summary((0.05, 0.02, 0.08), (0.0, -0.01, 0.01)))
+    assert "the target, +15, is not met." in missed[0]
+    unsettled = finetune_loop.target_verdict(minutes, summary((0.14, 0.11, 0.17), (0.0, -0.01, 0.01)))
+    assert "is not settled: its 95% interval spans +15" in unsettled[0]
+
+
+def test_the_jobs_reading_is_compared_with_the_whole_split_not_asserted():
+    def gain(value: float) -> dict:
+        return {"gain": value, "low": value - 0.03, "high": value + 0.03}
+
+    heldout = {
+        "prompts": 282,
+        "images_per_prompt": 4,
+        "summary": {"round 2": {"gains": {"count": gain(0.07)}}},
+    }
+    inside = finetune_loop.heldout_lines(heldout, "round 2", 28, {"count": 0.08})
+    assert "up to 1.0 points from the whole split's figures, every one inside" in inside[0]
+    outside = finetune_loop.heldout_lines(heldout, "round 2", 28, {"count": 0.15})
+    assert (
+        "up to 8.0 points from the whole split's figures, count outside the whole split's 95% interval"
+        in (outside[0])
+    )
+
+
+def test_caption_dropout_is_compared_from_the_figures():
+    def heldout(name: str, colour: float) -> dict:
+        return {"name": name, "attributes": {"colour": colour, "background": 0.9}}
+
+    text = finetune_loop.caption_dropout_trial([heldout("e", 0.8), heldout("h", 0.75)])
+    assert text == " Trial h repeats e with it: against e, colour -5.0, background +0.0 points held-out " + (
+        "(one evaluation each, no interval)."
+    )
+    assert finetune_loop.caption_dropout_trial([heldout("e", 0.8)]) == ""

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from clip_vocab import (
+from t2i_trainer.common.clip_vocab import (
     BOS_TOKEN,
     CLIP_MERGE_COUNT,
     CLIP_VOCAB_SIZE,

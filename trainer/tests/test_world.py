@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from rater import components
-from shapes_world import (
+from t2i_trainer.build.rater import components
+from t2i_trainer.build.shapes_world import (
     BACKGROUND_COLOURS,
     CATEGORIES,
     COUNTS,
@@ -260,7 +260,7 @@ def test_cli_lists_prompts_and_writes_samples(tmp_path, capsys):
 
 
 def test_prompt_listing_draws_distinct_prompts_reproducibly(capsys):
-    from shapes_world import choose_prompts, heldout_prompts, main, train_prompts
+    from t2i_trainer.build.shapes_world import choose_prompts, heldout_prompts, main, train_prompts
 
     drawn = choose_prompts("train", 50, None, seed=3)
     assert len(drawn) == len(set(drawn)) == 50

@@ -1,0 +1,574 @@
+"""Write the golden files that the Rust tests compare against.
+
+Every number comes from the reference implementation (transformers' CLIPTokenizer, diffusers' schedulers,
+optimum's ORTStableDiffusionPipeline) run on the tiny model that build_test_model.py exports. Run that first.
+
+Files written under --output (default tests/golden):
+
+* tokenizer.json: CLIP token ids for prompts with awkward text (case, whitespace, unicode, truncation).
+* schedulers.json: full denoising loops of DDIM, Euler, Euler ancestral, DPM-Solver++ 2M and PNDM with a fake,
+  seeded model output, recording every step's inputs and outputs.
+* e2e_ddim.json, e2e_euler.json: a whole text-to-image run with fixed latents.
+
+Tensors are flattened row-major next to a "shape" field. Floats are float32 values written in their shortest
+decimal form, so parsing a number as f64 and casting it to f32 gives the exact float32 back.
+
+Usage:
+    python -m t2i_trainer.goldens.make_goldens --model models/tiny-sd --output tests/golden
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+# Nothing here needs the model hub; huggingface_hub reads this variable when it is imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import transformers
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+)
+from optimum.onnxruntime import ORTStableDiffusionPipeline
+from transformers import CLIPTokenizer, CLIPTokenizerFast
+
+SCHEDULER_CLASSES = {
+    cls.__name__: cls
+    for cls in (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+    )
+}
+LATENT_SHAPE = (1, 4, 8, 8)
+
+# Stable Diffusion 1.5's noise schedule, shared by most cases below.
+SD15_BETAS = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=Path("models/tiny-sd"),
+        help="Folder written by build_test_model.py (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--output",
+        "--out",
+        type=Path,
+        default=Path("tests/golden"),
+        help="Folder for the golden files (default: %(default)s).",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Base seed for every random tensor (default: 0).")
+    return parser.parse_args()
+
+
+# ----------------------------------------------------------------------------------------------------
+# JSON helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+def float32_list(values) -> list[float]:
+    """Flatten to float32 and write each value in the shortest decimal that round-trips through float32."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    flat = np.asarray(values, dtype=np.float32).reshape(-1)
+    if not np.isfinite(flat).all():
+        raise ValueError("golden tensors must be finite")
+    written = [float(str(value)) for value in flat]
+    if not np.array_equal(np.asarray(written, dtype=np.float32), flat):
+        raise AssertionError("shortest-decimal float32 encoding did not round-trip")
+    return written
+
+
+def float32_scalar(value) -> float:
+    return float32_list(np.asarray([float(value)]))[0]
+
+
+def tensor_record(values) -> dict:
+    shape = list(values.shape)
+    return {"shape": shape, "data": float32_list(values)}
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n")
+    print(json.dumps({"event": "wrote", "path": str(path), "bytes": path.stat().st_size}))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tokenizer
+# ----------------------------------------------------------------------------------------------------
+
+LONG_PROMPT = (
+    "a highly detailed matte painting of a sprawling futuristic city at dusk, towering glass skyscrapers, "
+    "flying cars weaving between neon billboards, crowded market streets below, "
+    "steam rising from food stalls, "
+    "reflections on wet pavement after the rain, volumetric light, cinematic composition, wide angle lens, "
+    "dramatic clouds, ultra realistic, 8k, trending on artstation, by greg rutkowski and alphonse mucha"
+)
+
+TOKENIZER_PROMPTS = [
+    # plain
+    "a photo of a cat",
+    "a painting of a fox in the snow",
+    "an astronaut riding a horse on mars",
+    "a red circle on a white background",
+    "blurry",
+    "cat",
+    "a",
+    "the quick brown fox jumps over the lazy dog",
+    "portrait of an old man, oil on canvas",
+    "watercolor landscape with mountains and a lake",
+    # case
+    "A Photo Of A Cat",
+    "A PHOTO OF A CAT",
+    "aN aStRoNaUt",
+    "NASA Rocket Launch",
+    # whitespace
+    "  a photo of a cat  ",
+    "a  photo   of    a cat",
+    "a\tphoto\tof\ta\tcat",
+    "a photo\nof a cat",
+    "a photo\r\nof a cat\n",
+    "\n\n\ta cat\t\n",
+    "a\u00a0photo\u2003of a cat",
+    # punctuation
+    "hello, world!",
+    "a cat... a dog?!",
+    "(masterpiece:1.2), [ugly], {best quality}",
+    "cat/dog|bird;fish",
+    "#hashtag @mention $100 50% a&b",
+    "a-b_c=d+e*f^g~h`i",
+    '"quoted" text',
+    "!!!!!!!!!!!!",
+    "<|startoftext|> is not special here",
+    "<|endoftext|>",
+    # digits
+    "3 red cubes",
+    "1,000",
+    "12:30",
+    "1234567890",
+    "3.14159",
+    "the year 2024",
+    "4k 8k 16k",
+    "a 1920x1080 wallpaper",
+    # apostrophes and contractions
+    "the cat's toy",
+    "don't stop",
+    "we're here",
+    "they've gone",
+    "I'm happy",
+    "we'll see",
+    "she'd know",
+    "CAT'S TOY",
+    "rock 'n' roll",
+    "don\u2019t stop",
+    # unicode
+    "café au lait",
+    "cafe\u0301 au lait",
+    "naïve façade",
+    "Straße in München",
+    "東京の夜景",
+    "一只猫",
+    "고양이 사진",
+    "кошка на крыше",
+    "ΑΒΓ αβγ",
+    "a cat 🐱 with a hat 🎩",
+    "👨‍👩‍👧 family",
+    "🇯🇵 flag",
+    "résumé",
+    "Ω ohm µ micro",
+    "ﬁne ligature",
+    "full\uff37idth ＡＢＣ",
+    "zero\u200bwidth space",
+    "em—dash – en-dash",
+    "«guillemets»",
+    # URLs and code
+    "https://example.com/cat.png?size=large",
+    "www.example.org",
+    "user@example.com",
+    "snake_case_name and CamelCaseName",
+    # long (truncated)
+    LONG_PROMPT,
+    " ".join(["cat"] * 100),
+    "a" * 300,
+    " ".join(str(number) for number in range(80)),
+    # empty and whitespace-only
+    "",
+    " ",
+    "     ",
+    "\t\n  \r\n",
+]
+
+
+def tokenizer_golden(tokenizer_dir: Path) -> dict:
+    slow = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+    fast = CLIPTokenizerFast.from_pretrained(str(tokenizer_dir))
+    cases = []
+    for prompt in TOKENIZER_PROMPTS:
+        padded = dict(padding="max_length", max_length=slow.model_max_length, truncation=True)
+        cases.append(
+            {
+                "prompt": prompt,
+                "input_ids": slow(prompt, **padded).input_ids,
+                "num_tokens_untruncated": len(slow(prompt).input_ids),
+                "input_ids_fast": fast(prompt, **padded).input_ids,
+            }
+        )
+    return {
+        "model_max_length": slow.model_max_length,
+        "pad_token_id": slow.pad_token_id,
+        "bos_token_id": slow.bos_token_id,
+        "eos_token_id": slow.eos_token_id,
+        "vocab_size": len(slow),
+        "reference": f"transformers {transformers.__version__} CLIPTokenizer (slow, ftfy.fix_text)",
+        "note": (
+            "input_ids come from the slow CLIPTokenizer that diffusers pipelines load. input_ids_fast "
+            "come from CLIPTokenizerFast (the `tokenizers` library) on the same files; the two differ where "
+            "ftfy rewrites text (curly quotes, ligatures, width variants) or unicode normalisation differs."
+        ),
+        "cases": cases,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Schedulers
+# ----------------------------------------------------------------------------------------------------
+
+
+def scheduler_cases() -> list[dict]:
+    """Each case: scheduler class, config overrides, step count, step kwargs, whether it draws noise."""
+    sd15 = {**SD15_BETAS, "set_alpha_to_one": False, "steps_offset": 1, "clip_sample": False}
+    return [
+        # DDIM
+        case("ddim_leading_eps_sd15", "DDIMScheduler", sd15, 20),
+        case(
+            "ddim_trailing_vpred_eta05",
+            "DDIMScheduler",
+            {
+                **SD15_BETAS,
+                "timestep_spacing": "trailing",
+                "prediction_type": "v_prediction",
+                "clip_sample": False,
+            },
+            10,
+            step_kwargs={"eta": 0.5},
+            stochastic=True,
+        ),
+        case(
+            "ddim_linspace_linear_clip",
+            "DDIMScheduler",
+            {
+                "beta_schedule": "linear",
+                "timestep_spacing": "linspace",
+                "clip_sample": True,
+                "set_alpha_to_one": True,
+            },
+            10,
+        ),
+        # Euler
+        # Euler's own default spacing is linspace; SD 1.5's config (and so its pipelines) say leading.
+        case(
+            "euler_leading_eps_sd15",
+            "EulerDiscreteScheduler",
+            {**SD15_BETAS, "timestep_spacing": "leading", "steps_offset": 1},
+            20,
+        ),
+        case(
+            "euler_linspace_eps", "EulerDiscreteScheduler", {**SD15_BETAS, "timestep_spacing": "linspace"}, 10
+        ),
+        case(
+            "euler_trailing_vpred",
+            "EulerDiscreteScheduler",
+            {**SD15_BETAS, "timestep_spacing": "trailing", "prediction_type": "v_prediction"},
+            10,
+        ),
+        case(
+            "euler_leading_vpred_squaredcos",
+            "EulerDiscreteScheduler",
+            {
+                "beta_schedule": "squaredcos_cap_v2",
+                "timestep_spacing": "leading",
+                "prediction_type": "v_prediction",
+            },
+            10,
+        ),
+        # Euler ancestral
+        case(
+            "euler_ancestral_leading_sd15",
+            "EulerAncestralDiscreteScheduler",
+            {**SD15_BETAS, "timestep_spacing": "leading", "steps_offset": 1},
+            20,
+            stochastic=True,
+        ),
+        case(
+            "euler_ancestral_trailing",
+            "EulerAncestralDiscreteScheduler",
+            {**SD15_BETAS, "timestep_spacing": "trailing"},
+            10,
+            stochastic=True,
+        ),
+        # DPM-Solver++ 2M
+        dpmpp_2m("dpmpp2m_leading_eps_sd15", "leading", "epsilon", 20),
+        dpmpp_2m("dpmpp2m_trailing_eps", "trailing", "epsilon", 10),
+        dpmpp_2m("dpmpp2m_leading_vpred", "leading", "v_prediction", 10),
+        dpmpp_2m("dpmpp2m_trailing_vpred_4steps", "trailing", "v_prediction", 4),
+        # PNDM (PLMS only, as Stable Diffusion ships it)
+        case(
+            "pndm_leading_sd15",
+            "PNDMScheduler",
+            {**sd15, "skip_prk_steps": True},
+            20,
+        ),
+        case(
+            "pndm_linspace",
+            "PNDMScheduler",
+            {**SD15_BETAS, "skip_prk_steps": True, "timestep_spacing": "linspace", "set_alpha_to_one": False},
+            10,
+        ),
+        case(
+            "pndm_leading_sd15_4steps",
+            "PNDMScheduler",
+            {**sd15, "skip_prk_steps": True},
+            4,
+        ),
+    ]
+
+
+def case(name, class_name, config, steps, step_kwargs=None, stochastic=False) -> dict:
+    return {
+        "name": name,
+        "class": class_name,
+        "overrides": config,
+        "num_inference_steps": steps,
+        "step_kwargs": step_kwargs or {},
+        "stochastic": stochastic,
+    }
+
+
+def dpmpp_2m(name: str, spacing: str, prediction: str, steps: int) -> dict:
+    config = {
+        **SD15_BETAS,
+        "algorithm_type": "dpmsolver++",
+        "solver_order": 2,
+        "lower_order_final": True,
+        "timestep_spacing": spacing,
+        "prediction_type": prediction,
+        "steps_offset": 1 if spacing == "leading" else 0,
+    }
+    return case(name, "DPMSolverMultistepScheduler", config, steps)
+
+
+def json_config(config) -> dict:
+    """scheduler.config without diffusers' bookkeeping keys. Non-finite numbers are left out, so a reader's
+    default applies: DPMSolverMultistepScheduler's lambda_min_clipped defaults to -inf, which diffusers itself
+    writes as the non-JSON token `-Infinity`."""
+    cleaned = {}
+    for key, value in dict(config).items():
+        if key.startswith("_"):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        cleaned[key] = list(value) if isinstance(value, tuple) else value
+    return cleaned
+
+
+@contextmanager
+def recorded_noise(scheduler):
+    """Record every tensor the scheduler's module draws with randn_tensor."""
+    module = sys.modules[type(scheduler).__module__]
+    drawn: list[torch.Tensor] = []
+    original = getattr(module, "randn_tensor", None)
+    if original is None:  # this scheduler never draws noise
+        yield drawn
+        return
+
+    def recording_randn_tensor(*args, **kwargs):
+        noise = original(*args, **kwargs)
+        drawn.append(noise.clone())
+        return noise
+
+    module.randn_tensor = recording_randn_tensor
+    try:
+        yield drawn
+    finally:
+        module.randn_tensor = original
+
+
+def run_scheduler_case(spec: dict, seed: int) -> dict:
+    scheduler_class = SCHEDULER_CLASSES[spec["class"]]
+    scheduler = scheduler_class.from_config(spec["overrides"])
+    scheduler.set_timesteps(spec["num_inference_steps"])
+
+    model_rng = torch.Generator().manual_seed(seed)
+    noise_rng = torch.Generator().manual_seed(seed + 1)
+    init_noise_sigma = float(scheduler.init_noise_sigma)
+    sample = torch.randn(LATENT_SHAPE, generator=model_rng, dtype=torch.float32) * init_noise_sigma
+    initial_sample = sample.clone()
+
+    steps = []
+    with recorded_noise(scheduler) as drawn:
+        for step_index, timestep in enumerate(scheduler.timesteps):
+            scaled = scheduler.scale_model_input(sample, timestep)
+            # A stand-in for the UNet: seeded noise plus a little of the sample, as real predictions carry.
+            model_output = (
+                0.5 * torch.randn(LATENT_SHAPE, generator=model_rng, dtype=torch.float32) + 0.1 * sample
+            )
+            drawn.clear()
+            kwargs = dict(spec["step_kwargs"])
+            if spec["stochastic"]:
+                kwargs["generator"] = noise_rng
+            prev_sample = scheduler.step(model_output, timestep, sample, **kwargs).prev_sample
+            if spec["stochastic"] and len(drawn) != 1:
+                raise RuntimeError(f"{spec['name']}: expected one noise draw per step, saw {len(drawn)}")
+            steps.append(
+                {
+                    "step_index": step_index,
+                    "timestep": float32_scalar(timestep),
+                    "scaled_input": float32_list(scaled),
+                    "model_output": float32_list(model_output),
+                    "noise": float32_list(drawn[0]) if spec["stochastic"] else None,
+                    "prev_sample": float32_list(prev_sample),
+                }
+            )
+            sample = prev_sample
+
+    sigmas = getattr(scheduler, "sigmas", None)
+    return {
+        "name": spec["name"],
+        "class": spec["class"],
+        "config": json_config(scheduler.config),
+        "num_inference_steps": spec["num_inference_steps"],
+        "step_kwargs": spec["step_kwargs"],
+        "timesteps": float32_list(scheduler.timesteps.to(torch.float32)),
+        "sigmas": float32_list(sigmas) if sigmas is not None else None,
+        "init_noise_sigma": float32_scalar(init_noise_sigma),
+        "shape": list(LATENT_SHAPE),
+        "sample": float32_list(initial_sample),
+        "steps": steps,
+    }
+
+
+def schedulers_golden(seed: int) -> dict:
+    cases = [run_scheduler_case(spec, seed + 10 * index) for index, spec in enumerate(scheduler_cases())]
+    return {
+        "reference": "diffusers schedulers, float32 on CPU",
+        "note": (
+            "sample = randn * init_noise_sigma; per step: scaled_input = scale_model_input(sample, t); "
+            "model_output = 0.5 * randn + 0.1 * sample; "
+            "prev_sample = step(model_output, t, sample, **step_kwargs, "
+            "noise drawn as recorded). noise is null where the scheduler uses none."
+        ),
+        "cases": cases,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# End to end
+# ----------------------------------------------------------------------------------------------------
+
+E2E_PROMPT = "a red circle on a white background"
+E2E_NEGATIVE_PROMPT = "blurry"
+E2E_RUNS = {
+    "ddim": (DDIMScheduler, 20),
+    "euler": (EulerDiscreteScheduler, 15),
+}
+
+
+def load_onnx_pipeline(model_dir: Path) -> ORTStableDiffusionPipeline:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.inter_op_num_threads = 1
+    pipeline = ORTStableDiffusionPipeline.from_pretrained(
+        str(model_dir), session_options=options, provider="CPUExecutionProvider", local_files_only=True
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def e2e_golden(pipeline: ORTStableDiffusionPipeline, scheduler_name: str, seed: int) -> dict:
+    scheduler_class, steps = E2E_RUNS[scheduler_name]
+    pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config)
+    guidance_scale, width, height = 7.5, 64, 64
+
+    latents = torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    prompt_embeds, negative_prompt_embeds = pipeline.encode_prompt(
+        E2E_PROMPT,
+        device=torch.device("cpu"),
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=True,
+        negative_prompt=E2E_NEGATIVE_PROMPT,
+    )
+    # The pipeline multiplies the latents by init_noise_sigma itself; a copy keeps the record untouched.
+    image = pipeline(
+        prompt=E2E_PROMPT,
+        negative_prompt=E2E_NEGATIVE_PROMPT,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        width=width,
+        height=height,
+        num_images_per_prompt=1,
+        latents=latents.clone(),
+        output_type="np",
+    ).images[0]
+    return {
+        "prompt": E2E_PROMPT,
+        "negative_prompt": E2E_NEGATIVE_PROMPT,
+        "scheduler": scheduler_name,
+        "scheduler_class": scheduler_class.__name__,
+        "scheduler_config": json_config(pipeline.scheduler.config),
+        "steps": steps,
+        "guidance_scale": guidance_scale,
+        "width": width,
+        "height": height,
+        "init_noise_sigma": float32_scalar(pipeline.scheduler.init_noise_sigma),
+        "timesteps": float32_list(pipeline.scheduler.timesteps.to(torch.float32)),
+        "latents": float32_list(latents),
+        "latents_shape": list(latents.shape),
+        "prompt_embeds": tensor_record(prompt_embeds),
+        "negative_prompt_embeds": tensor_record(negative_prompt_embeds),
+        "image": float32_list(image),
+        "image_shape": list(image.shape),
+        "image_u8": (image * 255).round().astype(np.uint8).reshape(-1).tolist(),
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(2)
+    transformers.logging.set_verbosity_error()  # the long prompts are meant to overflow 77 tokens
+    logging.getLogger("optimum").setLevel(logging.ERROR)
+
+    write_json(args.output / "tokenizer.json", tokenizer_golden(args.model / "tokenizer"))
+    write_json(args.output / "schedulers.json", schedulers_golden(args.seed))
+    pipeline = load_onnx_pipeline(args.model)
+    for scheduler_name in E2E_RUNS:
+        golden = e2e_golden(pipeline, scheduler_name, args.seed + 1000)
+        write_json(args.output / f"e2e_{scheduler_name}.json", golden)
+
+
+if __name__ == "__main__":
+    main()
