@@ -29,7 +29,7 @@ help:
 	@echo "make audit  - cargo audit (offline) against the RustSec advisories committed in audit/"
 	@echo "make test-ops - promtool on /metrics and deploy/prometheus.yml; every Grafana query through a real Prometheus"
 	@echo "make screenshots - the browser tests, also writing docs/console/*.png"
-	@echo "make dashboard-pngs - docs/dashboard/*.png and README's panel table, from a live Prometheus"
+	@echo "make dashboard-pngs - docs/dashboard/*.png and docs/operations.md's panel table, from a live Prometheus"
 	@echo "make bench  - latency vs Optimum, throughput under load, best_of cost, /score, RSS: BENCHMARKS.md"
 	@echo "make reliability - schemathesis, SIGKILL rounds and the limits table, written to RELIABILITY.md"
 	@echo "make soak   - 64 clients for 60 s (generate, score, feedback), written to RELIABILITY.md"
@@ -124,9 +124,10 @@ audit: venv .tools/bin/cargo-audit
 test-ops: venv build system-deps
 	$(VENV)/bin/python scripts/ops_check.py --binary $(BIN)
 
-# docs/dashboard/*.png (Prometheus's graph page for each panel, headless Chromium) and README's panel table.
+# docs/dashboard/*.png (Prometheus's graph page for each panel, headless Chromium) and the panel table in
+# docs/operations.md (between its ops-check markers).
 dashboard-pngs: venv build system-deps
-	$(VENV)/bin/python scripts/ops_check.py --binary $(BIN) --rounds 10 --screenshots docs/dashboard --report README.md
+	$(VENV)/bin/python scripts/ops_check.py --binary $(BIN) --rounds 10 --screenshots docs/dashboard --report docs/operations.md
 
 # 64 clients for 60 s: generate, score and feedback; errors by status, p50/p99, RSS before and after.
 soak: venv build
