@@ -21,7 +21,7 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-browser screenshots test-ops dashboard-pngs audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-more trainer-venv models test-model clean
+.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-browser screenshots test-ops dashboard-pngs docs audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-more trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
@@ -29,7 +29,8 @@ help:
 	@echo "make audit  - cargo audit (offline) against the RustSec advisories committed in audit/"
 	@echo "make test-ops - promtool on /metrics and deploy/prometheus.yml; every Grafana query through a real Prometheus"
 	@echo "make screenshots - the browser tests, also writing docs/console/*.png"
-	@echo "make dashboard-pngs - docs/dashboard/*.png and README's panel table, from a live Prometheus"
+	@echo "make dashboard-pngs - docs/dashboard/*.png and docs/operations.md's panel table, from a live Prometheus"
+	@echo "make docs   - regenerate docs/configuration.md from the command line's definitions (a test fails when stale)"
 	@echo "make bench  - latency vs Optimum, throughput under load, best_of cost, /score, RSS: BENCHMARKS.md"
 	@echo "make reliability - schemathesis, SIGKILL rounds and the limits table, written to RELIABILITY.md"
 	@echo "make soak   - 64 clients for 60 s (generate, score, feedback), written to RELIABILITY.md"
@@ -138,9 +139,14 @@ audit: venv .tools/bin/cargo-audit
 test-ops: venv build system-deps
 	$(VENV)/bin/python -m t2i_scripts.ops.ops_check --binary $(BIN)
 
-# docs/dashboard/*.png (Prometheus's graph page for each panel, headless Chromium) and README's panel table.
+# docs/dashboard/*.png (Prometheus's graph page for each panel, headless Chromium) and the panel table in
+# docs/operations.md (between its ops-check markers).
 dashboard-pngs: venv build system-deps
-	$(VENV)/bin/python -m t2i_scripts.ops.ops_check --binary $(BIN) --rounds 10 --screenshots docs/dashboard --report README.md
+	$(VENV)/bin/python -m t2i_scripts.ops.ops_check --binary $(BIN) --rounds 10 --screenshots docs/dashboard --report docs/operations.md
+
+# docs/configuration.md from the command line's own definitions (tests/docs.rs); `make test` fails when it is stale.
+docs:
+	UPDATE_DOCS=1 $(CARGO) test $(CARGO_FLAGS) --test docs
 
 # 64 clients for 60 s: generate, score and feedback; errors by status, p50/p99, RSS before and after.
 soak: venv build
