@@ -927,7 +927,7 @@ export interface components {
             path?: string | null;
         };
         /**
-         * @description Prompts drawn by `trainer/shapes_world.py prompts`: `count` distinct prompts of a split at random, or
+         * @description Prompts drawn by `t2i_trainer.build.shapes_world prompts`: `count` distinct prompts of a split at random, or
          *     `per_category` of each category.
          */
         PromptGenerator: {
@@ -1432,7 +1432,7 @@ export interface operations {
                 };
             };
             /** @description The job has finished already */
-            422: {
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -248,7 +248,7 @@ describe("the console in open mode", () => {
 
   test("jobs: the stages are the API's; a job that retrains the reward model shows `reward` running, then done", async () => {
     // Nine ratings of shapes-world prompts, good and bad, by one rater: what the reward stage retrains on
-    // (trainer/retrain_reward.py needs at least 8, both labels).
+    // (trainer/t2i_trainer/jobs/retrain_reward.py needs at least 8, both labels).
     const rater = "reward-test";
     for (const [number, prompt] of ["a red circle", "two blue squares", "three green stars"].entries()) {
       const generated = await fetch(`${server.url}/generate`, {
