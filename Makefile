@@ -21,7 +21,7 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-browser screenshots test-ops dashboard-pngs docs audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-more trainer-venv models test-model clean
+.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-browser screenshots test-ops dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-more trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
@@ -31,6 +31,7 @@ help:
 	@echo "make screenshots - the browser tests, also writing docs/console/*.png"
 	@echo "make dashboard-pngs - docs/dashboard/*.png and docs/operations.md's panel table, from a live Prometheus"
 	@echo "make docs   - regenerate docs/configuration.md from the command line's definitions (a test fails when stale)"
+	@echo "make schemas - regenerate the trainer's spec schema from the Rust TrainerSpec (a test fails when stale)"
 	@echo "make bench  - latency vs Optimum, throughput under load, best_of cost, /score, RSS: BENCHMARKS.md"
 	@echo "make reliability - schemathesis, SIGKILL rounds and the limits table, written to RELIABILITY.md"
 	@echo "make soak   - 64 clients for 60 s (generate, score, feedback), written to RELIABILITY.md"
@@ -147,6 +148,11 @@ dashboard-pngs: venv build system-deps
 # docs/configuration.md from the command line's own definitions (tests/docs.rs); `make test` fails when it is stale.
 docs:
 	UPDATE_DOCS=1 $(CARGO) test $(CARGO_FLAGS) --test docs
+
+# The trainer's input contract, trainer/t2i_trainer/jobs/finetune.schema.json, from the Rust TrainerSpec; a Rust
+# test fails when it is stale, and trainer/tests/test_trainer_spec_schema.py holds the trainer to it.
+schemas:
+	UPDATE_SCHEMAS=1 $(CARGO) test $(CARGO_FLAGS) --lib jobs::trainer::tests::the_committed_schema_is_current
 
 # 64 clients for 60 s: generate, score and feedback; errors by status, p50/p99, RSS before and after.
 soak: venv build

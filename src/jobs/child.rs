@@ -1,5 +1,6 @@
-//! Child processes of a job (the trainer, the evaluator, the prompt generator): each in its own process group,
-//! stdout read line by line, stderr appended to a log file, and the whole group killed on cancel.
+//! Child processes of a job (the trainer, the evaluator, the prompt generator, the reward trainer): each in its
+//! own process group, stdout read line by line, stderr appended to a log file, and the whole group killed on
+//! cancel. `Follower` is the one loop that follows every child to its end.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 
@@ -156,22 +158,69 @@ pub fn log_tail(log: &Path, bytes: usize) -> String {
     String::from_utf8_lossy(&text[start..]).trim().to_string()
 }
 
+/// A child followed to its end: its stdout line by line, its process group killed as soon as the job is
+/// cancelled, and its exit status checked. Every child of a job runs through one.
+pub struct Follower {
+    child: RunningChild,
+    cancelled: watch::Receiver<bool>,
+    command: String,
+    log: std::path::PathBuf,
+}
+
+impl Follower {
+    pub fn spawn(command: &[String], log: &Path, trainer_dir: &Path, cancelled: watch::Receiver<bool>) -> Result<Self> {
+        Ok(Follower {
+            child: RunningChild::spawn(command, log, trainer_dir)?,
+            cancelled,
+            command: command.join(" "),
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// The next line of stdout, `None` at its end; `Error::Cancelled` once the job is cancelled (the child's
+    /// process group is killed first, SIGTERM then SIGKILL after 10 s).
+    pub async fn next_line(&mut self) -> Result<Option<String>> {
+        loop {
+            tokio::select! {
+                line = self.child.next_line() => return line,
+                changed = self.cancelled.changed() => {
+                    if changed.is_err() || *self.cancelled.borrow() {
+                        self.child.kill_group(Duration::from_secs(10)).await;
+                        return Err(Error::Cancelled);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the exit; a failure names the command and `detail`, or else the end of its log.
+    pub async fn finish(mut self, detail: Option<String>) -> Result<()> {
+        let status = self.child.wait().await?;
+        if status.success() {
+            return Ok(());
+        }
+        let detail = detail.unwrap_or_else(|| log_tail(&self.log, 1500));
+        Err(Error::Internal(format!(
+            "`{}` failed ({status}): {detail}",
+            self.command
+        )))
+    }
+}
+
 /// Runs a short command to its end and returns its stdout; fails with its stderr when it exits non-zero.
-pub async fn run_to_end(command: &[String], log: &Path, trainer_dir: &Path) -> Result<String> {
-    let mut child = RunningChild::spawn(command, log, trainer_dir)?;
+pub async fn run_to_end(
+    command: &[String],
+    log: &Path,
+    trainer_dir: &Path,
+    cancelled: watch::Receiver<bool>,
+) -> Result<String> {
+    let mut child = Follower::spawn(command, log, trainer_dir, cancelled)?;
     let mut output = String::new();
     while let Some(line) = child.next_line().await? {
         output.push_str(&line);
         output.push('\n');
     }
-    let status = child.wait().await?;
-    if !status.success() {
-        return Err(Error::Internal(format!(
-            "`{}` failed ({status}): {}",
-            command.join(" "),
-            log_tail(log, 1500)
-        )));
-    }
+    child.finish(None).await?;
     Ok(output)
 }
 

@@ -1,0 +1,149 @@
+//! A job's figures, gathered stage by stage and stored with the job (`GET /fine-tunes/{id}`'s `metrics`) and
+//! with the version it registers. Typed here, so each stage writes its own part and the gate's decision is read
+//! as a field, not looked up in JSON.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Everything a job measured so far; a stage that has not run leaves its part out.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobMetrics {
+    /// The base version's samples (`sample`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples: Option<SampleFigures>,
+    /// The trainer's data: ratings and reward-scored samples (`label`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub training_set: Option<TrainingSetFigures>,
+    /// The retrained reward model (`reward`, with `retrain_reward_model`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward_model: Option<RewardModelFigures>,
+    /// The trainer's losses (`train`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trainer: Option<TrainerFigures>,
+    /// Base and candidate on the evaluation prompts (`evaluate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<EvaluationPair>,
+    /// Whether the candidate may become active, and why (`evaluate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateDecision>,
+    /// Whether the job made its version active (`register`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activated: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleFigures {
+    pub images: usize,
+    pub mean_reward: f64,
+    pub reward_model: String,
+    /// Set when an unbounded reward model's scores were rescaled to [0, 1]: the sentence saying so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rescaled: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainingSetFigures {
+    pub samples: usize,
+    pub rated: usize,
+    pub reward_scored: usize,
+    pub mean_reward: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RewardModelFigures {
+    /// The registered reward version.
+    pub version: String,
+    pub parent: String,
+    /// The reward trainer's last `retrained` event, as it printed it.
+    pub retrained: Value,
+    pub rescored_samples: usize,
+    pub mean_reward: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LossPoint {
+    pub step: f64,
+    pub loss: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainerFigures {
+    pub final_loss: Option<LossPoint>,
+    pub losses: Vec<LossPoint>,
+}
+
+/// One version's images of the evaluation prompts, judged.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    pub images: usize,
+    pub mean_reward: f64,
+    /// The rater's figures (`t2i_trainer.jobs.evaluate`: accuracy per category, the quality proxy, ...), when
+    /// it could judge the images.
+    #[serde(flatten)]
+    pub rater: Map<String, Value>,
+}
+
+impl Evaluation {
+    /// The rater's quality proxy, when it judged the images.
+    pub fn quality(&self) -> Option<f64> {
+        self.rater.get("quality").and_then(Value::as_f64)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvaluationPair {
+    pub base: Evaluation,
+    pub candidate: Evaluation,
+}
+
+/// The promotion gate's decision on a candidate.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GateDecision {
+    pub passed: bool,
+    /// Candidate minus base, mean reward.
+    pub reward_gain: f64,
+    /// Base minus candidate, quality proxy; `None` when the rater did not judge the images.
+    pub quality_drop: Option<f64>,
+    pub min_reward_gain: f64,
+    pub max_quality_drop: f64,
+    /// Why it failed, one sentence each; empty when it passed.
+    pub reasons: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_that_have_not_run_are_left_out_and_nan_is_null() {
+        let mut metrics = JobMetrics::default();
+        assert_eq!(serde_json::to_value(&metrics).unwrap(), serde_json::json!({}));
+        metrics.samples = Some(SampleFigures {
+            images: 0,
+            mean_reward: f64::NAN,
+            reward_model: "shapes-reward".into(),
+            rescaled: None,
+        });
+        assert_eq!(
+            serde_json::to_value(&metrics).unwrap(),
+            serde_json::json!({"samples": {"images": 0, "mean_reward": null, "reward_model": "shapes-reward"}})
+        );
+    }
+
+    #[test]
+    fn an_evaluation_carries_the_raters_figures_beside_its_own() {
+        let mut rater = Map::new();
+        rater.insert("quality".into(), serde_json::json!(0.84));
+        rater.insert("count".into(), serde_json::json!(0.5));
+        let evaluation = Evaluation {
+            images: 8,
+            mean_reward: 0.5,
+            rater,
+        };
+        assert_eq!(evaluation.quality(), Some(0.84));
+        assert_eq!(
+            serde_json::to_value(&evaluation).unwrap(),
+            serde_json::json!({"images": 8, "mean_reward": 0.5, "quality": 0.84, "count": 0.5})
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! The `train` stage: `t2i_trainer.jobs.finetune` as a child process, given a `TrainerSpec` as a JSON file and
+//! followed through its JSON-lines events. `TrainerSpec` is the trainer's whole input contract: the committed
+//! JSON Schema `trainer/t2i_trainer/jobs/finetune.schema.json` is generated from it (`make schemas`, and a test
+//! fails when it is stale), and a Python test holds the trainer's own spec parser to that schema.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{PartialSchema, ToSchema};
+
+use crate::error::{Error, Result};
+use crate::jobs::context::JobContext;
+use crate::jobs::metrics::{LossPoint, TrainerFigures};
+use crate::jobs::spec::LrSchedule;
+
+/// What `t2i_trainer.jobs.finetune --spec FILE` reads: reward-weighted fine-tuning of `base` on `samples`, with
+/// the pre-training term on `pretrain`, written to `out`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerSpec {
+    /// The base model's diffusers folder (with `model_index.json`).
+    pub base: String,
+    /// The folder to write the candidate into; must not exist yet.
+    pub out: String,
+    /// The training set: JSON lines of `{image, prompt, reward, source}`, images beside the file.
+    pub samples: String,
+    /// The pre-training term's data.
+    #[schema(inline)]
+    pub pretrain: PretrainSpec,
+    /// Weight of the pre-training term (β in the paper).
+    #[schema(minimum = 0.0, maximum = 1000000.0)]
+    pub beta: f64,
+    #[schema(minimum = 1e-12, maximum = 1.0)]
+    pub learning_rate: f64,
+    #[schema(inline)]
+    pub lr_schedule: LrSchedule,
+    /// Optimiser steps.
+    #[schema(minimum = 1, maximum = 10000000)]
+    pub steps: i64,
+    /// Rows per step, the model's samples and pre-training data together.
+    #[schema(minimum = 1, maximum = 65536)]
+    pub batch_size: i64,
+    /// Share of every batch from the pre-training data. With `batch_size`, each term must keep at least one
+    /// row: the trainer refuses a pretrain_fraction that leaves the model's samples (or, above 0, the
+    /// pre-training data) no row.
+    #[schema(minimum = 0.0, maximum = 0.999999)]
+    pub pretrain_fraction: f64,
+    pub train_text_encoder: bool,
+    /// EMA of the trained weights; 0 turns it off.
+    #[schema(minimum = 0.0, maximum = 0.999999)]
+    pub ema_decay: f64,
+    /// Share of captions dropped to the empty prompt.
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub caption_dropout: f64,
+    #[schema(minimum = 0, maximum = 9223372036854775807_u64)]
+    pub seed: u64,
+    /// torch CPU threads.
+    #[schema(minimum = 1, maximum = 1024)]
+    pub threads: u32,
+    /// A `step` event every this many steps.
+    #[schema(minimum = 1, maximum = 10000000)]
+    pub log_every: i64,
+    /// Which UNet weights train: `all`, or `cross_attention` only. The trainer's default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(inline, nullable = false)]
+    pub unet_layers: Option<UnetLayers>,
+    /// A torch device name (`cpu`, `cuda`). The trainer's default: CUDA when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Export the candidate to ONNX as well as diffusers weights. The trainer's default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub export: Option<bool>,
+}
+
+/// The pre-training term's data.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PretrainSpec {
+    /// Captioned renders of the shapes world.
+    ShapesWorld {
+        #[schema(minimum = 1, maximum = 10000000)]
+        images: u32,
+        /// Share of captions whose count is wrong, as in the pretraining. The trainer's default: 0.5.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(minimum = 0.0, maximum = 1.0, nullable = false)]
+        count_noise: Option<f64>,
+    },
+    /// Image files with same-named `.txt` captions, or a `metadata.jsonl`.
+    Folder { path: String },
+}
+
+/// Which UNet weights the trainer updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UnetLayers {
+    All,
+    CrossAttention,
+}
+
+/// One JSON line of the trainer's stdout, as far as the job acts on it; every line is also kept as an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainerEvent {
+    /// `{"event": "step", "step", "steps", "loss", ...}`: progress and the loss.
+    Step { step: f64, steps: f64, loss: Option<f64> },
+    /// `{"event": "error", "message"}`: why the trainer is about to exit non-zero.
+    Error { message: Option<String> },
+    /// Any other event (`start`, `data`, `warning`, `export`, `done`, ...), by name.
+    Other(String),
+}
+
+impl TrainerEvent {
+    pub fn read(value: &Value) -> Self {
+        match value["event"].as_str() {
+            Some("step") => TrainerEvent::Step {
+                step: value["step"].as_f64().unwrap_or(0.0),
+                steps: value["steps"].as_f64().unwrap_or(1.0),
+                loss: value["loss"].as_f64(),
+            },
+            Some("error") => TrainerEvent::Error {
+                message: value["message"].as_str().map(str::to_string),
+            },
+            other => TrainerEvent::Other(other.unwrap_or("trainer").to_string()),
+        }
+    }
+}
+
+/// The JSON Schema of `TrainerSpec`, as committed beside the trainer (pretty, with a trailing newline).
+pub fn trainer_spec_schema() -> String {
+    let schema = TrainerSpec::schema();
+    let mut value = serde_json::to_value(&schema).unwrap_or(Value::Null);
+    if let Value::Object(object) = &mut value {
+        object.insert(
+            "$schema".into(),
+            Value::String("https://json-schema.org/draft/2020-12/schema".into()),
+        );
+        object.insert("title".into(), Value::String("TrainerSpec".into()));
+        object.insert(
+            "description".into(),
+            Value::String(
+                "The spec t2i_trainer.jobs.finetune reads (--spec FILE). Generated from the Rust type \
+                 jobs::trainer::TrainerSpec by `make schemas`; do not edit."
+                    .into(),
+            ),
+        );
+    }
+    serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
+}
+
+impl JobContext<'_> {
+    pub(super) async fn train(&mut self, data: &Path, candidate: &Path) -> Result<()> {
+        if candidate.exists() {
+            std::fs::remove_dir_all(candidate)
+                .map_err(|err| Error::Internal(format!("cannot clear {}: {err}", candidate.display())))?;
+        }
+        let base_folder = {
+            let version = self
+                .manager
+                .pool
+                .registry()
+                .version(&self.spec.base_model, "base_model")
+                .await?;
+            self.manager.pool.registry().folder(&version)
+        };
+        let hyper = &self.spec.hyperparameters;
+        let pretrain = match self.spec.pretrain_data.kind.as_str() {
+            "folder" => PretrainSpec::Folder {
+                path: self.spec.pretrain_data.path.clone().unwrap_or_default(),
+            },
+            _ => PretrainSpec::ShapesWorld {
+                images: self.spec.pretrain_data.images.unwrap_or(8192),
+                count_noise: None,
+            },
+        };
+        let trainer_spec = TrainerSpec {
+            base: base_folder.join("diffusers").to_string_lossy().into_owned(),
+            out: candidate.to_string_lossy().into_owned(),
+            samples: data.join("samples.jsonl").to_string_lossy().into_owned(),
+            pretrain,
+            beta: hyper.beta,
+            learning_rate: hyper.learning_rate,
+            lr_schedule: hyper.lr_schedule,
+            steps: hyper.steps,
+            batch_size: hyper.batch_size,
+            pretrain_fraction: hyper.pretrain_fraction,
+            train_text_encoder: hyper.train_text_encoder,
+            ema_decay: hyper.ema_decay,
+            caption_dropout: hyper.caption_dropout,
+            seed: self.spec.seed,
+            threads: self.manager.config.trainer_threads as u32,
+            // About 100 progress lines, and at least one every 25 steps.
+            log_every: (hyper.steps / 100).clamp(1, 25),
+            unet_layers: None,
+            device: None,
+            export: None,
+        };
+        let trainer_spec = serde_json::to_value(&trainer_spec)
+            .map_err(|err| Error::Internal(format!("cannot encode the trainer's spec: {err}")))?;
+        let spec_path = self.folder.join("trainer-spec.json");
+        crate::storage::write_atomically(&spec_path, trainer_spec.to_string().as_bytes())?;
+        let mut command = match &self.manager.config.trainer_command {
+            Some(command) => command.clone(),
+            None => self.python("jobs.finetune"),
+        };
+        command.extend(["--spec".into(), spec_path.to_string_lossy().into_owned()]);
+        let _ = self
+            .manager
+            .storage
+            .insert_event(
+                &self.job.id,
+                "info",
+                "trainer",
+                &format!("started: {}", command.join(" ")),
+                Some(&trainer_spec),
+            )
+            .await;
+        let mut child = self.follow(&command, "trainer.log")?;
+        let mut losses = Vec::new();
+        let mut trainer_error = None;
+        while let Some(line) = child.next_line().await? {
+            self.trainer_line(&line, &mut losses, &mut trainer_error).await;
+        }
+        self.metrics.trainer = Some(TrainerFigures {
+            final_loss: losses.last().cloned(),
+            losses,
+        });
+        child.finish(trainer_error).await?;
+        if !candidate.join("model_index.json").is_file() {
+            return Err(Error::Internal(format!(
+                "the trainer exited cleanly but wrote no model to {}",
+                candidate.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// One line of the trainer's stdout: a progress event, or anything else, kept as a log event.
+    async fn trainer_line(&self, line: &str, losses: &mut Vec<LossPoint>, trainer_error: &mut Option<String>) {
+        let storage = &self.manager.storage;
+        let Ok(value) = serde_json::from_str::<Value>(line) else {
+            let _ = storage
+                .insert_event(&self.job.id, "info", "trainer_log", line, None)
+                .await;
+            return;
+        };
+        match TrainerEvent::read(&value) {
+            TrainerEvent::Step { step, steps, loss } => {
+                if let Some(loss) = loss {
+                    self.manager.metrics.fine_tune_trainer_loss.set(loss);
+                    losses.push(LossPoint { step, loss });
+                }
+                let _ = self.stage_progress("train", step / steps.max(1.0)).await;
+                let message = format!(
+                    "step {step}/{steps}: loss {}",
+                    loss.map_or("?".into(), |loss| format!("{loss:.5}"))
+                );
+                let _ = storage
+                    .insert_event(&self.job.id, "info", "progress", &message, Some(&value))
+                    .await;
+            }
+            TrainerEvent::Error { message } => {
+                let message = message.unwrap_or_else(|| "the trainer failed".into());
+                *trainer_error = Some(message.clone());
+                let _ = storage
+                    .insert_event(&self.job.id, "error", "trainer", &message, Some(&value))
+                    .await;
+            }
+            TrainerEvent::Other(kind) => {
+                let _ = storage
+                    .insert_event(
+                        &self.job.id,
+                        "info",
+                        "trainer",
+                        &format!("trainer: {kind}"),
+                        Some(&value),
+                    )
+                    .await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed schema beside the trainer is this type's; `UPDATE_SCHEMAS=1` (`make schemas`) rewrites it.
+    #[test]
+    fn the_committed_schema_is_current() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("trainer/t2i_trainer/jobs/finetune.schema.json");
+        let generated = trainer_spec_schema();
+        if std::env::var_os("UPDATE_SCHEMAS").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{} is stale: run `make schemas` (the Rust TrainerSpec changed)",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn trainer_events_are_read_leniently() {
+        let step = serde_json::json!({"event": "step", "step": 10, "steps": 100, "loss": 0.5});
+        assert_eq!(
+            TrainerEvent::read(&step),
+            TrainerEvent::Step {
+                step: 10.0,
+                steps: 100.0,
+                loss: Some(0.5)
+            }
+        );
+        let error = serde_json::json!({"event": "error", "message": "bad spec: `steps`"});
+        assert_eq!(
+            TrainerEvent::read(&error),
+            TrainerEvent::Error {
+                message: Some("bad spec: `steps`".into())
+            }
+        );
+        assert_eq!(
+            TrainerEvent::read(&serde_json::json!({"event": "done"})),
+            TrainerEvent::Other("done".into())
+        );
+    }
+
+    #[test]
+    fn the_spec_leaves_the_trainers_own_defaults_out() {
+        let spec = TrainerSpec {
+            base: "b".into(),
+            out: "o".into(),
+            samples: "s".into(),
+            pretrain: PretrainSpec::ShapesWorld {
+                images: 8,
+                count_noise: None,
+            },
+            beta: 1.0,
+            learning_rate: 1e-4,
+            lr_schedule: LrSchedule::Cosine,
+            steps: 10,
+            batch_size: 4,
+            pretrain_fraction: 0.5,
+            train_text_encoder: false,
+            ema_decay: 0.0,
+            caption_dropout: 0.1,
+            seed: 3,
+            threads: 2,
+            log_every: 1,
+            unet_layers: None,
+            device: None,
+            export: None,
+        };
+        let value = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            value["pretrain"],
+            serde_json::json!({"kind": "shapes_world", "images": 8})
+        );
+        assert_eq!(value["lr_schedule"], "cosine");
+        for absent in ["unet_layers", "device", "export"] {
+            assert!(value.get(absent).is_none(), "{absent}");
+        }
+        let schema: Value = serde_json::from_str(&trainer_spec_schema()).unwrap();
+        let properties = schema["properties"].as_object().unwrap();
+        for field in value.as_object().unwrap().keys() {
+            assert!(properties.contains_key(field), "{field} is not in the schema");
+        }
+    }
+}
