@@ -773,7 +773,10 @@ impl JobContext<'_> {
             self.check_cancelled()?;
             match model
                 .engine
-                .generate(params.clone(), Selection::BestOf { k: 1 }, Some(scorer.clone()), None)
+                .generate(
+                    crate::reward::GeneratePlan::new(params.clone(), Selection::BestOf { k: 1 }, Some(scorer.clone())),
+                    None,
+                )
                 .await
             {
                 Err(Error::Overloaded { retry_after_secs, .. }) => {
