@@ -4,11 +4,13 @@
 //! Handlers never touch ONNX Runtime: they validate, enqueue and await a reply. A full queue answers at once
 //! (429 with `Retry-After`), never with an unbounded wait. Each worker thread owns one `Pipeline`, because
 //! `Session::run` needs `&mut`, and denoises every request it has admitted in shared UNet calls
-//! (`worker`), choosing each call's members with a pure planner (`planner`). An engine serves one model
+//! (`worker`), choosing each call's members with a pure planner (`planner`) and keeping each request's
+//! candidates with pure bookkeeping (`request`, shared with the command line's best-of). An engine serves one model
 //! version, so a batch never mixes versions. A request whose caller went away is dropped before it starts, and
 //! leaves the batch at the next step boundary if it already runs.
 
 pub mod planner;
+pub mod request;
 mod watchdog;
 mod worker;
 
@@ -22,9 +24,8 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::pipeline::{GenerateOutput, GenerateParams, Pipeline};
-use crate::reward::best_of::Selection;
-use crate::reward::Scorer;
+use crate::pipeline::{GenerateOutput, Pipeline};
+use crate::reward::GeneratePlan;
 
 pub use worker::BatchSettings;
 
@@ -35,10 +36,9 @@ pub struct Completed {
 }
 
 struct Job {
-    params: GenerateParams,
-    /// How to choose among candidates, and the reward model that scores them; without one, no scoring.
-    selection: Selection,
-    scorer: Option<Arc<Scorer>>,
+    /// The parameters, how to choose among candidates, the reward model that scores them (without one, no
+    /// scoring) and the candidate budget.
+    plan: GeneratePlan,
     cancel: Arc<AtomicBool>,
     enqueued: Instant,
     /// When the request's work must stop, queued or running.
@@ -153,16 +153,10 @@ impl Engine {
         self.batch_rows
     }
 
-    /// Enqueues a job and waits for it. Fails at once with `Overloaded` when the queue is full. With a scorer,
-    /// every candidate is scored and `selection` picks the images; without one, the images come back unscored.
-    /// Past its `deadline` the job answers 504 and its work stops at the next denoising step.
-    pub async fn generate(
-        &self,
-        params: GenerateParams,
-        selection: Selection,
-        scorer: Option<Arc<Scorer>>,
-        deadline: Option<Deadline>,
-    ) -> Result<Completed> {
+    /// Enqueues a planned job and waits for it. Fails at once with `Overloaded` when the queue is full. With the
+    /// plan's scorer, every candidate is scored and its selection picks the images; without one, the images
+    /// come back unscored. Past its `deadline` the job answers 504 and its work stops at the next denoising step.
+    pub async fn generate(&self, plan: GeneratePlan, deadline: Option<Deadline>) -> Result<Completed> {
         let sender = self
             .sender
             .as_ref()
@@ -174,9 +168,7 @@ impl Engine {
         };
         let (reply, receive) = oneshot::channel();
         let job = Job {
-            params,
-            selection,
-            scorer,
+            plan,
             cancel,
             enqueued: Instant::now(),
             deadline,

@@ -4,8 +4,9 @@
 //! `batch_images`). Between two UNet calls the worker admits queued requests while their units fit under
 //! the row limit, encodes the newcomers' prompts in one text-encoder call, asks the [`Planner`] which units
 //! share the next call, runs it, decodes every unit that finished in one VAE call per size, scores their
-//! images with one reward call per reward model, and answers each request whose images are all in. A request
-//! cancelled by its client leaves at the next step boundary; the others go on.
+//! images with one reward call per reward model, and answers each request whose images are all in. Which units
+//! a request needs, and what it answers, is its [`Candidates`]' business (`request`). A request cancelled by its
+//! client leaves at the next step boundary; the others go on.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,16 +16,19 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, TryRecvError};
 
 use super::planner::{Planner, TimestepSharing};
+use super::request::{rows_per_image, unit_size, Candidates};
 use super::watchdog::{Member, Watchdog};
 use super::{Completed, Deadline, Job};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pipeline::generate::{Denoising, LatentShape};
-use crate::pipeline::{GenerateParams, Pipeline, Sampled, SampledImage, StageTimings};
-use crate::reward::best_of::{next_round, selected_output, selection_done, Selection};
+use crate::pipeline::{GenerateParams, Pipeline, Sampled};
 use crate::reward::Scorer;
 
 type BatchKey = (LatentShape, usize, usize);
+
+/// A decoded unit: its request, its first candidate number, its images and their scores (none if unscored).
+type ScoredUnit = (u64, usize, Sampled, Vec<f32>);
 
 /// Worker settings.
 #[derive(Debug, Clone, Copy)]
@@ -50,41 +54,15 @@ struct ActiveUnit {
     denoising: Denoising,
 }
 
-/// An admitted request: its candidates so far, their scores, and how to finish it.
+/// An admitted request: its job, its candidates so far, and when it came.
 struct Request {
     job: Job,
     queue_time: Duration,
     started: Instant,
-    /// Candidates handed to units so far.
-    issued: usize,
-    /// Units issued and not yet back.
-    outstanding: usize,
-    candidates: Vec<(usize, SampledImage)>,
-    scores: Vec<(usize, f32)>,
-    timings: StageTimings,
-    warnings: Vec<String>,
+    candidates: Candidates,
 }
 
 impl Request {
-    fn n(&self) -> usize {
-        self.job.params.num_images
-    }
-
-    /// The most candidates this request may generate.
-    fn budget(&self) -> usize {
-        match self.job.scorer {
-            Some(_) => self.job.selection.budget(self.n()),
-            None => self.n(),
-        }
-    }
-
-    /// The scores in candidate order.
-    fn ordered_scores(&self) -> Vec<f32> {
-        let mut scores = self.scores.clone();
-        scores.sort_by_key(|&(index, _)| index);
-        scores.into_iter().map(|(_, score)| score).collect()
-    }
-
     /// Why the request no longer waits, if it does not: its deadline passed, or its client went away.
     fn ended(&self) -> Option<Error> {
         let job = &self.job;
@@ -95,13 +73,6 @@ impl Request {
         } else {
             None
         }
-    }
-
-    /// Whether no more units are needed: the budget is spent, or a threshold is met (a count, so the scores'
-    /// order does not matter).
-    fn enough(&self) -> bool {
-        let scores: Vec<f32> = self.scores.iter().map(|&(_, score)| score).collect();
-        self.issued >= self.budget() || selection_done(self.job.selection, self.n(), &scores)
     }
 }
 
@@ -330,18 +301,15 @@ impl Worker {
             return;
         }
         let id = self.fresh_id();
+        let unit_images = unit_size(&job.plan, self.settings.batch_images, self.planner.max_rows());
+        let candidates = Candidates::new(&job.plan, unit_images);
         self.requests.insert(
             id,
             Request {
                 job,
                 queue_time,
                 started: Instant::now(),
-                issued: 0,
-                outstanding: 0,
-                candidates: Vec::new(),
-                scores: Vec::new(),
-                timings: StageTimings::default(),
-                warnings: Vec::new(),
+                candidates,
             },
         );
         self.issue_units(id);
@@ -350,40 +318,26 @@ impl Worker {
     /// Queues the request's next units: all of a best_of's rounds at once (their seeds are fixed), one round at
     /// a time for min_reward (whether another is needed depends on the scores).
     fn issue_units(&mut self, id: u64) {
-        let max_rows = self.planner.max_rows();
         let Some(request) = self.requests.get_mut(&id) else {
             return;
         };
-        let copies = if request.job.params.guidance_scale > 1.0 { 2 } else { 1 };
-        // A unit never needs more rows than one call carries (unless a single image does).
-        let unit_images = match request.job.scorer {
-            Some(_) => self.settings.batch_images,
-            None => request.n(),
-        }
-        .min(max_rows / copies)
-        .max(1);
-        let one_round = matches!(request.job.selection, Selection::Threshold { .. }) && request.job.scorer.is_some();
-        let mut units = Vec::new();
-        while request.issued < request.budget() {
-            let count = next_round(request.issued, request.budget(), unit_images);
-            units.push(PendingUnit {
+        let params = &request.job.plan.params;
+        let rows = rows_per_image(params);
+        let further = request.candidates.issued() > 0;
+        let one_round = request.candidates.one_round_at_a_time();
+        let units: Vec<PendingUnit> = request
+            .candidates
+            .issue()
+            .into_iter()
+            .map(|unit| PendingUnit {
                 request: id,
-                params: GenerateParams {
-                    num_images: count,
-                    seed: request.job.params.seed.wrapping_add(request.issued as u64),
-                    ..request.job.params.clone()
-                },
-                first: request.issued,
-                rows: count * copies,
-            });
-            request.issued += count;
-            request.outstanding += 1;
-            if one_round {
-                break;
-            }
-        }
+                params: unit.params(params),
+                first: unit.first,
+                rows: unit.count * rows,
+            })
+            .collect();
         // An admitted request's further rounds go ahead of requests not yet started.
-        if one_round && request.issued > unit_images {
+        if one_round && further {
             for unit in units.into_iter().rev() {
                 self.pending.push_front(unit);
             }
@@ -491,24 +445,12 @@ impl Worker {
                 Err(err) => self.fail(request, err),
             }
         }
-        self.score(&mut to_score);
         let mut touched = Vec::new();
-        for (id, first, sampled) in to_score {
+        for (id, first, sampled, scores) in self.score(to_score) {
             let Some(request) = self.requests.get_mut(&id) else {
                 continue;
             };
-            request.outstanding = request.outstanding.saturating_sub(1);
-            request.timings.add(&sampled.timings);
-            for warning in sampled.warnings {
-                if !request.warnings.contains(&warning) {
-                    request.warnings.push(warning);
-                }
-            }
-            for mut image in sampled.images {
-                let index = first + image.index;
-                image.index = index;
-                request.candidates.push((index, image));
-            }
+            request.candidates.record(first, sampled, &scores);
             touched.push(id);
         }
         touched.dedup();
@@ -517,15 +459,20 @@ impl Worker {
         }
     }
 
-    /// Scores the images of `units` with one reward call per reward model, recording the scores on each
-    /// request; a failed call fails the requests it scored.
-    fn score(&mut self, units: &mut Vec<(u64, usize, Sampled)>) {
+    /// Scores the images of `units` with one reward call per reward model, and returns each unit with its
+    /// scores (none for an unscored request's); a failed call fails the requests it scored, whose units are
+    /// left out.
+    fn score(&mut self, units: Vec<(u64, usize, Sampled)>) -> Vec<ScoredUnit> {
+        let mut units: Vec<ScoredUnit> = units
+            .into_iter()
+            .map(|(request, first, sampled)| (request, first, sampled, Vec::new()))
+            .collect();
         let mut by_scorer: Vec<(Arc<Scorer>, Vec<usize>)> = Vec::new();
-        for (position, (request, _, _)) in units.iter().enumerate() {
+        for (position, (request, _, _, _)) in units.iter().enumerate() {
             let Some(scorer) = self
                 .requests
                 .get(request)
-                .and_then(|request| request.job.scorer.clone())
+                .and_then(|request| request.job.plan.scorer.clone())
             else {
                 continue;
             };
@@ -541,11 +488,11 @@ impl Worker {
             let mut prompts = Vec::new();
             let mut pixels = Vec::new();
             for &position in &positions {
-                let (request, _, sampled) = &units[position];
+                let (request, _, sampled, _) = &units[position];
                 let prompt = self
                     .requests
                     .get(request)
-                    .map(|request| request.job.params.prompt.clone())
+                    .map(|request| request.job.plan.params.prompt.clone())
                     .unwrap_or_default();
                 for image in &sampled.images {
                     preprocessor.pixel_values_into(&image.rgb, &mut pixels);
@@ -558,13 +505,19 @@ impl Worker {
                 Ok(scored) => {
                     let mut offset = 0;
                     for &position in &positions {
-                        let (request_id, first, sampled) = &mut units[position];
+                        let (request, _, sampled, unit_scores) = &mut units[position];
                         sampled.timings.score += elapsed;
                         let count = sampled.images.len();
-                        if let Some(request) = self.requests.get_mut(request_id) {
-                            for (index, &score) in scored.scores[offset..offset + count].iter().enumerate() {
-                                request.scores.push((*first + index, score));
-                            }
+                        match scored.scores.get(offset..offset + count) {
+                            Some(these) => unit_scores.extend_from_slice(these),
+                            None => failed.push((
+                                *request,
+                                Error::Internal(format!(
+                                    "the reward model returned {} scores for {} images",
+                                    scored.scores.len(),
+                                    offset + count
+                                )),
+                            )),
                         }
                         offset += count;
                     }
@@ -579,7 +532,8 @@ impl Worker {
         for (request, err) in failed {
             self.fail(request, err);
         }
-        units.retain(|(request, _, _)| self.requests.contains_key(request));
+        units.retain(|(request, _, _, _)| self.requests.contains_key(request));
+        units
     }
 
     /// After units came back: issue another round, or answer the request.
@@ -587,36 +541,17 @@ impl Worker {
         let Some(request) = self.requests.get(&id) else {
             return;
         };
-        if request.outstanding > 0 {
+        if request.candidates.outstanding() > 0 {
             return;
         }
-        if !request.enough() {
+        if !request.candidates.enough() {
             self.issue_units(id);
             return;
         }
-        let Some(mut request) = self.requests.remove(&id) else {
+        let Some(request) = self.requests.remove(&id) else {
             return;
         };
-        request.candidates.sort_by_key(|(index, _)| *index);
-        let scores = request.ordered_scores();
-        let candidates: Vec<SampledImage> = request.candidates.into_iter().map(|(_, image)| image).collect();
-        let output = match &request.job.scorer {
-            Some(scorer) => selected_output(
-                &candidates,
-                scores,
-                request.job.selection,
-                request.job.params.num_images,
-                scorer.name(),
-                request.timings,
-                request.warnings,
-            ),
-            None => crate::pipeline::Sampled {
-                images: candidates,
-                timings: request.timings,
-                warnings: request.warnings,
-            }
-            .encode_all(),
-        };
+        let output = request.candidates.finish();
         if let Ok(output) = &output {
             self.metrics
                 .observe_stages(self.provider, request.queue_time, &output.timings);

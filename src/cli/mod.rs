@@ -7,16 +7,15 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::batching::request::Candidates;
 use crate::error::{Error, Result};
 use crate::http::{HttpConfig, ScoreLimits};
 use crate::jobs::{GateDefaults, JobConfig, JobLimits};
 use crate::metrics::Metrics;
 use crate::pipeline::generate::Progress;
-use crate::pipeline::request::validate;
-use crate::pipeline::{GenerateInput, ModelFolder, Pipeline, RequestLimits};
-use crate::reward::best_of::{generate_selected, validate_selection};
+use crate::pipeline::{GenerateInput, GenerateOutput, ModelFolder, Pipeline, RequestLimits};
 use crate::reward::preprocess::decode_image;
-use crate::reward::{SelectionInput, SelectionLimits};
+use crate::reward::{GeneratePlan, PlanInput, Scorer, SelectionInput, SelectionLimits};
 use crate::runtime::{Device, OptimizationLevel, Runtime, SessionSettings};
 use crate::server::{RewardConfig, ServeConfig};
 use crate::serving::load_rewards;
@@ -511,7 +510,7 @@ pub fn run_generate(args: GenerateArgs) -> Result<Vec<PathBuf>> {
     )?;
     let model = std::sync::Arc::new(ModelFolder::open(&args.runtime.model)?);
     let mut pipeline = Pipeline::load(&mut runtime, model)?;
-    let input = GenerateInput {
+    let generate = GenerateInput {
         prompt: args.prompt,
         negative_prompt: args.negative_prompt,
         n: Some(args.n),
@@ -523,7 +522,6 @@ pub fn run_generate(args: GenerateArgs) -> Result<Vec<PathBuf>> {
         height: args.height,
         eta: args.eta,
     };
-    let params = validate(input, &pipeline.limits(), &args.limits.limits())?;
     let reward = args.reward.config();
     let wants_selection = args.best_of.is_some() || args.min_reward.is_some();
     // Plain generation loads no reward model unless asked to choose: it stays as fast as before.
@@ -537,19 +535,25 @@ pub fn run_generate(args: GenerateArgs) -> Result<Vec<PathBuf>> {
     } else {
         Default::default()
     };
-    let selection = validate_selection(
-        &SelectionInput {
+    let input = PlanInput {
+        generate,
+        selection: SelectionInput {
             best_of: args.best_of,
             min_reward: args.min_reward,
             max_candidates: args.max_candidates_per_request,
         },
-        params.num_images,
-        &reward.selection,
-        !rewards.is_empty(),
-    )
-    .map_err(cli_flag_error)?;
-    let candidates = selection.budget(params.num_images);
-    let bar = ProgressBar::new((params.steps * candidates.div_ceil(reward.batch_images)) as u64);
+        reward_model: None,
+    };
+    // `generate` has never held a generation to --max-work (a server's guard against one request taking a
+    // worker for too long): the plan is checked against everything else.
+    let limits = RequestLimits {
+        max_work: u64::MAX,
+        ..args.limits.limits()
+    };
+    let plan =
+        GeneratePlan::build(input, &pipeline.limits(), &limits, &reward.selection, &rewards).map_err(cli_flag_error)?;
+    let params = &plan.params;
+    let bar = ProgressBar::new((params.steps * plan.candidates.div_ceil(reward.batch_images)) as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} steps ({elapsed})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -557,17 +561,14 @@ pub fn run_generate(args: GenerateArgs) -> Result<Vec<PathBuf>> {
     bar.set_message(format!("denoising on {}", pipeline.provider()));
     let mut progress = BarProgress { bar, done: 0 };
     let output = if wants_selection {
-        let scorer = rewards.get(None, "reward_model")?;
-        generate_selected(
-            &mut pipeline,
-            scorer,
-            &params,
-            selection,
-            reward.batch_images,
-            &mut progress,
-        )?
+        // With no reward model loaded, `--best-of 1` passes the plan unscored; choosing still needs one.
+        let scorer = match &plan.scorer {
+            Some(scorer) => scorer,
+            None => rewards.get(None, "reward_model")?,
+        };
+        generate_chosen(&mut pipeline, &plan, scorer, reward.batch_images, &mut progress)?
     } else {
-        pipeline.generate(&params, &mut progress)?
+        pipeline.generate(params, &mut progress)?
     };
     progress.bar.finish();
     for warning in &output.warnings {
@@ -597,10 +598,41 @@ pub fn run_generate(args: GenerateArgs) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
-/// A request field's error, retold with the command-line flag's name.
+/// Generates candidates for the plan in rounds of `batch_images` on this thread, scores each round with
+/// `scorer` before the next, and returns the chosen images: the server's bookkeeping and selection
+/// ([`Candidates`]), driven one unit at a time.
+fn generate_chosen(
+    pipeline: &mut Pipeline,
+    plan: &GeneratePlan,
+    scorer: &Scorer,
+    batch_images: usize,
+    progress: &mut dyn Progress,
+) -> Result<GenerateOutput> {
+    let preprocessor = scorer.preprocessor();
+    let mut candidates = Candidates::new(plan, batch_images);
+    while !candidates.enough() {
+        for unit in candidates.issue() {
+            let mut sampled = pipeline.sample(&unit.params(&plan.params), progress)?;
+            let started = std::time::Instant::now();
+            let mut pixels = Vec::with_capacity(sampled.images.len() * preprocessor.values_per_image());
+            for image in &sampled.images {
+                preprocessor.pixel_values_into(&image.rgb, &mut pixels);
+            }
+            let scored = scorer.score_blocking(vec![plan.params.prompt.clone(); sampled.images.len()], pixels)?;
+            sampled.timings.score += started.elapsed();
+            candidates.record(unit.first, sampled, &scored.scores);
+        }
+    }
+    candidates.finish()
+}
+
+/// A selection field's error, retold with the command-line flag's name (other fields' errors are left as they
+/// are).
 fn cli_flag_error(err: Error) -> Error {
     match err {
-        Error::Validation { message, param } => {
+        Error::Validation { message, param }
+            if matches!(param.as_deref(), Some("best_of" | "min_reward" | "max_candidates")) =>
+        {
             let flag = match param.as_deref() {
                 Some("max_candidates") => "--max-candidates-per-request".to_string(),
                 Some(field) => format!("--{}", field.replace('_', "-")),

@@ -15,9 +15,7 @@ use crate::http::error::{parse_json, ErrorBody};
 use crate::http::extract::{read_body, request_deadline};
 use crate::http::schemas::{millis, GenerateRequest, GenerateResponse, ImageOut, SelectionOut, Timings};
 use crate::http::AppState;
-use crate::pipeline::request::{check_work, validate};
-use crate::reward::best_of::validate_selection;
-use crate::reward::Selection;
+use crate::reward::{GeneratePlan, PlanInput, Selection};
 use crate::storage::StoredImage;
 
 /// The routes this module serves, each with who may call it.
@@ -63,30 +61,24 @@ pub(crate) async fn run_generate(
     deadline: Deadline,
 ) -> Result<GenerateResponse> {
     let serving = state.serving()?;
-    let selection_input = request.selection_input();
-    let reward_model = request.reward_model.clone();
     let return_candidate_scores = request.return_candidate_scores.unwrap_or(false);
     // The version is held for the whole request: a swap meanwhile lets this request finish on it.
     let model = serving.models.get(request.model.as_deref(), "model").await?;
-    let params = validate(request.into(), &model.limits, &state.limits)?;
-    let selection = validate_selection(
-        &selection_input,
-        params.num_images,
+    let input = PlanInput {
+        selection: request.selection_input(),
+        reward_model: request.reward_model.clone(),
+        generate: request.into(),
+    };
+    let plan = GeneratePlan::build(
+        input,
+        &model.limits,
+        &state.limits,
         &state.selection_limits,
-        !serving.rewards.is_empty(),
+        &serving.rewards,
     )?;
-    let scorer = if serving.rewards.is_empty() && reward_model.is_none() {
-        None
-    } else {
-        Some(serving.rewards.get(reward_model.as_deref(), "reward_model")?.clone())
-    };
-    let candidates = match scorer {
-        Some(_) => selection.budget(params.num_images),
-        None => params.num_images,
-    };
-    check_work(&params, candidates, &state.limits)?;
-    let prompt = params.prompt.clone();
-    let completed = model.engine.generate(params, selection, scorer, Some(deadline)).await?;
+    let prompt = plan.params.prompt.clone();
+    let selection = plan.selection;
+    let completed = model.engine.generate(plan, Some(deadline)).await?;
     let output = completed.output;
     let timings = &output.timings;
     let mut images = Vec::with_capacity(output.images.len());

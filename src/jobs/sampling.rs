@@ -13,7 +13,7 @@ use crate::jobs::context::JobContext;
 use crate::jobs::spec::PromptSource;
 use crate::pipeline::GenerateParams;
 use crate::reward::best_of::Selection;
-use crate::reward::Scorer;
+use crate::reward::{GeneratePlan, Scorer};
 use crate::serving::LoadedModel;
 use crate::storage::{FeedbackQuery, Label};
 
@@ -139,7 +139,10 @@ impl JobContext<'_> {
             self.check_cancelled()?;
             match model
                 .engine
-                .generate(params.clone(), Selection::BestOf { k: 1 }, Some(scorer.clone()), None)
+                .generate(
+                    GeneratePlan::new(params.clone(), Selection::BestOf { k: 1 }, Some(scorer.clone())),
+                    None,
+                )
                 .await
             {
                 Err(Error::Overloaded { retry_after_secs, .. }) => {

@@ -5,13 +5,15 @@
 //! is spent, and returns the `n` best either way, saying how many reached it. Candidate `j` always starts from
 //! seed `seed + j`, and candidates are generated in batched UNet calls of `batch_images`, so a request with a
 //! seed gives the same images and scores every time.
+//!
+//! This module holds the rules (validation, rounds, when a threshold is met, which candidates win); the server's
+//! batcher and `t2i-align generate` both drive them through `batching::request`.
 
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::pipeline::generate::{GenerateOutput, GeneratedImage, Progress, Sampled, SampledImage, SelectionReport};
-use crate::pipeline::{GenerateParams, Pipeline, StageTimings};
-use crate::reward::scorer::Scorer;
+use crate::pipeline::generate::{GenerateOutput, GeneratedImage, SampledImage, SelectionReport};
+use crate::pipeline::StageTimings;
 
 /// How the returned images are chosen among the candidates.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -152,58 +154,6 @@ pub fn top_n(scores: &[f32], n: usize) -> Vec<usize> {
 /// How many candidates the next round generates: a full batch, never past the budget.
 pub fn next_round(generated: usize, budget: usize, batch_images: usize) -> usize {
     budget.saturating_sub(generated).min(batch_images.max(1))
-}
-
-/// Generates candidates for `params` (whose `num_images` is the number of outputs `n`), scores every one
-/// with `scorer` and returns the chosen `n` as PNGs, best first, each with its reward. With `best_of: 1`
-/// there is no choice to make: the `n` images come back in seed order, each with its reward.
-pub fn generate_selected(
-    pipeline: &mut Pipeline,
-    scorer: &Scorer,
-    params: &GenerateParams,
-    selection: Selection,
-    batch_images: usize,
-    progress: &mut dyn Progress,
-) -> Result<GenerateOutput> {
-    let n = params.num_images;
-    let budget = selection.budget(n);
-    let mut timings = StageTimings::default();
-    let mut warnings: Vec<String> = Vec::new();
-    let mut candidates = Vec::with_capacity(budget);
-    let mut scores: Vec<f32> = Vec::with_capacity(budget);
-    let preprocessor = scorer.preprocessor();
-    while candidates.len() < budget {
-        let count = next_round(candidates.len(), budget, batch_images);
-        let round = GenerateParams {
-            num_images: count,
-            seed: params.seed.wrapping_add(candidates.len() as u64),
-            ..params.clone()
-        };
-        let Sampled {
-            images,
-            timings: round_timings,
-            warnings: round_warnings,
-        } = pipeline.sample(&round, progress)?;
-        timings.add(&round_timings);
-        for warning in round_warnings {
-            if !warnings.contains(&warning) {
-                warnings.push(warning);
-            }
-        }
-        let started = Instant::now();
-        let mut pixels = Vec::with_capacity(images.len() * preprocessor.values_per_image());
-        for image in &images {
-            preprocessor.pixel_values_into(&image.rgb, &mut pixels);
-        }
-        let scored = scorer.score_blocking(vec![params.prompt.clone(); images.len()], pixels)?;
-        timings.score += started.elapsed();
-        scores.extend_from_slice(&scored.scores);
-        candidates.extend(images);
-        if selection_done(selection, n, &scores) {
-            break;
-        }
-    }
-    selected_output(&candidates, scores, selection, n, scorer.name(), timings, warnings)
 }
 
 /// Whether a threshold selection has its `n` candidates at or above `min_reward` (best_of never stops early).

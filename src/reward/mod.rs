@@ -1,9 +1,11 @@
-//! Reward models in the serving path: the manifest, preprocessing, the ONNX session, the batching scorer thread
-//! and rejection sampling (best-of-n). `/score`, `/rerank` and `/generate` reach a model through [`RewardSet`].
+//! Reward models in the serving path: the manifest, preprocessing, the ONNX session, the batching scorer thread,
+//! rejection sampling (best-of-n) and a generate request's plan (`plan`). `/score`, `/rerank` and `/generate`
+//! reach a model through [`RewardSet`].
 
 pub mod best_of;
 pub mod manifest;
 pub mod model;
+pub mod plan;
 pub mod preprocess;
 pub mod scorer;
 
@@ -11,6 +13,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 pub use best_of::{Selection, SelectionInput, SelectionLimits};
+pub use plan::{GeneratePlan, PlanInput};
 pub use scorer::{Scored, Scorer};
 
 /// The loaded reward models; the first is the default.

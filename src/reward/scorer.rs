@@ -124,6 +124,27 @@ impl Scorer {
         }
     }
 
+    /// A scorer with no model and no thread, for tests that only need its name: scoring answers `Unavailable`.
+    #[cfg(test)]
+    pub(crate) fn detached(name: &str) -> Self {
+        use crate::reward::manifest::{ImageSpec, ResizeFilter};
+        Scorer {
+            name: name.to_string(),
+            bounded: true,
+            sender: None,
+            thread: None,
+            preprocessor: Preprocessor::new(ImageSpec {
+                shortest_edge: 8,
+                filter: ResizeFilter::Bilinear,
+                crop_height: 8,
+                crop_width: 8,
+                rescale: 1.0 / 255.0,
+                mean: [0.5; 3],
+                std: [0.5; 3],
+            }),
+        }
+    }
+
     /// Scores image `i` of `pixels` (from `preprocessor()`) against `prompts[i]`, from async code.
     pub async fn score(&self, prompts: Vec<String>, pixels: Vec<f32>) -> Result<Scored> {
         let receive = self.submit(prompts, pixels)?;
