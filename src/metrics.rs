@@ -11,7 +11,6 @@ use prometheus::{
 };
 
 use crate::pipeline::{SelectionReport, StageTimings};
-use crate::reward::manifest::RewardKind;
 
 pub struct Metrics {
     registry: Registry,
@@ -258,22 +257,15 @@ impl Metrics {
         }
     }
 
-    /// Adds `t2i_reward_score{model="<name>"}`, with buckets that fit the model's score range: 0 to 1 for a
-    /// reward head trained on labels, a share of `logit_scale` for CLIP similarity.
-    pub fn register_reward_model(&self, name: &str, kind: &RewardKind) {
+    /// Adds `t2i_reward_score{model="<name>"}`, with buckets that fit the model's score range (the reward
+    /// model's `RewardKind::score_buckets`).
+    pub fn register_reward_model(&self, name: &str, buckets: Vec<f64>) {
         let Ok(mut histograms) = self.reward_scores.lock() else {
             return;
         };
         if histograms.contains_key(name) {
             return;
         }
-        // Tenths from -0.5 to 1.5 of the score's unit: 1 for a reward head, logit_scale for CLIP similarity,
-        // whose cosines rarely pass 0.5.
-        let (unit, count) = match kind {
-            RewardKind::RewardHead { .. } => (1.0, 21),
-            RewardKind::ClipSimilarity { logit_scale, .. } => (f64::from(*logit_scale), 11),
-        };
-        let buckets: Vec<f64> = (0..count).map(|tenth| f64::from(tenth - 5) / 10.0 * unit).collect();
         let histogram = Histogram::with_opts(
             HistogramOpts::new(
                 "t2i_reward_score",
@@ -365,11 +357,9 @@ mod tests {
     #[test]
     fn reward_metrics_carry_the_model() {
         let metrics = Metrics::new();
-        let kind = RewardKind::RewardHead {
-            output: "reward".into(),
-        };
-        metrics.register_reward_model("shapes-reward", &kind);
-        metrics.register_reward_model("shapes-reward", &kind);
+        let buckets: Vec<f64> = (0..21).map(|tenth| f64::from(tenth - 5) / 10.0).collect();
+        metrics.register_reward_model("shapes-reward", buckets.clone());
+        metrics.register_reward_model("shapes-reward", buckets);
         metrics.observe_reward("shapes-reward", 0.73);
         metrics.observe_reward_batch("shapes-reward", 12, Duration::from_millis(3));
         metrics.observe_selection(&SelectionReport {

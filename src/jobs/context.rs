@@ -3,6 +3,7 @@
 //! tools as children.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -10,11 +11,23 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::jobs::child::{run_to_end, Follower};
-use crate::jobs::manager::JobManager;
 use crate::jobs::metrics::JobMetrics;
 use crate::jobs::spec::JobSpec;
-use crate::jobs::STAGES;
-use crate::storage::JobRecord;
+use crate::jobs::{JobConfig, STAGES};
+use crate::metrics::Metrics;
+use crate::reward::RewardSet;
+use crate::serving::ModelPool;
+use crate::storage::{JobRecord, Storage};
+
+/// What a job's stages use of the server: the database, the loaded models, the reward models, the metrics and
+/// how jobs run. The manager owns it and lends it to each running job.
+pub struct JobServices {
+    pub(super) storage: Arc<Storage>,
+    pub(super) pool: Arc<ModelPool>,
+    pub(super) rewards: Arc<RewardSet>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) config: JobConfig,
+}
 
 /// A stage in progress: its name (one of `STAGES`) and when it began.
 pub(super) struct Stage {
@@ -24,7 +37,7 @@ pub(super) struct Stage {
 
 /// One running job: its spec, folder and the figures gathered so far.
 pub(super) struct JobContext<'a> {
-    pub(super) manager: &'a JobManager,
+    pub(super) services: &'a JobServices,
     pub(super) job: &'a JobRecord,
     pub(super) spec: JobSpec,
     pub(super) folder: PathBuf,
@@ -52,8 +65,8 @@ impl JobContext<'_> {
     pub(super) async fn begin(&self, stage: &'static str) -> Result<Stage> {
         self.check_cancelled()?;
         let (start, _) = stage_bounds(stage);
-        self.manager.storage.set_job_stage(&self.job.id, stage, start).await?;
-        self.manager
+        self.services.storage.set_job_stage(&self.job.id, stage, start).await?;
+        self.services
             .storage
             .insert_event(&self.job.id, "info", "stage", &format!("{stage}: started"), None)
             .await?;
@@ -66,18 +79,18 @@ impl JobContext<'_> {
     pub(super) async fn end(&self, stage: Stage, message: &str) -> Result<()> {
         let Stage { name: stage, started } = stage;
         let seconds = started.elapsed().as_secs_f64();
-        self.manager
+        self.services
             .metrics
             .fine_tune_stage_duration
             .with_label_values(&[stage])
             .observe(seconds);
         let (_, end) = stage_bounds(stage);
-        self.manager.storage.set_job_progress(&self.job.id, end).await?;
-        self.manager
+        self.services.storage.set_job_progress(&self.job.id, end).await?;
+        self.services
             .storage
             .set_job_metrics(&self.job.id, &self.metrics_value())
             .await?;
-        self.manager
+        self.services
             .storage
             .insert_event(
                 &self.job.id,
@@ -93,7 +106,7 @@ impl JobContext<'_> {
     /// Progress within a stage (0..1 of it).
     pub(super) async fn stage_progress(&self, stage: &str, fraction: f64) -> Result<()> {
         let (start, end) = stage_bounds(stage);
-        self.manager
+        self.services
             .storage
             .set_job_progress(&self.job.id, start + (end - start) * fraction.clamp(0.0, 1.0))
             .await
@@ -109,7 +122,7 @@ impl JobContext<'_> {
     /// `<python> -m t2i_trainer.<module>`; the child finds the package through PYTHONPATH (`child_environment`).
     pub(super) fn python(&self, module: &str) -> Vec<String> {
         vec![
-            self.manager.config.python.to_string_lossy().into_owned(),
+            self.services.config.python.to_string_lossy().into_owned(),
             "-m".into(),
             format!("t2i_trainer.{module}"),
         ]
@@ -127,7 +140,7 @@ impl JobContext<'_> {
                     str::to_string,
                 );
                 let _ = self
-                    .manager
+                    .services
                     .storage
                     .insert_event(&self.job.id, level, kind, &message, Some(&value))
                     .await;
@@ -148,7 +161,7 @@ impl JobContext<'_> {
         run_to_end(
             command,
             &self.folder.join("tools.log"),
-            &self.manager.config.trainer_dir,
+            &self.services.config.trainer_dir,
             self.cancelled.clone(),
         )
         .await
@@ -159,7 +172,7 @@ impl JobContext<'_> {
         Follower::spawn(
             command,
             &self.folder.join(log),
-            &self.manager.config.trainer_dir,
+            &self.services.config.trainer_dir,
             self.cancelled.clone(),
         )
     }

@@ -62,7 +62,7 @@ impl JobContext<'_> {
             Err(Error::Cancelled) => return Err(Error::Cancelled),
             Err(err) => {
                 let _ = self
-                    .manager
+                    .services
                     .storage
                     .insert_event(
                         &self.job.id,
@@ -75,7 +75,7 @@ impl JobContext<'_> {
             }
         }
         let _ = self
-            .manager
+            .services
             .storage
             .insert_event(
                 &self.job.id,

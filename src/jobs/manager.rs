@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use crate::error::{Error, Result};
-use crate::jobs::context::JobContext;
+use crate::jobs::context::{JobContext, JobServices};
 use crate::jobs::metrics::JobMetrics;
 use crate::jobs::spec::{FineTuneRequest, JobSpec};
 use crate::jobs::{JobConfig, JOBS_DIR};
@@ -29,11 +29,7 @@ struct RunningJob {
 
 /// The job queue and its runner: one job at a time, on a tokio task.
 pub struct JobManager {
-    pub(super) storage: Arc<Storage>,
-    pub(super) pool: Arc<ModelPool>,
-    pub(super) rewards: Arc<RewardSet>,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) config: JobConfig,
+    services: JobServices,
     jobs_dir: PathBuf,
     wake: Notify,
     running: Mutex<Option<RunningJob>>,
@@ -73,11 +69,13 @@ impl JobManager {
             }
         }
         Ok(Arc::new(JobManager {
-            storage,
-            pool,
-            rewards,
-            metrics,
-            config,
+            services: JobServices {
+                storage,
+                pool,
+                rewards,
+                metrics,
+                config,
+            },
             jobs_dir,
             wake: Notify::new(),
             running: Mutex::new(None),
@@ -86,7 +84,7 @@ impl JobManager {
     }
 
     pub fn storage(&self) -> &Arc<Storage> {
-        &self.storage
+        &self.services.storage
     }
 
     /// Starts the runner: it takes queued jobs oldest first, one at a time, until the process exits.
@@ -102,7 +100,7 @@ impl JobManager {
                 if manager.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
                     return;
                 }
-                match manager.storage.next_queued_job().await {
+                match manager.services.storage.next_queued_job().await {
                     Ok(Some(job)) => manager.run(job).await,
                     Ok(None) => {
                         let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
@@ -119,7 +117,7 @@ impl JobManager {
     /// Why jobs cannot run on this server, if they cannot: the trainer's Python (which also runs the prompt
     /// generator and the evaluator) does not exist.
     pub fn unavailable(&self) -> Option<String> {
-        let python = &self.config.python;
+        let python = &self.services.config.python;
         (!program_exists(python)).then(|| {
             format!(
                 "fine-tune jobs cannot run here: the trainer's Python `{}` does not exist (run `make trainer-venv`, \
@@ -135,13 +133,13 @@ impl JobManager {
             return Err(Error::Unavailable(reason));
         }
         let base = match request.base_model.as_deref() {
-            Some(id) => self.pool.registry().version(id, "base_model").await?,
+            Some(id) => self.services.pool.registry().version(id, "base_model").await?,
             None => {
-                let active = self.pool.active().version.clone();
-                self.pool.registry().version(&active, "base_model").await?
+                let active = self.services.pool.active().version.clone();
+                self.services.pool.registry().version(&active, "base_model").await?
             }
         };
-        let folder = self.pool.registry().folder(&base);
+        let folder = self.services.pool.registry().folder(&base);
         if !folder.join("diffusers/model_index.json").is_file() {
             return Err(Error::validation(
                 "base_model",
@@ -153,22 +151,31 @@ impl JobManager {
             ));
         }
         if let Some(name) = request.reward_model.as_deref() {
-            self.rewards.get(Some(name), "reward_model")?;
-        } else if self.rewards.is_empty() {
+            self.services.rewards.get(Some(name), "reward_model")?;
+        } else if self.services.rewards.is_empty() {
             return Err(Error::validation(
                 "reward_model",
                 "this server has no reward model loaded (start it with --reward-model); a job needs one",
             ));
         }
-        let spec = request.validate(base.id.clone(), &self.config.limits, &self.config.gate)?;
+        let spec = request.validate(
+            base.id.clone(),
+            &self.services.config.limits,
+            &self.services.config.gate,
+        )?;
         if let Some(model) = &spec.feedback_filter.model {
             // A typo would otherwise match no rating and train on the reward model's scores alone.
-            self.pool.registry().version(model, "feedback_filter.model").await?;
+            self.services
+                .pool
+                .registry()
+                .version(model, "feedback_filter.model")
+                .await?;
         }
         let id = format!("ft_{}", uuid::Uuid::new_v4().simple());
         let spec_json = serde_json::to_value(&spec).map_err(|err| Error::Internal(err.to_string()))?;
-        let job = self.storage.insert_job(&id, &base.id, &spec_json).await?;
-        self.storage
+        let job = self.services.storage.insert_job(&id, &base.id, &spec_json).await?;
+        self.services
+            .storage
             .insert_event(&id, "info", "status", &format!("queued (base model {})", base.id), None)
             .await?;
         self.refresh_job_metrics().await;
@@ -202,6 +209,7 @@ impl JobManager {
     /// Cancels a queued or running job. A running one stops at once: its trainer's process group is killed.
     pub async fn cancel(&self, id: &str) -> Result<JobRecord> {
         let job = self
+            .services
             .storage
             .job(id)
             .await?
@@ -218,34 +226,51 @@ impl JobManager {
                 .filter(|running| running.id == id)
                 .map(|running| running.cancel.send(true).is_ok())
         });
-        if signalled.is_none() && self.storage.set_job_status(id, JobStatus::Cancelled, None).await? {
-            self.storage
+        if signalled.is_none()
+            && self
+                .services
+                .storage
+                .set_job_status(id, JobStatus::Cancelled, None)
+                .await?
+        {
+            self.services
+                .storage
                 .insert_event(id, "info", "status", "cancelled before it started", None)
                 .await?;
             self.refresh_job_metrics().await;
         }
         // A running job records its own cancellation once its stage has stopped.
-        self.storage
+        self.services
+            .storage
             .job(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no fine-tune job `{id}`")))
     }
 
     async fn refresh_job_metrics(&self) {
-        if let Ok(counts) = self.storage.job_counts().await {
+        if let Ok(counts) = self.services.storage.job_counts().await {
             for status in ["queued", "running", "succeeded", "failed", "cancelled"] {
                 let count = counts
                     .iter()
                     .find(|(name, _)| name == status)
                     .map_or(0, |(_, count)| *count);
-                self.metrics.fine_tune_jobs.with_label_values(&[status]).set(count);
+                self.services
+                    .metrics
+                    .fine_tune_jobs
+                    .with_label_values(&[status])
+                    .set(count);
             }
         }
     }
 
     async fn run(&self, job: JobRecord) {
         let (cancel, cancelled) = watch::channel(false);
-        match self.storage.set_job_status(&job.id, JobStatus::Running, None).await {
+        match self
+            .services
+            .storage
+            .set_job_status(&job.id, JobStatus::Running, None)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => return,
             Err(err) => {
@@ -262,6 +287,7 @@ impl JobManager {
         }
         self.refresh_job_metrics().await;
         let _ = self
+            .services
             .storage
             .insert_event(&job.id, "info", "status", "running", None)
             .await;
@@ -270,7 +296,7 @@ impl JobManager {
         let result = match serde_json::from_value::<JobSpec>(job.spec.clone()) {
             Ok(spec) => {
                 let mut context = JobContext {
-                    manager: self,
+                    services: &self.services,
                     job: &job,
                     spec,
                     folder: self.jobs_dir.join(&job.id),
@@ -300,10 +326,16 @@ impl JobManager {
             Err(Error::Cancelled) => None,
             Err(err) => Some(err.to_string()),
         };
-        if let Err(err) = self.storage.set_job_status(&job.id, status, error.as_deref()).await {
+        if let Err(err) = self
+            .services
+            .storage
+            .set_job_status(&job.id, status, error.as_deref())
+            .await
+        {
             tracing::error!(job = %job.id, error = %err, "cannot record the job's end");
         }
         let _ = self
+            .services
             .storage
             .insert_event(&job.id, level, "status", &message, None)
             .await;

@@ -86,11 +86,15 @@ impl JobContext<'_> {
         std::fs::create_dir_all(&self.folder)
             .map_err(|err| Error::Internal(format!("cannot create {}: {err}", self.folder.display())))?;
         let scorer = self
-            .manager
+            .services
             .rewards
             .get(self.spec.reward_model.as_deref(), "reward_model")?
             .clone();
-        let base = self.manager.pool.get(Some(&self.spec.base_model), "base_model").await?;
+        let base = self
+            .services
+            .pool
+            .get(Some(&self.spec.base_model), "base_model")
+            .await?;
 
         let stage = self.begin("prompts").await?;
         let prompts = self.prompts(&self.spec.prompts.clone(), "train").await?;
@@ -137,7 +141,7 @@ impl JobContext<'_> {
         let rated = samples.len();
         let mut sampled = sampled;
         if let Some(note) = rescale_rewards(&mut sampled, scorer.bounded()) {
-            self.manager
+            self.services
                 .storage
                 .insert_event(&self.job.id, "warning", "label", &note, None)
                 .await?;
@@ -197,7 +201,7 @@ impl JobContext<'_> {
 
         let stage = self.begin("evaluate").await?;
         let candidate_model = self
-            .manager
+            .services
             .pool
             .load_folder(format!("{}-candidate", self.job.id), candidate.clone())
             .await
@@ -235,7 +239,7 @@ impl JobContext<'_> {
         let stage = self.begin("register").await?;
         let version_id = self.version_id(&self.spec.base_model);
         let record = self
-            .manager
+            .services
             .pool
             .registry()
             .register_candidate(Candidate {
@@ -247,7 +251,7 @@ impl JobContext<'_> {
                 metrics: &self.metrics_value(),
             })
             .await?;
-        self.manager.storage.set_job_result(&self.job.id, &record.id).await?;
+        self.services.storage.set_job_result(&self.job.id, &record.id).await?;
         let passed = gate.passed;
         let outcome = if !passed {
             format!(
@@ -255,13 +259,13 @@ impl JobContext<'_> {
                 evaluate::gate_line(&gate)
             )
         } else if self.spec.activate_on_success {
-            self.manager.pool.activate(&version_id, "base_model").await?;
+            self.services.pool.activate(&version_id, "base_model").await?;
             format!("registered and activated {version_id}")
         } else {
             format!("registered {version_id}; it passed the gate (activate_on_success is false)")
         };
         self.metrics.activated = Some(passed && self.spec.activate_on_success);
-        self.manager
+        self.services
             .storage
             .set_job_metrics(&self.job.id, &self.metrics_value())
             .await?;

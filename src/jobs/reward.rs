@@ -23,7 +23,7 @@ impl JobContext<'_> {
         samples: &mut [Sample],
         current: &Arc<Scorer>,
     ) -> Result<(Arc<Scorer>, String)> {
-        let registry = self.manager.pool.registry().clone();
+        let registry = self.services.pool.registry().clone();
         let version_id = self.version_id(current.name());
         let base = registry.version(&self.spec.base_model, "base_model").await?;
         let folder = self.folder.join("reward");
@@ -40,7 +40,7 @@ impl JobContext<'_> {
             ("--out", folder.to_string_lossy().into_owned()),
             ("--name", version_id.clone()),
             ("--seed", self.spec.seed.to_string()),
-            ("--threads", self.manager.config.trainer_threads.to_string()),
+            ("--threads", self.services.config.trainer_threads.to_string()),
         ] {
             command.extend([flag.to_string(), value]);
         }
@@ -52,7 +52,7 @@ impl JobContext<'_> {
             .cloned()
             .unwrap_or(Value::Null);
         let scorer = self
-            .manager
+            .services
             .pool
             .loader()
             .load_reward(folder.clone())

@@ -155,7 +155,7 @@ impl JobContext<'_> {
 
     /// The stored ratings as samples: good 1, bad 0 (skips are left out), each image copied into `folder`.
     pub(super) async fn feedback_samples(&self, folder: &Path) -> Result<Vec<Sample>> {
-        let storage = &self.manager.storage;
+        let storage = &self.services.storage;
         let mut samples = Vec::new();
         let filter = &self.spec.feedback_filter;
         let mut query = FeedbackQuery {

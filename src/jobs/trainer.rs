@@ -156,12 +156,12 @@ impl JobContext<'_> {
         }
         let base_folder = {
             let version = self
-                .manager
+                .services
                 .pool
                 .registry()
                 .version(&self.spec.base_model, "base_model")
                 .await?;
-            self.manager.pool.registry().folder(&version)
+            self.services.pool.registry().folder(&version)
         };
         let hyper = &self.spec.hyperparameters;
         let pretrain = match self.spec.pretrain_data.kind.as_str() {
@@ -188,7 +188,7 @@ impl JobContext<'_> {
             ema_decay: hyper.ema_decay,
             caption_dropout: hyper.caption_dropout,
             seed: self.spec.seed,
-            threads: self.manager.config.trainer_threads as u32,
+            threads: self.services.config.trainer_threads as u32,
             // About 100 progress lines, and at least one every 25 steps.
             log_every: (hyper.steps / 100).clamp(1, 25),
             unet_layers: None,
@@ -199,13 +199,13 @@ impl JobContext<'_> {
             .map_err(|err| Error::Internal(format!("cannot encode the trainer's spec: {err}")))?;
         let spec_path = self.folder.join("trainer-spec.json");
         crate::storage::write_atomically(&spec_path, trainer_spec.to_string().as_bytes())?;
-        let mut command = match &self.manager.config.trainer_command {
+        let mut command = match &self.services.config.trainer_command {
             Some(command) => command.clone(),
             None => self.python("jobs.finetune"),
         };
         command.extend(["--spec".into(), spec_path.to_string_lossy().into_owned()]);
         let _ = self
-            .manager
+            .services
             .storage
             .insert_event(
                 &self.job.id,
@@ -237,7 +237,7 @@ impl JobContext<'_> {
 
     /// One line of the trainer's stdout: a progress event, or anything else, kept as a log event.
     async fn trainer_line(&self, line: &str, losses: &mut Vec<LossPoint>, trainer_error: &mut Option<String>) {
-        let storage = &self.manager.storage;
+        let storage = &self.services.storage;
         let Ok(value) = serde_json::from_str::<Value>(line) else {
             let _ = storage
                 .insert_event(&self.job.id, "info", "trainer_log", line, None)
@@ -247,7 +247,7 @@ impl JobContext<'_> {
         match TrainerEvent::read(&value) {
             TrainerEvent::Step { step, steps, loss } => {
                 if let Some(loss) = loss {
-                    self.manager.metrics.fine_tune_trainer_loss.set(loss);
+                    self.services.metrics.fine_tune_trainer_loss.set(loss);
                     losses.push(LossPoint { step, loss });
                 }
                 let _ = self.stage_progress("train", step / steps.max(1.0)).await;

@@ -29,6 +29,18 @@ pub enum RewardKind {
     },
 }
 
+impl RewardKind {
+    /// Histogram buckets that fit the model's score range: tenths from -0.5 to 1.5 of the score's unit, which is
+    /// 1 for a reward head trained on labels and `logit_scale` for CLIP similarity, whose cosines rarely pass 0.5.
+    pub fn score_buckets(&self) -> Vec<f64> {
+        let (unit, count) = match self {
+            RewardKind::RewardHead { .. } => (1.0, 21),
+            RewardKind::ClipSimilarity { logit_scale, .. } => (f64::from(*logit_scale), 11),
+        };
+        (0..count).map(|tenth| f64::from(tenth - 5) / 10.0 * unit).collect()
+    }
+}
+
 /// PIL's resampling filters, which `transformers`' image processors use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResizeFilter {
