@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use t2i_align::pipeline::generate::NoProgress;
+use t2i_align::pipeline::output::NoProgress;
 use t2i_align::pipeline::scheduler::SchedulerKind;
 use t2i_align::pipeline::{GenerateParams, ModelFolder, Pipeline};
 use t2i_align::runtime::{Device, Runtime, SessionSettings};

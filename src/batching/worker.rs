@@ -21,7 +21,7 @@ use super::watchdog::{Member, Watchdog};
 use super::{Completed, Deadline, Job};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::pipeline::generate::{Denoising, LatentShape};
+use crate::pipeline::denoise::{Denoising, LatentShape};
 use crate::pipeline::{GenerateParams, Pipeline, Sampled};
 use crate::reward::Scorer;
 

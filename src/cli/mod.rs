@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::http::{HttpConfig, ScoreLimits};
 use crate::jobs::{GateDefaults, JobConfig, JobLimits};
 use crate::metrics::Metrics;
-use crate::pipeline::generate::Progress;
+use crate::pipeline::output::Progress;
 use crate::pipeline::{GenerateInput, GenerateOutput, ModelFolder, Pipeline, RequestLimits};
 use crate::reward::preprocess::decode_image;
 use crate::reward::{GeneratePlan, PlanInput, Scorer, SelectionInput, SelectionLimits};

@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::pipeline::generate::{GenerateOutput, GeneratedImage, SampledImage, SelectionReport};
+use crate::pipeline::output::{GenerateOutput, GeneratedImage, SampledImage, SelectionReport};
 use crate::pipeline::StageTimings;
 
 /// How the returned images are chosen among the candidates.

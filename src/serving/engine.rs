@@ -82,7 +82,7 @@ fn warm_up(pipeline: &mut Pipeline, worker: usize, settings: &EngineSettings) ->
                 height: size,
                 ..base.clone()
             };
-            pipeline.generate(&params, &mut crate::pipeline::generate::NoProgress)?;
+            pipeline.generate(&params, &mut crate::pipeline::output::NoProgress)?;
             tracing::info!(
                 worker,
                 size,
