@@ -4,7 +4,8 @@
 //! loop), `reward` (reward models, the scorer thread and best-of-n), `runtime` (the ONNX Runtime environment and
 //! sessions), `batching` (the queue and the worker threads that own the sessions), `storage` (the database: images,
 //! feedback, jobs, versions), `jobs` (fine-tune jobs and their runner), `registry` (model versions and the loaded
-//! engines), `metrics`, and `server`/`cli` that wire them together.
+//! engines), `metrics`, and `cli` that wires them together: one file per command, `serve`'s start-up and shutdown
+//! included.
 
 pub mod batching;
 pub mod cli;
@@ -16,7 +17,6 @@ pub mod pipeline;
 pub mod registry;
 pub mod reward;
 pub mod runtime;
-pub mod server;
 pub mod serving;
 pub mod storage;
 

@@ -29,7 +29,7 @@ fn main() -> std::process::ExitCode {
         Command::FineTune(command) => cli::fine_tune::run(command),
         Command::Serve(args) => args
             .into_config()
-            .and_then(|config| actix_web::rt::System::new().block_on(t2i_align::server::serve(config))),
+            .and_then(|config| actix_web::rt::System::new().block_on(cli::serve::serve(config))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

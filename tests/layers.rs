@@ -3,7 +3,7 @@
 //! imports upwards, or ties two files into a loop, fails here with the files named.
 //!
 //! The layers, top to bottom (docs/architecture.md draws them):
-//!   cli → server → http → jobs → serving → batching → reward → metrics → pipeline, registry →
+//!   cli → http → jobs → serving → batching → reward → metrics → pipeline, registry →
 //!   runtime, storage → error
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 /// Each top-level module and its layer; a module may import only modules on lower layers.
 const LAYERS: &[(&str, u32)] = &[
     ("cli", 10),
-    ("server", 9),
     ("http", 8),
     ("jobs", 7),
     ("serving", 6),

@@ -192,7 +192,7 @@ pub fn build_server(state: web::Data<AppState>, config: &HttpConfig) -> std::io:
             .default_service(web::to(ops::not_found))
     })
     .workers(config.http_workers.max(1))
-    // `server::serve` handles SIGTERM and SIGINT itself: it marks the server unready and stops the job runner
+    // `cli::serve::serve` handles SIGTERM and SIGINT itself: it marks the server unready and stops the job runner
     // before the graceful stop, which then gives in-flight requests this long.
     .disable_signals()
     .shutdown_timeout(config.shutdown_grace)

@@ -1,0 +1,441 @@
+//! `t2i-align serve`: its flags and the config they become, then start-up and shutdown: load the library and the
+//! model folder (failing fast with a sentence), bind HTTP at once so `/health` answers, then load and warm the
+//! sessions before `/ready` says 200.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use actix_web::web;
+use clap::Args;
+
+use super::args::{LimitArgs, RewardArgs, RewardConfig, RuntimeArgs};
+use crate::error::{Error, Result};
+use crate::http::{build_server, AppState, HttpConfig, Serving};
+use crate::jobs::{GateDefaults, JobConfig, JobLimits, JobManager};
+use crate::metrics::Metrics;
+use crate::pipeline::{ModelFolder, RequestLimits};
+use crate::registry::Registry;
+use crate::runtime::{Device, Runtime, SessionSettings};
+use crate::serving::{EngineSettings, Loader, ModelPool, RewardSettings};
+use crate::storage::Storage;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub reward: RewardArgs,
+    /// Data directory: the SQLite database and the files it points at (created if missing).
+    #[arg(long, env = "T2I_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// When a database commit reaches the disk: `full` fsyncs every commit (an acknowledged rating survives
+    /// power loss); `normal` only at checkpoints (faster; a killed process still loses nothing).
+    #[arg(long, env = "T2I_DURABILITY", value_enum, default_value_t = crate::storage::Durability::Full)]
+    pub durability: crate::storage::Durability,
+    /// Most generated images kept, so /score and /rerank can take their `image_id`s; the oldest go first
+    /// (0 keeps none).
+    #[arg(long, env = "T2I_IMAGE_RETENTION", default_value_t = 10_000)]
+    pub image_retention: u64,
+    /// Address to listen on.
+    #[arg(long, env = "T2I_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one and logs it).
+    #[arg(long, env = "T2I_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Worker threads, each owning its own copy of the ONNX sessions (memory grows with each).
+    #[arg(long, env = "T2I_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    /// HTTP threads (they only parse, validate and wait; ONNX work happens on the workers).
+    #[arg(long, env = "T2I_HTTP_WORKERS", default_value_t = 2)]
+    pub http_workers: usize,
+    /// Generation requests that may wait for a worker; more are refused with 429 and Retry-After.
+    #[arg(long, env = "T2I_QUEUE_CAPACITY", default_value_t = 32)]
+    pub queue_capacity: usize,
+    /// Most UNet rows in one call of the continuous batcher: every admitted request's images (two rows each
+    /// with classifier-free guidance) share each denoising step up to this; more requests wait in the queue.
+    #[arg(long, env = "T2I_MAX_BATCH_ROWS", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_batch_rows: u64,
+    /// A file of API keys, one `scope:key` or `name:scope:key` a line (scopes: inference, admin). Keys also come
+    /// from the T2I_API_KEYS variable, in the same form, comma-separated; never from the command line itself.
+    #[arg(long, env = "T2I_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Refuse to start without API keys (instead of serving in open mode).
+    #[arg(long, env = "T2I_REQUIRE_AUTH")]
+    pub require_auth: bool,
+    /// Most requests one API key may have in flight; more answer 429 (0: no limit).
+    #[arg(long, env = "T2I_MAX_CONCURRENT_PER_KEY", default_value_t = 16)]
+    pub max_concurrent_per_key: usize,
+    /// Make /metrics need an admin key too.
+    #[arg(long, env = "T2I_PROTECT_METRICS")]
+    pub protect_metrics: bool,
+    /// Seconds a generation may take, queue included, unless its X-Request-Timeout header asks for less; then
+    /// it stops at the next denoising step and answers 504.
+    #[arg(long, env = "T2I_REQUEST_TIMEOUT", default_value_t = 300.0)]
+    pub request_timeout: f64,
+    /// Origins browsers may call the API from, comma-separated (`*` for any). None by default: CORS is off.
+    #[arg(long, env = "T2I_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Seconds in-flight requests get to finish after SIGTERM or SIGINT; the process then exits 0.
+    #[arg(long, env = "T2I_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
+    /// Largest request body in bytes.
+    #[arg(long, env = "T2I_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Run a short generation on each worker before /ready answers 200.
+    #[arg(long, env = "T2I_WARMUP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub warmup: bool,
+    /// Image counts the warm-up generates on each worker, comma-separated (two UNet rows each with guidance):
+    /// the batch sizes ONNX Runtime plans before the first request.
+    #[arg(long, env = "T2I_WARMUP_IMAGES", value_delimiter = ',', default_value = "1")]
+    pub warmup_images: Vec<usize>,
+    /// Image sizes in pixels the warm-up covers, comma-separated (default: the model's own size).
+    #[arg(long, env = "T2I_WARMUP_SIZES", value_delimiter = ',')]
+    pub warmup_sizes: Vec<usize>,
+    /// Most model versions loaded at once (the active one included); others load on first use.
+    #[arg(long, env = "T2I_MAX_LOADED_MODELS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_loaded_models: u64,
+    #[command(flatten)]
+    pub jobs: JobArgs,
+}
+
+/// How fine-tune jobs run.
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// Python with the trainer's dependencies (trainer/requirements.txt); runs the trainer, the evaluator and
+    /// the shapes world's prompt generator.
+    #[arg(long, env = "T2I_TRAINER_PYTHON", default_value = ".venv-trainer/bin/python")]
+    pub trainer_python: PathBuf,
+    /// The trainer's sources: the folder holding the t2i_trainer package. Job children run
+    /// `<trainer-python> -m t2i_trainer.<module>` with this folder first on PYTHONPATH, so the trainer's Python
+    /// needs its dependencies but not the package installed.
+    #[arg(long, env = "T2I_TRAINER_DIR", default_value = "trainer")]
+    pub trainer_dir: PathBuf,
+    /// The trainer's command line, replacing `<trainer-python> -m t2i_trainer.jobs.finetune`; `--spec FILE`
+    /// is appended, and it too gets `--trainer-dir` on PYTHONPATH. For several GPUs:
+    /// `torchrun --nproc_per_node 4 -m t2i_trainer.jobs.finetune`.
+    #[arg(long, env = "T2I_TRAINER_COMMAND")]
+    pub trainer_command: Option<String>,
+    /// torch CPU threads for the trainer.
+    #[arg(long, env = "T2I_TRAINER_THREADS", default_value_t = 2)]
+    pub trainer_threads: usize,
+    /// The gate: a new version's mean reward on the evaluation prompts must beat its base's by this much.
+    #[arg(
+        long,
+        env = "T2I_GATE_MIN_REWARD_GAIN",
+        default_value_t = 0.005,
+        allow_hyphen_values = true
+    )]
+    pub gate_min_reward_gain: f64,
+    /// The gate: the quality proxy may fall by at most this fraction (0.03 is 3 points).
+    #[arg(long, env = "T2I_GATE_MAX_QUALITY_DROP", default_value_t = 0.03)]
+    pub gate_max_quality_drop: f64,
+    /// Most prompts in one job.
+    #[arg(long, env = "T2I_MAX_JOB_PROMPTS", default_value_t = 10_000)]
+    pub max_job_prompts: usize,
+    /// Most samples per prompt in one job.
+    #[arg(long, env = "T2I_MAX_JOB_IMAGES_PER_PROMPT", default_value_t = 64)]
+    pub max_job_images_per_prompt: u32,
+    /// Most trainer steps in one job.
+    #[arg(long, env = "T2I_MAX_JOB_STEPS", default_value_t = 100_000)]
+    pub max_job_steps: i64,
+}
+
+impl JobArgs {
+    fn config(&self) -> Result<JobConfig> {
+        let trainer_command = match &self.trainer_command {
+            None => None,
+            Some(text) => {
+                let words: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+                if words.is_empty() {
+                    return Err(Error::Config("--trainer-command is empty".into()));
+                }
+                Some(words)
+            }
+        };
+        for (flag, value, low, high) in [
+            ("--gate-min-reward-gain", self.gate_min_reward_gain, -1.0, 1.0),
+            ("--gate-max-quality-drop", self.gate_max_quality_drop, 0.0, 1.0),
+        ] {
+            if !(low..=high).contains(&value) {
+                return Err(Error::Config(format!(
+                    "{flag} must be between {low} and {high}. Given: {value}"
+                )));
+            }
+        }
+        Ok(JobConfig {
+            python: self.trainer_python.clone(),
+            trainer_dir: self.trainer_dir.clone(),
+            trainer_command,
+            trainer_threads: self.trainer_threads.max(1),
+            limits: JobLimits {
+                max_prompts: self.max_job_prompts.max(1),
+                max_images_per_prompt: self.max_job_images_per_prompt.max(1),
+                max_steps: self.max_job_steps.max(1),
+                ..JobLimits::default()
+            },
+            gate: GateDefaults {
+                min_reward_gain: self.gate_min_reward_gain,
+                max_quality_drop: self.gate_max_quality_drop,
+            },
+        })
+    }
+}
+
+impl ServeArgs {
+    pub fn into_config(self) -> Result<ServeConfig> {
+        let keys = crate::http::auth::ApiKeys::load(
+            std::env::var("T2I_API_KEYS").ok().as_deref(),
+            self.api_keys_file.as_deref(),
+        )?;
+        if self.require_auth && keys.is_open() {
+            return Err(Error::Config(
+                "--require-auth is set but no API keys are configured: set T2I_API_KEYS or --api-keys-file".into(),
+            ));
+        }
+        if !(self.request_timeout.is_finite() && self.request_timeout > 0.0 && self.request_timeout <= 86_400.0) {
+            return Err(Error::Config(format!(
+                "--request-timeout must be between 0 and 86400 seconds. Given: {}",
+                self.request_timeout
+            )));
+        }
+        Ok(ServeConfig {
+            auth: AuthConfig {
+                keys,
+                protect_metrics: self.protect_metrics,
+                max_concurrent_per_key: self.max_concurrent_per_key,
+            },
+            request_timeout: std::time::Duration::from_secs_f64(self.request_timeout),
+            durability: self.durability,
+            jobs: self.jobs.config()?,
+            max_loaded_models: self.max_loaded_models as usize,
+            sessions: self.runtime.sessions(),
+            limits: self.limits.limits(),
+            model: self.runtime.model,
+            ort_library: self.runtime.ort_dylib,
+            device: self.runtime.device,
+            workers: self.workers,
+            queue_capacity: self.queue_capacity,
+            max_batch_rows: self.max_batch_rows as usize,
+            warmup: self.warmup,
+            warmup_images: self.warmup_images,
+            warmup_sizes: self.warmup_sizes,
+            reward: self.reward.config(),
+            data_dir: self.data_dir,
+            image_retention: self.image_retention,
+            http: HttpConfig {
+                host: self.host,
+                port: self.port,
+                http_workers: self.http_workers,
+                max_body_bytes: self.max_body_bytes,
+                shutdown_grace: self.shutdown_grace,
+                cors_origins: self.cors_origins,
+            },
+        })
+    }
+}
+
+pub struct ServeConfig {
+    pub model: std::path::PathBuf,
+    pub ort_library: Option<std::path::PathBuf>,
+    pub device: Device,
+    pub sessions: SessionSettings,
+    pub workers: usize,
+    pub queue_capacity: usize,
+    /// Most UNet rows in one call of the continuous batcher.
+    pub max_batch_rows: usize,
+    pub warmup: bool,
+    pub warmup_images: Vec<usize>,
+    pub warmup_sizes: Vec<usize>,
+    pub limits: RequestLimits,
+    pub reward: RewardConfig,
+    /// The data directory (SQLite database and the files it points at).
+    pub data_dir: std::path::PathBuf,
+    /// Most generated images kept for `image_ids` (0: none).
+    pub image_retention: u64,
+    /// Most model versions loaded at once.
+    pub max_loaded_models: usize,
+    pub jobs: JobConfig,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    /// When a database commit reaches the disk.
+    pub durability: crate::storage::Durability,
+    /// The default deadline of a generation, and the most `X-Request-Timeout` may ask for.
+    pub request_timeout: std::time::Duration,
+}
+
+/// Who may call what.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub keys: crate::http::auth::ApiKeys,
+    pub protect_metrics: bool,
+    /// Most requests one key may have in flight (0: no limit).
+    pub max_concurrent_per_key: usize,
+}
+
+pub async fn serve(config: ServeConfig) -> Result<()> {
+    let runtime = Runtime::init(config.ort_library.as_deref(), config.device, config.sessions.clone())?;
+    tracing::info!(library = %runtime.library().display(), device = %config.device, "ONNX Runtime loaded");
+    let model = Arc::new(ModelFolder::open(&config.model)?);
+    let storage = Arc::new(Storage::open_with(&config.data_dir, config.image_retention, config.durability).await?);
+    tracing::info!(data_dir = %config.data_dir.display(), image_retention = config.image_retention, "storage open");
+    for job in storage.fail_interrupted_jobs().await? {
+        tracing::warn!(job = %job, "marked failed: the server stopped while it was running");
+    }
+    let registry = Arc::new(Registry::new(storage.clone(), &config.data_dir)?);
+    registry.remove_unregistered().await?;
+    registry.register_folder(&model.name, &config.model).await?;
+    let active = registry.startup_version(&model.name).await?;
+    if config.auth.keys.is_open() {
+        tracing::warn!(
+            "OPEN MODE: no API keys are configured (T2I_API_KEYS or --api-keys-file), so anyone who can reach \
+             this port can generate, fine-tune and activate models; use --require-auth to refuse to start so"
+        );
+    } else {
+        tracing::info!(keys = config.auth.keys.len(), "API keys loaded");
+    }
+    let metrics = Arc::new(Metrics::new());
+    let state = web::Data::new(AppState {
+        serving: Default::default(),
+        metrics: metrics.clone(),
+        model_name: active.id.clone(),
+        device: config.device.to_string(),
+        limits: config.limits.clone(),
+        selection_limits: config.reward.selection,
+        score_limits: config.reward.score,
+        max_body_bytes: config.http.max_body_bytes,
+        storage: storage.clone(),
+        api_keys: config.auth.keys.clone(),
+        protect_metrics: config.auth.protect_metrics,
+        request_timeout: config.request_timeout,
+        shutting_down: Default::default(),
+        max_concurrent_per_key: config.auth.max_concurrent_per_key,
+        in_flight: Default::default(),
+    });
+    let (server, port) = build_server(state.clone(), &config.http).map_err(|err| {
+        Error::Config(format!(
+            "cannot listen on {}:{}: {err}",
+            config.http.host, config.http.port
+        ))
+    })?;
+    tracing::info!(model = %active.id, "listening on http://{}:{port}; loading the model", config.http.host);
+    tracing::info!(
+        steps = model.defaults.default_steps,
+        guidance_scale = model.defaults.default_guidance_scale,
+        "the --model folder's request defaults (t2i-align.json, or SD's 25 and 7.5)"
+    );
+
+    let signals = {
+        let handle = server.handle();
+        let state = state.clone();
+        let grace = std::time::Duration::from_secs(config.http.shutdown_grace);
+        tokio::spawn(async move {
+            let signal = termination().await;
+            state.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                signal,
+                grace_seconds = grace.as_secs(),
+                "shutting down: /ready answers 503, no new connections, in-flight requests finish"
+            );
+            if let Some(serving) = state.serving.get() {
+                serving.jobs.shutdown(grace).await;
+            }
+            handle.stop(true).await;
+        })
+    };
+    let load_error: Arc<Mutex<Option<Error>>> = Arc::default();
+    let handle = server.handle();
+    let settings = EngineSettings {
+        workers: config.workers,
+        queue_capacity: config.queue_capacity,
+        batch_images: config.reward.batch_images,
+        max_batch_rows: config.max_batch_rows,
+        warmup: config.warmup,
+        warmup_images: config.warmup_images.clone(),
+        warmup_sizes: config.warmup_sizes.clone(),
+        max_loaded: config.max_loaded_models,
+    };
+    let reward_settings = RewardSettings {
+        max_batch: config.reward.max_batch,
+        capacity: config.queue_capacity,
+        warmup: config.warmup,
+    };
+    let loader = {
+        let load_error = load_error.clone();
+        let reward_models = config.reward.models.clone();
+        let device = config.device.to_string();
+        let jobs = config.jobs.clone();
+        let data_dir = config.data_dir.clone();
+        let runtime_handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let loader = Arc::new(Loader::new(runtime, settings, reward_settings, metrics.clone()));
+            let loaded = loader
+                .load_diffusion_blocking(active.id.clone(), &registry.folder(&active))
+                .and_then(|model| Ok((model, loader.load_rewards_blocking(&reward_models)?)))
+                .and_then(|(model, rewards)| {
+                    let provider = loader.provider();
+                    metrics.set_model_info(&model.version, provider.label(), &device);
+                    let pool = Arc::new(ModelPool::new(loader, registry.clone(), device, model));
+                    let rewards = Arc::new(rewards);
+                    let jobs = JobManager::new(storage, pool.clone(), rewards.clone(), metrics, jobs, &data_dir)?;
+                    Ok(Serving {
+                        models: pool,
+                        provider,
+                        rewards,
+                        jobs,
+                    })
+                });
+            match loaded {
+                Ok(serving) => {
+                    tracing::info!(
+                        execution_provider = serving.provider.label(),
+                        "ready: the model is loaded and warmed up"
+                    );
+                    let jobs = serving.jobs.clone();
+                    let _ = state.serving.set(serving);
+                    let _guard = runtime_handle.enter();
+                    jobs.start();
+                    true
+                }
+                Err(err) => {
+                    if let Ok(mut slot) = load_error.lock() {
+                        *slot = Some(err);
+                    }
+                    false
+                }
+            }
+        })
+    };
+    let stopper = tokio::spawn(async move {
+        if let Ok(false) = loader.await {
+            handle.stop(false).await;
+        }
+    });
+    server
+        .await
+        .map_err(|err| Error::Internal(format!("the HTTP server failed: {err}")))?;
+    stopper.abort();
+    signals.abort();
+    let error = load_error.lock().ok().and_then(|mut slot| slot.take());
+    match error {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C); returns its name.
+async fn termination() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        },
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the server gracefully");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
