@@ -8,14 +8,18 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::http::endpoint::{self, Access, Endpoint, Method};
 use crate::http::AppState;
+use crate::storage::VersionKind;
 
 use crate::http::error::{ErrorBody, ErrorDetail, OpenAiErrorBody, OpenAiErrorDetail};
-use crate::http::fine_tunes::{self, FineTuneEventOut, FineTuneEventPage, FineTuneOut, FineTunePage};
+use crate::http::fine_tunes::{
+    self, EventId, FineTuneEventOut, FineTuneEventPage, FineTuneOut, FineTunePage, JobId, JobStatusName,
+};
 use crate::http::models::{self, ModelList, ModelOut};
 use crate::http::schemas::{
-    FeedbackOut, FeedbackPage, FeedbackRequest, GenerateRequest, GenerateResponse, HealthResponse, ImageOut, ImagePage,
-    ImageRecordOut, OpenAiImage, OpenAiImageRequest, OpenAiImagesResponse, Prompts, RerankRequest, RerankResult,
-    ScoreRequest, ScoreResponse, ScoreTimings, SelectionOut, Timings,
+    FeedbackOut, FeedbackPage, FeedbackRequest, GenerateRequest, GenerateResponse, HealthResponse, ImageBase64,
+    ImageFile, ImageId, ImageOut, ImagePage, ImageRecordOut, LabelName, OpenAiImage, OpenAiImageRequest,
+    OpenAiImagesResponse, Prompts, RatingId, RerankForm, RerankRequest, RerankResult, ResponseFormat, SchedulerName,
+    ScoreForm, ScoreRequest, ScoreResponse, ScoreTimings, SelectionOut, Timings,
 };
 use crate::http::{feedback, generate, images, openai, ops, scoring};
 use crate::jobs::spec::{
@@ -91,7 +95,19 @@ use crate::jobs::spec::{
         ErrorBody,
         ErrorDetail,
         OpenAiErrorBody,
-        OpenAiErrorDetail
+        OpenAiErrorDetail,
+        SchedulerName,
+        LabelName,
+        JobStatusName,
+        ResponseFormat,
+        ImageBase64,
+        ImageFile,
+        ScoreForm,
+        RerankForm,
+        ImageId,
+        RatingId,
+        JobId,
+        EventId
     )),
     tags(
         (name = "generation", description = "Text-to-image, with best-of-n rejection sampling by reward"),
@@ -124,9 +140,171 @@ pub async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
     } else {
         Security::Keys
     };
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(spec_json(security))
+    let mut doc = match serde_json::to_value(spec(security)) {
+        Ok(doc) => doc,
+        Err(err) => serde_json::json!({"error": err.to_string()}),
+    };
+    let mut limits = ServedLimits::of(&state);
+    if let Some(serving) = state.serving.get() {
+        // The versions and reward models the requests may name; a version a job registers later is in the
+        // document from then on.
+        if let Ok(versions) = state.storage.versions(VersionKind::Diffusion).await {
+            limits.models = versions.into_iter().map(|version| version.id).collect();
+        }
+        limits.reward_models = serving.rewards.names().into_iter().map(str::to_string).collect();
+    }
+    served_limits(&mut doc, &limits);
+    HttpResponse::Ok().json(doc)
+}
+
+/// The limits this server was started with, which the document it serves states in place of the defaults.
+#[derive(Debug, Clone)]
+pub struct ServedLimits {
+    pub max_images: u32,
+    pub max_steps: u32,
+    pub max_prompt_bytes: usize,
+    pub max_best_of: u32,
+    pub max_candidates: u32,
+    pub max_score_images: usize,
+    /// The active model's size multiple and the largest width or height it may generate.
+    pub size_multiple: usize,
+    pub max_size: usize,
+    /// The model versions `model` may name, and the reward models `reward_model` (or `/score`'s `model`) may
+    /// name; empty leaves them open.
+    pub models: Vec<String>,
+    pub reward_models: Vec<String>,
+}
+
+impl ServedLimits {
+    pub fn of(state: &AppState) -> Self {
+        let (size_multiple, default_size) = state.serving.get().map_or((8, 0), |serving| {
+            let limits = &serving.models.active().limits;
+            (limits.size_multiple.max(1), limits.default_size)
+        });
+        let max_size = (state.limits.max_image_size as usize).max(default_size);
+        ServedLimits {
+            max_images: state.limits.max_images,
+            max_steps: state.limits.max_steps,
+            max_prompt_bytes: state.limits.max_prompt_bytes,
+            max_best_of: state.selection_limits.max_best_of,
+            max_candidates: state.selection_limits.max_candidates,
+            max_score_images: state.score_limits.max_images,
+            size_multiple,
+            max_size: max_size - max_size % size_multiple,
+            models: Vec::new(),
+            reward_models: Vec::new(),
+        }
+    }
+}
+
+/// Writes `limits` into the document's request schemas (`t2i-align openapi` shows the defaults).
+pub fn served_limits(doc: &mut serde_json::Value, limits: &ServedLimits) {
+    use serde_json::json;
+    for schema in ["GenerateRequest", "OpenAiImageRequest"] {
+        set_property(doc, schema, "n", "maximum", json!(limits.max_images));
+        set_property(doc, schema, "best_of", "maximum", json!(limits.max_best_of));
+        set_property(doc, schema, "prompt", "maxLength", json!(limits.max_prompt_bytes));
+    }
+    set_property(
+        doc,
+        "GenerateRequest",
+        "negative_prompt",
+        "maxLength",
+        json!(limits.max_prompt_bytes),
+    );
+    set_property(doc, "GenerateRequest", "steps", "maximum", json!(limits.max_steps));
+    set_property(
+        doc,
+        "GenerateRequest",
+        "max_candidates",
+        "maximum",
+        json!(limits.max_candidates),
+    );
+    for side in ["width", "height"] {
+        set_property(doc, "GenerateRequest", side, "minimum", json!(limits.size_multiple));
+        set_property(doc, "GenerateRequest", side, "maximum", json!(limits.max_size));
+        set_property(doc, "GenerateRequest", side, "multipleOf", json!(limits.size_multiple));
+    }
+    set_property(
+        doc,
+        "OpenAiImageRequest",
+        "size",
+        "pattern",
+        json!(size_pattern(limits.size_multiple, limits.max_size)),
+    );
+    for schema in ["ScoreRequest", "RerankRequest"] {
+        set_property(doc, schema, "images", "maxItems", json!(limits.max_score_images));
+        set_property(doc, schema, "image_ids", "maxItems", json!(limits.max_score_images));
+    }
+    for schema in ["ScoreForm", "RerankForm"] {
+        set_property(doc, schema, "image", "maxItems", json!(limits.max_score_images));
+        set_property(doc, schema, "image_id", "maxItems", json!(limits.max_score_images));
+    }
+    for schema in ["RerankRequest", "RerankForm", "ScoreForm", "FeedbackRequest"] {
+        set_property(doc, schema, "prompt", "maxLength", json!(limits.max_prompt_bytes));
+    }
+    if let Some(choices) = doc
+        .pointer_mut("/components/schemas/Prompts/oneOf")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for choice in choices {
+            let one = if choice["type"] == "array" {
+                choice["maxItems"] = json!(limits.max_score_images);
+                &mut choice["items"]
+            } else {
+                choice
+            };
+            one["maxLength"] = json!(limits.max_prompt_bytes);
+        }
+    }
+    let names = |names: &[String], nullable: bool| {
+        let mut names: Vec<serde_json::Value> = names.iter().map(|name| json!(name)).collect();
+        if nullable {
+            names.push(serde_json::Value::Null);
+        }
+        json!(names)
+    };
+    if !limits.models.is_empty() {
+        for schema in ["GenerateRequest", "OpenAiImageRequest"] {
+            set_property(doc, schema, "model", "enum", names(&limits.models, true));
+        }
+        if let Some(parameters) = doc
+            .pointer_mut("/paths/~1models~1{id}~1activate/post/parameters")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            for parameter in parameters.iter_mut().filter(|parameter| parameter["name"] == "id") {
+                parameter["schema"]["enum"] = names(&limits.models, false);
+            }
+        }
+    }
+    if !limits.reward_models.is_empty() {
+        for (schema, property, nullable) in [
+            ("GenerateRequest", "reward_model", true),
+            ("ScoreRequest", "model", true),
+            ("RerankRequest", "model", true),
+            ("ScoreForm", "model", false),
+            ("RerankForm", "model", false),
+        ] {
+            set_property(doc, schema, property, "enum", names(&limits.reward_models, nullable));
+        }
+    }
+}
+
+/// Sets `key` of one property of a component schema, when the document has it.
+fn set_property(doc: &mut serde_json::Value, schema: &str, property: &str, key: &str, value: serde_json::Value) {
+    let pointer = format!("/components/schemas/{schema}/properties/{property}");
+    if let Some(object) = doc.pointer_mut(&pointer).and_then(serde_json::Value::as_object_mut) {
+        object.insert(key.to_string(), value);
+    }
+}
+
+/// `auto`, or `WIDTHxHEIGHT` with each side a multiple of `multiple` up to `max`.
+pub fn size_pattern(multiple: usize, max: usize) -> String {
+    let sides: Vec<String> = (1..=max / multiple.max(1))
+        .map(|factor| (factor * multiple).to_string())
+        .collect();
+    let sides = sides.join("|");
+    format!("^(auto|({sides})x({sides}))$")
 }
 
 /// Whether the server checks API keys, which decides the document's security requirements.
@@ -140,21 +318,58 @@ pub enum Security {
 
 /// The spec as pretty JSON with a trailing newline, exactly as committed (`Security::Keys`).
 pub fn spec_json(security: Security) -> String {
-    let mut doc = ApiDoc::openapi();
-    // The crate version would make the committed file stale on every release bump.
-    doc.info.version = "1".to_string();
-    if security == Security::Keys {
-        add_security(&mut doc);
-    }
+    let doc = spec(security);
     match doc.to_pretty_json() {
         Ok(json) => json + "\n",
         Err(err) => format!("{{\"error\": \"{err}\"}}\n"),
     }
 }
 
+/// The document, with the security requirements of a server with keys or of one without.
+pub fn spec(security: Security) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    // The crate version would make the committed file stale on every release bump.
+    doc.info.version = "1".to_string();
+    if security == Security::Keys {
+        add_security(&mut doc);
+    }
+    add_field_rules(&mut doc);
+    doc
+}
+
+/// The rules between fields that the schemas' attributes cannot state (`schemas::field_rules`), as each
+/// schema's `allOf`.
+fn add_field_rules(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::RefOr;
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for (name, field) in crate::http::schemas::U64_FIELDS {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(*name) {
+            if let Some(RefOr::T(Schema::Object(field))) = object.properties.get_mut(*field) {
+                field.format = Some(utoipa::openapi::SchemaFormat::Custom("uint64".to_string()));
+                field
+                    .extensions
+                    .get_or_insert_with(Default::default)
+                    .insert("maximum".to_string(), serde_json::json!(u64::MAX));
+            }
+        }
+    }
+    for (name, rules) in crate::http::schemas::field_rules() {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(name) {
+            object
+                .extensions
+                .get_or_insert_with(Default::default)
+                .insert("allOf".to_string(), rules);
+        }
+    }
+}
+
 /// The bearer scheme, and on every operation that needs a key the scope its `Endpoint` declares.
 fn add_security(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 
     let mut scheme = Http::new(HttpAuthScheme::Bearer);
     scheme.description = Some(
@@ -183,6 +398,33 @@ fn add_security(doc: &mut utoipa::openapi::OpenApi) {
         };
         if let Some(operation) = operation {
             operation.security = Some(vec![SecurityRequirement::new("api_key", [scope])]);
+            // OpenAI's route answers in OpenAI's error shape.
+            let body = if endpoint.path.starts_with("/v1/") {
+                "OpenAiErrorBody"
+            } else {
+                "ErrorBody"
+            };
+            let mut refusals = vec![
+                ("401", "No key, or not a valid one (`WWW-Authenticate: Bearer`)"),
+                (
+                    "429",
+                    "This key has `--max-concurrent-per-key` requests in flight already",
+                ),
+            ];
+            if endpoint.access == Access::Admin {
+                refusals.push(("403", "The key's scope is `inference`; this route needs `admin`"));
+            }
+            for (status, description) in refusals {
+                let response = ResponseBuilder::new()
+                    .description(description)
+                    .content("application/json", Content::new(Some(Ref::from_schema_name(body))))
+                    .build();
+                operation
+                    .responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert(RefOr::T(response));
+            }
         }
     }
 }
