@@ -7,8 +7,8 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::http::endpoint::{self, Access, Endpoint, Method};
+use crate::http::schemas::{ModelVersion, RewardModelName};
 use crate::http::AppState;
-use crate::storage::VersionKind;
 
 use crate::http::error::{ErrorBody, ErrorDetail, OpenAiErrorBody, OpenAiErrorDetail};
 use crate::http::fine_tunes::{
@@ -106,6 +106,8 @@ use crate::jobs::spec::{
         RerankForm,
         ImageId,
         RatingId,
+        ModelVersion,
+        RewardModelName,
         JobId,
         EventId
     )),
@@ -140,19 +142,18 @@ pub async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
     } else {
         Security::Keys
     };
+    let limits = ServedLimits::of(&state);
+    // A server with the default limits serves the committed document as it is; one started with others
+    // states its own limits, and its model's sizes.
+    if limits.flags() == ServedLimits::of_flags(&Default::default(), &Default::default(), &Default::default()) {
+        return HttpResponse::Ok()
+            .content_type("application/json")
+            .body(spec_json(security));
+    }
     let mut doc = match serde_json::to_value(spec(security)) {
         Ok(doc) => doc,
         Err(err) => serde_json::json!({"error": err.to_string()}),
     };
-    let mut limits = ServedLimits::of(&state);
-    if let Some(serving) = state.serving.get() {
-        // The versions and reward models the requests may name; a version a job registers later is in the
-        // document from then on.
-        if let Ok(versions) = state.storage.versions(VersionKind::Diffusion).await {
-            limits.models = versions.into_iter().map(|version| version.id).collect();
-        }
-        limits.reward_models = serving.rewards.names().into_iter().map(str::to_string).collect();
-    }
     served_limits(&mut doc, &limits);
     HttpResponse::Ok().json(doc)
 }
@@ -169,13 +170,36 @@ pub struct ServedLimits {
     /// The active model's size multiple and the largest width or height it may generate.
     pub size_multiple: usize,
     pub max_size: usize,
-    /// The model versions `model` may name, and the reward models `reward_model` (or `/score`'s `model`) may
-    /// name; empty leaves them open.
-    pub models: Vec<String>,
-    pub reward_models: Vec<String>,
 }
 
 impl ServedLimits {
+    /// The limits set by flags (not by the model), as a tuple to compare with the defaults'.
+    fn flags(&self) -> (u32, u32, usize, u32, u32, usize) {
+        (
+            self.max_images,
+            self.max_steps,
+            self.max_prompt_bytes,
+            self.max_best_of,
+            self.max_candidates,
+            self.max_score_images,
+        )
+    }
+
+    fn of_flags(
+        limits: &crate::pipeline::RequestLimits,
+        selection: &crate::reward::SelectionLimits,
+        score: &crate::http::ScoreLimits,
+    ) -> (u32, u32, usize, u32, u32, usize) {
+        (
+            limits.max_images,
+            limits.max_steps,
+            limits.max_prompt_bytes,
+            selection.max_best_of,
+            selection.max_candidates,
+            score.max_images,
+        )
+    }
+
     pub fn of(state: &AppState) -> Self {
         let (size_multiple, default_size) = state.serving.get().map_or((8, 0), |serving| {
             let limits = &serving.models.active().limits;
@@ -191,8 +215,6 @@ impl ServedLimits {
             max_score_images: state.score_limits.max_images,
             size_multiple,
             max_size: max_size - max_size % size_multiple,
-            models: Vec::new(),
-            reward_models: Vec::new(),
         }
     }
 }
@@ -257,37 +279,6 @@ pub fn served_limits(doc: &mut serde_json::Value, limits: &ServedLimits) {
             one["maxLength"] = json!(limits.max_prompt_bytes);
         }
     }
-    let names = |names: &[String], nullable: bool| {
-        let mut names: Vec<serde_json::Value> = names.iter().map(|name| json!(name)).collect();
-        if nullable {
-            names.push(serde_json::Value::Null);
-        }
-        json!(names)
-    };
-    if !limits.models.is_empty() {
-        for schema in ["GenerateRequest", "OpenAiImageRequest"] {
-            set_property(doc, schema, "model", "enum", names(&limits.models, true));
-        }
-        if let Some(parameters) = doc
-            .pointer_mut("/paths/~1models~1{id}~1activate/post/parameters")
-            .and_then(serde_json::Value::as_array_mut)
-        {
-            for parameter in parameters.iter_mut().filter(|parameter| parameter["name"] == "id") {
-                parameter["schema"]["enum"] = names(&limits.models, false);
-            }
-        }
-    }
-    if !limits.reward_models.is_empty() {
-        for (schema, property, nullable) in [
-            ("GenerateRequest", "reward_model", true),
-            ("ScoreRequest", "model", true),
-            ("RerankRequest", "model", true),
-            ("ScoreForm", "model", false),
-            ("RerankForm", "model", false),
-        ] {
-            set_property(doc, schema, property, "enum", names(&limits.reward_models, nullable));
-        }
-    }
 }
 
 /// Sets `key` of one property of a component schema, when the document has it.
@@ -330,11 +321,64 @@ pub fn spec(security: Security) -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     // The crate version would make the committed file stale on every release bump.
     doc.info.version = "1".to_string();
+    add_key_refusals(&mut doc);
     if security == Security::Keys {
         add_security(&mut doc);
     }
     add_field_rules(&mut doc);
     doc
+}
+
+/// The answers API keys bring, on every operation that needs one when the server has keys: 401 and 429, and
+/// 403 on admin routes. Declared whether or not this server has keys, so that both serve one set of answers.
+fn add_key_refusals(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+    for endpoint in crate::http::endpoints() {
+        let Some(item) = doc.paths.paths.get_mut(endpoint.path) else {
+            continue;
+        };
+        let operation = match endpoint.method {
+            Method::Get => item.get.as_mut(),
+            Method::Post => item.post.as_mut(),
+            Method::Delete => item.delete.as_mut(),
+        };
+        let Some(operation) = operation else {
+            continue;
+        };
+        let mut refusals = match endpoint.access {
+            Access::Open | Access::Metrics => continue,
+            Access::Inference | Access::Admin => vec![
+                (
+                    "401",
+                    "The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`)",
+                ),
+                (
+                    "429",
+                    "This key has `--max-concurrent-per-key` requests in flight already",
+                ),
+            ],
+        };
+        if endpoint.access == Access::Admin {
+            refusals.push(("403", "The key's scope is `inference`; this route needs `admin`"));
+        }
+        // OpenAI's route answers in OpenAI's error shape.
+        let body = if endpoint.path.starts_with("/v1/") {
+            "OpenAiErrorBody"
+        } else {
+            "ErrorBody"
+        };
+        for (status, description) in refusals {
+            let response = ResponseBuilder::new()
+                .description(description)
+                .content("application/json", Content::new(Some(Ref::from_schema_name(body))))
+                .build();
+            operation
+                .responses
+                .responses
+                .entry(status.to_string())
+                .or_insert(RefOr::T(response));
+        }
+    }
 }
 
 /// The rules between fields that the schemas' attributes cannot state (`schemas::field_rules`), as each
@@ -356,6 +400,12 @@ fn add_field_rules(doc: &mut utoipa::openapi::OpenApi) {
             }
         }
     }
+    // `size` is one of the sizes `/generate` takes at the default limits (a server states its own).
+    if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut("OpenAiImageRequest") {
+        if let Some(RefOr::T(Schema::Object(size))) = object.properties.get_mut("size") {
+            size.pattern = Some(size_pattern(8, 1024));
+        }
+    }
     for (name, rules) in crate::http::schemas::field_rules() {
         if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(name) {
             object
@@ -369,7 +419,6 @@ fn add_field_rules(doc: &mut utoipa::openapi::OpenApi) {
 /// The bearer scheme, and on every operation that needs a key the scope its `Endpoint` declares.
 fn add_security(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
-    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 
     let mut scheme = Http::new(HttpAuthScheme::Bearer);
     scheme.description = Some(
@@ -398,33 +447,6 @@ fn add_security(doc: &mut utoipa::openapi::OpenApi) {
         };
         if let Some(operation) = operation {
             operation.security = Some(vec![SecurityRequirement::new("api_key", [scope])]);
-            // OpenAI's route answers in OpenAI's error shape.
-            let body = if endpoint.path.starts_with("/v1/") {
-                "OpenAiErrorBody"
-            } else {
-                "ErrorBody"
-            };
-            let mut refusals = vec![
-                ("401", "No key, or not a valid one (`WWW-Authenticate: Bearer`)"),
-                (
-                    "429",
-                    "This key has `--max-concurrent-per-key` requests in flight already",
-                ),
-            ];
-            if endpoint.access == Access::Admin {
-                refusals.push(("403", "The key's scope is `inference`; this route needs `admin`"));
-            }
-            for (status, description) in refusals {
-                let response = ResponseBuilder::new()
-                    .description(description)
-                    .content("application/json", Content::new(Some(Ref::from_schema_name(body))))
-                    .build();
-                operation
-                    .responses
-                    .responses
-                    .entry(status.to_string())
-                    .or_insert(RefOr::T(response));
-            }
         }
     }
 }

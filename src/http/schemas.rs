@@ -74,12 +74,14 @@ pub struct GenerateRequest {
     pub max_candidates: Option<i64>,
     /// Which loaded reward model scores the candidates. Default: the first `--reward-model`.
     #[serde(default)]
+    #[schema(value_type = Option<RewardModelName>)]
     pub reward_model: Option<String>,
     /// Also return every candidate's score, in seed order. Default false.
     #[serde(default)]
     pub return_candidate_scores: Option<bool>,
     /// Which model version generates (`GET /models`). Default: the active version.
     #[serde(default)]
+    #[schema(value_type = Option<ModelVersion>)]
     pub model: Option<String>,
 }
 
@@ -326,6 +328,7 @@ pub struct ScoreRequest {
     pub image_ids: Option<Vec<String>>,
     /// A loaded reward model's name. Default: the first `--reward-model`.
     #[serde(default)]
+    #[schema(value_type = Option<RewardModelName>)]
     pub model: Option<String>,
 }
 
@@ -359,6 +362,18 @@ pub struct ScoreResponse {
 #[schema(value_type = String, format = "image-id")]
 #[allow(dead_code)]
 pub struct ImageId(String);
+
+/// A model version's id (`GET /models`, kind `diffusion`).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = "model-version")]
+#[allow(dead_code)]
+pub struct ModelVersion(String);
+
+/// A loaded reward model's name (the first `--reward-model` is the default).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = "reward-model")]
+#[allow(dead_code)]
+pub struct RewardModelName(String);
 
 /// The id of a stored rating (`id` in `POST /feedback` answers).
 #[derive(ToSchema)]
@@ -396,6 +411,7 @@ pub struct ScoreForm {
     #[schema(value_type = Vec<ImageId>, min_items = 1, max_items = 64)]
     pub image_id: Vec<String>,
     #[serde(default)]
+    #[schema(value_type = RewardModelName)]
     pub model: String,
 }
 
@@ -422,6 +438,7 @@ pub struct RerankForm {
     #[serde(default)]
     pub return_images: bool,
     #[serde(default)]
+    #[schema(value_type = RewardModelName)]
     pub model: String,
 }
 
@@ -447,6 +464,7 @@ pub struct RerankRequest {
     #[serde(default)]
     pub return_images: Option<bool>,
     #[serde(default)]
+    #[schema(value_type = Option<RewardModelName>)]
     pub model: Option<String>,
 }
 
@@ -470,6 +488,7 @@ pub struct OpenAiImageRequest {
     pub prompt: String,
     /// A model version (`GET /models`); an unknown one gets a 400 naming `model`. Default: the active version.
     #[serde(default)]
+    #[schema(value_type = Option<ModelVersion>)]
     pub model: Option<String>,
     #[serde(default)]
     #[schema(minimum = 1, maximum = 8)]
@@ -477,7 +496,6 @@ pub struct OpenAiImageRequest {
     /// `WIDTHxHEIGHT`, e.g. `64x64`, each as `width` and `height` of `/generate`, or `auto`. Default: the
     /// model's native size.
     #[serde(default)]
-    #[schema(pattern = r"^(auto|[1-9][0-9]{0,5}x[1-9][0-9]{0,5})$")]
     pub size: Option<String>,
     /// Only `b64_json` (the default here).
     #[serde(default)]

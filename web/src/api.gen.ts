@@ -541,7 +541,7 @@ export interface components {
             base_model?: string | null;
             /**
              * Format: int32
-             * @description Images per evaluation prompt. Default 8.
+             * @description Images per evaluation prompt, 1 to `--max-job-images-per-prompt`. Default 8.
              */
             eval_images_per_prompt?: number | null;
             eval_prompts?: null | components["schemas"]["PromptSource"];
@@ -550,15 +550,15 @@ export interface components {
             hyperparameters?: null | components["schemas"]["Hyperparameters"];
             /**
              * Format: int32
-             * @description Samples per prompt, scored by the reward model. Default 8; 0 trains on feedback alone.
+             * @description Samples per prompt, scored by the reward model, at most `--max-job-images-per-prompt`. Default 8; 0
+             *     trains on feedback alone.
              */
             images_per_prompt?: number | null;
             pretrain_data?: null | components["schemas"]["PretrainData"];
             prompts?: null | components["schemas"]["PromptSource"];
             /** @description Retrain the reward model on the ratings first and score with it (paper §3.2). Default false. */
             retrain_reward_model?: boolean | null;
-            /** @description Which loaded reward model scores the samples and the evaluation. Default: the first. */
-            reward_model?: string | null;
+            reward_model?: null | components["schemas"]["RewardModelName"];
             /**
              * Format: uint64
              * @description Seeds the prompts, the samples, the trainer and the evaluation. Default 0.
@@ -627,8 +627,7 @@ export interface components {
              *     the `n` best come back either way. An alternative to `best_of`.
              */
             min_reward?: number | null;
-            /** @description Which model version generates (`GET /models`). Default: the active version. */
-            model?: string | null;
+            model?: null | components["schemas"]["ModelVersion"];
             /**
              * Format: int64
              * @description Images to generate for the prompt. Default 1; at most the server's `--max-images`.
@@ -643,8 +642,7 @@ export interface components {
             prompt: string;
             /** @description Also return every candidate's score, in seed order. Default false. */
             return_candidate_scores?: boolean | null;
-            /** @description Which loaded reward model scores the candidates. Default: the first `--reward-model`. */
-            reward_model?: string | null;
+            reward_model?: null | components["schemas"]["RewardModelName"];
             scheduler?: null | components["schemas"]["SchedulerName"];
             /**
              * Format: uint64
@@ -897,6 +895,11 @@ export interface components {
             /** @description `folder` (served from --model) or `fine_tune` (registered by a job). */
             source: string;
         };
+        /**
+         * Format: model-version
+         * @description A model version's id (`GET /models`, kind `diffusion`).
+         */
+        ModelVersion: string;
         OpenAiErrorBody: {
             error: components["schemas"]["OpenAiErrorDetail"];
         };
@@ -928,8 +931,7 @@ export interface components {
              * @description This server's extension: rejection sampling with the reward model, as in `/generate`.
              */
             best_of?: number | null;
-            /** @description A model version (`GET /models`); an unknown one gets a 400 naming `model`. Default: the active version. */
-            model?: string | null;
+            model?: null | components["schemas"]["ModelVersion"];
             /** Format: int64 */
             n?: number | null;
             prompt: string;
@@ -1015,7 +1017,7 @@ export interface components {
             image?: components["schemas"]["ImageFile"][];
             /** @description Or ids from `/generate` responses. */
             image_id?: components["schemas"]["ImageId"][];
-            model?: string;
+            model?: components["schemas"]["RewardModelName"];
             prompt: string;
             /** @description Include each image (base64) in the answer. Default false. */
             return_images?: boolean;
@@ -1039,7 +1041,7 @@ export interface components {
             image_ids?: components["schemas"]["ImageId"][] | null;
             /** @description Base64 PNG or JPEG files, 1 to `--max-score-images`. Send these or `image_ids`. */
             images?: components["schemas"]["ImageBase64"][] | null;
-            model?: string | null;
+            model?: null | components["schemas"]["RewardModelName"];
             prompt: string;
             /** @description Include each image (base64) in the answer. Default false. */
             return_images?: boolean | null;
@@ -1071,6 +1073,11 @@ export interface components {
          */
         ResponseFormat: "b64_json";
         /**
+         * Format: reward-model
+         * @description A loaded reward model's name (the first `--reward-model` is the default).
+         */
+        RewardModelName: string;
+        /**
          * @description The samplers `scheduler` names (the document's enum; `SchedulerKind::from_name` also takes aliases).
          * @enum {string}
          */
@@ -1084,7 +1091,7 @@ export interface components {
             image?: components["schemas"]["ImageFile"][];
             /** @description Or ids from `/generate` responses. */
             image_id?: components["schemas"]["ImageId"][];
-            model?: string;
+            model?: components["schemas"]["RewardModelName"];
             /** @description The prompt of every image (the form may also repeat `prompt`, once per image, in order). */
             prompt: string;
         } & (unknown | unknown);
@@ -1102,8 +1109,7 @@ export interface components {
             image_ids?: components["schemas"]["ImageId"][] | null;
             /** @description Base64 PNG or JPEG files, 1 to `--max-score-images`. Send these or `image_ids`. */
             images?: components["schemas"]["ImageBase64"][] | null;
-            /** @description A loaded reward model's name. Default: the first `--reward-model`. */
-            model?: string | null;
+            model?: null | components["schemas"]["RewardModelName"];
             prompt: components["schemas"]["Prompts"];
         } & (({
             images: unknown[];
@@ -1244,7 +1250,7 @@ export interface operations {
                     "application/json": components["schemas"]["FeedbackPage"];
                 };
             };
-            /** @description No key, or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1322,7 +1328,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No key, or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1390,7 +1396,7 @@ export interface operations {
                     "application/x-ndjson": components["schemas"]["FeedbackOut"];
                 };
             };
-            /** @description No key, or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1458,7 +1464,7 @@ export interface operations {
                     "application/json": components["schemas"]["FeedbackOut"];
                 };
             };
-            /** @description No key, or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1512,7 +1518,7 @@ export interface operations {
                     "application/json": components["schemas"]["FineTunePage"];
                 };
             };
-            /** @description No key, or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1590,7 +1596,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No key, or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1667,7 +1673,7 @@ export interface operations {
                     "application/json": components["schemas"]["FineTuneOut"];
                 };
             };
-            /** @description No key, or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1726,7 +1732,7 @@ export interface operations {
                     "application/json": components["schemas"]["FineTuneOut"];
                 };
             };
-            /** @description No key, or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1799,7 +1805,7 @@ export interface operations {
                     "application/json": components["schemas"]["FineTuneEventPage"];
                 };
             };
-            /** @description No key, or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1877,7 +1883,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No key, or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1976,7 +1982,7 @@ export interface operations {
                     "application/json": components["schemas"]["ImagePage"];
                 };
             };
-            /** @description No key, or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2035,7 +2041,7 @@ export interface operations {
                     "image/png": unknown;
                 };
             };
-            /** @description No key, or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2102,7 +2108,7 @@ export interface operations {
                     "application/json": components["schemas"]["ModelList"];
                 };
             };
-            /** @description No key, or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2137,7 +2143,7 @@ export interface operations {
             header?: never;
             path: {
                 /** @description The version's id */
-                id: string;
+                id: components["schemas"]["ModelVersion"];
             };
             cookie?: never;
         };
@@ -2152,7 +2158,7 @@ export interface operations {
                     "application/json": components["schemas"]["ModelList"];
                 };
             };
-            /** @description No key, or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2280,7 +2286,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No key, or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2360,7 +2366,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No key, or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2438,7 +2444,7 @@ export interface operations {
                     "application/json": components["schemas"]["OpenAiErrorBody"];
                 };
             };
-            /** @description No key, or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;

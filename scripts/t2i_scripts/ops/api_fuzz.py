@@ -1,13 +1,13 @@
 """API conformance and fuzzing (issue #7, #24): schemathesis against the served /openapi.json.
 
 Starts `t2i-align serve` on the tiny test model with a data directory of its own, once without API keys and
-once with keys, and runs schemathesis's examples, coverage, fuzzing and stateful phases against every operation
-of the document each server serves, with every check schemathesis has (`--checks all`): no server error, no
-response that breaks the document (status codes, content types, headers, schemas), invalid data rejected and
-valid data accepted, undeclared methods answered 405 with `Allow`, required headers and keys enforced, and
-resources that the API says it created or deleted really there or gone. The server starts with small request
-limits (`--max-steps 2`, ...), which its document states, so that generating stays fast.
-`make test-api` runs both modes; `--report` also writes its section of RELIABILITY.md.
+once with keys, and runs schemathesis's examples, coverage, fuzzing and stateful phases against every
+operation of the document each server serves, with every check schemathesis has (`--checks all`): no server
+error, no response that breaks the document (status codes, content types, headers, schemas), invalid data
+rejected and valid data accepted, undeclared methods answered 405 with `Allow`, required headers and keys
+enforced, and resources that the API says it created or deleted really there or gone. The server starts with
+small request limits (`--max-steps 2`, ...), which its document states, so that generating stays fast. `make
+test-api` runs both modes; `--report` also writes its section of RELIABILITY.md.
 
 Usage:
     python -m t2i_scripts.ops.api_fuzz --binary target/release/t2i-align
@@ -29,6 +29,7 @@ from pathlib import Path
 from t2i_scripts.server import ServerProcess, http, serve_command, tool_arguments
 
 CHECKS = "all"
+HOOKS = "t2i_scripts.ops.api_fuzz_hooks"
 PHASES = "examples,coverage,fuzzing,stateful"
 BEGIN, END = "<!-- schemathesis:begin -->", "<!-- schemathesis:end -->"
 # The keyed server's keys: schemathesis calls with the admin one (every operation), and its `ignored_auth`
@@ -78,8 +79,9 @@ def summary(output: str) -> dict:
 
 
 def seed_data(url: str, headers: dict) -> dict[str, list[str]]:
-    """Stored things for the document's id formats (`image-id`, `rating-id`, `job-id`, `job-event-id`): the
-    ids schemathesis's valid data names, since JSON Schema cannot say "an id this server has"."""
+    """Stored things for the document's id formats (`image-id`, `rating-id`, `job-id`, `job-event-id`,
+    `model-version`, `reward-model`): the ids schemathesis's valid data names, since JSON Schema cannot say
+    "an id this server has"."""
 
     def call(path: str, body: dict | None = None) -> dict:
         answer = http(url + path, body, headers=headers)
@@ -87,7 +89,8 @@ def seed_data(url: str, headers: dict) -> dict[str, list[str]]:
             sys.exit(f"seeding: {path} answered {answer.status}: {answer.body.decode(errors='replace')}")
         return answer.json()
 
-    images = [call("/generate", {"prompt": "a red circle", "seed": seed})["images"][0]["image_id"] for seed in range(3)]
+    generated = [call("/generate", {"prompt": "a red circle", "seed": seed}) for seed in range(3)]
+    images = [answer["images"][0]["image_id"] for answer in generated]
     ratings = [call("/feedback", {"image_id": image, "label": "good"})["id"] for image in images]
     job = call("/fine-tunes", {"prompts": ["a red circle"], "images_per_prompt": 1})["id"]
     events: list[str] = []
@@ -96,7 +99,15 @@ def seed_data(url: str, headers: dict) -> dict[str, list[str]]:
         if events and call(f"/fine-tunes/{job}")["status"] not in ("queued", "running"):
             break
         time.sleep(0.2)
-    return {"image-id": images, "rating-id": ratings, "job-id": [job], "job-event-id": events}
+    versions = call("/models")["data"]
+    return {
+        "image-id": images,
+        "rating-id": ratings,
+        "job-id": [job],
+        "job-event-id": events,
+        "model-version": [version["id"] for version in versions if version["kind"] == "diffusion"],
+        "reward-model": [generated[0]["selection"]["reward_model"]],
+    }
 
 
 def fuzz(args: argparse.Namespace, mode: str) -> dict:
@@ -119,19 +130,25 @@ def fuzz(args: argparse.Namespace, mode: str) -> dict:
                 "--no-color",
                 "run",
                 server.url + "/openapi.json",
-                "--checks", CHECKS,
-                "--phases", PHASES,
-                "--workers", "1",
-                "--max-examples", str(args.max_examples),
-                "--seed", str(args.seed),
+                "--checks",
+                CHECKS,
+                "--phases",
+                PHASES,
+                "--workers",
+                "1",
+                "--max-examples",
+                str(args.max_examples),
+                "--seed",
+                str(args.seed),
                 "--continue-on-failure",
-                "--request-timeout", "60",
+                "--request-timeout",
+                "60",
                 *headers,
             ],  # fmt: skip
             capture_output=True,
             text=True,
-            # Real images for the document's image fields (see api_fuzz_hooks).
-            env=dict(os.environ, SCHEMATHESIS_HOOKS="t2i_scripts.ops.api_fuzz_hooks", T2I_FUZZ_IDS=json.dumps(ids)),
+            # Real images for the document's image fields, and stored ids for its id fields (api_fuzz_hooks).
+            env=dict(os.environ, SCHEMATHESIS_HOOKS=HOOKS, T2I_FUZZ_IDS=json.dumps(ids)),
         )
     finally:
         server.stop()
@@ -158,15 +175,14 @@ def main() -> int:
         lines = [
             "## API conformance and fuzzing (schemathesis)",
             "",
-            "`python -m t2i_scripts.ops.api_fuzz --report RELIABILITY.md` (also `make test-api`): schemathesis "
-            "against the served `/openapi.json` of `t2i-align serve` on `models/tiny-sd`, once for each mode "
-            "below, with every check (`--checks all`: server errors, status codes, content types, headers and "
-            "bodies against the document, invalid data rejected and valid data accepted, undeclared methods "
-            "answered 405 with `Allow`, missing headers and keys refused, created resources found and deleted "
-            "ones gone) and phases examples, coverage, fuzzing and stateful, "
-            f"{args.max_examples} examples per operation and phase, seed {args.seed}, one worker. The server "
-            f"runs with `{' '.join(flag for flag in SERVE_FLAGS if not flag.startswith('false'))}`; its document "
-            "states those limits.",
+            "`python -m t2i_scripts.ops.api_fuzz --report RELIABILITY.md` (also `make test-api`): "
+            "schemathesis against the served `/openapi.json` of `t2i-align serve` on `models/tiny-sd`, once "
+            "for each mode below, with every check (`--checks all`: server errors, status codes, content "
+            "types, headers and bodies against the document, invalid data rejected and valid data accepted, "
+            "undeclared methods answered 405 with `Allow`, missing headers and keys refused, created "
+            "resources found and deleted ones gone) and phases examples, coverage, fuzzing and stateful, "
+            f"{args.max_examples} examples per operation and phase, seed {args.seed}, one worker. The "
+            f"server runs with `{' '.join(SERVE_FLAGS)}`; its document states those limits.",
             "",
             "| mode | operations | cases | failures | errors | time (s) |",
             "|---|---|---|---|---|---|",
