@@ -345,3 +345,34 @@ fn a_client_that_disconnects_has_its_work_dropped() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_server_with_other_limits_states_them_and_bodies_are_read_as_json_schema_reads_them() {
+    let server = Server::start(&["--max-steps", "3", "--max-images", "2", "--max-score-images", "5"]);
+    let doc = server.get("/openapi.json").json();
+    let schemas = &doc["components"]["schemas"];
+    let generate = &schemas["GenerateRequest"]["properties"];
+    assert_eq!(generate["steps"]["maximum"], 3);
+    assert_eq!(generate["n"]["maximum"], 2);
+    // tiny-sd's sizes are multiples of 16.
+    assert_eq!(generate["width"]["multipleOf"], 16);
+    assert_eq!(generate["seed"]["maximum"], serde_json::json!(u64::MAX));
+    assert_eq!(schemas["ScoreRequest"]["properties"]["images"]["maxItems"], 5);
+    assert_eq!(doc["paths"]["/images"]["get"]["parameters"][1]["schema"]["minimum"], 1);
+    // The form's image parts are files, of the media types the server decodes.
+    let form = &doc["paths"]["/score"]["post"]["requestBody"]["content"]["multipart/form-data"];
+    assert_eq!(form["encoding"]["image"]["contentType"], "image/png, image/jpeg");
+    assert_eq!(schemas["ImageFile"]["format"], "binary");
+    // An open server asks for no key.
+    assert!(doc["paths"]["/generate"]["post"]["security"].is_null());
+
+    // A whole-number float is an integer, as in JSON Schema; an array is not a body.
+    let whole = server.post_json("/generate", r#"{"prompt":"a red circle","steps":2.0,"seed":1}"#);
+    assert_eq!(whole.status, 200, "{}", whole.text());
+    let array = server.post_json("/generate", r#"["a red circle", 1]"#);
+    assert_eq!(array.status, 422, "{}", array.text());
+    // A cursor of the right shape that names nothing is gone (404); any other text is not a cursor (422).
+    let gone = server.get("/images?after=img_0123456789abcdef0123456789abcdef");
+    assert_eq!(gone.status, 404, "{}", gone.text());
+    assert_eq!(server.get("/images?after=nope").status, 422);
+}

@@ -392,3 +392,23 @@ fn one_key_may_not_hold_more_than_its_share_of_requests() {
         200
     );
 }
+
+#[test]
+fn the_document_declares_the_refusals_keys_bring() {
+    let keys = keys_env();
+    let server = Server::start_with_env(&common::tiny_sd(), &[], &[("T2I_API_KEYS", &keys)]);
+    let doc = with_key(&server, "GET", "/openapi.json", None, None).json();
+    let generate = &doc["paths"]["/generate"]["post"]["responses"];
+    assert!(generate["401"].is_object(), "{generate}");
+    assert!(generate["429"].is_object(), "{generate}");
+    // Only admin routes can refuse a valid key of too small a scope.
+    assert!(generate["403"].is_null(), "{generate}");
+    assert!(doc["paths"]["/fine-tunes"]["post"]["responses"]["403"].is_object());
+    // OpenAI's route answers in OpenAI's error shape.
+    assert_eq!(
+        doc["paths"]["/v1/images/generations"]["post"]["responses"]["401"]["content"]["application/json"]["schema"]
+            ["$ref"],
+        "#/components/schemas/OpenAiErrorBody"
+    );
+    assert!(doc["paths"]["/health"]["get"]["responses"]["401"].is_null());
+}

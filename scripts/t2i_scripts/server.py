@@ -132,12 +132,14 @@ class ServerProcess:
         ready_timeout: float = 120,
         image_retention: int = 0,
         data_dir: Path | None = None,
+        env: dict[str, str] | None = None,
     ):
         if not port_is_free(port):
             # Another server there would answer /ready in this one's place, and the script would measure it.
             sys.exit(f"port {port} is in use by another process; stop it or choose another --port")
         library = recorded_library() if library is None else library
-        env = dict(os.environ, ORT_DYLIB_PATH=library, RUST_LOG="warn")
+        # `env` adds to (or overrides) this process's environment, e.g. T2I_API_KEYS.
+        env = dict(os.environ, ORT_DYLIB_PATH=library, RUST_LOG="warn") | (env or {})
         # A data directory of its own unless one is given (which then outlives the process); by default no
         # stored images (benchmarks measure serving, not disk).
         self.owned_data_dir = None if data_dir else tempfile.TemporaryDirectory(prefix="t2i-bench-")

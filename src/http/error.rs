@@ -152,9 +152,28 @@ fn retry_after(err: &Error) -> Option<HeaderValue> {
 }
 
 /// Parses a JSON body, naming the offending field (its path, e.g. `n`) in the error when there is one.
+///
+/// Every body is a JSON object: an array is refused rather than read into a struct's fields in order (serde's
+/// default). A number with no fraction (`2.0`, `1e2`) is the integer it equals, as in JSON Schema, so an
+/// integer field takes it.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let parsed: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+    let mut value: serde_json::Value = {
+        let mut deserializer = serde_json::Deserializer::from_slice(body);
+        let value = serde::Deserialize::deserialize(&mut deserializer).map_err(|err| syntax_error(body, &err))?;
+        deserializer.end().map_err(|err| Error::InvalidRequest {
+            message: format!("the body is not valid JSON: {err}"),
+            param: None,
+        })?;
+        value
+    };
+    if !value.is_object() {
+        return Err(Error::Validation {
+            message: "the body must be a JSON object".to_string(),
+            param: None,
+        });
+    }
+    whole_numbers(&mut value);
+    let parsed: T = serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         if inner.is_data() {
@@ -168,11 +187,26 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Erro
             syntax_error(body, &inner)
         }
     })?;
-    deserializer.end().map_err(|err| Error::InvalidRequest {
-        message: format!("the body is not valid JSON: {err}"),
-        param: None,
-    })?;
     Ok(parsed)
+}
+
+/// Turns every number without a fraction that fits an i64 or u64 into that integer.
+fn whole_numbers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(number) if number.is_f64() => {
+            if let Some(float) = number.as_f64().filter(|float| float.fract() == 0.0) {
+                // 2^63 and 2^64 are exact floats outside the integer types; `as` would saturate them.
+                if float >= -(2f64.powi(63)) && float < 2f64.powi(63) {
+                    *number = serde_json::Number::from(float as i64);
+                } else if float >= 0.0 && float < 2f64.powi(64) {
+                    *number = serde_json::Number::from(float as u64);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
 }
 
 /// A JSON syntax error, with the text where it happened and, when it is a value, the field it belongs to.
@@ -278,6 +312,16 @@ mod tests {
         assert_eq!(err.kind(), "invalid_request");
         let err = parse_json::<Body>(br#"{"n": 1}"#).unwrap_err();
         assert_eq!(err.param(), Some("prompt"));
+    }
+
+    #[test]
+    fn whole_floats_are_integers_and_arrays_are_not_bodies() {
+        let body = parse_json::<Body>(br#"{"prompt":"x","n":2.0}"#).unwrap();
+        assert_eq!(body.n, Some(2));
+        let err = parse_json::<Body>(br#"{"prompt":"x","n":2.5}"#).unwrap_err();
+        assert_eq!(err.param(), Some("n"));
+        let err = parse_json::<Body>(br#"["x", 1]"#).unwrap_err();
+        assert_eq!(err.kind(), "validation_error");
     }
 
     #[test]

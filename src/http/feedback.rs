@@ -190,6 +190,7 @@ fn feedback_query(request: &HttpRequest) -> Result<(FeedbackQuery, bool)> {
     params(FeedbackParams),
     responses(
         (status = 200, description = "A page of ratings", body = FeedbackPage),
+        (status = 404, description = "`after` names an id of the right shape that is gone (deleted, expired) or never was", body = ErrorBody),
         (status = 422, description = "A filter or `limit` breaks a rule, or `after` is unknown", body = ErrorBody),
     )
 )]
@@ -212,6 +213,7 @@ pub async fn list_feedback(state: web::Data<AppState>, request: HttpRequest) -> 
     params(FeedbackParams),
     responses(
         (status = 200, description = "One rating per line, oldest first", content_type = "application/x-ndjson", body = FeedbackOut),
+        (status = 404, description = "`after` names an id of the right shape that is gone (deleted, expired) or never was", body = ErrorBody),
         (status = 422, description = "A filter breaks a rule", body = ErrorBody),
     )
 )]

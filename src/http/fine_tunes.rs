@@ -27,7 +27,7 @@ pub struct FineTuneOut {
     /// Unix milliseconds.
     pub created_at: i64,
     pub updated_at: i64,
-    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    #[schema(value_type = JobStatusName)]
     pub status: String,
     /// The running (or last) stage, one of `stages`.
     pub stage: Option<String>,
@@ -114,17 +114,57 @@ pub struct FineTuneEventPage {
     pub last_id: Option<String>,
 }
 
-/// Paging for `GET /fine-tunes` and `GET /fine-tunes/{id}/events`.
+/// Paging and the status filter of `GET /fine-tunes`.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// The last id of the previous page.
+    #[param(value_type = Option<JobId>)]
     pub after: Option<String>,
     /// Items per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
-    /// `GET /fine-tunes` only: list jobs with this status.
+    /// List only jobs with this status.
+    #[param(value_type = Option<JobStatusName>)]
     pub status: Option<String>,
+}
+
+/// Paging of `GET /fine-tunes/{id}/events`: as `PageParams`, without the status filter.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventParams {
+    /// The last id of the previous page.
+    #[param(value_type = Option<EventId>)]
+    pub after: Option<String>,
+    /// Events per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// The id of a fine-tune job (`id` in `POST /fine-tunes` answers).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = "job-id")]
+#[allow(dead_code)]
+pub struct JobId(String);
+
+/// The id of one of a job's events.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = "job-event-id")]
+#[allow(dead_code)]
+pub struct EventId(String);
+
+/// A job's status (`storage::JobStatus`).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum JobStatusName {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
 }
 
 /// The routes this module serves, each with who may call it.
@@ -189,6 +229,7 @@ pub async fn create_fine_tune(state: web::Data<AppState>, payload: web::Payload)
     params(PageParams),
     responses(
         (status = 200, description = "A page of jobs", body = FineTunePage),
+        (status = 404, description = "`after` names an id of the right shape that is gone (deleted, expired) or never was", body = ErrorBody),
         (status = 422, description = "`limit`, `status` or `after` breaks a rule", body = ErrorBody),
     )
 )]
@@ -262,10 +303,10 @@ pub async fn cancel_fine_tune(state: web::Data<AppState>, path: web::Path<String
     get,
     path = "/fine-tunes/{id}/events",
     tag = "fine-tuning",
-    params(("id" = String, Path, description = "The job's id"), PageParams),
+    params(("id" = String, Path, description = "The job's id"), EventParams),
     responses(
         (status = 200, description = "A page of events", body = FineTuneEventPage),
-        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 404, description = "No such job, or `after` names an event id of the right shape that is not there", body = ErrorBody),
         (status = 422, description = "`limit` or `after` breaks a rule", body = ErrorBody),
     )
 )]
@@ -274,13 +315,7 @@ pub async fn fine_tune_events(
     path: web::Path<String>,
     request: HttpRequest,
 ) -> Result<HttpResponse> {
-    let params: PageParams = query_params(&request)?;
-    if params.status.is_some() {
-        return Err(Error::validation(
-            "status",
-            "`status` filters `GET /fine-tunes`, not events",
-        ));
-    }
+    let params: EventParams = query_params(&request)?;
     let limit = page_limit(params.limit)?;
     let job = job_or_404(&state, &path).await?;
     let (events, has_more) = state

@@ -29,6 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     params(ImageParams),
     responses(
         (status = 200, description = "A page of stored images", body = ImagePage),
+        (status = 404, description = "`after` names an id of the right shape that is gone (deleted, expired) or never was", body = ErrorBody),
         (status = 422, description = "`limit` breaks its rule, or `after` is unknown", body = ErrorBody),
     )
 )]

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use crate::error::Result;
 use crate::http::endpoint::{self, Access, Endpoint, Method};
 use crate::http::error::ErrorBody;
+use crate::http::schemas::ModelVersion;
 use crate::http::AppState;
 use crate::registry::lineage;
 use crate::storage::VersionKind;
@@ -113,7 +114,7 @@ async fn model_list(state: &AppState) -> Result<ModelList> {
     post,
     path = "/models/{id}/activate",
     tag = "models",
-    params(("id" = String, Path, description = "The version's id")),
+    params(("id" = ModelVersion, Path, description = "The version's id")),
     responses(
         (status = 200, description = "The versions after the swap", body = ModelList),
         (status = 422, description = "No such version", body = ErrorBody),

@@ -7,15 +7,19 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::http::endpoint::{self, Access, Endpoint, Method};
+use crate::http::schemas::{ModelVersion, RewardModelName};
 use crate::http::AppState;
 
 use crate::http::error::{ErrorBody, ErrorDetail, OpenAiErrorBody, OpenAiErrorDetail};
-use crate::http::fine_tunes::{self, FineTuneEventOut, FineTuneEventPage, FineTuneOut, FineTunePage};
+use crate::http::fine_tunes::{
+    self, EventId, FineTuneEventOut, FineTuneEventPage, FineTuneOut, FineTunePage, JobId, JobStatusName,
+};
 use crate::http::models::{self, ModelList, ModelOut};
 use crate::http::schemas::{
-    FeedbackOut, FeedbackPage, FeedbackRequest, GenerateRequest, GenerateResponse, HealthResponse, ImageOut, ImagePage,
-    ImageRecordOut, OpenAiImage, OpenAiImageRequest, OpenAiImagesResponse, Prompts, RerankRequest, RerankResult,
-    ScoreRequest, ScoreResponse, ScoreTimings, SelectionOut, Timings,
+    FeedbackOut, FeedbackPage, FeedbackRequest, GenerateRequest, GenerateResponse, HealthResponse, ImageBase64,
+    ImageFile, ImageId, ImageOut, ImagePage, ImageRecordOut, LabelName, OpenAiImage, OpenAiImageRequest,
+    OpenAiImagesResponse, Prompts, RatingId, RerankForm, RerankRequest, RerankResult, ResponseFormat, SchedulerName,
+    ScoreForm, ScoreRequest, ScoreResponse, ScoreTimings, SelectionOut, Timings,
 };
 use crate::http::{feedback, generate, images, openai, ops, scoring};
 use crate::jobs::spec::{
@@ -91,7 +95,21 @@ use crate::jobs::spec::{
         ErrorBody,
         ErrorDetail,
         OpenAiErrorBody,
-        OpenAiErrorDetail
+        OpenAiErrorDetail,
+        SchedulerName,
+        LabelName,
+        JobStatusName,
+        ResponseFormat,
+        ImageBase64,
+        ImageFile,
+        ScoreForm,
+        RerankForm,
+        ImageId,
+        RatingId,
+        ModelVersion,
+        RewardModelName,
+        JobId,
+        EventId
     )),
     tags(
         (name = "generation", description = "Text-to-image, with best-of-n rejection sampling by reward"),
@@ -124,9 +142,160 @@ pub async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
     } else {
         Security::Keys
     };
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(spec_json(security))
+    let limits = ServedLimits::of(&state);
+    // A server with the default limits serves the committed document as it is; one started with others
+    // states its own limits, and its model's sizes.
+    if limits.flags() == ServedLimits::of_flags(&Default::default(), &Default::default(), &Default::default()) {
+        return HttpResponse::Ok()
+            .content_type("application/json")
+            .body(spec_json(security));
+    }
+    let mut doc = match serde_json::to_value(spec(security)) {
+        Ok(doc) => doc,
+        Err(err) => serde_json::json!({"error": err.to_string()}),
+    };
+    served_limits(&mut doc, &limits);
+    HttpResponse::Ok().json(doc)
+}
+
+/// The limits this server was started with, which the document it serves states in place of the defaults.
+#[derive(Debug, Clone)]
+pub struct ServedLimits {
+    pub max_images: u32,
+    pub max_steps: u32,
+    pub max_prompt_bytes: usize,
+    pub max_best_of: u32,
+    pub max_candidates: u32,
+    pub max_score_images: usize,
+    /// The active model's size multiple and the largest width or height it may generate.
+    pub size_multiple: usize,
+    pub max_size: usize,
+}
+
+impl ServedLimits {
+    /// The limits set by flags (not by the model), as a tuple to compare with the defaults'.
+    fn flags(&self) -> (u32, u32, usize, u32, u32, usize) {
+        (
+            self.max_images,
+            self.max_steps,
+            self.max_prompt_bytes,
+            self.max_best_of,
+            self.max_candidates,
+            self.max_score_images,
+        )
+    }
+
+    fn of_flags(
+        limits: &crate::pipeline::RequestLimits,
+        selection: &crate::reward::SelectionLimits,
+        score: &crate::http::ScoreLimits,
+    ) -> (u32, u32, usize, u32, u32, usize) {
+        (
+            limits.max_images,
+            limits.max_steps,
+            limits.max_prompt_bytes,
+            selection.max_best_of,
+            selection.max_candidates,
+            score.max_images,
+        )
+    }
+
+    pub fn of(state: &AppState) -> Self {
+        let (size_multiple, default_size) = state.serving.get().map_or((8, 0), |serving| {
+            let limits = &serving.models.active().limits;
+            (limits.size_multiple.max(1), limits.default_size)
+        });
+        let max_size = (state.limits.max_image_size as usize).max(default_size);
+        ServedLimits {
+            max_images: state.limits.max_images,
+            max_steps: state.limits.max_steps,
+            max_prompt_bytes: state.limits.max_prompt_bytes,
+            max_best_of: state.selection_limits.max_best_of,
+            max_candidates: state.selection_limits.max_candidates,
+            max_score_images: state.score_limits.max_images,
+            size_multiple,
+            max_size: max_size - max_size % size_multiple,
+        }
+    }
+}
+
+/// Writes `limits` into the document's request schemas (`t2i-align openapi` shows the defaults).
+pub fn served_limits(doc: &mut serde_json::Value, limits: &ServedLimits) {
+    use serde_json::json;
+    for schema in ["GenerateRequest", "OpenAiImageRequest"] {
+        set_property(doc, schema, "n", "maximum", json!(limits.max_images));
+        set_property(doc, schema, "best_of", "maximum", json!(limits.max_best_of));
+        set_property(doc, schema, "prompt", "maxLength", json!(limits.max_prompt_bytes));
+    }
+    set_property(
+        doc,
+        "GenerateRequest",
+        "negative_prompt",
+        "maxLength",
+        json!(limits.max_prompt_bytes),
+    );
+    set_property(doc, "GenerateRequest", "steps", "maximum", json!(limits.max_steps));
+    set_property(
+        doc,
+        "GenerateRequest",
+        "max_candidates",
+        "maximum",
+        json!(limits.max_candidates),
+    );
+    for side in ["width", "height"] {
+        set_property(doc, "GenerateRequest", side, "minimum", json!(limits.size_multiple));
+        set_property(doc, "GenerateRequest", side, "maximum", json!(limits.max_size));
+        set_property(doc, "GenerateRequest", side, "multipleOf", json!(limits.size_multiple));
+    }
+    set_property(
+        doc,
+        "OpenAiImageRequest",
+        "size",
+        "pattern",
+        json!(size_pattern(limits.size_multiple, limits.max_size)),
+    );
+    for schema in ["ScoreRequest", "RerankRequest"] {
+        set_property(doc, schema, "images", "maxItems", json!(limits.max_score_images));
+        set_property(doc, schema, "image_ids", "maxItems", json!(limits.max_score_images));
+    }
+    for schema in ["ScoreForm", "RerankForm"] {
+        set_property(doc, schema, "image", "maxItems", json!(limits.max_score_images));
+        set_property(doc, schema, "image_id", "maxItems", json!(limits.max_score_images));
+    }
+    for schema in ["RerankRequest", "RerankForm", "ScoreForm", "FeedbackRequest"] {
+        set_property(doc, schema, "prompt", "maxLength", json!(limits.max_prompt_bytes));
+    }
+    if let Some(choices) = doc
+        .pointer_mut("/components/schemas/Prompts/oneOf")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for choice in choices {
+            let one = if choice["type"] == "array" {
+                choice["maxItems"] = json!(limits.max_score_images);
+                &mut choice["items"]
+            } else {
+                choice
+            };
+            one["maxLength"] = json!(limits.max_prompt_bytes);
+        }
+    }
+}
+
+/// Sets `key` of one property of a component schema, when the document has it.
+fn set_property(doc: &mut serde_json::Value, schema: &str, property: &str, key: &str, value: serde_json::Value) {
+    let pointer = format!("/components/schemas/{schema}/properties/{property}");
+    if let Some(object) = doc.pointer_mut(&pointer).and_then(serde_json::Value::as_object_mut) {
+        object.insert(key.to_string(), value);
+    }
+}
+
+/// `auto`, or `WIDTHxHEIGHT` with each side a multiple of `multiple` up to `max`.
+pub fn size_pattern(multiple: usize, max: usize) -> String {
+    let sides: Vec<String> = (1..=max / multiple.max(1))
+        .map(|factor| (factor * multiple).to_string())
+        .collect();
+    let sides = sides.join("|");
+    format!("^(auto|({sides})x({sides}))$")
 }
 
 /// Whether the server checks API keys, which decides the document's security requirements.
@@ -140,15 +309,110 @@ pub enum Security {
 
 /// The spec as pretty JSON with a trailing newline, exactly as committed (`Security::Keys`).
 pub fn spec_json(security: Security) -> String {
-    let mut doc = ApiDoc::openapi();
-    // The crate version would make the committed file stale on every release bump.
-    doc.info.version = "1".to_string();
-    if security == Security::Keys {
-        add_security(&mut doc);
-    }
+    let doc = spec(security);
     match doc.to_pretty_json() {
         Ok(json) => json + "\n",
         Err(err) => format!("{{\"error\": \"{err}\"}}\n"),
+    }
+}
+
+/// The document, with the security requirements of a server with keys or of one without.
+pub fn spec(security: Security) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    // The crate version would make the committed file stale on every release bump.
+    doc.info.version = "1".to_string();
+    add_key_refusals(&mut doc);
+    if security == Security::Keys {
+        add_security(&mut doc);
+    }
+    add_field_rules(&mut doc);
+    doc
+}
+
+/// The answers API keys bring, on every operation that needs one when the server has keys: 401 and 429, and
+/// 403 on admin routes. Declared whether or not this server has keys, so that both serve one set of answers.
+fn add_key_refusals(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+    for endpoint in crate::http::endpoints() {
+        let Some(item) = doc.paths.paths.get_mut(endpoint.path) else {
+            continue;
+        };
+        let operation = match endpoint.method {
+            Method::Get => item.get.as_mut(),
+            Method::Post => item.post.as_mut(),
+            Method::Delete => item.delete.as_mut(),
+        };
+        let Some(operation) = operation else {
+            continue;
+        };
+        let mut refusals = match endpoint.access {
+            Access::Open | Access::Metrics => continue,
+            Access::Inference | Access::Admin => vec![
+                (
+                    "401",
+                    "The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`)",
+                ),
+                (
+                    "429",
+                    "This key has `--max-concurrent-per-key` requests in flight already",
+                ),
+            ],
+        };
+        if endpoint.access == Access::Admin {
+            refusals.push(("403", "The key's scope is `inference`; this route needs `admin`"));
+        }
+        // OpenAI's route answers in OpenAI's error shape.
+        let body = if endpoint.path.starts_with("/v1/") {
+            "OpenAiErrorBody"
+        } else {
+            "ErrorBody"
+        };
+        for (status, description) in refusals {
+            let response = ResponseBuilder::new()
+                .description(description)
+                .content("application/json", Content::new(Some(Ref::from_schema_name(body))))
+                .build();
+            operation
+                .responses
+                .responses
+                .entry(status.to_string())
+                .or_insert(RefOr::T(response));
+        }
+    }
+}
+
+/// The rules between fields that the schemas' attributes cannot state (`schemas::field_rules`), as each
+/// schema's `allOf`.
+fn add_field_rules(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::RefOr;
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for (name, field) in crate::http::schemas::U64_FIELDS {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(*name) {
+            if let Some(RefOr::T(Schema::Object(field))) = object.properties.get_mut(*field) {
+                field.format = Some(utoipa::openapi::SchemaFormat::Custom("uint64".to_string()));
+                field
+                    .extensions
+                    .get_or_insert_with(Default::default)
+                    .insert("maximum".to_string(), serde_json::json!(u64::MAX));
+            }
+        }
+    }
+    // `size` is one of the sizes `/generate` takes at the default limits (a server states its own).
+    if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut("OpenAiImageRequest") {
+        if let Some(RefOr::T(Schema::Object(size))) = object.properties.get_mut("size") {
+            size.pattern = Some(size_pattern(8, 1024));
+        }
+    }
+    for (name, rules) in crate::http::schemas::field_rules() {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(name) {
+            object
+                .extensions
+                .get_or_insert_with(Default::default)
+                .insert("allOf".to_string(), rules);
+        }
     }
 }
 

@@ -13,59 +13,102 @@ use crate::reward::SelectionInput;
     "prompt": "two blue stars on a white background",
     "n": 1,
     "seed": 42,
-    "best_of": 8
+    "best_of": 2
 }))]
 pub struct GenerateRequest {
-    /// What to draw. Must not be empty; cut to the text encoder's 77 tokens with a warning.
+    /// What to draw. Must not be blank; at most `--max-prompt-bytes` bytes; cut to the text encoder's 77
+    /// tokens with a warning.
+    #[schema(pattern = r"\S", max_length = 4096)]
     pub prompt: String,
     /// What to steer away from (classifier-free guidance's unconditional side). Default: empty.
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub negative_prompt: Option<String>,
     /// Images to generate for the prompt. Default 1; at most the server's `--max-images`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 8)]
     pub n: Option<i64>,
-    /// Denoising steps. Default: the server's `--default-steps`.
+    /// Denoising steps, at most the server's `--max-steps`. Default: the server's `--default-steps`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 150)]
     pub steps: Option<i64>,
-    /// Classifier-free guidance scale; 1 or less turns guidance off. Default 7.5.
+    /// Classifier-free guidance scale, 0 to 100; 1 or less turns guidance off. Default 7.5.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 100)]
     pub guidance_scale: Option<f64>,
-    /// One of `ddim`, `euler`, `euler_a`, `dpm++2m`, `pndm`. Default: the model's own scheduler.
+    /// The sampler. Default: the model's own scheduler.
     #[serde(default)]
+    #[schema(value_type = Option<SchedulerName>)]
     pub scheduler: Option<String>,
     /// Seed of image 0; image i uses seed + i. Default: random, and returned in the response.
     #[serde(default)]
     pub seed: Option<u64>,
-    /// Pixels; a multiple of the model's size multiple. Default: the model's native size.
+    /// Pixels; a multiple of the model's size multiple, at most `--max-image-size`. Default: the model's
+    /// native size.
     #[serde(default)]
+    #[schema(minimum = 8, maximum = 1024, multiple_of = 8)]
     pub width: Option<i64>,
-    /// Pixels; a multiple of the model's size multiple. Default: the model's native size.
+    /// Pixels; a multiple of the model's size multiple, at most `--max-image-size`. Default: the model's
+    /// native size.
     #[serde(default)]
+    #[schema(minimum = 8, maximum = 1024, multiple_of = 8)]
     pub height: Option<i64>,
     /// DDIM's eta in [0, 1] (0 is deterministic DDIM). Ignored by other schedulers. Default 0.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     pub eta: Option<f64>,
     /// Rejection sampling: generate `best_of` candidates for each of the `n` images, score them all with the
     /// reward model and return the `n` best. Default 1; at most the server's `--max-best-of`, and
     /// `best_of × n` at most `--max-candidates`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 16)]
     pub best_of: Option<i64>,
     /// Keep generating until `n` candidates score at least this much, or `max_candidates` have been tried;
     /// the `n` best come back either way. An alternative to `best_of`.
     #[serde(default)]
     pub min_reward: Option<f64>,
-    /// The candidate budget for `min_reward`. Default 4 × n; at most `--max-candidates`.
+    /// The candidate budget for `min_reward` (only with it), at least `n`. Default 4 × n; at most
+    /// `--max-candidates`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 128)]
     pub max_candidates: Option<i64>,
     /// Which loaded reward model scores the candidates. Default: the first `--reward-model`.
     #[serde(default)]
+    #[schema(value_type = Option<RewardModelName>)]
     pub reward_model: Option<String>,
     /// Also return every candidate's score, in seed order. Default false.
     #[serde(default)]
     pub return_candidate_scores: Option<bool>,
     /// Which model version generates (`GET /models`). Default: the active version.
     #[serde(default)]
+    #[schema(value_type = Option<ModelVersion>)]
     pub model: Option<String>,
+}
+
+/// The samplers `scheduler` names (the document's enum; `SchedulerKind::from_name` also takes aliases).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum SchedulerName {
+    #[schema(rename = "ddim")]
+    Ddim,
+    #[schema(rename = "euler")]
+    Euler,
+    #[schema(rename = "euler_a")]
+    EulerA,
+    #[schema(rename = "dpm++2m")]
+    DpmPlusPlus2M,
+    #[schema(rename = "pndm")]
+    Pndm,
+}
+
+/// A rating's label (`storage::Label`).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum LabelName {
+    Good,
+    Bad,
+    Skip,
 }
 
 impl From<GenerateRequest> for GenerateInput {
@@ -185,27 +228,107 @@ pub struct HealthResponse {
 }
 
 /// One prompt for every image, or one prompt per image.
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged, expecting = "a prompt (string), or a list of prompts with one per image")]
 pub enum Prompts {
     One(String),
     Each(Vec<String>),
 }
 
+/// The longest prompt the document states: the default `--max-prompt-bytes` (a server states its own).
+pub const MAX_PROMPT_LENGTH: usize = 4096;
+
+/// A prompt's schema: not blank, at most `--max-prompt-bytes`.
+fn prompt_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(r"\S"))
+        .max_length(Some(MAX_PROMPT_LENGTH))
+        .build()
+}
+
+impl utoipa::PartialSchema for Prompts {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::{ArrayBuilder, OneOfBuilder};
+        OneOfBuilder::new()
+            .description(Some("One prompt for every image, or a list with one prompt per image."))
+            .item(prompt_schema())
+            .item(
+                ArrayBuilder::new()
+                    .items(prompt_schema())
+                    .min_items(Some(1))
+                    .max_items(Some(64)),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for Prompts {}
+
+/// Fields of type `u64`: the document says `format: uint64` and the full range, where utoipa says `int64`.
+pub const U64_FIELDS: &[(&str, &str)] = &[
+    ("GenerateRequest", "seed"),
+    ("FineTuneRequest", "seed"),
+    ("PromptGenerator", "seed"),
+];
+
+/// The `allOf` a schema's fields keep together, which its field attributes cannot say: `GenerateRequest`'s
+/// `max_candidates` only with `min_reward`, and `best_of` at most 1 with `min_reward` (as
+/// `reward::best_of::validate_selection` checks); `FeedbackRequest`'s `image_id` alone, or `image` with
+/// `prompt`; `images` or `image_ids`, one of them. Written into the document by `openapi::spec`.
+pub fn field_rules() -> Vec<(&'static str, serde_json::Value)> {
+    use serde_json::json;
+    let present = |field: &str, kind: &str| json!({"required": [field], "properties": {field: {"type": kind}}});
+    let absent = |field: &str| json!({"properties": {field: {"type": "null"}}});
+    // Images are sent or named by id, never both.
+    let images_or_ids = json!([{"oneOf": [
+        {"allOf": [present("images", "array"), absent("image_ids")]},
+        {"allOf": [present("image_ids", "array"), absent("images")]}
+    ]}]);
+    let form_images_or_ids = json!([{"oneOf": [
+        {"required": ["image"], "not": {"required": ["image_id"]}},
+        {"required": ["image_id"], "not": {"required": ["image"]}}
+    ]}]);
+    vec![
+        (
+            "GenerateRequest",
+            json!([
+                {"if": present("max_candidates", "integer"), "then": present("min_reward", "number")},
+                {"if": present("min_reward", "number"),
+                 "then": {"properties": {"best_of": {"oneOf": [{"type": "null"}, {"const": 1}]}}}}
+            ]),
+        ),
+        (
+            "FeedbackRequest",
+            json!([{"oneOf": [
+                {"allOf": [present("image_id", "string"), absent("image"), absent("prompt")]},
+                {"allOf": [present("image", "string"), present("prompt", "string"), absent("image_id")]}
+            ]}]),
+        ),
+        ("ScoreRequest", images_or_ids.clone()),
+        ("RerankRequest", images_or_ids),
+        ("ScoreForm", form_images_or_ids.clone()),
+        ("RerankForm", form_images_or_ids),
+    ]
+}
+
 /// Images to score: base64 PNG or JPEG (`data:` URLs too), or ids of images this server generated.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"prompt": "two blue stars on a white background", "images": ["iVBORw0KGgo..."]}))]
+#[schema(example = json!({"prompt": "two blue stars on a white background", "images": [FEEDBACK_EXAMPLE_PNG]}))]
 pub struct ScoreRequest {
     pub prompt: Prompts,
-    /// Base64 PNG or JPEG files. Send these or `image_ids`.
+    /// Base64 PNG or JPEG files, 1 to `--max-score-images`. Send these or `image_ids`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<ImageBase64>>, min_items = 1, max_items = 64)]
     pub images: Option<Vec<String>>,
-    /// `image_id`s from `/generate` responses.
+    /// `image_id`s from `/generate` responses, 1 to `--max-score-images`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<ImageId>>, min_items = 1, max_items = 64)]
     pub image_ids: Option<Vec<String>>,
     /// A loaded reward model's name. Default: the first `--reward-model`.
     #[serde(default)]
+    #[schema(value_type = Option<RewardModelName>)]
     pub model: Option<String>,
 }
 
@@ -234,24 +357,114 @@ pub struct ScoreResponse {
     pub timings: ScoreTimings,
 }
 
+/// The id of an image this server generated and still keeps (`image_id` in `/generate` answers).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = "image-id")]
+#[allow(dead_code)]
+pub struct ImageId(String);
+
+/// A model version's id (`GET /models`, kind `diffusion`).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = "model-version")]
+#[allow(dead_code)]
+pub struct ModelVersion(String);
+
+/// A loaded reward model's name (the first `--reward-model` is the default).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = "reward-model")]
+#[allow(dead_code)]
+pub struct RewardModelName(String);
+
+/// The id of a stored rating (`id` in `POST /feedback` answers).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = "rating-id")]
+#[allow(dead_code)]
+pub struct RatingId(String);
+
+/// A PNG or JPEG file as base64, or as a `data:image/png;base64,...` URL.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = "image-base64")]
+#[allow(dead_code)]
+pub struct ImageBase64(String);
+
+/// A PNG or JPEG file, sent as a form part.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct ImageFile(Vec<u8>);
+
+/// `POST /score` as `multipart/form-data`: the image files themselves, no base64. The document's description
+/// of the form that `scoring::read_multipart` reads.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ScoreForm {
+    /// The prompt of every image (the form may also repeat `prompt`, once per image, in order).
+    #[schema(pattern = r"\S", max_length = 4096)]
+    pub prompt: String,
+    /// PNG or JPEG files, 1 to `--max-score-images` (`image`, `images` and `file` are the same field).
+    #[serde(default)]
+    #[schema(value_type = Vec<ImageFile>, min_items = 1, max_items = 64)]
+    pub image: Vec<Vec<u8>>,
+    /// Or ids from `/generate` responses.
+    #[serde(default)]
+    #[schema(value_type = Vec<ImageId>, min_items = 1, max_items = 64)]
+    pub image_id: Vec<String>,
+    #[serde(default)]
+    #[schema(value_type = RewardModelName)]
+    pub model: String,
+}
+
+/// `POST /rerank` as `multipart/form-data`: the image files themselves, no base64.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct RerankForm {
+    #[schema(pattern = r"\S", max_length = 4096)]
+    pub prompt: String,
+    /// PNG or JPEG files, 1 to `--max-score-images` (`image`, `images` and `file` are the same field).
+    #[serde(default)]
+    #[schema(value_type = Vec<ImageFile>, min_items = 1, max_items = 64)]
+    pub image: Vec<Vec<u8>>,
+    /// Or ids from `/generate` responses.
+    #[serde(default)]
+    #[schema(value_type = Vec<ImageId>, min_items = 1, max_items = 64)]
+    pub image_id: Vec<String>,
+    /// Return only the best `top_k`. Default: all.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub top_k: i64,
+    /// Include each image (base64) in the answer. Default false.
+    #[serde(default)]
+    pub return_images: bool,
+    #[serde(default)]
+    #[schema(value_type = RewardModelName)]
+    pub model: String,
+}
+
 /// Rank images for one prompt, best first (the shape of text-embeddings-inference's `/rerank`).
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"prompt": "three red circles", "images": ["iVBORw0KGgo...", "iVBORw0KGgo..."], "top_k": 1}))]
+#[schema(example = json!({"prompt": "three red circles", "images": [FEEDBACK_EXAMPLE_PNG], "top_k": 1}))]
 pub struct RerankRequest {
+    #[schema(pattern = r"\S", max_length = 4096)]
     pub prompt: String,
-    /// Base64 PNG or JPEG files. Send these or `image_ids`.
+    /// Base64 PNG or JPEG files, 1 to `--max-score-images`. Send these or `image_ids`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<ImageBase64>>, min_items = 1, max_items = 64)]
     pub images: Option<Vec<String>>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<ImageId>>, min_items = 1, max_items = 64)]
     pub image_ids: Option<Vec<String>>,
     /// Return only the best `top_k`. Default: all.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub top_k: Option<i64>,
     /// Include each image (base64) in the answer. Default false.
     #[serde(default)]
     pub return_images: Option<bool>,
     #[serde(default)]
+    #[schema(value_type = Option<RewardModelName>)]
     pub model: Option<String>,
 }
 
@@ -268,27 +481,41 @@ pub struct RerankResult {
 /// OpenAI's `POST /v1/images/generations` body. Only `b64_json` answers are supported.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"model": "shapes-sd", "prompt": "two blue stars on a white background", "n": 1,
-                         "size": "64x64", "response_format": "b64_json", "best_of": 4}))]
+#[schema(example = json!({"prompt": "two blue stars on a white background", "n": 1,
+                         "response_format": "b64_json", "best_of": 2}))]
 pub struct OpenAiImageRequest {
+    #[schema(pattern = r"\S", max_length = 4096)]
     pub prompt: String,
     /// A model version (`GET /models`); an unknown one gets a 400 naming `model`. Default: the active version.
     #[serde(default)]
+    #[schema(value_type = Option<ModelVersion>)]
     pub model: Option<String>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 8)]
     pub n: Option<i64>,
-    /// `WIDTHxHEIGHT`, e.g. `64x64`. Default: the model's native size.
+    /// `WIDTHxHEIGHT`, e.g. `64x64`, each as `width` and `height` of `/generate`, or `auto`. Default: the
+    /// model's native size.
     #[serde(default)]
     pub size: Option<String>,
     /// Only `b64_json` (the default here).
     #[serde(default)]
+    #[schema(value_type = Option<ResponseFormat>)]
     pub response_format: Option<String>,
     /// Accepted and logged, as OpenAI does for abuse monitoring.
     #[serde(default)]
     pub user: Option<String>,
     /// This server's extension: rejection sampling with the reward model, as in `/generate`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 16)]
     pub best_of: Option<i64>,
+}
+
+/// The answer formats of `/v1/images/generations`: base64 only.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum ResponseFormat {
+    B64Json,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -306,23 +533,31 @@ pub struct OpenAiImagesResponse {
     pub data: Vec<OpenAiImage>,
 }
 
+/// A 1×1 PNG, the example of an image sent with its prompt.
+const FEEDBACK_EXAMPLE_PNG: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg==";
+
 /// A rating: of an image this server generated (`image_id`), or of an image sent with its prompt.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"image_id": "img_5d41402abc4b2a76b9719d911017c592", "label": "good", "rater": "ann"}))]
+#[schema(example = json!({"image": FEEDBACK_EXAMPLE_PNG, "prompt": "a red circle", "label": "good", "rater": "ann"}))]
 pub struct FeedbackRequest {
     /// An `image_id` from `/generate`; its prompt is the one rated against.
     #[serde(default)]
+    #[schema(value_type = Option<ImageId>)]
     pub image_id: Option<String>,
     /// Or a base64 PNG or JPEG, with `prompt`.
     #[serde(default)]
+    #[schema(value_type = Option<ImageBase64>)]
     pub image: Option<String>,
     #[serde(default)]
+    #[schema(pattern = r"\S", max_length = 4096)]
     pub prompt: Option<String>,
-    /// `good`, `bad` or `skip`.
+    #[schema(value_type = LabelName)]
     pub label: String,
     /// Who rated (free text, at most 128 characters).
     #[serde(default)]
+    #[schema(max_length = 128)]
     pub rater: Option<String>,
 }
 
@@ -358,15 +593,17 @@ pub struct FeedbackPage {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct FeedbackParams {
-    /// `good`, `bad` or `skip`.
+    #[param(value_type = Option<LabelName>)]
     pub label: Option<String>,
     pub rater: Option<String>,
     pub image_id: Option<String>,
     /// Only ratings of images this version generated (a `GET /models` id).
     pub model: Option<String>,
     /// The last id of the previous page.
+    #[param(value_type = Option<RatingId>)]
     pub after: Option<String>,
     /// Ratings per page, 1 to 1000 (default 100). The export checks it but streams every match.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Export only: include each image as base64.
     pub include_images: Option<bool>,
@@ -398,8 +635,10 @@ pub struct ImagePage {
 #[into_params(parameter_in = Query)]
 pub struct ImageParams {
     /// The last id of the previous page.
+    #[param(value_type = Option<ImageId>)]
     pub after: Option<String>,
     /// Images per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 

@@ -14,7 +14,9 @@ use crate::error::{Error, Result};
 use crate::http::endpoint::{self, Access, Endpoint, Method};
 use crate::http::error::{parse_json, ErrorBody};
 use crate::http::extract::{base64_bytes, read_body};
-use crate::http::schemas::{millis, Prompts, RerankRequest, RerankResult, ScoreRequest, ScoreResponse, ScoreTimings};
+use crate::http::schemas::{
+    millis, Prompts, RerankForm, RerankRequest, RerankResult, ScoreForm, ScoreRequest, ScoreResponse, ScoreTimings,
+};
 use crate::http::{AppState, ScoreLimits};
 use crate::pipeline::request::check_prompt_bytes;
 use crate::pipeline::RequestLimits;
@@ -331,7 +333,7 @@ async fn score_input(state: &AppState, input: ScoreInput) -> Result<(Scored, Str
     tag = "reward",
     request_body(content(
         (ScoreRequest = "application/json"),
-        (ScoreRequest = "multipart/form-data")
+        (ScoreForm = "multipart/form-data", encoding(("image" = (content_type = "image/png, image/jpeg"))))
     ), description = "JSON, or a form with `prompt` (once, or once per image), `image` files (PNG or JPEG) or \
                       `image_id` fields, and an optional `model`"),
     responses(
@@ -370,7 +372,7 @@ pub async fn score(state: web::Data<AppState>, request: HttpRequest, payload: we
     tag = "reward",
     request_body(content(
         (RerankRequest = "application/json"),
-        (RerankRequest = "multipart/form-data")
+        (RerankForm = "multipart/form-data", encoding(("image" = (content_type = "image/png, image/jpeg"))))
     )),
     responses(
         (status = 200, description = "The images' indices and scores, best first", body = [RerankResult]),

@@ -191,8 +191,10 @@ pub struct FineTuneRequest {
     /// Prompts to sample from the base model. Default: 200 of the shapes world's training prompts.
     #[serde(default)]
     pub prompts: Option<PromptSource>,
-    /// Samples per prompt, scored by the reward model. Default 8; 0 trains on feedback alone.
+    /// Samples per prompt, scored by the reward model, at most `--max-job-images-per-prompt`. Default 8; 0
+    /// trains on feedback alone.
     #[serde(default)]
+    #[schema(maximum = 64)]
     pub images_per_prompt: Option<u32>,
     /// Train on the stored ratings too (good 1, bad 0; skips are left out). Default true.
     #[serde(default)]
@@ -205,6 +207,7 @@ pub struct FineTuneRequest {
     pub retrain_reward_model: Option<bool>,
     /// Which loaded reward model scores the samples and the evaluation. Default: the first.
     #[serde(default)]
+    #[schema(value_type = Option<crate::http::schemas::RewardModelName>)]
     pub reward_model: Option<String>,
     #[serde(default)]
     pub hyperparameters: Option<Hyperparameters>,
@@ -214,8 +217,9 @@ pub struct FineTuneRequest {
     /// held-out prompts.
     #[serde(default)]
     pub eval_prompts: Option<PromptSource>,
-    /// Images per evaluation prompt. Default 8.
+    /// Images per evaluation prompt, 1 to `--max-job-images-per-prompt`. Default 8.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 64)]
     pub eval_images_per_prompt: Option<u32>,
     /// Seeds the prompts, the samples, the trainer and the evaluation. Default 0.
     #[serde(default)]

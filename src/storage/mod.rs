@@ -36,6 +36,12 @@ pub fn check_rater(param: &str, rater: &str) -> Result<()> {
     }
     Ok(())
 }
+/// Whether `id` has the shape of the ids this module makes: `prefix` and a uuid's 32 lowercase hex digits.
+fn is_id_of(prefix: &str, id: &str) -> bool {
+    id.strip_prefix(prefix)
+        .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')))
+}
+
 const IMAGES_DIR: &str = "images";
 const FEEDBACK_DIR: &str = "feedback";
 
@@ -443,8 +449,23 @@ impl Storage {
             .fetch_optional(&self.pool)
             .await
             .map_err(|err| database_error("cannot read the cursor", err))?;
-        row.map(|row| row.get::<i64, _>("rowid"))
-            .ok_or_else(|| Error::validation("after", format!("`after` is `{after}`, which is not {what} id")))
+        let prefix = match table {
+            "feedback" => "fb_",
+            "images" => "img_",
+            "fine_tunes" => "ft_",
+            _ => "ftevent_",
+        };
+        row.map(|row| row.get::<i64, _>("rowid")).ok_or_else(|| {
+            // An id of the right shape names something that is gone (deleted, expired) or never was: 404. Any
+            // other text is not an id at all: 422.
+            if is_id_of(prefix, after) {
+                Error::NotFound(format!(
+                    "`after` is `{after}`: there is no such {what} id (it may have been deleted)"
+                ))
+            } else {
+                Error::validation("after", format!("`after` is `{after}`, which is not {what} id"))
+            }
+        })
     }
 
     /// A page of stored images' records (no bytes), oldest first, after the image `after`.
@@ -685,6 +706,16 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.param(), Some("after"));
+        let gone = storage
+            .list_feedback(&query(
+                None,
+                None,
+                Some(&"fb_0123456789abcdef0123456789abcdef".to_string()),
+                3,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(gone.kind(), "not_found", "{gone}");
     }
 
     #[tokio::test]

@@ -359,6 +359,11 @@ export interface components {
              */
             type: string;
         };
+        /**
+         * Format: job-event-id
+         * @description The id of one of a job's events.
+         */
+        EventId: string;
         /** @description Which stored ratings a job trains on (with `use_feedback`). Absent fields match every rating. */
         FeedbackFilter: {
             /**
@@ -404,22 +409,32 @@ export interface components {
         /**
          * @description A rating: of an image this server generated (`image_id`), or of an image sent with its prompt.
          * @example {
-         *       "image_id": "img_5d41402abc4b2a76b9719d911017c592",
+         *       "image": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg==",
          *       "label": "good",
+         *       "prompt": "a red circle",
          *       "rater": "ann"
          *     }
          */
         FeedbackRequest: {
-            /** @description Or a base64 PNG or JPEG, with `prompt`. */
-            image?: string | null;
-            /** @description An `image_id` from `/generate`; its prompt is the one rated against. */
-            image_id?: string | null;
-            /** @description `good`, `bad` or `skip`. */
-            label: string;
+            image?: null | components["schemas"]["ImageBase64"];
+            image_id?: null | components["schemas"]["ImageId"];
+            label: components["schemas"]["LabelName"];
             prompt?: string | null;
             /** @description Who rated (free text, at most 128 characters). */
             rater?: string | null;
-        };
+        } & (({
+            image_id: string;
+        } & {
+            image?: null;
+        } & {
+            prompt?: null;
+        }) | ({
+            image: string;
+        } & {
+            prompt: string;
+        } & {
+            image_id?: null;
+        }));
         /** @description One thing that happened to a job: a status or stage change, trainer progress, a metric, a warning. */
         FineTuneEventOut: {
             /** Format: int64 */
@@ -490,8 +505,7 @@ export interface components {
             stages: string[];
             /** Format: int64 */
             started_at?: number | null;
-            /** @description `queued`, `running`, `succeeded`, `failed` or `cancelled`. */
-            status: string;
+            status: components["schemas"]["JobStatusName"];
             /** Format: int64 */
             updated_at: number;
         };
@@ -527,7 +541,7 @@ export interface components {
             base_model?: string | null;
             /**
              * Format: int32
-             * @description Images per evaluation prompt. Default 8.
+             * @description Images per evaluation prompt, 1 to `--max-job-images-per-prompt`. Default 8.
              */
             eval_images_per_prompt?: number | null;
             eval_prompts?: null | components["schemas"]["PromptSource"];
@@ -536,17 +550,17 @@ export interface components {
             hyperparameters?: null | components["schemas"]["Hyperparameters"];
             /**
              * Format: int32
-             * @description Samples per prompt, scored by the reward model. Default 8; 0 trains on feedback alone.
+             * @description Samples per prompt, scored by the reward model, at most `--max-job-images-per-prompt`. Default 8; 0
+             *     trains on feedback alone.
              */
             images_per_prompt?: number | null;
             pretrain_data?: null | components["schemas"]["PretrainData"];
             prompts?: null | components["schemas"]["PromptSource"];
             /** @description Retrain the reward model on the ratings first and score with it (paper §3.2). Default false. */
             retrain_reward_model?: boolean | null;
-            /** @description Which loaded reward model scores the samples and the evaluation. Default: the first. */
-            reward_model?: string | null;
+            reward_model?: null | components["schemas"]["RewardModelName"];
             /**
-             * Format: int64
+             * Format: uint64
              * @description Seeds the prompts, the samples, the trainer and the evaluation. Default 0.
              */
             seed?: number | null;
@@ -571,7 +585,7 @@ export interface components {
         /**
          * @description A text-to-image request. Absent fields take the server's defaults; unknown fields are rejected.
          * @example {
-         *       "best_of": 8,
+         *       "best_of": 2,
          *       "n": 1,
          *       "prompt": "two blue stars on a white background",
          *       "seed": 42
@@ -592,17 +606,19 @@ export interface components {
             eta?: number | null;
             /**
              * Format: double
-             * @description Classifier-free guidance scale; 1 or less turns guidance off. Default 7.5.
+             * @description Classifier-free guidance scale, 0 to 100; 1 or less turns guidance off. Default 7.5.
              */
             guidance_scale?: number | null;
             /**
              * Format: int64
-             * @description Pixels; a multiple of the model's size multiple. Default: the model's native size.
+             * @description Pixels; a multiple of the model's size multiple, at most `--max-image-size`. Default: the model's
+             *     native size.
              */
             height?: number | null;
             /**
              * Format: int64
-             * @description The candidate budget for `min_reward`. Default 4 × n; at most `--max-candidates`.
+             * @description The candidate budget for `min_reward` (only with it), at least `n`. Default 4 × n; at most
+             *     `--max-candidates`.
              */
             max_candidates?: number | null;
             /**
@@ -611,8 +627,7 @@ export interface components {
              *     the `n` best come back either way. An alternative to `best_of`.
              */
             min_reward?: number | null;
-            /** @description Which model version generates (`GET /models`). Default: the active version. */
-            model?: string | null;
+            model?: null | components["schemas"]["ModelVersion"];
             /**
              * Format: int64
              * @description Images to generate for the prompt. Default 1; at most the server's `--max-images`.
@@ -620,30 +635,32 @@ export interface components {
             n?: number | null;
             /** @description What to steer away from (classifier-free guidance's unconditional side). Default: empty. */
             negative_prompt?: string | null;
-            /** @description What to draw. Must not be empty; cut to the text encoder's 77 tokens with a warning. */
+            /**
+             * @description What to draw. Must not be blank; at most `--max-prompt-bytes` bytes; cut to the text encoder's 77
+             *     tokens with a warning.
+             */
             prompt: string;
             /** @description Also return every candidate's score, in seed order. Default false. */
             return_candidate_scores?: boolean | null;
-            /** @description Which loaded reward model scores the candidates. Default: the first `--reward-model`. */
-            reward_model?: string | null;
-            /** @description One of `ddim`, `euler`, `euler_a`, `dpm++2m`, `pndm`. Default: the model's own scheduler. */
-            scheduler?: string | null;
+            reward_model?: null | components["schemas"]["RewardModelName"];
+            scheduler?: null | components["schemas"]["SchedulerName"];
             /**
-             * Format: int64
+             * Format: uint64
              * @description Seed of image 0; image i uses seed + i. Default: random, and returned in the response.
              */
             seed?: number | null;
             /**
              * Format: int64
-             * @description Denoising steps. Default: the server's `--default-steps`.
+             * @description Denoising steps, at most the server's `--max-steps`. Default: the server's `--default-steps`.
              */
             steps?: number | null;
             /**
              * Format: int64
-             * @description Pixels; a multiple of the model's size multiple. Default: the model's native size.
+             * @description Pixels; a multiple of the model's size multiple, at most `--max-image-size`. Default: the model's
+             *     native size.
              */
             width?: number | null;
-        };
+        } & (unknown & unknown);
         /**
          * @example {
          *       "id": "gen-4f9c2a7e",
@@ -753,6 +770,21 @@ export interface components {
             /** @description Train the text encoder too (the paper keeps it frozen). Default false. */
             train_text_encoder?: boolean;
         };
+        /**
+         * Format: image-base64
+         * @description A PNG or JPEG file as base64, or as a `data:image/png;base64,...` URL.
+         */
+        ImageBase64: string;
+        /**
+         * Format: binary
+         * @description A PNG or JPEG file, sent as a form part.
+         */
+        ImageFile: string;
+        /**
+         * Format: image-id
+         * @description The id of an image this server generated and still keeps (`image_id` in `/generate` answers).
+         */
+        ImageId: string;
         ImageOut: {
             /**
              * @description Pass it to `/score` or `/rerank` as `image_ids` instead of the bytes; null when storing is off.
@@ -799,6 +831,21 @@ export interface components {
             /** Format: int64 */
             seed: number;
         };
+        /**
+         * Format: job-id
+         * @description The id of a fine-tune job (`id` in `POST /fine-tunes` answers).
+         */
+        JobId: string;
+        /**
+         * @description A job's status (`storage::JobStatus`).
+         * @enum {string}
+         */
+        JobStatusName: "queued" | "running" | "succeeded" | "failed" | "cancelled";
+        /**
+         * @description A rating's label (`storage::Label`).
+         * @enum {string}
+         */
+        LabelName: "good" | "bad" | "skip";
         /**
          * @description The learning rate after its warm-up.
          * @enum {string}
@@ -848,6 +895,11 @@ export interface components {
             /** @description `folder` (served from --model) or `fine_tune` (registered by a job). */
             source: string;
         };
+        /**
+         * Format: model-version
+         * @description A model version's id (`GET /models`, kind `diffusion`).
+         */
+        ModelVersion: string;
         OpenAiErrorBody: {
             error: components["schemas"]["OpenAiErrorDetail"];
         };
@@ -867,12 +919,10 @@ export interface components {
         /**
          * @description OpenAI's `POST /v1/images/generations` body. Only `b64_json` answers are supported.
          * @example {
-         *       "best_of": 4,
-         *       "model": "shapes-sd",
+         *       "best_of": 2,
          *       "n": 1,
          *       "prompt": "two blue stars on a white background",
-         *       "response_format": "b64_json",
-         *       "size": "64x64"
+         *       "response_format": "b64_json"
          *     }
          */
         OpenAiImageRequest: {
@@ -881,14 +931,15 @@ export interface components {
              * @description This server's extension: rejection sampling with the reward model, as in `/generate`.
              */
             best_of?: number | null;
-            /** @description A model version (`GET /models`); an unknown one gets a 400 naming `model`. Default: the active version. */
-            model?: string | null;
+            model?: null | components["schemas"]["ModelVersion"];
             /** Format: int64 */
             n?: number | null;
             prompt: string;
-            /** @description Only `b64_json` (the default here). */
-            response_format?: string | null;
-            /** @description `WIDTHxHEIGHT`, e.g. `64x64`. Default: the model's native size. */
+            response_format?: null | components["schemas"]["ResponseFormat"];
+            /**
+             * @description `WIDTHxHEIGHT`, e.g. `64x64`, each as `width` and `height` of `/generate`, or `auto`. Default: the
+             *     model's native size.
+             */
             size?: string | null;
             /** @description Accepted and logged, as OpenAI does for abuse monitoring. */
             user?: string | null;
@@ -944,7 +995,7 @@ export interface components {
              */
             per_category?: number | null;
             /**
-             * Format: int64
+             * Format: uint64
              * @description Seed of the draw. Default: the job's seed.
              */
             seed?: number | null;
@@ -953,24 +1004,44 @@ export interface components {
         };
         /** @description The job's prompts: a list, or the shapes world's generator. */
         PromptSource: string[] | components["schemas"]["PromptGenerator"];
-        /** @description One prompt for every image, or one prompt per image. */
+        /** @description One prompt for every image, or a list with one prompt per image. */
         Prompts: string | string[];
+        /**
+         * Format: rating-id
+         * @description The id of a stored rating (`id` in `POST /feedback` answers).
+         */
+        RatingId: string;
+        /** @description `POST /rerank` as `multipart/form-data`: the image files themselves, no base64. */
+        RerankForm: {
+            /** @description PNG or JPEG files, 1 to `--max-score-images` (`image`, `images` and `file` are the same field). */
+            image?: components["schemas"]["ImageFile"][];
+            /** @description Or ids from `/generate` responses. */
+            image_id?: components["schemas"]["ImageId"][];
+            model?: components["schemas"]["RewardModelName"];
+            prompt: string;
+            /** @description Include each image (base64) in the answer. Default false. */
+            return_images?: boolean;
+            /**
+             * Format: int64
+             * @description Return only the best `top_k`. Default: all.
+             */
+            top_k?: number;
+        } & (unknown | unknown);
         /**
          * @description Rank images for one prompt, best first (the shape of text-embeddings-inference's `/rerank`).
          * @example {
          *       "images": [
-         *         "iVBORw0KGgo...",
-         *         "iVBORw0KGgo..."
+         *         "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
          *       ],
          *       "prompt": "three red circles",
          *       "top_k": 1
          *     }
          */
         RerankRequest: {
-            image_ids?: string[] | null;
-            /** @description Base64 PNG or JPEG files. Send these or `image_ids`. */
-            images?: string[] | null;
-            model?: string | null;
+            image_ids?: components["schemas"]["ImageId"][] | null;
+            /** @description Base64 PNG or JPEG files, 1 to `--max-score-images`. Send these or `image_ids`. */
+            images?: components["schemas"]["ImageBase64"][] | null;
+            model?: null | components["schemas"]["RewardModelName"];
             prompt: string;
             /** @description Include each image (base64) in the answer. Default false. */
             return_images?: boolean | null;
@@ -979,7 +1050,15 @@ export interface components {
              * @description Return only the best `top_k`. Default: all.
              */
             top_k?: number | null;
-        };
+        } & (({
+            images: unknown[];
+        } & {
+            image_ids?: null;
+        }) | ({
+            image_ids: unknown[];
+        } & {
+            images?: null;
+        }));
         RerankResult: {
             /** @description The image as sent (base64), when `return_images` was true. */
             image?: string | null;
@@ -989,23 +1068,58 @@ export interface components {
             score: number;
         };
         /**
+         * @description The answer formats of `/v1/images/generations`: base64 only.
+         * @enum {string}
+         */
+        ResponseFormat: "b64_json";
+        /**
+         * Format: reward-model
+         * @description A loaded reward model's name (the first `--reward-model` is the default).
+         */
+        RewardModelName: string;
+        /**
+         * @description The samplers `scheduler` names (the document's enum; `SchedulerKind::from_name` also takes aliases).
+         * @enum {string}
+         */
+        SchedulerName: "ddim" | "euler" | "euler_a" | "dpm++2m" | "pndm";
+        /**
+         * @description `POST /score` as `multipart/form-data`: the image files themselves, no base64. The document's description
+         *     of the form that `scoring::read_multipart` reads.
+         */
+        ScoreForm: {
+            /** @description PNG or JPEG files, 1 to `--max-score-images` (`image`, `images` and `file` are the same field). */
+            image?: components["schemas"]["ImageFile"][];
+            /** @description Or ids from `/generate` responses. */
+            image_id?: components["schemas"]["ImageId"][];
+            model?: components["schemas"]["RewardModelName"];
+            /** @description The prompt of every image (the form may also repeat `prompt`, once per image, in order). */
+            prompt: string;
+        } & (unknown | unknown);
+        /**
          * @description Images to score: base64 PNG or JPEG (`data:` URLs too), or ids of images this server generated.
          * @example {
          *       "images": [
-         *         "iVBORw0KGgo..."
+         *         "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
          *       ],
          *       "prompt": "two blue stars on a white background"
          *     }
          */
         ScoreRequest: {
-            /** @description `image_id`s from `/generate` responses. */
-            image_ids?: string[] | null;
-            /** @description Base64 PNG or JPEG files. Send these or `image_ids`. */
-            images?: string[] | null;
-            /** @description A loaded reward model's name. Default: the first `--reward-model`. */
-            model?: string | null;
+            /** @description `image_id`s from `/generate` responses, 1 to `--max-score-images`. */
+            image_ids?: components["schemas"]["ImageId"][] | null;
+            /** @description Base64 PNG or JPEG files, 1 to `--max-score-images`. Send these or `image_ids`. */
+            images?: components["schemas"]["ImageBase64"][] | null;
+            model?: null | components["schemas"]["RewardModelName"];
             prompt: components["schemas"]["Prompts"];
-        };
+        } & (({
+            images: unknown[];
+        } & {
+            image_ids?: null;
+        }) | ({
+            image_ids: unknown[];
+        } & {
+            images?: null;
+        }));
         /**
          * @example {
          *       "model": "shapes-reward",
@@ -1109,14 +1223,13 @@ export interface operations {
     list_feedback: {
         parameters: {
             query?: {
-                /** @description `good`, `bad` or `skip`. */
-                label?: string;
+                label?: components["schemas"]["LabelName"];
                 rater?: string;
                 image_id?: string;
                 /** @description Only ratings of images this version generated (a `GET /models` id). */
                 model?: string;
                 /** @description The last id of the previous page. */
-                after?: string;
+                after?: components["schemas"]["RatingId"];
                 /** @description Ratings per page, 1 to 1000 (default 100). The export checks it but streams every match. */
                 limit?: number;
                 /** @description Export only: include each image as base64. */
@@ -1137,8 +1250,44 @@ export interface operations {
                     "application/json": components["schemas"]["FeedbackPage"];
                 };
             };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scope is `inference`; this route needs `admin` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `after` names an id of the right shape that is gone (deleted, expired) or never was */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A filter or `limit` breaks a rule, or `after` is unknown */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1179,6 +1328,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description The body is larger than `--max-body-bytes` */
             413: {
                 headers: {
@@ -1197,19 +1355,27 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     export_feedback: {
         parameters: {
             query?: {
-                /** @description `good`, `bad` or `skip`. */
-                label?: string;
+                label?: components["schemas"]["LabelName"];
                 rater?: string;
                 image_id?: string;
                 /** @description Only ratings of images this version generated (a `GET /models` id). */
                 model?: string;
                 /** @description The last id of the previous page. */
-                after?: string;
+                after?: components["schemas"]["RatingId"];
                 /** @description Ratings per page, 1 to 1000 (default 100). The export checks it but streams every match. */
                 limit?: number;
                 /** @description Export only: include each image as base64. */
@@ -1230,8 +1396,44 @@ export interface operations {
                     "application/x-ndjson": components["schemas"]["FeedbackOut"];
                 };
             };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scope is `inference`; this route needs `admin` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `after` names an id of the right shape that is gone (deleted, expired) or never was */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A filter breaks a rule */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1262,8 +1464,26 @@ export interface operations {
                     "application/json": components["schemas"]["FeedbackOut"];
                 };
             };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description No such rating (or it was already deleted) */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1277,11 +1497,11 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description The last id of the previous page. */
-                after?: string;
+                after?: components["schemas"]["JobId"];
                 /** @description Items per page, 1 to 1000 (default 100). */
                 limit?: number;
-                /** @description `GET /fine-tunes` only: list jobs with this status. */
-                status?: string;
+                /** @description List only jobs with this status. */
+                status?: components["schemas"]["JobStatusName"];
             };
             header?: never;
             path?: never;
@@ -1298,8 +1518,44 @@ export interface operations {
                     "application/json": components["schemas"]["FineTunePage"];
                 };
             };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scope is `inference`; this route needs `admin` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `after` names an id of the right shape that is gone (deleted, expired) or never was */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description `limit`, `status` or `after` breaks a rule */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1340,6 +1596,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scope is `inference`; this route needs `admin` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description The body is larger than `--max-body-bytes` */
             413: {
                 headers: {
@@ -1351,6 +1625,15 @@ export interface operations {
             };
             /** @description A field breaks a rule; `param` names it */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1390,8 +1673,35 @@ export interface operations {
                     "application/json": components["schemas"]["FineTuneOut"];
                 };
             };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scope is `inference`; this route needs `admin` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description No such job */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1422,6 +1732,24 @@ export interface operations {
                     "application/json": components["schemas"]["FineTuneOut"];
                 };
             };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scope is `inference`; this route needs `admin` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description No such job */
             404: {
                 headers: {
@@ -1440,17 +1768,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     fine_tune_events: {
         parameters: {
             query?: {
                 /** @description The last id of the previous page. */
-                after?: string;
-                /** @description Items per page, 1 to 1000 (default 100). */
+                after?: components["schemas"]["EventId"];
+                /** @description Events per page, 1 to 1000 (default 100). */
                 limit?: number;
-                /** @description `GET /fine-tunes` only: list jobs with this status. */
-                status?: string;
             };
             header?: never;
             path: {
@@ -1470,7 +1805,25 @@ export interface operations {
                     "application/json": components["schemas"]["FineTuneEventPage"];
                 };
             };
-            /** @description No such job */
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scope is `inference`; this route needs `admin` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such job, or `after` names an event id of the right shape that is not there */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1481,6 +1834,15 @@ export interface operations {
             };
             /** @description `limit` or `after` breaks a rule */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1514,6 +1876,15 @@ export interface operations {
             };
             /** @description The body is not JSON */
             400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1592,7 +1963,7 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description The last id of the previous page. */
-                after?: string;
+                after?: components["schemas"]["ImageId"];
                 /** @description Images per page, 1 to 1000 (default 100). */
                 limit?: number;
             };
@@ -1611,8 +1982,35 @@ export interface operations {
                     "application/json": components["schemas"]["ImagePage"];
                 };
             };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `after` names an id of the right shape that is gone (deleted, expired) or never was */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description `limit` breaks its rule, or `after` is unknown */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1643,8 +2041,26 @@ export interface operations {
                     "image/png": unknown;
                 };
             };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description No such image (or it expired under --image-retention) */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1692,6 +2108,24 @@ export interface operations {
                     "application/json": components["schemas"]["ModelList"];
                 };
             };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description The models are still loading */
             503: {
                 headers: {
@@ -1709,7 +2143,7 @@ export interface operations {
             header?: never;
             path: {
                 /** @description The version's id */
-                id: string;
+                id: components["schemas"]["ModelVersion"];
             };
             cookie?: never;
         };
@@ -1724,8 +2158,35 @@ export interface operations {
                     "application/json": components["schemas"]["ModelList"];
                 };
             };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scope is `inference`; this route needs `admin` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description No such version */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1803,7 +2264,7 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["RerankRequest"];
-                "multipart/form-data": components["schemas"]["RerankRequest"];
+                "multipart/form-data": components["schemas"]["RerankForm"];
             };
         };
         responses: {
@@ -1825,6 +2286,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description The body is larger than `--max-body-bytes` */
             413: {
                 headers: {
@@ -1836,6 +2306,15 @@ export interface operations {
             };
             /** @description A field breaks a rule; `param` names it */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1865,7 +2344,7 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["ScoreRequest"];
-                "multipart/form-data": components["schemas"]["ScoreRequest"];
+                "multipart/form-data": components["schemas"]["ScoreForm"];
             };
         };
         responses: {
@@ -1880,6 +2359,15 @@ export interface operations {
             };
             /** @description The body is not JSON or not a readable form */
             400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1949,6 +2437,15 @@ export interface operations {
             };
             /** @description A field breaks a rule; `param` names it */
             400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };

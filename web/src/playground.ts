@@ -96,7 +96,8 @@ export function playgroundPage(root: HTMLElement): () => void {
       if (value === null) valid = false;
       else if (value !== undefined) request[name] = value;
     }
-    if (scheduler.value) request.scheduler = scheduler.value;
+    // The select offers only the document's scheduler names.
+    if (scheduler.value) request.scheduler = scheduler.value as NonNullable<GenerateRequest["scheduler"]>;
     if (model.value) request.model = model.value;
     const best = Number(bestOf.value);
     if (best > 1) request.best_of = best;
