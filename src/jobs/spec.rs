@@ -207,7 +207,7 @@ pub struct FineTuneRequest {
     pub retrain_reward_model: Option<bool>,
     /// Which loaded reward model scores the samples and the evaluation. Default: the first.
     #[serde(default)]
-    #[schema(value_type = Option<crate::http::schemas::RewardModelName>)]
+    #[schema(value_type = Option<String>, format = "reward-model")]
     pub reward_model: Option<String>,
     #[serde(default)]
     pub hyperparameters: Option<Hyperparameters>,

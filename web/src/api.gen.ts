@@ -558,7 +558,11 @@ export interface components {
             prompts?: null | components["schemas"]["PromptSource"];
             /** @description Retrain the reward model on the ratings first and score with it (paper §3.2). Default false. */
             retrain_reward_model?: boolean | null;
-            reward_model?: null | components["schemas"]["RewardModelName"];
+            /**
+             * Format: reward-model
+             * @description Which loaded reward model scores the samples and the evaluation. Default: the first.
+             */
+            reward_model?: string | null;
             /**
              * Format: uint64
              * @description Seeds the prompts, the samples, the trainer and the evaluation. Default 0.
