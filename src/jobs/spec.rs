@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
@@ -200,7 +201,7 @@ pub struct FineTuneRequest {
     #[serde(default)]
     pub use_feedback: Option<bool>,
     /// Which stored ratings: by the model that generated the image, by rater. Default: all of them.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub feedback_filter: Option<FeedbackFilter>,
     /// Retrain the reward model on the ratings first and score with it (paper §3.2). Default false.
     #[serde(default)]
@@ -209,9 +210,9 @@ pub struct FineTuneRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>, format = "reward-model")]
     pub reward_model: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub hyperparameters: Option<Hyperparameters>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub pretrain_data: Option<PretrainData>,
     /// Held-out prompts to evaluate base and candidate on. Default: 8 per category of the shapes world's
     /// held-out prompts.
@@ -227,7 +228,7 @@ pub struct FineTuneRequest {
     /// Make the new version active if it passes the gate. Default false.
     #[serde(default)]
     pub activate_on_success: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub gate: Option<GateSpec>,
 }
 
@@ -558,6 +559,28 @@ impl FineTuneRequest {
     }
 }
 
+/// A nested object field of the request. serde would also read a struct from an array of its fields in order
+/// (`"gate": [null, null]`), which the document does not allow: anything but an object or null is refused.
+fn object_or_null<'de, D, T>(deserializer: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    match Option::<serde_json::Value>::deserialize(deserializer)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(value @ serde_json::Value::Object(_)) => T::deserialize(value).map(Some).map_err(D::Error::custom),
+        Some(other) => Err(D::Error::custom(format!(
+            "expected an object, found {}",
+            match other {
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Number(_) => "a number",
+                _ => "a boolean",
+            }
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -679,5 +702,21 @@ mod tests {
         };
         let err = spec.validate("base".into(), &JobLimits::default(), &gate).unwrap_err();
         assert_eq!(err.param(), Some("hyperparameters.beta"));
+    }
+
+    #[test]
+    fn a_nested_object_sent_as_an_array_is_refused() {
+        for field in ["gate", "hyperparameters", "pretrain_data", "feedback_filter"] {
+            let body = serde_json::json!({ field: [null, null] });
+            let err = serde_json::from_value::<FineTuneRequest>(body).unwrap_err();
+            assert!(
+                err.to_string().contains("expected an object, found an array"),
+                "{field}: {err}"
+            );
+            let ok = serde_json::from_value::<FineTuneRequest>(serde_json::json!({ field: null }));
+            assert!(ok.is_ok(), "{field}: null still means the default");
+        }
+        let gate: FineTuneRequest = request(serde_json::json!({"gate": {"min_reward_gain": 0.5}}));
+        assert_eq!(gate.gate.unwrap().min_reward_gain, Some(0.5));
     }
 }

@@ -59,8 +59,6 @@ KNOWN_FAILURES = {
     # The document does not state the request's rules across fields (exactly one of `count` and
     # `per_category`, batch_size against pretrain_fraction, ...), so schema-valid requests are refused.
     ("POST /fine-tunes", "ST202"): "cross-field rules of FineTuneRequest are not in the schema",
-    # A nested object sent as an array (`"gate": [null, null]`) is read by serde as the struct's fields.
-    ("POST /fine-tunes", "ST201"): "nested objects given as arrays are accepted",
     # A form's empty `prompt` part: the form schema's pattern is not applied by the generator, the server
     # refuses an empty prompt (422); and an empty array field is sent as no part at all.
     ("POST /score", "ST202"): "an empty form `prompt` part counted as valid",
