@@ -206,6 +206,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 )]
 pub async fn create_fine_tune(state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse> {
     let body = read_body(payload, state.max_body_bytes).await?;
+    if let Ok(value) = serde_json::from_slice::<Value>(&body) {
+        FineTuneRequest::check_object_fields(&value)?;
+    }
     // A value JSON cannot hold (NaN, Infinity) is a bad field here too: a 422 that names it.
     let request: FineTuneRequest = parse_json(&body).map_err(|err| match err {
         Error::InvalidRequest {
