@@ -192,8 +192,7 @@ pub fn route_scope(method: &str, pattern: &str, protect_metrics: bool) -> Option
     if pattern == "unmatched" || pattern.starts_with("/docs") {
         return None;
     }
-    let endpoints = crate::http::endpoints();
-    match endpoint::find(&endpoints, method, pattern).map(|endpoint| endpoint.access) {
+    match endpoint::find(crate::http::endpoints(), method, pattern).map(|endpoint| endpoint.access) {
         Some(Access::Open) => None,
         Some(Access::Inference) => Some(Scope::Inference),
         Some(Access::Metrics) => protect_metrics.then_some(Scope::Admin),

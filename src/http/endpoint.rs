@@ -101,7 +101,7 @@ pub fn find<'a>(endpoints: &'a [&'static Endpoint], method: &str, pattern: &str)
 async fn method_not_allowed(request: HttpRequest) -> Result<HttpResponse> {
     let pattern = request.match_pattern().unwrap_or_default();
     let allowed: Vec<&str> = crate::http::endpoints()
-        .into_iter()
+        .iter()
         .filter(|endpoint| endpoint.path == pattern)
         .map(|endpoint| endpoint.method.name())
         .collect();

@@ -135,22 +135,26 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
 }
 
 /// Every route the server serves, from each resource module's declarations.
-pub fn endpoints() -> Vec<&'static Endpoint> {
-    [
-        generate::ENDPOINTS,
-        scoring::ENDPOINTS,
-        openai::ENDPOINTS,
-        feedback::ENDPOINTS,
-        images::ENDPOINTS,
-        fine_tunes::ENDPOINTS,
-        models::ENDPOINTS,
-        ops::ENDPOINTS,
-        openapi::ENDPOINTS,
-        console::ENDPOINTS,
-    ]
-    .into_iter()
-    .flatten()
-    .collect()
+/// Gathered once: the key check looks a request's route up here on every request.
+pub fn endpoints() -> &'static [&'static Endpoint] {
+    static ENDPOINTS: OnceLock<Vec<&'static Endpoint>> = OnceLock::new();
+    ENDPOINTS.get_or_init(|| {
+        [
+            generate::ENDPOINTS,
+            scoring::ENDPOINTS,
+            openai::ENDPOINTS,
+            feedback::ENDPOINTS,
+            images::ENDPOINTS,
+            fine_tunes::ENDPOINTS,
+            models::ENDPOINTS,
+            ops::ENDPOINTS,
+            openapi::ENDPOINTS,
+            console::ENDPOINTS,
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    })
 }
 
 /// Binds the listener and returns the server future (not yet awaited) with the port it bound.

@@ -480,7 +480,7 @@ mod tests {
     fn the_document_and_the_routes_are_the_same_set() {
         let console: Vec<&str> = crate::http::console::ENDPOINTS.iter().map(|e| e.path).collect();
         let mut declared: Vec<(String, String)> = crate::http::endpoints()
-            .into_iter()
+            .iter()
             .filter(|endpoint| !console.contains(&endpoint.path))
             .map(|endpoint| (endpoint.method.name().to_string(), endpoint.path.to_string()))
             .collect();
