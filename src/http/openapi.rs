@@ -23,7 +23,8 @@ use crate::http::schemas::{
 };
 use crate::http::{feedback, generate, images, openai, ops, scoring};
 use crate::jobs::spec::{
-    FeedbackFilter, FineTuneRequest, GateSpec, Hyperparameters, LrSchedule, PretrainData, PromptGenerator, PromptSource,
+    FeedbackFilter, FineTuneRequest, GateSpec, Hyperparameters, JobLimits, LrSchedule, PretrainData, PromptGenerator,
+    PromptSource,
 };
 
 #[derive(OpenApi)]
@@ -145,7 +146,13 @@ pub async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
     let limits = ServedLimits::of(&state);
     // A server with the default limits serves the committed document as it is; one started with others
     // states its own limits, and its model's sizes.
-    if limits.flags() == ServedLimits::of_flags(&Default::default(), &Default::default(), &Default::default()) {
+    let defaults = ServedLimits::of_flags(
+        &Default::default(),
+        &Default::default(),
+        &Default::default(),
+        &Default::default(),
+    );
+    if limits.flags() == defaults {
         return HttpResponse::Ok()
             .content_type("application/json")
             .body(spec_json(security));
@@ -170,11 +177,16 @@ pub struct ServedLimits {
     /// The active model's size multiple and the largest width or height it may generate.
     pub size_multiple: usize,
     pub max_size: usize,
+    /// A fine-tune job's limits (`--max-job-*`).
+    pub jobs: JobLimits,
 }
+
+/// The limits set by flags, to compare with the defaults'.
+type FlagLimits = (u32, u32, usize, u32, u32, usize, JobLimits);
 
 impl ServedLimits {
     /// The limits set by flags (not by the model), as a tuple to compare with the defaults'.
-    fn flags(&self) -> (u32, u32, usize, u32, u32, usize) {
+    fn flags(&self) -> FlagLimits {
         (
             self.max_images,
             self.max_steps,
@@ -182,6 +194,7 @@ impl ServedLimits {
             self.max_best_of,
             self.max_candidates,
             self.max_score_images,
+            self.jobs,
         )
     }
 
@@ -189,7 +202,8 @@ impl ServedLimits {
         limits: &crate::pipeline::RequestLimits,
         selection: &crate::reward::SelectionLimits,
         score: &crate::http::ScoreLimits,
-    ) -> (u32, u32, usize, u32, u32, usize) {
+        jobs: &JobLimits,
+    ) -> FlagLimits {
         (
             limits.max_images,
             limits.max_steps,
@@ -197,6 +211,7 @@ impl ServedLimits {
             selection.max_best_of,
             selection.max_candidates,
             score.max_images,
+            *jobs,
         )
     }
 
@@ -215,6 +230,10 @@ impl ServedLimits {
             max_score_images: state.score_limits.max_images,
             size_multiple,
             max_size: max_size - max_size % size_multiple,
+            jobs: state
+                .serving
+                .get()
+                .map_or_else(JobLimits::default, |serving| serving.jobs.limits()),
         }
     }
 }
@@ -264,6 +283,30 @@ pub fn served_limits(doc: &mut serde_json::Value, limits: &ServedLimits) {
     }
     for schema in ["RerankRequest", "RerankForm", "ScoreForm", "FeedbackRequest"] {
         set_property(doc, schema, "prompt", "maxLength", json!(limits.max_prompt_bytes));
+    }
+    let jobs = &limits.jobs;
+    for field in ["count", "per_category"] {
+        set_property(doc, "PromptGenerator", field, "maximum", json!(jobs.max_prompts));
+    }
+    set_property(doc, "Hyperparameters", "steps", "maximum", json!(jobs.max_steps));
+    set_property(
+        doc,
+        "Hyperparameters",
+        "batch_size",
+        "maximum",
+        json!(jobs.max_batch_size),
+    );
+    for field in ["images_per_prompt", "eval_images_per_prompt"] {
+        set_property(
+            doc,
+            "FineTuneRequest",
+            field,
+            "maximum",
+            json!(jobs.max_images_per_prompt),
+        );
+    }
+    if let Some(list) = doc.pointer_mut("/components/schemas/PromptSource/allOf/0/then") {
+        list["maxItems"] = json!(jobs.max_prompts);
     }
     if let Some(choices) = doc
         .pointer_mut("/components/schemas/Prompts/oneOf")
@@ -407,12 +450,14 @@ fn add_field_rules(doc: &mut utoipa::openapi::OpenApi) {
         }
     }
     for (name, rules) in crate::http::schemas::field_rules() {
-        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(name) {
-            object
-                .extensions
-                .get_or_insert_with(Default::default)
-                .insert("allOf".to_string(), rules);
-        }
+        let extensions = match components.schemas.get_mut(name) {
+            Some(RefOr::T(Schema::Object(object))) => &mut object.extensions,
+            Some(RefOr::T(Schema::OneOf(one_of))) => &mut one_of.extensions,
+            _ => continue,
+        };
+        extensions
+            .get_or_insert_with(Default::default)
+            .insert("allOf".to_string(), rules);
     }
 }
 

@@ -18,7 +18,7 @@ use crate::reward::SelectionInput;
 pub struct GenerateRequest {
     /// What to draw. Must not be blank; at most `--max-prompt-bytes` bytes; cut to the text encoder's 77
     /// tokens with a warning.
-    #[schema(pattern = r"\S", max_length = 4096)]
+    #[schema(pattern = r"\S", min_length = 1, max_length = 4096)]
     pub prompt: String,
     /// What to steer away from (classifier-free guidance's unconditional side). Default: empty.
     #[serde(default)]
@@ -243,6 +243,7 @@ fn prompt_schema() -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
         .pattern(Some(r"\S"))
+        .min_length(Some(1))
         .max_length(Some(MAX_PROMPT_LENGTH))
         .build()
 }
@@ -310,6 +311,9 @@ pub fn field_rules() -> Vec<(&'static str, serde_json::Value)> {
         ("ScoreForm", form_images_or_ids.clone()),
         ("RerankForm", form_images_or_ids),
     ]
+    .into_iter()
+    .chain(crate::jobs::spec::schema_rules())
+    .collect()
 }
 
 /// Images to score: base64 PNG or JPEG (`data:` URLs too), or ids of images this server generated.
@@ -400,7 +404,7 @@ pub struct ImageFile(Vec<u8>);
 #[allow(dead_code)]
 pub struct ScoreForm {
     /// The prompt of every image (the form may also repeat `prompt`, once per image, in order).
-    #[schema(pattern = r"\S", max_length = 4096)]
+    #[schema(pattern = r"\S", min_length = 1, max_length = 4096)]
     pub prompt: String,
     /// PNG or JPEG files, 1 to `--max-score-images` (`image`, `images` and `file` are the same field).
     #[serde(default)]
@@ -420,7 +424,7 @@ pub struct ScoreForm {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct RerankForm {
-    #[schema(pattern = r"\S", max_length = 4096)]
+    #[schema(pattern = r"\S", min_length = 1, max_length = 4096)]
     pub prompt: String,
     /// PNG or JPEG files, 1 to `--max-score-images` (`image`, `images` and `file` are the same field).
     #[serde(default)]
@@ -447,7 +451,7 @@ pub struct RerankForm {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"prompt": "three red circles", "images": [FEEDBACK_EXAMPLE_PNG], "top_k": 1}))]
 pub struct RerankRequest {
-    #[schema(pattern = r"\S", max_length = 4096)]
+    #[schema(pattern = r"\S", min_length = 1, max_length = 4096)]
     pub prompt: String,
     /// Base64 PNG or JPEG files, 1 to `--max-score-images`. Send these or `image_ids`.
     #[serde(default)]
@@ -484,7 +488,7 @@ pub struct RerankResult {
 #[schema(example = json!({"prompt": "two blue stars on a white background", "n": 1,
                          "response_format": "b64_json", "best_of": 2}))]
 pub struct OpenAiImageRequest {
-    #[schema(pattern = r"\S", max_length = 4096)]
+    #[schema(pattern = r"\S", min_length = 1, max_length = 4096)]
     pub prompt: String,
     /// A model version (`GET /models`); an unknown one gets a 400 naming `model`. Default: the active version.
     #[serde(default)]
@@ -551,7 +555,7 @@ pub struct FeedbackRequest {
     #[schema(value_type = Option<ImageBase64>)]
     pub image: Option<String>,
     #[serde(default)]
-    #[schema(pattern = r"\S", max_length = 4096)]
+    #[schema(pattern = r"\S", min_length = 1, max_length = 4096)]
     pub prompt: Option<String>,
     #[schema(value_type = LabelName)]
     pub label: String,

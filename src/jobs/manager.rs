@@ -12,7 +12,7 @@ use tokio::sync::{watch, Notify};
 use crate::error::{Error, Result};
 use crate::jobs::context::{JobContext, JobServices};
 use crate::jobs::metrics::JobMetrics;
-use crate::jobs::spec::{FineTuneRequest, JobSpec};
+use crate::jobs::spec::{FineTuneRequest, JobLimits, JobSpec};
 use crate::jobs::{JobConfig, JOBS_DIR};
 use crate::metrics::Metrics;
 use crate::reward::RewardSet;
@@ -125,6 +125,11 @@ impl JobManager {
                 python.display()
             )
         })
+    }
+
+    /// The limits on a job's size that `create` applies.
+    pub fn limits(&self) -> JobLimits {
+        self.services.config.limits
     }
 
     /// Validates a request and queues the job.

@@ -27,11 +27,14 @@ pub struct PromptGenerator {
     /// `train` (default for the job's prompts), `heldout` (default for `eval_prompts`) or `all`.
     #[serde(default)]
     pub split: Option<String>,
-    /// How many distinct prompts, drawn at random from the split.
+    /// How many distinct prompts, drawn at random from the split, 1 to `--max-job-prompts`. Give this or
+    /// `per_category`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10000)]
     pub count: Option<u32>,
-    /// Or this many of each category (colour, count, background, combination).
+    /// Or this many of each category (colour, count, background, combination), 1 to `--max-job-prompts`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10000)]
     pub per_category: Option<u32>,
     /// Seed of the draw. Default: the job's seed.
     #[serde(default)]
@@ -45,9 +48,11 @@ pub struct FeedbackFilter {
     /// Only ratings of images this version generated (a `GET /models` id): with `base_model`, the round's
     /// own samples, as in an on-policy round of feedback.
     #[serde(default)]
+    #[schema(format = "model-version")]
     pub model: Option<String>,
     /// Only ratings from this rater (at most 128 characters, as stored).
     #[serde(default)]
+    #[schema(pattern = r"\S", min_length = 1, max_length = 128)]
     pub rater: Option<String>,
 }
 
@@ -55,34 +60,44 @@ pub struct FeedbackFilter {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Hyperparameters {
-    /// Weight of the pre-training term. Default 1.0; 0 is the ablation without it.
+    /// Weight of the pre-training term, in [0, 1e6]. Default 1.0; 0 is the ablation without it.
     #[serde(default = "default_beta")]
+    #[schema(minimum = 0.0, maximum = 1e6)]
     pub beta: f64,
-    /// AdamW peak learning rate, reached after a linear warm-up over the first 5% of the steps. Default 1e-4.
+    /// AdamW peak learning rate, in [1e-12, 1], reached after a linear warm-up over the first 5% of the steps.
+    /// Default 1e-4.
     #[serde(default = "default_learning_rate")]
+    #[schema(minimum = 1e-12, maximum = 1.0)]
     pub learning_rate: f64,
     /// How the learning rate moves after the warm-up. Default `cosine`.
     #[serde(default)]
     pub lr_schedule: LrSchedule,
-    /// Optimiser steps. Default 500.
+    /// Optimiser steps, 1 to `--max-job-steps`. Default 500.
     #[serde(default = "default_steps")]
+    #[schema(minimum = 1, maximum = 100000)]
     pub steps: i64,
-    /// Rows per step, the model's samples and pre-training data together. Default 32.
+    /// Rows per step, the model's samples and pre-training data together, 1 to `--max-job-batch-size`; 1 only
+    /// with `pretrain_fraction` 0. Default 32.
     #[serde(default = "default_batch_size")]
+    #[schema(minimum = 1, maximum = 4096)]
     pub batch_size: i64,
-    /// Share of every batch from the pre-training data, in [0, 1). Default 0.5, as in the paper.
+    /// Share of every batch from the pre-training data, in [0, 0.999999]. Default 0.5, as in the paper. The rows are
+    /// `batch_size × pretrain_fraction` rounded, and at least one of each part (`pretrain_rows`).
     #[serde(default = "default_pretrain_fraction")]
+    #[schema(minimum = 0.0, maximum = 0.999999)]
     pub pretrain_fraction: f64,
     /// Train the text encoder too (the paper keeps it frozen). Default false.
     #[serde(default)]
     pub train_text_encoder: bool,
-    /// Save an exponential moving average of the weights with this decay, in [0, 1); 0 saves the last
+    /// Save an exponential moving average of the weights with this decay, in [0, 0.999999]; 0 saves the last
     /// step's. Default 0.
     #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 0.999999)]
     pub ema_decay: f64,
     /// Share of rows trained with the empty caption, in [0, 1], as the pretraining did, so that the
     /// unconditional prediction classifier-free guidance subtracts keeps being trained. Default 0.1.
     #[serde(default = "default_caption_dropout")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub caption_dropout: f64,
 }
 
@@ -101,6 +116,21 @@ pub enum LrSchedule {
 
 fn default_caption_dropout() -> f64 {
     0.1
+}
+
+impl Hyperparameters {
+    /// Rows of each batch from the pre-training data: `batch_size × pretrain_fraction` rounded, then at least 1
+    /// when the fraction is above 0 and at most `batch_size − 1`, so each part keeps a row whenever the batch
+    /// has two. The trainer computes the same (`TrainSpec.pretrain_rows` in finetune.py).
+    pub fn pretrain_rows(&self) -> i64 {
+        let rows = (self.batch_size as f64 * self.pretrain_fraction).round() as i64;
+        let rows = if self.pretrain_fraction > 0.0 {
+            rows.max(1)
+        } else {
+            rows
+        };
+        rows.min(self.batch_size - 1).max(0)
+    }
 }
 
 impl Default for Hyperparameters {
@@ -142,11 +172,13 @@ pub struct PretrainData {
     /// `shapes_world` (captioned renders, with the pretraining's noisy counts) or `folder` (image files each
     /// with a same-named `.txt` caption, or a `metadata.jsonl` of `{file_name, text}`: for a real SD model).
     pub kind: String,
-    /// Renders to draw for `shapes_world`. Default 8192.
+    /// Renders to draw for `shapes_world`, 1 to 1,000,000. Default 8192.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000000)]
     pub images: Option<u32>,
-    /// The folder for `folder`, readable by the server.
+    /// The folder for `folder` (and only for it), which the server can read.
     #[serde(default)]
+    #[schema(format = "server-folder")]
     pub path: Option<String>,
 }
 
@@ -165,12 +197,14 @@ impl Default for PretrainData {
 #[serde(deny_unknown_fields)]
 pub struct GateSpec {
     /// The candidate's mean reward on the evaluation prompts must beat the base's by at least this much.
-    /// Default: the server's `--gate-min-reward-gain`.
+    /// In [-1, 1]. Default: the server's `--gate-min-reward-gain`.
     #[serde(default)]
+    #[schema(minimum = -1.0, maximum = 1.0)]
     pub min_reward_gain: Option<f64>,
     /// The quality proxy (share of images whose every object the rater can name) may drop by at most this
-    /// much, as a fraction (0.03 is 3 points). Default: the server's `--gate-max-quality-drop`.
+    /// much, as a fraction in [0, 1] (0.03 is 3 points). Default: the server's `--gate-max-quality-drop`.
     #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub max_quality_drop: Option<f64>,
 }
 
@@ -185,8 +219,9 @@ pub struct GateSpec {
     "activate_on_success": true
 }))]
 pub struct FineTuneRequest {
-    /// The version to start from. Default: the active one.
+    /// The version to start from (a `GET /models` id with diffusers weights). Default: the active one.
     #[serde(default)]
+    #[schema(format = "model-version")]
     pub base_model: Option<String>,
     /// Prompts to sample from the base model. Default: 200 of the shapes world's training prompts.
     #[serde(default)]
@@ -253,8 +288,13 @@ pub struct JobSpec {
     pub max_quality_drop: f64,
 }
 
+/// The largest `pretrain_fraction` and `ema_decay`: the trainer's bound, below 1.
+const MAX_FRACTION: f64 = 0.999999;
+/// The most shapes-world renders a job's pre-training term may draw.
+const MAX_PRETRAIN_IMAGES: u32 = 1_000_000;
+
 /// Limits on a job's size, from the command line.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobLimits {
     pub max_prompts: usize,
     pub max_images_per_prompt: u32,
@@ -346,10 +386,13 @@ fn check_prompts(field: &str, source: &PromptSource, limits: &JobLimits) -> Resu
                         ),
                     ))
                 }
-                (None, Some(0)) => {
+                (None, Some(per_category)) if per_category == 0 || per_category as usize > limits.max_prompts => {
                     return Err(Error::validation(
                         format!("{field}.per_category"),
-                        format!("`{field}.per_category` must be at least 1"),
+                        format!(
+                            "`{field}.per_category` must be between 1 and {} (--max-job-prompts). Given: {per_category}",
+                            limits.max_prompts
+                        ),
                     ))
                 }
                 _ => {}
@@ -440,14 +483,15 @@ impl FineTuneRequest {
                 "`hyperparameters.learning_rate` must be above 0",
             ));
         }
+        // The trainer's bounds (finetune.py): below 1, as a closed interval a document states exactly.
         finite(
             "hyperparameters.pretrain_fraction",
             hyper.pretrain_fraction,
             0.0,
-            1.0,
-            true,
+            MAX_FRACTION,
+            false,
         )?;
-        finite("hyperparameters.ema_decay", hyper.ema_decay, 0.0, 1.0, true)?;
+        finite("hyperparameters.ema_decay", hyper.ema_decay, 0.0, MAX_FRACTION, false)?;
         finite(
             "hyperparameters.caption_dropout",
             hyper.caption_dropout,
@@ -473,29 +517,32 @@ impl FineTuneRequest {
                 ),
             ));
         }
-        let pretrain_rows = (hyper.batch_size as f64 * hyper.pretrain_fraction).round() as i64;
-        if hyper.batch_size - pretrain_rows < 1 || (hyper.pretrain_fraction > 0.0 && pretrain_rows < 1) {
+        if hyper.pretrain_fraction > 0.0 && hyper.pretrain_rows() < 1 {
             return Err(Error::validation(
                 "hyperparameters.batch_size",
                 format!(
-                    "`hyperparameters.batch_size` {} cannot be split at pretrain_fraction {}: each part needs a row",
+                    "`hyperparameters.batch_size` {} cannot be split at pretrain_fraction {}: each part needs a \
+                     row, so a batch of 1 needs pretrain_fraction 0",
                     hyper.batch_size, hyper.pretrain_fraction
                 ),
             ));
         }
         let pretrain_data = self.pretrain_data.unwrap_or_default();
+        if let Some(images) = pretrain_data
+            .images
+            .filter(|images| !(1..=MAX_PRETRAIN_IMAGES).contains(images))
+        {
+            return Err(Error::validation(
+                "pretrain_data.images",
+                format!("`pretrain_data.images` must be between 1 and {MAX_PRETRAIN_IMAGES}. Given: {images}"),
+            ));
+        }
         match pretrain_data.kind.as_str() {
             "shapes_world" => {
                 if pretrain_data.path.is_some() {
                     return Err(Error::validation(
                         "pretrain_data.path",
                         "`pretrain_data.path` is for kind `folder`",
-                    ));
-                }
-                if pretrain_data.images == Some(0) {
-                    return Err(Error::validation(
-                        "pretrain_data.images",
-                        "`pretrain_data.images` must be at least 1",
                     ));
                 }
             }
@@ -556,6 +603,71 @@ impl FineTuneRequest {
             max_quality_drop,
         })
     }
+}
+
+/// The rules across a fine-tune request's fields that `validate` checks and field attributes cannot say, as
+/// each schema's `allOf` (the document's `openapi::spec` writes them in):
+/// - a prompt list holds 1 to `--max-job-prompts` prompts, none blank;
+/// - a prompt generator is `shapes_world`, with a known split and exactly one of `count` and `per_category`;
+/// - a batch of 1 has no room for pre-training rows, so it needs `pretrain_fraction` 0;
+/// - `pretrain_data.path` goes with kind `folder` and only with it;
+/// - without `use_feedback`, a job needs samples (`images_per_prompt` not 0) and can neither retrain the
+///   reward model nor filter the ratings.
+pub fn schema_rules() -> Vec<(&'static str, serde_json::Value)> {
+    use serde_json::json;
+    let defaults = JobLimits::default();
+    let null_or = |schema: serde_json::Value| json!({"oneOf": [{"type": "null"}, schema]});
+    vec![
+        (
+            "PromptSource",
+            json!([{"if": {"type": "array"}, "then": {
+                "minItems": 1,
+                "maxItems": defaults.max_prompts,
+                "items": {"type": "string", "minLength": 1, "pattern": r"\S"}
+            }}]),
+        ),
+        (
+            "PromptGenerator",
+            json!([
+                {"properties": {
+                    "generator": {"enum": ["shapes_world"]},
+                    "split": null_or(json!({"enum": ["train", "heldout", "all"]}))
+                }},
+                {"oneOf": [
+                    {"required": ["count"], "properties": {"count": {"type": "integer"}, "per_category": {"type": "null"}}},
+                    {"required": ["per_category"], "properties": {"per_category": {"type": "integer"}, "count": {"type": "null"}}}
+                ]}
+            ]),
+        ),
+        (
+            "Hyperparameters",
+            json!([{
+                "if": {"required": ["batch_size"], "properties": {"batch_size": {"const": 1}}},
+                "then": {"required": ["pretrain_fraction"], "properties": {"pretrain_fraction": {"const": 0}}}
+            }]),
+        ),
+        (
+            "PretrainData",
+            json!([{"oneOf": [
+                {"properties": {"kind": {"const": "shapes_world"}, "path": {"type": "null"}}},
+                {"required": ["path"], "properties": {"kind": {"const": "folder"}, "path": {"type": "string"}}}
+            ]}]),
+        ),
+        (
+            "FineTuneRequest",
+            json!([{
+                "if": {"required": ["use_feedback"], "properties": {"use_feedback": {"const": false}}},
+                "then": {"properties": {
+                    "images_per_prompt": {"not": {"const": 0}},
+                    "retrain_reward_model": {"not": {"const": true}},
+                    "feedback_filter": null_or(json!({
+                        "type": "object",
+                        "properties": {"model": {"type": "null"}, "rater": {"type": "null"}}
+                    }))
+                }}
+            }]),
+        ),
+    ]
 }
 
 /// The request's fields that hold an object. serde would also read a struct from an array of its fields in
@@ -681,10 +793,39 @@ mod tests {
                 serde_json::json!({"feedback_filter": {"rater": "r".repeat(129)}}),
                 "feedback_filter.rater",
             ),
+            (
+                serde_json::json!({"hyperparameters": {"pretrain_fraction": 0.9999995}}),
+                "hyperparameters.pretrain_fraction",
+            ),
+            (
+                serde_json::json!({"prompts": {"generator": "shapes_world", "per_category": 10_001}}),
+                "prompts.per_category",
+            ),
+            (
+                serde_json::json!({"pretrain_data": {"kind": "shapes_world", "images": 1_000_001}}),
+                "pretrain_data.images",
+            ),
+            (
+                serde_json::json!({"pretrain_data": {"kind": "folder", "images": 0, "path": "."}}),
+                "pretrain_data.images",
+            ),
         ] {
             let err = check(body.clone()).unwrap_err();
             assert_eq!(err.param(), Some(field), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn each_term_keeps_a_row_whenever_the_batch_has_two() {
+        for (batch_size, fraction, rows) in [(32, 0.5, 16), (2, 0.1, 1), (2, 0.9, 1), (8, 0.99, 7), (8, 0.0, 0)] {
+            let spec = check(serde_json::json!({
+                "hyperparameters": {"batch_size": batch_size, "pretrain_fraction": fraction}
+            }))
+            .unwrap();
+            assert_eq!(spec.hyperparameters.pretrain_rows(), rows, "{batch_size} × {fraction}");
+        }
+        let one = check(serde_json::json!({"hyperparameters": {"batch_size": 1, "pretrain_fraction": 0.0}})).unwrap();
+        assert_eq!(one.hyperparameters.pretrain_rows(), 0);
     }
 
     #[test]

@@ -41,9 +41,9 @@ pub struct TrainerSpec {
     /// Rows per step, the model's samples and pre-training data together.
     #[schema(minimum = 1, maximum = 65536)]
     pub batch_size: i64,
-    /// Share of every batch from the pre-training data. With `batch_size`, each term must keep at least one
-    /// row: the trainer refuses a pretrain_fraction that leaves the model's samples (or, above 0, the
-    /// pre-training data) no row.
+    /// Share of every batch from the pre-training data: `batch_size × pretrain_fraction` rows rounded, at
+    /// least 1 above 0 and at most `batch_size − 1`, so each term keeps a row; the trainer refuses a
+    /// pretrain_fraction above 0 with a batch of 1, which leaves no row for pre-training data.
     #[schema(minimum = 0.0, maximum = 0.999999)]
     pub pretrain_fraction: f64,
     pub train_text_encoder: bool,

@@ -99,6 +99,19 @@ def test_a_minimal_spec_gets_the_defaults(trainer_packages, valid_spec):
 
 
 @pytest.mark.parametrize(
+    "batch_size, fraction, rows",
+    [(32, 0.5, 16), (2, 0.1, 1), (2, 0.9, 1), (8, 0.99, 7), (8, 0.01, 1), (8, 0.0, 0), (1, 0.0, 0)],
+)
+def test_each_term_keeps_a_row_when_the_batch_has_two(
+    trainer_packages, valid_spec, batch_size, fraction, rows
+):
+    from t2i_trainer.jobs import finetune
+
+    spec = finetune.parse_spec({**valid_spec, "batch_size": batch_size, "pretrain_fraction": fraction})
+    assert (spec.pretrain_rows, spec.model_rows) == (rows, batch_size - rows)
+
+
+@pytest.mark.parametrize(
     "change, message",
     [
         ({"colour": "red"}, "unknown field `colour`"),

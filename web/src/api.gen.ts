@@ -367,6 +367,7 @@ export interface components {
         /** @description Which stored ratings a job trains on (with `use_feedback`). Absent fields match every rating. */
         FeedbackFilter: {
             /**
+             * Format: model-version
              * @description Only ratings of images this version generated (a `GET /models` id): with `base_model`, the round's
              *     own samples, as in an on-policy round of feedback.
              */
@@ -537,7 +538,10 @@ export interface components {
         FineTuneRequest: {
             /** @description Make the new version active if it passes the gate. Default false. */
             activate_on_success?: boolean | null;
-            /** @description The version to start from. Default: the active one. */
+            /**
+             * Format: model-version
+             * @description The version to start from (a `GET /models` id with diffusers weights). Default: the active one.
+             */
             base_model?: string | null;
             /**
              * Format: int32
@@ -570,19 +574,19 @@ export interface components {
             seed?: number | null;
             /** @description Train on the stored ratings too (good 1, bad 0; skips are left out). Default true. */
             use_feedback?: boolean | null;
-        };
+        } & unknown;
         /** @description When a finished job's version replaces the active one. */
         GateSpec: {
             /**
              * Format: double
              * @description The quality proxy (share of images whose every object the rater can name) may drop by at most this
-             *     much, as a fraction (0.03 is 3 points). Default: the server's `--gate-max-quality-drop`.
+             *     much, as a fraction in [0, 1] (0.03 is 3 points). Default: the server's `--gate-max-quality-drop`.
              */
             max_quality_drop?: number | null;
             /**
              * Format: double
              * @description The candidate's mean reward on the evaluation prompts must beat the base's by at least this much.
-             *     Default: the server's `--gate-min-reward-gain`.
+             *     In [-1, 1]. Default: the server's `--gate-min-reward-gain`.
              */
             min_reward_gain?: number | null;
         };
@@ -734,12 +738,13 @@ export interface components {
         Hyperparameters: {
             /**
              * Format: int64
-             * @description Rows per step, the model's samples and pre-training data together. Default 32.
+             * @description Rows per step, the model's samples and pre-training data together, 1 to `--max-job-batch-size`; 1 only
+             *     with `pretrain_fraction` 0. Default 32.
              */
             batch_size?: number;
             /**
              * Format: double
-             * @description Weight of the pre-training term. Default 1.0; 0 is the ablation without it.
+             * @description Weight of the pre-training term, in [0, 1e6]. Default 1.0; 0 is the ablation without it.
              */
             beta?: number;
             /**
@@ -750,30 +755,32 @@ export interface components {
             caption_dropout?: number;
             /**
              * Format: double
-             * @description Save an exponential moving average of the weights with this decay, in [0, 1); 0 saves the last
+             * @description Save an exponential moving average of the weights with this decay, in [0, 0.999999]; 0 saves the last
              *     step's. Default 0.
              */
             ema_decay?: number;
             /**
              * Format: double
-             * @description AdamW peak learning rate, reached after a linear warm-up over the first 5% of the steps. Default 1e-4.
+             * @description AdamW peak learning rate, in [1e-12, 1], reached after a linear warm-up over the first 5% of the steps.
+             *     Default 1e-4.
              */
             learning_rate?: number;
             /** @description How the learning rate moves after the warm-up. Default `cosine`. */
             lr_schedule?: components["schemas"]["LrSchedule"];
             /**
              * Format: double
-             * @description Share of every batch from the pre-training data, in [0, 1). Default 0.5, as in the paper.
+             * @description Share of every batch from the pre-training data, in [0, 0.999999]. Default 0.5, as in the paper. The rows are
+             *     `batch_size × pretrain_fraction` rounded, and at least one of each part (`pretrain_rows`).
              */
             pretrain_fraction?: number;
             /**
              * Format: int64
-             * @description Optimiser steps. Default 500.
+             * @description Optimiser steps, 1 to `--max-job-steps`. Default 500.
              */
             steps?: number;
             /** @description Train the text encoder too (the paper keeps it frozen). Default false. */
             train_text_encoder?: boolean;
-        };
+        } & unknown;
         /**
          * Format: image-base64
          * @description A PNG or JPEG file as base64, or as a `data:image/png;base64,...` URL.
@@ -970,7 +977,7 @@ export interface components {
         PretrainData: {
             /**
              * Format: int32
-             * @description Renders to draw for `shapes_world`. Default 8192.
+             * @description Renders to draw for `shapes_world`, 1 to 1,000,000. Default 8192.
              */
             images?: number | null;
             /**
@@ -978,9 +985,20 @@ export interface components {
              *     with a same-named `.txt` caption, or a `metadata.jsonl` of `{file_name, text}`: for a real SD model).
              */
             kind: string;
-            /** @description The folder for `folder`, readable by the server. */
+            /**
+             * Format: server-folder
+             * @description The folder for `folder` (and only for it), which the server can read.
+             */
             path?: string | null;
-        };
+        } & ({
+            /** @constant */
+            kind?: "shapes_world";
+            path?: null;
+        } | {
+            /** @constant */
+            kind?: "folder";
+            path: string;
+        });
         /**
          * @description Prompts drawn by `t2i_trainer.build.shapes_world prompts`: `count` distinct prompts of a split at random, or
          *     `per_category` of each category.
@@ -988,14 +1006,15 @@ export interface components {
         PromptGenerator: {
             /**
              * Format: int32
-             * @description How many distinct prompts, drawn at random from the split.
+             * @description How many distinct prompts, drawn at random from the split, 1 to `--max-job-prompts`. Give this or
+             *     `per_category`.
              */
             count?: number | null;
             /** @description `shapes_world`, the only generator. */
             generator: string;
             /**
              * Format: int32
-             * @description Or this many of each category (colour, count, background, combination).
+             * @description Or this many of each category (colour, count, background, combination), 1 to `--max-job-prompts`.
              */
             per_category?: number | null;
             /**
@@ -1005,9 +1024,19 @@ export interface components {
             seed?: number | null;
             /** @description `train` (default for the job's prompts), `heldout` (default for `eval_prompts`) or `all`. */
             split?: string | null;
-        };
+        } & ({
+            /** @enum {unknown} */
+            generator: "shapes_world";
+            split?: null | ("train" | "heldout" | "all");
+        } & ({
+            count: number;
+            per_category?: null;
+        } | {
+            count?: null;
+            per_category: number;
+        }));
         /** @description The job's prompts: a list, or the shapes world's generator. */
-        PromptSource: string[] | components["schemas"]["PromptGenerator"];
+        PromptSource: unknown & (string[] | components["schemas"]["PromptGenerator"]);
         /** @description One prompt for every image, or a list with one prompt per image. */
         Prompts: string | string[];
         /**

@@ -32,7 +32,8 @@ Spec (JSON; unknown keys are refused):
                       step as the pretraining's was (train_sd.py)
     steps             optimiser steps (default 1000)
     batch_size        rows per step and process, model and pre-training together (default 32)
-    pretrain_fraction share of each batch from D_pre, in [0, 1) (default 0.5)
+    pretrain_fraction share of each batch from D_pre, in [0, 1) (default 0.5); rounded to rows, each term
+                      keeps at least one whenever the batch has two
     ema_decay         save an exponential moving average of the trained weights, with this decay (warmed up
                       as diffusers' EMAModel does); 0 (default) saves the last step's weights
     caption_dropout   share of rows trained with the empty caption, as in pretraining (default 0.1): the
@@ -162,7 +163,13 @@ class Spec:
 
     @property
     def pretrain_rows(self) -> int:
-        return round(self.batch_size * self.pretrain_fraction)
+        """`batch_size × pretrain_fraction` rounded, then at least 1 when the fraction is above 0 and at most
+        `batch_size − 1`, so each term keeps a row whenever the batch has two (the service's
+        `Hyperparameters::pretrain_rows` computes the same)."""
+        rows = round(self.batch_size * self.pretrain_fraction)
+        if self.pretrain_fraction > 0:
+            rows = max(rows, 1)
+        return max(min(rows, self.batch_size - 1), 0)
 
 
 def parse_spec(raw: dict) -> Spec:
