@@ -84,8 +84,10 @@ web-api: web/node_modules/.installed
 # the dashboard's queries). Installed when missing, as root or through sudo.
 SYSTEM_PACKAGES := chromium prometheus
 system-deps:
+	@# chromium for the browser tests, promtool for the alert rules, the Postgres server for the storage tests.
 	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		echo "installing Debian packages:$$missing"; \
@@ -110,7 +112,7 @@ lint: venv web
 	$(VENV)/bin/ruff check trainer scripts
 	$(VENV)/bin/ruff format --check trainer scripts
 
-test-rust: venv web
+test-rust: venv web system-deps
 	@test -f "$(ORT_DYLIB_PATH)" || { echo "ONNX Runtime library missing: run 'make venv'"; exit 1; }
 	$(CARGO) test $(CARGO_FLAGS) --all-targets
 

@@ -26,8 +26,8 @@ from `T2I_API_KEYS` (`name:scope:key` entries, comma-separated) or `--api-keys-f
 itself: see [API keys](api.md#api-keys). The Makefile sets `ORT_DYLIB_PATH` to the library `make venv` installs
 into `.venv`. A model folder may carry its own request defaults (`t2i-align.json`, see
 [Models](models.md#request-defaults)), which `--default-steps` and `--default-guidance-scale` override. The data
-directory (`--data-dir`) holds the SQLite database `t2i-align.db`, migrated at start-up, and the image and model
-files it points at.
+directory (`--data-dir`) holds the image and model files, and, unless `--database-url` names a Postgres server,
+the SQLite database `t2i-align.db`; either database is migrated at start-up.
 
 A flag that an earlier command already lists is named under the later ones, not repeated.
 ";

@@ -17,7 +17,7 @@ use crate::pipeline::{ModelFolder, RequestLimits};
 use crate::registry::Registry;
 use crate::runtime::{Device, Runtime, SessionSettings};
 use crate::serving::{EngineSettings, Loader, ModelPool, RewardSettings};
-use crate::storage::Storage;
+use crate::storage::{BlobConfig, Database, Storage, StorageConfig};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -27,9 +27,30 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub reward: RewardArgs,
-    /// Data directory: the SQLite database and the files it points at (created if missing).
+    /// Data directory: the files the database points at, and the SQLite database unless --database-url names
+    /// another (created if missing).
     #[arg(long, env = "T2I_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+    /// The database for ratings, jobs, images' records and model versions: `sqlite://<file>` or
+    /// `postgres://user:password@host:port/database` (shared by replicas). Default: SQLite in --data-dir.
+    #[arg(long, env = "T2I_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Where generated images and the images behind ratings are stored: `s3://bucket/prefix` (any
+    /// S3-compatible store, shared by replicas; credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)
+    /// or `file:///folder`. Default: --data-dir.
+    #[arg(long, env = "T2I_OBJECT_STORE")]
+    pub object_store: Option<String>,
+    /// The S3-compatible server's endpoint for an s3:// --object-store, as `http://host:port` (plain HTTP is
+    /// allowed only when given so). Default: AWS, or AWS_ENDPOINT_URL.
+    #[arg(long, env = "T2I_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// The region of an s3:// --object-store. Default: AWS_REGION, else us-east-1.
+    #[arg(long, env = "T2I_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Send write-once objects as conditional PUTs (If-None-Match: *). Turn off for S3 servers that ignore
+    /// them; the database row alone then guards those writes.
+    #[arg(long, env = "T2I_S3_CONDITIONAL_PUT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub s3_conditional_put: bool,
     /// When a database commit reaches the disk: `full` fsyncs every commit (an acknowledged rating survives
     /// power loss); `normal` only at checkpoints (faster; a killed process still loses nothing).
     #[arg(long, env = "T2I_DURABILITY", value_enum, default_value_t = crate::storage::Durability::Full)]
@@ -207,7 +228,20 @@ impl ServeArgs {
                 max_concurrent_per_key: self.max_concurrent_per_key,
             },
             request_timeout: std::time::Duration::from_secs_f64(self.request_timeout),
-            durability: self.durability,
+            storage: StorageConfig {
+                database: Database::from_url(self.database_url.as_deref(), &self.data_dir)?,
+                blobs: BlobConfig {
+                    url: self.object_store,
+                    s3_endpoint: self.s3_endpoint,
+                    s3_region: self.s3_region,
+                    s3_conditional_put: self.s3_conditional_put,
+                    s3_access_key: None,
+                    s3_secret_key: None,
+                },
+                data_dir: self.data_dir,
+                image_retention: self.image_retention,
+                durability: self.durability,
+            },
             jobs: self.jobs.config()?,
             max_loaded_models: self.max_loaded_models as usize,
             sessions: self.runtime.sessions(),
@@ -222,8 +256,6 @@ impl ServeArgs {
             warmup_images: self.warmup_images,
             warmup_sizes: self.warmup_sizes,
             reward: self.reward.config(),
-            data_dir: self.data_dir,
-            image_retention: self.image_retention,
             http: HttpConfig {
                 host: self.host,
                 port: self.port,
@@ -250,17 +282,13 @@ pub struct ServeConfig {
     pub warmup_sizes: Vec<usize>,
     pub limits: RequestLimits,
     pub reward: RewardConfig,
-    /// The data directory (SQLite database and the files it points at).
-    pub data_dir: std::path::PathBuf,
-    /// Most generated images kept for `image_ids` (0: none).
-    pub image_retention: u64,
+    /// The data directory, the database, image retention and durability.
+    pub storage: StorageConfig,
     /// Most model versions loaded at once.
     pub max_loaded_models: usize,
     pub jobs: JobConfig,
     pub http: HttpConfig,
     pub auth: AuthConfig,
-    /// When a database commit reaches the disk.
-    pub durability: crate::storage::Durability,
     /// The default deadline of a generation, and the most `X-Request-Timeout` may ask for.
     pub request_timeout: std::time::Duration,
 }
@@ -274,16 +302,44 @@ pub struct AuthConfig {
     pub max_concurrent_per_key: usize,
 }
 
+/// On a store other replicas share, removes files left without a row every `ORPHAN_GRACE` (the start-up sweep
+/// already ran; this process alone writes a local folder with SQLite, so it needs no more).
+fn spawn_janitor(storage: Arc<Storage>) {
+    let grace = storage.orphan_grace();
+    if grace.is_zero() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(grace);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            match storage.sweep(grace).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(files = removed, "janitor: removed files no row points at"),
+                Err(err) => tracing::warn!(error = %err, "janitor: the sweep failed; it runs again later"),
+            }
+        }
+    });
+}
+
 pub async fn serve(config: ServeConfig) -> Result<()> {
     let runtime = Runtime::init(config.ort_library.as_deref(), config.device, config.sessions.clone())?;
     tracing::info!(library = %runtime.library().display(), device = %config.device, "ONNX Runtime loaded");
     let model = Arc::new(ModelFolder::open(&config.model)?);
-    let storage = Arc::new(Storage::open_with(&config.data_dir, config.image_retention, config.durability).await?);
-    tracing::info!(data_dir = %config.data_dir.display(), image_retention = config.image_retention, "storage open");
+    let storage = Arc::new(Storage::connect(&config.storage).await?);
+    tracing::info!(
+        data_dir = %config.storage.data_dir.display(),
+        database = %config.storage.database.shown(),
+        object_store = storage.blobs().shown(),
+        image_retention = config.storage.image_retention,
+        "storage open"
+    );
     for job in storage.fail_interrupted_jobs().await? {
         tracing::warn!(job = %job, "marked failed: the server stopped while it was running");
     }
-    let registry = Arc::new(Registry::new(storage.clone(), &config.data_dir)?);
+    spawn_janitor(storage.clone());
+    let registry = Arc::new(Registry::new(storage.clone(), &config.storage.data_dir)?);
     registry.remove_unregistered().await?;
     registry.register_folder(&model.name, &config.model).await?;
     let active = registry.startup_version(&model.name).await?;
@@ -366,7 +422,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         let reward_models = config.reward.models.clone();
         let device = config.device.to_string();
         let jobs = config.jobs.clone();
-        let data_dir = config.data_dir.clone();
+        let data_dir = config.storage.data_dir.clone();
         let runtime_handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let loader = Arc::new(Loader::new(runtime, settings, reward_settings, metrics.clone()));

@@ -42,11 +42,11 @@ fn health_body(state: &AppState) -> HealthResponse {
     }
 }
 
-/// Readiness: 200 once the models are loaded and warmed up, 503 before.
+/// Readiness: 200 once the models are loaded and warmed up and the database answers; 503 otherwise.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
         (status = 200, description = "Ready to serve", body = HealthResponse),
-        (status = 503, description = "Still loading", body = ErrorBody),
+        (status = 503, description = "Still loading, shutting down, or the database is unreachable", body = ErrorBody),
     ))]
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse> {
     if state.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
@@ -55,6 +55,7 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse> {
         ));
     }
     state.serving()?;
+    state.storage.ping().await?;
     Ok(HttpResponse::Ok().json(health_body(&state)))
 }
 

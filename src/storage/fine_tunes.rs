@@ -2,10 +2,10 @@
 //! the registry (`crate::registry`) own the logic; this file only reads and writes rows.
 
 use serde_json::Value;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{database_error, now_millis, Storage};
+use super::{now_millis, Storage};
 use crate::error::{Error, Result};
 
 /// Where a job is in its life. Only `queued` and `running` can still change.
@@ -108,12 +108,12 @@ pub struct VersionRecord {
     pub active: bool,
 }
 
-fn json_column(row: &SqliteRow, name: &str) -> Option<Value> {
+fn json_column(row: &AnyRow, name: &str) -> Option<Value> {
     row.get::<Option<String>, _>(name)
         .and_then(|text| serde_json::from_str(&text).ok())
 }
 
-fn job_from_row(row: &SqliteRow) -> Result<JobRecord> {
+fn job_from_row(row: &AnyRow) -> Result<JobRecord> {
     let status: String = row.get("status");
     Ok(JobRecord {
         id: row.get("id"),
@@ -133,7 +133,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord> {
     })
 }
 
-fn version_from_row(row: &SqliteRow) -> VersionRecord {
+fn version_from_row(row: &AnyRow) -> VersionRecord {
     VersionRecord {
         id: row.get("id"),
         created_at: row.get("created_at"),
@@ -158,7 +158,7 @@ impl Storage {
         let now = now_millis();
         sqlx::query(
             "INSERT INTO fine_tunes (id, created_at, updated_at, status, progress, base_model, spec) \
-             VALUES (?, ?, ?, 'queued', 0, ?, ?)",
+             VALUES ($1, $2, $3, 'queued', 0, $4, $5)",
         )
         .bind(id)
         .bind(now)
@@ -167,18 +167,18 @@ impl Storage {
         .bind(spec.to_string())
         .execute(&self.pool)
         .await
-        .map_err(|err| database_error("cannot record the job", err))?;
+        .map_err(|err| self.database_error("cannot record the job", err))?;
         self.job(id)
             .await?
             .ok_or_else(|| Error::Internal(format!("storage: job `{id}` vanished after its insert")))
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>> {
-        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM fine_tunes WHERE id = ?"))
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM fine_tunes WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await
-            .map_err(|err| database_error("cannot read the job", err))?;
+            .map_err(|err| self.database_error("cannot read the job", err))?;
         row.as_ref().map(job_from_row).transpose()
     }
 
@@ -195,8 +195,8 @@ impl Storage {
         };
         let limit = i64::from(limit.max(1));
         let rows = sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM fine_tunes WHERE rowid < ? AND (? IS NULL OR status = ?) \
-             ORDER BY rowid DESC LIMIT ?"
+            "SELECT {JOB_COLUMNS} FROM fine_tunes WHERE rowid < $1 AND ($2 IS NULL OR status = $3) \
+             ORDER BY rowid DESC LIMIT $4"
         ))
         .bind(before_rowid)
         .bind(status.map(|status| status.name()))
@@ -204,7 +204,7 @@ impl Storage {
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await
-        .map_err(|err| database_error("cannot list jobs", err))?;
+        .map_err(|err| self.database_error("cannot list jobs", err))?;
         let has_more = rows.len() as i64 > limit;
         let jobs = rows
             .iter()
@@ -219,7 +219,7 @@ impl Storage {
         let rows = sqlx::query("SELECT status, COUNT(*) AS count FROM fine_tunes GROUP BY status")
             .fetch_all(&self.pool)
             .await
-            .map_err(|err| database_error("cannot count jobs", err))?;
+            .map_err(|err| self.database_error("cannot count jobs", err))?;
         Ok(rows.iter().map(|row| (row.get("status"), row.get("count"))).collect())
     }
 
@@ -230,7 +230,7 @@ impl Storage {
         ))
         .fetch_optional(&self.pool)
         .await
-        .map_err(|err| database_error("cannot read the queue", err))?;
+        .map_err(|err| self.database_error("cannot read the queue", err))?;
         row.as_ref().map(job_from_row).transpose()
     }
 
@@ -239,10 +239,10 @@ impl Storage {
     pub async fn set_job_status(&self, id: &str, status: JobStatus, error: Option<&str>) -> Result<bool> {
         let now = now_millis();
         let result = sqlx::query(
-            "UPDATE fine_tunes SET status = ?, updated_at = ?, error = COALESCE(?, error), \
-             started_at = CASE WHEN ? = 'running' THEN ? ELSE started_at END, \
-             finished_at = CASE WHEN ? IN ('succeeded', 'failed', 'cancelled') THEN ? ELSE finished_at END \
-             WHERE id = ? AND status IN ('queued', 'running')",
+            "UPDATE fine_tunes SET status = $1, updated_at = $2, error = COALESCE($3, error), \
+             started_at = CASE WHEN $4 = 'running' THEN $5 ELSE started_at END, \
+             finished_at = CASE WHEN $6 IN ('succeeded', 'failed', 'cancelled') THEN $7 ELSE finished_at END \
+             WHERE id = $8 AND status IN ('queued', 'running')",
         )
         .bind(status.name())
         .bind(now)
@@ -254,52 +254,52 @@ impl Storage {
         .bind(id)
         .execute(&self.pool)
         .await
-        .map_err(|err| database_error("cannot update the job", err))?;
+        .map_err(|err| self.database_error("cannot update the job", err))?;
         Ok(result.rows_affected() == 1)
     }
 
     pub async fn set_job_stage(&self, id: &str, stage: &str, progress: f64) -> Result<()> {
-        sqlx::query("UPDATE fine_tunes SET stage = ?, progress = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE fine_tunes SET stage = $1, progress = $2, updated_at = $3 WHERE id = $4")
             .bind(stage)
             .bind(progress.clamp(0.0, 1.0))
             .bind(now_millis())
             .bind(id)
             .execute(&self.pool)
             .await
-            .map_err(|err| database_error("cannot update the job's stage", err))?;
+            .map_err(|err| self.database_error("cannot update the job's stage", err))?;
         Ok(())
     }
 
     pub async fn set_job_progress(&self, id: &str, progress: f64) -> Result<()> {
-        sqlx::query("UPDATE fine_tunes SET progress = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE fine_tunes SET progress = $1, updated_at = $2 WHERE id = $3")
             .bind(progress.clamp(0.0, 1.0))
             .bind(now_millis())
             .bind(id)
             .execute(&self.pool)
             .await
-            .map_err(|err| database_error("cannot update the job's progress", err))?;
+            .map_err(|err| self.database_error("cannot update the job's progress", err))?;
         Ok(())
     }
 
     pub async fn set_job_metrics(&self, id: &str, metrics: &Value) -> Result<()> {
-        sqlx::query("UPDATE fine_tunes SET metrics = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE fine_tunes SET metrics = $1, updated_at = $2 WHERE id = $3")
             .bind(metrics.to_string())
             .bind(now_millis())
             .bind(id)
             .execute(&self.pool)
             .await
-            .map_err(|err| database_error("cannot update the job's metrics", err))?;
+            .map_err(|err| self.database_error("cannot update the job's metrics", err))?;
         Ok(())
     }
 
     pub async fn set_job_result(&self, id: &str, model: &str) -> Result<()> {
-        sqlx::query("UPDATE fine_tunes SET result_model = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE fine_tunes SET result_model = $1, updated_at = $2 WHERE id = $3")
             .bind(model)
             .bind(now_millis())
             .bind(id)
             .execute(&self.pool)
             .await
-            .map_err(|err| database_error("cannot record the job's model", err))?;
+            .map_err(|err| self.database_error("cannot record the job's model", err))?;
         Ok(())
     }
 
@@ -308,7 +308,7 @@ impl Storage {
         let rows = sqlx::query("SELECT id FROM fine_tunes WHERE status = 'running'")
             .fetch_all(&self.pool)
             .await
-            .map_err(|err| database_error("cannot list running jobs", err))?;
+            .map_err(|err| self.database_error("cannot list running jobs", err))?;
         let mut failed = Vec::new();
         for row in rows {
             let id: String = row.get("id");
@@ -341,7 +341,7 @@ impl Storage {
         };
         sqlx::query(
             "INSERT INTO fine_tune_events (id, job_id, created_at, level, kind, message, data) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&event.id)
         .bind(&event.job_id)
@@ -352,7 +352,7 @@ impl Storage {
         .bind(data.map(Value::to_string))
         .execute(&self.pool)
         .await
-        .map_err(|err| database_error("cannot record the job's event", err))?;
+        .map_err(|err| self.database_error("cannot record the job's event", err))?;
         Ok(event)
     }
 
@@ -362,14 +362,14 @@ impl Storage {
         let limit = i64::from(limit.max(1));
         let rows = sqlx::query(
             "SELECT id, job_id, created_at, level, kind, message, data FROM fine_tune_events \
-             WHERE job_id = ? AND rowid > ? ORDER BY rowid LIMIT ?",
+             WHERE job_id = $1 AND rowid > $2 ORDER BY rowid LIMIT $3",
         )
         .bind(job_id)
         .bind(after_rowid)
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await
-        .map_err(|err| database_error("cannot list the job's events", err))?;
+        .map_err(|err| self.database_error("cannot list the job's events", err))?;
         let has_more = rows.len() as i64 > limit;
         let events = rows
             .iter()
@@ -390,8 +390,8 @@ impl Storage {
     /// Records (or refreshes the path of) a version served from a folder as it is.
     pub async fn upsert_folder_version(&self, id: &str, kind: VersionKind, path: &str) -> Result<VersionRecord> {
         sqlx::query(
-            "INSERT INTO model_versions (id, created_at, kind, source, path) VALUES (?, ?, ?, 'folder', ?) \
-             ON CONFLICT (id) DO UPDATE SET path = excluded.path WHERE source = 'folder'",
+            "INSERT INTO model_versions (id, created_at, kind, source, path) VALUES ($1, $2, $3, 'folder', $4) \
+             ON CONFLICT (id) DO UPDATE SET path = excluded.path WHERE model_versions.source = 'folder'",
         )
         .bind(id)
         .bind(now_millis())
@@ -399,7 +399,7 @@ impl Storage {
         .bind(path)
         .execute(&self.pool)
         .await
-        .map_err(|err| database_error("cannot record the model version", err))?;
+        .map_err(|err| self.database_error("cannot record the model version", err))?;
         self.version(id)
             .await?
             .ok_or_else(|| Error::Internal(format!("storage: version `{id}` vanished after its insert")))
@@ -409,7 +409,7 @@ impl Storage {
     pub async fn insert_version(&self, version: &VersionRecord) -> Result<()> {
         sqlx::query(
             "INSERT INTO model_versions (id, created_at, kind, source, path, parent, job_id, metrics, checksums, active) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0)",
         )
         .bind(&version.id)
         .bind(version.created_at)
@@ -422,28 +422,28 @@ impl Storage {
         .bind(version.checksums.as_ref().map(Value::to_string))
         .execute(&self.pool)
         .await
-        .map_err(|err| database_error("cannot record the model version", err))?;
+        .map_err(|err| self.database_error("cannot record the model version", err))?;
         Ok(())
     }
 
     pub async fn version(&self, id: &str) -> Result<Option<VersionRecord>> {
-        let row = sqlx::query(&format!("SELECT {VERSION_COLUMNS} FROM model_versions WHERE id = ?"))
+        let row = sqlx::query(&format!("SELECT {VERSION_COLUMNS} FROM model_versions WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await
-            .map_err(|err| database_error("cannot read the model version", err))?;
+            .map_err(|err| self.database_error("cannot read the model version", err))?;
         Ok(row.as_ref().map(version_from_row))
     }
 
     /// Every version of a kind, oldest first.
     pub async fn versions(&self, kind: VersionKind) -> Result<Vec<VersionRecord>> {
         let rows = sqlx::query(&format!(
-            "SELECT {VERSION_COLUMNS} FROM model_versions WHERE kind = ? ORDER BY created_at, rowid"
+            "SELECT {VERSION_COLUMNS} FROM model_versions WHERE kind = $1 ORDER BY created_at, rowid"
         ))
         .bind(kind.name())
         .fetch_all(&self.pool)
         .await
-        .map_err(|err| database_error("cannot list model versions", err))?;
+        .map_err(|err| self.database_error("cannot list model versions", err))?;
         Ok(rows.iter().map(version_from_row).collect())
     }
 
@@ -453,96 +453,22 @@ impl Storage {
             .pool
             .begin()
             .await
-            .map_err(|err| database_error("cannot start a transaction", err))?;
+            .map_err(|err| self.database_error("cannot start a transaction", err))?;
         sqlx::query("UPDATE model_versions SET active = 0 WHERE kind = 'diffusion' AND active = 1")
             .execute(&mut *transaction)
             .await
-            .map_err(|err| database_error("cannot deactivate the version", err))?;
-        let updated = sqlx::query("UPDATE model_versions SET active = 1 WHERE id = ? AND kind = 'diffusion'")
+            .map_err(|err| self.database_error("cannot deactivate the version", err))?;
+        let updated = sqlx::query("UPDATE model_versions SET active = 1 WHERE id = $1 AND kind = 'diffusion'")
             .bind(id)
             .execute(&mut *transaction)
             .await
-            .map_err(|err| database_error("cannot activate the version", err))?;
+            .map_err(|err| self.database_error("cannot activate the version", err))?;
         if updated.rows_affected() != 1 {
             return Err(Error::NotFound(format!("no diffusion model version `{id}`")));
         }
         transaction
             .commit()
             .await
-            .map_err(|err| database_error("cannot commit the activation", err))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn jobs_move_once_to_a_final_status_and_interrupted_ones_fail() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), 1).await.unwrap();
-        let spec = serde_json::json!({"steps": 3});
-        storage.insert_job("ft_a", "base", &spec).await.unwrap();
-        storage.insert_job("ft_b", "base", &spec).await.unwrap();
-        assert_eq!(storage.next_queued_job().await.unwrap().unwrap().id, "ft_a");
-        assert!(storage.set_job_status("ft_a", JobStatus::Running, None).await.unwrap());
-        assert_eq!(storage.next_queued_job().await.unwrap().unwrap().id, "ft_b");
-        assert!(storage
-            .set_job_status("ft_b", JobStatus::Cancelled, None)
-            .await
-            .unwrap());
-        assert!(!storage.set_job_status("ft_b", JobStatus::Running, None).await.unwrap());
-        drop(storage);
-
-        let storage = Storage::open(dir.path(), 1).await.unwrap();
-        assert_eq!(storage.fail_interrupted_jobs().await.unwrap(), vec!["ft_a".to_string()]);
-        let job = storage.job("ft_a").await.unwrap().unwrap();
-        assert_eq!(job.status, JobStatus::Failed);
-        assert!(job.error.unwrap().contains("interrupted"));
-        assert!(job.finished_at.is_some());
-        let (events, more) = storage.list_events("ft_a", None, 10).await.unwrap();
-        assert!(!more);
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0].level, "error");
-        let (jobs, more) = storage.list_jobs(None, None, 1).await.unwrap();
-        assert_eq!(jobs[0].id, "ft_b", "newest first");
-        assert!(more);
-        let (jobs, more) = storage.list_jobs(None, Some("ft_b"), 5).await.unwrap();
-        assert_eq!(jobs.iter().map(|job| job.id.as_str()).collect::<Vec<_>>(), vec!["ft_a"]);
-        assert!(!more);
-        let (failed, _) = storage.list_jobs(Some(JobStatus::Failed), None, 5).await.unwrap();
-        assert_eq!(failed.len(), 1);
-    }
-
-    #[tokio::test]
-    async fn one_version_is_active() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), 1).await.unwrap();
-        storage
-            .upsert_folder_version("base", VersionKind::Diffusion, "/models/base")
-            .await
-            .unwrap();
-        storage
-            .upsert_folder_version("other", VersionKind::Diffusion, "/models/other")
-            .await
-            .unwrap();
-        storage.set_active_version("base").await.unwrap();
-        storage.set_active_version("other").await.unwrap();
-        let versions = storage.versions(VersionKind::Diffusion).await.unwrap();
-        let active: Vec<_> = versions.iter().filter(|v| v.active).map(|v| v.id.as_str()).collect();
-        assert_eq!(active, vec!["other"]);
-        assert!(matches!(
-            storage.set_active_version("missing").await,
-            Err(Error::NotFound(_))
-        ));
-        let still: Vec<_> = storage
-            .versions(VersionKind::Diffusion)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|v| v.active)
-            .map(|v| v.id)
-            .collect();
-        assert_eq!(still, vec!["other".to_string()], "a failed activation changes nothing");
+            .map_err(|err| self.database_error("cannot commit the activation", err))
     }
 }

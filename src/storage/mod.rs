@@ -1,27 +1,35 @@
-//! Durable storage in a data directory: a SQLite database (through sqlx, with embedded migrations) and the
-//! files it points at. Today it keeps the images this server generated, so that `/score` and `/rerank` can take
+//! Durable storage: a database (SQLite in the data directory by default, or Postgres; see `database.rs`) and
+//! the files it points at, in the data directory. Today it keeps the images this server generated, so that `/score` and `/rerank` can take
 //! their `image_id`s, with a retention limit; the ratings users give (feedback); and fine-tune jobs, their events
 //! and model versions (`fine_tunes`).
 //!
 //! Every file is written to a temporary name, flushed and renamed, and only then recorded in the database, so a
-//! crash leaves either nothing or a complete file. The queries are plain SQL through sqlx's runtime API, so the
-//! same code can later run on Postgres.
+//! crash leaves either nothing or a complete file. The queries are plain SQL through sqlx's runtime API and its
+//! `Any` driver, in the dialect SQLite and Postgres share.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::AnyRow;
+use sqlx::AnyPool;
+use sqlx::Row;
 
 use crate::error::{Error, Result};
 
+mod blobs;
+mod database;
 mod fine_tunes;
+pub use blobs::{BlobConfig, Blobs};
+pub use database::{redact, Backend, Database};
 pub use fine_tunes::{JobEvent, JobRecord, JobStatus, VersionKind, VersionRecord};
 
 pub const DATABASE_FILE: &str = "t2i-align.db";
+/// How old a file with no row must be before a sweep of a shared store removes it: longer than any write
+/// takes between its file and its row.
+pub const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+/// How long `/ready` waits for the database.
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The longest rater name a rating stores (and so the longest a filter on raters can match).
 pub const MAX_RATER_CHARS: usize = 128;
 
@@ -136,8 +144,9 @@ pub struct ImageRecord {
 }
 
 pub struct Storage {
-    pool: SqlitePool,
-    root: PathBuf,
+    pool: AnyPool,
+    database: Database,
+    blobs: Blobs,
     /// Most images kept; the oldest go first. 0 keeps none.
     image_retention: u64,
 }
@@ -152,75 +161,146 @@ pub enum Durability {
     Normal,
 }
 
+/// Where a server keeps its state, from `--data-dir`, `--database-url` and the retention and durability flags.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// This replica's own files (job folders, model versions), and by default the SQLite database and the
+    /// object store.
+    pub data_dir: PathBuf,
+    pub database: Database,
+    /// Where images and ratings' images live: the data directory unless it names an object store.
+    pub blobs: BlobConfig,
+    /// Most images kept; the oldest go first. 0 keeps none.
+    pub image_retention: u64,
+    /// When a SQLite commit reaches the disk (a Postgres server has its own settings).
+    pub durability: Durability,
+}
+
+impl StorageConfig {
+    /// SQLite and files in `data_dir`, fully durable: the embedded default.
+    pub fn embedded(data_dir: &Path, image_retention: u64) -> Self {
+        StorageConfig {
+            data_dir: data_dir.to_path_buf(),
+            database: Database::Sqlite(data_dir.join(DATABASE_FILE)),
+            blobs: BlobConfig::default(),
+            image_retention,
+            durability: Durability::Full,
+        }
+    }
+}
+
 impl Storage {
-    /// Opens (or creates) the database in `root` and brings its schema up to date, with full durability.
+    /// Opens (or creates) the SQLite database in `root` and brings its schema up to date, with full durability.
     pub async fn open(root: &Path, image_retention: u64) -> Result<Self> {
-        Self::open_with(root, image_retention, Durability::Full).await
+        Self::connect(&StorageConfig::embedded(root, image_retention)).await
     }
 
-    /// Opens (or creates) the database in `root`, brings its schema up to date, and removes what a crash may
-    /// have left: half-written files, and files whose row was never committed.
-    pub async fn open_with(root: &Path, image_retention: u64, durability: Durability) -> Result<Self> {
-        let fail = |what: &str, err: &dyn std::fmt::Display| {
-            Error::Config(format!("data directory `{}`: {what}: {err}", root.display()))
-        };
-        for folder in [IMAGES_DIR, FEEDBACK_DIR] {
-            std::fs::create_dir_all(root.join(folder)).map_err(|err| fail("cannot create it", &err))?;
-        }
-        let url = format!("sqlite://{}", root.join(DATABASE_FILE).display());
-        let options = SqliteConnectOptions::from_str(&url)
-            .map_err(|err| fail("bad database path", &err))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match durability {
-                Durability::Full => SqliteSynchronous::Full,
-                Durability::Normal => SqliteSynchronous::Normal,
-            })
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(|err| fail("cannot open the database", &err))?;
-        sqlx::migrate!("src/storage/migrations")
-            .run(&pool)
-            .await
-            .map_err(|err| fail("cannot migrate the database", &err))?;
+    /// Opens (or creates) the data directory, the database and the object store, brings the schema up to
+    /// date, and removes what a crash may have left: half-written files, and files whose row was never
+    /// committed. A store shared with other replicas keeps what is younger than `ORPHAN_GRACE`, as another
+    /// replica may be about to commit its row.
+    pub async fn connect(config: &StorageConfig) -> Result<Self> {
+        let root = &config.data_dir;
+        std::fs::create_dir_all(root)
+            .map_err(|err| Error::Config(format!("data directory `{}`: cannot create it: {err}", root.display())))?;
+        let blobs = Blobs::open(&config.blobs, root, config.durability == Durability::Full)?;
+        let pool = config.database.connect(config.durability).await?;
         let storage = Storage {
             pool,
-            root: root.to_path_buf(),
-            image_retention,
+            database: config.database.clone(),
+            blobs,
+            image_retention: config.image_retention,
         };
-        let swept = storage.sweep().await?;
+        let swept = storage.sweep(storage.orphan_grace()).await?;
         if swept > 0 {
             tracing::warn!(
                 files = swept,
+                store = storage.blobs.shown(),
                 "removed files a crash left behind (half-written, or never recorded)"
             );
         }
         Ok(storage)
     }
 
-    /// Removes `*.partial-*` files and files no row points at from the image and feedback folders. Rows are
-    /// committed after their file is written, so a crash between the two leaves only such a file.
-    async fn sweep(&self) -> Result<usize> {
+    /// How old a file with no row must be before the sweep removes it: none when this process alone writes
+    /// (SQLite and a local folder), else `ORPHAN_GRACE`.
+    pub fn orphan_grace(&self) -> std::time::Duration {
+        if self.database.backend() == Backend::Sqlite && self.blobs.is_local() {
+            std::time::Duration::ZERO
+        } else {
+            ORPHAN_GRACE
+        }
+    }
+
+    /// The object store.
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
+    }
+
+    /// The database, as logs may show it (no password).
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Whether the database and the object store answer within two seconds each (for `/ready`); the error
+    /// names the one that does not.
+    pub async fn ping(&self) -> Result<()> {
+        match tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await {
+            Ok(Ok(_)) => self.blobs.ping(PING_TIMEOUT).await,
+            Ok(Err(err)) => Err(self.database_error("cannot run a query", err)),
+            Err(_) => Err(Error::Unavailable(format!(
+                "database `{}` is unreachable: it did not answer within {} s",
+                self.database.shown(),
+                PING_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// A failed query as an error: 503 naming the database when it cannot be reached (the request may be
+    /// retried), else a 500 saying what failed.
+    fn database_error(&self, what: &str, err: sqlx::Error) -> Error {
+        let unreachable = match &err {
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+            // Postgres's connection-exception (08) and operator-intervention (57: shutting down, terminated)
+            // classes, and "the database does not exist" (3D000), as a dropped or unmounted one reads.
+            sqlx::Error::Database(database) => database
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57") || code == "3D000"),
+            _ => false,
+        };
+        if unreachable {
+            Error::Unavailable(format!(
+                "database `{}` is unreachable ({what}): {err}",
+                self.database.shown()
+            ))
+        } else {
+            Error::Internal(format!("storage: {what}: {err}"))
+        }
+    }
+
+    /// Removes files no row points at from the image and feedback folders, and a local store's half-written
+    /// files, when they are at least `min_age` old; returns how many. Rows are committed after their file is
+    /// written, so a crash between the two leaves only such a file. The server runs it at start-up and, on a
+    /// shared store, every `ORPHAN_GRACE`.
+    pub async fn sweep(&self, min_age: std::time::Duration) -> Result<usize> {
         let mut removed = 0;
         for (folder, table) in [(IMAGES_DIR, "images"), (FEEDBACK_DIR, "feedback")] {
+            // The store is listed before the rows are read, so a file whose row commits in between is kept.
+            let stored = self.blobs.list(folder).await?;
             let recorded: std::collections::HashSet<String> =
                 sqlx::query_scalar::<_, String>(&format!("SELECT file FROM {table}"))
                     .fetch_all(&self.pool)
                     .await
-                    .map_err(|err| database_error("cannot list the stored files", err))?
+                    .map_err(|err| self.database_error("cannot list the stored files", err))?
                     .into_iter()
                     .collect();
-            let entries = std::fs::read_dir(self.root.join(folder))
-                .map_err(|err| Error::Internal(format!("cannot list {folder}: {err}")))?;
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !recorded.contains(&format!("{folder}/{name}")) && std::fs::remove_file(entry.path()).is_ok() {
+            for blob in stored {
+                if !recorded.contains(&blob.key) && blobs::is_older(Some(blob.modified), min_age) {
+                    self.blobs.delete(&blob.key).await?;
                     removed += 1;
                 }
             }
+            removed += self.blobs.sweep_staging(folder, min_age);
         }
         Ok(removed)
     }
@@ -237,12 +317,12 @@ impl Storage {
         }
         let id = format!("img_{}", uuid::Uuid::new_v4().simple());
         let relative = format!("{IMAGES_DIR}/{id}.png");
-        let path = self.write_file(&relative, image.png.clone()).await?;
+        self.blobs.put(&relative, image.png.to_vec()).await?;
         let digest = hex(&Sha256::digest(image.png.as_slice()));
         let created_at = now_millis();
         let inserted = sqlx::query(
             "INSERT INTO images (id, created_at, prompt, seed, model, reward, file, bytes, sha256) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&id)
         .bind(created_at)
@@ -256,8 +336,8 @@ impl Storage {
         .execute(&self.pool)
         .await;
         if let Err(err) = inserted {
-            let _ = std::fs::remove_file(&path);
-            return Err(database_error("cannot record the image", err));
+            let _ = self.blobs.delete(&relative).await;
+            return Err(self.database_error("cannot record the image", err));
         }
         self.enforce_retention().await?;
         Ok(Some(id))
@@ -265,31 +345,35 @@ impl Storage {
 
     /// Deletes the oldest images beyond the retention limit: their rows first, then their files.
     async fn enforce_retention(&self) -> Result<()> {
-        let stale = sqlx::query("SELECT id, file FROM images ORDER BY created_at DESC, rowid DESC LIMIT -1 OFFSET ?")
-            .bind(self.image_retention as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|err| database_error("cannot list old images", err))?;
+        let stale = sqlx::query(
+            "SELECT id, file FROM images WHERE rowid NOT IN \
+             (SELECT rowid FROM images ORDER BY created_at DESC, rowid DESC LIMIT $1)",
+        )
+        .bind(self.image_retention as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|err| self.database_error("cannot list old images", err))?;
         for row in stale {
             let id: String = row.get("id");
             let file: String = row.get("file");
-            sqlx::query("DELETE FROM images WHERE id = ?")
+            sqlx::query("DELETE FROM images WHERE id = $1")
                 .bind(&id)
                 .execute(&self.pool)
                 .await
-                .map_err(|err| database_error("cannot delete an old image", err))?;
-            let _ = std::fs::remove_file(self.root.join(file));
+                .map_err(|err| self.database_error("cannot delete an old image", err))?;
+            // The row is gone; a file left by a failed delete is an orphan the sweep removes.
+            let _ = self.blobs.delete(&file).await;
         }
         Ok(())
     }
 
     /// The image with this id. `field` names the request field in errors, e.g. `image_ids[1]`.
     pub async fn image(&self, id: &str, field: &str) -> Result<StoredImage> {
-        let row = sqlx::query("SELECT prompt, seed, model, reward, file, sha256 FROM images WHERE id = ?")
+        let row = sqlx::query("SELECT prompt, seed, model, reward, file, sha256 FROM images WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await
-            .map_err(|err| database_error("cannot read the image", err))?;
+            .map_err(|err| self.database_error("cannot read the image", err))?;
         let Some(row) = row else {
             return Err(Error::validation(
                 field,
@@ -301,9 +385,10 @@ impl Storage {
         };
         let file: String = row.get("file");
         let png = self
-            .read_file(&file)
+            .blobs
+            .get(&file)
             .await
-            .map_err(|err| Error::Internal(format!("image `{id}`: {err}")))?;
+            .map_err(|err| about(&format!("image `{id}`"), err))?;
         let expected: String = row.get("sha256");
         if hex(&Sha256::digest(&png)) != expected {
             return Err(Error::Internal(format!(
@@ -325,11 +410,11 @@ impl Storage {
     pub async fn insert_feedback(&self, new: &NewFeedback) -> Result<Feedback> {
         let id = format!("fb_{}", uuid::Uuid::new_v4().simple());
         let file = format!("{FEEDBACK_DIR}/{id}.{}", new.extension);
-        let path = self.write_file(&file, new.image.clone()).await?;
+        self.blobs.put(&file, new.image.to_vec()).await?;
         let created_at = now_millis();
         let inserted = sqlx::query(
             "INSERT INTO feedback (id, created_at, image_id, model, prompt, label, rater, file, sha256) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&id)
         .bind(created_at)
@@ -343,8 +428,8 @@ impl Storage {
         .execute(&self.pool)
         .await;
         if let Err(err) = inserted {
-            let _ = std::fs::remove_file(&path);
-            return Err(database_error("cannot record the feedback", err));
+            let _ = self.blobs.delete(&file).await;
+            return Err(self.database_error("cannot record the feedback", err));
         }
         Ok(Feedback {
             id,
@@ -362,19 +447,18 @@ impl Storage {
     /// orphan file, which the start-up sweep removes. `Ok(None)` when there is no such rating.
     pub async fn delete_feedback(&self, id: &str) -> Result<Option<Feedback>> {
         let row = sqlx::query(
-            "DELETE FROM feedback WHERE id = ? \
+            "DELETE FROM feedback WHERE id = $1 \
              RETURNING id, created_at, image_id, model, prompt, label, rater, file",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await
-        .map_err(|err| database_error("cannot delete the rating", err))?;
+        .map_err(|err| self.database_error("cannot delete the rating", err))?;
         let Some(row) = row else {
             return Ok(None);
         };
         let feedback = feedback_row(&row);
-        let path = self.root.join(&feedback.file);
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+        let _ = self.blobs.delete(&feedback.file).await;
         Ok(Some(feedback))
     }
 
@@ -386,8 +470,8 @@ impl Storage {
         let limit = i64::from(query.limit.max(1));
         let rows = sqlx::query(
             "SELECT id, created_at, image_id, model, prompt, label, rater, file FROM feedback \
-             WHERE rowid > ? AND (? IS NULL OR label = ?) AND (? IS NULL OR rater = ?) \
-             AND (? IS NULL OR image_id = ?) AND (? IS NULL OR model = ?) ORDER BY rowid LIMIT ?",
+             WHERE rowid > $1 AND ($2 IS NULL OR label = $3) AND ($4 IS NULL OR rater = $5) \
+             AND ($6 IS NULL OR image_id = $7) AND ($8 IS NULL OR model = $9) ORDER BY rowid LIMIT $10",
         )
         .bind(after_rowid)
         .bind(query.label.map(|label| label.name()))
@@ -401,7 +485,7 @@ impl Storage {
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await
-        .map_err(|err| database_error("cannot list feedback", err))?;
+        .map_err(|err| self.database_error("cannot list feedback", err))?;
         let has_more = rows.len() as i64 > limit;
         let page = rows
             .into_iter()
@@ -413,29 +497,10 @@ impl Storage {
 
     /// The bytes of a rating's image.
     pub async fn feedback_image(&self, feedback: &Feedback) -> Result<Vec<u8>> {
-        self.read_file(&feedback.file)
+        self.blobs
+            .get(&feedback.file)
             .await
-            .map_err(|err| Error::Internal(format!("rating `{}`: {err}", feedback.id)))
-    }
-
-    /// Writes a file under the data directory atomically, off the async threads; returns its path.
-    async fn write_file(&self, relative: &str, bytes: Arc<Vec<u8>>) -> Result<PathBuf> {
-        let path = self.root.join(relative);
-        let written = path.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&written, &bytes))
-            .await
-            .map_err(|err| Error::Internal(format!("the file writer stopped: {err}")))??;
-        Ok(path)
-    }
-
-    /// Reads a file under the data directory, off the async threads.
-    async fn read_file(&self, relative: &str) -> Result<Vec<u8>> {
-        let path = self.root.join(relative);
-        let shown = relative.to_string();
-        tokio::task::spawn_blocking(move || std::fs::read(path))
-            .await
-            .map_err(|err| Error::Internal(format!("the file reader stopped: {err}")))?
-            .map_err(|err| Error::Internal(format!("cannot read {shown}: {err}")))
+            .map_err(|err| about(&format!("rating `{}`", feedback.id), err))
     }
 
     /// The rowid a page starts after: 0 without a cursor, else the row whose id is `after` (a 422 naming
@@ -444,11 +509,11 @@ impl Storage {
         let Some(after) = after else {
             return Ok(0);
         };
-        let row = sqlx::query(&format!("SELECT rowid FROM {table} WHERE id = ?"))
+        let row = sqlx::query(&format!("SELECT rowid FROM {table} WHERE id = $1"))
             .bind(after)
             .fetch_optional(&self.pool)
             .await
-            .map_err(|err| database_error("cannot read the cursor", err))?;
+            .map_err(|err| self.database_error("cannot read the cursor", err))?;
         let prefix = match table {
             "feedback" => "fb_",
             "images" => "img_",
@@ -473,13 +538,13 @@ impl Storage {
         let after_rowid = self.cursor("images", after, "a stored image's").await?;
         let limit = i64::from(limit.max(1));
         let rows = sqlx::query(
-            "SELECT id, created_at, prompt, seed, model, reward FROM images WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            "SELECT id, created_at, prompt, seed, model, reward FROM images WHERE rowid > $1 ORDER BY rowid LIMIT $2",
         )
         .bind(after_rowid)
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await
-        .map_err(|err| database_error("cannot list images", err))?;
+        .map_err(|err| self.database_error("cannot list images", err))?;
         let has_more = rows.len() as i64 > limit;
         let page = rows
             .into_iter()
@@ -500,14 +565,14 @@ impl Storage {
         let row = sqlx::query("SELECT COUNT(*) AS count FROM images")
             .fetch_one(&self.pool)
             .await
-            .map_err(|err| database_error("cannot count images", err))?;
+            .map_err(|err| self.database_error("cannot count images", err))?;
         let count: i64 = row.get("count");
         Ok(count as u64)
     }
 }
 
 /// A `feedback` row read with the columns id, created_at, image_id, model, prompt, label, rater and file.
-fn feedback_row(row: &sqlx::sqlite::SqliteRow) -> Feedback {
+fn feedback_row(row: &AnyRow) -> Feedback {
     Feedback {
         id: row.get("id"),
         created_at: row.get("created_at"),
@@ -520,14 +585,18 @@ fn feedback_row(row: &sqlx::sqlite::SqliteRow) -> Feedback {
     }
 }
 
+/// A store's error, said of `what`: an unreachable store stays a 503, anything else is a 500.
+fn about(what: &str, err: Error) -> Error {
+    match err {
+        Error::Unavailable(message) => Error::Unavailable(format!("{what}: {message}")),
+        other => Error::Internal(format!("{what}: {other}")),
+    }
+}
+
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as i64)
-}
-
-fn database_error(what: &str, err: sqlx::Error) -> Error {
-    Error::Internal(format!("storage: {what}: {err}"))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -549,189 +618,4 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&temporary);
     }
     result.map_err(fail)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn image(seed: u64) -> StoredImage {
-        StoredImage {
-            png: Arc::new(vec![seed as u8; 16]),
-            prompt: "a red circle".into(),
-            seed,
-            model: "shapes-sd".into(),
-            reward: Some(0.5),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_reopen_sweeps_what_a_crash_left_and_keeps_what_was_recorded() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), 5).await.unwrap();
-        let kept = storage.insert_image(&image(1)).await.unwrap().unwrap();
-        drop(storage);
-        // A crash between writing a file and committing its row, and one in the middle of writing a file.
-        let images = dir.path().join("images");
-        std::fs::write(images.join("img_0123456789abcdef0123456789abcdef.png"), b"orphan").unwrap();
-        std::fs::write(images.join("img_x.partial-0123"), b"half").unwrap();
-        std::fs::write(dir.path().join("feedback/fb_orphan.png"), b"orphan").unwrap();
-        let reopened = Storage::open_with(dir.path(), 5, Durability::Normal).await.unwrap();
-        let left: Vec<String> = std::fs::read_dir(&images)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(left, vec![format!("{kept}.png")]);
-        assert_eq!(std::fs::read_dir(dir.path().join("feedback")).unwrap().count(), 0);
-        assert_eq!(reopened.image(&kept, "id").await.unwrap().seed, 1);
-    }
-
-    #[tokio::test]
-    async fn keeps_the_newest_and_survives_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), 2).await.unwrap();
-        let first = storage.insert_image(&image(1)).await.unwrap().unwrap();
-        let second = storage.insert_image(&image(2)).await.unwrap().unwrap();
-        let third = storage.insert_image(&image(u64::MAX)).await.unwrap().unwrap();
-        assert!(first.starts_with("img_") && first.len() == 36);
-        assert_eq!(storage.image_count().await.unwrap(), 2);
-        let err = storage.image(&first, "image_ids[1]").await.unwrap_err();
-        assert_eq!(err.param(), Some("image_ids[1]"));
-        assert!(err.to_string().contains("last 2 generated images"), "{err}");
-        assert!(
-            !dir.path().join(format!("images/{first}.png")).exists(),
-            "the old file is gone too"
-        );
-        drop(storage);
-
-        let reopened = Storage::open(dir.path(), 2).await.unwrap();
-        assert_eq!(reopened.image(&second, "id").await.unwrap().seed, 2);
-        let last = reopened.image(&third, "id").await.unwrap();
-        assert_eq!(last.seed, u64::MAX);
-        assert_eq!(last.reward, Some(0.5));
-        assert_eq!(*last.png, vec![255u8; 16]);
-    }
-
-    #[tokio::test]
-    async fn a_damaged_file_is_noticed() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), 5).await.unwrap();
-        let id = storage.insert_image(&image(3)).await.unwrap().unwrap();
-        std::fs::write(dir.path().join(format!("images/{id}.png")), b"garbage").unwrap();
-        let err = storage.image(&id, "id").await.unwrap_err();
-        assert!(err.to_string().contains("SHA-256"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn feedback_outlives_its_image_and_pages_with_filters() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), 1).await.unwrap();
-        let id = storage.insert_image(&image(1)).await.unwrap().unwrap();
-        let stored = storage.image(&id, "image_id").await.unwrap();
-        let mut ids = Vec::new();
-        for (index, label) in [Label::Good, Label::Bad, Label::Good, Label::Skip]
-            .into_iter()
-            .enumerate()
-        {
-            let feedback = storage
-                .insert_feedback(&NewFeedback {
-                    image_id: Some(id.clone()),
-                    model: (index < 3).then(|| stored.model.clone()),
-                    prompt: stored.prompt.clone(),
-                    label,
-                    rater: Some(if index < 2 { "ann" } else { "bob" }.into()),
-                    image: stored.png.clone(),
-                    extension: "png",
-                })
-                .await
-                .unwrap();
-            ids.push(feedback.id);
-        }
-        // The image expires; its ratings keep their copy.
-        storage.insert_image(&image(2)).await.unwrap();
-        assert!(storage.image(&id, "image_id").await.is_err());
-        let query = |label, rater: Option<&str>, after: Option<&String>, limit| FeedbackQuery {
-            label,
-            rater: rater.map(str::to_string),
-            image_id: None,
-            model: None,
-            after: after.cloned(),
-            limit,
-        };
-        let (page, more) = storage.list_feedback(&query(None, None, None, 3)).await.unwrap();
-        assert_eq!(page.len(), 3);
-        assert!(more);
-        let (rest, more) = storage
-            .list_feedback(&query(None, None, Some(&page[2].id), 3))
-            .await
-            .unwrap();
-        assert_eq!(rest.iter().map(|f| &f.id).collect::<Vec<_>>(), vec![&ids[3]]);
-        assert!(!more);
-        let (good, _) = storage
-            .list_feedback(&query(Some(Label::Good), None, None, 10))
-            .await
-            .unwrap();
-        assert_eq!(good.len(), 2);
-        let (bob_good, _) = storage
-            .list_feedback(&query(Some(Label::Good), Some("bob"), None, 10))
-            .await
-            .unwrap();
-        assert_eq!(bob_good.len(), 1);
-        assert_eq!(*storage.feedback_image(&bob_good[0]).await.unwrap(), vec![1u8; 16]);
-        // The generating model is kept with the rating, after the image has gone.
-        let (by_model, _) = storage
-            .list_feedback(&FeedbackQuery {
-                model: Some(stored.model.clone()),
-                ..query(None, None, None, 10)
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            by_model.iter().map(|f| &f.id).collect::<Vec<_>>(),
-            ids[..3].iter().collect::<Vec<_>>()
-        );
-        assert!(by_model
-            .iter()
-            .all(|f| f.model.as_deref() == Some(stored.model.as_str())));
-        let (other, _) = storage
-            .list_feedback(&FeedbackQuery {
-                model: Some("ft-other".into()),
-                ..query(None, None, None, 10)
-            })
-            .await
-            .unwrap();
-        assert!(other.is_empty());
-        let err = storage
-            .list_feedback(&query(None, None, Some(&"fb_nope".to_string()), 3))
-            .await
-            .unwrap_err();
-        assert_eq!(err.param(), Some("after"));
-        let gone = storage
-            .list_feedback(&query(
-                None,
-                None,
-                Some(&"fb_0123456789abcdef0123456789abcdef".to_string()),
-                3,
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(gone.kind(), "not_found", "{gone}");
-    }
-
-    #[tokio::test]
-    async fn retention_zero_stores_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), 0).await.unwrap();
-        assert!(storage.insert_image(&image(1)).await.unwrap().is_none());
-        assert_eq!(storage.image_count().await.unwrap(), 0);
-    }
-
-    #[tokio::test]
-    async fn an_unwritable_data_dir_is_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let blocker = dir.path().join("file");
-        std::fs::write(&blocker, b"x").unwrap();
-        let err = Storage::open(&blocker.join("data"), 1).await.err().unwrap();
-        assert!(err.to_string().contains("cannot create it"), "{err}");
-    }
 }

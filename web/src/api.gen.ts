@@ -277,7 +277,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Readiness: 200 once the models are loaded and warmed up, 503 before. */
+        /** Readiness: 200 once the models are loaded and warmed up and the database answers; 503 otherwise. */
         get: operations["ready"];
         put?: never;
         post?: never;
@@ -2276,7 +2276,7 @@ export interface operations {
                     "application/json": components["schemas"]["HealthResponse"];
                 };
             };
-            /** @description Still loading */
+            /** @description Still loading, shutting down, or the database is unreachable */
             503: {
                 headers: {
                     [name: string]: unknown;

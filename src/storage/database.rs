@@ -1,0 +1,180 @@
+//! Which database holds the state, and connecting to it (#25): SQLite in the data directory (the embedded
+//! default, which needs no service) or a Postgres server (at scale, shared by every replica). Both go through
+//! sqlx's `Any` driver, so one set of queries serves both; each backend has its own migrations, with the same
+//! numbers (`migrations/sqlite`, `migrations/postgres`; `tests/storage.rs` holds them to one schema).
+//!
+//! The queries use `$1`-style parameters, which both dialects read, and only SQL both accept. `rowid` is
+//! SQLite's implicit column and an identity column on Postgres, so pages' cursors read the same column.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor};
+
+use super::{Durability, DATABASE_FILE};
+use crate::error::{Error, Result};
+
+/// Where the state lives, as `--database-url` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file, created if missing.
+    Sqlite(PathBuf),
+    /// A Postgres server's URL (`postgres://user:password@host:port/database`).
+    Postgres(String),
+}
+
+/// Which dialect a database speaks, where the queries must differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+impl Database {
+    /// `url` as given to `--database-url`, or SQLite in the data directory when there is none.
+    pub fn from_url(url: Option<&str>, data_dir: &Path) -> Result<Self> {
+        let Some(url) = url.map(str::trim).filter(|url| !url.is_empty()) else {
+            return Ok(Database::Sqlite(data_dir.join(DATABASE_FILE)));
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Database::Postgres(url.to_string()));
+        }
+        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            if path.is_empty() || path.contains('?') {
+                return Err(Error::Config(format!(
+                    "--database-url `{url}`: a SQLite URL names a file, as sqlite:///abs/path.db or sqlite://relative.db, with no options"
+                )));
+            }
+            return Ok(Database::Sqlite(PathBuf::from(path)));
+        }
+        Err(Error::Config(format!(
+            "--database-url `{}` must start with sqlite:// (a file; the default is {} in --data-dir) or postgres://",
+            redact(url),
+            DATABASE_FILE
+        )))
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Database::Sqlite(_) => Backend::Sqlite,
+            Database::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The URL without its password, for logs and errors.
+    pub fn shown(&self) -> String {
+        match self {
+            Database::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Database::Postgres(url) => redact(url),
+        }
+    }
+
+    /// A pool on this database with its schema brought up to date. Errors name the database (never its
+    /// password) and what failed.
+    pub async fn connect(&self, durability: Durability) -> Result<AnyPool> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let fail = |what: &str, err: &dyn std::fmt::Display| {
+            Error::Config(format!("database `{}`: {what}: {err}", self.shown()))
+        };
+        let pool = match self {
+            Database::Sqlite(path) => {
+                if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|err| fail("cannot create its folder", &err))?;
+                }
+                let synchronous = match durability {
+                    Durability::Full => "FULL",
+                    Durability::Normal => "NORMAL",
+                };
+                // WAL, so a killed process never loses a committed row; the durability setting decides when a
+                // commit is fsynced. The Any driver takes options only as a URL, so these are set per connection.
+                let pragmas = format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000; \
+                     PRAGMA foreign_keys = ON;"
+                );
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(move |connection, _| {
+                        let pragmas = pragmas.clone();
+                        Box::pin(async move { connection.execute(pragmas.as_str()).await.map(|_| ()) })
+                    })
+                    .connect(&format!("sqlite://{}?mode=rwc", path.display()))
+                    .await
+                    .map_err(|err| fail("cannot open it", &err))?
+            }
+            Database::Postgres(url) => AnyPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect(url)
+                .await
+                .map_err(|err| fail("cannot connect", &redact_error(url, &err)))?,
+        };
+        let migrated = match self.backend() {
+            Backend::Sqlite => sqlx::migrate!("src/storage/migrations/sqlite").run(&pool).await,
+            Backend::Postgres => sqlx::migrate!("src/storage/migrations/postgres").run(&pool).await,
+        };
+        migrated.map_err(|err| fail("cannot migrate it", &err))?;
+        Ok(pool)
+    }
+}
+
+/// `url` with its password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_string(),
+        // Not a URL: show only its scheme, as it may hold a password in a form the parser did not read.
+        Err(_) => format!("{}://…", url.split("://").next().unwrap_or("")),
+    }
+}
+
+/// A driver error's text, with the URL's password removed should the driver have quoted it.
+fn redact_error(url: &str, err: &sqlx::Error) -> String {
+    let text = err.to_string();
+    match url::Url::parse(url)
+        .ok()
+        .and_then(|parsed| parsed.password().map(str::to_string))
+    {
+        Some(password) if !password.is_empty() => text.replace(&password, "***"),
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_choose_the_backend() {
+        let dir = Path::new("/data");
+        assert_eq!(
+            Database::from_url(None, dir).unwrap(),
+            Database::Sqlite(PathBuf::from("/data/t2i-align.db"))
+        );
+        assert_eq!(
+            Database::from_url(Some("sqlite:///var/db/x.db"), dir).unwrap(),
+            Database::Sqlite(PathBuf::from("/var/db/x.db"))
+        );
+        let postgres = Database::from_url(Some("postgres://app:s3cret@db:5432/t2i"), dir).unwrap();
+        assert_eq!(postgres.backend(), Backend::Postgres);
+        assert_eq!(postgres.shown(), "postgres://app:***@db:5432/t2i");
+        let err = Database::from_url(Some("mysql://app:s3cret@db/t2i"), dir).unwrap_err();
+        assert!(err.to_string().contains("--database-url"), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert!(Database::from_url(Some("sqlite://x.db?mode=ro"), dir).is_err());
+    }
+}

@@ -1,0 +1,679 @@
+//! The storage suite, run on each backend (#25): SQLite with files in a temporary folder (the embedded
+//! default), a real Postgres server (`common::postgres`, one fresh database per test) with local files, and
+//! Postgres with a real S3-compatible store (`common::seaweed`, one fresh prefix per test). Each test below
+//! runs three times, as `<test>::sqlite`, `<test>::postgres` and `<test>::postgres_s3`. The first tests hold
+//! the two migration sets to one schema.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use sqlx::migrate::Migrator;
+use sqlx::{Connection, Executor, Row};
+use t2i_align::error::Error;
+use t2i_align::storage::{
+    BlobConfig, Database, Durability, FeedbackQuery, JobStatus, Label, NewFeedback, Storage, StorageConfig,
+    StoredImage, VersionKind,
+};
+
+/// One Postgres server for this test binary; it stops when the process ends (its watchdog sees to that).
+fn server() -> &'static common::postgres::Postgres {
+    static SERVER: OnceLock<common::postgres::Postgres> = OnceLock::new();
+    SERVER.get_or_init(common::postgres::Postgres::start)
+}
+
+/// One SeaweedFS for this test binary, stopped the same way.
+fn seaweed() -> &'static common::seaweed::Seaweed {
+    static STORE: OnceLock<common::seaweed::Seaweed> = OnceLock::new();
+    STORE.get_or_init(common::seaweed::Seaweed::start)
+}
+
+/// A test's storage: a temporary data directory, its database on one backend, and its object store.
+struct TestDb {
+    dir: tempfile::TempDir,
+    database: Database,
+    blobs: BlobConfig,
+}
+
+impl TestDb {
+    fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let database = Database::Sqlite(dir.path().join("t2i-align.db"));
+        TestDb {
+            dir,
+            database,
+            blobs: BlobConfig::default(),
+        }
+    }
+
+    /// A new, empty database on the shared server.
+    async fn postgres() -> TestDb {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let server = server();
+        let name = format!("storage_{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let mut admin = sqlx::PgConnection::connect(&server.url()).await.unwrap();
+        admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+        admin.close().await.unwrap();
+        TestDb {
+            dir: tempfile::tempdir().unwrap(),
+            database: Database::Postgres(server.url_of(&name)),
+            blobs: BlobConfig::default(),
+        }
+    }
+
+    /// A new Postgres database, and a new prefix in the shared SeaweedFS bucket.
+    async fn postgres_s3() -> TestDb {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let store = seaweed();
+        let prefix = format!(
+            "storage-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        TestDb {
+            blobs: BlobConfig {
+                url: Some(format!("s3://{}/{prefix}", common::seaweed::BUCKET)),
+                s3_endpoint: Some(store.endpoint()),
+                s3_region: None,
+                s3_access_key: Some(common::seaweed::ACCESS_KEY.into()),
+                s3_secret_key: Some(common::seaweed::SECRET_KEY.into()),
+                s3_conditional_put: true,
+            },
+            ..TestDb::postgres().await
+        }
+    }
+
+    /// Whether files live in the data directory (and a crash's half-written ones can be made by hand).
+    fn local_files(&self) -> bool {
+        self.blobs.url.is_none()
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn config(&self, image_retention: u64) -> StorageConfig {
+        StorageConfig {
+            data_dir: self.dir().to_path_buf(),
+            database: self.database.clone(),
+            blobs: self.blobs.clone(),
+            image_retention,
+            durability: Durability::Full,
+        }
+    }
+
+    async fn open(&self, image_retention: u64) -> Storage {
+        Storage::connect(&self.config(image_retention)).await.unwrap()
+    }
+
+    async fn open_with(&self, image_retention: u64, durability: Durability) -> Storage {
+        let config = StorageConfig {
+            durability,
+            ..self.config(image_retention)
+        };
+        Storage::connect(&config).await.unwrap()
+    }
+}
+
+/// `on_both_backends!(name)` runs `async fn name(db: TestDb)` as `name::sqlite`, `name::postgres` and
+/// `name::postgres_s3`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::TestDb::sqlite()).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::TestDb::postgres().await).await
+            }
+            #[tokio::test]
+            async fn postgres_s3() {
+                super::$name(super::TestDb::postgres_s3().await).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    a_reopen_sweeps_what_a_crash_left_and_keeps_what_was_recorded,
+    keeps_the_newest_and_survives_a_reopen,
+    a_damaged_file_is_noticed,
+    feedback_outlives_its_image_and_pages_with_filters,
+    retention_zero_stores_nothing,
+    an_unwritable_data_dir_is_a_clear_error,
+    jobs_move_once_to_a_final_status_and_interrupted_ones_fail,
+    one_version_is_active,
+    many_writers_at_once_lose_nothing,
+    a_folder_version_keeps_its_source,
+);
+
+// ---- One schema on both backends -------------------------------------------------------------------------
+
+/// table → [(column, nullable)], sorted by column.
+type Columns = BTreeMap<String, Vec<(String, bool)>>;
+
+async fn migrator(backend: &str) -> Migrator {
+    let dir = common::repo_path(&format!("src/storage/migrations/{backend}"));
+    Migrator::new(Path::new(&dir)).await.expect("read the migrations")
+}
+
+#[tokio::test]
+async fn both_backends_have_the_same_migrations() {
+    let (sqlite, postgres) = (migrator("sqlite").await, migrator("postgres").await);
+    let list = |migrator: &Migrator| -> Vec<(i64, String)> {
+        migrator
+            .iter()
+            .map(|migration| (migration.version, migration.description.to_string()))
+            .collect()
+    };
+    assert!(!list(&sqlite).is_empty());
+    assert_eq!(list(&sqlite), list(&postgres));
+}
+
+async fn sqlite_columns() -> Columns {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    migrator("sqlite").await.run(&pool).await.unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_%' ESCAPE '\\' \
+         AND name NOT LIKE 'sqlite%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut columns = Columns::new();
+    for table in tables {
+        let rows = sqlx::query(&format!("PRAGMA table_info({table})"))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let mut list: Vec<(String, bool)> = rows
+            .iter()
+            .map(|row| {
+                let primary: i64 = row.get("pk");
+                let not_null: i64 = row.get("notnull");
+                (row.get("name"), primary == 0 && not_null == 0)
+            })
+            .collect();
+        // SQLite's implicit rowid, which Postgres spells out as a column.
+        list.push(("rowid".to_string(), false));
+        list.sort();
+        columns.insert(table, list);
+    }
+    columns
+}
+
+async fn postgres_columns(url: &str) -> Columns {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .unwrap();
+    migrator("postgres").await.run(&pool).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT table_name::text AS table_name, column_name::text AS column_name, is_nullable::text AS nullable \
+         FROM information_schema.columns WHERE table_schema = 'public' AND table_name NOT LIKE '\\_%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut columns = Columns::new();
+    for row in rows {
+        let nullable: String = row.get("nullable");
+        columns
+            .entry(row.get("table_name"))
+            .or_default()
+            .push((row.get("column_name"), nullable == "YES"));
+    }
+    for list in columns.values_mut() {
+        list.sort();
+    }
+    pool.close().await;
+    columns
+}
+
+#[tokio::test]
+async fn both_backends_have_the_same_tables_and_columns() {
+    let Database::Postgres(url) = TestDb::postgres().await.database else {
+        unreachable!()
+    };
+    let (sqlite, postgres) = (sqlite_columns().await, postgres_columns(&url).await);
+    assert!(
+        sqlite.contains_key("feedback") && sqlite.contains_key("fine_tunes"),
+        "{sqlite:?}"
+    );
+    assert_eq!(sqlite, postgres);
+}
+
+// ---- Errors that name the database ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_unreachable_postgres_is_a_clear_error_without_its_password() {
+    let port = common::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("postgres://app:s3cret@127.0.0.1:{port}/t2i");
+    let config = StorageConfig {
+        database: Database::from_url(Some(&url), dir.path()).unwrap(),
+        ..StorageConfig::embedded(dir.path(), 1)
+    };
+    let started = std::time::Instant::now();
+    let err = Storage::connect(&config).await.err().unwrap();
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("postgres://app:***@127.0.0.1:{port}/t2i")),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn ping_fails_once_the_database_is_gone() {
+    let db = TestDb::postgres().await;
+    let storage = db.open(1).await;
+    storage.ping().await.unwrap();
+    let Database::Postgres(url) = &db.database else {
+        unreachable!()
+    };
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let mut admin = sqlx::PgConnection::connect(&server().url()).await.unwrap();
+    admin
+        .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
+        .await
+        .unwrap();
+    let err = storage.ping().await.unwrap_err();
+    assert_eq!(err.kind(), "unavailable", "{err}");
+    assert!(err.to_string().contains(&name), "{err}");
+}
+
+// ---- The suite ----------------------------------------------------------------------------------------------
+
+fn image(seed: u64) -> StoredImage {
+    StoredImage {
+        png: Arc::new(vec![seed as u8; 16]),
+        prompt: "a red circle".into(),
+        seed,
+        model: "shapes-sd".into(),
+        reward: Some(0.5),
+    }
+}
+
+async fn a_reopen_sweeps_what_a_crash_left_and_keeps_what_was_recorded(db: TestDb) {
+    let storage = db.open(5).await;
+    let kept = storage.insert_image(&image(1)).await.unwrap().unwrap();
+    // A crash between writing a file and committing its row, and (in a local folder) one in the middle of
+    // writing a file.
+    let orphan = "images/img_0123456789abcdef0123456789abcdef.png";
+    storage.blobs().put(orphan, b"orphan".to_vec()).await.unwrap();
+    storage
+        .blobs()
+        .put("feedback/fb_orphan.png", b"orphan".to_vec())
+        .await
+        .unwrap();
+    if db.local_files() {
+        std::fs::write(db.dir().join("images/img_x.png#17"), b"half").unwrap();
+        std::fs::write(db.dir().join("images/img_y.partial-0123"), b"half").unwrap();
+    }
+    drop(storage);
+    let reopened = db.open_with(5, Durability::Normal).await;
+    let listed = |folder: &'static str| {
+        let storage = &reopened;
+        async move {
+            let mut keys: Vec<String> = storage
+                .blobs()
+                .list(folder)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|b| b.key)
+                .collect();
+            keys.sort();
+            keys
+        }
+    };
+    if reopened.orphan_grace().is_zero() {
+        // SQLite and a local folder: this process alone writes them, so the start-up sweep removes every orphan.
+        assert_eq!(listed("images").await, vec![format!("images/{kept}.png")]);
+        assert!(listed("feedback").await.is_empty());
+        let left: Vec<String> = std::fs::read_dir(db.dir().join("images"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, vec![format!("{kept}.png")], "half-written files go too");
+    } else {
+        // A shared store: another replica may be about to commit the row of a young file, so it stays until
+        // it is older than the grace.
+        assert!(listed("images").await.contains(&orphan.to_string()));
+        assert_eq!(reopened.sweep(std::time::Duration::from_secs(600)).await.unwrap(), 0);
+        assert!(reopened.sweep(std::time::Duration::ZERO).await.unwrap() >= 2);
+        assert_eq!(listed("images").await, vec![format!("images/{kept}.png")]);
+        assert!(listed("feedback").await.is_empty());
+    }
+    assert_eq!(reopened.image(&kept, "id").await.unwrap().seed, 1);
+    assert_eq!(
+        db.dir().join("images").exists(),
+        db.local_files(),
+        "files live in the data directory only when no object store is named"
+    );
+}
+
+async fn keeps_the_newest_and_survives_a_reopen(db: TestDb) {
+    let storage = db.open(2).await;
+    let first = storage.insert_image(&image(1)).await.unwrap().unwrap();
+    let second = storage.insert_image(&image(2)).await.unwrap().unwrap();
+    let third = storage.insert_image(&image(u64::MAX)).await.unwrap().unwrap();
+    assert!(first.starts_with("img_") && first.len() == 36);
+    assert_eq!(storage.image_count().await.unwrap(), 2);
+    let err = storage.image(&first, "image_ids[1]").await.unwrap_err();
+    assert_eq!(err.param(), Some("image_ids[1]"));
+    assert!(err.to_string().contains("last 2 generated images"), "{err}");
+    assert!(
+        !storage.blobs().exists(&format!("images/{first}.png")).await.unwrap(),
+        "the old file is gone too"
+    );
+    drop(storage);
+
+    let reopened = db.open(2).await;
+    assert_eq!(reopened.image(&second, "id").await.unwrap().seed, 2);
+    let last = reopened.image(&third, "id").await.unwrap();
+    assert_eq!(last.seed, u64::MAX);
+    assert_eq!(last.reward, Some(0.5));
+    assert_eq!(*last.png, vec![255u8; 16]);
+}
+
+async fn a_damaged_file_is_noticed(db: TestDb) {
+    let storage = db.open(5).await;
+    let id = storage.insert_image(&image(3)).await.unwrap().unwrap();
+    // Damaged in place, as a disk or a store's bug would.
+    storage
+        .blobs()
+        .put(&format!("images/{id}.png"), b"garbage".to_vec())
+        .await
+        .unwrap();
+    let err = storage.image(&id, "id").await.unwrap_err();
+    assert!(err.to_string().contains("SHA-256"), "{err}");
+}
+
+async fn feedback_outlives_its_image_and_pages_with_filters(db: TestDb) {
+    let storage = db.open(1).await;
+    let id = storage.insert_image(&image(1)).await.unwrap().unwrap();
+    let stored = storage.image(&id, "image_id").await.unwrap();
+    let mut ids = Vec::new();
+    for (index, label) in [Label::Good, Label::Bad, Label::Good, Label::Skip]
+        .into_iter()
+        .enumerate()
+    {
+        let feedback = storage
+            .insert_feedback(&NewFeedback {
+                image_id: Some(id.clone()),
+                model: (index < 3).then(|| stored.model.clone()),
+                prompt: stored.prompt.clone(),
+                label,
+                rater: Some(if index < 2 { "ann" } else { "bob" }.into()),
+                image: stored.png.clone(),
+                extension: "png",
+            })
+            .await
+            .unwrap();
+        ids.push(feedback.id);
+    }
+    // The image expires; its ratings keep their copy.
+    storage.insert_image(&image(2)).await.unwrap();
+    assert!(storage.image(&id, "image_id").await.is_err());
+    let query = |label, rater: Option<&str>, after: Option<&String>, limit| FeedbackQuery {
+        label,
+        rater: rater.map(str::to_string),
+        image_id: None,
+        model: None,
+        after: after.cloned(),
+        limit,
+    };
+    let (page, more) = storage.list_feedback(&query(None, None, None, 3)).await.unwrap();
+    assert_eq!(page.len(), 3);
+    assert!(more);
+    let (rest, more) = storage
+        .list_feedback(&query(None, None, Some(&page[2].id), 3))
+        .await
+        .unwrap();
+    assert_eq!(rest.iter().map(|f| &f.id).collect::<Vec<_>>(), vec![&ids[3]]);
+    assert!(!more);
+    let (good, _) = storage
+        .list_feedback(&query(Some(Label::Good), None, None, 10))
+        .await
+        .unwrap();
+    assert_eq!(good.len(), 2);
+    let (bob_good, _) = storage
+        .list_feedback(&query(Some(Label::Good), Some("bob"), None, 10))
+        .await
+        .unwrap();
+    assert_eq!(bob_good.len(), 1);
+    assert_eq!(*storage.feedback_image(&bob_good[0]).await.unwrap(), vec![1u8; 16]);
+    // The generating model is kept with the rating, after the image has gone.
+    let (by_model, _) = storage
+        .list_feedback(&FeedbackQuery {
+            model: Some(stored.model.clone()),
+            ..query(None, None, None, 10)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_model.iter().map(|f| &f.id).collect::<Vec<_>>(),
+        ids[..3].iter().collect::<Vec<_>>()
+    );
+    assert!(by_model
+        .iter()
+        .all(|f| f.model.as_deref() == Some(stored.model.as_str())));
+    let (other, _) = storage
+        .list_feedback(&FeedbackQuery {
+            model: Some("ft-other".into()),
+            ..query(None, None, None, 10)
+        })
+        .await
+        .unwrap();
+    assert!(other.is_empty());
+    let err = storage
+        .list_feedback(&query(None, None, Some(&"fb_nope".to_string()), 3))
+        .await
+        .unwrap_err();
+    assert_eq!(err.param(), Some("after"));
+    let gone = storage
+        .list_feedback(&query(
+            None,
+            None,
+            Some(&"fb_0123456789abcdef0123456789abcdef".to_string()),
+            3,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.kind(), "not_found", "{gone}");
+}
+
+async fn retention_zero_stores_nothing(db: TestDb) {
+    let storage = db.open(0).await;
+    assert!(storage.insert_image(&image(1)).await.unwrap().is_none());
+    assert_eq!(storage.image_count().await.unwrap(), 0);
+}
+
+async fn an_unwritable_data_dir_is_a_clear_error(db: TestDb) {
+    let blocker = db.dir().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let config = StorageConfig {
+        data_dir: blocker.join("data"),
+        ..db.config(1)
+    };
+    let err = Storage::connect(&config).await.err().unwrap();
+    assert!(err.to_string().contains("cannot create it"), "{err}");
+}
+
+async fn jobs_move_once_to_a_final_status_and_interrupted_ones_fail(db: TestDb) {
+    let storage = db.open(1).await;
+    let spec = serde_json::json!({"steps": 3});
+    storage.insert_job("ft_a", "base", &spec).await.unwrap();
+    storage.insert_job("ft_b", "base", &spec).await.unwrap();
+    assert_eq!(storage.next_queued_job().await.unwrap().unwrap().id, "ft_a");
+    assert!(storage.set_job_status("ft_a", JobStatus::Running, None).await.unwrap());
+    assert_eq!(storage.next_queued_job().await.unwrap().unwrap().id, "ft_b");
+    assert!(storage
+        .set_job_status("ft_b", JobStatus::Cancelled, None)
+        .await
+        .unwrap());
+    assert!(!storage.set_job_status("ft_b", JobStatus::Running, None).await.unwrap());
+    drop(storage);
+
+    let storage = db.open(1).await;
+    assert_eq!(storage.fail_interrupted_jobs().await.unwrap(), vec!["ft_a".to_string()]);
+    let job = storage.job("ft_a").await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert!(job.error.unwrap().contains("interrupted"));
+    assert!(job.finished_at.is_some());
+    let (events, more) = storage.list_events("ft_a", None, 10).await.unwrap();
+    assert!(!more);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].level, "error");
+    let (jobs, more) = storage.list_jobs(None, None, 1).await.unwrap();
+    assert_eq!(jobs[0].id, "ft_b", "newest first");
+    assert!(more);
+    let (jobs, more) = storage.list_jobs(None, Some("ft_b"), 5).await.unwrap();
+    assert_eq!(jobs.iter().map(|job| job.id.as_str()).collect::<Vec<_>>(), vec!["ft_a"]);
+    assert!(!more);
+    let (failed, _) = storage.list_jobs(Some(JobStatus::Failed), None, 5).await.unwrap();
+    assert_eq!(failed.len(), 1);
+}
+
+async fn one_version_is_active(db: TestDb) {
+    let storage = db.open(1).await;
+    storage
+        .upsert_folder_version("base", VersionKind::Diffusion, "/models/base")
+        .await
+        .unwrap();
+    storage
+        .upsert_folder_version("other", VersionKind::Diffusion, "/models/other")
+        .await
+        .unwrap();
+    storage.set_active_version("base").await.unwrap();
+    storage.set_active_version("other").await.unwrap();
+    let versions = storage.versions(VersionKind::Diffusion).await.unwrap();
+    let active: Vec<_> = versions.iter().filter(|v| v.active).map(|v| v.id.as_str()).collect();
+    assert_eq!(active, vec!["other"]);
+    assert!(matches!(
+        storage.set_active_version("missing").await,
+        Err(Error::NotFound(_))
+    ));
+    let still: Vec<_> = storage
+        .versions(VersionKind::Diffusion)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|v| v.active)
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(still, vec!["other".to_string()], "a failed activation changes nothing");
+}
+
+/// Writers on several connections at once: every rating and job lands, with no lost or duplicated row.
+async fn many_writers_at_once_lose_nothing(db: TestDb) {
+    let storage = Arc::new(db.open(100).await);
+    let mut tasks = Vec::new();
+    for index in 0..24u64 {
+        let storage = storage.clone();
+        tasks.push(tokio::spawn(async move {
+            storage
+                .insert_feedback(&NewFeedback {
+                    image_id: None,
+                    model: None,
+                    prompt: format!("prompt {index}"),
+                    label: if index % 2 == 0 { Label::Good } else { Label::Bad },
+                    rater: Some("ann".into()),
+                    image: Arc::new(vec![index as u8; 8]),
+                    extension: "png",
+                })
+                .await
+                .unwrap();
+            storage
+                .insert_job(&format!("ft_{index:032}"), "base", &serde_json::json!({"index": index}))
+                .await
+                .unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (ratings, more) = storage
+        .list_feedback(&FeedbackQuery {
+            limit: 100,
+            ..FeedbackQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(!more);
+    assert_eq!(ratings.len(), 24);
+    let mut prompts: Vec<_> = ratings.iter().map(|rating| rating.prompt.clone()).collect();
+    prompts.sort();
+    prompts.dedup();
+    assert_eq!(prompts.len(), 24);
+    let counts = storage.job_counts().await.unwrap();
+    assert_eq!(counts, vec![("queued".to_string(), 24)]);
+    // The job pages walk every job once, newest first.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (page, more) = storage.list_jobs(None, after.as_deref(), 5).await.unwrap();
+        seen.extend(page.iter().map(|job| job.id.clone()));
+        after = page.last().map(|job| job.id.clone());
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 24);
+    let job = storage.job(&seen[0]).await.unwrap().unwrap();
+    assert_eq!(
+        job.spec["index"].as_u64().map(|index| format!("ft_{index:032}")),
+        Some(job.id)
+    );
+}
+
+/// A folder's version may move (its path is refreshed), but never overwrites a fine-tuned version's row.
+async fn a_folder_version_keeps_its_source(db: TestDb) {
+    let storage = db.open(1).await;
+    storage
+        .upsert_folder_version("base", VersionKind::Diffusion, "/models/a")
+        .await
+        .unwrap();
+    let moved = storage
+        .upsert_folder_version("base", VersionKind::Diffusion, "/models/b")
+        .await
+        .unwrap();
+    assert_eq!(moved.path, "/models/b");
+    let mut tuned = moved.clone();
+    tuned.id = "ft-1".into();
+    tuned.source = "fine_tune".into();
+    tuned.path = "models/ft-1".into();
+    tuned.parent = Some("base".into());
+    tuned.metrics = Some(serde_json::json!({"reward": 0.5}));
+    storage.insert_version(&tuned).await.unwrap();
+    let kept = storage
+        .upsert_folder_version("ft-1", VersionKind::Diffusion, "/elsewhere")
+        .await
+        .unwrap();
+    assert_eq!(kept.source, "fine_tune");
+    assert_eq!(kept.path, "models/ft-1");
+    assert_eq!(kept.metrics, Some(serde_json::json!({"reward": 0.5})));
+    let all = storage.versions(VersionKind::Diffusion).await.unwrap();
+    assert_eq!(
+        all.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+        vec!["base", "ft-1"]
+    );
+    assert!(storage.versions(VersionKind::Reward).await.unwrap().is_empty());
+}
