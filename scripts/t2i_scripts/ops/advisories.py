@@ -36,7 +36,8 @@ LOCKS = [ROOT / "Cargo.lock", ROOT / "fuzz" / "Cargo.lock"]
 IGNORED = {
     "RUSTSEC-2023-0071": (
         "rsa",
-        "in the lock files through sqlx's MySQL driver, which this build does not enable (SQLite only)",
+        "in the lock files through sqlx's MySQL driver, which this build does not enable "
+        "(SQLite and Postgres only)",
     ),
 }
 
