@@ -32,15 +32,6 @@ pub enum Backend {
     Postgres,
 }
 
-impl Backend {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-        }
-    }
-}
-
 impl Database {
     /// `url` as given to `--database-url`, or SQLite in the data directory when there is none.
     pub fn from_url(url: Option<&str>, data_dir: &Path) -> Result<Self> {

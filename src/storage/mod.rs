@@ -237,11 +237,6 @@ impl Storage {
         &self.blobs
     }
 
-    /// The database, as logs may show it (no password).
-    pub fn database(&self) -> &Database {
-        &self.database
-    }
-
     /// Whether the database and the object store answer within two seconds each (for `/ready`); the error
     /// names the one that does not.
     pub async fn ping(&self) -> Result<()> {
