@@ -309,8 +309,10 @@ fn retraining_the_reward_model_registers_a_reward_version_and_scores_with_it() {
     assert_eq!(record["kind"], "reward");
     assert_eq!(record["active"], false);
     assert!(record["checksummed_files"].as_u64().unwrap() >= 3, "{record}");
-    // The folder it was registered under serves as a reward model.
-    let manifest = data.path().join("models").join(version).join("manifest.json");
+    // The folder it was registered under (a new prefix per registration) serves as a reward model.
+    let files = record["files"].as_str().unwrap();
+    assert!(files.starts_with(&format!("models/{version}-")), "{record}");
+    let manifest = data.path().join(files).join("manifest.json");
     let manifest: Value = serde_json::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
     assert_eq!(manifest["name"], version);
     assert!(events(&server, &id)

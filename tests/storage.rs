@@ -150,6 +150,7 @@ on_both_backends!(
     one_version_is_active,
     many_writers_at_once_lose_nothing,
     a_folder_version_keeps_its_source,
+    a_version_registers_once_and_every_replica_fetches_it_intact,
 );
 
 // ---- One schema on both backends -------------------------------------------------------------------------
@@ -676,4 +677,117 @@ async fn a_folder_version_keeps_its_source(db: TestDb) {
         vec!["base", "ft-1"]
     );
     assert!(storage.versions(VersionKind::Reward).await.unwrap().is_empty());
+}
+
+/// A model folder as a trainer leaves it, with `tag` in its weights.
+fn candidate(parent: &Path, name: &str, tag: &str) -> std::path::PathBuf {
+    let folder = parent.join(name);
+    std::fs::create_dir_all(folder.join("unet")).unwrap();
+    std::fs::write(folder.join("unet/model.onnx"), format!("weights {tag}")).unwrap();
+    std::fs::write(folder.join("model_index.json"), b"{}").unwrap();
+    folder
+}
+
+/// Registration (#25): files, then a create-only manifest, then the row; two racing registrations of one id
+/// leave exactly one version and no stray files; a second replica (its own data directory, the same database
+/// and store) fetches the version, downloading it from a remote store and checking every digest.
+async fn a_version_registers_once_and_every_replica_fetches_it_intact(db: TestDb) {
+    use t2i_align::registry::{Candidate, Registry, MANIFEST};
+    let storage = Arc::new(db.open(1).await);
+    let registry = Arc::new(Registry::new(storage.clone(), db.dir()).unwrap());
+    let jobs = tempfile::tempdir().unwrap();
+    let metrics = serde_json::json!({"gate": {"passed": true}});
+    // Two jobs race to register the same version id.
+    let register = |folder: std::path::PathBuf| {
+        let registry = registry.clone();
+        let metrics = metrics.clone();
+        async move {
+            registry
+                .register_candidate(Candidate {
+                    kind: VersionKind::Diffusion,
+                    folder: &folder,
+                    id: "base-ft-1",
+                    parent: "base",
+                    job_id: "ft_1",
+                    metrics: &metrics,
+                })
+                .await
+        }
+    };
+    let first = candidate(jobs.path(), "a", "a");
+    let second = candidate(jobs.path(), "b", "b");
+    let (one, two) = tokio::join!(register(first.clone()), register(second.clone()));
+    assert!(one.is_ok() != two.is_ok(), "exactly one wins: {one:?} {two:?}");
+    let (record, loser) = match one {
+        Ok(record) => (record, second),
+        Err(_) => (two.unwrap(), first),
+    };
+    assert!(
+        loser.join("unet/model.onnx").is_file(),
+        "the losing candidate is left where it was"
+    );
+    assert!(!loser.join(MANIFEST).exists());
+    let stored: Vec<String> = storage
+        .blobs()
+        .list("models")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.key)
+        .collect();
+    assert!(
+        stored.iter().all(|key| key.starts_with(&format!("{}/", record.path))),
+        "{stored:?}"
+    );
+    assert_eq!(stored.len(), 3, "two files and the manifest: {stored:?}");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &storage
+            .blobs()
+            .get(&format!("{}/{MANIFEST}", record.path))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["files"], record.checksums.clone().unwrap());
+    assert_eq!(storage.versions(VersionKind::Diffusion).await.unwrap().len(), 1);
+
+    let folder = registry.fetch(&record).await.unwrap();
+    assert!(folder.join("unet/model.onnx").is_file());
+
+    // Another replica: its own data directory, the same database and store (a local store named as a folder).
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut shared = db.config(1);
+    if db.local_files() {
+        shared.blobs.url = Some(format!("file://{}", db.dir().display()));
+    }
+    let other_storage = Arc::new(
+        Storage::connect(&StorageConfig {
+            data_dir: other_dir.path().to_path_buf(),
+            ..shared
+        })
+        .await
+        .unwrap(),
+    );
+    let other = Registry::new(other_storage, other_dir.path()).unwrap();
+    let fetched = other.fetch(&record).await.unwrap();
+    let weights = std::fs::read(fetched.join("unet/model.onnx")).unwrap();
+    assert!(weights == b"weights a" || weights == b"weights b");
+    if !db.local_files() {
+        assert!(
+            fetched.starts_with(other_dir.path()),
+            "a remote version is cached locally: {fetched:?}"
+        );
+        // A damaged copy in the store is refused, and so is the cache's, which is downloaded again.
+        std::fs::write(fetched.join("unet/model.onnx"), b"damaged").unwrap();
+        assert_eq!(other.fetch(&record).await.unwrap(), fetched);
+        assert_eq!(std::fs::read(fetched.join("unet/model.onnx")).unwrap(), weights);
+        storage
+            .blobs()
+            .put(&format!("{}/unet/model.onnx", record.path), b"damaged".to_vec())
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(&fetched).unwrap();
+        let err = other.fetch(&record).await.unwrap_err();
+        assert!(err.to_string().contains("unet/model.onnx"), "{err}");
+    }
 }

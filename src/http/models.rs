@@ -35,7 +35,7 @@ pub struct ModelOut {
     /// Always `model`.
     pub object: String,
     /// `diffusion` (served by /generate) or `reward` (a reward model a job retrained; serve it with
-    /// `--reward-model <data-dir>/models/<id>`).
+    /// `--reward-model <data-dir>/<files>`).
     pub kind: String,
     pub created_at: i64,
     /// `folder` (served from --model) or `fine_tune` (registered by a job).
@@ -53,6 +53,10 @@ pub struct ModelOut {
     pub metrics: Option<Value>,
     /// How many files have a recorded SHA-256, checked before it loads.
     pub checksummed_files: usize,
+    /// Where its files are: the `--model` folder, or a registered version's prefix in the object store
+    /// (`models/<id>-<8 hex>`, a new one per registration; in the default local store, a folder of the data
+    /// directory).
+    pub files: String,
 }
 
 /// Every model version (diffusion, then reward), oldest first, and the active diffusion version.
@@ -102,6 +106,7 @@ async fn model_list(state: &AppState) -> Result<ModelList> {
                     .as_ref()
                     .and_then(Value::as_object)
                     .map_or(0, |sums| sums.len()),
+                files: version.path.clone(),
             }
         })
         .collect();

@@ -144,7 +144,7 @@ impl JobManager {
                 self.services.pool.registry().version(&active, "base_model").await?
             }
         };
-        let folder = self.services.pool.registry().folder(&base);
+        let folder = self.services.pool.registry().fetch(&base).await?;
         if !folder.join("diffusers/model_index.json").is_file() {
             return Err(Error::validation(
                 "base_model",

@@ -26,6 +26,7 @@ impl JobContext<'_> {
         let registry = self.services.pool.registry().clone();
         let version_id = self.version_id(current.name());
         let base = registry.version(&self.spec.base_model, "base_model").await?;
+        let base_folder = registry.fetch(&base).await?;
         let folder = self.folder.join("reward");
         if folder.exists() {
             let _ = std::fs::remove_dir_all(&folder);
@@ -35,7 +36,7 @@ impl JobContext<'_> {
             ("--samples", data.join("samples.jsonl").to_string_lossy().into_owned()),
             (
                 "--tokenizer",
-                registry.folder(&base).join("tokenizer").to_string_lossy().into_owned(),
+                base_folder.join("tokenizer").to_string_lossy().into_owned(),
             ),
             ("--out", folder.to_string_lossy().into_owned()),
             ("--name", version_id.clone()),

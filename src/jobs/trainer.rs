@@ -161,7 +161,7 @@ impl JobContext<'_> {
                 .registry()
                 .version(&self.spec.base_model, "base_model")
                 .await?;
-            self.services.pool.registry().folder(&version)
+            self.services.pool.registry().fetch(&version).await?
         };
         let hyper = &self.spec.hyperparameters;
         let pretrain = match self.spec.pretrain_data.kind.as_str() {

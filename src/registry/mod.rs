@@ -3,10 +3,14 @@
 //!
 //! A `--model` folder is registered as a version named after the folder and served where it is. A fine-tune
 //! job's candidate is registered by `register_candidate`: the trainer wrote it into a temporary folder in the
-//! job's directory, the job checked that it loads, and here each file's SHA-256 is recorded and the folder is
-//! renamed into `models/<id>/` of the data directory before its row is inserted. A version's files are checked
-//! against the recorded digests before it is loaded, so a damaged version is refused and the active one keeps
-//! serving.
+//! job's directory, the job checked that it loads, and here (#25) each file's SHA-256 is recorded, the files
+//! go into the object store under a new, unique prefix (`models/<id>-<8 hex>/`), a manifest with the digests
+//! is written there create-only, and only then is the row inserted: the row is the commit point. Nothing is
+//! renamed on S3; in a local store the folder is renamed into place, which is atomic.
+//!
+//! A replica serves a version from a folder on its own disk: a local store's folder as it is, or, for S3, a
+//! copy downloaded into `cache/` of its data directory. Files are checked against the recorded digests before
+//! a version is loaded, so a damaged version is refused and the active one keeps serving.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -19,8 +23,12 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::storage::{Storage, VersionKind, VersionRecord};
 
-/// The data directory's folder for registered versions.
+/// The object store's folder for registered versions (in a local store, the data directory's `models/`).
 pub const VERSIONS_DIR: &str = "models";
+/// The data directory's folder for versions downloaded from a remote store.
+pub const CACHE_DIR: &str = "cache";
+/// The file in a version's prefix that lists its files and their SHA-256, written last and create-only.
+pub const MANIFEST: &str = "t2i-align-manifest.json";
 
 pub struct Registry {
     storage: Arc<Storage>,
@@ -39,7 +47,10 @@ pub struct Candidate<'a> {
 
 impl Registry {
     pub fn new(storage: Arc<Storage>, data_dir: &Path) -> Result<Self> {
-        let versions = data_dir.join(VERSIONS_DIR);
+        let versions = storage
+            .blobs()
+            .local_path(VERSIONS_DIR)
+            .unwrap_or_else(|| data_dir.join(CACHE_DIR).join(VERSIONS_DIR));
         std::fs::create_dir_all(&versions)
             .map_err(|err| Error::Config(format!("cannot create {}: {err}", versions.display())))?;
         Ok(Registry {
@@ -70,8 +81,8 @@ impl Registry {
             let ancestors = lineage(&versions, active);
             let root = ancestors.last().map_or(active.id.as_str(), String::as_str);
             if root == folder_id && active.id != folder_id {
-                match self.verify(active).await {
-                    Ok(()) => return Ok(active.clone()),
+                match self.fetch(active).await {
+                    Ok(_) => return Ok(active.clone()),
                     Err(err) => tracing::warn!(
                         version = %active.id,
                         error = %err,
@@ -84,23 +95,43 @@ impl Registry {
         self.version(folder_id, "model").await
     }
 
-    /// Removes folders under `models/` that no version row points at: a registration cut short by a crash.
+    /// Removes what a registration cut short by a crash left: folders under this replica's `models/` (a local
+    /// store's, or the download cache) that no version row points at, and, in a remote store, version prefixes
+    /// with no row that are older than the store's orphan grace (another replica may be registering them).
     pub async fn remove_unregistered(&self) -> Result<()> {
-        let versions = self.data_dir.join(VERSIONS_DIR);
+        let versions = self.local_versions_dir();
         let entries = std::fs::read_dir(&versions)
             .map_err(|err| Error::Config(format!("cannot list {}: {err}", versions.display())))?;
+        let rows = self.storage.versions_of_all_kinds().await?;
+        let registered: std::collections::HashSet<PathBuf> = rows.iter().map(|version| self.folder(version)).collect();
         for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let registered = match self.storage.version(&name).await? {
-                Some(version) => self.folder(&version) == entry.path(),
-                None => false,
-            };
-            if !registered {
+            if !registered.contains(&entry.path()) {
                 tracing::warn!(folder = %entry.path().display(), "removing a model folder that was never registered");
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
+        let blobs = self.storage.blobs();
+        if blobs.is_local() {
+            return Ok(());
+        }
+        let prefixes: std::collections::HashSet<&str> = rows.iter().map(|version| version.path.as_str()).collect();
+        let grace = self.storage.orphan_grace();
+        for blob in blobs.list(VERSIONS_DIR).await? {
+            let prefix: String = blob.key.splitn(3, '/').take(2).collect::<Vec<_>>().join("/");
+            if !prefixes.contains(prefix.as_str()) && crate::storage::is_older(Some(blob.modified), grace) {
+                tracing::warn!(key = %blob.key, "removing a model file that was never registered");
+                blobs.delete(&blob.key).await?;
+            }
+        }
         Ok(())
+    }
+
+    /// The folder on this machine that holds the store's versions.
+    fn local_versions_dir(&self) -> PathBuf {
+        self.storage
+            .blobs()
+            .local_path(VERSIONS_DIR)
+            .unwrap_or_else(|| self.data_dir.join(CACHE_DIR).join(VERSIONS_DIR))
     }
 
     /// The version `id`, or a 422 naming `field` that lists the known ones.
@@ -126,14 +157,68 @@ impl Registry {
         ))
     }
 
-    /// Where a version's files are.
+    /// Where a version's files are on this machine: a `--model` folder where it is; a fine-tuned version in a
+    /// local store where the store keeps it, else in the download cache (see `fetch`).
     pub fn folder(&self, version: &VersionRecord) -> PathBuf {
         let path = PathBuf::from(&version.path);
         if path.is_absolute() {
-            path
-        } else {
-            self.data_dir.join(path)
+            return path;
         }
+        match self.storage.blobs().local_path(&version.path) {
+            Some(local) => local,
+            None => self.data_dir.join(CACHE_DIR).join(path),
+        }
+    }
+
+    /// The version's folder on this machine, its files checked against the recorded digests. A version in a
+    /// remote store is downloaded into the cache first (into a staging folder, checked, then renamed), unless
+    /// an intact copy is there already.
+    pub async fn fetch(&self, version: &VersionRecord) -> Result<PathBuf> {
+        let folder = self.folder(version);
+        let remote = !self.storage.blobs().is_local() && !Path::new(&version.path).is_absolute();
+        if remote && !(folder.is_dir() && self.verify(version).await.is_ok()) {
+            self.download(version, &folder).await?;
+        }
+        self.verify(version).await?;
+        Ok(folder)
+    }
+
+    async fn download(&self, version: &VersionRecord, folder: &Path) -> Result<()> {
+        let Some(Value::Object(files)) = version.checksums.clone() else {
+            return Err(Error::Internal(format!(
+                "version `{}` records no files to download",
+                version.id
+            )));
+        };
+        let staging = folder.with_extension(format!("partial-{}", uuid::Uuid::new_v4().simple()));
+        let result = async {
+            for relative in files.keys() {
+                let bytes = self
+                    .storage
+                    .blobs()
+                    .get(&format!("{}/{relative}", version.path))
+                    .await?;
+                let path = staging.join(relative);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|err| Error::Internal(format!("cannot create {}: {err}", parent.display())))?;
+                }
+                crate::storage::write_atomically(&path, &bytes)?;
+            }
+            let _ = std::fs::remove_dir_all(folder);
+            std::fs::rename(&staging, folder).map_err(|err| {
+                Error::Internal(format!(
+                    "cannot move {} to {}: {err}",
+                    staging.display(),
+                    folder.display()
+                ))
+            })
+        }
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        result.map(|_| tracing::info!(version = %version.id, folder = %folder.display(), "downloaded the version"))
     }
 
     /// Checks a registered version's files against the digests recorded when it was registered.
@@ -161,40 +246,74 @@ impl Registry {
         .map_err(|err| Error::Internal(format!("the checksum task stopped: {err}")))?
     }
 
-    /// Moves a checked candidate folder into the registry and records it, with the SHA-256 of every file.
-    /// On any failure nothing is registered and the candidate folder is left where it was.
+    /// Registers a checked candidate folder: its files go into the object store under a new prefix, then a
+    /// manifest with every file's SHA-256 (create-only), then the row, which is the commit point. The folder
+    /// is moved into place (a local store) or into the download cache (a remote one). On any failure nothing
+    /// is registered, what was written is removed, and the candidate folder is left where it was.
     pub async fn register_candidate(&self, candidate: Candidate<'_>) -> Result<VersionRecord> {
-        let relative = format!("{VERSIONS_DIR}/{}", candidate.id);
-        let target = self.data_dir.join(&relative);
-        if target.exists() {
-            return Err(Error::Internal(format!("{} exists already", target.display())));
-        }
+        let prefix = format!(
+            "{VERSIONS_DIR}/{}-{}",
+            candidate.id,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let folder = candidate.folder.to_path_buf();
         let checksums = tokio::task::spawn_blocking(move || checksums(&folder))
             .await
             .map_err(|err| Error::Internal(format!("the checksum task stopped: {err}")))??;
-        std::fs::rename(candidate.folder, &target).map_err(|err| {
-            Error::Internal(format!(
-                "cannot move {} to {}: {err}",
-                candidate.folder.display(),
-                target.display()
-            ))
-        })?;
         let record = VersionRecord {
             id: candidate.id.to_string(),
             created_at: crate::storage::now_millis(),
             kind: candidate.kind.name().into(),
             source: "fine_tune".into(),
-            path: relative,
+            path: prefix.clone(),
             parent: Some(candidate.parent.to_string()),
             job_id: Some(candidate.job_id.to_string()),
             metrics: Some(candidate.metrics.clone()),
-            checksums: Some(serde_json::to_value(checksums).unwrap_or(Value::Null)),
+            checksums: Some(serde_json::to_value(&checksums).unwrap_or(Value::Null)),
             active: false,
         };
-        if let Err(err) = self.storage.insert_version(&record).await {
-            // Put the folder back so the registry never holds files without a row.
-            let _ = std::fs::rename(&target, candidate.folder);
+        let target = self.folder(&record);
+        let blobs = self.storage.blobs();
+        let written = async {
+            if !blobs.is_local() {
+                for relative in checksums.keys() {
+                    let bytes = std::fs::read(candidate.folder.join(relative))
+                        .map_err(|err| Error::Internal(format!("cannot read {relative}: {err}")))?;
+                    blobs.put(&format!("{prefix}/{relative}"), bytes).await?;
+                }
+            }
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|err| Error::Internal(format!("cannot create {}: {err}", parent.display())))?;
+            }
+            std::fs::rename(candidate.folder, &target).map_err(|err| {
+                Error::Internal(format!(
+                    "cannot move {} to {}: {err}",
+                    candidate.folder.display(),
+                    target.display()
+                ))
+            })?;
+            let manifest = serde_json::json!({"id": candidate.id, "files": checksums});
+            if !blobs
+                .put_new(&format!("{prefix}/{MANIFEST}"), manifest.to_string().into_bytes())
+                .await?
+            {
+                return Err(Error::Internal(format!("{prefix}/{MANIFEST} exists already")));
+            }
+            self.storage.insert_version(&record).await
+        }
+        .await;
+        if let Err(err) = written {
+            // Nothing without a row stays: the manifest and the uploaded files go, the folder goes back.
+            let _ = blobs.delete(&format!("{prefix}/{MANIFEST}")).await;
+            if !blobs.is_local() {
+                for relative in checksums.keys() {
+                    let _ = blobs.delete(&format!("{prefix}/{relative}")).await;
+                }
+            }
+            if target.is_dir() {
+                let _ = std::fs::rename(&target, candidate.folder);
+            }
             return Err(err);
         }
         Ok(record)

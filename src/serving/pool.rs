@@ -109,8 +109,7 @@ impl ModelPool {
         if let Some(model) = self.cached(&version.id) {
             return Ok(model);
         }
-        self.registry.verify(version).await?;
-        let folder = self.registry.folder(version);
+        let folder = self.registry.fetch(version).await?;
         let model = Arc::new(self.load_folder(version.id.clone(), folder).await?);
         let mut evicted = Vec::new();
         if let Ok(mut loaded) = self.loaded.lock() {

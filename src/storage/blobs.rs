@@ -147,6 +147,11 @@ impl Blobs {
         self.local_root.is_some()
     }
 
+    /// Where `key` is on this machine, for a local store.
+    pub fn local_path(&self, key: &str) -> Option<PathBuf> {
+        self.local_root.as_ref().map(|root| root.join(key))
+    }
+
     /// Writes `bytes` under `key`, all or nothing.
     pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
         self.store

@@ -447,6 +447,17 @@ impl Storage {
         Ok(rows.iter().map(version_from_row).collect())
     }
 
+    /// Every version, diffusion and reward, oldest first.
+    pub async fn versions_of_all_kinds(&self) -> Result<Vec<VersionRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM model_versions ORDER BY created_at, rowid"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|err| self.database_error("cannot list model versions", err))?;
+        Ok(rows.iter().map(version_from_row).collect())
+    }
+
     /// Makes `id` the one active diffusion version, in one transaction.
     pub async fn set_active_version(&self, id: &str) -> Result<()> {
         let mut transaction = self

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 mod blobs;
 mod database;
 mod fine_tunes;
-pub use blobs::{BlobConfig, Blobs};
+pub use blobs::{is_older, BlobConfig, Blobs};
 pub use database::{redact, Backend, Database};
 pub use fine_tunes::{JobEvent, JobRecord, JobStatus, VersionKind, VersionRecord};
 

@@ -886,11 +886,17 @@ export interface components {
             checksummed_files: number;
             /** Format: int64 */
             created_at: number;
+            /**
+             * @description Where its files are: the `--model` folder, or a registered version's prefix in the object store
+             *     (`models/<id>-<8 hex>`, a new one per registration; in the default local store, a folder of the data
+             *     directory).
+             */
+            files: string;
             id: string;
             job_id?: string | null;
             /**
              * @description `diffusion` (served by /generate) or `reward` (a reward model a job retrained; serve it with
-             *     `--reward-model <data-dir>/models/<id>`).
+             *     `--reward-model <data-dir>/<files>`).
              */
             kind: string;
             /** @description Every ancestor, nearest first. */
