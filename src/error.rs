@@ -51,6 +51,13 @@ pub enum Error {
     #[error("{0}")]
     Unavailable(String),
 
+    /// A fine-tune job's attempt no longer holds its lease (another replica took the job over, or it was
+    /// cancelled); the write was refused, and the attempt stops.
+    #[error(
+        "fine-tune job `{job}` attempt {attempt} lost its lease: another replica took the job over or it was cancelled"
+    )]
+    LeaseLost { job: String, attempt: i64 },
+
     /// The caller went away, or the work was cancelled before it finished.
     #[error("the request was cancelled")]
     Cancelled,
@@ -114,6 +121,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::Conflict(_) => "conflict",
+            Error::LeaseLost { .. } => "lease_lost",
             Error::Unavailable(_) => "unavailable",
             Error::Cancelled => "cancelled",
             Error::Timeout { .. } => "timeout",

@@ -361,22 +361,30 @@ fn cancel_stops_the_trainer_and_registers_nothing() {
 }
 
 #[test]
-fn a_server_killed_mid_job_marks_it_failed_on_restart() {
+fn a_server_killed_mid_job_fails_it_once_its_lease_runs_out_on_the_last_attempt() {
     let data = tempfile::tempdir().unwrap();
-    let mut server = start(data.path(), &[]);
+    let leases = ["--job-lease-seconds", "2", "--job-max-attempts", "1"];
+    let mut server = start(data.path(), &leases);
     let created = server.post_json("/fine-tunes", &tiny_job(100_000).to_string());
     let id = created.json()["id"].as_str().unwrap().to_string();
-    wait_for(&server, &id, "trained", |_, events| {
+    let running = wait_for(&server, &id, "trained", |_, events| {
         events.iter().any(|event| event["data"]["event"] == "data")
     });
+    assert_eq!(running["attempt"], 1, "{running}");
+    let dead_worker = running["worker"].as_str().unwrap().to_string();
     server.kill();
     // The trainer dies with the server (PR_SET_PDEATHSIG): nothing keeps writing into the job folder.
     wait_no_trainer(&id);
 
-    let server = start(data.path(), &[]);
-    let failed = job(&server, &id);
+    // The next worker finds the dead one's lease expired, on the job's last attempt: it fails the job.
+    let server = start(data.path(), &leases);
+    let failed = wait_final(&server, &id);
     assert_eq!(failed["status"], "failed", "{failed}");
-    assert!(failed["error"].as_str().unwrap().contains("interrupted"), "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("interrupted") && error.contains(&dead_worker),
+        "{failed}"
+    );
     assert!(failed["finished_at"].is_number());
     let last = events(&server, &id).last().cloned().unwrap();
     assert_eq!(last["level"], "error");
@@ -469,14 +477,13 @@ fn bad_specs_get_a_422_naming_the_field() {
 }
 
 #[test]
-fn sigterm_records_the_running_job_as_interrupted_and_exits_zero() {
+fn sigterm_gives_the_running_job_back_to_the_queue_and_fails_it_on_its_last_attempt() {
     let data = tempfile::tempdir().unwrap();
     let mut server = start(data.path(), &["--shutdown-grace", "20"]);
     let created = server.post_json("/fine-tunes", &tiny_job(100_000).to_string());
     let id = created.json()["id"].as_str().unwrap().to_string();
-    wait_for(&server, &id, "trained", |_, events| {
-        events.iter().any(|event| event["data"]["event"] == "data")
-    });
+    let trained = |_: &Value, events: &[Value]| events.iter().any(|event| event["data"]["event"] == "data");
+    wait_for(&server, &id, "trained", trained);
     server.terminate();
     let status = server
         .wait_exit(Duration::from_secs(40))
@@ -484,6 +491,36 @@ fn sigterm_records_the_running_job_as_interrupted_and_exits_zero() {
     assert!(status.success(), "exit status {status:?}\n{}", server.log());
     wait_no_trainer(&id);
 
+    // Attempt 1 of 2 was interrupted: the job is queued again. An API-only replica runs no job, so it stays so.
+    let mut server = start(data.path(), &["--roles", "api"]);
+    let queued = job(&server, &id);
+    assert_eq!(
+        (&queued["status"], &queued["attempt"]),
+        (&json!("queued"), &json!(1)),
+        "{queued}"
+    );
+    assert!(queued["worker"].is_null(), "{queued}");
+    let last = events(&server, &id).last().cloned().unwrap();
+    assert!(last["message"].as_str().unwrap().contains("queued again"), "{last}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(job(&server, &id)["status"], "queued");
+    assert!(server.log().contains("runs no jobs (--roles api)"), "{}", server.log());
+    server.terminate();
+    server
+        .wait_exit(Duration::from_secs(40))
+        .expect("the API replica exits");
+
+    // A worker claims it as attempt 2 of 2; a shutdown now fails it, as interrupted.
+    let mut server = start(data.path(), &["--shutdown-grace", "20"]);
+    let running = wait_for(&server, &id, "trained again", |job, events| {
+        job["attempt"] == 2 && events.iter().filter(|event| event["data"]["event"] == "data").count() >= 2
+    });
+    assert_eq!(running["status"], "running");
+    server.terminate();
+    server
+        .wait_exit(Duration::from_secs(40))
+        .expect("the server exits after SIGTERM");
+    wait_no_trainer(&id);
     let server = start(data.path(), &[]);
     let failed = job(&server, &id);
     assert_eq!(failed["status"], "failed", "{failed}");

@@ -10,13 +10,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::{Connection, Executor, Row};
 use t2i_align::error::Error;
 use t2i_align::storage::{
     BlobConfig, Database, Durability, FeedbackQuery, JobStatus, Label, NewFeedback, Storage, StorageConfig,
-    StoredImage, VersionKind,
+    StoredImage, VersionKind, VersionRecord,
 };
 
 /// One Postgres server for this test binary; it stops when the process ends (its watchdog sees to that).
@@ -146,7 +147,10 @@ on_both_backends!(
     feedback_outlives_its_image_and_pages_with_filters,
     retention_zero_stores_nothing,
     an_unwritable_data_dir_is_a_clear_error,
-    jobs_move_once_to_a_final_status_and_interrupted_ones_fail,
+    jobs_move_once_to_a_final_status_and_page_newest_first,
+    racing_workers_claim_each_job_once,
+    a_lost_lease_fences_every_write,
+    stopped_workers_jobs_run_again_until_their_attempts_are_spent,
     one_version_is_active,
     many_writers_at_once_lose_nothing,
     a_folder_version_keeps_its_source,
@@ -518,31 +522,42 @@ async fn an_unwritable_data_dir_is_a_clear_error(db: TestDb) {
     assert!(err.to_string().contains("cannot create it"), "{err}");
 }
 
-async fn jobs_move_once_to_a_final_status_and_interrupted_ones_fail(db: TestDb) {
+async fn jobs_move_once_to_a_final_status_and_page_newest_first(db: TestDb) {
     let storage = db.open(1).await;
     let spec = serde_json::json!({"steps": 3});
     storage.insert_job("ft_a", "base", &spec).await.unwrap();
     storage.insert_job("ft_b", "base", &spec).await.unwrap();
-    assert_eq!(storage.next_queued_job().await.unwrap().unwrap().id, "ft_a");
-    assert!(storage.set_job_status("ft_a", JobStatus::Running, None).await.unwrap());
-    assert_eq!(storage.next_queued_job().await.unwrap().unwrap().id, "ft_b");
+    let (job, lease) = storage.claim_job("w1", LEASE, 2).await.unwrap().unwrap();
+    assert_eq!(
+        (job.id.as_str(), job.attempt, job.worker.as_deref()),
+        ("ft_a", 1, Some("w1"))
+    );
+    assert_eq!(job.status, JobStatus::Running);
+    assert!(job.started_at.is_some() && job.lease_expires_at.is_some());
     assert!(storage
         .set_job_status("ft_b", JobStatus::Cancelled, None)
         .await
         .unwrap());
     assert!(!storage.set_job_status("ft_b", JobStatus::Running, None).await.unwrap());
+    assert!(
+        storage.claim_job("w2", LEASE, 2).await.unwrap().is_none(),
+        "a cancelled job is not claimed"
+    );
+    assert!(storage
+        .finish_job(&lease, JobStatus::Failed, Some("boom"))
+        .await
+        .unwrap());
+    assert!(
+        !storage.finish_job(&lease, JobStatus::Succeeded, None).await.unwrap(),
+        "final once"
+    );
     drop(storage);
 
     let storage = db.open(1).await;
-    assert_eq!(storage.fail_interrupted_jobs().await.unwrap(), vec!["ft_a".to_string()]);
     let job = storage.job("ft_a").await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Failed);
-    assert!(job.error.unwrap().contains("interrupted"));
-    assert!(job.finished_at.is_some());
-    let (events, more) = storage.list_events("ft_a", None, 10).await.unwrap();
-    assert!(!more);
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].level, "error");
+    assert_eq!(job.error.as_deref(), Some("boom"));
+    assert!(job.finished_at.is_some() && job.lease_expires_at.is_none());
     let (jobs, more) = storage.list_jobs(None, None, 1).await.unwrap();
     assert_eq!(jobs[0].id, "ft_b", "newest first");
     assert!(more);
@@ -551,6 +566,164 @@ async fn jobs_move_once_to_a_final_status_and_interrupted_ones_fail(db: TestDb) 
     assert!(!more);
     let (failed, _) = storage.list_jobs(Some(JobStatus::Failed), None, 5).await.unwrap();
     assert_eq!(failed.len(), 1);
+}
+
+/// A long lease, for claims that must not expire during a test.
+const LEASE: Duration = Duration::from_secs(600);
+
+/// Waits until a lease of `Duration::ZERO` taken now has expired (the clock is in milliseconds).
+async fn past_expiry() {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+}
+
+async fn racing_workers_claim_each_job_once(db: TestDb) {
+    let storage = Arc::new(db.open(1).await);
+    let spec = serde_json::json!({});
+    for index in 0..6 {
+        storage.insert_job(&format!("ft_{index}"), "base", &spec).await.unwrap();
+    }
+    // Twelve workers claim at once: six get one job each, and the rest get none.
+    let claims = futures_util::future::join_all((0..12).map(|worker| {
+        let storage = storage.clone();
+        async move { storage.claim_job(&format!("w{worker}"), LEASE, 2).await.unwrap() }
+    }))
+    .await;
+    let mut claimed: Vec<String> = claims.iter().flatten().map(|(job, _)| job.id.clone()).collect();
+    claimed.sort();
+    assert_eq!(claimed, (0..6).map(|index| format!("ft_{index}")).collect::<Vec<_>>());
+    assert!(claims
+        .iter()
+        .flatten()
+        .all(|(job, lease)| job.attempt == 1 && lease.attempt == 1));
+}
+
+async fn a_lost_lease_fences_every_write(db: TestDb) {
+    let storage = db.open(1).await;
+    storage
+        .insert_job("ft_a", "base", &serde_json::json!({}))
+        .await
+        .unwrap();
+    // w1's lease runs out (it stopped renewing): w2 claims the job as attempt 2.
+    let (_, old) = storage.claim_job("w1", Duration::ZERO, 3).await.unwrap().unwrap();
+    past_expiry().await;
+    let (job, new) = match storage.claim_job("w2", LEASE, 3).await.unwrap() {
+        Some(claim) => claim,
+        None => panic!("the expired job is claimed again"),
+    };
+    assert_eq!((job.attempt, new.attempt, job.worker.as_deref()), (2, 2, Some("w2")));
+    // Everything attempt 1 still tries is refused, and changes nothing.
+    let lost = |result: Result<(), Error>| {
+        assert!(
+            matches!(result, Err(Error::LeaseLost { ref job, attempt: 1 }) if job == "ft_a"),
+            "{result:?}"
+        )
+    };
+    lost(storage.set_job_stage(&old, "train", 0.5).await);
+    lost(storage.set_job_progress(&old, 0.9).await);
+    lost(storage.set_job_metrics(&old, &serde_json::json!({"x": 1})).await);
+    lost(storage.set_job_result(&old, "base-ft-a").await);
+    lost(
+        storage
+            .insert_job_event(&old, "info", "stage", "late", None)
+            .await
+            .map(|_| ()),
+    );
+    assert!(!storage.renew_lease(&old, LEASE).await.unwrap());
+    assert!(!storage.requeue_job(&old).await.unwrap());
+    assert!(!storage.finish_job(&old, JobStatus::Succeeded, None).await.unwrap());
+    let version = VersionRecord {
+        id: "base-ft-a".into(),
+        created_at: 1,
+        kind: "diffusion".into(),
+        source: "fine_tune".into(),
+        path: "models/base-ft-a-00000000".into(),
+        parent: Some("base".into()),
+        job_id: Some("ft_a".into()),
+        metrics: None,
+        checksums: None,
+        active: false,
+    };
+    lost(storage.insert_version_fenced(&old, &version).await);
+    assert!(
+        storage.version("base-ft-a").await.unwrap().is_none(),
+        "no row from a lost lease"
+    );
+    let job = storage.job("ft_a").await.unwrap().unwrap();
+    assert_eq!(
+        (job.stage, job.progress, job.metrics, job.result_model),
+        (None, 0.0, None, None)
+    );
+    assert!(storage.list_events("ft_a", None, 10).await.unwrap().0.is_empty());
+    // The holder writes, once.
+    storage.set_job_stage(&new, "register", 0.97).await.unwrap();
+    storage
+        .insert_job_event(&new, "info", "stage", "register: started", None)
+        .await
+        .unwrap();
+    storage.insert_version_fenced(&new, &version).await.unwrap();
+    assert!(
+        storage.insert_version_fenced(&new, &version).await.is_err(),
+        "a version id registers once"
+    );
+    storage.set_job_result(&new, "base-ft-a").await.unwrap();
+    assert!(storage.renew_lease(&new, LEASE).await.unwrap());
+    assert!(storage.finish_job(&new, JobStatus::Succeeded, None).await.unwrap());
+    let job = storage.job("ft_a").await.unwrap().unwrap();
+    assert_eq!(
+        (job.status, job.result_model.as_deref()),
+        (JobStatus::Succeeded, Some("base-ft-a"))
+    );
+}
+
+async fn stopped_workers_jobs_run_again_until_their_attempts_are_spent(db: TestDb) {
+    let storage = db.open(1).await;
+    storage
+        .insert_job("ft_a", "base", &serde_json::json!({}))
+        .await
+        .unwrap();
+    // A shutdown gives the job back: the next claim is attempt 2.
+    let (_, first) = storage.claim_job("w1", LEASE, 2).await.unwrap().unwrap();
+    assert!(storage.requeue_job(&first).await.unwrap());
+    let job = storage.job("ft_a").await.unwrap().unwrap();
+    assert_eq!(
+        (job.status, job.worker, job.lease_expires_at),
+        (JobStatus::Queued, None, None)
+    );
+    assert!(
+        storage.fail_expired_jobs(2).await.unwrap().is_empty(),
+        "a queued job is not expired"
+    );
+    // Attempt 2's worker dies: its lease runs out, and with no attempts left the job fails, with an event.
+    let (_, second) = storage.claim_job("w2", Duration::ZERO, 2).await.unwrap().unwrap();
+    assert_eq!(second.attempt, 2);
+    past_expiry().await;
+    assert!(
+        storage.claim_job("w3", LEASE, 2).await.unwrap().is_none(),
+        "no attempts left"
+    );
+    assert_eq!(storage.fail_expired_jobs(2).await.unwrap(), vec!["ft_a".to_string()]);
+    let job = storage.job("ft_a").await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    let error = job.error.unwrap();
+    assert!(
+        error.contains("interrupted") && error.contains("attempt 2 of 2") && error.contains("w2"),
+        "{error}"
+    );
+    assert!(job.finished_at.is_some());
+    let (events, _) = storage.list_events("ft_a", None, 10).await.unwrap();
+    assert_eq!(events.last().map(|event| event.level.as_str()), Some("error"));
+    assert!(storage.fail_expired_jobs(2).await.unwrap().is_empty(), "failed once");
+    // A job cancelled on another replica: its worker's next renewal finds the lease gone.
+    storage
+        .insert_job("ft_b", "base", &serde_json::json!({}))
+        .await
+        .unwrap();
+    let (_, lease) = storage.claim_job("w4", LEASE, 2).await.unwrap().unwrap();
+    assert!(storage
+        .set_job_status("ft_b", JobStatus::Cancelled, None)
+        .await
+        .unwrap());
+    assert!(!storage.renew_lease(&lease, LEASE).await.unwrap());
 }
 
 async fn one_version_is_active(db: TestDb) {
@@ -697,8 +870,9 @@ async fn a_version_registers_once_and_every_replica_fetches_it_intact(db: TestDb
     let registry = Arc::new(Registry::new(storage.clone(), db.dir()).unwrap());
     let jobs = tempfile::tempdir().unwrap();
     let metrics = serde_json::json!({"gate": {"passed": true}});
-    // Two jobs race to register the same version id.
-    let register = |folder: std::path::PathBuf| {
+    // Two jobs race to register the same version id. (Two attempts of one job cannot: the registration is
+    // fenced by the job's lease, and a later attempt reuses the earlier one's row.)
+    let register = |folder: std::path::PathBuf, job_id: &'static str| {
         let registry = registry.clone();
         let metrics = metrics.clone();
         async move {
@@ -708,7 +882,8 @@ async fn a_version_registers_once_and_every_replica_fetches_it_intact(db: TestDb
                     folder: &folder,
                     id: "base-ft-1",
                     parent: "base",
-                    job_id: "ft_1",
+                    job_id,
+                    lease: None,
                     metrics: &metrics,
                 })
                 .await
@@ -716,7 +891,7 @@ async fn a_version_registers_once_and_every_replica_fetches_it_intact(db: TestDb
     };
     let first = candidate(jobs.path(), "a", "a");
     let second = candidate(jobs.path(), "b", "b");
-    let (one, two) = tokio::join!(register(first.clone()), register(second.clone()));
+    let (one, two) = tokio::join!(register(first.clone(), "ft_1"), register(second.clone(), "ft_2"));
     assert!(one.is_ok() != two.is_ok(), "exactly one wins: {one:?} {two:?}");
     let (record, loser) = match one {
         Ok(record) => (record, second),

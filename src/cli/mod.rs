@@ -36,6 +36,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once at start-up and consumed at once: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the HTTP API (POST /generate, /health, /ready, /metrics, /openapi.json, /docs).

@@ -27,6 +27,17 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub reward: RewardArgs,
+    /// What this replica does, comma-separated: `api` serves the HTTP API; `worker` claims and runs fine-tune
+    /// jobs. Both by default. A `worker`-only replica answers only /health, /ready and /metrics; an `api`-only
+    /// one queues jobs for the workers.
+    #[arg(
+        long,
+        env = "T2I_ROLES",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "api,worker"
+    )]
+    pub roles: Vec<Role>,
     /// Data directory: the files the database points at, and the SQLite database unless --database-url names
     /// another (created if missing).
     #[arg(long, env = "T2I_DATA_DIR", default_value = "data")]
@@ -121,6 +132,15 @@ pub struct ServeArgs {
     pub jobs: JobArgs,
 }
 
+/// A replica's role (`--roles`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Serve the HTTP API.
+    Api,
+    /// Claim and run fine-tune jobs.
+    Worker,
+}
+
 /// How fine-tune jobs run.
 #[derive(Debug, Args)]
 pub struct JobArgs {
@@ -161,6 +181,14 @@ pub struct JobArgs {
     /// Most trainer steps in one job.
     #[arg(long, env = "T2I_MAX_JOB_STEPS", default_value_t = 100_000)]
     pub max_job_steps: i64,
+    /// Seconds a worker's lease on a running job lasts; it renews it every third of that. A replica that stops
+    /// loses its job to another worker once the lease runs out.
+    #[arg(long, env = "T2I_JOB_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub job_lease_seconds: u64,
+    /// Attempts a job gets: a job whose worker stopped, or that a shutdown gave back, runs again from its first
+    /// stage until it has had this many; then it fails.
+    #[arg(long, env = "T2I_JOB_MAX_ATTEMPTS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub job_max_attempts: u32,
 }
 
 impl JobArgs {
@@ -190,6 +218,9 @@ impl JobArgs {
             trainer_dir: self.trainer_dir.clone(),
             trainer_command,
             trainer_threads: self.trainer_threads.max(1),
+            worker: true,
+            lease: std::time::Duration::from_secs(self.job_lease_seconds),
+            max_attempts: self.job_max_attempts,
             limits: JobLimits {
                 max_prompts: self.max_job_prompts.max(1),
                 max_images_per_prompt: self.max_job_images_per_prompt.max(1),
@@ -221,6 +252,12 @@ impl ServeArgs {
                 self.request_timeout
             )));
         }
+        if self.roles.is_empty() {
+            return Err(Error::Config("--roles needs at least one of api, worker".into()));
+        }
+        let (api, worker) = (self.roles.contains(&Role::Api), self.roles.contains(&Role::Worker));
+        let mut jobs = self.jobs.config()?;
+        jobs.worker = worker;
         Ok(ServeConfig {
             auth: AuthConfig {
                 keys,
@@ -242,7 +279,7 @@ impl ServeArgs {
                 image_retention: self.image_retention,
                 durability: self.durability,
             },
-            jobs: self.jobs.config()?,
+            jobs,
             max_loaded_models: self.max_loaded_models as usize,
             sessions: self.runtime.sessions(),
             limits: self.limits.limits(),
@@ -263,6 +300,7 @@ impl ServeArgs {
                 max_body_bytes: self.max_body_bytes,
                 shutdown_grace: self.shutdown_grace,
                 cors_origins: self.cors_origins,
+                api,
             },
         })
     }
@@ -335,9 +373,6 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         image_retention = config.storage.image_retention,
         "storage open"
     );
-    for job in storage.fail_interrupted_jobs().await? {
-        tracing::warn!(job = %job, "marked failed: the server stopped while it was running");
-    }
     spawn_janitor(storage.clone());
     let registry = Arc::new(Registry::new(storage.clone(), &config.storage.data_dir)?);
     registry.remove_unregistered().await?;
@@ -451,7 +486,11 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
                     let jobs = serving.jobs.clone();
                     let _ = state.serving.set(serving);
                     let _guard = runtime_handle.enter();
-                    jobs.start();
+                    if jobs.runs_jobs() {
+                        jobs.start();
+                    } else {
+                        tracing::info!("this replica runs no jobs (--roles api): queued jobs wait for a worker");
+                    }
                     true
                 }
                 Err(err) => {

@@ -45,8 +45,14 @@ pub struct FineTuneOut {
     /// The version it registered.
     pub result_model: Option<String>,
     pub error: Option<String>,
+    /// When its first attempt started (Unix milliseconds).
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// Attempts so far: a job whose worker stopped, or that a shutdown gave back, runs again from its first
+    /// stage, up to the server's --job-max-attempts.
+    pub attempt: i64,
+    /// The replica running (or that last ran) it: host, process id and a random suffix.
+    pub worker: Option<String>,
 }
 
 impl From<JobRecord> for FineTuneOut {
@@ -67,6 +73,8 @@ impl From<JobRecord> for FineTuneOut {
             error: job.error,
             started_at: job.started_at,
             finished_at: job.finished_at,
+            attempt: job.attempt,
+            worker: job.worker,
         }
     }
 }

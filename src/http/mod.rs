@@ -108,6 +108,8 @@ pub struct HttpConfig {
     pub shutdown_grace: u64,
     /// Origins browsers may call from (`*` for any); empty turns CORS off, so browsers enforce same-origin.
     pub cors_origins: Vec<String>,
+    /// Whether this replica serves the API (`--roles api`); without it only the ops routes answer.
+    pub api: bool,
 }
 
 /// CORS for the configured origins: off (no headers) unless some are given.
@@ -160,6 +162,7 @@ pub fn endpoints() -> &'static [&'static Endpoint] {
 /// Binds the listener and returns the server future (not yet awaited) with the port it bound.
 pub fn build_server(state: web::Data<AppState>, config: &HttpConfig) -> std::io::Result<(Server, u16)> {
     let origins = config.cors_origins.clone();
+    let api = config.api;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -183,17 +186,30 @@ pub fn build_server(state: web::Data<AppState>, config: &HttpConfig) -> std::io:
                     Ok(response)
                 }
             })
-            .configure(generate::configure)
-            .configure(scoring::configure)
-            .configure(openai::configure)
-            .configure(feedback::configure)
-            .configure(images::configure)
-            .configure(fine_tunes::configure)
-            .configure(models::configure)
             .configure(ops::configure)
-            .configure(openapi::configure)
-            .configure(console::configure)
-            .default_service(web::to(ops::not_found))
+            .configure(|config| {
+                if !api {
+                    return;
+                }
+                for configure in [
+                    generate::configure,
+                    scoring::configure,
+                    openai::configure,
+                    feedback::configure,
+                    images::configure,
+                    fine_tunes::configure,
+                    models::configure,
+                    openapi::configure,
+                    console::configure,
+                ] {
+                    configure(config);
+                }
+            })
+            .default_service(if api {
+                web::to(ops::not_found)
+            } else {
+                web::to(ops::not_found_worker_only)
+            })
     })
     .workers(config.http_workers.max(1))
     // `cli::serve::serve` handles SIGTERM and SIGINT itself: it marks the server unready and stops the job runner

@@ -72,6 +72,16 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Any path we do not serve.
+/// The fallback of a `--roles worker` replica, which serves only the ops routes.
+pub async fn not_found_worker_only(request: actix_web::HttpRequest) -> Result<HttpResponse> {
+    Err(Error::NotFound(format!(
+        "no route for {} {}: this replica runs fine-tune jobs only (--roles worker); send API requests to a \
+         replica with the api role",
+        request.method(),
+        request.path()
+    )))
+}
+
 pub async fn not_found(request: actix_web::HttpRequest) -> Result<HttpResponse> {
     Err(Error::NotFound(format!(
         "no route for {} {}",

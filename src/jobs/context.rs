@@ -17,7 +17,7 @@ use crate::jobs::{JobConfig, STAGES};
 use crate::metrics::Metrics;
 use crate::reward::RewardSet;
 use crate::serving::ModelPool;
-use crate::storage::{JobRecord, Storage};
+use crate::storage::{JobRecord, Lease, Storage};
 
 /// What a job's stages use of the server: the database, the loaded models, the reward models, the metrics and
 /// how jobs run. The manager owns it and lends it to each running job.
@@ -39,6 +39,8 @@ pub(super) struct Stage {
 pub(super) struct JobContext<'a> {
     pub(super) services: &'a JobServices,
     pub(super) job: &'a JobRecord,
+    /// The attempt's lease: every write the job makes is fenced by it.
+    pub(super) lease: Lease,
     pub(super) spec: JobSpec,
     pub(super) folder: PathBuf,
     pub(super) cancelled: watch::Receiver<bool>,
@@ -65,10 +67,10 @@ impl JobContext<'_> {
     pub(super) async fn begin(&self, stage: &'static str) -> Result<Stage> {
         self.check_cancelled()?;
         let (start, _) = stage_bounds(stage);
-        self.services.storage.set_job_stage(&self.job.id, stage, start).await?;
+        self.services.storage.set_job_stage(&self.lease, stage, start).await?;
         self.services
             .storage
-            .insert_event(&self.job.id, "info", "stage", &format!("{stage}: started"), None)
+            .insert_job_event(&self.lease, "info", "stage", &format!("{stage}: started"), None)
             .await?;
         Ok(Stage {
             name: stage,
@@ -85,15 +87,15 @@ impl JobContext<'_> {
             .with_label_values(&[stage])
             .observe(seconds);
         let (_, end) = stage_bounds(stage);
-        self.services.storage.set_job_progress(&self.job.id, end).await?;
+        self.services.storage.set_job_progress(&self.lease, end).await?;
         self.services
             .storage
-            .set_job_metrics(&self.job.id, &self.metrics_value())
+            .set_job_metrics(&self.lease, &self.metrics_value())
             .await?;
         self.services
             .storage
-            .insert_event(
-                &self.job.id,
+            .insert_job_event(
+                &self.lease,
                 "info",
                 "stage",
                 &format!("{stage}: done in {seconds:.1} s; {message}"),
@@ -108,7 +110,7 @@ impl JobContext<'_> {
         let (start, end) = stage_bounds(stage);
         self.services
             .storage
-            .set_job_progress(&self.job.id, start + (end - start) * fraction.clamp(0.0, 1.0))
+            .set_job_progress(&self.lease, start + (end - start) * fraction.clamp(0.0, 1.0))
             .await
     }
 
@@ -142,7 +144,7 @@ impl JobContext<'_> {
                 let _ = self
                     .services
                     .storage
-                    .insert_event(&self.job.id, level, kind, &message, Some(&value))
+                    .insert_job_event(&self.lease, level, kind, &message, Some(&value))
                     .await;
                 lines.push(value);
             }

@@ -64,8 +64,8 @@ impl JobContext<'_> {
                 let _ = self
                     .services
                     .storage
-                    .insert_event(
-                        &self.job.id,
+                    .insert_job_event(
+                        &self.lease,
                         "warning",
                         "evaluate",
                         &format!("the rater could not judge the {name} images: {err}"),
@@ -77,8 +77,8 @@ impl JobContext<'_> {
         let _ = self
             .services
             .storage
-            .insert_event(
-                &self.job.id,
+            .insert_job_event(
+                &self.lease,
                 "info",
                 "metrics",
                 &format!("{name}: mean reward {}", fmt(result.mean_reward)),

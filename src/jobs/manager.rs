@@ -1,7 +1,9 @@
-//! The job queue and its runner: jobs persist in the database, and one runner works through them one at a time
-//! on a tokio task. Creating validates a request into a `JobSpec`; cancelling stops a queued job at once and a
-//! running one at its next step (its children's process group is killed); a shutdown records the running job
-//! as interrupted.
+//! The job queue and its worker: jobs persist in the database, and each replica with the worker role claims
+//! them one at a time, oldest first, holding a lease it renews by heartbeat (#25; `storage::leases`).
+//! Creating validates a request into a `JobSpec`; cancelling stops a queued job at once and a running one at
+//! its next step (its children's process group is killed), on whichever replica runs it. A lost lease stops
+//! the attempt the same way, and it writes nothing more. A shutdown gives the running job back to the queue
+//! for its next attempt, or fails it on its last.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,14 +19,24 @@ use crate::jobs::{JobConfig, JOBS_DIR};
 use crate::metrics::Metrics;
 use crate::reward::RewardSet;
 use crate::serving::ModelPool;
-use crate::storage::{JobRecord, JobStatus, Storage};
+use crate::storage::{JobRecord, JobStatus, Lease, Storage};
 
 /// The error and event of a job stopped by a server shutdown.
 const INTERRUPTED_BY_SHUTDOWN: &str = "interrupted: the server shut down (SIGTERM) while the job ran";
 
 struct RunningJob {
     id: String,
-    cancel: watch::Sender<bool>,
+    cancel: Arc<watch::Sender<bool>>,
+}
+
+/// This replica's name in the job records: host, process id and a random suffix (a restarted process is a new
+/// worker).
+fn worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}:{}:{}", std::process::id(), &suffix[..6])
 }
 
 /// The job queue and its runner: one job at a time, on a tokio task.
@@ -33,8 +45,10 @@ pub struct JobManager {
     jobs_dir: PathBuf,
     wake: Notify,
     running: Mutex<Option<RunningJob>>,
-    /// Set on SIGTERM: no job starts, and the running one is stopped and recorded as interrupted.
+    /// Set on SIGTERM: no job starts, and the running one is stopped and given back to the queue.
     shutting_down: std::sync::atomic::AtomicBool,
+    /// This replica's name on the leases it holds.
+    worker: String,
 }
 
 /// Whether `program` names a file: a path as given, or a bare name found on `PATH` as a child process would.
@@ -80,6 +94,7 @@ impl JobManager {
             wake: Notify::new(),
             running: Mutex::new(None),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            worker: worker_name(),
         }))
     }
 
@@ -87,12 +102,22 @@ impl JobManager {
         &self.services.storage
     }
 
-    /// Starts the runner: it takes queued jobs oldest first, one at a time, until the process exits.
+    /// This replica's worker name, as job records show it.
+    pub fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    /// Starts the worker: it claims jobs oldest first, one at a time, until the process exits. It polls the
+    /// queue (a job created on another replica, or a lease that expired) every half lease, at most every 5 s.
     pub fn start(self: &Arc<Self>) {
         if let Some(reason) = self.unavailable() {
             tracing::warn!("{reason}");
         }
         let manager = self.clone();
+        let config = &self.services.config;
+        let (lease, max_attempts) = (config.lease, config.max_attempts);
+        let poll = (lease / 2).min(Duration::from_secs(5));
+        tracing::info!(worker = %self.worker, lease_s = lease.as_secs(), max_attempts, "the job worker started");
         tokio::spawn(async move {
             manager.refresh_job_metrics().await;
             loop {
@@ -100,23 +125,47 @@ impl JobManager {
                 if manager.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
                     return;
                 }
-                match manager.services.storage.next_queued_job().await {
-                    Ok(Some(job)) => manager.run(job).await,
+                match manager.services.storage.fail_expired_jobs(max_attempts).await {
+                    Ok(failed) if !failed.is_empty() => {
+                        for job in failed {
+                            tracing::warn!(job = %job, "failed: its worker stopped on its last attempt");
+                        }
+                        manager.refresh_job_metrics().await;
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::error!(error = %err, "the job worker cannot check expired leases"),
+                }
+                match manager
+                    .services
+                    .storage
+                    .claim_job(&manager.worker, lease, max_attempts)
+                    .await
+                {
+                    Ok(Some((job, lease))) => manager.run(job, lease).await,
                     Ok(None) => {
-                        let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
+                        let _ = tokio::time::timeout(poll, notified).await;
                     }
                     Err(err) => {
-                        tracing::error!(error = %err, "the job runner cannot read the queue");
-                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        tracing::error!(error = %err, "the job worker cannot read the queue");
+                        tokio::time::sleep(poll).await;
                     }
                 }
             }
         });
     }
 
+    /// Whether this replica claims and runs jobs (`--roles worker`).
+    pub fn runs_jobs(&self) -> bool {
+        self.services.config.worker
+    }
+
     /// Why jobs cannot run on this server, if they cannot: the trainer's Python (which also runs the prompt
-    /// generator and the evaluator) does not exist.
+    /// generator and the evaluator) does not exist. An API-only replica does not run them, so it does not
+    /// need the trainer.
     pub fn unavailable(&self) -> Option<String> {
+        if !self.runs_jobs() {
+            return None;
+        }
         let python = &self.services.config.python;
         (!program_exists(python)).then(|| {
             format!(
@@ -238,9 +287,19 @@ impl JobManager {
                 .set_job_status(id, JobStatus::Cancelled, None)
                 .await?
         {
+            // Running on another replica: its worker finds its lease gone at its next heartbeat and stops.
+            let message = match (job.status, job.worker.as_deref()) {
+                (JobStatus::Running, Some(worker)) => {
+                    format!(
+                        "cancelled while attempt {} ran on {worker}, which stops it",
+                        job.attempt
+                    )
+                }
+                _ => "cancelled before it started".to_string(),
+            };
             self.services
                 .storage
-                .insert_event(id, "info", "status", "cancelled before it started", None)
+                .insert_event(id, "info", "status", &message, None)
                 .await?;
             self.refresh_job_metrics().await;
         }
@@ -268,43 +327,88 @@ impl JobManager {
         }
     }
 
-    async fn run(&self, job: JobRecord) {
-        let (cancel, cancelled) = watch::channel(false);
-        match self
-            .services
-            .storage
-            .set_job_status(&job.id, JobStatus::Running, None)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(err) => {
-                tracing::error!(job = %job.id, error = %err, "cannot start the job");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                return;
+    /// Renews `lease` every third of its length until aborted. When the lease is gone (taken over, or the job
+    /// cancelled on another replica), or cannot be renewed before it runs out, it sets `lost` and cancels the
+    /// attempt, which kills its children.
+    fn heartbeat(
+        &self,
+        lease: &Lease,
+        cancel: Arc<watch::Sender<bool>>,
+        lost: Arc<std::sync::atomic::AtomicBool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let storage = self.services.storage.clone();
+        let duration = self.services.config.lease;
+        let lease = lease.clone();
+        tokio::spawn(async move {
+            let mut renewed = Instant::now();
+            loop {
+                tokio::time::sleep(duration / 3).await;
+                let gone = match storage.renew_lease(&lease, duration).await {
+                    Ok(true) => {
+                        renewed = Instant::now();
+                        false
+                    }
+                    Ok(false) => true,
+                    Err(err) => {
+                        tracing::warn!(job = %lease.job_id, error = %err, "cannot renew the job's lease");
+                        renewed.elapsed() >= duration
+                    }
+                };
+                if gone {
+                    tracing::warn!(job = %lease.job_id, attempt = lease.attempt, "the job's lease is lost: stopping the attempt");
+                    lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let _ = cancel.send(true);
+                    return;
+                }
             }
-        }
+        })
+    }
+
+    async fn run(&self, job: JobRecord, lease: Lease) {
+        let (cancel, cancelled) = watch::channel(false);
+        let cancel = Arc::new(cancel);
         if let Ok(mut running) = self.running.lock() {
             *running = Some(RunningJob {
                 id: job.id.clone(),
-                cancel,
+                cancel: cancel.clone(),
             });
+        }
+        if self.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = cancel.send(true);
+        }
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let heartbeat = self.heartbeat(&lease, cancel.clone(), lost.clone());
+        let max_attempts = self.services.config.max_attempts;
+        let folder = self.jobs_dir.join(&job.id);
+        if folder.exists() {
+            // An earlier attempt's working files on this machine: this attempt starts from the first stage.
+            let _ = std::fs::remove_dir_all(&folder);
         }
         self.refresh_job_metrics().await;
         let _ = self
             .services
             .storage
-            .insert_event(&job.id, "info", "status", "running", None)
+            .insert_job_event(
+                &lease,
+                "info",
+                "status",
+                &format!(
+                    "running: attempt {} of {max_attempts}, on {}",
+                    lease.attempt, lease.worker
+                ),
+                Some(&serde_json::json!({"attempt": lease.attempt, "worker": lease.worker})),
+            )
             .await;
-        tracing::info!(job = %job.id, "fine-tune job started");
+        tracing::info!(job = %job.id, attempt = lease.attempt, "fine-tune job started");
         let started = Instant::now();
         let result = match serde_json::from_value::<JobSpec>(job.spec.clone()) {
             Ok(spec) => {
                 let mut context = JobContext {
                     services: &self.services,
                     job: &job,
+                    lease: lease.clone(),
                     spec,
-                    folder: self.jobs_dir.join(&job.id),
+                    folder,
                     cancelled,
                     metrics: JobMetrics::default(),
                 };
@@ -312,40 +416,61 @@ impl JobManager {
             }
             Err(err) => Err(Error::Internal(format!("the stored spec does not parse: {err}"))),
         };
+        heartbeat.abort();
         let seconds = started.elapsed().as_secs_f64();
-        let (status, level, message) = match &result {
-            Ok(model) => (
-                JobStatus::Succeeded,
-                "info",
-                format!("succeeded in {seconds:.0} s: version {model}"),
-            ),
-            Err(Error::Cancelled) if self.shutting_down.load(std::sync::atomic::Ordering::Relaxed) => {
-                (JobStatus::Failed, "error", INTERRUPTED_BY_SHUTDOWN.to_string())
+        let shutting_down = self.shutting_down.load(std::sync::atomic::Ordering::Relaxed);
+        let lease_lost =
+            lost.load(std::sync::atomic::Ordering::Relaxed) || matches!(result, Err(Error::LeaseLost { .. }));
+        let storage = &self.services.storage;
+        let outcome = if lease_lost {
+            Ok(None)
+        } else {
+            match &result {
+                Ok(model) => storage
+                    .finish_job(&lease, JobStatus::Succeeded, None)
+                    .await
+                    .map(|held| held.then(|| ("info", format!("succeeded in {seconds:.0} s: version {model}")))),
+                Err(Error::Cancelled) if shutting_down && lease.attempt < i64::from(max_attempts) => {
+                    storage.requeue_job(&lease).await.map(|held| {
+                        held.then(|| {
+                            (
+                                "warning",
+                                format!(
+                                    "interrupted: the server shut down during attempt {} of {max_attempts}; queued \
+                                     again, to run from its first stage",
+                                    lease.attempt
+                                ),
+                            )
+                        })
+                    })
+                }
+                Err(Error::Cancelled) if shutting_down => storage
+                    .finish_job(&lease, JobStatus::Failed, Some(INTERRUPTED_BY_SHUTDOWN))
+                    .await
+                    .map(|held| held.then(|| ("error", INTERRUPTED_BY_SHUTDOWN.to_string()))),
+                Err(Error::Cancelled) => storage
+                    .finish_job(&lease, JobStatus::Cancelled, None)
+                    .await
+                    .map(|held| held.then(|| ("info", "cancelled".to_string()))),
+                Err(err) => storage
+                    .finish_job(&lease, JobStatus::Failed, Some(&err.to_string()))
+                    .await
+                    .map(|held| held.then(|| ("error", format!("failed: {err}")))),
             }
-            Err(Error::Cancelled) => (JobStatus::Cancelled, "info", "cancelled".to_string()),
-            Err(err) => (JobStatus::Failed, "error", format!("failed: {err}")),
         };
-        let error = match &result {
-            Ok(_) => None,
-            Err(Error::Cancelled) if status == JobStatus::Failed => Some(INTERRUPTED_BY_SHUTDOWN.to_string()),
-            Err(Error::Cancelled) => None,
-            Err(err) => Some(err.to_string()),
-        };
-        if let Err(err) = self
-            .services
-            .storage
-            .set_job_status(&job.id, status, error.as_deref())
-            .await
-        {
-            tracing::error!(job = %job.id, error = %err, "cannot record the job's end");
+        match outcome {
+            Ok(Some((level, message))) => {
+                let _ = storage.insert_event(&job.id, level, "status", &message, None).await;
+                tracing::info!(job = %job.id, attempt = lease.attempt, "{message}");
+            }
+            Ok(None) => tracing::warn!(
+                job = %job.id,
+                attempt = lease.attempt,
+                "the attempt lost its lease; it recorded nothing more (another replica owns the job, or it was cancelled)"
+            ),
+            Err(err) => tracing::error!(job = %job.id, error = %err, "cannot record the job's end"),
         }
-        let _ = self
-            .services
-            .storage
-            .insert_event(&job.id, level, "status", &message, None)
-            .await;
         self.refresh_job_metrics().await;
-        tracing::info!(job = %job.id, status = status.name(), "{message}");
         // Only now: a shutdown waits for this, so the job's end (status and event) is recorded before exit.
         if let Ok(mut running) = self.running.lock() {
             *running = None;

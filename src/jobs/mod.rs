@@ -76,6 +76,12 @@ pub struct JobConfig {
     pub trainer_command: Option<Vec<String>>,
     /// torch threads for the trainer.
     pub trainer_threads: usize,
+    /// Whether this replica claims and runs jobs (`--roles worker`); an API-only one only queues them.
+    pub worker: bool,
+    /// How long a worker's lease on a running job lasts; renewed every third of it (#25).
+    pub lease: std::time::Duration,
+    /// Attempts a job gets before a stopped worker's job fails.
+    pub max_attempts: u32,
     pub limits: JobLimits,
     pub gate: GateDefaults,
 }
@@ -143,7 +149,7 @@ impl JobContext<'_> {
         if let Some(note) = rescale_rewards(&mut sampled, scorer.bounded()) {
             self.services
                 .storage
-                .insert_event(&self.job.id, "warning", "label", &note, None)
+                .insert_job_event(&self.lease, "warning", "label", &note, None)
                 .await?;
             if let Some(figures) = self.metrics.samples.as_mut() {
                 figures.rescaled = Some(note);
@@ -248,10 +254,11 @@ impl JobContext<'_> {
                 id: &version_id,
                 parent: &self.spec.base_model,
                 job_id: &self.job.id,
+                lease: Some(&self.lease),
                 metrics: &self.metrics_value(),
             })
             .await?;
-        self.services.storage.set_job_result(&self.job.id, &record.id).await?;
+        self.services.storage.set_job_result(&self.lease, &record.id).await?;
         let passed = gate.passed;
         let outcome = if !passed {
             format!(
@@ -267,7 +274,7 @@ impl JobContext<'_> {
         self.metrics.activated = Some(passed && self.spec.activate_on_success);
         self.services
             .storage
-            .set_job_metrics(&self.job.id, &self.metrics_value())
+            .set_job_metrics(&self.lease, &self.metrics_value())
             .await?;
         self.end(stage, &outcome).await?;
         // The samples and evaluation images are the job's; the version keeps only what it serves.

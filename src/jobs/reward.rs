@@ -91,6 +91,7 @@ impl JobContext<'_> {
                 id: &version_id,
                 parent: current.name(),
                 job_id: &self.job.id,
+                lease: Some(&self.lease),
                 metrics: &retrained,
             })
             .await?;

@@ -207,8 +207,8 @@ impl JobContext<'_> {
         let _ = self
             .services
             .storage
-            .insert_event(
-                &self.job.id,
+            .insert_job_event(
+                &self.lease,
                 "info",
                 "trainer",
                 &format!("started: {}", command.join(" ")),
@@ -240,7 +240,7 @@ impl JobContext<'_> {
         let storage = &self.services.storage;
         let Ok(value) = serde_json::from_str::<Value>(line) else {
             let _ = storage
-                .insert_event(&self.job.id, "info", "trainer_log", line, None)
+                .insert_job_event(&self.lease, "info", "trainer_log", line, None)
                 .await;
             return;
         };
@@ -256,20 +256,20 @@ impl JobContext<'_> {
                     loss.map_or("?".into(), |loss| format!("{loss:.5}"))
                 );
                 let _ = storage
-                    .insert_event(&self.job.id, "info", "progress", &message, Some(&value))
+                    .insert_job_event(&self.lease, "info", "progress", &message, Some(&value))
                     .await;
             }
             TrainerEvent::Error { message } => {
                 let message = message.unwrap_or_else(|| "the trainer failed".into());
                 *trainer_error = Some(message.clone());
                 let _ = storage
-                    .insert_event(&self.job.id, "error", "trainer", &message, Some(&value))
+                    .insert_job_event(&self.lease, "error", "trainer", &message, Some(&value))
                     .await;
             }
             TrainerEvent::Other(kind) => {
                 let _ = storage
-                    .insert_event(
-                        &self.job.id,
+                    .insert_job_event(
+                        &self.lease,
                         "info",
                         "trainer",
                         &format!("trainer: {kind}"),

@@ -21,7 +21,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::storage::{Storage, VersionKind, VersionRecord};
+use crate::storage::{Lease, Storage, VersionKind, VersionRecord};
 
 /// The object store's folder for registered versions (in a local store, the data directory's `models/`).
 pub const VERSIONS_DIR: &str = "models";
@@ -43,6 +43,8 @@ pub struct Candidate<'a> {
     pub parent: &'a str,
     pub job_id: &'a str,
     pub metrics: &'a Value,
+    /// The registering job's lease: the row is inserted only while it is held (#25).
+    pub lease: Option<&'a Lease>,
 }
 
 impl Registry {
@@ -250,7 +252,15 @@ impl Registry {
     /// manifest with every file's SHA-256 (create-only), then the row, which is the commit point. The folder
     /// is moved into place (a local store) or into the download cache (a remote one). On any failure nothing
     /// is registered, what was written is removed, and the candidate folder is left where it was.
+    /// A job's attempt that finds its version registered by an earlier attempt of the same job (which lost its
+    /// lease after the commit) gets that record: a version is never registered twice.
     pub async fn register_candidate(&self, candidate: Candidate<'_>) -> Result<VersionRecord> {
+        if let Some(existing) = self.storage.version(candidate.id).await? {
+            if existing.job_id.as_deref() == Some(candidate.job_id) {
+                tracing::info!(version = %existing.id, "an earlier attempt of the job registered the version already");
+                return Ok(existing);
+            }
+        }
         let prefix = format!(
             "{VERSIONS_DIR}/{}-{}",
             candidate.id,
@@ -300,7 +310,10 @@ impl Registry {
             {
                 return Err(Error::Internal(format!("{prefix}/{MANIFEST} exists already")));
             }
-            self.storage.insert_version(&record).await
+            match candidate.lease {
+                Some(lease) => self.storage.insert_version_fenced(lease, &record).await,
+                None => self.storage.insert_version(&record).await,
+            }
         }
         .await;
         if let Err(err) = written {
@@ -398,6 +411,7 @@ mod tests {
                 id: "base-ft-1",
                 parent: "base",
                 job_id: "ft_1",
+                lease: None,
                 metrics: &serde_json::json!({"gate": {"passed": true}}),
             })
             .await

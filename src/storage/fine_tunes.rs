@@ -63,6 +63,12 @@ pub struct JobRecord {
     pub error: Option<String>,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// How many times a worker claimed it (#25); the running attempt's number.
+    pub attempt: i64,
+    /// The replica that holds (or last held) its lease.
+    pub worker: Option<String>,
+    /// When the running attempt's lease ends unless renewed (Unix milliseconds).
+    pub lease_expires_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +136,9 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord> {
         error: row.get("error"),
         started_at: row.get("started_at"),
         finished_at: row.get("finished_at"),
+        attempt: row.get("attempt"),
+        worker: row.get("worker"),
+        lease_expires_at: row.get("lease_expires_at"),
     })
 }
 
@@ -149,8 +158,30 @@ fn version_from_row(row: &AnyRow) -> VersionRecord {
 }
 
 const JOB_COLUMNS: &str = "id, created_at, updated_at, status, stage, progress, base_model, spec, metrics, \
-     result_model, error, started_at, finished_at";
+     result_model, error, started_at, finished_at, attempt, worker, lease_expires_at";
 const VERSION_COLUMNS: &str = "id, created_at, kind, source, path, parent, job_id, metrics, checksums, active";
+
+/// `insert_event_if`'s attempt for an event of the job whatever runs it.
+const ANY_ATTEMPT: i64 = -1;
+
+/// The insert of a version's row, to run on the pool or in a transaction.
+pub(super) fn insert_version_query(
+    version: &VersionRecord,
+) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    sqlx::query(
+        "INSERT INTO model_versions (id, created_at, kind, source, path, parent, job_id, metrics, checksums, active) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0)",
+    )
+    .bind(&version.id)
+    .bind(version.created_at)
+    .bind(&version.kind)
+    .bind(&version.source)
+    .bind(&version.path)
+    .bind(&version.parent)
+    .bind(&version.job_id)
+    .bind(version.metrics.as_ref().map(Value::to_string))
+    .bind(version.checksums.as_ref().map(Value::to_string))
+}
 
 impl Storage {
     /// Records a new queued job.
@@ -223,17 +254,6 @@ impl Storage {
         Ok(rows.iter().map(|row| (row.get("status"), row.get("count"))).collect())
     }
 
-    /// The oldest queued job, which runs next.
-    pub async fn next_queued_job(&self) -> Result<Option<JobRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM fine_tunes WHERE status = 'queued' ORDER BY rowid LIMIT 1"
-        ))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|err| self.database_error("cannot read the queue", err))?;
-        row.as_ref().map(job_from_row).transpose()
-    }
-
     /// Moves a job to `status` if it is still queued or running; returns whether it moved. A final status
     /// records the error (if any) and the finish time.
     pub async fn set_job_status(&self, id: &str, status: JobStatus, error: Option<&str>) -> Result<bool> {
@@ -258,70 +278,8 @@ impl Storage {
         Ok(result.rows_affected() == 1)
     }
 
-    pub async fn set_job_stage(&self, id: &str, stage: &str, progress: f64) -> Result<()> {
-        sqlx::query("UPDATE fine_tunes SET stage = $1, progress = $2, updated_at = $3 WHERE id = $4")
-            .bind(stage)
-            .bind(progress.clamp(0.0, 1.0))
-            .bind(now_millis())
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(|err| self.database_error("cannot update the job's stage", err))?;
-        Ok(())
-    }
-
-    pub async fn set_job_progress(&self, id: &str, progress: f64) -> Result<()> {
-        sqlx::query("UPDATE fine_tunes SET progress = $1, updated_at = $2 WHERE id = $3")
-            .bind(progress.clamp(0.0, 1.0))
-            .bind(now_millis())
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(|err| self.database_error("cannot update the job's progress", err))?;
-        Ok(())
-    }
-
-    pub async fn set_job_metrics(&self, id: &str, metrics: &Value) -> Result<()> {
-        sqlx::query("UPDATE fine_tunes SET metrics = $1, updated_at = $2 WHERE id = $3")
-            .bind(metrics.to_string())
-            .bind(now_millis())
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(|err| self.database_error("cannot update the job's metrics", err))?;
-        Ok(())
-    }
-
-    pub async fn set_job_result(&self, id: &str, model: &str) -> Result<()> {
-        sqlx::query("UPDATE fine_tunes SET result_model = $1, updated_at = $2 WHERE id = $3")
-            .bind(model)
-            .bind(now_millis())
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(|err| self.database_error("cannot record the job's model", err))?;
-        Ok(())
-    }
-
-    /// Jobs left `running` by a server that stopped: they cannot resume, so they fail, with an event.
-    pub async fn fail_interrupted_jobs(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT id FROM fine_tunes WHERE status = 'running'")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|err| self.database_error("cannot list running jobs", err))?;
-        let mut failed = Vec::new();
-        for row in rows {
-            let id: String = row.get("id");
-            let message = "interrupted: the server stopped while the job was running";
-            if self.set_job_status(&id, JobStatus::Failed, Some(message)).await? {
-                self.insert_event(&id, "error", "status", &format!("failed ({message})"), None)
-                    .await?;
-                failed.push(id);
-            }
-        }
-        Ok(failed)
-    }
-
+    /// Records an event of a job that is not running here (queued, cancelled, failed by another worker); a
+    /// running attempt records its own through `insert_job_event`, fenced by its lease.
     pub async fn insert_event(
         &self,
         job_id: &str,
@@ -330,6 +288,22 @@ impl Storage {
         message: &str,
         data: Option<&Value>,
     ) -> Result<JobEvent> {
+        self.insert_event_if(job_id, ANY_ATTEMPT, level, kind, message, data)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no fine-tune job `{job_id}`")))
+    }
+
+    /// Records an event of the job, if it exists and (unless `attempt` is `ANY_ATTEMPT`) that attempt is
+    /// running; None otherwise.
+    pub(super) async fn insert_event_if(
+        &self,
+        job_id: &str,
+        attempt: i64,
+        level: &str,
+        kind: &str,
+        message: &str,
+        data: Option<&Value>,
+    ) -> Result<Option<JobEvent>> {
         let event = JobEvent {
             id: format!("ftevent_{}", uuid::Uuid::new_v4().simple()),
             job_id: job_id.to_string(),
@@ -339,9 +313,10 @@ impl Storage {
             message: message.to_string(),
             data: data.cloned(),
         };
-        sqlx::query(
+        let result = sqlx::query(
             "INSERT INTO fine_tune_events (id, job_id, created_at, level, kind, message, data) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM fine_tunes \
+             WHERE id = $8 AND ($9 < 0 OR (attempt = $10 AND status = 'running')))",
         )
         .bind(&event.id)
         .bind(&event.job_id)
@@ -350,10 +325,13 @@ impl Storage {
         .bind(&event.kind)
         .bind(&event.message)
         .bind(data.map(Value::to_string))
+        .bind(job_id)
+        .bind(attempt)
+        .bind(attempt)
         .execute(&self.pool)
         .await
         .map_err(|err| self.database_error("cannot record the job's event", err))?;
-        Ok(event)
+        Ok((result.rows_affected() == 1).then_some(event))
     }
 
     /// A page of a job's events, oldest first, after the event `after`.
@@ -405,24 +383,13 @@ impl Storage {
             .ok_or_else(|| Error::Internal(format!("storage: version `{id}` vanished after its insert")))
     }
 
-    /// Records a fine-tuned version; its files are in place already.
+    /// Records a fine-tuned version; its files are in place already. A job's registration goes through
+    /// `insert_version_fenced` instead.
     pub async fn insert_version(&self, version: &VersionRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO model_versions (id, created_at, kind, source, path, parent, job_id, metrics, checksums, active) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0)",
-        )
-        .bind(&version.id)
-        .bind(version.created_at)
-        .bind(&version.kind)
-        .bind(&version.source)
-        .bind(&version.path)
-        .bind(&version.parent)
-        .bind(&version.job_id)
-        .bind(version.metrics.as_ref().map(Value::to_string))
-        .bind(version.checksums.as_ref().map(Value::to_string))
-        .execute(&self.pool)
-        .await
-        .map_err(|err| self.database_error("cannot record the model version", err))?;
+        insert_version_query(version)
+            .execute(&self.pool)
+            .await
+            .map_err(|err| self.database_error("cannot record the model version", err))?;
         Ok(())
     }
 

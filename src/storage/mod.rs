@@ -20,9 +20,11 @@ use crate::error::{Error, Result};
 mod blobs;
 mod database;
 mod fine_tunes;
+mod leases;
 pub use blobs::{is_older, BlobConfig, Blobs};
 pub use database::{redact, Backend, Database};
 pub use fine_tunes::{JobEvent, JobRecord, JobStatus, VersionKind, VersionRecord};
+pub use leases::Lease;
 
 pub const DATABASE_FILE: &str = "t2i-align.db";
 /// How old a file with no row must be before a sweep of a shared store removes it: longer than any write

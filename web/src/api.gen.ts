@@ -477,6 +477,12 @@ export interface components {
          *     }
          */
         FineTuneOut: {
+            /**
+             * Format: int64
+             * @description Attempts so far: a job whose worker stopped, or that a shutdown gave back, runs again from its first
+             *     stage, up to the server's --job-max-attempts.
+             */
+            attempt: number;
             base_model: string;
             /**
              * Format: int64
@@ -504,11 +510,16 @@ export interface components {
             stage?: string | null;
             /** @description Every stage a job runs through, in order: prompts, sample, label, reward, train, evaluate, register. */
             stages: string[];
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description When its first attempt started (Unix milliseconds).
+             */
             started_at?: number | null;
             status: components["schemas"]["JobStatusName"];
             /** Format: int64 */
             updated_at: number;
+            /** @description The replica running (or that last ran) it: host, process id and a random suffix. */
+            worker?: string | null;
         };
         /** @description A page of jobs, newest first. Pass `last_id` as `after` for the next page. */
         FineTunePage: {

@@ -10,9 +10,10 @@ with SIGKILL after a random delay:
 
 After each kill, before the restart, SQLite's `PRAGMA integrity_check` must say ok. After the restart:
 every acknowledged rating must be listed by `GET /feedback` with its image in the export; no job may still be
-`running`; every registered version must load (activating it succeeds, which verifies its checksums); and the
-models folder must hold no half-written (`.partial`) version. The script prints the counts and, with
-`--report`, writes them into RELIABILITY.md. The count of losses must be 0.
+`running` once the killed server's lease has run out (the servers run with a 2 s lease and one attempt, so
+the new server's worker fails the job); every registered version must load (activating it succeeds, which
+verifies its checksums); and the models folder must hold no half-written (`.partial`) version. The script
+prints the counts and, with `--report`, writes them into RELIABILITY.md. The count of losses must be 0.
 
 Usage:
     python -m t2i_scripts.ops.crash_safety --binary target/release/t2i-align --rounds 12 \
@@ -65,10 +66,27 @@ def png(seed: int) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+JOB_LEASE_SECONDS = 2
+
+
+def jobs_still_running(url: str) -> list[str]:
+    """Jobs still `running` once a killed server's lease ran out and the new server's worker polled."""
+    deadline = time.time() + JOB_LEASE_SECONDS + 8
+    while True:
+        status, answer = request(url + "/fine-tunes?limit=100")
+        running = [job["id"] for job in json.loads(answer)["data"] if job["status"] == "running"]
+        if not running or time.time() > deadline:
+            return running
+        time.sleep(0.5)
+
+
 class Server(ServerProcess):
     def __init__(self, args: argparse.Namespace, data_dir: Path):
         trainer_python = ROOT / ".venv-trainer" / "bin" / "python"
         command = serve_command(args.binary, args.model, trainer_python=trainer_python)
+        # A killed server's job fails once its lease runs out (its one attempt is spent), instead of running
+        # again, so every round's job has ended by the check.
+        command += ["--job-lease-seconds", str(JOB_LEASE_SECONDS), "--job-max-attempts", "1"]
         super().__init__(command, args.port, image_retention=1000, data_dir=data_dir)
 
 
@@ -207,9 +225,7 @@ def main() -> int:
                 exported = exported_with_images(server.url)
                 counts["lost_rows"] = sum(1 for id in acknowledged if id not in listed)
                 counts["lost_images"] = sum(1 for id in acknowledged if id not in exported)
-                status, answer = request(server.url + "/fine-tunes?limit=100")
-                jobs = json.loads(answer)["data"]
-                counts["jobs_left_running"] += sum(1 for job in jobs if job["status"] == "running")
+                counts["jobs_left_running"] += len(jobs_still_running(server.url))
                 status, answer = request(server.url + "/models")
                 models = json.loads(answer)
                 active = models["active"]
