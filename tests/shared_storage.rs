@@ -227,3 +227,83 @@ fn two_servers_on_one_database_and_bucket_share_images_and_ratings() {
     assert_eq!(refused.status, 503, "{}", refused.text());
     assert_eq!(first.get("/health").status, 200);
 }
+
+/// Copies a model folder, so that a server started on the copy registers a version of another name.
+fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_folder(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Waits until `GET /rollout` on `server` shows `replicas` replicas all serving `version`; returns it.
+fn wait_converged(server: &Server, version: &str, replicas: usize, within: Duration) -> Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let rollout = server.get("/rollout").json();
+        let listed = rollout["replicas"].as_array().map_or(0, Vec::len);
+        if rollout["version"] == version && rollout["converged"] == true && listed == replicas {
+            return rollout;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replicas did not all serve {version} within {within:?}: {rollout:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_version_activated_on_one_replica_is_served_by_every_replica() {
+    let postgres = Postgres::start();
+    let url = postgres.url();
+    let args = ["--database-url", url.as_str(), "--warmup", "false"];
+    let first = Server::start(&args);
+    let second = Server::start(&args);
+    let rollout = wait_converged(&first, "tiny-sd", 2, Duration::from_secs(10));
+    assert_eq!(rollout["generation"], 1, "{rollout}");
+
+    // A third replica started on another folder makes its version active: the other two follow it.
+    let copies = tempfile::tempdir().unwrap();
+    let other = copies.path().join("tiny-sd-b");
+    copy_folder(&tiny_sd(), &other);
+    let third = Server::start_with_model(&other, &args);
+    let rollout = wait_converged(&third, "tiny-sd-b", 3, Duration::from_secs(10));
+    assert_eq!(rollout["generation"], 2, "{rollout}");
+    for server in [&first, &second, &third] {
+        let generated = server.post_json("/generate", r#"{"prompt":"a red circle","steps":2,"seed":1}"#);
+        assert_eq!(generated.status, 200, "{}", generated.text());
+        assert_eq!(
+            generated.json()["model"],
+            "tiny-sd-b",
+            "responses name the version that served them"
+        );
+    }
+
+    // Every replica's listening connection is cut, and then a version is activated: polling finds it.
+    let cut = postgres.sql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = 't2i-align rollout listener'",
+    );
+    assert_eq!(cut.trim(), "3", "one listener per replica");
+    let started = std::time::Instant::now();
+    let activated = second.post_json("/models/tiny-sd/activate", "");
+    assert_eq!(activated.status, 200, "{}", activated.text());
+    let rollout = wait_converged(&first, "tiny-sd", 3, Duration::from_secs(10));
+    assert_eq!(rollout["generation"], 3, "{rollout}");
+    eprintln!("rolled out to 3 replicas in {:.1} s", started.elapsed().as_secs_f64());
+    let generated = third.post_json("/generate", r#"{"prompt":"a red circle","steps":2,"seed":1}"#);
+    assert_eq!(generated.json()["model"], "tiny-sd");
+    // The listeners came back: the next activation is announced again.
+    let activated = first.post_json("/models/tiny-sd-b/activate", "");
+    assert_eq!(activated.status, 200, "{}", activated.text());
+    wait_converged(&second, "tiny-sd-b", 3, Duration::from_secs(10));
+    let listeners =
+        postgres.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 't2i-align rollout listener'");
+    assert_eq!(listeners.trim(), "3", "every listener reconnected");
+}

@@ -736,8 +736,16 @@ async fn one_version_is_active(db: TestDb) {
         .upsert_folder_version("other", VersionKind::Diffusion, "/models/other")
         .await
         .unwrap();
-    storage.set_active_version("base").await.unwrap();
-    storage.set_active_version("other").await.unwrap();
+    assert!(storage.rollout().await.unwrap().is_none());
+    assert_eq!(storage.set_active_version("base").await.unwrap(), 1);
+    assert_eq!(
+        storage.set_active_version("base").await.unwrap(),
+        1,
+        "the same version: no new rollout"
+    );
+    assert_eq!(storage.set_active_version("other").await.unwrap(), 2);
+    let rollout = storage.rollout().await.unwrap().unwrap();
+    assert_eq!((rollout.version.as_str(), rollout.generation), ("other", 2));
     let versions = storage.versions(VersionKind::Diffusion).await.unwrap();
     let active: Vec<_> = versions.iter().filter(|v| v.active).map(|v| v.id.as_str()).collect();
     assert_eq!(active, vec!["other"]);
@@ -754,6 +762,26 @@ async fn one_version_is_active(db: TestDb) {
         .map(|v| v.id)
         .collect();
     assert_eq!(still, vec!["other".to_string()], "a failed activation changes nothing");
+    assert_eq!(storage.rollout().await.unwrap().unwrap().generation, 2);
+
+    // Replicas report what they serve; one silent for too long, or stopped, is left out.
+    let report = |id: &str, generation: i64, seen_at: i64| t2i_align::storage::ReplicaRecord {
+        id: id.into(),
+        roles: "api,worker".into(),
+        version: "other".into(),
+        generation,
+        error: None,
+        started_at: 1,
+        seen_at,
+    };
+    storage.report_replica(&report("a", 1, 1_000)).await.unwrap();
+    storage.report_replica(&report("b", 2, 5_000)).await.unwrap();
+    storage.report_replica(&report("a", 2, 6_000)).await.unwrap();
+    storage.report_replica(&report("c", 2, 500)).await.unwrap();
+    let replicas = storage.replicas(900).await.unwrap();
+    assert_eq!(replicas, vec![report("a", 2, 6_000), report("b", 2, 5_000)]);
+    storage.forget_replica("a").await.unwrap();
+    assert_eq!(storage.replicas(0).await.unwrap(), vec![report("b", 2, 5_000)]);
 }
 
 /// Writers on several connections at once: every rating and job lands, with no lost or duplicated row.

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{ModelFolder, RequestLimits};
 use crate::registry::Registry;
 use crate::runtime::{Device, Runtime, SessionSettings};
-use crate::serving::{EngineSettings, Loader, ModelPool, RewardSettings};
+use crate::serving::{rollout, EngineSettings, Loader, ModelPool, RewardSettings};
 use crate::storage::{BlobConfig, Database, Storage, StorageConfig};
 
 #[derive(Debug, Args)]
@@ -256,9 +256,16 @@ impl ServeArgs {
             return Err(Error::Config("--roles needs at least one of api, worker".into()));
         }
         let (api, worker) = (self.roles.contains(&Role::Api), self.roles.contains(&Role::Worker));
+        let roles = [(api, "api"), (worker, "worker")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| *name)
+            .collect::<Vec<_>>()
+            .join(",");
         let mut jobs = self.jobs.config()?;
         jobs.worker = worker;
         Ok(ServeConfig {
+            roles,
             auth: AuthConfig {
                 keys,
                 protect_metrics: self.protect_metrics,
@@ -307,6 +314,8 @@ impl ServeArgs {
 }
 
 pub struct ServeConfig {
+    /// This replica's roles, as `--roles` names them (`api,worker`).
+    pub roles: String,
     pub model: std::path::PathBuf,
     pub ort_library: Option<std::path::PathBuf>,
     pub device: Device,
@@ -378,6 +387,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     registry.remove_unregistered().await?;
     registry.register_folder(&model.name, &config.model).await?;
     let active = registry.startup_version(&model.name).await?;
+    let generation = storage.rollout().await?.map_or(0, |rollout| rollout.generation);
     if config.auth.keys.is_open() {
         tracing::warn!(
             "OPEN MODE: no API keys are configured (T2I_API_KEYS or --api-keys-file), so anyone who can reach \
@@ -431,6 +441,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
             );
             if let Some(serving) = state.serving.get() {
                 serving.jobs.shutdown(grace).await;
+                let _ = state.storage.forget_replica(serving.jobs.worker()).await;
             }
             handle.stop(true).await;
         })
@@ -457,6 +468,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         let reward_models = config.reward.models.clone();
         let device = config.device.to_string();
         let jobs = config.jobs.clone();
+        let roles = config.roles.clone();
         let data_dir = config.storage.data_dir.clone();
         let runtime_handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
@@ -467,7 +479,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
                 .and_then(|(model, rewards)| {
                     let provider = loader.provider();
                     metrics.set_model_info(&model.version, provider.label(), &device);
-                    let pool = Arc::new(ModelPool::new(loader, registry.clone(), device, model));
+                    let pool = Arc::new(ModelPool::new(loader, registry.clone(), device, model, generation));
                     let rewards = Arc::new(rewards);
                     let jobs = JobManager::new(storage, pool.clone(), rewards.clone(), metrics, jobs, &data_dir)?;
                     Ok(Serving {
@@ -484,8 +496,10 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
                         "ready: the model is loaded and warmed up"
                     );
                     let jobs = serving.jobs.clone();
+                    let pool = serving.models.clone();
                     let _ = state.serving.set(serving);
                     let _guard = runtime_handle.enter();
+                    rollout::spawn(jobs.storage().clone(), pool, jobs.worker().to_string(), roles);
                     if jobs.runs_jobs() {
                         jobs.start();
                     } else {

@@ -1,5 +1,6 @@
-//! Model versions over HTTP: `GET /models` lists every version with its lineage and evaluation, and
-//! `POST /models/{id}/activate` swaps the active one (admin only).
+//! Model versions over HTTP: `GET /models` lists every version with its lineage and evaluation,
+//! `POST /models/{id}/activate` makes one active on every replica (admin only), and `GET /rollout` shows which
+//! version each replica serves.
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint::new(Method::Post, "/models/{id}/activate", Access::Admin, |route| {
         route.to(activate_model)
     }),
+    Endpoint::new(Method::Get, "/rollout", Access::Inference, |route| route.to(rollout)),
 ];
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -129,4 +131,85 @@ async fn model_list(state: &AppState) -> Result<ModelList> {
 pub async fn activate_model(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse> {
     state.serving()?.models.activate(&path, "id").await?;
     Ok(HttpResponse::Ok().json(model_list(&state).await?))
+}
+
+/// What one replica serves.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaOut {
+    /// Host, process id and a random suffix; fine-tune jobs name their worker the same way.
+    pub id: String,
+    /// Its `--roles`: `api`, `worker`, or both.
+    pub roles: String,
+    /// The version it serves.
+    pub version: String,
+    /// The rollout generation it serves.
+    pub generation: i64,
+    /// Whether it serves the rollout's generation.
+    pub current: bool,
+    /// Why it cannot serve the rollout's version, while it cannot (it keeps serving `version`).
+    pub error: Option<String>,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    /// Its last report (every 2 s); replicas silent for 30 s are left out.
+    pub seen_at: i64,
+}
+
+/// The active version's rollout: the version every replica should serve, and what each one serves.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"version": "shapes-sd-ft-5d41402a", "generation": 3, "updated_at": 1764900000000_i64,
+    "converged": true, "replicas": [{"id": "node-a:4121:9f2c1e", "roles": "api,worker",
+    "version": "shapes-sd-ft-5d41402a", "generation": 3, "current": true, "error": null,
+    "started_at": 1764899000000_i64, "seen_at": 1764900001000_i64}]}))]
+pub struct RolloutOut {
+    #[schema(value_type = ModelVersion)]
+    pub version: String,
+    /// Raised each time the active version changes.
+    pub generation: i64,
+    /// When it was activated (Unix milliseconds).
+    pub updated_at: i64,
+    /// Whether every replica listed serves it.
+    pub converged: bool,
+    /// Every replica that reported in the last 30 s, oldest first.
+    pub replicas: Vec<ReplicaOut>,
+}
+
+/// Which version every replica should serve, and which one each serves. A version activated on any replica
+/// is downloaded, checked, loaded and warmed up by every other one, which then swaps (within a few seconds).
+#[utoipa::path(
+    get,
+    path = "/rollout",
+    tag = "models",
+    responses(
+        (status = 200, description = "The rollout and every replica's state", body = RolloutOut),
+        (status = 503, description = "The models are still loading, or the database is unreachable", body = ErrorBody),
+    )
+)]
+pub async fn rollout(state: web::Data<AppState>) -> Result<HttpResponse> {
+    let serving = state.serving()?;
+    let since = crate::storage::now_millis() - crate::serving::rollout::REPLICA_TIMEOUT.as_millis() as i64;
+    let replicas = state.storage.replicas(since).await?;
+    let (version, generation, updated_at) = match state.storage.rollout().await? {
+        Some(rollout) => (rollout.version, rollout.generation, rollout.updated_at),
+        None => (serving.models.active().version.clone(), 0, 0),
+    };
+    let replicas: Vec<ReplicaOut> = replicas
+        .into_iter()
+        .map(|replica| ReplicaOut {
+            current: replica.generation == generation && replica.version == version,
+            id: replica.id,
+            roles: replica.roles,
+            version: replica.version,
+            generation: replica.generation,
+            error: replica.error,
+            started_at: replica.started_at,
+            seen_at: replica.seen_at,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(RolloutOut {
+        converged: replicas.iter().all(|replica| replica.current),
+        version,
+        generation,
+        updated_at,
+        replicas,
+    }))
 }

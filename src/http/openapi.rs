@@ -14,7 +14,7 @@ use crate::http::error::{ErrorBody, ErrorDetail, OpenAiErrorBody, OpenAiErrorDet
 use crate::http::fine_tunes::{
     self, EventId, FineTuneEventOut, FineTuneEventPage, FineTuneOut, FineTunePage, JobId, JobStatusName,
 };
-use crate::http::models::{self, ModelList, ModelOut};
+use crate::http::models::{self, ModelList, ModelOut, ReplicaOut, RolloutOut};
 use crate::http::schemas::{
     FeedbackOut, FeedbackPage, FeedbackRequest, GenerateRequest, GenerateResponse, HealthResponse, ImageBase64,
     ImageFile, ImageId, ImageOut, ImagePage, ImageRecordOut, LabelName, OpenAiImage, OpenAiImageRequest,
@@ -53,6 +53,7 @@ use crate::jobs::spec::{
         fine_tunes::fine_tune_events,
         models::list_models,
         models::activate_model,
+        models::rollout,
         ops::health,
         ops::ready,
         ops::metrics,
@@ -92,6 +93,8 @@ use crate::jobs::spec::{
         FineTuneEventPage,
         ModelOut,
         ModelList,
+        RolloutOut,
+        ReplicaOut,
         HealthResponse,
         ErrorBody,
         ErrorDetail,

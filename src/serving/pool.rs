@@ -14,7 +14,7 @@ use crate::registry::Registry;
 use crate::runtime::ExecutionProvider;
 use crate::serving::engine::LoadedModel;
 use crate::serving::loader::Loader;
-use crate::storage::VersionRecord;
+use crate::storage::{RolloutState, VersionRecord};
 
 struct Slot {
     model: Arc<LoadedModel>,
@@ -29,11 +29,19 @@ pub struct ModelPool {
     loaded: Mutex<HashMap<String, Slot>>,
     /// One load at a time: two requests for the same cold version load it once.
     loading: tokio::sync::Mutex<()>,
+    /// The rollout generation of the active version (#25).
+    generation: Mutex<i64>,
 }
 
 impl ModelPool {
-    /// Starts with `active` loaded (already built by the caller, at start-up).
-    pub fn new(loader: Arc<Loader>, registry: Arc<Registry>, device: String, active: LoadedModel) -> Self {
+    /// Starts with `active` loaded (already built by the caller, at start-up), the rollout's `generation`.
+    pub fn new(
+        loader: Arc<Loader>,
+        registry: Arc<Registry>,
+        device: String,
+        active: LoadedModel,
+        generation: i64,
+    ) -> Self {
         let active = Arc::new(active);
         let mut loaded = HashMap::new();
         loaded.insert(
@@ -50,6 +58,7 @@ impl ModelPool {
             active: RwLock::new(active),
             loaded: Mutex::new(loaded),
             loading: tokio::sync::Mutex::new(()),
+            generation: Mutex::new(generation),
         }
     }
 
@@ -145,20 +154,52 @@ impl ModelPool {
         self.loader.load_diffusion(name, folder).await
     }
 
-    /// Makes `id` the active version: loads it (checking its files), records it, then swaps. Requests already
-    /// running on the old version finish on it.
+    /// Makes `id` the active version on every replica: loads it here (checking its files), records it as the
+    /// rollout's target, then swaps. Requests already running on the old version finish on it. The other
+    /// replicas follow (`crate::serving::rollout`).
     pub async fn activate(&self, id: &str, field: &str) -> Result<Arc<LoadedModel>> {
         let version = self.registry.version(id, field).await?;
         let model = self.load_version(&version).await?;
-        self.registry.storage().set_active_version(id).await?;
+        let generation = self.registry.storage().set_active_version(id).await?;
+        self.swap(model.clone(), generation);
+        Ok(model)
+    }
+
+    /// The rollout generation this replica serves (0 before any activation was recorded).
+    pub fn generation(&self) -> i64 {
+        self.generation.lock().map_or(0, |generation| *generation)
+    }
+
+    /// Serves the rollout's version, as another replica activated it: downloads and checks it if needed, loads
+    /// and warms it up, then swaps. Returns whether it swapped: a generation no newer than the one served is
+    /// left alone.
+    pub async fn follow(&self, rollout: &RolloutState) -> Result<bool> {
+        if rollout.generation <= self.generation() {
+            return Ok(false);
+        }
+        let version = self.registry.version(&rollout.version, "version").await?;
+        let model = self.load_version(&version).await?;
+        Ok(self.swap(model, rollout.generation))
+    }
+
+    /// Makes `model` the active one at `generation`, unless a newer generation is served already (an older
+    /// rollout that finished loading after a newer one).
+    fn swap(&self, model: Arc<LoadedModel>, generation: i64) -> bool {
+        let Ok(mut served) = self.generation.lock() else {
+            return false;
+        };
+        if generation < *served {
+            return false;
+        }
         if let Ok(mut active) = self.active.write() {
             *active = model.clone();
         }
+        *served = generation;
         self.loader
             .metrics()
             .set_model_info(&model.version, self.provider().label(), &self.device);
-        tracing::info!(version = %model.version, "active model version swapped");
-        Ok(model)
+        tracing::info!(version = %model.version, generation, "active model version swapped");
+        true
     }
 }
 

@@ -424,29 +424,4 @@ impl Storage {
         .map_err(|err| self.database_error("cannot list model versions", err))?;
         Ok(rows.iter().map(version_from_row).collect())
     }
-
-    /// Makes `id` the one active diffusion version, in one transaction.
-    pub async fn set_active_version(&self, id: &str) -> Result<()> {
-        let mut transaction = self
-            .pool
-            .begin()
-            .await
-            .map_err(|err| self.database_error("cannot start a transaction", err))?;
-        sqlx::query("UPDATE model_versions SET active = 0 WHERE kind = 'diffusion' AND active = 1")
-            .execute(&mut *transaction)
-            .await
-            .map_err(|err| self.database_error("cannot deactivate the version", err))?;
-        let updated = sqlx::query("UPDATE model_versions SET active = 1 WHERE id = $1 AND kind = 'diffusion'")
-            .bind(id)
-            .execute(&mut *transaction)
-            .await
-            .map_err(|err| self.database_error("cannot activate the version", err))?;
-        if updated.rows_affected() != 1 {
-            return Err(Error::NotFound(format!("no diffusion model version `{id}`")));
-        }
-        transaction
-            .commit()
-            .await
-            .map_err(|err| self.database_error("cannot commit the activation", err))
-    }
 }

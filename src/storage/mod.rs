@@ -21,10 +21,12 @@ mod blobs;
 mod database;
 mod fine_tunes;
 mod leases;
+mod rollout;
 pub use blobs::{is_older, BlobConfig, Blobs};
 pub use database::{redact, Backend, Database};
 pub use fine_tunes::{JobEvent, JobRecord, JobStatus, VersionKind, VersionRecord};
 pub use leases::Lease;
+pub use rollout::{ReplicaRecord, RolloutState, ROLLOUT_CHANNEL};
 
 pub const DATABASE_FILE: &str = "t2i-align.db";
 /// How old a file with no row must be before a sweep of a shared store removes it: longer than any write

@@ -156,6 +156,26 @@ impl Postgres {
 }
 
 impl Postgres {
+    /// Runs one SQL statement with psql as the superuser; returns its rows, unaligned.
+    pub fn sql(&self, statement: &str) -> String {
+        let output = Command::new(bindir().join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-At", "-c", statement])
+            .output()
+            .expect("run psql");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// Stops the server now (a fast shutdown), as an outage would; its folder stays until the handle drops.
     pub fn stop(&self) {
         let _ = command(

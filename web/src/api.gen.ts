@@ -304,6 +304,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/rollout": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Which version every replica should serve, and which one each serves. A version activated on any replica
+         *     is downloaded, checked, loaded and warmed up by every other one, which then swaps (within a few seconds).
+         */
+        get: operations["rollout"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/score": {
         parameters: {
             query?: never;
@@ -1061,6 +1081,34 @@ export interface components {
          * @description The id of a stored rating (`id` in `POST /feedback` answers).
          */
         RatingId: string;
+        /** @description What one replica serves. */
+        ReplicaOut: {
+            /** @description Whether it serves the rollout's generation. */
+            current: boolean;
+            /** @description Why it cannot serve the rollout's version, while it cannot (it keeps serving `version`). */
+            error?: string | null;
+            /**
+             * Format: int64
+             * @description The rollout generation it serves.
+             */
+            generation: number;
+            /** @description Host, process id and a random suffix; fine-tune jobs name their worker the same way. */
+            id: string;
+            /** @description Its `--roles`: `api`, `worker`, or both. */
+            roles: string;
+            /**
+             * Format: int64
+             * @description Its last report (every 2 s); replicas silent for 30 s are left out.
+             */
+            seen_at: number;
+            /**
+             * Format: int64
+             * @description Unix milliseconds.
+             */
+            started_at: number;
+            /** @description The version it serves. */
+            version: string;
+        };
         /** @description `POST /rerank` as `multipart/form-data`: the image files themselves, no base64. */
         RerankForm: {
             /** @description PNG or JPEG files, 1 to `--max-score-images` (`image`, `images` and `file` are the same field). */
@@ -1127,6 +1175,44 @@ export interface components {
          * @description A loaded reward model's name (the first `--reward-model` is the default).
          */
         RewardModelName: string;
+        /**
+         * @description The active version's rollout: the version every replica should serve, and what each one serves.
+         * @example {
+         *       "converged": true,
+         *       "generation": 3,
+         *       "replicas": [
+         *         {
+         *           "current": true,
+         *           "error": null,
+         *           "generation": 3,
+         *           "id": "node-a:4121:9f2c1e",
+         *           "roles": "api,worker",
+         *           "seen_at": 1764900001000,
+         *           "started_at": 1764899000000,
+         *           "version": "shapes-sd-ft-5d41402a"
+         *         }
+         *       ],
+         *       "updated_at": 1764900000000,
+         *       "version": "shapes-sd-ft-5d41402a"
+         *     }
+         */
+        RolloutOut: {
+            /** @description Whether every replica listed serves it. */
+            converged: boolean;
+            /**
+             * Format: int64
+             * @description Raised each time the active version changes.
+             */
+            generation: number;
+            /** @description Every replica that reported in the last 30 s, oldest first. */
+            replicas: components["schemas"]["ReplicaOut"][];
+            /**
+             * Format: int64
+             * @description When it was activated (Unix milliseconds).
+             */
+            updated_at: number;
+            version: components["schemas"]["ModelVersion"];
+        };
         /**
          * @description The samplers `scheduler` names (the document's enum; `SchedulerKind::from_name` also takes aliases).
          * @enum {string}
@@ -2373,6 +2459,53 @@ export interface operations {
                 };
             };
             /** @description The models are still loading */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    rollout: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The rollout and every replica's state */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RolloutOut"];
+                };
+            };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The models are still loading, or the database is unreachable */
             503: {
                 headers: {
                     [name: string]: unknown;

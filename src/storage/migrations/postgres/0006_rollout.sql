@@ -1,0 +1,24 @@
+-- Postgres twin of sqlite/0006_rollout.sql (`rowid` stands in for SQLite's implicit one).
+-- Rollout of the active version across replicas (#25). `rollout` has one row: the version every replica should
+-- serve and its generation, raised each time the active version changes. Each replica reports in `replicas`
+-- which generation it serves, so the API can show a rollout's progress.
+CREATE TABLE rollout (
+    id          BIGINT PRIMARY KEY NOT NULL CHECK (id = 1),
+    version     TEXT NOT NULL,
+    generation  BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL,          -- Unix milliseconds
+    rowid       BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE
+);
+INSERT INTO rollout (id, version, generation, updated_at)
+    SELECT 1, id, 1, created_at FROM model_versions WHERE kind = 'diffusion' AND active = 1;
+
+CREATE TABLE replicas (
+    id          TEXT PRIMARY KEY NOT NULL, -- host:pid:random, as in fine_tunes.worker
+    roles       TEXT NOT NULL,             -- comma-separated: api, worker
+    version     TEXT NOT NULL,             -- the version it serves
+    generation  BIGINT NOT NULL,               -- the rollout generation it serves
+    error       TEXT,                      -- why it cannot serve the rollout's version, while it cannot
+    started_at  BIGINT NOT NULL,
+    seen_at     BIGINT NOT NULL,               -- its last report; a replica silent for long has stopped
+    rowid       BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE
+);
