@@ -21,13 +21,14 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-browser screenshots test-ops dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-more trainer-venv models test-model clean
+.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-more trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
 	@echo "make test   - every test: cargo fmt/clippy, Rust unit+integration tests, schemathesis, browser tests, ruff, pytest"
 	@echo "make audit  - cargo audit (offline) against the RustSec advisories committed in audit/"
 	@echo "make test-ops - promtool on /metrics and deploy/prometheus.yml; every Grafana query through a real Prometheus"
+	@echo "make deploy-check - render deploy/k8s (kubectl kustomize), validate it and the compose files offline"
 	@echo "make screenshots - the browser tests, also writing docs/console/*.png"
 	@echo "make dashboard-pngs - docs/dashboard/*.png and docs/operations.md's panel table, from a live Prometheus"
 	@echo "make docs   - regenerate docs/configuration.md from the command line's definitions (a test fails when stale)"
@@ -94,6 +95,10 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing \
 		|| { $$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing; }; \
 	fi
+	@# kubectl for `make deploy-check`: not from Debian, whose kubernetes-client (1.20) embeds kustomize v2.0.3,
+	@# too old for deploy/k8s/overlays. deploy_check fails naming what to install when it is missing.
+	@command -v kubectl >/dev/null || command -v kustomize >/dev/null \
+		|| echo "note: no kubectl (>= 1.21) or kustomize on PATH; make deploy-check needs one: https://kubernetes.io/docs/tasks/tools/"
 
 build: web
 	$(CARGO) build $(CARGO_FLAGS)
@@ -141,6 +146,12 @@ audit: venv .tools/bin/cargo-audit
 # of deploy/grafana/t2i-align.json through a real Prometheus scraping a real server (about 15 s).
 test-ops: venv build system-deps
 	$(VENV)/bin/python -m t2i_scripts.ops.ops_check --binary $(BIN)
+
+# The deployment files, offline (#25): deploy/k8s's base and overlays rendered by `kubectl kustomize` and validated
+# against the Kubernetes 1.31 schemas in strict mode (kubernetes-validate) plus the checks a schema cannot make
+# (probes, secrets only by reference, selectors); the compose files against the Compose specification.
+deploy-check: venv
+	$(VENV)/bin/python -m t2i_scripts.ops.deploy_check
 
 # docs/dashboard/*.png (Prometheus's graph page for each panel, headless Chromium) and the panel table in
 # docs/operations.md (between its ops-check markers).
