@@ -21,12 +21,14 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-more trainer-venv models test-model clean
+.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-cluster cluster cluster-down test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-more trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
 	@echo "make test   - every test: cargo fmt/clippy, Rust unit+integration tests, schemathesis, browser tests, ruff, pytest"
 	@echo "make audit  - cargo audit (offline) against the RustSec advisories committed in audit/"
+	@echo "make cluster - Postgres, SeaweedFS and 3 replicas on 127.0.0.1:8081-8083 (docs/scaling.md); make cluster-down stops them"
+	@echo "make test-cluster - the multi-replica tests, on Postgres + SeaweedFS and on SQLite + a local folder"
 	@echo "make test-ops - promtool on /metrics and deploy/prometheus.yml; every Grafana query through a real Prometheus"
 	@echo "make deploy-check - render deploy/k8s (kubectl kustomize), validate it and the compose files offline"
 	@echo "make screenshots - the browser tests, also writing docs/console/*.png"
@@ -107,7 +109,7 @@ build: web
 run: venv trainer-venv build
 	$(BIN) serve --model $(MODEL) --host $(HOST) --port $(PORT) --device $(or $(DEVICE),cpu)
 
-test: venv trainer-venv system-deps lint audit test-rust test-api test-ops test-browser test-python
+test: venv trainer-venv system-deps lint audit test-rust test-api test-cluster test-ops deploy-check test-browser test-python
 
 lint: venv web
 	cd web && npm run typecheck
@@ -124,6 +126,18 @@ test-rust: venv web system-deps
 # schemathesis against the served /openapi.json: no server errors, no response that breaks the document.
 test-api: venv build
 	$(VENV)/bin/python -m t2i_scripts.ops.api_fuzz --binary $(BIN)
+
+# Three replicas on one database and one object store (#25): `make cluster` starts Postgres, SeaweedFS and the
+# replicas on 127.0.0.1:8081-8083 and waits until all are ready; `make cluster-down` stops what it started.
+# `make test-cluster` starts clusters of its own (free ports, both backends) and stops them at the end.
+cluster: venv trainer-venv system-deps build
+	$(VENV)/bin/python -m t2i_scripts.cluster.cluster up --binary $(BIN) --model $(MODEL)
+
+cluster-down: venv
+	$(VENV)/bin/python -m t2i_scripts.cluster.cluster down
+
+test-cluster: venv trainer-venv system-deps build
+	T2I_BINARY=$(abspath $(BIN)) $(VENV)/bin/pytest -q -p no:cacheprovider scripts/tests
 
 # The console in headless chromium (playwright-core) against servers the tests start: playground, rating,
 # a fine-tune job followed to the end, activation, API keys. Screenshots land in web/test-results/;
