@@ -125,6 +125,70 @@ fn model_ids(server: &Server) -> (Vec<String>, String) {
 }
 
 #[test]
+fn the_trainer_runs_on_two_nodes_that_meet_at_a_rendezvous_named_after_the_job() {
+    let data = tempfile::tempdir().unwrap();
+    // Two "nodes" on this machine: the second is started through a launcher that names it and runs locally.
+    let endpoint = format!("127.0.0.1:{}", common::free_port());
+    let flags = [
+        "--trainer-nodes",
+        "node-a,node-b",
+        "--trainer-nproc-per-node",
+        "1",
+        "--trainer-node-launcher",
+        "env T2I_NODE={node}",
+        "--trainer-rdzv-endpoint",
+        endpoint.as_str(),
+    ];
+    let server = start(data.path(), &flags);
+    let created = server.post_json("/fine-tunes", &tiny_job(2).to_string());
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let done = wait_final(&server, &id);
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", server.log());
+    let events = events(&server, &id);
+    let started = events
+        .iter()
+        .find(|event| event["kind"] == "trainer" && event["message"].as_str().unwrap().starts_with("started: "))
+        .unwrap();
+    let command = started["message"].as_str().unwrap();
+    assert!(
+        command.contains("torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d"),
+        "{command}"
+    );
+    assert!(command.contains(&format!("--rdzv-id={id}-a1")), "{command}");
+    let world = events
+        .iter()
+        .find(|event| event["data"]["event"] == "start")
+        .unwrap_or_else(|| panic!("no start event: {events:#?}"));
+    assert_eq!(world["data"]["processes"], 2, "{world}");
+    assert!(data.path().join("jobs").join(&id).join("trainer-node-1.log").is_file());
+}
+
+#[test]
+fn a_node_that_fails_stops_the_others_and_fails_the_job() {
+    let data = tempfile::tempdir().unwrap();
+    // The second node's launcher fails at once; node 0 would otherwise wait at the rendezvous for minutes.
+    let endpoint = format!("127.0.0.1:{}", common::free_port());
+    let flags = [
+        "--trainer-nodes",
+        "node-a,node-b",
+        "--trainer-node-launcher",
+        "false {node}",
+        "--trainer-rdzv-endpoint",
+        endpoint.as_str(),
+    ];
+    let server = start(data.path(), &flags);
+    let created = server.post_json("/fine-tunes", &tiny_job(2).to_string());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    // wait_final gives up after 150 s, long before the rendezvous would (600 s).
+    let done = wait_final(&server, &id);
+    assert_eq!(done["status"], "failed", "{done}");
+    let error = done["error"].as_str().unwrap();
+    assert!(error.contains("`false node-b") && error.contains("failed"), "{error}");
+    wait_no_trainer(&id);
+}
+
+#[test]
 fn rate_fine_tune_activate_generate_and_survive_a_restart() {
     let data = tempfile::tempdir().unwrap();
     let mut server = start(data.path(), &[]);

@@ -11,6 +11,7 @@ use clap::Args;
 use super::args::{LimitArgs, RewardArgs, RewardConfig, RuntimeArgs};
 use crate::error::{Error, Result};
 use crate::http::{build_server, AppState, HttpConfig, Serving};
+use crate::jobs::launch::TrainerLaunch;
 use crate::jobs::{GateDefaults, JobConfig, JobLimits, JobManager};
 use crate::metrics::Metrics;
 use crate::pipeline::{ModelFolder, RequestLimits};
@@ -161,6 +162,25 @@ pub struct JobArgs {
     /// torch CPU threads for the trainer.
     #[arg(long, env = "T2I_TRAINER_THREADS", default_value_t = 2)]
     pub trainer_threads: usize,
+    /// Run the trainer under torchrun with this many processes on each node (one per GPU), data-parallel.
+    #[arg(long, env = "T2I_TRAINER_NPROC_PER_NODE")]
+    pub trainer_nproc_per_node: Option<u32>,
+    /// The nodes of a multi-node trainer run, comma-separated, this worker's first: every node's torchrun
+    /// agent meets at a c10d rendezvous named after the job and its attempt. Every node needs the job's folder
+    /// at the same path (a shared filesystem) and the trainer's environment.
+    #[arg(long, env = "T2I_TRAINER_NODES", value_delimiter = ',')]
+    pub trainer_nodes: Vec<String>,
+    /// `host:port` of the trainer's c10d rendezvous. Default: the first of --trainer-nodes at port 29400, or
+    /// a free port on 127.0.0.1 for one node.
+    #[arg(long, env = "T2I_TRAINER_RDZV_ENDPOINT")]
+    pub trainer_rdzv_endpoint: Option<String>,
+    /// The words that start a command on another node; `{node}` stands for its name.
+    #[arg(long, env = "T2I_TRAINER_NODE_LAUNCHER", default_value = "ssh {node}")]
+    pub trainer_node_launcher: String,
+    /// torchrun, for --trainer-nproc-per-node and --trainer-nodes. Default: the torchrun beside
+    /// --trainer-python.
+    #[arg(long, env = "T2I_TORCHRUN")]
+    pub torchrun: Option<PathBuf>,
     /// The gate: a new version's mean reward on the evaluation prompts must beat its base's by this much.
     #[arg(
         long,
@@ -213,7 +233,20 @@ impl JobArgs {
                 )));
             }
         }
+        let launch = TrainerLaunch {
+            nproc_per_node: self.trainer_nproc_per_node,
+            nodes: self.trainer_nodes.clone(),
+            rdzv_endpoint: self.trainer_rdzv_endpoint.clone(),
+            node_launcher: self
+                .trainer_node_launcher
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+            torchrun: self.torchrun.clone(),
+        };
+        launch.validate(trainer_command.is_some())?;
         Ok(JobConfig {
+            launch,
             python: self.trainer_python.clone(),
             trainer_dir: self.trainer_dir.clone(),
             trainer_command,

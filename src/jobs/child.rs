@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 
 pub struct RunningChild {
     child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
+    /// Its stdout, line by line; `None` when its stdout goes to its log too (`spawn_logged`).
+    lines: Option<Lines<BufReader<ChildStdout>>>,
     program: String,
 }
 
@@ -74,6 +75,16 @@ fn python_path(trainer_dir: &Path, existing: Option<&OsStr>) -> String {
 impl RunningChild {
     /// Starts `command[0]` with the rest as arguments, stderr appended to `log`, `trainer_dir` on PYTHONPATH.
     pub fn spawn(command: &[String], log: &Path, trainer_dir: &Path) -> Result<Self> {
+        Self::start(command, log, trainer_dir, false)
+    }
+
+    /// As `spawn`, with stdout appended to `log` as well: a child whose output nobody reads (another node's
+    /// torchrun agent).
+    pub fn spawn_logged(command: &[String], log: &Path, trainer_dir: &Path) -> Result<Self> {
+        Self::start(command, log, trainer_dir, true)
+    }
+
+    fn start(command: &[String], log: &Path, trainer_dir: &Path, stdout_to_log: bool) -> Result<Self> {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| Error::Config("an empty command line".into()))?;
@@ -85,10 +96,19 @@ impl RunningChild {
         let mut builder = Command::new(program);
         // A sanitised environment: the server's secrets (T2I_API_KEYS and the like) never reach the trainer.
         builder.env_clear().envs(child_environment(trainer_dir));
+        let stdout = if stdout_to_log {
+            Stdio::from(
+                stderr
+                    .try_clone()
+                    .map_err(|err| Error::Internal(format!("cannot open {}: {err}", log.display())))?,
+            )
+        } else {
+            Stdio::piped()
+        };
         builder
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::from(stderr))
             // Its own process group, so a cancel reaches every process it starts (torchrun's workers too).
             .process_group(0)
@@ -106,23 +126,36 @@ impl RunningChild {
         let mut child = builder
             .spawn()
             .map_err(|err| Error::Config(format!("cannot start `{}`: {err}", command.join(" "))))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| Error::Internal("the child has no stdout".into()))?;
+        let lines = child.stdout.take().map(|stdout| BufReader::new(stdout).lines());
+        if lines.is_none() && !stdout_to_log {
+            return Err(Error::Internal("the child has no stdout".into()));
+        }
         Ok(RunningChild {
             child,
-            lines: BufReader::new(stdout).lines(),
+            lines,
             program: program.clone(),
         })
     }
 
     /// The next line of stdout; `None` at its end.
     pub async fn next_line(&mut self) -> Result<Option<String>> {
-        self.lines
+        let Some(lines) = self.lines.as_mut() else {
+            return Ok(None);
+        };
+        lines
             .next_line()
             .await
             .map_err(|err| Error::Internal(format!("cannot read the output of {}: {err}", self.program)))
+    }
+
+    /// Its stdout lines, for a reader of its own; `next_line` then answers `None`.
+    pub fn take_lines(&mut self) -> Option<Lines<BufReader<ChildStdout>>> {
+        self.lines.take()
+    }
+
+    /// Its process id, which is also its process group's.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
     }
 
     pub async fn wait(&mut self) -> Result<ExitStatus> {
@@ -137,17 +170,19 @@ impl RunningChild {
         let Some(pid) = self.child.id() else {
             return;
         };
-        let group = -(pid as i32);
-        // SAFETY: kill() only sends a signal; a group that is gone yields ESRCH, which we ignore.
-        unsafe {
-            libc::kill(group, libc::SIGTERM);
-        }
+        signal_group(pid, libc::SIGTERM);
         if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
-            unsafe {
-                libc::kill(group, libc::SIGKILL);
-            }
+            signal_group(pid, libc::SIGKILL);
             let _ = self.child.wait().await;
         }
+    }
+}
+
+/// Sends `signal` to the process group `pid` leads; a group that is gone is ignored.
+pub fn signal_group(pid: u32, signal: i32) {
+    // SAFETY: kill() only sends a signal; a group that is gone yields ESRCH, which we ignore.
+    unsafe {
+        libc::kill(-(pid as i32), signal);
     }
 }
 

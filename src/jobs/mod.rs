@@ -25,6 +25,7 @@
 pub mod child;
 pub mod context;
 pub mod evaluate;
+pub mod launch;
 pub mod manager;
 pub mod metrics;
 pub mod reward;
@@ -76,6 +77,8 @@ pub struct JobConfig {
     pub trainer_command: Option<Vec<String>>,
     /// torch threads for the trainer.
     pub trainer_threads: usize,
+    /// One process, or torchrun on one or several nodes (ignored with `trainer_command`).
+    pub launch: launch::TrainerLaunch,
     /// Whether this replica claims and runs jobs (`--roles worker`); an API-only one only queues them.
     pub worker: bool,
     /// How long a worker's lease on a running job lasts; renewed every third of it (#25).

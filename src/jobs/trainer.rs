@@ -4,12 +4,14 @@
 //! fails when it is stale), and a Python test holds the trainer's own spec parser to that schema.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{PartialSchema, ToSchema};
 
 use crate::error::{Error, Result};
+use crate::jobs::child::{log_tail, signal_group, RunningChild};
 use crate::jobs::context::JobContext;
 use crate::jobs::metrics::{LossPoint, TrainerFigures};
 use crate::jobs::spec::LrSchedule;
@@ -199,11 +201,26 @@ impl JobContext<'_> {
             .map_err(|err| Error::Internal(format!("cannot encode the trainer's spec: {err}")))?;
         let spec_path = self.folder.join("trainer-spec.json");
         crate::storage::write_atomically(&spec_path, trainer_spec.to_string().as_bytes())?;
-        let mut command = match &self.services.config.trainer_command {
-            Some(command) => command.clone(),
-            None => self.python("jobs.finetune"),
+        let spec_arg = spec_path.to_string_lossy().into_owned();
+        let commands = match &self.services.config.trainer_command {
+            Some(command) => {
+                let mut command = command.clone();
+                command.extend(["--spec".into(), spec_arg]);
+                vec![command]
+            }
+            None => self.services.config.launch.commands(
+                &self.services.config.python,
+                &format!("{}-a{}", self.lease.job_id, self.lease.attempt),
+                &[
+                    "-m".into(),
+                    "t2i_trainer.jobs.finetune".into(),
+                    "--spec".into(),
+                    spec_arg,
+                ],
+                free_local_port,
+            ),
         };
-        command.extend(["--spec".into(), spec_path.to_string_lossy().into_owned()]);
+        let command = commands[0].join(" ");
         let _ = self
             .services
             .storage
@@ -211,21 +228,18 @@ impl JobContext<'_> {
                 &self.lease,
                 "info",
                 "trainer",
-                &format!("started: {}", command.join(" ")),
+                &format!("started: {command}"),
                 Some(&trainer_spec),
             )
             .await;
-        let mut child = self.follow(&command, "trainer.log")?;
         let mut losses = Vec::new();
         let mut trainer_error = None;
-        while let Some(line) = child.next_line().await? {
-            self.trainer_line(&line, &mut losses, &mut trainer_error).await;
-        }
+        let finished = self.run_nodes(&commands, &mut losses, &mut trainer_error).await;
         self.metrics.trainer = Some(TrainerFigures {
             final_loss: losses.last().cloned(),
             losses,
         });
-        child.finish(trainer_error).await?;
+        finished?;
         if !candidate.join("model_index.json").is_file() {
             return Err(Error::Internal(format!(
                 "the trainer exited cleanly but wrote no model to {}",
@@ -233,6 +247,92 @@ impl JobContext<'_> {
             )));
         }
         Ok(())
+    }
+
+    /// Starts every node's command (node 0's log is `trainer.log`, node N's `trainer-node-N.log`) and follows
+    /// them to their end. Progress comes from whichever node holds rank 0, so every node's stdout is read.
+    /// The first node to fail, a cancel or a lost lease stops them all.
+    async fn run_nodes(
+        &self,
+        commands: &[Vec<String>],
+        losses: &mut Vec<LossPoint>,
+        trainer_error: &mut Option<String>,
+    ) -> Result<()> {
+        enum Output {
+            Line(String),
+            Exit(usize, std::io::Result<std::process::ExitStatus>),
+        }
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        let mut groups = Vec::new();
+        let mut logs = Vec::new();
+        for (index, command) in commands.iter().enumerate() {
+            let log = match index {
+                0 => self.folder.join("trainer.log"),
+                _ => self.folder.join(format!("trainer-node-{index}.log")),
+            };
+            let mut child = match RunningChild::spawn(command, &log, &self.services.config.trainer_dir) {
+                Ok(child) => child,
+                Err(err) => {
+                    groups.iter().for_each(|&pid| signal_group(pid, libc::SIGKILL));
+                    return Err(err);
+                }
+            };
+            groups.extend(child.id());
+            logs.push((command.join(" "), log));
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                if let Some(mut lines) = child.take_lines() {
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let _ = sender.send(Output::Line(line));
+                    }
+                }
+                let status = child.wait().await.map_err(std::io::Error::other);
+                let _ = sender.send(Output::Exit(index, status));
+            });
+        }
+        drop(sender);
+        let stop_all = |groups: &[u32]| groups.iter().for_each(|&pid| signal_group(pid, libc::SIGTERM));
+        let mut cancelled = self.cancelled.clone();
+        let mut running = commands.len();
+        let mut failure: Option<Error> = None;
+        while running > 0 {
+            tokio::select! {
+                output = receiver.recv() => match output {
+                    Some(Output::Line(line)) => self.trainer_line(&line, losses, trainer_error).await,
+                    Some(Output::Exit(index, status)) => {
+                        running -= 1;
+                        let failed = match status {
+                            Ok(status) if status.success() => None,
+                            Ok(status) => Some(format!(
+                                "`{}` failed ({status}): {}",
+                                logs[index].0,
+                                trainer_error.clone().unwrap_or_else(|| log_tail(&logs[index].1, 1500))
+                            )),
+                            Err(err) => Some(format!("cannot wait for `{}`: {err}", logs[index].0)),
+                        };
+                        if let (Some(message), None) = (failed, &failure) {
+                            failure = Some(Error::Internal(message));
+                            stop_all(&groups);
+                        }
+                    }
+                    None => break,
+                },
+                changed = cancelled.changed(), if failure.is_none() => {
+                    if changed.is_err() || *cancelled.borrow() {
+                        failure = Some(Error::Cancelled);
+                        stop_all(&groups);
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_secs(10)), if failure.is_some() => {
+                    // SIGTERM was not enough.
+                    groups.iter().for_each(|&pid| signal_group(pid, libc::SIGKILL));
+                }
+            }
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 
     /// One line of the trainer's stdout: a progress event, or anything else, kept as a log event.
@@ -279,6 +379,13 @@ impl JobContext<'_> {
             }
         }
     }
+}
+
+/// A free TCP port on 127.0.0.1, for a single node's rendezvous.
+fn free_local_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|listener| listener.local_addr())
+        .map_or(crate::jobs::launch::DEFAULT_RDZV_PORT, |address| address.port())
 }
 
 #[cfg(test)]
