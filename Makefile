@@ -21,7 +21,7 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-cluster cluster cluster-down test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-more trainer-venv models test-model clean
+.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-cluster cluster cluster-down scaling test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-more trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
@@ -29,6 +29,7 @@ help:
 	@echo "make audit  - cargo audit (offline) against the RustSec advisories committed in audit/"
 	@echo "make cluster - Postgres, SeaweedFS and 3 replicas on 127.0.0.1:8081-8083 (docs/scaling.md); make cluster-down stops them"
 	@echo "make test-cluster - the multi-replica tests, on Postgres + SeaweedFS and on SQLite + a local folder"
+	@echo "make scaling - throughput of 1-3 replicas, rollout and reclaim times, Postgres+S3 cost: SCALING.md"
 	@echo "make test-ops - promtool on /metrics and deploy/prometheus.yml; every Grafana query through a real Prometheus"
 	@echo "make deploy-check - render deploy/k8s (kubectl kustomize), validate it and the compose files offline"
 	@echo "make screenshots - the browser tests, also writing docs/console/*.png"
@@ -135,6 +136,11 @@ cluster: venv trainer-venv system-deps build
 
 cluster-down: venv
 	$(VENV)/bin/python -m t2i_scripts.cluster.cluster down
+
+# SCALING.md: throughput of 1, 2 and 3 replicas, rollout and reclaim times, and what Postgres + S3 add per request
+# (about 10 minutes here).
+scaling: venv trainer-venv system-deps build
+	$(VENV)/bin/python -m t2i_scripts.cluster.scaling --binary $(BIN) --model $(MODEL) --report SCALING.md
 
 test-cluster: venv trainer-venv system-deps build
 	T2I_BINARY=$(abspath $(BIN)) $(VENV)/bin/pytest -q -p no:cacheprovider scripts/tests

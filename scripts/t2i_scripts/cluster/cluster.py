@@ -185,6 +185,8 @@ class Cluster:
     binary: str = str(ROOT / "target" / "release" / "t2i-align")
     model: str = str(ROOT / "models" / "tiny-sd")
     extra_flags: list[str] = field(default_factory=list)
+    # Off by default, so a cluster is up in seconds; the scaling figures turn it on, as production would.
+    warmup: bool = False
     replicas: list[Replica] = field(default_factory=list)
     postgres_pid: int = 0
     postgres_port: int = 0
@@ -362,7 +364,7 @@ class Cluster:
             "--intra-threads",
             "1",
             "--warmup",
-            "false",
+            "true" if self.warmup else "false",
             "--trainer-python",
             str(ROOT / ".venv-trainer" / "bin" / "python"),
             "--trainer-dir",
