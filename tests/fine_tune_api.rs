@@ -465,6 +465,64 @@ fn a_server_killed_mid_job_fails_it_once_its_lease_runs_out_on_the_last_attempt(
 }
 
 #[test]
+fn a_reclaimed_job_goes_on_training_from_its_last_checkpoint() {
+    let data = tempfile::tempdir().unwrap();
+    let flags = ["--job-lease-seconds", "2", "--job-checkpoint-every", "10"];
+    let mut server = start(data.path(), &flags);
+    let created = server.post_json("/fine-tunes", &tiny_job(300).to_string());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let stored = |events: &[Value]| {
+        events
+            .iter()
+            .filter(|event| {
+                event["kind"] == "checkpoint" && event["message"].as_str().unwrap().starts_with("checkpoint")
+            })
+            .filter_map(|event| event["data"]["step"].as_i64())
+            .max()
+    };
+    wait_for(&server, &id, "checkpointed", |_, events| stored(events).is_some());
+    server.kill();
+    wait_no_trainer(&id);
+    // The checkpoint stored last before the kill (another may have been written meanwhile, but not stored).
+    let last = std::fs::read_to_string(data.path().join("checkpoints").join(&id).join("checkpoint.json")).unwrap();
+    let last: i64 = serde_json::from_str::<Value>(&last).unwrap()["step"].as_i64().unwrap();
+
+    let server = start(data.path(), &flags);
+    let done = wait_final(&server, &id);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempt"], 2);
+    let events = events(&server, &id);
+    let resumed = events
+        .iter()
+        .find(|event| {
+            event["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("train: resuming from step")
+        })
+        .unwrap_or_else(|| panic!("no resume event: {events:#?}"));
+    assert_eq!(resumed["data"]["step"], last, "{resumed}");
+    // Attempt 2's trainer starts after the checkpoint's step.
+    let second = events
+        .iter()
+        .position(|event| event["message"].as_str().unwrap().starts_with("running: attempt 2"))
+        .unwrap();
+    let first_step = events[second..]
+        .iter()
+        .find(|event| event["kind"] == "progress")
+        .map(|event| event["data"]["step"].as_i64().unwrap())
+        .unwrap();
+    assert!(
+        first_step > last,
+        "attempt 2 began at step {first_step}, after the checkpoint at {last}"
+    );
+    assert!(
+        !data.path().join("checkpoints").join(&id).join("checkpoint.pt").exists(),
+        "the checkpoint goes with the finished job"
+    );
+}
+
+#[test]
 fn a_corrupt_candidate_is_refused_and_the_active_version_keeps_serving() {
     let data = tempfile::tempdir().unwrap();
     let trainer = format!(

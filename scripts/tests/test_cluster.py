@@ -47,6 +47,7 @@ def cluster(request, tmp_path_factory):
         lease_seconds=LEASE_SECONDS,
         watch_parent=os.getpid(),
         binary=binary,
+        extra_flags=["--job-checkpoint-every", "10"],
     )
     try:
         cluster.up()
@@ -171,19 +172,34 @@ def test_a_job_runs_on_whichever_replica_claims_it_and_its_version_rolls_out_to_
     assert status == 200
 
 
-def test_a_killed_replicas_job_is_reclaimed_and_registers_one_version(cluster):
+def test_a_killed_replicas_job_is_reclaimed_resumes_from_its_checkpoint_and_registers_one_version(cluster):
     first = cluster.replicas[0]
-    status, created = first.post("/fine-tunes", job_spec(40))
+    status, created = first.post("/fine-tunes", job_spec(300))
     assert status == 201, created
     job_id = created["id"]
-    # Killed while its trainer runs (it starts with the train stage, after sampling).
-    wait_for("the trainer starts", lambda: trainer_processes(job_id), 180)
+
+    def stored_checkpoint() -> int | None:
+        steps = [
+            event["data"]["step"]
+            for event in events(first, job_id)
+            if event["kind"] == "checkpoint" and event["message"].startswith("checkpoint: step")
+        ]
+        return max(steps) if steps else None
+
+    # Killed while its trainer runs, once a checkpoint is in the object store.
+    wait_for("a checkpoint is stored", stored_checkpoint, 180)
     running = job(first, job_id)
     assert running["status"] == "running" and running["stage"] == "train", running
+    assert trainer_processes(job_id), "the trainer runs"
     victim = owner(cluster, running["worker"])
     survivor = next(replica for replica in cluster.replicas if replica is not victim)
     cluster.kill_replica(victim.index)
     killed = time.time()
+    stored = max(
+        event["data"]["step"]
+        for event in events(survivor, job_id)
+        if event["kind"] == "checkpoint" and event["message"].startswith("checkpoint: step")
+    )
     wait_for("the dead replica's trainer is gone", lambda: not trainer_processes(job_id), 10)
     reclaimed = wait_for(
         "another replica reclaims the job",
@@ -194,6 +210,8 @@ def test_a_killed_replicas_job_is_reclaimed_and_registers_one_version(cluster):
     assert owner(cluster, reclaimed["worker"]) is not victim
     done = wait_final(survivor, job_id)
     assert done["status"] == "succeeded", done
+    resumed = [event for event in events(survivor, job_id) if event["message"].startswith("train: resuming")]
+    assert len(resumed) == 1 and resumed[0]["data"]["step"] == stored, resumed
     versions = [model for model in survivor.get_json("/models")["data"] if model.get("job_id") == job_id]
     assert len(versions) == 1, versions
     assert versions[0]["id"] == done["result_model"]

@@ -205,10 +205,14 @@ pub struct JobArgs {
     /// loses its job to another worker once the lease runs out.
     #[arg(long, env = "T2I_JOB_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=3600))]
     pub job_lease_seconds: u64,
-    /// Attempts a job gets: a job whose worker stopped, or that a shutdown gave back, runs again from its first
-    /// stage until it has had this many; then it fails.
+    /// Attempts a job gets: a job whose worker stopped, or that a shutdown gave back, runs again (its training
+    /// going on from its last checkpoint) until it has had this many; then it fails.
     #[arg(long, env = "T2I_JOB_MAX_ATTEMPTS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub job_max_attempts: u32,
+    /// The trainer writes a checkpoint every this many steps, kept in the object store: a job reclaimed after
+    /// its worker stopped goes on training from it instead of from step 1. 0 turns checkpoints off.
+    #[arg(long, env = "T2I_JOB_CHECKPOINT_EVERY", default_value_t = 100)]
+    pub job_checkpoint_every: u32,
 }
 
 impl JobArgs {
@@ -254,6 +258,7 @@ impl JobArgs {
             worker: true,
             lease: std::time::Duration::from_secs(self.job_lease_seconds),
             max_attempts: self.job_max_attempts,
+            checkpoint_every: self.job_checkpoint_every,
             limits: JobLimits {
                 max_prompts: self.max_job_prompts.max(1),
                 max_images_per_prompt: self.max_job_images_per_prompt.max(1),

@@ -48,8 +48,8 @@ pub struct FineTuneOut {
     /// When its first attempt started (Unix milliseconds).
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
-    /// Attempts so far: a job whose worker stopped, or that a shutdown gave back, runs again from its first
-    /// stage, up to the server's --job-max-attempts.
+    /// Attempts so far: a job whose worker stopped, or that a shutdown gave back, runs again (its training
+    /// going on from its last checkpoint), up to the server's --job-max-attempts.
     pub attempt: i64,
     /// The replica running (or that last ran) it: host, process id and a random suffix.
     pub worker: Option<String>,

@@ -129,6 +129,7 @@ impl JobManager {
                     Ok(failed) if !failed.is_empty() => {
                         for job in failed {
                             tracing::warn!(job = %job, "failed: its worker stopped on its last attempt");
+                            crate::jobs::trainer::remove_checkpoint(&manager.services.storage, &job).await;
                         }
                         manager.refresh_job_metrics().await;
                     }
@@ -301,6 +302,7 @@ impl JobManager {
                 .storage
                 .insert_event(id, "info", "status", &message, None)
                 .await?;
+            crate::jobs::trainer::remove_checkpoint(&self.services.storage, id).await;
             self.refresh_job_metrics().await;
         }
         // A running job records its own cancellation once its stage has stopped.
@@ -458,6 +460,12 @@ impl JobManager {
                     .map(|held| held.then(|| ("error", format!("failed: {err}")))),
             }
         };
+        let requeued =
+            matches!(&result, Err(Error::Cancelled)) && shutting_down && lease.attempt < i64::from(max_attempts);
+        if matches!(outcome, Ok(Some(_))) && !requeued {
+            // The job has ended: its checkpoint is of no more use.
+            crate::jobs::trainer::remove_checkpoint(storage, &job.id).await;
+        }
         match outcome {
             Ok(Some((level, message))) => {
                 let _ = storage.insert_event(&job.id, level, "status", &message, None).await;

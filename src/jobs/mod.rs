@@ -85,6 +85,9 @@ pub struct JobConfig {
     pub lease: std::time::Duration,
     /// Attempts a job gets before a stopped worker's job fails.
     pub max_attempts: u32,
+    /// The trainer writes a checkpoint every this many steps (0: none), kept in the object store so that a
+    /// reclaimed job goes on from it.
+    pub checkpoint_every: u32,
     pub limits: JobLimits,
     pub gate: GateDefaults,
 }

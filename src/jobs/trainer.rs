@@ -74,6 +74,38 @@ pub struct TrainerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub export: Option<bool>,
+    /// Write a checkpoint (the trained weights, optimiser, schedule, EMA and random state) to `checkpoint`
+    /// every this many steps; 0 writes none. The trainer's default: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 10000000, nullable = false)]
+    pub checkpoint_every: Option<i64>,
+    /// The file checkpoints are written to, each replacing the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    /// A checkpoint of this run (same steps and seed) to go on from: training continues after its step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
+}
+
+/// Where a job's latest trainer checkpoint is kept in the object store, and the note of its step beside it.
+fn checkpoint_keys(job_id: &str) -> (String, String) {
+    (
+        format!("{CHECKPOINTS_DIR}/{job_id}/checkpoint.pt"),
+        format!("{CHECKPOINTS_DIR}/{job_id}/checkpoint.json"),
+    )
+}
+
+/// The object store's folder for jobs' trainer checkpoints (#25).
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+
+/// Removes a job's checkpoint from the object store, once the job has ended.
+pub async fn remove_checkpoint(storage: &crate::storage::Storage, job_id: &str) {
+    let (weights, note) = checkpoint_keys(job_id);
+    for key in [note, weights] {
+        if let Err(err) = storage.blobs().delete(&key).await {
+            tracing::warn!(job = %job_id, key = %key, error = %err, "cannot remove the job's checkpoint");
+        }
+    }
 }
 
 /// The pre-training term's data.
@@ -175,7 +207,12 @@ impl JobContext<'_> {
                 count_noise: None,
             },
         };
+        let every = self.services.config.checkpoint_every;
+        let resume = self.fetch_checkpoint().await?;
         let trainer_spec = TrainerSpec {
+            checkpoint_every: (every > 0).then_some(i64::from(every)),
+            checkpoint: (every > 0).then(|| self.folder.join("checkpoint.pt").to_string_lossy().into_owned()),
+            resume: resume.map(|path| path.to_string_lossy().into_owned()),
             base: base_folder.join("diffusers").to_string_lossy().into_owned(),
             out: candidate.to_string_lossy().into_owned(),
             samples: data.join("samples.jsonl").to_string_lossy().into_owned(),
@@ -335,6 +372,63 @@ impl JobContext<'_> {
         }
     }
 
+    /// An earlier attempt's checkpoint of this job, downloaded into the job's folder, if the object store has
+    /// one: the trainer goes on from it.
+    async fn fetch_checkpoint(&self) -> Result<Option<std::path::PathBuf>> {
+        if self.lease.attempt < 2 {
+            return Ok(None);
+        }
+        let (weights, note) = checkpoint_keys(&self.lease.job_id);
+        let blobs = self.services.storage.blobs();
+        if !blobs.exists(&note).await? {
+            return Ok(None);
+        }
+        let recorded: Value = serde_json::from_slice(&blobs.get(&note).await?).unwrap_or(Value::Null);
+        let path = self.folder.join("resume.pt");
+        crate::storage::write_atomically(&path, &blobs.get(&weights).await?)?;
+        let _ = self
+            .services
+            .storage
+            .insert_job_event(
+                &self.lease,
+                "info",
+                "checkpoint",
+                &format!(
+                    "train: resuming from step {} (attempt {}'s checkpoint)",
+                    recorded["step"], recorded["attempt"]
+                ),
+                Some(&recorded),
+            )
+            .await;
+        Ok(Some(path))
+    }
+
+    /// Keeps the trainer's new checkpoint in the object store, where a later attempt (on any replica) finds it;
+    /// skipped once the lease is gone.
+    async fn store_checkpoint(&self, value: &Value) -> Result<()> {
+        let storage = &self.services.storage;
+        if !storage.renew_lease(&self.lease, self.services.config.lease).await? {
+            return Err(self.lease.lost());
+        }
+        let path = value["path"].as_str().unwrap_or_default();
+        let bytes = std::fs::read(path).map_err(|err| Error::Internal(format!("cannot read {path}: {err}")))?;
+        let (weights, note) = checkpoint_keys(&self.lease.job_id);
+        let blobs = storage.blobs();
+        blobs.put(&weights, bytes).await?;
+        let recorded = serde_json::json!({"step": value["step"], "attempt": self.lease.attempt});
+        blobs.put(&note, recorded.to_string().into_bytes()).await?;
+        storage
+            .insert_job_event(
+                &self.lease,
+                "info",
+                "checkpoint",
+                &format!("checkpoint: step {} stored", value["step"]),
+                Some(&recorded),
+            )
+            .await
+            .map(|_| ())
+    }
+
     /// One line of the trainer's stdout: a progress event, or anything else, kept as a log event.
     async fn trainer_line(&self, line: &str, losses: &mut Vec<LossPoint>, trainer_error: &mut Option<String>) {
         let storage = &self.services.storage;
@@ -365,6 +459,11 @@ impl JobContext<'_> {
                 let _ = storage
                     .insert_job_event(&self.lease, "error", "trainer", &message, Some(&value))
                     .await;
+            }
+            TrainerEvent::Other(kind) if kind == "checkpoint" => {
+                if let Err(err) = self.store_checkpoint(&value).await {
+                    tracing::warn!(job = %self.lease.job_id, error = %err, "cannot store the trainer's checkpoint");
+                }
             }
             TrainerEvent::Other(kind) => {
                 let _ = storage
@@ -458,6 +557,9 @@ mod tests {
             unet_layers: None,
             device: None,
             export: None,
+            checkpoint_every: None,
+            checkpoint: None,
+            resume: None,
         };
         let value = serde_json::to_value(&spec).unwrap();
         assert_eq!(
@@ -465,7 +567,14 @@ mod tests {
             serde_json::json!({"kind": "shapes_world", "images": 8})
         );
         assert_eq!(value["lr_schedule"], "cosine");
-        for absent in ["unet_layers", "device", "export"] {
+        for absent in [
+            "unet_layers",
+            "device",
+            "export",
+            "checkpoint_every",
+            "checkpoint",
+            "resume",
+        ] {
             assert!(value.get(absent).is_none(), "{absent}");
         }
         let schema: Value = serde_json::from_str(&trainer_spec_schema()).unwrap();

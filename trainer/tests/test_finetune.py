@@ -385,6 +385,48 @@ def test_folder_pretraining_without_export(trainer_packages, tiny_base, tmp_path
     assert not (out / "export.json").exists()
 
 
+def test_a_run_resumed_from_its_checkpoint_ends_where_the_whole_run_ends(
+    trainer_packages, tiny_base, tmp_path, capsys, restore_sigterm
+):
+    from t2i_trainer.jobs import finetune
+
+    samples = write_samples(tmp_path / "job", count=4)
+    common = {"base": str(tiny_base), "samples": str(samples), "device": "cpu", "steps": 6, "batch_size": 4,
+              "log_every": 1, "export": False, "threads": 1,
+              "pretrain": {"kind": "shapes_world", "images": 8}}  # fmt: skip
+
+    def run(name: str, **extra) -> list[dict]:
+        spec = write_spec(tmp_path / f"{name}.json", {**common, "out": str(tmp_path / name), **extra})
+        assert finetune.main(["--spec", str(spec)]) == 0
+        return stdout_events(capsys.readouterr().out)
+
+    def unet(name: str) -> Path:
+        return tmp_path / name / "diffusers" / "unet" / "diffusion_pytorch_model.safetensors"
+
+    whole = run("whole")
+    checkpoint = tmp_path / "checkpoint.pt"
+    first = run("first", checkpoint=str(checkpoint), checkpoint_every=3)
+    assert [event["step"] for event in first if event["event"] == "checkpoint"] == [3]
+    assert checkpoint.is_file() and not checkpoint.with_name("checkpoint.pt.partial").exists()
+    resumed = run("resumed", resume=str(checkpoint))
+    assert [event for event in resumed if event["event"] == "resume"][0]["step"] == 3
+    losses = {event["step"]: event["loss"] for event in whole if event["event"] == "step"}
+    steps = [event for event in resumed if event["event"] == "step"]
+    assert [event["step"] for event in steps] == [4, 5, 6]
+    assert [event["loss"] for event in steps] == [losses[4], losses[5], losses[6]]
+    # Writing a checkpoint changes nothing, and the resumed run ends with the whole run's weights.
+    assert not safetensors_differ(unet("whole"), unet("first"))
+    assert not safetensors_differ(unet("whole"), unet("resumed"))
+    history = json.loads((tmp_path / "resumed" / "finetune.json").read_text())["history"]
+    assert [record["step"] for record in history] == [1, 2, 3, 4, 5, 6]
+    # A checkpoint of another run is refused, naming the field.
+    spec = write_spec(tmp_path / "other.json", {**common, "out": str(tmp_path / "other"), "steps": 7,
+                                                 "resume": str(checkpoint)})  # fmt: skip
+    assert finetune.main(["--spec", str(spec)]) == 2
+    errors = [event for event in stdout_events(capsys.readouterr().out) if event["event"] == "error"]
+    assert "`resume`" in errors[0]["message"] and "another run" in errors[0]["message"]
+
+
 def decoded_samples(folder: Path, base: Path, count: int) -> tuple[Path, list[np.ndarray]]:
     """Samples whose images are the base VAE's decodings of random latents, as a job's sampling writes them:
     the image, and beside it the latent it came from."""

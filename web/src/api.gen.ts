@@ -499,8 +499,8 @@ export interface components {
         FineTuneOut: {
             /**
              * Format: int64
-             * @description Attempts so far: a job whose worker stopped, or that a shutdown gave back, runs again from its first
-             *     stage, up to the server's --job-max-attempts.
+             * @description Attempts so far: a job whose worker stopped, or that a shutdown gave back, runs again (its training
+             *     going on from its last checkpoint), up to the server's --job-max-attempts.
              */
             attempt: number;
             base_model: string;

@@ -156,6 +156,9 @@ class Spec:
     threads: int = 2
     log_every: int = 10
     export: bool = True
+    checkpoint: str | None = None
+    checkpoint_every: int = 0
+    resume: str | None = None
 
     @property
     def model_rows(self) -> int:
@@ -210,6 +213,12 @@ def parse_spec(raw: dict) -> Spec:
     number("seed", 0, 2**63 - 1, integer=True)
     number("threads", 1, 1024, integer=True)
     number("log_every", 1, 10_000_000, integer=True)
+    number("checkpoint_every", 0, 10_000_000, integer=True)
+    for name in ("checkpoint", "resume"):
+        value = getattr(spec, name)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise SpecError(f"`{name}` must be a file path or null. Given: {value!r}")
+
     number("ema_decay", 0.0, 0.999999)
     number("caption_dropout", 0.0, 1.0)
     for name in ("train_text_encoder", "export"):
@@ -598,7 +607,12 @@ def train(spec: Spec, stop) -> dict:
 
     history = []
     started = time.monotonic()
-    for step in range(1, spec.steps + 1):
+    first_step = 1
+    resumable = Resumable(parameters, optimizer, schedule, ema, rng, generator)
+    if spec.resume is not None:
+        first_step, history = load_checkpoint(Path(spec.resume), spec, resumable)
+        say("resume", step=first_step - 1, steps=spec.steps, checkpoint=spec.resume)
+    for step in range(first_step, spec.steps + 1):
         if stop():
             raise InterruptedError("stopped by a signal")
         indices = rng.choice(len(rewards), size=spec.model_rows, p=draw_probability)
@@ -631,6 +645,9 @@ def train(spec: Spec, stop) -> dict:
             }
             history.append(record)
             say("step", **record)
+        due = spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < spec.steps
+        if due and spec.checkpoint and WORLD.main:
+            save_checkpoint(Path(spec.checkpoint), step, spec, resumable, history)
 
     if ema is not None:
         ema.copy_to(parameters)
@@ -638,6 +655,68 @@ def train(spec: Spec, stop) -> dict:
     text_encoder.eval()
     pipeline.to("cpu")
     return {"pipeline": pipeline, "history": history, "train_seconds": round(time.monotonic() - started, 1)}
+
+
+@dataclass
+class Resumable:
+    """What a checkpoint holds of a training run, besides its step and loss history."""
+
+    parameters: list
+    optimizer: object
+    schedule: object
+    ema: object
+    rng: np.random.Generator
+    generator: torch.Generator
+
+
+def save_checkpoint(path: Path, step: int, spec: Spec, run: Resumable, history: list) -> None:
+    """Everything training needs to go on after `step` exactly as it would have: the trained weights, the
+    optimiser and schedule, the EMA, this process's random state and the loss history. Written to a staging
+    file and renamed, so `path` always holds a whole checkpoint."""
+    state = {
+        "step": step,
+        "steps": spec.steps,
+        "seed": spec.seed,
+        "parameters": [parameter.detach().cpu().clone() for parameter in run.parameters],
+        "optimizer": run.optimizer.state_dict(),
+        "schedule": run.schedule.state_dict(),
+        "ema": None if run.ema is None else run.ema.state_dict(),
+        "numpy_rng": run.rng.bit_generator.state,
+        "torch_generator": run.generator.get_state(),
+        "history": history,
+    }
+    staging = path.with_name(path.name + ".partial")
+    torch.save(state, staging)
+    os.replace(staging, path)
+    say("checkpoint", step=step, steps=spec.steps, path=str(path), bytes=path.stat().st_size)
+
+
+def load_checkpoint(path: Path, spec: Spec, run: Resumable) -> tuple[int, list]:
+    """Restores what `save_checkpoint` wrote; returns the step to go on from and the loss history so far. A
+    checkpoint of another run (other steps, seed or trained weights) is refused."""
+    if not path.is_file():
+        raise SpecError(f"`resume` is not a file: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["steps"] != spec.steps or state["seed"] != spec.seed:
+        raise SpecError(
+            f"`resume` {path} is a checkpoint of another run (steps {state['steps']}, seed {state['seed']}; "
+            f"this run: steps {spec.steps}, seed {spec.seed})"
+        )
+    saved = state["parameters"]
+    if [tensor.shape for tensor in saved] != [parameter.shape for parameter in run.parameters]:
+        raise SpecError(f"`resume` {path} trained other weights than this run does")
+    with torch.no_grad():
+        for parameter, tensor in zip(run.parameters, saved, strict=True):
+            parameter.copy_(tensor.to(parameter.device))
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.schedule.load_state_dict(state["schedule"])
+    if run.ema is not None and state["ema"] is not None:
+        run.ema.load_state_dict(state["ema"])
+    if WORLD.main:
+        # The other processes of a data-parallel run keep their own draws.
+        run.rng.bit_generator.state = state["numpy_rng"]
+        run.generator.set_state(state["torch_generator"])
+    return state["step"] + 1, list(state["history"])
 
 
 def export(pipeline, partial: Path, base: Path) -> dict:
