@@ -379,6 +379,7 @@ fn the_openai_route_answers_in_openais_shape() {
     assert!(body["created"].as_u64().unwrap() > 1_700_000_000);
     let data = body["data"].as_array().unwrap();
     assert_eq!(data.len(), 2);
+    assert_eq!(body["model"], "shapes-sd", "the version that served it");
     let png = BASE64.decode(data[0]["b64_json"].as_str().unwrap()).unwrap();
     assert_eq!(image::load_from_memory(&png).unwrap().to_rgb8().dimensions(), (64, 64));
 

@@ -89,6 +89,7 @@ pub async fn openai_images(
                 revised_prompt: None,
             })
             .collect(),
+        model: response.model,
     }))
 }
 

@@ -201,6 +201,8 @@ pub struct Timings {
 }))]
 pub struct GenerateResponse {
     pub id: String,
+    /// The model version that generated the images: while a rollout is under way, replicas may serve different
+    /// versions.
     pub model: String,
     /// Best first when a reward model chose them (`best_of` above 1, or `min_reward`); in seed order otherwise.
     pub images: Vec<ImageOut>,
@@ -530,11 +532,14 @@ pub struct OpenAiImage {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"created": 1764460800, "data": [{"b64_json": "iVBORw0KGgo..."}]}))]
+#[schema(example = json!({"created": 1764460800, "data": [{"b64_json": "iVBORw0KGgo..."}], "model": "shapes-sd"}))]
 pub struct OpenAiImagesResponse {
     /// Unix seconds.
     pub created: u64,
     pub data: Vec<OpenAiImage>,
+    /// The model version that generated the images (an addition to OpenAI's shape, which its clients ignore):
+    /// while a rollout is under way, replicas may serve different versions.
+    pub model: String,
 }
 
 /// A 1×1 PNG, the example of an image sent with its prompt.

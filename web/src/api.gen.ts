@@ -737,6 +737,10 @@ export interface components {
             id: string;
             /** @description Best first when a reward model chose them (`best_of` above 1, or `min_reward`); in seed order otherwise. */
             images: components["schemas"]["ImageOut"][];
+            /**
+             * @description The model version that generated the images: while a rollout is under way, replicas may serve different
+             *     versions.
+             */
             model: string;
             selection?: null | components["schemas"]["SelectionOut"];
             timings: components["schemas"]["Timings"];
@@ -999,7 +1003,8 @@ export interface components {
          *         {
          *           "b64_json": "iVBORw0KGgo..."
          *         }
-         *       ]
+         *       ],
+         *       "model": "shapes-sd"
          *     }
          */
         OpenAiImagesResponse: {
@@ -1009,6 +1014,11 @@ export interface components {
              */
             created: number;
             data: components["schemas"]["OpenAiImage"][];
+            /**
+             * @description The model version that generated the images (an addition to OpenAI's shape, which its clients ignore):
+             *     while a rollout is under way, replicas may serve different versions.
+             */
+            model: string;
         };
         /** @description Where the pre-training term's data comes from. */
         PretrainData: {
