@@ -29,7 +29,9 @@ PROMPTS = (
     "three triangles",
     "a star on a black background",
 )
-EVALUATE_KEYS = {"images", "rated", "prompts", "good", "categories", "attributes", "quality", "diversity"}
+EVALUATE_KEYS = {
+    "images", "rated", "prompts", "good", "categories", "attributes", "quality", "diversity", "rows"
+}  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -604,6 +606,26 @@ def test_prompts_outside_the_shapes_world_are_counted_but_not_rated():
     assert (nothing_rated["images"], nothing_rated["rated"]) == (3, 0)
     assert nothing_rated["good"] is None and nothing_rated["quality"] is None
     assert nothing_rated["categories"] == {} and nothing_rated["attributes"] == {}
+
+
+def test_rows_hold_each_prompts_tallies_for_the_gates_bootstrap():
+    squares = "two blue squares on a yellow background"
+    texts = ["a red circle"] * 3 + [squares] * 2 + ["a photo of a cat"] * 2
+    images = renders(texts[:3], seed=5) + renders([squares], seed=6, wrong="count")
+    images += renders([squares], seed=7) + [np.zeros((64, 64, 3), np.uint8)] * 2
+    result = evaluate(images, texts)
+    rows = {row["prompt"]: row for row in result["rows"]}
+    assert [row["prompt"] for row in result["rows"]] == ["a red circle", squares, "a photo of a cat"]
+    circle, pair, cat = rows["a red circle"], rows[squares], rows["a photo of a cat"]
+    assert (circle["category"], circle["images"], circle["good"]) == ("colour", 3, [3, 3])
+    assert circle["quality"] == [3, 3]
+    assert circle["attributes"] == {"shape": [3, 3], "colour": [3, 3], "count": [3, 3]}
+    # One of the two images has the wrong count: the row says so, and the pooled figures agree with the rows.
+    assert pair["attributes"]["count"] == [1, 2] and pair["good"] == [1, 2]
+    assert result["attributes"]["count"] == pytest.approx(4 / 5)
+    assert result["good"] == pytest.approx(4 / 5)
+    assert (cat["category"], cat["good"], cat["attributes"]) == (None, [0, 0], {})
+    assert cat["diversity"] == 0.0 and circle["diversity"] > 0
 
 
 def test_evaluate_cli_prints_the_figures_as_json(tmp_path, capsys):

@@ -15,7 +15,7 @@ def row(count: tuple[int, int], colour: tuple[int, int], good: int = 0) -> dict:
     return {
         "prompt": "p",
         "category": "combination",
-        "good": good,
+        "good": [good, 4],
         "attributes": attributes,
         "quality": [good, 4],
         "diversity": 0.1 + good / 100,

@@ -30,9 +30,8 @@ import numpy as np
 from t2i_scripts.bench import bench_reward
 from t2i_scripts.report import write_report
 from t2i_scripts.server import ROOT, ServerProcess, serve_command
-from t2i_trainer.build.rater import judge
 from t2i_trainer.build.shapes_world import heldout_prompts
-from t2i_trainer.jobs.evaluate import is_clean, mean_pairwise_rms
+from t2i_trainer.jobs.evaluate import judge_prompt
 
 BEGIN = "<!-- heldout-eval:begin -->"
 END = "<!-- heldout-eval:end -->"
@@ -77,8 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def judge_version(args: argparse.Namespace, folder: str, prompts: list) -> tuple[list[dict], float]:
-    """Per prompt: each attribute's [right, judged], how many images were good, the quality proxy's
-    [clean, judged] and the images' diversity; and the seconds taken."""
+    """Per prompt, t2i_trainer.jobs.evaluate's row: each attribute's [right, judged], the good images' and the
+    quality proxy's [count, judged] and the images' diversity; and the seconds taken."""
     server = ServerProcess(serve_command(args.binary, folder, threads=args.threads), args.port)
     started = time.perf_counter()
 
@@ -86,28 +85,8 @@ def judge_version(args: argparse.Namespace, folder: str, prompts: list) -> tuple
         prompt = prompts[index]
         body = {"prompt": prompt.text, "n": args.images_per_prompt, "seed": args.seed + 1000 * index}
         _, payload = server.post("/generate", body)
-        attributes = {name: [0, 0] for name in ATTRIBUTES}
-        good = clean = 0
-        pixels = []
-        for image in payload["images"]:
-            picture = bench_reward.png_image(image["png_base64"])
-            pixels.append(np.asarray(picture))
-            rating = judge(picture, prompt)
-            good += rating.label == "good"
-            clean += is_clean(rating)
-            for attribute, check in rating.reasons.items():
-                tally = attributes.setdefault(attribute, [0, 0])
-                tally[0] += check.ok
-                tally[1] += 1
-        diversity = mean_pairwise_rms(np.stack(pixels)) if len(pixels) > 1 else None
-        return {
-            "prompt": prompt.text,
-            "category": prompt.category,
-            "good": good,
-            "attributes": attributes,
-            "quality": [clean, len(pixels)],
-            "diversity": diversity,
-        }
+        pixels = [np.asarray(bench_reward.png_image(image["png_base64"])) for image in payload["images"]]
+        return judge_prompt(prompt.text, pixels)
 
     try:
         # A few requests in flight: the server batches their denoising steps.
@@ -170,7 +149,7 @@ def summarise(results: dict, args: argparse.Namespace) -> dict:
             "folder": results[name]["folder"],
             "seconds": round(results[name]["seconds"], 1),
             "attributes": {attribute: share(rows, attribute) for attribute in ATTRIBUTES},
-            "good": sum(row["good"] for row in rows) / (len(rows) * args.images_per_prompt),
+            "good": sum(row["good"][0] for row in rows) / (len(rows) * args.images_per_prompt),
             "quality": share(rows, "quality"),
             "diversity": diversity(rows),
             "gains": {}

@@ -17,6 +17,11 @@ PNGs, and runs this on each folder. It prints one JSON object:
     diversity    mean over prompts of the mean pairwise RMS distance between their images (0..1), over all
                  images, rated or not
 
+    rows         per prompt, in first-seen order, what the service's gate resamples for its paired bootstrap
+                 (issue #26): {"prompt", "category" (null when the rater cannot judge it), "images",
+                 "good": [good, rated], "quality": [clean, rated], "attributes": {name: [right, judged]},
+                 "diversity" (null under two images)}
+
 good and quality are null when no image could be rated, diversity when no prompt has two images.
 
 Needs only numpy and Pillow, like the rater.
@@ -54,6 +59,37 @@ def is_clean(rating) -> bool:
     return bool(rating.objects) and all(found.shape != "unknown" for found in rating.objects)
 
 
+def judge_prompt(text: str, images: Sequence[np.ndarray]) -> dict:
+    """One prompt's row (see the module's docstring): the rater's tallies over its images and their diversity.
+
+    A prompt the rater cannot read (parse_prompt raises ValueError) gets zero tallies and a null category."""
+    try:
+        prompt = parse_prompt(text)
+    except ValueError:
+        prompt = None
+    good = clean = rated = 0
+    attributes = {}
+    if prompt is not None:
+        for pixels in images:
+            rating = judge(Image.fromarray(pixels), prompt)
+            rated += 1
+            good += rating.label == "good"
+            clean += is_clean(rating)
+            for attribute, check in rating.reasons.items():
+                tally = attributes.setdefault(attribute, [0, 0])
+                tally[0] += int(check.ok)
+                tally[1] += 1
+    return {
+        "prompt": text,
+        "category": None if prompt is None else prompt.category,
+        "images": len(images),
+        "good": [good, rated],
+        "quality": [clean, rated],
+        "attributes": {name: attributes[name] for name in ATTRIBUTES if name in attributes},
+        "diversity": mean_pairwise_rms(np.stack(images)) if len(images) > 1 else None,
+    }
+
+
 def evaluate(images: Sequence[np.ndarray], prompts: Sequence[str]) -> dict:
     """The figures for uint8 HxWx3 images, each generated for the prompt at the same position.
 
@@ -62,44 +98,33 @@ def evaluate(images: Sequence[np.ndarray], prompts: Sequence[str]) -> dict:
     """
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-    good = 0
-    clean = 0
-    rated = 0
-    by_category = defaultdict(lambda: [0, 0])
-    by_attribute = defaultdict(lambda: [0, 0])
     by_prompt = defaultdict(list)
     for pixels, text in zip(images, prompts, strict=True):
         by_prompt[text].append(pixels)
-        try:
-            prompt = parse_prompt(text)
-        except ValueError:
-            continue  # not a shapes-world prompt: the rater cannot judge it
-        rated += 1
-        rating = judge(Image.fromarray(pixels), prompt)
-        is_good = rating.label == "good"
-        good += is_good
-        by_category[prompt.category][0] += is_good
-        by_category[prompt.category][1] += 1
-        for attribute, check in rating.reasons.items():
-            by_attribute[attribute][0] += check.ok
-            by_attribute[attribute][1] += 1
-        clean += is_clean(rating)
-    spreads = [mean_pairwise_rms(np.stack(group)) for group in by_prompt.values() if len(group) > 1]
+    rows = [judge_prompt(text, group) for text, group in by_prompt.items()]
+    rated = sum(row["good"][1] for row in rows)
+
+    def share(pairs) -> float | None:
+        pairs = list(pairs)
+        judged = sum(pair[1] for pair in pairs)
+        return sum(pair[0] for pair in pairs) / judged if judged else None
+
+    categories = {name: share(row["good"] for row in rows if row["category"] == name) for name in CATEGORIES}
+    attributes = {
+        name: share(row["attributes"][name] for row in rows if name in row["attributes"])
+        for name in ATTRIBUTES
+    }
+    spreads = [row["diversity"] for row in rows if row["diversity"] is not None]
     return {
         "images": len(images),
         "rated": rated,
-        "prompts": len(by_prompt),
-        "good": good / rated if rated else None,
-        "categories": {
-            name: by_category[name][0] / by_category[name][1] for name in CATEGORIES if by_category[name][1]
-        },
-        "attributes": {
-            name: by_attribute[name][0] / by_attribute[name][1]
-            for name in ATTRIBUTES
-            if by_attribute[name][1]
-        },
-        "quality": clean / rated if rated else None,
+        "prompts": len(rows),
+        "good": share(row["good"] for row in rows),
+        "categories": {name: value for name, value in categories.items() if value is not None},
+        "attributes": {name: value for name, value in attributes.items() if value is not None},
+        "quality": share(row["quality"] for row in rows),
         "diversity": float(np.mean(spreads)) if spreads else None,
+        "rows": rows,
     }
 
 
