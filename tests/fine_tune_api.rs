@@ -48,7 +48,7 @@ fn tiny_job(steps: u64) -> Value {
         "eval_prompts": ["a red circle", "three green stars"],
         "eval_images_per_prompt": 2,
         // tiny-sd is random: the gate is opened wide so that the lifecycle does not depend on its luck.
-        "gate": {"min_reward_gain": -1.0, "max_quality_drop": 1.0},
+        "gate": {"min_reward_gain": -1.0, "max_drop": {"quality": 1.0, "colour": 1.0, "background": 1.0, "shape": 1.0, "diversity": 1.0}},
     })
 }
 
@@ -250,6 +250,14 @@ fn rate_fine_tune_activate_generate_and_survive_a_restart() {
         "{metrics}"
     );
     assert_eq!(metrics["gate"]["passed"], true, "{metrics}");
+    // The gate's table: every metric with its paired bootstrap interval over the 2 evaluation prompts.
+    let table = metrics["gate"]["table"].as_array().unwrap();
+    let reward = table.iter().find(|row| row["metric"] == "reward").unwrap();
+    assert_eq!((reward["role"].as_str(), reward["prompts"].as_u64()), (Some("gain"), Some(2)), "{reward}");
+    let (low, gain, high) = (reward["low"].as_f64().unwrap(), reward["gain"].as_f64().unwrap(), reward["high"].as_f64().unwrap());
+    assert!(low <= gain && gain <= high, "{reward}");
+    assert_eq!(metrics["gate"]["prompts"], 2, "{metrics}");
+    assert_eq!(metrics["gate"]["rule"]["confidence"], 0.95, "{metrics}");
     let kinds: Vec<String> = events(&server, &id)
         .iter()
         .map(|event| event["kind"].as_str().unwrap().to_string())
@@ -331,6 +339,46 @@ fn rate_fine_tune_activate_generate_and_survive_a_restart() {
     let (ids, active) = model_ids(&server);
     assert_eq!(ids, vec!["tiny-sd".to_string(), version.clone()]);
     assert_eq!(active, version);
+}
+
+#[test]
+fn the_base_evaluation_is_cached_and_a_gate_without_evidence_refuses() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path(), &[]);
+    let mut ids = Vec::new();
+    for min_reward_gain in [-1.0, 1.0] {
+        let mut spec = tiny_job(2);
+        spec["gate"]["min_reward_gain"] = json!(min_reward_gain);
+        spec["base_model"] = json!("tiny-sd");
+        spec["activate_on_success"] = json!(true);
+        spec["use_feedback"] = json!(false);
+        let created = server.post_json("/fine-tunes", &spec.to_string());
+        assert_eq!(created.status, 201, "{}", created.text());
+        let id = created.json()["id"].as_str().unwrap().to_string();
+        assert_eq!(wait_final(&server, &id)["status"], "succeeded", "{}", server.log());
+        ids.push(id);
+    }
+    let (first, second) = (job(&server, &ids[0]), job(&server, &ids[1]));
+    assert_eq!(first["metrics"]["gate"]["base_cached"], false, "{first}");
+    assert_eq!(second["metrics"]["gate"]["base_cached"], true, "{second}");
+    // The same base, prompts and seeds: the cached figures are the first job's.
+    assert_eq!(first["metrics"]["evaluation"]["base"], second["metrics"]["evaluation"]["base"]);
+    let cache = data.path().join("eval-cache").join("tiny-sd");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1, "{}", cache.display());
+
+    // A reward gain above 1 cannot be shown: the gate refuses, says why, and the version is not activated.
+    let gate = &second["metrics"]["gate"];
+    assert_eq!(gate["passed"], false, "{gate}");
+    assert!(gate["reasons"][0].as_str().unwrap().starts_with("the mean reward gain"), "{gate}");
+    assert_eq!(second["metrics"]["activated"], false);
+    let (_, active) = model_ids(&server);
+    assert_eq!(active, first["result_model"].as_str().unwrap());
+    let outcome = events(&server, &ids[1])
+        .into_iter()
+        .filter_map(|event| event["message"].as_str().map(str::to_string))
+        .find(|message| message.contains("not activated"))
+        .unwrap();
+    assert!(outcome.contains("the gate refused on 2 prompts"), "{outcome}");
 }
 
 #[test]

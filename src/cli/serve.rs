@@ -12,7 +12,7 @@ use super::args::{LimitArgs, RewardArgs, RewardConfig, RuntimeArgs};
 use crate::error::{Error, Result};
 use crate::http::{build_server, AppState, HttpConfig, Serving};
 use crate::jobs::launch::TrainerLaunch;
-use crate::jobs::{GateDefaults, JobConfig, JobLimits, JobManager};
+use crate::jobs::{GateRule, JobConfig, JobLimits, JobManager};
 use crate::metrics::Metrics;
 use crate::pipeline::{ModelFolder, RequestLimits};
 use crate::registry::Registry;
@@ -181,17 +181,33 @@ pub struct JobArgs {
     /// --trainer-python.
     #[arg(long, env = "T2I_TORCHRUN")]
     pub torchrun: Option<PathBuf>,
-    /// The gate: a new version's mean reward on the evaluation prompts must beat its base's by this much.
+    /// The gate (docs/fine-tuning.md): the lower end of the interval of a new version's mean reward gain on the
+    /// evaluation prompts must be above this.
     #[arg(
         long,
         env = "T2I_GATE_MIN_REWARD_GAIN",
-        default_value_t = 0.005,
+        default_value_t = 0.0,
         allow_hyphen_values = true
     )]
     pub gate_min_reward_gain: f64,
-    /// The gate: the quality proxy may fall by at most this fraction (0.03 is 3 points).
-    #[arg(long, env = "T2I_GATE_MAX_QUALITY_DROP", default_value_t = 0.03)]
-    pub gate_max_quality_drop: f64,
+    /// The gate's guards: `metric=drop` pairs, comma-separated. The lower end of each metric's change interval
+    /// may fall at most this far below 0 (0.03 is 3 points). Metrics: quality, good, count, colour,
+    /// background, shape, diversity; those not named are not guarded.
+    #[arg(
+        long,
+        env = "T2I_GATE_MAX_DROP",
+        default_value = "quality=0.03,colour=0.03,background=0.03,shape=0.03,diversity=0.02"
+    )]
+    pub gate_max_drop: String,
+    /// The gate: the quality proxy's tolerance, overriding `quality` in --gate-max-drop.
+    #[arg(long, env = "T2I_GATE_MAX_QUALITY_DROP")]
+    pub gate_max_quality_drop: Option<f64>,
+    /// The gate's intervals' coverage, in [0.5, 0.999].
+    #[arg(long, env = "T2I_GATE_CONFIDENCE", default_value_t = 0.95)]
+    pub gate_confidence: f64,
+    /// The gate's bootstrap resamples, 100 to 100000.
+    #[arg(long, env = "T2I_GATE_RESAMPLES", default_value_t = 2000)]
+    pub gate_resamples: u32,
     /// Most prompts in one job.
     #[arg(long, env = "T2I_MAX_JOB_PROMPTS", default_value_t = 10_000)]
     pub max_job_prompts: usize,
@@ -227,16 +243,7 @@ impl JobArgs {
                 Some(words)
             }
         };
-        for (flag, value, low, high) in [
-            ("--gate-min-reward-gain", self.gate_min_reward_gain, -1.0, 1.0),
-            ("--gate-max-quality-drop", self.gate_max_quality_drop, 0.0, 1.0),
-        ] {
-            if !(low..=high).contains(&value) {
-                return Err(Error::Config(format!(
-                    "{flag} must be between {low} and {high}. Given: {value}"
-                )));
-            }
-        }
+        let gate = self.gate_rule()?;
         let launch = TrainerLaunch {
             nproc_per_node: self.trainer_nproc_per_node,
             nodes: self.trainer_nodes.clone(),
@@ -265,10 +272,50 @@ impl JobArgs {
                 max_steps: self.max_job_steps.max(1),
                 ..JobLimits::default()
             },
-            gate: GateDefaults {
-                min_reward_gain: self.gate_min_reward_gain,
-                max_quality_drop: self.gate_max_quality_drop,
-            },
+            gate,
+        })
+    }
+
+    /// The server's gate from the `--gate-*` flags, each checked.
+    fn gate_rule(&self) -> Result<GateRule> {
+        let mut max_drop = std::collections::BTreeMap::new();
+        for pair in self.gate_max_drop.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
+            let (metric, drop) = pair.split_once('=').ok_or_else(|| {
+                Error::Config(format!("--gate-max-drop takes metric=drop pairs. Given: `{pair}`"))
+            })?;
+            let metric = metric.trim();
+            if metric == "reward" || !crate::jobs::gate::METRICS.contains(&metric) {
+                return Err(Error::Config(format!(
+                    "--gate-max-drop: `{metric}` is not a guardable metric (quality, good, count, colour, background, shape, diversity)"
+                )));
+            }
+            let drop: f64 = drop
+                .trim()
+                .parse()
+                .map_err(|_| Error::Config(format!("--gate-max-drop: `{pair}` needs a number after `=`")))?;
+            max_drop.insert(metric.to_string(), drop);
+        }
+        if let Some(drop) = self.gate_max_quality_drop {
+            max_drop.insert("quality".into(), drop);
+        }
+        let mut checks = vec![
+            ("--gate-min-reward-gain".to_string(), self.gate_min_reward_gain, -1.0, 1.0),
+            ("--gate-confidence".to_string(), self.gate_confidence, 0.5, 0.999),
+            ("--gate-resamples".to_string(), f64::from(self.gate_resamples), 100.0, 100_000.0),
+        ];
+        checks.extend(max_drop.iter().map(|(metric, drop)| (format!("--gate-max-drop {metric}"), *drop, 0.0, 1.0)));
+        for (flag, value, low, high) in checks {
+            if !(low..=high).contains(&value) {
+                return Err(Error::Config(format!(
+                    "{flag} must be between {low} and {high}. Given: {value}"
+                )));
+            }
+        }
+        Ok(GateRule {
+            min_reward_gain: self.gate_min_reward_gain,
+            max_drop,
+            confidence: self.gate_confidence,
+            resamples: self.gate_resamples,
         })
     }
 }

@@ -39,7 +39,8 @@ pub struct FineTuneOut {
     /// The request with every default filled in.
     #[schema(value_type = Object)]
     pub spec: Value,
-    /// Figures so far: the samples, the trainer's losses, the evaluation of base and candidate, the gate.
+    /// Figures so far: the samples, the trainer's losses, the evaluation of base and candidate, and the gate
+    /// (`gate`, a `GateDecision`: each metric's change with its paired bootstrap interval, the rule, the reasons).
     #[schema(value_type = Option<Object>)]
     pub metrics: Option<Value>,
     /// The version it registered.

@@ -22,9 +22,10 @@ use crate::http::schemas::{
     ScoreForm, ScoreRequest, ScoreResponse, ScoreTimings, SelectionOut, Timings,
 };
 use crate::http::{feedback, generate, images, openai, ops, scoring};
+use crate::jobs::gate::{GateDecision, GateRule, MetricGain};
 use crate::jobs::spec::{
-    FeedbackFilter, FineTuneRequest, GateSpec, Hyperparameters, JobLimits, LrSchedule, PretrainData, PromptGenerator,
-    PromptSource,
+    FeedbackFilter, FineTuneRequest, GateSpec, Hyperparameters, JobLimits, LrSchedule, MaxDrop, PretrainData,
+    PromptGenerator, PromptSource,
 };
 
 #[derive(OpenApi)]
@@ -87,6 +88,10 @@ use crate::jobs::spec::{
         LrSchedule,
         PretrainData,
         GateSpec,
+        MaxDrop,
+        GateDecision,
+        GateRule,
+        MetricGain,
         FineTuneOut,
         FineTunePage,
         FineTuneEventOut,

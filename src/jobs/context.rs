@@ -202,14 +202,6 @@ pub(super) fn fmt(value: f64) -> String {
     }
 }
 
-pub(super) fn fmt_signed(value: f64) -> String {
-    if value.is_finite() {
-        format!("{value:+.4}")
-    } else {
-        "n/a".into()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

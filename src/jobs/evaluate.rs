@@ -1,20 +1,103 @@
 //! The `evaluate` stage: base and candidate sample the evaluation prompts with the same seeds, the reward model
-//! and the shapes world's rater (`t2i_trainer.jobs.evaluate`) judge both, and the gate decides whether the
-//! candidate may become active.
+//! and the shapes world's rater (`t2i_trainer.jobs.evaluate`) judge both, and the gate (`jobs::gate`) decides
+//! whether the candidate may become active.
+//!
+//! The base's evaluation is cached in the object store under `eval-cache/<base>/<key>.json`, where the key
+//! hashes everything its figures depend on: the base version, the reward model, the prompts, the images per
+//! prompt, the seed, the sampler's defaults, and the rater's and evaluator's sources. Jobs that start from the
+//! same version and evaluate the same way sample it once.
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::jobs::context::{fmt, fmt_signed, mean, JobContext};
-use crate::jobs::metrics::{Evaluation, GateDecision};
+use crate::jobs::context::{fmt, mean, JobContext};
+use crate::jobs::gate::{prompt_figures, PromptFigures};
+use crate::jobs::metrics::Evaluation;
 use crate::reward::Scorer;
 use crate::serving::LoadedModel;
 
+/// A base version's cached evaluation.
+#[derive(Serialize, Deserialize)]
+struct CachedEvaluation {
+    key: Value,
+    evaluation: Evaluation,
+    prompts: Vec<PromptFigures>,
+}
+
+/// The rater's and evaluator's sources, whose change makes cached figures stale.
+const JUDGE_SOURCES: [&str; 3] = [
+    "t2i_trainer/build/rater.py",
+    "t2i_trainer/jobs/evaluate.py",
+    "t2i_trainer/build/shapes_world.py",
+];
+
 impl JobContext<'_> {
+    /// The base's evaluation, from the cache when an earlier job evaluated it the same way; otherwise
+    /// sampled, judged and cached. Returns whether it came from the cache.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn evaluate_base(
+        &self,
+        model: &LoadedModel,
+        scorer: &Arc<Scorer>,
+        prompts: &[String],
+        per_prompt: u32,
+        seed: u64,
+        share: (f64, f64),
+    ) -> Result<(Evaluation, Vec<PromptFigures>, bool)> {
+        let mut sources = Sha256::new();
+        for source in JUDGE_SOURCES {
+            // A missing source hashes as empty: the evaluation itself will then say what is wrong.
+            sources.update(std::fs::read(self.services.config.trainer_dir.join(source)).unwrap_or_default());
+            sources.update([0]);
+        }
+        let key = json!({
+            "base": model.version,
+            "reward_model": scorer.name(),
+            "prompts": prompts,
+            "images_per_prompt": per_prompt,
+            "seed": seed,
+            "steps": model.limits.default_steps,
+            "guidance_scale": model.limits.default_guidance_scale,
+            "scheduler": format!("{:?}", model.limits.default_scheduler),
+            "size": model.limits.default_size,
+            "judge": crate::storage::hex(&sources.finalize()),
+        });
+        let digest = crate::storage::hex(&Sha256::digest(key.to_string().as_bytes()));
+        let blob = format!("eval-cache/{}/{}.json", model.version, &digest[..32]);
+        let blobs = self.services.storage.blobs();
+        if let Ok(bytes) = blobs.get(&blob).await {
+            match serde_json::from_slice::<CachedEvaluation>(&bytes) {
+                Ok(cached) if cached.key == key => {
+                    self.stage_progress("evaluate", share.1).await?;
+                    return Ok((cached.evaluation, cached.prompts, true));
+                }
+                _ => tracing::warn!(job = %self.job.id, blob, "a cached base evaluation did not match; evaluating again"),
+            }
+        }
+        let (evaluation, figures) = self.evaluate(model, scorer, prompts, per_prompt, seed, "base", share).await?;
+        let cached = CachedEvaluation {
+            key,
+            evaluation,
+            prompts: figures,
+        };
+        match serde_json::to_vec(&cached) {
+            Ok(bytes) => {
+                if let Err(err) = blobs.put(&blob, bytes).await {
+                    tracing::warn!(job = %self.job.id, "cannot cache the base's evaluation: {err}");
+                }
+            }
+            Err(err) => tracing::warn!(job = %self.job.id, "cannot cache the base's evaluation: {err}"),
+        }
+        Ok((cached.evaluation, cached.prompts, false))
+    }
+
     /// Samples the evaluation prompts from `model` and judges them: the mean reward, and the rater's figures
-    /// (`t2i_trainer.jobs.evaluate`) when the prompts are the shapes world's. `share` is its part of the stage.
+    /// (`t2i_trainer.jobs.evaluate`) when the prompts are the shapes world's; and the same per prompt, for the
+    /// gate. `share` is its part of the stage.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn evaluate(
         &self,
@@ -25,7 +108,7 @@ impl JobContext<'_> {
         seed: u64,
         name: &str,
         share: (f64, f64),
-    ) -> Result<Evaluation> {
+    ) -> Result<(Evaluation, Vec<PromptFigures>)> {
         let folder = self.folder.join("eval").join(name);
         let samples = self
             .sample(
@@ -50,11 +133,16 @@ impl JobContext<'_> {
             mean_reward: mean(samples.iter().map(|sample| sample.reward)),
             rater: Map::new(),
         };
+        let rewards: Vec<(String, f64)> = samples.iter().map(|sample| (sample.prompt.clone(), sample.reward)).collect();
+        let mut rater_rows = Vec::new();
         let mut command = self.python("jobs.evaluate");
         command.extend(["--images".into(), folder.to_string_lossy().into_owned()]);
         match self.run_to_end(&command).await {
             Ok(output) => match serde_json::from_str::<Value>(output.trim()) {
-                Ok(Value::Object(figures)) => {
+                Ok(Value::Object(mut figures)) => {
+                    if let Some(Value::Array(rows)) = figures.remove("rows") {
+                        rater_rows = rows;
+                    }
                     result.rater = figures.into_iter().filter(|(key, _)| key != "images").collect();
                 }
                 _ => tracing::warn!(job = %self.job.id, "t2i_trainer.jobs.evaluate printed no JSON object"),
@@ -85,96 +173,6 @@ impl JobContext<'_> {
                 serde_json::to_value(&result).ok().as_ref(),
             )
             .await;
-        Ok(result)
-    }
-}
-
-/// The promotion gate: the mean reward must rise by `min_reward_gain`, and the quality proxy may fall by at most
-/// `max_quality_drop` (when the rater could judge the images).
-pub fn decide(base: &Evaluation, candidate: &Evaluation, min_reward_gain: f64, max_quality_drop: f64) -> GateDecision {
-    let reward_gain = candidate.mean_reward - base.mean_reward;
-    let quality_drop = match (base.quality(), candidate.quality()) {
-        (Some(base), Some(candidate)) => Some(base - candidate),
-        _ => None,
-    };
-    let mut reasons = Vec::new();
-    if !reward_gain.is_finite() || reward_gain < min_reward_gain {
-        reasons.push(format!(
-            "the mean reward changed by {} (needs at least {:+.4})",
-            fmt_signed(reward_gain),
-            min_reward_gain
-        ));
-    }
-    if let Some(drop) = quality_drop {
-        if drop > max_quality_drop {
-            reasons.push(format!(
-                "the quality proxy fell by {:.1} points (at most {:.1} allowed)",
-                drop * 100.0,
-                max_quality_drop * 100.0
-            ));
-        }
-    }
-    GateDecision {
-        passed: reasons.is_empty(),
-        reward_gain,
-        quality_drop,
-        min_reward_gain,
-        max_quality_drop,
-        reasons,
-    }
-}
-
-/// The decision in one line, for the stage's event.
-pub fn gate_line(gate: &GateDecision) -> String {
-    if gate.reasons.is_empty() {
-        format!(
-            "passed: reward {}, quality proxy {}",
-            fmt_signed(gate.reward_gain),
-            gate.quality_drop
-                .map_or("not measured".into(), |drop| format!("{:+.1} points", -drop * 100.0))
-        )
-    } else {
-        format!("refused: {}", gate.reasons.join("; "))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn evaluation(mean_reward: f64, quality: Option<f64>) -> Evaluation {
-        let mut rater = Map::new();
-        if let Some(quality) = quality {
-            rater.insert("quality".into(), serde_json::json!(quality));
-        }
-        Evaluation {
-            images: 4,
-            mean_reward,
-            rater,
-        }
-    }
-
-    #[test]
-    fn a_reward_gain_within_the_quality_tolerance_passes() {
-        let gate = decide(&evaluation(0.5, Some(0.85)), &evaluation(0.6, Some(0.84)), 0.0, 0.05);
-        assert!(gate.passed, "{gate:?}");
-        assert!(gate.reasons.is_empty());
-        assert!(gate_line(&gate).starts_with("passed: reward +0.1000, quality proxy -1.0 points"));
-    }
-
-    #[test]
-    fn a_quality_drop_beyond_the_tolerance_fails_and_says_why() {
-        let gate = decide(&evaluation(0.5, Some(0.85)), &evaluation(0.7, Some(0.70)), 0.0, 0.05);
-        assert!(!gate.passed);
-        assert_eq!(gate.reasons.len(), 1);
-        assert!(gate.reasons[0].contains("fell by 15.0 points"), "{:?}", gate.reasons);
-    }
-
-    #[test]
-    fn too_small_a_gain_or_no_figure_fails() {
-        assert!(!decide(&evaluation(0.5, None), &evaluation(0.51, None), 0.05, 0.05).passed);
-        let unmeasured = decide(&evaluation(f64::NAN, None), &evaluation(0.5, None), -1.0, 0.05);
-        assert!(!unmeasured.passed);
-        assert_eq!(unmeasured.quality_drop, None);
+        Ok((result, prompt_figures(&rewards, &rater_rows)))
     }
 }

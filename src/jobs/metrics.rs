@@ -2,7 +2,9 @@
 //! with the version it registers. Typed here, so each stage writes its own part and the gate's decision is read
 //! as a field, not looked up in JSON.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+pub use crate::jobs::gate::GateDecision;
 use serde_json::{Map, Value};
 
 /// Everything a job measured so far; a stage that has not run leaves its part out.
@@ -73,7 +75,7 @@ pub struct TrainerFigures {
 }
 
 /// One version's images of the evaluation prompts, judged.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Evaluation {
     pub images: usize,
     pub mean_reward: f64,
@@ -94,20 +96,6 @@ impl Evaluation {
 pub struct EvaluationPair {
     pub base: Evaluation,
     pub candidate: Evaluation,
-}
-
-/// The promotion gate's decision on a candidate.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct GateDecision {
-    pub passed: bool,
-    /// Candidate minus base, mean reward.
-    pub reward_gain: f64,
-    /// Base minus candidate, quality proxy; `None` when the rater did not judge the images.
-    pub quality_drop: Option<f64>,
-    pub min_reward_gain: f64,
-    pub max_quality_drop: f64,
-    /// Why it failed, one sentence each; empty when it passed.
-    pub reasons: Vec<String>,
 }
 
 #[cfg(test)]

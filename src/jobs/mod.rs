@@ -25,6 +25,7 @@
 pub mod child;
 pub mod context;
 pub mod evaluate;
+pub mod gate;
 pub mod launch;
 pub mod manager;
 pub mod metrics;
@@ -42,7 +43,8 @@ use metrics::{EvaluationPair, SampleFigures, TrainingSetFigures};
 use sampling::rescale_rewards;
 
 pub use manager::JobManager;
-pub use spec::{FineTuneRequest, GateDefaults, JobLimits, JobSpec, PromptSource};
+pub use gate::GateRule;
+pub use spec::{FineTuneRequest, JobLimits, JobSpec, PromptSource};
 
 /// The stage names of `STAGES`, in order.
 pub fn stage_names() -> Vec<String> {
@@ -89,7 +91,7 @@ pub struct JobConfig {
     /// reclaimed job goes on from it.
     pub checkpoint_every: u32,
     pub limits: JobLimits,
-    pub gate: GateDefaults,
+    pub gate: GateRule,
 }
 
 impl JobContext<'_> {
@@ -218,12 +220,16 @@ impl JobContext<'_> {
             .load_folder(format!("{}-candidate", self.job.id), candidate.clone())
             .await
             .map_err(|err| Error::Internal(format!("the candidate was refused: it does not load: {err}")))?;
-        let eval_seed = self.spec.seed.wrapping_add(1_000_000_007);
+        // Jobs stored before #26 evaluated with the job's seed.
+        let eval_seed = self
+            .spec
+            .eval_seed
+            .unwrap_or_else(|| self.spec.seed.wrapping_add(spec::DEFAULT_EVAL_SEED));
         let per_prompt = self.spec.eval_images_per_prompt;
-        let base_eval = self
-            .evaluate(&base, &scorer, &eval_prompts, per_prompt, eval_seed, "base", (0.0, 0.5))
+        let (base_eval, base_prompts, base_cached) = self
+            .evaluate_base(&base, &scorer, &eval_prompts, per_prompt, eval_seed, (0.0, 0.5))
             .await?;
-        let candidate_eval = self
+        let (candidate_eval, candidate_prompts) = self
             .evaluate(
                 &candidate_model,
                 &scorer,
@@ -235,18 +241,14 @@ impl JobContext<'_> {
             )
             .await?;
         drop(candidate_model);
-        let gate = evaluate::decide(
-            &base_eval,
-            &candidate_eval,
-            self.spec.min_reward_gain,
-            self.spec.max_quality_drop,
-        );
+        let mut gate = gate::decide(&base_prompts, &candidate_prompts, &self.spec.gate, eval_seed);
+        gate.base_cached = base_cached;
         self.metrics.evaluation = Some(EvaluationPair {
             base: base_eval,
             candidate: candidate_eval,
         });
         self.metrics.gate = Some(gate.clone());
-        self.end(stage, &format!("gate {}", evaluate::gate_line(&gate))).await?;
+        self.end(stage, &format!("gate {}", gate::gate_line(&gate))).await?;
 
         let stage = self.begin("register").await?;
         let version_id = self.version_id(&self.spec.base_model);
@@ -268,8 +270,8 @@ impl JobContext<'_> {
         let passed = gate.passed;
         let outcome = if !passed {
             format!(
-                "registered {version_id}; not activated: the gate refused it ({})",
-                evaluate::gate_line(&gate)
+                "registered {version_id}; not activated: the gate {}",
+                gate::gate_line(&gate)
             )
         } else if self.spec.activate_on_success {
             self.services.pool.activate(&version_id, "base_model").await?;

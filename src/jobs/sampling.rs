@@ -50,6 +50,17 @@ impl JobContext<'_> {
         if prompts.is_empty() {
             return Err(Error::Internal(format!("`{}` listed no prompts", command.join(" "))));
         }
+        let limit = self.services.config.limits.max_prompts;
+        if prompts.len() > limit {
+            return Err(Error::validation(
+                "prompts",
+                format!(
+                    "the {} split has {} prompts, more than --max-job-prompts {limit}: give `count` or `per_category`",
+                    generator.split.as_deref().unwrap_or(default_split),
+                    prompts.len()
+                ),
+            ));
+        }
         Ok(prompts)
     }
 

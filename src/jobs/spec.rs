@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
+use crate::jobs::gate::GateRule;
 use crate::storage::check_rater;
 
 /// The job's prompts: a list, or the shapes world's generator.
@@ -27,8 +28,8 @@ pub struct PromptGenerator {
     /// `train` (default for the job's prompts), `heldout` (default for `eval_prompts`) or `all`.
     #[serde(default)]
     pub split: Option<String>,
-    /// How many distinct prompts, drawn at random from the split, 1 to `--max-job-prompts`. Give this or
-    /// `per_category`.
+    /// How many distinct prompts, drawn at random from the split, 1 to `--max-job-prompts`. Give this,
+    /// `per_category`, or neither for every prompt of the split.
     #[serde(default)]
     #[schema(minimum = 1, maximum = 10000)]
     pub count: Option<u32>,
@@ -192,20 +193,82 @@ impl Default for PretrainData {
     }
 }
 
-/// When a finished job's version replaces the active one.
+/// When a finished job's version replaces the active one (`jobs::gate`). The candidate passes when the lower
+/// end of its mean reward gain's interval is above `min_reward_gain`, and for each guarded metric the lower end
+/// of its change's interval is at or above minus its `max_drop`. Absent fields take the server's `--gate-*`.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GateSpec {
-    /// The candidate's mean reward on the evaluation prompts must beat the base's by at least this much.
-    /// In [-1, 1]. Default: the server's `--gate-min-reward-gain`.
+    /// The lower end of the mean reward gain's interval (candidate minus base, on the evaluation prompts) must
+    /// be above this. In [-1, 1]. Default: the server's `--gate-min-reward-gain` (0).
     #[serde(default)]
     #[schema(minimum = -1.0, maximum = 1.0)]
     pub min_reward_gain: Option<f64>,
-    /// The quality proxy (share of images whose every object the rater can name) may drop by at most this
-    /// much, as a fraction in [0, 1] (0.03 is 3 points). Default: the server's `--gate-max-quality-drop`.
+    /// The quality proxy's tolerance, the same as `max_drop.quality` (which wins when both are given).
     #[serde(default)]
     #[schema(minimum = 0.0, maximum = 1.0)]
     pub max_quality_drop: Option<f64>,
+    /// Per metric, how far the lower end of its change's interval may fall below 0.
+    #[serde(default)]
+    pub max_drop: Option<MaxDrop>,
+    /// The intervals' coverage, in [0.5, 0.999]. Default: the server's `--gate-confidence` (0.95).
+    #[serde(default)]
+    #[schema(minimum = 0.5, maximum = 0.999)]
+    pub confidence: Option<f64>,
+    /// Bootstrap resamples, 100 to 100,000. Default: the server's `--gate-resamples` (2000).
+    #[serde(default)]
+    #[schema(minimum = 100, maximum = 100000)]
+    pub resamples: Option<u32>,
+}
+
+/// Tolerated drops per metric, as fractions in [0, 1] (0.03 is 3 points; diversity, the mean pairwise RMS
+/// distance between a prompt's images, in its own 0-1 units). 1 turns a guard off. Absent metrics take the
+/// server's `--gate-max-drop` (quality, colour, background and shape 0.03, diversity 0.02; count and good
+/// unguarded).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaxDrop {
+    /// Share of images whose every object the rater can find and name.
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub quality: Option<f64>,
+    /// Share of images with every stated attribute right.
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub good: Option<f64>,
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub count: Option<f64>,
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub colour: Option<f64>,
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub background: Option<f64>,
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub shape: Option<f64>,
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub diversity: Option<f64>,
+}
+
+impl MaxDrop {
+    /// The tolerances given, by metric name.
+    pub fn given(&self) -> Vec<(&'static str, f64)> {
+        [
+            ("quality", self.quality),
+            ("good", self.good),
+            ("count", self.count),
+            ("colour", self.colour),
+            ("background", self.background),
+            ("shape", self.shape),
+            ("diversity", self.diversity),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|value| (name, value)))
+        .collect()
+    }
 }
 
 /// `POST /fine-tunes`. Absent fields take the defaults; unknown fields are refused.
@@ -248,17 +311,21 @@ pub struct FineTuneRequest {
     pub hyperparameters: Option<Hyperparameters>,
     #[serde(default)]
     pub pretrain_data: Option<PretrainData>,
-    /// Held-out prompts to evaluate base and candidate on. Default: 8 per category of the shapes world's
-    /// held-out prompts.
+    /// Held-out prompts to evaluate base and candidate on. Default: every prompt of the shapes world's
+    /// held-out split (282).
     #[serde(default)]
     pub eval_prompts: Option<PromptSource>,
-    /// Images per evaluation prompt, 1 to `--max-job-images-per-prompt`. Default 8.
+    /// Images per evaluation prompt, 1 to `--max-job-images-per-prompt`. Default 4.
     #[serde(default)]
     #[schema(minimum = 1, maximum = 64)]
     pub eval_images_per_prompt: Option<u32>,
-    /// Seeds the prompts, the samples, the trainer and the evaluation. Default 0.
+    /// Seeds the prompts, the samples and the trainer. Default 0.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Seeds the evaluation's images, the same for base and candidate. Default 1000000007, the same for every
+    /// job, so that a base's cached evaluation serves every job that starts from it.
+    #[serde(default)]
+    pub eval_seed: Option<u64>,
     /// Make the new version active if it passes the gate. Default false.
     #[serde(default)]
     pub activate_on_success: Option<bool>,
@@ -283,10 +350,17 @@ pub struct JobSpec {
     pub eval_prompts: PromptSource,
     pub eval_images_per_prompt: u32,
     pub seed: u64,
+    /// Absent in jobs stored before #26, which evaluated with `seed + 1000000007`.
+    #[serde(default)]
+    pub eval_seed: Option<u64>,
     pub activate_on_success: bool,
-    pub min_reward_gain: f64,
-    pub max_quality_drop: f64,
+    /// Absent in jobs stored before #26: they take the default rule.
+    #[serde(default)]
+    pub gate: GateRule,
 }
+
+/// The evaluation seed of a job that sets none.
+pub const DEFAULT_EVAL_SEED: u64 = 1_000_000_007;
 
 /// The largest `pretrain_fraction` and `ema_decay`: the trainer's bound, below 1.
 const MAX_FRACTION: f64 = 0.999999;
@@ -313,12 +387,6 @@ impl Default for JobLimits {
     }
 }
 
-/// The server-wide gate, used where a job does not set its own.
-#[derive(Debug, Clone, Copy)]
-pub struct GateDefaults {
-    pub min_reward_gain: f64,
-    pub max_quality_drop: f64,
-}
 
 fn finite(field: &str, value: f64, low: f64, high: f64, high_open: bool) -> Result<f64> {
     let above = if high_open { value >= high } else { value > high };
@@ -330,6 +398,36 @@ fn finite(field: &str, value: f64, low: f64, high: f64, high_open: bool) -> Resu
         ));
     }
     Ok(value)
+}
+
+/// The job's gate: its own settings over the server's `defaults`, each checked.
+fn gate_rule(spec: Option<&GateSpec>, defaults: &GateRule) -> Result<GateRule> {
+    let mut rule = defaults.clone();
+    let Some(spec) = spec else { return Ok(rule) };
+    if let Some(gain) = spec.min_reward_gain {
+        rule.min_reward_gain = finite("gate.min_reward_gain", gain, -1.0, 1.0, false)?;
+    }
+    if let Some(drop) = spec.max_quality_drop {
+        rule.max_drop
+            .insert("quality".into(), finite("gate.max_quality_drop", drop, 0.0, 1.0, false)?);
+    }
+    for (metric, drop) in spec.max_drop.unwrap_or_default().given() {
+        let field = format!("gate.max_drop.{metric}");
+        rule.max_drop.insert(metric.into(), finite(&field, drop, 0.0, 1.0, false)?);
+    }
+    if let Some(confidence) = spec.confidence {
+        rule.confidence = finite("gate.confidence", confidence, 0.5, 0.999, false)?;
+    }
+    if let Some(resamples) = spec.resamples {
+        if !(100..=100_000).contains(&resamples) {
+            return Err(Error::validation(
+                "gate.resamples",
+                format!("`gate.resamples` must be between 100 and 100000. Given: {resamples}"),
+            ));
+        }
+        rule.resamples = resamples;
+    }
+    Ok(rule)
 }
 
 fn check_prompts(field: &str, source: &PromptSource, limits: &JobLimits) -> Result<()> {
@@ -371,10 +469,10 @@ fn check_prompts(field: &str, source: &PromptSource, limits: &JobLimits) -> Resu
                 }
             }
             match (generator.count, generator.per_category) {
-                (Some(_), Some(_)) | (None, None) => {
+                (Some(_), Some(_)) => {
                     return Err(Error::validation(
                         format!("{field}.count"),
-                        format!("`{field}` needs exactly one of `count` and `per_category`"),
+                        format!("`{field}` takes at most one of `count` and `per_category` (neither: the whole split)"),
                     ))
                 }
                 (Some(count), None) if count == 0 || count as usize > limits.max_prompts => {
@@ -405,7 +503,7 @@ fn check_prompts(field: &str, source: &PromptSource, limits: &JobLimits) -> Resu
 impl FineTuneRequest {
     /// Fills in defaults and checks every field; `base_model` is the resolved version id (checked by the
     /// caller against the registry).
-    pub fn validate(self, base_model: String, limits: &JobLimits, gate: &GateDefaults) -> Result<JobSpec> {
+    pub fn validate(self, base_model: String, limits: &JobLimits, gate: &GateRule) -> Result<JobSpec> {
         let prompts = self.prompts.unwrap_or(PromptSource::Generator(PromptGenerator {
             generator: "shapes_world".into(),
             split: Some("train".into()),
@@ -418,7 +516,7 @@ impl FineTuneRequest {
             generator: "shapes_world".into(),
             split: Some("heldout".into()),
             count: None,
-            per_category: Some(8),
+            per_category: None,
             seed: None,
         }));
         check_prompts("eval_prompts", &eval_prompts, limits)?;
@@ -464,7 +562,7 @@ impl FineTuneRequest {
                 "`retrain_reward_model` retrains on the stored ratings, so it needs `use_feedback` true",
             ));
         }
-        let eval_images_per_prompt = self.eval_images_per_prompt.unwrap_or(8);
+        let eval_images_per_prompt = self.eval_images_per_prompt.unwrap_or(4);
         if !(1..=limits.max_images_per_prompt).contains(&eval_images_per_prompt) {
             return Err(Error::validation(
                 "eval_images_per_prompt",
@@ -567,24 +665,7 @@ impl FineTuneRequest {
                 ))
             }
         }
-        let gate_spec = self.gate.unwrap_or(GateSpec {
-            min_reward_gain: None,
-            max_quality_drop: None,
-        });
-        let min_reward_gain = finite(
-            "gate.min_reward_gain",
-            gate_spec.min_reward_gain.unwrap_or(gate.min_reward_gain),
-            -1.0,
-            1.0,
-            false,
-        )?;
-        let max_quality_drop = finite(
-            "gate.max_quality_drop",
-            gate_spec.max_quality_drop.unwrap_or(gate.max_quality_drop),
-            0.0,
-            1.0,
-            false,
-        )?;
+        let gate = gate_rule(self.gate.as_ref(), gate)?;
         Ok(JobSpec {
             base_model,
             prompts,
@@ -598,9 +679,9 @@ impl FineTuneRequest {
             eval_prompts,
             eval_images_per_prompt,
             seed: self.seed.unwrap_or(0),
+            eval_seed: Some(self.eval_seed.unwrap_or(DEFAULT_EVAL_SEED)),
             activate_on_success: self.activate_on_success.unwrap_or(false),
-            min_reward_gain,
-            max_quality_drop,
+            gate,
         })
     }
 }
@@ -608,7 +689,7 @@ impl FineTuneRequest {
 /// The rules across a fine-tune request's fields that `validate` checks and field attributes cannot say, as
 /// each schema's `allOf` (the document's `openapi::spec` writes them in):
 /// - a prompt list holds 1 to `--max-job-prompts` prompts, none blank;
-/// - a prompt generator is `shapes_world`, with a known split and exactly one of `count` and `per_category`;
+/// - a prompt generator is `shapes_world`, with a known split and at most one of `count` and `per_category`;
 /// - a batch of 1 has no room for pre-training rows, so it needs `pretrain_fraction` 0;
 /// - `pretrain_data.path` goes with kind `folder` and only with it;
 /// - without `use_feedback`, a job needs samples (`images_per_prompt` not 0) and can neither retrain the
@@ -633,10 +714,10 @@ pub fn schema_rules() -> Vec<(&'static str, serde_json::Value)> {
                     "generator": {"enum": ["shapes_world"]},
                     "split": null_or(json!({"enum": ["train", "heldout", "all"]}))
                 }},
-                {"oneOf": [
-                    {"required": ["count"], "properties": {"count": {"type": "integer"}, "per_category": {"type": "null"}}},
-                    {"required": ["per_category"], "properties": {"per_category": {"type": "integer"}, "count": {"type": "null"}}}
-                ]}
+                {"not": {
+                    "required": ["count", "per_category"],
+                    "properties": {"count": {"type": "integer"}, "per_category": {"type": "integer"}}
+                }}
             ]),
         ),
         (
@@ -672,14 +753,16 @@ pub fn schema_rules() -> Vec<(&'static str, serde_json::Value)> {
 
 /// The request's fields that hold an object. serde would also read a struct from an array of its fields in
 /// order (`"gate": [null, null]`), which the document does not allow.
-const OBJECT_FIELDS: [&str; 4] = ["gate", "hyperparameters", "pretrain_data", "feedback_filter"];
+/// Nested fields are written with dots.
+const OBJECT_FIELDS: [&str; 5] = ["gate", "gate.max_drop", "hyperparameters", "pretrain_data", "feedback_filter"];
 
 impl FineTuneRequest {
     /// Refuses a body whose object fields hold anything but an object or null, naming the field; checked on
     /// the JSON before it is read into the request.
     pub fn check_object_fields(body: &serde_json::Value) -> Result<()> {
         for field in OBJECT_FIELDS {
-            match body.get(field) {
+            let value = field.split('.').try_fold(body, |value, key| value.get(key));
+            match value {
                 None | Some(serde_json::Value::Null | serde_json::Value::Object(_)) => {}
                 Some(other) => {
                     let found = match other {
@@ -708,11 +791,7 @@ mod tests {
     }
 
     fn check(json: serde_json::Value) -> Result<JobSpec> {
-        let gate = GateDefaults {
-            min_reward_gain: 0.0,
-            max_quality_drop: 0.03,
-        };
-        request(json).validate("base".into(), &JobLimits::default(), &gate)
+        request(json).validate("base".into(), &JobLimits::default(), &GateRule::default())
     }
 
     #[test]
@@ -724,7 +803,44 @@ mod tests {
         assert!(spec.use_feedback);
         assert_eq!(spec.feedback_filter, FeedbackFilter::default());
         assert!(!spec.activate_on_success);
-        assert_eq!(spec.max_quality_drop, 0.03);
+        assert_eq!(spec.gate, GateRule::default());
+        assert_eq!(spec.eval_images_per_prompt, 4);
+        assert_eq!(spec.eval_seed, Some(DEFAULT_EVAL_SEED));
+        // The whole held-out split: a generator with neither `count` nor `per_category`.
+        let PromptSource::Generator(eval) = &spec.eval_prompts else { panic!("a generator") };
+        assert_eq!((eval.count, eval.per_category, eval.split.as_deref()), (None, None, Some("heldout")));
+    }
+
+    #[test]
+    fn a_jobs_gate_overrides_the_servers_per_field() {
+        let spec = check(serde_json::json!({"gate": {
+            "min_reward_gain": 0.01, "max_quality_drop": 0.05,
+            "max_drop": {"count": 0.1, "diversity": 1.0}, "confidence": 0.9, "resamples": 500
+        }}))
+        .unwrap();
+        let mut expected = GateRule::default();
+        expected.min_reward_gain = 0.01;
+        expected.confidence = 0.9;
+        expected.resamples = 500;
+        expected.max_drop.insert("quality".into(), 0.05);
+        expected.max_drop.insert("count".into(), 0.1);
+        expected.max_drop.insert("diversity".into(), 1.0);
+        assert_eq!(spec.gate, expected);
+        // max_drop.quality wins over max_quality_drop.
+        let both = check(serde_json::json!({"gate": {"max_quality_drop": 0.05, "max_drop": {"quality": 0.01}}}));
+        assert_eq!(both.unwrap().gate.max_drop["quality"], 0.01);
+    }
+
+    #[test]
+    fn a_job_stored_before_the_evidence_gate_still_reads() {
+        let mut stored = serde_json::to_value(check(serde_json::json!({})).unwrap()).unwrap();
+        let object = stored.as_object_mut().unwrap();
+        object.remove("gate");
+        object.remove("eval_seed");
+        object.insert("min_reward_gain".into(), serde_json::json!(0.0));
+        object.insert("max_quality_drop".into(), serde_json::json!(0.03));
+        let spec: JobSpec = serde_json::from_value(stored).unwrap();
+        assert_eq!((spec.gate, spec.eval_seed), (GateRule::default(), None));
     }
 
     #[test]
@@ -769,9 +885,15 @@ mod tests {
                 "prompts.generator",
             ),
             (
-                serde_json::json!({"eval_prompts": {"generator": "shapes_world"}}),
+                serde_json::json!({"eval_prompts": {"generator": "shapes_world", "count": 3, "per_category": 1}}),
                 "eval_prompts.count",
             ),
+            (
+                serde_json::json!({"gate": {"max_drop": {"colour": -0.1}}}),
+                "gate.max_drop.colour",
+            ),
+            (serde_json::json!({"gate": {"confidence": 0.9999}}), "gate.confidence"),
+            (serde_json::json!({"gate": {"resamples": 10}}), "gate.resamples"),
             (serde_json::json!({"images_per_prompt": 1000}), "images_per_prompt"),
             (
                 serde_json::json!({"images_per_prompt": 0, "use_feedback": false}),
@@ -843,22 +965,26 @@ mod tests {
             beta: f64::NAN,
             ..Hyperparameters::default()
         });
-        let gate = GateDefaults {
-            min_reward_gain: 0.0,
-            max_quality_drop: 0.03,
-        };
-        let err = spec.validate("base".into(), &JobLimits::default(), &gate).unwrap_err();
+        let err = spec
+            .validate("base".into(), &JobLimits::default(), &GateRule::default())
+            .unwrap_err();
         assert_eq!(err.param(), Some("hyperparameters.beta"));
     }
 
     #[test]
     fn a_nested_object_sent_as_an_array_is_refused() {
+        // `{"gate": {"max_drop": value}}` for "gate.max_drop".
+        let nest = |field: &str, value: serde_json::Value| {
+            field
+                .rsplit('.')
+                .fold(value, |inner, key| serde_json::json!({ key: inner }))
+        };
         for field in OBJECT_FIELDS {
-            let err = FineTuneRequest::check_object_fields(&serde_json::json!({ field: [null, null] })).unwrap_err();
+            let err = FineTuneRequest::check_object_fields(&nest(field, serde_json::json!([null, null]))).unwrap_err();
             assert_eq!(err.param(), Some(field));
             assert!(err.to_string().contains("must be an object. Given: an array"), "{err}");
-            assert!(FineTuneRequest::check_object_fields(&serde_json::json!({ field: null })).is_ok());
-            assert!(FineTuneRequest::check_object_fields(&serde_json::json!({ field: {} })).is_ok());
+            assert!(FineTuneRequest::check_object_fields(&nest(field, serde_json::Value::Null)).is_ok());
+            assert!(FineTuneRequest::check_object_fields(&nest(field, serde_json::json!({}))).is_ok());
         }
     }
 }

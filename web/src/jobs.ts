@@ -8,7 +8,9 @@ import {
   type FineTuneOut,
   type FineTunePage,
   type FineTuneRequest,
+  type GateDecision,
   type GateSpec,
+  type MetricGain,
   type GenerateRequest,
   type GenerateResponse,
   type Hyperparameters,
@@ -76,11 +78,13 @@ const FIELDS: Field[] = [
   { name: "beta", label: "β (pre-training weight)", hint: "0 is the ablation without it", placeholder: "1.0", min: 0, max: 100, step: "any", path: "hyperparameters.beta" },
   { name: "prompt_count", label: "Training prompts", hint: "drawn from the shapes world's train split", placeholder: "200", min: 1, max: 100000, integer: true, path: "prompts.count" },
   { name: "images_per_prompt", label: "Samples per prompt", hint: "scored by the reward model; 0 trains on ratings alone", placeholder: "8", min: 0, max: 1000, integer: true, path: "images_per_prompt" },
-  { name: "eval_per_category", label: "Evaluation prompts per category", hint: "held-out split", placeholder: "server default", min: 1, max: 1000, integer: true, path: "eval_prompts.per_category" },
-  { name: "eval_images_per_prompt", label: "Evaluation images per prompt", hint: "", placeholder: "8", min: 1, max: 1000, integer: true, path: "eval_images_per_prompt" },
+  { name: "eval_per_category", label: "Evaluation prompts per category", hint: "held-out split", placeholder: "all 282", min: 1, max: 1000, integer: true, path: "eval_prompts.per_category" },
+  { name: "eval_images_per_prompt", label: "Evaluation images per prompt", hint: "", placeholder: "4", min: 1, max: 1000, integer: true, path: "eval_images_per_prompt" },
   { name: "pretrain_images", label: "Pre-training renders", hint: "the β term's data", placeholder: "8192", min: 1, max: 1000000, integer: true, path: "pretrain_data.images" },
-  { name: "min_reward_gain", label: "Gate: min reward gain", hint: "candidate vs base", placeholder: "server default", step: "any", min: -10, max: 10, path: "gate.min_reward_gain" },
-  { name: "seed", label: "Seed", hint: "prompts, samples, trainer, evaluation", placeholder: "0", min: 0, integer: true, path: "seed" },
+  { name: "min_reward_gain", label: "Gate: min reward gain", hint: "the interval's lower end must be above it", placeholder: "server default", step: "any", min: -1, max: 1, path: "gate.min_reward_gain" },
+  { name: "max_quality_drop", label: "Gate: max quality drop", hint: "the interval's lower end, 0.03 is 3 points", placeholder: "server default", step: "any", min: 0, max: 1, path: "gate.max_quality_drop" },
+  { name: "confidence", label: "Gate: confidence", hint: "of the paired bootstrap intervals", placeholder: "server default", step: "any", min: 0.5, max: 0.999, path: "gate.confidence" },
+  { name: "seed", label: "Seed", hint: "prompts, samples, trainer", placeholder: "0", min: 0, integer: true, path: "seed" },
 ];
 
 /** Small enough to finish in about a minute on two CPU cores: for trying the loop, not for a better model. */
@@ -471,22 +475,62 @@ function drawOutcome(box: HTMLElement, job: FineTuneOut): void {
       ),
     );
   }
-  const gate = metrics.gate as Record<string, unknown> | undefined;
-  if (gate) {
-    append(
-      box,
-      h(
-        "p",
-        { "data-testid": "job-gate" },
-        "Gate: ",
-        badge(gate.passed ? "passed" : "failed"),
-        ` reward gain ${formatNumber(gate.reward_gain)} (at least ${formatNumber(gate.min_reward_gain)}),`,
-        ` quality drop ${formatNumber(gate.quality_drop)} (at most ${formatNumber(gate.max_quality_drop)})`,
-        Array.isArray(gate.reasons) && gate.reasons.length ? h("span", { class: "muted" }, ` · ${gate.reasons.join("; ")}`) : null,
-      ),
-    );
-  }
+  const gate = metrics.gate as GateDecision | undefined;
+  if (gate) append(box, gateTable(gate));
   if (job.status === "succeeded" && job.result_model) append(box, compare(job.base_model, job.result_model, job.spec));
+}
+
+/** A metric's figure: points for shares, four decimals for the reward and diversity. */
+function figure(metric: string, value: number | null | undefined, signed = false): string {
+  if (typeof value !== "number" || !Number.isFinite(value)) return "–";
+  const sign = signed && value > 0 ? "+" : "";
+  return metric === "reward" || metric === "diversity" ? `${sign}${value.toFixed(4)}` : `${sign}${(value * 100).toFixed(1)}`;
+}
+
+/** The gate's decision: each metric's change with its paired bootstrap interval, the rule, and why. */
+function gateTable(gate: GateDecision): HTMLElement {
+  const percent = Math.round(gate.rule.confidence * 100);
+  const verdict = (row: MetricGain) =>
+    row.passed === true ? badge("ok", "passed") : row.passed === false ? badge("fails", "failed") : h("span", { class: "muted" }, row.gain === null ? "not measured" : "shown");
+  const rule = (row: MetricGain) =>
+    row.bound === null || row.bound === undefined ? "" : row.role === "gain" ? `low > ${figure(row.metric, row.bound, true)}` : `low ≥ ${figure(row.metric, row.bound, true)}`;
+  const rows = gate.table.map((row) =>
+    h(
+      "tr",
+      { "data-metric": row.metric },
+      h("td", {}, row.metric),
+      h("td", {}, figure(row.metric, row.base)),
+      h("td", {}, figure(row.metric, row.candidate)),
+      h("td", { class: (row.gain ?? 0) > 0 ? "up" : (row.gain ?? 0) < 0 ? "down" : "" }, figure(row.metric, row.gain, true)),
+      h("td", {}, row.low === null ? "–" : `${figure(row.metric, row.low, true)} to ${figure(row.metric, row.high, true)}`),
+      h("td", {}, rule(row)),
+      h("td", {}, verdict(row)),
+    ),
+  );
+  return h(
+    "div",
+    { "data-testid": "job-gate" },
+    h("h2", {}, "Gate"),
+    h(
+      "p",
+      {},
+      badge(gate.passed ? "passed" : "refused", gate.passed ? "passed" : "failed"),
+      ` on ${gate.prompts} prompts, base and candidate with the same seeds; ${percent}% paired bootstrap intervals over prompts (${gate.rule.resamples} resamples)`,
+      gate.base_cached ? h("span", { class: "muted" }, " · the base's evaluation came from the cache") : null,
+    ),
+    h(
+      "table",
+      { "data-testid": "job-gate-table" },
+      h(
+        "thead",
+        {},
+        h("tr", {}, ...["Metric", "Base", "Candidate", "Change", `${percent}% interval`, "Rule", "Verdict"].map((title) => h("th", {}, title))),
+      ),
+      h("tbody", {}, ...rows),
+    ),
+    h("p", { class: "muted" }, "Shares in points (0-100); reward and diversity in their own units."),
+    gate.reasons.length ? h("ul", { "data-testid": "job-gate-reasons" }, ...gate.reasons.map((reason) => h("li", {}, reason))) : null,
+  );
 }
 
 /** Base and new version side by side: the same prompts and the same seeds through POST /generate. */
