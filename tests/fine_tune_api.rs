@@ -253,8 +253,16 @@ fn rate_fine_tune_activate_generate_and_survive_a_restart() {
     // The gate's table: every metric with its paired bootstrap interval over the 2 evaluation prompts.
     let table = metrics["gate"]["table"].as_array().unwrap();
     let reward = table.iter().find(|row| row["metric"] == "reward").unwrap();
-    assert_eq!((reward["role"].as_str(), reward["prompts"].as_u64()), (Some("gain"), Some(2)), "{reward}");
-    let (low, gain, high) = (reward["low"].as_f64().unwrap(), reward["gain"].as_f64().unwrap(), reward["high"].as_f64().unwrap());
+    assert_eq!(
+        (reward["role"].as_str(), reward["prompts"].as_u64()),
+        (Some("gain"), Some(2)),
+        "{reward}"
+    );
+    let (low, gain, high) = (
+        reward["low"].as_f64().unwrap(),
+        reward["gain"].as_f64().unwrap(),
+        reward["high"].as_f64().unwrap(),
+    );
     assert!(low <= gain && gain <= high, "{reward}");
     assert_eq!(metrics["gate"]["prompts"], 2, "{metrics}");
     assert_eq!(metrics["gate"]["rule"]["confidence"], 0.95, "{metrics}");
@@ -362,14 +370,20 @@ fn the_base_evaluation_is_cached_and_a_gate_without_evidence_refuses() {
     assert_eq!(first["metrics"]["gate"]["base_cached"], false, "{first}");
     assert_eq!(second["metrics"]["gate"]["base_cached"], true, "{second}");
     // The same base, prompts and seeds: the cached figures are the first job's.
-    assert_eq!(first["metrics"]["evaluation"]["base"], second["metrics"]["evaluation"]["base"]);
+    assert_eq!(
+        first["metrics"]["evaluation"]["base"],
+        second["metrics"]["evaluation"]["base"]
+    );
     let cache = data.path().join("eval-cache").join("tiny-sd");
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1, "{}", cache.display());
 
     // A reward gain above 1 cannot be shown: the gate refuses, says why, and the version is not activated.
     let gate = &second["metrics"]["gate"];
     assert_eq!(gate["passed"], false, "{gate}");
-    assert!(gate["reasons"][0].as_str().unwrap().starts_with("the mean reward gain"), "{gate}");
+    assert!(
+        gate["reasons"][0].as_str().unwrap().starts_with("the mean reward gain"),
+        "{gate}"
+    );
     assert_eq!(second["metrics"]["activated"], false);
     let (_, active) = model_ids(&server);
     assert_eq!(active, first["result_model"].as_str().unwrap());

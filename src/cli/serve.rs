@@ -279,10 +279,15 @@ impl JobArgs {
     /// The server's gate from the `--gate-*` flags, each checked.
     fn gate_rule(&self) -> Result<GateRule> {
         let mut max_drop = std::collections::BTreeMap::new();
-        for pair in self.gate_max_drop.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
-            let (metric, drop) = pair.split_once('=').ok_or_else(|| {
-                Error::Config(format!("--gate-max-drop takes metric=drop pairs. Given: `{pair}`"))
-            })?;
+        for pair in self
+            .gate_max_drop
+            .split(',')
+            .map(str::trim)
+            .filter(|pair| !pair.is_empty())
+        {
+            let (metric, drop) = pair
+                .split_once('=')
+                .ok_or_else(|| Error::Config(format!("--gate-max-drop takes metric=drop pairs. Given: `{pair}`")))?;
             let metric = metric.trim();
             if metric == "reward" || !crate::jobs::gate::METRICS.contains(&metric) {
                 return Err(Error::Config(format!(
@@ -299,11 +304,25 @@ impl JobArgs {
             max_drop.insert("quality".into(), drop);
         }
         let mut checks = vec![
-            ("--gate-min-reward-gain".to_string(), self.gate_min_reward_gain, -1.0, 1.0),
+            (
+                "--gate-min-reward-gain".to_string(),
+                self.gate_min_reward_gain,
+                -1.0,
+                1.0,
+            ),
             ("--gate-confidence".to_string(), self.gate_confidence, 0.5, 0.999),
-            ("--gate-resamples".to_string(), f64::from(self.gate_resamples), 100.0, 100_000.0),
+            (
+                "--gate-resamples".to_string(),
+                f64::from(self.gate_resamples),
+                100.0,
+                100_000.0,
+            ),
         ];
-        checks.extend(max_drop.iter().map(|(metric, drop)| (format!("--gate-max-drop {metric}"), *drop, 0.0, 1.0)));
+        checks.extend(
+            max_drop
+                .iter()
+                .map(|(metric, drop)| (format!("--gate-max-drop {metric}"), *drop, 0.0, 1.0)),
+        );
         for (flag, value, low, high) in checks {
             if !(low..=high).contains(&value) {
                 return Err(Error::Config(format!(

@@ -75,10 +75,14 @@ impl JobContext<'_> {
                     self.stage_progress("evaluate", share.1).await?;
                     return Ok((cached.evaluation, cached.prompts, true));
                 }
-                _ => tracing::warn!(job = %self.job.id, blob, "a cached base evaluation did not match; evaluating again"),
+                _ => {
+                    tracing::warn!(job = %self.job.id, blob, "a cached base evaluation did not match; evaluating again")
+                }
             }
         }
-        let (evaluation, figures) = self.evaluate(model, scorer, prompts, per_prompt, seed, "base", share).await?;
+        let (evaluation, figures) = self
+            .evaluate(model, scorer, prompts, per_prompt, seed, "base", share)
+            .await?;
         let cached = CachedEvaluation {
             key,
             evaluation,
@@ -133,7 +137,10 @@ impl JobContext<'_> {
             mean_reward: mean(samples.iter().map(|sample| sample.reward)),
             rater: Map::new(),
         };
-        let rewards: Vec<(String, f64)> = samples.iter().map(|sample| (sample.prompt.clone(), sample.reward)).collect();
+        let rewards: Vec<(String, f64)> = samples
+            .iter()
+            .map(|sample| (sample.prompt.clone(), sample.reward))
+            .collect();
         let mut rater_rows = Vec::new();
         let mut command = self.python("jobs.evaluate");
         command.extend(["--images".into(), folder.to_string_lossy().into_owned()]);

@@ -42,8 +42,8 @@ use context::{fmt, mean, JobContext};
 use metrics::{EvaluationPair, SampleFigures, TrainingSetFigures};
 use sampling::rescale_rewards;
 
-pub use manager::JobManager;
 pub use gate::GateRule;
+pub use manager::JobManager;
 pub use spec::{FineTuneRequest, JobLimits, JobSpec, PromptSource};
 
 /// The stage names of `STAGES`, in order.

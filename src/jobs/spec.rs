@@ -387,7 +387,6 @@ impl Default for JobLimits {
     }
 }
 
-
 fn finite(field: &str, value: f64, low: f64, high: f64, high_open: bool) -> Result<f64> {
     let above = if high_open { value >= high } else { value > high };
     if !value.is_finite() || value < low || above {
@@ -408,12 +407,15 @@ fn gate_rule(spec: Option<&GateSpec>, defaults: &GateRule) -> Result<GateRule> {
         rule.min_reward_gain = finite("gate.min_reward_gain", gain, -1.0, 1.0, false)?;
     }
     if let Some(drop) = spec.max_quality_drop {
-        rule.max_drop
-            .insert("quality".into(), finite("gate.max_quality_drop", drop, 0.0, 1.0, false)?);
+        rule.max_drop.insert(
+            "quality".into(),
+            finite("gate.max_quality_drop", drop, 0.0, 1.0, false)?,
+        );
     }
     for (metric, drop) in spec.max_drop.unwrap_or_default().given() {
         let field = format!("gate.max_drop.{metric}");
-        rule.max_drop.insert(metric.into(), finite(&field, drop, 0.0, 1.0, false)?);
+        rule.max_drop
+            .insert(metric.into(), finite(&field, drop, 0.0, 1.0, false)?);
     }
     if let Some(confidence) = spec.confidence {
         rule.confidence = finite("gate.confidence", confidence, 0.5, 0.999, false)?;
@@ -754,7 +756,13 @@ pub fn schema_rules() -> Vec<(&'static str, serde_json::Value)> {
 /// The request's fields that hold an object. serde would also read a struct from an array of its fields in
 /// order (`"gate": [null, null]`), which the document does not allow.
 /// Nested fields are written with dots.
-const OBJECT_FIELDS: [&str; 5] = ["gate", "gate.max_drop", "hyperparameters", "pretrain_data", "feedback_filter"];
+const OBJECT_FIELDS: [&str; 5] = [
+    "gate",
+    "gate.max_drop",
+    "hyperparameters",
+    "pretrain_data",
+    "feedback_filter",
+];
 
 impl FineTuneRequest {
     /// Refuses a body whose object fields hold anything but an object or null, naming the field; checked on
@@ -807,8 +815,13 @@ mod tests {
         assert_eq!(spec.eval_images_per_prompt, 4);
         assert_eq!(spec.eval_seed, Some(DEFAULT_EVAL_SEED));
         // The whole held-out split: a generator with neither `count` nor `per_category`.
-        let PromptSource::Generator(eval) = &spec.eval_prompts else { panic!("a generator") };
-        assert_eq!((eval.count, eval.per_category, eval.split.as_deref()), (None, None, Some("heldout")));
+        let PromptSource::Generator(eval) = &spec.eval_prompts else {
+            panic!("a generator")
+        };
+        assert_eq!(
+            (eval.count, eval.per_category, eval.split.as_deref()),
+            (None, None, Some("heldout"))
+        );
     }
 
     #[test]
@@ -818,10 +831,12 @@ mod tests {
             "max_drop": {"count": 0.1, "diversity": 1.0}, "confidence": 0.9, "resamples": 500
         }}))
         .unwrap();
-        let mut expected = GateRule::default();
-        expected.min_reward_gain = 0.01;
-        expected.confidence = 0.9;
-        expected.resamples = 500;
+        let mut expected = GateRule {
+            min_reward_gain: 0.01,
+            confidence: 0.9,
+            resamples: 500,
+            ..GateRule::default()
+        };
         expected.max_drop.insert("quality".into(), 0.05);
         expected.max_drop.insert("count".into(), 0.1);
         expected.max_drop.insert("diversity".into(), 1.0);

@@ -513,7 +513,10 @@ export interface components {
             /** Format: int64 */
             finished_at?: number | null;
             id: string;
-            /** @description Figures so far: the samples, the trainer's losses, the evaluation of base and candidate, the gate. */
+            /**
+             * @description Figures so far: the samples, the trainer's losses, the evaluation of base and candidate, and the gate
+             *     (`gate`, a `GateDecision`: each metric's change with its paired bootstrap interval, the rule, the reasons).
+             */
             metrics?: Record<string, unknown> | null;
             /** @description Always `fine_tune`. */
             object: string;
@@ -576,10 +579,16 @@ export interface components {
             base_model?: string | null;
             /**
              * Format: int32
-             * @description Images per evaluation prompt, 1 to `--max-job-images-per-prompt`. Default 8.
+             * @description Images per evaluation prompt, 1 to `--max-job-images-per-prompt`. Default 4.
              */
             eval_images_per_prompt?: number | null;
             eval_prompts?: null | components["schemas"]["PromptSource"];
+            /**
+             * Format: int64
+             * @description Seeds the evaluation's images, the same for base and candidate. Default 1000000007, the same for every
+             *     job, so that a base's cached evaluation serves every job that starts from it.
+             */
+            eval_seed?: number | null;
             feedback_filter?: null | components["schemas"]["FeedbackFilter"];
             gate?: null | components["schemas"]["GateSpec"];
             hyperparameters?: null | components["schemas"]["Hyperparameters"];
@@ -600,26 +609,77 @@ export interface components {
             reward_model?: string | null;
             /**
              * Format: uint64
-             * @description Seeds the prompts, the samples, the trainer and the evaluation. Default 0.
+             * @description Seeds the prompts, the samples and the trainer. Default 0.
              */
             seed?: number | null;
             /** @description Train on the stored ratings too (good 1, bad 0; skips are left out). Default true. */
             use_feedback?: boolean | null;
         } & unknown;
-        /** @description When a finished job's version replaces the active one. */
+        /** @description The gate's decision on a candidate: the table and the reasons. */
+        GateDecision: {
+            /** @description Whether the base's evaluation came from the cache (same base, prompts, seeds, reward model and rater). */
+            base_cached?: boolean;
+            passed: boolean;
+            /** @description Evaluation prompts the base and the candidate share. */
+            prompts: number;
+            /** @description Why it failed, one sentence each; empty when it passed. */
+            reasons: string[];
+            rule: components["schemas"]["GateRule"];
+            table: components["schemas"]["MetricGain"][];
+        };
+        /** @description The rule a job's candidate is held to (the job's `gate`, else the server's `--gate-*` flags). */
+        GateRule: {
+            /**
+             * Format: double
+             * @description The intervals' coverage, e.g. 0.95.
+             */
+            confidence: number;
+            /**
+             * @description Per guarded metric, the largest drop (as a fraction: 0.03 is 3 points; diversity in its own units)
+             *     that the lower end of its interval may show.
+             */
+            max_drop: {
+                [key: string]: number;
+            };
+            /**
+             * Format: double
+             * @description The lower end of the mean reward gain's interval must be above this.
+             */
+            min_reward_gain: number;
+            /**
+             * Format: int32
+             * @description Bootstrap resamples.
+             */
+            resamples: number;
+        };
+        /**
+         * @description When a finished job's version replaces the active one (`jobs::gate`). The candidate passes when the lower
+         *     end of its mean reward gain's interval is above `min_reward_gain`, and for each guarded metric the lower end
+         *     of its change's interval is at or above minus its `max_drop`. Absent fields take the server's `--gate-*`.
+         */
         GateSpec: {
             /**
              * Format: double
-             * @description The quality proxy (share of images whose every object the rater can name) may drop by at most this
-             *     much, as a fraction in [0, 1] (0.03 is 3 points). Default: the server's `--gate-max-quality-drop`.
+             * @description The intervals' coverage, in [0.5, 0.999]. Default: the server's `--gate-confidence` (0.95).
+             */
+            confidence?: number | null;
+            max_drop?: null | components["schemas"]["MaxDrop"];
+            /**
+             * Format: double
+             * @description The quality proxy's tolerance, the same as `max_drop.quality` (which wins when both are given).
              */
             max_quality_drop?: number | null;
             /**
              * Format: double
-             * @description The candidate's mean reward on the evaluation prompts must beat the base's by at least this much.
-             *     In [-1, 1]. Default: the server's `--gate-min-reward-gain`.
+             * @description The lower end of the mean reward gain's interval (candidate minus base, on the evaluation prompts) must
+             *     be above this. In [-1, 1]. Default: the server's `--gate-min-reward-gain` (0).
              */
             min_reward_gain?: number | null;
+            /**
+             * Format: int32
+             * @description Bootstrap resamples, 100 to 100,000. Default: the server's `--gate-resamples` (2000).
+             */
+            resamples?: number | null;
         };
         /**
          * @description A text-to-image request. Absent fields take the server's defaults; unknown fields are rejected.
@@ -897,6 +957,66 @@ export interface components {
          * @enum {string}
          */
         LrSchedule: "cosine" | "constant";
+        /**
+         * @description Tolerated drops per metric, as fractions in [0, 1] (0.03 is 3 points; diversity, the mean pairwise RMS
+         *     distance between a prompt's images, in its own 0-1 units). 1 turns a guard off. Absent metrics take the
+         *     server's `--gate-max-drop` (quality, colour, background and shape 0.03, diversity 0.02; count and good
+         *     unguarded).
+         */
+        MaxDrop: {
+            /** Format: double */
+            background?: number | null;
+            /** Format: double */
+            colour?: number | null;
+            /** Format: double */
+            count?: number | null;
+            /** Format: double */
+            diversity?: number | null;
+            /**
+             * Format: double
+             * @description Share of images with every stated attribute right.
+             */
+            good?: number | null;
+            /**
+             * Format: double
+             * @description Share of images whose every object the rater can find and name.
+             */
+            quality?: number | null;
+            /** Format: double */
+            shape?: number | null;
+        };
+        /** @description One row of the gate's table: base, candidate, the gain and its interval, and what the rule made of it. */
+        MetricGain: {
+            /**
+             * Format: double
+             * @description The pooled figures; null when the metric was not measured.
+             */
+            base?: number | null;
+            /**
+             * Format: double
+             * @description The bound the rule holds the interval's lower end to: `min_reward_gain` for the reward, `-max_drop`
+             *     for a guard.
+             */
+            bound?: number | null;
+            /** Format: double */
+            candidate?: number | null;
+            /**
+             * Format: double
+             * @description Candidate minus base, and the interval's ends.
+             */
+            gain?: number | null;
+            /** Format: double */
+            high?: number | null;
+            /** Format: double */
+            low?: number | null;
+            metric: string;
+            /** @description Whether the row passes its test; null for rows shown only or not measured. */
+            passed?: boolean | null;
+            /** @description Prompts the metric was measured on. */
+            prompts: number;
+            /** @description `gain` (the reward's test), `guard` (a guarded metric) or `shown`. */
+            role: string;
+        };
         /** @description Every model version (diffusion, then reward), oldest first, and the active diffusion version. */
         ModelList: {
             active: string;
@@ -1053,8 +1173,8 @@ export interface components {
         PromptGenerator: {
             /**
              * Format: int32
-             * @description How many distinct prompts, drawn at random from the split, 1 to `--max-job-prompts`. Give this or
-             *     `per_category`.
+             * @description How many distinct prompts, drawn at random from the split, 1 to `--max-job-prompts`. Give this,
+             *     `per_category`, or neither for every prompt of the split.
              */
             count?: number | null;
             /** @description `shapes_world`, the only generator. */
@@ -1075,13 +1195,7 @@ export interface components {
             /** @enum {unknown} */
             generator: "shapes_world";
             split?: null | ("train" | "heldout" | "all");
-        } & ({
-            count: number;
-            per_category?: null;
-        } | {
-            count?: null;
-            per_category: number;
-        }));
+        } & unknown);
         /** @description The job's prompts: a list, or the shapes world's generator. */
         PromptSource: unknown & (string[] | components["schemas"]["PromptGenerator"]);
         /** @description One prompt for every image, or a list with one prompt per image. */

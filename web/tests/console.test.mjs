@@ -219,6 +219,10 @@ describe("the console in open mode", () => {
     assert.equal(await page.locator(".stage-done").count(), 7);
     assert.match(await page.locator("[data-testid=job-loss]").innerText(), /step 3: \d/);
     assert.ok((await page.locator("[data-testid=job-evaluation] tbody tr").count()) >= 2);
+    // The gate's table: every metric the gate measures, the reward first, with its interval and verdict.
+    assert.equal(await page.locator("[data-testid=job-gate-table] tbody tr").count(), 8);
+    assert.match(await page.locator("[data-testid=job-gate-table] tr[data-metric=reward]").innerText(), /to/);
+    assert.match(await page.locator("[data-testid=job-gate]").innerText(), /(passed|refused) on \d+ prompts/);
     await page.waitForSelector("[data-testid=job-compare] .compare-cell img", { timeout: 120_000 });
     await page.waitForFunction(() => document.querySelectorAll("[data-testid=job-compare] .compare-prompt").length === 4, null, {
       timeout: 120_000,
