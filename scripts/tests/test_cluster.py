@@ -29,7 +29,10 @@ def job_spec(steps: int) -> dict:
         "pretrain_data": {"kind": "shapes_world", "images": 8},
         "eval_prompts": ["a red circle", "three green stars"],
         "eval_images_per_prompt": 2,
-        "gate": {"min_reward_gain": -1.0, "max_drop": {"quality": 1.0, "colour": 1.0, "background": 1.0, "shape": 1.0, "diversity": 1.0}},
+        "gate": {
+            "min_reward_gain": -1.0,
+            "max_drop": {"quality": 1.0, "colour": 1.0, "background": 1.0, "shape": 1.0, "diversity": 1.0},
+        },
         "activate_on_success": False,
     }
 
