@@ -108,19 +108,26 @@ SMOKE = {
 }
 
 
-def parse_args() -> argparse.Namespace:
+def loop_arguments(description: str, port: int) -> argparse.ArgumentParser:
+    """The flags of the scripts that run the loop through a server they start: the binary, the served and the
+    reward model, a port, threads, a seed and --smoke."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--binary", default="target/release/t2i-align", help="the t2i-align binary")
     parser.add_argument("--model", default="models/shapes-sd")
     parser.add_argument("--reward-model", default="models/shapes-reward")
-    parser.add_argument("--port", type=int, default=18095)
+    parser.add_argument("--port", type=int, default=port)
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op and trainer threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--smoke", action="store_true", help="tiny settings: checks the script, measures nothing"
     )
+    return parser
+
+
+def parse_args() -> argparse.Namespace:
+    parser = loop_arguments(__doc__, 18095)
     parser.add_argument("--skip-ablations", action="store_true", help="run the main loop and comparison only")
     parser.add_argument("--report", type=Path, default=ROOT / "models" / "REPORT.md")
     parser.add_argument("--json", type=Path, default=ROOT / "models" / "fine-tune.json")
@@ -278,8 +285,9 @@ def job_body(
     }
 
 
-def run_job(server: Server, body: dict, name: str) -> dict:
-    """Creates a job and follows it until it ends; returns it with its stage times."""
+def run_job(server: Server, body: dict, name: str, must_succeed: bool = True) -> dict:
+    """Creates a job and follows it until it ends; returns it with its stage times. A job that does not
+    succeed stops the script unless `must_succeed` is false (then the caller reads `job["status"]`)."""
     started = time.perf_counter()
     _, job = server.post("/fine-tunes", body)
     job_id = job["id"]
@@ -304,7 +312,7 @@ def run_job(server: Server, body: dict, name: str) -> dict:
             break
         after = page["last_id"]
     emit("job_done", name=name, status=job["status"], seconds=round(seconds, 1), error=job["error"])
-    if job["status"] != "succeeded":
+    if must_succeed and job["status"] != "succeeded":
         sys.exit(f"job {name} ({job_id}) {job['status']}: {job['error']}")
     return {"id": job_id, "seconds": round(seconds, 1), "stages": stages, "job": job}
 
@@ -1124,13 +1132,18 @@ def keep_versions(server: Server, args: argparse.Namespace, jobs: dict) -> list[
         if not (is_round(name) or name == ABLATION):
             continue
         short = name.split(" (")[0]  # "beta 0 (ablation)" is "beta 0"
-        source = Path(server.owned_data_dir.name) / "models" / record["job"]["result_model"]
         target = args.keep_versions / short.replace(" ", "-")
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(source, target)
-        kept.append((short, relative(target)))
+        kept.append((short, copy_version(server, record["job"]["result_model"], target)))
     return kept
+
+
+def copy_version(server: Server, version: str, target: Path) -> str:
+    """Copies a registered version's folder out of the server's data directory (which goes with the server)
+    into `target`, replacing what was there; returns `target` as the report shows it."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(Path(server.owned_data_dir.name) / "models" / version, target)
+    return relative(target)
 
 
 if __name__ == "__main__":
