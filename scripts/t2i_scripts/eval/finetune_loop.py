@@ -23,7 +23,7 @@
 Writes models/fine-tune.json and the section between the markers below in models/REPORT.md.
 
 Usage:
-    make finetune-loop
+    make finetune-rounds    (once `make finetune-loop`, which now runs t2i_scripts.eval.alignment, #26)
     .venv-trainer/bin/python -m t2i_scripts.eval.finetune_loop --binary target/release/t2i-align
     .venv-trainer/bin/python -m t2i_scripts.eval.finetune_loop --smoke    # a few minutes, for a dry run
 """
@@ -160,7 +160,7 @@ def parse_args() -> argparse.Namespace:
     if not Path(args.binary).is_file():
         parser.error(f"--binary {args.binary} does not exist; run `make build` first")
     if not (Path(args.model) / "model_index.json").is_file():
-        hint = " (`make finetune-more` goes on from the version `make finetune-loop` keeps)"
+        hint = " (`make finetune-more` goes on from the version `make finetune-rounds` keeps)"
         parser.error(f"--model {args.model} is not a model folder{hint if args.first_round > 1 else ''}")
     settings = SMOKE if args.smoke else FULL
     if args.rounds is not None and args.rounds < 1:
@@ -1115,7 +1115,7 @@ def render(args: argparse.Namespace, data: dict, heldout: dict | None) -> None:
 def loop_command(args: argparse.Namespace) -> str:
     """How to run this measurement again."""
     if args.first_round == 1 and args.rounds is None:
-        return "make finetune-loop" + (" (smoke)" if args.smoke else "")
+        return "make finetune-rounds" + (" (smoke)" if args.smoke else "")
     command = (
         f"python -m t2i_scripts.eval.finetune_loop --model {args.model} --first-round {args.first_round}"
     )
