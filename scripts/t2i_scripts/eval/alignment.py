@@ -135,7 +135,7 @@ def configurations(settings: dict) -> dict[str, dict]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = loop_arguments(__doc__, 18099)
+    parser = loop_arguments(__doc__, 18099, "alignment.json")
     parser.add_argument(
         "--configs", help="comma-separated configurations to run (default: all of "
         f"{', '.join(configurations(FULL))})",
@@ -143,15 +143,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds", type=int, help="rounds of rating and fine-tuning per configuration (default 1)"
     )
-    parser.add_argument("--report", type=Path, default=ROOT / "models" / "REPORT.md")
-    parser.add_argument("--json", type=Path, default=ROOT / "models" / "alignment.json")
     parser.add_argument(
         "--keep-versions", type=Path, default=ROOT / "build" / "alignment" / "versions",
         help="with --rounds above 1: where the last versions are copied for the held-out evaluation",
     )  # fmt: skip
-    parser.add_argument(
-        "--render-only", action="store_true", help="rewrite the report's section from --json; run nothing"
-    )
     args = parser.parse_args(argv)
     if args.smoke:
         if args.report.name == "REPORT.md":

@@ -108,9 +108,10 @@ SMOKE = {
 }
 
 
-def loop_arguments(description: str, port: int) -> argparse.ArgumentParser:
+def loop_arguments(description: str, port: int, json_name: str) -> argparse.ArgumentParser:
     """The flags of the scripts that run the loop through a server they start: the binary, the served and the
-    reward model, a port, threads, a seed and --smoke."""
+    reward model, a port, threads, a seed, --smoke, the report, the JSON (models/`json_name`) and
+    --render-only."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -123,21 +124,21 @@ def loop_arguments(description: str, port: int) -> argparse.ArgumentParser:
     parser.add_argument(
         "--smoke", action="store_true", help="tiny settings: checks the script, measures nothing"
     )
+    parser.add_argument("--report", type=Path, default=ROOT / "models" / "REPORT.md")
+    parser.add_argument("--json", type=Path, default=ROOT / "models" / json_name)
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite the report's section from --json; run nothing"
+    )
     return parser
 
 
 def parse_args() -> argparse.Namespace:
-    parser = loop_arguments(__doc__, 18095)
+    parser = loop_arguments(__doc__, 18095, "fine-tune.json")
     parser.add_argument("--skip-ablations", action="store_true", help="run the main loop and comparison only")
-    parser.add_argument("--report", type=Path, default=ROOT / "models" / "REPORT.md")
-    parser.add_argument("--json", type=Path, default=ROOT / "models" / "fine-tune.json")
     parser.add_argument(
         "--trials", type=Path, default=ROOT / "models" / "fine-tune-trials.jsonl",
         help="t2i_trainer.trials.finetune_trials's results, shown in the report when the file exists",
     )  # fmt: skip
-    parser.add_argument(
-        "--render-only", action="store_true", help="rewrite the report's section from --json; run nothing"
-    )
     parser.add_argument(
         "--keep-versions", type=Path, default=ROOT / "build" / "finetune-loop" / "versions",
         help="where the rounds' and the ablation's versions are copied, for the held-out evaluation",
