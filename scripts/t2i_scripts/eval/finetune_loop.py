@@ -1140,10 +1140,12 @@ def keep_versions(server: Server, args: argparse.Namespace, jobs: dict) -> list[
 
 def copy_version(server: Server, version: str, target: Path) -> str:
     """Copies a registered version's folder out of the server's data directory (which goes with the server)
-    into `target`, replacing what was there; returns `target` as the report shows it."""
+    into `target`, replacing what was there; returns `target` as the report shows it. The folder is the one
+    GET /models names in `files` (`models/<id>-<8 hex>` in the default local store, since #25)."""
+    listed = {entry["id"]: entry for entry in server.get("/models")["data"]}
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(Path(server.owned_data_dir.name) / "models" / version, target)
+    shutil.copytree(Path(server.owned_data_dir.name) / listed[version]["files"], target)
     return relative(target)
 
 
