@@ -327,7 +327,14 @@ def test_the_sentences_follow_the_figures():
     )
     assert "- **Minutes**: each entry counts the shared rating (6.5 min) and its jobs: 18.9 each." in text
     assert "- **Far goal** (count +25): no entry reaches it." in text
-    assert "rwr-full's job sampled the pretrained model's evaluation (1.6 min of evaluation)" in text
+    assert (
+        "rwr-full's job sampled the pretrained model's evaluation (1.6 min of evaluation); 2 of the others "
+        "took it from the server's cache." in text
+    )
+    assert (
+        "learning rate 0.0003 for full weights and 0.001 for LoRA (alpha 16, text encoder adapted too)"
+        in text
+    )
     assert "The pretrained model: count 23.9%, colour 93.3%" in text
 
     # LoRA's count rises past kto's and past the far goal, and kto keeps its colour: the sentences change.
@@ -350,6 +357,9 @@ def test_the_sentences_follow_the_figures():
         in (spans)
     )
     assert "- **The gate** passed every entry." in spans
+    alone = alignment.markdown(document(entries()[:1]))
+    assert "learning rate 0.0003 for full weights. Judged by" in alone
+    assert "sampled the pretrained model's evaluation (1.6 min of evaluation)." in alone
 
 
 def test_the_section_replaces_its_markers_in_the_report(tmp_path):

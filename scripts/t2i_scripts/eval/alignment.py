@@ -562,20 +562,18 @@ def timing(data: dict) -> list[str]:
         return []
     rated = data["rated"]
     rating = (rated["generate_seconds"] + rated["rate_seconds"]) / 60
-    first = [
-        (entry["name"], stage)
-        for entry in entries
-        for stage in entry["time"]["rounds"][:1]
-        if stage["base_cached"] is False
-    ]
+    # The first round of each entry starts from the pretrained model, whose evaluation the server caches.
+    firsts = [(entry["name"], entry["time"]["rounds"][0]) for entry in entries]
+    sampled_by = [(name, stage) for name, stage in firsts if stage["base_cached"] is False]
+    cached = [name for name, stage in firsts if stage["base_cached"]]
     sampled = ""
-    if first:
-        name, stage = first[0]
+    if sampled_by:
+        name, stage = sampled_by[0]
         evaluate = stage["stages"].get("evaluate")
         spent = f" ({evaluate / 60:.1f} min of evaluation)" if evaluate is not None else ""
-        sampled = (
-            f" {name}'s job sampled the pretrained model's evaluation{spent}; the later jobs took it from "
-            "the server's cache."
+        sampled = f" {name}'s job sampled the pretrained model's evaluation{spent}"
+        sampled += (
+            f"; {len(cached)} of the others took it from the server's cache." if len(firsts) > 1 else "."
         )
     fastest = min(entries, key=lambda entry: entry["minutes"])
     slowest = max(entries, key=lambda entry: entry["minutes"])
@@ -620,8 +618,14 @@ def markdown(data: dict) -> str:
         + f" on those ratings plus {s['job_prompts']} training prompts × {s['images_per_prompt']} samples "
         f"scored by the reward model, {s['steps']} steps of {s['batch_size']} rows ({compute} for every "
         f"entry), {s['pretrain_fraction']:.0%} pre-training renders at beta {s['beta']}; learning rate "
-        f"{s['learning_rate']} for full weights and {lora['learning_rate']} for LoRA (alpha {lora['alpha']}, "
-        f"text encoder {'adapted too' if lora['text_encoder'] else 'frozen'}). Judged by "
+        f"{s['learning_rate']} for full weights"
+        + (
+            f" and {lora['learning_rate']} for LoRA (alpha {lora['alpha']}, text encoder "
+            f"{'adapted too' if lora['text_encoder'] else 'frozen'})"
+            if any(entry["lora_rank"] for entry in data["entries"])
+            else ""
+        )
+        + ". Judged by "
         f"{data['evaluation']['source']}, on {data['prompts'] or 'no'} held-out prompts × "
         f"{data['images_per_prompt']} images: gains over the pretrained model with "
         f"{round(100 * (data['confidence'] or 0.95))}% paired-bootstrap intervals over prompts "
