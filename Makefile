@@ -21,7 +21,7 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-cluster cluster cluster-down scaling test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-more trainer-venv models test-model clean
+.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-cluster cluster cluster-down scaling test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-rounds finetune-more trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
@@ -41,8 +41,9 @@ help:
 	@echo "make soak   - 64 clients for 60 s (generate, score, feedback), written to RELIABILITY.md"
 	@echo "make bench-reward - best-of-n alignment, cost and /score throughput, written to models/REPORT.md"
 	@echo "make simulate-raters - rate the running server's stored images with the simulated rater"
-	@echo "make finetune-loop - rate, fine-tune, evaluate and compare through the service; written to models/REPORT.md"
-	@echo "make finetune-more - two more rounds from finetune-loop's round 2, past the budget (models/REPORT.md)"
+	@echo "make finetune-loop - rwr, dpo and kto, full weights and LoRA, at equal compute through the service: models/alignment.json"
+	@echo "make finetune-rounds - the rounds of #5: rate, fine-tune, evaluate and compare through the service (models/REPORT.md)"
+	@echo "make finetune-more - two more rounds from finetune-rounds' round 2, past the budget (models/REPORT.md)"
 	@echo "make venv-gpu - install onnxruntime-gpu==$(ORT_VERSION) instead (then run with DEVICE=cuda)"
 	@echo "make models - rebuild models/shapes-sd, models/shapes-reward and models/REPORT.md (CPU: under 60 min)"
 	@echo "make openapi web-api - regenerate openapi/openapi.json, then the console's types from it"
@@ -230,15 +231,26 @@ bench-reward: venv build
 simulate-raters: venv
 	$(VENV)/bin/python -m t2i_scripts.eval.simulate_raters --url http://$(HOST):$(PORT)
 
+# Issue #26's comparison through the service (t2i_scripts.eval.alignment): the simulated rater labels the
+# pretrained model's served images once, then one job per configuration, rwr, dpo and kto each with full weights
+# and with LoRA, on the same data at the same steps x batch size, each judged by its gate on all 282 held-out
+# prompts with 95% intervals. Writes models/alignment.json and its section of models/REPORT.md. From the stage
+# times in models/fine-tune.json: about 6.5 min of rating, then about 12.5 min a job (14 for the first, which
+# also samples the pretrained model's evaluation): 80-95 min on 2 CPU cores, dpo's and kto's training, which
+# also runs the reference model, being the part not yet measured. ALIGNMENT_FLAGS adds flags, e.g.
+# `--configs rwr-full,rwr-lora`, `--rounds 2` or `--smoke`.
+finetune-loop: trainer-venv build
+	.venv-trainer/bin/python -m t2i_scripts.eval.alignment --binary $(BIN) $(ALIGNMENT_FLAGS)
+
 # The whole feedback loop of #5 through the service: serve, rate with the simulated rater, fine-tune (the trainer
 # runs in .venv-trainer), evaluate, compare with best-of-16; writes its section of models/REPORT.md and
 # models/fine-tune.json, then judges the versions on every held-out prompt (t2i_scripts.eval.heldout_eval,
-# models/heldout-eval.json). The two rounds took 38.2 min on 2 CPU cores; the ablation, gate job and held-out
-# evaluation add about 30 min.
-finetune-loop: trainer-venv build
+# models/heldout-eval.json). The two rounds took 38.2 min on 2 CPU cores (when this was `make finetune-loop`);
+# the ablation, gate job and held-out evaluation add about 30 min.
+finetune-rounds: trainer-venv build
 	.venv-trainer/bin/python -m t2i_scripts.eval.finetune_loop --binary $(BIN)
 
-# Two more rounds past the budget, going on from the version round 2 of `make finetune-loop` kept: how far more
+# Two more rounds past the budget, going on from the version round 2 of `make finetune-rounds` kept: how far more
 # feedback carries the count and what it costs. Writes models/fine-tune-continued.json and its own section of
 # models/REPORT.md, and judges every kept version on every held-out prompt again (models/heldout-eval.json).
 finetune-more: trainer-venv build

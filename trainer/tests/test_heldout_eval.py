@@ -35,6 +35,17 @@ def test_the_gain_is_the_pooled_difference_and_its_interval_holds_it():
     assert heldout_eval.paired_gain(base, other, "background", resamples=10, seed=0) is None
 
 
+def test_an_attribute_a_prompt_does_not_state_counts_as_judged_on_none_of_its_images():
+    # judge_prompt's rows name only the attributes the prompt states: a colour prompt has no background.
+    colour_only = row((1, 4), (4, 4))
+    del colour_only["attributes"]["background"]
+    rows = [colour_only, row((2, 4), (3, 4))]
+    rows[1]["attributes"]["background"] = [3, 4]
+    right, judged = heldout_eval.counts(rows, "background")
+    assert right.tolist() == [0, 3] and judged.tolist() == [0, 4]
+    assert heldout_eval.share(rows, "background") == pytest.approx(3 / 4)
+
+
 def test_the_same_version_gains_nothing_and_different_images_are_refused():
     rows = [row((1, 4), (4, 4)), row((3, 4), (2, 4))]
     same = heldout_eval.paired_gain(rows, rows, "count", resamples=500, seed=1)

@@ -362,7 +362,7 @@ def test_continued_rounds_are_judged_with_every_kept_version(monkeypatch, tmp_pa
     assert finetune_loop.held_out_json(first.json, False) == tmp_path / "heldout-eval.json"
     command = finetune_loop.loop_command(args)
     assert command == "python -m t2i_scripts.eval.finetune_loop --model models/shapes-sd --first-round 3"
-    assert finetune_loop.loop_command(first) == "make finetune-loop"
+    assert finetune_loop.loop_command(first) == "make finetune-rounds"
 
 
 def test_the_count_target_is_judged_on_its_whole_interval():

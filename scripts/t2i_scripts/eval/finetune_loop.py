@@ -23,7 +23,7 @@
 Writes models/fine-tune.json and the section between the markers below in models/REPORT.md.
 
 Usage:
-    make finetune-loop
+    make finetune-rounds    (once `make finetune-loop`, which now runs t2i_scripts.eval.alignment, #26)
     .venv-trainer/bin/python -m t2i_scripts.eval.finetune_loop --binary target/release/t2i-align
     .venv-trainer/bin/python -m t2i_scripts.eval.finetune_loop --smoke    # a few minutes, for a dry run
 """
@@ -108,29 +108,37 @@ SMOKE = {
 }
 
 
-def parse_args() -> argparse.Namespace:
+def loop_arguments(description: str, port: int, json_name: str) -> argparse.ArgumentParser:
+    """The flags of the scripts that run the loop through a server they start: the binary, the served and the
+    reward model, a port, threads, a seed, --smoke, the report, the JSON (models/`json_name`) and
+    --render-only."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--binary", default="target/release/t2i-align", help="the t2i-align binary")
     parser.add_argument("--model", default="models/shapes-sd")
     parser.add_argument("--reward-model", default="models/shapes-reward")
-    parser.add_argument("--port", type=int, default=18095)
+    parser.add_argument("--port", type=int, default=port)
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op and trainer threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--smoke", action="store_true", help="tiny settings: checks the script, measures nothing"
     )
-    parser.add_argument("--skip-ablations", action="store_true", help="run the main loop and comparison only")
     parser.add_argument("--report", type=Path, default=ROOT / "models" / "REPORT.md")
-    parser.add_argument("--json", type=Path, default=ROOT / "models" / "fine-tune.json")
+    parser.add_argument("--json", type=Path, default=ROOT / "models" / json_name)
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite the report's section from --json; run nothing"
+    )
+    return parser
+
+
+def parse_args() -> argparse.Namespace:
+    parser = loop_arguments(__doc__, 18095, "fine-tune.json")
+    parser.add_argument("--skip-ablations", action="store_true", help="run the main loop and comparison only")
     parser.add_argument(
         "--trials", type=Path, default=ROOT / "models" / "fine-tune-trials.jsonl",
         help="t2i_trainer.trials.finetune_trials's results, shown in the report when the file exists",
     )  # fmt: skip
-    parser.add_argument(
-        "--render-only", action="store_true", help="rewrite the report's section from --json; run nothing"
-    )
     parser.add_argument(
         "--keep-versions", type=Path, default=ROOT / "build" / "finetune-loop" / "versions",
         help="where the rounds' and the ablation's versions are copied, for the held-out evaluation",
@@ -153,7 +161,7 @@ def parse_args() -> argparse.Namespace:
     if not Path(args.binary).is_file():
         parser.error(f"--binary {args.binary} does not exist; run `make build` first")
     if not (Path(args.model) / "model_index.json").is_file():
-        hint = " (`make finetune-more` goes on from the version `make finetune-loop` keeps)"
+        hint = " (`make finetune-more` goes on from the version `make finetune-rounds` keeps)"
         parser.error(f"--model {args.model} is not a model folder{hint if args.first_round > 1 else ''}")
     settings = SMOKE if args.smoke else FULL
     if args.rounds is not None and args.rounds < 1:
@@ -278,8 +286,9 @@ def job_body(
     }
 
 
-def run_job(server: Server, body: dict, name: str) -> dict:
-    """Creates a job and follows it until it ends; returns it with its stage times."""
+def run_job(server: Server, body: dict, name: str, must_succeed: bool = True) -> dict:
+    """Creates a job and follows it until it ends; returns it with its stage times. A job that does not
+    succeed stops the script unless `must_succeed` is false (then the caller reads `job["status"]`)."""
     started = time.perf_counter()
     _, job = server.post("/fine-tunes", body)
     job_id = job["id"]
@@ -304,7 +313,7 @@ def run_job(server: Server, body: dict, name: str) -> dict:
             break
         after = page["last_id"]
     emit("job_done", name=name, status=job["status"], seconds=round(seconds, 1), error=job["error"])
-    if job["status"] != "succeeded":
+    if must_succeed and job["status"] != "succeeded":
         sys.exit(f"job {name} ({job_id}) {job['status']}: {job['error']}")
     return {"id": job_id, "seconds": round(seconds, 1), "stages": stages, "job": job}
 
@@ -1107,7 +1116,7 @@ def render(args: argparse.Namespace, data: dict, heldout: dict | None) -> None:
 def loop_command(args: argparse.Namespace) -> str:
     """How to run this measurement again."""
     if args.first_round == 1 and args.rounds is None:
-        return "make finetune-loop" + (" (smoke)" if args.smoke else "")
+        return "make finetune-rounds" + (" (smoke)" if args.smoke else "")
     command = (
         f"python -m t2i_scripts.eval.finetune_loop --model {args.model} --first-round {args.first_round}"
     )
@@ -1124,13 +1133,20 @@ def keep_versions(server: Server, args: argparse.Namespace, jobs: dict) -> list[
         if not (is_round(name) or name == ABLATION):
             continue
         short = name.split(" (")[0]  # "beta 0 (ablation)" is "beta 0"
-        source = Path(server.owned_data_dir.name) / "models" / record["job"]["result_model"]
         target = args.keep_versions / short.replace(" ", "-")
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(source, target)
-        kept.append((short, relative(target)))
+        kept.append((short, copy_version(server, record["job"]["result_model"], target)))
     return kept
+
+
+def copy_version(server: Server, version: str, target: Path) -> str:
+    """Copies a registered version's folder out of the server's data directory (which goes with the server)
+    into `target`, replacing what was there; returns `target` as the report shows it. The folder is the one
+    GET /models names in `files` (`models/<id>-<8 hex>` in the default local store, since #25)."""
+    listed = {entry["id"]: entry for entry in server.get("/models")["data"]}
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(Path(server.owned_data_dir.name) / listed[version]["files"], target)
+    return relative(target)
 
 
 if __name__ == "__main__":

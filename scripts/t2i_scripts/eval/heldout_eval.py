@@ -98,8 +98,11 @@ def judge_version(args: argparse.Namespace, folder: str, prompts: list) -> tuple
 
 
 def counts(rows: list[dict], measure: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per prompt, [right, judged] of an attribute or of the quality proxy."""
-    pairs = [row["quality"] if measure == "quality" else row["attributes"][measure] for row in rows]
+    """Per prompt, [right, judged] of an attribute or of the quality proxy. A prompt that does not state the
+    attribute judged none of it: t2i_trainer.jobs.evaluate.judge_prompt leaves it out of the row."""
+    pairs = [
+        row["quality"] if measure == "quality" else row["attributes"].get(measure, (0, 0)) for row in rows
+    ]
     right = np.array([pair[0] for pair in pairs], dtype=np.float64)
     judged = np.array([pair[1] for pair in pairs], dtype=np.float64)
     return right, judged
