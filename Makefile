@@ -21,7 +21,7 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-cluster cluster cluster-down scaling test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-rounds finetune-more trainer-venv models test-model clean
+.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-cluster cluster cluster-down scaling test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-rounds finetune-more reward-ablation trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
@@ -44,6 +44,7 @@ help:
 	@echo "make finetune-loop - rwr, dpo and kto, full weights and LoRA, at equal compute through the service: models/alignment.json"
 	@echo "make finetune-rounds - the rounds of #5: rate, fine-tune, evaluate and compare through the service (models/REPORT.md)"
 	@echo "make finetune-more - two more rounds from finetune-rounds' round 2, past the budget (models/REPORT.md)"
+	@echo "make reward-ablation - the reward model at lambda 0 and 0.5 over 5 seeds, with intervals (models/REPORT.md)"
 	@echo "make venv-gpu - install onnxruntime-gpu==$(ORT_VERSION) instead (then run with DEVICE=cuda)"
 	@echo "make models - rebuild models/shapes-sd, models/shapes-reward and models/REPORT.md (CPU: under 60 min)"
 	@echo "make openapi web-api - regenerate openapi/openapi.json, then the console's types from it"
@@ -256,6 +257,14 @@ finetune-rounds: trainer-venv build
 finetune-more: trainer-venv build
 	.venv-trainer/bin/python -m t2i_scripts.eval.finetune_loop --binary $(BIN) --model build/finetune-loop/versions/round-2 \
 		--first-round 3 --rounds 2 --skip-ablations --json models/fine-tune-continued.json
+
+# The reward model's auxiliary loss over seeds (#26): lambda = 0 against 0.5 at 5 seeds each, on rated samples of
+# the pretrained model (build/reward-data, made here by sample_rated.py with the current rater when missing,
+# about 10 min); about 35 min of training. Writes models/reward-ablation.json and its section of models/REPORT.md.
+reward-ablation: trainer-venv
+	test -f build/reward-data/records.jsonl || .venv-trainer/bin/python -m t2i_trainer.build.sample_rated \
+		--pipeline models/shapes-sd/diffusers --out build/reward-data --served-defaults models/shapes-sd/t2i-align.json
+	.venv-trainer/bin/python -m t2i_scripts.eval.reward_ablation --data build/reward-data
 
 # The trainer's own environment (PyTorch, diffusers, optimum-onnx). Only needed to rebuild models and goldens.
 trainer-venv: .venv-trainer/.installed
