@@ -9,6 +9,9 @@ Figures, per lambda and split: the mean accuracy over seeds with its 95% t inter
 (lambda = 0.5 minus lambda = 0, seed by seed) with its 95% t interval. The conclusion sentences are computed
 from those intervals: a difference whose interval excludes 0 is settled, one that holds 0 is not.
 
+The labels are the current rater's: each image of --data is judged again before training (sample_rated.py
+judged them with the rater of its day), so the measurement follows the rater (--keep-labels turns that off).
+
 Writes --json (models/reward-ablation.json) and the section between the markers below in --report.
 
 Usage:
@@ -119,7 +122,12 @@ def markdown(data: dict) -> str:
         f"on the same {data['train_images']} rated training images "
         "(each seed's models start from the same weights and see the same batches), and pairwise accuracy "
         "on the held-out images as above. Intervals are 95% t intervals over seeds; the difference is paired "
-        "by seed.",
+        "by seed."
+        + (
+            ""
+            if data.get("relabelled") is None
+            else f" Every image was judged again by the current rater first ({data['relabelled']} labels changed)."
+        ),
         "",
         "| held-out images of | pairs | "
         + " | ".join(f"lambda = {w}" for w in weights)
@@ -150,6 +158,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=ROOT / "models" / "reward-ablation.json")
     parser.add_argument("--report", type=Path, default=ROOT / "models" / "REPORT.md")
     parser.add_argument("--render-only", action="store_true", help="rewrite the section from --json")
+    parser.add_argument("--keep-labels", action="store_true", help="train on --data's labels as they are")
     args = parser.parse_args(argv)
     if not args.render_only:
         if len(set(args.seeds)) < 3:
@@ -160,6 +169,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def relabel(images, records: list[dict]) -> int:
+    """Judges every image again with the current rater; returns how many labels changed."""
+    from PIL import Image
+
+    from t2i_trainer.build.rater import judge
+    from t2i_trainer.build.shapes_world import parse_prompt
+
+    changed = 0
+    for record in records:
+        label = judge(Image.fromarray(images[record["index"]]), parse_prompt(record["prompt"])).label
+        changed += label != record["label"]
+        record["label"] = label
+    return changed
+
+
 def run(args: argparse.Namespace) -> dict:
     import torch
     from transformers import CLIPTokenizer
@@ -168,6 +192,7 @@ def run(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     images, records = train_reward.load_data(args.data)
+    changed = 0 if args.keep_labels else relabel(images, records)
     tokenizer = CLIPTokenizer.from_pretrained(args.tokenizer)
     started = time.monotonic()
     runs = []
@@ -198,6 +223,7 @@ def run(args: argparse.Namespace) -> dict:
         "command": "python -m t2i_scripts.eval.reward_ablation " + " ".join(sys.argv[1:]),
         "data": str(args.data),
         "train_images": sum(record["split"] == "train" for record in records),
+        "relabelled": None if args.keep_labels else changed,
         "pairs": pairs,
         "seeds": list(args.seeds),
         "aux_weights": list(args.aux_weights),
