@@ -126,7 +126,7 @@ def markdown(data: dict) -> str:
         + (
             ""
             if data.get("relabelled") is None
-            else f" Every image was judged again by the current rater first ({data['relabelled']} labels changed)."
+            else f" The current rater judged every image again first: {data['relabelled']} labels changed."
         ),
         "",
         "| held-out images of | pairs | "
