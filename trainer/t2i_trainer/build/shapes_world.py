@@ -25,7 +25,7 @@ import dataclasses
 import functools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -383,17 +383,42 @@ def object_colours(prompt: Prompt, count: int, rng: np.random.Generator) -> list
     return [names[index] for index in rng.integers(len(names), size=count)]
 
 
-def render(prompt: Prompt, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.Image:
-    """A correct image of `prompt`. A caption with no count is drawn with a random count."""
+# Places boxes for shapes: (shapes, rng, size) -> one (left, top, width) per shape. `spread_boxes` keeps them
+# apart; the hard renders (hard_renders.py) also lay shapes out touching.
+Layout = Callable[[Sequence[str], np.random.Generator, int], list[tuple[int, int, int]]]
+
+
+def spread_boxes(shapes: Sequence[str], rng: np.random.Generator, size: int) -> list[tuple[int, int, int]]:
+    return layout_boxes(len(shapes), rng, size)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What an image shows, before it is drawn: the ground truth of a render."""
+
+    objects: tuple[DrawnObject, ...]
+    background: str
+
+    def draw(self, size: int = IMAGE_SIZE) -> Image.Image:
+        return draw_objects(self.objects, self.background, size)
+
+
+def scene(
+    prompt: Prompt, rng: np.random.Generator, size: int = IMAGE_SIZE, layout: Layout = spread_boxes
+) -> Scene:
+    """A correct scene for `prompt`. A caption with no count gets a random count."""
     count = prompt.count if prompt.count is not None else int(rng.choice(COUNTS))
     colours = object_colours(prompt, count, rng)
-    boxes = layout_boxes(count, rng, size)
-    objects = [DrawnObject(prompt.shape, colour, box) for colour, box in zip(colours, boxes, strict=True)]
-    return draw_objects(objects, prompt.background or DEFAULT_BACKGROUND, size)
+    shapes = [prompt.shape] * count
+    boxes = layout(shapes, rng, size)
+    objects = tuple(DrawnObject(*fields) for fields in zip(shapes, colours, boxes, strict=True))
+    return Scene(objects, prompt.background or DEFAULT_BACKGROUND)
 
 
-def render_wrong(prompt: Prompt, rng: np.random.Generator, kind: str, size: int = IMAGE_SIZE) -> Image.Image:
-    """An image that fails `prompt` in `kind` and matches it otherwise.
+def wrong_scene(
+    prompt: Prompt, rng: np.random.Generator, kind: str, size: int = IMAGE_SIZE, layout: Layout = spread_boxes
+) -> Scene:
+    """A scene that fails `prompt` in `kind` and matches it otherwise.
 
     Wrong colour or shape changes a random non-empty subset of the objects, the way a model gets one of three
     stars wrong; wrong count and background change the whole image.
@@ -401,7 +426,7 @@ def render_wrong(prompt: Prompt, rng: np.random.Generator, kind: str, size: int 
     if kind not in perturbation_kinds(prompt):
         raise ValueError(f"{prompt.text!r} does not state a {kind}, so no image can get it wrong")
     if kind in ("count", "background"):
-        return render(perturb(prompt, rng, kind), rng, size)
+        return scene(perturb(prompt, rng, kind), rng, size, layout)
     count = prompt.count
     colours = object_colours(prompt, count, rng)
     shapes = [prompt.shape] * count
@@ -411,9 +436,19 @@ def render_wrong(prompt: Prompt, rng: np.random.Generator, kind: str, size: int 
             colours[index] = str(rng.choice([c for c in OBJECT_COLOURS if c != prompt.colour]))
         else:
             shapes[index] = str(rng.choice([s for s in SHAPES if s != prompt.shape]))
-    boxes = layout_boxes(count, rng, size)
-    objects = [DrawnObject(*fields) for fields in zip(shapes, colours, boxes, strict=True)]
-    return draw_objects(objects, prompt.background or DEFAULT_BACKGROUND, size)
+    boxes = layout(shapes, rng, size)
+    objects = tuple(DrawnObject(*fields) for fields in zip(shapes, colours, boxes, strict=True))
+    return Scene(objects, prompt.background or DEFAULT_BACKGROUND)
+
+
+def render(prompt: Prompt, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.Image:
+    """A correct image of `prompt`. A caption with no count is drawn with a random count."""
+    return scene(prompt, rng, size).draw(size)
+
+
+def render_wrong(prompt: Prompt, rng: np.random.Generator, kind: str, size: int = IMAGE_SIZE) -> Image.Image:
+    """An image that fails `prompt` in `kind` and matches it otherwise (see `wrong_scene`)."""
+    return wrong_scene(prompt, rng, kind, size).draw(size)
 
 
 # --- CLI ----------------------------------------------------------------------------------------------------
