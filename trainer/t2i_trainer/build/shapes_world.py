@@ -349,17 +349,24 @@ def draw_objects(objects: Sequence[DrawnObject], background: str, size: int = IM
     return image
 
 
-def layout_boxes(count: int, rng: np.random.Generator, size: int = IMAGE_SIZE) -> list[tuple[int, int, int]]:
-    """Random square boxes that keep GAP_PX apart and EDGE_PX from the edges, by rejection sampling."""
+Box = tuple[int, int, int]  # left, top, width (boxes are square)
+# Proposes a box of `width` for shape `index`, given the boxes placed so far: (box or None when it found
+# none, the index of the one placed box it may touch or None).
+Proposal = Callable[[int, int, list[Box]], tuple[Box | None, int | None]]
+
+
+def place_boxes(count: int, rng: np.random.Generator, size: int, propose: Proposal) -> list[Box]:
+    """Boxes of random widths, one per shape, from `propose`, by rejection sampling: each keeps GAP_PX from
+    every other box but the one it may touch."""
     largest = min(MAX_SHAPE_PX[count], size - 2 * EDGE_PX)
     for _ in range(1000):
-        boxes: list[tuple[int, int, int]] = []
-        for _ in range(count):
+        boxes: list[Box] = []
+        for index in range(count):
             for _ in range(100):
                 width = int(rng.integers(MIN_SHAPE_PX, largest + 1))
-                left, top = rng.integers(EDGE_PX, size - EDGE_PX - width + 1, size=2)
-                box = (int(left), int(top), width)
-                if all(boxes_apart(box, other) for other in boxes):
+                box, partner = propose(index, width, boxes)
+                others = [other for number, other in enumerate(boxes) if number != partner]
+                if box is not None and all(boxes_apart(box, other) for other in others):
                     boxes.append(box)
                     break
             else:
@@ -367,6 +374,17 @@ def layout_boxes(count: int, rng: np.random.Generator, size: int = IMAGE_SIZE) -
         if len(boxes) == count:
             return boxes
     raise RuntimeError(f"could not place {count} shapes in a {size}x{size} image")
+
+
+def random_box(width: int, rng: np.random.Generator, size: int) -> Box:
+    """A box of `width` anywhere EDGE_PX from the edges."""
+    left, top = rng.integers(EDGE_PX, size - EDGE_PX - width + 1, size=2)
+    return (int(left), int(top), width)
+
+
+def layout_boxes(count: int, rng: np.random.Generator, size: int = IMAGE_SIZE) -> list[Box]:
+    """Random square boxes that keep GAP_PX apart and EDGE_PX from the edges, by rejection sampling."""
+    return place_boxes(count, rng, size, lambda index, width, boxes: (random_box(width, rng, size), None))
 
 
 def boxes_apart(first: tuple[int, int, int], second: tuple[int, int, int]) -> bool:
@@ -489,13 +507,18 @@ def write_samples(out: Path, count: int, seed: int, split: str, wrong: str | Non
             lines.write(json.dumps(record) + "\n")
 
 
+def add_sample_flags(sample: argparse.ArgumentParser) -> None:
+    """--out, --count and --seed of a `sample` command (hard_renders.py's too)."""
+    sample.add_argument("--out", type=Path, required=True, help="folder for NNNNN.png and prompts.jsonl")
+    sample.add_argument("--count", type=int, default=10, help="number of images (default: 10)")
+    sample.add_argument("--seed", type=int, default=0, help="image i depends only on (seed, i) (default: 0)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     sample = commands.add_parser("sample", help="render prompt/image pairs as PNGs plus prompts.jsonl")
-    sample.add_argument("--out", type=Path, required=True, help="folder for NNNNN.png and prompts.jsonl")
-    sample.add_argument("--count", type=int, default=10, help="number of images (default: 10)")
-    sample.add_argument("--seed", type=int, default=0, help="image i depends only on (seed, i) (default: 0)")
+    add_sample_flags(sample)
     sample.add_argument("--split", choices=tuple(SPLITS), default="train", help="prompt set (default: train)")
     sample.add_argument(
         "--wrong",
