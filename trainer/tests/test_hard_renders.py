@@ -135,6 +135,17 @@ def painted(effect: str, seed: int, shape: str = "square", width: int = 30) -> t
     return mask, paint_object(mask, "blue", (effect,), np.random.default_rng(seed))
 
 
+def test_shading_darkens_and_lightens_within_the_colours_own_hues():
+    for seed in range(10):
+        mask, fill = painted("shading", seed, shape="circle")
+        pixels = fill[mask]
+        assert all(hue_distance(hue(pixel), PALETTE_HUES["blue"]) <= 15.5 for pixel in pixels)
+        brightness = pixels.max(axis=-1)
+        assert (
+            brightness.min() < 0.8 * max(OBJECT_COLOURS["blue"]) and brightness.max() > brightness.min() + 30
+        )
+
+
 def test_a_rim_is_a_band_at_the_edge_in_another_shade():
     for seed in range(10):
         mask, fill = painted("rims", seed)

@@ -6,7 +6,8 @@ and the rater has to judge those. Each condition here draws the renderer's own s
 painted:
 
     clean         shapes_world.render itself: flat palette colours, white when the prompt names no background
-    shading       a linear gradient across the shape, from a darker to a lighter shade of its colour
+    shading       a linear gradient across the shape, from a darker to a lighter shade of its colour, its hue
+                  drifting up to 15° either way
     rims          the outer 1-3 px of the shape in a dim or bright shade of its colour, hue shifted up to 20°
     highlights    an inner patch in a lighter (or darker) shade, hue shifted up to 25°
     two-tone      a straight cut through the shape; the smaller side (20-40%) in another shade, hue up to 12°
@@ -215,8 +216,11 @@ def paint_object(mask: np.ndarray, name: str, effects: Sequence[str], rng: np.ra
         along = xs * np.cos(angle) + ys * np.sin(angle)
         low, high = along[mask].min(), along[mask].max()
         position = (along - low) / max(high - low, 1.0)
-        dark, light = -rng.uniform(0.2, 0.45), rng.uniform(0.0, 0.3)
-        fill = shade(base, dark + (light - dark) * position)
+        dark, light = -rng.uniform(0.2, 0.55), rng.uniform(0.0, 0.3)
+        # The hue drifts along the gradient too, by up to 15° either way: within the colour's own hue range.
+        drift = rng.uniform(-15, 15)
+        start, end = shift_hue(base, -drift), shift_hue(base, drift)
+        fill = shade(start + (end - start) * position[..., None], dark + (light - dark) * position)
     if "two-tone" in effects:
         angle = rng.uniform(0, 2 * np.pi)
         along = xs * np.cos(angle) + ys * np.sin(angle)
