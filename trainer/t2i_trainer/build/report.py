@@ -42,8 +42,13 @@ GRID_IMAGES = 8
 SERVING_BEGIN = "<!-- reward-serving:begin -->"
 SERVING_END = "<!-- reward-serving:end -->"
 # Sections other scripts write into the report, kept when this one rewrites it: best-of-n serving
-# (t2i_scripts.bench.bench_reward, #4) and the fine-tune loop (t2i_scripts.eval.finetune_loop, #5).
-KEPT_SECTIONS = ((SERVING_BEGIN, SERVING_END), ("<!-- fine-tune:begin -->", "<!-- fine-tune:end -->"))
+# (t2i_scripts.bench.bench_reward, #4), the fine-tune loop (t2i_scripts.eval.finetune_loop, #5) and the
+# rater's own accuracy (t2i_scripts.eval.rater_accuracy, #26).
+KEPT_SECTIONS = (
+    (SERVING_BEGIN, SERVING_END),
+    ("<!-- fine-tune:begin -->", "<!-- fine-tune:end -->"),
+    ("<!-- rater-accuracy:begin -->", "<!-- rater-accuracy:end -->"),
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
