@@ -21,7 +21,7 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-cluster cluster cluster-down scaling test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward simulate-raters finetune-loop finetune-rounds finetune-more reward-ablation trainer-venv models test-model clean
+.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-cluster cluster cluster-down scaling test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward rater-accuracy simulate-raters finetune-loop finetune-rounds finetune-more reward-ablation trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
@@ -40,6 +40,7 @@ help:
 	@echo "make reliability - schemathesis, SIGKILL rounds and the limits table, written to RELIABILITY.md"
 	@echo "make soak   - 64 clients for 60 s (generate, score, feedback), written to RELIABILITY.md"
 	@echo "make bench-reward - best-of-n alignment, cost and /score throughput, written to models/REPORT.md"
+	@echo "make rater-accuracy - the simulated rater's accuracy on hard renders, old vs new: models/REPORT.md"
 	@echo "make simulate-raters - rate the running server's stored images with the simulated rater"
 	@echo "make finetune-loop - rwr, dpo and kto, full weights and LoRA, at equal compute through the service: models/alignment.json"
 	@echo "make finetune-rounds - the rounds of #5: rate, fine-tune, evaluate and compare through the service (models/REPORT.md)"
@@ -227,6 +228,13 @@ bench: trainer-venv build
 # models/REPORT.md and models/reward-serving.json. The light .venv is enough (the rater needs numpy and Pillow).
 bench-reward: venv build
 	$(VENV)/bin/python -m t2i_scripts.bench.bench_reward --binary $(BIN)
+
+# The simulated rater's own accuracy on hard renders (t2i_trainer.build.hard_renders: shading, rims, highlights,
+# two tones, off-palette colours, touching shapes, every background), 2000 per condition, against rater.py as it
+# was before #26 (loaded from git); writes models/rater-accuracy.json and its section of models/REPORT.md. The
+# light .venv is enough; about 2 min on 2 CPU cores.
+rater-accuracy: venv
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m t2i_scripts.eval.rater_accuracy
 
 # Label the running server's stored images with the shapes world's rater, through the API (POST /feedback).
 simulate-raters: venv

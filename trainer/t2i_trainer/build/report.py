@@ -42,8 +42,24 @@ GRID_IMAGES = 8
 SERVING_BEGIN = "<!-- reward-serving:begin -->"
 SERVING_END = "<!-- reward-serving:end -->"
 # Sections other scripts write into the report, kept when this one rewrites it: best-of-n serving
-# (t2i_scripts.bench.bench_reward, #4) and the fine-tune loop (t2i_scripts.eval.finetune_loop, #5).
-KEPT_SECTIONS = ((SERVING_BEGIN, SERVING_END), ("<!-- fine-tune:begin -->", "<!-- fine-tune:end -->"))
+# (t2i_scripts.bench.bench_reward, #4), the fine-tune rounds and their continuation
+# (t2i_scripts.eval.finetune_loop, #5), every held-out prompt (t2i_scripts.eval.heldout_eval), the rater's own
+# accuracy (t2i_scripts.eval.rater_accuracy, #26), the objectives compared (t2i_scripts.eval.alignment, #26)
+# and the reward model's auxiliary loss over seeds (t2i_scripts.eval.reward_ablation, #26).
+KEPT_SECTIONS = (
+    (SERVING_BEGIN, SERVING_END),
+    *(
+        (f"<!-- {name}:begin -->", f"<!-- {name}:end -->")
+        for name in (
+            "fine-tune",
+            "fine-tune-continued",
+            "heldout-eval",
+            "rater-accuracy",
+            "alignment",
+            "reward-ablation",
+        )
+    ),
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -25,7 +25,7 @@ import dataclasses
 import functools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -349,17 +349,24 @@ def draw_objects(objects: Sequence[DrawnObject], background: str, size: int = IM
     return image
 
 
-def layout_boxes(count: int, rng: np.random.Generator, size: int = IMAGE_SIZE) -> list[tuple[int, int, int]]:
-    """Random square boxes that keep GAP_PX apart and EDGE_PX from the edges, by rejection sampling."""
+Box = tuple[int, int, int]  # left, top, width (boxes are square)
+# Proposes a box of `width` for shape `index`, given the boxes placed so far: (box or None when it found
+# none, the index of the one placed box it may touch or None).
+Proposal = Callable[[int, int, list[Box]], tuple[Box | None, int | None]]
+
+
+def place_boxes(count: int, rng: np.random.Generator, size: int, propose: Proposal) -> list[Box]:
+    """Boxes of random widths, one per shape, from `propose`, by rejection sampling: each keeps GAP_PX from
+    every other box but the one it may touch."""
     largest = min(MAX_SHAPE_PX[count], size - 2 * EDGE_PX)
     for _ in range(1000):
-        boxes: list[tuple[int, int, int]] = []
-        for _ in range(count):
+        boxes: list[Box] = []
+        for index in range(count):
             for _ in range(100):
                 width = int(rng.integers(MIN_SHAPE_PX, largest + 1))
-                left, top = rng.integers(EDGE_PX, size - EDGE_PX - width + 1, size=2)
-                box = (int(left), int(top), width)
-                if all(boxes_apart(box, other) for other in boxes):
+                box, partner = propose(index, width, boxes)
+                others = [other for number, other in enumerate(boxes) if number != partner]
+                if box is not None and all(boxes_apart(box, other) for other in others):
                     boxes.append(box)
                     break
             else:
@@ -367,6 +374,17 @@ def layout_boxes(count: int, rng: np.random.Generator, size: int = IMAGE_SIZE) -
         if len(boxes) == count:
             return boxes
     raise RuntimeError(f"could not place {count} shapes in a {size}x{size} image")
+
+
+def random_box(width: int, rng: np.random.Generator, size: int) -> Box:
+    """A box of `width` anywhere EDGE_PX from the edges."""
+    left, top = rng.integers(EDGE_PX, size - EDGE_PX - width + 1, size=2)
+    return (int(left), int(top), width)
+
+
+def layout_boxes(count: int, rng: np.random.Generator, size: int = IMAGE_SIZE) -> list[Box]:
+    """Random square boxes that keep GAP_PX apart and EDGE_PX from the edges, by rejection sampling."""
+    return place_boxes(count, rng, size, lambda index, width, boxes: (random_box(width, rng, size), None))
 
 
 def boxes_apart(first: tuple[int, int, int], second: tuple[int, int, int]) -> bool:
@@ -383,17 +401,42 @@ def object_colours(prompt: Prompt, count: int, rng: np.random.Generator) -> list
     return [names[index] for index in rng.integers(len(names), size=count)]
 
 
-def render(prompt: Prompt, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.Image:
-    """A correct image of `prompt`. A caption with no count is drawn with a random count."""
+# Places boxes for shapes: (shapes, rng, size) -> one (left, top, width) per shape. `spread_boxes` keeps them
+# apart; the hard renders (hard_renders.py) also lay shapes out touching.
+Layout = Callable[[Sequence[str], np.random.Generator, int], list[tuple[int, int, int]]]
+
+
+def spread_boxes(shapes: Sequence[str], rng: np.random.Generator, size: int) -> list[tuple[int, int, int]]:
+    return layout_boxes(len(shapes), rng, size)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What an image shows, before it is drawn: the ground truth of a render."""
+
+    objects: tuple[DrawnObject, ...]
+    background: str
+
+    def draw(self, size: int = IMAGE_SIZE) -> Image.Image:
+        return draw_objects(self.objects, self.background, size)
+
+
+def scene(
+    prompt: Prompt, rng: np.random.Generator, size: int = IMAGE_SIZE, layout: Layout = spread_boxes
+) -> Scene:
+    """A correct scene for `prompt`. A caption with no count gets a random count."""
     count = prompt.count if prompt.count is not None else int(rng.choice(COUNTS))
     colours = object_colours(prompt, count, rng)
-    boxes = layout_boxes(count, rng, size)
-    objects = [DrawnObject(prompt.shape, colour, box) for colour, box in zip(colours, boxes, strict=True)]
-    return draw_objects(objects, prompt.background or DEFAULT_BACKGROUND, size)
+    shapes = [prompt.shape] * count
+    boxes = layout(shapes, rng, size)
+    objects = tuple(DrawnObject(*fields) for fields in zip(shapes, colours, boxes, strict=True))
+    return Scene(objects, prompt.background or DEFAULT_BACKGROUND)
 
 
-def render_wrong(prompt: Prompt, rng: np.random.Generator, kind: str, size: int = IMAGE_SIZE) -> Image.Image:
-    """An image that fails `prompt` in `kind` and matches it otherwise.
+def wrong_scene(
+    prompt: Prompt, rng: np.random.Generator, kind: str, size: int = IMAGE_SIZE, layout: Layout = spread_boxes
+) -> Scene:
+    """A scene that fails `prompt` in `kind` and matches it otherwise.
 
     Wrong colour or shape changes a random non-empty subset of the objects, the way a model gets one of three
     stars wrong; wrong count and background change the whole image.
@@ -401,7 +444,7 @@ def render_wrong(prompt: Prompt, rng: np.random.Generator, kind: str, size: int 
     if kind not in perturbation_kinds(prompt):
         raise ValueError(f"{prompt.text!r} does not state a {kind}, so no image can get it wrong")
     if kind in ("count", "background"):
-        return render(perturb(prompt, rng, kind), rng, size)
+        return scene(perturb(prompt, rng, kind), rng, size, layout)
     count = prompt.count
     colours = object_colours(prompt, count, rng)
     shapes = [prompt.shape] * count
@@ -411,9 +454,19 @@ def render_wrong(prompt: Prompt, rng: np.random.Generator, kind: str, size: int 
             colours[index] = str(rng.choice([c for c in OBJECT_COLOURS if c != prompt.colour]))
         else:
             shapes[index] = str(rng.choice([s for s in SHAPES if s != prompt.shape]))
-    boxes = layout_boxes(count, rng, size)
-    objects = [DrawnObject(*fields) for fields in zip(shapes, colours, boxes, strict=True)]
-    return draw_objects(objects, prompt.background or DEFAULT_BACKGROUND, size)
+    boxes = layout(shapes, rng, size)
+    objects = tuple(DrawnObject(*fields) for fields in zip(shapes, colours, boxes, strict=True))
+    return Scene(objects, prompt.background or DEFAULT_BACKGROUND)
+
+
+def render(prompt: Prompt, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.Image:
+    """A correct image of `prompt`. A caption with no count is drawn with a random count."""
+    return scene(prompt, rng, size).draw(size)
+
+
+def render_wrong(prompt: Prompt, rng: np.random.Generator, kind: str, size: int = IMAGE_SIZE) -> Image.Image:
+    """An image that fails `prompt` in `kind` and matches it otherwise (see `wrong_scene`)."""
+    return wrong_scene(prompt, rng, kind, size).draw(size)
 
 
 # --- CLI ----------------------------------------------------------------------------------------------------
@@ -454,13 +507,18 @@ def write_samples(out: Path, count: int, seed: int, split: str, wrong: str | Non
             lines.write(json.dumps(record) + "\n")
 
 
+def add_sample_flags(sample: argparse.ArgumentParser) -> None:
+    """--out, --count and --seed of a `sample` command (hard_renders.py's too)."""
+    sample.add_argument("--out", type=Path, required=True, help="folder for NNNNN.png and prompts.jsonl")
+    sample.add_argument("--count", type=int, default=10, help="number of images (default: 10)")
+    sample.add_argument("--seed", type=int, default=0, help="image i depends only on (seed, i) (default: 0)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     sample = commands.add_parser("sample", help="render prompt/image pairs as PNGs plus prompts.jsonl")
-    sample.add_argument("--out", type=Path, required=True, help="folder for NNNNN.png and prompts.jsonl")
-    sample.add_argument("--count", type=int, default=10, help="number of images (default: 10)")
-    sample.add_argument("--seed", type=int, default=0, help="image i depends only on (seed, i) (default: 0)")
+    add_sample_flags(sample)
     sample.add_argument("--split", choices=tuple(SPLITS), default="train", help="prompt set (default: train)")
     sample.add_argument(
         "--wrong",
