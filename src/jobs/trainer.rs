@@ -85,6 +85,15 @@ pub struct TrainerSpec {
     /// A checkpoint of this run (same steps and seed) to go on from: training continues after its step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<String>,
+    /// Above 0, a LoRA adapter of this rank is trained on the attention projections instead of the weights,
+    /// merged into them at the end and saved in `<out>/adapter/` too. The trainer's default: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 1024, nullable = false)]
+    pub lora_rank: Option<i64>,
+    /// The LoRA update's scale is `lora_alpha / lora_rank`. The trainer's default (null): the rank.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.001, maximum = 100000.0)]
+    pub lora_alpha: Option<f64>,
 }
 
 /// Where a job's latest trainer checkpoint is kept in the object store, and the note of its step beside it.
@@ -233,6 +242,8 @@ impl JobContext<'_> {
             unet_layers: None,
             device: None,
             export: None,
+            lora_rank: None,
+            lora_alpha: None,
         };
         let trainer_spec = serde_json::to_value(&trainer_spec)
             .map_err(|err| Error::Internal(format!("cannot encode the trainer's spec: {err}")))?;
@@ -560,6 +571,8 @@ mod tests {
             checkpoint_every: None,
             checkpoint: None,
             resume: None,
+            lora_rank: None,
+            lora_alpha: None,
         };
         let value = serde_json::to_value(&spec).unwrap();
         assert_eq!(
@@ -574,6 +587,8 @@ mod tests {
             "checkpoint_every",
             "checkpoint",
             "resume",
+            "lora_rank",
+            "lora_alpha",
         ] {
             assert!(value.get(absent).is_none(), "{absent}");
         }

@@ -1,12 +1,15 @@
-"""t2i_trainer.jobs.lora (issue #26): the adapter starts at the base, trains alone, merges into the weights
-exactly, is small and reloads.
+"""t2i_trainer.jobs.lora and the fine-tune's `lora_rank` (issue #26): the adapter starts at the base, trains
+alone, merges into the weights exactly, is small and reloads; and real LoRA fine-tunes of tiny-sd export an
+ONNX candidate that runs and differs from the base, resume from a checkpoint, and adapt the text encoder.
 """
 
 import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from test_finetune import run_trainer, stdout_events, write_samples, write_spec
 
 from repo_files import require_folder
 
@@ -225,3 +228,153 @@ def test_shapes_sd_adapter_size(trainer_packages, shapes_sd):
     summary = adapter.summary()
     assert (summary["layers"], summary["parameters"]) == (56, 53_760)
     assert adapter.model_parameter_counts() == {"unet": 1_658_980}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Real LoRA fine-tunes of tiny-sd
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"lora_rank": -1}, "`lora_rank` must be between 0"),
+        ({"lora_rank": 1025}, "`lora_rank` must be between 0"),
+        ({"lora_rank": 2.0}, "`lora_rank` must be a finite integer"),
+        ({"lora_rank": True}, "`lora_rank` must be a finite integer"),
+        ({"lora_alpha": 0}, "`lora_alpha` must be between 0.001"),
+        ({"lora_alpha": float("inf")}, "`lora_alpha` must be a finite number"),
+        ({"lora_alpha": "8"}, "`lora_alpha` must be a finite number"),
+    ],
+)
+def test_bad_lora_fields_are_refused_naming_them(trainer_packages, tiny_base, tmp_path, change, message):
+    from t2i_trainer.jobs import finetune
+
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("")
+    spec = {"base": str(tiny_base), "out": str(tmp_path / "out"), "samples": str(samples), **change}
+    with pytest.raises(finetune.SpecError, match=re.escape(message)):
+        finetune.parse_spec(spec)
+
+
+def onnx_unet(folder: Path, sample: np.ndarray, timestep: int, states: np.ndarray) -> np.ndarray:
+    """The UNet's prediction by ONNX Runtime: one timestep per row, or a scalar where the export wants one."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(folder / "unet" / "model.onnx"), providers=["CPUExecutionProvider"])
+    spec = next(item for item in session.get_inputs() if item.name == "timestep")
+    dtype = np.int64 if "int64" in spec.type else np.float32
+    steps = np.full((len(sample),) if spec.shape else (), timestep, dtype=dtype)
+    return session.run(None, {"sample": sample, "timestep": steps, "encoder_hidden_states": states})[0]
+
+
+def test_a_lora_fine_tune_exports_a_candidate_that_runs_and_differs_from_the_base(
+    trainer_packages, tiny_sd, tiny_base, tmp_path
+):
+    from safetensors.torch import load_file
+
+    from t2i_trainer.jobs import lora
+
+    out = tmp_path / "candidate"
+    spec = write_spec(
+        tmp_path / "job.json",
+        {"base": str(tiny_base), "out": str(out), "samples": str(write_samples(tmp_path / "job", count=4)),
+         "device": "cpu", "threads": 2, "pretrain": {"kind": "shapes_world", "images": 8}, "steps": 3,
+         "batch_size": 4, "log_every": 1, "learning_rate": 1e-2, "lora_rank": 4, "lora_alpha": 8},
+    )  # fmt: skip
+    events = run_trainer(spec)
+    names = [event["event"] for event in events]
+    assert names == ["start", "data", "lora", "step", "step", "step", "export", "export", "done"]
+    announced = events[2]
+    assert (announced["rank"], announced["alpha"], announced["layers"]) == (4, 8.0, 32)
+    assert 0 < announced["share"] < 0.05
+    assert max(events[7]["max_abs_difference"].values()) <= 1e-4
+
+    # The version's files: the merged weights, their ONNX export, and the adapter beside them.
+    for part in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
+        assert (out / part / "model.onnx").is_file(), part
+    record = json.loads((out / "adapter" / "adapter.json").read_text())
+    assert (record["rank"], record["alpha"], record["parameters"]) == (4, 8.0, announced["parameters"])
+    assert record["base"] == str(tiny_base)
+    assert json.loads((out / "finetune.json").read_text())["spec"]["lora_rank"] == 4
+
+    # Only the adapted projections changed; applying the saved adapter to the base gives the merged weights.
+    base_unet = load_file(weights_file(tiny_base, "unet"))
+    merged_unet = load_file(weights_file(out / "diffusers", "unet"))
+    changed = {key for key in base_unet if not bool((base_unet[key] == merged_unet[key]).all())}
+    adapted = {f"{path}.weight" for path in record["modules"]["unet"]}
+    assert changed == adapted
+    base_text = load_file(weights_file(tiny_base, "text_encoder"))
+    merged_text = load_file(weights_file(out / "diffusers", "text_encoder"))
+    assert all(bool((base_text[key] == merged_text[key]).all()) for key in base_text), (
+        "the text encoder is frozen"
+    )
+    unet = load_unet(tiny_base)
+    lora.apply_adapter(out / "adapter", {"unet": unet})
+    for key, value in unet.state_dict().items():
+        np.testing.assert_allclose(value.numpy(), merged_unet[key].numpy(), rtol=0, atol=1e-6, err_msg=key)
+
+    # ONNX Runtime runs the candidate's UNet, and it predicts differently from the base's.
+    rng = np.random.default_rng(0)
+    side = unet.config.sample_size
+    sample = rng.standard_normal((2, 4, side, side)).astype(np.float32)
+    states = rng.standard_normal((2, 77, unet.config.cross_attention_dim)).astype(np.float32)
+    candidate, base = onnx_unet(out, sample, 500, states), onnx_unet(tiny_sd, sample, 500, states)
+    assert candidate.shape == base.shape == sample.shape and np.isfinite(candidate).all()
+    assert np.abs(candidate - base).max() > 1e-3
+
+
+def test_a_lora_run_with_the_text_encoder_and_ema_resumes_from_its_checkpoint_where_the_whole_run_ends(
+    trainer_packages, tiny_base, tmp_path, capsys, restore_sigterm
+):
+    import torch
+    from safetensors.torch import load_file
+
+    from t2i_trainer.jobs import finetune
+
+    samples = write_samples(tmp_path / "job", count=4)
+    common = {"base": str(tiny_base), "samples": str(samples), "device": "cpu", "steps": 4, "batch_size": 4,
+              "log_every": 1, "export": False, "threads": 1, "learning_rate": 1e-2, "lora_rank": 2,
+              "train_text_encoder": True, "ema_decay": 0.5,
+              "pretrain": {"kind": "shapes_world", "images": 8}}  # fmt: skip
+
+    def run(name: str, **extra) -> list[dict]:
+        spec = write_spec(tmp_path / f"{name}.json", {**common, "out": str(tmp_path / name), **extra})
+        assert finetune.main(["--spec", str(spec)]) == 0
+        return stdout_events(capsys.readouterr().out)
+
+    whole = run("whole")
+    checkpoint = tmp_path / "checkpoint.pt"
+    run("first", checkpoint=str(checkpoint), checkpoint_every=2)
+    resumed = run("resumed", resume=str(checkpoint))
+    losses = {event["step"]: event["loss"] for event in whole if event["event"] == "step"}
+    steps = [(event["step"], event["loss"]) for event in resumed if event["event"] == "step"]
+    assert steps == [(3, losses[3]), (4, losses[4])]
+
+    # The checkpoint holds the adapter, its optimiser state and its EMA, not the models' weights.
+    announced = next(event for event in whole if event["event"] == "lora")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert sum(tensor.numel() for tensor in state["parameters"]) == announced["parameters"]
+    assert len(state["optimizer"]["state"]) == len(state["parameters"])
+    assert len(state["ema"]["shadow_params"]) == len(state["parameters"])
+
+    # The resumed run ends with the whole run's adapter and merged weights.
+    for part in ("adapter/adapter.safetensors", "diffusers/unet/diffusion_pytorch_model.safetensors",
+                 "diffusers/text_encoder/model.safetensors"):  # fmt: skip
+        ended, resumed_ended = load_file(tmp_path / "whole" / part), load_file(tmp_path / "resumed" / part)
+        assert all(torch.equal(ended[key], resumed_ended[key]) for key in ended), part
+
+    # The text encoder's attention projections were adapted, and nothing else of it changed.
+    record = json.loads((tmp_path / "whole" / "adapter" / "adapter.json").read_text())
+    assert record["modules"]["text_encoder"]
+    base = load_file(weights_file(tiny_base, "text_encoder"))
+    merged = load_file(weights_file(tmp_path / "whole" / "diffusers", "text_encoder"))
+    changed = {key for key in base if not torch.equal(base[key], merged[key])}
+    assert changed == {f"{path}.weight" for path in record["modules"]["text_encoder"]}
+
+    # A LoRA checkpoint does not resume a full fine-tune.
+    spec = write_spec(tmp_path / "full.json", {**common, "out": str(tmp_path / "full"), "lora_rank": 0,
+                                                "resume": str(checkpoint)})  # fmt: skip
+    assert finetune.main(["--spec", str(spec)]) == 2
+    errors = [event for event in stdout_events(capsys.readouterr().out) if event["event"] == "error"]
+    assert "`resume`" in errors[0]["message"] and "other weights" in errors[0]["message"]
