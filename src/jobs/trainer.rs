@@ -13,7 +13,7 @@ use utoipa::{PartialSchema, ToSchema};
 use crate::error::{Error, Result};
 use crate::jobs::child::{log_tail, signal_group, RunningChild};
 use crate::jobs::context::JobContext;
-use crate::jobs::metrics::{LossPoint, TrainerFigures};
+use crate::jobs::metrics::{LoraFigures, LossPoint, TrainerFigures};
 use crate::jobs::spec::LrSchedule;
 
 /// What `t2i_trainer.jobs.finetune --spec FILE` reads: reward-weighted fine-tuning of `base` on `samples`, with
@@ -242,8 +242,8 @@ impl JobContext<'_> {
             unet_layers: None,
             device: None,
             export: None,
-            lora_rank: None,
-            lora_alpha: None,
+            lora_rank: (hyper.lora_rank > 0).then_some(hyper.lora_rank),
+            lora_alpha: hyper.lora_alpha.filter(|_| hyper.lora_rank > 0),
         };
         let trainer_spec = serde_json::to_value(&trainer_spec)
             .map_err(|err| Error::Internal(format!("cannot encode the trainer's spec: {err}")))?;
@@ -286,6 +286,7 @@ impl JobContext<'_> {
         self.metrics.trainer = Some(TrainerFigures {
             final_loss: losses.last().cloned(),
             losses,
+            lora: LoraFigures::of(hyper),
         });
         finished?;
         if !candidate.join("model_index.json").is_file() {
