@@ -451,6 +451,79 @@ fn retraining_the_reward_model_registers_a_reward_version_and_scores_with_it() {
     );
 }
 
+/// A version's entry in `GET /models`.
+fn model_record(server: &Server, id: &str) -> Value {
+    let models = server.get("/models").json();
+    let found = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|model| model["id"] == id);
+    found.cloned().unwrap_or_else(|| panic!("no version {id} in {models}"))
+}
+
+#[test]
+fn a_lora_job_registers_merged_weights_that_serve_and_keeps_the_adapter_with_them() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path(), &[]);
+    let mut spec = tiny_job(3);
+    spec["use_feedback"] = json!(false);
+    spec["hyperparameters"]["lora_rank"] = json!(4);
+    spec["hyperparameters"]["learning_rate"] = json!(1e-2);
+    let created = server.post_json("/fine-tunes", &spec.to_string());
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let done = wait_final(&server, &id);
+    assert_eq!(done["status"], "succeeded", "{done}\n{:#?}", events(&server, &id));
+    // The stored spec records the alpha it trained with (the rank, by default), and the metrics say LoRA.
+    assert_eq!(done["spec"]["hyperparameters"]["lora_alpha"], 4.0, "{done}");
+    let lora = json!({"rank": 4, "alpha": 4.0, "text_encoder": false, "adapter": "adapter/"});
+    assert_eq!(done["metrics"]["trainer"]["lora"], lora, "{done}");
+    let all = events(&server, &id);
+    let started = all
+        .iter()
+        .find(|event| event["kind"] == "trainer" && event["message"].as_str().unwrap().starts_with("started"))
+        .unwrap();
+    assert_eq!(
+        (&started["data"]["lora_rank"], &started["data"]["lora_alpha"]),
+        (&json!(4), &json!(4.0))
+    );
+    assert!(all.iter().any(|event| event["data"]["event"] == "lora"), "{all:#?}");
+
+    // The version holds the adapter beside the merged weights, checksummed with them.
+    let version = done["result_model"].as_str().unwrap().to_string();
+    let record = model_record(&server, &version);
+    assert_eq!(record["metrics"]["trainer"]["lora"], lora, "{record}");
+    let folder = data.path().join(record["files"].as_str().unwrap());
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(folder.join("t2i-align-manifest.json")).unwrap()).unwrap();
+    let files = manifest["files"].as_object().unwrap();
+    assert_eq!(record["checksummed_files"], files.len(), "{record}");
+    for file in ["adapter/adapter.safetensors", "adapter/adapter.json", "unet/model.onnx"] {
+        assert!(
+            files.contains_key(file) && folder.join(file).is_file(),
+            "{file}: {manifest}"
+        );
+    }
+    let adapter: Value = serde_json::from_slice(&std::fs::read(folder.join("adapter/adapter.json")).unwrap()).unwrap();
+    assert_eq!(
+        (&adapter["rank"], &adapter["alpha"]),
+        (&json!(4), &json!(4.0)),
+        "{adapter}"
+    );
+
+    // The merged weights serve through the unchanged runtime, and draw differently from the base.
+    let body = |model: &str| json!({"prompt": "a red circle", "seed": 1, "model": model}).to_string();
+    let tuned = server.post_json("/generate", &body(&version));
+    assert_eq!(tuned.status, 200, "{}", tuned.text());
+    assert_eq!(tuned.json()["model"], version.as_str());
+    let base = server.post_json("/generate", &body("tiny-sd"));
+    assert_ne!(
+        tuned.json()["images"][0]["png_base64"],
+        base.json()["images"][0]["png_base64"]
+    );
+}
+
 #[test]
 fn cancel_stops_the_trainer_and_registers_nothing() {
     let data = tempfile::tempdir().unwrap();
@@ -629,6 +702,14 @@ fn bad_specs_get_a_422_naming_the_field() {
         (
             r#"{"hyperparameters": {"lr_schedule": "linear"}}"#.to_string(),
             "hyperparameters.lr_schedule",
+        ),
+        (
+            r#"{"hyperparameters": {"lora_rank": 257}}"#.to_string(),
+            "hyperparameters.lora_rank",
+        ),
+        (
+            r#"{"hyperparameters": {"lora_alpha": 4}}"#.to_string(),
+            "hyperparameters.lora_alpha",
         ),
         (r#"{"learning_rate": 0.1}"#.to_string(), "learning_rate"),
         (r#"{"images_per_prompt": -1}"#.to_string(), "images_per_prompt"),

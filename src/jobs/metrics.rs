@@ -72,6 +72,32 @@ pub struct LossPoint {
 pub struct TrainerFigures {
     pub final_loss: Option<LossPoint>,
     pub losses: Vec<LossPoint>,
+    /// Set for a LoRA fine-tune (`lora_rank` above 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraFigures>,
+}
+
+/// A LoRA fine-tune: the adapter that was trained, merged into the version's weights, and kept in the
+/// version's folder `adapter/` (`adapter.safetensors`, `adapter.json`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LoraFigures {
+    pub rank: i64,
+    pub alpha: f64,
+    /// Whether the text encoder's attention was adapted too.
+    pub text_encoder: bool,
+    pub adapter: String,
+}
+
+impl LoraFigures {
+    /// The figures of a job's hyperparameters; none for a full fine-tune.
+    pub fn of(hyper: &crate::jobs::spec::Hyperparameters) -> Option<Self> {
+        (hyper.lora_rank > 0).then(|| LoraFigures {
+            rank: hyper.lora_rank,
+            alpha: hyper.lora_alpha.unwrap_or(hyper.lora_rank as f64),
+            text_encoder: hyper.train_text_encoder,
+            adapter: "adapter/".into(),
+        })
+    }
 }
 
 /// One version's images of the evaluation prompts, judged.
@@ -115,6 +141,24 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&metrics).unwrap(),
             serde_json::json!({"samples": {"images": 0, "mean_reward": null, "reward_model": "shapes-reward"}})
+        );
+    }
+
+    #[test]
+    fn a_lora_fine_tune_says_so_in_its_trainer_figures() {
+        let mut hyper = crate::jobs::spec::Hyperparameters::default();
+        assert_eq!(LoraFigures::of(&hyper), None);
+        hyper.lora_rank = 8;
+        assert_eq!(LoraFigures::of(&hyper).map(|lora| lora.alpha), Some(8.0));
+        hyper.lora_alpha = Some(16.0);
+        let figures = TrainerFigures {
+            final_loss: None,
+            losses: Vec::new(),
+            lora: LoraFigures::of(&hyper),
+        };
+        assert_eq!(
+            serde_json::to_value(&figures).unwrap()["lora"],
+            serde_json::json!({"rank": 8, "alpha": 16.0, "text_encoder": false, "adapter": "adapter/"})
         );
     }
 

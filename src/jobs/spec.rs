@@ -87,7 +87,8 @@ pub struct Hyperparameters {
     #[serde(default = "default_pretrain_fraction")]
     #[schema(minimum = 0.0, maximum = 0.999999)]
     pub pretrain_fraction: f64,
-    /// Train the text encoder too (the paper keeps it frozen). Default false.
+    /// Train the text encoder too (the paper keeps it frozen); with `lora_rank`, through LoRA adapters on its
+    /// attention projections. Default false.
     #[serde(default)]
     pub train_text_encoder: bool,
     /// Save an exponential moving average of the weights with this decay, in [0, 0.999999]; 0 saves the last
@@ -100,6 +101,19 @@ pub struct Hyperparameters {
     #[serde(default = "default_caption_dropout")]
     #[schema(minimum = 0.0, maximum = 1.0)]
     pub caption_dropout: f64,
+    /// Above 0, train a LoRA adapter of this rank, 0 to 256, instead of the weights: low-rank updates of the
+    /// UNet's attention projections (`to_q`, `to_k`, `to_v`, `to_out.0` of self- and cross-attention, and the
+    /// text encoder's with `train_text_encoder`), every other weight frozen. The adapter is merged into the
+    /// weights at the end, so the version serves as any other, and is kept beside them in `adapter/`. Default
+    /// 0: full fine-tuning.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 256)]
+    pub lora_rank: i64,
+    /// The LoRA update is scaled by `lora_alpha / lora_rank`; in [0.001, 10000], only with `lora_rank` above 0.
+    /// Default: the rank (a scale of 1), which the stored job then records.
+    #[serde(default)]
+    #[schema(minimum = 0.001, maximum = 10000.0)]
+    pub lora_alpha: Option<f64>,
 }
 
 /// The learning rate after its warm-up.
@@ -146,6 +160,8 @@ impl Default for Hyperparameters {
             train_text_encoder: false,
             ema_decay: 0.0,
             caption_dropout: default_caption_dropout(),
+            lora_rank: 0,
+            lora_alpha: None,
         }
     }
 }
@@ -364,6 +380,10 @@ pub const DEFAULT_EVAL_SEED: u64 = 1_000_000_007;
 
 /// The largest `pretrain_fraction` and `ema_decay`: the trainer's bound, below 1.
 const MAX_FRACTION: f64 = 0.999999;
+/// The largest `lora_rank` a job may ask for (the trainer takes up to 1024).
+const MAX_LORA_RANK: i64 = 256;
+/// The largest `lora_alpha` a job may ask for.
+const MAX_LORA_ALPHA: f64 = 10_000.0;
 /// The most shapes-world renders a job's pre-training term may draw.
 const MAX_PRETRAIN_IMAGES: u32 = 1_000_000;
 
@@ -502,6 +522,31 @@ fn check_prompts(field: &str, source: &PromptSource, limits: &JobLimits) -> Resu
     Ok(())
 }
 
+/// Checks `lora_rank` and `lora_alpha`; returns the alpha to train with: the given one or the rank with LoRA,
+/// none without.
+fn check_lora(hyper: &Hyperparameters) -> Result<Option<f64>> {
+    if !(0..=MAX_LORA_RANK).contains(&hyper.lora_rank) {
+        return Err(Error::validation(
+            "hyperparameters.lora_rank",
+            format!(
+                "`hyperparameters.lora_rank` must be between 0 and {MAX_LORA_RANK}. Given: {}",
+                hyper.lora_rank
+            ),
+        ));
+    }
+    let Some(alpha) = hyper.lora_alpha else {
+        return Ok((hyper.lora_rank > 0).then_some(hyper.lora_rank as f64));
+    };
+    finite("hyperparameters.lora_alpha", alpha, 0.001, MAX_LORA_ALPHA, false)?;
+    if hyper.lora_rank == 0 {
+        return Err(Error::validation(
+            "hyperparameters.lora_alpha",
+            "`hyperparameters.lora_alpha` scales a LoRA adapter, so it needs `lora_rank` above 0",
+        ));
+    }
+    Ok(Some(alpha))
+}
+
 impl FineTuneRequest {
     /// Fills in defaults and checks every field; `base_model` is the resolved version id (checked by the
     /// caller against the registry).
@@ -574,7 +619,7 @@ impl FineTuneRequest {
                 ),
             ));
         }
-        let hyper = self.hyperparameters.unwrap_or_default();
+        let mut hyper = self.hyperparameters.unwrap_or_default();
         finite("hyperparameters.beta", hyper.beta, 0.0, 1e6, false)?;
         finite("hyperparameters.learning_rate", hyper.learning_rate, 1e-12, 1.0, false)?;
         if hyper.learning_rate <= 0.0 {
@@ -627,6 +672,7 @@ impl FineTuneRequest {
                 ),
             ));
         }
+        hyper.lora_alpha = check_lora(&hyper)?;
         let pretrain_data = self.pretrain_data.unwrap_or_default();
         if let Some(images) = pretrain_data
             .images
@@ -693,6 +739,7 @@ impl FineTuneRequest {
 /// - a prompt list holds 1 to `--max-job-prompts` prompts, none blank;
 /// - a prompt generator is `shapes_world`, with a known split and at most one of `count` and `per_category`;
 /// - a batch of 1 has no room for pre-training rows, so it needs `pretrain_fraction` 0;
+/// - `lora_alpha` scales a LoRA adapter, so it needs `lora_rank` above 0;
 /// - `pretrain_data.path` goes with kind `folder` and only with it;
 /// - without `use_feedback`, a job needs samples (`images_per_prompt` not 0) and can neither retrain the
 ///   reward model nor filter the ratings.
@@ -724,10 +771,16 @@ pub fn schema_rules() -> Vec<(&'static str, serde_json::Value)> {
         ),
         (
             "Hyperparameters",
-            json!([{
-                "if": {"required": ["batch_size"], "properties": {"batch_size": {"const": 1}}},
-                "then": {"required": ["pretrain_fraction"], "properties": {"pretrain_fraction": {"const": 0}}}
-            }]),
+            json!([
+                {
+                    "if": {"required": ["batch_size"], "properties": {"batch_size": {"const": 1}}},
+                    "then": {"required": ["pretrain_fraction"], "properties": {"pretrain_fraction": {"const": 0}}}
+                },
+                {
+                    "if": {"required": ["lora_alpha"], "properties": {"lora_alpha": {"type": "number"}}},
+                    "then": {"required": ["lora_rank"], "properties": {"lora_rank": {"minimum": 1}}}
+                }
+            ]),
         ),
         (
             "PretrainData",
@@ -946,6 +999,26 @@ mod tests {
                 serde_json::json!({"pretrain_data": {"kind": "folder", "images": 0, "path": "."}}),
                 "pretrain_data.images",
             ),
+            (
+                serde_json::json!({"hyperparameters": {"lora_rank": 257}}),
+                "hyperparameters.lora_rank",
+            ),
+            (
+                serde_json::json!({"hyperparameters": {"lora_rank": -1}}),
+                "hyperparameters.lora_rank",
+            ),
+            (
+                serde_json::json!({"hyperparameters": {"lora_rank": 8, "lora_alpha": 0.0}}),
+                "hyperparameters.lora_alpha",
+            ),
+            (
+                serde_json::json!({"hyperparameters": {"lora_rank": 8, "lora_alpha": 10_000.5}}),
+                "hyperparameters.lora_alpha",
+            ),
+            (
+                serde_json::json!({"hyperparameters": {"lora_alpha": 8.0}}),
+                "hyperparameters.lora_alpha",
+            ),
         ] {
             let err = check(body.clone()).unwrap_err();
             assert_eq!(err.param(), Some(field), "{body}: {err}");
@@ -963,6 +1036,29 @@ mod tests {
         }
         let one = check(serde_json::json!({"hyperparameters": {"batch_size": 1, "pretrain_fraction": 0.0}})).unwrap();
         assert_eq!(one.hyperparameters.pretrain_rows(), 0);
+    }
+
+    #[test]
+    fn lora_is_off_by_default_and_its_alpha_defaults_to_the_rank() {
+        let full = check(serde_json::json!({})).unwrap().hyperparameters;
+        assert_eq!((full.lora_rank, full.lora_alpha), (0, None));
+        let lora = check(serde_json::json!({"hyperparameters": {"lora_rank": 16}}))
+            .unwrap()
+            .hyperparameters;
+        assert_eq!((lora.lora_rank, lora.lora_alpha), (16, Some(16.0)));
+        let scaled = check(serde_json::json!({"hyperparameters": {"lora_rank": 256, "lora_alpha": 0.001}}))
+            .unwrap()
+            .hyperparameters;
+        assert_eq!((scaled.lora_rank, scaled.lora_alpha), (256, Some(0.001)));
+        let err = check(serde_json::json!({"hyperparameters": {"lora_rank": 300}})).unwrap_err();
+        assert!(err.to_string().contains("between 0 and 256. Given: 300"), "{err}");
+        // A job stored before LoRA existed reads as a full fine-tune.
+        let mut stored = serde_json::to_value(check(serde_json::json!({})).unwrap()).unwrap();
+        let hyper = stored["hyperparameters"].as_object_mut().unwrap();
+        hyper.remove("lora_rank");
+        hyper.remove("lora_alpha");
+        let spec: JobSpec = serde_json::from_value(stored).unwrap();
+        assert_eq!(spec.hyperparameters.lora_rank, 0);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use utoipa::{PartialSchema, ToSchema};
 use crate::error::{Error, Result};
 use crate::jobs::child::{log_tail, signal_group, RunningChild};
 use crate::jobs::context::JobContext;
-use crate::jobs::metrics::{LossPoint, TrainerFigures};
+use crate::jobs::metrics::{LoraFigures, LossPoint, TrainerFigures};
 use crate::jobs::spec::LrSchedule;
 
 /// What `t2i_trainer.jobs.finetune --spec FILE` reads: reward-weighted fine-tuning of `base` on `samples`, with
@@ -85,6 +85,15 @@ pub struct TrainerSpec {
     /// A checkpoint of this run (same steps and seed) to go on from: training continues after its step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<String>,
+    /// Above 0, a LoRA adapter of this rank is trained on the attention projections instead of the weights,
+    /// merged into them at the end and saved in `<out>/adapter/` too. The trainer's default: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 1024, nullable = false)]
+    pub lora_rank: Option<i64>,
+    /// The LoRA update's scale is `lora_alpha / lora_rank`. The trainer's default (null): the rank.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.001, maximum = 100000.0)]
+    pub lora_alpha: Option<f64>,
 }
 
 /// Where a job's latest trainer checkpoint is kept in the object store, and the note of its step beside it.
@@ -233,6 +242,8 @@ impl JobContext<'_> {
             unet_layers: None,
             device: None,
             export: None,
+            lora_rank: (hyper.lora_rank > 0).then_some(hyper.lora_rank),
+            lora_alpha: hyper.lora_alpha.filter(|_| hyper.lora_rank > 0),
         };
         let trainer_spec = serde_json::to_value(&trainer_spec)
             .map_err(|err| Error::Internal(format!("cannot encode the trainer's spec: {err}")))?;
@@ -275,6 +286,7 @@ impl JobContext<'_> {
         self.metrics.trainer = Some(TrainerFigures {
             final_loss: losses.last().cloned(),
             losses,
+            lora: LoraFigures::of(hyper),
         });
         finished?;
         if !candidate.join("model_index.json").is_file() {
@@ -560,6 +572,8 @@ mod tests {
             checkpoint_every: None,
             checkpoint: None,
             resume: None,
+            lora_rank: None,
+            lora_alpha: None,
         };
         let value = serde_json::to_value(&spec).unwrap();
         assert_eq!(
@@ -574,6 +588,8 @@ mod tests {
             "checkpoint_every",
             "checkpoint",
             "resume",
+            "lora_rank",
+            "lora_alpha",
         ] {
             assert!(value.get(absent).is_none(), "{absent}");
         }

@@ -404,6 +404,10 @@ mod tests {
         std::fs::create_dir_all(candidate.join("unet")).unwrap();
         std::fs::write(candidate.join("unet/model.onnx"), b"weights").unwrap();
         std::fs::write(candidate.join("model_index.json"), b"{}").unwrap();
+        // A LoRA fine-tune's adapter, beside the merged weights, travels with them.
+        std::fs::create_dir_all(candidate.join("adapter")).unwrap();
+        std::fs::write(candidate.join("adapter/adapter.safetensors"), b"lora").unwrap();
+        std::fs::write(candidate.join("adapter/adapter.json"), b"{\"rank\": 8}").unwrap();
         let record = registry
             .register_candidate(Candidate {
                 kind: VersionKind::Diffusion,
@@ -419,9 +423,14 @@ mod tests {
         assert!(!candidate.exists());
         let folder = registry.folder(&record);
         assert!(folder.join("unet/model.onnx").is_file());
+        assert!(folder.join("adapter/adapter.safetensors").is_file());
         let sums = record.checksums.clone().unwrap();
-        assert_eq!(sums.as_object().unwrap().len(), 2);
-        assert!(sums.get("unet/model.onnx").is_some());
+        assert_eq!(sums.as_object().unwrap().len(), 4);
+        for file in ["unet/model.onnx", "adapter/adapter.safetensors", "adapter/adapter.json"] {
+            assert!(sums.get(file).is_some(), "{file}");
+        }
+        let manifest: Value = serde_json::from_slice(&std::fs::read(folder.join(MANIFEST)).unwrap()).unwrap();
+        assert_eq!(manifest["files"], sums);
         registry.verify(&record).await.unwrap();
         std::fs::write(folder.join("unet/model.onnx"), b"damaged").unwrap();
         let err = registry.verify(&record).await.unwrap_err();

@@ -9,6 +9,7 @@ where a missing package is an error; `make test-python-light` runs the others in
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -39,6 +40,14 @@ def trainer_packages() -> None:
     import torch
 
     torch.set_num_threads(2)
+
+
+@pytest.fixture
+def restore_sigterm():
+    """finetune.main installs a SIGTERM handler; put pytest's back afterwards."""
+    handler = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, handler)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ The fine-tunes are a few steps on 64x64 images so that the file runs in well und
 import json
 import math
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -63,20 +62,22 @@ def stdout_events(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def run_trainer(spec: Path) -> list[dict]:
+    """Runs the trainer as the service does, as a child process, which must succeed; returns its lines."""
+    result = subprocess.run(
+        [sys.executable, "-m", FINETUNE, "--spec", str(spec)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    return stdout_events(result.stdout)
+
+
 def safetensors_differ(first: Path, second: Path) -> bool:
     from safetensors.torch import load_file
 
     a, b = load_file(first), load_file(second)
     assert a.keys() == b.keys()
     return any(not bool((a[name] == b[name]).all()) for name in a)
-
-
-@pytest.fixture
-def restore_sigterm():
-    """finetune.main installs a SIGTERM handler; put pytest's back afterwards."""
-    handler = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, handler)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -311,12 +312,7 @@ def test_smoke_finetune_trains_the_unet_and_exports_a_checked_onnx_folder(
          "pretrain": {"kind": "shapes_world", "images": 8}, "steps": 3, "batch_size": 4, "log_every": 1,
          "export": True},
     )  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-m", FINETUNE, "--spec", str(spec)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    events = stdout_events(result.stdout)
+    events = run_trainer(spec)
     assert [event["event"] for event in events] == [
         "start",
         "data",

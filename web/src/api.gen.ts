@@ -860,6 +860,21 @@ export interface components {
              *     Default 1e-4.
              */
             learning_rate?: number;
+            /**
+             * Format: double
+             * @description The LoRA update is scaled by `lora_alpha / lora_rank`; in [0.001, 10000], only with `lora_rank` above 0.
+             *     Default: the rank (a scale of 1), which the stored job then records.
+             */
+            lora_alpha?: number | null;
+            /**
+             * Format: int64
+             * @description Above 0, train a LoRA adapter of this rank, 0 to 256, instead of the weights: low-rank updates of the
+             *     UNet's attention projections (`to_q`, `to_k`, `to_v`, `to_out.0` of self- and cross-attention, and the
+             *     text encoder's with `train_text_encoder`), every other weight frozen. The adapter is merged into the
+             *     weights at the end, so the version serves as any other, and is kept beside them in `adapter/`. Default
+             *     0: full fine-tuning.
+             */
+            lora_rank?: number;
             /** @description How the learning rate moves after the warm-up. Default `cosine`. */
             lr_schedule?: components["schemas"]["LrSchedule"];
             /**
@@ -873,9 +888,12 @@ export interface components {
              * @description Optimiser steps, 1 to `--max-job-steps`. Default 500.
              */
             steps?: number;
-            /** @description Train the text encoder too (the paper keeps it frozen). Default false. */
+            /**
+             * @description Train the text encoder too (the paper keeps it frozen); with `lora_rank`, through LoRA adapters on its
+             *     attention projections. Default false.
+             */
             train_text_encoder?: boolean;
-        } & unknown;
+        } & (unknown & unknown);
         /**
          * Format: image-base64
          * @description A PNG or JPEG file as base64, or as a `data:image/png;base64,...` URL.

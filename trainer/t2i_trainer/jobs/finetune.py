@@ -43,15 +43,27 @@ Spec (JSON; unknown keys are refused):
     unet_layers       `all` (default) trains the whole UNet; `cross_attention` trains only its cross-attention
                       layers (attn2: the text-to-image binding, about 5% of shapes-sd's UNet), as Custom
                       Diffusion does, leaving the layers that draw the objects untouched
+    lora_rank         0 (default) trains the weights themselves; above 0, a LoRA adapter of this rank
+                      (lora.py) on the UNet's attention projections (to_q, to_k, to_v, to_out.0 of self- and
+                      cross-attention; of cross-attention alone with `unet_layers` cross_attention) and, with
+                      `train_text_encoder`, on the text encoder's (q_proj, k_proj, v_proj, out_proj); every
+                      other weight stays frozen. B starts at zero, so training starts at the base. At the end
+                      the adapter is merged into the weights (W <- W + lora_alpha / lora_rank * B A), which
+                      export as any fine-tune's do, and it is also saved in <out>/adapter/ (layout: lora.py)
+    lora_alpha        the LoRA update's scale is lora_alpha / lora_rank (default: null, the rank: scale 1)
     train_text_encoder, seed, device (default cuda when available), threads, log_every, export (default true)
 
 Output: <out>/diffusers (safetensors), and unless "export" is false the ONNX layout of `optimum-cli export
 onnx --task text-to-image` beside it (with export_sd.py's UNet, whose timestep is [batch]), checked against
-PyTorch like export_sd.py, plus <out>/finetune.json with the spec, the losses and the time.
+PyTorch like export_sd.py, plus <out>/finetune.json with the spec, the losses and the time. With `lora_rank`,
+the merged weights are what <out>/diffusers and the ONNX files hold, and <out>/adapter/ holds the adapter
+(adapter.safetensors in diffusers' LoRA key naming, adapter.json with its rank, alpha, modules and base).
 
 Progress lines: {"event": "start"}, {"event": "data", ..., "latents": {"given", "used", "wrong_shape",
-"mismatched", "unreadable"}}, {"event": "warning", "message"}, {"event": "step", "step", "steps", "loss",
-"model_loss", "pretrain_loss", "seconds"}, {"event": "export", ...}, {"event": "done", "out", "seconds"}.
+"mismatched", "unreadable"}}, {"event": "warning", "message"}, {"event": "lora", "rank", "alpha", "layers",
+"parameters", "share"} (with lora_rank; share: of the adapted models' parameters), {"event": "step", "step",
+"steps", "loss", "model_loss", "pretrain_loss", "seconds"}, {"event": "export", ...}, {"event": "done", "out",
+"seconds"}.
 An error prints {"event": "error", "message"} and exits with status 1 (2 for a bad spec).
 
 Several GPUs: under torchrun (or accelerate launch) each process trains on its own draws,
@@ -83,11 +95,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from t2i_trainer.common.stage_cli import emit
+from t2i_trainer.jobs import lora
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MIN_SNR_GAMMA = 5.0
 UNET_LAYERS = ("all", "cross_attention")
 LR_SCHEDULES = ("constant", "cosine")
+MAX_LORA_RANK = 1024
 # How far (mean absolute difference, 0-255) the base's VAE may decode a sample's latent from its 8-bit image
 # and still be trusted as that image's latent: rounding to 8 bits costs about 0.25, and ONNX Runtime's
 # decoder against PyTorch's a little more; a latent from another VAE is tens away.
@@ -159,6 +173,8 @@ class Spec:
     checkpoint: str | None = None
     checkpoint_every: int = 0
     resume: str | None = None
+    lora_rank: int = 0
+    lora_alpha: float | None = None
 
     @property
     def model_rows(self) -> int:
@@ -214,6 +230,9 @@ def parse_spec(raw: dict) -> Spec:
     number("threads", 1, 1024, integer=True)
     number("log_every", 1, 10_000_000, integer=True)
     number("checkpoint_every", 0, 10_000_000, integer=True)
+    number("lora_rank", 0, MAX_LORA_RANK, integer=True)
+    if spec.lora_alpha is not None:
+        number("lora_alpha", 0.001, 100_000)
     for name in ("checkpoint", "resume"):
         value = getattr(spec, name)
         if value is not None and (not isinstance(value, str) or not value):
@@ -567,9 +586,22 @@ def train(spec: Spec, stop) -> dict:
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     snr = alphas_cumprod / (1 - alphas_cumprod)
     snr_weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
-    parameters = trainable_unet_parameters(unet, spec.unet_layers)
-    if spec.train_text_encoder:
-        parameters += list(text_encoder.parameters())
+    adapter = None
+    if spec.lora_rank:
+        adapter = lora.pipeline_adapter(
+            unet,
+            text_encoder if spec.train_text_encoder else None,
+            spec.lora_rank,
+            spec.lora_alpha,
+            spec.seed,
+            cross_attention_only=spec.unet_layers == "cross_attention",
+        )
+        say("lora", **adapter.summary())
+        parameters = adapter.parameters()
+    else:
+        parameters = trainable_unet_parameters(unet, spec.unet_layers)
+        if spec.train_text_encoder:
+            parameters += list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=spec.learning_rate, weight_decay=1e-2)
     ema = None
     if spec.ema_decay > 0:
@@ -651,10 +683,17 @@ def train(spec: Spec, stop) -> dict:
 
     if ema is not None:
         ema.copy_to(parameters)
+    if adapter is not None:
+        lora.merge(adapter)
     unet.eval()
     text_encoder.eval()
     pipeline.to("cpu")
-    return {"pipeline": pipeline, "history": history, "train_seconds": round(time.monotonic() - started, 1)}
+    return {
+        "pipeline": pipeline,
+        "adapter": adapter,
+        "history": history,
+        "train_seconds": round(time.monotonic() - started, 1),
+    }
 
 
 @dataclass
@@ -757,6 +796,8 @@ def run(spec: Spec, stop) -> Path:
     try:
         trained = train(spec, stop)
         trained["pipeline"].save_pretrained(partial / "diffusers", safe_serialization=True)
+        if trained["adapter"] is not None:
+            lora.save_adapter(trained["adapter"], partial / "adapter", spec.base)
         differences = None
         if spec.export:
             say("export", stage="onnx")
