@@ -23,8 +23,8 @@ use crate::http::schemas::{
 };
 use crate::http::{feedback, generate, images, openai, ops, scoring};
 use crate::jobs::spec::{
-    FeedbackFilter, FineTuneRequest, GateSpec, Hyperparameters, JobLimits, LrSchedule, PretrainData, PromptGenerator,
-    PromptSource,
+    FeedbackFilter, FineTuneRequest, GateSpec, Hyperparameters, JobLimits, LrSchedule, Objective, PretrainData,
+    PromptGenerator, PromptSource,
 };
 
 #[derive(OpenApi)]
@@ -85,6 +85,7 @@ use crate::jobs::spec::{
         FeedbackFilter,
         Hyperparameters,
         LrSchedule,
+        Objective,
         PretrainData,
         GateSpec,
         FineTuneOut,

@@ -14,10 +14,10 @@ use crate::error::{Error, Result};
 use crate::jobs::child::{log_tail, signal_group, RunningChild};
 use crate::jobs::context::JobContext;
 use crate::jobs::metrics::{LossPoint, TrainerFigures};
-use crate::jobs::spec::LrSchedule;
+use crate::jobs::spec::{LrSchedule, Objective};
 
-/// What `t2i_trainer.jobs.finetune --spec FILE` reads: reward-weighted fine-tuning of `base` on `samples`, with
-/// the pre-training term on `pretrain`, written to `out`.
+/// What `t2i_trainer.jobs.finetune --spec FILE` reads: fine-tuning of `base` on `samples` by `objective`
+/// (reward-weighted by default), with the pre-training term on `pretrain`, written to `out`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainerSpec {
@@ -85,6 +85,15 @@ pub struct TrainerSpec {
     /// A checkpoint of this run (same steps and seed) to go on from: training continues after its step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<String>,
+    /// What the samples train: `rwr`, `dpo` or `kto` (trainer/t2i_trainer/jobs/objectives.py). The trainer's
+    /// default: rwr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(inline, nullable = false)]
+    pub objective: Option<Objective>,
+    /// β of dpo or kto; rwr ignores it. Null: the objective's default (500 for dpo, 100 for kto).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1.0, maximum = 1000000.0)]
+    pub objective_beta: Option<f64>,
 }
 
 /// Where a job's latest trainer checkpoint is kept in the object store, and the note of its step beside it.
@@ -233,6 +242,8 @@ impl JobContext<'_> {
             unet_layers: None,
             device: None,
             export: None,
+            objective: Some(hyper.objective),
+            objective_beta: hyper.objective_beta,
         };
         let trainer_spec = serde_json::to_value(&trainer_spec)
             .map_err(|err| Error::Internal(format!("cannot encode the trainer's spec: {err}")))?;
@@ -560,6 +571,8 @@ mod tests {
             checkpoint_every: None,
             checkpoint: None,
             resume: None,
+            objective: None,
+            objective_beta: None,
         };
         let value = serde_json::to_value(&spec).unwrap();
         assert_eq!(
@@ -574,6 +587,8 @@ mod tests {
             "checkpoint_every",
             "checkpoint",
             "resume",
+            "objective",
+            "objective_beta",
         ] {
             assert!(value.get(absent).is_none(), "{absent}");
         }

@@ -1,11 +1,22 @@
 """t2i_trainer.jobs.objectives (issue #26): the Diffusion-DPO and Diffusion-KTO losses against their formulas
-written out in scalar math, and the pairing and labelling rules."""
+written out in scalar math, the pairing and labelling rules, and a short real fine-tune per objective from
+models/tiny-sd/diffusers.
 
+At the first step the trained UNet is still the reference, so every implicit reward is 0: dpo's loss is
+exactly log 2 and kto's exactly 1 - σ(0) = 0.5. After a few steps the losses move away from those values,
+which they could not if the reference were not a frozen copy.
+"""
+
+import json
 import math
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+from repo_files import require_folder
+from t2i_trainer.build.shapes_world import parse_prompt, render, sample_rng
 
 DPO_PAIR_SAMPLES = [
     # (prompt, reward): ratings are 1 and 0, the rest reward-model scores.
@@ -16,6 +27,21 @@ DPO_PAIR_SAMPLES = [
     ("three triangles", 0.3),
     ("a star on a black background", 0.6),
 ]
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_sd) -> Path:
+    return require_folder(tiny_sd / "diffusers")
+
+
+@pytest.fixture
+def restore_sigterm():
+    """finetune.main installs a SIGTERM handler; put pytest's back afterwards."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, handler)
 
 
 def sigmoid(x: float) -> float:
@@ -209,10 +235,132 @@ def test_each_objective_reports_what_it_formed_or_refuses(trainer_packages):
     rewards = np.array([reward for _, reward in DPO_PAIR_SAMPLES])
     assert objectives.model_term("rwr", None, prompts, rewards).summary() == {"name": "rwr"}
     dpo = objectives.model_term("dpo", None, prompts, rewards)
-    assert dpo.summary() == {"name": "dpo", "beta": 5000.0, "pairs": 3, "prompts": 2, "min_margin": 0.25}
+    assert dpo.summary() == {"name": "dpo", "beta": 500.0, "pairs": 3, "prompts": 2, "min_margin": 0.25}
     kto = objectives.model_term("kto", 250.0, prompts, rewards)
     assert kto.summary() == {"name": "kto", "beta": 250.0, "desirable": 4, "undesirable": 2, "threshold": 0.5}
     with pytest.raises(objectives.NothingToTrain, match="dpo has nothing to train on: no prompt of the 2"):
         objectives.model_term("dpo", None, ["a red circle", "three triangles"], np.array([1.0, 0.0]))
     with pytest.raises(objectives.NothingToTrain, match="kto has nothing to train towards"):
         objectives.model_term("kto", None, ["a", "b"], np.array([0.2, 0.49]))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"objective": "ppo"}, "`objective` must be one of rwr, dpo, kto"),
+        ({"objective_beta": 0.5}, "`objective_beta` must be between 1.0 and 1000000.0"),
+        ({"objective_beta": 2e6}, "`objective_beta` must be between"),
+        ({"objective_beta": "5000"}, "`objective_beta` must be a finite number"),
+        ({"objective_beta": math.inf}, "`objective_beta` must be a finite number"),
+    ],
+)
+def test_bad_objective_fields_are_refused(trainer_packages, tiny_base, tmp_path, change, message):
+    from t2i_trainer.jobs import finetune
+
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("")
+    spec = {"base": str(tiny_base), "out": str(tmp_path / "out"), "samples": str(samples)}
+    assert finetune.parse_spec(spec).objective == "rwr"
+    assert finetune.parse_spec({**spec, "objective": "kto", "objective_beta": None}).objective_beta is None
+    with pytest.raises(finetune.SpecError, match=message.replace("(", r"\(")):
+        finetune.parse_spec({**spec, **change})
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Real fine-tunes from models/tiny-sd/diffusers
+# ------------------------------------------------------------------------------------------------------------
+
+
+def write_rated_samples(folder: Path, records: list[tuple[str, float]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index, (prompt, reward) in enumerate(records):
+        render(parse_prompt(prompt), sample_rng(6, index)).save(folder / f"{index}.png")
+        lines.append(json.dumps({"image": f"{index}.png", "prompt": prompt, "reward": reward}))
+    path = folder / "samples.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_finetune(finetune, tmp_path: Path, capsys, **fields) -> tuple[int, list[dict]]:
+    samples = write_rated_samples(tmp_path / "job", fields.pop("records", DPO_PAIR_SAMPLES))
+    spec = {"base": str(fields.pop("base")), "out": str(tmp_path / "candidate"), "samples": str(samples),
+            "device": "cpu", "threads": 2, "pretrain": {"kind": "shapes_world", "images": 8}, "steps": 4,
+            "batch_size": 6, "log_every": 1, "learning_rate": 1e-3, "export": False, **fields}  # fmt: skip
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(spec))
+    status = finetune.main(["--spec", str(path)])
+    return status, [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+
+
+def unet_changed(base: Path, out: Path) -> bool:
+    from safetensors.torch import load_file
+
+    before = load_file(next((base / "unet").glob("*.safetensors")))
+    after = load_file(next((out / "diffusers" / "unet").glob("*.safetensors")))
+    return any(not bool((before[name] == after[name]).all()) for name in before)
+
+
+@pytest.mark.parametrize(
+    "objective, counts, first_loss, train_text_encoder",
+    [
+        ("dpo", {"pairs": 3, "prompts": 2}, math.log(2), False),
+        ("kto", {"desirable": 4, "undesirable": 2}, 0.5, False),
+        # The reference keeps the base's text encoder while the trained one moves.
+        ("dpo", {"pairs": 3, "prompts": 2}, math.log(2), True),
+    ],
+)
+def test_a_short_fine_tune_trains_against_the_frozen_base(
+    trainer_packages,
+    tiny_base,
+    tmp_path,
+    capsys,
+    restore_sigterm,
+    objective,
+    counts,
+    first_loss,
+    train_text_encoder,
+):
+    from t2i_trainer.jobs import finetune
+
+    status, events = run_finetune(
+        finetune, tmp_path, capsys, base=tiny_base, objective=objective, train_text_encoder=train_text_encoder
+    )
+    assert status == 0, events[-1]
+    assert [event["event"] for event in events] == ["start", "data", "step", "step", "step", "step", "done"]
+    summary = events[1]["objective"]
+    assert summary["name"] == objective and summary["beta"] > 0
+    assert {name: summary[name] for name in counts} == counts
+    steps = [event for event in events if event["event"] == "step"]
+    # Step 1: the trained UNet is the reference, so every implicit reward is 0.
+    assert steps[0]["model_loss"] == pytest.approx(first_loss, abs=1e-6)
+    assert steps[0]["implicit_accuracy"] == 0.0
+    # Later steps: the trained UNet has moved and the reference has not.
+    assert all(abs(step["model_loss"] - first_loss) > 1e-6 for step in steps[1:])
+    assert all(math.isfinite(step["loss"]) and step["pretrain_loss"] > 0 for step in steps)
+    assert all(
+        step["loss"] == pytest.approx(step["model_loss"] + step["pretrain_loss"], abs=2e-6) for step in steps
+    )
+    assert unet_changed(tiny_base, tmp_path / "candidate")
+
+
+@pytest.mark.parametrize(
+    "objective, records, message",
+    [
+        ("dpo", [("a red circle", 1.0), ("three triangles", 0.0), ("a red circle", 0.9)], "dpo has nothing"),
+        ("kto", [("a red circle", 0.2), ("three triangles", 0.45)], "kto has nothing to train towards"),
+    ],
+)
+def test_an_objective_with_nothing_to_train_on_exits_2(
+    trainer_packages, tiny_base, tmp_path, capsys, restore_sigterm, objective, records, message
+):
+    from t2i_trainer.jobs import finetune
+
+    status, events = run_finetune(
+        finetune, tmp_path, capsys, base=tiny_base, objective=objective, records=records
+    )
+    assert status == 2
+    assert events[-1]["event"] == "error"
+    assert events[-1]["message"].startswith("bad spec: objective ") and message in events[-1]["message"]
+    assert not (tmp_path / "candidate").exists()
+    assert not (tmp_path / "candidate.partial").exists()

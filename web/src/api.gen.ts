@@ -769,7 +769,10 @@ export interface components {
             status: string;
             version: string;
         };
-        /** @description The trainer's hyperparameters. The objective is E_model[r · L] + beta · E_pretrain[L]. */
+        /**
+         * @description The trainer's hyperparameters. The objective is the model's samples' term (`objective`; by default the
+         *     paper's E_model[r · L]) + beta · E_pretrain[L].
+         */
         Hyperparameters: {
             /**
              * Format: int64
@@ -802,6 +805,15 @@ export interface components {
             learning_rate?: number;
             /** @description How the learning rate moves after the warm-up. Default `cosine`. */
             lr_schedule?: components["schemas"]["LrSchedule"];
+            /** @description What the model's samples train. Default `rwr`; the pre-training term stays with each. */
+            objective?: components["schemas"]["Objective"];
+            /**
+             * Format: double
+             * @description β of `dpo` or `kto` (only with those), in [1, 1e6]: how far the model may move from the base before the
+             *     term saturates; a larger β holds it closer. Default: 500 for `dpo` and 100 for `kto`, a tenth of the
+             *     reference implementations' values for Stable Diffusion (shapes-sd moves further per step).
+             */
+            objective_beta?: number | null;
             /**
              * Format: double
              * @description Share of every batch from the pre-training data, in [0, 0.999999]. Default 0.5, as in the paper. The rows are
@@ -815,7 +827,7 @@ export interface components {
             steps?: number;
             /** @description Train the text encoder too (the paper keeps it frozen). Default false. */
             train_text_encoder?: boolean;
-        } & unknown;
+        } & (unknown & unknown);
         /**
          * Format: image-base64
          * @description A PNG or JPEG file as base64, or as a `data:image/png;base64,...` URL.
@@ -952,6 +964,12 @@ export interface components {
          * @description A model version's id (`GET /models`, kind `diffusion`).
          */
         ModelVersion: string;
+        /**
+         * @description The term the model's samples train (issue #26). `dpo` and `kto` measure the trained UNet against a frozen
+         *     copy of the base's.
+         * @enum {string}
+         */
+        Objective: "rwr" | "dpo" | "kto";
         OpenAiErrorBody: {
             error: components["schemas"]["OpenAiErrorDetail"];
         };
