@@ -681,6 +681,55 @@ fn a_corrupt_candidate_is_refused_and_the_active_version_keeps_serving() {
 }
 
 #[test]
+fn a_dpo_job_trains_on_a_good_and_a_bad_rating_of_a_prompt_and_fails_naming_why_without_one() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path(), &[]);
+    let generated = server.post_json("/generate", r#"{"prompt": "a red circle", "n": 2, "seed": 3}"#);
+    assert_eq!(generated.status, 200, "{}", generated.text());
+    let images = generated.json()["images"].as_array().unwrap().clone();
+    for ((image, label), rater) in images.iter().zip(["good", "bad"]).zip(["ann", "bob"]) {
+        let body = json!({"image_id": image["image_id"], "label": label, "rater": rater});
+        assert_eq!(server.post_json("/feedback", &body.to_string()).status, 201);
+    }
+    // The ratings alone: one pair, the good image over the bad one.
+    let mut body = tiny_job(2);
+    body["images_per_prompt"] = json!(0);
+    body["hyperparameters"]["objective"] = json!("dpo");
+    body["hyperparameters"]["objective_beta"] = json!(500.0);
+    let created = server.post_json("/fine-tunes", &body.to_string());
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let done = wait_final(&server, &id);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["spec"]["hyperparameters"]["objective"], "dpo", "{done}");
+    let trainer_events = events(&server, &id);
+    let started = trainer_events
+        .iter()
+        .find(|event| event["kind"] == "trainer" && event["message"].as_str().unwrap().starts_with("started"))
+        .unwrap();
+    assert_eq!(started["data"]["objective"], "dpo", "{started}");
+    assert_eq!(started["data"]["objective_beta"], 500.0, "{started}");
+    let formed = trainer_events
+        .iter()
+        .find(|event| event["message"] == "trainer: data")
+        .unwrap();
+    assert_eq!(
+        formed["data"]["objective"],
+        json!({"name": "dpo", "beta": 500.0, "pairs": 1, "prompts": 1, "min_margin": 0.25}),
+        "{formed}"
+    );
+
+    // One rater's good rating alone pairs with nothing: the trainer refuses and the job fails saying why.
+    body["feedback_filter"] = json!({"rater": "ann"});
+    let created = server.post_json("/fine-tunes", &body.to_string());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let done = wait_final(&server, &id);
+    assert_eq!(done["status"], "failed", "{done}");
+    let error = done["error"].as_str().unwrap();
+    assert!(error.contains("objective dpo has nothing to train on"), "{error}");
+}
+
+#[test]
 fn bad_specs_get_a_422_naming_the_field() {
     let data = tempfile::tempdir().unwrap();
     let server = start(data.path(), &[]);
@@ -710,6 +759,18 @@ fn bad_specs_get_a_422_naming_the_field() {
         (
             r#"{"hyperparameters": {"lora_alpha": 4}}"#.to_string(),
             "hyperparameters.lora_alpha",
+        ),
+        (
+            r#"{"hyperparameters": {"objective": "ppo"}}"#.to_string(),
+            "hyperparameters.objective",
+        ),
+        (
+            r#"{"hyperparameters": {"objective_beta": 500}}"#.to_string(),
+            "hyperparameters.objective_beta",
+        ),
+        (
+            r#"{"hyperparameters": {"objective": "kto", "objective_beta": 0}}"#.to_string(),
+            "hyperparameters.objective_beta",
         ),
         (r#"{"learning_rate": 0.1}"#.to_string(), "learning_rate"),
         (r#"{"images_per_prompt": -1}"#.to_string(), "images_per_prompt"),

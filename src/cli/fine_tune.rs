@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 #[derive(Debug, Subcommand)]
 pub enum FineTuneCommand {
     /// Create a job (from --file and/or flags) and follow it until it ends.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List jobs, newest first.
     List(ListArgs),
     /// Show one job; --follow tracks it with a progress bar until it ends.
@@ -52,6 +52,12 @@ pub struct CreateArgs {
     pub learning_rate: Option<f64>,
     #[arg(long)]
     pub batch_size: Option<i64>,
+    /// What the samples train: rwr (reward-weighted, the default), dpo or kto (`hyperparameters.objective`).
+    #[arg(long, value_parser = ["rwr", "dpo", "kto"])]
+    pub objective: Option<String>,
+    /// β of dpo or kto, in [1, 1e6] (`hyperparameters.objective_beta`).
+    #[arg(long)]
+    pub objective_beta: Option<f64>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// Train only on ratings of images this version generated (`feedback_filter.model`); for an on-policy
@@ -102,7 +108,7 @@ pub struct IdArgs {
 
 pub fn run(command: FineTuneCommand) -> Result<()> {
     match command {
-        FineTuneCommand::Create(args) => create(args),
+        FineTuneCommand::Create(args) => create(*args),
         FineTuneCommand::List(args) => list(args),
         FineTuneCommand::Show(args) => {
             let client = Client::new(&args.server.url);
@@ -210,6 +216,8 @@ fn create(args: CreateArgs) -> Result<()> {
         ("beta", args.beta.map(|value| json!(value))),
         ("learning_rate", args.learning_rate.map(|value| json!(value))),
         ("batch_size", args.batch_size.map(|value| json!(value))),
+        ("objective", args.objective.as_ref().map(|value| json!(value))),
+        ("objective_beta", args.objective_beta.map(|value| json!(value))),
     ] {
         if let Some(value) = value {
             if !body["hyperparameters"].is_object() {

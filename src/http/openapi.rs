@@ -24,8 +24,8 @@ use crate::http::schemas::{
 use crate::http::{feedback, generate, images, openai, ops, scoring};
 use crate::jobs::gate::{GateDecision, GateRule, MetricGain};
 use crate::jobs::spec::{
-    FeedbackFilter, FineTuneRequest, GateSpec, Hyperparameters, JobLimits, LrSchedule, MaxDrop, PretrainData,
-    PromptGenerator, PromptSource,
+    FeedbackFilter, FineTuneRequest, GateSpec, Hyperparameters, JobLimits, LrSchedule, MaxDrop, Objective,
+    PretrainData, PromptGenerator, PromptSource,
 };
 
 #[derive(OpenApi)]
@@ -86,6 +86,7 @@ use crate::jobs::spec::{
         FeedbackFilter,
         Hyperparameters,
         LrSchedule,
+        Objective,
         PretrainData,
         GateSpec,
         MaxDrop,

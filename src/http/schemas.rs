@@ -272,6 +272,7 @@ impl ToSchema for Prompts {}
 pub const U64_FIELDS: &[(&str, &str)] = &[
     ("GenerateRequest", "seed"),
     ("FineTuneRequest", "seed"),
+    ("FineTuneRequest", "eval_seed"),
     ("PromptGenerator", "seed"),
 ];
 

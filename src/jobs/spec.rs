@@ -57,7 +57,8 @@ pub struct FeedbackFilter {
     pub rater: Option<String>,
 }
 
-/// The trainer's hyperparameters. The objective is E_model[r · L] + beta · E_pretrain[L].
+/// The trainer's hyperparameters. The objective is the model's samples' term (`objective`; by default the
+/// paper's E_model[r · L]) + beta · E_pretrain[L].
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Hyperparameters {
@@ -114,6 +115,31 @@ pub struct Hyperparameters {
     #[serde(default)]
     #[schema(minimum = 0.001, maximum = 10000.0)]
     pub lora_alpha: Option<f64>,
+    /// What the model's samples train. Default `rwr`; the pre-training term stays with each.
+    #[serde(default)]
+    pub objective: Objective,
+    /// β of `dpo` or `kto` (only with those), in [1, 1e6]: how far the model may move from the base before the
+    /// term saturates; a larger β holds it closer. Default: 500 for `dpo` and 100 for `kto`, a tenth of the
+    /// reference implementations' values for Stable Diffusion (shapes-sd moves further per step).
+    #[serde(default)]
+    #[schema(minimum = 1.0, maximum = 1e6)]
+    pub objective_beta: Option<f64>,
+}
+
+/// The term the model's samples train (issue #26). `dpo` and `kto` measure the trained UNet against a frozen
+/// copy of the base's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Reward-weighted regression, the paper's E_model[r · L]: each sample weighted by its reward.
+    #[default]
+    Rwr,
+    /// Diffusion-DPO (Wallace et al. 2023) on pairs of images of one prompt whose rewards differ by at least
+    /// 0.25: a good and a bad rating of a prompt always pair. A job that forms no pair fails.
+    Dpo,
+    /// Diffusion-KTO (Li et al. 2024) on images labelled desirable (reward at least 0.5: good ratings, and
+    /// scores at or above 0.5) or undesirable. A job with no desirable image fails.
+    Kto,
 }
 
 /// The learning rate after its warm-up.
@@ -162,6 +188,8 @@ impl Default for Hyperparameters {
             caption_dropout: default_caption_dropout(),
             lora_rank: 0,
             lora_alpha: None,
+            objective: Objective::default(),
+            objective_beta: None,
         }
     }
 }
@@ -644,6 +672,16 @@ impl FineTuneRequest {
             1.0,
             false,
         )?;
+        if let Some(beta) = hyper.objective_beta {
+            if hyper.objective == Objective::Rwr {
+                return Err(Error::validation(
+                    "hyperparameters.objective_beta",
+                    "`hyperparameters.objective_beta` is the β of objective dpo or kto; objective rwr has none (its \
+                     pre-training weight is `beta`)",
+                ));
+            }
+            finite("hyperparameters.objective_beta", beta, 1.0, 1e6, false)?;
+        }
         if !(1..=limits.max_steps).contains(&hyper.steps) {
             return Err(Error::validation(
                 "hyperparameters.steps",
@@ -740,6 +778,7 @@ impl FineTuneRequest {
 /// - a prompt generator is `shapes_world`, with a known split and at most one of `count` and `per_category`;
 /// - a batch of 1 has no room for pre-training rows, so it needs `pretrain_fraction` 0;
 /// - `lora_alpha` scales a LoRA adapter, so it needs `lora_rank` above 0;
+/// - `objective_beta` goes with objective `dpo` or `kto`;
 /// - `pretrain_data.path` goes with kind `folder` and only with it;
 /// - without `use_feedback`, a job needs samples (`images_per_prompt` not 0) and can neither retrain the
 ///   reward model nor filter the ratings.
@@ -779,6 +818,10 @@ pub fn schema_rules() -> Vec<(&'static str, serde_json::Value)> {
                 {
                     "if": {"required": ["lora_alpha"], "properties": {"lora_alpha": {"type": "number"}}},
                     "then": {"required": ["lora_rank"], "properties": {"lora_rank": {"minimum": 1}}}
+                },
+                {
+                    "if": {"not": {"required": ["objective"], "properties": {"objective": {"enum": ["dpo", "kto"]}}}},
+                    "then": {"properties": {"objective_beta": {"type": "null"}}}
                 }
             ]),
         ),
@@ -939,6 +982,18 @@ mod tests {
                 "hyperparameters.batch_size",
             ),
             (
+                serde_json::json!({"hyperparameters": {"objective": "dpo", "objective_beta": 0.5}}),
+                "hyperparameters.objective_beta",
+            ),
+            (
+                serde_json::json!({"hyperparameters": {"objective": "kto", "objective_beta": 2e6}}),
+                "hyperparameters.objective_beta",
+            ),
+            (
+                serde_json::json!({"hyperparameters": {"objective_beta": 500.0}}),
+                "hyperparameters.objective_beta",
+            ),
+            (
                 serde_json::json!({"pretrain_data": {"kind": "folder", "path": "/no/such/folder"}}),
                 "pretrain_data.path",
             ),
@@ -1059,6 +1114,42 @@ mod tests {
         hyper.remove("lora_alpha");
         let spec: JobSpec = serde_json::from_value(stored).unwrap();
         assert_eq!(spec.hyperparameters.lora_rank, 0);
+    }
+
+    #[test]
+    fn the_objective_defaults_to_rwr_and_takes_its_beta_only_with_dpo_or_kto() {
+        let spec = check(serde_json::json!({})).unwrap();
+        assert_eq!(spec.hyperparameters.objective, Objective::Rwr);
+        assert_eq!(spec.hyperparameters.objective_beta, None);
+        for objective in ["dpo", "kto"] {
+            let spec = check(serde_json::json!({
+                "hyperparameters": {"objective": objective, "objective_beta": 1.0}
+            }))
+            .unwrap();
+            assert_eq!(serde_json::to_value(spec.hyperparameters.objective).unwrap(), objective);
+            assert_eq!(spec.hyperparameters.objective_beta, Some(1.0));
+        }
+        let err =
+            check(serde_json::json!({"hyperparameters": {"objective": "rwr", "objective_beta": 5000.0}})).unwrap_err();
+        assert!(err.to_string().contains("objective rwr has none"), "{err}");
+        let err = check(serde_json::json!({"hyperparameters": {"objective": "dpo", "objective_beta": 1e6 + 1.0}}))
+            .unwrap_err();
+        assert!(err.to_string().contains("[1, 1000000]"), "{err}");
+        assert!(serde_json::from_value::<FineTuneRequest>(serde_json::json!({
+            "hyperparameters": {"objective": "ppo"}
+        }))
+        .is_err());
+    }
+
+    #[test]
+    fn a_stored_spec_without_an_objective_still_reads() {
+        let mut stored = serde_json::to_value(check(serde_json::json!({})).unwrap()).unwrap();
+        let hyper = stored["hyperparameters"].as_object_mut().unwrap();
+        hyper.remove("objective");
+        hyper.remove("objective_beta");
+        let spec: JobSpec = serde_json::from_value(stored).unwrap();
+        assert_eq!(spec.hyperparameters.objective, Objective::Rwr);
+        assert_eq!(spec.hyperparameters.objective_beta, None);
     }
 
     #[test]

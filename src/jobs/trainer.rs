@@ -14,10 +14,10 @@ use crate::error::{Error, Result};
 use crate::jobs::child::{log_tail, signal_group, RunningChild};
 use crate::jobs::context::JobContext;
 use crate::jobs::metrics::{LoraFigures, LossPoint, TrainerFigures};
-use crate::jobs::spec::LrSchedule;
+use crate::jobs::spec::{LrSchedule, Objective};
 
-/// What `t2i_trainer.jobs.finetune --spec FILE` reads: reward-weighted fine-tuning of `base` on `samples`, with
-/// the pre-training term on `pretrain`, written to `out`.
+/// What `t2i_trainer.jobs.finetune --spec FILE` reads: fine-tuning of `base` on `samples` by `objective`
+/// (reward-weighted by default), with the pre-training term on `pretrain`, written to `out`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainerSpec {
@@ -94,6 +94,15 @@ pub struct TrainerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0.001, maximum = 100000.0)]
     pub lora_alpha: Option<f64>,
+    /// What the samples train: `rwr`, `dpo` or `kto` (trainer/t2i_trainer/jobs/objectives.py). The trainer's
+    /// default: rwr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(inline, nullable = false)]
+    pub objective: Option<Objective>,
+    /// β of dpo or kto; rwr ignores it. Null: the objective's default (500 for dpo, 100 for kto).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1.0, maximum = 1000000.0)]
+    pub objective_beta: Option<f64>,
 }
 
 /// Where a job's latest trainer checkpoint is kept in the object store, and the note of its step beside it.
@@ -244,6 +253,8 @@ impl JobContext<'_> {
             export: None,
             lora_rank: (hyper.lora_rank > 0).then_some(hyper.lora_rank),
             lora_alpha: hyper.lora_alpha.filter(|_| hyper.lora_rank > 0),
+            objective: Some(hyper.objective),
+            objective_beta: hyper.objective_beta,
         };
         let trainer_spec = serde_json::to_value(&trainer_spec)
             .map_err(|err| Error::Internal(format!("cannot encode the trainer's spec: {err}")))?;
@@ -574,6 +585,8 @@ mod tests {
             resume: None,
             lora_rank: None,
             lora_alpha: None,
+            objective: None,
+            objective_beta: None,
         };
         let value = serde_json::to_value(&spec).unwrap();
         assert_eq!(
@@ -590,6 +603,8 @@ mod tests {
             "resume",
             "lora_rank",
             "lora_alpha",
+            "objective",
+            "objective_beta",
         ] {
             assert!(value.get(absent).is_none(), "{absent}");
         }

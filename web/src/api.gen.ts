@@ -584,7 +584,7 @@ export interface components {
             eval_images_per_prompt?: number | null;
             eval_prompts?: null | components["schemas"]["PromptSource"];
             /**
-             * Format: int64
+             * Format: uint64
              * @description Seeds the evaluation's images, the same for base and candidate. Default 1000000007, the same for every
              *     job, so that a base's cached evaluation serves every job that starts from it.
              */
@@ -829,7 +829,10 @@ export interface components {
             status: string;
             version: string;
         };
-        /** @description The trainer's hyperparameters. The objective is E_model[r · L] + beta · E_pretrain[L]. */
+        /**
+         * @description The trainer's hyperparameters. The objective is the model's samples' term (`objective`; by default the
+         *     paper's E_model[r · L]) + beta · E_pretrain[L].
+         */
         Hyperparameters: {
             /**
              * Format: int64
@@ -877,6 +880,15 @@ export interface components {
             lora_rank?: number;
             /** @description How the learning rate moves after the warm-up. Default `cosine`. */
             lr_schedule?: components["schemas"]["LrSchedule"];
+            /** @description What the model's samples train. Default `rwr`; the pre-training term stays with each. */
+            objective?: components["schemas"]["Objective"];
+            /**
+             * Format: double
+             * @description β of `dpo` or `kto` (only with those), in [1, 1e6]: how far the model may move from the base before the
+             *     term saturates; a larger β holds it closer. Default: 500 for `dpo` and 100 for `kto`, a tenth of the
+             *     reference implementations' values for Stable Diffusion (shapes-sd moves further per step).
+             */
+            objective_beta?: number | null;
             /**
              * Format: double
              * @description Share of every batch from the pre-training data, in [0, 0.999999]. Default 0.5, as in the paper. The rows are
@@ -893,7 +905,7 @@ export interface components {
              *     attention projections. Default false.
              */
             train_text_encoder?: boolean;
-        } & (unknown & unknown);
+        } & (unknown & unknown & unknown);
         /**
          * Format: image-base64
          * @description A PNG or JPEG file as base64, or as a `data:image/png;base64,...` URL.
@@ -1090,6 +1102,12 @@ export interface components {
          * @description A model version's id (`GET /models`, kind `diffusion`).
          */
         ModelVersion: string;
+        /**
+         * @description The term the model's samples train (issue #26). `dpo` and `kto` measure the trained UNet against a frozen
+         *     copy of the base's.
+         * @enum {string}
+         */
+        Objective: "rwr" | "dpo" | "kto";
         OpenAiErrorBody: {
             error: components["schemas"]["OpenAiErrorDetail"];
         };

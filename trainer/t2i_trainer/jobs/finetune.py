@@ -14,6 +14,11 @@ scaled by the mean reward, which has the same expectation as uniform draws weigh
 rows on images whose reward is 0. The UNet is trained; the text encoder stays frozen (as in the paper) unless
 `train_text_encoder` is set.
 
+`objective` replaces the reward-weighted term E_model[r * L] (issue #26; objectives.py has the formulas, the
+pairing and labelling rules and their sources): `dpo` is Diffusion-DPO on pairs of a preferred and a
+dispreferred image of one prompt, `kto` Diffusion-KTO on images labelled desirable or undesirable, both
+against a frozen copy of the base UNet. The pre-training term stays with every objective.
+
 Spec (JSON; unknown keys are refused):
     base              diffusers pipeline folder to start from (required)
     out               folder to write; must not exist; written as <out>.partial and renamed (required)
@@ -51,6 +56,9 @@ Spec (JSON; unknown keys are refused):
                       the adapter is merged into the weights (W <- W + lora_alpha / lora_rank * B A), which
                       export as any fine-tune's do, and it is also saved in <out>/adapter/ (layout: lora.py)
     lora_alpha        the LoRA update's scale is lora_alpha / lora_rank (default: null, the rank: scale 1)
+    objective         `rwr` (default): reward-weighted regression as above; `dpo` or `kto` (objectives.py)
+    objective_beta    β of dpo or kto, in [1, 1e6]; null (default) takes the objective's default, 500 for dpo
+                      and 100 for kto (objectives.DEFAULT_BETA); rwr ignores it
     train_text_encoder, seed, device (default cuda when available), threads, log_every, export (default true)
 
 Output: <out>/diffusers (safetensors), and unless "export" is false the ONNX layout of `optimum-cli export
@@ -60,11 +68,14 @@ the merged weights are what <out>/diffusers and the ONNX files hold, and <out>/a
 (adapter.safetensors in diffusers' LoRA key naming, adapter.json with its rank, alpha, modules and base).
 
 Progress lines: {"event": "start"}, {"event": "data", ..., "latents": {"given", "used", "wrong_shape",
-"mismatched", "unreadable"}}, {"event": "warning", "message"}, {"event": "lora", "rank", "alpha", "layers",
-"parameters", "share"} (with lora_rank; share: of the adapted models' parameters), {"event": "step", "step",
-"steps", "loss", "model_loss", "pretrain_loss", "seconds"}, {"event": "export", ...}, {"event": "done", "out",
-"seconds"}.
-An error prints {"event": "error", "message"} and exits with status 1 (2 for a bad spec).
+"mismatched", "unreadable"}, "objective": {"name", and for dpo "beta", "pairs", "prompts", "min_margin", for
+kto "beta", "desirable", "undesirable", "threshold"}}, {"event": "warning", "message"}, {"event": "lora",
+"rank", "alpha", "layers", "parameters", "share"} (with lora_rank; share: of the adapted models' parameters),
+{"event": "step",
+"step", "steps", "loss", "model_loss", "pretrain_loss", "seconds", and for dpo and kto "implicit_accuracy",
+for kto "reference_point"}, {"event": "export", ...}, {"event": "done", "out", "seconds"}.
+An error prints {"event": "error", "message"} and exits with status 1 (2 for a bad spec, or samples that give
+the objective nothing to train on).
 
 Several GPUs: under torchrun (or accelerate launch) each process trains on its own draws,
 DistributedDataParallel averages the gradients, and the main process alone prints progress, saves and exports:
@@ -76,6 +87,7 @@ Usage:
 """
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -91,11 +103,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from t2i_trainer.common.stage_cli import emit
-from t2i_trainer.jobs import lora
+from t2i_trainer.jobs import lora, objectives
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MIN_SNR_GAMMA = 5.0
@@ -175,6 +186,8 @@ class Spec:
     resume: str | None = None
     lora_rank: int = 0
     lora_alpha: float | None = None
+    objective: str = "rwr"
+    objective_beta: float | None = None
 
     @property
     def model_rows(self) -> int:
@@ -247,6 +260,12 @@ def parse_spec(raw: dict) -> Spec:
         raise SpecError(
             f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}. Given: {spec.lr_schedule!r}"
         )
+    if spec.objective not in objectives.OBJECTIVES:
+        raise SpecError(
+            f"`objective` must be one of {', '.join(objectives.OBJECTIVES)}. Given: {spec.objective!r}"
+        )
+    if spec.objective_beta is not None:
+        number("objective_beta", *objectives.BETA_RANGE)
     if spec.unet_layers not in UNET_LAYERS:
         raise SpecError(f"`unet_layers` must be one of {', '.join(UNET_LAYERS)}. Given: {spec.unet_layers!r}")
     if spec.device is not None and (not isinstance(spec.device, str) or not spec.device):
@@ -543,8 +562,6 @@ def learning_rate_factor(step: int, steps: int, schedule: str) -> float:
 def train(spec: Spec, stop) -> dict:
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-    from t2i_trainer.build.train_sd import padded_ids
-
     device = spec.device
     pipeline = StableDiffusionPipeline.from_pretrained(spec.base, safety_checker=None)
     vae = pipeline.vae.to(device).eval().requires_grad_(False)
@@ -557,6 +574,15 @@ def train(spec: Spec, stop) -> dict:
 
     samples = load_samples(spec.samples)
     images, prompts, rewards = samples.images, samples.prompts, samples.rewards
+    try:
+        term = objectives.model_term(spec.objective, spec.objective_beta, prompts, rewards)
+    except objectives.NothingToTrain as error:
+        raise SpecError(str(error)) from None
+    # dpo and kto measure the trained UNet against the base's, frozen (and its text encoder, if that trains).
+    reference = None if term.name == "rwr" else copy.deepcopy(unet).eval().requires_grad_(False)
+    reference_text_encoder = None
+    if reference is not None and spec.train_text_encoder:
+        reference_text_encoder = copy.deepcopy(text_encoder).eval().requires_grad_(False)
     latents, latent_counts = checked_latents(vae, images, samples.latents, unet, size)
     latent_counts["given"] += samples.unreadable_latents
     latent_counts["unreadable"] = samples.unreadable_latents
@@ -579,6 +605,7 @@ def train(spec: Spec, stop) -> dict:
         rewarded=int((rewards > 0).sum()),
         latents=latent_counts,
         pretrain=0 if pretrain_set is None else len(pretrain_set.captions),
+        objective=term.summary(),
         seconds=round(time.monotonic() - started, 1),
     )
 
@@ -620,22 +647,19 @@ def train(spec: Spec, stop) -> dict:
 
         device_ids = [WORLD.local_rank] if device.startswith("cuda") else None
         denoiser = DistributedDataParallel(unet, device_ids=device_ids)
-    draw_probability = rewards / rewards.sum()
-    mean_reward = float(rewards.mean())
-
-    def denoising_losses(latents: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        dropped = rng.random(len(captions)) < spec.caption_dropout
-        captions = ["" if drop else caption for caption, drop in zip(captions, dropped, strict=True)]
-        input_ids = padded_ids(tokenizer, captions, device)
-        with torch.set_grad_enabled(spec.train_text_encoder):
-            states = text_encoder(input_ids)[0]
-        noise = torch.randn(latents.shape, generator=generator, device=device)
-        timesteps = torch.randint(
-            0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator, device=device
-        )
-        predicted = denoiser(scheduler.add_noise(latents, noise, timesteps), timesteps, states).sample
-        per_sample = F.mse_loss(predicted, noise, reduction="none").mean(dim=(1, 2, 3))
-        return per_sample * snr_weight[timesteps]
+    denoising = objectives.Denoising(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        scheduler=scheduler,
+        snr_weight=snr_weight,
+        rng=rng,
+        generator=generator,
+        caption_dropout=spec.caption_dropout,
+        train_text_encoder=spec.train_text_encoder,
+        device=device,
+        reference_text_encoder=reference_text_encoder,
+    )
+    context = objectives.Context(model_set, denoising, denoiser, reference)
 
     history = []
     started = time.monotonic()
@@ -647,15 +671,13 @@ def train(spec: Spec, stop) -> dict:
     for step in range(first_step, spec.steps + 1):
         if stop():
             raise InterruptedError("stopped by a signal")
-        indices = rng.choice(len(rewards), size=spec.model_rows, p=draw_probability)
-        latents, captions = model_set.draw(indices, generator)
-        model_loss = mean_reward * denoising_losses(latents, captions).mean()
+        model_loss, figures = term.loss(context, spec.model_rows)
         loss = model_loss
         pretrain_loss = torch.zeros(())
         if pretrain_set is not None:
             indices = rng.integers(len(pretrain_set.captions), size=spec.pretrain_rows)
             latents, captions = pretrain_set.draw(indices, generator)
-            pretrain_loss = denoising_losses(latents, captions).mean()
+            pretrain_loss = denoising.weighted_losses(denoiser, latents, captions).mean()
             loss = loss + spec.beta * pretrain_loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss is not finite at step {step}: {loss.item()}")
@@ -674,6 +696,7 @@ def train(spec: Spec, stop) -> dict:
                 "model_loss": round(model_loss.item(), 6),
                 "pretrain_loss": round(pretrain_loss.item(), 6),
                 "seconds": round(time.monotonic() - started, 1),
+                **figures,
             }
             history.append(record)
             say("step", **record)
