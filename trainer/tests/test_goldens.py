@@ -17,6 +17,19 @@ SCHEDULER_CLASSES = {
 }
 
 
+# torch picks its elementwise kernels and libm paths by CPU, so the same diffusers code gives results
+# that differ in the last bits from one CPU to another (measured: up to 7.2e-7 of the sample's largest
+# magnitude, on a Sapphire Rapids Xeon against the goldens' machine). A wrong formula is off by far more.
+REPLAY_TOLERANCE = 4e-6
+
+
+def assert_replays(actual, desired) -> None:
+    """`actual` equals `desired` to within REPLAY_TOLERANCE of desired's largest magnitude."""
+    desired = np.float32(desired)
+    scale = max(float(np.max(np.abs(desired))), 1.0)
+    np.testing.assert_allclose(actual, desired, rtol=0, atol=REPLAY_TOLERANCE * scale)
+
+
 def scheduler_case_names() -> list[str]:
     if not (GOLDEN_DIR / "schedulers.json").exists():
         return []
@@ -93,7 +106,7 @@ def test_tokenizer_golden_matches_clip_tokenizer(trainer_packages, tiny_sd):
 
 
 @pytest.mark.parametrize("case_name", scheduler_case_names())
-def test_scheduler_golden_replays_exactly(trainer_packages, monkeypatch, case_name):
+def test_scheduler_golden_replays(trainer_packages, monkeypatch, case_name):
     import torch
 
     from t2i_trainer.goldens.make_goldens import SCHEDULER_CLASSES as CLASSES
@@ -119,11 +132,11 @@ def test_scheduler_golden_replays_exactly(trainer_packages, monkeypatch, case_na
     for step in case["steps"]:
         timestep = scheduler.timesteps[step["step_index"]]
         scaled = scheduler.scale_model_input(sample, timestep)
-        np.testing.assert_array_equal(scaled.numpy().reshape(-1), np.float32(step["scaled_input"]))
+        assert_replays(scaled.numpy().reshape(-1), step["scaled_input"])
         recorded_noise[:] = [as_tensor(step["noise"] or np.zeros(case["shape"]))]
         model_output = as_tensor(step["model_output"])
         prev_sample = scheduler.step(model_output, timestep, sample, **case["step_kwargs"]).prev_sample
-        np.testing.assert_array_equal(prev_sample.numpy().reshape(-1), np.float32(step["prev_sample"]))
+        assert_replays(prev_sample.numpy().reshape(-1), step["prev_sample"])
         sample = prev_sample
 
 
