@@ -109,6 +109,7 @@ export type FineTunePage = Schemas["FineTunePage"];
 export type FineTuneEventOut = Schemas["FineTuneEventOut"];
 export type FineTuneEventPage = Schemas["FineTuneEventPage"];
 export type Hyperparameters = Schemas["Hyperparameters"];
+export type Objective = Schemas["Objective"];
 export type PromptGenerator = Schemas["PromptGenerator"];
 export type PretrainData = Schemas["PretrainData"];
 export type GateSpec = Schemas["GateSpec"];

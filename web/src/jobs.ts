@@ -11,6 +11,7 @@ import {
   type GateDecision,
   type GateSpec,
   type MetricGain,
+  type Objective,
   type GenerateRequest,
   type GenerateResponse,
   type Hyperparameters,
@@ -49,6 +50,13 @@ export function jobsPage(root: HTMLElement, args: string[]): () => void {
 
 /** A field of the request (`FineTuneRequest`) the form sets: checked against the generated API types, so a
  * field the server renames or drops fails `npm run typecheck`. */
+/** The objectives of the model's samples' term (`hyperparameters.objective`), as the form names them. */
+const OBJECTIVES: Record<Objective, string> = {
+  rwr: "rwr: reward-weighted likelihood (the paper)",
+  dpo: "dpo: Diffusion-DPO on pairs of one prompt's images",
+  kto: "kto: Diffusion-KTO on single images, good or bad",
+};
+
 type FieldPath =
   | keyof FineTuneRequest
   | `hyperparameters.${keyof Hyperparameters}`
@@ -76,6 +84,9 @@ const FIELDS: Field[] = [
   { name: "learning_rate", label: "Learning rate", hint: "AdamW, after a 5% warm-up", placeholder: "0.0001", min: 0, max: 1, step: "any", path: "hyperparameters.learning_rate" },
   { name: "batch_size", label: "Batch size", hint: "rows per step", placeholder: "32", min: 1, max: 4096, integer: true, path: "hyperparameters.batch_size" },
   { name: "beta", label: "β (pre-training weight)", hint: "0 is the ablation without it", placeholder: "1.0", min: 0, max: 100, step: "any", path: "hyperparameters.beta" },
+  { name: "objective_beta", label: "Objective β (dpo, kto)", hint: "how close to the base the term holds the model", placeholder: "500 (dpo), 100 (kto)", min: 1, max: 1e6, step: "any", path: "hyperparameters.objective_beta" },
+  { name: "lora_rank", label: "LoRA rank", hint: "0 trains every weight; above 0, an adapter on the attention projections", placeholder: "0", min: 0, max: 256, integer: true, path: "hyperparameters.lora_rank" },
+  { name: "lora_alpha", label: "LoRA alpha", hint: "the update is scaled by alpha / rank", placeholder: "the rank", min: 0.001, max: 10000, step: "any", path: "hyperparameters.lora_alpha" },
   { name: "prompt_count", label: "Training prompts", hint: "drawn from the shapes world's train split", placeholder: "200", min: 1, max: 100000, integer: true, path: "prompts.count" },
   { name: "images_per_prompt", label: "Samples per prompt", hint: "scored by the reward model; 0 trains on ratings alone", placeholder: "8", min: 0, max: 1000, integer: true, path: "images_per_prompt" },
   { name: "eval_per_category", label: "Evaluation prompts per category", hint: "held-out split", placeholder: "all 282", min: 1, max: 1000, integer: true, path: "eval_prompts.per_category" },
@@ -115,6 +126,13 @@ function jobList(root: HTMLElement): () => void {
   let creating = false;
   const form = h("form", { class: "card form-grid", novalidate: true, "data-testid": "job-form" });
   const base = h("select", { name: "base_model" }, h("option", { value: "" }, "the active version"));
+  const objective = h(
+    "select",
+    { name: "objective", "data-param": "hyperparameters.objective" },
+    h("option", { value: "" }, "server default (rwr)"),
+    ...Object.entries(OBJECTIVES).map(([value, label]) => h("option", { value }, label)),
+  );
+  const trainTextEncoder = h("input", { name: "train_text_encoder", type: "checkbox" });
   const checks = {
     use_feedback: h("input", { name: "use_feedback", type: "checkbox", checked: true }),
     retrain_reward_model: h("input", { name: "retrain_reward_model", type: "checkbox" }),
@@ -140,7 +158,7 @@ function jobList(root: HTMLElement): () => void {
   const defaults = h("button", { type: "button", class: "secondary" }, "Server defaults");
   const preview = h("pre", { class: "preview", "data-testid": "job-preview" });
   const error = h("div", { class: "error", hidden: true });
-  append(form, h("label", {}, "Base version", base));
+  append(form, h("label", {}, "Base version", base), h("label", {}, "Objective", objective));
   for (const field of FIELDS) {
     append(
       form,
@@ -163,6 +181,7 @@ function jobList(root: HTMLElement): () => void {
   }
   append(
     form,
+    h("label", { class: "check" }, trainTextEncoder, "Train the text encoder too (with LoRA: its adapters)"),
     h("label", { class: "check" }, checks.use_feedback, "Train on the stored ratings"),
     h("label", {}, "Ratings of images from", feedbackModel, h("small", { class: "muted" }, "the version that generated them")),
     h("label", {}, "Ratings by", feedbackRater, h("small", { class: "muted" }, "one rater's name, or any")),
@@ -178,7 +197,7 @@ function jobList(root: HTMLElement): () => void {
     h(
       "p",
       { class: "muted" },
-      "Reward-weighted fine-tuning (Lee et al., 2023): the base version's samples scored by the reward model, your ratings, and half of each batch from pre-training data. Empty fields take the server's defaults.",
+      "Fine-tuning on human feedback (Lee et al., 2023): the base version's samples scored by the reward model and your ratings, trained with reward-weighted likelihood (the paper), Diffusion-DPO or Diffusion-KTO, with every weight or a LoRA adapter, and half of each batch from pre-training data. Empty fields take the server's defaults.",
     ),
     form,
     error,
@@ -205,6 +224,12 @@ function jobList(root: HTMLElement): () => void {
     if (body.eval_prompts) (body.eval_prompts as PromptGenerator).generator = "shapes_world";
     if (body.pretrain_data) body.pretrain_data.kind = "shapes_world";
     if (base.value) body.base_model = base.value;
+    if (objective.value || trainTextEncoder.checked) {
+      const hyper: Hyperparameters = body.hyperparameters ?? {};
+      if (objective.value) hyper.objective = objective.value as Objective;
+      if (trainTextEncoder.checked) hyper.train_text_encoder = true;
+      body.hyperparameters = hyper;
+    }
     body.use_feedback = checks.use_feedback.checked;
     if (body.use_feedback) {
       const filter: FeedbackFilter = {};
@@ -230,6 +255,16 @@ function jobList(root: HTMLElement): () => void {
     preview.textContent = body ? `POST /fine-tunes\n${JSON.stringify(body, null, 2)}` : "(fix the marked fields)";
   }
 
+  // The server refuses β without dpo or kto and alpha without a rank: such fields are disabled, and left out.
+  const syncMethod = (): void => {
+    const beta = form.querySelector<HTMLInputElement>('[name="objective_beta"]');
+    const alpha = form.querySelector<HTMLInputElement>('[name="lora_alpha"]');
+    const rank = form.querySelector<HTMLInputElement>('[name="lora_rank"]');
+    if (beta) beta.disabled = objective.value !== "dpo" && objective.value !== "kto";
+    if (alpha) alpha.disabled = !(Number(rank?.value ?? 0) > 0);
+  };
+  form.addEventListener("input", syncMethod);
+  syncMethod();
   form.addEventListener("input", showPreview);
   // The filter chooses among the stored ratings: without them it has nothing to choose from.
   const syncFeedback = (): void => {
@@ -246,6 +281,8 @@ function jobList(root: HTMLElement): () => void {
   });
   defaults.addEventListener("click", () => {
     form.querySelectorAll<HTMLInputElement>('input[type="number"]').forEach((input) => (input.value = ""));
+    objective.value = "";
+    syncMethod();
     showPreview();
   });
   form.addEventListener("submit", async (event) => {
@@ -363,6 +400,7 @@ function jobDetail(root: HTMLElement, id: string): () => void {
         { class: "row" },
         h("span", { "data-testid": "job-status" }, badge(job.status)),
         h("span", {}, `base ${job.base_model}`),
+        h("span", { "data-testid": "job-method" }, method(job.spec)),
         job.result_model ? h("span", {}, "→ ", h("a", { href: "#/models" }, job.result_model)) : null,
         running ? h("span", { class: "muted" }, formatDuration(running)) : null,
         job.status === "queued" || job.status === "running" ? cancel : null,
@@ -481,6 +519,15 @@ function drawOutcome(box: HTMLElement, job: FineTuneOut): void {
 }
 
 /** A metric's figure: points for shares, four decimals for the reward and diversity. */
+/** The objective and what it trains, from the stored spec: "rwr, full weights" or "kto, LoRA rank 8 (alpha 8)". */
+function method(spec: Record<string, unknown>): string {
+  const hyper = (spec.hyperparameters ?? {}) as Hyperparameters;
+  const objective = hyper.objective ?? "rwr";
+  const rank = hyper.lora_rank ?? 0;
+  const weights = rank > 0 ? `LoRA rank ${rank} (alpha ${hyper.lora_alpha ?? rank})` : "full weights";
+  return `${objective}, ${weights}${hyper.train_text_encoder ? ", text encoder too" : ""}`;
+}
+
 function figure(metric: string, value: number | null | undefined, signed = false): string {
   if (typeof value !== "number" || !Number.isFinite(value)) return "–";
   const sign = signed && value > 0 ? "+" : "";

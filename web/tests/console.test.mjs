@@ -188,6 +188,22 @@ describe("the console in open mode", () => {
     await page.getByRole("button", { name: "Create job" }).click();
     assert.match(await page.locator(".field-error").first().innerText(), /from 0 to 1000/);
     await page.fill("input[name=images_per_prompt]", "2");
+    // The objective's β is for dpo and kto alone, and LoRA's alpha needs a rank: otherwise disabled, and not sent.
+    const preview = async () =>
+      JSON.parse((await page.locator("[data-testid=job-preview]").textContent()).replace(/^POST \/fine-tunes\n/, ""));
+    assert.ok(await page.locator("input[name=objective_beta]").isDisabled());
+    await page.selectOption("select[name=objective]", "kto");
+    assert.ok(await page.locator("input[name=objective_beta]").isEnabled());
+    await page.fill("input[name=objective_beta]", "50");
+    assert.equal((await preview()).hyperparameters.objective, "kto");
+    assert.equal((await preview()).hyperparameters.objective_beta, 50);
+    await page.selectOption("select[name=objective]", "");
+    assert.ok(await page.locator("input[name=objective_beta]").isDisabled());
+    assert.equal((await preview()).hyperparameters.objective_beta, undefined);
+    assert.ok(await page.locator("input[name=lora_alpha]").isDisabled());
+    await page.fill("input[name=lora_rank]", "4");
+    assert.ok(await page.locator("input[name=lora_alpha]").isEnabled());
+    assert.equal((await preview()).hyperparameters.lora_rank, 4);
     // On-policy: the ratings the rate test stored, of the base version's own images, by that rater alone.
     await page.selectOption("select[name=feedback_model]", "(base)");
     await page.fill("input[name=feedback_rater]", "browser-test");
@@ -229,6 +245,10 @@ describe("the console in open mode", () => {
     });
     const job = (await json(server, "/fine-tunes")).data[0];
     assert.deepEqual(job.spec.feedback_filter, filter);
+    // A LoRA job: the stored spec records the adapter's alpha (the rank, by default), and the page says what it trained.
+    assert.equal(job.spec.hyperparameters.lora_rank, 4);
+    assert.equal(job.spec.hyperparameters.lora_alpha, 4);
+    assert.equal(await page.locator("[data-testid=job-method]").innerText(), "rwr, LoRA rank 4 (alpha 4)");
     assert.deepEqual(await page.locator("[data-testid=job-stages] li").allInnerTexts(), job.stages);
     newVersion = job.result_model;
     assert.ok(newVersion, JSON.stringify(job));
