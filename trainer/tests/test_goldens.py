@@ -24,7 +24,8 @@ REPLAY_TOLERANCE = 4e-6
 
 
 def assert_replays(actual, desired) -> None:
-    """`actual` equals `desired` to within REPLAY_TOLERANCE of desired's largest magnitude."""
+    """`actual` equals `desired` to within REPLAY_TOLERANCE of desired's largest magnitude, or of 1 if that
+    is smaller."""
     desired = np.float32(desired)
     scale = max(float(np.max(np.abs(desired))), 1.0)
     np.testing.assert_allclose(actual, desired, rtol=0, atol=REPLAY_TOLERANCE * scale)

@@ -48,8 +48,6 @@ export function jobsPage(root: HTMLElement, args: string[]): () => void {
 
 // --- The list and the form ---
 
-/** A field of the request (`FineTuneRequest`) the form sets: checked against the generated API types, so a
- * field the server renames or drops fails `npm run typecheck`. */
 /** The objectives of the model's samples' term (`hyperparameters.objective`), as the form names them. */
 const OBJECTIVES: Record<Objective, string> = {
   rwr: "rwr: reward-weighted likelihood (the paper)",
@@ -57,6 +55,8 @@ const OBJECTIVES: Record<Objective, string> = {
   kto: "kto: Diffusion-KTO on single images, good or bad",
 };
 
+/** A field of the request (`FineTuneRequest`) the form sets: checked against the generated API types, so a
+ * field the server renames or drops fails `npm run typecheck`. */
 type FieldPath =
   | keyof FineTuneRequest
   | `hyperparameters.${keyof Hyperparameters}`
@@ -518,7 +518,6 @@ function drawOutcome(box: HTMLElement, job: FineTuneOut): void {
   if (job.status === "succeeded" && job.result_model) append(box, compare(job.base_model, job.result_model, job.spec));
 }
 
-/** A metric's figure: points for shares, four decimals for the reward and diversity. */
 /** The objective and what it trains, from the stored spec: "rwr, full weights" or "kto, LoRA rank 8 (alpha 8)". */
 function method(spec: Record<string, unknown>): string {
   const hyper = (spec.hyperparameters ?? {}) as Hyperparameters;
@@ -528,6 +527,7 @@ function method(spec: Record<string, unknown>): string {
   return `${objective}, ${weights}${hyper.train_text_encoder ? ", text encoder too" : ""}`;
 }
 
+/** A metric's figure: points for shares, four decimals for the reward and diversity. */
 function figure(metric: string, value: number | null | undefined, signed = false): string {
   if (typeof value !== "number" || !Number.isFinite(value)) return "–";
   const sign = signed && value > 0 ? "+" : "";
