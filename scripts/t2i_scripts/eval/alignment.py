@@ -181,17 +181,7 @@ def hyperparameters(settings: dict, config: dict) -> dict:
     values = {
         "beta": settings["beta"],
         "learning_rate": settings["lora"]["learning_rate"] if lora else settings["learning_rate"],
-        **{
-            key: settings[key]
-            for key in (
-                "lr_schedule",
-                "steps",
-                "batch_size",
-                "pretrain_fraction",
-                "ema_decay",
-                "train_text_encoder",
-            )
-        },
+        **{key: settings[key] for key in finetune_loop.JOB_HYPERPARAMETERS},
     }
     wanted = {
         "objective": config["objective"],

@@ -245,6 +245,17 @@ def feedback_labels(server: Server, model: str) -> dict:
         after = page["last_id"]
 
 
+# The settings a measured job copies into its `hyperparameters` as they are (alignment.py's jobs too).
+JOB_HYPERPARAMETERS = (
+    "lr_schedule",
+    "steps",
+    "batch_size",
+    "pretrain_fraction",
+    "ema_decay",
+    "train_text_encoder",
+)
+
+
 def job_body(
     args: argparse.Namespace,
     base_model: str,
@@ -264,12 +275,7 @@ def job_body(
         "hyperparameters": {
             "beta": beta,
             "learning_rate": learning_rate,
-            "lr_schedule": settings["lr_schedule"],
-            "steps": settings["steps"],
-            "batch_size": settings["batch_size"],
-            "pretrain_fraction": settings["pretrain_fraction"],
-            "ema_decay": settings["ema_decay"],
-            "train_text_encoder": settings["train_text_encoder"],
+            **{key: settings[key] for key in JOB_HYPERPARAMETERS},
         },
         "pretrain_data": {"kind": "shapes_world", "images": settings["pretrain_images"]},
         # The same prompts and the same seeds (the job's seed) in every job, so that every version is
