@@ -429,3 +429,24 @@ def test_the_flags_choose_configurations_and_the_smoke_run_writes_beside_the_rep
     assert rounds.configurations["dpo-lora"]["lora_rank"] == 16
     with pytest.raises(SystemExit):
         alignment.parse_args(["--configs", "ppo-full", "--binary", str(binary), *model])
+
+
+def test_set_overrides_a_setting_for_every_configuration_and_refuses_what_is_not_one(tmp_path):
+    binary = tmp_path / "t2i-align"
+    binary.write_text("")
+    common = ["--binary", str(binary), "--model", str(ROOT / "models" / "shapes-sd"), "--configs", "dpo-full"]
+    args = alignment.parse_args(
+        [*common, "--set", "beta=1", "--set", "objective_beta.dpo=5000", "--set", "learning_rate=1e-4"]
+    )
+    assert (args.settings["beta"], args.settings["learning_rate"]) == (1, 1e-4)
+    assert args.settings["objective_beta"] == {"dpo": 5000, "kto": None}
+    # The module's settings are untouched, and the request carries the overrides.
+    assert alignment.FULL["beta"] == 0.1 and alignment.FULL["objective_beta"]["dpo"] is None
+    values = alignment.hyperparameters(args.settings, args.configurations["dpo-full"])
+    assert (values["beta"], values["learning_rate"], values["objective_beta"]) == (1, 1e-4, 5000)
+    assert alignment.run_command(args).endswith(
+        "--configs dpo-full --set beta=1 --set objective_beta.dpo=5000 --set learning_rate=1e-4"
+    )
+    for wrong in ("betta=1", "beta", "beta=fast", "lora.rank.x=1", "steps=1.5"):
+        with pytest.raises(SystemExit):
+            alignment.parse_args([*common, "--set", wrong])

@@ -147,6 +147,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--keep-versions", type=Path, default=ROOT / "build" / "alignment" / "versions",
         help="with --rounds above 1: where the last versions are copied for the held-out evaluation",
     )  # fmt: skip
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a setting for every configuration (VALUE read as JSON; a dotted KEY reaches into a "
+        "nested setting), e.g. --set beta=1.0 --set objective_beta.dpo=5000",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.smoke:
         if args.report.name == "REPORT.md":
@@ -160,6 +165,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.rounds < 1:
             parser.error(f"--rounds must be at least 1, got {args.rounds}")
         settings = settings | {"rounds": args.rounds}
+    try:
+        settings = overridden(settings, args.set)
+    except ValueError as error:
+        parser.error(f"--set: {error}")
     args.settings = settings
     known = configurations(settings)
     names = [name.strip() for name in args.configs.split(",")] if args.configs else list(known)
@@ -172,6 +181,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not (Path(args.model) / "model_index.json").is_file():
         parser.error(f"--model {args.model} is not a model folder")
     return args
+
+
+def overridden(settings: dict, assignments: list[str]) -> dict:
+    """`settings` with each KEY=VALUE applied: VALUE as JSON (a bare word as a string), KEY an existing
+    setting, dotted to reach into a nested one; a value replaces one of the same type (an int may replace a
+    float, and null any)."""
+    settings = json.loads(json.dumps(settings))
+    for assignment in assignments:
+        key, equals, text = assignment.partition("=")
+        if not equals or not key:
+            raise ValueError(f"{assignment!r} is not KEY=VALUE")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        *path, last = key.split(".")
+        place = settings
+        for part in path:
+            place = place.get(part) if isinstance(place, dict) else None
+            if not isinstance(place, dict):
+                raise ValueError(f"{key}: {part} is not a group of settings")
+        if last not in place:
+            raise ValueError(f"{key} is not a setting; known here: {', '.join(sorted(place))}")
+        old = place[last]
+        same = old is None or value is None or isinstance(value, type(old))
+        same = same or (isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool))
+        if not same:
+            raise ValueError(f"{key} takes a {type(old).__name__}, got {text}")
+        place[last] = value
+    return settings
 
 
 def hyperparameters(settings: dict, config: dict) -> dict:
@@ -420,11 +459,13 @@ def document(args: argparse.Namespace, rated: dict, entries: list[dict], judged:
 
 def run_command(args: argparse.Namespace) -> str:
     """How to run this measurement again."""
-    if not args.smoke and args.configs is None and args.rounds is None:
+    assignments = getattr(args, "set", None) or []
+    if not args.smoke and args.configs is None and args.rounds is None and not assignments:
         return "make finetune-loop"
     command = "python -m t2i_scripts.eval.alignment" + (" --smoke" if args.smoke else "")
     if args.configs is not None:
         command += f" --configs {','.join(args.configurations)}"
+    command += "".join(f" --set {assignment}" for assignment in assignments)
     return command + (f" --rounds {args.rounds}" if args.rounds is not None else "")
 
 
