@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 
 import pytest
 
@@ -372,6 +373,29 @@ def test_the_section_replaces_its_markers_in_the_report(tmp_path):
     text = report.read_text()
     assert text.startswith("# Report\n\nbefore\n") and text.count(alignment.BEGIN) == 1
     assert second in text and first not in text
+
+
+def test_a_tuning_run_writes_its_own_section_and_leaves_the_comparison_alone(tmp_path):
+    report = tmp_path / "REPORT.md"
+    comparison = alignment.markdown(document(entries()))
+    write_report(report, comparison, alignment.BEGIN, alignment.END)
+    data = document(entries(count_lora=0.262)) | {"section": "alignment-dpo-tuning", "title": "DPO, tuned"}
+    tuning = alignment.markdown(data)
+    assert tuning.startswith("<!-- alignment-dpo-tuning:begin -->\n## DPO, tuned\n")
+    write_report(report, tuning, *alignment.markers("alignment-dpo-tuning"))
+    text = report.read_text()
+    assert comparison in text and tuning in text
+
+    saved = tmp_path / "tuning.json"
+    saved.write_text(json.dumps(document(entries())))
+    argv = ["--render-only", "--json", str(saved), "--report", str(report)]
+    argv += ["--section", "alignment-dpo-tuning"]
+    assert alignment.main(argv + ["--title", "DPO, tuned again"]) == 0
+    text = report.read_text()
+    assert comparison in text and "## DPO, tuned again" in text and tuning not in text
+    assert json.loads(saved.read_text())["section"] == "alignment-dpo-tuning"
+    with pytest.raises(SystemExit):
+        alignment.parse_args(["--render-only", "--section", "Not A Key"])
 
 
 def test_rounds_take_their_gains_from_the_held_out_evaluation():

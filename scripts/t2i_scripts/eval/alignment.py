@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -52,8 +53,9 @@ from t2i_scripts.eval.finetune_loop import (
 from t2i_scripts.report import verdict, write_report
 from t2i_scripts.server import ROOT
 
-BEGIN = "<!-- alignment:begin -->"
-END = "<!-- alignment:end -->"
+SECTION = "alignment"
+TITLE = "Objectives and LoRA at equal compute (issue #26)"
+BEGIN, END = f"<!-- {SECTION}:begin -->", f"<!-- {SECTION}:end -->"
 # The jobs' records so far, while the run goes on (removed at the end).
 PARTIAL = ROOT / "build" / "alignment" / "runs.json"
 
@@ -152,7 +154,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="override a setting for every configuration (VALUE read as JSON; a dotted KEY reaches into a "
         "nested setting), e.g. --set beta=1.0 --set objective_beta.dpo=5000",
     )  # fmt: skip
+    parser.add_argument(
+        "--section", help=f"the report section to write (default {SECTION}); a tuning run gets its own, so "
+        "that it does not replace the comparison's",
+    )  # fmt: skip
+    parser.add_argument("--title", help=f"that section's heading (default: {TITLE})")
     args = parser.parse_args(argv)
+    if args.section is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.section):
+        parser.error(f"--section must be lower-case letters, digits and dashes, got {args.section!r}")
     if args.smoke:
         if args.report.name == "REPORT.md":
             args.report = args.report.with_name("REPORT-smoke.md")
@@ -454,7 +463,14 @@ def document(args: argparse.Namespace, rated: dict, entries: list[dict], judged:
         "target": TARGET,
         "equal_compute": len({entry["settings"]["compute"] for entry in entries}) <= 1,
         "entries": entries,
+        "section": getattr(args, "section", None) or SECTION,
+        "title": getattr(args, "title", None) or TITLE,
     }
+
+
+def markers(section: str) -> tuple[str, str]:
+    """The comments that fence a report section, so that each measurement rewrites only its own."""
+    return f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
 
 
 def run_command(args: argparse.Namespace) -> str:
@@ -634,9 +650,10 @@ def markdown(data: dict) -> str:
     )
     rounds = s["rounds"]
     compute = "the same" if data["equal_compute"] else "**not** the same"
+    begin, end = markers(data.get("section", SECTION))
     lines = [
-        BEGIN,
-        "## Objectives and LoRA at equal compute (issue #26)",
+        begin,
+        f"## {data.get('title', TITLE)}",
         "",
         f"Measured by `{data['command']}` on {data['machine']}, through the service. The simulated rater "
         f"labelled {rated['images'] // max(rated['prompts'], 1)} images that `{data['base_model']}` served "
@@ -673,20 +690,24 @@ def markdown(data: dict) -> str:
         *findings(data),
         *timing(data),
         "",
-        END,
+        end,
     ]
     return "\n".join(lines)
 
 
 def render(args: argparse.Namespace, data: dict) -> None:
     args.json.write_text(json.dumps(data, indent=2) + "\n")
-    write_report(args.report, markdown(data), BEGIN, END)
+    write_report(args.report, markdown(data), *markers(data["section"]))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.render_only:
-        write_report(args.report, markdown(json.loads(args.json.read_text())), BEGIN, END)
+        data = json.loads(args.json.read_text())
+        if args.section or args.title:
+            data |= {"section": args.section or data.get("section", SECTION), "title": args.title or TITLE}
+            args.json.write_text(json.dumps(data, indent=2) + "\n")
+        write_report(args.report, markdown(data), *markers(data.get("section", SECTION)))
         return 0
     settings = args.settings
     base_model = Path(args.model).name  # the served folder's name is its version's id
