@@ -192,7 +192,7 @@ fn a_warm_up_size_the_model_cannot_make_stops_start_up() {
     }
     assert!(text.contains("--warmup-sizes: 63 is not a multiple"), "{text}");
     assert!(
-        text.contains("size=64 images=2"),
+        text.contains("height=64 width=64 images=2"),
         "the valid sizes warm up first: {text}"
     );
 }
@@ -201,7 +201,7 @@ fn a_warm_up_size_the_model_cannot_make_stops_start_up() {
 fn an_incomplete_model_folder_names_the_missing_file() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("broken");
-    copy_dir(&tiny_sd(), &copy);
+    common::copy_dir(&tiny_sd(), &copy);
     std::fs::remove_file(copy.join("unet/model.onnx")).unwrap();
     let output = run(
         &["generate", "x", "--steps", "1", "--model", copy.to_str().unwrap()],
@@ -231,10 +231,45 @@ fn an_incomplete_model_folder_names_the_missing_file() {
 }
 
 #[test]
+fn a_missing_or_truncated_external_data_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("wide");
+    common::copy_dir(&common::tiny_sd_wide(), &copy);
+    let data = copy.join("unet/model.onnx_data");
+    let weights = std::fs::read(&data).unwrap();
+    std::fs::remove_file(&data).unwrap();
+    let png = dir.path().join("out.png");
+    let (model, png) = (copy.to_str().unwrap(), png.to_str().unwrap());
+    let generate = || {
+        run(
+            &["generate", "x", "--steps", "1", "--model", model, "-o", png],
+            Some(&ort_dylib()),
+        )
+    };
+    let output = generate();
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(
+        text.contains("unet") && text.contains("`model.onnx_data`") && text.contains("missing"),
+        "{text}"
+    );
+
+    std::fs::write(&data, &weights[..weights.len() / 2]).unwrap();
+    let output = generate();
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains("model.onnx_data") && text.contains("truncated"), "{text}");
+
+    std::fs::write(&data, &weights).unwrap();
+    let output = generate();
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
 fn a_bad_defaults_file_names_the_field_and_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("bad-defaults");
-    copy_dir(&tiny_sd(), &copy);
+    common::copy_dir(&tiny_sd(), &copy);
     let cases = [
         (
             r#"{"default_steps": 0}"#,
@@ -255,19 +290,6 @@ fn a_bad_defaults_file_names_the_field_and_the_limit() {
         );
         assert!(!output.status.success());
         assert!(stderr(&output).contains(expected), "{text}: {}", stderr(&output));
-    }
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The fp16 variant (`t2i_trainer.build.convert_fp16`, issue #6): made from tiny-sd, checked component by component
 //! by the converter, and served by the service unchanged (its inputs and outputs stay float32), with images
-//! that match the float32 model's to within a level of 8-bit rounding.
+//! that match the float32 model's to within a level of 8-bit rounding. With `--io float16` the graphs also take
+//! and return float16, as Optimum's `--dtype fp16` exports do, and the service converts at the session boundary.
 
 mod common;
 
@@ -76,4 +77,54 @@ fn a_component_beyond_the_tolerance_is_kept_in_float32() {
     );
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--model"));
+}
+
+#[test]
+fn an_export_with_float16_inputs_and_outputs_serves_and_matches_float32() {
+    use std::sync::Arc;
+    use t2i_align::pipeline::output::NoProgress;
+    use t2i_align::pipeline::scheduler::SchedulerKind;
+    use t2i_align::pipeline::{GenerateParams, ModelFolder, Pipeline};
+    use t2i_align::runtime::{Device, Runtime, SessionSettings};
+
+    let folder = tempfile::tempdir().unwrap();
+    let out = folder.path().join("tiny-sd-fp16-io");
+    let report = convert(&common::tiny_sd(), &out, &["--io", "float16"]);
+    assert_eq!(report["io"], "float16", "{report}");
+    let mut runtime = Runtime::init(Some(&common::ort_dylib()), Device::Cpu, SessionSettings::default()).unwrap();
+    let mut load = |model: &Path| Pipeline::load(&mut runtime, Arc::new(ModelFolder::open(model).unwrap())).unwrap();
+    let (mut fp32, mut fp16) = (load(&common::tiny_sd()), load(&out));
+    let contract = fp16.describe_contract().join("\n");
+    for input in [
+        "`sample` float16",
+        "`timestep` float16",
+        "`encoder_hidden_states` float16",
+        "`latent_sample` float16",
+    ] {
+        assert!(contract.contains(input), "{input} in {contract}");
+    }
+    let params = GenerateParams {
+        prompt: "a red circle".into(),
+        negative_prompt: String::new(),
+        num_images: 2,
+        steps: 10,
+        guidance_scale: 7.5,
+        scheduler: SchedulerKind::Ddim,
+        seed: 3,
+        width: 64,
+        height: 64,
+        eta: 0.0,
+    };
+    let (a, b) = (
+        fp32.generate(&params, &mut NoProgress).unwrap(),
+        fp16.generate(&params, &mut NoProgress).unwrap(),
+    );
+    for (a, b) in a.images.iter().zip(&b.images) {
+        let decode = |png: &[u8]| image::load_from_memory(png).unwrap().to_rgb8().into_raw();
+        let (a, b) = (decode(&a.png), decode(&b.png));
+        let worst = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+        let mean = a.iter().zip(&b).map(|(x, y)| f64::from(x.abs_diff(*y))).sum::<f64>() / a.len() as f64;
+        eprintln!("float16 I/O against float32: worst {worst}/255, mean {mean:.3}/255");
+        assert!(worst <= 2 && mean < 0.25, "worst {worst}/255, mean {mean}/255");
+    }
 }

@@ -376,3 +376,31 @@ fn a_server_with_other_limits_states_them_and_bodies_are_read_as_json_schema_rea
     assert_eq!(gone.status, 404, "{}", gone.text());
     assert_eq!(server.get("/images?after=nope").status, 422);
 }
+
+/// tiny-sd-wide: non-square by default (its UNet's `sample_size` is [9, 13] latent cells, 72×104 pixels), traced
+/// with explicit upsample sizes, so any multiple of 8 renders, as in Optimum; it warms up at its own default.
+#[test]
+fn a_non_square_model_serves_its_own_size_and_any_multiple_of_8() {
+    let server = Server::start_with_model(&common::tiny_sd_wide(), &["--warmup", "true"]);
+    let generate = |body: &str| server.post_json("/generate", body);
+    let default = generate(r#"{"prompt":"a red circle","steps":2,"seed":1}"#);
+    assert_eq!(default.status, 200, "{}", default.text());
+    let image = decode_png(default.json()["images"][0]["png_base64"].as_str().unwrap());
+    assert_eq!((image.width(), image.height()), (104, 72));
+
+    let odd = generate(r#"{"prompt":"a red circle","steps":2,"seed":1,"width":40,"height":56}"#);
+    assert_eq!(odd.status, 200, "{}", odd.text());
+    let image = decode_png(odd.json()["images"][0]["png_base64"].as_str().unwrap());
+    assert_eq!((image.width(), image.height()), (40, 56));
+
+    let refused = generate(r#"{"prompt":"a red circle","width":60}"#);
+    assert_eq!(refused.status, 422);
+    let error = &refused.json()["error"];
+    assert_eq!(error["param"], "width");
+    assert!(error["message"].as_str().unwrap().contains("multiple of 8"), "{error}");
+
+    let openapi = server.get("/openapi.json").json();
+    let width = &openapi["components"]["schemas"]["GenerateRequest"]["properties"]["width"];
+    assert_eq!(width["multipleOf"], 8, "{width}");
+    assert_eq!(width["minimum"], 8, "{width}");
+}

@@ -1,6 +1,8 @@
 //! End-to-end parity: from the same initial latents, our pipeline's image equals Optimum's
 //! `ORTStableDiffusionPipeline` within 2/255 per pixel, for DDIM and Euler, on both exporter contracts
-//! (float-scalar timestep + int64 ids, and the legacy int64 [B] timestep + int32 ids).
+//! (float-scalar timestep + int64 ids, and the legacy int64 [B] timestep + int32 ids); and on tiny-sd-wide, a
+//! non-square export with its UNet's weights in external data, at the size Optimum picks by itself and at a
+//! multiple of 8 that is not one of the UNet's downsampling.
 
 mod common;
 
@@ -11,11 +13,15 @@ use t2i_align::pipeline::scheduler::SchedulerKind;
 use t2i_align::pipeline::{GenerateParams, ModelFolder, Pipeline};
 use t2i_align::runtime::{Device, Runtime, SessionSettings};
 
-fn max_pixel_error(golden_name: &str, model: &std::path::Path) -> f32 {
-    let golden = common::read_json(&format!("tests/golden/{golden_name}"));
+fn load(model: &std::path::Path) -> Pipeline {
     let mut runtime = Runtime::init(Some(&common::ort_dylib()), Device::Cpu, SessionSettings::default()).unwrap();
     let folder = Arc::new(ModelFolder::open(model).unwrap());
-    let mut pipeline = Pipeline::load(&mut runtime, folder).unwrap();
+    Pipeline::load(&mut runtime, folder).unwrap()
+}
+
+fn max_pixel_error(golden_name: &str, model: &std::path::Path) -> f32 {
+    let golden = common::read_json(&format!("tests/golden/{golden_name}"));
+    let mut pipeline = load(model);
     let params = GenerateParams {
         prompt: golden["prompt"].as_str().unwrap().into(),
         negative_prompt: golden["negative_prompt"].as_str().unwrap().into(),
@@ -77,4 +83,52 @@ fn legacy_contract_matches_optimum() {
         let error = max_pixel_error(golden, &common::tiny_sd_legacy());
         assert!(error <= 2.0 / 255.0, "{golden}: max per-pixel error {error}");
     }
+}
+
+#[test]
+fn non_square_sizes_match_optimum_with_external_data() {
+    for golden in ["e2e_wide_default.json", "e2e_wide_56x40.json"] {
+        let error = max_pixel_error(golden, &common::tiny_sd_wide());
+        assert!(error <= 2.0 / 255.0, "{golden}: max per-pixel error {error}");
+    }
+}
+
+/// The sizes a request may ask for, and the one it gets by default, are those Optimum renders: the UNet's own
+/// `sample_size` ([9, 13] cells, so 72×104), and any multiple of 8 where the export traced explicit upsample
+/// sizes; only multiples of 16 (8 × the UNet's 2× downsampling) where it traced a fixed 2× upsampling.
+#[test]
+fn the_default_size_and_size_multiple_come_from_the_export() {
+    let golden = common::read_json("tests/golden/e2e_wide_default.json");
+    let wide = load(&common::tiny_sd_wide()).limits();
+    assert_eq!((wide.default_height, wide.default_width), (72, 104));
+    assert_eq!(
+        (golden["height"].as_u64(), golden["width"].as_u64()),
+        (Some(72), Some(104)),
+        "Optimum's own default"
+    );
+    assert_eq!(wide.size_multiple, 8);
+
+    let square = load(&common::tiny_sd()).limits();
+    assert_eq!(
+        (square.default_height, square.default_width, square.size_multiple),
+        (64, 64, 16)
+    );
+}
+
+#[test]
+fn a_missing_external_data_file_is_named_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("tiny-sd-wide");
+    common::copy_dir(&common::tiny_sd_wide(), &copy);
+    std::fs::remove_file(copy.join("unet/model.onnx_data")).unwrap();
+    let mut runtime = Runtime::init(Some(&common::ort_dylib()), Device::Cpu, SessionSettings::default()).unwrap();
+    let folder = Arc::new(ModelFolder::open(&copy).unwrap());
+    let error = Pipeline::load(&mut runtime, folder)
+        .err()
+        .expect("loads without its weights")
+        .to_string();
+    assert!(
+        error.contains("unet") && error.contains("`model.onnx_data`") && error.contains("missing"),
+        "{error}"
+    );
 }

@@ -228,19 +228,6 @@ fn two_servers_on_one_database_and_bucket_share_images_and_ratings() {
     assert_eq!(first.get("/health").status, 200);
 }
 
-/// Copies a model folder, so that a server started on the copy registers a version of another name.
-fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_folder(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// Waits until `GET /rollout` on `server` shows `replicas` replicas all serving `version`; returns it.
 fn wait_converged(server: &Server, version: &str, replicas: usize, within: Duration) -> Value {
     let deadline = std::time::Instant::now() + within;
@@ -271,7 +258,7 @@ fn a_version_activated_on_one_replica_is_served_by_every_replica() {
     // A third replica started on another folder makes its version active: the other two follow it.
     let copies = tempfile::tempdir().unwrap();
     let other = copies.path().join("tiny-sd-b");
-    copy_folder(&tiny_sd(), &other);
+    common::copy_dir(&tiny_sd(), &other);
     let third = Server::start_with_model(&other, &args);
     let rollout = wait_converged(&third, "tiny-sd-b", 3, Duration::from_secs(10));
     assert_eq!(rollout["generation"], 2, "{rollout}");

@@ -225,11 +225,14 @@ impl ServedLimits {
     }
 
     pub fn of(state: &AppState) -> Self {
-        let (size_multiple, default_size) = state.serving.get().map_or((8, 0), |serving| {
-            let limits = &serving.models.active().limits;
-            (limits.size_multiple.max(1), limits.default_size)
-        });
-        let max_size = (state.limits.max_image_size as usize).max(default_size);
+        let (size_multiple, max_size) =
+            state
+                .serving
+                .get()
+                .map_or((8, state.limits.max_image_size as usize), |serving| {
+                    let limits = &serving.models.active().limits;
+                    (limits.size_multiple.max(1), limits.max_size(&state.limits))
+                });
         ServedLimits {
             max_images: state.limits.max_images,
             max_steps: state.limits.max_steps,

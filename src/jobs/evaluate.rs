@@ -63,7 +63,7 @@ impl JobContext<'_> {
             "steps": model.limits.default_steps,
             "guidance_scale": model.limits.default_guidance_scale,
             "scheduler": format!("{:?}", model.limits.default_scheduler),
-            "size": model.limits.default_size,
+            "size": [model.limits.default_height, model.limits.default_width],
             "judge": crate::storage::hex(&sources.finalize()),
         });
         let digest = crate::storage::hex(&Sha256::digest(key.to_string().as_bytes()));

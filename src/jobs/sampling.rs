@@ -96,8 +96,8 @@ impl JobContext<'_> {
             seed: seed
                 .wrapping_mul(1_000_003)
                 .wrapping_add(index as u64 * per_prompt as u64),
-            width: model.limits.default_size,
-            height: model.limits.default_size,
+            width: model.limits.default_width,
+            height: model.limits.default_height,
             eta: 0.0,
         };
         // Several prompts in flight at once, so that the engine's continuous batcher denoises them in shared UNet

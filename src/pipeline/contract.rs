@@ -5,7 +5,9 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use half::f16;
 use ort::session::{RunOptions, Session, SessionInputValue, SessionOutputs};
+use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 
 use crate::error::{Error, Result};
 use crate::pipeline::model::ModelFolder;
@@ -19,6 +21,8 @@ pub(super) struct Component {
     session: Session,
     pub(super) contract: SessionContract,
     run_options: Arc<RunOptions>,
+    /// Run options that log nothing below a fatal error, for probes expected to fail.
+    quiet_options: RunOptions,
 }
 
 impl Component {
@@ -31,11 +35,17 @@ impl Component {
     ) -> Result<Self> {
         let session = runtime.session(name, &model.onnx_path(relative))?;
         let contract = SessionContract::read(name, &session)?;
+        let quiet_error = |err: ort::Error| Error::Internal(format!("cannot create ONNX run options: {err}"));
+        let mut quiet_options = RunOptions::new().map_err(quiet_error)?;
+        quiet_options
+            .set_log_level(ort::logging::LogLevel::Fatal)
+            .map_err(quiet_error)?;
         Ok(Component {
             name,
             session,
             contract,
             run_options: run_options.clone(),
+            quiet_options,
         })
     }
 
@@ -44,11 +54,30 @@ impl Component {
         inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)>,
         ort_time: &mut Duration,
     ) -> Result<SessionOutputs<'s>> {
+        self.run_with(inputs, false, ort_time)
+    }
+
+    /// [`Component::run`] with ONNX Runtime's own logging off, for a probe whose failure is an answer.
+    pub(super) fn run_quietly<'s>(
+        &'s mut self,
+        inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)>,
+        ort_time: &mut Duration,
+    ) -> Result<SessionOutputs<'s>> {
+        self.run_with(inputs, true, ort_time)
+    }
+
+    fn run_with<'s>(
+        &'s mut self,
+        inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)>,
+        quiet: bool,
+        ort_time: &mut Duration,
+    ) -> Result<SessionOutputs<'s>> {
         let started = Instant::now();
         let name = self.name;
+        let options = if quiet { &self.quiet_options } else { &*self.run_options };
         let outputs = self
             .session
-            .run_with_options(inputs, &self.run_options)
+            .run_with_options(inputs, options)
             .map_err(|err| inference_error(name, err))?;
         *ort_time += started.elapsed();
         Ok(outputs)
@@ -79,14 +108,15 @@ impl TimestepInput {
         matches!(self, TimestepInput::FloatScalar | TimestepInput::Int64Scalar)
     }
 
+    /// Float timesteps may be float32 or float16 (an fp16 export's); [`float_input`] converts them.
     fn from_spec(spec: &TensorSpec) -> Result<Self> {
         match (spec.element, spec.rank()) {
-            (ElementType::Float32, 0) => Ok(TimestepInput::FloatScalar),
-            (ElementType::Float32, 1) => Ok(TimestepInput::FloatBatch),
+            (ElementType::Float32 | ElementType::Float16, 0) => Ok(TimestepInput::FloatScalar),
+            (ElementType::Float32 | ElementType::Float16, 1) => Ok(TimestepInput::FloatBatch),
             (ElementType::Int64, 1) => Ok(TimestepInput::Int64Batch),
             (ElementType::Int64, 0) => Ok(TimestepInput::Int64Scalar),
             _ => Err(Error::Runtime(format!(
-                "the unet's timestep input is {}; supported: float32 scalar or [B], int64 scalar or [B]",
+                "the unet's timestep input is {}; supported: float32 or float16 scalar or [B], int64 scalar or [B]",
                 spec.describe()
             ))),
         }
@@ -100,13 +130,24 @@ pub(super) const TIMESTEP: &str = "timestep";
 pub(super) const ENCODER_HIDDEN_STATES: &str = "encoder_hidden_states";
 pub(super) const LATENT_SAMPLE: &str = "latent_sample";
 
-/// How this export differs from the others: id and timestep types, and output names.
+/// How this export differs from the others: id and timestep types, float16 inputs, and output names.
 pub(super) struct Contract {
     pub(super) ids_int32: bool,
     pub(super) text_output: String,
     pub(super) timestep_input: TimestepInput,
     pub(super) unet_output: String,
     pub(super) vae_output: String,
+    /// Which float inputs the export declares float16 (Optimum's `--dtype fp16`); the pipeline computes in
+    /// float32 and converts at the boundary.
+    pub(super) half: HalfInputs,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct HalfInputs {
+    pub(super) sample: bool,
+    pub(super) timestep: bool,
+    pub(super) hidden_states: bool,
+    pub(super) latent_sample: bool,
 }
 
 impl Contract {
@@ -125,25 +166,60 @@ impl Contract {
         text_encoder.reject_unknown_inputs(&[INPUT_IDS])?;
         unet.reject_unknown_inputs(&[SAMPLE, TIMESTEP, ENCODER_HIDDEN_STATES])?;
         vae.reject_unknown_inputs(&[LATENT_SAMPLE])?;
-        for spec in [
-            unet.input(SAMPLE)?,
-            unet.input(ENCODER_HIDDEN_STATES)?,
-            vae.input(LATENT_SAMPLE)?,
-        ] {
-            if spec.element != ElementType::Float32 {
-                return Err(Error::Runtime(format!(
-                    "{} is not float32; float16 exports are not supported yet, export in float32",
-                    spec.describe()
-                )));
-            }
-        }
+        let half = |spec: &TensorSpec| match spec.element {
+            ElementType::Float32 => Ok(false),
+            ElementType::Float16 => Ok(true),
+            _ => Err(Error::Runtime(format!(
+                "{} is neither float32 nor float16",
+                spec.describe()
+            ))),
+        };
         let timestep = unet.input(TIMESTEP)?;
+        let half = HalfInputs {
+            sample: half(unet.input(SAMPLE)?)?,
+            timestep: timestep.element == ElementType::Float16,
+            hidden_states: half(unet.input(ENCODER_HIDDEN_STATES)?)?,
+            latent_sample: half(vae.input(LATENT_SAMPLE)?)?,
+        };
         Ok(Contract {
             ids_int32,
             text_output: text_encoder.output_or_first("last_hidden_state")?.name.clone(),
             timestep_input: TimestepInput::from_spec(timestep)?,
             unet_output: unet.output_or_first("out_sample")?.name.clone(),
             vae_output: vae.output_or_first("sample")?.name.clone(),
+            half,
         })
+    }
+}
+
+/// A float32 tensor for an input the export declares float32 (a view, no copy) or float16 (converted).
+pub(super) fn float_input<'v, const N: usize>(
+    half: bool,
+    shape: [usize; N],
+    values: &'v [f32],
+) -> ort::Result<SessionInputValue<'v>> {
+    if half {
+        let halves: Vec<f16> = values.iter().map(|&value| f16::from_f32(value)).collect();
+        Ok(Tensor::from_array((shape, halves))?.into())
+    } else {
+        Ok(TensorRef::from_array_view((shape, values))?.into())
+    }
+}
+
+/// An output's shape and values as float32, widening a float16 output.
+pub(super) fn float_output(component: &'static str, value: &DynValue) -> Result<(Vec<i64>, Vec<f32>)> {
+    let to_error = |err| inference_error(component, err);
+    match value.dtype() {
+        ValueType::Tensor {
+            ty: TensorElementType::Float16,
+            ..
+        } => {
+            let (shape, values) = value.try_extract_tensor::<f16>().map_err(to_error)?;
+            Ok((shape.to_vec(), values.iter().map(|value| value.to_f32()).collect()))
+        }
+        _ => {
+            let (shape, values) = value.try_extract_tensor::<f32>().map_err(to_error)?;
+            Ok((shape.to_vec(), values.to_vec()))
+        }
     }
 }

@@ -12,8 +12,8 @@ use ort::value::TensorRef;
 
 use crate::error::{Error, Result};
 use crate::pipeline::contract::{
-    inference_error, Component, Contract, TimestepInput, ENCODER_HIDDEN_STATES, INPUT_IDS, LATENT_SAMPLE, SAMPLE,
-    TIMESTEP,
+    float_input, float_output, inference_error, Component, Contract, TimestepInput, ENCODER_HIDDEN_STATES, INPUT_IDS,
+    LATENT_SAMPLE, SAMPLE, TIMESTEP,
 };
 use crate::pipeline::image::to_rgb8;
 use crate::pipeline::model::{ModelFolder, TEXT_ENCODER_ONNX, UNET_ONNX, VAE_DECODER_ONNX};
@@ -32,6 +32,8 @@ pub struct Pipeline {
     unet: Component,
     vae_decoder: Component,
     contract: Contract,
+    /// Widths and heights this export renders are multiples of this (see [`Pipeline::size_multiple`]).
+    size_multiple: usize,
 }
 
 impl Pipeline {
@@ -58,7 +60,8 @@ impl Pipeline {
         let unet = Component::load(runtime, &model, "unet", UNET_ONNX, &run_options)?;
         let vae_decoder = Component::load(runtime, &model, "vae_decoder", VAE_DECODER_ONNX, &run_options)?;
         let contract = Contract::read(&text_encoder.contract, &unet.contract, &vae_decoder.contract)?;
-        Ok(Pipeline {
+        let size_multiple = model.size_multiple;
+        let mut pipeline = Pipeline {
             provider: runtime.provider(),
             run_options,
             model,
@@ -66,7 +69,56 @@ impl Pipeline {
             unet,
             vae_decoder,
             contract,
-        })
+            size_multiple,
+        };
+        if pipeline.renders_any_latent_size()? {
+            pipeline.size_multiple = pipeline.model.vae_scale_factor;
+        }
+        Ok(pipeline)
+    }
+
+    /// Widths and heights this export renders are multiples of this many pixels. Every export renders
+    /// multiples of the VAE factor times the UNet's downsampling. One traced with explicit upsample sizes
+    /// (diffusers does so when the export's sample size is not a multiple of the downsampling) renders any
+    /// latent size, so any multiple of the VAE factor, as diffusers itself does.
+    pub fn size_multiple(&self) -> usize {
+        self.size_multiple
+    }
+
+    /// Whether the UNet runs on a latent whose sides are not multiples of its downsampling. Exports traced with
+    /// a fixed 2× upsampling cannot (their skip connections no longer line up), those traced with explicit
+    /// sizes can; nothing in the session's metadata tells them apart, so one quiet UNet call at batch 1 on
+    /// the smallest such latent does. Only a failure of that call's shapes says no: a session that cannot run
+    /// at all fails the same way at the guaranteed multiple, in warm-up or the first request.
+    fn renders_any_latent_size(&mut self) -> Result<bool> {
+        let cells = self.model.size_multiple / self.model.vae_scale_factor.max(1);
+        if cells <= 1 {
+            return Ok(false);
+        }
+        let ids: Vec<i64> = self
+            .model
+            .tokenizer
+            .encode("")?
+            .ids
+            .iter()
+            .map(|&id| id as i64)
+            .collect();
+        let mut ort_run = Duration::ZERO;
+        let embeddings = self
+            .encode_ids(&[ids.as_slice()], &mut ort_run)?
+            .pop()
+            .ok_or_else(|| Error::Internal("the text encoder returned no rows".into()))?;
+        let side = cells + 1;
+        let sample = vec![0.0f32; self.model.latent_channels * side * side];
+        let inputs = UnetInputs {
+            sample: &sample,
+            sample_shape: [1, self.model.latent_channels, side, side],
+            timesteps: &[1.0],
+            hidden_states: &embeddings.values,
+            hidden_shape: [1, embeddings.seq_len, embeddings.hidden],
+        };
+        let probe = self.run_unet(inputs, RunLogging::Quiet, &mut ort_run);
+        Ok(probe.is_ok())
     }
 
     pub fn model(&self) -> &Arc<ModelFolder> {
@@ -79,8 +131,9 @@ impl Pipeline {
 
     pub fn limits(&self) -> ModelLimits {
         ModelLimits {
-            size_multiple: self.model.size_multiple,
-            default_size: self.model.default_size,
+            size_multiple: self.size_multiple,
+            default_height: round_to_multiple(self.model.default_height, self.size_multiple),
+            default_width: round_to_multiple(self.model.default_width, self.size_multiple),
             default_scheduler: self.model.default_scheduler,
             default_steps: self.model.defaults.default_steps,
             default_guidance_scale: self.model.defaults.default_guidance_scale,
@@ -330,14 +383,14 @@ impl Pipeline {
             hidden_states.extend_from_slice(&unit.hidden_states);
         }
         let mut ort_run = Duration::ZERO;
-        let prediction = self.run_unet(
-            &sample,
-            [rows, shape.channels, shape.height, shape.width],
-            &timesteps,
-            &hidden_states,
-            [rows, seq_len, hidden],
-            &mut ort_run,
-        )?;
+        let inputs = UnetInputs {
+            sample: &sample,
+            sample_shape: [rows, shape.channels, shape.height, shape.width],
+            timesteps: &timesteps,
+            hidden_states: &hidden_states,
+            hidden_shape: [rows, seq_len, hidden],
+        };
+        let prediction = self.run_unet(inputs, RunLogging::Normal, &mut ort_run)?;
         let mut offset = 0;
         for unit in units.iter_mut() {
             let size = unit.unet_rows() * per_row;
@@ -431,9 +484,7 @@ impl Pipeline {
         .map_err(|err| inference_error("text_encoder", err))?;
         let inputs = vec![(Cow::from(INPUT_IDS), input)];
         let outputs = self.text_encoder.run(inputs, ort_time)?;
-        let (out_shape, values) = outputs[self.contract.text_output.as_str()]
-            .try_extract_tensor::<f32>()
-            .map_err(|err| inference_error("text_encoder", err))?;
+        let (out_shape, values) = float_output("text_encoder", &outputs[self.contract.text_output.as_str()])?;
         if out_shape.len() != 3 || out_shape[0] as usize != rows {
             return Err(Error::Inference {
                 component: "text_encoder",
@@ -459,15 +510,14 @@ impl Pipeline {
             .collect())
     }
 
-    fn run_unet(
-        &mut self,
-        sample: &[f32],
-        sample_shape: [usize; 4],
-        timesteps: &[f32],
-        hidden_states: &[f32],
-        hidden_shape: [usize; 3],
-        ort_time: &mut Duration,
-    ) -> Result<Vec<f32>> {
+    fn run_unet(&mut self, inputs: UnetInputs<'_>, logging: RunLogging, ort_time: &mut Duration) -> Result<Vec<f32>> {
+        let UnetInputs {
+            sample,
+            sample_shape,
+            timesteps,
+            hidden_states,
+            hidden_shape,
+        } = inputs;
         let batch = sample_shape[0];
         let to_error = |err| inference_error("unet", err);
         if timesteps.len() != batch {
@@ -478,9 +528,10 @@ impl Pipeline {
         }
         // torch's `.long()` truncates; legacy int64 exports expect the same.
         let int_batch: Vec<i64> = timesteps.iter().map(|&timestep| timestep as i64).collect();
+        let half = self.contract.half;
         let timestep_value: SessionInputValue<'_> = match self.contract.timestep_input {
-            TimestepInput::FloatScalar => TensorRef::from_array_view(((), &timesteps[..1])).map(Into::into),
-            TimestepInput::FloatBatch => TensorRef::from_array_view(([batch], timesteps)).map(Into::into),
+            TimestepInput::FloatScalar => float_input(half.timestep, [], &timesteps[..1]),
+            TimestepInput::FloatBatch => float_input(half.timestep, [batch], timesteps),
             TimestepInput::Int64Batch => TensorRef::from_array_view(([batch], int_batch.as_slice())).map(Into::into),
             TimestepInput::Int64Scalar => TensorRef::from_array_view(((), &int_batch[..1])).map(Into::into),
         }
@@ -488,43 +539,62 @@ impl Pipeline {
         let inputs = vec![
             (
                 Cow::from(SAMPLE),
-                TensorRef::from_array_view((sample_shape, sample))
-                    .map_err(to_error)?
-                    .into(),
+                float_input(half.sample, sample_shape, sample).map_err(to_error)?,
             ),
             (Cow::from(TIMESTEP), timestep_value),
             (
                 Cow::from(ENCODER_HIDDEN_STATES),
-                TensorRef::from_array_view((hidden_shape, hidden_states))
-                    .map_err(to_error)?
-                    .into(),
+                float_input(half.hidden_states, hidden_shape, hidden_states).map_err(to_error)?,
             ),
         ];
-        let outputs = self.unet.run(inputs, ort_time)?;
-        let (_, values) = outputs[self.contract.unet_output.as_str()]
-            .try_extract_tensor::<f32>()
-            .map_err(to_error)?;
+        let outputs = match logging {
+            RunLogging::Normal => self.unet.run(inputs, ort_time)?,
+            RunLogging::Quiet => self.unet.run_quietly(inputs, ort_time)?,
+        };
+        let (_, values) = float_output("unet", &outputs[self.contract.unet_output.as_str()])?;
         if values.len() != sample.len() {
             return Err(Error::Inference {
                 component: "unet",
                 message: format!("returned {} values for a sample of {}", values.len(), sample.len()),
             });
         }
-        Ok(values.to_vec())
+        Ok(values)
     }
 
     fn run_vae(&mut self, latents: &[f32], shape: [usize; 4], ort_time: &mut Duration) -> Result<Vec<f32>> {
         let to_error = |err| inference_error("vae_decoder", err);
         let inputs = vec![(
             Cow::from(LATENT_SAMPLE),
-            TensorRef::from_array_view((shape, latents)).map_err(to_error)?.into(),
+            float_input(self.contract.half.latent_sample, shape, latents).map_err(to_error)?,
         )];
         let outputs = self.vae_decoder.run(inputs, ort_time)?;
-        let (_, values) = outputs[self.contract.vae_output.as_str()]
-            .try_extract_tensor::<f32>()
-            .map_err(to_error)?;
-        Ok(values.to_vec())
+        let (_, values) = float_output("vae_decoder", &outputs[self.contract.vae_output.as_str()])?;
+        Ok(values)
     }
+}
+
+/// One UNet call's float32 inputs, row-major, with their shapes.
+struct UnetInputs<'a> {
+    sample: &'a [f32],
+    sample_shape: [usize; 4],
+    timesteps: &'a [f32],
+    hidden_states: &'a [f32],
+    hidden_shape: [usize; 3],
+}
+
+/// Whether ONNX Runtime logs a failed run: a probe expected to fail runs quietly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunLogging {
+    Normal,
+    Quiet,
+}
+
+/// `size` if it is a multiple of `multiple`, else the nearest multiple (at least `multiple`), so that a
+/// model whose own default this export cannot render still has a default it can.
+fn round_to_multiple(size: usize, multiple: usize) -> usize {
+    let multiple = multiple.max(1);
+    let rounded = (size + multiple / 2) / multiple * multiple;
+    rounded.max(multiple)
 }
 
 struct Embeddings {

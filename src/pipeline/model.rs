@@ -30,11 +30,16 @@ pub struct ModelFolder {
     pub latent_channels: usize,
     /// Pixels per latent cell: 2^(VAE blocks - 1), 8 for Stable Diffusion.
     pub vae_scale_factor: usize,
-    /// Image sizes must be multiples of this: the VAE factor times the UNet's total downsampling.
+    /// Pixels per latent cell times the UNet's total downsampling: every export renders multiples of this.
+    /// Exports traced with explicit upsample sizes render any multiple of `vae_scale_factor`; the pipeline
+    /// finds out which kind it has when it loads (`Pipeline::size_multiple`).
     pub size_multiple: usize,
     pub scaling_factor: f32,
     pub shift_factor: f32,
-    pub default_size: usize,
+    /// The size the model was trained at, from the UNet's `sample_size` (an int, or `[height, width]`) times
+    /// the VAE factor, as diffusers' pipelines default to it.
+    pub default_height: usize,
+    pub default_width: usize,
     /// Steps and guidance for requests that name none, from the optional `t2i-align.json`.
     pub defaults: ModelDefaults,
 }
@@ -181,11 +186,8 @@ impl ModelFolder {
         }
         let vae_scale_factor = 1usize << vae.block_out_channels.len().saturating_sub(1);
         let unet_downsampling = 1usize << unet.down_block_types.len().saturating_sub(1);
-        let latent_size = match unet.sample_size {
-            Some(Value::Number(size)) => size.as_u64().unwrap_or(64) as usize,
-            Some(Value::Array(sizes)) => sizes.first().and_then(Value::as_u64).unwrap_or(64) as usize,
-            _ => 64,
-        };
+        let (latent_height, latent_width) = sample_size(unet.sample_size.as_ref())
+            .map_err(|message| Error::model(root, format!("unet/config.json: {message}")))?;
         let name = root
             .file_name()
             .and_then(|name| name.to_str())
@@ -203,13 +205,37 @@ impl ModelFolder {
             size_multiple: vae_scale_factor * unet_downsampling,
             scaling_factor: vae.scaling_factor.unwrap_or(0.18215),
             shift_factor: vae.shift_factor.unwrap_or(0.0),
-            default_size: latent_size * vae_scale_factor,
+            default_height: latent_height * vae_scale_factor,
+            default_width: latent_width * vae_scale_factor,
             defaults: ModelDefaults::read(root)?,
         })
     }
 
     pub fn onnx_path(&self, relative: &str) -> PathBuf {
         self.root.join(relative)
+    }
+}
+
+/// The UNet's `sample_size` as (height, width) latent cells: an int for square models, `[height, width]` for
+/// others; 64 (Stable Diffusion 1.x's) when the config has none, as diffusers assumes.
+fn sample_size(value: Option<&Value>) -> std::result::Result<(usize, usize), String> {
+    let cells = |value: &Value| {
+        value
+            .as_u64()
+            .filter(|&cells| cells > 0 && cells <= 4096)
+            .map(|c| c as usize)
+    };
+    match value {
+        None | Some(Value::Null) => Ok((64, 64)),
+        Some(array @ Value::Array(sides)) if sides.len() == 2 => match (cells(&sides[0]), cells(&sides[1])) {
+            (Some(height), Some(width)) => Ok((height, width)),
+            _ => Err(format!(
+                "sample_size must be [height, width] of positive integers. Given: {array}"
+            )),
+        },
+        Some(value) => cells(value)
+            .map(|side| (side, side))
+            .ok_or_else(|| format!("sample_size must be a positive integer or [height, width]. Given: {value}")),
     }
 }
 

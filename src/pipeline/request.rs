@@ -70,14 +70,29 @@ impl Default for RequestLimits {
     }
 }
 
-/// What the model itself allows and recommends: facts from its config files.
+/// What the model itself allows and recommends: facts from its config files and its UNet.
 #[derive(Debug, Clone, Copy)]
 pub struct ModelLimits {
+    /// Widths and heights must be multiples of this many pixels.
     pub size_multiple: usize,
-    pub default_size: usize,
+    /// The size requests get when they name none: the model's own (see `ModelFolder::default_height`).
+    pub default_height: usize,
+    pub default_width: usize,
     pub default_scheduler: SchedulerKind,
     pub default_steps: u32,
     pub default_guidance_scale: f64,
+}
+
+impl ModelLimits {
+    /// The largest width or height a request may ask for: `--max-image-size`, or the model's own default size
+    /// where that is larger, rounded down to the size multiple.
+    pub fn max_size(&self, limits: &RequestLimits) -> usize {
+        let multiple = self.size_multiple.max(1);
+        let max = (limits.max_image_size as usize)
+            .max(self.default_height)
+            .max(self.default_width);
+        max - max % multiple
+    }
 }
 
 /// The largest guidance scale we accept; far beyond any useful value, it only catches typos.
@@ -149,8 +164,8 @@ pub fn validate(input: GenerateInput, model: &ModelLimits, limits: &RequestLimit
         Some(name) => SchedulerKind::from_name(name).map_err(|err| Error::validation("scheduler", err.to_string()))?,
     };
 
-    let width = check_size("width", input.width, model, limits)?;
-    let height = check_size("height", input.height, model, limits)?;
+    let width = check_size("width", input.width, model.default_width, model, limits)?;
+    let height = check_size("height", input.height, model.default_height, model, limits)?;
 
     Ok(GenerateParams {
         prompt: input.prompt,
@@ -191,10 +206,16 @@ fn check_range(field: &str, value: i64, min: i64, max: i64) -> Result<()> {
     Ok(())
 }
 
-fn check_size(field: &str, value: Option<i64>, model: &ModelLimits, limits: &RequestLimits) -> Result<usize> {
+fn check_size(
+    field: &str,
+    value: Option<i64>,
+    default: usize,
+    model: &ModelLimits,
+    limits: &RequestLimits,
+) -> Result<usize> {
     let multiple = model.size_multiple.max(1);
-    let max = (limits.max_image_size as usize).max(model.default_size);
-    let size = value.unwrap_or(model.default_size as i64);
+    let max = model.max_size(limits);
+    let size = value.unwrap_or(default as i64);
     if size < multiple as i64 || size > max as i64 {
         return Err(Error::validation(
             field,
@@ -205,7 +226,7 @@ fn check_size(field: &str, value: Option<i64>, model: &ModelLimits, limits: &Req
     if !size.is_multiple_of(multiple) {
         return Err(Error::validation(
             field,
-            format!("`{field}` must be a multiple of {multiple} (the model's VAE factor times its UNet downsampling). Given: {size}"),
+            format!("`{field}` must be a multiple of {multiple} pixels, the sizes this model's UNet can render. Given: {size}"),
         ));
     }
     Ok(size)
@@ -230,7 +251,8 @@ mod tests {
     fn model() -> ModelLimits {
         ModelLimits {
             size_multiple: 16,
-            default_size: 64,
+            default_height: 64,
+            default_width: 64,
             default_scheduler: SchedulerKind::Pndm,
             default_steps: 20,
             default_guidance_scale: 3.0,

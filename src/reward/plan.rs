@@ -112,7 +112,8 @@ mod tests {
     fn model() -> ModelLimits {
         ModelLimits {
             size_multiple: 16,
-            default_size: 64,
+            default_height: 64,
+            default_width: 64,
             default_scheduler: SchedulerKind::Pndm,
             default_steps: 20,
             default_guidance_scale: 3.0,

@@ -4,6 +4,7 @@
 //! sessions and reads their input/output contract through [`contract`].
 
 pub mod contract;
+pub mod external_data;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -198,6 +199,10 @@ impl Runtime {
     ///
     /// For `auto`, the first CUDA failure switches this runtime to CPU for good, with a warning.
     pub fn session(&mut self, component: &'static str, path: &Path) -> Result<Session> {
+        external_data::check(path).map_err(|reason| {
+            let folder = path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
+            Error::model(folder, format!("{component}: {reason}"))
+        })?;
         let prepacked = self.prepacked.as_ref();
         match build_session(&self.env, &self.settings, prepacked, self.provider, path) {
             Ok(session) => Ok(session),

@@ -46,8 +46,8 @@ pub fn warmup_params(pipeline: &Pipeline) -> GenerateParams {
         guidance_scale: 7.5,
         scheduler: limits.default_scheduler,
         seed: 0,
-        width: limits.default_size,
-        height: limits.default_size,
+        width: limits.default_width,
+        height: limits.default_height,
         eta: 0.0,
     }
 }
@@ -57,35 +57,39 @@ pub fn warmup_params(pipeline: &Pipeline) -> GenerateParams {
 fn warm_up(pipeline: &mut Pipeline, worker: usize, settings: &EngineSettings) -> Result<()> {
     let base = warmup_params(pipeline);
     let limits = pipeline.limits();
-    let sizes = if settings.warmup_sizes.is_empty() {
-        vec![limits.default_size]
+    // (height, width): the model's default size, or each `--warmup-sizes` square.
+    let sizes: Vec<(usize, usize)> = if settings.warmup_sizes.is_empty() {
+        vec![(limits.default_height, limits.default_width)]
     } else {
-        settings.warmup_sizes.clone()
+        settings.warmup_sizes.iter().map(|&size| (size, size)).collect()
     };
     let images = if settings.warmup_images.is_empty() {
         vec![1]
     } else {
         settings.warmup_images.clone()
     };
-    for &size in &sizes {
-        if size == 0 || size % limits.size_multiple != 0 {
-            return Err(Error::Config(format!(
-                "--warmup-sizes: {size} is not a multiple of this model's {} pixels",
-                limits.size_multiple
-            )));
+    for &(height, width) in &sizes {
+        for size in [height, width] {
+            if size == 0 || size % limits.size_multiple != 0 {
+                return Err(Error::Config(format!(
+                    "--warmup-sizes: {size} is not a multiple of this model's {} pixels",
+                    limits.size_multiple
+                )));
+            }
         }
         for &count in &images {
             let started = Instant::now();
             let params = GenerateParams {
                 num_images: count.max(1),
-                width: size,
-                height: size,
+                width,
+                height,
                 ..base.clone()
             };
             pipeline.generate(&params, &mut crate::pipeline::output::NoProgress)?;
             tracing::info!(
                 worker,
-                size,
+                height,
+                width,
                 images = count,
                 ms = started.elapsed().as_millis() as u64,
                 "warmed up"
@@ -110,6 +114,14 @@ pub fn build_engine(
             for line in pipeline.describe_contract() {
                 tracing::debug!("{line}");
             }
+            let limits = pipeline.limits();
+            tracing::info!(
+                version = %version,
+                size_multiple = limits.size_multiple,
+                default_height = limits.default_height,
+                default_width = limits.default_width,
+                "sizes: widths and heights are multiples of size_multiple pixels"
+            );
             if pipeline.per_row_timesteps() {
                 tracing::info!(
                     version = %version,

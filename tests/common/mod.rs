@@ -8,7 +8,7 @@ pub mod seaweed;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -32,6 +32,27 @@ pub fn tiny_sd() -> PathBuf {
 
 pub fn tiny_sd_legacy() -> PathBuf {
     repo_path("models/tiny-sd-legacy")
+}
+
+/// Non-square (72×104 by default), any multiple of 8, its UNet's weights in `unet/model.onnx_data`.
+#[allow(dead_code)]
+pub fn tiny_sd_wide() -> PathBuf {
+    repo_path("models/tiny-sd-wide")
+}
+
+/// Copies a folder and everything in it: a model folder to change, or to register under another name.
+#[allow(dead_code)]
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 /// The ONNX Runtime library the Makefile installs; the tests need it and say how to get it.

@@ -80,7 +80,9 @@ def test_scheduler_golden_covers_the_brief():
         assert [step["timestep"] for step in case["steps"]] == case["timesteps"]
 
 
-@pytest.mark.parametrize("name", ["e2e_ddim.json", "e2e_euler.json"])
+@pytest.mark.parametrize(
+    "name", ["e2e_ddim.json", "e2e_euler.json", "e2e_wide_default.json", "e2e_wide_56x40.json"]
+)
 def test_e2e_golden_is_consistent(name):
     golden = read_golden(name)
     image = np.float32(golden["image"])
@@ -88,7 +90,9 @@ def test_e2e_golden_is_consistent(name):
     assert image.size == np.prod(golden["image_shape"])
     assert 0.0 <= image.min() and image.max() <= 1.0
     np.testing.assert_array_equal(np.round(image * 255).astype(np.uint8), np.uint8(golden["image_u8"]))
-    assert len(golden["latents"]) == np.prod(golden["latents_shape"]) == 4 * 8 * 8
+    assert len(golden["latents"]) == np.prod(golden["latents_shape"])
+    # VAE factor 8: the latents are the image's size over 8, non-square on the wide model.
+    assert [side * 8 for side in golden["latents_shape"][2:]] == [golden["height"], golden["width"]]
     assert golden["prompt_embeds"]["shape"] == golden["negative_prompt_embeds"]["shape"] == [1, 77, 32]
 
 

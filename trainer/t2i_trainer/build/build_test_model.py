@@ -53,18 +53,24 @@ SD15_SCHEDULER_CONFIG = {
 }
 
 
-def parse_args() -> argparse.Namespace:
+def model_parser(description: str, output: str) -> argparse.ArgumentParser:
+    """The flags every tiny-model builder takes: the weights' seed and the export's folder."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed for every random weight (default: 0).")
     parser.add_argument(
         "--output",
         "--out",
         type=Path,
-        default=Path("models/tiny-sd"),
+        default=Path(output),
         help="Folder for the optimum export (default: %(default)s).",
     )
+    return parser
+
+
+def parse_args() -> argparse.Namespace:
+    parser = model_parser(__doc__, "models/tiny-sd")
     parser.add_argument(
         "--legacy-output",
         type=Path,
@@ -131,10 +137,10 @@ def build_text_encoder(hidden_size: int, seed: int) -> CLIPTextModel:
     return CLIPTextModel(config).eval()
 
 
-def build_unet(cross_attention_dim: int, seed: int) -> UNet2DConditionModel:
+def build_unet(cross_attention_dim: int, seed: int, sample_size: int | list[int] = 8) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=8,
+        sample_size=sample_size,
         in_channels=4,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -164,13 +170,16 @@ def build_vae(seed: int) -> AutoencoderKL:
     ).eval()
 
 
-def build_pipeline(tokenizer_dir: Path, text_hidden_size: int, seed: int) -> StableDiffusionPipeline:
+def build_pipeline(
+    tokenizer_dir: Path, text_hidden_size: int, seed: int, sample_size: int | list[int] = 8
+) -> StableDiffusionPipeline:
+    """`sample_size` is the UNet's latent size: an int, or [height, width] for a non-square model."""
     # Each network gets its own seed so that changing one leaves the others' weights alone.
     return StableDiffusionPipeline(
         vae=build_vae(seed + 3),
         text_encoder=build_text_encoder(text_hidden_size, seed + 1),
         tokenizer=build_tokenizer(tokenizer_dir),
-        unet=build_unet(text_hidden_size, seed + 2),
+        unet=build_unet(text_hidden_size, seed + 2, sample_size),
         scheduler=PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG),
         safety_checker=None,
         feature_extractor=None,
@@ -193,24 +202,29 @@ def drop_scratch_paths(root: Path, name: str | None = None) -> None:
             config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def export_pipeline(pipeline: StableDiffusionPipeline, scratch: Path, output: Path, opset: int | None = None):
+    """Exports `pipeline` with optimum into `output` (replacing it), through a save in `scratch`."""
+    pipeline.save_pretrained(scratch / "pipeline")
+    if output.exists():
+        shutil.rmtree(output)
+    main_export(
+        str(scratch / "pipeline"),
+        output=output,
+        task="text-to-image",
+        library_name="diffusers",
+        opset=opset,
+        device="cpu",
+        local_files_only=True,
+    )
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         pipeline = build_pipeline(scratch / "bpe", args.text_hidden_size, args.seed)
-        pipeline.save_pretrained(scratch / "pipeline")
-        if args.output.exists():
-            shutil.rmtree(args.output)
-        main_export(
-            str(scratch / "pipeline"),
-            output=args.output,
-            task="text-to-image",
-            library_name="diffusers",
-            opset=args.opset,
-            device="cpu",
-            local_files_only=True,
-        )
+        export_pipeline(pipeline, scratch, args.output, args.opset)
         # The weights the export came from, for fine-tune jobs (as export_sd.py saves them for shapes-sd).
         pipeline.save_pretrained(args.output / "diffusers", safe_serialization=True)
     drop_scratch_paths(args.output)

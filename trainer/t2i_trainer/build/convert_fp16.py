@@ -4,9 +4,11 @@
     t2i-align serve --model build/shapes-sd-fp16 --device cuda
 
 Each ONNX graph the service runs (text_encoder, unet, vae_decoder) has its weights and arithmetic converted to
-float16 by ONNX Runtime's own converter (`onnxruntime.transformers.float16`), with `keep_io_types`: inputs and
-outputs stay float32, so the service loads the variant exactly as it loads the original. Operators that are
-unsafe in fp16 are kept in fp32 by the converter's default block list.
+float16 by ONNX Runtime's own converter (`onnxruntime.transformers.float16`), by default with
+`keep_io_types`: inputs and outputs stay float32. `--io float16` converts them too, giving the contract of an
+Optimum export made with `--dtype fp16` (which Optimum makes only on a GPU): float16 latents, timestep, hidden
+states and images. The service loads either, converting at the session boundary. Operators that are unsafe in
+fp16 are kept in fp32 by the converter's default block list.
 
 Every converted graph is checked against the original on the same random inputs through ONNX Runtime (CPU). A
 graph whose fp16 output is not finite, or strays further than `--tolerance` (relative to the original's
@@ -52,6 +54,15 @@ def random_inputs(session: ort.InferenceSession, rng: np.random.Generator) -> di
     return feed
 
 
+def cast_to(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same values in the element types `session` takes (float16 inputs get float16)."""
+    types = {spec.name: spec.type for spec in session.get_inputs()}
+    return {
+        name: value.astype(np.float16) if types[name] == "tensor(float16)" else value
+        for name, value in feed.items()
+    }
+
+
 def compare(original: Path, converted: Path, seed: int) -> tuple[float, float]:
     """(the largest absolute difference over all outputs, the original's largest magnitude)."""
     options = ort.SessionOptions()
@@ -60,7 +71,8 @@ def compare(original: Path, converted: Path, seed: int) -> tuple[float, float]:
     candidate = ort.InferenceSession(str(converted), options, providers=["CPUExecutionProvider"])
     feed = random_inputs(reference, np.random.default_rng(seed))
     worst, scale = 0.0, 0.0
-    for expected, got in zip(reference.run(None, feed), candidate.run(None, feed), strict=True):
+    outputs = zip(reference.run(None, feed), candidate.run(None, cast_to(candidate, feed)), strict=True)
+    for expected, got in outputs:
         expected, got = np.asarray(expected, dtype=np.float64), np.asarray(got, dtype=np.float64)
         if not np.isfinite(got).all():
             return float("inf"), float(np.abs(expected).max())
@@ -69,13 +81,13 @@ def compare(original: Path, converted: Path, seed: int) -> tuple[float, float]:
     return worst, scale
 
 
-def convert(model: Path, out: Path, vae: str, tolerance: float, seed: int) -> dict:
+def convert(model: Path, out: Path, vae: str, tolerance: float, seed: int, io: str = "float32") -> dict:
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
     # Everything else (tokenizer, scheduler, configs, the VAE encoder, diffusers weights) is copied unchanged.
     shutil.copytree(model, partial, ignore=shutil.ignore_patterns("diffusers"))
-    report: dict = {"source": str(model), "tolerance": tolerance, "components": {}}
+    report: dict = {"source": str(model), "tolerance": tolerance, "io": io, "components": {}}
     for name in COMPONENTS:
         source = model / name / "model.onnx"
         if not source.is_file():
@@ -85,7 +97,7 @@ def convert(model: Path, out: Path, vae: str, tolerance: float, seed: int) -> di
             entry = {"dtype": "float32", "reason": "--vae fp32"}
         else:
             graph = onnx.load(str(source))
-            converted = convert_float_to_float16(graph, keep_io_types=True)
+            converted = convert_float_to_float16(graph, keep_io_types=io == "float32")
             target = partial / name / "model.onnx"
             for stale in (partial / name).glob("model.onnx*"):
                 stale.unlink()
@@ -128,6 +140,12 @@ def main() -> int:
         help="largest error allowed, relative to the original output's largest magnitude (default 0.02)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the check's random inputs")
+    parser.add_argument(
+        "--io",
+        choices=("float32", "float16"),
+        default="float32",
+        help="element type of the converted graphs' float inputs and outputs (default float32)",
+    )
     args = parser.parse_args()
     if not args.model.is_dir():
         parser.error(f"--model: {args.model} is not a folder")
@@ -135,7 +153,7 @@ def main() -> int:
         parser.error(f"--tolerance must be above 0. Given: {args.tolerance}")
     if args.out.resolve() == args.model.resolve():
         parser.error("--out must differ from --model")
-    convert(args.model, args.out, args.vae, args.tolerance, args.seed)
+    convert(args.model, args.out, args.vae, args.tolerance, args.seed, args.io)
     return 0
 
 

@@ -9,6 +9,9 @@ Files written under --output (default tests/golden):
 * schedulers.json: full denoising loops of DDIM, Euler, Euler ancestral, DPM-Solver++ 2M and PNDM with a fake,
   seeded model output, recording every step's inputs and outputs.
 * e2e_ddim.json, e2e_euler.json: a whole text-to-image run with fixed latents.
+* e2e_wide_default.json, e2e_wide_56x40.json: the same on models/tiny-sd-wide (build_wide_model.py), a
+  non-square model whose UNet has its weights in external data: at the size optimum picks when none is given
+  (the model's own, 72×104), and at 56×40, a multiple of 8 that is not one of the UNet's downsampling.
 
 Tensors are flattened row-major next to a "shape" field. Floats are float32 values written in their shortest
 decimal form, so parsing a number as f64 and casting it to f32 gives the exact float32 back.
@@ -54,6 +57,9 @@ SCHEDULER_CLASSES = {
     )
 }
 LATENT_SHAPE = (1, 4, 8, 8)
+PARTS = ("tokenizer", "schedulers", "e2e", "wide")
+# (golden name, height, width) on the wide model; None lets optimum pick the model's default size.
+WIDE_RUNS = (("e2e_wide_default", None, None), ("e2e_wide_56x40", 56, 40))
 
 # Stable Diffusion 1.5's noise schedule, shared by most cases below.
 SD15_BETAS = {
@@ -81,7 +87,20 @@ def parse_args() -> argparse.Namespace:
         default=Path("tests/golden"),
         help="Folder for the golden files (default: %(default)s).",
     )
+    parser.add_argument(
+        "--wide-model",
+        type=Path,
+        default=Path("models/tiny-sd-wide"),
+        help="Folder written by build_wide_model.py (default: %(default)s).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Base seed for every random tensor (default: 0).")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="Which goldens to write (default: all of them).",
+    )
     return parser.parse_args()
 
 
@@ -509,12 +528,26 @@ def load_onnx_pipeline(model_dir: Path) -> ORTStableDiffusionPipeline:
     return pipeline
 
 
-def e2e_golden(pipeline: ORTStableDiffusionPipeline, scheduler_name: str, seed: int) -> dict:
+def e2e_golden(
+    pipeline: ORTStableDiffusionPipeline,
+    scheduler_name: str,
+    seed: int,
+    height: int | None = 64,
+    width: int | None = 64,
+) -> dict:
+    """One whole run from seeded latents. With `height` and `width` None, optimum picks the size itself (the
+    model's default, from the UNet's sample_size); the golden records the size it rendered."""
     scheduler_class, steps = E2E_RUNS[scheduler_name]
     pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config)
-    guidance_scale, width, height = 7.5, 64, 64
+    guidance_scale = 7.5
+    sample_size = pipeline.unet.config.sample_size
+    default_cells = sample_size if isinstance(sample_size, list | tuple) else (sample_size, sample_size)
+    factor = pipeline.vae_scale_factor
+    latent_height = height // factor if height else default_cells[0]
+    latent_width = width // factor if width else default_cells[1]
+    latent_shape = (1, 4, latent_height, latent_width)
 
-    latents = torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    latents = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
     prompt_embeds, negative_prompt_embeds = pipeline.encode_prompt(
         E2E_PROMPT,
         device=torch.device("cpu"),
@@ -542,8 +575,9 @@ def e2e_golden(pipeline: ORTStableDiffusionPipeline, scheduler_name: str, seed: 
         "scheduler_config": json_config(pipeline.scheduler.config),
         "steps": steps,
         "guidance_scale": guidance_scale,
-        "width": width,
-        "height": height,
+        "requested_size": None if height is None else [height, width],
+        "width": image.shape[1],
+        "height": image.shape[0],
         "init_noise_sigma": float32_scalar(pipeline.scheduler.init_noise_sigma),
         "timesteps": float32_list(pipeline.scheduler.timesteps.to(torch.float32)),
         "latents": float32_list(latents),
@@ -562,12 +596,20 @@ def main() -> None:
     transformers.logging.set_verbosity_error()  # the long prompts are meant to overflow 77 tokens
     logging.getLogger("optimum").setLevel(logging.ERROR)
 
-    write_json(args.output / "tokenizer.json", tokenizer_golden(args.model / "tokenizer"))
-    write_json(args.output / "schedulers.json", schedulers_golden(args.seed))
-    pipeline = load_onnx_pipeline(args.model)
-    for scheduler_name in E2E_RUNS:
-        golden = e2e_golden(pipeline, scheduler_name, args.seed + 1000)
-        write_json(args.output / f"e2e_{scheduler_name}.json", golden)
+    if "tokenizer" in args.parts:
+        write_json(args.output / "tokenizer.json", tokenizer_golden(args.model / "tokenizer"))
+    if "schedulers" in args.parts:
+        write_json(args.output / "schedulers.json", schedulers_golden(args.seed))
+    if "e2e" in args.parts:
+        pipeline = load_onnx_pipeline(args.model)
+        for scheduler_name in E2E_RUNS:
+            golden = e2e_golden(pipeline, scheduler_name, args.seed + 1000)
+            write_json(args.output / f"e2e_{scheduler_name}.json", golden)
+    if "wide" in args.parts:
+        pipeline = load_onnx_pipeline(args.wide_model)
+        for name, height, width in WIDE_RUNS:
+            golden = e2e_golden(pipeline, "ddim", args.seed + 2000, height=height, width=width)
+            write_json(args.output / f"{name}.json", golden)
 
 
 if __name__ == "__main__":
