@@ -880,3 +880,42 @@ fn without_the_trainers_python_a_job_is_refused_up_front() {
     );
     assert_eq!(server.get("/fine-tunes").json()["data"].as_array().unwrap().len(), 0);
 }
+
+/// A base the trainer cannot fine-tune is refused with a 422 naming why, before a job is queued: one without
+/// diffusers weights (tiny-sd-wide is ONNX only), and one whose weights are of another family.
+#[test]
+fn a_base_the_trainer_cannot_train_is_refused_up_front() {
+    let data = tempfile::tempdir().unwrap();
+    let trainer = trainer_args();
+    let refusal = |model: &std::path::Path, expected: &[&str]| {
+        let folder = tempfile::tempdir().unwrap();
+        let data = folder.path().display().to_string();
+        let mut args: Vec<&str> = vec!["--data-dir", &data];
+        args.extend(trainer.iter().map(String::as_str));
+        let server = Server::start_with_model(model, &args);
+        let created = server.post_json("/fine-tunes", &tiny_job(1).to_string());
+        assert_eq!(created.status, 422, "{}", created.text());
+        let error = &created.json()["error"];
+        assert_eq!(error["param"], "base_model", "{error}");
+        let message = error["message"].as_str().unwrap();
+        for part in expected {
+            assert!(message.contains(part), "{part} in {message}");
+        }
+        assert_eq!(server.get("/fine-tunes").json()["data"].as_array().unwrap().len(), 0);
+    };
+    refusal(&common::tiny_sd_wide(), &["has no diffusers weights"]);
+
+    let sdxl = data.path().join("tiny-sd-as-xl");
+    common::copy_dir(&common::tiny_sd(), &sdxl);
+    let index = sdxl.join("diffusers/model_index.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    config["_class_name"] = json!("StableDiffusionXLPipeline");
+    std::fs::write(&index, config.to_string()).unwrap();
+    refusal(
+        &sdxl,
+        &[
+            "is a StableDiffusionXLPipeline",
+            "train StableDiffusionPipeline models only",
+        ],
+    );
+}

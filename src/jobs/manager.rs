@@ -205,6 +205,7 @@ impl JobManager {
                 ),
             ));
         }
+        trainable_family(&base.id, &folder)?;
         if let Some(name) = request.reward_model.as_deref() {
             self.services.rewards.get(Some(name), "reward_model")?;
         } else if self.services.rewards.is_empty() {
@@ -484,4 +485,41 @@ impl JobManager {
             *running = None;
         }
     }
+}
+
+/// The diffusers pipeline classes the trainer (trainer/t2i_trainer/jobs) fine-tunes: Stable Diffusion 1.x/2.x.
+pub const TRAINABLE_PIPELINES: &[&str] = &["StableDiffusionPipeline"];
+
+/// Refuses, before anything is queued, a base whose diffusers weights are of a family the trainer cannot
+/// train (SDXL, say), so that no job fails deep inside the trainer.
+fn trainable_family(base: &str, folder: &std::path::Path) -> Result<()> {
+    let index = folder.join("diffusers/model_index.json");
+    let class = std::fs::read_to_string(&index)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|index| {
+            index
+                .get("_class_name")
+                .and_then(|name| name.as_str())
+                .map(str::to_string)
+        })
+        .ok_or_else(|| {
+            Error::validation(
+                "base_model",
+                format!(
+                    "`base_model` `{base}` has an unreadable {}: it names no `_class_name`",
+                    index.display()
+                ),
+            )
+        })?;
+    if TRAINABLE_PIPELINES.contains(&class.as_str()) {
+        return Ok(());
+    }
+    Err(Error::validation(
+        "base_model",
+        format!(
+            "`base_model` `{base}` is a {class}; fine-tune jobs train {} models only (Stable Diffusion 1.x/2.x)",
+            TRAINABLE_PIPELINES.join(", ")
+        ),
+    ))
 }
