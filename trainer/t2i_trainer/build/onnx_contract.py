@@ -28,10 +28,10 @@ def session(model_dir: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
 
 
-def describe_exports(root: Path) -> dict:
+def describe_exports(root: Path, parts: tuple[str, ...] = ONNX_PARTS) -> dict:
     """Input and output names, types and shapes of every model, as onnxruntime reports them."""
     contracts = {}
-    for part in ONNX_PARTS:
+    for part in parts:
         loaded = session(root / part)
         contracts[part] = {
             "inputs": [{"name": i.name, "type": i.type, "shape": i.shape} for i in loaded.get_inputs()],

@@ -1,0 +1,148 @@
+"""Build models/tiny-sdxl: a tiny random-weight Stable Diffusion XL exported with optimum (issue #27).
+
+It has SDXL's real architecture at toy size, so that the service's SDXL path is tested against optimum's
+`ORTStableDiffusionXLPipeline` without downloading a 7 GB model:
+
+* two CLIP text encoders and tokenizers (the second with a projection, giving the pooled `text_embeds`), whose
+  penultimate hidden states are concatenated into the UNet's `encoder_hidden_states`;
+* a UNet with `addition_embed_type = "text_time"`, taking `text_embeds` and `time_ids` (original size, crop
+  corner, target size: 6 numbers per row);
+* a VAE with SDXL's scaling factor (0.13025) and a factor of 4 here (SDXL's is 8; fewer blocks keep it small);
+* `EulerDiscreteScheduler` with SDXL's betas, and `force_zeros_for_empty_prompt`.
+
+The real CLIP vocabulary is used for both tokenizers (SDXL's second tokenizer pads with `!`, id 0).
+
+Usage:
+    python -m t2i_trainer.build.build_tiny_sdxl --out models/tiny-sdxl
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from t2i_trainer.build.build_test_model import (
+    CLIP_CONTEXT_LENGTH,
+    build_tokenizer,
+    drop_scratch_paths,
+    export_pipeline,
+    model_parser,
+)
+from t2i_trainer.build.onnx_contract import describe_exports
+from t2i_trainer.common.clip_vocab import BOS_TOKEN, CLIP_VOCAB_SIZE, EOS_TOKEN
+
+# SDXL base 1.0's scheduler/scheduler_config.json.
+SDXL_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "interpolation_type": "linear",
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+TEXT_HIDDEN = (32, 32)
+TIME_EMBED_DIM = 8
+
+
+def text_config(hidden_size: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE,
+        max_position_embeddings=CLIP_CONTEXT_LENGTH,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        hidden_act="gelu",
+        projection_dim=hidden_size,
+        layer_norm_eps=1e-5,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
+
+
+def build_pipeline(scratch: Path, seed: int) -> StableDiffusionXLPipeline:
+    torch.manual_seed(seed + 1)
+    text_encoder = CLIPTextModel(text_config(TEXT_HIDDEN[0])).eval()
+    torch.manual_seed(seed + 2)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(TEXT_HIDDEN[1])).eval()
+    tokenizer = build_tokenizer(scratch / "bpe")
+    tokenizer_2 = CLIPTokenizer(
+        vocab_file=str(scratch / "bpe" / "vocab.json"),
+        merges_file=str(scratch / "bpe" / "merges.txt"),
+        model_max_length=CLIP_CONTEXT_LENGTH,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=EOS_TOKEN,
+        pad_token="!",
+    )
+    torch.manual_seed(seed + 3)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 2),
+        norm_num_groups=16,
+        cross_attention_dim=sum(TEXT_HIDDEN),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=TEXT_HIDDEN[1] + 6 * TIME_EMBED_DIM,
+    ).eval()
+    torch.manual_seed(seed + 4)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        latent_channels=4,
+        sample_size=32,
+        scaling_factor=0.13025,
+    ).eval()
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
+        force_zeros_for_empty_prompt=True,
+    )
+
+
+def main() -> None:
+    args = model_parser(__doc__, "models/tiny-sdxl").parse_args()
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as scratch:
+        pipeline = build_pipeline(Path(scratch), args.seed)
+        export_pipeline(pipeline, Path(scratch), args.output)
+    drop_scratch_paths(args.output)
+    parts = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
+    models = describe_exports(args.output, parts)
+    print(json.dumps({"event": "exported", "folder": str(args.output), "models": models}))
+
+
+if __name__ == "__main__":
+    main()
