@@ -195,17 +195,7 @@ impl JobManager {
             }
         };
         let folder = self.services.pool.registry().fetch(&base).await?;
-        if !folder.join("diffusers/model_index.json").is_file() {
-            return Err(Error::validation(
-                "base_model",
-                format!(
-                    "`base_model` `{}` has no diffusers weights to fine-tune from ({}/diffusers/model_index.json)",
-                    base.id,
-                    folder.display()
-                ),
-            ));
-        }
-        trainable_family(&base.id, &folder)?;
+        trainable_base(&base.id, &folder)?;
         if let Some(name) = request.reward_model.as_deref() {
             self.services.rewards.get(Some(name), "reward_model")?;
         } else if self.services.rewards.is_empty() {
@@ -490,13 +480,21 @@ impl JobManager {
 /// The diffusers pipeline classes the trainer (trainer/t2i_trainer/jobs) fine-tunes: Stable Diffusion 1.x/2.x.
 pub const TRAINABLE_PIPELINES: &[&str] = &["StableDiffusionPipeline"];
 
-/// Refuses, before anything is queued, a base whose diffusers weights are of a family the trainer cannot
-/// train (SDXL, say), so that no job fails deep inside the trainer.
-fn trainable_family(base: &str, folder: &std::path::Path) -> Result<()> {
+/// Refuses, before anything is queued, a base without diffusers weights to fine-tune from, or whose weights
+/// are of a family the trainer cannot train (SDXL, say), so that no job fails deep inside the trainer.
+fn trainable_base(base: &str, folder: &std::path::Path) -> Result<()> {
     let index = folder.join("diffusers/model_index.json");
-    let class = std::fs::read_to_string(&index)
+    let Ok(text) = std::fs::read_to_string(&index) else {
+        return Err(Error::validation(
+            "base_model",
+            format!(
+                "`base_model` `{base}` has no diffusers weights to fine-tune from ({})",
+                index.display()
+            ),
+        ));
+    };
+    let class = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
         .and_then(|index| {
             index
                 .get("_class_name")

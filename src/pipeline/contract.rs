@@ -206,8 +206,8 @@ pub(super) fn float_input<'v, const N: usize>(
     }
 }
 
-/// An output's shape and values as float32, widening a float16 output.
-pub(super) fn float_output(component: &'static str, value: &DynValue) -> Result<(Vec<i64>, Vec<f32>)> {
+/// An output's shape and values as float32: a float32 output borrowed as it is, a float16 one widened.
+pub(super) fn float_output<'v>(component: &'static str, value: &'v DynValue) -> Result<(Vec<i64>, Cow<'v, [f32]>)> {
     let to_error = |err| inference_error(component, err);
     match value.dtype() {
         ValueType::Tensor {
@@ -215,11 +215,12 @@ pub(super) fn float_output(component: &'static str, value: &DynValue) -> Result<
             ..
         } => {
             let (shape, values) = value.try_extract_tensor::<f16>().map_err(to_error)?;
-            Ok((shape.to_vec(), values.iter().map(|value| value.to_f32()).collect()))
+            let widened = values.iter().map(|value| value.to_f32()).collect();
+            Ok((shape.to_vec(), Cow::Owned(widened)))
         }
         _ => {
             let (shape, values) = value.try_extract_tensor::<f32>().map_err(to_error)?;
-            Ok((shape.to_vec(), values.to_vec()))
+            Ok((shape.to_vec(), Cow::Borrowed(values)))
         }
     }
 }

@@ -71,7 +71,17 @@ impl Pipeline {
             contract,
             size_multiple,
         };
-        if pipeline.renders_any_latent_size()? {
+        let found = pipeline.model.any_latent_size.get().copied();
+        let any_latent_size = match found {
+            Some(any) => any,
+            None => {
+                let any = pipeline.renders_any_latent_size()?;
+                // Another worker may have set it meanwhile, from the same files and the same answer.
+                let _ = pipeline.model.any_latent_size.set(any);
+                any
+            }
+        };
+        if any_latent_size {
             pipeline.size_multiple = pipeline.model.vae_scale_factor;
         }
         Ok(pipeline)
@@ -558,7 +568,7 @@ impl Pipeline {
                 message: format!("returned {} values for a sample of {}", values.len(), sample.len()),
             });
         }
-        Ok(values)
+        Ok(values.into_owned())
     }
 
     fn run_vae(&mut self, latents: &[f32], shape: [usize; 4], ort_time: &mut Duration) -> Result<Vec<f32>> {
@@ -569,7 +579,7 @@ impl Pipeline {
         )];
         let outputs = self.vae_decoder.run(inputs, ort_time)?;
         let (_, values) = float_output("vae_decoder", &outputs[self.contract.vae_output.as_str()])?;
-        Ok(values)
+        Ok(values.into_owned())
     }
 }
 

@@ -3,6 +3,7 @@
 //! Sessions are created elsewhere (`runtime`); this module only reads files and checks they are all there.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -17,7 +18,8 @@ pub const TEXT_ENCODER_ONNX: &str = "text_encoder/model.onnx";
 pub const UNET_ONNX: &str = "unet/model.onnx";
 pub const VAE_DECODER_ONNX: &str = "vae_decoder/model.onnx";
 
-/// Everything about a model that is known before any session exists.
+/// Everything about a model that is known before any session exists, and the one fact only a session can
+/// tell (`any_latent_size`), found once for all the pipelines that load the folder.
 pub struct ModelFolder {
     pub root: PathBuf,
     /// The folder's name, used as the model id in responses.
@@ -42,6 +44,9 @@ pub struct ModelFolder {
     pub default_width: usize,
     /// Steps and guidance for requests that name none, from the optional `t2i-align.json`.
     pub defaults: ModelDefaults,
+    /// Whether the export's UNet renders latents that are not multiples of its downsampling: probed by the
+    /// first `Pipeline::load` of this folder, and read by the others (one per worker).
+    pub any_latent_size: OnceLock<bool>,
 }
 
 /// The file in a model folder where its builder recommends request defaults. Optional: without it, a model gets
@@ -208,6 +213,7 @@ impl ModelFolder {
             default_height: latent_height * vae_scale_factor,
             default_width: latent_width * vae_scale_factor,
             defaults: ModelDefaults::read(root)?,
+            any_latent_size: OnceLock::new(),
         })
     }
 
