@@ -55,7 +55,14 @@ from t2i_scripts.server import ROOT
 
 SECTION = "alignment"
 TITLE = "Objectives and LoRA at equal compute (issue #26)"
-BEGIN, END = f"<!-- {SECTION}:begin -->", f"<!-- {SECTION}:end -->"
+
+
+def markers(section: str) -> tuple[str, str]:
+    """The comments that fence a report section, so that each measurement rewrites only its own."""
+    return f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+
+
+BEGIN, END = markers(SECTION)
 # The jobs' records so far, while the run goes on (removed at the end).
 PARTIAL = ROOT / "build" / "alignment" / "runs.json"
 
@@ -466,11 +473,6 @@ def document(args: argparse.Namespace, rated: dict, entries: list[dict], judged:
         "section": getattr(args, "section", None) or SECTION,
         "title": getattr(args, "title", None) or TITLE,
     }
-
-
-def markers(section: str) -> tuple[str, str]:
-    """The comments that fence a report section, so that each measurement rewrites only its own."""
-    return f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
 
 
 def run_command(args: argparse.Namespace) -> str:

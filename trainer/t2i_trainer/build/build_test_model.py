@@ -117,16 +117,17 @@ def build_tokenizer(folder: Path) -> CLIPTokenizer:
 # ----------------------------------------------------------------------------------------------------
 
 
-def build_text_encoder(hidden_size: int, seed: int) -> CLIPTextModel:
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(
+def clip_text_config(hidden_size: int, layers: int = 2, activation: str = "quick_gelu") -> CLIPTextConfig:
+    """A tiny CLIP text encoder's config with the real vocabulary and context length (SD 1.5's encoder uses
+    quick_gelu; SDXL's use gelu)."""
+    return CLIPTextConfig(
         vocab_size=CLIP_VOCAB_SIZE,
         max_position_embeddings=CLIP_CONTEXT_LENGTH,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
-        hidden_act="quick_gelu",
+        hidden_act=activation,
         projection_dim=hidden_size,
         layer_norm_eps=1e-5,
         # SD 1.5's legacy ids. With eos_token_id == 2, CLIP pools at argmax(input_ids): the first EOS.
@@ -134,7 +135,11 @@ def build_text_encoder(hidden_size: int, seed: int) -> CLIPTextModel:
         eos_token_id=2,
         pad_token_id=1,
     )
-    return CLIPTextModel(config).eval()
+
+
+def build_text_encoder(hidden_size: int, seed: int) -> CLIPTextModel:
+    torch.manual_seed(seed)
+    return CLIPTextModel(clip_text_config(hidden_size)).eval()
 
 
 def build_unet(cross_attention_dim: int, seed: int, sample_size: int | list[int] = 8) -> UNet2DConditionModel:

@@ -25,17 +25,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from t2i_trainer.build.build_test_model import (
     CLIP_CONTEXT_LENGTH,
     build_tokenizer,
+    clip_text_config,
     drop_scratch_paths,
     export_pipeline,
     model_parser,
 )
 from t2i_trainer.build.onnx_contract import describe_exports
-from t2i_trainer.common.clip_vocab import BOS_TOKEN, CLIP_VOCAB_SIZE, EOS_TOKEN
+from t2i_trainer.common.clip_vocab import BOS_TOKEN, EOS_TOKEN
 
 # SDXL base 1.0's scheduler/scheduler_config.json.
 SDXL_SCHEDULER_CONFIG = {
@@ -57,28 +58,11 @@ TEXT_HIDDEN = (32, 32)
 TIME_EMBED_DIM = 8
 
 
-def text_config(hidden_size: int) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        vocab_size=CLIP_VOCAB_SIZE,
-        max_position_embeddings=CLIP_CONTEXT_LENGTH,
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        hidden_act="gelu",
-        projection_dim=hidden_size,
-        layer_norm_eps=1e-5,
-        bos_token_id=0,
-        eos_token_id=2,
-        pad_token_id=1,
-    )
-
-
 def build_pipeline(scratch: Path, seed: int) -> StableDiffusionXLPipeline:
     torch.manual_seed(seed + 1)
-    text_encoder = CLIPTextModel(text_config(TEXT_HIDDEN[0])).eval()
+    text_encoder = CLIPTextModel(clip_text_config(TEXT_HIDDEN[0], 3, "gelu")).eval()
     torch.manual_seed(seed + 2)
-    text_encoder_2 = CLIPTextModelWithProjection(text_config(TEXT_HIDDEN[1])).eval()
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(TEXT_HIDDEN[1], 3, "gelu")).eval()
     tokenizer = build_tokenizer(scratch / "bpe")
     tokenizer_2 = CLIPTokenizer(
         vocab_file=str(scratch / "bpe" / "vocab.json"),
