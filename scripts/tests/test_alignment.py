@@ -394,6 +394,12 @@ def test_a_tuning_run_writes_its_own_section_and_leaves_the_comparison_alone(tmp
     text = report.read_text()
     assert comparison in text and "## DPO, tuned again" in text and tuning not in text
     assert json.loads(saved.read_text())["section"] == "alignment-dpo-tuning"
+    # A new section alone keeps the stored title.
+    assert (
+        alignment.main(["--render-only", "--json", str(saved), "--report", str(report), "--section", "other"])
+        == 0
+    )
+    assert json.loads(saved.read_text())["title"] == "DPO, tuned again"
     with pytest.raises(SystemExit):
         alignment.parse_args(["--render-only", "--section", "Not A Key"])
 

@@ -707,7 +707,8 @@ def main(argv=None) -> int:
     if args.render_only:
         data = json.loads(args.json.read_text())
         if args.section or args.title:
-            data |= {"section": args.section or data.get("section", SECTION), "title": args.title or TITLE}
+            section = args.section or data.get("section", SECTION)
+            data |= {"section": section, "title": args.title or data.get("title", TITLE)}
             args.json.write_text(json.dumps(data, indent=2) + "\n")
         write_report(args.report, markdown(data), *markers(data.get("section", SECTION)))
         return 0
