@@ -17,12 +17,7 @@ fn check_folder(folder: &std::path::Path) {
     let mut failures = Vec::new();
     for case in cases {
         let prompt = case["prompt"].as_str().unwrap();
-        let expected: Vec<u32> = case["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|id| id.as_u64().unwrap() as u32)
-            .collect();
+        let expected = common::ids(&case["input_ids"]);
         let encoded = tokenizer.encode(prompt).unwrap();
         if encoded.ids != expected {
             failures.push(format!(

@@ -10,7 +10,7 @@ use ort::session::{RunOptions, Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 
 use crate::error::{Error, Result};
-use crate::pipeline::model::ModelFolder;
+use crate::pipeline::model::{Family, ModelFolder};
 use crate::runtime::contract::{ElementType, SessionContract, TensorSpec};
 use crate::runtime::Runtime;
 
@@ -128,12 +128,16 @@ pub(super) const INPUT_IDS: &str = "input_ids";
 pub(super) const SAMPLE: &str = "sample";
 pub(super) const TIMESTEP: &str = "timestep";
 pub(super) const ENCODER_HIDDEN_STATES: &str = "encoder_hidden_states";
+pub(super) const TEXT_EMBEDS: &str = "text_embeds";
+pub(super) const TIME_IDS: &str = "time_ids";
 pub(super) const LATENT_SAMPLE: &str = "latent_sample";
 
 /// How this export differs from the others: id and timestep types, float16 inputs, and output names.
 pub(super) struct Contract {
-    pub(super) ids_int32: bool,
-    pub(super) text_output: String,
+    /// One per text encoder, in the order their hidden states are concatenated.
+    pub(super) text: Vec<TextContract>,
+    /// SDXL's extra UNet inputs: the pooled text embedding's width and the number of time ids per row.
+    pub(super) added_conditions: Option<AddedConditions>,
     pub(super) timestep_input: TimestepInput,
     pub(super) unet_output: String,
     pub(super) vae_output: String,
@@ -142,30 +146,51 @@ pub(super) struct Contract {
     pub(super) half: HalfInputs,
 }
 
+/// What one text encoder takes and which of its outputs the pipeline reads.
+pub(super) struct TextContract {
+    pub(super) ids_int32: bool,
+    /// The hidden states the UNet attends to: `last_hidden_state` for Stable Diffusion 1.x/2.x, the
+    /// penultimate layer (`hidden_states.{n-2}` of n) for SDXL.
+    pub(super) hidden_output: String,
+    /// The pooled embedding SDXL's UNet takes as `text_embeds`: the output of the first encoder whose first
+    /// output is `[batch, width]`, as diffusers picks it (the projection of `text_encoder_2`).
+    pub(super) pooled_output: Option<String>,
+}
+
+/// SDXL's `text_embeds` and `time_ids` inputs, by width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct AddedConditions {
+    pub(super) pooled_width: usize,
+    pub(super) time_ids: usize,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct HalfInputs {
     pub(super) sample: bool,
     pub(super) timestep: bool,
     pub(super) hidden_states: bool,
+    pub(super) text_embeds: bool,
+    pub(super) time_ids: bool,
     pub(super) latent_sample: bool,
 }
 
 impl Contract {
-    pub(super) fn read(text_encoder: &SessionContract, unet: &SessionContract, vae: &SessionContract) -> Result<Self> {
-        let input_ids = text_encoder.input(INPUT_IDS)?;
-        let ids_int32 = match input_ids.element {
-            ElementType::Int64 => false,
-            ElementType::Int32 => true,
-            _ => {
-                return Err(Error::Runtime(format!(
-                    "the text encoder's input is {}; expected int64 or int32 ids",
-                    input_ids.describe()
-                )))
+    pub(super) fn read(
+        family: Family,
+        text_encoders: &[&SessionContract],
+        unet: &SessionContract,
+        vae: &SessionContract,
+    ) -> Result<Self> {
+        let mut text = Vec::with_capacity(text_encoders.len());
+        let mut pooled_found = false;
+        for encoder in text_encoders {
+            let mut contract = TextContract::read(family, encoder)?;
+            if pooled_found {
+                contract.pooled_output = None;
             }
-        };
-        text_encoder.reject_unknown_inputs(&[INPUT_IDS])?;
-        unet.reject_unknown_inputs(&[SAMPLE, TIMESTEP, ENCODER_HIDDEN_STATES])?;
-        vae.reject_unknown_inputs(&[LATENT_SAMPLE])?;
+            pooled_found |= contract.pooled_output.is_some();
+            text.push(contract);
+        }
         let half = |spec: &TensorSpec| match spec.element {
             ElementType::Float32 => Ok(false),
             ElementType::Float16 => Ok(true),
@@ -174,20 +199,105 @@ impl Contract {
                 spec.describe()
             ))),
         };
+        let (added_conditions, half_text_embeds, half_time_ids) = if family.is_xl() {
+            unet.reject_unknown_inputs(&[SAMPLE, TIMESTEP, ENCODER_HIDDEN_STATES, TEXT_EMBEDS, TIME_IDS])?;
+            if !pooled_found {
+                return Err(Error::Runtime(
+                    "no text encoder returns a pooled embedding ([batch, width] as its first output, as \
+                     text_encoder_2's `text_embeds`), which SDXL's UNet takes"
+                        .into(),
+                ));
+            }
+            let width = |name: &str| -> Result<(usize, bool)> {
+                let spec = unet.input(name)?;
+                match spec.shape.as_slice() {
+                    [_, width] if *width > 0 => Ok((*width as usize, half(spec)?)),
+                    _ => Err(Error::Runtime(format!(
+                        "the unet's {} should be [batch, width] with a fixed width",
+                        spec.describe()
+                    ))),
+                }
+            };
+            let (pooled_width, half_text_embeds) = width(TEXT_EMBEDS)?;
+            let (time_ids, half_time_ids) = width(TIME_IDS)?;
+            if time_ids != 6 {
+                return Err(Error::Runtime(format!(
+                    "the unet takes {time_ids} time ids per row; SDXL base and Turbo take 6 (original size, crop \
+                     corner, target size)"
+                )));
+            }
+            let conditions = AddedConditions { pooled_width, time_ids };
+            (Some(conditions), half_text_embeds, half_time_ids)
+        } else {
+            unet.reject_unknown_inputs(&[SAMPLE, TIMESTEP, ENCODER_HIDDEN_STATES])?;
+            (None, false, false)
+        };
+        vae.reject_unknown_inputs(&[LATENT_SAMPLE])?;
         let timestep = unet.input(TIMESTEP)?;
         let half = HalfInputs {
             sample: half(unet.input(SAMPLE)?)?,
             timestep: timestep.element == ElementType::Float16,
             hidden_states: half(unet.input(ENCODER_HIDDEN_STATES)?)?,
+            text_embeds: half_text_embeds,
+            time_ids: half_time_ids,
             latent_sample: half(vae.input(LATENT_SAMPLE)?)?,
         };
         Ok(Contract {
-            ids_int32,
-            text_output: text_encoder.output_or_first("last_hidden_state")?.name.clone(),
+            text,
+            added_conditions,
             timestep_input: TimestepInput::from_spec(timestep)?,
             unet_output: unet.output_or_first("out_sample")?.name.clone(),
             vae_output: vae.output_or_first("sample")?.name.clone(),
             half,
+        })
+    }
+}
+
+impl TextContract {
+    fn read(family: Family, encoder: &SessionContract) -> Result<Self> {
+        let input_ids = encoder.input(INPUT_IDS)?;
+        let ids_int32 = match input_ids.element {
+            ElementType::Int64 => false,
+            ElementType::Int32 => true,
+            _ => {
+                return Err(Error::Runtime(format!(
+                    "the {}'s input is {}; expected int64 or int32 ids",
+                    encoder.component,
+                    input_ids.describe()
+                )))
+            }
+        };
+        encoder.reject_unknown_inputs(&[INPUT_IDS])?;
+        if !family.is_xl() {
+            return Ok(TextContract {
+                ids_int32,
+                hidden_output: encoder.output_or_first("last_hidden_state")?.name.clone(),
+                pooled_output: None,
+            });
+        }
+        let layers = encoder
+            .outputs
+            .iter()
+            .filter_map(|spec| spec.name.strip_prefix("hidden_states.")?.parse::<usize>().ok())
+            .max()
+            .map_or(0, |last| last + 1);
+        if layers < 2 {
+            return Err(Error::Runtime(format!(
+                "the {} exports no hidden_states.N outputs; SDXL reads the penultimate layer's (export the \
+                 pipeline with optimum, which adds them)",
+                encoder.component
+            )));
+        }
+        let hidden_output = format!("hidden_states.{}", layers - 2);
+        let pooled_output = encoder
+            .outputs
+            .first()
+            .filter(|spec| spec.rank() == 2)
+            .map(|spec| spec.name.clone());
+        Ok(TextContract {
+            ids_int32,
+            hidden_output,
+            pooled_output,
         })
     }
 }

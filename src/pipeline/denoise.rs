@@ -1,6 +1,9 @@
-//! The Stable Diffusion denoising loop over three ONNX sessions: text encoder, UNet, VAE decoder.
+//! The Stable Diffusion denoising loop over the ONNX sessions of an export: text encoder(s), UNet, VAE decoder.
 //!
 //! Classifier-free guidance runs in one UNet call at batch 2n (negatives first, as diffusers orders them).
+//! SDXL conditions the UNet on two text encoders' penultimate hidden states side by side, on the second's
+//! pooled embedding (`text_embeds`) and on `time_ids`; Stable Diffusion 1.x/2.x on one encoder's last hidden
+//! state.
 //! A `Pipeline` owns its sessions; because `Session::run` takes `&mut self`, one worker thread owns one pipeline.
 
 use std::borrow::Cow;
@@ -13,10 +16,10 @@ use ort::value::TensorRef;
 use crate::error::{Error, Result};
 use crate::pipeline::contract::{
     float_input, float_output, inference_error, Component, Contract, TimestepInput, ENCODER_HIDDEN_STATES, INPUT_IDS,
-    LATENT_SAMPLE, SAMPLE, TIMESTEP,
+    LATENT_SAMPLE, SAMPLE, TEXT_EMBEDS, TIMESTEP, TIME_IDS,
 };
 use crate::pipeline::image::to_rgb8;
-use crate::pipeline::model::{ModelFolder, TEXT_ENCODER_ONNX, UNET_ONNX, VAE_DECODER_ONNX};
+use crate::pipeline::model::{Family, ModelFolder, UNET_ONNX, VAE_DECODER_ONNX};
 use crate::pipeline::noise::NoiseSource;
 use crate::pipeline::output::{GenerateOutput, Progress, Sampled, SampledImage, StageTimings};
 use crate::pipeline::request::{GenerateParams, ModelLimits};
@@ -28,7 +31,8 @@ pub struct Pipeline {
     model: Arc<ModelFolder>,
     provider: ExecutionProvider,
     run_options: Arc<RunOptions>,
-    text_encoder: Component,
+    /// In the order of `model.text_encoders`.
+    text_encoders: Vec<Component>,
     unet: Component,
     vae_decoder: Component,
     contract: Contract,
@@ -51,21 +55,27 @@ impl Pipeline {
             .map_err(|err| Error::Internal(format!("cannot clear the run's terminate flag: {err}")))
     }
 
-    /// Creates the three sessions for `model` on the runtime's execution provider.
+    /// Creates the sessions for `model` (its text encoders, UNet and VAE decoder) on the runtime's execution
+    /// provider.
     pub fn load(runtime: &mut Runtime, model: Arc<ModelFolder>) -> Result<Self> {
         let run_options = Arc::new(
             RunOptions::new().map_err(|err| Error::Internal(format!("cannot create ONNX run options: {err}")))?,
         );
-        let text_encoder = Component::load(runtime, &model, "text_encoder", TEXT_ENCODER_ONNX, &run_options)?;
+        let text_encoders = model
+            .text_encoders
+            .iter()
+            .map(|encoder| Component::load(runtime, &model, encoder.name, encoder.onnx, &run_options))
+            .collect::<Result<Vec<_>>>()?;
         let unet = Component::load(runtime, &model, "unet", UNET_ONNX, &run_options)?;
         let vae_decoder = Component::load(runtime, &model, "vae_decoder", VAE_DECODER_ONNX, &run_options)?;
-        let contract = Contract::read(&text_encoder.contract, &unet.contract, &vae_decoder.contract)?;
+        let text_contracts: Vec<_> = text_encoders.iter().map(|encoder| &encoder.contract).collect();
+        let contract = Contract::read(model.family, &text_contracts, &unet.contract, &vae_decoder.contract)?;
         let size_multiple = model.size_multiple;
         let mut pipeline = Pipeline {
             provider: runtime.provider(),
             run_options,
             model,
-            text_encoder,
+            text_encoders,
             unet,
             vae_decoder,
             contract,
@@ -105,27 +115,23 @@ impl Pipeline {
         if cells <= 1 {
             return Ok(false);
         }
-        let ids: Vec<i64> = self
-            .model
-            .tokenizer
-            .encode("")?
-            .ids
-            .iter()
-            .map(|&id| id as i64)
-            .collect();
+        let ids = self.tokenize(&[""], &mut Vec::new())?;
         let mut ort_run = Duration::ZERO;
         let embeddings = self
-            .encode_ids(&[ids.as_slice()], &mut ort_run)?
+            .encode_units(&[&ids], &mut ort_run)?
             .pop()
             .ok_or_else(|| Error::Internal("the text encoder returned no rows".into()))?;
         let side = cells + 1;
         let sample = vec![0.0f32; self.model.latent_channels * side * side];
+        let time_ids = self.time_ids(side * self.model.vae_scale_factor, side * self.model.vae_scale_factor);
         let inputs = UnetInputs {
             sample: &sample,
             sample_shape: [1, self.model.latent_channels, side, side],
             timesteps: &[1.0],
             hidden_states: &embeddings.values,
             hidden_shape: [1, embeddings.seq_len, embeddings.hidden],
+            text_embeds: &embeddings.pooled,
+            time_ids: &time_ids,
         };
         let probe = self.run_unet(inputs, RunLogging::Quiet, &mut ort_run);
         Ok(probe.is_ok())
@@ -152,8 +158,9 @@ impl Pipeline {
 
     /// Says, in one line each, how this export's contract was read (for the start-up log).
     pub fn describe_contract(&self) -> Vec<String> {
-        [&self.text_encoder, &self.unet, &self.vae_decoder]
+        self.text_encoders
             .iter()
+            .chain([&self.unet, &self.vae_decoder])
             .map(|component| {
                 let specs =
                     |specs: &[TensorSpec]| specs.iter().map(TensorSpec::describe).collect::<Vec<_>>().join(", ");
@@ -233,16 +240,16 @@ impl Pipeline {
             .into_iter()
             .map(|(params, latents)| self.prepare(params, latents))
             .collect();
-        let ids: Vec<&[i64]> = prepared
+        let ids: Vec<&UnitIds> = prepared
             .iter()
             .filter_map(|unit| unit.as_ref().ok())
-            .map(|unit| unit.ids.as_slice())
+            .map(|unit| &unit.ids)
             .collect();
         let mut ort_run = Duration::ZERO;
         let encoded = if ids.is_empty() {
             Ok(Vec::new())
         } else {
-            self.encode_ids(&ids, &mut ort_run)
+            self.encode_units(&ids, &mut ort_run)
         };
         let text_encode = started.elapsed();
         let mut embeddings = match encoded {
@@ -288,22 +295,21 @@ impl Pipeline {
         let mut warnings = Vec::new();
         let mut prompts = Vec::with_capacity(2);
         if guided {
-            prompts.push(("negative_prompt", params.negative_prompt.as_str()));
+            prompts.push(params.negative_prompt.as_str());
         }
-        prompts.push(("prompt", params.prompt.as_str()));
-        let tokenizer = &self.model.tokenizer;
-        let seq_len = tokenizer.max_length();
-        let mut ids: Vec<i64> = Vec::with_capacity(seq_len * prompts.len());
-        for (field, text) in &prompts {
-            let tokens = tokenizer.encode(text)?;
-            if tokens.truncated() {
-                warnings.push(format!(
-                    "`{field}` was cut to {seq_len} tokens (it had {}); the rest was ignored",
-                    tokens.untruncated_len
-                ));
+        prompts.push(params.prompt.as_str());
+        let mut ids = self.tokenize(&prompts, &mut warnings)?;
+        // SDXL, as diffusers runs it when no negative prompt is given: zeros, not the empty prompt's embedding.
+        let force_zeros = matches!(
+            self.model.family,
+            Family::StableDiffusionXl {
+                force_zeros_for_empty_prompt: true
             }
-            ids.extend(tokens.ids.iter().map(|&id| id as i64));
+        );
+        if guided && force_zeros && params.negative_prompt.is_empty() {
+            ids.zero_rows[0] = true;
         }
+        let time_ids = self.time_ids(params.height, params.width);
         let scheduler = scheduler::build(
             params.scheduler,
             &self.model.scheduler_config,
@@ -326,7 +332,6 @@ impl Pipeline {
             Vec::new()
         };
         Ok(Prepared {
-            rows: prompts.len(),
             ids,
             denoising: Denoising {
                 shape: LatentShape {
@@ -339,6 +344,8 @@ impl Pipeline {
                 hidden_states: Vec::new(),
                 seq_len: 0,
                 hidden: 0,
+                text_embeds: Vec::new(),
+                time_ids,
                 timesteps: scheduler.timesteps().to_vec(),
                 scheduler,
                 noise_sources,
@@ -380,6 +387,8 @@ impl Pipeline {
         let mut sample = Vec::with_capacity(rows * per_row);
         let mut timesteps = Vec::with_capacity(rows);
         let mut hidden_states = Vec::with_capacity(rows * seq_len * hidden);
+        let mut text_embeds = Vec::new();
+        let mut time_ids = Vec::new();
         for unit in units.iter() {
             let from = sample.len();
             for _ in 0..unit.copies() {
@@ -391,6 +400,10 @@ impl Pipeline {
                 unit.unet_rows(),
             ));
             hidden_states.extend_from_slice(&unit.hidden_states);
+            text_embeds.extend_from_slice(&unit.text_embeds);
+            for _ in 0..unit.unet_rows() {
+                time_ids.extend_from_slice(&unit.time_ids);
+            }
         }
         let mut ort_run = Duration::ZERO;
         let inputs = UnetInputs {
@@ -399,6 +412,8 @@ impl Pipeline {
             timesteps: &timesteps,
             hidden_states: &hidden_states,
             hidden_shape: [rows, seq_len, hidden],
+            text_embeds: &text_embeds,
+            time_ids: &time_ids,
         };
         let prediction = self.run_unet(inputs, RunLogging::Normal, &mut ort_run)?;
         let mut offset = 0;
@@ -477,47 +492,165 @@ impl Pipeline {
         !self.contract.timestep_input.is_scalar()
     }
 
-    /// One text-encoder call for the token ids of several units (each one or two rows of `seq_len` ids);
-    /// returns each unit's rows of hidden states.
-    fn encode_ids(&mut self, units: &[&[i64]], ort_time: &mut Duration) -> Result<Vec<Embeddings>> {
-        let seq_len = self.model.tokenizer.max_length();
-        let ids: Vec<i64> = units.iter().flat_map(|ids| ids.iter().copied()).collect();
-        let rows = ids.len() / seq_len;
+    /// Tokenizes `prompts` (a unit's rows) with every tokenizer of the model; a prompt cut to the tokenizer's
+    /// length gets a warning (the first tokenizer's: a model's tokenizers share their length).
+    fn tokenize(&self, prompts: &[&str], warnings: &mut Vec<String>) -> Result<UnitIds> {
+        let mut per_encoder = Vec::with_capacity(self.model.text_encoders.len());
+        for (index, encoder) in self.model.text_encoders.iter().enumerate() {
+            let seq_len = encoder.tokenizer.max_length();
+            let mut ids: Vec<i64> = Vec::with_capacity(seq_len * prompts.len());
+            for (row, text) in prompts.iter().enumerate() {
+                let tokens = encoder.tokenizer.encode(text)?;
+                if index == 0 && tokens.truncated() {
+                    let field = if row + 1 < prompts.len() {
+                        "negative_prompt"
+                    } else {
+                        "prompt"
+                    };
+                    warnings.push(format!(
+                        "`{field}` was cut to {seq_len} tokens (it had {}); the rest was ignored",
+                        tokens.untruncated_len
+                    ));
+                }
+                ids.extend(tokens.ids.iter().map(|&id| id as i64));
+            }
+            per_encoder.push(ids);
+        }
+        Ok(UnitIds {
+            per_encoder,
+            zero_rows: vec![false; prompts.len()],
+        })
+    }
+
+    /// SDXL's `time_ids` for one image: original size, crop corner (0, 0), target size, each (height, width),
+    /// as diffusers builds them when a request names only the size. Empty for families without them.
+    fn time_ids(&self, height: usize, width: usize) -> Vec<f32> {
+        match self.contract.added_conditions {
+            Some(_) => [height, width, 0, 0, height, width].map(|value| value as f32).to_vec(),
+            None => Vec::new(),
+        }
+    }
+
+    /// One call per text encoder for the token ids of several units (each one or two rows); returns each
+    /// unit's rows of hidden states (the encoders' side by side) and, for SDXL, of pooled embeddings.
+    fn encode_units(&mut self, units: &[&UnitIds], ort_time: &mut Duration) -> Result<Vec<Embeddings>> {
+        let rows: usize = units.iter().map(|unit| unit.zero_rows.len()).sum();
+        let mut hidden_parts: Vec<(Vec<f32>, usize)> = Vec::with_capacity(self.text_encoders.len());
+        let mut pooled: Vec<f32> = Vec::new();
+        let mut seq_len = 0;
+        for index in 0..self.text_encoders.len() {
+            let ids: Vec<i64> = units
+                .iter()
+                .flat_map(|unit| unit.per_encoder[index].iter().copied())
+                .collect();
+            let encoded = self.encode_ids(index, &ids, rows, ort_time)?;
+            if index > 0 && encoded.seq_len != seq_len {
+                return Err(Error::Inference {
+                    component: self.text_encoders[index].name,
+                    message: format!(
+                        "returned {} positions; the first text encoder returned {seq_len}",
+                        encoded.seq_len
+                    ),
+                });
+            }
+            seq_len = encoded.seq_len;
+            if let Some(values) = encoded.pooled {
+                pooled = values;
+            }
+            hidden_parts.push((encoded.hidden_states, encoded.hidden));
+        }
+        let hidden: usize = hidden_parts.iter().map(|(_, width)| width).sum();
+        let pooled_width = pooled.len().checked_div(rows).unwrap_or(0);
+        if let Some(conditions) = self.contract.added_conditions {
+            if pooled_width != conditions.pooled_width {
+                return Err(Error::Inference {
+                    component: "text_encoder_2",
+                    message: format!(
+                        "the pooled embedding is {pooled_width} wide; the unet's text_embeds takes {}",
+                        conditions.pooled_width
+                    ),
+                });
+            }
+        }
+        // [rows, seq, h1] and [rows, seq, h2] side by side as [rows, seq, h1 + h2]; one encoder as it is.
+        let mut values = if hidden_parts.len() == 1 {
+            hidden_parts.pop().map(|(values, _)| values).unwrap_or_default()
+        } else {
+            let mut values = Vec::with_capacity(rows * seq_len * hidden);
+            for position in 0..rows * seq_len {
+                for (part, width) in &hidden_parts {
+                    values.extend_from_slice(&part[position * width..(position + 1) * width]);
+                }
+            }
+            values
+        };
+        let per_row = seq_len * hidden;
+        let mut row = 0;
+        let mut embeddings = Vec::with_capacity(units.len());
+        for unit in units {
+            let unit_rows = unit.zero_rows.len();
+            for (offset, &zero) in unit.zero_rows.iter().enumerate() {
+                if zero {
+                    let at = row + offset;
+                    values[at * per_row..(at + 1) * per_row].fill(0.0);
+                    pooled[at * pooled_width..(at + 1) * pooled_width].fill(0.0);
+                }
+            }
+            embeddings.push(Embeddings {
+                values: values[row * per_row..(row + unit_rows) * per_row].to_vec(),
+                rows: unit_rows,
+                seq_len,
+                hidden,
+                pooled: pooled[row * pooled_width..(row + unit_rows) * pooled_width].to_vec(),
+            });
+            row += unit_rows;
+        }
+        Ok(embeddings)
+    }
+
+    /// One call of text encoder `index` on `rows` rows of ids.
+    fn encode_ids(&mut self, index: usize, ids: &[i64], rows: usize, ort_time: &mut Duration) -> Result<Encoded> {
+        let contract = &self.contract.text[index];
+        let component = &mut self.text_encoders[index];
+        let name = component.name;
+        let seq_len = ids.len() / rows.max(1);
         let shape = [rows, seq_len];
         let ids32: Vec<i32>;
-        let input = if self.contract.ids_int32 {
+        let input = if contract.ids_int32 {
             ids32 = ids.iter().map(|&id| id as i32).collect();
             TensorRef::from_array_view((shape, ids32.as_slice())).map(SessionInputValue::from)
         } else {
-            TensorRef::from_array_view((shape, ids.as_slice())).map(SessionInputValue::from)
+            TensorRef::from_array_view((shape, ids)).map(SessionInputValue::from)
         }
-        .map_err(|err| inference_error("text_encoder", err))?;
+        .map_err(|err| inference_error(name, err))?;
         let inputs = vec![(Cow::from(INPUT_IDS), input)];
-        let outputs = self.text_encoder.run(inputs, ort_time)?;
-        let (out_shape, values) = float_output("text_encoder", &outputs[self.contract.text_output.as_str()])?;
+        let outputs = component.run(inputs, ort_time)?;
+        let (out_shape, values) = float_output(name, &outputs[contract.hidden_output.as_str()])?;
         if out_shape.len() != 3 || out_shape[0] as usize != rows {
             return Err(Error::Inference {
-                component: "text_encoder",
-                message: format!("unexpected output shape {out_shape:?}"),
+                component: name,
+                message: format!("unexpected {} shape {out_shape:?}", contract.hidden_output),
             });
         }
-        let (out_seq, hidden) = (out_shape[1] as usize, out_shape[2] as usize);
-        let per_row = out_seq * hidden;
-        let mut offset = 0;
-        Ok(units
-            .iter()
-            .map(|ids| {
-                let unit_rows = ids.len() / seq_len;
-                let embeddings = Embeddings {
-                    values: values[offset..offset + unit_rows * per_row].to_vec(),
-                    rows: unit_rows,
-                    seq_len: out_seq,
-                    hidden,
-                };
-                offset += unit_rows * per_row;
-                embeddings
-            })
-            .collect())
+        let pooled = match &contract.pooled_output {
+            Some(output) => {
+                let (shape, values) = float_output(name, &outputs[output.as_str()])?;
+                if shape.len() != 2 || shape[0] as usize != rows {
+                    return Err(Error::Inference {
+                        component: name,
+                        message: format!("unexpected {output} shape {shape:?}"),
+                    });
+                }
+                Some(values.into_owned())
+            }
+            None => None,
+        };
+        Ok(Encoded {
+            hidden_states: values.into_owned(),
+            seq_len: out_shape[1] as usize,
+            hidden: out_shape[2] as usize,
+            pooled,
+        })
     }
 
     fn run_unet(&mut self, inputs: UnetInputs<'_>, logging: RunLogging, ort_time: &mut Duration) -> Result<Vec<f32>> {
@@ -527,6 +660,8 @@ impl Pipeline {
             timesteps,
             hidden_states,
             hidden_shape,
+            text_embeds,
+            time_ids,
         } = inputs;
         let batch = sample_shape[0];
         let to_error = |err| inference_error("unet", err);
@@ -546,7 +681,7 @@ impl Pipeline {
             TimestepInput::Int64Scalar => TensorRef::from_array_view(((), &int_batch[..1])).map(Into::into),
         }
         .map_err(to_error)?;
-        let inputs = vec![
+        let mut inputs = vec![
             (
                 Cow::from(SAMPLE),
                 float_input(half.sample, sample_shape, sample).map_err(to_error)?,
@@ -557,6 +692,23 @@ impl Pipeline {
                 float_input(half.hidden_states, hidden_shape, hidden_states).map_err(to_error)?,
             ),
         ];
+        if let Some(conditions) = self.contract.added_conditions {
+            if text_embeds.len() != batch * conditions.pooled_width || time_ids.len() != batch * conditions.time_ids {
+                return Err(Error::Internal(format!(
+                    "{} text_embeds and {} time_ids values for a UNet batch of {batch}",
+                    text_embeds.len(),
+                    time_ids.len()
+                )));
+            }
+            inputs.push((
+                Cow::from(TEXT_EMBEDS),
+                float_input(half.text_embeds, [batch, conditions.pooled_width], text_embeds).map_err(to_error)?,
+            ));
+            inputs.push((
+                Cow::from(TIME_IDS),
+                float_input(half.time_ids, [batch, conditions.time_ids], time_ids).map_err(to_error)?,
+            ));
+        }
         let outputs = match logging {
             RunLogging::Normal => self.unet.run(inputs, ort_time)?,
             RunLogging::Quiet => self.unet.run_quietly(inputs, ort_time)?,
@@ -590,6 +742,9 @@ struct UnetInputs<'a> {
     timesteps: &'a [f32],
     hidden_states: &'a [f32],
     hidden_shape: [usize; 3],
+    /// SDXL's `[batch, width]` pooled embeddings and `[batch, 6]` time ids; empty for other families.
+    text_embeds: &'a [f32],
+    time_ids: &'a [f32],
 }
 
 /// Whether ONNX Runtime logs a failed run: a probe expected to fail runs quietly.
@@ -607,12 +762,30 @@ fn round_to_multiple(size: usize, multiple: usize) -> usize {
     rounded.max(multiple)
 }
 
+/// One unit's text conditioning: hidden states `[rows, seq_len, hidden]` and (SDXL) pooled `[rows, width]`.
 struct Embeddings {
     values: Vec<f32>,
     /// 1 (prompt) or 2 (negative, prompt).
     rows: usize,
     seq_len: usize,
     hidden: usize,
+    /// Empty for families without pooled embeddings.
+    pooled: Vec<f32>,
+}
+
+/// One text encoder's output for a batch of rows.
+struct Encoded {
+    hidden_states: Vec<f32>,
+    seq_len: usize,
+    hidden: usize,
+    pooled: Option<Vec<f32>>,
+}
+
+/// One unit's token ids for each text encoder (`rows × seq_len` each), and which of its rows are zeros
+/// rather than their prompt's embedding (SDXL's `force_zeros_for_empty_prompt`).
+struct UnitIds {
+    per_encoder: Vec<Vec<i64>>,
+    zero_rows: Vec<bool>,
 }
 
 /// The latent tensor of one image: units batch together only when theirs match.
@@ -631,16 +804,18 @@ impl LatentShape {
 
 /// A unit tokenized and given its scheduler, waiting for the shared text-encoder call.
 struct Prepared {
-    rows: usize,
-    ids: Vec<i64>,
+    ids: UnitIds,
     denoising: Denoising,
 }
 
 impl Prepared {
     fn into_denoising(self, embeddings: Embeddings, timings: StageTimings) -> Denoising {
-        debug_assert_eq!(embeddings.rows, self.rows);
+        debug_assert_eq!(embeddings.rows, self.ids.zero_rows.len());
         let mut unit = self.denoising;
         unit.hidden_states = repeat_embeddings(&embeddings.values, embeddings.rows, unit.params.num_images);
+        if !embeddings.pooled.is_empty() {
+            unit.text_embeds = repeat_embeddings(&embeddings.pooled, embeddings.rows, unit.params.num_images);
+        }
         unit.seq_len = embeddings.seq_len;
         unit.hidden = embeddings.hidden;
         unit.timings = timings;
@@ -660,6 +835,10 @@ pub struct Denoising {
     hidden_states: Vec<f32>,
     seq_len: usize,
     hidden: usize,
+    /// SDXL's pooled embeddings, laid out as `hidden_states`; empty for other families.
+    text_embeds: Vec<f32>,
+    /// SDXL's time ids for one UNet row (every row of a unit has the same); empty for other families.
+    time_ids: Vec<f32>,
     scheduler: Box<dyn scheduler::Scheduler>,
     timesteps: Vec<f32>,
     noise_sources: Vec<NoiseSource>,

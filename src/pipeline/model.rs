@@ -13,10 +13,40 @@ use crate::pipeline::request::MAX_GUIDANCE_SCALE;
 use crate::pipeline::scheduler::{SchedulerConfig, SchedulerKind};
 use crate::pipeline::tokenizer::ClipTokenizer;
 
-/// The three ONNX components `/generate` needs, relative to the model folder.
-pub const TEXT_ENCODER_ONNX: &str = "text_encoder/model.onnx";
+/// The ONNX components `/generate` needs, relative to the model folder: one or two text encoders, the UNet and
+/// the VAE decoder.
 pub const UNET_ONNX: &str = "unet/model.onnx";
 pub const VAE_DECODER_ONNX: &str = "vae_decoder/model.onnx";
+
+/// The SDXL pipeline classes this server renders; other classes without "XL" load as Stable Diffusion 1.x/2.x.
+pub const SDXL_PIPELINES: [&str; 1] = ["StableDiffusionXLPipeline"];
+
+/// How a family conditions its UNet on text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Stable Diffusion 1.x/2.x: one CLIP text encoder, its last hidden state.
+    StableDiffusion,
+    /// Stable Diffusion XL (base and Turbo): the penultimate hidden states of two CLIP text encoders side by
+    /// side, the second's pooled `text_embeds`, and `time_ids` (original size, crop corner, target size).
+    StableDiffusionXl {
+        /// With classifier-free guidance and no negative prompt, the negative rows are zeros instead of the
+        /// empty prompt's embeddings (`force_zeros_for_empty_prompt` in `model_index.json`).
+        force_zeros_for_empty_prompt: bool,
+    },
+}
+
+impl Family {
+    pub fn is_xl(self) -> bool {
+        matches!(self, Family::StableDiffusionXl { .. })
+    }
+}
+
+/// One text encoder of the export: its component name, ONNX file and tokenizer.
+pub struct TextEncoderFiles {
+    pub name: &'static str,
+    pub onnx: &'static str,
+    pub tokenizer: ClipTokenizer,
+}
 
 /// Everything about a model that is known before any session exists, and the one fact only a session can
 /// tell (`any_latent_size`), found once for all the pipelines that load the folder.
@@ -25,7 +55,9 @@ pub struct ModelFolder {
     /// The folder's name, used as the model id in responses.
     pub name: String,
     pub pipeline_class: String,
-    pub tokenizer: ClipTokenizer,
+    pub family: Family,
+    /// In the order the pipeline concatenates their hidden states: `text_encoder`, then `text_encoder_2`.
+    pub text_encoders: Vec<TextEncoderFiles>,
     pub scheduler_config: SchedulerConfig,
     /// The scheduler named by `scheduler_config.json`, used when a request names none.
     pub default_scheduler: SchedulerKind,
@@ -143,13 +175,47 @@ impl ModelFolder {
             .and_then(Value::as_str)
             .unwrap_or("StableDiffusionPipeline")
             .to_string();
-        if pipeline_class.contains("XL") {
+        let family = if SDXL_PIPELINES.contains(&pipeline_class.as_str()) {
+            Family::StableDiffusionXl {
+                force_zeros_for_empty_prompt: index
+                    .get("force_zeros_for_empty_prompt")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true),
+            }
+        } else if pipeline_class.contains("XL") {
             return Err(Error::model(
                 root,
-                format!("{pipeline_class} is not supported yet; export a Stable Diffusion 1.x/2.x pipeline"),
+                format!(
+                    "model_index.json: _class_name {pipeline_class} is not served; of the SDXL pipelines, {} is",
+                    SDXL_PIPELINES.join(", ")
+                ),
             ));
+        } else {
+            // Stable Diffusion 1.x/2.x exports name their class in several ways (the ONNX pipelines of old
+            // diffusers, custom subclasses); the files decide, and a wrong one is refused by its contract.
+            Family::StableDiffusion
+        };
+        let mut encoder_parts = vec![("text_encoder", "text_encoder/model.onnx", "tokenizer")];
+        if family.is_xl() {
+            encoder_parts.push(("text_encoder_2", "text_encoder_2/model.onnx", "tokenizer_2"));
         }
-        for onnx in [TEXT_ENCODER_ONNX, UNET_ONNX, VAE_DECODER_ONNX] {
+        let mut text_encoders = Vec::with_capacity(encoder_parts.len());
+        for (name, onnx, tokenizer) in encoder_parts {
+            require_file(root, onnx)?;
+            let tokenizer_dir = root.join(tokenizer);
+            if !tokenizer_dir.is_dir() {
+                return Err(Error::model(
+                    root,
+                    format!("missing {tokenizer}/ (vocab.json, merges.txt, tokenizer_config.json)"),
+                ));
+            }
+            text_encoders.push(TextEncoderFiles {
+                name,
+                onnx,
+                tokenizer: ClipTokenizer::from_folder(&tokenizer_dir)?,
+            });
+        }
+        for onnx in [UNET_ONNX, VAE_DECODER_ONNX] {
             require_file(root, onnx)?;
         }
 
@@ -169,14 +235,16 @@ impl ModelFolder {
                 SchedulerKind::Euler
             });
 
-        let tokenizer_dir = root.join("tokenizer");
-        if !tokenizer_dir.is_dir() {
+        let lengths: Vec<usize> = text_encoders
+            .iter()
+            .map(|encoder| encoder.tokenizer.max_length())
+            .collect();
+        if lengths.windows(2).any(|pair| pair[0] != pair[1]) {
             return Err(Error::model(
                 root,
-                "missing tokenizer/ (vocab.json, merges.txt, tokenizer_config.json)",
+                format!("the tokenizers' model_max_length differ ({lengths:?}); their hidden states are concatenated"),
             ));
         }
-        let tokenizer = ClipTokenizer::from_folder(&tokenizer_dir)?;
 
         let unet: UnetConfig = read_json(root, "unet/config.json")?;
         let vae: VaeConfig = read_json(root, "vae_decoder/config.json")?;
@@ -202,7 +270,8 @@ impl ModelFolder {
             root: root.to_path_buf(),
             name,
             pipeline_class,
-            tokenizer,
+            family,
+            text_encoders,
             scheduler_config,
             default_scheduler,
             latent_channels: vae.latent_channels,
@@ -219,6 +288,12 @@ impl ModelFolder {
 
     pub fn onnx_path(&self, relative: &str) -> PathBuf {
         self.root.join(relative)
+    }
+
+    /// The first text encoder's tokenizer: every tokenizer of a model has its length, and prompts' truncation
+    /// is reported by this one.
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        &self.text_encoders[0].tokenizer
     }
 }
 

@@ -77,7 +77,7 @@ impl ClipTokenizer {
             Tokenizer::from_file(&tokenizer_json)
                 .map_err(|err| Error::model(folder, format!("cannot read tokenizer.json: {err}")))?
         } else {
-            build_from_vocab(folder, &bos, &eos)?
+            build_from_vocab(folder, &bos, &eos, &pad)?
         };
 
         tokenizer.with_padding(None);
@@ -193,7 +193,10 @@ fn token_text(config: &Value, key: &str) -> Option<String> {
     }
 }
 
-fn build_from_vocab(folder: &Path, bos: &str, eos: &str) -> Result<Tokenizer> {
+/// The pipeline transformers' slow `CLIPTokenizer` runs. Its special tokens (BOS, EOS and the pad token) match
+/// before any splitting, as transformers' added tokens do: SDXL's second tokenizer pads with `!`, so there a `!`
+/// in a prompt becomes the pad id (0), not BPE's `!</w>`.
+fn build_from_vocab(folder: &Path, bos: &str, eos: &str, pad: &str) -> Result<Tokenizer> {
     let vocab = folder.join("vocab.json");
     let merges = folder.join("merges.txt");
     for file in [&vocab, &merges] {
@@ -241,12 +244,17 @@ fn build_from_vocab(folder: &Path, bos: &str, eos: &str) -> Result<Tokenizer> {
             .ok_or_else(|| Error::model(folder, format!("special token `{token}` is not in vocab.json")))
     };
     let (bos_id, eos_id) = (id(bos)?, id(eos)?);
+    id(pad)?;
     tokenizer.with_post_processor(Some(
         RobertaProcessing::new((eos.to_string(), eos_id), (bos.to_string(), bos_id))
             .trim_offsets(false)
             .add_prefix_space(false),
     ));
-    tokenizer.add_special_tokens(&[AddedToken::from(bos, true), AddedToken::from(eos, true)]);
+    tokenizer.add_special_tokens(&[
+        AddedToken::from(bos, true),
+        AddedToken::from(eos, true),
+        AddedToken::from(pad, true),
+    ]);
     Ok(tokenizer)
 }
 

@@ -81,6 +81,17 @@ pub fn read_json_path(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|err| panic!("{} is not JSON: {err}", path.display()))
 }
 
+/// A golden's token ids.
+#[allow(dead_code)]
+pub fn ids(value: &serde_json::Value) -> Vec<u32> {
+    value
+        .as_array()
+        .expect("an array of ids")
+        .iter()
+        .map(|id| id.as_u64().expect("an id") as u32)
+        .collect()
+}
+
 pub fn floats(value: &serde_json::Value) -> Vec<f32> {
     value
         .as_array()

@@ -12,12 +12,19 @@ It has SDXL's real architecture at toy size, so that the service's SDXL path is 
 
 The real CLIP vocabulary is used for both tokenizers (SDXL's second tokenizer pads with `!`, id 0).
 
+With `--turbo-output`, it also writes the same weights as an SDXL-Turbo export. Turbo is SDXL's architecture
+distilled for one to four steps without guidance. Its export differs only in the scheduler
+(`EulerAncestralDiscreteScheduler` with `timestep_spacing = "trailing"`, as stabilityai/sdxl-turbo ships it)
+and in the request defaults it needs, written to `t2i-align.json` (1 step, guidance 0). The ONNX files are
+copies, which git stores once.
+
 Usage:
-    python -m t2i_trainer.build.build_tiny_sdxl --out models/tiny-sdxl
+    python -m t2i_trainer.build.build_tiny_sdxl --out models/tiny-sdxl --turbo-output models/tiny-sdxl-turbo
 """
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -54,6 +61,14 @@ SDXL_SCHEDULER_CONFIG = {
     "trained_betas": None,
     "use_karras_sigmas": False,
 }
+# stabilityai/sdxl-turbo's scheduler/scheduler_config.json: SDXL's, with Euler ancestral and trailing spacing.
+TURBO_SCHEDULER_CONFIG = {
+    **SDXL_SCHEDULER_CONFIG,
+    "_class_name": "EulerAncestralDiscreteScheduler",
+    "timestep_spacing": "trailing",
+}
+# What Turbo's model card prescribes: one step, no classifier-free guidance.
+TURBO_DEFAULTS = {"default_steps": 1, "default_guidance_scale": 0.0}
 TEXT_HIDDEN = (32, 32)
 TIME_EMBED_DIM = 8
 
@@ -116,8 +131,33 @@ def build_pipeline(scratch: Path, seed: int) -> StableDiffusionXLPipeline:
     )
 
 
+def write_turbo(base: Path, turbo: Path) -> None:
+    """The base export with Turbo's scheduler and request defaults."""
+    if turbo.exists():
+        shutil.rmtree(turbo)
+    shutil.copytree(base, turbo)
+    config = dict(TURBO_SCHEDULER_CONFIG)
+    config["_diffusers_version"] = json.loads((base / "scheduler" / "scheduler_config.json").read_text())[
+        "_diffusers_version"
+    ]
+    scheduler_json = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    (turbo / "scheduler" / "scheduler_config.json").write_text(scheduler_json)
+    (turbo / "t2i-align.json").write_text(json.dumps(TURBO_DEFAULTS, indent=2) + "\n")
+    index = json.loads((turbo / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", TURBO_SCHEDULER_CONFIG["_class_name"]]
+    index["_name_or_path"] = "tiny-sdxl-turbo"
+    (turbo / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
 def main() -> None:
-    args = model_parser(__doc__, "models/tiny-sdxl").parse_args()
+    parser = model_parser(__doc__, "models/tiny-sdxl")
+    parser.add_argument(
+        "--turbo-output",
+        type=Path,
+        default=None,
+        help="Also write the SDXL-Turbo variant here (default: none).",
+    )
+    args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as scratch:
         pipeline = build_pipeline(Path(scratch), args.seed)
@@ -126,6 +166,9 @@ def main() -> None:
     parts = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
     models = describe_exports(args.output, parts)
     print(json.dumps({"event": "exported", "folder": str(args.output), "models": models}))
+    if args.turbo_output is not None:
+        write_turbo(args.output, args.turbo_output)
+        print(json.dumps({"event": "exported", "folder": str(args.turbo_output), "variant": "turbo"}))
 
 
 if __name__ == "__main__":

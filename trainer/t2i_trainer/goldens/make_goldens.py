@@ -12,6 +12,11 @@ Files written under --output (default tests/golden):
 * e2e_wide_default.json, e2e_wide_56x40.json: the same on models/tiny-sd-wide (build_wide_model.py), a
   non-square model whose UNet has its weights in external data: at the size optimum picks when none is given
   (the model's own, 72×104), and at 56×40, a multiple of 8 that is not one of the UNet's downsampling.
+* sdxl.json: whole runs of optimum's ORTStableDiffusionXLPipeline on models/tiny-sdxl and tiny-sdxl-turbo
+  (build_tiny_sdxl.py): with a negative prompt at the model's own size, without one (zeros, by
+  force_zeros_for_empty_prompt) at a non-square size, Turbo's one step without guidance, and Euler with
+  trailing spacing over 4 unguided steps; and the second tokenizer's ids for prompts where its `!` pad token
+  differs from BPE.
 
 Tensors are flattened row-major next to a "shape" field. Floats are float32 values written in their shortest
 decimal form, so parsing a number as f64 and casting it to f32 gives the exact float32 back.
@@ -43,7 +48,7 @@ from diffusers import (
     EulerDiscreteScheduler,
     PNDMScheduler,
 )
-from optimum.onnxruntime import ORTStableDiffusionPipeline
+from optimum.onnxruntime import ORTStableDiffusionPipeline, ORTStableDiffusionXLPipeline
 from transformers import CLIPTokenizer, CLIPTokenizerFast
 
 SCHEDULER_CLASSES = {
@@ -57,7 +62,7 @@ SCHEDULER_CLASSES = {
     )
 }
 LATENT_SHAPE = (1, 4, 8, 8)
-PARTS = ("tokenizer", "schedulers", "e2e", "wide")
+PARTS = ("tokenizer", "schedulers", "e2e", "wide", "sdxl")
 # (golden name, height, width) on the wide model; None lets optimum pick the model's default size.
 WIDE_RUNS = (("e2e_wide_default", None, None), ("e2e_wide_56x40", 56, 40))
 
@@ -92,6 +97,18 @@ def parse_args() -> argparse.Namespace:
         type=Path,
         default=Path("models/tiny-sd-wide"),
         help="Folder written by build_wide_model.py (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--sdxl-model",
+        type=Path,
+        default=Path("models/tiny-sdxl"),
+        help="Folder written by build_tiny_sdxl.py (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--sdxl-turbo-model",
+        type=Path,
+        default=Path("models/tiny-sdxl-turbo"),
+        help="Its Turbo variant, from build_tiny_sdxl.py --turbo-output (default: %(default)s).",
     )
     parser.add_argument("--seed", type=int, default=0, help="Base seed for every random tensor (default: 0).")
     parser.add_argument(
@@ -517,11 +534,11 @@ E2E_RUNS = {
 }
 
 
-def load_onnx_pipeline(model_dir: Path) -> ORTStableDiffusionPipeline:
+def load_onnx_pipeline(model_dir: Path, pipeline_class=ORTStableDiffusionPipeline):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     options.inter_op_num_threads = 1
-    pipeline = ORTStableDiffusionPipeline.from_pretrained(
+    pipeline = pipeline_class.from_pretrained(
         str(model_dir), session_options=options, provider="CPUExecutionProvider", local_files_only=True
     )
     pipeline.set_progress_bar_config(disable=True)
@@ -590,6 +607,92 @@ def e2e_golden(
     }
 
 
+# (name, model: "base" or "turbo", scheduler class, timestep spacing override, steps, guidance,
+# negative prompt, height, width). None for the size lets optimum pick the model's own. None for the
+# negative prompt is diffusers' "no negative prompt", which force_zeros_for_empty_prompt turns into zeros.
+SDXL_RUNS = (
+    ("euler_negative", "base", EulerDiscreteScheduler, None, 15, 5.0, E2E_NEGATIVE_PROMPT, None, None),
+    ("euler_zeros_24x40", "base", EulerDiscreteScheduler, None, 8, 5.0, None, 24, 40),
+    ("turbo_one_step", "turbo", EulerAncestralDiscreteScheduler, None, 1, 0.0, None, None, None),
+    ("turbo_euler_trailing", "turbo", EulerDiscreteScheduler, "trailing", 4, 0.0, None, None, None),
+)
+SDXL_TOKENIZER_PROMPTS = ("wow!", "a red circle!! on blue", "hello ! world", "no exclamation here")
+
+
+def sdxl_run(pipeline, name, scheduler_class, spacing, steps, guidance_scale, negative, height, width, seed):
+    config = dict(pipeline.scheduler.config)
+    if spacing is not None:
+        config["timestep_spacing"] = spacing
+    pipeline.scheduler = scheduler_class.from_config(config)
+    factor = pipeline.vae_scale_factor
+    cells = pipeline.unet.config.sample_size
+    latent_shape = (1, 4, (height or cells * factor) // factor, (width or cells * factor) // factor)
+    latents = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    image = pipeline(
+        prompt=E2E_PROMPT,
+        negative_prompt=negative,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        height=height,
+        width=width,
+        latents=latents.clone(),
+        # A stochastic scheduler's noise is torch's; the runs use only steps where it is multiplied by zero.
+        generator=torch.Generator().manual_seed(seed + 1),
+        output_type="np",
+    ).images[0]
+    return {
+        "name": name,
+        "prompt": E2E_PROMPT,
+        "negative_prompt": negative,
+        "scheduler_class": scheduler_class.__name__,
+        "scheduler_config": json_config(pipeline.scheduler.config),
+        "steps": steps,
+        "guidance_scale": guidance_scale,
+        "requested_size": None if height is None else [height, width],
+        "height": image.shape[0],
+        "width": image.shape[1],
+        "timesteps": float32_list(pipeline.scheduler.timesteps.to(torch.float32)),
+        "latents": float32_list(latents),
+        "latents_shape": list(latents.shape),
+        "image": float32_list(image),
+        "image_shape": list(image.shape),
+    }
+
+
+def sdxl_golden(base: Path, turbo: Path, seed: int) -> dict:
+    pipelines = {
+        "base": load_onnx_pipeline(base, ORTStableDiffusionXLPipeline),
+        "turbo": load_onnx_pipeline(turbo, ORTStableDiffusionXLPipeline),
+    }
+    runs = []
+    for index, (name, model, scheduler_class, spacing, steps, guidance, negative, height, width) in enumerate(
+        SDXL_RUNS
+    ):
+        pipeline = pipelines[model]
+        original = pipeline.scheduler
+        run = sdxl_run(
+            pipeline, name, scheduler_class, spacing, steps, guidance, negative, height, width, seed + index
+        )
+        run["model"] = model
+        runs.append(run)
+        pipeline.scheduler = original
+    tokenizer_2 = CLIPTokenizer.from_pretrained(str(base / "tokenizer_2"))
+    return {
+        "reference": f"optimum ORTStableDiffusionXLPipeline (diffusers {diffusers_version()}), CPU",
+        "runs": runs,
+        "tokenizer_2": [
+            {"prompt": prompt, "input_ids": tokenizer_2(prompt, padding="max_length").input_ids}
+            for prompt in SDXL_TOKENIZER_PROMPTS
+        ],
+    }
+
+
+def diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(2)
@@ -610,6 +713,9 @@ def main() -> None:
         for name, height, width in WIDE_RUNS:
             golden = e2e_golden(pipeline, "ddim", args.seed + 2000, height=height, width=width)
             write_json(args.output / f"{name}.json", golden)
+    if "sdxl" in args.parts:
+        golden = sdxl_golden(args.sdxl_model, args.sdxl_turbo_model, args.seed + 3000)
+        write_json(args.output / "sdxl.json", golden)
 
 
 if __name__ == "__main__":
