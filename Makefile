@@ -21,7 +21,7 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-cluster cluster cluster-down scaling test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-reward rater-accuracy simulate-raters finetune-loop finetune-rounds finetune-more reward-ablation trainer-venv models test-model clean
+.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-cluster cluster cluster-down scaling test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-families bench-reward rater-accuracy simulate-raters finetune-loop finetune-rounds finetune-more reward-ablation trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
@@ -39,6 +39,7 @@ help:
 	@echo "make bench  - latency vs Optimum, throughput under load, best_of cost, /score, RSS: BENCHMARKS.md"
 	@echo "make reliability - schemathesis, SIGKILL rounds and the limits table, written to RELIABILITY.md"
 	@echo "make soak   - 64 clients for 60 s (generate, score, feedback), written to RELIABILITY.md"
+	@echo "make bench-families - SDXL and SDXL-Turbo latency vs Optimum on the same files: BENCHMARKS.md"
 	@echo "make bench-reward - best-of-n alignment, cost and /score throughput, written to models/REPORT.md"
 	@echo "make rater-accuracy - the simulated rater's accuracy on hard renders, old vs new: models/REPORT.md"
 	@echo "make simulate-raters - rate the running server's stored images with the simulated rater"
@@ -223,6 +224,10 @@ bench: trainer-venv build
 	$(CARGO) build $(CARGO_FLAGS) --example loadgen
 	.venv-trainer/bin/python -m t2i_scripts.bench.bench --binary $(BIN) --model $(MODEL) \
 		--loadgen $(dir $(BIN))examples/loadgen --out BENCHMARKS.md
+
+# SDXL and SDXL-Turbo against Optimum's ORTStableDiffusionXLPipeline on the same files; its section of BENCHMARKS.md.
+bench-families: trainer-venv build
+	.venv-trainer/bin/python -m t2i_scripts.bench.bench_families --binary $(BIN)
 
 # Best-of-n alignment, its cost and /score throughput, through the service; writes its section of
 # models/REPORT.md and models/reward-serving.json. The light .venv is enough (the rater needs numpy and Pillow).

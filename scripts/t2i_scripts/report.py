@@ -4,6 +4,8 @@ machine paths, and verdicts computed from a figure, its interval and its target.
 from __future__ import annotations
 
 import os
+import random
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +22,31 @@ def write_report(path: Path, section: str, begin: str, end: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)
+
+
+def keep_section(old: str, begin: str, end: str) -> str:
+    """The marked section of a report about to be rewritten (markers included), or "" when it has none: a
+    generator that writes a whole file keeps what another one wrote between its markers."""
+    if begin not in old or end not in old:
+        return ""
+    return begin + old.split(begin, 1)[1].split(end, 1)[0] + end
+
+
+def median_interval(values: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A 95% bootstrap interval of the median."""
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(rounds))
+    return medians[int(0.025 * rounds)], medians[int(0.975 * rounds) - 1]
+
+
+def ratio_interval(a: list[float], b: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A 95% bootstrap interval of median(a) / median(b)."""
+    rng = random.Random(seed)
+    ratios = sorted(
+        statistics.median(rng.choices(a, k=len(a))) / statistics.median(rng.choices(b, k=len(b)))
+        for _ in range(rounds)
+    )
+    return ratios[int(0.025 * rounds)], ratios[int(0.975 * rounds) - 1]
 
 
 def repo_relative(value: str | Path, root: Path = ROOT) -> str:

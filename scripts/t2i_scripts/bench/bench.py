@@ -27,7 +27,7 @@ from pathlib import Path
 from t2i_scripts import targets
 from t2i_scripts.bench import bench_serving
 from t2i_scripts.bench.bench_reward import throughput as score_throughput
-from t2i_scripts.report import command_line, repo_relative, verdict
+from t2i_scripts.report import command_line, keep_section, repo_relative, verdict
 from t2i_scripts.server import ServerProcess, serve_command
 
 PROMPT = "two blue stars on a white background"
@@ -199,7 +199,12 @@ Share of the Rust request time spent outside ONNX Runtime `run` calls (client ti
 Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()},
 torch {torch.__version__}.
 """
-    Path(args.out).write_text(report)
+    # The SDXL section comes from bench_families.py (imported here, not above: it imports this module).
+    from t2i_scripts.bench.bench_families import BEGIN, END
+
+    old = Path(args.out).read_text() if Path(args.out).is_file() else ""
+    families = keep_section(old, BEGIN, END)
+    Path(args.out).write_text(report + (f"\n{families}\n" if families else ""))
     Path(args.out).with_suffix(".json").write_text(json.dumps(serving, indent=1, default=str) + "\n")
     print(report)
 

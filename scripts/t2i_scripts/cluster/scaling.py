@@ -33,28 +33,11 @@ import time
 from pathlib import Path
 
 from t2i_scripts.cluster.cluster import Cluster, Replica, alive, free_port
-from t2i_scripts.report import command_line, write_report
+from t2i_scripts.report import command_line, median_interval, ratio_interval, write_report
 from t2i_scripts.server import ROOT
 
 BEGIN = "<!-- scaling:begin -->"
 END = "<!-- scaling:end -->"
-
-
-def median_interval(values: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """A 95% bootstrap interval of the median."""
-    rng = random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(rounds))
-    return medians[int(0.025 * rounds)], medians[int(0.975 * rounds) - 1]
-
-
-def ratio_interval(a: list[float], b: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """A 95% bootstrap interval of median(a) / median(b)."""
-    rng = random.Random(seed)
-    ratios = sorted(
-        statistics.median(rng.choices(a, k=len(a))) / statistics.median(rng.choices(b, k=len(b)))
-        for _ in range(rounds)
-    )
-    return ratios[int(0.025 * rounds)], ratios[int(0.975 * rounds) - 1]
 
 
 def cluster(folder: Path, args: argparse.Namespace, count: int, **options) -> Cluster:
