@@ -50,7 +50,7 @@ help:
 	@echo "make venv-gpu - install onnxruntime-gpu==$(ORT_VERSION) instead (then run with DEVICE=cuda)"
 	@echo "make models - rebuild models/shapes-sd, models/shapes-reward and models/REPORT.md (CPU: under 60 min)"
 	@echo "make openapi web-api - regenerate openapi/openapi.json, then the console's types from it"
-	@echo "make test-model - rebuild models/tiny-sd, tiny-sd-wide, tiny-sdxl(-turbo), tiny-clip-reward and tests/golden (needs torch)"
+	@echo "make test-model - rebuild models/tiny-sd, tiny-sd-wide, tiny-sdxl(-turbo), the tiny reward models and tests/golden (needs torch)"
 
 # The trainer (trainer/, package t2i_trainer) and the scripts (scripts/, package t2i_scripts) install editable
 # into both environments, without dependencies, so that `python -m t2i_scripts.ops.api_fuzz` and the like run
@@ -300,6 +300,8 @@ test-model: trainer-venv
 	.venv-trainer/bin/python -m t2i_trainer.build.build_tiny_sdxl --out models/tiny-sdxl --turbo-output models/tiny-sdxl-turbo
 	.venv-trainer/bin/python -m t2i_trainer.goldens.make_goldens --model models/tiny-sd --out tests/golden
 	.venv-trainer/bin/python -m t2i_trainer.build.export_clip_reward --tiny-random --out models/tiny-clip-reward --goldens tests/golden/reward
+	.venv-trainer/bin/python -m t2i_trainer.build.export_open_clip_reward --tiny-random --out models/tiny-open-clip-reward --goldens tests/golden/reward
+	.venv-trainer/bin/python -m t2i_trainer.build.export_aesthetic_reward --tiny-random --out models/tiny-aesthetic-reward --goldens tests/golden/reward
 	.venv-trainer/bin/python -m t2i_trainer.goldens.reward_goldens --model models/shapes-reward --out tests/golden/reward
 
 clean:

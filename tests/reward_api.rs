@@ -464,3 +464,60 @@ fn image_ids_survive_a_restart_and_old_ones_expire() {
     assert_eq!(std::fs::read_dir(dir.path().join("images")).unwrap().count(), 3);
     assert_eq!(score(&server, &first["images"][1]["image_id"]).status, 200);
 }
+
+/// The score a reward parity golden records for one image file and prompt.
+fn golden_score(model: &str, image: &str, prompt: &str) -> f64 {
+    let golden = common::read_json(&format!("tests/golden/reward/{model}.json"));
+    golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|case| case["image"] == image && case["prompt"] == prompt)
+        .unwrap_or_else(|| panic!("no golden case for {image} and {prompt:?}"))["score"]
+        .as_f64()
+        .unwrap()
+}
+
+/// Reward models users know, of every manifest kind, loaded side by side from the manifests alone: requests
+/// name the one to use, and each scores as its Python reference does.
+#[test]
+fn several_reward_models_of_every_kind_serve_side_by_side() {
+    let server = shapes_server(&[
+        "--reward-model",
+        "models/shapes-reward,models/tiny-open-clip-reward,models/tiny-aesthetic-reward,models/tiny-clip-reward",
+    ]);
+    let prompt = "a red circle";
+    for model in [
+        "tiny-open-clip-reward",
+        "tiny-aesthetic-reward",
+        "tiny-clip-reward",
+        "shapes-reward",
+    ] {
+        let image = format!("{model}/2.png");
+        let png = std::fs::read(common::repo_path(&format!("tests/golden/reward/{image}"))).unwrap();
+        let body = json!({"prompt": prompt, "images": [BASE64.encode(png)], "model": model}).to_string();
+        let response = server.post_json("/score", &body);
+        assert_eq!(response.status, 200, "{model}: {}", response.text());
+        let answer = response.json();
+        assert_eq!(answer["model"], model);
+        let score = floats(&answer["scores"])[0];
+        let expected = golden_score(model, &image, prompt);
+        assert!((score - expected).abs() < 1e-4, "{model}: {score} vs {expected}");
+    }
+
+    // best_of ranks by the model the request names; the aesthetic model ignores the prompt.
+    let body = json!({"prompt": prompt, "n": 1, "best_of": 3, "seed": 11, "steps": 4,
+                      "reward_model": "tiny-aesthetic-reward", "return_candidate_scores": true});
+    let response = server.post_json("/generate", &body.to_string());
+    assert_eq!(response.status, 200, "{}", response.text());
+    let answer = response.json();
+    assert_eq!(answer["selection"]["reward_model"], "tiny-aesthetic-reward");
+    let candidates = floats(&answer["selection"]["candidate_scores"]);
+    let best = candidates.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    assert!(
+        (answer["images"][0]["reward"].as_f64().unwrap() - best).abs() < 1e-6,
+        "{answer}"
+    );
+    let metrics = server.get("/metrics").text();
+    assert!(metrics.contains("model=\"tiny-aesthetic-reward\""), "{metrics}");
+}

@@ -1,10 +1,13 @@
-//! Reward parity: the service's preprocessing and ONNX scores equal Python's (transformers' CLIPImageProcessor
-//! and the PyTorch model) for the same image files, within 1e-4, for both manifest kinds: shapes-reward (a
-//! reward head) and a tiny random CLIP exported by Optimum (CLIP similarity, as PickScore is used). The golden
-//! files come from t2i_trainer.goldens.reward_goldens and t2i_trainer.build.export_clip_reward.
+//! Reward parity: the service's preprocessing and ONNX scores equal Python's reference for the same image files,
+//! within 1e-4: shapes-reward (a reward head; transformers' CLIPImageProcessor and the PyTorch model), a tiny
+//! random CLIP exported by Optimum (CLIP similarity, as PickScore is used), a tiny random open_clip CLIP (the
+//! cosine, as HPSv2 is used; open_clip's own tokenizer, transform and model) and a tiny LAION-style aesthetic
+//! predictor (an image head). The golden files come from t2i_trainer.goldens.reward_goldens and the
+//! t2i_trainer.build.export_*_reward scripts.
 
 mod common;
 
+use t2i_align::pipeline::tokenizer::ClipTokenizer;
 use t2i_align::reward::model::RewardModel;
 use t2i_align::reward::preprocess::decode_image;
 use t2i_align::runtime::{Device, Runtime, SessionSettings};
@@ -54,9 +57,16 @@ fn check(model_folder: &str, golden: &str) {
         worst < TOLERANCE,
         "{model_folder}: scores differ from PyTorch's by up to {worst} (tolerance {TOLERANCE})"
     );
-    // The scores must also tell the prompts apart, or the comparison proves little.
-    let distinct: std::collections::BTreeSet<i64> = scores.iter().map(|s| (s * 1e4).round() as i64).collect();
-    assert!(distinct.len() > cases.len() / 2, "{scores:?}");
+    // The scores must also tell the cases apart, or the comparison proves little: every (image, prompt) pair
+    // for a model that reads the prompt, every image for one that does not.
+    let distinct: std::collections::BTreeSet<i64> = scores.iter().map(|s| (s * 1e3).round() as i64).collect();
+    if golden["kind"] == "image_head" {
+        let images: std::collections::BTreeSet<&str> =
+            cases.iter().map(|case| case["image"].as_str().unwrap()).collect();
+        assert_eq!(distinct.len(), images.len(), "{scores:?}");
+    } else {
+        assert!(distinct.len() > cases.len() / 2, "{scores:?}");
+    }
 }
 
 #[test]
@@ -67,4 +77,32 @@ fn shapes_reward_matches_pytorch() {
 #[test]
 fn clip_similarity_matches_pytorch() {
     check("models/tiny-clip-reward", "tiny-clip-reward.json");
+}
+
+#[test]
+fn open_clip_cosine_matches_open_clip() {
+    check("models/tiny-open-clip-reward", "tiny-open-clip-reward.json");
+}
+
+/// The open_clip folder's tokenizer pads with id 0 (`!`) as open_clip does, and leaves a `!` in a prompt to
+/// BPE (`!</w>`, 256), unlike SDXL's second tokenizer, whose config makes `!` special.
+#[test]
+fn open_clip_tokens_match_open_clip() {
+    let golden = common::read_json("tests/golden/reward/tiny-open-clip-reward.json");
+    let tokenizer = ClipTokenizer::from_folder(&common::repo_path("models/tiny-open-clip-reward/tokenizer")).unwrap();
+    let cases = golden["tokens"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    for case in cases {
+        let prompt = case["prompt"].as_str().unwrap();
+        assert_eq!(
+            tokenizer.encode(prompt).unwrap().ids,
+            common::ids(&case["input_ids"]),
+            "{prompt:?}"
+        );
+    }
+}
+
+#[test]
+fn aesthetic_image_head_matches_pytorch() {
+    check("models/tiny-aesthetic-reward", "tiny-aesthetic-reward.json");
 }

@@ -77,7 +77,8 @@ impl ClipTokenizer {
             Tokenizer::from_file(&tokenizer_json)
                 .map_err(|err| Error::model(folder, format!("cannot read tokenizer.json: {err}")))?
         } else {
-            build_from_vocab(folder, &bos, &eos, &pad)?
+            let special_pad = pad_is_special(&config, &pad).then_some(pad.as_str());
+            build_from_vocab(folder, &bos, &eos, special_pad)?
         };
 
         tokenizer.with_padding(None);
@@ -193,10 +194,24 @@ fn token_text(config: &Value, key: &str) -> Option<String> {
     }
 }
 
-/// The pipeline transformers' slow `CLIPTokenizer` runs. Its special tokens (BOS, EOS and the pad token) match
-/// before any splitting, as transformers' added tokens do: SDXL's second tokenizer pads with `!`, so there a `!`
-/// in a prompt becomes the pad id (0), not BPE's `!</w>`.
-fn build_from_vocab(folder: &Path, bos: &str, eos: &str, pad: &str) -> Result<Tokenizer> {
+/// Whether transformers matches the pad token as a special token before splitting: when
+/// `added_tokens_decoder` lists it as special, or when the config has no `added_tokens_decoder` (older files,
+/// whose special tokens transformers adds all). SDXL's second tokenizer pads with a special `!`; a folder
+/// that pads like open_clip (id 0, `!`, with `!` in prompts left to BPE) lists only BOS and EOS there.
+fn pad_is_special(config: &Value, pad: &str) -> bool {
+    match config.get("added_tokens_decoder").and_then(Value::as_object) {
+        None => true,
+        Some(tokens) => tokens.values().any(|token| {
+            token.get("content").and_then(Value::as_str) == Some(pad)
+                && token.get("special").and_then(Value::as_bool).unwrap_or(false)
+        }),
+    }
+}
+
+/// The pipeline transformers' slow `CLIPTokenizer` runs. Its special tokens (BOS, EOS and, when `special_pad`
+/// names it, the pad token) match before any splitting, as transformers' added tokens do: SDXL's second
+/// tokenizer pads with `!`, so there a `!` in a prompt becomes the pad id (0), not BPE's `!</w>`.
+fn build_from_vocab(folder: &Path, bos: &str, eos: &str, special_pad: Option<&str>) -> Result<Tokenizer> {
     let vocab = folder.join("vocab.json");
     let merges = folder.join("merges.txt");
     for file in [&vocab, &merges] {
@@ -244,17 +259,14 @@ fn build_from_vocab(folder: &Path, bos: &str, eos: &str, pad: &str) -> Result<To
             .ok_or_else(|| Error::model(folder, format!("special token `{token}` is not in vocab.json")))
     };
     let (bos_id, eos_id) = (id(bos)?, id(eos)?);
-    id(pad)?;
     tokenizer.with_post_processor(Some(
         RobertaProcessing::new((eos.to_string(), eos_id), (bos.to_string(), bos_id))
             .trim_offsets(false)
             .add_prefix_space(false),
     ));
-    tokenizer.add_special_tokens(&[
-        AddedToken::from(bos, true),
-        AddedToken::from(eos, true),
-        AddedToken::from(pad, true),
-    ]);
+    let mut special = vec![AddedToken::from(bos, true), AddedToken::from(eos, true)];
+    special.extend(special_pad.map(|pad| AddedToken::from(pad, true)));
+    tokenizer.add_special_tokens(&special);
     Ok(tokenizer)
 }
 

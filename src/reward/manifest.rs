@@ -1,7 +1,8 @@
 //! A reward model folder's `manifest.json`: what the graph takes and returns, and how images and text are
 //! prepared for it. trainer/README.md documents the schema; `t2i_trainer.build.train_reward` writes the
-//! `reward_head` kind and `t2i_trainer.build.export_clip_reward` the `clip_similarity` kind (PickScore and other
-//! CLIP-style rewards).
+//! `reward_head` kind, `t2i_trainer.build.export_clip_reward` the `clip_similarity` kind for a transformers CLIP
+//! (PickScore) and `export_open_clip_reward` for an open_clip one (HPSv2), and
+//! `t2i_trainer.build.export_aesthetic_reward` the `image_head` kind (the LAION aesthetic predictor).
 //!
 //! Every rule is checked when the folder is opened, and a broken manifest is refused with the field's path and
 //! the rule, so a bad folder fails at start-up rather than on the first request.
@@ -21,12 +22,16 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub enum RewardKind {
     /// The graph returns the reward itself: `output.name`, float32 `[B]`.
     RewardHead { output: String },
-    /// An Optimum `clip` export: score = `logit_scale` · cos(image_embeds, text_embeds).
+    /// A CLIP export: score = `logit_scale` · cos(image_embeds, text_embeds); `logit_scale` is 1 for the
+    /// `cos` formula (HPSv2), the learnt `exp(logit_scale)` for `logit_scale_cos` (PickScore).
     ClipSimilarity {
         image_embeds: String,
         text_embeds: String,
         logit_scale: f32,
     },
+    /// The graph scores the image alone (`pixel_values` in, `output.name` float32 `[B]` out), whatever the
+    /// prompt: an aesthetic predictor, an image embedding with an MLP head in one graph.
+    ImageHead { output: String },
 }
 
 impl RewardKind {
@@ -36,6 +41,8 @@ impl RewardKind {
         let (unit, count) = match self {
             RewardKind::RewardHead { .. } => (1.0, 21),
             RewardKind::ClipSimilarity { logit_scale, .. } => (f64::from(*logit_scale), 11),
+            // Aesthetic scores run from about 1 to 10: half points from 0 to 10.
+            RewardKind::ImageHead { .. } => return (0..=20).map(|half| f64::from(half) / 2.0).collect(),
         };
         (0..count).map(|tenth| f64::from(tenth - 5) / 10.0 * unit).collect()
     }
@@ -93,7 +100,8 @@ pub struct Manifest {
     pub kind: RewardKind,
     pub model: PathBuf,
     pub image: ImageSpec,
-    pub text: TextSpec,
+    /// `None` for the `image_head` kind, which reads no text.
+    pub text: Option<TextSpec>,
     /// Scores at or above this count as "good", when the manifest says (reward_head models trained on 0/1).
     pub good_threshold: Option<f32>,
 }
@@ -108,7 +116,8 @@ struct RawManifest {
     #[serde(default)]
     output: Value,
     image: RawImage,
-    text: RawText,
+    #[serde(default)]
+    text: Option<RawText>,
     #[serde(default)]
     score: RawScore,
 }
@@ -206,19 +215,31 @@ impl Manifest {
             "reward_head" => RewardKind::RewardHead {
                 output: output_field("name", "reward")?,
             },
+            "image_head" => RewardKind::ImageHead {
+                output: output_field("name", "score")?,
+            },
             "clip_similarity" => {
-                match raw.score.formula.as_deref() {
-                    Some("logit_scale_cos") | None => {}
+                let logit_scale = match raw.score.formula.as_deref() {
+                    Some("logit_scale_cos") | None => raw
+                        .score
+                        .logit_scale
+                        .ok_or("`score.logit_scale` is required for the logit_scale_cos formula")?,
+                    Some("cos") => match raw.score.logit_scale {
+                        None => 1.0,
+                        Some(given) => {
+                            return Err(format!(
+                                "`score.logit_scale` ({given}) is given, but the `cos` formula uses none; \
+                                 drop it or use `logit_scale_cos`"
+                            ))
+                        }
+                    },
                     Some(other) => {
                         return Err(format!(
-                            "`score.formula` is `{other}`; the clip_similarity kind supports `logit_scale_cos`"
+                            "`score.formula` is `{other}`; the clip_similarity kind supports `logit_scale_cos` \
+                             and `cos`"
                         ))
                     }
-                }
-                let logit_scale = raw
-                    .score
-                    .logit_scale
-                    .ok_or("`score.logit_scale` is required for the clip_similarity kind")?;
+                };
                 if !logit_scale.is_finite() || logit_scale <= 0.0 {
                     return Err(format!(
                         "`score.logit_scale` must be a positive number. Given: {logit_scale}"
@@ -232,7 +253,7 @@ impl Manifest {
             }
             other => {
                 return Err(format!(
-                    "`kind` is `{other}`; supported kinds: reward_head, clip_similarity"
+                    "`kind` is `{other}`; supported kinds: reward_head, clip_similarity, image_head"
                 ))
             }
         };
@@ -285,11 +306,22 @@ impl Manifest {
         if std.iter().any(|&value| value <= 0.0) {
             return Err(format!("`image.std` must be positive. Given: {std:?}"));
         }
-        if !(2..=4096).contains(&raw.text.max_length) {
-            return Err(format!(
-                "`text.max_length` must be between 2 and 4096. Given: {}",
-                raw.text.max_length
-            ));
+        let reads_text = !matches!(kind, RewardKind::ImageHead { .. });
+        let raw_text = match (raw.text, reads_text) {
+            (Some(text), true) => Some(text),
+            (None, true) => return Err(format!("`text` is required for the {} kind", raw.kind)),
+            (Some(_), false) => {
+                return Err("`text` is given, but the image_head kind reads no text; drop it".into());
+            }
+            (None, false) => None,
+        };
+        if let Some(text) = &raw_text {
+            if !(2..=4096).contains(&text.max_length) {
+                return Err(format!(
+                    "`text.max_length` must be between 2 and 4096. Given: {}",
+                    text.max_length
+                ));
+            }
         }
         if let Some(threshold) = raw.score.good_threshold {
             if !threshold.is_finite() {
@@ -314,13 +346,23 @@ impl Manifest {
         if !model.is_file() {
             return Err(format!("`model` names `{}`, which does not exist", model.display()));
         }
-        let tokenizer = inside("text.tokenizer", &raw.text.tokenizer)?;
-        if !tokenizer.is_dir() {
-            return Err(format!(
-                "`text.tokenizer` names `{}`, which is not a folder",
-                tokenizer.display()
-            ));
-        }
+        let text = match raw_text {
+            None => None,
+            Some(text) => {
+                let tokenizer = inside("text.tokenizer", &text.tokenizer)?;
+                if !tokenizer.is_dir() {
+                    return Err(format!(
+                        "`text.tokenizer` names `{}`, which is not a folder",
+                        tokenizer.display()
+                    ));
+                }
+                Some(TextSpec {
+                    tokenizer,
+                    max_length: text.max_length,
+                    attention_mask: text.attention_mask,
+                })
+            }
+        };
         Ok(Manifest {
             name: raw.name,
             kind,
@@ -334,11 +376,7 @@ impl Manifest {
                 mean,
                 std,
             },
-            text: TextSpec {
-                tokenizer,
-                max_length: raw.text.max_length,
-                attention_mask: raw.text.attention_mask,
-            },
+            text,
             good_threshold: raw.score.good_threshold,
         })
     }
@@ -347,6 +385,7 @@ impl Manifest {
         match self.kind {
             RewardKind::RewardHead { .. } => "reward_head",
             RewardKind::ClipSimilarity { .. } => "clip_similarity",
+            RewardKind::ImageHead { .. } => "image_head",
         }
     }
 }
@@ -392,7 +431,7 @@ mod tests {
         );
         assert_eq!(manifest.image.filter, ResizeFilter::Bicubic);
         assert_eq!(manifest.good_threshold, Some(0.5));
-        assert!(!manifest.text.attention_mask);
+        assert!(!manifest.text.unwrap().attention_mask);
     }
 
     #[test]
@@ -404,8 +443,36 @@ mod tests {
         let dir = folder_with(&value);
         let manifest = Manifest::read(dir.path()).unwrap();
         assert!(matches!(manifest.kind, RewardKind::ClipSimilarity { logit_scale, .. } if logit_scale == 100.0));
+        value["score"] = serde_json::json!({"formula": "cos"});
+        let dir = folder_with(&value);
+        let manifest = Manifest::read(dir.path()).unwrap();
+        assert!(matches!(manifest.kind, RewardKind::ClipSimilarity { logit_scale, .. } if logit_scale == 1.0));
+        value["score"] = serde_json::json!({"formula": "cos", "logit_scale": 100.0});
+        assert!(error_of(value.clone()).contains("the `cos` formula uses none"));
         value["score"] = serde_json::json!({"formula": "logit_scale_cos"});
         assert!(error_of(value).contains("`score.logit_scale` is required"));
+    }
+
+    #[test]
+    fn reads_the_image_head_kind_which_takes_no_text() {
+        let mut value = reward_head();
+        value["kind"] = "image_head".into();
+        value["output"] = serde_json::json!({"name": "aesthetic"});
+        assert!(error_of(value.clone()).contains("the image_head kind reads no text"));
+        value.as_object_mut().unwrap().remove("text");
+        let dir = folder_with(&value);
+        let manifest = Manifest::read(dir.path()).unwrap();
+        assert_eq!(
+            manifest.kind,
+            RewardKind::ImageHead {
+                output: "aesthetic".into()
+            }
+        );
+        assert!(manifest.text.is_none());
+
+        let mut value = reward_head();
+        value.as_object_mut().unwrap().remove("text");
+        assert!(error_of(value).contains("`text` is required for the reward_head kind"));
     }
 
     #[test]
@@ -426,7 +493,7 @@ mod tests {
 
         let mut value = reward_head();
         value["kind"] = "pairwise".into();
-        assert!(error_of(value).contains("supported kinds: reward_head, clip_similarity"));
+        assert!(error_of(value).contains("supported kinds: reward_head, clip_similarity, image_head"));
 
         let mut value = reward_head();
         value["model"] = "../elsewhere.onnx".into();

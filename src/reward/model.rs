@@ -22,7 +22,8 @@ const ATTENTION_MASK: &str = "attention_mask";
 pub struct RewardModel {
     pub manifest: Manifest,
     session: Session,
-    tokenizer: ClipTokenizer,
+    /// `None` for the image_head kind, which reads no text.
+    tokenizer: Option<ClipTokenizer>,
     preprocessor: Preprocessor,
     ids_int32: bool,
     /// Whether the graph takes an attention mask (clip_similarity exports do).
@@ -34,17 +35,23 @@ impl RewardModel {
     /// Opens `<folder>/manifest.json`, its tokenizer and its graph, and checks that they agree.
     pub fn load(runtime: &mut Runtime, folder: &Path) -> Result<Self> {
         let manifest = Manifest::read(folder)?;
-        let tokenizer = ClipTokenizer::from_folder(&manifest.text.tokenizer)?;
-        if tokenizer.max_length() != manifest.text.max_length {
-            return Err(Error::model(
-                folder,
-                format!(
-                    "manifest.json says `text.max_length` {}, but the tokenizer's model_max_length is {}",
-                    manifest.text.max_length,
-                    tokenizer.max_length()
-                ),
-            ));
-        }
+        let tokenizer = match &manifest.text {
+            None => None,
+            Some(text) => {
+                let tokenizer = ClipTokenizer::from_folder(&text.tokenizer)?;
+                if tokenizer.max_length() != text.max_length {
+                    return Err(Error::model(
+                        folder,
+                        format!(
+                            "manifest.json says `text.max_length` {}, but the tokenizer's model_max_length is {}",
+                            text.max_length,
+                            tokenizer.max_length()
+                        ),
+                    ));
+                }
+                Some(tokenizer)
+            }
+        };
         let session = runtime.session("reward", &manifest.model)?;
         let contract = SessionContract::read("reward", &session)?;
         let mismatch = |reason: String| Error::model(folder, reason);
@@ -66,26 +73,35 @@ impl RewardModel {
                 )));
             }
         }
-        let ids = contract.input(INPUT_IDS)?;
-        let ids_int32 = match ids.element {
-            ElementType::Int64 => false,
-            ElementType::Int32 => true,
-            _ => {
-                return Err(mismatch(format!(
-                    "the graph's {} must be int64 or int32",
-                    ids.describe()
-                )))
+        let (ids_int32, has_mask) = match &manifest.text {
+            None => {
+                contract.reject_unknown_inputs(&[PIXEL_VALUES])?;
+                (false, false)
+            }
+            Some(text) => {
+                let ids = contract.input(INPUT_IDS)?;
+                let ids_int32 = match ids.element {
+                    ElementType::Int64 => false,
+                    ElementType::Int32 => true,
+                    _ => {
+                        return Err(mismatch(format!(
+                            "the graph's {} must be int64 or int32",
+                            ids.describe()
+                        )))
+                    }
+                };
+                let has_mask = contract.inputs.iter().any(|spec| spec.name == ATTENTION_MASK);
+                if text.attention_mask && !has_mask {
+                    return Err(mismatch(
+                        "manifest.json sets `text.attention_mask`, but the graph has no `attention_mask` input".into(),
+                    ));
+                }
+                contract.reject_unknown_inputs(&[PIXEL_VALUES, INPUT_IDS, ATTENTION_MASK])?;
+                (ids_int32, has_mask)
             }
         };
-        let has_mask = contract.inputs.iter().any(|spec| spec.name == ATTENTION_MASK);
-        if manifest.text.attention_mask && !has_mask {
-            return Err(mismatch(
-                "manifest.json sets `text.attention_mask`, but the graph has no `attention_mask` input".into(),
-            ));
-        }
-        contract.reject_unknown_inputs(&[PIXEL_VALUES, INPUT_IDS, ATTENTION_MASK])?;
         let outputs: Vec<&str> = match &manifest.kind {
-            RewardKind::RewardHead { output } => vec![output.as_str()],
+            RewardKind::RewardHead { output } | RewardKind::ImageHead { output } => vec![output.as_str()],
             RewardKind::ClipSimilarity {
                 image_embeds,
                 text_embeds,
@@ -131,14 +147,17 @@ impl RewardModel {
     /// One line for the start-up log.
     pub fn describe(&self) -> String {
         let (height, width) = self.preprocessor.output_size();
+        let text = match &self.tokenizer {
+            Some(tokenizer) => format!("tokenizer max length {}", tokenizer.max_length()),
+            None => "no text".to_string(),
+        };
         format!(
-            "reward model `{}` ({}): {}x{} pixels, resize {:?}, tokenizer max length {}",
+            "reward model `{}` ({}): {}x{} pixels, resize {:?}, {text}",
             self.manifest.name,
             self.manifest.kind_name(),
             height,
             width,
             self.manifest.image.filter,
-            self.tokenizer.max_length()
         )
     }
 
@@ -157,9 +176,29 @@ impl RewardModel {
         if batch == 0 {
             return Ok(Vec::new());
         }
+        let (height, width) = self.preprocessor.output_size();
+        let to_error = |err: ort::Error| Error::Inference {
+            component: "reward",
+            message: err.to_string(),
+        };
+        let pixels = (
+            Cow::from(PIXEL_VALUES),
+            TensorRef::from_array_view(([batch, 3, height, width], pixel_values))
+                .map_err(to_error)?
+                .into(),
+        );
+        let Some(tokenizer) = &self.tokenizer else {
+            let RewardKind::ImageHead { output } = &self.manifest.kind else {
+                return Err(Error::Internal(
+                    "a reward model that reads text has no tokenizer".into(),
+                ));
+            };
+            let outputs = self.session.run(vec![pixels]).map_err(to_error)?;
+            return one_per_image(&outputs[output.as_str()], batch);
+        };
         // clip_similarity encodes each distinct prompt once; reward_head needs one text row per image.
         let (texts, rows): (Vec<&str>, Vec<usize>) = match self.manifest.kind {
-            RewardKind::RewardHead { .. } => (prompts.to_vec(), (0..batch).collect()),
+            RewardKind::RewardHead { .. } | RewardKind::ImageHead { .. } => (prompts.to_vec(), (0..batch).collect()),
             RewardKind::ClipSimilarity { .. } => {
                 let mut unique: Vec<&str> = Vec::new();
                 let mut index: HashMap<&str, usize> = HashMap::new();
@@ -175,20 +214,15 @@ impl RewardModel {
                 (unique, rows)
             }
         };
-        let seq_len = self.tokenizer.max_length();
+        let seq_len = tokenizer.max_length();
         let mut ids: Vec<i64> = Vec::with_capacity(texts.len() * seq_len);
         let mut mask: Vec<i64> = Vec::with_capacity(texts.len() * seq_len);
         for text in &texts {
-            let tokens = self.tokenizer.encode(text)?;
+            let tokens = tokenizer.encode(text)?;
             let real = tokens.untruncated_len.min(seq_len);
             ids.extend(tokens.ids.iter().map(|&id| i64::from(id)));
             mask.extend((0..seq_len).map(|position| i64::from(position < real)));
         }
-        let (height, width) = self.preprocessor.output_size();
-        let to_error = |err: ort::Error| Error::Inference {
-            component: "reward",
-            message: err.to_string(),
-        };
         let text_shape = [texts.len(), seq_len];
         let ids32: Vec<i32>;
         let mask32: Vec<i32>;
@@ -213,29 +247,14 @@ impl RewardModel {
                     .into(),
             )
         };
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
-            (
-                Cow::from(PIXEL_VALUES),
-                TensorRef::from_array_view(([batch, 3, height, width], pixel_values))
-                    .map_err(to_error)?
-                    .into(),
-            ),
-            (Cow::from(INPUT_IDS), ids_value),
-        ];
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![pixels, (Cow::from(INPUT_IDS), ids_value)];
         if self.feeds_mask {
             inputs.push((Cow::from(ATTENTION_MASK), mask_value));
         }
         let outputs = self.session.run(inputs).map_err(to_error)?;
         match &self.manifest.kind {
-            RewardKind::RewardHead { output } => {
-                let (_, values) = outputs[output.as_str()].try_extract_tensor::<f32>().map_err(to_error)?;
-                if values.len() != batch {
-                    return Err(Error::Inference {
-                        component: "reward",
-                        message: format!("returned {} rewards for a batch of {batch}", values.len()),
-                    });
-                }
-                Ok(values.to_vec())
+            RewardKind::RewardHead { output } | RewardKind::ImageHead { output } => {
+                one_per_image(&outputs[output.as_str()], batch)
             }
             RewardKind::ClipSimilarity {
                 image_embeds,
@@ -274,6 +293,21 @@ impl RewardModel {
             }
         }
     }
+}
+
+/// A `[B]` (or `[B, 1]`) float32 output as one score per image.
+fn one_per_image(value: &ort::value::DynValue, batch: usize) -> Result<Vec<f32>> {
+    let (_, values) = value.try_extract_tensor::<f32>().map_err(|err| Error::Inference {
+        component: "reward",
+        message: err.to_string(),
+    })?;
+    if values.len() != batch {
+        return Err(Error::Inference {
+            component: "reward",
+            message: format!("returned {} rewards for a batch of {batch}", values.len()),
+        });
+    }
+    Ok(values.to_vec())
 }
 
 /// cos(a, b), computed in f64 as the reference's float32 numerics allow.

@@ -1,5 +1,5 @@
-"""export_clip_reward.py and reward_goldens.py: the CLIP-similarity export, its manifest and the goldens that
-the Rust parity test reads (issue #4)."""
+"""export_clip_reward.py, export_open_clip_reward.py, export_aesthetic_reward.py and reward_goldens.py: the
+reward exports, their manifests and the goldens that the Rust parity test reads (issues #4 and #27)."""
 
 import json
 
@@ -56,7 +56,7 @@ def test_tiny_clip_exports_with_a_manifest_and_goldens_that_onnx_agrees_with(tra
 
 
 def test_committed_goldens_belong_to_the_committed_models():
-    for name in ("shapes-reward", "tiny-clip-reward"):
+    for name in ("shapes-reward", "tiny-clip-reward", "tiny-open-clip-reward", "tiny-aesthetic-reward"):
         record = json.loads((REPO_ROOT / "tests" / "golden" / "reward" / f"{name}.json").read_text())
         assert record["model"] == name
         assert (REPO_ROOT / "models" / name / "manifest.json").is_file()
@@ -104,3 +104,83 @@ def test_goldens_refuse_a_folder_without_a_manifest(trainer_packages, tmp_path, 
         reward_goldens.main(["--model", str(tmp_path), "--out", str(tmp_path / "g")])
     assert exit_info.value.code == 2
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_tiny_open_clip_exports_the_cosine_with_open_clips_tokens(trainer_packages, tmp_path):
+    import onnxruntime as ort
+    import open_clip
+
+    from t2i_trainer.build import export_open_clip_reward
+
+    out, goldens = tmp_path / "tiny-open-clip-reward", tmp_path / "goldens"
+    assert export_open_clip_reward.main(["--tiny-random", "--out", str(out), "--goldens", str(goldens)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "clip_similarity" and manifest["score"]["formula"] == "cos"
+    assert "logit_scale" not in manifest["score"] and manifest["text"]["attention_mask"] is False
+    config = json.loads((out / "tokenizer" / "tokenizer_config.json").read_text())
+    assert config["pad_token"] == "!"
+    assert {token["content"] for token in config["added_tokens_decoder"].values()} == {
+        "<|startoftext|>",
+        "<|endoftext|>",
+    }
+    # The graph's cosine, on open_clip's own tokens and pixels, is the golden score.
+    record = json.loads((goldens / "tiny-open-clip-reward.json").read_text())
+    assert record["reference"].startswith("open_clip")
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=77)
+    pixels = np.asarray(record["pixel_values"]["values"], dtype=np.float32).reshape(1, 3, 32, 32)
+    case = next(c for c in record["cases"] if c["image"] == record["pixel_values"]["image"])
+    image, text = session.run(
+        None, {"pixel_values": pixels, "input_ids": tokenizer([case["prompt"]]).numpy()}
+    )
+    assert abs(float(image[0] @ text[0]) - case["score"]) < 1e-4
+    assert [t["input_ids"][:4] for t in record["tokens"]][0] == [49406, 2781, 256, 320]
+
+
+def test_tiny_aesthetic_exports_an_image_head_that_ignores_the_prompt(trainer_packages, tmp_path):
+    import onnxruntime as ort
+
+    from t2i_trainer.build import export_aesthetic_reward
+
+    out, goldens = tmp_path / "tiny-aesthetic-reward", tmp_path / "goldens"
+    assert export_aesthetic_reward.main(["--tiny-random", "--out", str(out), "--goldens", str(goldens)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "image_head" and "text" not in manifest
+    assert manifest["output"] == {"name": "score"}
+    record = json.loads((goldens / "tiny-aesthetic-reward.json").read_text())
+    by_image: dict[str, set[float]] = {}
+    for case in record["cases"]:
+        by_image.setdefault(case["image"], set()).add(round(case["score"], 6))
+    assert all(len(scores) == 1 for scores in by_image.values()), by_image
+    assert len({next(iter(scores)) for scores in by_image.values()}) == len(by_image)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    pixels = np.asarray(record["pixel_values"]["values"], dtype=np.float32).reshape(1, 3, 32, 32)
+    (score,) = session.run(None, {"pixel_values": pixels})
+    assert abs(float(score[0]) - next(iter(by_image[record["pixel_values"]["image"]]))) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "module, argv, words",
+    [
+        (
+            "export_open_clip_reward",
+            ["--arch", "No-Such-ViT", "--out", "OUT"],
+            "not an open_clip architecture",
+        ),
+        ("export_open_clip_reward", ["--arch", "ViT-B-32", "--out", "OUT"], "needs --checkpoint"),
+        (
+            "export_aesthetic_reward",
+            ["--clip", "/nonexistent", "--out", "OUT"],
+            "not a transformers CLIP folder",
+        ),
+    ],
+)
+def test_new_exports_refuse_bad_arguments(trainer_packages, tmp_path, capsys, module, argv, words):
+    import importlib
+
+    main = importlib.import_module(f"t2i_trainer.build.{module}").main
+    argv = [arg.replace("OUT", str(tmp_path / "x")) for arg in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert words in capsys.readouterr().err

@@ -22,7 +22,6 @@ to --out and writes golden scores for the Rust parity test (`--goldens`):
         --goldens tests/golden/reward
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -36,9 +35,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
+from t2i_trainer.build.reward_export import export_parser, image_section, parse_export_args
 from t2i_trainer.common.stage_cli import emit
 
 TINY_NAME = "tiny-clip-reward"
+# The tiny random image tower: 32 px images in 16 patches, two layers of width 32.
+TINY_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 32,
+    "patch_size": 8,
+}
 
 
 def build_tiny_random(folder: Path, seed: int) -> None:
@@ -66,14 +75,7 @@ def build_tiny_random(folder: Path, seed: int) -> None:
         eos_token_id=49407,
         pad_token_id=49407,
     )
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-    )
+    vision = CLIPVisionConfig(**TINY_VISION)
     model = CLIPModel(
         CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
     )
@@ -89,17 +91,8 @@ def build_tiny_random(folder: Path, seed: int) -> None:
 
 
 def clip_manifest(name: str, processor_config: dict, tokenizer_config: dict, logit_scale: float) -> dict:
-    from t2i_trainer.goldens.reward_goldens import FILTER_NAMES
-
-    size = processor_config["size"]
-    edge = size["shortest_edge"] if isinstance(size, dict) else int(size)
-    crop = processor_config["crop_size"]
-    crop = crop if isinstance(crop, dict) else {"height": int(crop), "width": int(crop)}
-    resample = int(processor_config.get("resample", 3))
-    if resample not in FILTER_NAMES:
-        raise SystemExit(
-            f"error: preprocessor_config.json's resample {resample} is not a filter the service supports"
-        )
+    image = image_section(processor_config)
+    crop = image["center_crop"]
     return {
         "schema_version": 1,
         "name": name,
@@ -111,14 +104,7 @@ def clip_manifest(name: str, processor_config: dict, tokenizer_config: dict, log
             "pixel_values": {"dtype": "float32", "shape": ["batch", 3, crop["height"], crop["width"]]},
         },
         "output": {"image_embeds": "image_embeds", "text_embeds": "text_embeds"},
-        "image": {
-            "resize": {"shortest_edge": edge, "filter": FILTER_NAMES[resample]},
-            "center_crop": {"height": crop["height"], "width": crop["width"]},
-            "rescale": processor_config.get("rescale_factor", 1 / 255),
-            "mean": processor_config["image_mean"],
-            "std": processor_config["image_std"],
-            "channel_order": "rgb",
-        },
+        "image": image,
         "text": {
             "tokenizer": ".",
             "max_length": int(tokenizer_config.get("model_max_length", 77)),
@@ -165,28 +151,17 @@ def export(model_folder: Path, processor_folder: Path, out: Path, name: str) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
+    parser, source = export_parser(__doc__)
     source.add_argument("--model", type=Path, help="a transformers CLIPModel folder, e.g. PickScore_v1")
     source.add_argument("--tiny-random", action="store_true", help="build a tiny random CLIP instead (tests)")
     parser.add_argument("--processor", type=Path, help="CLIPProcessor folder (default: --model's folder)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder; its parent must exist")
-    parser.add_argument("--name", help="the manifest's name (default: --out's folder name)")
-    parser.add_argument(
-        "--goldens", type=Path, help="also write golden scores here (e.g. tests/golden/reward)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the tiny random weights (default: 0)")
-    args = parser.parse_args(argv)
-    if not args.out.resolve().parent.is_dir():
-        parser.error(f"--out {args.out}: its parent folder does not exist")
+    args = parse_export_args(parser, argv)
     for flag in ("model", "processor"):
         folder = getattr(args, flag)
         if folder is not None and not (folder / "config.json" if flag == "model" else folder).exists():
             parser.error(f"--{flag} {folder} is not a transformers model folder")
     torch.set_num_threads(2)
-    name = args.name or args.out.resolve().name
+    name = args.name
     with tempfile.TemporaryDirectory() as scratch:
         model_folder = args.model
         if args.tiny_random:

@@ -85,8 +85,12 @@ def write_goldens(
     out: Path,
     manifest: dict,
     score: Callable[[list[Image.Image], list[str]], np.ndarray],
+    pixel_values: Callable[[Image.Image], np.ndarray] | None = None,
+    reference: str = "transformers CLIPImageProcessor from the manifest",
 ) -> dict:
-    """Scores every golden image against every prompt with `score(images, prompts)` and writes the files."""
+    """Scores every golden image against every prompt with `score(images, prompts)` and writes the files.
+    `pixel_values` is the reference preprocessing of one image (default: transformers' CLIPImageProcessor
+    configured from the manifest), and `reference` names it in the record."""
     name = manifest["name"]
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,16 +107,22 @@ def write_goldens(
         scores = score(reloaded, [prompt] * len(reloaded))
         for path, value in zip(paths, scores, strict=True):
             cases.append({"image": f"{name}/{path.name}", "prompt": prompt, "score": float(value)})
-    pixel_values = image_processor(manifest)(images=[reloaded[2]], return_tensors="np")["pixel_values"][0]
+    if pixel_values is None:
+        processor = image_processor(manifest)
+
+        def pixel_values(image: Image.Image) -> np.ndarray:
+            return processor(images=[image], return_tensors="np")["pixel_values"][0]
+
+    preprocessed = pixel_values(reloaded[2])
     record = {
         "model": name,
         "kind": manifest["kind"],
-        "reference": "transformers CLIPImageProcessor from the manifest, then the PyTorch model",
+        "reference": f"{reference}, then the PyTorch model",
         "cases": cases,
         "pixel_values": {
             "image": f"{name}/{paths[2].name}",
-            "shape": list(pixel_values.shape),
-            "values": [float(v) for v in pixel_values.astype(np.float32).ravel()],
+            "shape": list(preprocessed.shape),
+            "values": [float(v) for v in preprocessed.astype(np.float32).ravel()],
         },
     }
     (out / f"{name}.json").write_text(json.dumps(record) + "\n")
