@@ -716,15 +716,17 @@ impl Denoising {
             prediction.to_vec()
         };
         let per_image = self.shape.values();
+        let step_index = self.step_index;
+        // Noise is drawn only at the steps that use it: LCM's last step uses none, as in diffusers.
+        let needs_noise = self.scheduler.needs_noise_at(step_index);
         let mut noise = Vec::new();
-        if self.scheduler.needs_noise() {
+        if needs_noise {
             noise.resize(self.latents.len(), 0.0);
             for (chunk, source) in noise.chunks_exact_mut(per_image).zip(self.noise_sources.iter_mut()) {
                 source.fill_normal(chunk);
             }
         }
-        let step_noise = self.scheduler.needs_noise().then_some(noise.as_slice());
-        let step_index = self.step_index;
+        let step_noise = needs_noise.then_some(noise.as_slice());
         self.scheduler
             .step(&guided_prediction, step_index, &mut self.latents, step_noise)
             .map_err(|err| Error::Internal(format!("scheduler step {step_index}: {err}")))?;
