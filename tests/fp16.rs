@@ -114,6 +114,7 @@ fn an_export_with_float16_inputs_and_outputs_serves_and_matches_float32() {
         width: 64,
         height: 64,
         eta: 0.0,
+        guidance_rescale: 0.0,
     };
     let (a, b) = (
         fp32.generate(&params, &mut NoProgress).unwrap(),

@@ -56,7 +56,7 @@ fn generate_returns_pngs_and_is_reproducible_by_seed() {
 #[test]
 fn every_scheduler_and_size_is_served() {
     let server = Server::start(&[]);
-    for scheduler in ["ddim", "euler", "euler_a", "dpm++2m", "pndm"] {
+    for scheduler in ["ddim", "euler", "euler_a", "dpm++2m", "pndm", "lcm"] {
         let body = format!(
             r#"{{"prompt":"three green squares","steps":4,"seed":5,"scheduler":"{scheduler}","width":96,"height":48}}"#
         );
@@ -69,6 +69,7 @@ fn every_scheduler_and_size_is_served() {
     for body in [
         r#"{"prompt":"a star","steps":4,"seed":8,"scheduler":"euler_a","n":2}"#,
         r#"{"prompt":"a star","steps":4,"seed":8,"scheduler":"ddim","eta":0.7}"#,
+        r#"{"prompt":"a star","steps":4,"seed":8,"scheduler":"lcm","n":2,"guidance_rescale":0.7}"#,
     ] {
         let first = server.post_json("/generate", body).json();
         let second = server.post_json("/generate", body).json();
@@ -153,6 +154,18 @@ fn bad_input_gets_a_4xx_naming_the_field_and_the_limit() {
             "ddim",
         ),
         (r#"{"prompt":"a cat","eta":2}"#, 422, Some("eta"), "between 0 and 1"),
+        (
+            r#"{"prompt":"a cat","guidance_rescale":1.5}"#,
+            422,
+            Some("guidance_rescale"),
+            "`guidance_rescale` must be between 0 and 1. Given: 1.5",
+        ),
+        (
+            r#"{"prompt":"a cat","scheduler":"lcm","steps":60}"#,
+            422,
+            Some("scheduler"),
+            "at most `original_inference_steps` (50) steps",
+        ),
     ];
     for (body, status, param, fragment) in cases {
         let response = server.post_json("/generate", body);

@@ -54,6 +54,7 @@ fn max_pixel_error(run: &Value) -> f32 {
         width: run["width"].as_u64().unwrap() as usize,
         height: run["height"].as_u64().unwrap() as usize,
         eta: 0.0,
+        guidance_rescale: 0.0,
     };
     let output = pipeline
         .generate_from_latents(&params, common::floats(&run["latents"]), &mut NoProgress)

@@ -202,6 +202,7 @@ mod tests {
             width: 8,
             height: 8,
             eta: 0.0,
+            guidance_rescale: 0.0,
         }
     }
 

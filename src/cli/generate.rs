@@ -34,7 +34,7 @@ pub struct GenerateArgs {
     /// Classifier-free guidance scale (default: --default-guidance-scale).
     #[arg(long)]
     pub guidance_scale: Option<f64>,
-    /// ddim, euler, euler_a, dpm++2m or pndm (default: the model's own).
+    /// ddim, euler, euler_a, dpm++2m, pndm or lcm (default: the model's own).
     #[arg(long)]
     pub scheduler: Option<String>,
     /// Seed of the first image (default: random, printed).
@@ -47,6 +47,9 @@ pub struct GenerateArgs {
     /// DDIM eta in [0, 1].
     #[arg(long)]
     pub eta: Option<f64>,
+    /// Guidance rescale in [0, 1] (diffusers' guidance_rescale; 0, the default, is off).
+    #[arg(long)]
+    pub guidance_rescale: Option<f64>,
     /// Generate this many candidates per image and keep the ones the reward model scores best.
     #[arg(long)]
     pub best_of: Option<i64>,
@@ -101,6 +104,7 @@ pub fn run_generate(args: GenerateArgs) -> Result<Vec<PathBuf>> {
         width: args.width,
         height: args.height,
         eta: args.eta,
+        guidance_rescale: args.guidance_rescale,
     };
     let reward = args.reward.config();
     let wants_selection = args.best_of.is_some() || args.min_reward.is_some();

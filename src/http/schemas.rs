@@ -57,6 +57,14 @@ pub struct GenerateRequest {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 1)]
     pub eta: Option<f64>,
+    /// Guidance rescale in [0, 1], as diffusers' `guidance_rescale` ("Common Diffusion Noise Schedules and Sample
+    /// Steps are Flawed", 0.7 there): after classifier-free guidance, each image's guided prediction is scaled to
+    /// the standard deviation of its text-conditioned prediction, and this much of that is mixed in. Counters the
+    /// over-exposure of high guidance scales, notably on zero-SNR models. Only with guidance (`guidance_scale` > 1).
+    /// Default 0: off.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
+    pub guidance_rescale: Option<f64>,
     /// Rejection sampling: generate `best_of` candidates for each of the `n` images, score them all with the
     /// reward model and return the `n` best. Default 1; at most the server's `--max-best-of`, and
     /// `best_of × n` at most `--max-candidates`.
@@ -99,6 +107,8 @@ pub enum SchedulerName {
     DpmPlusPlus2M,
     #[schema(rename = "pndm")]
     Pndm,
+    #[schema(rename = "lcm")]
+    Lcm,
 }
 
 /// A rating's label (`storage::Label`).
@@ -124,6 +134,7 @@ impl From<GenerateRequest> for GenerateInput {
             width: request.width,
             height: request.height,
             eta: request.eta,
+            guidance_rescale: request.guidance_rescale,
         }
     }
 }

@@ -889,21 +889,28 @@ impl Denoising {
 
     /// Guidance, then the scheduler's step, from this unit's slice of a UNet output.
     fn apply(&mut self, prediction: &[f32]) -> Result<()> {
+        let per_image = self.shape.values();
         let guided_prediction = if self.guided {
-            apply_guidance(prediction, self.params.guidance_scale)
+            apply_guidance(
+                prediction,
+                self.params.guidance_scale,
+                self.params.guidance_rescale,
+                per_image,
+            )
         } else {
             prediction.to_vec()
         };
-        let per_image = self.shape.values();
+        let step_index = self.step_index;
+        // Noise is drawn only at the steps that use it: LCM's last step uses none, as in diffusers.
+        let needs_noise = self.scheduler.needs_noise_at(step_index);
         let mut noise = Vec::new();
-        if self.scheduler.needs_noise() {
+        if needs_noise {
             noise.resize(self.latents.len(), 0.0);
             for (chunk, source) in noise.chunks_exact_mut(per_image).zip(self.noise_sources.iter_mut()) {
                 source.fill_normal(chunk);
             }
         }
-        let step_noise = self.scheduler.needs_noise().then_some(noise.as_slice());
-        let step_index = self.step_index;
+        let step_noise = needs_noise.then_some(noise.as_slice());
         self.scheduler
             .step(&guided_prediction, step_index, &mut self.latents, step_noise)
             .map_err(|err| Error::Internal(format!("scheduler step {step_index}: {err}")))?;
@@ -958,14 +965,45 @@ fn repeat_embeddings(values: &[f32], rows: usize, num_images: usize) -> Vec<f32>
     out
 }
 
-/// `uncond + g · (cond − uncond)`, with the batch laid out as [uncond × n, cond × n].
-fn apply_guidance(prediction: &[f32], guidance_scale: f32) -> Vec<f32> {
+/// `uncond + g · (cond − uncond)`, with the batch laid out as [uncond × n, cond × n] and `per_image` values an
+/// image; then, with `guidance_rescale` above 0, [`rescale_guidance`] on each image.
+fn apply_guidance(prediction: &[f32], guidance_scale: f32, guidance_rescale: f64, per_image: usize) -> Vec<f32> {
     let (uncond, cond) = prediction.split_at(prediction.len() / 2);
-    uncond
+    let mut guided: Vec<f32> = uncond
         .iter()
         .zip(cond)
         .map(|(&u, &c)| u + guidance_scale * (c - u))
-        .collect()
+        .collect();
+    if guidance_rescale > 0.0 {
+        for (image, text) in guided.chunks_exact_mut(per_image).zip(cond.chunks_exact(per_image)) {
+            rescale_guidance(image, text, guidance_rescale);
+        }
+    }
+    guided
+}
+
+/// diffusers' `rescale_noise_cfg` (Lin et al., 2023, §3.4) on one image: scales the guided prediction to the
+/// standard deviation of the text-conditioned one, which high guidance scales inflate (over-exposed images),
+/// and keeps `guidance_rescale` of that and `1 − guidance_rescale` of the guided prediction. As in diffusers the
+/// weights are Python floats rounded to f32 and the product is float32. A guided prediction with no spread
+/// (constant) is left as it is, where diffusers would divide by zero.
+fn rescale_guidance(guided: &mut [f32], text: &[f32], guidance_rescale: f64) {
+    let ratio = std_dev(text) / std_dev(guided);
+    if !ratio.is_finite() {
+        return;
+    }
+    let (rescaled_weight, kept_weight) = (guidance_rescale as f32, (1.0 - guidance_rescale) as f32);
+    for value in guided {
+        *value = rescaled_weight * (*value * ratio) + kept_weight * *value;
+    }
+}
+
+/// torch's `std` (Bessel-corrected, over `n − 1`), accumulated in f64 as torch does on the CPU, as f32.
+fn std_dev(values: &[f32]) -> f32 {
+    let count = values.len() as f64;
+    let mean = values.iter().map(|&value| f64::from(value)).sum::<f64>() / count;
+    let squares: f64 = values.iter().map(|&value| (f64::from(value) - mean).powi(2)).sum();
+    (squares / (count - 1.0)).sqrt() as f32
 }
 
 #[cfg(test)]
@@ -975,7 +1013,65 @@ mod tests {
     #[test]
     fn guidance_combines_halves() {
         let prediction = [1.0, 2.0, 3.0, 6.0];
-        assert_eq!(apply_guidance(&prediction, 2.0), vec![5.0, 10.0]);
+        assert_eq!(apply_guidance(&prediction, 2.0, 0.0, 1), vec![5.0, 10.0]);
+    }
+
+    /// The `guidance_rescale` reference in `tests/golden/schedulers.json`: diffusers' guidance and
+    /// `rescale_noise_cfg` on two images of different scales, written by `make_goldens.py`.
+    #[derive(serde::Deserialize)]
+    struct RescaleGolden {
+        shape: Vec<usize>,
+        guidance_scale: f32,
+        noise_pred_uncond: Vec<f32>,
+        noise_pred_text: Vec<f32>,
+        noise_pred_guided: Vec<f32>,
+        cases: Vec<RescaleCase>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct RescaleCase {
+        guidance_rescale: f64,
+        noise_pred: Vec<f32>,
+    }
+
+    #[test]
+    fn guidance_rescale_matches_diffusers() {
+        #[derive(serde::Deserialize)]
+        struct Golden {
+            guidance_rescale: RescaleGolden,
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/schedulers.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let golden: Golden = serde_json::from_str(&text).unwrap();
+        let golden = golden.guidance_rescale;
+        let per_image: usize = golden.shape[1..].iter().product();
+        let prediction = [golden.noise_pred_uncond.as_slice(), &golden.noise_pred_text].concat();
+        // diffusers' guidance in float32, bit for bit.
+        assert_eq!(
+            apply_guidance(&prediction, golden.guidance_scale, 0.0, per_image),
+            golden.noise_pred_guided
+        );
+        assert_eq!(golden.cases.len(), 3);
+        for case in &golden.cases {
+            let actual = apply_guidance(&prediction, golden.guidance_scale, case.guidance_rescale, per_image);
+            let largest = case.noise_pred.iter().fold(1.0f32, |max, value| max.max(value.abs()));
+            let error = actual
+                .iter()
+                .zip(&case.noise_pred)
+                .fold(0.0f32, |max, (a, e)| max.max((a - e).abs()));
+            // float32 rounding of the standard deviations only; a wrong formula is off by far more.
+            assert!(
+                error <= 1e-6 * largest,
+                "guidance_rescale {}: max error {error:e} of {largest}",
+                case.guidance_rescale
+            );
+        }
+    }
+
+    #[test]
+    fn rescale_leaves_a_flat_prediction_alone() {
+        let prediction = [1.0, 3.0, 2.0, 2.0];
+        assert_eq!(apply_guidance(&prediction, 1.0, 1.0, 2), vec![2.0, 2.0]);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! `rand_chacha::ChaCha8Rng::seed_from_u64`. Each normal sample takes two uniform `u64` draws, maps them to
 //! (0, 1] and [0, 1) at 53-bit precision, and applies Box–Muller, keeping the cosine branch: `sqrt(-2 ln u1) ·
 //! cos(2π u2)`, computed in f64 and rounded to f32. The initial latents come first, in NCHW order; noise for
-//! stochastic schedulers (Euler ancestral, DDIM with eta > 0) continues the same stream, step after step.
+//! stochastic schedulers (Euler ancestral, DDIM with eta > 0, LCM) continues the same stream, step after step,
+//! at each step that uses noise (every step but LCM's last).
 //! The same seed therefore gives the same latents on every machine; the pixels then depend only on the
 //! execution provider's arithmetic.
 

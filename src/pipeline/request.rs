@@ -17,6 +17,7 @@ pub struct GenerateInput {
     pub width: Option<i64>,
     pub height: Option<i64>,
     pub eta: Option<f64>,
+    pub guidance_rescale: Option<f64>,
 }
 
 /// The server's limits and defaults for requests (configured on the command line). A default set here beats the
@@ -113,6 +114,9 @@ pub struct GenerateParams {
     pub height: usize,
     /// DDIM's eta; ignored by other schedulers.
     pub eta: f32,
+    /// diffusers' `guidance_rescale` in [0, 1]: how much of the guided prediction is rescaled to the text
+    /// prediction's standard deviation. 0 is off; used only with guidance.
+    pub guidance_rescale: f64,
 }
 
 impl GenerateParams {
@@ -151,13 +155,8 @@ pub fn validate(input: GenerateInput, model: &ModelLimits, limits: &RequestLimit
             format!("`guidance_scale` must be between 0 and {MAX_GUIDANCE_SCALE}. Given: {guidance_scale}"),
         ));
     }
-    let eta = input.eta.unwrap_or(0.0);
-    if !eta.is_finite() || !(0.0..=1.0).contains(&eta) {
-        return Err(Error::validation(
-            "eta",
-            format!("`eta` must be between 0 and 1. Given: {eta}"),
-        ));
-    }
+    let eta = check_unit_interval("eta", input.eta.unwrap_or(0.0))?;
+    let guidance_rescale = check_unit_interval("guidance_rescale", input.guidance_rescale.unwrap_or(0.0))?;
 
     let scheduler = match input.scheduler.as_deref() {
         None => model.default_scheduler,
@@ -178,7 +177,19 @@ pub fn validate(input: GenerateInput, model: &ModelLimits, limits: &RequestLimit
         width,
         height,
         eta: eta as f32,
+        guidance_rescale,
     })
+}
+
+/// Refuses a weight outside [0, 1] (NaN included), naming `field`.
+fn check_unit_interval(field: &str, value: f64) -> Result<f64> {
+    if !(0.0..=1.0).contains(&value) {
+        return Err(Error::validation(
+            field,
+            format!("`{field}` must be between 0 and 1. Given: {value}"),
+        ));
+    }
+    Ok(value)
 }
 
 /// Refuses a prompt longer than `--max-prompt-bytes`, naming `field`.
@@ -350,6 +361,36 @@ mod tests {
                 ..input()
             });
             assert_eq!(param, "guidance_scale");
+        }
+    }
+
+    #[test]
+    fn weights_must_be_between_0_and_1() {
+        let params = validate(input(), &model(), &RequestLimits::default()).unwrap();
+        assert_eq!((params.eta, params.guidance_rescale), (0.0, 0.0));
+        let asked = GenerateInput {
+            eta: Some(1.0),
+            guidance_rescale: Some(0.7),
+            ..input()
+        };
+        let params = validate(asked, &model(), &RequestLimits::default()).unwrap();
+        assert_eq!((params.eta, params.guidance_rescale), (1.0, 0.7));
+        for bad in [f64::NAN, f64::INFINITY, -0.1, 1.5] {
+            let (param, message) = error_of(GenerateInput {
+                guidance_rescale: Some(bad),
+                ..input()
+            });
+            assert_eq!(param, "guidance_rescale");
+            assert_eq!(
+                message,
+                format!("`guidance_rescale` must be between 0 and 1. Given: {bad}")
+            );
+            let (param, message) = error_of(GenerateInput {
+                eta: Some(bad),
+                ..input()
+            });
+            assert_eq!(param, "eta");
+            assert_eq!(message, format!("`eta` must be between 0 and 1. Given: {bad}"));
         }
     }
 

@@ -49,6 +49,7 @@ pub fn warmup_params(pipeline: &Pipeline) -> GenerateParams {
         width: limits.default_width,
         height: limits.default_height,
         eta: 0.0,
+        guidance_rescale: 0.0,
     }
 }
 

@@ -13,6 +13,7 @@ SCHEDULER_CLASSES = {
     "DPMSolverMultistepScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
+    "LCMScheduler",
     "PNDMScheduler",
 }
 
@@ -74,7 +75,18 @@ def test_scheduler_golden_covers_the_brief():
         "ddim_trailing_vpred_eta05",
         "euler_ancestral_leading_sd15",
         "euler_ancestral_trailing",
+        "lcm_eps_sd15_4steps",
+        "lcm_eps_8steps",
+        "lcm_vpred_zero_snr",
+        "lcm_original_steps_20_clip",
     ]
+    # Noise at every step, except LCM's last, whose clean estimate is the result.
+    for case in cases:
+        drawn = [step["noise"] is not None for step in case["steps"]]
+        if case["class"] == "LCMScheduler":
+            assert drawn == [True] * (len(drawn) - 1) + [False], case["name"]
+        else:
+            assert len(set(drawn)) == 1, case["name"]
     for case in cases:
         assert [step["step_index"] for step in case["steps"]] == list(range(len(case["timesteps"])))
         assert [step["timestep"] for step in case["steps"]] == case["timesteps"]
@@ -143,6 +155,24 @@ def test_scheduler_golden_replays(trainer_packages, monkeypatch, case_name):
         prev_sample = scheduler.step(model_output, timestep, sample, **case["step_kwargs"]).prev_sample
         assert_replays(prev_sample.numpy().reshape(-1), step["prev_sample"])
         sample = prev_sample
+
+
+def test_guidance_rescale_golden_replays(trainer_packages):
+    import torch
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+    golden = read_golden("schedulers.json")["guidance_rescale"]
+
+    def as_tensor(values):
+        return torch.tensor(np.float32(values).reshape(golden["shape"]))
+
+    uncond, text = as_tensor(golden["noise_pred_uncond"]), as_tensor(golden["noise_pred_text"])
+    guided = uncond + golden["guidance_scale"] * (text - uncond)
+    assert_replays(guided.numpy().reshape(-1), golden["noise_pred_guided"])
+    assert [case["guidance_rescale"] for case in golden["cases"]] == [0.3, 0.7, 1.0]
+    for case in golden["cases"]:
+        rescaled = rescale_noise_cfg(guided, text, guidance_rescale=case["guidance_rescale"])
+        assert_replays(rescaled.numpy().reshape(-1), case["noise_pred"])
 
 
 def test_scheduler_golden_lists_the_scripted_cases(trainer_packages):

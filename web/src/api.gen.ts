@@ -705,6 +705,15 @@ export interface components {
             eta?: number | null;
             /**
              * Format: double
+             * @description Guidance rescale in [0, 1], as diffusers' `guidance_rescale` ("Common Diffusion Noise Schedules and Sample
+             *     Steps are Flawed", 0.7 there): after classifier-free guidance, each image's guided prediction is scaled to
+             *     the standard deviation of its text-conditioned prediction, and this much of that is mixed in. Counters the
+             *     over-exposure of high guidance scales, notably on zero-SNR models. Only with guidance (`guidance_scale` > 1).
+             *     Default 0: off.
+             */
+            guidance_rescale?: number | null;
+            /**
+             * Format: double
              * @description Classifier-free guidance scale, 0 to 100; 1 or less turns guidance off. Default 7.5.
              */
             guidance_scale?: number | null;
@@ -1377,7 +1386,7 @@ export interface components {
          * @description The samplers `scheduler` names (the document's enum; `SchedulerKind::from_name` also takes aliases).
          * @enum {string}
          */
-        SchedulerName: "ddim" | "euler" | "euler_a" | "dpm++2m" | "pndm";
+        SchedulerName: "ddim" | "euler" | "euler_a" | "dpm++2m" | "pndm" | "lcm";
         /**
          * @description `POST /score` as `multipart/form-data`: the image files themselves, no base64. The document's description
          *     of the form that `scoring::read_multipart` reads.

@@ -3,7 +3,7 @@
 import { api, ApiError, type GenerateRequest, type GenerateResponse } from "./api";
 import { addVersions, append, checkedNumber, fieldError, formatNumber, h, pngSource, progress, showError } from "./ui";
 
-const SCHEDULERS = ["ddim", "euler", "euler_a", "dpm++2m", "pndm"];
+const SCHEDULERS = ["ddim", "euler", "euler_a", "dpm++2m", "pndm", "lcm"];
 /** Bounds the form checks before sending. The server's own limits (--max-prompt-bytes, --max-steps,
  * --max-images, ...) come back as inline messages naming the field when they are tighter. */
 export const BOUNDS = { steps: [1, 200], guidance: [0, 30], n: [1, 8], bestOf: [1, 16] } as const;

@@ -12,17 +12,21 @@ use super::{SchedulerError, SchedulerKind};
 /// defaults.
 ///
 /// Fields whose diffusers default differs between classes are `Option`s, resolved for a kind by
-/// [`SchedulerConfig::timestep_spacing_for`] and friends.
+/// [`SchedulerConfig::timestep_spacing_for`] and friends. LCM is the class whose defaults stand out: its noise
+/// schedule is Stable Diffusion's (`scaled_linear` from 0.00085 to 0.012) where the others default to `linear`
+/// from 0.0001 to 0.02.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct SchedulerConfig {
     #[serde(rename = "_class_name", skip_serializing_if = "Option::is_none")]
     pub class_name: Option<String>,
     pub num_train_timesteps: usize,
-    /// Python floats, kept in float64 because diffusers takes `beta_start ** 0.5` before float32.
-    pub beta_start: f64,
-    pub beta_end: f64,
-    pub beta_schedule: BetaSchedule,
+    /// Python floats, kept in float64 because diffusers takes `beta_start ** 0.5` before float32. Resolved by
+    /// [`SchedulerConfig::beta_range_for`].
+    pub beta_start: Option<f64>,
+    pub beta_end: Option<f64>,
+    /// Resolved by [`SchedulerConfig::beta_schedule_for`].
+    pub beta_schedule: Option<BetaSchedule>,
     pub trained_betas: Option<Vec<f64>>,
     pub prediction_type: PredictionType,
     /// DDIM and PNDM default to `leading`, the Euler variants and DPM-Solver to `linspace`.
@@ -34,10 +38,12 @@ pub struct SchedulerConfig {
     #[serde(deserialize_with = "null_as_false")]
     pub thresholding: bool,
 
-    /// DDIM: clamp the predicted clean sample to `±clip_sample_range`. diffusers' default is `true`.
+    /// DDIM and LCM: clamp the predicted clean sample to `±clip_sample_range`. diffusers' default is `true` for
+    /// DDIM, `false` for LCM.
     pub clip_sample: Option<bool>,
     pub clip_sample_range: f64,
-    /// DDIM (default `true`) and PNDM (default `false`): use ᾱ = 1 past the last step instead of ᾱ₀.
+    /// DDIM and LCM (default `true`) and PNDM (default `false`): use ᾱ = 1 past the last step instead of ᾱ₀.
+    /// LCM never steps past its last timestep, so the value changes nothing there.
     pub set_alpha_to_one: Option<bool>,
 
     /// PNDM: skip the Runge-Kutta warm-up and run PLMS only (Stable Diffusion's configs do).
@@ -81,6 +87,12 @@ pub struct SchedulerConfig {
     pub use_flow_sigmas: bool,
     #[serde(deserialize_with = "null_as_false")]
     pub use_dynamic_shifting: bool,
+
+    /// LCM: the length of the distillation schedule its timesteps are taken from (every
+    /// `num_train_timesteps / original_inference_steps`-th training timestep). `None` is diffusers' 50.
+    pub original_inference_steps: Option<usize>,
+    /// LCM: the factor on the timestep in the consistency model's boundary scalings `c_skip` and `c_out`.
+    pub timestep_scaling: f64,
 }
 
 impl Default for SchedulerConfig {
@@ -88,9 +100,9 @@ impl Default for SchedulerConfig {
         Self {
             class_name: None,
             num_train_timesteps: 1000,
-            beta_start: 0.0001,
-            beta_end: 0.02,
-            beta_schedule: BetaSchedule::Linear,
+            beta_start: None,
+            beta_end: None,
+            beta_schedule: None,
             trained_betas: None,
             prediction_type: PredictionType::Epsilon,
             timestep_spacing: None,
@@ -119,6 +131,8 @@ impl Default for SchedulerConfig {
             use_lu_lambdas: false,
             use_flow_sigmas: false,
             use_dynamic_shifting: false,
+            original_inference_steps: None,
+            timestep_scaling: 10.0,
         }
     }
 }
@@ -170,23 +184,46 @@ impl SchedulerConfig {
     /// records which fields were defaults of the source class and gives them the target's defaults.)
     pub fn timestep_spacing_for(&self, kind: SchedulerKind) -> TimestepSpacing {
         self.timestep_spacing.unwrap_or(match kind {
-            SchedulerKind::Ddim | SchedulerKind::Pndm => TimestepSpacing::Leading,
+            // LCM's default; it takes its timesteps from `original_inference_steps` whatever the spacing.
+            SchedulerKind::Ddim | SchedulerKind::Pndm | SchedulerKind::Lcm => TimestepSpacing::Leading,
             SchedulerKind::Euler | SchedulerKind::EulerAncestral | SchedulerKind::DpmSolverMultistep => {
                 TimestepSpacing::Linspace
             }
         })
     }
 
-    /// DDIM defaults to `true`, PNDM to `false`.
+    /// DDIM and LCM default to `true`, PNDM to `false`.
     pub fn set_alpha_to_one_for(&self, kind: SchedulerKind) -> bool {
-        self.set_alpha_to_one.unwrap_or(kind == SchedulerKind::Ddim)
+        self.set_alpha_to_one
+            .unwrap_or(matches!(kind, SchedulerKind::Ddim | SchedulerKind::Lcm))
     }
 
-    /// Only DDIM clips, and its default is on; Stable Diffusion's configs turn it off.
-    pub fn clip_sample_range_for_ddim(&self) -> Option<f32> {
+    /// The range DDIM and LCM clamp the predicted clean sample to, `None` for no clamping. DDIM's default is on
+    /// (Stable Diffusion's configs turn it off), LCM's off; the other kinds never clip.
+    pub fn clip_sample_range_for(&self, kind: SchedulerKind) -> Option<f32> {
         self.clip_sample
-            .unwrap_or(true)
+            .unwrap_or(kind == SchedulerKind::Ddim)
             .then_some(self.clip_sample_range as f32)
+    }
+
+    /// `beta_schedule`: LCM's default is `scaled_linear`, every other kind's `linear`.
+    pub fn beta_schedule_for(&self, kind: SchedulerKind) -> BetaSchedule {
+        self.beta_schedule.unwrap_or(if kind == SchedulerKind::Lcm {
+            BetaSchedule::ScaledLinear
+        } else {
+            BetaSchedule::Linear
+        })
+    }
+
+    /// `(beta_start, beta_end)`: LCM's defaults are Stable Diffusion's 0.00085 and 0.012, every other kind's
+    /// 0.0001 and 0.02.
+    pub fn beta_range_for(&self, kind: SchedulerKind) -> (f64, f64) {
+        let (start, end) = if kind == SchedulerKind::Lcm {
+            (0.00085, 0.012)
+        } else {
+            (0.0001, 0.02)
+        };
+        (self.beta_start.unwrap_or(start), self.beta_end.unwrap_or(end))
     }
 
     /// Euler and DPM-Solver: how inference sigmas are spaced, `None` for interpolated.
@@ -241,31 +278,32 @@ impl SchedulerConfig {
     }
 
     /// diffusers' float32 `alphas_cumprod` table as `kind` builds it. The classes differ over
-    /// `rescale_betas_zero_snr`: PNDM ignores it, DDIM keeps ᾱ_T = 0, and the sigma-based kinds
+    /// `rescale_betas_zero_snr`: PNDM ignores it, DDIM and LCM keep ᾱ_T = 0, and the sigma-based kinds
     /// nudge ᾱ_T to 2⁻²⁴ so the last sigma stays finite.
     pub(crate) fn alphas_cumprod(&self, kind: SchedulerKind) -> Vec<f32> {
         let rescale = self.rescale_betas_zero_snr && kind != SchedulerKind::Pndm;
-        let mut betas = self.betas();
+        let mut betas = self.betas(kind);
         if rescale {
             betas = rescale_zero_terminal_snr(&betas);
         }
         let alphas: Vec<f32> = betas.iter().map(|beta| 1.0 - beta).collect();
         let mut alphas_cumprod = cumprod_f32(&alphas);
-        if rescale && kind != SchedulerKind::Ddim {
+        if rescale && !matches!(kind, SchedulerKind::Ddim | SchedulerKind::Lcm) {
             let last = alphas_cumprod.len() - 1;
             alphas_cumprod[last] = 2f32.powi(-24);
         }
         alphas_cumprod
     }
 
-    fn betas(&self) -> Vec<f32> {
+    fn betas(&self, kind: SchedulerKind) -> Vec<f32> {
         let steps = self.num_train_timesteps;
         if let Some(betas) = &self.trained_betas {
             return betas.iter().map(|&beta| beta as f32).collect();
         }
-        match self.beta_schedule {
-            BetaSchedule::Linear => torch_linspace_f32(self.beta_start, self.beta_end, steps),
-            BetaSchedule::ScaledLinear => torch_linspace_f32(self.beta_start.sqrt(), self.beta_end.sqrt(), steps)
+        let (beta_start, beta_end) = self.beta_range_for(kind);
+        match self.beta_schedule_for(kind) {
+            BetaSchedule::Linear => torch_linspace_f32(beta_start, beta_end, steps),
+            BetaSchedule::ScaledLinear => torch_linspace_f32(beta_start.sqrt(), beta_end.sqrt(), steps)
                 .into_iter()
                 .map(|root| root * root)
                 .collect(),
@@ -397,7 +435,7 @@ fn python_json_to_json(json: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use SchedulerKind::{Ddim, Euler, Pndm};
+    use SchedulerKind::{Ddim, Euler, Lcm, Pndm};
     use TimestepSpacing::{Leading, Linspace};
 
     pub(crate) const SD15_CONFIG: &str = r#"{"_class_name":"PNDMScheduler","_diffusers_version":"0.6.0",
@@ -408,12 +446,12 @@ pub(crate) mod tests {
     fn reads_stable_diffusion_15_config() {
         let config = SchedulerConfig::from_json_str(SD15_CONFIG).unwrap();
         assert_eq!(config.class_name.as_deref(), Some("PNDMScheduler"));
-        assert_eq!(config.beta_schedule, BetaSchedule::ScaledLinear);
-        assert_eq!((config.beta_start, config.beta_end), (0.00085, 0.012));
+        assert_eq!(config.beta_schedule_for(Ddim), BetaSchedule::ScaledLinear);
+        assert_eq!(config.beta_range_for(Ddim), (0.00085, 0.012));
         assert_eq!(config.steps_offset, 1);
         assert!(config.skip_prk_steps);
         assert_eq!(config.trained_betas, None);
-        assert_eq!(config.clip_sample_range_for_ddim(), None);
+        assert_eq!(config.clip_sample_range_for(Ddim), None);
         assert_eq!(config.prediction_type, PredictionType::Epsilon);
         assert!(!config.set_alpha_to_one_for(Ddim));
         // Fields the file leaves out take the defaults of the kind being built, as in diffusers.
@@ -433,7 +471,17 @@ pub(crate) mod tests {
         assert_eq!(config.timestep_spacing_for(Euler), Linspace);
         assert!(config.set_alpha_to_one_for(Ddim));
         assert!(!config.set_alpha_to_one_for(Pndm));
-        assert_eq!(config.clip_sample_range_for_ddim(), Some(1.0));
+        assert_eq!(config.clip_sample_range_for(Ddim), Some(1.0));
+        assert_eq!(config.beta_schedule_for(Ddim), BetaSchedule::Linear);
+        assert_eq!(config.beta_range_for(Euler), (0.0001, 0.02));
+        // LCM's own defaults: Stable Diffusion's schedule, no clipping, ᾱ = 1 past the end.
+        assert_eq!(config.beta_schedule_for(Lcm), BetaSchedule::ScaledLinear);
+        assert_eq!(config.beta_range_for(Lcm), (0.00085, 0.012));
+        assert_eq!(config.clip_sample_range_for(Lcm), None);
+        assert!(config.set_alpha_to_one_for(Lcm));
+        assert_eq!((config.original_inference_steps, config.timestep_scaling), (None, 10.0));
+        let sd15 = SchedulerConfig::from_json_str(SD15_CONFIG).unwrap();
+        assert_eq!(config.alphas_cumprod(Lcm), sd15.alphas_cumprod(Lcm));
     }
 
     #[test]

@@ -40,7 +40,7 @@ impl Ddim {
             alphas: AlphaTable::new(config, SchedulerKind::Ddim),
             step_stride: (train_steps / steps) as i64,
             prediction_type: config.prediction_type,
-            clip_sample_range: config.clip_sample_range_for_ddim(),
+            clip_sample_range: config.clip_sample_range_for(SchedulerKind::Ddim),
             eta,
         })
     }
@@ -73,14 +73,8 @@ impl SchedulerImpl for Ddim {
 
         for (index, (value, &model)) in sample.iter_mut().zip(step.model_output).enumerate() {
             let x_t = *value;
-            let (mut pred_original, pred_epsilon) = match self.prediction_type {
-                PredictionType::Epsilon => ((x_t - sqrt_beta_t * model) / sqrt_alpha_t, model),
-                PredictionType::Sample => (model, (x_t - sqrt_alpha_t * model) / sqrt_beta_t),
-                PredictionType::VPrediction => (
-                    sqrt_alpha_t * x_t - sqrt_beta_t * model,
-                    sqrt_alpha_t * model + sqrt_beta_t * x_t,
-                ),
-            };
+            let (mut pred_original, pred_epsilon) =
+                predict_original_and_noise(self.prediction_type, sqrt_alpha_t, sqrt_beta_t, x_t, model);
             if let Some(range) = self.clip_sample_range {
                 pred_original = pred_original.clamp(-range, range);
             }
@@ -91,6 +85,26 @@ impl SchedulerImpl for Ddim {
             *value = prev;
         }
         Ok(())
+    }
+}
+
+/// The clean sample x₀ and the noise ε that `model` predicts for `x_t`, where `x_t = √ᾱ·x₀ + √(1-ᾱ)·ε`, given
+/// `√ᾱ` and `√(1-ᾱ)`: the arithmetic of diffusers' DDIM and LCM, operation for operation.
+#[inline]
+pub(crate) fn predict_original_and_noise(
+    prediction_type: PredictionType,
+    sqrt_alpha: f32,
+    sqrt_beta: f32,
+    x_t: f32,
+    model: f32,
+) -> (f32, f32) {
+    match prediction_type {
+        PredictionType::Epsilon => ((x_t - sqrt_beta * model) / sqrt_alpha, model),
+        PredictionType::Sample => (model, (x_t - sqrt_alpha * model) / sqrt_beta),
+        PredictionType::VPrediction => (
+            sqrt_alpha * x_t - sqrt_beta * model,
+            sqrt_alpha * model + sqrt_beta * x_t,
+        ),
     }
 }
 

@@ -112,7 +112,8 @@ impl DpmSolverMultistep {
                 let sigmas = spacing.sigmas(sigma_min, sigma_max, steps);
                 // Karras timesteps are rounded to the nearest integer, except for the cosine schedule
                 // (whose UNets take continuous time); all are then truncated to integers.
-                let round = spacing == SigmaSpacing::Karras && config.beta_schedule != BetaSchedule::SquaredcosCapV2;
+                let round = spacing == SigmaSpacing::Karras
+                    && config.beta_schedule_for(SchedulerKind::DpmSolverMultistep) != BetaSchedule::SquaredcosCapV2;
                 timesteps = timesteps_for_sigmas(&sigmas, &training_sigmas)
                     .into_iter()
                     .map(|t| (if round { t.round_ties_even() } else { t }) as i64)

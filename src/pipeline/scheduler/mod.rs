@@ -9,6 +9,7 @@ mod ddim;
 mod dpm_solver;
 mod euler;
 mod euler_ancestral;
+mod lcm;
 mod numerics;
 mod pndm;
 
@@ -24,15 +25,17 @@ pub enum SchedulerKind {
     EulerAncestral,
     DpmSolverMultistep,
     Pndm,
+    Lcm,
 }
 
 impl SchedulerKind {
-    pub const ALL: [SchedulerKind; 5] = [
+    pub const ALL: [SchedulerKind; 6] = [
         SchedulerKind::Ddim,
         SchedulerKind::Euler,
         SchedulerKind::EulerAncestral,
         SchedulerKind::DpmSolverMultistep,
         SchedulerKind::Pndm,
+        SchedulerKind::Lcm,
     ];
 
     /// Parses a request's scheduler name (case-insensitive); the error lists the accepted names.
@@ -43,6 +46,7 @@ impl SchedulerKind {
             "euler_a" | "euler_ancestral" => SchedulerKind::EulerAncestral,
             "dpm++2m" | "dpmsolver++" | "dpm_solver_multistep" => SchedulerKind::DpmSolverMultistep,
             "pndm" | "plms" => SchedulerKind::Pndm,
+            "lcm" => SchedulerKind::Lcm,
             _ => {
                 return Err(SchedulerError::Unknown {
                     given: name.to_owned(),
@@ -66,6 +70,7 @@ impl SchedulerKind {
             SchedulerKind::EulerAncestral => "euler_a",
             SchedulerKind::DpmSolverMultistep => "dpm++2m",
             SchedulerKind::Pndm => "pndm",
+            SchedulerKind::Lcm => "lcm",
         }
     }
 
@@ -77,12 +82,13 @@ impl SchedulerKind {
             SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
             SchedulerKind::DpmSolverMultistep => "DPMSolverMultistepScheduler",
             SchedulerKind::Pndm => "PNDMScheduler",
+            SchedulerKind::Lcm => "LCMScheduler",
         }
     }
 
     fn accepted_names() -> String {
         "ddim, euler, euler_a (alias euler_ancestral), dpm++2m (aliases dpmsolver++, dpm_solver_multistep), \
-         pndm (alias plms)"
+         pndm (alias plms), lcm"
             .to_owned()
     }
 }
@@ -104,19 +110,25 @@ pub trait Scheduler: Send {
     /// The factor for the initial Gaussian latents.
     fn init_noise_sigma(&self) -> f32;
 
-    /// Scales the UNet input for step `step_index`, in place: identity for DDIM, PNDM and DPM-Solver,
+    /// Scales the UNet input for step `step_index`, in place: identity for DDIM, PNDM, DPM-Solver and LCM,
     /// division by `sqrt(sigma² + 1)` for the Euler variants.
     ///
     /// # Panics
     /// When `step_index` is not below `timesteps().len()`.
     fn scale_model_input(&self, sample: &mut [f32], step_index: usize);
 
-    /// True when [`Scheduler::step`] needs a noise slice: Euler ancestral, DDIM with `eta > 0`, and
-    /// the SDE variants of DPM-Solver.
+    /// True when some [`Scheduler::step`] needs a noise slice: Euler ancestral, DDIM with `eta > 0`, the
+    /// SDE variants of DPM-Solver, and LCM with more than one step.
     fn needs_noise(&self) -> bool;
 
+    /// True when step `step_index` needs a noise slice; never true where [`Scheduler::needs_noise`] is
+    /// false. Every step for the kinds above except LCM, which, as diffusers' `LCMScheduler` draws it,
+    /// needs noise at every step but the last (whose clean estimate is the result).
+    fn needs_noise_at(&self, step_index: usize) -> bool;
+
     /// Advances `sample` in place to the next (less noisy) timestep. `noise` is standard Gaussian
-    /// noise of `sample`'s length, required when [`Scheduler::needs_noise`] and ignored otherwise.
+    /// noise of `sample`'s length, required when [`Scheduler::needs_noise_at`] the step and ignored
+    /// otherwise.
     /// Multistep schedulers (DPM-Solver, PNDM) must be stepped through every index in order.
     fn step(
         &mut self,
@@ -157,6 +169,7 @@ pub fn build(
             Box::new(dpm_solver::DpmSolverMultistep::new(config, num_inference_steps)?)
         }
         SchedulerKind::Pndm => Box::new(pndm::Pndm::new(config, num_inference_steps)?),
+        SchedulerKind::Lcm => Box::new(lcm::Lcm::new(config, num_inference_steps)?),
     };
     Ok(scheduler)
 }
@@ -198,6 +211,11 @@ trait SchedulerImpl: Send {
         false
     }
 
+    /// As [`Scheduler::needs_noise_at`]; kinds that draw noise draw it at every step unless they say otherwise.
+    fn needs_noise_at(&self, _step_index: usize) -> bool {
+        self.needs_noise()
+    }
+
     /// The step a multistep kind expects next. Those kinds build each update from the model outputs
     /// of the steps before, so they must see every step, in order; `None` for the others.
     fn expected_step(&self) -> Option<usize> {
@@ -232,7 +250,7 @@ impl<'a> Schedule<'a> {
 
 /// The arguments of one [`Scheduler::step`] call, checked: `index` is a step of the schedule (the
 /// expected one for multistep kinds), `model_output` has the sample's length, and `noise` is there,
-/// of the sample's length, exactly when the kind needs it.
+/// of the sample's length, exactly when the kind needs it at this step.
 #[derive(Clone, Copy)]
 struct StepArgs<'a> {
     index: usize,
@@ -273,6 +291,10 @@ impl<S: SchedulerImpl> Scheduler for S {
         SchedulerImpl::needs_noise(self)
     }
 
+    fn needs_noise_at(&self, step_index: usize) -> bool {
+        SchedulerImpl::needs_noise_at(self, step_index)
+    }
+
     fn step(
         &mut self,
         model_output: &[f32],
@@ -288,7 +310,7 @@ impl<S: SchedulerImpl> Scheduler for S {
             });
         }
         check_len("model_output", model_output, sample)?;
-        let noise = if SchedulerImpl::needs_noise(self) {
+        let noise = if SchedulerImpl::needs_noise_at(self, step_index) {
             let noise = noise.ok_or(SchedulerError::MissingNoise)?;
             check_len("noise", noise, sample)?;
             Some(noise)
@@ -337,6 +359,7 @@ mod tests {
             ("dpmsolver++", SchedulerKind::DpmSolverMultistep),
             ("dpm_solver_multistep", SchedulerKind::DpmSolverMultistep),
             ("PLMS", SchedulerKind::Pndm),
+            ("LCM", SchedulerKind::Lcm),
         ];
         for (alias, kind) in aliases {
             assert_eq!(SchedulerKind::from_name(alias).unwrap(), kind);
@@ -375,7 +398,7 @@ mod tests {
             for step_index in 0..scheduler.timesteps().len() {
                 let mut model_input = sample.clone();
                 scheduler.scale_model_input(&mut model_input, step_index);
-                let noise = scheduler.needs_noise().then_some(noise.as_slice());
+                let noise = scheduler.needs_noise_at(step_index).then_some(noise.as_slice());
                 scheduler.step(&model_input, step_index, &mut sample, noise).unwrap();
             }
             assert!(sample.iter().all(|value| value.is_finite()), "{kind}: {sample:?}");
@@ -418,7 +441,7 @@ mod tests {
 
     #[test]
     fn unsupported_configs_are_refused_naming_the_field() {
-        use SchedulerKind::{Ddim, DpmSolverMultistep as Dpm, Euler, EulerAncestral, Pndm};
+        use SchedulerKind::{Ddim, DpmSolverMultistep as Dpm, Euler, EulerAncestral, Lcm, Pndm};
         let refused = [
             (Ddim, r#"{"thresholding": true}"#, "thresholding"),
             (Ddim, r#"{"timestep_spacing": "trailing"}"#, "timestep_spacing"),
@@ -435,6 +458,8 @@ mod tests {
             (Dpm, r#"{"solver_order": 4}"#, "solver_order"),
             (Dpm, r#"{"use_lu_lambdas": true}"#, "use_lu_lambdas"),
             (Dpm, r#"{"algorithm_type": "unipc"}"#, "algorithm_type"),
+            (Lcm, r#"{"original_inference_steps": 5}"#, "original_inference_steps"),
+            (Lcm, r#"{"thresholding": true}"#, "thresholding"),
         ];
         for (kind, json, field) in refused {
             let config = SchedulerConfig::from_json_str(json).unwrap();

@@ -37,16 +37,27 @@ pub(crate) fn cumprod_f32(values: &[f32]) -> Vec<f32> {
 
 /// `np.linspace(start, stop, num)` in float64: `i * step + start`, with the last value set to `stop`.
 pub(crate) fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
-    let mut values: Vec<f64> = if num > 1 {
-        let step = (stop - start) / (num - 1) as f64;
-        (0..num).map(|index| index as f64 * step + start).collect()
-    } else {
-        vec![start; num]
-    };
+    let mut values = linspace_steps(start, stop, num, num.saturating_sub(1));
     if num > 1 {
         values[num - 1] = stop;
     }
     values
+}
+
+/// `np.linspace(start, stop, num, endpoint=False)` in float64: `num` values `i * step + start` with
+/// `step = (stop - start) / num`, stopping short of `stop`.
+pub(crate) fn np_linspace_without_endpoint(start: f64, stop: f64, num: usize) -> Vec<f64> {
+    linspace_steps(start, stop, num, num)
+}
+
+/// numpy's linspace before it sets the endpoint: `num` values `i * (stop - start) / divisions + start`, or
+/// `start` repeated when there is nothing to divide.
+fn linspace_steps(start: f64, stop: f64, num: usize, divisions: usize) -> Vec<f64> {
+    if divisions == 0 {
+        return vec![start; num];
+    }
+    let step = (stop - start) / divisions as f64;
+    (0..num).map(|index| index as f64 * step + start).collect()
 }
 
 /// `np.arange(start, stop, step)` in float64: numpy sizes it as `ceil((stop - start) / step)` and
@@ -149,6 +160,14 @@ mod tests {
         // 1000 / (1000 / 61) is just above 61, so numpy yields 62 values.
         assert_eq!(np_arange(1000.0, 0.0, -1000.0 / 61.0).len(), 62);
         assert_eq!(np_arange(1000.0, 0.0, -1000.0 / 50.0).len(), 50);
+    }
+
+    #[test]
+    fn linspace_with_and_without_endpoint() {
+        assert_eq!(np_linspace(0.0, 1.0, 3), [0.0, 0.5, 1.0]);
+        assert_eq!(np_linspace(2.0, 5.0, 1), [2.0]);
+        assert_eq!(np_linspace_without_endpoint(0.0, 50.0, 4), [0.0, 12.5, 25.0, 37.5]);
+        assert_eq!(np_linspace_without_endpoint(2.0, 5.0, 1), [2.0]);
     }
 
     #[test]

@@ -6,8 +6,9 @@ optimum's ORTStableDiffusionPipeline) run on the tiny model that build_test_mode
 Files written under --output (default tests/golden):
 
 * tokenizer.json: CLIP token ids for prompts with awkward text (case, whitespace, unicode, truncation).
-* schedulers.json: full denoising loops of DDIM, Euler, Euler ancestral, DPM-Solver++ 2M and PNDM with a fake,
-  seeded model output, recording every step's inputs and outputs.
+* schedulers.json: full denoising loops of DDIM, Euler, Euler ancestral, DPM-Solver++ 2M, PNDM and LCM with a
+  fake, seeded model output, recording every step's inputs and outputs; and, under "guidance_rescale",
+  diffusers' rescale_noise_cfg on a small guided prediction.
 * e2e_ddim.json, e2e_euler.json: a whole text-to-image run with fixed latents.
 * e2e_wide_default.json, e2e_wide_56x40.json: the same on models/tiny-sd-wide (build_wide_model.py), a
   non-square model whose UNet has its weights in external data: at the size optimum picks when none is given
@@ -46,8 +47,10 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     PNDMScheduler,
 )
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from optimum.onnxruntime import ORTStableDiffusionPipeline, ORTStableDiffusionXLPipeline
 from transformers import CLIPTokenizer, CLIPTokenizerFast
 
@@ -58,10 +61,13 @@ SCHEDULER_CLASSES = {
         DPMSolverMultistepScheduler,
         EulerAncestralDiscreteScheduler,
         EulerDiscreteScheduler,
+        LCMScheduler,
         PNDMScheduler,
     )
 }
 LATENT_SHAPE = (1, 4, 8, 8)
+# The LCM cases' latents: every scheduler works elementwise, and the top-level golden files have a size cap.
+SMALL_LATENT_SHAPE = (1, 4, 4, 4)
 PARTS = ("tokenizer", "schedulers", "e2e", "wide", "sdxl")
 # (golden name, height, width) on the wide model; None lets optimum pick the model's default size.
 WIDE_RUNS = (("e2e_wide_default", None, None), ("e2e_wide_56x40", 56, 40))
@@ -117,6 +123,15 @@ def parse_args() -> argparse.Namespace:
         choices=PARTS,
         default=list(PARTS),
         help="Which goldens to write (default: all of them).",
+    )
+    parser.add_argument(
+        "--keep-scheduler-cases",
+        action="store_true",
+        help=(
+            "schedulers: copy the cases the existing schedulers.json already records, unchanged, and run "
+            "only the cases it lacks. torch's float32 rounding differs from one CPU to another (a 0-d "
+            "`** 0.5` can land one ulp apart), so rerunning recorded cases elsewhere rewrites their last bit."
+        ),
     )
     return parser.parse_args()
 
@@ -296,7 +311,8 @@ def tokenizer_golden(tokenizer_dir: Path) -> dict:
 
 
 def scheduler_cases() -> list[dict]:
-    """Each case: scheduler class, config overrides, step count, step kwargs, whether it draws noise."""
+    """Each case: scheduler class, config overrides, step count, step kwargs, whether it draws noise.
+    New cases go at the end: a case's seeds follow from its position."""
     sd15 = {**SD15_BETAS, "set_alpha_to_one": False, "steps_offset": 1, "clip_sample": False}
     return [
         # DDIM
@@ -391,10 +407,35 @@ def scheduler_cases() -> list[dict]:
             {**sd15, "skip_prk_steps": True},
             4,
         ),
+        # LCM draws noise at every step but the last. Few steps, small latents: the goldens have a size cap.
+        # SD 1.5's own config, as LCM-LoRA's instructions build the scheduler from it.
+        lcm("lcm_eps_sd15_4steps", sd15, 4),
+        lcm("lcm_eps_8steps", SD15_BETAS, 8),
+        # A zero-SNR v-prediction model: ᾱ is exactly 0 at the first timestep, 999.
+        lcm(
+            "lcm_vpred_zero_snr",
+            {**SD15_BETAS, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True},
+            2,
+        ),
+        lcm(
+            "lcm_original_steps_20_clip",
+            {**SD15_BETAS, "original_inference_steps": 20, "timestep_scaling": 5.0, "clip_sample": True},
+            3,
+        ),
     ]
 
 
-def case(name, class_name, config, steps, step_kwargs=None, stochastic=False) -> dict:
+def case(
+    name,
+    class_name,
+    config,
+    steps,
+    step_kwargs=None,
+    stochastic=False,
+    noise_at_last_step=True,
+    shape=LATENT_SHAPE,
+) -> dict:
+    """`stochastic` cases draw noise at every step, or, without `noise_at_last_step`, at all but the last."""
     return {
         "name": name,
         "class": class_name,
@@ -402,7 +443,14 @@ def case(name, class_name, config, steps, step_kwargs=None, stochastic=False) ->
         "num_inference_steps": steps,
         "step_kwargs": step_kwargs or {},
         "stochastic": stochastic,
+        "noise_at_last_step": noise_at_last_step,
+        "shape": shape,
     }
+
+
+def lcm(name: str, config: dict, steps: int) -> dict:
+    small = SMALL_LATENT_SHAPE
+    return case(name, "LCMScheduler", config, steps, stochastic=True, noise_at_last_step=False, shape=small)
 
 
 def dpmpp_2m(name: str, spacing: str, prediction: str, steps: int) -> dict:
@@ -462,7 +510,8 @@ def run_scheduler_case(spec: dict, seed: int) -> dict:
     model_rng = torch.Generator().manual_seed(seed)
     noise_rng = torch.Generator().manual_seed(seed + 1)
     init_noise_sigma = float(scheduler.init_noise_sigma)
-    sample = torch.randn(LATENT_SHAPE, generator=model_rng, dtype=torch.float32) * init_noise_sigma
+    shape = spec["shape"]
+    sample = torch.randn(shape, generator=model_rng, dtype=torch.float32) * init_noise_sigma
     initial_sample = sample.clone()
 
     steps = []
@@ -470,23 +519,25 @@ def run_scheduler_case(spec: dict, seed: int) -> dict:
         for step_index, timestep in enumerate(scheduler.timesteps):
             scaled = scheduler.scale_model_input(sample, timestep)
             # A stand-in for the UNet: seeded noise plus a little of the sample, as real predictions carry.
-            model_output = (
-                0.5 * torch.randn(LATENT_SHAPE, generator=model_rng, dtype=torch.float32) + 0.1 * sample
-            )
+            model_output = 0.5 * torch.randn(shape, generator=model_rng, dtype=torch.float32) + 0.1 * sample
             drawn.clear()
             kwargs = dict(spec["step_kwargs"])
             if spec["stochastic"]:
                 kwargs["generator"] = noise_rng
             prev_sample = scheduler.step(model_output, timestep, sample, **kwargs).prev_sample
-            if spec["stochastic"] and len(drawn) != 1:
-                raise RuntimeError(f"{spec['name']}: expected one noise draw per step, saw {len(drawn)}")
+            last_step = step_index == len(scheduler.timesteps) - 1
+            draws = int(spec["stochastic"] and (spec["noise_at_last_step"] or not last_step))
+            if len(drawn) != draws:
+                raise RuntimeError(
+                    f"{spec['name']}: expected {draws} noise draws at step {step_index}, saw {len(drawn)}"
+                )
             steps.append(
                 {
                     "step_index": step_index,
                     "timestep": float32_scalar(timestep),
                     "scaled_input": float32_list(scaled),
                     "model_output": float32_list(model_output),
-                    "noise": float32_list(drawn[0]) if spec["stochastic"] else None,
+                    "noise": float32_list(drawn[0]) if draws else None,
                     "prev_sample": float32_list(prev_sample),
                 }
             )
@@ -502,23 +553,61 @@ def run_scheduler_case(spec: dict, seed: int) -> dict:
         "timesteps": float32_list(scheduler.timesteps.to(torch.float32)),
         "sigmas": float32_list(sigmas) if sigmas is not None else None,
         "init_noise_sigma": float32_scalar(init_noise_sigma),
-        "shape": list(LATENT_SHAPE),
+        "shape": list(shape),
         "sample": float32_list(initial_sample),
         "steps": steps,
     }
 
 
-def schedulers_golden(seed: int) -> dict:
-    cases = [run_scheduler_case(spec, seed + 10 * index) for index, spec in enumerate(scheduler_cases())]
+def schedulers_golden(seed: int, recorded: dict | None = None) -> dict:
+    """`recorded`: cases by name, copied instead of run (--keep-scheduler-cases)."""
+    recorded = recorded or {}
+    cases = [
+        recorded.get(spec["name"]) or run_scheduler_case(spec, seed + 10 * index)
+        for index, spec in enumerate(scheduler_cases())
+    ]
     return {
         "reference": "diffusers schedulers, float32 on CPU",
         "note": (
             "sample = randn * init_noise_sigma; per step: scaled_input = scale_model_input(sample, t); "
             "model_output = 0.5 * randn + 0.1 * sample; "
             "prev_sample = step(model_output, t, sample, **step_kwargs, "
-            "noise drawn as recorded). noise is null where the scheduler uses none."
+            "noise drawn as recorded). noise is null where the scheduler uses none "
+            "(LCMScheduler draws none at its last step)."
         ),
         "cases": cases,
+        "guidance_rescale": guidance_rescale_golden(seed),
+    }
+
+
+GUIDANCE_RESCALE_SHAPE = (2, 4, 2, 4)
+GUIDANCE_RESCALES = (0.3, 0.7, 1.0)
+
+
+def guidance_rescale_golden(seed: int) -> dict:
+    """Classifier-free guidance at scale 7.5, then rescale_noise_cfg at a few guidance_rescale values, on two
+    images whose predictions differ in scale, so that the standard deviations must be taken per image."""
+    rng = torch.Generator().manual_seed(seed + 7)
+    image_scale = torch.tensor([1.0, 3.0]).reshape(2, 1, 1, 1)
+    uncond = torch.randn(GUIDANCE_RESCALE_SHAPE, generator=rng, dtype=torch.float32) * image_scale
+    text = uncond + 0.3 * torch.randn(GUIDANCE_RESCALE_SHAPE, generator=rng, dtype=torch.float32)
+    guidance_scale = 7.5
+    # The same expression as StableDiffusionPipeline's denoising loop.
+    guided = uncond + guidance_scale * (text - uncond)
+    return {
+        "reference": "diffusers StableDiffusionPipeline guidance and rescale_noise_cfg, float32 on CPU",
+        "shape": list(GUIDANCE_RESCALE_SHAPE),
+        "guidance_scale": guidance_scale,
+        "noise_pred_uncond": float32_list(uncond),
+        "noise_pred_text": float32_list(text),
+        "noise_pred_guided": float32_list(guided),
+        "cases": [
+            {
+                "guidance_rescale": rescale,
+                "noise_pred": float32_list(rescale_noise_cfg(guided, text, guidance_rescale=rescale)),
+            }
+            for rescale in GUIDANCE_RESCALES
+        ],
     }
 
 
@@ -702,7 +791,11 @@ def main() -> None:
     if "tokenizer" in args.parts:
         write_json(args.output / "tokenizer.json", tokenizer_golden(args.model / "tokenizer"))
     if "schedulers" in args.parts:
-        write_json(args.output / "schedulers.json", schedulers_golden(args.seed))
+        path = args.output / "schedulers.json"
+        recorded = {}
+        if args.keep_scheduler_cases and path.exists():
+            recorded = {case["name"]: case for case in json.loads(path.read_text(encoding="utf-8"))["cases"]}
+        write_json(path, schedulers_golden(args.seed, recorded))
     if "e2e" in args.parts:
         pipeline = load_onnx_pipeline(args.model)
         for scheduler_name in E2E_RUNS:
