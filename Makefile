@@ -121,6 +121,8 @@ lint: venv web
 	cd web && npm run check-api
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(CARGO_FLAGS) --all-targets -- -D warnings
+	# The fuzz targets build against the crate's API; checking them here keeps them from going stale.
+	$(CARGO) check --manifest-path fuzz/Cargo.toml --locked --target-dir $(or $(CARGO_TARGET_DIR),target)/fuzz
 	$(VENV)/bin/ruff check trainer scripts
 	$(VENV)/bin/ruff format --check trainer scripts
 

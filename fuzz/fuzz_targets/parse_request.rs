@@ -5,7 +5,8 @@
 use libfuzzer_sys::fuzz_target;
 use t2i_align::http::error::parse_json;
 use t2i_align::http::schemas::GenerateRequest;
-use t2i_align::jobs::spec::{FineTuneRequest, GateDefaults, JobLimits};
+use t2i_align::jobs::gate::GateRule;
+use t2i_align::jobs::spec::{FineTuneRequest, JobLimits};
 use t2i_align::pipeline::request::{check_work, validate, ModelLimits, RequestLimits};
 use t2i_align::pipeline::scheduler::SchedulerKind;
 
@@ -13,7 +14,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(request) = parse_json::<GenerateRequest>(data) {
         let model = ModelLimits {
             size_multiple: 16,
-            default_size: 64,
+            default_height: 64,
+            default_width: 64,
             default_scheduler: SchedulerKind::Ddim,
             default_steps: 20,
             default_guidance_scale: 7.5,
@@ -24,10 +26,6 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Ok(request) = parse_json::<FineTuneRequest>(data) {
-        let gate = GateDefaults {
-            min_reward_gain: 0.005,
-            max_quality_drop: 0.03,
-        };
-        let _ = request.validate("base".into(), &JobLimits::default(), &gate);
+        let _ = request.validate("base".into(), &JobLimits::default(), &GateRule::default());
     }
 });
