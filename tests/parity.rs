@@ -34,6 +34,7 @@ fn max_pixel_error(golden_name: &str, model: &std::path::Path) -> f32 {
         height: golden["height"].as_u64().unwrap() as usize,
         eta: 0.0,
         guidance_rescale: 0.0,
+        init: None,
     };
     let latents = common::floats(&golden["latents"]);
     let output = pipeline

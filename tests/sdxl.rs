@@ -55,6 +55,7 @@ fn max_pixel_error(run: &Value) -> f32 {
         height: run["height"].as_u64().unwrap() as usize,
         eta: 0.0,
         guidance_rescale: 0.0,
+        init: None,
     };
     let output = pipeline
         .generate_from_latents(&params, common::floats(&run["latents"]), &mut NoProgress)
@@ -126,18 +127,9 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 fn pngs(response: &common::Response) -> Vec<Vec<u8>> {
-    use base64::Engine as _;
-    assert_eq!(response.status, 200, "{}", response.text());
-    response.json()["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|image| {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(image["png_base64"].as_str().unwrap())
-                .unwrap();
-            image::load_from_memory(&bytes).unwrap().to_rgb8().into_raw()
-        })
+    common::generated_images(response)
+        .into_iter()
+        .map(image::RgbImage::into_raw)
         .collect()
 }
 

@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
             default_scheduler: SchedulerKind::Ddim,
             default_steps: 20,
             default_guidance_scale: 7.5,
+            img2img: true,
         };
         let limits = RequestLimits::default();
         if let Ok(params) = validate(request.into(), &model, &limits) {

@@ -12,9 +12,13 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::pipeline::output::Progress;
 use crate::pipeline::{GenerateInput, GenerateOutput, ModelFolder, Pipeline, RequestLimits};
+use crate::reward::preprocess::decode_image;
 use crate::reward::{GeneratePlan, PlanInput, Scorer, SelectionInput};
 use crate::runtime::Runtime;
 use crate::serving::load_rewards;
+
+/// The largest --init-image, in pixels: as the server's default `--max-image-pixels`.
+const INIT_IMAGE_MAX_PIXELS: u64 = 4096 * 4096;
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -50,6 +54,13 @@ pub struct GenerateArgs {
     /// Guidance rescale in [0, 1] (diffusers' guidance_rescale; 0, the default, is off).
     #[arg(long)]
     pub guidance_rescale: Option<f64>,
+    /// img2img: start from this PNG or JPEG instead of noise (its size, rounded down to the model's multiple,
+    /// unless --width/--height say otherwise).
+    #[arg(long)]
+    pub init_image: Option<std::path::PathBuf>,
+    /// img2img: how much of --init-image is noised away, in (0, 1] (default 0.8).
+    #[arg(long)]
+    pub strength: Option<f64>,
     /// Generate this many candidates per image and keep the ones the reward model scores best.
     #[arg(long)]
     pub best_of: Option<i64>,
@@ -105,6 +116,15 @@ pub fn run_generate(args: GenerateArgs) -> Result<Vec<PathBuf>> {
         height: args.height,
         eta: args.eta,
         guidance_rescale: args.guidance_rescale,
+        init_image: match &args.init_image {
+            None => None,
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|err| Error::Config(format!("--init-image {}: cannot read it: {err}", path.display())))?;
+                Some(decode_image(&bytes, INIT_IMAGE_MAX_PIXELS, "--init-image")?)
+            }
+        },
+        strength: args.strength,
     };
     let reward = args.reward.config();
     let wants_selection = args.best_of.is_some() || args.min_reward.is_some();

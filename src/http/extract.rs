@@ -89,3 +89,41 @@ pub fn base64_bytes(text: &str, field: &str) -> Result<Vec<u8>> {
         .decode(payload.trim())
         .map_err(|err| Error::validation(field, format!("`{field}` is not valid base64: {err}")))
 }
+
+/// Reads a `multipart/form-data` body into its fields, in order, as (name, bytes), refusing more than `limit`
+/// bytes in all and a body that is not a readable form (400, with `hint` saying what to send).
+pub async fn read_form_fields(
+    request: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    hint: &str,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    use futures_util::StreamExt as _;
+    let mut multipart = actix_multipart::Multipart::new(request.headers(), payload);
+    let form_error = |err: actix_multipart::MultipartError| Error::InvalidRequest {
+        message: format!("the multipart/form-data body cannot be read{hint}: {err}"),
+        param: None,
+    };
+    let mut total = 0usize;
+    let mut fields = Vec::new();
+    while let Some(field) = multipart.next().await {
+        let mut field = field.map_err(form_error)?;
+        let name = field.name().unwrap_or_default().to_string();
+        let mut data = Vec::new();
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk.map_err(form_error)?;
+            total += chunk.len();
+            if total > limit {
+                return Err(Error::PayloadTooLarge { limit });
+            }
+            data.extend_from_slice(&chunk);
+        }
+        fields.push((name, data));
+    }
+    Ok(fields)
+}
+
+/// A form field's bytes as UTF-8 text, or a 422 naming it.
+pub fn form_text(name: &str, data: Vec<u8>) -> Result<String> {
+    String::from_utf8(data).map_err(|_| Error::validation(name, format!("`{name}` is not UTF-8 text")))
+}

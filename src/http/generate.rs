@@ -9,12 +9,14 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
 use crate::batching::Deadline;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::http::endpoint::{self, Access, Endpoint, Method};
 use crate::http::error::{parse_json, ErrorBody};
-use crate::http::extract::{read_body, request_deadline};
+use crate::http::extract::{base64_bytes, read_body, request_deadline};
 use crate::http::schemas::{millis, GenerateRequest, GenerateResponse, ImageOut, SelectionOut, Timings};
 use crate::http::AppState;
+use crate::pipeline::GenerateInput;
+use crate::reward::preprocess::decode_image;
 use crate::reward::{GeneratePlan, PlanInput, Selection};
 use crate::storage::StoredImage;
 
@@ -56,7 +58,46 @@ pub async fn generate(state: web::Data<AppState>, http: HttpRequest, payload: we
 /// Validates, generates (and scores and chooses, with a reward model), stores the images and shapes the answer.
 pub(crate) async fn run_generate(
     state: &AppState,
+    mut request: GenerateRequest,
+    started: Instant,
+    deadline: Deadline,
+) -> Result<GenerateResponse> {
+    let init_image = match request.init_image.take() {
+        None => None,
+        Some(text) => Some(decode_init_image(state, InitImageSource::Base64(text), "init_image").await?),
+    };
+    run_generate_from(state, request, init_image, started, deadline).await
+}
+
+/// Where an img2img starting image comes from: JSON's base64 text, or a form's file.
+pub(crate) enum InitImageSource {
+    Base64(String),
+    Bytes(Vec<u8>),
+}
+
+/// Decodes a starting image off the async threads, with /score's pixel limit and errors naming `field`.
+pub(crate) async fn decode_init_image(
+    state: &AppState,
+    source: InitImageSource,
+    field: &'static str,
+) -> Result<image::RgbImage> {
+    let max_pixels = state.score_limits.max_image_pixels;
+    web::block(move || {
+        let bytes = match source {
+            InitImageSource::Base64(text) => base64_bytes(&text, field)?,
+            InitImageSource::Bytes(bytes) => bytes,
+        };
+        decode_image(&bytes, max_pixels, field)
+    })
+    .await
+    .map_err(|err| Error::Internal(format!("image decoding stopped: {err}")))?
+}
+
+/// [`run_generate`] with the starting image already decoded.
+pub(crate) async fn run_generate_from(
+    state: &AppState,
     request: GenerateRequest,
+    init_image: Option<image::RgbImage>,
     started: Instant,
     deadline: Deadline,
 ) -> Result<GenerateResponse> {
@@ -64,10 +105,14 @@ pub(crate) async fn run_generate(
     let return_candidate_scores = request.return_candidate_scores.unwrap_or(false);
     // The version is held for the whole request: a swap meanwhile lets this request finish on it.
     let model = serving.models.get(request.model.as_deref(), "model").await?;
+    let selection = request.selection_input();
+    let reward_model = request.reward_model.clone();
+    let mut generate: GenerateInput = request.into();
+    generate.init_image = init_image;
     let input = PlanInput {
-        selection: request.selection_input(),
-        reward_model: request.reward_model.clone(),
-        generate: request.into(),
+        selection,
+        reward_model,
+        generate,
     };
     let plan = GeneratePlan::build(
         input,

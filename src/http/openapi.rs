@@ -17,9 +17,9 @@ use crate::http::fine_tunes::{
 use crate::http::models::{self, ModelList, ModelOut, ReplicaOut, RolloutOut};
 use crate::http::schemas::{
     FeedbackOut, FeedbackPage, FeedbackRequest, GenerateRequest, GenerateResponse, HealthResponse, ImageBase64,
-    ImageFile, ImageId, ImageOut, ImagePage, ImageRecordOut, LabelName, OpenAiImage, OpenAiImageRequest,
-    OpenAiImagesResponse, Prompts, RatingId, RerankForm, RerankRequest, RerankResult, ResponseFormat, SchedulerName,
-    ScoreForm, ScoreRequest, ScoreResponse, ScoreTimings, SelectionOut, Timings,
+    ImageFile, ImageId, ImageOut, ImagePage, ImageRecordOut, LabelName, OpenAiImage, OpenAiImageEditForm,
+    OpenAiImageRequest, OpenAiImagesResponse, Prompts, RatingId, RerankForm, RerankRequest, RerankResult,
+    ResponseFormat, SchedulerName, ScoreForm, ScoreRequest, ScoreResponse, ScoreTimings, SelectionOut, Timings,
 };
 use crate::http::{feedback, generate, images, openai, ops, scoring};
 use crate::jobs::gate::{GateDecision, GateRule, MetricGain};
@@ -41,6 +41,7 @@ use crate::jobs::spec::{
         scoring::score,
         scoring::rerank,
         openai::openai_images,
+        openai::openai_edits,
         feedback::post_feedback,
         feedback::delete_feedback,
         feedback::list_feedback,
@@ -114,6 +115,7 @@ use crate::jobs::spec::{
         ImageFile,
         ScoreForm,
         RerankForm,
+        OpenAiImageEditForm,
         ImageId,
         RatingId,
         ModelVersion,
@@ -253,7 +255,7 @@ impl ServedLimits {
 /// Writes `limits` into the document's request schemas (`t2i-align openapi` shows the defaults).
 pub fn served_limits(doc: &mut serde_json::Value, limits: &ServedLimits) {
     use serde_json::json;
-    for schema in ["GenerateRequest", "OpenAiImageRequest"] {
+    for schema in ["GenerateRequest", "OpenAiImageRequest", "OpenAiImageEditForm"] {
         set_property(doc, schema, "n", "maximum", json!(limits.max_images));
         set_property(doc, schema, "best_of", "maximum", json!(limits.max_best_of));
         set_property(doc, schema, "prompt", "maxLength", json!(limits.max_prompt_bytes));
@@ -278,13 +280,15 @@ pub fn served_limits(doc: &mut serde_json::Value, limits: &ServedLimits) {
         set_property(doc, "GenerateRequest", side, "maximum", json!(limits.max_size));
         set_property(doc, "GenerateRequest", side, "multipleOf", json!(limits.size_multiple));
     }
-    set_property(
-        doc,
-        "OpenAiImageRequest",
-        "size",
-        "pattern",
-        json!(size_pattern(limits.size_multiple, limits.max_size)),
-    );
+    for schema in ["OpenAiImageRequest", "OpenAiImageEditForm"] {
+        set_property(
+            doc,
+            schema,
+            "size",
+            "pattern",
+            json!(size_pattern(limits.size_multiple, limits.max_size)),
+        );
+    }
     for schema in ["ScoreRequest", "RerankRequest"] {
         set_property(doc, schema, "images", "maxItems", json!(limits.max_score_images));
         set_property(doc, schema, "image_ids", "maxItems", json!(limits.max_score_images));
@@ -456,9 +460,11 @@ fn add_field_rules(doc: &mut utoipa::openapi::OpenApi) {
         }
     }
     // `size` is one of the sizes `/generate` takes at the default limits (a server states its own).
-    if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut("OpenAiImageRequest") {
-        if let Some(RefOr::T(Schema::Object(size))) = object.properties.get_mut("size") {
-            size.pattern = Some(size_pattern(8, 1024));
+    for schema in ["OpenAiImageRequest", "OpenAiImageEditForm"] {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema) {
+            if let Some(RefOr::T(Schema::Object(size))) = object.properties.get_mut("size") {
+                size.pattern = Some(size_pattern(8, 1024));
+            }
         }
     }
     for (name, rules) in crate::http::schemas::field_rules() {

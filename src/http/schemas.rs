@@ -65,6 +65,19 @@ pub struct GenerateRequest {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 1)]
     pub guidance_rescale: Option<f64>,
+    /// img2img: the image to start from, a base64 PNG or JPEG (at most `--max-image-pixels` pixels). It is
+    /// resized (Lanczos) to `width` × `height`. Those default to its own size rounded down to the model's size
+    /// multiple (at least one multiple, and scaled down to fit the largest size allowed). The VAE encodes it,
+    /// and it is noised to the level of the first step that runs.
+    #[serde(default)]
+    #[schema(value_type = Option<ImageBase64>)]
+    pub init_image: Option<String>,
+    /// img2img only (with `init_image`): how much of the starting image is noised away, in (0, 1]. The first
+    /// `steps − floor(steps × strength)` steps are skipped, but at least one step runs. Default 0.8, as
+    /// diffusers.
+    #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 1)]
+    pub strength: Option<f64>,
     /// Rejection sampling: generate `best_of` candidates for each of the `n` images, score them all with the
     /// reward model and return the `n` best. Default 1; at most the server's `--max-best-of`, and
     /// `best_of × n` at most `--max-candidates`.
@@ -135,6 +148,9 @@ impl From<GenerateRequest> for GenerateInput {
             height: request.height,
             eta: request.eta,
             guidance_rescale: request.guidance_rescale,
+            // Decoded by the route (`run_generate`), which knows the pixel limit.
+            init_image: None,
+            strength: request.strength,
         }
     }
 }
@@ -309,6 +325,7 @@ pub fn field_rules() -> Vec<(&'static str, serde_json::Value)> {
             "GenerateRequest",
             json!([
                 {"if": present("max_candidates", "integer"), "then": present("min_reward", "number")},
+                {"if": present("strength", "number"), "then": present("init_image", "string")},
                 {"if": present("min_reward", "number"),
                  "then": {"properties": {"best_of": {"oneOf": [{"type": "null"}, {"const": 1}]}}}}
             ]),
@@ -526,6 +543,39 @@ pub struct OpenAiImageRequest {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 16)]
     pub best_of: Option<i64>,
+}
+
+/// OpenAI's `POST /v1/images/edits` form (`client.images.edit`): img2img from the `image` file. The
+/// document's description of what `openai::openai_edits` reads; `mask` (inpainting) is refused.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct OpenAiImageEditForm {
+    /// The image to start from, PNG or JPEG (at most `--max-image-pixels` pixels).
+    #[schema(value_type = ImageFile)]
+    pub image: Vec<u8>,
+    #[schema(pattern = r"\S", min_length = 1, max_length = 4096)]
+    pub prompt: String,
+    /// A model version (`GET /models`). Default: the active version.
+    #[serde(default)]
+    #[schema(value_type = Option<ModelVersion>)]
+    pub model: Option<String>,
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 8)]
+    pub n: Option<i64>,
+    /// `WIDTHxHEIGHT` or `auto`. Default: the image's own size, rounded down to the model's size multiple.
+    #[serde(default)]
+    pub size: Option<String>,
+    /// Only `b64_json` (the default here).
+    #[serde(default)]
+    #[schema(value_type = Option<ResponseFormat>)]
+    pub response_format: Option<String>,
+    /// Accepted and logged.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// This server's extension: how much of the image is noised away, in (0, 1], as `/generate`'s. Default 0.8.
+    #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 1)]
+    pub strength: Option<f64>,
 }
 
 /// The answer formats of `/v1/images/generations`: base64 only.

@@ -8,12 +8,11 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use futures_util::StreamExt;
 
 use crate::error::{Error, Result};
 use crate::http::endpoint::{self, Access, Endpoint, Method};
 use crate::http::error::{parse_json, ErrorBody};
-use crate::http::extract::{base64_bytes, read_body};
+use crate::http::extract::{base64_bytes, form_text, read_body, read_form_fields};
 use crate::http::schemas::{
     millis, Prompts, RerankForm, RerankRequest, RerankResult, ScoreForm, ScoreRequest, ScoreResponse, ScoreTimings,
 };
@@ -124,33 +123,15 @@ fn is_multipart(request: &HttpRequest) -> bool {
 /// Reads `multipart/form-data`: `prompt` (once, or once per image), `image` files (or `images`), `image_id`s,
 /// and optional `model`, `top_k` and `return_images` fields.
 async fn read_multipart(request: &HttpRequest, payload: web::Payload, limit: usize) -> Result<ScoreInput> {
-    let mut multipart = actix_multipart::Multipart::new(request.headers(), payload);
-    let mut total = 0usize;
+    let fields = read_form_fields(request, payload, limit, "").await?;
     let mut prompts: Vec<String> = Vec::new();
     let mut images: Vec<(String, ImageSource)> = Vec::new();
     let mut ids: Vec<String> = Vec::new();
     let mut model = None;
     let mut top_k = None;
     let mut return_images = false;
-    let form_error = |err: actix_multipart::MultipartError| Error::InvalidRequest {
-        message: format!("the multipart/form-data body cannot be read: {err}"),
-        param: None,
-    };
-    while let Some(field) = multipart.next().await {
-        let mut field = field.map_err(form_error)?;
-        let name = field.name().unwrap_or_default().to_string();
-        let mut data = Vec::new();
-        while let Some(chunk) = field.next().await {
-            let chunk = chunk.map_err(form_error)?;
-            total += chunk.len();
-            if total > limit {
-                return Err(Error::PayloadTooLarge { limit });
-            }
-            data.extend_from_slice(&chunk);
-        }
-        let text = |data: Vec<u8>| {
-            String::from_utf8(data).map_err(|_| Error::validation(&name, format!("`{name}` is not UTF-8 text")))
-        };
+    for (name, data) in fields {
+        let text = |data: Vec<u8>| form_text(&name, data);
         match name.as_str() {
             "prompt" => prompts.push(text(data)?),
             "image" | "images" | "images[]" | "file" => {

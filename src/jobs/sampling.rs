@@ -100,6 +100,7 @@ impl JobContext<'_> {
             height: model.limits.default_height,
             eta: 0.0,
             guidance_rescale: 0.0,
+            init: None,
         };
         // Several prompts in flight at once, so that the engine's continuous batcher denoises them in shared UNet
         // calls; answers come back in prompt order. At most half the queue, so users' requests still get in.

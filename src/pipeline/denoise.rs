@@ -19,12 +19,12 @@ use crate::pipeline::contract::{
     LATENT_SAMPLE, SAMPLE, TEXT_EMBEDS, TIMESTEP, TIME_IDS,
 };
 use crate::pipeline::image::to_rgb8;
-use crate::pipeline::model::{Family, ModelFolder, UNET_ONNX, VAE_DECODER_ONNX};
+use crate::pipeline::model::{Family, ModelFolder, UNET_ONNX, VAE_DECODER_ONNX, VAE_ENCODER_ONNX};
 use crate::pipeline::noise::NoiseSource;
 use crate::pipeline::output::{GenerateOutput, Progress, Sampled, SampledImage, StageTimings};
 use crate::pipeline::request::{GenerateParams, ModelLimits};
 use crate::pipeline::scheduler::{self, SchedulerOptions};
-use crate::runtime::contract::TensorSpec;
+use crate::runtime::contract::{ElementType, TensorSpec};
 use crate::runtime::{ExecutionProvider, Runtime};
 
 pub struct Pipeline {
@@ -35,6 +35,8 @@ pub struct Pipeline {
     text_encoders: Vec<Component>,
     unet: Component,
     vae_decoder: Component,
+    /// img2img's image encoder; `None` where the export has none (img2img requests are then refused).
+    vae_encoder: Option<VaeEncoder>,
     contract: Contract,
     /// Widths and heights this export renders are multiples of this (see [`Pipeline::size_multiple`]).
     size_multiple: usize,
@@ -68,6 +70,11 @@ impl Pipeline {
             .collect::<Result<Vec<_>>>()?;
         let unet = Component::load(runtime, &model, "unet", UNET_ONNX, &run_options)?;
         let vae_decoder = Component::load(runtime, &model, "vae_decoder", VAE_DECODER_ONNX, &run_options)?;
+        let vae_encoder = if model.has_vae_encoder {
+            Some(VaeEncoder::load(runtime, &model, &run_options)?)
+        } else {
+            None
+        };
         let text_contracts: Vec<_> = text_encoders.iter().map(|encoder| &encoder.contract).collect();
         let contract = Contract::read(model.family, &text_contracts, &unet.contract, &vae_decoder.contract)?;
         let size_multiple = model.size_multiple;
@@ -78,6 +85,7 @@ impl Pipeline {
             text_encoders,
             unet,
             vae_decoder,
+            vae_encoder,
             contract,
             size_multiple,
         };
@@ -153,6 +161,7 @@ impl Pipeline {
             default_scheduler: self.model.default_scheduler,
             default_steps: self.model.defaults.default_steps,
             default_guidance_scale: self.model.defaults.default_guidance_scale,
+            img2img: self.vae_encoder.is_some(),
         }
     }
 
@@ -161,6 +170,7 @@ impl Pipeline {
         self.text_encoders
             .iter()
             .chain([&self.unet, &self.vae_decoder])
+            .chain(self.vae_encoder.as_ref().map(|encoder| &encoder.component))
             .map(|component| {
                 let specs =
                     |specs: &[TensorSpec]| specs.iter().map(TensorSpec::describe).collect::<Vec<_>>().join(", ");
@@ -185,10 +195,13 @@ impl Pipeline {
         self.sample_from_latents(params, latents, progress)
     }
 
-    /// The seeded initial latents of a request, before scaling by the scheduler's initial sigma.
+    /// The seeded initial latents of a request, before scaling by the scheduler's initial sigma. For img2img,
+    /// each image's two draws instead: the noise that samples the encoded image's latent distribution, then the
+    /// noise that `add_noise` mixes in, one latent's worth each.
     pub fn initial_latents(&self, params: &GenerateParams) -> Vec<f32> {
         let (height, width) = params.latent_size(self.model.vae_scale_factor);
-        let per_image = self.model.latent_channels * height * width;
+        let draws = if params.init.is_some() { 2 } else { 1 };
+        let per_image = self.model.latent_channels * height * width * draws;
         let mut latents = vec![0.0f32; per_image * params.num_images];
         for (index, chunk) in latents.chunks_exact_mut(per_image).enumerate() {
             NoiseSource::new(params.seed.wrapping_add(index as u64)).fill_normal(chunk);
@@ -274,16 +287,77 @@ impl Pipeline {
                     ort_run,
                     ..StageTimings::default()
                 };
-                Ok(unit.into_denoising(embeddings, timings))
+                let mut unit = unit.into_denoising(embeddings, timings);
+                if unit.init_noise.is_some() {
+                    let started = Instant::now();
+                    let mut ort_run = Duration::ZERO;
+                    self.noise_init_image(&mut unit, &mut ort_run)?;
+                    unit.timings.text_encode += started.elapsed();
+                    unit.timings.ort_run += ort_run;
+                }
+                Ok(unit)
             })
             .collect()
+    }
+
+    /// img2img's start, as diffusers' `prepare_latents`: the VAE encodes the starting image once, each image
+    /// samples the latent distribution with its first draw (`mean + exp(logvar / 2) · ε₁`, logvar clamped to
+    /// [-30, 20]), scales it by the VAE's scaling factor and is noised to its first step with its second draw.
+    fn noise_init_image(&mut self, unit: &mut Denoising, ort_time: &mut Duration) -> Result<()> {
+        let (init, draws) = match (unit.params.init.clone(), unit.init_noise.take()) {
+            (Some(init), Some(draws)) => (init, draws),
+            _ => return Err(Error::Internal("an img2img unit lost its starting image".into())),
+        };
+        let encoder = self.vae_encoder.as_mut().ok_or_else(|| {
+            Error::validation(
+                "init_image",
+                "this model's export has no vae_encoder/model.onnx, which img2img needs to encode the image",
+            )
+        })?;
+        let (height, width) = (unit.params.height, unit.params.width);
+        let shape = unit.shape;
+        let per_image = shape.values();
+        let to_error = |err| inference_error("vae_encoder", err);
+        let inputs = vec![(
+            Cow::from(SAMPLE),
+            float_input(encoder.half_input, [1, 3, height, width], &init.pixels).map_err(to_error)?,
+        )];
+        let outputs = encoder.component.run(inputs, ort_time)?;
+        let (out_shape, parameters) = float_output("vae_encoder", &outputs[encoder.output.as_str()])?;
+        let expected = [1, 2 * shape.channels as i64, shape.height as i64, shape.width as i64];
+        if out_shape != expected {
+            return Err(Error::Inference {
+                component: "vae_encoder",
+                message: format!("returned {out_shape:?}; expected the mean and log-variance, {expected:?}"),
+            });
+        }
+        let (mean, logvar) = parameters.split_at(per_image);
+        let std: Vec<f32> = logvar
+            .iter()
+            .map(|&value| (0.5 * value.clamp(-30.0, 20.0)).exp())
+            .collect();
+        let (scale, shift) = (self.model.scaling_factor, self.model.shift_factor);
+        let mut latents = Vec::with_capacity(per_image * unit.params.num_images);
+        for image in draws.chunks_exact(2 * per_image) {
+            let (posterior, noise) = image.split_at(per_image);
+            let mut latent: Vec<f32> = (0..per_image)
+                .map(|index| (mean[index] + std[index] * posterior[index] - shift) * scale)
+                .collect();
+            unit.scheduler
+                .add_noise(&mut latent, noise, unit.first_step)
+                .map_err(|err| Error::Internal(format!("img2img noising: {err}")))?;
+            latents.extend(latent);
+        }
+        unit.latents = latents;
+        Ok(())
     }
 
     /// Tokenizes one unit's prompts and builds its scheduler.
     fn prepare(&self, params: GenerateParams, mut latents: Vec<f32>) -> Result<Prepared> {
         let (latent_h, latent_w) = params.latent_size(self.model.vae_scale_factor);
         let channels = self.model.latent_channels;
-        let per_image = channels * latent_h * latent_w;
+        let draws = if params.init.is_some() { 2 } else { 1 };
+        let per_image = channels * latent_h * latent_w * draws;
         if latents.len() != per_image * params.num_images {
             return Err(Error::Internal(format!(
                 "initial latents have {} values; expected {}",
@@ -310,15 +384,30 @@ impl Pipeline {
             ids.zero_rows[0] = true;
         }
         let time_ids = self.time_ids(params.height, params.width);
-        let scheduler = scheduler::build(
+        let mut scheduler = scheduler::build(
             params.scheduler,
             &self.model.scheduler_config,
             params.steps,
             &SchedulerOptions { eta: params.eta },
         )
         .map_err(|err| Error::validation("scheduler", err.to_string()))?;
-        let sigma = scheduler.init_noise_sigma();
-        latents.iter_mut().for_each(|value| *value *= sigma);
+        // img2img runs the schedule from a later step, from the encoded image noised to it (in `begin`).
+        let first_step = match &params.init {
+            Some(init) => init
+                .first_step(params.steps)
+                .min(scheduler.timesteps().len().saturating_sub(1)),
+            None => 0,
+        };
+        scheduler
+            .begin_at(first_step)
+            .map_err(|err| Error::validation("strength", err.to_string()))?;
+        let init_noise = if params.init.is_some() {
+            Some(std::mem::take(&mut latents))
+        } else {
+            let sigma = scheduler.init_noise_sigma();
+            latents.iter_mut().for_each(|value| *value *= sigma);
+            None
+        };
         // Step noise continues each image's stream past the values its initial latents took.
         let noise_sources: Vec<NoiseSource> = if scheduler.needs_noise() {
             (0..params.num_images)
@@ -346,10 +435,12 @@ impl Pipeline {
                 hidden: 0,
                 text_embeds: Vec::new(),
                 time_ids,
+                init_noise,
+                first_step,
                 timesteps: scheduler.timesteps().to_vec(),
                 scheduler,
                 noise_sources,
-                step_index: 0,
+                step_index: first_step,
                 timings: StageTimings::default(),
                 warnings,
                 params,
@@ -735,6 +826,28 @@ impl Pipeline {
     }
 }
 
+/// img2img's VAE encoder: its session, whether it takes float16, and the output holding the latent
+/// distribution's mean and log-variance (Optimum's `latent_parameters`).
+struct VaeEncoder {
+    component: Component,
+    half_input: bool,
+    output: String,
+}
+
+impl VaeEncoder {
+    fn load(runtime: &mut Runtime, model: &ModelFolder, run_options: &Arc<RunOptions>) -> Result<Self> {
+        let component = Component::load(runtime, model, "vae_encoder", VAE_ENCODER_ONNX, run_options)?;
+        component.contract.reject_unknown_inputs(&[SAMPLE])?;
+        let half_input = component.contract.input(SAMPLE)?.element == ElementType::Float16;
+        let output = component.contract.output_or_first("latent_parameters")?.name.clone();
+        Ok(VaeEncoder {
+            component,
+            half_input,
+            output,
+        })
+    }
+}
+
 /// One UNet call's float32 inputs, row-major, with their shapes.
 struct UnetInputs<'a> {
     sample: &'a [f32],
@@ -839,6 +952,10 @@ pub struct Denoising {
     text_embeds: Vec<f32>,
     /// SDXL's time ids for one UNet row (every row of a unit has the same); empty for other families.
     time_ids: Vec<f32>,
+    /// img2img's draws (see [`Pipeline::initial_latents`]) until `begin` turns them into latents.
+    init_noise: Option<Vec<f32>>,
+    /// The step the schedule starts at: 0, or later for img2img.
+    first_step: usize,
     scheduler: Box<dyn scheduler::Scheduler>,
     timesteps: Vec<f32>,
     noise_sources: Vec<NoiseSource>,
@@ -876,11 +993,11 @@ impl Denoising {
     }
 
     pub fn steps_done(&self) -> usize {
-        self.step_index
+        self.step_index - self.first_step
     }
 
     pub fn steps_total(&self) -> usize {
-        self.timesteps.len()
+        self.timesteps.len() - self.first_step
     }
 
     pub fn finished(&self) -> bool {

@@ -7,6 +7,7 @@ pub mod model;
 pub mod noise;
 pub mod output;
 pub mod request;
+pub mod resample;
 pub mod scheduler;
 pub mod tokenizer;
 

@@ -17,6 +17,8 @@ use crate::pipeline::tokenizer::ClipTokenizer;
 /// the VAE decoder.
 pub const UNET_ONNX: &str = "unet/model.onnx";
 pub const VAE_DECODER_ONNX: &str = "vae_decoder/model.onnx";
+/// Optional: img2img encodes its starting image with it.
+pub const VAE_ENCODER_ONNX: &str = "vae_encoder/model.onnx";
 
 /// The SDXL pipeline classes this server renders; other classes without "XL" load as Stable Diffusion 1.x/2.x.
 pub const SDXL_PIPELINES: [&str; 1] = ["StableDiffusionXLPipeline"];
@@ -79,6 +81,8 @@ pub struct ModelFolder {
     /// Whether the export's UNet renders latents that are not multiples of its downsampling: probed by the
     /// first `Pipeline::load` of this folder, and read by the others (one per worker).
     pub any_latent_size: OnceLock<bool>,
+    /// Whether the export has `vae_encoder/model.onnx` (Optimum writes it), which img2img needs.
+    pub has_vae_encoder: bool,
 }
 
 /// The file in a model folder where its builder recommends request defaults. Optional: without it, a model gets
@@ -283,6 +287,7 @@ impl ModelFolder {
             default_width: latent_width * vae_scale_factor,
             defaults: ModelDefaults::read(root)?,
             any_latent_size: OnceLock::new(),
+            has_vae_encoder: root.join(VAE_ENCODER_ONNX).is_file(),
         })
     }
 

@@ -1,7 +1,12 @@
 //! Validating a generation request against the model and the server's limits. Every message quotes the limit and
 //! the value given, and names the field, so a caller can fix the request without reading our code.
 
+use std::sync::Arc;
+
+use image::RgbImage;
+
 use crate::error::{Error, Result};
+use crate::pipeline::resample::{resize, ResizeFilter};
 use crate::pipeline::scheduler::SchedulerKind;
 
 /// What the caller asked for, before validation. Absent fields take the server's defaults.
@@ -18,6 +23,9 @@ pub struct GenerateInput {
     pub height: Option<i64>,
     pub eta: Option<f64>,
     pub guidance_rescale: Option<f64>,
+    /// img2img: the decoded image to start from, and how much of it to noise away.
+    pub init_image: Option<RgbImage>,
+    pub strength: Option<f64>,
 }
 
 /// The server's limits and defaults for requests (configured on the command line). A default set here beats the
@@ -82,6 +90,8 @@ pub struct ModelLimits {
     pub default_scheduler: SchedulerKind,
     pub default_steps: u32,
     pub default_guidance_scale: f64,
+    /// Whether the export has a VAE encoder, which img2img needs.
+    pub img2img: bool,
 }
 
 impl ModelLimits {
@@ -117,6 +127,50 @@ pub struct GenerateParams {
     /// diffusers' `guidance_rescale` in [0, 1]: how much of the guided prediction is rescaled to the text
     /// prediction's standard deviation. 0 is off; used only with guidance.
     pub guidance_rescale: f64,
+    /// img2img's starting image and strength; `None` for text-to-image.
+    pub init: Option<Arc<InitImage>>,
+}
+
+/// An img2img request's starting image, at the request's size, as diffusers' `VaeImageProcessor` prepares it.
+#[derive(Debug, PartialEq)]
+pub struct InitImage {
+    /// `[3, height, width]`, row-major, in [-1, 1].
+    pub pixels: Vec<f32>,
+    /// How much of the schedule runs: the first `steps − floor(steps · strength)` steps are skipped, and the
+    /// image is noised to the level of the first step that runs.
+    pub strength: f32,
+}
+
+/// diffusers' img2img default.
+pub const DEFAULT_STRENGTH: f64 = 0.8;
+
+impl InitImage {
+    /// `image` resized to `width` × `height` (Lanczos, as diffusers' image processor resizes with Pillow; not at
+    /// all when it has that size), scaled to [-1, 1] and laid out channel first.
+    pub fn new(image: &RgbImage, width: usize, height: usize, strength: f32) -> Self {
+        let resized;
+        let image = if (image.width() as usize, image.height() as usize) == (width, height) {
+            image
+        } else {
+            resized = resize(image, width, height, ResizeFilter::Lanczos);
+            &resized
+        };
+        let plane = width * height;
+        let mut pixels = vec![0.0f32; 3 * plane];
+        for (index, pixel) in image.pixels().enumerate() {
+            for channel in 0..3 {
+                pixels[channel * plane + index] = f32::from(pixel[channel]) / 255.0 * 2.0 - 1.0;
+            }
+        }
+        InitImage { pixels, strength }
+    }
+
+    /// The step img2img starts at, of `steps`, as diffusers' `get_timesteps`: `steps − floor(steps · strength)`;
+    /// at least one step runs, where diffusers would refuse a strength that runs none.
+    pub fn first_step(&self, steps: usize) -> usize {
+        let run = ((steps as f64 * f64::from(self.strength)) as usize).clamp(1, steps.max(1));
+        steps.saturating_sub(run)
+    }
 }
 
 impl GenerateParams {
@@ -163,8 +217,37 @@ pub fn validate(input: GenerateInput, model: &ModelLimits, limits: &RequestLimit
         Some(name) => SchedulerKind::from_name(name).map_err(|err| Error::validation("scheduler", err.to_string()))?,
     };
 
-    let width = check_size("width", input.width, model.default_width, model, limits)?;
-    let height = check_size("height", input.height, model.default_height, model, limits)?;
+    let (default_width, default_height) = match &input.init_image {
+        Some(image) => img2img_size(image, model, limits),
+        None => (model.default_width, model.default_height),
+    };
+    let width = check_size("width", input.width, default_width, model, limits)?;
+    let height = check_size("height", input.height, default_height, model, limits)?;
+    let init = match (input.init_image, input.strength) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(Error::validation(
+                "strength",
+                "`strength` applies to img2img only: send `init_image` with it",
+            ))
+        }
+        (Some(image), strength) => {
+            if !model.img2img {
+                return Err(Error::validation(
+                    "init_image",
+                    "this model's export has no vae_encoder/model.onnx, which img2img needs to encode the image",
+                ));
+            }
+            let strength = strength.unwrap_or(DEFAULT_STRENGTH);
+            if !(strength > 0.0 && strength <= 1.0) {
+                return Err(Error::validation(
+                    "strength",
+                    format!("`strength` must be above 0 and at most 1. Given: {strength}"),
+                ));
+            }
+            Some(Arc::new(InitImage::new(&image, width, height, strength as f32)))
+        }
+    };
 
     Ok(GenerateParams {
         prompt: input.prompt,
@@ -178,7 +261,19 @@ pub fn validate(input: GenerateInput, model: &ModelLimits, limits: &RequestLimit
         height,
         eta: eta as f32,
         guidance_rescale,
+        init,
     })
+}
+
+/// The size img2img renders at when the request names none: the starting image's, rounded down to the sizes the
+/// model renders (as diffusers rounds it down to the VAE factor), at least one multiple, and scaled down
+/// (keeping its aspect) to fit the largest size allowed.
+fn img2img_size(image: &RgbImage, model: &ModelLimits, limits: &RequestLimits) -> (usize, usize) {
+    let multiple = model.size_multiple.max(1);
+    let (width, height) = (image.width() as f64, image.height() as f64);
+    let scale = (model.max_size(limits) as f64 / width.max(height)).min(1.0);
+    let fit = |side: f64| ((side * scale) as usize / multiple * multiple).max(multiple);
+    (fit(width), fit(height))
 }
 
 /// Refuses a weight outside [0, 1] (NaN included), naming `field`.
@@ -267,6 +362,7 @@ mod tests {
             default_scheduler: SchedulerKind::Pndm,
             default_steps: 20,
             default_guidance_scale: 3.0,
+            img2img: true,
         }
     }
 

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+pub use crate::pipeline::resample::ResizeFilter;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const SCHEMA_VERSION: u32 = 1;
@@ -45,31 +46,6 @@ impl RewardKind {
             RewardKind::ImageHead { .. } => return (0..=20).map(|half| f64::from(half) / 2.0).collect(),
         };
         (0..count).map(|tenth| f64::from(tenth - 5) / 10.0 * unit).collect()
-    }
-}
-
-/// PIL's resampling filters, which `transformers`' image processors use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResizeFilter {
-    Box,
-    Bilinear,
-    Hamming,
-    Bicubic,
-    Lanczos,
-}
-
-impl ResizeFilter {
-    pub const NAMES: &'static str = "box, bilinear, hamming, bicubic, lanczos";
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "box" => Some(ResizeFilter::Box),
-            "bilinear" => Some(ResizeFilter::Bilinear),
-            "hamming" => Some(ResizeFilter::Hamming),
-            "bicubic" => Some(ResizeFilter::Bicubic),
-            "lanczos" => Some(ResizeFilter::Lanczos),
-            _ => None,
-        }
     }
 }
 

@@ -117,6 +117,7 @@ mod tests {
             default_scheduler: SchedulerKind::Pndm,
             default_steps: 20,
             default_guidance_scale: 3.0,
+            img2img: true,
         }
     }
 

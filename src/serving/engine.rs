@@ -50,6 +50,7 @@ pub fn warmup_params(pipeline: &Pipeline) -> GenerateParams {
         height: limits.default_height,
         eta: 0.0,
         guidance_rescale: 0.0,
+        init: None,
     }
 }
 

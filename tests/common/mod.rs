@@ -412,3 +412,20 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// The images of a 200 `/generate` answer, decoded.
+pub fn generated_images(response: &Response) -> Vec<image::RgbImage> {
+    use base64::Engine as _;
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(|image| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(image["png_base64"].as_str().expect("png_base64"))
+                .expect("base64");
+            image::load_from_memory(&bytes).expect("a PNG").to_rgb8()
+        })
+        .collect()
+}

@@ -7,7 +7,9 @@ import pytest
 
 from repo_files import GOLDEN_DIR, read_golden
 
-MAX_GOLDEN_BYTES = 3 * 1024 * 1024
+# A guard against writing tensors nobody reads, not a budget: raised from 3 MiB when SDXL's and img2img's
+# goldens joined the scheduler and SD 1.x ones (their images are 32x32, and img2img's 8-bit).
+MAX_GOLDEN_BYTES = 3.5 * 1024 * 1024
 SCHEDULER_CLASSES = {
     "DDIMScheduler",
     "DPMSolverMultistepScheduler",

@@ -341,6 +341,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/images/edits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * OpenAI's image edit (`client.images.edit`) as img2img: the `image` file is the starting image, as
+         *     `/generate`'s `init_image`. A `mask` (inpainting) is refused. Errors come in OpenAI's shape.
+         */
+        post: operations["openai_edits"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/images/generations": {
         parameters: {
             query?: never;
@@ -723,6 +743,7 @@ export interface components {
              *     native size.
              */
             height?: number | null;
+            init_image?: null | components["schemas"]["ImageBase64"];
             /**
              * Format: int64
              * @description The candidate budget for `min_reward` (only with it), at least `n`. Default 4 × n; at most
@@ -763,12 +784,19 @@ export interface components {
              */
             steps?: number | null;
             /**
+             * Format: double
+             * @description img2img only (with `init_image`): how much of the starting image is noised away, in (0, 1]. The first
+             *     `steps − floor(steps × strength)` steps are skipped, but at least one step runs. Default 0.8, as
+             *     diffusers.
+             */
+            strength?: number | null;
+            /**
              * Format: int64
              * @description Pixels; a multiple of the model's size multiple, at most `--max-image-size`. Default: the model's
              *     native size.
              */
             width?: number | null;
-        } & (unknown & unknown);
+        } & (unknown & unknown & unknown);
         /**
          * @example {
          *       "id": "gen-4f9c2a7e",
@@ -1132,6 +1160,28 @@ export interface components {
         OpenAiImage: {
             b64_json: string;
             revised_prompt?: string | null;
+        };
+        /**
+         * @description OpenAI's `POST /v1/images/edits` form (`client.images.edit`): img2img from the `image` file. The
+         *     document's description of what `openai::openai_edits` reads; `mask` (inpainting) is refused.
+         */
+        OpenAiImageEditForm: {
+            /** @description The image to start from, PNG or JPEG (at most `--max-image-pixels` pixels). */
+            image: components["schemas"]["ImageFile"];
+            model?: null | components["schemas"]["ModelVersion"];
+            /** Format: int64 */
+            n?: number | null;
+            prompt: string;
+            response_format?: null | components["schemas"]["ResponseFormat"];
+            /** @description `WIDTHxHEIGHT` or `auto`. Default: the image's own size, rounded down to the model's size multiple. */
+            size?: string | null;
+            /**
+             * Format: double
+             * @description This server's extension: how much of the image is noised away, in (0, 1], as `/generate`'s. Default 0.8.
+             */
+            strength?: number | null;
+            /** @description Accepted and logged. */
+            user?: string | null;
         };
         /**
          * @description OpenAI's `POST /v1/images/generations` body. Only `b64_json` answers are supported.
@@ -2761,6 +2811,85 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    openai_edits: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** @description A form: `image` (PNG or JPEG), `prompt`, and optional `n`, `size`, `model`, `response_format`, `user` and `strength` */
+        requestBody: {
+            content: {
+                "multipart/form-data": components["schemas"]["OpenAiImageEditForm"];
+            };
+        };
+        responses: {
+            /** @description The images as base64 PNG */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiImagesResponse"];
+                };
+            };
+            /** @description A field breaks a rule, the image does not decode, or the form cannot be read; `param` names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            /** @description The body is larger than `--max-body-bytes` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            /** @description The queue is full */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            /** @description The models are still loading */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            /** @description The deadline passed; the work was stopped */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
                 };
             };
         };

@@ -57,6 +57,10 @@ impl SchedulerImpl for Ddim {
         self.eta > 0.0
     }
 
+    fn noise_scales(&self, step_index: usize) -> (f32, f32) {
+        self.alphas.noise_scales(self.train_timesteps[step_index])
+    }
+
     fn advance(&mut self, step: StepArgs<'_>, sample: &mut [f32]) -> Result<(), SchedulerError> {
         let timestep = self.train_timesteps[step.index];
         let alpha_prod_t = self.alphas.at(timestep).expect("timesteps are checked when built");
@@ -135,6 +139,12 @@ impl AlphaTable {
         usize::try_from(timestep)
             .ok()
             .and_then(|t| self.alphas_cumprod.get(t).copied())
+    }
+
+    /// `(√ᾱ_t, √(1 − ᾱ_t))`, float32 as diffusers' `add_noise` computes them from its table.
+    pub(crate) fn noise_scales(&self, timestep: i64) -> (f32, f32) {
+        let alpha = self.at(timestep).unwrap_or(1.0);
+        (alpha.sqrt(), (1.0 - alpha).sqrt())
     }
 
     /// ᾱ at the timestep a step lands on, `final_alpha_cumprod` once that falls below 0.

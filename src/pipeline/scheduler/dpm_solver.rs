@@ -281,6 +281,14 @@ impl SchedulerImpl for DpmSolverMultistep {
         Some(self.next_step)
     }
 
+    fn noise_scales(&self, step_index: usize) -> (f32, f32) {
+        alpha_sigma(self.sigmas[step_index])
+    }
+
+    fn set_begin(&mut self, step_index: usize) {
+        self.next_step = step_index;
+    }
+
     fn advance(&mut self, step: StepArgs<'_>, sample: &mut [f32]) -> Result<(), SchedulerError> {
         let order = self.order_at(step.index);
         let converted = self.convert_model_output(step.model_output, sample, self.sigmas[step.index]);

@@ -71,6 +71,10 @@ impl SchedulerImpl for Euler {
         self.table.schedule()
     }
 
+    fn noise_scales(&self, step_index: usize) -> (f32, f32) {
+        (1.0, self.table.sigmas_at(step_index).0)
+    }
+
     fn advance(&mut self, step: StepArgs<'_>, sample: &mut [f32]) -> Result<(), SchedulerError> {
         let (sigma, sigma_next) = self.table.sigmas_at(step.index);
         let dt = sigma_next - sigma;

@@ -41,6 +41,10 @@ impl SchedulerImpl for EulerAncestral {
         self.table.schedule()
     }
 
+    fn noise_scales(&self, step_index: usize) -> (f32, f32) {
+        (1.0, self.table.sigmas_at(step_index).0)
+    }
+
     fn needs_noise(&self) -> bool {
         true
     }

@@ -125,6 +125,11 @@ impl SchedulerImpl for Lcm {
         step_index + 1 < self.timesteps.len()
     }
 
+    fn noise_scales(&self, step_index: usize) -> (f32, f32) {
+        let coefficients = &self.steps[step_index];
+        (coefficients.sqrt_alpha, coefficients.sqrt_beta)
+    }
+
     fn advance(&mut self, step: StepArgs<'_>, sample: &mut [f32]) -> Result<(), SchedulerError> {
         let coefficients = &self.steps[step.index];
         for (index, (value, &model)) in sample.iter_mut().zip(step.model_output).enumerate() {

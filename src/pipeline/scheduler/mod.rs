@@ -121,6 +121,15 @@ pub trait Scheduler: Send {
     /// SDE variants of DPM-Solver, and LCM with more than one step.
     fn needs_noise(&self) -> bool;
 
+    /// Starts the schedule at `step_index` instead of 0, as diffusers' `set_begin_index` does for img2img:
+    /// multistep kinds then expect that step first, and PNDM counts its warm-up from it.
+    fn begin_at(&mut self, step_index: usize) -> Result<(), SchedulerError>;
+
+    /// Noises a clean `sample` in place to the noise level of step `step_index`, as diffusers'
+    /// `add_noise` does before img2img's first step: `√ᾱ_t · x + √(1 − ᾱ_t) · ε` for the kinds that step
+    /// along ᾱ (DDIM, PNDM, LCM, DPM-Solver from its sigma), `x + σ · ε` for the Euler variants.
+    fn add_noise(&self, sample: &mut [f32], noise: &[f32], step_index: usize) -> Result<(), SchedulerError>;
+
     /// True when step `step_index` needs a noise slice; never true where [`Scheduler::needs_noise`] is
     /// false. Every step for the kinds above except LCM, which, as diffusers' `LCMScheduler` draws it,
     /// needs noise at every step but the last (whose clean estimate is the result).
@@ -216,6 +225,12 @@ trait SchedulerImpl: Send {
         self.needs_noise()
     }
 
+    /// `(a, b)` such that the sample noised to step `step_index` is `a · x + b · ε`.
+    fn noise_scales(&self, step_index: usize) -> (f32, f32);
+
+    /// As [`Scheduler::begin_at`], for the kinds that keep state across steps.
+    fn set_begin(&mut self, _step_index: usize) {}
+
     /// The step a multistep kind expects next. Those kinds build each update from the model outputs
     /// of the steps before, so they must see every step, in order; `None` for the others.
     fn expected_step(&self) -> Option<usize> {
@@ -293,6 +308,34 @@ impl<S: SchedulerImpl> Scheduler for S {
 
     fn needs_noise_at(&self, step_index: usize) -> bool {
         SchedulerImpl::needs_noise_at(self, step_index)
+    }
+
+    fn begin_at(&mut self, step_index: usize) -> Result<(), SchedulerError> {
+        let steps = self.schedule().timesteps.len();
+        if step_index >= steps {
+            return Err(SchedulerError::StepOutOfRange {
+                given: step_index,
+                steps,
+            });
+        }
+        self.set_begin(step_index);
+        Ok(())
+    }
+
+    fn add_noise(&self, sample: &mut [f32], noise: &[f32], step_index: usize) -> Result<(), SchedulerError> {
+        let steps = self.schedule().timesteps.len();
+        if step_index >= steps {
+            return Err(SchedulerError::StepOutOfRange {
+                given: step_index,
+                steps,
+            });
+        }
+        check_len("noise", noise, sample)?;
+        let (a, b) = self.noise_scales(step_index);
+        for (value, &epsilon) in sample.iter_mut().zip(noise) {
+            *value = a * *value + b * epsilon;
+        }
+        Ok(())
     }
 
     fn step(

@@ -27,6 +27,8 @@ pub(crate) struct Pndm {
     /// The Runge-Kutta weighted sum of the model outputs so far.
     rk_sum: Option<Vec<f32>>,
     next_step: usize,
+    /// The step the schedule starts at (img2img): diffusers counts PNDM's steps from there.
+    begin: usize,
 }
 
 impl Pndm {
@@ -73,13 +75,14 @@ impl Pndm {
             cur_sample: None,
             rk_sum: None,
             next_step: 0,
+            begin: 0,
         })
     }
 
     /// One Runge-Kutta stage. Stages start from the sample saved at stage 0; their model outputs
     /// are weighted 1/6, 1/3, 1/3, 1/6, and the last stage uses the weighted sum.
     fn step_prk(&mut self, step: StepArgs<'_>, timestep: i64, sample: &mut [f32]) -> Result<(), SchedulerError> {
-        let (counter, model_output) = (step.index, step.model_output);
+        let (counter, model_output) = (step.index - self.begin, step.model_output);
         let half_stride = if counter % 2 == 1 { 0 } else { self.step_stride / 2 };
         let prev_timestep = timestep - half_stride;
         let transfer = self.transfer(self.train_timesteps[counter / 4 * 4], prev_timestep)?;
@@ -117,7 +120,7 @@ impl Pndm {
     /// Without a Runge-Kutta warm-up, the first step is taken twice: once with the first output
     /// alone, then again from the same sample with the average of the first two.
     fn step_plms(&mut self, step: StepArgs<'_>, timestep: i64, sample: &mut [f32]) -> Result<(), SchedulerError> {
-        let (counter, model_output) = (step.index, step.model_output);
+        let (counter, model_output) = (step.index - self.begin, step.model_output);
         let redo_first = counter == 1 && self.ets.len() == 1;
         let (timestep, prev_timestep) = if redo_first {
             (timestep + self.step_stride, timestep)
@@ -181,9 +184,18 @@ impl SchedulerImpl for Pndm {
         Some(self.next_step)
     }
 
+    fn noise_scales(&self, step_index: usize) -> (f32, f32) {
+        self.alphas.noise_scales(self.train_timesteps[step_index])
+    }
+
+    fn set_begin(&mut self, step_index: usize) {
+        self.begin = step_index;
+        self.next_step = step_index;
+    }
+
     fn advance(&mut self, step: StepArgs<'_>, sample: &mut [f32]) -> Result<(), SchedulerError> {
         let timestep = self.train_timesteps[step.index];
-        if step.index < self.prk_steps {
+        if step.index - self.begin < self.prk_steps {
             self.step_prk(step, timestep, sample)?;
         } else {
             self.step_plms(step, timestep, sample)?;

@@ -13,6 +13,10 @@ Files written under --output (default tests/golden):
 * e2e_wide_default.json, e2e_wide_56x40.json: the same on models/tiny-sd-wide (build_wide_model.py), a
   non-square model whose UNet has its weights in external data: at the size optimum picks when none is given
   (the model's own, 72×104), and at 56×40, a multiple of 8 that is not one of the UNet's downsampling.
+* img2img.json: optimum's ORTStableDiffusionImg2ImgPipeline on models/tiny-sd: DDIM, PNDM and DPM-Solver++
+  from a 32x32 image (no resize), Euler from a 50x37 image that it resizes to 48x32, with the two noises each
+  run draws (the latent sample's, then add_noise's) recorded, and the output as 8-bit RGB. (diffusers' img2img
+  pipeline cannot load tiny-sd-wide: it compares a list sample_size with an int.)
 * sdxl.json: whole runs of optimum's ORTStableDiffusionXLPipeline on models/tiny-sdxl and tiny-sdxl-turbo
   (build_tiny_sdxl.py): with a negative prompt at the model's own size, without one (zeros, by
   force_zeros_for_empty_prompt) at a non-square size, Turbo's one step without guidance, and Euler with
@@ -51,7 +55,11 @@ from diffusers import (
     PNDMScheduler,
 )
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
-from optimum.onnxruntime import ORTStableDiffusionPipeline, ORTStableDiffusionXLPipeline
+from optimum.onnxruntime import (
+    ORTStableDiffusionImg2ImgPipeline,
+    ORTStableDiffusionPipeline,
+    ORTStableDiffusionXLPipeline,
+)
 from transformers import CLIPTokenizer, CLIPTokenizerFast
 
 SCHEDULER_CLASSES = {
@@ -68,7 +76,7 @@ SCHEDULER_CLASSES = {
 LATENT_SHAPE = (1, 4, 8, 8)
 # The LCM cases' latents: every scheduler works elementwise, and the top-level golden files have a size cap.
 SMALL_LATENT_SHAPE = (1, 4, 4, 4)
-PARTS = ("tokenizer", "schedulers", "e2e", "wide", "sdxl")
+PARTS = ("tokenizer", "schedulers", "e2e", "wide", "sdxl", "img2img")
 # (golden name, height, width) on the wide model; None lets optimum pick the model's default size.
 WIDE_RUNS = (("e2e_wide_default", None, None), ("e2e_wide_56x40", 56, 40))
 
@@ -776,6 +784,92 @@ def sdxl_golden(base: Path, turbo: Path, seed: int) -> dict:
     }
 
 
+# (name, init image, scheduler class, steps, strength, guidance)
+IMG2IMG_RUNS = (
+    ("ddim", "square", DDIMScheduler, 20, 0.6, 7.5),
+    ("pndm", "square", PNDMScheduler, 10, 0.75, 7.5),
+    ("dpm", "square", DPMSolverMultistepScheduler, 10, 0.5, 7.5),
+    ("euler_resized", "odd", EulerDiscreteScheduler, 12, 0.5, 7.5),
+)
+# (width, height) of the starting images: one the tiny model renders as it is, one diffusers resizes (to
+# 48x32, multiples of its VAE factor of 8 that are also the multiples of 16 tiny-sd renders).
+IMG2IMG_IMAGES = {"square": (32, 32), "odd": (50, 37)}
+
+
+def img2img_image(width: int, height: int, seed: int):
+    """A smooth, seeded RGB image: the VAE sees structure, and Lanczos has edges to ring on."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = []
+    for _ in range(3):
+        fx, fy, phase = rng.uniform(0.1, 0.5), rng.uniform(0.1, 0.5), rng.uniform(0, 6.28)
+        channels.append(127.5 + 120 * np.sin(fx * x + fy * y + phase))
+    return Image.fromarray(np.stack(channels, axis=-1).round().astype(np.uint8), "RGB")
+
+
+def img2img_golden(model: Path, seed: int) -> dict:
+    pipeline = load_onnx_pipeline(model, ORTStableDiffusionImg2ImgPipeline)
+    images = {
+        name: img2img_image(width, height, seed + index)
+        for index, (name, (width, height)) in enumerate(IMG2IMG_IMAGES.items())
+    }
+    runs = []
+    for index, (name, image_name, scheduler_class, steps, strength, guidance) in enumerate(IMG2IMG_RUNS):
+        original = pipeline.scheduler
+        pipeline.scheduler = scheduler_class.from_config(original.config)
+        run_seed = seed + 100 + index
+        image = images[image_name]
+        factor = pipeline.vae_scale_factor
+        # diffusers' image processor rounds the size down to the VAE factor, then resizes with Lanczos.
+        width, height = (side - side % factor for side in image.size)
+        latent_shape = (1, 4, height // factor, width // factor)
+        # The pipeline's two draws from its generator, in its order: the encoded image's latent sample, then
+        # the noise that add_noise mixes in.
+        replay = torch.Generator().manual_seed(run_seed)
+        posterior = torch.randn(latent_shape, generator=replay, dtype=torch.float32)
+        noise = torch.randn(latent_shape, generator=replay, dtype=torch.float32)
+        output = pipeline(
+            prompt=E2E_PROMPT,
+            negative_prompt=E2E_NEGATIVE_PROMPT,
+            image=image,
+            strength=strength,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=torch.Generator().manual_seed(run_seed),
+            output_type="np",
+        ).images[0]
+        runs.append(
+            {
+                "name": name,
+                "image": image_name,
+                "scheduler_class": scheduler_class.__name__,
+                "steps": steps,
+                "strength": strength,
+                "guidance_scale": guidance,
+                "prompt": E2E_PROMPT,
+                "negative_prompt": E2E_NEGATIVE_PROMPT,
+                "width": output.shape[1],
+                "height": output.shape[0],
+                "timesteps": float32_list(pipeline.scheduler.timesteps.to(torch.float32)),
+                "posterior_noise": float32_list(posterior),
+                "noise": float32_list(noise),
+                # The rounding diffusers' PIL output applies.
+                "image_u8": (output * 255).round().astype(np.uint8).reshape(-1).tolist(),
+            }
+        )
+        pipeline.scheduler = original
+    return {
+        "reference": f"optimum ORTStableDiffusionImg2ImgPipeline (diffusers {diffusers_version()}), CPU",
+        "images": {
+            name: {"width": image.size[0], "height": image.size[1], "rgb": list(image.tobytes())}
+            for name, image in images.items()
+        },
+        "runs": runs,
+    }
+
+
 def diffusers_version() -> str:
     import diffusers
 
@@ -809,6 +903,8 @@ def main() -> None:
     if "sdxl" in args.parts:
         golden = sdxl_golden(args.sdxl_model, args.sdxl_turbo_model, args.seed + 3000)
         write_json(args.output / "sdxl.json", golden)
+    if "img2img" in args.parts:
+        write_json(args.output / "img2img.json", img2img_golden(args.model, args.seed + 4000))
 
 
 if __name__ == "__main__":
