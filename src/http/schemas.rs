@@ -546,8 +546,10 @@ pub struct OpenAiImageRequest {
 }
 
 /// OpenAI's `POST /v1/images/edits` form (`client.images.edit`): img2img from the `image` file. The
-/// document's description of what `openai::openai_edits` reads; `mask` (inpainting) is refused.
+/// document's description of what `openai::openai_edits` reads; `mask` (inpainting) is refused. A form has no
+/// null: a field is sent or left out.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct OpenAiImageEditForm {
     /// The image to start from, PNG or JPEG (at most `--max-image-pixels` pixels).
@@ -557,25 +559,25 @@ pub struct OpenAiImageEditForm {
     pub prompt: String,
     /// A model version (`GET /models`). Default: the active version.
     #[serde(default)]
-    #[schema(value_type = Option<ModelVersion>)]
-    pub model: Option<String>,
+    #[schema(value_type = ModelVersion)]
+    pub model: String,
     #[serde(default)]
     #[schema(minimum = 1, maximum = 8)]
-    pub n: Option<i64>,
+    pub n: i64,
     /// `WIDTHxHEIGHT` or `auto`. Default: the image's own size, rounded down to the model's size multiple.
     #[serde(default)]
-    pub size: Option<String>,
+    pub size: String,
     /// Only `b64_json` (the default here).
     #[serde(default)]
-    #[schema(value_type = Option<ResponseFormat>)]
-    pub response_format: Option<String>,
+    #[schema(value_type = ResponseFormat)]
+    pub response_format: String,
     /// Accepted and logged.
     #[serde(default)]
-    pub user: Option<String>,
+    pub user: String,
     /// This server's extension: how much of the image is noised away, in (0, 1], as `/generate`'s. Default 0.8.
     #[serde(default)]
     #[schema(exclusive_minimum = 0, maximum = 1)]
-    pub strength: Option<f64>,
+    pub strength: f64,
 }
 
 /// The answer formats of `/v1/images/generations`: base64 only.

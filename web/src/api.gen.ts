@@ -1163,25 +1163,28 @@ export interface components {
         };
         /**
          * @description OpenAI's `POST /v1/images/edits` form (`client.images.edit`): img2img from the `image` file. The
-         *     document's description of what `openai::openai_edits` reads; `mask` (inpainting) is refused.
+         *     document's description of what `openai::openai_edits` reads; `mask` (inpainting) is refused. A form has no
+         *     null: a field is sent or left out.
          */
         OpenAiImageEditForm: {
             /** @description The image to start from, PNG or JPEG (at most `--max-image-pixels` pixels). */
             image: components["schemas"]["ImageFile"];
-            model?: null | components["schemas"]["ModelVersion"];
+            /** @description A model version (`GET /models`). Default: the active version. */
+            model?: components["schemas"]["ModelVersion"];
             /** Format: int64 */
-            n?: number | null;
+            n?: number;
             prompt: string;
-            response_format?: null | components["schemas"]["ResponseFormat"];
+            /** @description Only `b64_json` (the default here). */
+            response_format?: components["schemas"]["ResponseFormat"];
             /** @description `WIDTHxHEIGHT` or `auto`. Default: the image's own size, rounded down to the model's size multiple. */
-            size?: string | null;
+            size?: string;
             /**
              * Format: double
              * @description This server's extension: how much of the image is noised away, in (0, 1], as `/generate`'s. Default 0.8.
              */
-            strength?: number | null;
+            strength?: number;
             /** @description Accepted and logged. */
-            user?: string | null;
+            user?: string;
         };
         /**
          * @description OpenAI's `POST /v1/images/generations` body. Only `b64_json` answers are supported.

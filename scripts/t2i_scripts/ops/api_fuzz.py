@@ -158,6 +158,8 @@ def fuzz(args: argparse.Namespace, mode: str) -> dict:
             [
                 str(Path(sys.executable).with_name("schemathesis")),
                 "--no-color",
+                "--config-file",
+                str(Path(__file__).with_name("schemathesis.toml")),
                 "run",
                 server.url + "/openapi.json",
                 "--checks",
