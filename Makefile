@@ -50,7 +50,7 @@ help:
 	@echo "make venv-gpu - install onnxruntime-gpu==$(ORT_VERSION) instead (then run with DEVICE=cuda)"
 	@echo "make models - rebuild models/shapes-sd, models/shapes-reward and models/REPORT.md (CPU: under 60 min)"
 	@echo "make openapi web-api - regenerate openapi/openapi.json, then the console's types from it"
-	@echo "make test-model - rebuild models/tiny-sd, tiny-sd-wide, tiny-sdxl(-turbo), the tiny reward models and tests/golden (needs torch)"
+	@echo "make test-model - rebuild models/tiny-sd, tiny-sd-wide, tiny-sdxl(-turbo, -refiner), tiny-lcm, the tiny reward models and tests/golden (needs torch)"
 
 # The trainer (trainer/, package t2i_trainer) and the scripts (scripts/, package t2i_scripts) install editable
 # into both environments, without dependencies, so that `python -m t2i_scripts.ops.api_fuzz` and the like run
@@ -299,7 +299,8 @@ models: trainer-venv
 test-model: trainer-venv
 	.venv-trainer/bin/python -m t2i_trainer.build.build_test_model --out models/tiny-sd
 	.venv-trainer/bin/python -m t2i_trainer.build.build_wide_model --out models/tiny-sd-wide
-	.venv-trainer/bin/python -m t2i_trainer.build.build_tiny_sdxl --out models/tiny-sdxl --turbo-output models/tiny-sdxl-turbo
+	.venv-trainer/bin/python -m t2i_trainer.build.build_tiny_sdxl --out models/tiny-sdxl --turbo-output models/tiny-sdxl-turbo --refiner-output models/tiny-sdxl-refiner
+	.venv-trainer/bin/python -m t2i_trainer.build.build_tiny_lcm --out models/tiny-lcm
 	.venv-trainer/bin/python -m t2i_trainer.goldens.make_goldens --model models/tiny-sd --out tests/golden
 	.venv-trainer/bin/python -m t2i_trainer.build.export_clip_reward --tiny-random --out models/tiny-clip-reward --goldens tests/golden/reward
 	.venv-trainer/bin/python -m t2i_trainer.build.export_open_clip_reward --tiny-random --out models/tiny-open-clip-reward --goldens tests/golden/reward

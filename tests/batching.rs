@@ -55,13 +55,6 @@ fn assert_close(alone: &image::RgbImage, batched: &image::RgbImage, what: &str) 
     );
 }
 
-/// A Prometheus sample's value, e.g. `t2i_unet_batch_requests_sum`.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-}
-
 /// Sends every body at once, each from its own thread, and returns the answers in order.
 fn concurrently(port: u16, bodies: &[String]) -> Vec<common::Response> {
     let handles: Vec<_> = bodies
@@ -97,8 +90,10 @@ fn check_shared_calls_match_solo_results(server: &Server) {
             assert_close(a, b, body);
         }
     }
-    let calls = metric(&after, "t2i_unet_batch_requests_count") - metric(&before, "t2i_unet_batch_requests_count");
-    let members = metric(&after, "t2i_unet_batch_requests_sum") - metric(&before, "t2i_unet_batch_requests_sum");
+    let calls = common::metric(&after, "t2i_unet_batch_requests_count")
+        - common::metric(&before, "t2i_unet_batch_requests_count");
+    let members =
+        common::metric(&after, "t2i_unet_batch_requests_sum") - common::metric(&before, "t2i_unet_batch_requests_sum");
     assert!(
         members > calls,
         "concurrent requests never shared a UNet call: {members} request-steps in {calls} calls"
@@ -151,7 +146,7 @@ fn a_request_cancelled_mid_denoise_leaves_and_the_others_finish() {
     let port = server.port;
     let survivor = r#"{"prompt":"a red circle","steps":150,"seed":3}"#.to_string();
     let alone = images(&server.post_json("/generate", &survivor));
-    let generated_before = metric(&server.get("/metrics").text(), "t2i_images_generated_total");
+    let generated_before = common::metric(&server.get("/metrics").text(), "t2i_images_generated_total");
     let handle = {
         let survivor = survivor.clone();
         std::thread::spawn(move || common::request(port, "POST", "/generate", Some(&survivor)).unwrap())
@@ -171,9 +166,9 @@ fn a_request_cancelled_mid_denoise_leaves_and_the_others_finish() {
     loop {
         let metrics = server.get("/metrics").text();
         if metrics.contains("t2i_requests_dropped_total{reason=\"client_disconnected\"} 1") {
-            let generated = metric(&metrics, "t2i_images_generated_total") - generated_before;
+            let generated = common::metric(&metrics, "t2i_images_generated_total") - generated_before;
             assert_eq!(generated, 1.0, "only the survivor's image was made");
-            assert_eq!(metric(&metrics, "t2i_active_requests"), 0.0);
+            assert_eq!(common::metric(&metrics, "t2i_active_requests"), 0.0);
             break;
         }
         assert!(

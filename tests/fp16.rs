@@ -115,6 +115,7 @@ fn an_export_with_float16_inputs_and_outputs_serves_and_matches_float32() {
         height: 64,
         eta: 0.0,
         guidance_rescale: 0.0,
+        aesthetic_score: Default::default(),
         init: None,
     };
     let (a, b) = (

@@ -20,19 +20,7 @@ fn golden() -> Value {
 }
 
 fn start_image(golden: &Value, name: &str) -> image::RgbImage {
-    let record = &golden["images"][name];
-    let bytes: Vec<u8> = record["rgb"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|value| value.as_u64().unwrap() as u8)
-        .collect();
-    image::RgbImage::from_raw(
-        record["width"].as_u64().unwrap() as u32,
-        record["height"].as_u64().unwrap() as u32,
-        bytes,
-    )
-    .unwrap()
+    common::golden_image(&golden["images"][name])
 }
 
 #[test]
@@ -46,58 +34,18 @@ fn img2img_matches_optimum() {
     assert_eq!(runs.len(), 4);
     for run in runs {
         let name = run["name"].as_str().unwrap();
-        let (width, height) = (
-            run["width"].as_u64().unwrap() as usize,
-            run["height"].as_u64().unwrap() as usize,
-        );
         let start = start_image(&golden, run["image"].as_str().unwrap());
         let strength = run["strength"].as_f64().unwrap() as f32;
+        let scheduler = SchedulerKind::from_class_name(run["scheduler_class"].as_str().unwrap()).unwrap();
+        let base = common::golden_params(run, scheduler);
         let params = GenerateParams {
-            prompt: run["prompt"].as_str().unwrap().into(),
-            negative_prompt: run["negative_prompt"].as_str().unwrap().into(),
-            num_images: 1,
-            steps: run["steps"].as_u64().unwrap() as usize,
-            guidance_scale: run["guidance_scale"].as_f64().unwrap() as f32,
-            scheduler: SchedulerKind::from_class_name(run["scheduler_class"].as_str().unwrap()).unwrap(),
-            seed: 0,
-            width,
-            height,
-            eta: 0.0,
-            guidance_rescale: 0.0,
-            init: Some(Arc::new(InitImage::new(&start, width, height, strength))),
+            init: Some(Arc::new(InitImage::new(&start, base.width, base.height, strength))),
+            ..base
         };
         let draws = [common::floats(&run["posterior_noise"]), common::floats(&run["noise"])].concat();
         let output = pipeline.generate_from_latents(&params, draws, &mut NoProgress).unwrap();
-        let ours = image::load_from_memory(&output.images[0].png).unwrap().to_rgb8();
-        assert_eq!(
-            (ours.width() as usize, ours.height() as usize),
-            (width, height),
-            "{name}"
-        );
-        let theirs: Vec<u8> = run["image_u8"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|value| value.as_u64().unwrap() as u8)
-            .collect();
-        let worst = ours
-            .as_raw()
-            .iter()
-            .zip(&theirs)
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
-        eprintln!("img2img {name}: max per-pixel difference {worst}/255");
-        assert!(worst <= 2, "{name}: max per-pixel difference {worst}/255");
+        common::assert_within_2_levels(&format!("img2img {name}"), &output.images[0].png, run);
     }
-}
-
-fn png_of(image: &image::RgbImage) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    image
-        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .unwrap();
-    bytes
 }
 
 /// `/generate` with `init_image`: the image's own size by default (rounded down to the model's multiple),
@@ -107,7 +55,7 @@ fn generate_takes_an_init_image_and_refuses_bad_ones_by_name() {
     use base64::Engine as _;
     let server = common::Server::start(&["--no-reward-model"]);
     let start = start_image(&golden(), "odd"); // 50x37: tiny-sd renders multiples of 16, so 48x32
-    let encoded = base64::engine::general_purpose::STANDARD.encode(png_of(&start));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(common::png_of(&start));
     let body = |extra: serde_json::Value| {
         let mut body = serde_json::json!({"prompt": "a red circle", "init_image": encoded, "steps": 10, "seed": 3});
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
@@ -128,7 +76,7 @@ fn generate_takes_an_init_image_and_refuses_bad_ones_by_name() {
         common::generated_images(&server.post_json("/generate", &body(serde_json::json!({"width": 32, "height": 64}))));
     assert_eq!(sized[0].dimensions(), (32, 64));
     // A starting image smaller than one multiple renders at one multiple.
-    let tiny = base64::engine::general_purpose::STANDARD.encode(png_of(&image::RgbImage::new(3, 2)));
+    let tiny = base64::engine::general_purpose::STANDARD.encode(common::png_of(&image::RgbImage::new(3, 2)));
     let small = serde_json::json!({"prompt": "a", "init_image": tiny, "steps": 4}).to_string();
     assert_eq!(
         common::generated_images(&server.post_json("/generate", &small))[0].dimensions(),
@@ -164,7 +112,7 @@ fn a_model_without_a_vae_encoder_refuses_img2img_by_name() {
     common::copy_dir(&common::tiny_sd(), &copy);
     std::fs::remove_dir_all(copy.join("vae_encoder")).unwrap();
     let server = common::Server::start_with_model(&copy, &["--no-reward-model"]);
-    let encoded = base64::engine::general_purpose::STANDARD.encode(png_of(&image::RgbImage::new(32, 32)));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(common::png_of(&image::RgbImage::new(32, 32)));
     let response = server.post_json(
         "/generate",
         &serde_json::json!({"prompt": "a", "init_image": encoded, "steps": 4}).to_string(),
@@ -179,7 +127,7 @@ fn a_model_without_a_vae_encoder_refuses_img2img_by_name() {
 #[test]
 fn openai_edits_serves_img2img_from_a_form() {
     let server = common::Server::start(&["--no-reward-model"]);
-    let png = png_of(&start_image(&golden(), "square"));
+    let png = common::png_of(&start_image(&golden(), "square"));
     let response = server.post_multipart(
         "/v1/images/edits",
         &[

@@ -13,15 +13,9 @@ use t2i_align::pipeline::scheduler::SchedulerKind;
 use t2i_align::pipeline::{GenerateParams, ModelFolder, Pipeline};
 use t2i_align::runtime::{Device, Runtime, SessionSettings};
 
-fn load(model: &std::path::Path) -> Pipeline {
-    let mut runtime = Runtime::init(Some(&common::ort_dylib()), Device::Cpu, SessionSettings::default()).unwrap();
-    let folder = Arc::new(ModelFolder::open(model).unwrap());
-    Pipeline::load(&mut runtime, folder).unwrap()
-}
-
 fn max_pixel_error(golden_name: &str, model: &std::path::Path) -> f32 {
     let golden = common::read_json(&format!("tests/golden/{golden_name}"));
-    let mut pipeline = load(model);
+    let mut pipeline = common::load_pipeline(model);
     let params = GenerateParams {
         prompt: golden["prompt"].as_str().unwrap().into(),
         negative_prompt: golden["negative_prompt"].as_str().unwrap().into(),
@@ -34,6 +28,7 @@ fn max_pixel_error(golden_name: &str, model: &std::path::Path) -> f32 {
         height: golden["height"].as_u64().unwrap() as usize,
         eta: 0.0,
         guidance_rescale: 0.0,
+        aesthetic_score: Default::default(),
         init: None,
     };
     let latents = common::floats(&golden["latents"]);
@@ -101,7 +96,7 @@ fn non_square_sizes_match_optimum_with_external_data() {
 #[test]
 fn the_default_size_and_size_multiple_come_from_the_export() {
     let golden = common::read_json("tests/golden/e2e_wide_default.json");
-    let wide = load(&common::tiny_sd_wide()).limits();
+    let wide = common::load_pipeline(&common::tiny_sd_wide()).limits();
     assert_eq!((wide.default_height, wide.default_width), (72, 104));
     assert_eq!(
         (golden["height"].as_u64(), golden["width"].as_u64()),
@@ -110,7 +105,7 @@ fn the_default_size_and_size_multiple_come_from_the_export() {
     );
     assert_eq!(wide.size_multiple, 8);
 
-    let square = load(&common::tiny_sd()).limits();
+    let square = common::load_pipeline(&common::tiny_sd()).limits();
     assert_eq!(
         (square.default_height, square.default_width, square.size_multiple),
         (64, 64, 16)

@@ -6,15 +6,12 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::Server;
 use serde_json::{json, Value};
 use t2i_align::pipeline::output::NoProgress;
 use t2i_align::pipeline::scheduler::SchedulerKind;
 use t2i_align::pipeline::tokenizer::ClipTokenizer;
-use t2i_align::pipeline::{GenerateParams, ModelFolder, Pipeline};
-use t2i_align::runtime::{Device, Runtime, SessionSettings};
+use t2i_align::pipeline::ModelFolder;
 
 fn tiny_sdxl() -> std::path::PathBuf {
     common::repo_path("models/tiny-sdxl")
@@ -22,12 +19,6 @@ fn tiny_sdxl() -> std::path::PathBuf {
 
 fn tiny_sdxl_turbo() -> std::path::PathBuf {
     common::repo_path("models/tiny-sdxl-turbo")
-}
-
-fn load(model: &std::path::Path) -> Pipeline {
-    let mut runtime = Runtime::init(Some(&common::ort_dylib()), Device::Cpu, SessionSettings::default()).unwrap();
-    let folder = Arc::new(ModelFolder::open(model).unwrap());
-    Pipeline::load(&mut runtime, folder).unwrap()
 }
 
 fn golden() -> Value {
@@ -40,23 +31,10 @@ fn max_pixel_error(run: &Value) -> f32 {
         "base" => tiny_sdxl(),
         _ => tiny_sdxl_turbo(),
     };
-    let mut pipeline = load(&model);
+    let mut pipeline = common::load_pipeline(&model);
     let scheduler = SchedulerKind::from_class_name(run["scheduler_class"].as_str().unwrap()).unwrap();
-    let params = GenerateParams {
-        prompt: run["prompt"].as_str().unwrap().into(),
-        // diffusers' "no negative prompt" is the service's empty one.
-        negative_prompt: run["negative_prompt"].as_str().unwrap_or("").into(),
-        num_images: 1,
-        steps: run["steps"].as_u64().unwrap() as usize,
-        guidance_scale: run["guidance_scale"].as_f64().unwrap() as f32,
-        scheduler,
-        seed: 0,
-        width: run["width"].as_u64().unwrap() as usize,
-        height: run["height"].as_u64().unwrap() as usize,
-        eta: 0.0,
-        guidance_rescale: 0.0,
-        init: None,
-    };
+    // diffusers' "no negative prompt" is the service's empty one.
+    let params = common::golden_params(run, scheduler);
     let output = pipeline
         .generate_from_latents(&params, common::floats(&run["latents"]), &mut NoProgress)
         .unwrap();
@@ -109,21 +87,15 @@ fn the_second_tokenizer_splits_on_its_pad_token_as_transformers_does() {
 
 #[test]
 fn the_default_size_comes_from_the_export() {
-    let limits = load(&tiny_sdxl()).limits();
+    let limits = common::load_pipeline(&tiny_sdxl()).limits();
     // sample_size 8 cells × VAE factor 4; traced at a multiple of the UNet's 2× downsampling, so multiples of 8.
     assert_eq!(
         (limits.default_height, limits.default_width, limits.size_multiple),
         (32, 32, 8)
     );
-    let turbo = load(&tiny_sdxl_turbo()).limits();
+    let turbo = common::load_pipeline(&tiny_sdxl_turbo()).limits();
     assert_eq!((turbo.default_steps, turbo.default_guidance_scale), (1, 0.0));
     assert_eq!(turbo.default_scheduler, SchedulerKind::EulerAncestral);
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 fn pngs(response: &common::Response) -> Vec<Vec<u8>> {
@@ -171,8 +143,10 @@ fn the_service_batches_sdxl_requests_and_ranks_their_candidates() {
             assert!(worst <= 8, "{body}: batched differs from solo by {worst} levels");
         }
     }
-    let calls = metric(&after, "t2i_unet_batch_requests_count") - metric(&before, "t2i_unet_batch_requests_count");
-    let members = metric(&after, "t2i_unet_batch_requests_sum") - metric(&before, "t2i_unet_batch_requests_sum");
+    let calls = common::metric(&after, "t2i_unet_batch_requests_count")
+        - common::metric(&before, "t2i_unet_batch_requests_count");
+    let members =
+        common::metric(&after, "t2i_unet_batch_requests_sum") - common::metric(&before, "t2i_unet_batch_requests_sum");
     assert!(
         members > calls,
         "no UNet call was shared: {members} request-steps in {calls} calls"
@@ -207,9 +181,10 @@ fn turbo_serves_one_unguided_step_by_default() {
     let response = server.post_json("/generate", r#"{"prompt":"a red circle","seed":4,"n":2}"#);
     assert_eq!(pngs(&response).len(), 2);
     let after = server.get("/metrics").text();
-    let calls = metric(&after, "t2i_unet_batch_requests_count") - metric(&before, "t2i_unet_batch_requests_count");
+    let calls = common::metric(&after, "t2i_unet_batch_requests_count")
+        - common::metric(&before, "t2i_unet_batch_requests_count");
     assert_eq!(calls, 1.0, "one step is one UNet call");
-    let rows = metric(&after, "t2i_unet_batch_rows_sum") - metric(&before, "t2i_unet_batch_rows_sum");
+    let rows = common::metric(&after, "t2i_unet_batch_rows_sum") - common::metric(&before, "t2i_unet_batch_rows_sum");
     assert_eq!(rows, 2.0, "no guidance: one row per image");
 }
 

@@ -203,6 +203,7 @@ mod tests {
             height: 8,
             eta: 0.0,
             guidance_rescale: 0.0,
+            aesthetic_score: Default::default(),
             init: None,
         }
     }

@@ -61,6 +61,12 @@ pub struct GenerateArgs {
     /// img2img: how much of --init-image is noised away, in (0, 1] (default 0.8).
     #[arg(long)]
     pub strength: Option<f64>,
+    /// SDXL refiner: the aesthetic score in [0, 10] the image is conditioned on (default 6.0).
+    #[arg(long)]
+    pub aesthetic_score: Option<f64>,
+    /// SDXL refiner: the aesthetic score of the negative rows in [0, 10] (default 2.5).
+    #[arg(long)]
+    pub negative_aesthetic_score: Option<f64>,
     /// Generate this many candidates per image and keep the ones the reward model scores best.
     #[arg(long)]
     pub best_of: Option<i64>,
@@ -116,6 +122,8 @@ pub fn run_generate(args: GenerateArgs) -> Result<Vec<PathBuf>> {
         height: args.height,
         eta: args.eta,
         guidance_rescale: args.guidance_rescale,
+        aesthetic_score: args.aesthetic_score,
+        negative_aesthetic_score: args.negative_aesthetic_score,
         init_image: match &args.init_image {
             None => None,
             Some(path) => {

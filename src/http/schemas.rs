@@ -78,6 +78,17 @@ pub struct GenerateRequest {
     #[serde(default)]
     #[schema(exclusive_minimum = 0, maximum = 1)]
     pub strength: Option<f64>,
+    /// SDXL's refiner only (a model whose pipeline is `StableDiffusionXLImg2ImgPipeline` with
+    /// `requires_aesthetics_score`): the aesthetic score, 0 to 10, the refined image is conditioned on. Default
+    /// 6.0, as diffusers; 422 for a model that takes no aesthetic score.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 10)]
+    pub aesthetic_score: Option<f64>,
+    /// SDXL's refiner only: the aesthetic score of classifier-free guidance's negative rows, 0 to 10. Default
+    /// 2.5, as diffusers.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 10)]
+    pub negative_aesthetic_score: Option<f64>,
     /// Rejection sampling: generate `best_of` candidates for each of the `n` images, score them all with the
     /// reward model and return the `n` best. Default 1; at most the server's `--max-best-of`, and
     /// `best_of × n` at most `--max-candidates`.
@@ -151,6 +162,8 @@ impl From<GenerateRequest> for GenerateInput {
             // Decoded by the route (`run_generate`), which knows the pixel limit.
             init_image: None,
             strength: request.strength,
+            aesthetic_score: request.aesthetic_score,
+            negative_aesthetic_score: request.negative_aesthetic_score,
         }
     }
 }

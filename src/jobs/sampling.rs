@@ -100,6 +100,7 @@ impl JobContext<'_> {
             height: model.limits.default_height,
             eta: 0.0,
             guidance_rescale: 0.0,
+            aesthetic_score: Default::default(),
             init: None,
         };
         // Several prompts in flight at once, so that the engine's continuous batcher denoises them in shared UNet

@@ -130,6 +130,8 @@ pub(super) const TIMESTEP: &str = "timestep";
 pub(super) const ENCODER_HIDDEN_STATES: &str = "encoder_hidden_states";
 pub(super) const TEXT_EMBEDS: &str = "text_embeds";
 pub(super) const TIME_IDS: &str = "time_ids";
+/// A guidance-distilled UNet's (LCM's) guidance-scale embedding, `[batch, time_cond_proj_dim]`.
+pub(super) const TIMESTEP_COND: &str = "timestep_cond";
 pub(super) const LATENT_SAMPLE: &str = "latent_sample";
 
 /// How this export differs from the others: id and timestep types, float16 inputs, and output names.
@@ -139,6 +141,9 @@ pub(super) struct Contract {
     /// SDXL's extra UNet inputs: the pooled text embedding's width and the number of time ids per row.
     pub(super) added_conditions: Option<AddedConditions>,
     pub(super) timestep_input: TimestepInput,
+    /// A guidance-distilled UNet (LCM) takes the guidance scale as an embedding of this width instead of
+    /// running classifier-free guidance.
+    pub(super) timestep_cond: Option<usize>,
     pub(super) unet_output: String,
     pub(super) vae_output: String,
     /// Which float inputs the export declares float16 (Optimum's `--dtype fp16`); the pipeline computes in
@@ -171,6 +176,7 @@ pub(super) struct HalfInputs {
     pub(super) hidden_states: bool,
     pub(super) text_embeds: bool,
     pub(super) time_ids: bool,
+    pub(super) timestep_cond: bool,
     pub(super) latent_sample: bool,
 }
 
@@ -199,8 +205,25 @@ impl Contract {
                 spec.describe()
             ))),
         };
+        let width = |name: &str| -> Result<(usize, bool)> {
+            let spec = unet.input(name)?;
+            match spec.shape.as_slice() {
+                [_, width] if *width > 0 => Ok((*width as usize, half(spec)?)),
+                _ => Err(Error::Runtime(format!(
+                    "the unet's {} should be [batch, width] with a fixed width",
+                    spec.describe()
+                ))),
+            }
+        };
         let (added_conditions, half_text_embeds, half_time_ids) = if family.is_xl() {
-            unet.reject_unknown_inputs(&[SAMPLE, TIMESTEP, ENCODER_HIDDEN_STATES, TEXT_EMBEDS, TIME_IDS])?;
+            unet.reject_unknown_inputs(&[
+                SAMPLE,
+                TIMESTEP,
+                ENCODER_HIDDEN_STATES,
+                TEXT_EMBEDS,
+                TIME_IDS,
+                TIMESTEP_COND,
+            ])?;
             if !pooled_found {
                 return Err(Error::Runtime(
                     "no text encoder returns a pooled embedding ([batch, width] as its first output, as \
@@ -208,29 +231,32 @@ impl Contract {
                         .into(),
                 ));
             }
-            let width = |name: &str| -> Result<(usize, bool)> {
-                let spec = unet.input(name)?;
-                match spec.shape.as_slice() {
-                    [_, width] if *width > 0 => Ok((*width as usize, half(spec)?)),
-                    _ => Err(Error::Runtime(format!(
-                        "the unet's {} should be [batch, width] with a fixed width",
-                        spec.describe()
-                    ))),
-                }
-            };
             let (pooled_width, half_text_embeds) = width(TEXT_EMBEDS)?;
             let (time_ids, half_time_ids) = width(TIME_IDS)?;
-            if time_ids != 6 {
+            let expected = if family.aesthetic_scores() { 5 } else { 6 };
+            if time_ids != expected {
+                let form = if family.aesthetic_scores() {
+                    "with requires_aesthetics_score in model_index.json, SDXL's refiner takes 5 (original size, \
+                     crop corner, aesthetic score)"
+                } else {
+                    "without requires_aesthetics_score in model_index.json, SDXL base and Turbo take 6 (original \
+                     size, crop corner, target size)"
+                };
                 return Err(Error::Runtime(format!(
-                    "the unet takes {time_ids} time ids per row; SDXL base and Turbo take 6 (original size, crop \
-                     corner, target size)"
+                    "the unet takes {time_ids} time ids per row; {form}"
                 )));
             }
             let conditions = AddedConditions { pooled_width, time_ids };
             (Some(conditions), half_text_embeds, half_time_ids)
         } else {
-            unet.reject_unknown_inputs(&[SAMPLE, TIMESTEP, ENCODER_HIDDEN_STATES])?;
+            unet.reject_unknown_inputs(&[SAMPLE, TIMESTEP, ENCODER_HIDDEN_STATES, TIMESTEP_COND])?;
             (None, false, false)
+        };
+        let (timestep_cond, half_timestep_cond) = if unet.inputs.iter().any(|spec| spec.name == TIMESTEP_COND) {
+            let (width, half) = width(TIMESTEP_COND)?;
+            (Some(width), half)
+        } else {
+            (None, false)
         };
         vae.reject_unknown_inputs(&[LATENT_SAMPLE])?;
         let timestep = unet.input(TIMESTEP)?;
@@ -240,12 +266,14 @@ impl Contract {
             hidden_states: half(unet.input(ENCODER_HIDDEN_STATES)?)?,
             text_embeds: half_text_embeds,
             time_ids: half_time_ids,
+            timestep_cond: half_timestep_cond,
             latent_sample: half(vae.input(LATENT_SAMPLE)?)?,
         };
         Ok(Contract {
             text,
             added_conditions,
             timestep_input: TimestepInput::from_spec(timestep)?,
+            timestep_cond,
             unet_output: unet.output_or_first("out_sample")?.name.clone(),
             vae_output: vae.output_or_first("sample")?.name.clone(),
             half,

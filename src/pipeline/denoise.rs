@@ -3,7 +3,8 @@
 //! Classifier-free guidance runs in one UNet call at batch 2n (negatives first, as diffusers orders them).
 //! SDXL conditions the UNet on two text encoders' penultimate hidden states side by side, on the second's
 //! pooled embedding (`text_embeds`) and on `time_ids`; Stable Diffusion 1.x/2.x on one encoder's last hidden
-//! state.
+//! state. A guidance-distilled UNet (LCM) takes the guidance scale as an embedding (`timestep_cond`) and runs
+//! one row per image.
 //! A `Pipeline` owns its sessions; because `Session::run` takes `&mut self`, one worker thread owns one pipeline.
 
 use std::borrow::Cow;
@@ -16,13 +17,13 @@ use ort::value::TensorRef;
 use crate::error::{Error, Result};
 use crate::pipeline::contract::{
     float_input, float_output, inference_error, Component, Contract, TimestepInput, ENCODER_HIDDEN_STATES, INPUT_IDS,
-    LATENT_SAMPLE, SAMPLE, TEXT_EMBEDS, TIMESTEP, TIME_IDS,
+    LATENT_SAMPLE, SAMPLE, TEXT_EMBEDS, TIMESTEP, TIMESTEP_COND, TIME_IDS,
 };
 use crate::pipeline::image::to_rgb8;
 use crate::pipeline::model::{Family, ModelFolder, UNET_ONNX, VAE_DECODER_ONNX, VAE_ENCODER_ONNX};
 use crate::pipeline::noise::NoiseSource;
 use crate::pipeline::output::{GenerateOutput, Progress, Sampled, SampledImage, StageTimings};
-use crate::pipeline::request::{GenerateParams, ModelLimits};
+use crate::pipeline::request::{AestheticScores, GenerateParams, ModelLimits};
 use crate::pipeline::scheduler::{self, SchedulerOptions};
 use crate::runtime::contract::{ElementType, TensorSpec};
 use crate::runtime::{ExecutionProvider, Runtime};
@@ -131,7 +132,9 @@ impl Pipeline {
             .ok_or_else(|| Error::Internal("the text encoder returned no rows".into()))?;
         let side = cells + 1;
         let sample = vec![0.0f32; self.model.latent_channels * side * side];
-        let time_ids = self.time_ids(side * self.model.vae_scale_factor, side * self.model.vae_scale_factor);
+        let size = side * self.model.vae_scale_factor;
+        let time_ids = self.time_ids(size, size, AestheticScores::default().score);
+        let timestep_cond = vec![0.0f32; self.contract.timestep_cond.unwrap_or(0)];
         let inputs = UnetInputs {
             sample: &sample,
             sample_shape: [1, self.model.latent_channels, side, side],
@@ -140,6 +143,7 @@ impl Pipeline {
             hidden_shape: [1, embeddings.seq_len, embeddings.hidden],
             text_embeds: &embeddings.pooled,
             time_ids: &time_ids,
+            timestep_cond: &timestep_cond,
         };
         let probe = self.run_unet(inputs, RunLogging::Quiet, &mut ort_run);
         Ok(probe.is_ok())
@@ -162,6 +166,8 @@ impl Pipeline {
             default_steps: self.model.defaults.default_steps,
             default_guidance_scale: self.model.defaults.default_guidance_scale,
             img2img: self.vae_encoder.is_some(),
+            requires_init_image: self.model.family.refines_images(),
+            aesthetic_scores: self.model.family.aesthetic_scores(),
         }
     }
 
@@ -365,8 +371,16 @@ impl Pipeline {
                 per_image * params.num_images
             )));
         }
-        let guided = params.guidance_scale > 1.0;
+        // A guidance-distilled UNet (LCM) takes the scale as an input instead: one row per image.
+        let guided = params.guidance_scale > 1.0 && self.contract.timestep_cond.is_none();
         let mut warnings = Vec::new();
+        if self.contract.timestep_cond.is_some() && !params.negative_prompt.is_empty() {
+            warnings.push(
+                "negative_prompt has no effect: this model (a Latent Consistency Model) takes the guidance scale \
+                 as an input and runs no classifier-free guidance"
+                    .to_string(),
+            );
+        }
         let mut prompts = Vec::with_capacity(2);
         if guided {
             prompts.push(params.negative_prompt.as_str());
@@ -377,13 +391,18 @@ impl Pipeline {
         let force_zeros = matches!(
             self.model.family,
             Family::StableDiffusionXl {
-                force_zeros_for_empty_prompt: true
+                force_zeros_for_empty_prompt: true,
+                ..
             }
         );
         if guided && force_zeros && params.negative_prompt.is_empty() {
             ids.zero_rows[0] = true;
         }
-        let time_ids = self.time_ids(params.height, params.width);
+        let time_ids = self.unit_time_ids(&params, guided);
+        let timestep_cond = match self.contract.timestep_cond {
+            Some(width) => guidance_embedding(params.guidance_scale, width).repeat(params.num_images),
+            None => Vec::new(),
+        };
         let mut scheduler = scheduler::build(
             params.scheduler,
             &self.model.scheduler_config,
@@ -435,6 +454,7 @@ impl Pipeline {
                 hidden: 0,
                 text_embeds: Vec::new(),
                 time_ids,
+                timestep_cond,
                 init_noise,
                 first_step,
                 timesteps: scheduler.timesteps().to_vec(),
@@ -480,6 +500,7 @@ impl Pipeline {
         let mut hidden_states = Vec::with_capacity(rows * seq_len * hidden);
         let mut text_embeds = Vec::new();
         let mut time_ids = Vec::new();
+        let mut timestep_cond = Vec::new();
         for unit in units.iter() {
             let from = sample.len();
             for _ in 0..unit.copies() {
@@ -492,9 +513,8 @@ impl Pipeline {
             ));
             hidden_states.extend_from_slice(&unit.hidden_states);
             text_embeds.extend_from_slice(&unit.text_embeds);
-            for _ in 0..unit.unet_rows() {
-                time_ids.extend_from_slice(&unit.time_ids);
-            }
+            time_ids.extend_from_slice(&unit.time_ids);
+            timestep_cond.extend_from_slice(&unit.timestep_cond);
         }
         let mut ort_run = Duration::ZERO;
         let inputs = UnetInputs {
@@ -505,6 +525,7 @@ impl Pipeline {
             hidden_shape: [rows, seq_len, hidden],
             text_embeds: &text_embeds,
             time_ids: &time_ids,
+            timestep_cond: &timestep_cond,
         };
         let prediction = self.run_unet(inputs, RunLogging::Normal, &mut ort_run)?;
         let mut offset = 0;
@@ -613,13 +634,33 @@ impl Pipeline {
         })
     }
 
-    /// SDXL's `time_ids` for one image: original size, crop corner (0, 0), target size, each (height, width),
-    /// as diffusers builds them when a request names only the size. Empty for families without them.
-    fn time_ids(&self, height: usize, width: usize) -> Vec<f32> {
-        match self.contract.added_conditions {
-            Some(_) => [height, width, 0, 0, height, width].map(|value| value as f32).to_vec(),
-            None => Vec::new(),
+    /// SDXL's `time_ids` for one UNet row: original size, crop corner (0, 0), then the target size or, for the
+    /// refiner, the aesthetic score, as diffusers builds them when a request names only the size. Empty for
+    /// families without them.
+    fn time_ids(&self, height: usize, width: usize, aesthetic_score: f32) -> Vec<f32> {
+        if self.contract.added_conditions.is_none() {
+            return Vec::new();
         }
+        let (height, width) = (height as f32, width as f32);
+        if self.model.family.aesthetic_scores() {
+            vec![height, width, 0.0, 0.0, aesthetic_score]
+        } else {
+            vec![height, width, 0.0, 0.0, height, width]
+        }
+    }
+
+    /// A unit's time ids, laid out as its UNet rows: with guidance the negative rows (which, for the refiner,
+    /// carry the negative aesthetic score) then the prompt's, one per image each.
+    fn unit_time_ids(&self, params: &GenerateParams, guided: bool) -> Vec<f32> {
+        let scores = params.aesthetic_score;
+        let positive = self.time_ids(params.height, params.width, scores.score);
+        let mut rows = Vec::with_capacity(positive.len() * params.num_images * 2);
+        if guided {
+            let negative = self.time_ids(params.height, params.width, scores.negative);
+            rows.extend(negative.repeat(params.num_images));
+        }
+        rows.extend(positive.repeat(params.num_images));
+        rows
     }
 
     /// One call per text encoder for the token ids of several units (each one or two rows); returns each
@@ -753,6 +794,7 @@ impl Pipeline {
             hidden_shape,
             text_embeds,
             time_ids,
+            timestep_cond,
         } = inputs;
         let batch = sample_shape[0];
         let to_error = |err| inference_error("unet", err);
@@ -798,6 +840,18 @@ impl Pipeline {
             inputs.push((
                 Cow::from(TIME_IDS),
                 float_input(half.time_ids, [batch, conditions.time_ids], time_ids).map_err(to_error)?,
+            ));
+        }
+        if let Some(width) = self.contract.timestep_cond {
+            if timestep_cond.len() != batch * width {
+                return Err(Error::Internal(format!(
+                    "{} timestep_cond values for a UNet batch of {batch}",
+                    timestep_cond.len()
+                )));
+            }
+            inputs.push((
+                Cow::from(TIMESTEP_COND),
+                float_input(half.timestep_cond, [batch, width], timestep_cond).map_err(to_error)?,
             ));
         }
         let outputs = match logging {
@@ -848,6 +902,21 @@ impl VaeEncoder {
     }
 }
 
+/// diffusers' `get_guidance_scale_embedding` for one guidance scale, as the LCM pipeline calls it:
+/// `w = (scale − 1) · 1000`, then `[sin(w·f), cos(w·f)]` over `width / 2` frequencies
+/// `f_i = 10000^(−i / (width/2 − 1))`, zero-padded to an odd width, in float32 as torch computes it.
+fn guidance_embedding(guidance_scale: f32, width: usize) -> Vec<f32> {
+    let half = width / 2;
+    let w = (guidance_scale - 1.0) * 1000.0;
+    let exponent = 10000f32.ln() / (half as f32 - 1.0).max(1.0);
+    let frequencies: Vec<f32> = (0..half).map(|index| (index as f32 * -exponent).exp()).collect();
+    let mut embedding = Vec::with_capacity(width);
+    embedding.extend(frequencies.iter().map(|frequency| (w * frequency).sin()));
+    embedding.extend(frequencies.iter().map(|frequency| (w * frequency).cos()));
+    embedding.resize(width, 0.0);
+    embedding
+}
+
 /// One UNet call's float32 inputs, row-major, with their shapes.
 struct UnetInputs<'a> {
     sample: &'a [f32],
@@ -855,9 +924,12 @@ struct UnetInputs<'a> {
     timesteps: &'a [f32],
     hidden_states: &'a [f32],
     hidden_shape: [usize; 3],
-    /// SDXL's `[batch, width]` pooled embeddings and `[batch, 6]` time ids; empty for other families.
+    /// SDXL's `[batch, width]` pooled embeddings and `[batch, 6]` (refiner: 5) time ids; empty for other
+    /// families.
     text_embeds: &'a [f32],
     time_ids: &'a [f32],
+    /// LCM's `[batch, time_cond_proj_dim]` guidance embeddings; empty for other UNets.
+    timestep_cond: &'a [f32],
 }
 
 /// Whether ONNX Runtime logs a failed run: a probe expected to fail runs quietly.
@@ -950,8 +1022,10 @@ pub struct Denoising {
     hidden: usize,
     /// SDXL's pooled embeddings, laid out as `hidden_states`; empty for other families.
     text_embeds: Vec<f32>,
-    /// SDXL's time ids for one UNet row (every row of a unit has the same); empty for other families.
+    /// SDXL's time ids, laid out as `hidden_states`; empty for other families.
     time_ids: Vec<f32>,
+    /// LCM's guidance embedding, one row per image; empty for other UNets.
+    timestep_cond: Vec<f32>,
     /// img2img's draws (see [`Pipeline::initial_latents`]) until `begin` turns them into latents.
     init_noise: Option<Vec<f32>>,
     /// The step the schedule starts at: 0, or later for img2img.
@@ -1198,5 +1272,38 @@ mod tests {
             repeat_embeddings(&values, 2, 2),
             vec![1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
         );
+    }
+
+    /// LCM's guidance embedding against diffusers' `get_guidance_scale_embedding` in `tests/golden/lcm.json`.
+    #[test]
+    fn guidance_embedding_matches_diffusers() {
+        #[derive(serde::Deserialize)]
+        struct Run {
+            guidance_scale: f32,
+            timestep_cond: Vec<f32>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Golden {
+            time_cond_proj_dim: usize,
+            runs: Vec<Run>,
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/lcm.json");
+        let golden: Golden = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(golden.runs.len(), 2);
+        for run in &golden.runs {
+            let ours = guidance_embedding(run.guidance_scale, golden.time_cond_proj_dim);
+            assert_eq!(ours.len(), run.timestep_cond.len());
+            // sin and cos of arguments up to 7500 in float32: the libraries' rounding differs by a few ulps of
+            // the argument; a wrong frequency or order is off by far more.
+            let error = ours
+                .iter()
+                .zip(&run.timestep_cond)
+                .fold(0.0f32, |max, (a, e)| max.max((a - e).abs()));
+            assert!(error <= 2e-3, "guidance {}: max error {error:e}", run.guidance_scale);
+        }
+        // An odd width is zero-padded, as diffusers pads it.
+        let odd = guidance_embedding(3.0, 5);
+        assert_eq!(odd.len(), 5);
+        assert_eq!(odd[4], 0.0);
     }
 }

@@ -21,25 +21,56 @@ pub const VAE_DECODER_ONNX: &str = "vae_decoder/model.onnx";
 pub const VAE_ENCODER_ONNX: &str = "vae_encoder/model.onnx";
 
 /// The SDXL pipeline classes this server renders; other classes without "XL" load as Stable Diffusion 1.x/2.x.
-pub const SDXL_PIPELINES: [&str; 1] = ["StableDiffusionXLPipeline"];
+pub const SDXL_PIPELINES: [&str; 2] = ["StableDiffusionXLPipeline", SDXL_IMG2IMG_PIPELINE];
+/// SDXL's image-to-image pipeline, the class the refiner ships as: it refines an image, so requests must send
+/// one (`init_image`).
+pub const SDXL_IMG2IMG_PIPELINE: &str = "StableDiffusionXLImg2ImgPipeline";
 
 /// How a family conditions its UNet on text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     /// Stable Diffusion 1.x/2.x: one CLIP text encoder, its last hidden state.
     StableDiffusion,
-    /// Stable Diffusion XL (base and Turbo): the penultimate hidden states of two CLIP text encoders side by
-    /// side, the second's pooled `text_embeds`, and `time_ids` (original size, crop corner, target size).
+    /// Stable Diffusion XL (base, Turbo and refiner): the penultimate hidden states of its CLIP text encoders
+    /// side by side (two; the refiner has only the second), the second's pooled `text_embeds`, and `time_ids`
+    /// (original size, crop corner, then the target size or, for the refiner, an aesthetic score).
     StableDiffusionXl {
         /// With classifier-free guidance and no negative prompt, the negative rows are zeros instead of the
         /// empty prompt's embeddings (`force_zeros_for_empty_prompt` in `model_index.json`).
         force_zeros_for_empty_prompt: bool,
+        /// The refiner's time ids end with an aesthetic score instead of the target size
+        /// (`requires_aesthetics_score` in `model_index.json`).
+        requires_aesthetics_score: bool,
+        /// The pipeline class is SDXL's img2img one: every request starts from an image.
+        refines_images: bool,
     },
 }
 
 impl Family {
     pub fn is_xl(self) -> bool {
         matches!(self, Family::StableDiffusionXl { .. })
+    }
+
+    /// Whether the UNet's time ids take an aesthetic score (SDXL's refiner).
+    pub fn aesthetic_scores(self) -> bool {
+        matches!(
+            self,
+            Family::StableDiffusionXl {
+                requires_aesthetics_score: true,
+                ..
+            }
+        )
+    }
+
+    /// Whether the model only refines images, so that requests must send `init_image`.
+    pub fn refines_images(self) -> bool {
+        matches!(
+            self,
+            Family::StableDiffusionXl {
+                refines_images: true,
+                ..
+            }
+        )
     }
 }
 
@@ -179,18 +210,18 @@ impl ModelFolder {
             .and_then(Value::as_str)
             .unwrap_or("StableDiffusionPipeline")
             .to_string();
+        let flag = |name: &str, default: bool| index.get(name).and_then(Value::as_bool).unwrap_or(default);
         let family = if SDXL_PIPELINES.contains(&pipeline_class.as_str()) {
             Family::StableDiffusionXl {
-                force_zeros_for_empty_prompt: index
-                    .get("force_zeros_for_empty_prompt")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(true),
+                force_zeros_for_empty_prompt: flag("force_zeros_for_empty_prompt", true),
+                requires_aesthetics_score: flag("requires_aesthetics_score", false),
+                refines_images: pipeline_class == SDXL_IMG2IMG_PIPELINE,
             }
         } else if pipeline_class.contains("XL") {
             return Err(Error::model(
                 root,
                 format!(
-                    "model_index.json: _class_name {pipeline_class} is not served; of the SDXL pipelines, {} is",
+                    "model_index.json: _class_name {pipeline_class} is not served; of the SDXL pipelines, these are: {}",
                     SDXL_PIPELINES.join(", ")
                 ),
             ));
@@ -199,7 +230,11 @@ impl ModelFolder {
             // diffusers, custom subclasses); the files decide, and a wrong one is refused by its contract.
             Family::StableDiffusion
         };
-        let mut encoder_parts = vec![("text_encoder", "text_encoder/model.onnx", "tokenizer")];
+        let mut encoder_parts = Vec::with_capacity(2);
+        // SDXL's refiner has no first text encoder: model_index.json names it [null, null].
+        if !family.is_xl() || names_component(&index, "text_encoder") {
+            encoder_parts.push(("text_encoder", "text_encoder/model.onnx", "tokenizer"));
+        }
         if family.is_xl() {
             encoder_parts.push(("text_encoder_2", "text_encoder_2/model.onnx", "tokenizer_2"));
         }
@@ -342,4 +377,13 @@ fn read_json<T: serde::de::DeserializeOwned>(root: &Path, relative: &str) -> Res
     let path = require_file(root, relative)?;
     let text = read_text(root, &path)?;
     serde_json::from_str(&text).map_err(|err| Error::model(root, format!("{relative} is not valid: {err}")))
+}
+
+/// Whether `model_index.json` names a class for `component` (diffusers writes `[null, null]` for one a
+/// pipeline was saved without). A missing entry counts as named, so its files are required.
+fn names_component(index: &Value, component: &str) -> bool {
+    match index.get(component).and_then(Value::as_array) {
+        Some(entry) => entry.iter().any(|part| !part.is_null()),
+        None => true,
+    }
 }

@@ -26,6 +26,10 @@ pub struct GenerateInput {
     /// img2img: the decoded image to start from, and how much of it to noise away.
     pub init_image: Option<RgbImage>,
     pub strength: Option<f64>,
+    /// SDXL refiner's aesthetic conditioning: the score the image should have, and the one its negative rows
+    /// get (diffusers' `aesthetic_score` and `negative_aesthetic_score`).
+    pub aesthetic_score: Option<f64>,
+    pub negative_aesthetic_score: Option<f64>,
 }
 
 /// The server's limits and defaults for requests (configured on the command line). A default set here beats the
@@ -92,6 +96,10 @@ pub struct ModelLimits {
     pub default_guidance_scale: f64,
     /// Whether the export has a VAE encoder, which img2img needs.
     pub img2img: bool,
+    /// Whether the model only refines images (SDXL's refiner): every request must send `init_image`.
+    pub requires_init_image: bool,
+    /// Whether the UNet is conditioned on an aesthetic score (SDXL's refiner).
+    pub aesthetic_scores: bool,
 }
 
 impl ModelLimits {
@@ -129,7 +137,30 @@ pub struct GenerateParams {
     pub guidance_rescale: f64,
     /// img2img's starting image and strength; `None` for text-to-image.
     pub init: Option<Arc<InitImage>>,
+    /// The aesthetic scores an SDXL refiner is conditioned on; other models ignore them.
+    pub aesthetic_score: AestheticScores,
 }
+
+/// SDXL's refiner takes an aesthetic score in its time ids (it was trained on LAION aesthetic scores): the
+/// prompt's rows get `score`, classifier-free guidance's negative rows `negative`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AestheticScores {
+    pub score: f32,
+    pub negative: f32,
+}
+
+/// diffusers' defaults for `StableDiffusionXLImg2ImgPipeline`.
+impl Default for AestheticScores {
+    fn default() -> Self {
+        AestheticScores {
+            score: 6.0,
+            negative: 2.5,
+        }
+    }
+}
+
+/// The scale aesthetic scores are on (LAION's aesthetic predictor rates 1 to 10); we accept [0, 10].
+pub const MAX_AESTHETIC_SCORE: f64 = 10.0;
 
 /// An img2img request's starting image, at the request's size, as diffusers' `VaeImageProcessor` prepares it.
 #[derive(Debug, PartialEq)]
@@ -223,6 +254,23 @@ pub fn validate(input: GenerateInput, model: &ModelLimits, limits: &RequestLimit
     };
     let width = check_size("width", input.width, default_width, model, limits)?;
     let height = check_size("height", input.height, default_height, model, limits)?;
+    if model.requires_init_image && input.init_image.is_none() {
+        return Err(Error::validation(
+            "init_image",
+            "this model refines images (its pipeline is StableDiffusionXLImg2ImgPipeline, as SDXL's refiner): send \
+             `init_image`, the image to refine",
+        ));
+    }
+    let defaults = AestheticScores::default();
+    let aesthetic_score = AestheticScores {
+        score: check_aesthetic_score("aesthetic_score", input.aesthetic_score, defaults.score, model)?,
+        negative: check_aesthetic_score(
+            "negative_aesthetic_score",
+            input.negative_aesthetic_score,
+            defaults.negative,
+            model,
+        )?,
+    };
     let init = match (input.init_image, input.strength) {
         (None, None) => None,
         (None, Some(_)) => {
@@ -262,7 +310,31 @@ pub fn validate(input: GenerateInput, model: &ModelLimits, limits: &RequestLimit
         eta: eta as f32,
         guidance_rescale,
         init,
+        aesthetic_score,
     })
+}
+
+/// An aesthetic score, if given, for a model conditioned on one, in [0, 10]; else the default.
+fn check_aesthetic_score(field: &str, value: Option<f64>, default: f32, model: &ModelLimits) -> Result<f32> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    if !model.aesthetic_scores {
+        return Err(Error::validation(
+            field,
+            format!(
+                "`{field}` conditions SDXL's refiner (requires_aesthetics_score in model_index.json); this model \
+                 takes no aesthetic score"
+            ),
+        ));
+    }
+    if !(0.0..=MAX_AESTHETIC_SCORE).contains(&value) {
+        return Err(Error::validation(
+            field,
+            format!("`{field}` must be between 0 and {MAX_AESTHETIC_SCORE}. Given: {value}"),
+        ));
+    }
+    Ok(value as f32)
 }
 
 /// The size img2img renders at when the request names none: the starting image's, rounded down to the sizes the
@@ -363,6 +435,8 @@ mod tests {
             default_steps: 20,
             default_guidance_scale: 3.0,
             img2img: true,
+            requires_init_image: false,
+            aesthetic_scores: false,
         }
     }
 

@@ -118,6 +118,8 @@ mod tests {
             default_steps: 20,
             default_guidance_scale: 3.0,
             img2img: true,
+            requires_init_image: false,
+            aesthetic_scores: false,
         }
     }
 

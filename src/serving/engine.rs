@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::batching::{BatchSettings, Engine};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::pipeline::request::InitImage;
 use crate::pipeline::{GenerateParams, ModelFolder, ModelLimits, Pipeline};
 use crate::runtime::Runtime;
 
@@ -35,7 +36,8 @@ pub struct LoadedModel {
     pub folder: Arc<ModelFolder>,
 }
 
-/// A short generation at the model's default size that touches every session with guidance on.
+/// A short generation at the model's default size that touches every session with guidance on (a refiner's
+/// starting image is added per size by `warm_up`).
 pub fn warmup_params(pipeline: &Pipeline) -> GenerateParams {
     let limits = pipeline.limits();
     GenerateParams {
@@ -50,6 +52,7 @@ pub fn warmup_params(pipeline: &Pipeline) -> GenerateParams {
         height: limits.default_height,
         eta: 0.0,
         guidance_rescale: 0.0,
+        aesthetic_score: Default::default(),
         init: None,
     }
 }
@@ -81,10 +84,16 @@ fn warm_up(pipeline: &mut Pipeline, worker: usize, settings: &EngineSettings) ->
         }
         for &count in &images {
             let started = Instant::now();
+            // A refiner refines an image: a flat gray one, half noised away, touches its VAE encoder too.
+            let init = limits.requires_init_image.then(|| {
+                let gray = image::RgbImage::from_pixel(width as u32, height as u32, image::Rgb([128, 128, 128]));
+                Arc::new(InitImage::new(&gray, width, height, 0.5))
+            });
             let params = GenerateParams {
                 num_images: count.max(1),
                 width,
                 height,
+                init,
                 ..base.clone()
             };
             pipeline.generate(&params, &mut crate::pipeline::output::NoProgress)?;

@@ -429,3 +429,94 @@ pub fn generated_images(response: &Response) -> Vec<image::RgbImage> {
         })
         .collect()
 }
+
+/// A Prometheus sample's value, e.g. `t2i_unet_batch_requests_sum`.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// A pipeline over a model folder, on the CPU with default sessions.
+pub fn load_pipeline(model: &Path) -> t2i_align::pipeline::Pipeline {
+    use t2i_align::runtime::{Device, Runtime, SessionSettings};
+    let mut runtime = Runtime::init(Some(&ort_dylib()), Device::Cpu, SessionSettings::default()).unwrap();
+    let folder = Arc::new(t2i_align::pipeline::ModelFolder::open(model).unwrap());
+    t2i_align::pipeline::Pipeline::load(&mut runtime, folder).unwrap()
+}
+
+/// A golden's 8-bit values (an image's RGB bytes).
+pub fn bytes(value: &serde_json::Value) -> Vec<u8> {
+    value
+        .as_array()
+        .expect("an array of bytes")
+        .iter()
+        .map(|value| value.as_u64().expect("a byte") as u8)
+        .collect()
+}
+
+/// An image encoded as PNG, to post.
+pub fn png_of(image: &image::RgbImage) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .unwrap();
+    bytes
+}
+
+/// The largest difference between two images' 8-bit values, as `n/255`; the sizes must match.
+pub fn max_level_difference(ours: &[u8], theirs: &[u8]) -> u8 {
+    assert_eq!(ours.len(), theirs.len(), "the images differ in size");
+    ours.iter().zip(theirs).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0)
+}
+
+/// A golden's image: `{"width", "height", "rgb": [bytes]}`.
+pub fn golden_image(record: &serde_json::Value) -> image::RgbImage {
+    image::RgbImage::from_raw(
+        record["width"].as_u64().expect("width") as u32,
+        record["height"].as_u64().expect("height") as u32,
+        bytes(&record["rgb"]),
+    )
+    .expect("rgb holds width × height × 3 bytes")
+}
+
+/// A golden run's request: its prompt, negative prompt (none is empty), steps, guidance scale and size, with
+/// `scheduler`, one image, seed 0 and every other field at its default. Tests add an init image or scores.
+pub fn golden_params(
+    run: &serde_json::Value,
+    scheduler: t2i_align::pipeline::scheduler::SchedulerKind,
+) -> t2i_align::pipeline::GenerateParams {
+    t2i_align::pipeline::GenerateParams {
+        prompt: run["prompt"].as_str().expect("prompt").into(),
+        negative_prompt: run["negative_prompt"].as_str().unwrap_or("").into(),
+        num_images: 1,
+        steps: run["steps"].as_u64().expect("steps") as usize,
+        guidance_scale: run["guidance_scale"].as_f64().expect("guidance_scale") as f32,
+        scheduler,
+        seed: 0,
+        width: run["width"].as_u64().expect("width") as usize,
+        height: run["height"].as_u64().expect("height") as usize,
+        eta: 0.0,
+        guidance_rescale: 0.0,
+        aesthetic_score: Default::default(),
+        init: None,
+    }
+}
+
+/// Asserts that our PNG has the golden run's size and is within 2/255 of its `image_u8` (the reference's
+/// 8-bit output) at every value; prints and returns the largest difference.
+pub fn assert_within_2_levels(label: &str, png: &[u8], run: &serde_json::Value) -> u8 {
+    let ours = image::load_from_memory(png).expect("a PNG").to_rgb8();
+    assert_eq!(
+        (u64::from(ours.width()), u64::from(ours.height())),
+        (
+            run["width"].as_u64().expect("width"),
+            run["height"].as_u64().expect("height")
+        ),
+        "{label}: size"
+    );
+    let worst = max_level_difference(ours.as_raw(), &bytes(&run["image_u8"]));
+    eprintln!("{label}: max per-pixel difference {worst}/255");
+    assert!(worst <= 2, "{label}: max per-pixel difference {worst}/255");
+    worst
+}

@@ -712,6 +712,13 @@ export interface components {
          */
         GenerateRequest: {
             /**
+             * Format: double
+             * @description SDXL's refiner only (a model whose pipeline is `StableDiffusionXLImg2ImgPipeline` with
+             *     `requires_aesthetics_score`): the aesthetic score, 0 to 10, the refined image is conditioned on. Default
+             *     6.0, as diffusers; 422 for a model that takes no aesthetic score.
+             */
+            aesthetic_score?: number | null;
+            /**
              * Format: int64
              * @description Rejection sampling: generate `best_of` candidates for each of the `n` images, score them all with the
              *     reward model and return the `n` best. Default 1; at most the server's `--max-best-of`, and
@@ -762,6 +769,12 @@ export interface components {
              * @description Images to generate for the prompt. Default 1; at most the server's `--max-images`.
              */
             n?: number | null;
+            /**
+             * Format: double
+             * @description SDXL's refiner only: the aesthetic score of classifier-free guidance's negative rows, 0 to 10. Default
+             *     2.5, as diffusers.
+             */
+            negative_aesthetic_score?: number | null;
             /** @description What to steer away from (classifier-free guidance's unconditional side). Default: empty. */
             negative_prompt?: string | null;
             /**

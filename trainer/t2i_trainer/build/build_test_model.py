@@ -142,7 +142,13 @@ def build_text_encoder(hidden_size: int, seed: int) -> CLIPTextModel:
     return CLIPTextModel(clip_text_config(hidden_size)).eval()
 
 
-def build_unet(cross_attention_dim: int, seed: int, sample_size: int | list[int] = 8) -> UNet2DConditionModel:
+def build_unet(
+    cross_attention_dim: int,
+    seed: int,
+    sample_size: int | list[int] = 8,
+    time_cond_proj_dim: int | None = None,
+) -> UNet2DConditionModel:
+    """`time_cond_proj_dim`: a latent consistency model's guidance-embedding width (build_tiny_lcm.py)."""
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         sample_size=sample_size,
@@ -155,6 +161,7 @@ def build_unet(cross_attention_dim: int, seed: int, sample_size: int | list[int]
         attention_head_dim=4,
         norm_num_groups=16,
         cross_attention_dim=cross_attention_dim,
+        time_cond_proj_dim=time_cond_proj_dim,
     ).eval()
 
 
@@ -207,15 +214,22 @@ def drop_scratch_paths(root: Path, name: str | None = None) -> None:
             config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def export_pipeline(pipeline: StableDiffusionPipeline, scratch: Path, output: Path, opset: int | None = None):
-    """Exports `pipeline` with optimum into `output` (replacing it), through a save in `scratch`."""
+def export_pipeline(
+    pipeline: StableDiffusionPipeline,
+    scratch: Path,
+    output: Path,
+    opset: int | None = None,
+    task: str = "text-to-image",
+):
+    """Exports `pipeline` with optimum into `output` (replacing it), through a save in `scratch`. `task` is
+    optimum's: "image-to-image" for a pipeline that only refines images (SDXL's refiner)."""
     pipeline.save_pretrained(scratch / "pipeline")
     if output.exists():
         shutil.rmtree(output)
     main_export(
         str(scratch / "pipeline"),
         output=output,
-        task="text-to-image",
+        task=task,
         library_name="diffusers",
         opset=opset,
         device="cpu",

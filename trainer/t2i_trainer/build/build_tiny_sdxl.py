@@ -12,6 +12,13 @@ It has SDXL's real architecture at toy size, so that the service's SDXL path is 
 
 The real CLIP vocabulary is used for both tokenizers (SDXL's second tokenizer pads with `!`, id 0).
 
+With `--refiner-output`, it also writes a tiny SDXL refiner (`StableDiffusionXLImg2ImgPipeline`): only the
+second text encoder and tokenizer, a UNet whose `time_ids` are 5 numbers per row (original size, crop corner,
+aesthetic score: `requires_aesthetics_score`), `force_zeros_for_empty_prompt` off, as
+stabilityai/stable-diffusion-xl-refiner-1.0 ships them. It shares the base's second text encoder and VAE
+(copied from the base's export, so git stores them once) and refines images only (optimum's image-to-image
+task; it has no text-to-image pipeline).
+
 With `--turbo-output`, it also writes the same weights as an SDXL-Turbo export. Turbo is SDXL's architecture
 distilled for one to four steps without guidance. Its export differs only in the scheduler
 (`EulerAncestralDiscreteScheduler` with `timestep_spacing = "trailing"`, as stabilityai/sdxl-turbo ships it)
@@ -19,7 +26,8 @@ and in the request defaults it needs, written to `t2i-align.json` (1 step, guida
 copies, which git stores once.
 
 Usage:
-    python -m t2i_trainer.build.build_tiny_sdxl --out models/tiny-sdxl --turbo-output models/tiny-sdxl-turbo
+    python -m t2i_trainer.build.build_tiny_sdxl --out models/tiny-sdxl --turbo-output models/tiny-sdxl-turbo \
+        --refiner-output models/tiny-sdxl-refiner
 """
 
 import json
@@ -31,7 +39,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from t2i_trainer.build.build_test_model import (
@@ -73,6 +87,29 @@ TEXT_HIDDEN = (32, 32)
 TIME_EMBED_DIM = 8
 
 
+def build_unet(seed: int, cross_attention_dim: int, time_ids: int) -> UNet2DConditionModel:
+    """SDXL's UNet at toy size: `time_ids` numbers per row feed the added time embedding (6 for the base,
+    5 for the refiner)."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 2),
+        norm_num_groups=16,
+        cross_attention_dim=cross_attention_dim,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=TEXT_HIDDEN[1] + time_ids * TIME_EMBED_DIM,
+    ).eval()
+
+
 def build_pipeline(scratch: Path, seed: int) -> StableDiffusionXLPipeline:
     torch.manual_seed(seed + 1)
     text_encoder = CLIPTextModel(clip_text_config(TEXT_HIDDEN[0], 3, "gelu")).eval()
@@ -88,24 +125,7 @@ def build_pipeline(scratch: Path, seed: int) -> StableDiffusionXLPipeline:
         unk_token=EOS_TOKEN,
         pad_token="!",
     )
-    torch.manual_seed(seed + 3)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        transformer_layers_per_block=(1, 2),
-        norm_num_groups=16,
-        cross_attention_dim=sum(TEXT_HIDDEN),
-        addition_embed_type="text_time",
-        addition_time_embed_dim=TIME_EMBED_DIM,
-        projection_class_embeddings_input_dim=TEXT_HIDDEN[1] + 6 * TIME_EMBED_DIM,
-    ).eval()
+    unet = build_unet(seed + 3, sum(TEXT_HIDDEN), 6)
     torch.manual_seed(seed + 4)
     vae = AutoencoderKL(
         in_channels=3,
@@ -129,6 +149,25 @@ def build_pipeline(scratch: Path, seed: int) -> StableDiffusionXLPipeline:
         scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
         force_zeros_for_empty_prompt=True,
     )
+
+
+def build_refiner(base: StableDiffusionXLPipeline, seed: int) -> StableDiffusionXLImg2ImgPipeline:
+    """The refiner's layout around the base's second text encoder and VAE, with a UNet of its own."""
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=base.vae,
+        text_encoder=None,
+        text_encoder_2=base.text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=base.tokenizer_2,
+        unet=build_unet(seed + 5, TEXT_HIDDEN[1], 5),
+        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+    )
+
+
+# The refiner's parts that are the base's, copied from its export.
+REFINER_SHARED_PARTS = ("text_encoder_2", "tokenizer_2", "vae_decoder", "vae_encoder")
 
 
 def write_turbo(base: Path, turbo: Path) -> None:
@@ -157,12 +196,29 @@ def main() -> None:
         default=None,
         help="Also write the SDXL-Turbo variant here (default: none).",
     )
+    parser.add_argument(
+        "--refiner-output",
+        type=Path,
+        default=None,
+        help="Also write a tiny SDXL refiner here (default: none).",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as scratch:
         pipeline = build_pipeline(Path(scratch), args.seed)
-        export_pipeline(pipeline, Path(scratch), args.output)
+        export_pipeline(pipeline, Path(scratch) / "base", args.output)
+        if args.refiner_output is not None:
+            refiner = build_refiner(pipeline, args.seed)
+            export_pipeline(refiner, Path(scratch) / "refiner", args.refiner_output, task="image-to-image")
     drop_scratch_paths(args.output)
+    if args.refiner_output is not None:
+        for part in REFINER_SHARED_PARTS:
+            shutil.rmtree(args.refiner_output / part)
+            shutil.copytree(args.output / part, args.refiner_output / part)
+        drop_scratch_paths(args.refiner_output)
+        parts = ("text_encoder_2", "unet", "vae_decoder", "vae_encoder")
+        models = describe_exports(args.refiner_output, parts)
+        print(json.dumps({"event": "exported", "folder": str(args.refiner_output), "models": models}))
     parts = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
     models = describe_exports(args.output, parts)
     print(json.dumps({"event": "exported", "folder": str(args.output), "models": models}))

@@ -22,6 +22,14 @@ Files written under --output (default tests/golden):
   force_zeros_for_empty_prompt) at a non-square size, Turbo's one step without guidance, and Euler with
   trailing spacing over 4 unguided steps; and the second tokenizer's ids for prompts where its `!` pad token
   differs from BPE.
+* sdxl_img2img.json: optimum's ORTStableDiffusionXLImg2ImgPipeline on models/tiny-sdxl-refiner
+  (build_tiny_sdxl.py --refiner-output: text_encoder_2 only, five time ids ending in an aesthetic score) with
+  a negative prompt and the default aesthetic scores, and at 40x24 with scores 7 and 2; and on
+  models/tiny-sdxl (six time ids). Each run records its starting image, its two noises, its timesteps and
+  its 8-bit output.
+* lcm.json: optimum's ORTLatentConsistencyModelPipeline on models/tiny-lcm (build_tiny_lcm.py): one step at
+  guidance 8.5 and at 2 (non-square), from recorded latents, with the guidance-scale embedding the UNet takes
+  as timestep_cond.
 
 Tensors are flattened row-major next to a "shape" field. Floats are float32 values written in their shortest
 decimal form, so parsing a number as f64 and casting it to f32 gives the exact float32 back.
@@ -56,8 +64,10 @@ from diffusers import (
 )
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from optimum.onnxruntime import (
+    ORTLatentConsistencyModelPipeline,
     ORTStableDiffusionImg2ImgPipeline,
     ORTStableDiffusionPipeline,
+    ORTStableDiffusionXLImg2ImgPipeline,
     ORTStableDiffusionXLPipeline,
 )
 from transformers import CLIPTokenizer, CLIPTokenizerFast
@@ -76,7 +86,7 @@ SCHEDULER_CLASSES = {
 LATENT_SHAPE = (1, 4, 8, 8)
 # The LCM cases' latents: every scheduler works elementwise, and the top-level golden files have a size cap.
 SMALL_LATENT_SHAPE = (1, 4, 4, 4)
-PARTS = ("tokenizer", "schedulers", "e2e", "wide", "sdxl", "img2img")
+PARTS = ("tokenizer", "schedulers", "e2e", "wide", "sdxl", "img2img", "lcm", "sdxl_img2img")
 # (golden name, height, width) on the wide model; None lets optimum pick the model's default size.
 WIDE_RUNS = (("e2e_wide_default", None, None), ("e2e_wide_56x40", 56, 40))
 
@@ -123,6 +133,18 @@ def parse_args() -> argparse.Namespace:
         type=Path,
         default=Path("models/tiny-sdxl-turbo"),
         help="Its Turbo variant, from build_tiny_sdxl.py --turbo-output (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--sdxl-refiner-model",
+        type=Path,
+        default=Path("models/tiny-sdxl-refiner"),
+        help="The refiner from build_tiny_sdxl.py --refiner-output (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--lcm-model",
+        type=Path,
+        default=Path("models/tiny-lcm"),
+        help="Folder written by build_tiny_lcm.py (default: %(default)s).",
     )
     parser.add_argument("--seed", type=int, default=0, help="Base seed for every random tensor (default: 0).")
     parser.add_argument(
@@ -700,7 +722,7 @@ def e2e_golden(
         "negative_prompt_embeds": tensor_record(negative_prompt_embeds),
         "image": float32_list(image),
         "image_shape": list(image.shape),
-        "image_u8": (image * 255).round().astype(np.uint8).reshape(-1).tolist(),
+        "image_u8": image_u8(image),
     }
 
 
@@ -825,11 +847,7 @@ def img2img_golden(model: Path, seed: int) -> dict:
         # diffusers' image processor rounds the size down to the VAE factor, then resizes with Lanczos.
         width, height = (side - side % factor for side in image.size)
         latent_shape = (1, 4, height // factor, width // factor)
-        # The pipeline's two draws from its generator, in its order: the encoded image's latent sample, then
-        # the noise that add_noise mixes in.
-        replay = torch.Generator().manual_seed(run_seed)
-        posterior = torch.randn(latent_shape, generator=replay, dtype=torch.float32)
-        noise = torch.randn(latent_shape, generator=replay, dtype=torch.float32)
+        posterior, noise = img2img_draws(latent_shape, run_seed)
         output = pipeline(
             prompt=E2E_PROMPT,
             negative_prompt=E2E_NEGATIVE_PROMPT,
@@ -855,8 +873,7 @@ def img2img_golden(model: Path, seed: int) -> dict:
                 "timesteps": float32_list(pipeline.scheduler.timesteps.to(torch.float32)),
                 "posterior_noise": float32_list(posterior),
                 "noise": float32_list(noise),
-                # The rounding diffusers' PIL output applies.
-                "image_u8": (output * 255).round().astype(np.uint8).reshape(-1).tolist(),
+                "image_u8": image_u8(output),
             }
         )
         pipeline.scheduler = original
@@ -866,6 +883,137 @@ def img2img_golden(model: Path, seed: int) -> dict:
             name: {"width": image.size[0], "height": image.size[1], "rgb": list(image.tobytes())}
             for name, image in images.items()
         },
+        "runs": runs,
+    }
+
+
+def img2img_draws(latent_shape: tuple, run_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An img2img pipeline's two draws from its generator, in its order: the encoded image's latent sample,
+    then the noise that add_noise mixes in."""
+    replay = torch.Generator().manual_seed(run_seed)
+    posterior = torch.randn(latent_shape, generator=replay, dtype=torch.float32)
+    noise = torch.randn(latent_shape, generator=replay, dtype=torch.float32)
+    return posterior, noise
+
+
+def image_u8(output: np.ndarray) -> list[int]:
+    """A pipeline's float image as the 8-bit values diffusers' PIL output rounds it to, flattened."""
+    return (output * 255).round().astype(np.uint8).reshape(-1).tolist()
+
+
+# (name, model: "base" or "refiner", image (width, height), steps, strength, guidance, negative prompt,
+# aesthetic score, negative aesthetic score). None for a score is diffusers' default (6.0 and 2.5).
+SDXL_IMG2IMG_RUNS = (
+    ("refiner_negative", "refiner", (32, 32), 10, 0.6, 5.0, E2E_NEGATIVE_PROMPT, None, None),
+    ("refiner_scores_40x24", "refiner", (40, 24), 8, 0.5, 4.0, None, 7.0, 2.0),
+    ("base_img2img", "base", (32, 32), 10, 0.5, 5.0, E2E_NEGATIVE_PROMPT, None, None),
+)
+
+
+def sdxl_img2img_golden(base: Path, refiner: Path, seed: int) -> dict:
+    """optimum's ORTStableDiffusionXLImg2ImgPipeline: on the refiner (only text_encoder_2, aesthetic-score
+    time ids, the negative prompt's own scores, no zeros for an empty negative prompt) and on the base model
+    (time ids of sizes). Euler draws no noise per step; the two draws of each run are recorded."""
+    pipelines = {
+        "base": load_onnx_pipeline(base, ORTStableDiffusionXLImg2ImgPipeline),
+        "refiner": load_onnx_pipeline(refiner, ORTStableDiffusionXLImg2ImgPipeline),
+    }
+    runs = []
+    for index, (name, model, size, steps, strength, guidance, negative, score, negative_score) in enumerate(
+        SDXL_IMG2IMG_RUNS
+    ):
+        pipeline = pipelines[model]
+        run_seed = seed + index
+        image = img2img_image(*size, run_seed)
+        factor = pipeline.vae_scale_factor
+        latent_shape = (1, 4, size[1] // factor, size[0] // factor)
+        posterior, noise = img2img_draws(latent_shape, run_seed)
+        scores = {}
+        if score is not None:
+            scores = {"aesthetic_score": score, "negative_aesthetic_score": negative_score}
+        output = pipeline(
+            prompt=E2E_PROMPT,
+            negative_prompt=negative,
+            image=image,
+            strength=strength,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=torch.Generator().manual_seed(run_seed),
+            output_type="np",
+            **scores,
+        ).images[0]
+        runs.append(
+            {
+                "name": name,
+                "model": model,
+                "prompt": E2E_PROMPT,
+                "negative_prompt": negative,
+                "steps": steps,
+                "strength": strength,
+                "guidance_scale": guidance,
+                "aesthetic_score": score,
+                "negative_aesthetic_score": negative_score,
+                "init_image": {"width": size[0], "height": size[1], "rgb": list(image.tobytes())},
+                "width": output.shape[1],
+                "height": output.shape[0],
+                "timesteps": float32_list(pipeline.scheduler.timesteps.to(torch.float32)),
+                "posterior_noise": float32_list(posterior),
+                "noise": float32_list(noise),
+                "image_u8": image_u8(output),
+            }
+        )
+    return {
+        "reference": f"optimum ORTStableDiffusionXLImg2ImgPipeline (diffusers {diffusers_version()}), CPU",
+        "runs": runs,
+    }
+
+
+# (name, guidance scale, height, width). One step each: LCMScheduler draws no noise at its last step, so the
+# run is deterministic given the latents, and the timestep_cond embedding of the guidance is what is tested.
+LCM_RUNS = (("lcm_guidance_8_5", 8.5, 32, 32), ("lcm_guidance_2_48x32", 2.0, 48, 32))
+
+
+def lcm_golden(model: Path, seed: int) -> dict:
+    """optimum's ORTLatentConsistencyModelPipeline: no classifier-free guidance, the guidance scale embedded
+    and fed to the UNet as timestep_cond. Records the embedding too, for the Rust unit test."""
+    pipeline = load_onnx_pipeline(model, ORTLatentConsistencyModelPipeline)
+    dim = pipeline.unet.config.time_cond_proj_dim
+    runs = []
+    for index, (name, guidance, height, width) in enumerate(LCM_RUNS):
+        factor = pipeline.vae_scale_factor
+        latent_shape = (1, 4, height // factor, width // factor)
+        generator = torch.Generator().manual_seed(seed + index)
+        latents = torch.randn(latent_shape, generator=generator, dtype=torch.float32)
+        # The pipeline's own expression (LatentConsistencyModelPipeline.__call__).
+        w = torch.tensor(guidance - 1).repeat(1)
+        embedding = pipeline.get_guidance_scale_embedding(w, embedding_dim=dim)
+        output = pipeline(
+            prompt=E2E_PROMPT,
+            num_inference_steps=1,
+            guidance_scale=guidance,
+            height=height,
+            width=width,
+            latents=latents.clone(),
+            output_type="np",
+        ).images[0]
+        runs.append(
+            {
+                "name": name,
+                "prompt": E2E_PROMPT,
+                "steps": 1,
+                "guidance_scale": guidance,
+                "height": output.shape[0],
+                "width": output.shape[1],
+                "timesteps": float32_list(pipeline.scheduler.timesteps.to(torch.float32)),
+                "timestep_cond": float32_list(embedding),
+                "latents": float32_list(latents),
+                "latents_shape": list(latents.shape),
+                "image_u8": image_u8(output),
+            }
+        )
+    return {
+        "reference": f"optimum ORTLatentConsistencyModelPipeline (diffusers {diffusers_version()}), CPU",
+        "time_cond_proj_dim": dim,
         "runs": runs,
     }
 
@@ -905,6 +1053,11 @@ def main() -> None:
         write_json(args.output / "sdxl.json", golden)
     if "img2img" in args.parts:
         write_json(args.output / "img2img.json", img2img_golden(args.model, args.seed + 4000))
+    if "sdxl_img2img" in args.parts:
+        golden = sdxl_img2img_golden(args.sdxl_model, args.sdxl_refiner_model, args.seed + 6000)
+        write_json(args.output / "sdxl_img2img.json", golden)
+    if "lcm" in args.parts:
+        write_json(args.output / "lcm.json", lcm_golden(args.lcm_model, args.seed + 5000))
 
 
 if __name__ == "__main__":
