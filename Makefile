@@ -305,6 +305,7 @@ test-model: trainer-venv
 	.venv-trainer/bin/python -m t2i_trainer.build.export_clip_reward --tiny-random --out models/tiny-clip-reward --goldens tests/golden/reward
 	.venv-trainer/bin/python -m t2i_trainer.build.export_open_clip_reward --tiny-random --out models/tiny-open-clip-reward --goldens tests/golden/reward
 	.venv-trainer/bin/python -m t2i_trainer.build.export_aesthetic_reward --tiny-random --out models/tiny-aesthetic-reward --goldens tests/golden/reward
+	.venv-trainer/bin/python -m t2i_trainer.build.export_image_reward --tiny-random --out models/tiny-image-reward --goldens tests/golden/reward
 	.venv-trainer/bin/python -m t2i_trainer.goldens.reward_goldens --model models/shapes-reward --out tests/golden/reward
 
 clean:

@@ -258,7 +258,7 @@ impl Metrics {
     }
 
     /// Adds `t2i_reward_score{model="<name>"}`, with buckets that fit the model's score range (the reward
-    /// model's `RewardKind::score_buckets`).
+    /// model's `Manifest::score_buckets`).
     pub fn register_reward_model(&self, name: &str, buckets: Vec<f64>) {
         let Ok(mut histograms) = self.reward_scores.lock() else {
             return;

@@ -484,7 +484,8 @@ fn golden_score(model: &str, image: &str, prompt: &str) -> f64 {
 fn several_reward_models_of_every_kind_serve_side_by_side() {
     let server = shapes_server(&[
         "--reward-model",
-        "models/shapes-reward,models/tiny-open-clip-reward,models/tiny-aesthetic-reward,models/tiny-clip-reward",
+        "models/shapes-reward,models/tiny-open-clip-reward,models/tiny-aesthetic-reward,models/tiny-clip-reward,\
+         models/tiny-image-reward",
     ]);
     let prompt = "a red circle";
     for model in [
@@ -492,6 +493,7 @@ fn several_reward_models_of_every_kind_serve_side_by_side() {
         "tiny-aesthetic-reward",
         "tiny-clip-reward",
         "shapes-reward",
+        "tiny-image-reward",
     ] {
         let image = format!("{model}/2.png");
         let png = std::fs::read(common::repo_path(&format!("tests/golden/reward/{image}"))).unwrap();
@@ -520,4 +522,9 @@ fn several_reward_models_of_every_kind_serve_side_by_side() {
     );
     let metrics = server.get("/metrics").text();
     assert!(metrics.contains("model=\"tiny-aesthetic-reward\""), "{metrics}");
+    // ImageReward's standardised scores get buckets from -3 to 3.
+    assert!(
+        metrics.contains("t2i_reward_score_bucket{model=\"tiny-image-reward\",le=\"-3\"}"),
+        "{metrics}"
+    );
 }

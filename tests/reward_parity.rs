@@ -2,7 +2,8 @@
 //! within 1e-4: shapes-reward (a reward head; transformers' CLIPImageProcessor and the PyTorch model), a tiny
 //! random CLIP exported by Optimum (CLIP similarity, as PickScore is used), a tiny random open_clip CLIP (the
 //! cosine, as HPSv2 is used; open_clip's own tokenizer, transform and model) and a tiny LAION-style aesthetic
-//! predictor (an image head). The golden files come from t2i_trainer.goldens.reward_goldens and the
+//! predictor (an image head), and a tiny ImageReward (BLIP; a reward head with a BERT tokenizer and a
+//! normalised output). The golden files come from t2i_trainer.goldens.reward_goldens and the
 //! t2i_trainer.build.export_*_reward scripts.
 
 mod common;
@@ -105,4 +106,34 @@ fn open_clip_tokens_match_open_clip() {
 #[test]
 fn aesthetic_image_head_matches_pytorch() {
     check("models/tiny-aesthetic-reward", "tiny-aesthetic-reward.json");
+}
+
+/// ImageReward (BLIP): a BERT WordPiece tokenizer with BLIP's added tokens, an attention mask, the text encoder
+/// cross-attending to the image, and the manifest's `score.normalize`, against ImageReward's own `score`
+/// (torchvision's transform, the slow BertTokenizer, the PyTorch modules).
+#[test]
+fn image_reward_matches_its_reference() {
+    check("models/tiny-image-reward", "tiny-image-reward.json");
+}
+
+/// ImageReward's BERT tokenizer, read from its `tokenizer.json` by the same loader as CLIP's: the slow
+/// BertTokenizer's ids (lowercasing, whitespace, punctuation, word pieces, BLIP's `[ENC]` as a special token,
+/// truncation to 35 keeping `[SEP]`) and as many real tokens as its attention mask has.
+#[test]
+fn image_reward_tokens_match_bert() {
+    let golden = common::read_json("tests/golden/reward/tiny-image-reward.json");
+    let tokenizer = ClipTokenizer::from_folder(&common::repo_path("models/tiny-image-reward/tokenizer")).unwrap();
+    assert_eq!(tokenizer.max_length(), 35);
+    let cases = golden["tokens"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    for case in cases {
+        let prompt = case["prompt"].as_str().unwrap();
+        let tokens = tokenizer.encode(prompt).unwrap();
+        assert_eq!(tokens.ids, common::ids(&case["input_ids"]), "{prompt:?}");
+        let real = common::ids(&case["attention_mask"])
+            .iter()
+            .filter(|&&bit| bit == 1)
+            .count();
+        assert_eq!(tokens.untruncated_len.min(35), real, "{prompt:?}");
+    }
 }

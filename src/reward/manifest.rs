@@ -49,6 +49,20 @@ impl RewardKind {
     }
 }
 
+/// The output transform a manifest may state (`score.normalize`): score = (raw − mean) / std, e.g.
+/// ImageReward's standardisation of its MLP's output.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalize {
+    pub mean: f32,
+    pub std: f32,
+}
+
+impl Normalize {
+    pub fn apply(&self, raw: f32) -> f32 {
+        (raw - self.mean) / self.std
+    }
+}
+
 /// Image preprocessing, in order: decode to RGB, resize the shortest edge, centre-crop, rescale, normalise.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageSpec {
@@ -80,6 +94,8 @@ pub struct Manifest {
     pub text: Option<TextSpec>,
     /// Scores at or above this count as "good", when the manifest says (reward_head models trained on 0/1).
     pub good_threshold: Option<f32>,
+    /// Applied to the kind's score when the manifest states it.
+    pub normalize: Option<Normalize>,
 }
 
 // The file as written; `Manifest` is what remains after the checks.
@@ -146,6 +162,14 @@ struct RawScore {
     logit_scale: Option<f32>,
     #[serde(default)]
     good_threshold: Option<f32>,
+    #[serde(default)]
+    normalize: Option<RawNormalize>,
+}
+
+#[derive(Deserialize)]
+struct RawNormalize {
+    mean: f32,
+    std: f32,
 }
 
 /// The largest image side a manifest may ask for; far above any CLIP (224 or 336 px).
@@ -304,6 +328,18 @@ impl Manifest {
                 return Err(format!("`score.good_threshold` must be finite. Given: {threshold}"));
             }
         }
+        let normalize = match raw.score.normalize {
+            None => None,
+            Some(RawNormalize { mean, std }) => {
+                if !mean.is_finite() {
+                    return Err(format!("`score.normalize.mean` must be finite. Given: {mean}"));
+                }
+                if !(std.is_finite() && std > 0.0) {
+                    return Err(format!("`score.normalize.std` must be a positive number. Given: {std}"));
+                }
+                Some(Normalize { mean, std })
+            }
+        };
         let inside = |field: &str, relative: &str| -> std::result::Result<PathBuf, String> {
             let relative_path = Path::new(relative);
             if relative.is_empty()
@@ -354,7 +390,17 @@ impl Manifest {
             },
             text,
             good_threshold: raw.score.good_threshold,
+            normalize,
         })
+    }
+
+    /// Histogram buckets for this model's scores: the kind's, or, for standardised scores (`score.normalize`),
+    /// half units from −3 to 3.
+    pub fn score_buckets(&self) -> Vec<f64> {
+        match self.normalize {
+            Some(_) => (-6..=6).map(|half| f64::from(half) / 2.0).collect(),
+            None => self.kind.score_buckets(),
+        }
     }
 
     pub fn kind_name(&self) -> &'static str {
@@ -408,6 +454,27 @@ mod tests {
         assert_eq!(manifest.image.filter, ResizeFilter::Bicubic);
         assert_eq!(manifest.good_threshold, Some(0.5));
         assert!(!manifest.text.unwrap().attention_mask);
+        assert_eq!(manifest.normalize, None);
+    }
+
+    #[test]
+    fn reads_and_checks_the_normalize_transform() {
+        let mut value = reward_head();
+        value["score"] = serde_json::json!({"normalize": {"mean": 0.25, "std": 2.0}});
+        let dir = folder_with(&value);
+        let manifest = Manifest::read(dir.path()).unwrap();
+        let normalize = manifest.normalize.unwrap();
+        assert_eq!(normalize.apply(4.25), 2.0);
+        assert_eq!(manifest.score_buckets().first(), Some(&-3.0));
+        value["score"] = serde_json::json!({"normalize": {"mean": 0.25, "std": 0.0}});
+        let error = error_of(value.clone());
+        assert!(
+            error.contains("`score.normalize.std` must be a positive number"),
+            "{error}"
+        );
+        value["score"] = serde_json::json!({"normalize": {"mean": 0.25}});
+        let error = error_of(value);
+        assert!(error.contains("score.normalize") && error.contains("std"), "{error}");
     }
 
     #[test]

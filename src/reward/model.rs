@@ -162,8 +162,17 @@ impl RewardModel {
     }
 
     /// Scores image `i` (`pixel_values` holds `[B, 3, H, W]` from this model's preprocessor) against
-    /// `prompts[i]`, in one ONNX Runtime call.
+    /// `prompts[i]`, in one ONNX Runtime call, then applies the manifest's output transform, if any.
     pub fn score(&mut self, pixel_values: &[f32], prompts: &[&str]) -> Result<Vec<f32>> {
+        let mut scores = self.raw_scores(pixel_values, prompts)?;
+        if let Some(normalize) = self.manifest.normalize {
+            scores.iter_mut().for_each(|score| *score = normalize.apply(*score));
+        }
+        Ok(scores)
+    }
+
+    /// The kind's scores, before the output transform.
+    fn raw_scores(&mut self, pixel_values: &[f32], prompts: &[&str]) -> Result<Vec<f32>> {
         let batch = prompts.len();
         let per_image = self.preprocessor.values_per_image();
         if pixel_values.len() != batch * per_image {

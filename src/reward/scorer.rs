@@ -66,7 +66,7 @@ impl Scorer {
         let preprocessor = model.preprocessor().clone();
         let max_batch = max_batch.max(1);
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(capacity.max(1));
-        metrics.register_reward_model(&name, model.manifest.kind.score_buckets());
+        metrics.register_reward_model(&name, model.manifest.score_buckets());
         let thread = std::thread::Builder::new()
             .name(format!("t2i-reward-{name}"))
             .spawn(move || scorer_loop(model, receiver, max_batch, metrics))

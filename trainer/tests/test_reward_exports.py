@@ -1,5 +1,6 @@
-"""export_clip_reward.py, export_open_clip_reward.py, export_aesthetic_reward.py and reward_goldens.py: the
-reward exports, their manifests and the goldens that the Rust parity test reads (issues #4 and #27)."""
+"""export_clip_reward.py, export_open_clip_reward.py, export_aesthetic_reward.py, export_image_reward.py and
+reward_goldens.py: the reward exports, their manifests and the goldens that the Rust parity test reads (issues
+#4 and #27)."""
 
 import json
 
@@ -56,7 +57,13 @@ def test_tiny_clip_exports_with_a_manifest_and_goldens_that_onnx_agrees_with(tra
 
 
 def test_committed_goldens_belong_to_the_committed_models():
-    for name in ("shapes-reward", "tiny-clip-reward", "tiny-open-clip-reward", "tiny-aesthetic-reward"):
+    for name in (
+        "shapes-reward",
+        "tiny-clip-reward",
+        "tiny-open-clip-reward",
+        "tiny-aesthetic-reward",
+        "tiny-image-reward",
+    ):
         record = json.loads((REPO_ROOT / "tests" / "golden" / "reward" / f"{name}.json").read_text())
         assert record["model"] == name
         assert (REPO_ROOT / "models" / name / "manifest.json").is_file()
@@ -168,6 +175,8 @@ def test_tiny_aesthetic_exports_an_image_head_that_ignores_the_prompt(trainer_pa
             "not an open_clip architecture",
         ),
         ("export_open_clip_reward", ["--arch", "ViT-B-32", "--out", "OUT"], "needs --checkpoint"),
+        ("export_image_reward", ["--checkpoint", "/nonexistent.pt", "--out", "OUT"], "is not a file"),
+        ("export_image_reward", ["--checkpoint", __file__, "--out", "OUT"], "needs --bert"),
         (
             "export_aesthetic_reward",
             ["--clip", "/nonexistent", "--out", "OUT"],
@@ -184,3 +193,62 @@ def test_new_exports_refuse_bad_arguments(trainer_packages, tmp_path, capsys, mo
         main(argv)
     assert exit_info.value.code == 2
     assert words in capsys.readouterr().err
+
+
+def test_tiny_image_reward_exports_a_normalised_reward_head(trainer_packages, tmp_path):
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    from t2i_trainer.build import export_image_reward
+
+    out, goldens = tmp_path / "tiny-image-reward", tmp_path / "goldens"
+    assert export_image_reward.main(["--tiny-random", "--out", str(out), "--goldens", str(goldens)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "reward_head" and manifest["output"] == {"name": "reward"}
+    assert manifest["text"] == {"tokenizer": "tokenizer", "max_length": 35, "attention_mask": True}
+    assert manifest["image"]["resize"] == {"shortest_edge": 32, "filter": "bicubic"}
+    normalize = manifest["score"]["normalize"]
+    assert normalize == {"mean": export_image_reward.REWARD_MEAN, "std": export_image_reward.REWARD_STD}
+    # The graph's raw reward, on the reference's pixels and the exported fast tokenizer's ids, normalised as
+    # the manifest says, is the golden score (computed with the slow tokenizer).
+    record = json.loads((goldens / "tiny-image-reward.json").read_text())
+    assert record["reference"].startswith("ImageReward's")
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    assert tokenizer.convert_tokens_to_ids("[ENC]") == len(tokenizer) - 1
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    pixels = np.asarray(record["pixel_values"]["values"], dtype=np.float32).reshape(1, 3, 32, 32)
+    for case in [c for c in record["cases"] if c["image"] == record["pixel_values"]["image"]]:
+        text = tokenizer([case["prompt"]], padding="max_length", max_length=35, return_tensors="np")
+        (raw,) = session.run(
+            None,
+            {
+                "pixel_values": pixels,
+                "input_ids": text["input_ids"].astype(np.int64),
+                "attention_mask": text["attention_mask"].astype(np.int64),
+            },
+        )
+        score = (float(raw[0]) - normalize["mean"]) / normalize["std"]
+        assert abs(score - case["score"]) < 1e-4, case
+    assert len({round(c["score"], 3) for c in record["cases"]}) > len(record["cases"]) // 2
+
+
+def test_image_reward_checkpoints_load_strictly(trainer_packages, tmp_path):
+    import torch
+
+    from t2i_trainer.build import export_image_reward
+
+    checkpoint = export_image_reward.build_tiny_random(tmp_path, seed=0)
+    state = torch.load(checkpoint, weights_only=True)
+    assert any(key.startswith("blip.visual_encoder.blocks.1.attn.qkv") for key in state)
+    graph, _ = export_image_reward.load(checkpoint, tmp_path, tiny=True)
+    assert torch.equal(graph.mlp.layers[0].weight, state["mlp.layers.0.weight"])
+    # A key short: refused, naming it.
+    del state["blip.text_encoder.encoder.layer.0.crossattention.self.key.weight"]
+    torch.save(state, checkpoint)
+    with pytest.raises(SystemExit, match="crossattention.self.key.weight"):
+        export_image_reward.load(checkpoint, tmp_path, tiny=True)
+    # A visual-encoder key of another naming: refused, naming it.
+    state = {"blip.visual_encoder.blocks.0.attn.q.weight": torch.zeros(1)}
+    torch.save(state, checkpoint)
+    with pytest.raises(SystemExit, match="blocks.0.attn.q.weight"):
+        export_image_reward.load(checkpoint, tmp_path, tiny=True)

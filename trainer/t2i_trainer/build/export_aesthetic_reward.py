@@ -23,7 +23,6 @@ embedding, exports them to --out and, with `--goldens`, writes golden scores for
 
 import json
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -34,34 +33,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from t2i_trainer.build.reward_export import export_parser, image_section, parse_export_args
+from t2i_trainer.build.reward_export import (
+    ScoreMlp,
+    export_parser,
+    image_section,
+    parse_export_args,
+    partial_folder,
+    publish,
+)
 from t2i_trainer.common.stage_cli import emit
-
-
-class AestheticMlp(torch.nn.Module):
-    """The predictor's head, with its layer indices, so that its state dict (`layers.0.weight`, ...) loads."""
-
-    def __init__(self, input_size: int):
-        super().__init__()
-        self.layers = torch.nn.Sequential(
-            torch.nn.Linear(input_size, 1024),
-            torch.nn.Dropout(0.2),
-            torch.nn.Linear(1024, 128),
-            torch.nn.Dropout(0.2),
-            torch.nn.Linear(128, 64),
-            torch.nn.Dropout(0.1),
-            torch.nn.Linear(64, 16),
-            torch.nn.Linear(16, 1),
-        )
-
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        return self.layers(embedding)
 
 
 class AestheticScore(torch.nn.Module):
     """The graph the service runs: CLIP's image embedding, scaled to unit length, through the MLP."""
 
-    def __init__(self, vision: torch.nn.Module, head: AestheticMlp):
+    def __init__(self, vision: torch.nn.Module, head: ScoreMlp):
         super().__init__()
         self.vision = vision
         self.head = head
@@ -85,7 +71,7 @@ def build_tiny_random(folder: Path, seed: int) -> Path:
     CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}).save_pretrained(
         folder
     )
-    head = AestheticMlp(config.projection_dim)
+    head = ScoreMlp(config.projection_dim)
     # Random weights give scores near zero that barely differ between images; a larger last layer spreads them
     # (so that the parity test tells images apart) and a bias like the trained head's centres them near 5.
     with torch.no_grad():
@@ -100,7 +86,7 @@ def load(clip: Path, head_path: Path) -> AestheticScore:
     from transformers import CLIPVisionModelWithProjection
 
     vision = CLIPVisionModelWithProjection.from_pretrained(clip).eval()
-    head = AestheticMlp(vision.config.projection_dim)
+    head = ScoreMlp(vision.config.projection_dim)
     head.load_state_dict(torch.load(head_path, map_location="cpu", weights_only=True))
     return AestheticScore(vision, head.eval()).eval()
 
@@ -126,10 +112,7 @@ def export(model: AestheticScore, clip: Path, out: Path, name: str) -> dict:
     processor_config = json.loads((clip / "preprocessor_config.json").read_text())
     manifest = manifest_for(name, processor_config)
     crop = manifest["image"]["center_crop"]
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir()
+    partial = partial_folder(out)
     torch.onnx.export(
         model,
         (torch.zeros(2, 3, crop["height"], crop["width"]),),
@@ -140,10 +123,7 @@ def export(model: AestheticScore, clip: Path, out: Path, name: str) -> dict:
         opset_version=17,
         dynamo=False,
     )
-    (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    publish(partial, out, manifest)
     emit("exported", out=str(out), crop=[crop["height"], crop["width"]])
     return manifest
 

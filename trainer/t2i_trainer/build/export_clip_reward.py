@@ -24,7 +24,6 @@ to --out and writes golden scores for the Rust parity test (`--goldens`):
 
 import json
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -35,7 +34,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from t2i_trainer.build.reward_export import export_parser, image_section, parse_export_args
+from t2i_trainer.build.reward_export import (
+    export_parser,
+    image_section,
+    parse_export_args,
+    partial_folder,
+    publish,
+)
 from t2i_trainer.common.stage_cli import emit
 
 TINY_NAME = "tiny-clip-reward"
@@ -126,9 +131,7 @@ def export(model_folder: Path, processor_folder: Path, out: Path, name: str) -> 
 
     model = CLIPModel.from_pretrained(model_folder).eval()
     processor = CLIPProcessor.from_pretrained(processor_folder)
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
+    partial = partial_folder(out, create=False)
     with tempfile.TemporaryDirectory() as staging:
         # Optimum exports the model folder; the processor may come from elsewhere (PickScore uses CLIP-H's).
         staged = Path(staging) / "model"
@@ -142,10 +145,7 @@ def export(model_folder: Path, processor_folder: Path, out: Path, name: str) -> 
     tokenizer_config = json.loads((partial / "tokenizer_config.json").read_text())
     logit_scale = model.logit_scale.exp().item()
     manifest = clip_manifest(name, processor_config, tokenizer_config, logit_scale)
-    (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    publish(partial, out, manifest)
     emit("exported", out=str(out), logit_scale=round(logit_scale, 4))
     return manifest, model, processor
 

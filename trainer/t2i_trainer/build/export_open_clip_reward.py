@@ -25,7 +25,6 @@ preprocessing transform, its model) for the Rust parity test:
 
 import json
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 import open_clip
 import torch
 
-from t2i_trainer.build.reward_export import export_parser, parse_export_args
+from t2i_trainer.build.reward_export import export_parser, parse_export_args, partial_folder, publish
 from t2i_trainer.common.clip_vocab import BOS_TOKEN, EOS_TOKEN
 from t2i_trainer.common.stage_cli import emit
 
@@ -158,10 +157,7 @@ def manifest_for(name: str, cfg: dict, context_length: int) -> dict:
 def export(model: torch.nn.Module, out: Path, name: str) -> dict:
     cfg = preprocess_cfg(model)
     context_length = int(model.context_length)
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir()
+    partial = partial_folder(out)
     height, width = cfg["size"]
     example = (torch.zeros(2, 3, height, width), torch.zeros(1, context_length, dtype=torch.int64))
     torch.onnx.export(
@@ -181,10 +177,7 @@ def export(model: torch.nn.Module, out: Path, name: str) -> dict:
     )
     write_tokenizer(partial / "tokenizer", context_length)
     manifest = manifest_for(name, cfg, context_length)
-    (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    publish(partial, out, manifest)
     emit("exported", out=str(out), context_length=context_length, image_size=list(cfg["size"]))
     return manifest
 

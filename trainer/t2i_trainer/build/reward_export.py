@@ -1,10 +1,15 @@
-"""What the reward exporters share (export_clip_reward, export_open_clip_reward and export_aesthetic_reward):
-their command line's common flags and checks, and the manifest's image section read from a transformers
-`preprocessor_config.json`."""
+"""What the reward exporters share (export_clip_reward, export_open_clip_reward, export_aesthetic_reward and
+export_image_reward): their command line's common flags and checks, the manifest's image section read from a
+transformers `preprocessor_config.json`, and the MLP head that the LAION aesthetic predictor and ImageReward
+both put on an embedding."""
 
 import argparse
+import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
+
+import torch
 
 
 def export_parser(description: str) -> tuple[argparse.ArgumentParser, argparse._MutuallyExclusiveGroup]:
@@ -54,3 +59,45 @@ def image_section(processor_config: dict) -> dict:
         "std": processor_config["image_std"],
         "channel_order": "rgb",
     }
+
+
+def partial_folder(out: Path, create: bool = True) -> Path:
+    """The folder an export is written into before it replaces `out` (`<out>.partial`), emptied; created
+    unless the exporter's tool creates it."""
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    if create:
+        partial.mkdir()
+    return partial
+
+
+def publish(partial: Path, out: Path, manifest: dict) -> None:
+    """Writes the manifest last, then replaces `out` with the finished folder, so that `out` is never half
+    written."""
+    (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+
+
+class ScoreMlp(torch.nn.Module):
+    """The MLP head of the LAION aesthetic predictor and of ImageReward (768 -> 1024 -> 128 -> 64 -> 16 -> 1
+    there, with dropout between the first layers, which does nothing at inference), with their layer indices,
+    so that their state dicts (`layers.0.weight`, ...) load."""
+
+    def __init__(self, input_size: int):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(input_size, 1024),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(1024, 128),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(128, 64),
+            torch.nn.Dropout(0.1),
+            torch.nn.Linear(64, 16),
+            torch.nn.Linear(16, 1),
+        )
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.layers(embedding)
