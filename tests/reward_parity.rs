@@ -9,8 +9,9 @@
 mod common;
 
 use t2i_align::pipeline::tokenizer::ClipTokenizer;
+use t2i_align::reward::manifest::{CropOffset, ImageSpec};
 use t2i_align::reward::model::RewardModel;
-use t2i_align::reward::preprocess::decode_image;
+use t2i_align::reward::preprocess::{decode_image, Preprocessor};
 use t2i_align::runtime::{Device, Runtime, SessionSettings};
 
 const TOLERANCE: f32 = 1e-4;
@@ -114,6 +115,34 @@ fn aesthetic_image_head_matches_pytorch() {
 #[test]
 fn image_reward_matches_its_reference() {
     check("models/tiny-image-reward", "tiny-image-reward.json");
+    // torchvision's centre crop, which the manifest names: on an image 3 pixels wider than the crop it starts
+    // one column later than transformers' would.
+    let golden = common::read_json("tests/golden/reward/tiny-image-reward.json");
+    let mut runtime = Runtime::init(Some(&common::ort_dylib()), Device::Cpu, SessionSettings::default()).unwrap();
+    let model = RewardModel::load(&mut runtime, &common::repo_path("models/tiny-image-reward")).unwrap();
+    assert_eq!(model.manifest.image.crop_offset, CropOffset::RoundHalfEven);
+    let crop = &golden["crop"];
+    let path = format!("tests/golden/reward/{}", crop["image"].as_str().unwrap());
+    let image = decode_image(&std::fs::read(common::repo_path(&path)).unwrap(), 1 << 24, "crop").unwrap();
+    assert_eq!(image.dimensions(), (35, 32));
+    let reference = common::floats(&crop["values"]);
+    let worst = |values: Vec<f32>| {
+        values
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let ours = model.preprocessor().pixel_values(&image);
+    assert!(worst(ours) < 1e-5, "pixel_values differ from torchvision's");
+    let floored = Preprocessor::new(ImageSpec {
+        crop_offset: CropOffset::Floor,
+        ..model.manifest.image.clone()
+    });
+    assert!(
+        worst(floored.pixel_values(&image)) > 0.01,
+        "the golden does not tell the offsets apart"
+    );
 }
 
 /// ImageReward's BERT tokenizer, read from its `tokenizer.json` by the same loader as CLIP's: the slow

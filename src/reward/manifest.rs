@@ -63,6 +63,26 @@ impl Normalize {
     }
 }
 
+/// Where a centre crop starts when the margin `d` (resized size − crop size) is odd: transformers floors
+/// `d / 2`; torchvision's `CenterCrop` (ImageReward's and open_clip's transforms) rounds it half to even, one
+/// pixel further when `d ≡ 3 (mod 4)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CropOffset {
+    #[default]
+    Floor,
+    RoundHalfEven,
+}
+
+impl CropOffset {
+    pub fn of(self, margin: usize) -> usize {
+        let half = margin / 2;
+        match self {
+            CropOffset::RoundHalfEven if margin % 2 == 1 && half % 2 == 1 => half + 1,
+            _ => half,
+        }
+    }
+}
+
 /// Image preprocessing, in order: decode to RGB, resize the shortest edge, centre-crop, rescale, normalise.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageSpec {
@@ -70,6 +90,7 @@ pub struct ImageSpec {
     pub filter: ResizeFilter,
     pub crop_height: usize,
     pub crop_width: usize,
+    pub crop_offset: CropOffset,
     pub rescale: f32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
@@ -139,6 +160,8 @@ struct RawResize {
 struct RawCrop {
     height: usize,
     width: usize,
+    #[serde(default)]
+    offset: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -274,6 +297,16 @@ impl Manifest {
                 return Err(format!("`{field}` must be between 1 and {MAX_SIDE}. Given: {value}"));
             }
         }
+        let crop_offset = match image.center_crop.offset.as_deref() {
+            None | Some("floor") => CropOffset::Floor,
+            Some("round_half_even") => CropOffset::RoundHalfEven,
+            Some(other) => {
+                return Err(format!(
+                    "`image.center_crop.offset` is `{other}`; supported: floor (transformers), round_half_even \
+                     (torchvision)"
+                ))
+            }
+        };
         let crop_side = image.center_crop.height.max(image.center_crop.width);
         if crop_side > image.resize.shortest_edge {
             return Err(format!(
@@ -384,6 +417,7 @@ impl Manifest {
                 filter,
                 crop_height: image.center_crop.height,
                 crop_width: image.center_crop.width,
+                crop_offset,
                 rescale: image.rescale,
                 mean,
                 std,
@@ -528,7 +562,9 @@ mod tests {
 
         let mut value = reward_head();
         value["image"]["center_crop"]["height"] = 96.into();
-        assert!(error_of(value).contains("`image.center_crop` (96x64) must fit"));
+        assert!(error_of(value.clone()).contains("`image.center_crop` (96x64) must fit"));
+        value["image"]["center_crop"] = serde_json::json!({"height": 64, "width": 64, "offset": "ceil"});
+        assert!(error_of(value).contains("`image.center_crop.offset` is `ceil`"));
 
         let mut value = reward_head();
         value["image"]["std"] = serde_json::json!([0.5, 0.0, 0.5]);

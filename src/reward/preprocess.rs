@@ -103,9 +103,10 @@ impl Preprocessor {
             &resized
         };
         let (crop_height, crop_width) = self.output_size();
-        // transformers' center_crop: the top-left corner at floor((size - crop) / 2).
-        let top = (new_height - crop_height) / 2;
-        let left = (new_width - crop_width) / 2;
+        // The top-left corner at floor((size - crop) / 2) as transformers' center_crop puts it, or rounded half
+        // to even as torchvision's CenterCrop does.
+        let top = self.spec.crop_offset.of(new_height - crop_height);
+        let left = self.spec.crop_offset.of(new_width - crop_width);
         let start = out.len();
         out.resize(start + self.values_per_image(), 0.0);
         let planes = &mut out[start..];
@@ -149,6 +150,7 @@ pub fn shortest_edge_size(width: usize, height: usize, edge: usize) -> (usize, u
 mod tests {
     use super::*;
     use crate::pipeline::resample::ResizeFilter;
+    use crate::reward::manifest::CropOffset;
 
     fn spec(edge: usize, crop: usize) -> ImageSpec {
         ImageSpec {
@@ -156,6 +158,7 @@ mod tests {
             filter: ResizeFilter::Bicubic,
             crop_height: crop,
             crop_width: crop,
+            crop_offset: CropOffset::Floor,
             rescale: 1.0 / 255.0,
             mean: [0.0; 3],
             std: [1.0; 3],
@@ -213,6 +216,26 @@ mod tests {
         });
         let values = preprocessor.pixel_values(&image);
         assert_eq!(&values[..4], &[10.0, 20.0, 10.0, 20.0]);
+    }
+
+    #[test]
+    fn torchvision_rounds_the_crop_offset_half_to_even() {
+        // Python's round(d / 2) against floor, for margins 0 to 8.
+        let floor: Vec<usize> = (0..9).map(|margin| CropOffset::Floor.of(margin)).collect();
+        let even: Vec<usize> = (0..9).map(|margin| CropOffset::RoundHalfEven.of(margin)).collect();
+        assert_eq!(floor, [0, 0, 1, 1, 2, 2, 3, 3, 4]);
+        assert_eq!(even, [0, 0, 1, 2, 2, 2, 3, 4, 4]);
+        // 7 columns, a 4-wide crop: torchvision starts at column 2, transformers at 1.
+        let image = RgbImage::from_fn(7, 4, |x, _| image::Rgb([x as u8, 0, 0]));
+        let crop = |crop_offset| {
+            Preprocessor::new(ImageSpec {
+                rescale: 1.0,
+                crop_offset,
+                ..spec(4, 4)
+            })
+            .pixel_values(&image)[0]
+        };
+        assert_eq!((crop(CropOffset::Floor), crop(CropOffset::RoundHalfEven)), (1.0, 2.0));
     }
 
     #[test]

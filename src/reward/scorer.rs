@@ -138,6 +138,7 @@ impl Scorer {
                 filter: ResizeFilter::Bilinear,
                 crop_height: 8,
                 crop_width: 8,
+                crop_offset: Default::default(),
                 rescale: 1.0 / 255.0,
                 mean: [0.5; 3],
                 std: [0.5; 3],

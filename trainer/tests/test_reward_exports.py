@@ -124,6 +124,7 @@ def test_tiny_open_clip_exports_the_cosine_with_open_clips_tokens(trainer_packag
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "clip_similarity" and manifest["score"]["formula"] == "cos"
     assert "logit_scale" not in manifest["score"] and manifest["text"]["attention_mask"] is False
+    assert manifest["image"]["center_crop"]["offset"] == "round_half_even"
     config = json.loads((out / "tokenizer" / "tokenizer_config.json").read_text())
     assert config["pad_token"] == "!"
     assert {token["content"] for token in config["added_tokens_decoder"].values()} == {
@@ -207,6 +208,9 @@ def test_tiny_image_reward_exports_a_normalised_reward_head(trainer_packages, tm
     assert manifest["kind"] == "reward_head" and manifest["output"] == {"name": "reward"}
     assert manifest["text"] == {"tokenizer": "tokenizer", "max_length": 35, "attention_mask": True}
     assert manifest["image"]["resize"] == {"shortest_edge": 32, "filter": "bicubic"}
+    assert manifest["image"]["center_crop"]["offset"] == "round_half_even"  # torchvision's CenterCrop
+    crop = json.loads((goldens / "tiny-image-reward.json").read_text())["crop"]
+    assert crop["shape"] == [3, 32, 32] and (goldens / crop["image"]).is_file()
     normalize = manifest["score"]["normalize"]
     assert normalize == {"mean": export_image_reward.REWARD_MEAN, "std": export_image_reward.REWARD_STD}
     # The graph's raw reward, on the reference's pixels and the exported fast tokenizer's ids, normalised as

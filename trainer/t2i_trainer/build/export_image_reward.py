@@ -275,7 +275,7 @@ def manifest_for(name: str, side: int) -> dict:
         # Normalize with CLIP's mean and std.
         "image": {
             "resize": {"shortest_edge": side, "filter": "bicubic"},
-            "center_crop": {"height": side, "width": side},
+            "center_crop": {"height": side, "width": side, "offset": "round_half_even"},
             "rescale": 1 / 255,
             "mean": CLIP_MEAN,
             "std": CLIP_STD,
@@ -379,6 +379,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             record["tokens"].append(
                 {"prompt": prompt, "input_ids": text.input_ids, "attention_mask": text.attention_mask}
             )
+        # An image 3 pixels wider than the crop: torchvision's CenterCrop starts at round(1.5) = 2, where
+        # transformers' floor would start at 1.
+        from PIL import Image
+
+        ramp = np.fromfunction(lambda y, x, c: (x * 7 + y * 3 + c * 50) % 256, (side, side + 3, 3))
+        crop_image = Image.fromarray(ramp.astype(np.uint8))
+        crop_path = args.goldens / manifest["name"] / "crop.png"
+        crop_image.save(crop_path)
+        values = transform(Image.open(crop_path).convert("RGB")).numpy()
+        record["crop"] = {
+            "image": f"{manifest['name']}/crop.png",
+            "shape": list(values.shape),
+            "values": [float(value) for value in values.reshape(-1)],
+        }
         (args.goldens / f"{manifest['name']}.json").write_text(json.dumps(record) + "\n")
     return 0
 

@@ -140,7 +140,8 @@ def manifest_for(name: str, cfg: dict, context_length: int) -> dict:
         "output": {"image_embeds": "image_embeds", "text_embeds": "text_embeds"},
         "image": {
             "resize": {"shortest_edge": min(height, width), "filter": FILTERS[cfg["interpolation"]]},
-            "center_crop": {"height": height, "width": width},
+            # open_clip's transform crops with torchvision's CenterCrop.
+            "center_crop": {"height": height, "width": width, "offset": "round_half_even"},
             "rescale": 1 / 255,
             "mean": cfg["mean"],
             "std": cfg["std"],
