@@ -3,7 +3,7 @@
 //! `ORTStableDiffusionXLImg2ImgPipeline` within 2/255 per pixel, on models/tiny-sdxl-refiner (one text encoder,
 //! `text_encoder_2`; five time ids ending in an aesthetic score: diffusers' defaults 6 and 2.5, and 7 and 2
 //! given) and on the base model models/tiny-sdxl (six time ids). Then the service: a refiner refuses a request
-//! without a starting image, and aesthetic scores are refused where a model takes none. The golden file comes
+//! without a starting image, and aesthetic scores are ignored, with a warning, where a model takes none. The golden file comes
 //! from `make_goldens --parts sdxl_img2img`.
 
 mod common;
@@ -46,10 +46,10 @@ fn sdxl_img2img_and_the_refiner_match_optimum() {
         let start = common::golden_image(&run["init_image"]);
         let strength = run["strength"].as_f64().unwrap() as f32;
         let params = GenerateParams {
-            aesthetic_score: AestheticScores {
+            aesthetic_score: Some(AestheticScores {
                 score: score("aesthetic_score", defaults.score),
                 negative: score("negative_aesthetic_score", defaults.negative),
-            },
+            }),
             init: Some(Arc::new(InitImage::new(&start, base.width, base.height, strength))),
             ..base
         };
@@ -83,7 +83,7 @@ fn the_refiner_is_conditioned_on_the_aesthetic_score() {
             height: 32,
             eta: 0.0,
             guidance_rescale: 0.0,
-            aesthetic_score: AestheticScores { score, negative: 2.5 },
+            aesthetic_score: Some(AestheticScores { score, negative: 2.5 }),
             init: Some(Arc::new(InitImage::new(&start, 32, 32, 0.8))),
         };
         pipeline.generate(&params, &mut NoProgress).unwrap().images[0]
@@ -97,7 +97,7 @@ fn the_refiner_is_conditioned_on_the_aesthetic_score() {
 
 /// The refiner served: it warms up (on a gray image), refines a posted image with or without aesthetic scores,
 /// and refuses by name a request without `init_image` and a score out of range, on /generate and OpenAI's
-/// route. The base model refuses aesthetic scores, which it cannot take.
+/// route. The base model ignores aesthetic scores, which it cannot take, and says so.
 #[test]
 fn the_service_serves_the_refiner_and_refuses_what_it_cannot_do() {
     use base64::Engine as _;
@@ -149,20 +149,15 @@ fn the_service_serves_the_refiner_and_refuses_what_it_cannot_do() {
     drop(server);
 
     let base = Server::start_with_model(&tiny_sdxl(), &["--no-reward-model"]);
-    let response = base.post_json("/generate", &body(json!({"aesthetic_score": 7.0})));
-    assert_eq!(response.status, 422, "{}", response.text());
-    let error = response.json();
-    assert_eq!(error["error"]["param"], "aesthetic_score", "{error}");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("takes no aesthetic score"),
-        "{error}"
-    );
     // SDXL img2img on the base model: a starting image, no aesthetic score.
+    let plain = base.post_json("/generate", &body(json!({})));
+    assert_eq!(plain.json()["warnings"], json!([]), "{}", plain.text());
+    let scored = base.post_json("/generate", &body(json!({"aesthetic_score": 7.0})));
     assert_eq!(
-        common::generated_images(&base.post_json("/generate", &body(json!({})))).len(),
-        1
+        common::generated_images(&scored),
+        common::generated_images(&plain),
+        "ignored"
     );
+    let warnings = scored.json()["warnings"].to_string();
+    assert!(warnings.contains("takes no aesthetic score"), "{warnings}");
 }

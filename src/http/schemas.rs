@@ -80,7 +80,7 @@ pub struct GenerateRequest {
     pub strength: Option<f64>,
     /// SDXL's refiner only (a model whose pipeline is `StableDiffusionXLImg2ImgPipeline` with
     /// `requires_aesthetics_score`): the aesthetic score, 0 to 10, the refined image is conditioned on. Default
-    /// 6.0, as diffusers; 422 for a model that takes no aesthetic score.
+    /// 6.0, as diffusers. Other models ignore it, and the answer's `warnings` say so.
     #[serde(default)]
     #[schema(minimum = 0, maximum = 10)]
     pub aesthetic_score: Option<f64>,

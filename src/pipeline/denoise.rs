@@ -381,6 +381,13 @@ impl Pipeline {
                     .to_string(),
             );
         }
+        if params.aesthetic_score.is_some() && !self.model.family.aesthetic_scores() {
+            warnings.push(
+                "aesthetic_score and negative_aesthetic_score have no effect: they condition SDXL's refiner \
+                 (requires_aesthetics_score in model_index.json), and this model takes no aesthetic score"
+                    .to_string(),
+            );
+        }
         let mut prompts = Vec::with_capacity(2);
         if guided {
             prompts.push(params.negative_prompt.as_str());
@@ -652,7 +659,7 @@ impl Pipeline {
     /// A unit's time ids, laid out as its UNet rows: with guidance the negative rows (which, for the refiner,
     /// carry the negative aesthetic score) then the prompt's, one per image each.
     fn unit_time_ids(&self, params: &GenerateParams, guided: bool) -> Vec<f32> {
-        let scores = params.aesthetic_score;
+        let scores = params.aesthetic_score.unwrap_or_default();
         let positive = self.time_ids(params.height, params.width, scores.score);
         let mut rows = Vec::with_capacity(positive.len() * params.num_images * 2);
         if guided {

@@ -137,8 +137,9 @@ pub struct GenerateParams {
     pub guidance_rescale: f64,
     /// img2img's starting image and strength; `None` for text-to-image.
     pub init: Option<Arc<InitImage>>,
-    /// The aesthetic scores an SDXL refiner is conditioned on; other models ignore them.
-    pub aesthetic_score: AestheticScores,
+    /// The aesthetic scores an SDXL refiner is conditioned on, where the request gives either (the other
+    /// takes its default); `None` runs a refiner at the defaults. Other models ignore them, with a warning.
+    pub aesthetic_score: Option<AestheticScores>,
 }
 
 /// SDXL's refiner takes an aesthetic score in its time ids (it was trained on LAION aesthetic scores): the
@@ -262,14 +263,12 @@ pub fn validate(input: GenerateInput, model: &ModelLimits, limits: &RequestLimit
         ));
     }
     let defaults = AestheticScores::default();
-    let aesthetic_score = AestheticScores {
-        score: check_aesthetic_score("aesthetic_score", input.aesthetic_score, defaults.score, model)?,
-        negative: check_aesthetic_score(
-            "negative_aesthetic_score",
-            input.negative_aesthetic_score,
-            defaults.negative,
-            model,
-        )?,
+    let aesthetic_score = match (input.aesthetic_score, input.negative_aesthetic_score) {
+        (None, None) => None,
+        (score, negative) => Some(AestheticScores {
+            score: check_aesthetic_score("aesthetic_score", score, defaults.score)?,
+            negative: check_aesthetic_score("negative_aesthetic_score", negative, defaults.negative)?,
+        }),
     };
     let init = match (input.init_image, input.strength) {
         (None, None) => None,
@@ -314,20 +313,11 @@ pub fn validate(input: GenerateInput, model: &ModelLimits, limits: &RequestLimit
     })
 }
 
-/// An aesthetic score, if given, for a model conditioned on one, in [0, 10]; else the default.
-fn check_aesthetic_score(field: &str, value: Option<f64>, default: f32, model: &ModelLimits) -> Result<f32> {
+/// An aesthetic score, if given, in [0, 10]; else the default.
+fn check_aesthetic_score(field: &str, value: Option<f64>, default: f32) -> Result<f32> {
     let Some(value) = value else {
         return Ok(default);
     };
-    if !model.aesthetic_scores {
-        return Err(Error::validation(
-            field,
-            format!(
-                "`{field}` conditions SDXL's refiner (requires_aesthetics_score in model_index.json); this model \
-                 takes no aesthetic score"
-            ),
-        ));
-    }
     if !(0.0..=MAX_AESTHETIC_SCORE).contains(&value) {
         return Err(Error::validation(
             field,
