@@ -66,9 +66,9 @@ fn the_refiner_is_conditioned_on_the_aesthetic_score() {
     let run = &golden["runs"][0];
     let mut refiner = common::load_pipeline(&tiny_sdxl_refiner());
     let limits = refiner.limits();
-    assert!(limits.requires_init_image && limits.aesthetic_scores && limits.img2img);
-    let base = common::load_pipeline(&tiny_sdxl()).limits();
-    assert!(!base.requires_init_image && !base.aesthetic_scores);
+    assert!(limits.requires_init_image && limits.img2img && refiner.model().family.aesthetic_scores());
+    let base = common::load_pipeline(&tiny_sdxl());
+    assert!(!base.limits().requires_init_image && !base.model().family.aesthetic_scores());
     let start = common::golden_image(&run["init_image"]);
     let image_at = |pipeline: &mut Pipeline, score: f32| {
         let params = GenerateParams {

@@ -21,7 +21,6 @@ fuzz_target!(|data: &[u8]| {
             default_guidance_scale: 7.5,
             img2img: true,
             requires_init_image: false,
-            aesthetic_scores: false,
         };
         let limits = RequestLimits::default();
         if let Ok(params) = validate(request.into(), &model, &limits) {

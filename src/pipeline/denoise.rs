@@ -167,7 +167,6 @@ impl Pipeline {
             default_guidance_scale: self.model.defaults.default_guidance_scale,
             img2img: self.vae_encoder.is_some(),
             requires_init_image: self.model.family.refines_images(),
-            aesthetic_scores: self.model.family.aesthetic_scores(),
         }
     }
 

@@ -98,8 +98,6 @@ pub struct ModelLimits {
     pub img2img: bool,
     /// Whether the model only refines images (SDXL's refiner): every request must send `init_image`.
     pub requires_init_image: bool,
-    /// Whether the UNet is conditioned on an aesthetic score (SDXL's refiner).
-    pub aesthetic_scores: bool,
 }
 
 impl ModelLimits {
@@ -426,7 +424,6 @@ mod tests {
             default_guidance_scale: 3.0,
             img2img: true,
             requires_init_image: false,
-            aesthetic_scores: false,
         }
     }
 

@@ -119,7 +119,6 @@ mod tests {
             default_guidance_scale: 3.0,
             img2img: true,
             requires_init_image: false,
-            aesthetic_scores: false,
         }
     }
 

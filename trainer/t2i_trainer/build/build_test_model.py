@@ -214,6 +214,13 @@ def drop_scratch_paths(root: Path, name: str | None = None) -> None:
             config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def copy_parts(source: Path, target: Path, parts: tuple[str, ...]) -> None:
+    """Replaces `target`'s export folders `parts` with `source`'s, byte for byte (so git stores them once)."""
+    for part in parts:
+        shutil.rmtree(target / part)
+        shutil.copytree(source / part, target / part)
+
+
 def export_pipeline(
     pipeline: StableDiffusionPipeline,
     scratch: Path,

@@ -16,7 +16,6 @@ Usage:
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -26,7 +25,13 @@ import torch
 from diffusers import AutoencoderKL, LatentConsistencyModelPipeline, LCMScheduler
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from t2i_trainer.build.build_test_model import build_unet, drop_scratch_paths, export_pipeline, model_parser
+from t2i_trainer.build.build_test_model import (
+    build_unet,
+    copy_parts,
+    drop_scratch_paths,
+    export_pipeline,
+    model_parser,
+)
 from t2i_trainer.build.onnx_contract import describe_exports
 
 # SimianLuo/LCM_Dreamshaper_v7's scheduler/scheduler_config.json.
@@ -83,9 +88,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         pipeline = build_pipeline(args.base, args.seed)
         export_pipeline(pipeline, Path(scratch), args.output)
-    for part in SHARED_PARTS:
-        shutil.rmtree(args.output / part)
-        shutil.copytree(args.base / part, args.output / part)
+    copy_parts(args.base, args.output, SHARED_PARTS)
     drop_scratch_paths(args.output)
     (args.output / "t2i-align.json").write_text(json.dumps(LCM_DEFAULTS, indent=2) + "\n")
     models = describe_exports(args.output, ("text_encoder", "unet", "vae_decoder", "vae_encoder"))

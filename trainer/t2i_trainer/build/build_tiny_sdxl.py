@@ -52,6 +52,7 @@ from t2i_trainer.build.build_test_model import (
     CLIP_CONTEXT_LENGTH,
     build_tokenizer,
     clip_text_config,
+    copy_parts,
     drop_scratch_paths,
     export_pipeline,
     model_parser,
@@ -212,9 +213,7 @@ def main() -> None:
             export_pipeline(refiner, Path(scratch) / "refiner", args.refiner_output, task="image-to-image")
     drop_scratch_paths(args.output)
     if args.refiner_output is not None:
-        for part in REFINER_SHARED_PARTS:
-            shutil.rmtree(args.refiner_output / part)
-            shutil.copytree(args.output / part, args.refiner_output / part)
+        copy_parts(args.output, args.refiner_output, REFINER_SHARED_PARTS)
         drop_scratch_paths(args.refiner_output)
         parts = ("text_encoder_2", "unet", "vae_decoder", "vae_encoder")
         models = describe_exports(args.refiner_output, parts)

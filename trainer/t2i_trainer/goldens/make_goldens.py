@@ -847,17 +847,17 @@ def img2img_golden(model: Path, seed: int) -> dict:
         # diffusers' image processor rounds the size down to the VAE factor, then resizes with Lanczos.
         width, height = (side - side % factor for side in image.size)
         latent_shape = (1, 4, height // factor, width // factor)
-        posterior, noise = img2img_draws(latent_shape, run_seed)
-        output = pipeline(
+        recorded = img2img_run(
+            pipeline,
+            image,
+            latent_shape,
+            run_seed,
             prompt=E2E_PROMPT,
             negative_prompt=E2E_NEGATIVE_PROMPT,
-            image=image,
             strength=strength,
             num_inference_steps=steps,
             guidance_scale=guidance,
-            generator=torch.Generator().manual_seed(run_seed),
-            output_type="np",
-        ).images[0]
+        )
         runs.append(
             {
                 "name": name,
@@ -868,12 +868,7 @@ def img2img_golden(model: Path, seed: int) -> dict:
                 "guidance_scale": guidance,
                 "prompt": E2E_PROMPT,
                 "negative_prompt": E2E_NEGATIVE_PROMPT,
-                "width": output.shape[1],
-                "height": output.shape[0],
-                "timesteps": float32_list(pipeline.scheduler.timesteps.to(torch.float32)),
-                "posterior_noise": float32_list(posterior),
-                "noise": float32_list(noise),
-                "image_u8": image_u8(output),
+                **recorded,
             }
         )
         pipeline.scheduler = original
@@ -887,13 +882,25 @@ def img2img_golden(model: Path, seed: int) -> dict:
     }
 
 
-def img2img_draws(latent_shape: tuple, run_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """An img2img pipeline's two draws from its generator, in its order: the encoded image's latent sample,
-    then the noise that add_noise mixes in."""
+def img2img_run(pipeline, image, latent_shape: tuple, run_seed: int, **arguments) -> dict:
+    """One img2img run from `image` with its generator seeded `run_seed`, and what every img2img golden
+    records of it: the output's size, the timesteps, the generator's two draws in the pipeline's order (the
+    encoded image's latent sample, then the noise that add_noise mixes in), replayed from the same seed, and
+    the 8-bit output."""
     replay = torch.Generator().manual_seed(run_seed)
     posterior = torch.randn(latent_shape, generator=replay, dtype=torch.float32)
     noise = torch.randn(latent_shape, generator=replay, dtype=torch.float32)
-    return posterior, noise
+    output = pipeline(
+        image=image, generator=torch.Generator().manual_seed(run_seed), output_type="np", **arguments
+    ).images[0]
+    return {
+        "width": output.shape[1],
+        "height": output.shape[0],
+        "timesteps": float32_list(pipeline.scheduler.timesteps.to(torch.float32)),
+        "posterior_noise": float32_list(posterior),
+        "noise": float32_list(noise),
+        "image_u8": image_u8(output),
+    }
 
 
 def image_u8(output: np.ndarray) -> list[int]:
@@ -927,21 +934,21 @@ def sdxl_img2img_golden(base: Path, refiner: Path, seed: int) -> dict:
         image = img2img_image(*size, run_seed)
         factor = pipeline.vae_scale_factor
         latent_shape = (1, 4, size[1] // factor, size[0] // factor)
-        posterior, noise = img2img_draws(latent_shape, run_seed)
         scores = {}
         if score is not None:
             scores = {"aesthetic_score": score, "negative_aesthetic_score": negative_score}
-        output = pipeline(
+        recorded = img2img_run(
+            pipeline,
+            image,
+            latent_shape,
+            run_seed,
             prompt=E2E_PROMPT,
             negative_prompt=negative,
-            image=image,
             strength=strength,
             num_inference_steps=steps,
             guidance_scale=guidance,
-            generator=torch.Generator().manual_seed(run_seed),
-            output_type="np",
             **scores,
-        ).images[0]
+        )
         runs.append(
             {
                 "name": name,
@@ -954,12 +961,7 @@ def sdxl_img2img_golden(base: Path, refiner: Path, seed: int) -> dict:
                 "aesthetic_score": score,
                 "negative_aesthetic_score": negative_score,
                 "init_image": {"width": size[0], "height": size[1], "rgb": list(image.tobytes())},
-                "width": output.shape[1],
-                "height": output.shape[0],
-                "timesteps": float32_list(pipeline.scheduler.timesteps.to(torch.float32)),
-                "posterior_noise": float32_list(posterior),
-                "noise": float32_list(noise),
-                "image_u8": image_u8(output),
+                **recorded,
             }
         )
     return {
