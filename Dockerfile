@@ -40,10 +40,13 @@ RUN ldconfig_dirs=$(find /opt/ort/lib -path '*nvidia/*/lib' -type d | tr '\n' ':
  && echo "export LD_LIBRARY_PATH=${ldconfig_dirs}" > /etc/profile.d/nvidia-wheels.sh \
  && find /opt/ort/lib -path '*nvidia/*/lib' -type d > /etc/ld.so.conf.d/nvidia-wheels.conf \
  && ldconfig
+# Keys are required (T2I_REQUIRE_AUTH): give a bootstrap admin key in T2I_API_KEYS (`ops:admin:<secret>`), or make
+# one in the data directory's database first with `docker run ... t2i-align keys create --name ops --scopes admin`.
 ENV ORT_DYLIB_PATH=/opt/ort/lib/python3.12/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1 \
     T2I_MODEL=/model \
     T2I_HOST=0.0.0.0 \
     T2I_PORT=8080 \
+    T2I_REQUIRE_AUTH=true \
     T2I_DEVICE=cuda \
     T2I_NO_REWARD_MODEL=true
 COPY --from=build /src/target/release/t2i-align /usr/local/bin/t2i-align

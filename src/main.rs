@@ -27,6 +27,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => cli::run_generate(args).map(|_| ()),
         Command::Score(args) => cli::run_score(args).map(|_| ()),
         Command::FineTune(command) => cli::fine_tune::run(command),
+        Command::Keys(command) => cli::keys::run(command),
         Command::Serve(args) => args
             .into_config()
             .and_then(|config| actix_web::rt::System::new().block_on(cli::serve::serve(config))),

@@ -21,9 +21,10 @@ const INTRO: &str = "\
 
 Every flag of `t2i-align` is listed here with its environment variable, default and meaning, as
 `t2i-align <command> --help` prints them. A flag given on the command line wins over its environment variable.
-Logs are text or JSON (`--log-format`, taken by every command); their level comes from `RUST_LOG`. API keys come
-from `T2I_API_KEYS` (`name:scope:key` entries, comma-separated) or `--api-keys-file`, never from the command line
-itself: see [API keys](api.md#api-keys). The Makefile sets `ORT_DYLIB_PATH` to the library `make venv` installs
+Logs are text or JSON (`--log-format`, taken by every command); their level comes from `RUST_LOG`. API keys live
+in the database (`t2i-align keys`, `POST /keys`); bootstrap keys come from `T2I_API_KEYS` (`name:scopes:key`
+entries, comma-separated) or `--api-keys-file`, never from the command line itself: see
+[API keys](api.md#api-keys). The Makefile sets `ORT_DYLIB_PATH` to the library `make venv` installs
 into `.venv`. A model folder may carry its own request defaults (`t2i-align.json`, see
 [Models](models.md#request-defaults)), which `--default-steps` and `--default-guidance-scale` override. The data
 directory (`--data-dir`) holds the image and model files, and, unless `--database-url` names a Postgres server,

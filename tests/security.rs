@@ -79,15 +79,17 @@ fn keys_gate_routes_by_scope_and_are_never_logged() {
         with_key(&server, "GET", "/models", None, Some(INFERENCE_KEY)).status,
         200
     );
-    for (method, path) in [
-        ("GET", "/fine-tunes"),
-        ("GET", "/feedback/export"),
-        ("POST", "/models/tiny-sd/activate"),
+    for (method, path, scope) in [
+        ("GET", "/fine-tunes", "fine-tune"),
+        ("GET", "/feedback/export", "feedback"),
+        ("POST", "/models/tiny-sd/activate", "admin"),
+        ("GET", "/keys", "admin"),
+        ("GET", "/audit", "admin"),
     ] {
         let response = with_key(&server, method, path, None, Some(INFERENCE_KEY));
         assert_eq!(response.status, 403, "{method} {path}: {}", response.text());
         let message = response.json()["error"]["message"].as_str().unwrap().to_string();
-        assert!(message.contains("needs `admin`"), "{message}");
+        assert!(message.contains(&format!("needs `{scope}`")), "{message}");
     }
     // An admin key may do both.
     assert_eq!(
@@ -401,9 +403,13 @@ fn the_document_declares_the_refusals_keys_bring() {
     let generate = &doc["paths"]["/generate"]["post"]["responses"];
     assert!(generate["401"].is_object(), "{generate}");
     assert!(generate["429"].is_object(), "{generate}");
-    // Only admin routes can refuse a valid key of too small a scope.
-    assert!(generate["403"].is_null(), "{generate}");
+    // Any keyed route can refuse a valid key that lacks its scope.
+    assert!(generate["403"].is_object(), "{generate}");
     assert!(doc["paths"]["/fine-tunes"]["post"]["responses"]["403"].is_object());
+    assert_eq!(
+        doc["paths"]["/fine-tunes"]["post"]["security"],
+        serde_json::json!([{"api_key": ["fine-tune"]}])
+    );
     // OpenAI's route answers in OpenAI's error shape.
     assert_eq!(
         doc["paths"]["/v1/images/generations"]["post"]["responses"]["401"]["content"]["application/json"]["schema"]
@@ -411,4 +417,193 @@ fn the_document_declares_the_refusals_keys_bring() {
         "#/components/schemas/OpenAiErrorBody"
     );
     assert!(doc["paths"]["/health"]["get"]["responses"]["401"].is_null());
+}
+
+#[test]
+fn open_mode_needs_a_loopback_address_or_an_explicit_opt_out() {
+    // 192.0.2.1 (TEST-NET-1) is an address no machine here has: a server that passes the key check fails to
+    // bind it, so these runs never listen beyond loopback.
+    let data = tempfile::tempdir().unwrap();
+    let serve = |extra: &[&str]| {
+        let output = std::process::Command::new(common::binary())
+            .args([
+                "serve",
+                "--host",
+                "192.0.2.1",
+                "--port",
+                "0",
+                "--no-reward-model",
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .args(extra)
+            .arg("--model")
+            .arg(common::tiny_sd())
+            .env("ORT_DYLIB_PATH", common::ort_dylib())
+            .env_remove("T2I_API_KEYS")
+            .env_remove("T2I_ALLOW_OPEN")
+            .output()
+            .expect("run t2i-align");
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).to_string()
+    };
+    let refused = serve(&[]);
+    for expected in [
+        "refusing to serve without API keys on --host 192.0.2.1",
+        "T2I_API_KEYS",
+        "t2i-align keys create",
+        "--allow-open",
+    ] {
+        assert!(refused.contains(expected), "{expected}: {refused}");
+    }
+    // With the opt-out it goes on, in open mode, and says so (then cannot bind the foreign address).
+    let opted_out = serve(&["--allow-open"]);
+    assert!(opted_out.contains("OPEN MODE"), "{opted_out}");
+    assert!(opted_out.contains("cannot listen on 192.0.2.1"), "{opted_out}");
+    // A stored key is enough to bind any address, and the server then needs it.
+    let created = std::process::Command::new(common::binary())
+        .args([
+            "keys",
+            "create",
+            "--name",
+            "first",
+            "--tenant",
+            "ops",
+            "--scopes",
+            "admin",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .expect("run t2i-align keys create");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let secret = String::from_utf8(created.stdout).unwrap().trim().to_string();
+    assert!(
+        !String::from_utf8_lossy(&created.stderr).contains(&secret),
+        "the secret goes to stdout only"
+    );
+    let keyed = serve(&[]);
+    assert!(keyed.contains("API keys loaded"), "{keyed}");
+    assert!(keyed.contains("cannot listen on 192.0.2.1"), "{keyed}");
+    let server = Server::start_with_env(&common::tiny_sd(), &["--data-dir", data.path().to_str().unwrap()], &[]);
+    assert_eq!(with_key(&server, "GET", "/keys", None, None).status, 401);
+    let listed = with_key(&server, "GET", "/keys", None, Some(&secret));
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert_eq!(listed.json()["data"][0]["name"], "first");
+    assert!(!server.log().contains(&secret), "a key reached the log");
+}
+
+#[test]
+fn stored_keys_are_made_scoped_revoked_and_audited() {
+    let keys = keys_env();
+    let server = Server::start_with_env(
+        &common::tiny_sd(),
+        &["--key-refresh", "0.2"],
+        &[("T2I_API_KEYS", &keys)],
+    );
+    let made = with_key(
+        &server,
+        "POST",
+        "/keys",
+        Some(r#"{"name":"trainer","tenant":"acme","scopes":["fine-tune","feedback"]}"#),
+        Some(ADMIN_KEY),
+    );
+    assert_eq!(made.status, 201, "{}", made.text());
+    let made = made.json();
+    let (id, secret) = (made["id"].as_str().unwrap(), made["secret"].as_str().unwrap());
+    assert_eq!(made["tenant"], "acme");
+    assert_eq!(made["created_by"], "ops");
+    assert_eq!(made["scopes"], serde_json::json!(["feedback", "fine-tune"]));
+    assert!(secret.starts_with(made["prefix"].as_str().unwrap()));
+    // Its scopes, and nothing else.
+    assert_eq!(with_key(&server, "GET", "/fine-tunes", None, Some(secret)).status, 200);
+    assert_eq!(with_key(&server, "GET", "/feedback", None, Some(secret)).status, 200);
+    let generate = with_key(&server, "POST", "/generate", Some(GENERATE), Some(secret));
+    assert_eq!(generate.status, 403, "{}", generate.text());
+    assert_eq!(with_key(&server, "GET", "/keys", None, Some(secret)).status, 403);
+    // The fine-tune client sends the key from T2I_API_KEY, and says so when it is missing.
+    let client = |key: Option<&str>| {
+        let mut command = std::process::Command::new(common::binary());
+        command
+            .args(["fine-tune", "list", "--url"])
+            .arg(format!("http://127.0.0.1:{}", server.port))
+            .env_remove("T2I_API_KEY");
+        if let Some(key) = key {
+            command.env("T2I_API_KEY", key);
+        }
+        command.output().expect("run t2i-align fine-tune list")
+    };
+    let without = client(None);
+    assert!(!without.status.success());
+    assert!(String::from_utf8_lossy(&without.stderr).contains("set T2I_API_KEY"));
+    let with = client(Some(secret));
+    assert!(with.status.success(), "{}", String::from_utf8_lossy(&with.stderr));
+    // Inference keys may not make keys; bad fields are 422s that name them.
+    let refused = with_key(
+        &server,
+        "POST",
+        "/keys",
+        Some(r#"{"name":"x","scopes":["admin"]}"#),
+        Some(INFERENCE_KEY),
+    );
+    assert_eq!(refused.status, 403);
+    for (body, param) in [
+        (r#"{"name":"x","scopes":["root"]}"#, "scopes[0]"),
+        (r#"{"name":"x","scopes":[]}"#, "scopes"),
+        (r#"{"name":"","scopes":["inference"]}"#, "name"),
+        (r#"{"name":"x","tenant":"a b","scopes":["inference"]}"#, "tenant"),
+        (
+            r#"{"name":"x","scopes":["inference"],"expires_in_seconds":0}"#,
+            "expires_in_seconds",
+        ),
+    ] {
+        let response = with_key(&server, "POST", "/keys", Some(body), Some(ADMIN_KEY));
+        assert_eq!(response.status, 422, "{body}: {}", response.text());
+        assert_eq!(response.json()["error"]["param"], param, "{body}");
+    }
+    // The list never shows a secret, and records the last use.
+    std::thread::sleep(Duration::from_millis(600));
+    let listed = with_key(&server, "GET", "/keys?tenant=acme", None, Some(ADMIN_KEY));
+    assert_eq!(listed.status, 200);
+    assert!(!listed.text().contains(secret));
+    let listed = listed.json();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    assert!(listed["data"][0]["last_used_at"].is_i64(), "{listed}");
+    // Revoked: refused at once, saying so; revoking again changes nothing; an unknown id is 404.
+    let revoked = with_key(&server, "DELETE", &format!("/keys/{id}"), None, Some(ADMIN_KEY));
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    let refused = with_key(&server, "GET", "/fine-tunes", None, Some(secret));
+    assert_eq!(refused.status, 401);
+    assert!(refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("was revoked"));
+    let again = with_key(&server, "DELETE", &format!("/keys/{id}"), None, Some(ADMIN_KEY)).json();
+    assert_eq!(again["revoked_at"], revoked.json()["revoked_at"]);
+    assert_eq!(
+        with_key(&server, "DELETE", "/keys/key_nope", None, Some(ADMIN_KEY)).status,
+        404
+    );
+    // The audit log has both, newest first, with the acting key's name and tenant.
+    let audit = with_key(&server, "GET", "/audit?limit=2", None, Some(ADMIN_KEY)).json();
+    let actions: Vec<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["key.revoke", "key.revoke"]);
+    let audit = with_key(&server, "GET", "/audit", None, Some(ADMIN_KEY)).json();
+    let created = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "key.create")
+        .unwrap();
+    assert_eq!(
+        (created["key_name"].as_str(), created["tenant"].as_str()),
+        (Some("ops"), Some("default"))
+    );
+    assert_eq!(created["target"], id);
+    assert!(!server.log().contains(secret), "a key reached the log");
 }

@@ -155,6 +155,7 @@ on_both_backends!(
     many_writers_at_once_lose_nothing,
     a_folder_version_keeps_its_source,
     a_version_registers_once_and_every_replica_fetches_it_intact,
+    keys_are_stored_revoked_touched_and_audited,
 );
 
 // ---- One schema on both backends -------------------------------------------------------------------------
@@ -503,6 +504,64 @@ async fn feedback_outlives_its_image_and_pages_with_filters(db: TestDb) {
         .await
         .unwrap_err();
     assert_eq!(gone.kind(), "not_found", "{gone}");
+}
+
+async fn keys_are_stored_revoked_touched_and_audited(db: TestDb) {
+    let storage = db.open(1).await;
+    let new = |name: &str, tenant: &str| t2i_align::storage::NewKey {
+        name: name.into(),
+        tenant: tenant.into(),
+        scopes: vec!["inference".into(), "feedback".into()],
+        digest: format!("{:0>64}", name.len()),
+        prefix: "t2i_00000000".into(),
+        created_by: Some("ops".into()),
+        expires_at: Some(i64::MAX),
+    };
+    let a = storage.insert_key(&new("a", "acme")).await.unwrap();
+    let b = storage.insert_key(&new("bb", "other")).await.unwrap();
+    assert_eq!(a.scopes, ["inference", "feedback"]);
+    assert_eq!(storage.list_keys(None).await.unwrap().len(), 2);
+    assert_eq!(storage.list_keys(Some("other")).await.unwrap(), std::slice::from_ref(&b));
+    // A digest is stored once.
+    assert!(storage.insert_key(&new("c", "acme")).await.is_err());
+    // Last use only moves forward, whatever order replicas write in.
+    storage
+        .touch_keys(&[(a.id.clone(), 50), (b.id.clone(), 7)])
+        .await
+        .unwrap();
+    storage.touch_keys(&[(a.id.clone(), 40)]).await.unwrap();
+    let a_now = storage.get_key(&a.id).await.unwrap().unwrap();
+    assert_eq!(a_now.last_used_at, Some(50));
+    // Revocation keeps its first time; an unknown id is None.
+    let revoked = storage.revoke_key(&a.id).await.unwrap().unwrap();
+    let at = revoked.revoked_at.unwrap();
+    assert_eq!(storage.revoke_key(&a.id).await.unwrap().unwrap().revoked_at, Some(at));
+    assert!(storage.revoke_key("key_none").await.unwrap().is_none());
+    // The audit log pages newest first, by tenant too.
+    let mut ids = Vec::new();
+    for (tenant, action) in [("acme", "key.create"), ("other", "key.create"), ("acme", "key.revoke")] {
+        let entry = t2i_align::storage::NewAudit {
+            key_name: Some("ops"),
+            tenant,
+            action,
+            target: &a.id,
+            detail: Some(serde_json::json!({"n": ids.len()})),
+        };
+        ids.push(storage.audit(&entry).await.unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let page = storage.list_audit(None, None, 2).await.unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        [&ids[2], &ids[1]]
+    );
+    let rest = storage.list_audit(None, Some(&ids[1]), 10).await.unwrap();
+    assert_eq!(rest.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [&ids[0]]);
+    let acme = storage.list_audit(Some("acme"), None, 10).await.unwrap();
+    assert_eq!(acme.len(), 2);
+    assert_eq!(acme[0].detail.as_deref(), Some(r#"{"n":2}"#));
+    let unknown = storage.list_audit(None, Some("aud_none"), 10).await.unwrap_err();
+    assert_eq!(unknown.kind(), "not_found", "{unknown}");
 }
 
 async fn retention_zero_stores_nothing(db: TestDb) {

@@ -24,7 +24,7 @@ pub enum FineTuneCommand {
 
 #[derive(Debug, Args)]
 pub struct Server {
-    /// The server's base URL.
+    /// The server's base URL. The API key, when the server needs one, comes from the T2I_API_KEY variable.
     #[arg(long, env = "T2I_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
 }
@@ -128,9 +128,14 @@ pub fn run(command: FineTuneCommand) -> Result<()> {
     }
 }
 
+/// The variable a client command reads its API key from (never a flag: argv is visible to every user).
+pub const API_KEY_ENV: &str = "T2I_API_KEY";
+
 struct Client {
     base: String,
     agent: ureq::Agent,
+    /// `Authorization: Bearer <T2I_API_KEY>`, when that variable is set.
+    authorization: Option<String>,
 }
 
 impl Client {
@@ -138,15 +143,28 @@ impl Client {
         Client {
             base: url.trim_end_matches('/').to_string(),
             agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build(),
+            authorization: std::env::var(API_KEY_ENV)
+                .ok()
+                .map(|key| key.trim().to_string())
+                .filter(|key| !key.is_empty())
+                .map(|key| format!("Bearer {key}")),
+        }
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let request = self.agent.request(method, &format!("{}{path}", self.base));
+        match &self.authorization {
+            Some(value) => request.set("Authorization", value),
+            None => request,
         }
     }
 
     fn get(&self, path: &str) -> Result<Value> {
-        self.answer(self.agent.get(&format!("{}{path}", self.base)).call())
+        self.answer(self.request("GET", path).call())
     }
 
     fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        self.answer(self.agent.post(&format!("{}{path}", self.base)).send_json(body.clone()))
+        self.answer(self.request("POST", path).send_json(body.clone()))
     }
 
     /// The JSON body of a 2xx, or the server's error message (`{"error": {"message", "param"}}`).
@@ -161,7 +179,14 @@ impl Client {
                 let param = body["error"]["param"]
                     .as_str()
                     .map_or(String::new(), |param| format!(" (field `{param}`)"));
-                Err(Error::Config(format!("the server answered {status}: {message}{param}")))
+                let hint = if status == 401 && self.authorization.is_none() {
+                    format!("; set {API_KEY_ENV} to a key with the `fine-tune` scope")
+                } else {
+                    String::new()
+                };
+                Err(Error::Config(format!(
+                    "the server answered {status}: {message}{param}{hint}"
+                )))
             }
             Err(err) => Err(Error::Unavailable(format!(
                 "cannot reach {} ({err}); is `t2i-align serve` running there? (--url, T2I_URL)",

@@ -1,11 +1,12 @@
 //! The command line. Every flag is also an environment variable, and its doc comment is its `--help`.
 //!
-//! One file per command: `serve` (its flags, start-up and shutdown), `generate`, `score` and `fine_tune`; `args`
+//! One file per command: `serve` (its flags, start-up and shutdown), `generate`, `score`, `fine_tune` and `keys`; `args`
 //! holds the argument groups several commands share.
 
 pub mod args;
 pub mod fine_tune;
 pub mod generate;
+pub mod keys;
 pub mod score;
 pub mod serve;
 
@@ -49,6 +50,9 @@ pub enum Command {
     /// Fine-tune jobs on a running server: create, list, show, cancel (a thin client of /fine-tunes).
     #[command(subcommand, name = "fine-tune")]
     FineTune(fine_tune::FineTuneCommand),
+    /// API keys in the database, without a server: create (prints the secret once), list, revoke.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Print the OpenAPI spec (JSON) to stdout.
     Openapi,
 }

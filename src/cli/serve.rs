@@ -90,13 +90,23 @@ pub struct ServeArgs {
     /// with classifier-free guidance) share each denoising step up to this; more requests wait in the queue.
     #[arg(long, env = "T2I_MAX_BATCH_ROWS", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub max_batch_rows: u64,
-    /// A file of API keys, one `scope:key` or `name:scope:key` a line (scopes: inference, admin). Keys also come
-    /// from the T2I_API_KEYS variable, in the same form, comma-separated; never from the command line itself.
+    /// A file of bootstrap API keys, one `scopes:key`, `name:scopes:key` or `tenant:name:scopes:key` a line
+    /// (scopes: inference, feedback, fine-tune, admin, several joined by `+`). Keys also come from the
+    /// T2I_API_KEYS variable, in the same form, comma-separated; never from the command line itself. Further keys
+    /// live in the database (`t2i-align keys create`, POST /keys).
     #[arg(long, env = "T2I_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
     /// Refuse to start without API keys (instead of serving in open mode).
     #[arg(long, env = "T2I_REQUIRE_AUTH")]
     pub require_auth: bool,
+    /// Serve in open mode (no API keys anywhere) on an address other than loopback. Without it, such a server
+    /// refuses to start: anyone who reaches the port could run fine-tunes and activate models.
+    #[arg(long, env = "T2I_ALLOW_OPEN")]
+    pub allow_open: bool,
+    /// Seconds between reloads of the stored API keys: a key revoked on any replica stops working on this one
+    /// within this long.
+    #[arg(long, env = "T2I_KEY_REFRESH", default_value_t = 2.0)]
+    pub key_refresh: f64,
     /// Most requests one API key may have in flight; more answer 429 (0: no limit).
     #[arg(long, env = "T2I_MAX_CONCURRENT_PER_KEY", default_value_t = 16)]
     pub max_concurrent_per_key: usize,
@@ -341,14 +351,15 @@ impl JobArgs {
 
 impl ServeArgs {
     pub fn into_config(self) -> Result<ServeConfig> {
-        let keys = crate::http::auth::ApiKeys::load(
+        let keys = crate::http::auth::StaticKeys::load(
             std::env::var("T2I_API_KEYS").ok().as_deref(),
             self.api_keys_file.as_deref(),
         )?;
-        if self.require_auth && keys.is_open() {
-            return Err(Error::Config(
-                "--require-auth is set but no API keys are configured: set T2I_API_KEYS or --api-keys-file".into(),
-            ));
+        if !(self.key_refresh.is_finite() && (0.1..=3600.0).contains(&self.key_refresh)) {
+            return Err(Error::Config(format!(
+                "--key-refresh must be between 0.1 and 3600 seconds. Given: {}",
+                self.key_refresh
+            )));
         }
         if !(self.request_timeout.is_finite() && self.request_timeout > 0.0 && self.request_timeout <= 86_400.0) {
             return Err(Error::Config(format!(
@@ -372,6 +383,9 @@ impl ServeArgs {
             roles,
             auth: AuthConfig {
                 keys,
+                require_auth: self.require_auth,
+                allow_open: self.allow_open,
+                key_refresh: std::time::Duration::from_secs_f64(self.key_refresh),
                 protect_metrics: self.protect_metrics,
                 max_concurrent_per_key: self.max_concurrent_per_key,
             },
@@ -447,10 +461,87 @@ pub struct ServeConfig {
 /// Who may call what.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
-    pub keys: crate::http::auth::ApiKeys,
+    /// The bootstrap keys, from T2I_API_KEYS and --api-keys-file.
+    pub keys: crate::http::auth::StaticKeys,
+    /// Refuse to start without any key.
+    pub require_auth: bool,
+    /// Allow open mode on an address other than loopback.
+    pub allow_open: bool,
+    /// How often the stored keys are reloaded.
+    pub key_refresh: std::time::Duration,
     pub protect_metrics: bool,
     /// Most requests one key may have in flight (0: no limit).
     pub max_concurrent_per_key: usize,
+}
+
+/// The keys this server honours: the bootstrap ones and those stored in the database. With none at all (and
+/// no --require-auth) the server runs in open mode, which it announces loudly, and which it refuses on an
+/// address other than loopback unless --allow-open says so.
+async fn key_ring(auth: &AuthConfig, host: &str, storage: &Storage) -> Result<crate::http::auth::KeyRing> {
+    let stored = storage.list_keys(None).await?;
+    if auth.require_auth && auth.keys.is_empty() && stored.is_empty() {
+        return Err(Error::Config(
+            "--require-auth is set but no API keys are configured: set T2I_API_KEYS or --api-keys-file, or \
+             create one with `t2i-align keys create`"
+                .into(),
+        ));
+    }
+    let ring = crate::http::auth::KeyRing::new(auth.keys.clone(), &stored, auth.require_auth);
+    if ring.is_open() {
+        if !is_loopback(host) && !auth.allow_open {
+            return Err(Error::Config(format!(
+                "refusing to serve without API keys on --host {host}, which is not a loopback address: anyone \
+                 who reaches it could run fine-tunes and activate models. Give keys (T2I_API_KEYS or \
+                 --api-keys-file; or `t2i-align keys create` with this --data-dir/--database-url), or pass \
+                 --allow-open (T2I_ALLOW_OPEN=true) to serve open on purpose"
+            )));
+        }
+        tracing::warn!(
+            host,
+            "OPEN MODE: no API keys are configured (T2I_API_KEYS, --api-keys-file or stored keys), so anyone who \
+             can reach this port can generate, fine-tune and activate models; use --require-auth to refuse to \
+             start so"
+        );
+    } else {
+        tracing::info!(
+            bootstrap = ring.bootstrap_count(),
+            stored = ring.stored_count(),
+            "API keys loaded"
+        );
+    }
+    Ok(ring)
+}
+
+/// Whether `host` (a --host value) is a loopback address: 127.0.0.0/8, ::1 or `localhost`.
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
+}
+
+/// Reloads the stored keys every `every`, so that a key created or revoked on any replica takes effect here;
+/// a failed reload keeps the keys known and says why once per failure streak.
+fn spawn_key_refresh(keys: Arc<crate::http::auth::KeyRing>, storage: Arc<Storage>, every: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(every).await;
+            match keys.refresh(&storage).await {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("the stored API keys reload again");
+                }
+                Ok(()) => {}
+                Err(err) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %err, "cannot reload the stored API keys; the last ones known stay in force");
+                }
+                Err(_) => {}
+            }
+        }
+    });
 }
 
 /// On a store other replicas share, removes files left without a row every `ORPHAN_GRACE` (the start-up sweep
@@ -492,14 +583,8 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     registry.register_folder(&model.name, &config.model).await?;
     let active = registry.startup_version(&model.name).await?;
     let generation = storage.rollout().await?.map_or(0, |rollout| rollout.generation);
-    if config.auth.keys.is_open() {
-        tracing::warn!(
-            "OPEN MODE: no API keys are configured (T2I_API_KEYS or --api-keys-file), so anyone who can reach \
-             this port can generate, fine-tune and activate models; use --require-auth to refuse to start so"
-        );
-    } else {
-        tracing::info!(keys = config.auth.keys.len(), "API keys loaded");
-    }
+    let keys = Arc::new(key_ring(&config.auth, &config.http.host, &storage).await?);
+    spawn_key_refresh(keys.clone(), storage.clone(), config.auth.key_refresh);
     let metrics = Arc::new(Metrics::new());
     let state = web::Data::new(AppState {
         serving: Default::default(),
@@ -511,7 +596,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         score_limits: config.reward.score,
         max_body_bytes: config.http.max_body_bytes,
         storage: storage.clone(),
-        api_keys: config.auth.keys.clone(),
+        keys,
         protect_metrics: config.auth.protect_metrics,
         request_timeout: config.request_timeout,
         shutting_down: Default::default(),

@@ -11,9 +11,13 @@ use crate::error::{Error, Result};
 pub enum Access {
     /// Anyone: health, readiness, the spec, the console's page and assets.
     Open,
-    /// Any key (`inference` or `admin`).
+    /// Keys with the `inference` scope: generate, score, rerank, rate, read images and models.
     Inference,
-    /// `admin` keys only.
+    /// Keys with the `feedback` scope: list and export ratings.
+    Feedback,
+    /// Keys with the `fine-tune` scope: run and follow fine-tune jobs.
+    FineTune,
+    /// `admin` keys only: activation, keys, the audit log.
     Admin,
     /// `/metrics`: open, or admin-only with `--protect-metrics`.
     Metrics,

@@ -23,8 +23,10 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint::new(Method::Post, "/feedback", Access::Inference, |route| {
         route.to(post_feedback)
     }),
-    Endpoint::new(Method::Get, "/feedback", Access::Admin, |route| route.to(list_feedback)),
-    Endpoint::new(Method::Get, "/feedback/export", Access::Admin, |route| {
+    Endpoint::new(Method::Get, "/feedback", Access::Feedback, |route| {
+        route.to(list_feedback)
+    }),
+    Endpoint::new(Method::Get, "/feedback/export", Access::Feedback, |route| {
         route.to(export_feedback)
     }),
     Endpoint::new(Method::Delete, "/feedback/{id}", Access::Inference, |route| {

@@ -7,6 +7,8 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
+use crate::http::audit::record;
+use crate::http::auth::Caller;
 use crate::http::endpoint::{self, Access, Endpoint, Method};
 use crate::http::error::{parse_json, ErrorBody};
 use crate::http::extract::{page_limit, query_params, read_body};
@@ -178,19 +180,19 @@ pub enum JobStatusName {
 
 /// The routes this module serves, each with who may call it.
 pub const ENDPOINTS: &[Endpoint] = &[
-    Endpoint::new(Method::Post, "/fine-tunes", Access::Admin, |route| {
+    Endpoint::new(Method::Post, "/fine-tunes", Access::FineTune, |route| {
         route.to(create_fine_tune)
     }),
-    Endpoint::new(Method::Get, "/fine-tunes", Access::Admin, |route| {
+    Endpoint::new(Method::Get, "/fine-tunes", Access::FineTune, |route| {
         route.to(list_fine_tunes)
     }),
-    Endpoint::new(Method::Get, "/fine-tunes/{id}", Access::Admin, |route| {
+    Endpoint::new(Method::Get, "/fine-tunes/{id}", Access::FineTune, |route| {
         route.to(get_fine_tune)
     }),
-    Endpoint::new(Method::Post, "/fine-tunes/{id}/cancel", Access::Admin, |route| {
+    Endpoint::new(Method::Post, "/fine-tunes/{id}/cancel", Access::FineTune, |route| {
         route.to(cancel_fine_tune)
     }),
-    Endpoint::new(Method::Get, "/fine-tunes/{id}/events", Access::Admin, |route| {
+    Endpoint::new(Method::Get, "/fine-tunes/{id}/events", Access::FineTune, |route| {
         route.to(fine_tune_events)
     }),
 ];
@@ -213,7 +215,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         (status = 503, description = "The models are still loading, or this server cannot run jobs (its trainer's Python is missing)", body = ErrorBody),
     )
 )]
-pub async fn create_fine_tune(state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse> {
+pub async fn create_fine_tune(
+    state: web::Data<AppState>,
+    caller: Caller,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
     let body = read_body(payload, state.max_body_bytes).await?;
     if let Ok(value) = serde_json::from_slice::<Value>(&body) {
         FineTuneRequest::check_object_fields(&value)?;
@@ -230,6 +236,14 @@ pub async fn create_fine_tune(state: web::Data<AppState>, payload: web::Payload)
         other => other,
     })?;
     let job = state.serving()?.jobs.create(request).await?;
+    record(
+        &state,
+        &caller,
+        "fine_tune.create",
+        &job.id,
+        Some(serde_json::json!({"base": job.base_model})),
+    )
+    .await;
     Ok(HttpResponse::Created().json(FineTuneOut::from(job)))
 }
 
@@ -305,8 +319,13 @@ pub async fn get_fine_tune(state: web::Data<AppState>, path: web::Path<String>) 
         (status = 409, description = "The job has finished already", body = ErrorBody),
     )
 )]
-pub async fn cancel_fine_tune(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse> {
+pub async fn cancel_fine_tune(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
     let job = state.serving()?.jobs.cancel(&path).await?;
+    record(&state, &caller, "fine_tune.cancel", &job.id, None).await;
     Ok(HttpResponse::Ok().json(FineTuneOut::from(job)))
 }
 

@@ -1,8 +1,9 @@
 //! The HTTP surface (actix-web): one module per resource (generate, scoring, openai, feedback, images,
-//! fine_tunes, models, ops, and the console), each declaring its routes as `Endpoint`s with the scope they
+//! fine_tunes, models, keys, audit, ops, and the console), each declaring its routes as `Endpoint`s with the scope they
 //! need; `extract` reads requests, `error` maps errors to statuses, `auth` checks keys, `openapi` documents it
 //! all. Knows nothing of ONNX Runtime: it talks to the engines of `serving`.
 
+pub mod audit;
 pub mod auth;
 pub mod console;
 pub mod endpoint;
@@ -12,6 +13,7 @@ pub mod feedback;
 pub mod fine_tunes;
 pub mod generate;
 pub mod images;
+pub mod keys;
 pub mod models;
 pub mod openai;
 pub mod openapi;
@@ -77,8 +79,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The data directory's database: generated images (for `image_ids`), and later feedback and jobs.
     pub storage: Arc<Storage>,
-    /// The bearer keys; empty is open mode.
-    pub api_keys: auth::ApiKeys,
+    /// The keys this replica honours (bootstrap and stored), and whether any is needed.
+    pub keys: Arc<auth::KeyRing>,
     /// Whether `/metrics` needs an admin key.
     pub protect_metrics: bool,
     /// The default deadline of a generation, and the longest one `X-Request-Timeout` may ask for.
@@ -149,6 +151,8 @@ pub fn endpoints() -> &'static [&'static Endpoint] {
             images::ENDPOINTS,
             fine_tunes::ENDPOINTS,
             models::ENDPOINTS,
+            keys::ENDPOINTS,
+            audit::ENDPOINTS,
             ops::ENDPOINTS,
             openapi::ENDPOINTS,
             console::ENDPOINTS,
@@ -199,6 +203,8 @@ pub fn build_server(state: web::Data<AppState>, config: &HttpConfig) -> std::io:
                     images::configure,
                     fine_tunes::configure,
                     models::configure,
+                    keys::configure,
+                    audit::configure,
                     openapi::configure,
                     console::configure,
                 ] {

@@ -8,6 +8,8 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::error::Result;
+use crate::http::audit::record;
+use crate::http::auth::Caller;
 use crate::http::endpoint::{self, Access, Endpoint, Method};
 use crate::http::error::ErrorBody;
 use crate::http::schemas::ModelVersion;
@@ -128,8 +130,13 @@ async fn model_list(state: &AppState) -> Result<ModelList> {
         (status = 500, description = "The version's files are damaged or do not load; the active one keeps serving", body = ErrorBody),
     )
 )]
-pub async fn activate_model(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse> {
+pub async fn activate_model(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
     state.serving()?.models.activate(&path, "id").await?;
+    record(&state, &caller, "model.activate", &path, None).await;
     Ok(HttpResponse::Ok().json(model_list(&state).await?))
 }
 

@@ -10,10 +10,12 @@ use crate::http::endpoint::{self, Access, Endpoint, Method};
 use crate::http::schemas::{ModelVersion, RewardModelName};
 use crate::http::AppState;
 
+use crate::http::audit::{self, AuditId, AuditOut, AuditPage};
 use crate::http::error::{ErrorBody, ErrorDetail, OpenAiErrorBody, OpenAiErrorDetail};
 use crate::http::fine_tunes::{
     self, EventId, FineTuneEventOut, FineTuneEventPage, FineTuneOut, FineTunePage, JobId, JobStatusName,
 };
+use crate::http::keys::{self, CreateKey, CreatedKey, KeyId, KeyList, KeyOut, ScopeName};
 use crate::http::models::{self, ModelList, ModelOut, ReplicaOut, RolloutOut};
 use crate::http::schemas::{
     FeedbackOut, FeedbackPage, FeedbackRequest, GenerateRequest, GenerateResponse, HealthResponse, ImageBase64,
@@ -56,6 +58,10 @@ use crate::jobs::spec::{
         models::list_models,
         models::activate_model,
         models::rollout,
+        keys::create_key,
+        keys::list_keys,
+        keys::revoke_key,
+        audit::list_audit,
         ops::health,
         ops::ready,
         ops::metrics,
@@ -102,6 +108,15 @@ use crate::jobs::spec::{
         ModelList,
         RolloutOut,
         ReplicaOut,
+        CreateKey,
+        CreatedKey,
+        KeyOut,
+        KeyList,
+        ScopeName,
+        AuditOut,
+        AuditPage,
+        AuditId,
+        KeyId,
         HealthResponse,
         ErrorBody,
         ErrorDetail,
@@ -130,6 +145,7 @@ use crate::jobs::spec::{
         (name = "feedback", description = "Human ratings of images, for fine-tune jobs"),
         (name = "fine-tuning", description = "Offline fine-tune jobs: reward-weighted likelihood on rated and reward-scored samples"),
         (name = "models", description = "Model versions, their lineage and evaluation, and the active one"),
+        (name = "keys", description = "API keys, their tenants and scopes, and the audit log (admin only)"),
         (name = "operations", description = "Health, readiness and metrics")
     )
 )]
@@ -149,7 +165,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
 pub async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
-    let security = if state.api_keys.is_open() {
+    let security = if state.keys.is_open() {
         Security::Open
     } else {
         Security::Keys
@@ -404,22 +420,22 @@ fn add_key_refusals(doc: &mut utoipa::openapi::OpenApi) {
         let Some(operation) = operation else {
             continue;
         };
-        let mut refusals = match endpoint.access {
-            Access::Open | Access::Metrics => continue,
-            Access::Inference | Access::Admin => vec![
-                (
-                    "401",
-                    "The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`)",
-                ),
-                (
-                    "429",
-                    "This key has `--max-concurrent-per-key` requests in flight already",
-                ),
-            ],
+        let Some(scope) = crate::http::auth::Scope::of(endpoint.access, false) else {
+            continue;
         };
-        if endpoint.access == Access::Admin {
-            refusals.push(("403", "The key's scope is `inference`; this route needs `admin`"));
-        }
+        let forbidden = format!("The key lacks the `{}` scope this route needs", scope.name());
+        let refusals = [
+            (
+                "401",
+                "The server has keys, and this request has none or not a valid one (unknown, revoked or expired; \
+                 `WWW-Authenticate: Bearer`)",
+            ),
+            ("403", forbidden.as_str()),
+            (
+                "429",
+                "This key has `--max-concurrent-per-key` requests in flight already",
+            ),
+        ];
         // OpenAI's route answers in OpenAI's error shape.
         let body = if endpoint.path.starts_with("/v1/") {
             "OpenAiErrorBody"
@@ -485,9 +501,11 @@ fn add_security(doc: &mut utoipa::openapi::OpenApi) {
 
     let mut scheme = Http::new(HttpAuthScheme::Bearer);
     scheme.description = Some(
-        "An API key, when the server has keys (T2I_API_KEYS or --api-keys-file). `inference` keys may generate, \
-         score, rerank, rate and read images and models; `admin` keys may do everything. 401 without a valid \
-         key, 403 for a key of too small a scope."
+        "An API key, when the server has keys (stored ones from POST /keys or `t2i-align keys create`, or \
+         bootstrap ones from T2I_API_KEYS or --api-keys-file). Scopes: `inference` may generate, score, \
+         rerank, rate and read images and models; `feedback` may list and export ratings; `fine-tune` may run \
+         and follow fine-tune jobs; `admin` may do everything, for every tenant. 401 without a valid key, 403 \
+         for a key without the route's scope."
             .to_string(),
     );
     doc.components
@@ -503,10 +521,8 @@ fn add_security(doc: &mut utoipa::openapi::OpenApi) {
             Method::Delete => item.delete.as_mut(),
         };
         // `/metrics` is open unless --protect-metrics; the document describes the default.
-        let scope = match endpoint.access {
-            Access::Open | Access::Metrics => continue,
-            Access::Inference => "inference",
-            Access::Admin => "admin",
+        let Some(scope) = crate::http::auth::Scope::of(endpoint.access, false).map(|scope| scope.name()) else {
+            continue;
         };
         if let Some(operation) = operation {
             operation.security = Some(vec![SecurityRequirement::new("api_key", [scope])]);
@@ -562,6 +578,8 @@ mod tests {
             let expected = match endpoint.access {
                 Access::Open | Access::Metrics => serde_json::Value::Null,
                 Access::Inference => serde_json::json!([{"api_key": ["inference"]}]),
+                Access::Feedback => serde_json::json!([{"api_key": ["feedback"]}]),
+                Access::FineTune => serde_json::json!([{"api_key": ["fine-tune"]}]),
                 Access::Admin => serde_json::json!([{"api_key": ["admin"]}]),
             };
             assert_eq!(

@@ -20,11 +20,13 @@ use crate::error::{Error, Result};
 mod blobs;
 mod database;
 mod fine_tunes;
+mod keys;
 mod leases;
 mod rollout;
 pub use blobs::{is_older, BlobConfig, Blobs};
 pub use database::{redact, Backend, Database};
 pub use fine_tunes::{JobEvent, JobRecord, JobStatus, VersionKind, VersionRecord};
+pub use keys::{AuditRecord, KeyRecord, NewAudit, NewKey};
 pub use leases::Lease;
 pub use rollout::{ReplicaRecord, RolloutState, ROLLOUT_CHANNEL};
 
@@ -224,6 +226,24 @@ impl Storage {
             );
         }
         Ok(storage)
+    }
+
+    /// The database alone, for commands that touch no file (`t2i-align keys`): its schema is brought up to
+    /// date, and nothing is swept. Its object store is `data_dir`'s local folder whatever the server uses, so
+    /// it must not be used to read or write images.
+    pub async fn connect_database(database: &Database, data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|err| {
+            Error::Config(format!(
+                "data directory `{}`: cannot create it: {err}",
+                data_dir.display()
+            ))
+        })?;
+        Ok(Storage {
+            pool: database.connect(Durability::Full).await?,
+            database: database.clone(),
+            blobs: Blobs::open(&BlobConfig::default(), data_dir, true)?,
+            image_retention: 0,
+        })
     }
 
     /// How old a file with no row must be before the sweep removes it: none when this process alone writes

@@ -4,6 +4,23 @@
  */
 
 export interface paths {
+    "/audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Who did what: key changes, fine-tune jobs and activations, newest first. */
+        get: operations["list_audit"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/feedback": {
         parameters: {
             query?: never;
@@ -199,6 +216,47 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/keys": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Every key, revoked and expired ones too, oldest first. Never a secret. */
+        get: operations["list_keys"];
+        put?: never;
+        /**
+         * Make an API key. Its secret is in this answer only; store it now. Every replica accepts it within
+         *     `--key-refresh` seconds (this one at once).
+         */
+        post: operations["create_key"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/keys/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Revoke a key: this replica refuses it at once, every other one within `--key-refresh` seconds. Revoking a
+         *     revoked key changes nothing.
+         */
+        delete: operations["revoke_key"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/metrics": {
         parameters: {
             query?: never;
@@ -382,6 +440,85 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * Format: audit-id
+         * @description The id of an audit entry (`id` in `GET /audit` answers).
+         */
+        AuditId: string;
+        /**
+         * @description One line of the audit log.
+         * @example {
+         *       "action": "model.activate",
+         *       "at": 1764900000000,
+         *       "detail": null,
+         *       "id": "aud_0f8fad5bd9cb469fa16570867728950e",
+         *       "key_name": "ops",
+         *       "object": "audit_entry",
+         *       "target": "shapes-sd-ft-5d41402a",
+         *       "tenant": "acme"
+         *     }
+         */
+        AuditOut: {
+            /** @description `key.create`, `key.revoke`, `fine_tune.create`, `fine_tune.cancel` or `model.activate`. */
+            action: string;
+            /**
+             * Format: int64
+             * @description Unix milliseconds.
+             */
+            at: number;
+            detail?: Record<string, unknown> | null;
+            id: string;
+            /** @description The acting key's name; null in open mode and for `t2i-align keys` on the command line. */
+            key_name?: string | null;
+            /** @description Always `audit_entry`. */
+            object: string;
+            /** @description The id acted on. */
+            target: string;
+            /** @description The acting key's tenant. */
+            tenant: string;
+        };
+        /** @description A page of the audit log, newest first. */
+        AuditPage: {
+            data: components["schemas"]["AuditOut"][];
+            has_more: boolean;
+            /** @description Pass as `before` for the next (older) page. */
+            last_id?: string | null;
+        };
+        /**
+         * @description A key to make.
+         * @example {
+         *       "expires_in_seconds": 7776000,
+         *       "name": "checkout-app",
+         *       "scopes": [
+         *         "inference"
+         *       ],
+         *       "tenant": "acme"
+         *     }
+         */
+        CreateKey: {
+            /**
+             * Format: int64
+             * @description Seconds until the key stops working, at most ten years. Default: never.
+             */
+            expires_in_seconds?: number | null;
+            /**
+             * @description What the key is for, shown in lists and the audit log (1 to 64 characters, not all blank; stored
+             *     without leading and trailing blanks).
+             */
+            name: string;
+            /** @description What the key may do. */
+            scopes: components["schemas"]["ScopeName"][];
+            /**
+             * @description The tenant that owns what the key creates (1 to 64 ASCII letters, digits, `.`, `_`, `-`, starting with a
+             *     letter or digit). Default: the creating key's tenant.
+             */
+            tenant?: string | null;
+        };
+        /** @description A key just made, with its secret: the only time the secret is shown. */
+        CreatedKey: components["schemas"]["KeyOut"] & {
+            /** @description The secret, for `Authorization: Bearer <secret>`. It is not stored and cannot be shown again. */
+            secret: string;
+        };
         ErrorBody: {
             error: components["schemas"]["ErrorDetail"];
         };
@@ -1028,6 +1165,59 @@ export interface components {
          */
         JobStatusName: "queued" | "running" | "succeeded" | "failed" | "cancelled";
         /**
+         * Format: key-id
+         * @description The id of a stored API key (`id` in `POST /keys` answers).
+         */
+        KeyId: string;
+        /** @description Keys, oldest first. */
+        KeyList: {
+            data: components["schemas"]["KeyOut"][];
+        };
+        /**
+         * @description A key, without its secret.
+         * @example {
+         *       "created_at": 1764900000000,
+         *       "created_by": "ops",
+         *       "expires_at": null,
+         *       "id": "key_6f1ed002ab5595859014ebf0951522d9",
+         *       "last_used_at": 1764900500000,
+         *       "name": "checkout-app",
+         *       "object": "api_key",
+         *       "prefix": "t2i_3f9a0c1b",
+         *       "revoked_at": null,
+         *       "scopes": [
+         *         "inference"
+         *       ],
+         *       "tenant": "acme"
+         *     }
+         */
+        KeyOut: {
+            /**
+             * Format: int64
+             * @description Unix milliseconds, as every time below.
+             */
+            created_at: number;
+            /** @description The name of the key that made it; null when made by `t2i-align keys create` or in open mode. */
+            created_by?: string | null;
+            /** Format: int64 */
+            expires_at?: number | null;
+            id: string;
+            /**
+             * Format: int64
+             * @description Its last use on any replica, written every few seconds.
+             */
+            last_used_at?: number | null;
+            name: string;
+            /** @description Always `api_key`. */
+            object: string;
+            /** @description The secret's first 12 characters, to tell keys apart. */
+            prefix: string;
+            /** Format: int64 */
+            revoked_at?: number | null;
+            scopes: string[];
+            tenant: string;
+        };
+        /**
          * @description A rating's label (`storage::Label`).
          * @enum {string}
          */
@@ -1454,6 +1644,11 @@ export interface components {
          */
         SchedulerName: "ddim" | "euler" | "euler_a" | "dpm++2m" | "pndm" | "lcm";
         /**
+         * @description A scope a key may hold.
+         * @enum {string}
+         */
+        ScopeName: "inference" | "feedback" | "fine-tune" | "admin";
+        /**
          * @description `POST /score` as `multipart/form-data`: the image files themselves, no base64. The document's description
          *     of the form that `scoring::read_multipart` reads.
          */
@@ -1591,6 +1786,78 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    list_audit: {
+        parameters: {
+            query?: {
+                /** @description The last id of the previous page: list older entries. */
+                before?: components["schemas"]["AuditId"];
+                /** @description Items per page, 1 to 1000 (default 100). */
+                limit?: number;
+                /** @description Only what this tenant's keys did. */
+                tenant?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of the audit log */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditPage"];
+                };
+            };
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key lacks the `admin` scope this route needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `before` names no audit entry */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `limit` breaks a rule */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     list_feedback: {
         parameters: {
             query?: {
@@ -1621,7 +1888,7 @@ export interface operations {
                     "application/json": components["schemas"]["FeedbackPage"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1630,7 +1897,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key's scope is `inference`; this route needs `admin` */
+            /** @description The key lacks the `feedback` scope this route needs */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1699,8 +1966,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key lacks the `inference` scope this route needs */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1767,7 +2043,7 @@ export interface operations {
                     "application/x-ndjson": components["schemas"]["FeedbackOut"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1776,7 +2052,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key's scope is `inference`; this route needs `admin` */
+            /** @description The key lacks the `feedback` scope this route needs */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1835,8 +2111,17 @@ export interface operations {
                     "application/json": components["schemas"]["FeedbackOut"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key lacks the `inference` scope this route needs */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1889,7 +2174,7 @@ export interface operations {
                     "application/json": components["schemas"]["FineTunePage"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1898,7 +2183,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key's scope is `inference`; this route needs `admin` */
+            /** @description The key lacks the `fine-tune` scope this route needs */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1967,7 +2252,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -1976,7 +2261,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key's scope is `inference`; this route needs `admin` */
+            /** @description The key lacks the `fine-tune` scope this route needs */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2044,7 +2329,7 @@ export interface operations {
                     "application/json": components["schemas"]["FineTuneOut"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2053,7 +2338,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key's scope is `inference`; this route needs `admin` */
+            /** @description The key lacks the `fine-tune` scope this route needs */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2103,7 +2388,7 @@ export interface operations {
                     "application/json": components["schemas"]["FineTuneOut"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2112,7 +2397,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key's scope is `inference`; this route needs `admin` */
+            /** @description The key lacks the `fine-tune` scope this route needs */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2176,7 +2461,7 @@ export interface operations {
                     "application/json": components["schemas"]["FineTuneEventPage"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2185,7 +2470,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key's scope is `inference`; this route needs `admin` */
+            /** @description The key lacks the `fine-tune` scope this route needs */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2254,8 +2539,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key lacks the `inference` scope this route needs */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2353,8 +2647,17 @@ export interface operations {
                     "application/json": components["schemas"]["ImagePage"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key lacks the `inference` scope this route needs */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2412,7 +2715,7 @@ export interface operations {
                     "image/png": unknown;
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2421,7 +2724,212 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The key lacks the `inference` scope this route needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description No such image (or it expired under --image-retention) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_keys: {
+        parameters: {
+            query?: {
+                /** @description Only this tenant's keys. */
+                tenant?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The keys */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KeyList"];
+                };
+            };
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key lacks the `admin` scope this route needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A filter breaks a rule */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    create_key: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateKey"];
+            };
+        };
+        responses: {
+            /** @description The key, with its secret */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CreatedKey"];
+                };
+            };
+            /** @description The body is not JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key lacks the `admin` scope this route needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than `--max-body-bytes` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A field breaks a rule; the error names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    revoke_key: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id */
+                id: components["schemas"]["KeyId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The key, revoked */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KeyOut"];
+                };
+            };
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key lacks the `admin` scope this route needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such key */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2479,8 +2987,17 @@ export interface operations {
                     "application/json": components["schemas"]["ModelList"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key lacks the `inference` scope this route needs */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2529,7 +3046,7 @@ export interface operations {
                     "application/json": components["schemas"]["ModelList"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2538,7 +3055,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key's scope is `inference`; this route needs `admin` */
+            /** @description The key lacks the `admin` scope this route needs */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2657,8 +3174,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key lacks the `inference` scope this route needs */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2722,8 +3248,17 @@ export interface operations {
                     "application/json": components["schemas"]["RolloutOut"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key lacks the `inference` scope this route needs */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2784,8 +3319,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key lacks the `inference` scope this route needs */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2863,8 +3407,17 @@ export interface operations {
                     "application/json": components["schemas"]["OpenAiErrorBody"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            /** @description The key lacks the `inference` scope this route needs */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2941,8 +3494,17 @@ export interface operations {
                     "application/json": components["schemas"]["OpenAiErrorBody"];
                 };
             };
-            /** @description The server has keys, and this request has none or not a valid one (`WWW-Authenticate: Bearer`) */
+            /** @description The server has keys, and this request has none or not a valid one (unknown, revoked or expired; `WWW-Authenticate: Bearer`) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenAiErrorBody"];
+                };
+            };
+            /** @description The key lacks the `inference` scope this route needs */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -103,9 +103,9 @@ def summary(output: str) -> dict:
 
 def seed_data(url: str, headers: dict, folder: Path) -> dict[str, list[str]]:
     """Stored things for the document's id formats (`image-id`, `rating-id`, `job-id`, `job-event-id`,
-    `model-version`, `reward-model`): the ids schemathesis's valid data names, since JSON Schema cannot say
-    "an id this server has"; and for `server-folder`, `folder`, which gets one captioned image (a pre-training
-    folder as `pretrain_data` describes it)."""
+    `model-version`, `reward-model`, `key-id`, `audit-id`): the ids schemathesis's valid data names, since
+    JSON Schema cannot say "an id this server has"; and for `server-folder`, `folder`, which gets one
+    captioned image (a pre-training folder as `pretrain_data` describes it)."""
 
     def call(path: str, body: dict | None = None) -> dict:
         answer = http(url + path, body, headers=headers)
@@ -123,6 +123,8 @@ def seed_data(url: str, headers: dict, folder: Path) -> dict[str, list[str]]:
         if events and call(f"/fine-tunes/{job}")["status"] not in ("queued", "running"):
             break
         time.sleep(0.2)
+    key = call("/keys", {"name": "fuzz-seed", "tenant": "fuzz", "scopes": ["inference"]})["id"]
+    audit = [entry["id"] for entry in call("/audit")["data"]]
     versions = call("/models")["data"]
     image = http(url + f"/images/{images[0]}", headers=headers)
     (folder / "circle.png").write_bytes(image.body)
@@ -134,6 +136,8 @@ def seed_data(url: str, headers: dict, folder: Path) -> dict[str, list[str]]:
         "job-event-id": events,
         "model-version": [version["id"] for version in versions if version["kind"] == "diffusion"],
         "reward-model": [generated[0]["selection"]["reward_model"]],
+        "key-id": [key],
+        "audit-id": audit,
         "server-folder": [str(folder)],
     }
 

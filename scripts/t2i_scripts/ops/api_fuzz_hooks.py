@@ -5,8 +5,8 @@ things.
 JSON bodies carry images as base64 strings of the custom format `image-base64`; forms carry them as files
 whose `encoding.contentType` is `image/png` or `image/jpeg`. JSON Schema can say neither "a PNG" nor "a JPEG",
 and without these every valid request would carry bytes that no decoder reads. Fields that name stored
-things carry the formats `image-id`, `rating-id`, `job-id`, `job-event-id`, `model-version` and
-`reward-model`; `api_fuzz` stores a few of
+things carry the formats `image-id`, `rating-id`, `job-id`, `job-event-id`, `model-version`, `key-id`,
+`audit-id` and `reward-model`; `api_fuzz` stores a few of
 each before the run and passes their ids in T2I_FUZZ_IDS. Invalid data is still schemathesis's own.
 """
 

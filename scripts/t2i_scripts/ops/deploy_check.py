@@ -333,6 +333,24 @@ def check_env_template(deploy: Path) -> list[str]:
     return problems
 
 
+def check_keys_required() -> list[str]:
+    """Safe by default (#28): each compose file's t2i-align requires a bootstrap key
+    (`${T2I_API_KEYS:?...}`) and sets T2I_REQUIRE_AUTH, and the Dockerfile's image requires keys, so no
+    documented deployment serves open."""
+    problems = []
+    for path in COMPOSE_FILES:
+        if not path.name.startswith(("compose", "docker-compose")):
+            continue
+        environment = yaml.safe_load(path.read_text())["services"]["t2i-align"].get("environment", {})
+        if not re.fullmatch(r"\$\{T2I_API_KEYS:\?[^}]+\}", str(environment.get("T2I_API_KEYS", ""))):
+            problems.append(f"{path.name}: T2I_API_KEYS must be required (${{T2I_API_KEYS:?message}})")
+        if str(environment.get("T2I_REQUIRE_AUTH", "")).lower() != "true":
+            problems.append(f'{path.name}: T2I_REQUIRE_AUTH must be "true"')
+    if not re.search(r"^\s*T2I_REQUIRE_AUTH=true\b", (ROOT / "Dockerfile").read_text(), re.MULTILINE):
+        problems.append("Dockerfile: the image must set T2I_REQUIRE_AUTH=true")
+    return problems
+
+
 def check_prometheus() -> list[str]:
     config = ROOT / "deploy" / "prometheus.scale.yml"
     if not shutil.which("promtool"):
@@ -345,7 +363,7 @@ def check_prometheus() -> list[str]:
 
 
 def check_compose() -> list[str]:
-    problems = validate_compose_schema() + check_scaled_compose() + check_prometheus()
+    problems = validate_compose_schema() + check_scaled_compose() + check_keys_required() + check_prometheus()
     names = ", ".join(path.name for path in COMPOSE_FILES)
     print(f"compose ({names}, prometheus.scale.yml): {len(problems)} problems")
     return problems
