@@ -31,6 +31,14 @@ pub enum Error {
     #[error("the API key `{key}` already has {limit} requests in flight (--max-concurrent-per-key); retry when one finishes")]
     KeyBusy { key: String, limit: usize },
 
+    /// A tenant is at one of its quotas (#28); `limit` names the flag that sets it.
+    #[error("{message}")]
+    Quota {
+        message: String,
+        limit: &'static str,
+        retry_after_secs: u64,
+    },
+
     /// No such route or resource.
     #[error("{0}")]
     NotFound(String),
@@ -118,6 +126,7 @@ impl Error {
             Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::Overloaded { .. } => "overloaded",
             Error::KeyBusy { .. } => "rate_limited",
+            Error::Quota { .. } => "quota_exceeded",
             Error::NotFound(_) => "not_found",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::Conflict(_) => "conflict",

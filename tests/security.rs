@@ -607,3 +607,62 @@ fn stored_keys_are_made_scoped_revoked_and_audited() {
     assert_eq!(created["target"], id);
     assert!(!server.log().contains(secret), "a key reached the log");
 }
+
+#[test]
+fn a_tenant_past_its_job_quota_gets_a_429_naming_the_limit() {
+    let keys = format!("acme:app:fine-tune:{INFERENCE_KEY},other:ops:admin:{ADMIN_KEY}");
+    // An API-only replica: the jobs stay queued, so they count against the quota.
+    let server = Server::start_with_env(
+        &common::tiny_sd(),
+        &["--roles", "api", "--tenant-max-jobs", "1"],
+        &[("T2I_API_KEYS", &keys)],
+    );
+    let job = r#"{"prompts": ["a red circle"], "images_per_prompt": 1}"#;
+    let first = with_key(&server, "POST", "/fine-tunes", Some(job), Some(INFERENCE_KEY));
+    assert_eq!(first.status, 201, "{}", first.text());
+    assert_eq!(first.json()["tenant"], "acme");
+    let second = with_key(&server, "POST", "/fine-tunes", Some(job), Some(INFERENCE_KEY));
+    assert_eq!(second.status, 429, "{}", second.text());
+    assert_eq!(second.json()["error"]["type"], "quota_exceeded");
+    assert!(second.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--tenant-max-jobs 1"));
+    assert_eq!(second.header("Retry-After"), Some("60"));
+    // Another tenant has its own quota; cancelling frees a slot.
+    let other = with_key(&server, "POST", "/fine-tunes", Some(job), Some(ADMIN_KEY));
+    assert_eq!(other.status, 201, "{}", other.text());
+    let id = first.json()["id"].as_str().unwrap().to_string();
+    let cancelled = with_key(
+        &server,
+        "POST",
+        &format!("/fine-tunes/{id}/cancel"),
+        None,
+        Some(INFERENCE_KEY),
+    );
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text());
+    let third = with_key(&server, "POST", "/fine-tunes", Some(job), Some(INFERENCE_KEY));
+    assert_eq!(third.status, 201, "{}", third.text());
+    // Each creation and the cancellation are in the audit log, with the acting key and its tenant.
+    let audit = with_key(&server, "GET", "/audit", None, Some(ADMIN_KEY)).json();
+    let actions: Vec<(String, String)> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["action"].as_str().unwrap().into(),
+                entry["tenant"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("fine_tune.create".to_string(), "acme".to_string()),
+            ("fine_tune.cancel".into(), "acme".into()),
+            ("fine_tune.create".into(), "other".into()),
+            ("fine_tune.create".into(), "acme".into()),
+        ]
+    );
+}

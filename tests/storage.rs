@@ -156,6 +156,7 @@ on_both_backends!(
     a_folder_version_keeps_its_source,
     a_version_registers_once_and_every_replica_fetches_it_intact,
     keys_are_stored_revoked_touched_and_audited,
+    each_tenant_sees_only_its_own_rows,
 );
 
 // ---- One schema on both backends -------------------------------------------------------------------------
@@ -313,6 +314,7 @@ fn image(seed: u64) -> StoredImage {
         seed,
         model: "shapes-sd".into(),
         reward: Some(0.5),
+        tenant: "default".into(),
     }
 }
 
@@ -367,7 +369,7 @@ async fn a_reopen_sweeps_what_a_crash_left_and_keeps_what_was_recorded(db: TestD
         assert_eq!(listed("images").await, vec![format!("images/{kept}.png")]);
         assert!(listed("feedback").await.is_empty());
     }
-    assert_eq!(reopened.image(&kept, "id").await.unwrap().seed, 1);
+    assert_eq!(reopened.image(&kept, "id", None).await.unwrap().seed, 1);
     assert_eq!(
         db.dir().join("images").exists(),
         db.local_files(),
@@ -382,7 +384,7 @@ async fn keeps_the_newest_and_survives_a_reopen(db: TestDb) {
     let third = storage.insert_image(&image(u64::MAX)).await.unwrap().unwrap();
     assert!(first.starts_with("img_") && first.len() == 36);
     assert_eq!(storage.image_count().await.unwrap(), 2);
-    let err = storage.image(&first, "image_ids[1]").await.unwrap_err();
+    let err = storage.image(&first, "image_ids[1]", None).await.unwrap_err();
     assert_eq!(err.param(), Some("image_ids[1]"));
     assert!(err.to_string().contains("last 2 generated images"), "{err}");
     assert!(
@@ -392,8 +394,8 @@ async fn keeps_the_newest_and_survives_a_reopen(db: TestDb) {
     drop(storage);
 
     let reopened = db.open(2).await;
-    assert_eq!(reopened.image(&second, "id").await.unwrap().seed, 2);
-    let last = reopened.image(&third, "id").await.unwrap();
+    assert_eq!(reopened.image(&second, "id", None).await.unwrap().seed, 2);
+    let last = reopened.image(&third, "id", None).await.unwrap();
     assert_eq!(last.seed, u64::MAX);
     assert_eq!(last.reward, Some(0.5));
     assert_eq!(*last.png, vec![255u8; 16]);
@@ -408,14 +410,14 @@ async fn a_damaged_file_is_noticed(db: TestDb) {
         .put(&format!("images/{id}.png"), b"garbage".to_vec())
         .await
         .unwrap();
-    let err = storage.image(&id, "id").await.unwrap_err();
+    let err = storage.image(&id, "id", None).await.unwrap_err();
     assert!(err.to_string().contains("SHA-256"), "{err}");
 }
 
 async fn feedback_outlives_its_image_and_pages_with_filters(db: TestDb) {
     let storage = db.open(1).await;
     let id = storage.insert_image(&image(1)).await.unwrap().unwrap();
-    let stored = storage.image(&id, "image_id").await.unwrap();
+    let stored = storage.image(&id, "image_id", None).await.unwrap();
     let mut ids = Vec::new();
     for (index, label) in [Label::Good, Label::Bad, Label::Good, Label::Skip]
         .into_iter()
@@ -430,6 +432,7 @@ async fn feedback_outlives_its_image_and_pages_with_filters(db: TestDb) {
                 rater: Some(if index < 2 { "ann" } else { "bob" }.into()),
                 image: stored.png.clone(),
                 extension: "png",
+                tenant: "default".into(),
             })
             .await
             .unwrap();
@@ -437,7 +440,7 @@ async fn feedback_outlives_its_image_and_pages_with_filters(db: TestDb) {
     }
     // The image expires; its ratings keep their copy.
     storage.insert_image(&image(2)).await.unwrap();
-    assert!(storage.image(&id, "image_id").await.is_err());
+    assert!(storage.image(&id, "image_id", None).await.is_err());
     let query = |label, rater: Option<&str>, after: Option<&String>, limit| FeedbackQuery {
         label,
         rater: rater.map(str::to_string),
@@ -445,6 +448,7 @@ async fn feedback_outlives_its_image_and_pages_with_filters(db: TestDb) {
         model: None,
         after: after.cloned(),
         limit,
+        tenant: None,
     };
     let (page, more) = storage.list_feedback(&query(None, None, None, 3)).await.unwrap();
     assert_eq!(page.len(), 3);
@@ -521,7 +525,10 @@ async fn keys_are_stored_revoked_touched_and_audited(db: TestDb) {
     let b = storage.insert_key(&new("bb", "other")).await.unwrap();
     assert_eq!(a.scopes, ["inference", "feedback"]);
     assert_eq!(storage.list_keys(None).await.unwrap().len(), 2);
-    assert_eq!(storage.list_keys(Some("other")).await.unwrap(), std::slice::from_ref(&b));
+    assert_eq!(
+        storage.list_keys(Some("other")).await.unwrap(),
+        std::slice::from_ref(&b)
+    );
     // A digest is stored once.
     assert!(storage.insert_key(&new("c", "acme")).await.is_err());
     // Last use only moves forward, whatever order replicas write in.
@@ -564,6 +571,99 @@ async fn keys_are_stored_revoked_touched_and_audited(db: TestDb) {
     assert_eq!(unknown.kind(), "not_found", "{unknown}");
 }
 
+async fn each_tenant_sees_only_its_own_rows(db: TestDb) {
+    let storage = db.open(10).await;
+    let mut ids = Vec::new();
+    for tenant in ["acme", "other", "acme"] {
+        let id = storage
+            .insert_image(&StoredImage {
+                tenant: tenant.into(),
+                ..image(ids.len() as u64)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        ids.push(id);
+    }
+    // Images: another tenant's id reads as unknown, and listings hold only the tenant's.
+    assert_eq!(storage.image(&ids[0], "id", Some("acme")).await.unwrap().tenant, "acme");
+    let hidden = storage.image(&ids[1], "image_ids[0]", Some("acme")).await.unwrap_err();
+    assert_eq!(hidden.param(), Some("image_ids[0]"));
+    assert!(storage.image(&ids[1], "id", None).await.is_ok());
+    let (acme, _) = storage.list_images(Some("acme"), None, 10).await.unwrap();
+    assert_eq!(
+        acme.iter().map(|record| &record.id).collect::<Vec<_>>(),
+        [&ids[0], &ids[2]]
+    );
+    let (all, _) = storage.list_images(None, None, 10).await.unwrap();
+    assert_eq!(all.len(), 3);
+    // Another tenant's id is no cursor for it.
+    let cursor = storage.list_images(Some("acme"), Some(&ids[1]), 10).await.unwrap_err();
+    assert_eq!(cursor.kind(), "not_found", "{cursor}");
+    // Ratings: listed, paged and deleted per tenant.
+    let mut ratings = Vec::new();
+    for tenant in ["acme", "other"] {
+        let rating = storage
+            .insert_feedback(&NewFeedback {
+                image_id: None,
+                model: None,
+                prompt: "a red circle".into(),
+                label: Label::Good,
+                rater: None,
+                image: Arc::new(vec![1; 8]),
+                extension: "png",
+                tenant: tenant.into(),
+            })
+            .await
+            .unwrap();
+        ratings.push(rating);
+    }
+    let only = |tenant: Option<&str>| FeedbackQuery {
+        limit: 10,
+        tenant: tenant.map(String::from),
+        ..FeedbackQuery::default()
+    };
+    let (page, _) = storage.list_feedback(&only(Some("other"))).await.unwrap();
+    assert_eq!(page, [ratings[1].clone()]);
+    assert_eq!(storage.list_feedback(&only(None)).await.unwrap().0.len(), 2);
+    assert!(storage
+        .delete_feedback(&ratings[1].id, Some("acme"))
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        storage.list_feedback(&only(None)).await.unwrap().0.len(),
+        2,
+        "nothing was deleted"
+    );
+    assert!(storage
+        .delete_feedback(&ratings[1].id, Some("other"))
+        .await
+        .unwrap()
+        .is_some());
+    // Jobs: recorded with their tenant, listed per tenant.
+    let spec = serde_json::json!({});
+    storage.insert_job("ft_a", "base", &spec, "acme").await.unwrap();
+    storage.insert_job("ft_b", "base", &spec, "other").await.unwrap();
+    assert_eq!(storage.job("ft_b").await.unwrap().unwrap().tenant, "other");
+    let (acme_jobs, _) = storage.list_jobs(Some("acme"), None, None, 10).await.unwrap();
+    assert_eq!(
+        acme_jobs.iter().map(|job| job.id.as_str()).collect::<Vec<_>>(),
+        ["ft_a"]
+    );
+    assert!(storage.list_jobs(Some("acme"), None, Some("ft_b"), 10).await.is_err());
+    // A tenant's use of jobs: queued and running ones count, and run time within the window.
+    let now = t2i_align::storage::now_millis();
+    assert_eq!(
+        storage.tenant_job_use("acme", now, 86_400_000).await.unwrap(),
+        (1, 0, 0)
+    );
+    assert_eq!(
+        storage.tenant_job_use("nobody", now, 86_400_000).await.unwrap(),
+        (0, 0, 0)
+    );
+}
+
 async fn retention_zero_stores_nothing(db: TestDb) {
     let storage = db.open(0).await;
     assert!(storage.insert_image(&image(1)).await.unwrap().is_none());
@@ -584,8 +684,8 @@ async fn an_unwritable_data_dir_is_a_clear_error(db: TestDb) {
 async fn jobs_move_once_to_a_final_status_and_page_newest_first(db: TestDb) {
     let storage = db.open(1).await;
     let spec = serde_json::json!({"steps": 3});
-    storage.insert_job("ft_a", "base", &spec).await.unwrap();
-    storage.insert_job("ft_b", "base", &spec).await.unwrap();
+    storage.insert_job("ft_a", "base", &spec, "default").await.unwrap();
+    storage.insert_job("ft_b", "base", &spec, "default").await.unwrap();
     let (job, lease) = storage.claim_job("w1", LEASE, 2).await.unwrap().unwrap();
     assert_eq!(
         (job.id.as_str(), job.attempt, job.worker.as_deref()),
@@ -617,13 +717,13 @@ async fn jobs_move_once_to_a_final_status_and_page_newest_first(db: TestDb) {
     assert_eq!(job.status, JobStatus::Failed);
     assert_eq!(job.error.as_deref(), Some("boom"));
     assert!(job.finished_at.is_some() && job.lease_expires_at.is_none());
-    let (jobs, more) = storage.list_jobs(None, None, 1).await.unwrap();
+    let (jobs, more) = storage.list_jobs(None, None, None, 1).await.unwrap();
     assert_eq!(jobs[0].id, "ft_b", "newest first");
     assert!(more);
-    let (jobs, more) = storage.list_jobs(None, Some("ft_b"), 5).await.unwrap();
+    let (jobs, more) = storage.list_jobs(None, None, Some("ft_b"), 5).await.unwrap();
     assert_eq!(jobs.iter().map(|job| job.id.as_str()).collect::<Vec<_>>(), vec!["ft_a"]);
     assert!(!more);
-    let (failed, _) = storage.list_jobs(Some(JobStatus::Failed), None, 5).await.unwrap();
+    let (failed, _) = storage.list_jobs(None, Some(JobStatus::Failed), None, 5).await.unwrap();
     assert_eq!(failed.len(), 1);
 }
 
@@ -639,7 +739,10 @@ async fn racing_workers_claim_each_job_once(db: TestDb) {
     let storage = Arc::new(db.open(1).await);
     let spec = serde_json::json!({});
     for index in 0..6 {
-        storage.insert_job(&format!("ft_{index}"), "base", &spec).await.unwrap();
+        storage
+            .insert_job(&format!("ft_{index}"), "base", &spec, "default")
+            .await
+            .unwrap();
     }
     // Twelve workers claim at once: six get one job each, and the rest get none.
     let claims = futures_util::future::join_all((0..12).map(|worker| {
@@ -659,7 +762,7 @@ async fn racing_workers_claim_each_job_once(db: TestDb) {
 async fn a_lost_lease_fences_every_write(db: TestDb) {
     let storage = db.open(1).await;
     storage
-        .insert_job("ft_a", "base", &serde_json::json!({}))
+        .insert_job("ft_a", "base", &serde_json::json!({}), "default")
         .await
         .unwrap();
     // w1's lease runs out (it stopped renewing): w2 claims the job as attempt 2.
@@ -701,6 +804,7 @@ async fn a_lost_lease_fences_every_write(db: TestDb) {
         metrics: None,
         checksums: None,
         active: false,
+        tenant: Some("acme".into()),
     };
     lost(storage.insert_version_fenced(&old, &version).await);
     assert!(
@@ -737,7 +841,7 @@ async fn a_lost_lease_fences_every_write(db: TestDb) {
 async fn stopped_workers_jobs_run_again_until_their_attempts_are_spent(db: TestDb) {
     let storage = db.open(1).await;
     storage
-        .insert_job("ft_a", "base", &serde_json::json!({}))
+        .insert_job("ft_a", "base", &serde_json::json!({}), "default")
         .await
         .unwrap();
     // A shutdown gives the job back: the next claim is attempt 2.
@@ -774,7 +878,7 @@ async fn stopped_workers_jobs_run_again_until_their_attempts_are_spent(db: TestD
     assert!(storage.fail_expired_jobs(2).await.unwrap().is_empty(), "failed once");
     // A job cancelled on another replica: its worker's next renewal finds the lease gone.
     storage
-        .insert_job("ft_b", "base", &serde_json::json!({}))
+        .insert_job("ft_b", "base", &serde_json::json!({}), "default")
         .await
         .unwrap();
     let (_, lease) = storage.claim_job("w4", LEASE, 2).await.unwrap().unwrap();
@@ -859,11 +963,17 @@ async fn many_writers_at_once_lose_nothing(db: TestDb) {
                     rater: Some("ann".into()),
                     image: Arc::new(vec![index as u8; 8]),
                     extension: "png",
+                    tenant: "default".into(),
                 })
                 .await
                 .unwrap();
             storage
-                .insert_job(&format!("ft_{index:032}"), "base", &serde_json::json!({"index": index}))
+                .insert_job(
+                    &format!("ft_{index:032}"),
+                    "base",
+                    &serde_json::json!({"index": index}),
+                    "default",
+                )
                 .await
                 .unwrap();
         }));
@@ -890,7 +1000,7 @@ async fn many_writers_at_once_lose_nothing(db: TestDb) {
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let (page, more) = storage.list_jobs(None, after.as_deref(), 5).await.unwrap();
+        let (page, more) = storage.list_jobs(None, None, after.as_deref(), 5).await.unwrap();
         seen.extend(page.iter().map(|job| job.id.clone()));
         after = page.last().map(|job| job.id.clone());
         if !more {
@@ -972,6 +1082,7 @@ async fn a_version_registers_once_and_every_replica_fetches_it_intact(db: TestDb
                     job_id,
                     lease: None,
                     metrics: &metrics,
+                    tenant: None,
                 })
                 .await
         }

@@ -7,6 +7,7 @@ within lease + poll (2 s) time.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import time
 from pathlib import Path
@@ -18,6 +19,9 @@ from t2i_scripts.server import ROOT
 
 LEASE_SECONDS = 4
 POLL_SECONDS = 2
+# Every replica requires keys (#28); the tests call with this bootstrap admin key.
+ADMIN_KEY = "cluster-admin-key-0123456789abcdef"
+KEY_REFRESH_SECONDS = 2
 
 
 def job_spec(steps: int) -> dict:
@@ -50,7 +54,8 @@ def cluster(request, tmp_path_factory):
         lease_seconds=LEASE_SECONDS,
         watch_parent=os.getpid(),
         binary=binary,
-        extra_flags=["--job-checkpoint-every", "10"],
+        extra_flags=["--job-checkpoint-every", "10", "--key-refresh", str(KEY_REFRESH_SECONDS)],
+        admin_key=ADMIN_KEY,
     )
     try:
         cluster.up()
@@ -221,3 +226,30 @@ def test_a_killed_replicas_job_is_reclaimed_resumes_from_its_checkpoint_and_regi
     # The killed replica comes back, for the tests after this one.
     cluster.start_replica(victim.index)
     cluster.wait_ready(cluster.replicas[victim.index])
+
+
+def test_a_key_made_on_one_replica_works_on_all_and_a_revocation_reaches_all(cluster):
+    first, second, third = cluster.replicas[:3]
+    status, made = first.post("/keys", {"name": "app", "tenant": "acme", "scopes": ["inference"]})
+    assert status == 201, made
+    secret = made["secret"]
+    assert first.get("/models", key=secret)[0] == 200, "the replica that made it accepts it at once"
+
+    def answers(replica, status):
+        return lambda: replica.get("/models", key=secret)[0] == status
+
+    for replica in (second, third):
+        wait_for(f"{replica.url} accepts the new key", answers(replica, 200), 10)
+    assert first.get("/keys", key=secret)[0] == 403, "an inference key is not an admin"
+    status, body = second.delete(f"/keys/{made['id']}")
+    assert status == 200, body
+    revoked = time.time()
+    assert second.get("/models", key=secret)[0] == 401, "the revoking replica refuses it at once"
+    for replica in (first, third):
+        wait_for(f"{replica.url} refuses the revoked key", answers(replica, 401), 10)
+    # Within the reload period plus a request's time, on every replica.
+    assert time.time() - revoked < KEY_REFRESH_SECONDS + 3
+    status, body = third.get("/models", key=secret)
+    assert b"was revoked" in body, body
+    audit = json.loads(first.get("/audit")[1])["data"]
+    assert [entry["action"] for entry in audit[:2]] == ["key.revoke", "key.create"], audit[:2]

@@ -239,6 +239,14 @@ pub struct JobArgs {
     /// its worker stopped goes on training from it instead of from step 1. 0 turns checkpoints off.
     #[arg(long, env = "T2I_JOB_CHECKPOINT_EVERY", default_value_t = 100)]
     pub job_checkpoint_every: u32,
+    /// Most fine-tune jobs one tenant may have queued or running at once; more are refused with 429 (0: no
+    /// limit).
+    #[arg(long, env = "T2I_TENANT_MAX_JOBS", default_value_t = 2)]
+    pub tenant_max_jobs: u32,
+    /// Most minutes of fine-tune jobs (from start to end, running ones so far) one tenant may use in any 24
+    /// hours; past it, new jobs are refused with 429 until the oldest fall out of the window (0: no limit).
+    #[arg(long, env = "T2I_TENANT_JOB_MINUTES_PER_DAY", default_value_t = 240)]
+    pub tenant_job_minutes_per_day: u32,
 }
 
 impl JobArgs {
@@ -276,6 +284,10 @@ impl JobArgs {
             lease: std::time::Duration::from_secs(self.job_lease_seconds),
             max_attempts: self.job_max_attempts,
             checkpoint_every: self.job_checkpoint_every,
+            quota: crate::jobs::JobQuota {
+                max_jobs: self.tenant_max_jobs,
+                minutes_per_day: self.tenant_job_minutes_per_day,
+            },
             limits: JobLimits {
                 max_prompts: self.max_job_prompts.max(1),
                 max_images_per_prompt: self.max_job_images_per_prompt.max(1),

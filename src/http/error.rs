@@ -32,7 +32,7 @@ impl ResponseError for Error {
             Error::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Overloaded { .. } | Error::KeyBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Overloaded { .. } | Error::KeyBusy { .. } | Error::Quota { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict(_) | Error::LeaseLost { .. } => StatusCode::CONFLICT,
@@ -147,6 +147,7 @@ fn retry_after(err: &Error) -> Option<HeaderValue> {
     match err {
         Error::Overloaded { retry_after_secs, .. } => HeaderValue::from_str(&retry_after_secs.to_string()).ok(),
         Error::KeyBusy { .. } => Some(HeaderValue::from_static("1")),
+        Error::Quota { retry_after_secs, .. } => HeaderValue::from_str(&retry_after_secs.to_string()).ok(),
         _ => None,
     }
 }

@@ -1,6 +1,7 @@
-//! Ratings: `POST /feedback` rates an image, `DELETE /feedback/{id}` takes a rating back (its id is only known
-//! to whoever made it, since listing ratings needs admin), `GET /feedback` lists them and `GET /feedback/export`
-//! streams them as JSON lines.
+//! Ratings: `POST /feedback` rates an image, `DELETE /feedback/{id}` takes a rating back, `GET /feedback` lists
+//! them and `GET /feedback/export` streams them as JSON lines. Each rating belongs to the tenant of the key that
+//! gave it; a key sees and deletes only its tenant's (admin keys: every tenant's), and another tenant's id is
+//! answered as one that does not exist.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
 use crate::error::{Error, Result};
+use crate::http::auth::Caller;
 use crate::http::endpoint::{self, Access, Endpoint, Method};
 use crate::http::error::{parse_json, ErrorBody};
 use crate::http::extract::{base64_bytes, page_limit, query_params, read_body};
@@ -56,6 +58,7 @@ fn feedback_out(feedback: Feedback, image_base64: Option<String>) -> FeedbackOut
         prompt: feedback.prompt,
         label: feedback.label,
         rater: feedback.rater,
+        tenant: feedback.tenant,
         image_base64,
     }
 }
@@ -73,7 +76,7 @@ fn feedback_out(feedback: Feedback, image_base64: Option<String>) -> FeedbackOut
         (status = 422, description = "A field breaks a rule, or the image is unknown or does not decode; `param` names it", body = ErrorBody),
     )
 )]
-pub async fn post_feedback(state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse> {
+pub async fn post_feedback(state: web::Data<AppState>, caller: Caller, payload: web::Payload) -> Result<HttpResponse> {
     let body = read_body(payload, state.max_body_bytes).await?;
     let request: FeedbackRequest = parse_json(&body)?;
     let label = label_of(&request.label)?;
@@ -97,7 +100,10 @@ pub async fn post_feedback(state: web::Data<AppState>, payload: web::Payload) ->
                     "leave `prompt` out with `image_id`: the image is rated against the prompt it was generated for",
                 ));
             }
-            let stored = state.storage.image(&image_id, "image_id").await?;
+            let stored = state
+                .storage
+                .image(&image_id, "image_id", caller.visible_tenant())
+                .await?;
             NewFeedback {
                 image_id: Some(image_id),
                 model: Some(stored.model),
@@ -106,6 +112,7 @@ pub async fn post_feedback(state: web::Data<AppState>, payload: web::Payload) ->
                 rater: request.rater,
                 image: stored.png,
                 extension: "png",
+                tenant: caller.tenant.clone(),
             }
         }
         (None, Some(image)) => {
@@ -131,6 +138,7 @@ pub async fn post_feedback(state: web::Data<AppState>, payload: web::Payload) ->
                 rater: request.rater,
                 image: Arc::new(bytes),
                 extension,
+                tenant: caller.tenant.clone(),
             }
         }
     };
@@ -139,8 +147,8 @@ pub async fn post_feedback(state: web::Data<AppState>, payload: web::Payload) ->
     Ok(HttpResponse::Created().json(feedback_out(stored, None)))
 }
 
-/// Take back a rating (the console's undo): its row and its copy of the image are deleted. The id is only known
-/// to whoever made the rating, or to an admin (listing ratings needs the admin scope).
+/// Take back a rating (the console's undo): its row and its copy of the image are deleted. A key may take back
+/// only its own tenant's ratings (admin keys: any); another tenant's id is answered as unknown.
 #[utoipa::path(
     delete,
     path = "/feedback/{id}",
@@ -151,11 +159,15 @@ pub async fn post_feedback(state: web::Data<AppState>, payload: web::Payload) ->
         (status = 404, description = "No such rating (or it was already deleted)", body = ErrorBody),
     )
 )]
-pub async fn delete_feedback(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse> {
+pub async fn delete_feedback(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
     let id = id.into_inner();
     let deleted = state
         .storage
-        .delete_feedback(&id)
+        .delete_feedback(&id, caller.visible_tenant())
         .await?
         .ok_or_else(|| Error::NotFound(format!("no rating `{id}` (it may have been deleted already)")))?;
     state
@@ -166,8 +178,8 @@ pub async fn delete_feedback(state: web::Data<AppState>, id: web::Path<String>) 
     Ok(HttpResponse::Ok().json(feedback_out(deleted, None)))
 }
 
-/// The filters of a feedback listing, from the query string.
-fn feedback_query(request: &HttpRequest) -> Result<(FeedbackQuery, bool)> {
+/// The filters of a feedback listing, from the query string, limited to what `caller` may see.
+fn feedback_query(request: &HttpRequest, caller: &Caller) -> Result<(FeedbackQuery, bool)> {
     let params: FeedbackParams = query_params(request)?;
     let limit = page_limit(params.limit)?;
     let label = params.label.as_deref().map(label_of).transpose()?;
@@ -179,6 +191,7 @@ fn feedback_query(request: &HttpRequest) -> Result<(FeedbackQuery, bool)> {
             model: params.model,
             after: params.after,
             limit,
+            tenant: caller.visible_tenant().map(String::from),
         },
         params.include_images.unwrap_or(false),
     ))
@@ -196,8 +209,8 @@ fn feedback_query(request: &HttpRequest) -> Result<(FeedbackQuery, bool)> {
         (status = 422, description = "A filter or `limit` breaks a rule, or `after` is unknown", body = ErrorBody),
     )
 )]
-pub async fn list_feedback(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse> {
-    let (query, _) = feedback_query(&request)?;
+pub async fn list_feedback(state: web::Data<AppState>, caller: Caller, request: HttpRequest) -> Result<HttpResponse> {
+    let (query, _) = feedback_query(&request, &caller)?;
     let (page, has_more) = state.storage.list_feedback(&query).await?;
     let last_id = page.last().map(|feedback| feedback.id.clone());
     Ok(HttpResponse::Ok().json(FeedbackPage {
@@ -219,8 +232,8 @@ pub async fn list_feedback(state: web::Data<AppState>, request: HttpRequest) -> 
         (status = 422, description = "A filter breaks a rule", body = ErrorBody),
     )
 )]
-pub async fn export_feedback(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse> {
-    let (mut query, include_images) = feedback_query(&request)?;
+pub async fn export_feedback(state: web::Data<AppState>, caller: Caller, request: HttpRequest) -> Result<HttpResponse> {
+    let (mut query, include_images) = feedback_query(&request, &caller)?;
     query.limit = 256;
     // Check the filters and the cursor before the 200 goes out.
     state

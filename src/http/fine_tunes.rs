@@ -56,6 +56,8 @@ pub struct FineTuneOut {
     pub attempt: i64,
     /// The replica running (or that last ran) it: host, process id and a random suffix.
     pub worker: Option<String>,
+    /// The tenant whose key created it: it trains on that tenant's ratings, and its version is theirs.
+    pub tenant: String,
 }
 
 impl From<JobRecord> for FineTuneOut {
@@ -78,6 +80,7 @@ impl From<JobRecord> for FineTuneOut {
             finished_at: job.finished_at,
             attempt: job.attempt,
             worker: job.worker,
+            tenant: job.tenant,
         }
     }
 }
@@ -212,6 +215,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         (status = 400, description = "The body is not JSON", body = ErrorBody),
         (status = 413, description = "The body is larger than `--max-body-bytes`", body = ErrorBody),
         (status = 422, description = "A field breaks a rule; `param` names it", body = ErrorBody),
+        (status = 429, description = "The tenant is at a quota (`--tenant-max-jobs` or `--tenant-job-minutes-per-day`; the error names it), or, with keys, the key has `--max-concurrent-per-key` requests in flight; retry after `Retry-After` seconds", body = ErrorBody),
         (status = 503, description = "The models are still loading, or this server cannot run jobs (its trainer's Python is missing)", body = ErrorBody),
     )
 )]
@@ -235,7 +239,11 @@ pub async fn create_fine_tune(
         },
         other => other,
     })?;
-    let job = state.serving()?.jobs.create(request).await?;
+    let job = state
+        .serving()?
+        .jobs
+        .create(request, &caller.tenant, caller.visible_tenant())
+        .await?;
     record(
         &state,
         &caller,
@@ -259,7 +267,7 @@ pub async fn create_fine_tune(
         (status = 422, description = "`limit`, `status` or `after` breaks a rule", body = ErrorBody),
     )
 )]
-pub async fn list_fine_tunes(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse> {
+pub async fn list_fine_tunes(state: web::Data<AppState>, caller: Caller, request: HttpRequest) -> Result<HttpResponse> {
     let params: PageParams = query_params(&request)?;
     let limit = page_limit(params.limit)?;
     let status = params
@@ -274,7 +282,10 @@ pub async fn list_fine_tunes(state: web::Data<AppState>, request: HttpRequest) -
             })
         })
         .transpose()?;
-    let (jobs, has_more) = state.storage.list_jobs(status, params.after.as_deref(), limit).await?;
+    let (jobs, has_more) = state
+        .storage
+        .list_jobs(caller.visible_tenant(), status, params.after.as_deref(), limit)
+        .await?;
     let last_id = jobs.last().map(|job| job.id.clone());
     Ok(HttpResponse::Ok().json(FineTunePage {
         data: jobs.into_iter().map(FineTuneOut::from).collect(),
@@ -283,11 +294,13 @@ pub async fn list_fine_tunes(state: web::Data<AppState>, request: HttpRequest) -
     }))
 }
 
-async fn job_or_404(state: &AppState, id: &str) -> Result<JobRecord> {
+/// The job `id`, if `caller` may see it: another tenant's job is answered as one that does not exist.
+async fn job_or_404(state: &AppState, caller: &Caller, id: &str) -> Result<JobRecord> {
     state
         .storage
         .job(id)
         .await?
+        .filter(|job| caller.sees(&job.tenant))
         .ok_or_else(|| Error::NotFound(format!("no fine-tune job `{id}`")))
 }
 
@@ -302,8 +315,12 @@ async fn job_or_404(state: &AppState, id: &str) -> Result<JobRecord> {
         (status = 404, description = "No such job", body = ErrorBody),
     )
 )]
-pub async fn get_fine_tune(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse> {
-    let job = job_or_404(&state, &path).await?;
+pub async fn get_fine_tune(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
+    let job = job_or_404(&state, &caller, &path).await?;
     Ok(HttpResponse::Ok().json(FineTuneOut::from(job)))
 }
 
@@ -324,6 +341,7 @@ pub async fn cancel_fine_tune(
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
+    job_or_404(&state, &caller, &path).await?;
     let job = state.serving()?.jobs.cancel(&path).await?;
     record(&state, &caller, "fine_tune.cancel", &job.id, None).await;
     Ok(HttpResponse::Ok().json(FineTuneOut::from(job)))
@@ -343,12 +361,13 @@ pub async fn cancel_fine_tune(
 )]
 pub async fn fine_tune_events(
     state: web::Data<AppState>,
+    caller: Caller,
     path: web::Path<String>,
     request: HttpRequest,
 ) -> Result<HttpResponse> {
     let params: EventParams = query_params(&request)?;
     let limit = page_limit(params.limit)?;
-    let job = job_or_404(&state, &path).await?;
+    let job = job_or_404(&state, &caller, &path).await?;
     let (events, has_more) = state
         .storage
         .list_events(&job.id, params.after.as_deref(), limit)

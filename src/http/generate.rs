@@ -10,6 +10,7 @@ use base64::Engine as _;
 
 use crate::batching::Deadline;
 use crate::error::{Error, Result};
+use crate::http::auth::Caller;
 use crate::http::endpoint::{self, Access, Endpoint, Method};
 use crate::http::error::{parse_json, ErrorBody};
 use crate::http::extract::{base64_bytes, read_body, request_deadline};
@@ -46,18 +47,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         (status = 504, description = "The deadline (`X-Request-Timeout` or `--request-timeout`) passed; the work was stopped", body = ErrorBody),
     )
 )]
-pub async fn generate(state: web::Data<AppState>, http: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
+pub async fn generate(
+    state: web::Data<AppState>,
+    caller: Caller,
+    http: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
     let started = Instant::now();
     let deadline = request_deadline(&http, &state, started)?;
     let body = read_body(payload, state.max_body_bytes).await?;
     let request: GenerateRequest = parse_json(&body)?;
-    let response = run_generate(&state, request, started, deadline).await?;
+    let response = run_generate(&state, &caller, request, started, deadline).await?;
     Ok(HttpResponse::Ok().json(response))
 }
 
 /// Validates, generates (and scores and chooses, with a reward model), stores the images and shapes the answer.
 pub(crate) async fn run_generate(
     state: &AppState,
+    caller: &Caller,
     mut request: GenerateRequest,
     started: Instant,
     deadline: Deadline,
@@ -66,7 +73,7 @@ pub(crate) async fn run_generate(
         None => None,
         Some(text) => Some(decode_init_image(state, InitImageSource::Base64(text), "init_image").await?),
     };
-    run_generate_from(state, request, init_image, started, deadline).await
+    run_generate_from(state, caller, request, init_image, started, deadline).await
 }
 
 /// Where an img2img starting image comes from: JSON's base64 text, or a form's file.
@@ -96,6 +103,7 @@ pub(crate) async fn decode_init_image(
 /// [`run_generate`] with the starting image already decoded.
 pub(crate) async fn run_generate_from(
     state: &AppState,
+    caller: &Caller,
     request: GenerateRequest,
     init_image: Option<image::RgbImage>,
     started: Instant,
@@ -104,7 +112,10 @@ pub(crate) async fn run_generate_from(
     let serving = state.serving()?;
     let return_candidate_scores = request.return_candidate_scores.unwrap_or(false);
     // The version is held for the whole request: a swap meanwhile lets this request finish on it.
-    let model = serving.models.get(request.model.as_deref(), "model").await?;
+    let model = serving
+        .models
+        .get(request.model.as_deref(), "model", caller.visible_tenant())
+        .await?;
     let selection = request.selection_input();
     let reward_model = request.reward_model.clone();
     let mut generate: GenerateInput = request.into();
@@ -136,6 +147,7 @@ pub(crate) async fn run_generate_from(
                 seed: image.seed,
                 model: model.version.clone(),
                 reward: image.reward,
+                tenant: caller.tenant.clone(),
             })
             .await?;
         images.push(ImageOut {

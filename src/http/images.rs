@@ -3,6 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::error::{Error, Result};
+use crate::http::auth::Caller;
 use crate::http::endpoint::{self, Access, Endpoint, Method};
 use crate::http::error::ErrorBody;
 use crate::http::extract::{page_limit, query_params};
@@ -33,10 +34,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         (status = 422, description = "`limit` breaks its rule, or `after` is unknown", body = ErrorBody),
     )
 )]
-pub async fn list_images(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse> {
+pub async fn list_images(state: web::Data<AppState>, caller: Caller, request: HttpRequest) -> Result<HttpResponse> {
     let params: ImageParams = query_params(&request)?;
     let limit = page_limit(params.limit)?;
-    let (page, has_more) = state.storage.list_images(params.after.as_deref(), limit).await?;
+    let (page, has_more) = state
+        .storage
+        .list_images(caller.visible_tenant(), params.after.as_deref(), limit)
+        .await?;
     let last_id = page.last().map(|record| record.id.clone());
     Ok(HttpResponse::Ok().json(ImagePage {
         data: page
@@ -66,11 +70,15 @@ pub async fn list_images(state: web::Data<AppState>, request: HttpRequest) -> Re
         (status = 404, description = "No such image (or it expired under --image-retention)", body = ErrorBody),
     )
 )]
-pub async fn get_image(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse> {
-    let stored = state.storage.image(&id, "id").await.map_err(|err| match err {
-        Error::Validation { message, .. } => Error::NotFound(message),
-        other => other,
-    })?;
+pub async fn get_image(state: web::Data<AppState>, caller: Caller, id: web::Path<String>) -> Result<HttpResponse> {
+    let stored = state
+        .storage
+        .image(&id, "id", caller.visible_tenant())
+        .await
+        .map_err(|err| match err {
+            Error::Validation { message, .. } => Error::NotFound(message),
+            other => other,
+        })?;
     Ok(HttpResponse::Ok()
         .content_type("image/png")
         .body(stored.png.as_ref().clone()))

@@ -61,6 +61,9 @@ pub struct ModelOut {
     /// (`models/<id>-<8 hex>`, a new one per registration; in the default local store, a folder of the data
     /// directory).
     pub files: String,
+    /// The tenant whose job made it, who alone (with admin keys) sees and uses it; null for a `--model`
+    /// folder, which every tenant may use.
+    pub tenant: Option<String>,
 }
 
 /// Every model version (diffusion, then reward), oldest first, and the active diffusion version.
@@ -80,17 +83,19 @@ pub struct ModelList {
         (status = 503, description = "The models are still loading", body = ErrorBody),
     )
 )]
-pub async fn list_models(state: web::Data<AppState>) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(model_list(&state).await?))
+pub async fn list_models(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(model_list(&state, &caller).await?))
 }
 
-async fn model_list(state: &AppState) -> Result<ModelList> {
+/// Every version `caller` may see: its tenant's and the shared ones (an admin: all).
+async fn model_list(state: &AppState, caller: &Caller) -> Result<ModelList> {
     let serving = state.serving()?;
     let mut versions = state.storage.versions(VersionKind::Diffusion).await?;
     versions.extend(state.storage.versions(VersionKind::Reward).await?);
     let active = serving.models.active().version.clone();
     let data = versions
         .iter()
+        .filter(|version| version.visible_to(caller.visible_tenant()))
         .map(|version| {
             let lineage = lineage(&versions, version);
             ModelOut {
@@ -111,6 +116,7 @@ async fn model_list(state: &AppState) -> Result<ModelList> {
                     .and_then(Value::as_object)
                     .map_or(0, |sums| sums.len()),
                 files: version.path.clone(),
+                tenant: version.tenant.clone(),
             }
         })
         .collect();
@@ -137,7 +143,7 @@ pub async fn activate_model(
 ) -> Result<HttpResponse> {
     state.serving()?.models.activate(&path, "id").await?;
     record(&state, &caller, "model.activate", &path, None).await;
-    Ok(HttpResponse::Ok().json(model_list(&state).await?))
+    Ok(HttpResponse::Ok().json(model_list(&state, &caller).await?))
 }
 
 /// What one replica serves.

@@ -6,6 +6,7 @@ use std::time::Instant;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::error::{Error, Result};
+use crate::http::auth::Caller;
 use crate::http::endpoint::{self, Access, Endpoint, Method};
 use crate::http::error::{parse_json, OpenAiError, OpenAiErrorBody};
 use crate::http::extract::{form_text, read_body, read_form_fields, request_deadline};
@@ -46,6 +47,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 )]
 pub async fn openai_images(
     state: web::Data<AppState>,
+    caller: Caller,
     http: HttpRequest,
     payload: web::Payload,
 ) -> std::result::Result<HttpResponse, OpenAiError> {
@@ -67,7 +69,7 @@ pub async fn openai_images(
         model: request.model,
         ..GenerateRequest::default()
     };
-    let response = run_generate(&state, generation, started, deadline).await?;
+    let response = run_generate(&state, &caller, generation, started, deadline).await?;
     Ok(HttpResponse::Ok().json(openai_answer(response)))
 }
 
@@ -92,6 +94,7 @@ pub async fn openai_images(
 )]
 pub async fn openai_edits(
     state: web::Data<AppState>,
+    caller: Caller,
     http: HttpRequest,
     payload: web::Payload,
 ) -> std::result::Result<HttpResponse, OpenAiError> {
@@ -113,7 +116,7 @@ pub async fn openai_edits(
         model: form.model,
         ..GenerateRequest::default()
     };
-    let response = run_generate_from(&state, generation, Some(image), started, deadline).await?;
+    let response = run_generate_from(&state, &caller, generation, Some(image), started, deadline).await?;
     Ok(HttpResponse::Ok().json(openai_answer(response)))
 }
 

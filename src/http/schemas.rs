@@ -661,6 +661,8 @@ pub struct FeedbackOut {
     pub prompt: String,
     pub label: String,
     pub rater: Option<String>,
+    /// The tenant whose key gave the rating.
+    pub tenant: String,
     /// The rated image as base64, in `/feedback/export?include_images=true` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_base64: Option<String>,

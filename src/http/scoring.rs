@@ -10,6 +10,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
 use crate::error::{Error, Result};
+use crate::http::auth::Caller;
 use crate::http::endpoint::{self, Access, Endpoint, Method};
 use crate::http::error::{parse_json, ErrorBody};
 use crate::http::extract::{base64_bytes, form_text, read_body, read_form_fields};
@@ -72,11 +73,11 @@ fn image_sources(
     }
 }
 
-/// Replaces each `image_id` with the stored PNG.
-async fn load_stored(images: &mut [(String, ImageSource)], storage: &Storage) -> Result<()> {
+/// Replaces each `image_id` with the stored PNG; another tenant's id is refused as unknown.
+async fn load_stored(images: &mut [(String, ImageSource)], storage: &Storage, caller: &Caller) -> Result<()> {
     for (field, source) in images.iter_mut() {
         if let ImageSource::Id(id) = source {
-            let stored = storage.image(id, field).await?;
+            let stored = storage.image(id, field, caller.visible_tenant()).await?;
             *source = ImageSource::Stored(stored.png);
         }
     }
@@ -277,6 +278,7 @@ async fn prepare_images(
 
 async fn read_score_input<T, F>(
     state: &AppState,
+    caller: &Caller,
     request: &HttpRequest,
     payload: web::Payload,
     from_json: F,
@@ -291,7 +293,7 @@ where
         let body = read_body(payload, state.max_body_bytes).await?;
         from_json(parse_json(&body)?)?
     };
-    load_stored(&mut input.images, &state.storage).await?;
+    load_stored(&mut input.images, &state.storage, caller).await?;
     Ok(input)
 }
 
@@ -326,9 +328,14 @@ async fn score_input(state: &AppState, input: ScoreInput) -> Result<(Scored, Str
         (status = 503, description = "The models are still loading", body = ErrorBody),
     )
 )]
-pub async fn score(state: web::Data<AppState>, request: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
+pub async fn score(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
     let started = Instant::now();
-    let input = read_score_input(&state, &request, payload, |body: ScoreRequest| {
+    let input = read_score_input(&state, &caller, &request, payload, |body: ScoreRequest| {
         ScoreInput::from_json(body.prompt, body.images, body.image_ids, body.model)
     })
     .await?;
@@ -363,8 +370,13 @@ pub async fn score(state: web::Data<AppState>, request: HttpRequest, payload: we
         (status = 503, description = "The models are still loading", body = ErrorBody),
     )
 )]
-pub async fn rerank(state: web::Data<AppState>, request: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
-    let input = read_score_input(&state, &request, payload, |body: RerankRequest| {
+pub async fn rerank(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let input = read_score_input(&state, &caller, &request, payload, |body: RerankRequest| {
         let mut input = ScoreInput::from_json(Prompts::One(body.prompt), body.images, body.image_ids, body.model)?;
         input.top_k = body.top_k;
         input.return_images = body.return_images.unwrap_or(false);

@@ -182,13 +182,20 @@ impl JobManager {
         self.services.config.limits
     }
 
-    /// Validates a request and queues the job.
-    pub async fn create(&self, request: FineTuneRequest) -> Result<JobRecord> {
+    /// Validates a request and queues the job, owned by `tenant`. The base and the feedback filter's model must
+    /// be versions a caller who sees `visible`'s records (`None`: every tenant's) may use.
+    pub async fn create(&self, request: FineTuneRequest, tenant: &str, visible: Option<&str>) -> Result<JobRecord> {
         if let Some(reason) = self.unavailable() {
             return Err(Error::Unavailable(reason));
         }
         let base = match request.base_model.as_deref() {
-            Some(id) => self.services.pool.registry().version(id, "base_model").await?,
+            Some(id) => {
+                self.services
+                    .pool
+                    .registry()
+                    .version_for(id, "base_model", visible)
+                    .await?
+            }
             None => {
                 let active = self.services.pool.active().version.clone();
                 self.services.pool.registry().version(&active, "base_model").await?
@@ -214,12 +221,22 @@ impl JobManager {
             self.services
                 .pool
                 .registry()
-                .version(model, "feedback_filter.model")
+                .version_for(model, "feedback_filter.model", visible)
                 .await?;
         }
+        let (active, used_ms, frees_in_ms) = self
+            .services
+            .storage
+            .tenant_job_use(tenant, crate::storage::now_millis(), 86_400_000)
+            .await?;
+        self.services.config.quota.check(tenant, active, used_ms, frees_in_ms)?;
         let id = format!("ft_{}", uuid::Uuid::new_v4().simple());
         let spec_json = serde_json::to_value(&spec).map_err(|err| Error::Internal(err.to_string()))?;
-        let job = self.services.storage.insert_job(&id, &base.id, &spec_json).await?;
+        let job = self
+            .services
+            .storage
+            .insert_job(&id, &base.id, &spec_json, tenant)
+            .await?;
         self.services
             .storage
             .insert_event(&id, "info", "status", &format!("queued (base model {})", base.id), None)

@@ -90,8 +90,61 @@ pub struct JobConfig {
     /// The trainer writes a checkpoint every this many steps (0: none), kept in the object store so that a
     /// reclaimed job goes on from it.
     pub checkpoint_every: u32,
+    /// What one tenant may queue and use (#28).
+    pub quota: JobQuota,
     pub limits: JobLimits,
     pub gate: GateRule,
+}
+
+/// Per-tenant limits on fine-tune jobs (`--tenant-max-jobs`, `--tenant-job-minutes-per-day`); 0 is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobQuota {
+    /// Jobs queued or running at once.
+    pub max_jobs: u32,
+    /// Minutes of jobs run in any 24 hours.
+    pub minutes_per_day: u32,
+}
+
+impl Default for JobQuota {
+    fn default() -> Self {
+        JobQuota {
+            max_jobs: 2,
+            minutes_per_day: 240,
+        }
+    }
+}
+
+impl JobQuota {
+    /// Refuses a new job of `tenant` with a 429 naming the limit when it has `active` jobs queued or running
+    /// and has used `used_ms` of job time in the last 24 hours, of which the oldest stretch leaves the window
+    /// after `frees_in_ms`.
+    pub fn check(&self, tenant: &str, active: u64, used_ms: i64, frees_in_ms: i64) -> crate::error::Result<()> {
+        if self.max_jobs > 0 && active >= u64::from(self.max_jobs) {
+            return Err(Error::Quota {
+                message: format!(
+                    "tenant `{tenant}` has {active} fine-tune jobs queued or running, its limit \
+                     (--tenant-max-jobs {}); retry when one ends, or cancel one",
+                    self.max_jobs
+                ),
+                limit: "--tenant-max-jobs",
+                retry_after_secs: 60,
+            });
+        }
+        let budget_ms = i64::from(self.minutes_per_day) * 60_000;
+        if self.minutes_per_day > 0 && used_ms >= budget_ms {
+            return Err(Error::Quota {
+                message: format!(
+                    "tenant `{tenant}` has used {:.1} minutes of fine-tune jobs in the last 24 hours, its limit \
+                     (--tenant-job-minutes-per-day {})",
+                    used_ms as f64 / 60_000.0,
+                    self.minutes_per_day
+                ),
+                limit: "--tenant-job-minutes-per-day",
+                retry_after_secs: (frees_in_ms.max(1000) as u64).div_ceil(1000),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl JobContext<'_> {
@@ -107,7 +160,7 @@ impl JobContext<'_> {
         let base = self
             .services
             .pool
-            .get(Some(&self.spec.base_model), "base_model")
+            .get(Some(&self.spec.base_model), "base_model", None)
             .await?;
 
         let stage = self.begin("prompts").await?;
@@ -264,6 +317,7 @@ impl JobContext<'_> {
                 job_id: &self.job.id,
                 lease: Some(&self.lease),
                 metrics: &self.metrics_value(),
+                tenant: Some(&self.job.tenant),
             })
             .await?;
         self.services.storage.set_job_result(&self.lease, &record.id).await?;
@@ -288,5 +342,38 @@ impl JobContext<'_> {
         // The samples and evaluation images are the job's; the version keeps only what it serves.
         let _ = std::fs::remove_dir_all(self.folder.join("eval"));
         Ok(version_id)
+    }
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::JobQuota;
+
+    #[test]
+    fn a_tenant_at_either_limit_gets_a_429_naming_it() {
+        let quota = JobQuota {
+            max_jobs: 2,
+            minutes_per_day: 10,
+        };
+        assert!(quota.check("acme", 1, 9 * 60_000, 0).is_ok());
+        let busy = quota.check("acme", 2, 0, 0).unwrap_err();
+        assert_eq!(busy.kind(), "quota_exceeded");
+        assert!(busy.to_string().contains("--tenant-max-jobs 2"), "{busy}");
+        let spent = quota.check("acme", 0, 10 * 60_000, 90_500).unwrap_err();
+        assert!(spent.to_string().contains("--tenant-job-minutes-per-day 10"), "{spent}");
+        let crate::error::Error::Quota {
+            retry_after_secs,
+            limit,
+            ..
+        } = spent
+        else {
+            unreachable!()
+        };
+        assert_eq!((retry_after_secs, limit), (91, "--tenant-job-minutes-per-day"));
+        let unlimited = JobQuota {
+            max_jobs: 0,
+            minutes_per_day: 0,
+        };
+        assert!(unlimited.check("acme", 1000, i64::MAX, 0).is_ok());
     }
 }

@@ -93,6 +93,7 @@ impl JobContext<'_> {
                 job_id: &self.job.id,
                 lease: Some(&self.lease),
                 metrics: &retrained,
+                tenant: Some(&self.job.tenant),
             })
             .await?;
         let mean_reward = mean(indices.iter().map(|&index| samples[index].reward));

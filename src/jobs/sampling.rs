@@ -167,7 +167,8 @@ impl JobContext<'_> {
         }
     }
 
-    /// The stored ratings as samples: good 1, bad 0 (skips are left out), each image copied into `folder`.
+    /// The job's tenant's stored ratings as samples: good 1, bad 0 (skips are left out), each image copied into
+    /// `folder`. Another tenant's ratings never train this tenant's model.
     pub(super) async fn feedback_samples(&self, folder: &Path) -> Result<Vec<Sample>> {
         let storage = &self.services.storage;
         let mut samples = Vec::new();
@@ -176,6 +177,7 @@ impl JobContext<'_> {
             limit: 500,
             model: filter.model.clone(),
             rater: filter.rater.clone(),
+            tenant: Some(self.job.tenant.clone()),
             ..FeedbackQuery::default()
         };
         loop {

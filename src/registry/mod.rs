@@ -45,6 +45,8 @@ pub struct Candidate<'a> {
     pub metrics: &'a Value,
     /// The registering job's lease: the row is inserted only while it is held (#25).
     pub lease: Option<&'a Lease>,
+    /// The tenant whose job made it (#28), who alone (with admins) may see and use it.
+    pub tenant: Option<&'a str>,
 }
 
 impl Registry {
@@ -138,8 +140,14 @@ impl Registry {
 
     /// The version `id`, or a 422 naming `field` that lists the known ones.
     pub async fn version(&self, id: &str, field: &str) -> Result<VersionRecord> {
+        self.version_for(id, field, None).await
+    }
+
+    /// The version `id` as a caller who sees `tenant`'s records (`None`: every tenant's) may use it: another
+    /// tenant's version is answered as unknown, and the 422 lists only the versions the caller may use.
+    pub async fn version_for(&self, id: &str, field: &str, tenant: Option<&str>) -> Result<VersionRecord> {
         if let Some(version) = self.storage.version(id).await? {
-            if version.kind == VersionKind::Diffusion.name() {
+            if version.kind == VersionKind::Diffusion.name() && version.visible_to(tenant) {
                 return Ok(version);
             }
         }
@@ -148,6 +156,7 @@ impl Registry {
             .versions(VersionKind::Diffusion)
             .await?
             .into_iter()
+            .filter(|version| version.visible_to(tenant))
             .map(|version| version.id)
             .collect();
         Err(Error::validation(
@@ -281,6 +290,7 @@ impl Registry {
             metrics: Some(candidate.metrics.clone()),
             checksums: Some(serde_json::to_value(&checksums).unwrap_or(Value::Null)),
             active: false,
+            tenant: candidate.tenant.map(String::from),
         };
         let target = self.folder(&record);
         let blobs = self.storage.blobs();
@@ -417,6 +427,7 @@ mod tests {
                 job_id: "ft_1",
                 lease: None,
                 metrics: &serde_json::json!({"gate": {"passed": true}}),
+                tenant: Some("acme"),
             })
             .await
             .unwrap();
@@ -437,5 +448,15 @@ mod tests {
         assert!(err.to_string().contains("unet/model.onnx"), "{err}");
         let err = registry.version("nope", "base_model").await.unwrap_err();
         assert_eq!(err.param(), Some("base_model"));
+        // The job's tenant and admins may use the version; another tenant is told it does not exist.
+        assert_eq!(record.tenant.as_deref(), Some("acme"));
+        assert!(registry.version_for("base-ft-1", "model", Some("acme")).await.is_ok());
+        assert!(registry.version_for("base-ft-1", "model", None).await.is_ok());
+        let hidden = registry
+            .version_for("base-ft-1", "model", Some("other"))
+            .await
+            .unwrap_err();
+        assert_eq!(hidden.param(), Some("model"));
+        assert!(!hidden.to_string().contains("known versions: base-ft-1"), "{hidden}");
     }
 }

@@ -95,14 +95,20 @@ impl ModelPool {
     }
 
     /// The version `id` (the active one when `None`), loading it if needed. `field` names the request field.
-    pub async fn get(&self, id: Option<&str>, field: &str) -> Result<Arc<LoadedModel>> {
+    pub async fn get(&self, id: Option<&str>, field: &str, tenant: Option<&str>) -> Result<Arc<LoadedModel>> {
         let Some(id) = id else {
             return Ok(self.active());
         };
+        // A caller limited to one tenant's versions has its right to this one checked first.
+        if tenant.is_none() {
+            if let Some(model) = self.cached(id) {
+                return Ok(model);
+            }
+        }
+        let version = self.registry.version_for(id, field, tenant).await?;
         if let Some(model) = self.cached(id) {
             return Ok(model);
         }
-        let version = self.registry.version(id, field).await?;
         self.load_version(&version).await
     }
 

@@ -69,6 +69,8 @@ pub struct JobRecord {
     pub worker: Option<String>,
     /// When the running attempt's lease ends unless renewed (Unix milliseconds).
     pub lease_expires_at: Option<i64>,
+    /// The tenant whose key created it (#28): it trains on that tenant's ratings, and its version is theirs.
+    pub tenant: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +114,18 @@ pub struct VersionRecord {
     pub metrics: Option<Value>,
     pub checksums: Option<Value>,
     pub active: bool,
+    /// The tenant whose job made it; `None` (every tenant's) for --model folders.
+    pub tenant: Option<String>,
+}
+
+impl VersionRecord {
+    /// Whether a caller who sees `tenant`'s records (`None`: every tenant's) may see and use this version.
+    pub fn visible_to(&self, tenant: Option<&str>) -> bool {
+        match (tenant, self.tenant.as_deref()) {
+            (None, _) | (_, None) => true,
+            (Some(caller), Some(owner)) => caller == owner,
+        }
+    }
 }
 
 fn json_column(row: &AnyRow, name: &str) -> Option<Value> {
@@ -139,6 +153,7 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord> {
         attempt: row.get("attempt"),
         worker: row.get("worker"),
         lease_expires_at: row.get("lease_expires_at"),
+        tenant: row.get("tenant"),
     })
 }
 
@@ -154,12 +169,13 @@ fn version_from_row(row: &AnyRow) -> VersionRecord {
         metrics: json_column(row, "metrics"),
         checksums: json_column(row, "checksums"),
         active: row.get::<i64, _>("active") != 0,
+        tenant: row.get("tenant"),
     }
 }
 
 const JOB_COLUMNS: &str = "id, created_at, updated_at, status, stage, progress, base_model, spec, metrics, \
-     result_model, error, started_at, finished_at, attempt, worker, lease_expires_at";
-const VERSION_COLUMNS: &str = "id, created_at, kind, source, path, parent, job_id, metrics, checksums, active";
+     result_model, error, started_at, finished_at, attempt, worker, lease_expires_at, tenant";
+const VERSION_COLUMNS: &str = "id, created_at, kind, source, path, parent, job_id, metrics, checksums, active, tenant";
 
 /// `insert_event_if`'s attempt for an event of the job whatever runs it.
 const ANY_ATTEMPT: i64 = -1;
@@ -169,8 +185,9 @@ pub(super) fn insert_version_query(
     version: &VersionRecord,
 ) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
     sqlx::query(
-        "INSERT INTO model_versions (id, created_at, kind, source, path, parent, job_id, metrics, checksums, active) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0)",
+        "INSERT INTO model_versions \
+         (id, created_at, kind, source, path, parent, job_id, metrics, checksums, active, tenant) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10)",
     )
     .bind(&version.id)
     .bind(version.created_at)
@@ -181,21 +198,23 @@ pub(super) fn insert_version_query(
     .bind(&version.job_id)
     .bind(version.metrics.as_ref().map(Value::to_string))
     .bind(version.checksums.as_ref().map(Value::to_string))
+    .bind(&version.tenant)
 }
 
 impl Storage {
-    /// Records a new queued job.
-    pub async fn insert_job(&self, id: &str, base_model: &str, spec: &Value) -> Result<JobRecord> {
+    /// Records a new queued job of `tenant`.
+    pub async fn insert_job(&self, id: &str, base_model: &str, spec: &Value, tenant: &str) -> Result<JobRecord> {
         let now = now_millis();
         sqlx::query(
-            "INSERT INTO fine_tunes (id, created_at, updated_at, status, progress, base_model, spec) \
-             VALUES ($1, $2, $3, 'queued', 0, $4, $5)",
+            "INSERT INTO fine_tunes (id, created_at, updated_at, status, progress, base_model, spec, tenant) \
+             VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6)",
         )
         .bind(id)
         .bind(now)
         .bind(now)
         .bind(base_model)
         .bind(spec.to_string())
+        .bind(tenant)
         .execute(&self.pool)
         .await
         .map_err(|err| self.database_error("cannot record the job", err))?;
@@ -213,25 +232,29 @@ impl Storage {
         row.as_ref().map(job_from_row).transpose()
     }
 
-    /// A page of jobs, newest first, after the job `after`; and whether more follow.
+    /// A page of jobs, newest first, after the job `after`; and whether more follow. Only `tenant`'s jobs when
+    /// given (`after` then names one of them).
     pub async fn list_jobs(
         &self,
+        tenant: Option<&str>,
         status: Option<JobStatus>,
         after: Option<&str>,
         limit: u32,
     ) -> Result<(Vec<JobRecord>, bool)> {
         let before_rowid = match after {
-            Some(_) => self.cursor("fine_tunes", after, "a fine-tune job's").await?,
+            Some(_) => self.cursor("fine_tunes", after, "a fine-tune job's", tenant).await?,
             None => i64::MAX,
         };
         let limit = i64::from(limit.max(1));
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM fine_tunes WHERE rowid < $1 AND ($2 IS NULL OR status = $3) \
-             ORDER BY rowid DESC LIMIT $4"
+             AND ($4 IS NULL OR tenant = $5) ORDER BY rowid DESC LIMIT $6"
         ))
         .bind(before_rowid)
         .bind(status.map(|status| status.name()))
         .bind(status.map(|status| status.name()))
+        .bind(tenant)
+        .bind(tenant)
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await
@@ -243,6 +266,44 @@ impl Storage {
             .map(job_from_row)
             .collect::<Result<Vec<_>>>()?;
         Ok((jobs, has_more))
+    }
+
+    /// A tenant's use of jobs at `now`: how many are queued or running; the milliseconds its jobs ran within
+    /// the last `window_ms` (running ones up to now); and how long until the oldest of that time leaves the
+    /// window.
+    pub async fn tenant_job_use(&self, tenant: &str, now: i64, window_ms: i64) -> Result<(u64, i64, i64)> {
+        let since = now - window_ms;
+        let rows = sqlx::query(
+            "SELECT status, started_at, finished_at FROM fine_tunes WHERE tenant = $1 \
+             AND (status IN ('queued', 'running') OR finished_at > $2)",
+        )
+        .bind(tenant)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|err| self.database_error("cannot read the tenant's jobs", err))?;
+        let (mut active, mut used, mut oldest) = (0u64, 0i64, i64::MAX);
+        for row in &rows {
+            let status: String = row.get("status");
+            if status == "queued" || status == "running" {
+                active += 1;
+            }
+            let Some(started) = row.get::<Option<i64>, _>("started_at") else {
+                continue;
+            };
+            let ended = row.get::<Option<i64>, _>("finished_at").unwrap_or(now).min(now);
+            let from = started.max(since);
+            if ended > from {
+                used += ended - from;
+                oldest = oldest.min(from);
+            }
+        }
+        let frees_in = if oldest == i64::MAX {
+            0
+        } else {
+            oldest + window_ms - now
+        };
+        Ok((active, used, frees_in))
     }
 
     /// How many jobs have each status.
@@ -336,7 +397,7 @@ impl Storage {
 
     /// A page of a job's events, oldest first, after the event `after`.
     pub async fn list_events(&self, job_id: &str, after: Option<&str>, limit: u32) -> Result<(Vec<JobEvent>, bool)> {
-        let after_rowid = self.cursor("fine_tune_events", after, "an event's").await?;
+        let after_rowid = self.cursor("fine_tune_events", after, "an event's", None).await?;
         let limit = i64::from(limit.max(1));
         let rows = sqlx::query(
             "SELECT id, job_id, created_at, level, kind, message, data FROM fine_tune_events \

@@ -201,41 +201,25 @@ impl Storage {
         Ok(id)
     }
 
-    /// The audit log, newest first: up to `limit` entries older than the entry `before` (an id), only
-    /// `tenant`'s when given.
+    /// The audit log, newest first (in the order it was written): up to `limit` entries older than the entry
+    /// `before` (an id; 404 when there is none), only `tenant`'s when given.
     pub async fn list_audit(&self, tenant: Option<&str>, before: Option<&str>, limit: u32) -> Result<Vec<AuditRecord>> {
-        let cursor = match before {
-            Some(id) => {
-                let at: Option<i64> = sqlx::query_scalar("SELECT at FROM audit_log WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|err| self.database_error("cannot read the audit log", err))?;
-                Some((
-                    at.ok_or_else(|| Error::NotFound(format!("`before`: no audit entry `{id}`")))?,
-                    id,
-                ))
-            }
-            None => None,
+        let before_rowid = match before {
+            Some(id) => sqlx::query_scalar::<_, i64>("SELECT rowid FROM audit_log WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|err| self.database_error("cannot read the audit log", err))?
+                .ok_or_else(|| Error::NotFound(format!("`before`: no audit entry `{id}`")))?,
+            None => i64::MAX,
         };
-        let mut sql = "SELECT id, at, key_name, tenant, action, target, detail FROM audit_log WHERE 1 = 1".to_string();
-        let mut next = 1;
-        if tenant.is_some() {
-            sql.push_str(&format!(" AND tenant = ${next}"));
-            next += 1;
-        }
-        if cursor.is_some() {
-            sql.push_str(&format!(" AND (at < ${next} OR (at = ${next} AND id < ${}))", next + 1));
-            next += 2;
-        }
-        sql.push_str(&format!(" ORDER BY at DESC, id DESC LIMIT ${next}"));
-        let mut query = sqlx::query(&sql);
-        if let Some(tenant) = tenant {
-            query = query.bind(tenant);
-        }
-        if let Some((at, id)) = cursor {
-            query = query.bind(at).bind(id);
-        }
+        let query = sqlx::query(
+            "SELECT id, at, key_name, tenant, action, target, detail FROM audit_log \
+             WHERE rowid < $1 AND ($2 IS NULL OR tenant = $3) ORDER BY rowid DESC LIMIT $4",
+        )
+        .bind(before_rowid)
+        .bind(tenant)
+        .bind(tenant);
         let rows = query
             .bind(i64::from(limit))
             .fetch_all(&self.pool)

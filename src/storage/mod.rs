@@ -100,6 +100,8 @@ pub struct NewFeedback {
     pub image: Arc<Vec<u8>>,
     /// `png` or `jpg`.
     pub extension: &'static str,
+    /// The tenant whose key rated it.
+    pub tenant: String,
 }
 
 /// A stored rating.
@@ -113,6 +115,7 @@ pub struct Feedback {
     pub label: String,
     pub rater: Option<String>,
     pub file: String,
+    pub tenant: String,
 }
 
 /// Which ratings to list: filters, then a page after a cursor.
@@ -126,6 +129,8 @@ pub struct FeedbackQuery {
     /// List the ratings stored after this one (its id), oldest first.
     pub after: Option<String>,
     pub limit: u32,
+    /// Only this tenant's ratings (`None`: every tenant's).
+    pub tenant: Option<String>,
 }
 
 /// One stored image and what produced it.
@@ -136,6 +141,8 @@ pub struct StoredImage {
     pub seed: u64,
     pub model: String,
     pub reward: Option<f32>,
+    /// The tenant whose key generated it.
+    pub tenant: String,
 }
 
 /// What is known of a stored image without its bytes.
@@ -340,8 +347,8 @@ impl Storage {
         let digest = hex(&Sha256::digest(image.png.as_slice()));
         let created_at = now_millis();
         let inserted = sqlx::query(
-            "INSERT INTO images (id, created_at, prompt, seed, model, reward, file, bytes, sha256) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO images (id, created_at, prompt, seed, model, reward, file, bytes, sha256, tenant) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&id)
         .bind(created_at)
@@ -352,6 +359,7 @@ impl Storage {
         .bind(&relative)
         .bind(image.png.len() as i64)
         .bind(&digest)
+        .bind(&image.tenant)
         .execute(&self.pool)
         .await;
         if let Err(err) = inserted {
@@ -386,13 +394,19 @@ impl Storage {
         Ok(())
     }
 
-    /// The image with this id. `field` names the request field in errors, e.g. `image_ids[1]`.
-    pub async fn image(&self, id: &str, field: &str) -> Result<StoredImage> {
-        let row = sqlx::query("SELECT prompt, seed, model, reward, file, sha256 FROM images WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|err| self.database_error("cannot read the image", err))?;
+    /// The image with this id. `field` names the request field in errors, e.g. `image_ids[1]`. With `tenant`,
+    /// another tenant's image is answered as one this server does not have.
+    pub async fn image(&self, id: &str, field: &str, tenant: Option<&str>) -> Result<StoredImage> {
+        let row = sqlx::query(
+            "SELECT prompt, seed, model, reward, file, sha256, tenant FROM images \
+             WHERE id = $1 AND ($2 IS NULL OR tenant = $3)",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(tenant)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|err| self.database_error("cannot read the image", err))?;
         let Some(row) = row else {
             return Err(Error::validation(
                 field,
@@ -422,6 +436,7 @@ impl Storage {
             seed: seed as u64,
             model: row.get("model"),
             reward: reward.map(|value| value as f32),
+            tenant: row.get("tenant"),
         })
     }
 
@@ -432,8 +447,8 @@ impl Storage {
         self.blobs.put(&file, new.image.to_vec()).await?;
         let created_at = now_millis();
         let inserted = sqlx::query(
-            "INSERT INTO feedback (id, created_at, image_id, model, prompt, label, rater, file, sha256) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO feedback (id, created_at, image_id, model, prompt, label, rater, file, sha256, tenant) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&id)
         .bind(created_at)
@@ -444,6 +459,7 @@ impl Storage {
         .bind(&new.rater)
         .bind(&file)
         .bind(hex(&Sha256::digest(new.image.as_slice())))
+        .bind(&new.tenant)
         .execute(&self.pool)
         .await;
         if let Err(err) = inserted {
@@ -459,17 +475,21 @@ impl Storage {
             label: new.label.name().to_string(),
             rater: new.rater.clone(),
             file,
+            tenant: new.tenant.clone(),
         })
     }
 
     /// Deletes a rating: its row first (committed), then its image file. A crash between the two leaves only an
-    /// orphan file, which the start-up sweep removes. `Ok(None)` when there is no such rating.
-    pub async fn delete_feedback(&self, id: &str) -> Result<Option<Feedback>> {
+    /// orphan file, which the start-up sweep removes. `Ok(None)` when there is no such rating, or (with
+    /// `tenant`) when it is another tenant's.
+    pub async fn delete_feedback(&self, id: &str, tenant: Option<&str>) -> Result<Option<Feedback>> {
         let row = sqlx::query(
-            "DELETE FROM feedback WHERE id = $1 \
-             RETURNING id, created_at, image_id, model, prompt, label, rater, file",
+            "DELETE FROM feedback WHERE id = $1 AND ($2 IS NULL OR tenant = $3) \
+             RETURNING id, created_at, image_id, model, prompt, label, rater, file, tenant",
         )
         .bind(id)
+        .bind(tenant)
+        .bind(tenant)
         .fetch_optional(&self.pool)
         .await
         .map_err(|err| self.database_error("cannot delete the rating", err))?;
@@ -484,13 +504,19 @@ impl Storage {
     /// A page of ratings, oldest first, and whether more follow.
     pub async fn list_feedback(&self, query: &FeedbackQuery) -> Result<(Vec<Feedback>, bool)> {
         let after_rowid = self
-            .cursor("feedback", query.after.as_deref(), "a stored rating's")
+            .cursor(
+                "feedback",
+                query.after.as_deref(),
+                "a stored rating's",
+                query.tenant.as_deref(),
+            )
             .await?;
         let limit = i64::from(query.limit.max(1));
         let rows = sqlx::query(
-            "SELECT id, created_at, image_id, model, prompt, label, rater, file FROM feedback \
+            "SELECT id, created_at, image_id, model, prompt, label, rater, file, tenant FROM feedback \
              WHERE rowid > $1 AND ($2 IS NULL OR label = $3) AND ($4 IS NULL OR rater = $5) \
-             AND ($6 IS NULL OR image_id = $7) AND ($8 IS NULL OR model = $9) ORDER BY rowid LIMIT $10",
+             AND ($6 IS NULL OR image_id = $7) AND ($8 IS NULL OR model = $9) \
+             AND ($10 IS NULL OR tenant = $11) ORDER BY rowid LIMIT $12",
         )
         .bind(after_rowid)
         .bind(query.label.map(|label| label.name()))
@@ -501,6 +527,8 @@ impl Storage {
         .bind(&query.image_id)
         .bind(&query.model)
         .bind(&query.model)
+        .bind(&query.tenant)
+        .bind(&query.tenant)
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await
@@ -523,13 +551,21 @@ impl Storage {
     }
 
     /// The rowid a page starts after: 0 without a cursor, else the row whose id is `after` (a 422 naming
-    /// `after` when there is none). `table` is one of this module's own table names.
-    async fn cursor(&self, table: &'static str, after: Option<&str>, what: &str) -> Result<i64> {
+    /// `after` when there is none; with `tenant`, another tenant's row is none). `table` is one of this
+    /// module's own table names, and has a `tenant` column when `tenant` is given.
+    async fn cursor(&self, table: &'static str, after: Option<&str>, what: &str, tenant: Option<&str>) -> Result<i64> {
         let Some(after) = after else {
             return Ok(0);
         };
-        let row = sqlx::query(&format!("SELECT rowid FROM {table} WHERE id = $1"))
-            .bind(after)
+        let sql = match tenant {
+            Some(_) => format!("SELECT rowid FROM {table} WHERE id = $1 AND tenant = $2"),
+            None => format!("SELECT rowid FROM {table} WHERE id = $1"),
+        };
+        let mut query = sqlx::query(&sql).bind(after);
+        if let Some(tenant) = tenant {
+            query = query.bind(tenant);
+        }
+        let row = query
             .fetch_optional(&self.pool)
             .await
             .map_err(|err| self.database_error("cannot read the cursor", err))?;
@@ -552,14 +588,23 @@ impl Storage {
         })
     }
 
-    /// A page of stored images' records (no bytes), oldest first, after the image `after`.
-    pub async fn list_images(&self, after: Option<&str>, limit: u32) -> Result<(Vec<ImageRecord>, bool)> {
-        let after_rowid = self.cursor("images", after, "a stored image's").await?;
+    /// A page of stored images' records (no bytes), oldest first, after the image `after`; only `tenant`'s
+    /// when given.
+    pub async fn list_images(
+        &self,
+        tenant: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<ImageRecord>, bool)> {
+        let after_rowid = self.cursor("images", after, "a stored image's", tenant).await?;
         let limit = i64::from(limit.max(1));
         let rows = sqlx::query(
-            "SELECT id, created_at, prompt, seed, model, reward FROM images WHERE rowid > $1 ORDER BY rowid LIMIT $2",
+            "SELECT id, created_at, prompt, seed, model, reward FROM images \
+             WHERE rowid > $1 AND ($2 IS NULL OR tenant = $3) ORDER BY rowid LIMIT $4",
         )
         .bind(after_rowid)
+        .bind(tenant)
+        .bind(tenant)
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await
@@ -590,7 +635,8 @@ impl Storage {
     }
 }
 
-/// A `feedback` row read with the columns id, created_at, image_id, model, prompt, label, rater and file.
+/// A `feedback` row read with the columns id, created_at, image_id, model, prompt, label, rater, file and
+/// tenant.
 fn feedback_row(row: &AnyRow) -> Feedback {
     Feedback {
         id: row.get("id"),
@@ -601,6 +647,7 @@ fn feedback_row(row: &AnyRow) -> Feedback {
         label: row.get("label"),
         rater: row.get("rater"),
         file: row.get("file"),
+        tenant: row.get("tenant"),
     }
 }
 

@@ -67,8 +67,8 @@ export interface paths {
         put?: never;
         post?: never;
         /**
-         * Take back a rating (the console's undo): its row and its copy of the image are deleted. The id is only known
-         *     to whoever made the rating, or to an admin (listing ratings needs the admin scope).
+         * Take back a rating (the console's undo): its row and its copy of the image are deleted. A key may take back
+         *     only its own tenant's ratings (admin keys: any); another tenant's id is answered as unknown.
          */
         delete: operations["delete_feedback"];
         options?: never;
@@ -577,6 +577,8 @@ export interface components {
             model?: string | null;
             prompt: string;
             rater?: string | null;
+            /** @description The tenant whose key gave the rating. */
+            tenant: string;
         };
         /** @description A page of ratings, oldest first. Pass `last_id` as `after` for the next page. */
         FeedbackPage: {
@@ -696,6 +698,8 @@ export interface components {
              */
             started_at?: number | null;
             status: components["schemas"]["JobStatusName"];
+            /** @description The tenant whose key created it: it trains on that tenant's ratings, and its version is theirs. */
+            tenant: string;
             /** Format: int64 */
             updated_at: number;
             /** @description The replica running (or that last ran) it: host, process id and a random suffix. */
@@ -1336,6 +1340,11 @@ export interface components {
             parent?: string | null;
             /** @description `folder` (served from --model) or `fine_tune` (registered by a job). */
             source: string;
+            /**
+             * @description The tenant whose job made it, who alone (with admin keys) sees and uses it; null for a `--model`
+             *     folder, which every tenant may use.
+             */
+            tenant?: string | null;
         };
         /**
          * Format: model-version
@@ -2288,7 +2297,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description The tenant is at a quota (`--tenant-max-jobs` or `--tenant-job-minutes-per-day`; the error names it), or, with keys, the key has `--max-concurrent-per-key` requests in flight; retry after `Retry-After` seconds */
             429: {
                 headers: {
                     [name: string]: unknown;

@@ -130,11 +130,12 @@ def stop_group(pid: int, sig: int = signal.SIGTERM, wait: float = 15.0) -> None:
             pass
 
 
-def http(url: str, method: str = "GET", body: dict | None = None, timeout: float = 30.0) -> tuple[int, bytes]:
+def http(
+    url: str, method: str = "GET", body: dict | None = None, timeout: float = 30.0, key: str | None = None
+) -> tuple[int, bytes]:
     data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
@@ -151,13 +152,18 @@ class Replica:
     data_dir: str
     log: str
     pid: int = 0
+    # The API key its requests carry (the cluster's bootstrap admin key, when it has one).
+    key: str | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def get(self, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
-        return http(self.url + path, timeout=timeout)
+    def get(self, path: str, timeout: float = 30.0, key: str | None = None) -> tuple[int, bytes]:
+        return http(self.url + path, timeout=timeout, key=key or self.key)
+
+    def delete(self, path: str) -> tuple[int, bytes]:
+        return http(self.url + path, "DELETE", key=self.key)
 
     def get_json(self, path: str) -> dict:
         status, body = self.get(path)
@@ -166,7 +172,7 @@ class Replica:
         return json.loads(body)
 
     def post(self, path: str, body: dict | None = None, timeout: float = 120.0) -> tuple[int, dict]:
-        status, answer = http(self.url + path, "POST", body, timeout=timeout)
+        status, answer = http(self.url + path, "POST", body, timeout=timeout, key=self.key)
         try:
             return status, json.loads(answer)
         except ValueError:
@@ -185,6 +191,9 @@ class Cluster:
     binary: str = str(ROOT / "target" / "release" / "t2i-align")
     model: str = str(ROOT / "models" / "tiny-sd")
     extra_flags: list[str] = field(default_factory=list)
+    # A bootstrap admin key (T2I_API_KEYS `cluster:admin:<key>`) every replica requires and every request of
+    # `Replica` carries; None runs the replicas in open mode (on loopback).
+    admin_key: str | None = None
     # Off by default, so a cluster is up in seconds; the scaling figures turn it on, as production would.
     warmup: bool = False
     replicas: list[Replica] = field(default_factory=list)
@@ -384,8 +393,12 @@ class Cluster:
             sys.exit(f"127.0.0.1:{port} is taken: is a cluster running already (`make cluster-down`)?")
         data_dir = self.folder / f"replica-{index + 1}"
         data_dir.mkdir(parents=True, exist_ok=True)
-        replica = Replica(index, port, str(data_dir), str(self.folder / f"replica-{index + 1}.log"))
+        replica = Replica(
+            index, port, str(data_dir), str(self.folder / f"replica-{index + 1}.log"), key=self.admin_key
+        )
         env = {"ORT_DYLIB_PATH": recorded_library(), "RUST_LOG": "info,ort=warn", **CREDENTIALS}
+        if self.admin_key:
+            env["T2I_API_KEYS"] = f"cluster:admin:{self.admin_key}"
         replica.pid = spawn(
             self.replica_command(replica), Path(replica.log), env=env, watch_parent=self.watch_parent
         )

@@ -185,7 +185,9 @@ class Server(ServerProcess):
     def __init__(self, args: argparse.Namespace):
         command = serve_command(
             args.binary, args.model, threads=args.threads, reward_model=args.reward_model,
-            trainer_python=sys.executable, flags=["--max-best-of", "16", "--max-candidates", "128"],
+            trainer_python=sys.executable,
+            # A measured loop runs its jobs one after another for hours: no per-tenant job-time quota.
+            flags=["--max-best-of", "16", "--max-candidates", "128", "--tenant-job-minutes-per-day", "0"],
         )  # fmt: skip
         super().__init__(command, args.port, image_retention=1_000_000)
 
