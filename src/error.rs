@@ -31,6 +31,15 @@ pub enum Error {
     #[error("the API key `{key}` already has {limit} requests in flight (--max-concurrent-per-key); retry when one finishes")]
     KeyBusy { key: String, limit: usize },
 
+    /// A key (or in open mode a client) is past its rate limit for this minute (#28).
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        limit: u64,
+        remaining: u64,
+        reset_secs: u64,
+    },
+
     /// A tenant is at one of its quotas (#28); `limit` names the flag that sets it.
     #[error("{message}")]
     Quota {
@@ -127,6 +136,7 @@ impl Error {
             Error::Overloaded { .. } => "overloaded",
             Error::KeyBusy { .. } => "rate_limited",
             Error::Quota { .. } => "quota_exceeded",
+            Error::RateLimited { .. } => "rate_limited",
             Error::NotFound(_) => "not_found",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::Conflict(_) => "conflict",

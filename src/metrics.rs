@@ -12,6 +12,9 @@ use prometheus::{
 
 use crate::pipeline::{SelectionReport, StageTimings};
 
+/// The most tenants that get a label of their own in per-tenant metrics.
+pub const MAX_TENANT_LABELS: usize = 100;
+
 pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
@@ -38,6 +41,10 @@ pub struct Metrics {
     pub feedback: IntCounterVec,
     /// Ratings taken back (`DELETE /feedback/{id}`), by label.
     pub feedback_deleted: IntCounterVec,
+    /// Requests refused by a rate limit, by tenant (at most `MAX_TENANT_LABELS`, then `other`) and limit.
+    rate_limited_total: IntCounterVec,
+    /// The tenants that have a label of their own.
+    tenant_labels: Mutex<std::collections::HashSet<String>>,
     /// Fine-tune jobs by status (from the database, refreshed when a job changes).
     pub fine_tune_jobs: IntGaugeVec,
     pub fine_tune_stage_duration: HistogramVec,
@@ -150,6 +157,14 @@ impl Metrics {
             ),
             &["label"],
         );
+        let rate_limited_total = IntCounterVec::new(
+            Opts::new(
+                "t2i_rate_limited_total",
+                "Requests refused by a rate limit (429), by tenant (the first 100 seen; later ones are `other`) and \
+                 limit (requests or work)",
+            ),
+            &["tenant", "limit"],
+        );
         let fine_tune_jobs = IntGaugeVec::new(Opts::new("t2i_fine_tune_jobs", "Fine-tune jobs by status"), &["status"]);
         let fine_tune_stage_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -185,6 +200,8 @@ impl Metrics {
                 candidates_accepted: candidates_accepted?,
                 feedback: feedback?,
                 feedback_deleted: feedback_deleted?,
+                rate_limited_total: rate_limited_total?,
+                tenant_labels: Mutex::new(std::collections::HashSet::new()),
                 fine_tune_jobs: fine_tune_jobs?,
                 fine_tune_stage_duration: fine_tune_stage_duration?,
                 fine_tune_trainer_loss: fine_tune_trainer_loss?,
@@ -215,6 +232,9 @@ impl Metrics {
                 .register(Box::new(metrics.candidates_accepted.clone()))?;
             metrics.registry.register(Box::new(metrics.feedback.clone()))?;
             metrics.registry.register(Box::new(metrics.feedback_deleted.clone()))?;
+            metrics
+                .registry
+                .register(Box::new(metrics.rate_limited_total.clone()))?;
             metrics.registry.register(Box::new(metrics.fine_tune_jobs.clone()))?;
             metrics
                 .registry
@@ -228,6 +248,21 @@ impl Metrics {
             Ok(metrics) => metrics,
             Err(err) => panic!("metric definitions are static and valid: {err}"),
         }
+    }
+
+    /// Counts a rate limit's refusal of `tenant`'s request; `limit` is `requests` or `work`. Tenants past the
+    /// first `MAX_TENANT_LABELS` share the label `other`, so the series stay bounded.
+    pub fn rate_limited(&self, tenant: &str, limit: &str) {
+        let label = match self.tenant_labels.lock() {
+            Ok(mut labels) if labels.contains(tenant) || labels.len() < MAX_TENANT_LABELS => {
+                labels.insert(tenant.to_string());
+                tenant.to_string()
+            }
+            _ => "other".to_string(),
+        };
+        self.rate_limited_total
+            .with_label_values(&[label.as_str(), limit])
+            .inc();
     }
 
     pub fn observe_http(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
@@ -340,6 +375,29 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_tenant_labels_are_bounded() {
+        let metrics = Metrics::new();
+        for index in 0..MAX_TENANT_LABELS + 5 {
+            metrics.rate_limited(&format!("tenant-{index}"), "requests");
+        }
+        metrics.rate_limited("tenant-0", "work");
+        let text = metrics.render();
+        let series = text
+            .lines()
+            .filter(|line| line.starts_with("t2i_rate_limited_total{"))
+            .count();
+        assert_eq!(
+            series,
+            MAX_TENANT_LABELS + 2,
+            "the first 100 tenants, `other`, and tenant-0's work"
+        );
+        assert!(
+            text.contains(r#"t2i_rate_limited_total{limit="requests",tenant="other"} 5"#),
+            "{text}"
+        );
+    }
 
     #[test]
     fn renders_conventional_names() {

@@ -666,3 +666,74 @@ fn a_tenant_past_its_job_quota_gets_a_429_naming_the_limit() {
         ]
     );
 }
+
+#[test]
+fn rate_limits_count_requests_and_work_per_key_with_the_standard_headers() {
+    let keys = keys_env();
+    let server = Server::start_with_env(
+        &common::tiny_sd(),
+        &["--rate-limit-requests", "4", "--rate-limit-work", "0"],
+        &[("T2I_API_KEYS", &keys)],
+    );
+    let mut remaining = Vec::new();
+    for _ in 0..4 {
+        let response = with_key(&server, "GET", "/models", None, Some(INFERENCE_KEY));
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.header("RateLimit-Limit"), Some("4"));
+        remaining.push(response.header("RateLimit-Remaining").unwrap().to_string());
+    }
+    // The window may turn over between two requests (it is a minute of the clock); then the count starts again.
+    let refused = with_key(&server, "GET", "/models", None, Some(INFERENCE_KEY));
+    if remaining == ["3", "2", "1", "0"] && refused.status != 200 {
+        assert_eq!(refused.status, 429, "{}", refused.text());
+        assert_eq!(refused.json()["error"]["type"], "rate_limited");
+        assert!(refused.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--rate-limit-requests"));
+        let reset: u64 = refused.header("RateLimit-Reset").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&reset), "{reset}");
+        assert_eq!(refused.header("Retry-After"), Some(reset.to_string().as_str()));
+        assert_eq!(refused.header("RateLimit-Remaining"), Some("0"));
+        // Another key has its own window; open routes have none.
+        assert_eq!(with_key(&server, "GET", "/models", None, Some(ADMIN_KEY)).status, 200);
+        assert!(with_key(&server, "GET", "/health", None, None)
+            .header("RateLimit-Limit")
+            .is_none());
+        let metrics = with_key(&server, "GET", "/metrics", None, None).text();
+        assert!(
+            metrics.contains(r#"t2i_rate_limited_total{limit="requests",tenant="default"} 1"#),
+            "{metrics}"
+        );
+    } else {
+        assert_eq!(remaining.last().map(String::as_str), Some("0"), "{remaining:?}");
+    }
+
+    // A stored key with its own work limit: one 64×64 image at 2 steps is 8192 pixel-steps.
+    let made = with_key(
+        &server,
+        "POST",
+        "/keys",
+        Some(
+            r#"{"name":"small","scopes":["inference"],"rate_limit":{"requests_per_minute":0,"work_per_minute":20000}}"#,
+        ),
+        Some(ADMIN_KEY),
+    );
+    assert_eq!(made.status, 201, "{}", made.text());
+    assert_eq!(made.json()["rate_limit"]["work_per_minute"], 20000);
+    let secret = made.json()["secret"].as_str().unwrap().to_string();
+    let body = r#"{"prompt":"a red circle","steps":2,"width":64,"height":64}"#;
+    let first = with_key(&server, "POST", "/generate", Some(body), Some(&secret));
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert!(
+        first.header("RateLimit-Limit").is_none(),
+        "no request limit for this key"
+    );
+    let too_big = r#"{"prompt":"a red circle","steps":10,"width":64,"height":64}"#;
+    let refused = with_key(&server, "POST", "/generate", Some(too_big), Some(&secret));
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert!(refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("work_per_minute"));
+}

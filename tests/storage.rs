@@ -520,10 +520,21 @@ async fn keys_are_stored_revoked_touched_and_audited(db: TestDb) {
         prefix: "t2i_00000000".into(),
         created_by: Some("ops".into()),
         expires_at: Some(i64::MAX),
+        requests_per_minute: Some(5),
+        work_per_minute: None,
     };
     let a = storage.insert_key(&new("a", "acme")).await.unwrap();
     let b = storage.insert_key(&new("bb", "other")).await.unwrap();
     assert_eq!(a.scopes, ["inference", "feedback"]);
+    assert_eq!(
+        storage.get_key(&a.id).await.unwrap().unwrap().requests_per_minute,
+        Some(5)
+    );
+    // Rate windows count atomically and are pruned once done with.
+    assert_eq!(storage.count_rate("key:a", 60_000, 1, 0).await.unwrap(), (1, 0));
+    assert_eq!(storage.count_rate("key:a", 60_000, 1, 7).await.unwrap(), (2, 7));
+    assert_eq!(storage.count_rate("key:a", 120_000, 1, 0).await.unwrap(), (1, 0));
+    assert_eq!(storage.prune_rate_windows(120_000).await.unwrap(), 1);
     assert_eq!(storage.list_keys(None).await.unwrap().len(), 2);
     assert_eq!(
         storage.list_keys(Some("other")).await.unwrap(),

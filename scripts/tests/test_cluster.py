@@ -253,3 +253,20 @@ def test_a_key_made_on_one_replica_works_on_all_and_a_revocation_reaches_all(clu
     assert b"was revoked" in body, body
     audit = json.loads(first.get("/audit")[1])["data"]
     assert [entry["action"] for entry in audit[:2]] == ["key.revoke", "key.create"], audit[:2]
+
+
+def test_a_keys_rate_limit_holds_across_replicas(cluster):
+    first, second, third = cluster.replicas[:3]
+    # Start well inside a window (they are minutes of the clock), so that every request below falls in one.
+    while time.time() % 60 > 35:
+        time.sleep(1)
+    body = {"name": "limited", "scopes": ["inference"], "rate_limit": {"requests_per_minute": 3}}
+    status, made = first.post("/keys", body)
+    assert status == 201, made
+    # Every replica loads the new key within its reload period; no request is spent on finding out.
+    time.sleep(KEY_REFRESH_SECONDS + 1)
+    secret = made["secret"]
+    answers = [replica.get("/models", key=secret)[0] for replica in (first, second, third, first, second)]
+    assert answers == [200, 200, 200, 429, 429], answers
+    status, body = third.get("/models", key=secret)
+    assert status == 429 and b"requests_per_minute" in body, body

@@ -55,6 +55,12 @@ pub struct CreateArgs {
     /// Days until the key stops working (default: never).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
     pub expires_in_days: Option<u32>,
+    /// This key's requests per minute, in place of the server's --rate-limit-requests (0: no limit).
+    #[arg(long)]
+    pub requests_per_minute: Option<u32>,
+    /// This key's generation work per minute in pixel-steps, in place of --rate-limit-work (0: no limit).
+    #[arg(long)]
+    pub work_per_minute: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +99,8 @@ fn cli_caller(tenant: &str) -> Caller {
         key_name: None,
         tenant: tenant.to_string(),
         scopes: [Scope::Admin].into_iter().collect(),
+        limits: Default::default(),
+        client: None,
     }
 }
 
@@ -116,6 +124,12 @@ async fn run_async(command: KeysCommand) -> Result<()> {
                 tenant: Some(args.tenant.clone()),
                 scopes,
                 expires_in_seconds: args.expires_in_days.map(|days| u64::from(days) * 86_400),
+                rate_limit: (args.requests_per_minute.is_some() || args.work_per_minute.is_some()).then_some(
+                    crate::http::keys::KeyRateLimit {
+                        requests_per_minute: args.requests_per_minute,
+                        work_per_minute: args.work_per_minute,
+                    },
+                ),
             };
             let (key, secret) = new_key(&request, DEFAULT_TENANT, None, now).map_err(|err| {
                 Error::Config(format!("--{}: {err}", err.param().unwrap_or("name").replace('_', "-")))

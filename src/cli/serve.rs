@@ -110,6 +110,16 @@ pub struct ServeArgs {
     /// Most requests one API key may have in flight; more answer 429 (0: no limit).
     #[arg(long, env = "T2I_MAX_CONCURRENT_PER_KEY", default_value_t = 16)]
     pub max_concurrent_per_key: usize,
+    /// Requests one API key (in open mode, one client address) may make per minute, counted across replicas
+    /// in the database; more answer 429 with Retry-After and RateLimit headers. A key may carry its own
+    /// (0: no limit).
+    #[arg(long, env = "T2I_RATE_LIMIT_REQUESTS", default_value_t = crate::http::rate_limit::DEFAULT_REQUESTS_PER_MINUTE)]
+    pub rate_limit_requests: u64,
+    /// Generation work one API key (in open mode, one client address) may ask for per minute, in pixel-steps
+    /// (images, best-of candidates included, × steps × width × height), counted across replicas; more answer
+    /// 429. A key may carry its own (0: no limit).
+    #[arg(long, env = "T2I_RATE_LIMIT_WORK", default_value_t = crate::http::rate_limit::DEFAULT_WORK_PER_MINUTE)]
+    pub rate_limit_work: u64,
     /// Make /metrics need an admin key too.
     #[arg(long, env = "T2I_PROTECT_METRICS")]
     pub protect_metrics: bool,
@@ -398,6 +408,10 @@ impl ServeArgs {
                 require_auth: self.require_auth,
                 allow_open: self.allow_open,
                 key_refresh: std::time::Duration::from_secs_f64(self.key_refresh),
+                rate_limits: crate::http::rate_limit::RateLimits {
+                    requests_per_minute: self.rate_limit_requests,
+                    work_per_minute: self.rate_limit_work,
+                },
                 protect_metrics: self.protect_metrics,
                 max_concurrent_per_key: self.max_concurrent_per_key,
             },
@@ -481,6 +495,8 @@ pub struct AuthConfig {
     pub allow_open: bool,
     /// How often the stored keys are reloaded.
     pub key_refresh: std::time::Duration,
+    /// Requests and work per minute, per key or client.
+    pub rate_limits: crate::http::rate_limit::RateLimits,
     pub protect_metrics: bool,
     /// Most requests one key may have in flight (0: no limit).
     pub max_concurrent_per_key: usize,
@@ -533,13 +549,19 @@ pub fn is_loopback(host: &str) -> bool {
             .is_ok_and(|address| address.is_loopback())
 }
 
-/// Reloads the stored keys every `every`, so that a key created or revoked on any replica takes effect here;
-/// a failed reload keeps the keys known and says why once per failure streak.
+/// Reloads the stored keys every `every`, so that a key created or revoked on any replica takes effect here,
+/// and deletes finished rate windows; a failed reload keeps the keys known and says why once per failure
+/// streak.
 fn spawn_key_refresh(keys: Arc<crate::http::auth::KeyRing>, storage: Arc<Storage>, every: std::time::Duration) {
     tokio::spawn(async move {
         let mut failing = false;
         loop {
             tokio::time::sleep(every).await;
+            // Rate windows older than the last two are done with.
+            let before = crate::storage::now_millis() - 3 * crate::http::rate_limit::WINDOW_MS;
+            if let Err(err) = storage.prune_rate_windows(before).await {
+                tracing::debug!(error = %err, "cannot prune the rate windows");
+            }
             match keys.refresh(&storage).await {
                 Ok(()) if failing => {
                     failing = false;
@@ -613,6 +635,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         request_timeout: config.request_timeout,
         shutting_down: Default::default(),
         max_concurrent_per_key: config.auth.max_concurrent_per_key,
+        rate_limits: config.auth.rate_limits,
         in_flight: Default::default(),
     });
     let (server, port) = build_server(state.clone(), &config.http).map_err(|err| {

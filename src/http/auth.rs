@@ -151,6 +151,17 @@ pub struct Caller {
     pub key_name: Option<String>,
     pub tenant: String,
     pub scopes: Scopes,
+    /// The key's own limits per minute (`None`: the server's).
+    pub limits: KeyLimits,
+    /// In open mode, the client's address, which the rate limits count by.
+    pub client: Option<String>,
+}
+
+/// A stored key's own limits per minute; `None` takes the server's, 0 is none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    pub requests_per_minute: Option<i64>,
+    pub work_per_minute: Option<i64>,
 }
 
 impl Caller {
@@ -161,6 +172,19 @@ impl Caller {
             key_name: None,
             tenant: DEFAULT_TENANT.to_string(),
             scopes: Scopes::all(),
+            limits: KeyLimits::default(),
+            client: None,
+        }
+    }
+
+    /// What the rate limits count this caller's requests under: its stored key, its bootstrap key's name, or in
+    /// open mode its address.
+    pub fn bucket(&self) -> String {
+        match (&self.key_id, &self.key_name, &self.client) {
+            (Some(id), _, _) => format!("key:{id}"),
+            (None, Some(name), _) => format!("bootstrap:{name}"),
+            (None, None, Some(client)) => format!("client:{client}"),
+            (None, None, None) => "client:unknown".to_string(),
         }
     }
 
@@ -338,6 +362,7 @@ struct StoredKey {
     scopes: Scopes,
     expires_at: Option<i64>,
     revoked_at: Option<i64>,
+    limits: KeyLimits,
 }
 
 /// Every key this replica honours: the bootstrap keys, and its copy of the stored ones, reloaded by `refresh`.
@@ -415,6 +440,10 @@ impl KeyRing {
                     scopes,
                     expires_at: record.expires_at,
                     revoked_at: record.revoked_at,
+                    limits: KeyLimits {
+                        requests_per_minute: record.requests_per_minute,
+                        work_per_minute: record.work_per_minute,
+                    },
                 },
             );
         }
@@ -468,6 +497,8 @@ impl KeyRing {
                 key_name: Some(key.name.clone()),
                 tenant: key.tenant.clone(),
                 scopes: key.scopes,
+                limits: KeyLimits::default(),
+                client: None,
             }
         } else {
             let key = self
@@ -495,6 +526,8 @@ impl KeyRing {
                 key_name: Some(key.name),
                 tenant: key.tenant,
                 scopes: key.scopes,
+                limits: key.limits,
+                client: None,
             }
         };
         if !caller.scopes.allows(needed) {
@@ -579,13 +612,15 @@ impl Drop for InFlight {
 }
 
 /// Middleware: answers 401 or 403 before any handler runs when the route needs a key the request does not
-/// carry (`route_scope`), and otherwise puts the `Caller` in the request's extensions. The OpenAI-compatible
+/// carry (`route_scope`), and 429 when the caller is past its requests per minute (`rate_limit`); otherwise
+/// puts the `Caller` in the request's extensions, and the caller's standing in the answer's headers. The OpenAI-compatible
 /// routes answer in OpenAI's error shape.
 pub async fn authenticate<B: MessageBody + 'static>(
     request: ServiceRequest,
     next: Next<B>,
 ) -> std::result::Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
     let mut in_flight = None;
+    let mut standing = None;
     if let Some(state) = request.app_data::<web::Data<AppState>>().cloned() {
         let pattern = request.match_pattern().unwrap_or_else(|| "unmatched".to_string());
         if let Some(scope) = route_scope(request.method().as_str(), &pattern, state.protect_metrics) {
@@ -600,6 +635,25 @@ pub async fn authenticate<B: MessageBody + 'static>(
                 };
                 Ok((caller, guard))
             });
+            let admitted = match admitted {
+                Ok((mut caller, guard)) => {
+                    if state.keys.is_open() {
+                        // No key to count by: the peer's address (never a forwarded header, which anyone sets).
+                        caller.client = request.peer_addr().map(|address| address.ip().to_string());
+                    }
+                    match state.rate_limits.admit(&state.storage, &caller).await {
+                        Ok(found) => {
+                            standing = found;
+                            Ok((caller, guard))
+                        }
+                        Err(err) => {
+                            state.metrics.rate_limited(&caller.tenant, "requests");
+                            Err(err)
+                        }
+                    }
+                }
+                Err(err) => Err(err),
+            };
             match admitted {
                 Ok((caller, guard)) => {
                     request.extensions_mut().insert(caller);
@@ -616,8 +670,14 @@ pub async fn authenticate<B: MessageBody + 'static>(
             }
         }
     }
-    let response = next.call(request).await.map(ServiceResponse::map_into_left_body);
+    let mut response = next.call(request).await.map(ServiceResponse::map_into_left_body);
     drop(in_flight);
+    if let (Ok(response), Some(standing)) = (&mut response, standing) {
+        // A refusal later on (the work limit) has written its own standing.
+        if !response.headers().contains_key("ratelimit-limit") {
+            standing.write(response.headers_mut());
+        }
+    }
     response
 }
 
@@ -657,6 +717,8 @@ mod tests {
             expires_at: None,
             revoked_at: None,
             last_used_at: None,
+            requests_per_minute: None,
+            work_per_minute: None,
         }
     }
 

@@ -32,7 +32,9 @@ impl ResponseError for Error {
             Error::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Overloaded { .. } | Error::KeyBusy { .. } | Error::Quota { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Overloaded { .. } | Error::KeyBusy { .. } | Error::Quota { .. } | Error::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict(_) | Error::LeaseLost { .. } => StatusCode::CONFLICT,
@@ -62,6 +64,7 @@ impl ResponseError for Error {
         if let Some(value) = retry_after(self) {
             response.headers_mut().insert(RETRY_AFTER, value);
         }
+        rate_limit_headers(self, response.headers_mut());
         if let Error::MethodNotAllowed { allowed, .. } = self {
             if let Ok(value) = HeaderValue::from_str(allowed) {
                 response.headers_mut().insert(actix_web::http::header::ALLOW, value);
@@ -139,7 +142,26 @@ impl ResponseError for OpenAiError {
         if let Some(value) = retry_after(&self.0) {
             response.headers_mut().insert(RETRY_AFTER, value);
         }
+        rate_limit_headers(&self.0, response.headers_mut());
         response
+    }
+}
+
+/// A rate limit's refusal says where the caller stands, as admitted requests do.
+fn rate_limit_headers(err: &Error, headers: &mut actix_web::http::header::HeaderMap) {
+    if let Error::RateLimited {
+        limit,
+        remaining,
+        reset_secs,
+        ..
+    } = err
+    {
+        crate::http::rate_limit::Standing {
+            limit: *limit,
+            remaining: *remaining,
+            reset_secs: *reset_secs,
+        }
+        .write(headers);
     }
 }
 
@@ -148,6 +170,7 @@ fn retry_after(err: &Error) -> Option<HeaderValue> {
         Error::Overloaded { retry_after_secs, .. } => HeaderValue::from_str(&retry_after_secs.to_string()).ok(),
         Error::KeyBusy { .. } => Some(HeaderValue::from_static("1")),
         Error::Quota { retry_after_secs, .. } => HeaderValue::from_str(&retry_after_secs.to_string()).ok(),
+        Error::RateLimited { reset_secs, .. } => HeaderValue::from_str(&reset_secs.to_string()).ok(),
         _ => None,
     }
 }

@@ -42,7 +42,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         (status = 400, description = "The body is not JSON", body = ErrorBody),
         (status = 413, description = "The body is larger than `--max-body-bytes`", body = ErrorBody),
         (status = 422, description = "A field breaks a rule; `param` names it", body = ErrorBody),
-        (status = 429, description = "The queue is full; retry after the `Retry-After` header's seconds", body = ErrorBody),
+        (status = 429, description = "The queue is full, or the caller is past its requests or generation work per minute (`--rate-limit-requests`, `--rate-limit-work`, or the key's own; `RateLimit-*` headers); retry after the `Retry-After` header's seconds", body = ErrorBody),
         (status = 503, description = "The models are still loading", body = ErrorBody),
         (status = 504, description = "The deadline (`X-Request-Timeout` or `--request-timeout`) passed; the work was stopped", body = ErrorBody),
     )
@@ -132,6 +132,15 @@ pub(crate) async fn run_generate_from(
         &state.selection_limits,
         &serving.rewards,
     )?;
+    // The work this request asks for counts against the caller's work per minute before any of it runs.
+    let work = (plan.candidates as u64)
+        .saturating_mul(plan.params.steps as u64)
+        .saturating_mul(plan.params.width as u64)
+        .saturating_mul(plan.params.height as u64);
+    if let Err(err) = state.rate_limits.charge_work(&state.storage, caller, work).await {
+        state.metrics.rate_limited(&caller.tenant, "work");
+        return Err(err);
+    }
     let prompt = plan.params.prompt.clone();
     let selection = plan.selection;
     let completed = model.engine.generate(plan, Some(deadline)).await?;

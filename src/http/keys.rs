@@ -82,6 +82,20 @@ pub struct CreateKey {
     /// Seconds until the key stops working, at most ten years. Default: never.
     #[schema(minimum = 1, maximum = 315_360_000)]
     pub expires_in_seconds: Option<u64>,
+    /// This key's own limits per minute, in place of the server's `--rate-limit-requests` and
+    /// `--rate-limit-work`; 0 is no limit.
+    pub rate_limit: Option<KeyRateLimit>,
+}
+
+/// A key's limits per one-minute window, shared by every replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRateLimit {
+    /// Requests per minute (default: `--rate-limit-requests`; 0: none).
+    pub requests_per_minute: Option<u32>,
+    /// Generation work per minute, in pixel-steps: images (best-of candidates included) × steps × width ×
+    /// height (default: `--rate-limit-work`; 0: none).
+    pub work_per_minute: Option<u64>,
 }
 
 /// A key, without its secret.
@@ -106,6 +120,8 @@ pub struct KeyOut {
     pub revoked_at: Option<i64>,
     /// Its last use on any replica, written every few seconds.
     pub last_used_at: Option<i64>,
+    /// Its own limits, when it has any; the server's apply otherwise.
+    pub rate_limit: Option<KeyRateLimit>,
 }
 
 impl From<KeyRecord> for KeyOut {
@@ -122,6 +138,12 @@ impl From<KeyRecord> for KeyOut {
             expires_at: key.expires_at,
             revoked_at: key.revoked_at,
             last_used_at: key.last_used_at,
+            rate_limit: (key.requests_per_minute.is_some() || key.work_per_minute.is_some()).then(|| KeyRateLimit {
+                requests_per_minute: key
+                    .requests_per_minute
+                    .map(|value| value.clamp(0, i64::from(u32::MAX)) as u32),
+                work_per_minute: key.work_per_minute.map(|value| value.max(0) as u64),
+            }),
         }
     }
 }
@@ -205,6 +227,14 @@ pub fn new_key(
             prefix: auth::key_prefix(&secret),
             created_by,
             expires_at,
+            requests_per_minute: request
+                .rate_limit
+                .and_then(|limit| limit.requests_per_minute)
+                .map(i64::from),
+            work_per_minute: request
+                .rate_limit
+                .and_then(|limit| limit.work_per_minute)
+                .map(|work| work.min(i64::MAX as u64) as i64),
         },
         secret,
     ))
@@ -311,6 +341,7 @@ mod tests {
             tenant: tenant.map(String::from),
             scopes: scopes.to_vec(),
             expires_in_seconds,
+            rate_limit: None,
         }
     }
 

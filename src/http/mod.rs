@@ -18,6 +18,7 @@ pub mod models;
 pub mod openai;
 pub mod openapi;
 pub mod ops;
+pub mod rate_limit;
 pub mod schemas;
 pub mod scoring;
 
@@ -89,6 +90,8 @@ pub struct AppState {
     pub shutting_down: std::sync::atomic::AtomicBool,
     /// Most requests one API key may have in flight (0: no limit).
     pub max_concurrent_per_key: usize,
+    /// Requests and generation work per minute, per key or client (#28).
+    pub rate_limits: rate_limit::RateLimits,
     /// Requests in flight per API key name.
     pub in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
@@ -126,7 +129,13 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
             actix_web::http::header::CONTENT_TYPE,
             actix_web::http::header::HeaderName::from_static("x-request-timeout"),
         ])
-        .expose_headers([actix_web::http::header::RETRY_AFTER])
+        .expose_headers([
+            actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::HeaderName::from_static("ratelimit-limit"),
+            actix_web::http::header::HeaderName::from_static("ratelimit-remaining"),
+            actix_web::http::header::HeaderName::from_static("ratelimit-reset"),
+            actix_web::http::header::HeaderName::from_static("ratelimit-policy"),
+        ])
         .max_age(3600);
     if origins.iter().any(|origin| origin == "*") {
         cors = cors.allow_any_origin();

@@ -40,7 +40,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         (status = 200, description = "The images as base64 PNG", body = OpenAiImagesResponse),
         (status = 400, description = "A field breaks a rule; `param` names it", body = OpenAiErrorBody),
         (status = 413, description = "The body is larger than `--max-body-bytes`", body = OpenAiErrorBody),
-        (status = 429, description = "The queue is full", body = OpenAiErrorBody),
+        (status = 429, description = "The queue is full, or the caller is past its requests or generation work per minute (`RateLimit-*` and `Retry-After` headers)", body = OpenAiErrorBody),
         (status = 503, description = "The models are still loading", body = OpenAiErrorBody),
         (status = 504, description = "The deadline passed; the work was stopped", body = OpenAiErrorBody),
     )
@@ -87,7 +87,7 @@ pub async fn openai_images(
         (status = 200, description = "The images as base64 PNG", body = OpenAiImagesResponse),
         (status = 400, description = "A field breaks a rule, the image does not decode, or the form cannot be read; `param` names the field", body = OpenAiErrorBody),
         (status = 413, description = "The body is larger than `--max-body-bytes`", body = OpenAiErrorBody),
-        (status = 429, description = "The queue is full", body = OpenAiErrorBody),
+        (status = 429, description = "The queue is full, or the caller is past its requests or generation work per minute (`RateLimit-*` and `Retry-After` headers)", body = OpenAiErrorBody),
         (status = 503, description = "The models are still loading", body = OpenAiErrorBody),
         (status = 504, description = "The deadline passed; the work was stopped", body = OpenAiErrorBody),
     )

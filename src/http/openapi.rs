@@ -404,8 +404,8 @@ pub fn spec(security: Security) -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// The answers API keys bring, on every operation that needs one when the server has keys: 401 and 429, and
-/// 403 on admin routes. Declared whether or not this server has keys, so that both serve one set of answers.
+/// The answers API keys and rate limits bring, on every operation that needs a key when the server has keys:
+/// 401, 403 and 429. Declared whether or not this server has keys, so that both serve one set of answers.
 fn add_key_refusals(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
     for endpoint in crate::http::endpoints() {
@@ -433,7 +433,9 @@ fn add_key_refusals(doc: &mut utoipa::openapi::OpenApi) {
             ("403", forbidden.as_str()),
             (
                 "429",
-                "This key has `--max-concurrent-per-key` requests in flight already",
+                "This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this \
+                 client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` \
+                 headers)",
             ),
         ];
         // OpenAI's route answers in OpenAI's error shape.

@@ -26,6 +26,9 @@ pub struct KeyRecord {
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
     pub last_used_at: Option<i64>,
+    /// Its own limits per minute (`None`: the server's; 0: none).
+    pub requests_per_minute: Option<i64>,
+    pub work_per_minute: Option<i64>,
 }
 
 /// A key to store.
@@ -38,6 +41,8 @@ pub struct NewKey {
     pub prefix: String,
     pub created_by: Option<String>,
     pub expires_at: Option<i64>,
+    pub requests_per_minute: Option<i64>,
+    pub work_per_minute: Option<i64>,
 }
 
 /// One line of the audit log.
@@ -64,8 +69,8 @@ pub struct NewAudit<'a> {
     pub detail: Option<serde_json::Value>,
 }
 
-const KEY_COLUMNS: &str =
-    "id, name, tenant, scopes, digest, prefix, created_at, created_by, expires_at, revoked_at, last_used_at";
+const KEY_COLUMNS: &str = "id, name, tenant, scopes, digest, prefix, created_at, created_by, expires_at, revoked_at, \
+     last_used_at, requests_per_minute, work_per_minute";
 
 fn key_record(row: &AnyRow) -> KeyRecord {
     let scopes: String = row.get("scopes");
@@ -85,6 +90,8 @@ fn key_record(row: &AnyRow) -> KeyRecord {
         expires_at: row.get("expires_at"),
         revoked_at: row.get("revoked_at"),
         last_used_at: row.get("last_used_at"),
+        requests_per_minute: row.get("requests_per_minute"),
+        work_per_minute: row.get("work_per_minute"),
     }
 }
 
@@ -103,9 +110,11 @@ impl Storage {
             expires_at: key.expires_at,
             revoked_at: None,
             last_used_at: None,
+            requests_per_minute: key.requests_per_minute,
+            work_per_minute: key.work_per_minute,
         };
         sqlx::query(&format!(
-            "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL)"
+            "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, $10, $11)"
         ))
         .bind(&record.id)
         .bind(&record.name)
@@ -116,6 +125,8 @@ impl Storage {
         .bind(record.created_at)
         .bind(&record.created_by)
         .bind(record.expires_at)
+        .bind(record.requests_per_minute)
+        .bind(record.work_per_minute)
         .execute(&self.pool)
         .await
         .map_err(|err| self.database_error("cannot store the key", err))?;
@@ -237,5 +248,36 @@ impl Storage {
                 detail: row.get("detail"),
             })
             .collect())
+    }
+}
+
+impl Storage {
+    /// Adds `requests` and `work` to `bucket`'s window starting at `window_start` and returns the window's
+    /// totals after the addition, in one statement, so replicas counting at once never lose a count.
+    pub async fn count_rate(&self, bucket: &str, window_start: i64, requests: i64, work: i64) -> Result<(i64, i64)> {
+        let row = sqlx::query(
+            "INSERT INTO rate_windows (bucket, window_start, requests, work) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (bucket, window_start) DO UPDATE SET \
+             requests = rate_windows.requests + excluded.requests, work = rate_windows.work + excluded.work \
+             RETURNING requests, work",
+        )
+        .bind(bucket)
+        .bind(window_start)
+        .bind(requests)
+        .bind(work)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|err| self.database_error("cannot count the request against its rate limit", err))?;
+        Ok((row.get("requests"), row.get("work")))
+    }
+
+    /// Deletes the rate windows that started before `before`; returns how many.
+    pub async fn prune_rate_windows(&self, before: i64) -> Result<u64> {
+        let deleted = sqlx::query("DELETE FROM rate_windows WHERE window_start < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(|err| self.database_error("cannot prune the rate windows", err))?;
+        Ok(deleted.rows_affected())
     }
 }

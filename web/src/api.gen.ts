@@ -506,6 +506,7 @@ export interface components {
              *     without leading and trailing blanks).
              */
             name: string;
+            rate_limit?: null | components["schemas"]["KeyRateLimit"];
             /** @description What the key may do. */
             scopes: components["schemas"]["ScopeName"][];
             /**
@@ -1216,10 +1217,25 @@ export interface components {
             object: string;
             /** @description The secret's first 12 characters, to tell keys apart. */
             prefix: string;
+            rate_limit?: null | components["schemas"]["KeyRateLimit"];
             /** Format: int64 */
             revoked_at?: number | null;
             scopes: string[];
             tenant: string;
+        };
+        /** @description A key's limits per one-minute window, shared by every replica. */
+        KeyRateLimit: {
+            /**
+             * Format: int32
+             * @description Requests per minute (default: `--rate-limit-requests`; 0: none).
+             */
+            requests_per_minute?: number | null;
+            /**
+             * Format: int64
+             * @description Generation work per minute, in pixel-steps: images (best-of candidates included) × steps × width ×
+             *     height (default: `--rate-limit-work`; 0: none).
+             */
+            work_per_minute?: number | null;
         };
         /**
          * @description A rating's label (`storage::Label`).
@@ -1856,7 +1872,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -1933,7 +1949,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -2011,7 +2027,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -2088,7 +2104,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -2147,7 +2163,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -2219,7 +2235,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -2365,7 +2381,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -2433,7 +2449,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -2506,7 +2522,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -2584,7 +2600,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The queue is full; retry after the `Retry-After` header's seconds */
+            /** @description The queue is full, or the caller is past its requests or generation work per minute (`--rate-limit-requests`, `--rate-limit-work`, or the key's own; `RateLimit-*` headers); retry after the `Retry-After` header's seconds */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -2692,7 +2708,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -2751,7 +2767,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -2810,7 +2826,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -2888,7 +2904,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -2947,7 +2963,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -3014,7 +3030,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -3082,7 +3098,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -3219,7 +3235,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -3275,7 +3291,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description This key has `--max-concurrent-per-key` requests in flight already */
+            /** @description This key has `--max-concurrent-per-key` requests in flight already, or this key (in open mode, this client) is past its requests per minute (`--rate-limit-requests`; `RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -3443,7 +3459,7 @@ export interface operations {
                     "application/json": components["schemas"]["OpenAiErrorBody"];
                 };
             };
-            /** @description The queue is full */
+            /** @description The queue is full, or the caller is past its requests or generation work per minute (`RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -3530,7 +3546,7 @@ export interface operations {
                     "application/json": components["schemas"]["OpenAiErrorBody"];
                 };
             };
-            /** @description The queue is full */
+            /** @description The queue is full, or the caller is past its requests or generation work per minute (`RateLimit-*` and `Retry-After` headers) */
             429: {
                 headers: {
                     [name: string]: unknown;

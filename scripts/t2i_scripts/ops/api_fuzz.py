@@ -57,6 +57,9 @@ SERVE_FLAGS = [
     # refused; the quotas have their own tests (tests/security.rs, the jobs' unit tests).
     "--tenant-max-jobs", "0",
     "--tenant-job-minutes-per-day", "0",
+    # Likewise the rate limits: the run makes about 30 requests a second (tests/security.rs covers them).
+    "--rate-limit-requests", "0",
+    "--rate-limit-work", "0",
 ]  # fmt: skip
 MODES = {"open": "without API keys", "keys": "with API keys (schemathesis calls with the admin key)"}
 
