@@ -26,9 +26,10 @@ const BEGIN: &str = "<!-- security:begin -->";
 const END: &str = "<!-- security:end -->";
 
 /// The callers of the table's columns.
-const CALLERS: [(&str, Option<&str>); 4] = [
+const CALLERS: [(&str, Option<&str>); 5] = [
     ("no key", None),
     ("acme app (owner)", Some(ACME_APP)),
+    ("acme admin", Some(ACME_ADMIN)),
     ("other app", Some(OTHER_APP)),
     ("other admin", Some(OTHER_ADMIN)),
 ];
@@ -181,22 +182,23 @@ struct Case {
     body: Body,
     /// A listing: the id of acme's record that it should or should not hold.
     holds: Option<String>,
-    expected: [Outcome; 4],
+    expected: [Outcome; 5],
 }
 
 fn case(acme: &Acme, method: &str, route: &str, assets: &str) -> Case {
     let generate = Body::Json(json!({"prompt": "a red circle", "steps": 2}).to_string());
     let score = Body::Json(json!({"prompt": "a red circle", "image_ids": [acme.image]}).to_string());
-    let admin_only = |ok| [outcome(401), outcome(403), outcome(403), outcome(ok)];
-    let everyone = |ok| [outcome(401), outcome(ok), outcome(ok), outcome(ok)];
+    let admin_only = |ok| [outcome(401), outcome(403), outcome(ok), outcome(403), outcome(ok)];
+    let everyone = |ok| [outcome(401), outcome(ok), outcome(ok), outcome(ok), outcome(ok)];
     // An id in the path: acme's owner and any admin reach it; the other tenant's key gets 404.
-    let by_id = |ok| [outcome(401), outcome(ok), outcome(404), outcome(ok)];
+    let by_id = |ok| [outcome(401), outcome(ok), outcome(ok), outcome(404), outcome(ok)];
     let lists = |path: &str, id: &str| Case {
         path: path.to_string(),
         body: Body::None,
         holds: Some(id.to_string()),
         expected: [
             outcome(401),
+            listing(200, true),
             listing(200, true),
             listing(200, false),
             listing(200, true),
@@ -208,7 +210,7 @@ fn case(acme: &Acme, method: &str, route: &str, assets: &str) -> Case {
         holds: None,
         expected,
     };
-    let open = [outcome(200); 4];
+    let open = [outcome(200); 5];
     match (method, route) {
         ("GET", "/health")
         | ("GET", "/ready")
@@ -235,12 +237,12 @@ fn case(acme: &Acme, method: &str, route: &str, assets: &str) -> Case {
         ("POST", "/score") | ("POST", "/rerank") => plain(
             route.into(),
             score,
-            [outcome(401), outcome(200), outcome(422), outcome(200)],
+            [outcome(401), outcome(200), outcome(200), outcome(422), outcome(200)],
         ),
         ("POST", "/feedback") => plain(
             route.into(),
             Body::Json(json!({"image_id": acme.image, "label": "bad"}).to_string()),
-            [outcome(401), outcome(201), outcome(422), outcome(201)],
+            [outcome(401), outcome(201), outcome(201), outcome(422), outcome(201)],
         ),
         ("GET", "/feedback") => lists("/feedback", &acme.rating),
         ("GET", "/feedback/export") => lists("/feedback/export", &acme.rating),
@@ -370,7 +372,7 @@ fn check_section(table: &str) {
     let section = format!(
         "{BEGIN}\n## Tenants and roles on every route (`cargo test --test tenants`)\n\n\
          Written by tests/tenants.rs (`UPDATE_DOCS=1 cargo test --release --test tenants`), which calls every route of \
-         the route table with four callers and fails when any gets other than this. The targets are records of \
+         the route table with five callers and fails when any gets other than this. The targets are records of \
          tenant `acme` (an image, a rating, a fine-tune job, a stored key). App keys hold the inference, feedback \
          and fine-tune scopes; admin keys hold admin. An id in a path that belongs to another tenant is a 404, as \
          an unknown id; one in a body is a 422 naming the field, as an unknown id. \"sees acme's\" says whether a \

@@ -156,12 +156,23 @@ fn rate_limit_headers(err: &Error, headers: &mut actix_web::http::header::Header
         ..
     } = err
     {
-        crate::http::rate_limit::Standing {
-            limit: *limit,
-            remaining: *remaining,
-            reset_secs: *reset_secs,
-        }
-        .write(headers);
+        write_rate_limit(headers, *limit, *remaining, *reset_secs);
+    }
+}
+
+/// Sets the `RateLimit-Limit`, `-Remaining`, `-Reset` and `-Policy` headers (draft-ietf-httpapi-ratelimit-headers)
+/// for a one-minute window.
+pub fn write_rate_limit(headers: &mut actix_web::http::header::HeaderMap, limit: u64, remaining: u64, reset_secs: u64) {
+    use actix_web::http::header::HeaderName;
+    for (name, value) in [
+        ("ratelimit-limit", limit),
+        ("ratelimit-remaining", remaining),
+        ("ratelimit-reset", reset_secs),
+    ] {
+        headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+    }
+    if let Ok(policy) = HeaderValue::from_str(&format!("{limit};w=60")) {
+        headers.insert(HeaderName::from_static("ratelimit-policy"), policy);
     }
 }
 

@@ -5,7 +5,7 @@
 //! A refusal is a 429 with `Retry-After` and the `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`
 //! headers (draft-ietf-httpapi-ratelimit-headers); admitted requests carry the same headers.
 
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::HeaderMap;
 
 use crate::error::{Error, Result};
 use crate::http::auth::Caller;
@@ -49,16 +49,7 @@ pub struct Standing {
 impl Standing {
     /// Sets the `RateLimit-*` headers.
     pub fn write(&self, headers: &mut HeaderMap) {
-        for (name, value) in [
-            ("ratelimit-limit", self.limit),
-            ("ratelimit-remaining", self.remaining),
-            ("ratelimit-reset", self.reset_secs),
-        ] {
-            headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
-        }
-        if let Ok(policy) = HeaderValue::from_str(&format!("{};w=60", self.limit)) {
-            headers.insert(HeaderName::from_static("ratelimit-policy"), policy);
-        }
+        crate::http::error::write_rate_limit(headers, self.limit, self.remaining, self.reset_secs);
     }
 }
 
