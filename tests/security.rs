@@ -556,6 +556,10 @@ fn stored_keys_are_made_scoped_revoked_and_audited() {
             r#"{"name":"x","scopes":["inference"],"expires_in_seconds":0}"#,
             "expires_in_seconds",
         ),
+        (
+            r#"{"name":"x","scopes":["inference"],"rate_limit":[1,2]}"#,
+            "rate_limit",
+        ),
     ] {
         let response = with_key(&server, "POST", "/keys", Some(body), Some(ADMIN_KEY));
         assert_eq!(response.status, 422, "{body}: {}", response.text());

@@ -28,6 +28,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     endpoint::configure(cfg, ENDPOINTS);
 }
 
+/// The most requests per minute a key's own limit may name.
+pub const MAX_REQUESTS_PER_MINUTE: u64 = 1_000_000_000;
+/// The most pixel-steps per minute a key's own limit may name (10^15, far past any machine's rate).
+pub const MAX_WORK_PER_MINUTE: u64 = 1_000_000_000_000_000;
+
 /// The longest a key may live: ten years of 365 days.
 pub const MAX_KEY_LIFETIME_SECONDS: u64 = 315_360_000;
 
@@ -91,10 +96,12 @@ pub struct CreateKey {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRateLimit {
-    /// Requests per minute (default: `--rate-limit-requests`; 0: none).
+    /// Requests per minute, at most 10^9 (default: `--rate-limit-requests`; 0: none).
+    #[schema(maximum = 1_000_000_000)]
     pub requests_per_minute: Option<u32>,
     /// Generation work per minute, in pixel-steps: images (best-of candidates included) × steps × width ×
-    /// height (default: `--rate-limit-work`; 0: none).
+    /// height, at most 10^15 (default: `--rate-limit-work`; 0: none).
+    #[schema(maximum = 1_000_000_000_000_000_u64)]
     pub work_per_minute: Option<u64>,
 }
 
@@ -204,6 +211,24 @@ pub fn new_key(
         ));
     }
     let scopes = Scopes::from_iter(request.scopes.iter().copied().map(Scope::from));
+    if let Some(requests) = request.rate_limit.and_then(|limit| limit.requests_per_minute) {
+        if u64::from(requests) > MAX_REQUESTS_PER_MINUTE {
+            return Err(Error::validation(
+                "rate_limit.requests_per_minute",
+                format!(
+                    "`rate_limit.requests_per_minute` must be at most {MAX_REQUESTS_PER_MINUTE}. Given: {requests}"
+                ),
+            ));
+        }
+    }
+    if let Some(work) = request.rate_limit.and_then(|limit| limit.work_per_minute) {
+        if work > MAX_WORK_PER_MINUTE {
+            return Err(Error::validation(
+                "rate_limit.work_per_minute",
+                format!("`rate_limit.work_per_minute` must be at most {MAX_WORK_PER_MINUTE}. Given: {work}"),
+            ));
+        }
+    }
     let expires_at = match request.expires_in_seconds {
         None => None,
         Some(seconds @ 1..=MAX_KEY_LIFETIME_SECONDS) => Some(now + seconds as i64 * 1000),
@@ -234,7 +259,7 @@ pub fn new_key(
             work_per_minute: request
                 .rate_limit
                 .and_then(|limit| limit.work_per_minute)
-                .map(|work| work.min(i64::MAX as u64) as i64),
+                .map(|work| work.min(MAX_WORK_PER_MINUTE) as i64),
         },
         secret,
     ))
@@ -256,6 +281,18 @@ pub fn new_key(
 )]
 pub async fn create_key(state: web::Data<AppState>, caller: Caller, payload: web::Payload) -> Result<HttpResponse> {
     let body = read_body(payload, state.max_body_bytes).await?;
+    // serde reads a struct from an array too (`[1, 2]` as its fields in order); the document says an object.
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) {
+        if value
+            .get("rate_limit")
+            .is_some_and(|limit| !(limit.is_object() || limit.is_null()))
+        {
+            return Err(Error::validation(
+                "rate_limit",
+                "`rate_limit` must be an object, e.g. {\"requests_per_minute\": 60}, or null",
+            ));
+        }
+    }
     let request: CreateKey = parse_json(&body)?;
     let (key, secret) = new_key(&request, &caller.tenant, caller.key_name.clone(), now_millis())?;
     let stored = state.storage.insert_key(&key).await?;
@@ -370,6 +407,26 @@ mod tests {
             (
                 request("a", None, &[ScopeName::Admin], Some(MAX_KEY_LIFETIME_SECONDS + 1)),
                 "expires_in_seconds",
+            ),
+            (
+                CreateKey {
+                    rate_limit: Some(KeyRateLimit {
+                        requests_per_minute: None,
+                        work_per_minute: Some(MAX_WORK_PER_MINUTE + 1),
+                    }),
+                    ..request("a", None, &[ScopeName::Admin], None)
+                },
+                "rate_limit.work_per_minute",
+            ),
+            (
+                CreateKey {
+                    rate_limit: Some(KeyRateLimit {
+                        requests_per_minute: Some(1_000_000_001),
+                        work_per_minute: None,
+                    }),
+                    ..request("a", None, &[ScopeName::Admin], None)
+                },
+                "rate_limit.requests_per_minute",
             ),
         ] {
             let err = new_key(&bad, "acme", None, now).unwrap_err();

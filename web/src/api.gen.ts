@@ -1227,13 +1227,13 @@ export interface components {
         KeyRateLimit: {
             /**
              * Format: int32
-             * @description Requests per minute (default: `--rate-limit-requests`; 0: none).
+             * @description Requests per minute, at most 10^9 (default: `--rate-limit-requests`; 0: none).
              */
             requests_per_minute?: number | null;
             /**
              * Format: int64
              * @description Generation work per minute, in pixel-steps: images (best-of candidates included) × steps × width ×
-             *     height (default: `--rate-limit-work`; 0: none).
+             *     height, at most 10^15 (default: `--rate-limit-work`; 0: none).
              */
             work_per_minute?: number | null;
         };
