@@ -133,10 +133,7 @@ pub(crate) async fn run_generate_from(
         &serving.rewards,
     )?;
     // The work this request asks for counts against the caller's work per minute before any of it runs.
-    let work = (plan.candidates as u64)
-        .saturating_mul(plan.params.steps as u64)
-        .saturating_mul(plan.params.width as u64)
-        .saturating_mul(plan.params.height as u64);
+    let work = crate::pipeline::request::work(&plan.params, plan.candidates);
     if let Err(err) = state.rate_limits.charge_work(&state.storage, caller, work).await {
         state.metrics.rate_limited(&caller.tenant, "work");
         return Err(err);

@@ -50,12 +50,17 @@ pub struct RequestLimits {
 /// steps at 512×512; 8 images × 150 steps at 1024×1024 is over it.
 pub const DEFAULT_MAX_WORK: u64 = 1 << 30;
 
-/// Checks a request's whole work (`candidates` generated images of `params`' size and steps) against the limit.
-pub fn check_work(params: &GenerateParams, candidates: usize, limits: &RequestLimits) -> Result<()> {
-    let work = (candidates as u64)
+/// A request's whole work in pixel-steps: `candidates` generated images × steps × width × height.
+pub fn work(params: &GenerateParams, candidates: usize) -> u64 {
+    (candidates as u64)
         .saturating_mul(params.steps as u64)
         .saturating_mul(params.width as u64)
-        .saturating_mul(params.height as u64);
+        .saturating_mul(params.height as u64)
+}
+
+/// Checks a request's whole work (`candidates` generated images of `params`' size and steps) against the limit.
+pub fn check_work(params: &GenerateParams, candidates: usize, limits: &RequestLimits) -> Result<()> {
+    let work = work(params, candidates);
     if work > limits.max_work {
         return Err(Error::validation(
             "steps",
