@@ -21,7 +21,7 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-cluster cluster cluster-down scaling test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-families bench-reward rater-accuracy simulate-raters finetune-loop finetune-rounds finetune-more reward-ablation trainer-venv models test-model clean
+.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-cluster cluster cluster-down scaling test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-cpu bench-families bench-reward rater-accuracy simulate-raters finetune-loop finetune-rounds finetune-more reward-ablation trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
@@ -39,6 +39,7 @@ help:
 	@echo "make bench  - latency vs Optimum, throughput under load, best_of cost, /score, RSS: BENCHMARKS.md"
 	@echo "make reliability - schemathesis, SIGKILL rounds and the limits table, written to RELIABILITY.md"
 	@echo "make soak   - 64 clients for 60 s (generate, score, feedback), written to RELIABILITY.md"
+	@echo "make bench-cpu - the optimised graphs vs the export's own vs Optimum, one image, rounds: BENCHMARKS.md"
 	@echo "make bench-families - SDXL and SDXL-Turbo latency vs Optimum on the same files: BENCHMARKS.md"
 	@echo "make bench-reward - best-of-n alignment, cost and /score throughput, written to models/REPORT.md"
 	@echo "make rater-accuracy - the simulated rater's accuracy on hard renders, old vs new: models/REPORT.md"
@@ -110,9 +111,10 @@ system-deps:
 build: web
 	$(CARGO) build $(CARGO_FLAGS)
 
-# The trainer's environment too: fine-tune jobs (the console's Jobs page) run in it.
+# The trainer's environment too: fine-tune jobs (the console's Jobs page) run in it, and so does the graph
+# optimiser, which --optimize-graphs on runs at the first start (docs/serving.md#graph-optimisation).
 run: venv trainer-venv build
-	$(BIN) serve --model $(MODEL) --host $(HOST) --port $(PORT) --device $(or $(DEVICE),cpu)
+	$(BIN) serve --model $(MODEL) --host $(HOST) --port $(PORT) --device $(or $(DEVICE),cpu) --optimize-graphs on
 
 test: venv trainer-venv system-deps lint audit test-rust test-api test-cluster test-ops deploy-check test-browser test-python
 
@@ -226,6 +228,11 @@ bench: trainer-venv build
 	$(CARGO) build $(CARGO_FLAGS) --example loadgen
 	.venv-trainer/bin/python -m t2i_scripts.bench.bench --binary $(BIN) --model $(MODEL) \
 		--loadgen $(dir $(BIN))examples/loadgen --out BENCHMARKS.md
+
+# The transformer optimiser's graphs against the export's own and against Optimum, one image, in rounds that take
+# turns (#29): its section of BENCHMARKS.md and BENCHMARKS-cpu.json. About 3 minutes on 2 CPU cores.
+bench-cpu: trainer-venv build
+	.venv-trainer/bin/python -m t2i_scripts.bench.bench_cpu --binary $(BIN) --model $(MODEL)
 
 # SDXL and SDXL-Turbo against Optimum's ORTStableDiffusionXLPipeline on the same files; its section of BENCHMARKS.md.
 bench-families: trainer-venv build

@@ -122,33 +122,70 @@ fn a_missing_library_stops_start_up_with_a_fix() {
     );
 }
 
+/// Whether CUDA can run here: the ONNX Runtime library beside it has the CUDA provider (onnxruntime-gpu) and
+/// `nvidia-smi` lists a GPU. The device tests expect what this says, so they pass on a GPU machine too.
+fn cuda_present() -> bool {
+    let library = ort_dylib();
+    let provider = library
+        .parent()
+        .is_some_and(|folder| folder.join("libonnxruntime_providers_cuda.so").is_file());
+    let gpu = Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|output| output.status.success() && String::from_utf8_lossy(&output.stdout).contains("GPU"));
+    provider && gpu
+}
+
 #[test]
-fn device_cuda_fails_loudly_without_the_cuda_provider() {
+fn device_cuda_runs_on_cuda_or_fails_loudly() {
+    // `generate`, not `serve`: it ends either way, so nothing waits on a server that really started.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cuda.png");
     let model = tiny_sd();
     let output = run(
         &[
-            "serve",
-            "--port",
-            "0",
+            "generate",
+            "a red circle",
+            "--steps",
+            "2",
             "--device",
             "cuda",
+            "-o",
+            out.to_str().unwrap(),
             "--model",
             model.to_str().unwrap(),
         ],
         Some(&ort_dylib()),
     );
-    assert!(!output.status.success(), "--device cuda must not fall back silently");
     let text = stderr(&output);
-    assert!(text.contains("cuda:0") && text.contains("onnxruntime-gpu"), "{text}");
+    if cuda_present() {
+        assert!(
+            output.status.success(),
+            "--device cuda failed with a CUDA provider and a GPU: {text}"
+        );
+        assert!(out.is_file(), "{text}");
+        assert!(text.contains("CUDAExecutionProvider"), "{text}");
+    } else {
+        assert!(
+            !output.status.success(),
+            "--device cuda must not fall back silently: {text}"
+        );
+        assert!(text.contains("cuda:0") && text.contains("onnxruntime-gpu"), "{text}");
+        assert!(!out.exists());
+    }
 }
 
 #[test]
-fn device_auto_falls_back_to_cpu_with_a_warning() {
+fn device_auto_uses_cuda_when_present_else_cpu_with_a_warning() {
     let server = common::Server::start(&["--device", "auto"]);
     let health = server.get("/health").json();
     assert_eq!(health["device"], "auto");
-    assert_eq!(health["execution_provider"], "CPUExecutionProvider");
-    assert!(server.log().contains("falling back to CPU"), "{}", server.log());
+    if cuda_present() {
+        assert_eq!(health["execution_provider"], "CUDAExecutionProvider");
+    } else {
+        assert_eq!(health["execution_provider"], "CPUExecutionProvider");
+        assert!(server.log().contains("falling back to CPU"), "{}", server.log());
+    }
 }
 
 #[test]

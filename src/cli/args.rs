@@ -9,6 +9,7 @@ use crate::http::ScoreLimits;
 use crate::pipeline::RequestLimits;
 use crate::reward::SelectionLimits;
 use crate::runtime::{Device, OptimizationLevel, SessionSettings};
+use crate::serving::graphs::GraphMode;
 use crate::serving::RewardSettings;
 
 /// Where the model and ONNX Runtime come from, and how sessions run.
@@ -44,6 +45,11 @@ pub struct RuntimeArgs {
     /// Let the shared thread pool spin between operators (faster under load; burns CPU briefly when idle).
     #[arg(long, env = "T2I_SPIN", default_value_t = true, action = clap::ArgAction::Set)]
     pub spin: bool,
+    /// Graphs fused by ONNX Runtime's transformer optimiser (`<model>/optimized/`, docs/serving.md): `cached`
+    /// loads them where a folder has them and they match its graphs; `on` also makes them at load (with
+    /// `serve`'s --trainer-python), checked against the originals; `off` loads the export's own.
+    #[arg(long, env = "T2I_OPTIMIZE_GRAPHS", value_enum, default_value_t = GraphMode::Cached)]
+    pub optimize_graphs: GraphMode,
 }
 
 impl RuntimeArgs {

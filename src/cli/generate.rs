@@ -11,10 +11,11 @@ use crate::batching::request::Candidates;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::pipeline::output::Progress;
-use crate::pipeline::{GenerateInput, GenerateOutput, ModelFolder, Pipeline, RequestLimits};
+use crate::pipeline::{GenerateInput, GenerateOutput, Pipeline, RequestLimits};
 use crate::reward::preprocess::decode_image;
 use crate::reward::{GeneratePlan, PlanInput, Scorer, SelectionInput};
 use crate::runtime::Runtime;
+use crate::serving::graphs::{self, GraphMode, GraphSettings};
 use crate::serving::load_rewards;
 
 /// The largest --init-image, in pixels: as the server's default `--max-image-pixels`.
@@ -108,8 +109,17 @@ pub fn run_generate(args: GenerateArgs) -> Result<Vec<PathBuf>> {
         args.runtime.device,
         args.runtime.sessions(),
     )?;
-    let model = std::sync::Arc::new(ModelFolder::open(&args.runtime.model)?);
+    let cached = GraphSettings {
+        // `generate` never runs the optimiser (it has no trainer flags): `on` reads as `cached`.
+        mode: match args.runtime.optimize_graphs {
+            GraphMode::Off => GraphMode::Off,
+            GraphMode::Cached | GraphMode::On => GraphMode::Cached,
+        },
+        optimizer: None,
+    };
+    let model = std::sync::Arc::new(graphs::open_model(&args.runtime.model, &cached)?);
     let mut pipeline = Pipeline::load(&mut runtime, model)?;
+    eprintln!("running on {}", pipeline.provider().label());
     let generate = GenerateInput {
         prompt: args.prompt,
         negative_prompt: args.negative_prompt,

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{ModelFolder, RequestLimits};
 use crate::registry::Registry;
 use crate::runtime::{Device, Runtime, SessionSettings};
+use crate::serving::graphs::{GraphMode, GraphSettings};
 use crate::serving::{rollout, EngineSettings, Loader, ModelPool, RewardSettings};
 use crate::storage::{BlobConfig, Database, Storage, StorageConfig};
 
@@ -433,6 +434,7 @@ impl ServeArgs {
             jobs,
             max_loaded_models: self.max_loaded_models as usize,
             sessions: self.runtime.sessions(),
+            optimize_graphs: self.runtime.optimize_graphs,
             limits: self.limits.limits(),
             model: self.runtime.model,
             ort_library: self.runtime.ort_dylib,
@@ -464,6 +466,8 @@ pub struct ServeConfig {
     pub ort_library: Option<std::path::PathBuf>,
     pub device: Device,
     pub sessions: SessionSettings,
+    /// Whether loads use, and make, the transformer optimiser's graphs.
+    pub optimize_graphs: GraphMode,
     pub workers: usize,
     pub queue_capacity: usize,
     /// Most UNet rows in one call of the continuous batcher.
@@ -687,6 +691,14 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         capacity: config.queue_capacity,
         warmup: config.warmup,
     };
+    let graphs = GraphSettings {
+        mode: config.optimize_graphs,
+        optimizer: Some(crate::jobs::graphs::optimizer(
+            config.jobs.python.clone(),
+            config.jobs.trainer_dir.clone(),
+            config.jobs.trainer_threads,
+        )),
+    };
     let loader = {
         let load_error = load_error.clone();
         let reward_models = config.reward.models.clone();
@@ -696,7 +708,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         let data_dir = config.storage.data_dir.clone();
         let runtime_handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            let loader = Arc::new(Loader::new(runtime, settings, reward_settings, metrics.clone()));
+            let loader = Arc::new(Loader::new(runtime, settings, reward_settings, graphs, metrics.clone()));
             let loaded = loader
                 .load_diffusion_blocking(active.id.clone(), &registry.folder(&active))
                 .and_then(|model| Ok((model, loader.load_rewards_blocking(&reward_models)?)))

@@ -26,6 +26,7 @@ pub mod child;
 pub mod context;
 pub mod evaluate;
 pub mod gate;
+pub mod graphs;
 pub mod launch;
 pub mod manager;
 pub mod metrics;

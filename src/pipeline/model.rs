@@ -2,6 +2,7 @@
 //! the configs that fix latent channels, VAE factor and default size, the tokenizer and the scheduler config.
 //! Sessions are created elsewhere (`runtime`); this module only reads files and checks they are all there.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -114,6 +115,9 @@ pub struct ModelFolder {
     pub any_latent_size: OnceLock<bool>,
     /// Whether the export has `vae_encoder/model.onnx` (Optimum writes it), which img2img needs.
     pub has_vae_encoder: bool,
+    /// Graphs loaded instead of the export's own, by their path inside the folder (`unet/model.onnx`): the
+    /// transformer optimiser's output, kept where it matched the original (`serving::graphs`).
+    pub replacements: BTreeMap<String, PathBuf>,
 }
 
 /// The file in a model folder where its builder recommends request defaults. Optional: without it, a model gets
@@ -323,11 +327,17 @@ impl ModelFolder {
             defaults: ModelDefaults::read(root)?,
             any_latent_size: OnceLock::new(),
             has_vae_encoder: root.join(VAE_ENCODER_ONNX).is_file(),
+            replacements: BTreeMap::new(),
         })
     }
 
+    /// The graph a session loads for `relative` (`unet/model.onnx`): a replacement when one was set, else the
+    /// export's file.
     pub fn onnx_path(&self, relative: &str) -> PathBuf {
-        self.root.join(relative)
+        match self.replacements.get(relative) {
+            Some(path) => path.clone(),
+            None => self.root.join(relative),
+        }
     }
 
     /// The first text encoder's tokenizer: every tokenizer of a model has its length, and prompts' truncation

@@ -387,7 +387,8 @@ pub fn checksums(folder: &Path) -> Result<BTreeMap<String, String>> {
     Ok(digests)
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
+/// The sha256 of a file's bytes, in lowercase hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];

@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::pipeline::ModelFolder;
 use crate::reward::model::RewardModel;
 use crate::reward::{RewardSet, Scorer};
 use crate::runtime::{ExecutionProvider, Runtime};
 use crate::serving::engine::{build_engine, EngineSettings, LoadedModel};
+use crate::serving::graphs::{self, GraphSettings};
 
 /// How reward models are loaded and run.
 #[derive(Debug, Clone)]
@@ -30,15 +30,23 @@ pub struct Loader {
     runtime: Mutex<Runtime>,
     engine: EngineSettings,
     reward: RewardSettings,
+    graphs: GraphSettings,
     metrics: Arc<Metrics>,
 }
 
 impl Loader {
-    pub fn new(runtime: Runtime, engine: EngineSettings, reward: RewardSettings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        runtime: Runtime,
+        engine: EngineSettings,
+        reward: RewardSettings,
+        graphs: GraphSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Loader {
             runtime: Mutex::new(runtime),
             engine,
             reward,
+            graphs,
             metrics,
         }
     }
@@ -66,7 +74,7 @@ impl Loader {
     /// async runtime.
     pub fn load_diffusion_blocking(&self, version: String, folder: &Path) -> Result<LoadedModel> {
         let started = Instant::now();
-        let model = Arc::new(ModelFolder::open(folder)?);
+        let model = Arc::new(graphs::open_model(folder, &self.graphs)?);
         let loaded = build_engine(
             &mut *self.runtime()?,
             version,

@@ -6,6 +6,7 @@
 //! and `http`, which take models from here.
 
 pub mod engine;
+pub mod graphs;
 pub mod loader;
 pub mod pool;
 pub mod rollout;

@@ -199,12 +199,14 @@ Share of the Rust request time spent outside ONNX Runtime `run` calls (client ti
 Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()},
 torch {torch.__version__}.
 """
-    # The SDXL section comes from bench_families.py (imported here, not above: it imports this module).
+    # The SDXL and CPU sections come from bench_families.py and bench_cpu.py (imported here, not above: they
+    # import this module).
+    from t2i_scripts.bench import bench_cpu
     from t2i_scripts.bench.bench_families import BEGIN, END
 
     old = Path(args.out).read_text() if Path(args.out).is_file() else ""
-    families = keep_section(old, BEGIN, END)
-    Path(args.out).write_text(report + (f"\n{families}\n" if families else ""))
+    kept = [keep_section(old, begin, end) for begin, end in ((BEGIN, END), (bench_cpu.BEGIN, bench_cpu.END))]
+    Path(args.out).write_text(report + "".join(f"\n{section}\n" for section in kept if section))
     Path(args.out).with_suffix(".json").write_text(json.dumps(serving, indent=1, default=str) + "\n")
     print(report)
 

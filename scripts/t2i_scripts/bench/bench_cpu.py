@@ -1,0 +1,230 @@
+"""CPU speed (issue #29), side by side in one run: what the transformer optimiser's graphs give, and where
+a single image stands against Optimum. Written to BENCHMARKS.md between its markers (`make bench`, which
+rewrites that file, keeps the section).
+
+Three sides load the same export with the same onnxruntime library and intra-op thread count:
+* t2i-align with the optimised graphs (`--optimize-graphs on`, which makes `<model>/optimized/` when missing);
+* t2i-align with the export's own graphs (`--optimize-graphs off`);
+* Optimum's ORTStableDiffusionPipeline on the export's own graphs.
+
+Each makes one image (DDIM, guidance 7.5, so the UNet runs at batch 2). The sides take turns, with a pause of
+quiet before each call so that no side's ONNX Runtime threads are still spinning. A round is `--runs` turns;
+each round's medians give its ratios, and the report gives the median ratio over `--rounds` rounds with its
+range. The share of time outside ONNX Runtime is computed from the medians (client time minus the server's
+`inference_ms`, over client time), not as a median of ratios.
+
+Run with `make bench-cpu` (the trainer's environment has diffusers and optimum-onnx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from t2i_scripts import targets
+from t2i_scripts.bench.bench import PROMPT, optimum_pipeline, run_optimum
+from t2i_scripts.report import command_line, repo_relative, write_report
+from t2i_scripts.server import ServerProcess, recorded_library, serve_command
+
+BEGIN = "<!-- cpu:begin -->"
+END = "<!-- cpu:end -->"
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--binary", default="target/release/t2i-align", help="the t2i-align binary")
+    parser.add_argument("--model", default="models/shapes-sd", help="an Optimum ONNX export folder")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads on every side")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps per image")
+    parser.add_argument("--size", type=int, default=64, help="image width and height")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; each gives one ratio")
+    parser.add_argument("--runs", type=int, default=15, help="timed turns per side in a round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed turns per side before the first round")
+    parser.add_argument("--pause", type=float, default=0.5, help="seconds of quiet before each timed call")
+    parser.add_argument("--port", type=int, default=18090, help="loopback port (+1 for the other server)")
+    parser.add_argument("--trainer-python", default=str(ROOT / ".venv-trainer/bin/python"))
+    parser.add_argument("--out", default="BENCHMARKS.md", help="where to write the section")
+    parser.add_argument("--json", default="BENCHMARKS-cpu.json", help="where to write the figures")
+    args = parser.parse_args(argv)
+    for name in ("threads", "steps", "size", "rounds", "runs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1. Given: {getattr(args, name)}")
+    return args
+
+
+def generate(server: ServerProcess, args: argparse.Namespace, seed: int) -> tuple[float, float]:
+    """Client seconds around the request, and the server's seconds inside ONNX Runtime."""
+    elapsed, payload = server.post("/generate", {
+        "prompt": PROMPT, "n": 1, "steps": args.steps, "guidance_scale": 7.5, "scheduler": "ddim",
+        "seed": seed, "width": args.size, "height": args.size,
+    })  # fmt: skip
+    return elapsed, payload["timings"]["inference_ms"] / 1e3
+
+
+def measure(args: argparse.Namespace) -> dict:
+    library = recorded_library()
+    common = dict(threads=args.threads, trainer_python=args.trainer_python)
+    flags = ["--no-reward-model", "--optimize-graphs"]
+    optimised = ServerProcess(
+        serve_command(args.binary, args.model, **common, flags=[*flags, "on"]),
+        args.port,
+        library,
+        ready_timeout=600,
+    )
+    try:
+        log = "".join(optimised.log)
+        plain = ServerProcess(
+            serve_command(args.binary, args.model, **common, flags=[*flags, "off"]),
+            args.port + 1,
+            library,
+        )
+        try:
+            pipe = optimum_pipeline(args.model, args.threads)
+            sides = {
+                "optimised": lambda seed: generate(optimised, args, seed),
+                "original": lambda seed: generate(plain, args, seed),
+                "optimum": lambda seed: (run_optimum(pipe, args.steps, args.size, seed), pipe.ort_seconds),
+            }
+            for seed in range(args.warmup):
+                for run in sides.values():
+                    run(seed)
+            rounds = []
+            for index in range(args.rounds):
+                times = {name: [] for name in sides}
+                for turn in range(args.runs):
+                    seed = 1000 * index + turn
+                    for name, run in sides.items():
+                        time.sleep(args.pause)
+                        times[name].append(run(seed))
+                rounds.append(times)
+                print(json.dumps({"round": index, **{k: median_of(v) for k, v in times.items()}}), flush=True)
+        finally:
+            plain.stop()
+    finally:
+        optimised.stop()
+    manifest = json.loads((Path(args.model) / "optimized" / "optimized.json").read_text())
+    return {"rounds": rounds, "optimized": manifest, "log_made_graphs": "graphs optimised" in log}
+
+
+def median_of(pairs: list[tuple[float, float]]) -> dict:
+    return {
+        "total_ms": statistics.median(total for total, _ in pairs) * 1e3,
+        "ort_ms": statistics.median(ort for _, ort in pairs) * 1e3,
+    }
+
+
+def summarise(data: dict) -> dict:
+    per_round = [{name: median_of(pairs) for name, pairs in times.items()} for times in data["rounds"]]
+
+    def ratios(top: str, bottom: str) -> list[float]:
+        return [r[top]["total_ms"] / r[bottom]["total_ms"] for r in per_round]
+
+    def outside(side: str) -> float:
+        total = statistics.median(r[side]["total_ms"] for r in per_round)
+        ort = statistics.median(r[side]["ort_ms"] for r in per_round)
+        return (total - ort) / total
+
+    return {
+        "per_round": per_round,
+        "optimised_vs_optimum": ratios("optimised", "optimum"),
+        "original_vs_optimum": ratios("original", "optimum"),
+        "optimised_vs_original": ratios("optimised", "original"),
+        "outside_ort": {side: outside(side) for side in ("optimised", "original")},
+    }
+
+
+def span(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f}x (rounds {min(values):.3f}x to {max(values):.3f}x)"
+
+
+def markdown(args: argparse.Namespace, data: dict, summary: dict) -> str:
+    import onnxruntime
+
+    command = command_line("t2i_scripts.bench.bench_cpu", sys.argv[1:])
+    rows = []
+    for index, r in enumerate(summary["per_round"]):
+        ours, theirs, plain = (r[side]["total_ms"] for side in ("optimised", "optimum", "original"))
+        rows.append(
+            f"| {index} | {ours:.1f} | {plain:.1f} | {theirs:.1f} | "
+            f"{ours / theirs:.3f}x | {ours / plain:.3f}x |"
+        )
+    fused = []
+    for component, record in data["optimized"]["components"].items():
+        if record["kept"]:
+            ops = ", ".join(f"{count} {op}" for op, count in record["fusions"].items())
+            fused.append(
+                f"| {component} | kept | {ops} | {record['relative_error']:.1e} | "
+                f"{record['original_ms']:.2f} | {record['optimized_ms']:.2f} |"
+            )
+        else:
+            fused.append(f"| {component} | not kept: {record.get('reason', '')} | | | | |")
+    best = statistics.median(summary["optimised_vs_optimum"])
+    gain = statistics.median(summary["optimised_vs_original"])
+    outside = summary["outside_ort"]["optimised"]
+    met = best <= targets.LATENCY_MAX_RATIO
+    outside_met = outside <= targets.OUTSIDE_ORT_MAX_SHARE
+    judged = f"target <= {targets.LATENCY_MAX_RATIO}x: {'met' if met else 'not met'}"
+    return f"""{BEGIN}
+## CPU: the optimised graphs, and one image against Optimum (#29)
+
+Measured by `make bench-cpu` (`{command}`), in one run, side by side. Three sides load
+`{repo_relative(args.model)}` with onnxruntime {onnxruntime.__version__} on the CPU execution provider with
+{args.threads} intra-op threads:
+t2i-align with the transformer optimiser's graphs (`--optimize-graphs on`), t2i-align with the export's own
+graphs, and Optimum's `ORTStableDiffusionPipeline` on the export's own graphs. Each makes one
+{args.size}x{args.size} image with {args.steps} DDIM steps at guidance 7.5 (UNet at batch 2). The sides take
+turns with {args.pause} s of quiet before each call: {args.rounds} rounds of {args.runs} turns after
+{args.warmup} warm-up turns. Each round's medians give its ratios.
+
+| ratio of medians | median over rounds |
+|---|---|
+| t2i-align (optimised graphs) / Optimum | **{span(summary["optimised_vs_optimum"])}**, {judged} |
+| t2i-align (export's graphs) / Optimum | {span(summary["original_vs_optimum"])} |
+| optimised / export's graphs, t2i-align | {span(summary["optimised_vs_original"])} |
+
+The optimised graphs make a request take {gain:.3f}x the time of the export's own
+({(1 - gain) * 100:.1f}% less).
+Time outside ONNX Runtime `run` calls, from the medians: **{outside * 100:.1f}%** with the optimised graphs
+(target <= {targets.OUTSIDE_ORT_MAX_SHARE:.0%}: {"met" if outside_met else "not met"}),
+{summary["outside_ort"]["original"] * 100:.1f}% with the export's own.
+
+| round | optimised ms | export's graphs ms | Optimum ms | optimised / Optimum | optimised / export's |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+What the optimiser did (`{repo_relative(args.model)}/optimized/optimized.json`; its own check, one call of
+each graph on random inputs, median of 5, ms):
+
+| graph | verdict | fusions | relative error | original ms | optimised ms |
+|---|---|---|---|---|---|
+{chr(10).join(fused)}
+
+Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.
+{END}"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    data = measure(args)
+    summary = summarise(data)
+    figures = {"summary": summary, "optimized": data["optimized"]}
+    Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+    text = markdown(args, data, summary)
+    write_report(Path(args.out), text, BEGIN, END)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
