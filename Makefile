@@ -21,7 +21,7 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-cluster cluster cluster-down scaling test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-cpu bench-families bench-reward rater-accuracy simulate-raters finetune-loop finetune-rounds finetune-more reward-ablation trainer-venv models test-model clean
+.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-cluster cluster cluster-down scaling test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-cpu gpu-pack gpu-slim gpu-restore gpu-check gpu-rehearsal bench-families bench-reward rater-accuracy simulate-raters finetune-loop finetune-rounds finetune-more reward-ablation trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
@@ -40,6 +40,8 @@ help:
 	@echo "make reliability - schemathesis, SIGKILL rounds and the limits table, written to RELIABILITY.md"
 	@echo "make soak   - 64 clients for 60 s (generate, score, feedback), written to RELIABILITY.md"
 	@echo "make bench-cpu - the optimised graphs vs the export's own vs Optimum, one image, rounds: BENCHMARKS.md"
+	@echo "make gpu-pack gpu-slim gpu-check gpu-restore - the GPU check, prepared here and run on a lent GPU (docs/gpu.md)"
+	@echo "make gpu-rehearsal - the GPU check's script end to end on the CPU at tiny sizes (part of make test)"
 	@echo "make bench-families - SDXL and SDXL-Turbo latency vs Optimum on the same files: BENCHMARKS.md"
 	@echo "make bench-reward - best-of-n alignment, cost and /score throughput, written to models/REPORT.md"
 	@echo "make rater-accuracy - the simulated rater's accuracy on hard renders, old vs new: models/REPORT.md"
@@ -116,7 +118,7 @@ build: web
 run: venv trainer-venv build
 	$(BIN) serve --model $(MODEL) --host $(HOST) --port $(PORT) --device $(or $(DEVICE),cpu) --optimize-graphs on
 
-test: venv trainer-venv system-deps lint audit test-rust test-api test-cluster test-ops deploy-check test-browser test-python
+test: venv trainer-venv system-deps lint audit test-rust test-api test-cluster test-ops deploy-check test-browser test-python gpu-rehearsal
 
 lint: venv web
 	cd web && npm run typecheck
@@ -233,6 +235,26 @@ bench: trainer-venv build
 # turns (#29): its section of BENCHMARKS.md and BENCHMARKS-cpu.json. About 3 minutes on 2 CPU cores.
 bench-cpu: trainer-venv build
 	.venv-trainer/bin/python -m t2i_scripts.bench.bench_cpu --binary $(BIN) --model $(MODEL)
+
+# The GPU check (#29), step by step in docs/gpu.md. Here: `make gpu-pack` (the bundle: onnxruntime-gpu, Optimum's
+# wheels, the stripped binary and the models, xz-compressed and cut into .gpu/part-NN/), `make gpu-slim` (the
+# models' big files out of the tree, so that the tree and one part fit one call), then one device call per part,
+# then `make gpu-restore`. There, after the bundle is assembled and its env.sh sourced: `make gpu-check`, which
+# needs nothing but the machine's python3 and the bundle (no venv, no build).
+GPU_CHECK_FLAGS ?=
+gpu-pack: venv build
+	$(VENV)/bin/python -m t2i_scripts.gpu.transport pack --out .gpu --binary $(BIN)
+gpu-slim: venv
+	$(VENV)/bin/python -m t2i_scripts.gpu.transport slim
+	$(VENV)/bin/python -m t2i_scripts.gpu.transport size
+gpu-restore: venv
+	$(VENV)/bin/python -m t2i_scripts.gpu.transport restore
+gpu-check:
+	PYTHONPATH=$(CURDIR)/scripts:$(CURDIR)/trainer$${PYTHONPATH:+:$$PYTHONPATH} python3 -m t2i_scripts.gpu.gpu_check $(GPU_CHECK_FLAGS)
+# The same script here, end to end, on the CPU at tiny sizes (about 3 minutes); fails if any section fails.
+gpu-rehearsal: trainer-venv build
+	PYTHONPATH=scripts:trainer .venv-trainer/bin/python -m t2i_scripts.gpu.gpu_check --device cpu --scale tiny \
+		--binary $(BIN) --work build/gpu-rehearsal/work --out build/gpu-rehearsal --runs 2 --threads 2
 
 # SDXL and SDXL-Turbo against Optimum's ORTStableDiffusionXLPipeline on the same files; its section of BENCHMARKS.md.
 bench-families: trainer-venv build

@@ -27,7 +27,16 @@ use crate::metrics::Metrics;
 use crate::pipeline::{GenerateOutput, Pipeline};
 use crate::reward::GeneratePlan;
 
+pub use planner::BackgroundRows;
 pub use worker::BatchSettings;
+
+/// Whose work a generation is (#29): a user's request, or a fine-tune job's sample, which steps only in the
+/// room users' requests leave ([`BackgroundRows`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Online,
+    Background,
+}
 
 /// A finished generation, with the time it waited in the queue.
 pub struct Completed {
@@ -41,6 +50,7 @@ struct Job {
     plan: GeneratePlan,
     cancel: Arc<AtomicBool>,
     enqueued: Instant,
+    priority: Priority,
     /// When the request's work must stop, queued or running.
     deadline: Option<Deadline>,
     reply: oneshot::Sender<Result<Completed>>,
@@ -157,6 +167,16 @@ impl Engine {
     /// plan's scorer, every candidate is scored and its selection picks the images; without one, the images
     /// come back unscored. Past its `deadline` the job answers 504 and its work stops at the next denoising step.
     pub async fn generate(&self, plan: GeneratePlan, deadline: Option<Deadline>) -> Result<Completed> {
+        self.generate_as(plan, deadline, Priority::Online).await
+    }
+
+    /// [`Engine::generate`] at a priority: a fine-tune job's samples go as [`Priority::Background`].
+    pub async fn generate_as(
+        &self,
+        plan: GeneratePlan,
+        deadline: Option<Deadline>,
+        priority: Priority,
+    ) -> Result<Completed> {
         let sender = self
             .sender
             .as_ref()
@@ -171,6 +191,7 @@ impl Engine {
             plan,
             cancel,
             enqueued: Instant::now(),
+            priority,
             deadline,
             reply,
         };

@@ -11,6 +11,10 @@
 //!   share a call; with [`TimestepSharing::Shared`] (a scalar timestep) only units at the same timestep do.
 //! - **Fairness.** The unit that has waited longest since it last stepped anchors the call, and the others
 //!   follow in the same order while they fit, so every unit steps within as many calls as there are units.
+//! - **Users first.** Background units (a fine-tune job's samples) come after every online unit (users'
+//!   requests): an online unit anchors every call while one is active, and background units fill only what
+//!   [`BackgroundRows`] allows beside it. A call of background units alone carries at most `alone` rows, so an
+//!   online request that arrives waits for at most one such call.
 
 /// How the UNet takes its timestep, which decides whether units at different steps can share a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,10 +25,32 @@ pub enum TimestepSharing {
     Shared,
 }
 
+/// How many rows of background work a UNet call may carry (#29).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackgroundRows {
+    /// Beside online rows: the spare capacity of a call. On a GPU a few more rows cost little; on a CPU, whose
+    /// UNet calls are compute-bound, every row lengthens the call and the users' wait.
+    pub beside_online: usize,
+    /// In a call with no online rows.
+    pub alone: usize,
+}
+
+impl BackgroundRows {
+    /// No limit beyond the call's own.
+    pub fn unlimited() -> Self {
+        BackgroundRows {
+            beside_online: usize::MAX,
+            alone: usize::MAX,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Slot<K> {
     id: u64,
     rows: usize,
+    /// A fine-tune job's unit: it steps only in the room online units leave.
+    background: bool,
     key: K,
     /// The next timestep's bits (f32 compared bit for bit: schedulers compute them the same way).
     timestep: u32,
@@ -37,15 +63,21 @@ struct Slot<K> {
 pub struct Planner<K> {
     max_rows: usize,
     sharing: TimestepSharing,
+    background: BackgroundRows,
     round: u64,
     slots: Vec<Slot<K>>,
 }
 
 impl<K: PartialEq + Clone> Planner<K> {
     pub fn new(max_rows: usize, sharing: TimestepSharing) -> Self {
+        Self::with_background(max_rows, sharing, BackgroundRows::unlimited())
+    }
+
+    pub fn with_background(max_rows: usize, sharing: TimestepSharing, background: BackgroundRows) -> Self {
         Planner {
             max_rows: max_rows.max(1),
             sharing,
+            background,
             round: 0,
             slots: Vec::new(),
         }
@@ -62,6 +94,15 @@ impl<K: PartialEq + Clone> Planner<K> {
     /// UNet rows of all active units.
     pub fn active_rows(&self) -> usize {
         self.slots.iter().map(|slot| slot.rows).sum()
+    }
+
+    /// UNet rows of the active online units (users' requests).
+    pub fn online_rows(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|slot| !slot.background)
+            .map(|slot| slot.rows)
+            .sum()
     }
 
     pub fn len(&self) -> usize {
@@ -82,12 +123,18 @@ impl<K: PartialEq + Clone> Planner<K> {
         self.slots.is_empty() || self.active_rows() + rows <= self.max_rows
     }
 
-    /// Adds a unit at the next step boundary. Ids must be unique among the active units.
+    /// Adds an online unit at the next step boundary. Ids must be unique among the active units.
     pub fn join(&mut self, id: u64, rows: usize, key: K, timestep: f32) {
+        self.join_unit(id, rows, key, timestep, false);
+    }
+
+    /// Adds a unit, online or background, at the next step boundary.
+    pub fn join_unit(&mut self, id: u64, rows: usize, key: K, timestep: f32, background: bool) {
         debug_assert!(!self.contains(id), "unit {id} joined twice");
         self.slots.push(Slot {
             id,
             rows: rows.max(1),
+            background,
             key,
             timestep: timestep.to_bits(),
             served: self.round,
@@ -111,19 +158,33 @@ impl<K: PartialEq + Clone> Planner<K> {
     /// The units of the next UNet call, anchor first, and marks them served. Empty when no unit is active.
     pub fn plan(&mut self) -> Vec<u64> {
         let mut order: Vec<usize> = (0..self.slots.len()).collect();
-        order.sort_by_key(|&index| (self.slots[index].served, self.slots[index].id));
+        order.sort_by_key(|&index| {
+            let slot = &self.slots[index];
+            (slot.background, slot.served, slot.id)
+        });
         let Some(&anchor) = order.first() else {
             return Vec::new();
         };
         self.round += 1;
         let (key, timestep) = (self.slots[anchor].key.clone(), self.slots[anchor].timestep);
+        let background_limit = if self.slots[anchor].background {
+            self.background.alone
+        } else {
+            self.background.beside_online
+        };
         let mut rows = self.slots[anchor].rows;
+        let mut background_rows = if self.slots[anchor].background { rows } else { 0 };
         let mut chosen = vec![anchor];
         for &index in &order[1..] {
             let slot = &self.slots[index];
             let same_step = self.sharing == TimestepSharing::PerRow || slot.timestep == timestep;
-            if slot.key == key && same_step && rows + slot.rows <= self.max_rows {
+            let room = rows + slot.rows <= self.max_rows
+                && (!slot.background || background_rows.saturating_add(slot.rows) <= background_limit);
+            if slot.key == key && same_step && room {
                 rows += slot.rows;
+                if slot.background {
+                    background_rows += slot.rows;
+                }
                 chosen.push(index);
             }
         }
@@ -252,6 +313,59 @@ mod tests {
         planner.set_timestep(1, 950.0);
         planner.set_timestep(2, 950.0);
         assert_eq!(planner.plan(), vec![3, 1, 2], "all three are at 950 now");
+    }
+
+    #[test]
+    fn online_units_anchor_every_call_and_background_units_fill_only_the_spare_rows() {
+        let limits = BackgroundRows {
+            beside_online: 2,
+            alone: 4,
+        };
+        let mut planner = Planner::with_background(16, TimestepSharing::PerRow, limits);
+        // A job's units were there first.
+        planner.join_unit(1, 2, 0u8, 999.0, true);
+        planner.join_unit(2, 2, 0, 999.0, true);
+        planner.join_unit(3, 2, 0, 999.0, true);
+        assert_eq!(
+            planner.plan(),
+            vec![1, 2],
+            "alone, background calls carry at most 4 rows"
+        );
+        planner.join(10, 2, 0, 999.0);
+        planner.join(11, 2, 0, 999.0);
+        assert_eq!(planner.online_rows(), 4);
+        for _ in 0..6 {
+            let call = planner.plan();
+            assert_eq!(&call[..2], &[10, 11], "every online unit is in every call");
+            assert_eq!(
+                call.len(),
+                3,
+                "with one background unit beside them (2 spare rows): {call:?}"
+            );
+        }
+        planner.leave(10);
+        planner.leave(11);
+        assert_eq!(
+            planner.plan().len(),
+            2,
+            "without online units the job goes on, 4 rows a call"
+        );
+    }
+
+    #[test]
+    fn no_spare_rows_means_a_job_waits_while_users_are_served() {
+        let limits = BackgroundRows {
+            beside_online: 0,
+            alone: 32,
+        };
+        let mut planner = Planner::with_background(32, TimestepSharing::PerRow, limits);
+        planner.join_unit(1, 2, 0u8, 999.0, true);
+        planner.join(2, 2, 0, 999.0);
+        for _ in 0..5 {
+            assert_eq!(planner.plan(), vec![2]);
+        }
+        planner.leave(2);
+        assert_eq!(planner.plan(), vec![1]);
     }
 
     #[test]

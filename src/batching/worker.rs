@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 
-use super::planner::{Planner, TimestepSharing};
+use super::planner::{BackgroundRows, Planner, TimestepSharing};
 use super::request::{rows_per_image, unit_size, Candidates};
 use super::watchdog::{Member, Watchdog};
-use super::{Completed, Deadline, Job};
+use super::{Completed, Deadline, Job, Priority};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pipeline::denoise::{Denoising, LatentShape};
@@ -37,6 +37,8 @@ pub struct BatchSettings {
     pub max_rows: usize,
     /// Most candidates in one unit of a best_of or min_reward request.
     pub batch_images: usize,
+    /// Rows of background work (a fine-tune job's samples) a call may carry.
+    pub background: BackgroundRows,
 }
 
 /// A unit waiting for room in the batch.
@@ -46,6 +48,8 @@ struct PendingUnit {
     /// The unit's first candidate number; its images are candidates `first..first + num_images`.
     first: usize,
     rows: usize,
+    /// A fine-tune job's unit ([`Priority::Background`]).
+    background: bool,
 }
 
 struct ActiveUnit {
@@ -131,7 +135,7 @@ impl Worker {
             receiver,
             metrics,
             mean_job_seconds,
-            planner: Planner::new(settings.max_rows, sharing),
+            planner: Planner::with_background(settings.max_rows, sharing, settings.background),
             settings,
             requests: HashMap::new(),
             pending: VecDeque::new(),
@@ -238,22 +242,37 @@ impl Worker {
 
     /// Takes queued requests while their units fit, and starts the units that fit (one text-encoder call).
     /// Blocks when nothing is active or waiting. Returns false once the queue is closed and all work is done.
+    ///
+    /// Online units are admitted before background ones, and against the online rows alone: a job's units
+    /// never keep a user's request out of the batch.
     fn admit(&mut self) -> bool {
         self.drop_cancelled();
         let mut starting: Vec<PendingUnit> = Vec::new();
         let mut starting_rows = 0;
+        let mut starting_online_rows = 0;
         loop {
-            if let Some(unit) = self.pending.front() {
+            let next = self
+                .pending
+                .iter()
+                .position(|unit| !unit.background)
+                .or(if self.pending.is_empty() { None } else { Some(0) });
+            if let Some(index) = next {
+                let unit = &self.pending[index];
                 let fits = if self.planner.is_empty() && starting.is_empty() {
                     true
-                } else {
+                } else if unit.background {
                     self.planner.active_rows() + starting_rows + unit.rows <= self.planner.max_rows()
+                } else {
+                    self.planner.online_rows() + starting_online_rows + unit.rows <= self.planner.max_rows()
                 };
                 if !fits {
                     break;
                 }
-                if let Some(unit) = self.pending.pop_front() {
+                if let Some(unit) = self.pending.remove(index) {
                     starting_rows += unit.rows;
+                    if !unit.background {
+                        starting_online_rows += unit.rows;
+                    }
                     starting.push(unit);
                 }
                 continue;
@@ -266,8 +285,10 @@ impl Worker {
                     Err(_) => return false,
                 }
             } else {
-                // A full batch takes no new request: it waits in the queue, where the queue's limit counts it.
-                if !self.least_loaded() || self.planner.active_rows() + starting_rows >= self.planner.max_rows() {
+                // A batch full of online rows takes no new request: it waits in the queue, where the queue's limit
+                // counts it. Background rows do not count: an online request may still join beside them.
+                let online_rows = self.planner.online_rows() + starting_online_rows;
+                if !self.least_loaded() || online_rows >= self.planner.max_rows() {
                     break;
                 }
                 match self.receiver.try_recv() {
@@ -323,6 +344,7 @@ impl Worker {
         };
         let params = &request.job.plan.params;
         let rows = rows_per_image(params);
+        let background = request.job.priority == Priority::Background;
         let further = request.candidates.issued() > 0;
         let one_round = request.candidates.one_round_at_a_time();
         let units: Vec<PendingUnit> = request
@@ -334,6 +356,7 @@ impl Worker {
                 params: unit.params(params),
                 first: unit.first,
                 rows: unit.count * rows,
+                background,
             })
             .collect();
         // An admitted request's further rounds go ahead of requests not yet started.
@@ -357,8 +380,8 @@ impl Worker {
                 Ok(denoising) => {
                     let id = self.fresh_id();
                     let timestep = denoising.next_timestep().unwrap_or(0.0);
-                    self.planner
-                        .join(id, denoising.unet_rows(), denoising.batch_key(), timestep);
+                    let (rows, key) = (denoising.unet_rows(), denoising.batch_key());
+                    self.planner.join_unit(id, rows, key, timestep, unit.background);
                     self.active.insert(
                         id,
                         ActiveUnit {

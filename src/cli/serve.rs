@@ -91,6 +91,15 @@ pub struct ServeArgs {
     /// with classifier-free guidance) share each denoising step up to this; more requests wait in the queue.
     #[arg(long, env = "T2I_MAX_BATCH_ROWS", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub max_batch_rows: u64,
+    /// Rows of a fine-tune job's samples that may ride in a UNet call beside users' requests (its spare
+    /// capacity). Users' requests always come first. Default: 0 on the CPU, whose calls are compute-bound, so
+    /// that every extra row lengthens the users' wait; --max-batch-rows on CUDA.
+    #[arg(long, env = "T2I_JOB_SPARE_ROWS", value_parser = clap::value_parser!(u64).range(0..=4096))]
+    pub job_spare_rows: Option<u64>,
+    /// Most rows of a UNet call that carries only a fine-tune job's samples; a user's request that arrives
+    /// waits for at most one such call. Default: --max-batch-rows.
+    #[arg(long, env = "T2I_JOB_CALL_ROWS", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub job_call_rows: Option<u64>,
     /// A file of bootstrap API keys, one `scopes:key`, `name:scopes:key` or `tenant:name:scopes:key` a line
     /// (scopes: inference, feedback, fine-tune, admin, several joined by `+`). Keys also come from the
     /// T2I_API_KEYS variable, in the same form, comma-separated; never from the command line itself. Further keys
@@ -442,6 +451,8 @@ impl ServeArgs {
             workers: self.workers,
             queue_capacity: self.queue_capacity,
             max_batch_rows: self.max_batch_rows as usize,
+            job_spare_rows: self.job_spare_rows.map(|rows| rows as usize),
+            job_call_rows: self.job_call_rows.map(|rows| rows as usize),
             warmup: self.warmup,
             warmup_images: self.warmup_images,
             warmup_sizes: self.warmup_sizes,
@@ -472,6 +483,9 @@ pub struct ServeConfig {
     pub queue_capacity: usize,
     /// Most UNet rows in one call of the continuous batcher.
     pub max_batch_rows: usize,
+    /// Rows of job samples beside users' requests, and in a call of job samples alone (`None`: the defaults).
+    pub job_spare_rows: Option<usize>,
+    pub job_call_rows: Option<usize>,
     pub warmup: bool,
     pub warmup_images: Vec<usize>,
     pub warmup_sizes: Vec<usize>,
@@ -685,6 +699,8 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         warmup_images: config.warmup_images.clone(),
         warmup_sizes: config.warmup_sizes.clone(),
         max_loaded: config.max_loaded_models,
+        job_spare_rows: config.job_spare_rows,
+        job_call_rows: config.job_call_rows,
     };
     let reward_settings = RewardSettings {
         max_batch: config.reward.max_batch,

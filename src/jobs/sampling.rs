@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::json;
 
+use crate::batching::Priority;
 use crate::error::{Error, Result};
 use crate::jobs::context::JobContext;
 use crate::jobs::spec::PromptSource;
@@ -151,14 +152,9 @@ impl JobContext<'_> {
     ) -> Result<crate::batching::Completed> {
         loop {
             self.check_cancelled()?;
-            match model
-                .engine
-                .generate(
-                    GeneratePlan::new(params.clone(), Selection::BestOf { k: 1 }, Some(scorer.clone())),
-                    None,
-                )
-                .await
-            {
+            // Background: users' requests on the same engine come first (#29).
+            let plan = GeneratePlan::new(params.clone(), Selection::BestOf { k: 1 }, Some(scorer.clone()));
+            match model.engine.generate_as(plan, None, Priority::Background).await {
                 Err(Error::Overloaded { retry_after_secs, .. }) => {
                     tokio::time::sleep(Duration::from_secs(retry_after_secs.min(5))).await;
                 }

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::batching::{BatchSettings, Engine};
+use crate::batching::{BackgroundRows, BatchSettings, Engine};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::pipeline::request::InitImage;
 use crate::pipeline::{GenerateParams, ModelFolder, ModelLimits, Pipeline};
-use crate::runtime::Runtime;
+use crate::runtime::{ExecutionProvider, Runtime};
 
 /// How each loaded version's engine is built.
 #[derive(Debug, Clone)]
@@ -26,6 +26,25 @@ pub struct EngineSettings {
     pub warmup_sizes: Vec<usize>,
     /// Most versions kept loaded at once, the active one included.
     pub max_loaded: usize,
+    /// Rows of a fine-tune job's samples a UNet call may carry beside users' requests; `None`: 0 on the CPU
+    /// (its calls are compute-bound: every row lengthens the users' wait), `max_batch_rows` on CUDA.
+    pub job_spare_rows: Option<usize>,
+    /// Rows of a UNet call that carries only a job's samples; `None`: `max_batch_rows`.
+    pub job_call_rows: Option<usize>,
+}
+
+impl EngineSettings {
+    /// The background limits on `provider`, with the defaults filled in.
+    pub fn background_rows(&self, provider: ExecutionProvider) -> BackgroundRows {
+        let auto_spare = match provider {
+            ExecutionProvider::Cpu => 0,
+            ExecutionProvider::Cuda(_) => self.max_batch_rows,
+        };
+        BackgroundRows {
+            beside_online: self.job_spare_rows.unwrap_or(auto_spare),
+            alone: self.job_call_rows.unwrap_or(self.max_batch_rows).max(1),
+        }
+    }
 }
 
 /// A version with its engine.
@@ -154,12 +173,14 @@ pub fn build_engine(
         pipelines.push(pipeline);
     }
     let limits = pipelines[0].limits();
+    let background = settings.background_rows(pipelines[0].provider());
     let engine = Engine::start(
         pipelines,
         settings.queue_capacity,
         BatchSettings {
             max_rows: settings.max_batch_rows,
             batch_images: settings.batch_images,
+            background,
         },
         metrics,
     )?;

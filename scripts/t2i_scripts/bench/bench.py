@@ -292,6 +292,12 @@ def batching_bound(ms: dict, ops: list, threads: int) -> str:
         listed = ", ".join(f"{op} {part * 100:.0f}%" for op, part in ops)
         text += f" Op profile of the 16-row call (ONNX Runtime profiling): {listed}; the largest, {name}, "
         text += f"takes {share * 100:.0f}% of the time."
+    if 32 in ms:
+        text += (
+            f" On {os.cpu_count()} CPU cores the UNet is compute-bound (a 32-row call costs "
+            f"{ms[32] / ms[2]:.1f}x a 2-row one), so concurrency cannot double throughput here; #29's goal "
+            "of 8 clients at 3x one client's throughput is held on the GPU (docs/gpu.md, GPU.md)."
+        )
     return text
 
 

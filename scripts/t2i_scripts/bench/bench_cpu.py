@@ -29,7 +29,7 @@ from pathlib import Path
 
 from t2i_scripts import targets
 from t2i_scripts.bench.bench import PROMPT, optimum_pipeline, run_optimum
-from t2i_scripts.report import command_line, repo_relative, write_report
+from t2i_scripts.report import command_line, ratio_interval, repo_relative, write_report
 from t2i_scripts.server import ServerProcess, recorded_library, serve_command
 
 BEGIN = "<!-- cpu:begin -->"
@@ -54,8 +54,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trainer-python", default=str(ROOT / ".venv-trainer/bin/python"))
     parser.add_argument("--out", default="BENCHMARKS.md", help="where to write the section")
     parser.add_argument("--json", default="BENCHMARKS-cpu.json", help="where to write the figures")
+    parser.add_argument("--job-requests", type=int, default=21, help="timed requests in each job phase")
+    parser.add_argument(
+        "--job-flags", default="", help="extra serve flags for the job measurement, e.g. '--job-call-rows 4'"
+    )
+    parser.add_argument("--skip", default="", help="comma-separated parts to leave out: latency, job")
     args = parser.parse_args(argv)
-    for name in ("threads", "steps", "size", "rounds", "runs"):
+    args.job_flags = args.job_flags.split()
+    args.skip = {part for part in args.skip.split(",") if part}
+    for name in ("threads", "steps", "size", "rounds", "runs", "job_requests"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1. Given: {getattr(args, name)}")
     return args
@@ -115,6 +122,61 @@ def measure(args: argparse.Namespace) -> dict:
     return {"rounds": rounds, "optimized": manifest, "log_made_graphs": "graphs optimised" in log}
 
 
+# A fine-tune job that samples long enough to time users' requests beside it, then trains for a while.
+JOB = {
+    "prompts": {"generator": "shapes_world", "split": "train", "count": 400},
+    "images_per_prompt": 2,
+    "use_feedback": False,
+    "hyperparameters": {"steps": 200, "batch_size": 4},
+    "eval_prompts": {"generator": "shapes_world", "split": "heldout", "count": 4},
+    "eval_images_per_prompt": 1,
+    "seed": 0,
+}
+
+
+def measure_job(args: argparse.Namespace) -> dict:
+    """`/generate` p50 (one client, one request at a time) on an idle server, then while a fine-tune job on
+    the same server samples, then while its trainer trains; the job is cancelled at the end."""
+    library = recorded_library()
+    reward = ROOT / "models" / "shapes-reward"
+    command = serve_command(
+        args.binary, args.model, threads=args.threads, reward_model=reward,
+        trainer_python=args.trainer_python, flags=["--optimize-graphs", "on", *args.job_flags],
+    )  # fmt: skip
+    server = ServerProcess(command, args.port, library, ready_timeout=600)
+    latencies: dict[str, list[float]] = {"idle": [], "sample": [], "train": []}
+    try:
+        for seed in range(args.warmup):
+            generate(server, args, seed)
+        for turn in range(args.job_requests):
+            time.sleep(args.pause)
+            latencies["idle"].append(generate(server, args, turn)[0])
+        _, job = server.post("/fine-tunes", JOB)
+        job_id = job["id"]
+        deadline = time.time() + 1800
+        turn = 0
+        while time.time() < deadline:
+            stage = server.get(f"/fine-tunes/{job_id}")
+            if stage["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            key = stage.get("stage")
+            if key not in latencies or len(latencies[key]) >= args.job_requests:
+                if all(len(latencies[k]) >= args.job_requests for k in ("sample", "train")):
+                    break
+                time.sleep(0.2)
+                continue
+            time.sleep(args.pause)
+            elapsed, _ = generate(server, args, 10_000 + turn)
+            turn += 1
+            # Counted only when the job was in the same stage before and after the request.
+            if server.get(f"/fine-tunes/{job_id}").get("stage") == key:
+                latencies[key].append(elapsed)
+        server.post(f"/fine-tunes/{job_id}/cancel", {})
+    finally:
+        server.stop()
+    return latencies
+
+
 def median_of(pairs: list[tuple[float, float]]) -> dict:
     return {
         "total_ms": statistics.median(total for total, _ in pairs) * 1e3,
@@ -146,7 +208,51 @@ def span(values: list[float]) -> str:
     return f"{statistics.median(values):.3f}x (rounds {min(values):.3f}x to {max(values):.3f}x)"
 
 
-def markdown(args: argparse.Namespace, data: dict, summary: dict) -> str:
+def job_markdown(job: dict | None) -> str:
+    if not job:
+        return "The job measurement has not been run (`--skip job`)."
+    idle = statistics.median(job["idle"])
+    rows = []
+    verdicts = {}
+    for phase, label in (("idle", "idle server"), ("sample", "a job samples"), ("train", "a job trains")):
+        values = job[phase]
+        if not values:
+            rows.append(f"| {label} | 0 | | |")
+            continue
+        p50 = statistics.median(values)
+        if phase == "idle":
+            rows.append(f"| {label} | {len(values)} | {p50 * 1e3:.1f} | 1 |")
+            continue
+        low, high = ratio_interval(values, job["idle"])
+        verdicts[phase] = (p50 / idle, low, high)
+        rows.append(
+            f"| {label} | {len(values)} | {p50 * 1e3:.1f} | {p50 / idle:.2f}x ({low:.2f}x to {high:.2f}x) |"
+        )
+    text = [
+        "| while | requests | p50 ms | p50 / idle p50 (95% interval) |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    if "sample" in verdicts:
+        ratio, low, high = verdicts["sample"]
+        target = targets.JOB_P50_MAX_STRETCH
+        judged = "met" if high <= target else ("not met" if low > target else "not settled by the interval")
+        text.append(
+            f"While the job samples, `/generate`'s p50 is {ratio:.2f}x idle "
+            f"(target <= {target:.2f}x: {judged})."
+        )
+    if "train" in verdicts:
+        ratio, low, high = verdicts["train"]
+        text.append(
+            f"While its trainer trains on the same 2 cores, it is {ratio:.2f}x ({low:.2f}x to {high:.2f}x): "
+            "the cost of training beside the server."
+        )
+    return "\n".join(text)
+
+
+def markdown(args: argparse.Namespace, figures: dict) -> str:
+    summary = figures["summary"]
     import onnxruntime
 
     command = command_line("t2i_scripts.bench.bench_cpu", sys.argv[1:])
@@ -158,7 +264,7 @@ def markdown(args: argparse.Namespace, data: dict, summary: dict) -> str:
             f"{ours / theirs:.3f}x | {ours / plain:.3f}x |"
         )
     fused = []
-    for component, record in data["optimized"]["components"].items():
+    for component, record in figures["optimized"]["components"].items():
         if record["kept"]:
             ops = ", ".join(f"{count} {op}" for op, count in record["fusions"].items())
             fused.append(
@@ -208,6 +314,18 @@ each graph on random inputs, median of 5, ms):
 |---|---|---|---|---|---|
 {chr(10).join(fused)}
 
+### `/generate` while a fine-tune job runs on the same server
+
+One client sends one request at a time ({args.steps} DDIM steps, {args.size}x{args.size}, {args.pause} s
+apart) to a server that also runs a fine-tune job (`JOB` in bench_cpu.py: 400 prompts x 2 images sampled
+through the same batcher, then 200 training steps in the trainer's own process). A request counts for a phase
+when the job was in that phase before and after it. The job's samples are background work: users' requests
+anchor every UNet call, and the job's rows ride beside them only up to `--job-spare-rows` (0 on the CPU by
+default).
+Serve flags added: `{" ".join(args.job_flags) or "none"}`.
+
+{job_markdown(figures.get("job"))}
+
 Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.
 {END}"""
 
@@ -217,11 +335,17 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    data = measure(args)
-    summary = summarise(data)
-    figures = {"summary": summary, "optimized": data["optimized"]}
+    previous = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
+    figures = dict(previous)
+    if "latency" in args.skip and "summary" not in figures:
+        sys.exit(f"no latency figures in {args.json}: run without --skip latency first")
+    if "latency" not in args.skip:
+        data = measure(args)
+        figures.update(summary=summarise(data), optimized=data["optimized"])
+    if "job" not in args.skip:
+        figures["job"] = measure_job(args)
     Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
-    text = markdown(args, data, summary)
+    text = markdown(args, figures)
     write_report(Path(args.out), text, BEGIN, END)
     print(text)
 

@@ -53,7 +53,13 @@ STASH_MANIFEST = "STASH.json"
 ASSEMBLED = "ASSEMBLED"  # in the stage: the sha256 of the stream whose bundle, site and env.sh are complete
 DEFAULT_STAGE = Path("/tmp/t2i-gpu")
 DEFAULT_STASH = ROOT.parent / "t2i-gpu-stash"
-DEFAULT_MODELS = ("models/shapes-sd", "models/tiny-sdxl", "models/tiny-lcm", "models/tiny-sd")
+DEFAULT_MODELS = (
+    "models/shapes-sd",
+    "models/tiny-sdxl",
+    "models/tiny-lcm",
+    "models/tiny-sd",
+    "models/shapes-reward",  # best_of in the GPU check
+)
 ORT_VERSION = "1.31.1"
 ORT_WHEEL = ("onnxruntime-gpu", ORT_VERSION)  # built for CUDA 13, like the remote's torch 2.11+cu130
 # Optimum's pipeline at trainer/requirements.txt's pins. Their other requirements (filelock, fsspec, hf-xet,
@@ -134,11 +140,13 @@ def ensure_wheels(wheels_dir: Path, specs: Iterable[tuple[str, str]], python: st
 
 
 def model_files(model: Path) -> list[Path]:
-    """The files of a model folder that travel, relative to it: none under diffusers/, no safetensors."""
+    """The files of a model folder that travel, relative to it: none under diffusers/ (PyTorch weights) or
+    optimized/ (graphs made here by --optimize-graphs; the check runs the export's own), no safetensors."""
     files = []
     for path in sorted(model.rglob("*")):
         relative = path.relative_to(model)
-        if path.is_file() and "diffusers" not in relative.parts[:-1] and path.suffix != ".safetensors":
+        skipped = {"diffusers", "optimized"} & set(relative.parts[:-1])
+        if path.is_file() and not skipped and path.suffix != ".safetensors":
             files.append(relative)
     return files
 
@@ -166,6 +174,9 @@ def stage_bundle(stage: Path, ort_wheel: Path, wheels: Sequence[Path], binary: P
     """Lays out the bundle: ort/ (extracted), wheels/, bin/t2i-align and models/<name>/."""
     with zipfile.ZipFile(ort_wheel) as archive:
         archive.extractall(stage / "ort")
+    # The TensorRT provider is never asked for; the machine has no TensorRT for it to load.
+    for unused in (stage / "ort").rglob("libonnxruntime_providers_tensorrt.so"):
+        unused.unlink()
     (stage / "wheels").mkdir(parents=True)
     for wheel in wheels:
         shutil.copy2(wheel, stage / "wheels" / wheel.name)
