@@ -39,7 +39,9 @@ fn max_difference(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
 
 /// A batched call runs the same graph at another batch size, and ONNX Runtime's kernels may then round the
 /// last float bits differently; tens of steps carry that into a few PNG levels at most. A wrong row, timestep
-/// or noise stream would change the whole image.
+/// or noise stream would change the whole image (a mean of tens of levels). Which requests share which calls
+/// depends on when they arrive: one composition of dpm++2m at 35 steps (a multistep solver, which carries
+/// rounding further) measured a mean of 0.572 levels, so the mean allowed is 1.
 fn assert_close(alone: &image::RgbImage, batched: &image::RgbImage, what: &str) {
     let difference = max_difference(alone, batched);
     let mean = alone
@@ -50,7 +52,7 @@ fn assert_close(alone: &image::RgbImage, batched: &image::RgbImage, what: &str) 
         .sum::<f64>()
         / alone.as_raw().len() as f64;
     assert!(
-        difference <= 8 && mean <= 0.5,
+        difference <= 8 && mean <= 1.0,
         "{what}: the batched image differs from the solo one by up to {difference} levels (mean {mean:.3})"
     );
 }
