@@ -436,11 +436,14 @@ def install_wheels(stage: Path, python: str) -> None:
         raise fail(f"`{shlex.join(command)}` failed")
 
 
+# Every `lib` folder under nvidia/ in python's site-packages: the cu13 wheels keep most libraries in
+# nvidia/cu13/lib, others (cuDNN, cuRAND) in nvidia/<name>/lib, and layouts differ between releases.
 NVIDIA_LIBS = """
 import glob, os, site
 for root in site.getsitepackages() + [site.getusersitepackages()]:
-    for path in sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib"))):
-        print(path)
+    for path in sorted(glob.glob(os.path.join(root, "nvidia", "**", "lib"), recursive=True)):
+        if any(name.endswith(".so") or ".so." in name for name in os.listdir(path)):
+            print(path)
 """
 
 
@@ -475,6 +478,25 @@ def write_env(stage: Path, lib_dirs: Sequence[str]) -> Path:
     return env
 
 
+def report_missing_libraries(stage: Path, lib_dirs: Sequence[str]) -> list[str]:
+    """The CUDA provider's shared libraries that `ldd` cannot find with env.sh's LD_LIBRARY_PATH, printed as
+    a warning: the provider fails to register without them (libcuda.so.1 comes with a GPU's driver, so on a
+    machine without one it is always missing)."""
+    provider = stage / "bundle" / "ort" / "onnxruntime" / "capi" / "libonnxruntime_providers_cuda.so"
+    if not provider.is_file() or shutil.which("ldd") is None:
+        return []
+    paths = [*lib_dirs, os.environ.get("LD_LIBRARY_PATH", "")]
+    env = {**os.environ, "LD_LIBRARY_PATH": ":".join(path for path in paths if path)}
+    result = subprocess.run(["ldd", str(provider)], capture_output=True, text=True, env=env)
+    missing = [line.split()[0] for line in result.stdout.splitlines() if "not found" in line]
+    if missing:
+        names = ", ".join(missing)
+        print(f"transport: warning: the CUDA provider's libraries not found: {names}", flush=True)
+    else:
+        print("transport: every library the CUDA provider needs was found", flush=True)
+    return missing
+
+
 def assembled(stage: Path, sha: str) -> bool:
     marker = stage / ASSEMBLED
     return marker.is_file() and marker.read_text().strip() == sha and (stage / "env.sh").is_file()
@@ -493,7 +515,9 @@ def assemble(stage: Path, python: str = "python3") -> Path:
     extract(stream, stage / "bundle")
     stream.unlink()
     install_wheels(stage, python)
-    env = write_env(stage, nvidia_lib_dirs(python))
+    lib_dirs = nvidia_lib_dirs(python)
+    env = write_env(stage, lib_dirs)
+    report_missing_libraries(stage, lib_dirs)
     (stage / ASSEMBLED).write_text(sha + "\n")
     print(f"transport: assembled {stage / 'bundle'}; now: . {env}")
     return env
