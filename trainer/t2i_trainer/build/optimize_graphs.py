@@ -106,18 +106,35 @@ def fusion_options(model_type: str, provider: str):
     return options
 
 
-def timed_runs(session: ort.InferenceSession, feed: dict, rounds: int) -> tuple[list, float]:
-    outputs = session.run(None, feed)
-    times = []
+def timed_runs(sessions: list[ort.InferenceSession], feed: dict, rounds: int) -> list[tuple[list, float]]:
+    """Each session's outputs and median ms over `rounds` runs. The sessions take turns, run by run, so that a
+    drift in the machine's speed hits them alike."""
+    outputs = [session.run(None, feed) for session in sessions]
+    times: list[list[float]] = [[] for _ in sessions]
     for _ in range(rounds):
-        started = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - started)
-    return outputs, float(np.median(times)) * 1e3
+        for session, spent in zip(sessions, times, strict=True):
+            started = time.perf_counter()
+            session.run(None, feed)
+            spent.append(time.perf_counter() - started)
+    return [(out, float(np.median(spent)) * 1e3) for out, spent in zip(outputs, times, strict=True)]
 
 
-def compare(original: Path, optimized: Path, provider: str, threads: int, rounds: int) -> dict:
-    """Both graphs on the same random inputs: the largest error relative to the original's largest value."""
+def native_latent(model: Path) -> int | None:
+    """The UNet's own latent size (`sample_size` in unet/config.json; the first of a pair), for timing the
+    graphs at the size the model serves."""
+    config = model / "unet" / "config.json"
+    if not config.is_file():
+        return None
+    size = json.loads(config.read_text()).get("sample_size")
+    size = size[0] if isinstance(size, list) and size else size
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def compare(
+    original: Path, optimized: Path, provider: str, threads: int, rounds: int, latent: int | None = None
+) -> dict:
+    """Both graphs on the same random inputs: the largest error relative to the original's largest value, and
+    each graph's median time (a UNet at `latent`, the model's own latent size, when given)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     providers = ["CUDAExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
@@ -127,8 +144,14 @@ def compare(original: Path, optimized: Path, provider: str, threads: int, rounds
     if "sample" in feed and feed["sample"].shape[1] == 3:
         # The VAE encoder takes pixels: 8x8 (the latent size random_inputs picks) is below its downsampling.
         feed["sample"] = np.random.default_rng(0).uniform(-1, 1, (1, 3, 64, 64)).astype(feed["sample"].dtype)
-    expected, before_ms = timed_runs(before, feed, rounds)
-    actual, after_ms = timed_runs(after, feed, rounds)
+    elif latent and "sample" in feed and "encoder_hidden_states" in feed:
+        rows, channels = feed["sample"].shape[:2]
+        feed["sample"] = (
+            np.random.default_rng(0)
+            .standard_normal((rows, channels, latent, latent))
+            .astype(feed["sample"].dtype)
+        )
+    (expected, before_ms), (actual, after_ms) = timed_runs([before, after], feed, rounds)
     worst = 0.0
     finite = True
     for want, got in zip(expected, actual, strict=True):
@@ -163,7 +186,7 @@ def optimize_component(
     )
     model.save_model_to_file(str(target), use_external_data_format=external, all_tensors_to_one_file=True)
     result = {"fusions": fused, "optimize_seconds": round(time.perf_counter() - started, 2)}
-    result.update(compare(source, target, provider, threads, rounds))
+    result.update(compare(source, target, provider, threads, rounds, native_latent(source.parent.parent)))
     result["kept"] = result["finite"] and result["relative_error"] <= tolerance and bool(fused)
     if not fused:
         result["reason"] = "the optimiser found nothing to fuse"
@@ -185,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="the provider to fuse for")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest relative error kept (1e-3)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the check (2)")
-    parser.add_argument("--rounds", type=int, default=5, help="timed runs of each graph in the check (5)")
+    parser.add_argument("--rounds", type=int, default=20, help="timed runs of each graph in the check (20)")
     args = parser.parse_args(argv)
     if not (args.model / "model_index.json").is_file():
         parser.error(f"--model {args.model}: no model_index.json (pass an Optimum/diffusers ONNX export)")
