@@ -88,8 +88,8 @@ fn distinct(ids: impl IntoIterator<Item = u64>) -> Vec<u64> {
     ids
 }
 
-/// Each worker's load in UNet rows (active and waiting units), so that a busy worker leaves queued requests to
-/// a less loaded one.
+/// Each worker's load in online UNet rows (active and waiting units), so that a busy worker leaves queued
+/// requests to a less loaded one.
 pub(super) type Loads = Arc<[AtomicUsize]>;
 
 pub(super) struct Worker {
@@ -209,9 +209,16 @@ impl Worker {
         }
     }
 
-    /// Rows this worker has active or waiting.
+    /// Online rows this worker has active or waiting. A fine-tune job's rows do not count: they never delay an
+    /// online request here (it anchors every call), so they must not send one to a busier worker.
     fn load(&self) -> usize {
-        self.planner.active_rows() + self.pending.iter().map(|unit| unit.rows).sum::<usize>()
+        let pending: usize = self
+            .pending
+            .iter()
+            .filter(|unit| !unit.background)
+            .map(|unit| unit.rows)
+            .sum();
+        self.planner.online_rows() + pending
     }
 
     fn publish_load(&mut self) {
