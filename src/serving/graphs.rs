@@ -49,15 +49,6 @@ pub struct GraphSettings {
     pub optimizer: Option<Optimizer>,
 }
 
-impl GraphSettings {
-    pub fn off() -> Self {
-        GraphSettings {
-            mode: GraphMode::Off,
-            optimizer: None,
-        }
-    }
-}
-
 impl std::fmt::Debug for GraphSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GraphSettings")

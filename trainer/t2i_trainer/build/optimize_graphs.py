@@ -25,7 +25,6 @@ nothing that would be trusted.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ import numpy as np
 import onnxruntime as ort
 
 from t2i_trainer.build.convert_fp16 import random_inputs
+from t2i_trainer.common.digest import sha256
 from t2i_trainer.common.stage_cli import emit
 
 # The graphs the service loads, each with the optimiser's model type.
@@ -50,14 +50,6 @@ COMPONENTS = {
 MANIFEST = "optimized.json"
 # Bumped when what this stage writes changes meaning; the server refuses other versions.
 FORMAT = 1
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def patch_num_heads() -> None:

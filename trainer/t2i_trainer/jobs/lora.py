@@ -33,7 +33,6 @@ The adapter on disk (`save_adapter`, read back by `load_adapter` and merged into
          "base_weights": {file under base: SHA-256}}
 """
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -43,6 +42,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from t2i_trainer.common.digest import sha256
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -219,14 +220,6 @@ def merge(adapter: Adapter) -> None:
         parent_path, _, child = path.rpartition(".")
         setattr(adapter.models[name].get_submodule(parent_path), child, layer.merged())
     adapter.merged = True
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def peft_metadata(adapter: Adapter) -> dict:
