@@ -25,7 +25,7 @@ use crate::pipeline::denoise::{Denoising, LatentShape};
 use crate::pipeline::{GenerateParams, Pipeline, Sampled};
 use crate::reward::Scorer;
 
-type BatchKey = (LatentShape, usize, usize);
+type BatchKey = (LatentShape, usize, usize, bool);
 
 /// A decoded unit: its request, its first candidate number, its images and their scores (none if unscored).
 type ScoredUnit = (u64, usize, Sampled, Vec<f32>);

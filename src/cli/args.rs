@@ -45,6 +45,12 @@ pub struct RuntimeArgs {
     /// Let the shared thread pool spin between operators (faster under load; burns CPU briefly when idle).
     #[arg(long, env = "T2I_SPIN", default_value_t = true, action = clap::ArgAction::Set)]
     pub spin: bool,
+    /// Keep latents, text embeddings and the schedulers' history on the execution device through the
+    /// denoising loop (only per-step scalars and noise go up, only the decoded image comes back); `false` keeps
+    /// them on the host between UNet calls. Requests whose scheduler clamps (`clip_sample`) or that ask for
+    /// `guidance_rescale` run on the host either way.
+    #[arg(long, env = "T2I_RESIDENT_LOOP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub resident_loop: bool,
     /// Graphs fused by ONNX Runtime's transformer optimiser (`<model>/optimized/`, docs/serving.md): `cached`
     /// loads them where a folder has them and they match its graphs; `on` also makes them at load (with
     /// `serve`'s --trainer-python), checked against the originals; `off` loads the export's own.
@@ -62,6 +68,7 @@ impl RuntimeArgs {
             memory_pattern: self.memory_pattern,
             share_prepacked_weights: self.share_prepacked_weights,
             spin: self.spin,
+            resident_loop: self.resident_loop,
         }
     }
 }

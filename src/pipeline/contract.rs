@@ -49,6 +49,16 @@ impl Component {
         })
     }
 
+    /// The session itself, for runs with bound inputs and outputs (`pipeline::resident`).
+    pub(super) fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// The pipeline's shared run options this component runs with.
+    pub(super) fn run_options(&self) -> Arc<RunOptions> {
+        self.run_options.clone()
+    }
+
     pub(super) fn run<'s>(
         &'s mut self,
         inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)>,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ort::session::{RunOptions, SessionInputValue};
-use ort::value::TensorRef;
+use ort::value::{DynValue, TensorRef};
 
 use crate::error::{Error, Result};
 use crate::pipeline::contract::{
@@ -24,6 +24,8 @@ use crate::pipeline::model::{Family, ModelFolder, UNET_ONNX, VAE_DECODER_ONNX, V
 use crate::pipeline::noise::NoiseSource;
 use crate::pipeline::output::{GenerateOutput, Progress, Sampled, SampledImage, StageTimings};
 use crate::pipeline::request::{AestheticScores, GenerateParams, ModelLimits};
+use crate::pipeline::resident::{Condition, Edges, Resident, UnitState, UnitStep};
+use crate::pipeline::scheduler::linear::LinearPlan;
 use crate::pipeline::scheduler::{self, SchedulerOptions};
 use crate::runtime::contract::{ElementType, TensorSpec};
 use crate::runtime::{ExecutionProvider, Runtime};
@@ -41,6 +43,8 @@ pub struct Pipeline {
     contract: Contract,
     /// Widths and heights this export renders are multiples of this (see [`Pipeline::size_multiple`]).
     size_multiple: usize,
+    /// The device-resident loop's graphs; `None` where `resident_loop` is off.
+    resident: Option<Resident>,
 }
 
 impl Pipeline {
@@ -79,7 +83,14 @@ impl Pipeline {
         let text_contracts: Vec<_> = text_encoders.iter().map(|encoder| &encoder.contract).collect();
         let contract = Contract::read(model.family, &text_contracts, &unet.contract, &vae_decoder.contract)?;
         let size_multiple = model.size_multiple;
+        let resident = if runtime.settings().resident_loop {
+            let edges = resident_edges(&contract, &unet)?;
+            Some(Resident::new(runtime.graph_sessions(), edges)?)
+        } else {
+            None
+        };
         let mut pipeline = Pipeline {
+            resident,
             provider: runtime.provider(),
             run_options,
             model,
@@ -300,6 +311,7 @@ impl Pipeline {
                     unit.timings.text_encode += started.elapsed();
                     unit.timings.ort_run += ort_run;
                 }
+                self.make_resident(&mut unit)?;
                 Ok(unit)
             })
             .collect()
@@ -467,6 +479,7 @@ impl Pipeline {
                 scheduler,
                 noise_sources,
                 step_index: first_step,
+                resident: None,
                 timings: StageTimings::default(),
                 warnings,
                 params,
@@ -498,6 +511,15 @@ impl Pipeline {
                 ));
             }
             rows += unit.unet_rows();
+        }
+        let resident = first.resident.is_some();
+        if units.iter().any(|unit| unit.resident.is_some() != resident) {
+            return Err(Error::Internal(
+                "device-resident and host units were batched together".into(),
+            ));
+        }
+        if resident {
+            return self.step_resident(units, rows);
         }
         let started = Instant::now();
         let per_row = shape.values();
@@ -547,28 +569,215 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Gives `unit` its device state when the resident loop is on and the request's arithmetic is linear
+    /// (no `clip_sample` clamp in its scheduler, no `guidance_rescale`); other units stay on the host.
+    fn make_resident(&mut self, unit: &mut Denoising) -> Result<()> {
+        let Some(resident) = self.resident.as_ref() else {
+            return Ok(());
+        };
+        let params = &unit.params;
+        let config = &self.model.scheduler_config;
+        if params.guidance_rescale > 0.0 || config.clip_sample_range_for(params.scheduler).is_some() {
+            return Ok(());
+        }
+        let options = SchedulerOptions { eta: params.eta };
+        let mut scheduler = scheduler::build(params.scheduler, config, params.steps, &options)
+            .map_err(|err| Error::validation("scheduler", err.to_string()))?;
+        scheduler
+            .begin_at(unit.first_step)
+            .map_err(|err| Error::validation("strength", err.to_string()))?;
+        let guidance = unit.guided.then_some(params.guidance_scale);
+        let plan = LinearPlan::compile(scheduler.as_mut(), unit.first_step, guidance)
+            .map_err(|err| Error::Internal(format!("the scheduler's linear plan: {err}")))?;
+        let rows = unit.unet_rows();
+        let mut conditions = Vec::with_capacity(resident.edges().conditions.len());
+        for condition in &resident.edges().conditions {
+            let (shape, values) = match condition.name {
+                ENCODER_HIDDEN_STATES => (
+                    vec![rows, unit.seq_len, unit.hidden],
+                    std::mem::take(&mut unit.hidden_states),
+                ),
+                TEXT_EMBEDS => (vec![rows], std::mem::take(&mut unit.text_embeds)),
+                TIME_IDS => (vec![rows], std::mem::take(&mut unit.time_ids)),
+                TIMESTEP_COND => (vec![rows], std::mem::take(&mut unit.timestep_cond)),
+                other => return Err(Error::Internal(format!("no values for the unet's `{other}`"))),
+            };
+            let shape = if shape.len() == 1 {
+                if rows == 0 || values.len() % rows != 0 {
+                    return Err(Error::Internal(format!(
+                        "{} has {} values for {rows} rows",
+                        condition.name,
+                        values.len()
+                    )));
+                }
+                vec![rows, values.len() / rows]
+            } else {
+                shape
+            };
+            conditions.push((shape, values));
+        }
+        let state = resident.start_unit(plan, &unit.latents, params.num_images, unit.copies(), conditions)?;
+        unit.latents = Vec::new();
+        unit.resident = Some(state);
+        Ok(())
+    }
+
+    /// [`Pipeline::step`] for units whose tensors live on the device: compose the call's inputs there, run
+    /// the UNet with its output kept there, and advance every unit with its linear step.
+    fn step_resident(&mut self, units: &mut [&mut Denoising], rows: usize) -> Result<()> {
+        let started = Instant::now();
+        let Some(shape) = units.first().map(|unit| unit.shape) else {
+            return Ok(());
+        };
+        let per_image = shape.values();
+        let mut noises = Vec::with_capacity(units.len());
+        for unit in units.iter_mut() {
+            let mut noise = vec![0.0f32; unit.params.num_images * per_image];
+            if unit.scheduler.needs_noise_at(unit.step_index) {
+                for (chunk, source) in noise.chunks_exact_mut(per_image).zip(unit.noise_sources.iter_mut()) {
+                    source.fill_normal(chunk);
+                }
+            }
+            noises.push(noise);
+        }
+        let timesteps: Vec<f32> = units
+            .iter()
+            .flat_map(|unit| std::iter::repeat_n(unit.next_timestep().unwrap_or(0.0), unit.unet_rows()))
+            .collect();
+        let resident = self
+            .resident
+            .as_mut()
+            .ok_or_else(|| Error::Internal("a resident unit reached a pipeline without the resident loop".into()))?;
+        let timestep = resident_timestep(
+            resident,
+            self.contract.timestep_input,
+            self.contract.half.timestep,
+            &timesteps,
+        )?;
+        let steps = units
+            .iter()
+            .zip(noises)
+            .map(|(unit, noise)| {
+                Ok(UnitStep {
+                    unit: unit
+                        .resident
+                        .as_ref()
+                        .ok_or_else(|| Error::Internal("a host unit in a resident call".into()))?,
+                    images: unit.params.num_images,
+                    step: unit.step_index,
+                    noise,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let latent = [shape.channels, shape.height, shape.width];
+        let mut ort_run = Duration::ZERO;
+        let composed = resident.compose(&steps, latent, &self.run_options, &mut ort_run)?;
+        let mut inputs: Vec<(String, &DynValue)> = vec![(SAMPLE.into(), &composed[0]), (TIMESTEP.into(), &timestep)];
+        for (condition, value) in resident.edges().conditions.iter().zip(&composed[1..]) {
+            inputs.push((condition.name.into(), value));
+        }
+        let outputs = [self.contract.unet_output.clone()];
+        let prediction = resident
+            .run_model(&mut self.unet, &inputs, &outputs, false, &mut ort_run)?
+            .pop()
+            .ok_or_else(|| Error::Internal("the unet returned nothing".into()))?;
+        let expected = [
+            rows as i64,
+            shape.channels as i64,
+            shape.height as i64,
+            shape.width as i64,
+        ];
+        match prediction.dtype() {
+            ort::value::ValueType::Tensor { shape: returned, .. } if returned[..] == expected[..] => {}
+            other => {
+                return Err(Error::Inference {
+                    component: "unet",
+                    message: format!("returned {other:?}; expected a tensor of shape {expected:?}"),
+                })
+            }
+        }
+        let next = resident.advance(&steps, &prediction, &self.run_options, &mut ort_run)?;
+        drop(steps);
+        if next.len() != units.len() {
+            return Err(Error::Internal("the advance graph returned too few states".into()));
+        }
+        let elapsed = started.elapsed();
+        for (unit, state) in units.iter_mut().zip(next) {
+            if let Some(resident) = unit.resident.as_mut() {
+                resident.state = state;
+            }
+            unit.step_index += 1;
+            unit.timings.ort_run += ort_run;
+            unit.timings.denoise += elapsed;
+            unit.timings.unet_steps.push(elapsed);
+        }
+        Ok(())
+    }
+
+    /// The VAE's pixels for resident units' final samples (`[n, 3, H, W]`, the one copy back to the host).
+    fn decode_resident(
+        &mut self,
+        states: &[&DynValue],
+        shape: LatentShape,
+        ort_time: &mut Duration,
+    ) -> Result<Vec<f32>> {
+        let resident = self
+            .resident
+            .as_mut()
+            .ok_or_else(|| Error::Internal("a resident unit reached a pipeline without the resident loop".into()))?;
+        let latent = [shape.channels, shape.height, shape.width];
+        let scale = 1.0 / self.model.scaling_factor;
+        let input = resident.decode_input(
+            states,
+            latent,
+            scale,
+            self.model.shift_factor,
+            &self.run_options,
+            ort_time,
+        )?;
+        let outputs = [self.contract.vae_output.clone()];
+        let inputs = [(LATENT_SAMPLE.to_string(), &input)];
+        let decoded = resident
+            .run_model(&mut self.vae_decoder, &inputs, &outputs, true, ort_time)?
+            .pop()
+            .ok_or_else(|| Error::Internal("the vae_decoder returned nothing".into()))?;
+        let (_, values) = float_output("vae_decoder", &decoded)?;
+        Ok(values.into_owned())
+    }
+
     /// Decodes finished units: one VAE call for all units of the same size. Results come back in order.
     pub fn finish(&mut self, units: Vec<Denoising>) -> Vec<Result<Sampled>> {
         let mut results: Vec<Option<Result<Sampled>>> = (0..units.len()).map(|_| None).collect();
         let mut pending: Vec<(usize, Denoising)> = units.into_iter().enumerate().collect();
         while let Some((_, first)) = pending.first() {
             let shape = first.shape;
-            let (group, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(_, unit)| unit.shape == shape);
+            let resident = first.resident.is_some();
+            let (group, rest): (Vec<_>, Vec<_>) = pending
+                .into_iter()
+                .partition(|(_, unit)| unit.shape == shape && unit.resident.is_some() == resident);
             pending = rest;
             let started = Instant::now();
             let scale = 1.0 / self.model.scaling_factor;
             let shift = self.model.shift_factor;
             let images: usize = group.iter().map(|(_, unit)| unit.params.num_images).sum();
-            let mut latents = Vec::with_capacity(images * shape.values());
-            for (_, unit) in &group {
-                latents.extend(unit.latents.iter().map(|value| value * scale + shift));
-            }
             let mut ort_run = Duration::ZERO;
-            let decoded = self.run_vae(
-                &latents,
-                [images, shape.channels, shape.height, shape.width],
-                &mut ort_run,
-            );
+            let decoded = if resident {
+                let states: Vec<&DynValue> = group
+                    .iter()
+                    .filter_map(|(_, unit)| unit.resident.as_ref().map(|state| &state.state))
+                    .collect();
+                self.decode_resident(&states, shape, &mut ort_run)
+            } else {
+                let mut latents = Vec::with_capacity(images * shape.values());
+                for (_, unit) in &group {
+                    latents.extend(unit.latents.iter().map(|value| value * scale + shift));
+                }
+                self.run_vae(
+                    &latents,
+                    [images, shape.channels, shape.height, shape.width],
+                    &mut ort_run,
+                )
+            };
             let decode = started.elapsed();
             match decoded {
                 Err(err) => {
@@ -886,6 +1095,86 @@ impl Pipeline {
     }
 }
 
+/// The element types at the edges of the model's sessions, for the resident loop's graphs.
+fn resident_edges(contract: &Contract, unet: &Component) -> Result<Edges> {
+    let element = |half: bool| {
+        if half {
+            ElementType::Float16
+        } else {
+            ElementType::Float32
+        }
+    };
+    let prediction = unet
+        .contract
+        .outputs
+        .iter()
+        .find(|spec| spec.name == contract.unet_output)
+        .map(|spec| spec.element)
+        .ok_or_else(|| Error::Runtime(format!("the unet has no output `{}`", contract.unet_output)))?;
+    if !matches!(prediction, ElementType::Float32 | ElementType::Float16) {
+        return Err(Error::Runtime(format!(
+            "the unet's output `{}` is {prediction:?}; expected float32 or float16",
+            contract.unet_output
+        )));
+    }
+    let half = &contract.half;
+    let mut conditions = vec![Condition {
+        name: ENCODER_HIDDEN_STATES,
+        element: element(half.hidden_states),
+        rank: 3,
+    }];
+    if contract.added_conditions.is_some() {
+        conditions.push(Condition {
+            name: TEXT_EMBEDS,
+            element: element(half.text_embeds),
+            rank: 2,
+        });
+        conditions.push(Condition {
+            name: TIME_IDS,
+            element: element(half.time_ids),
+            rank: 2,
+        });
+    }
+    if contract.timestep_cond.is_some() {
+        conditions.push(Condition {
+            name: TIMESTEP_COND,
+            element: element(half.timestep_cond),
+            rank: 2,
+        });
+    }
+    Ok(Edges {
+        sample: element(half.sample),
+        prediction,
+        latent: element(half.latent_sample),
+        conditions,
+    })
+}
+
+/// The UNet's timestep input for a resident call, as the export takes it (see [`Pipeline::run_unet`]).
+fn resident_timestep(resident: &Resident, input: TimestepInput, half: bool, timesteps: &[f32]) -> Result<DynValue> {
+    let element = if half {
+        ElementType::Float16
+    } else {
+        ElementType::Float32
+    };
+    let first = timesteps.first().copied().unwrap_or(0.0);
+    let integer = |shape: Vec<usize>, values: Vec<i64>| {
+        ort::value::Tensor::from_array((shape, values))
+            .map(ort::value::Tensor::into_dyn)
+            .map_err(|err| inference_error("unet", err))
+    };
+    match input {
+        TimestepInput::FloatScalar => resident.upload(element, Vec::new(), vec![first]),
+        TimestepInput::FloatBatch => resident.upload(element, vec![timesteps.len()], timesteps.to_vec()),
+        // torch's `.long()` truncates; legacy int64 exports expect the same.
+        TimestepInput::Int64Batch => integer(
+            vec![timesteps.len()],
+            timesteps.iter().map(|&timestep| timestep as i64).collect(),
+        ),
+        TimestepInput::Int64Scalar => integer(Vec::new(), vec![first as i64]),
+    }
+}
+
 /// img2img's VAE encoder: its session, whether it takes float16, and the output holding the latent
 /// distribution's mean and log-variance (Optimum's `latent_parameters`).
 struct VaeEncoder {
@@ -1040,6 +1329,9 @@ pub struct Denoising {
     timesteps: Vec<f32>,
     noise_sources: Vec<NoiseSource>,
     step_index: usize,
+    /// The unit's tensors on the device, where the resident loop runs it; its host latents and embeddings
+    /// are then empty.
+    resident: Option<UnitState>,
     pub timings: StageTimings,
     pub warnings: Vec<String>,
 }
@@ -1049,9 +1341,14 @@ impl Denoising {
         &self.params
     }
 
-    /// Units may share a UNet call only when these match (the tensors' shapes).
-    pub fn batch_key(&self) -> (LatentShape, usize, usize) {
-        (self.shape, self.seq_len, self.hidden)
+    /// Units may share a UNet call only when these match (the tensors' shapes, and where they live).
+    pub fn batch_key(&self) -> (LatentShape, usize, usize, bool) {
+        (self.shape, self.seq_len, self.hidden, self.resident.is_some())
+    }
+
+    /// Whether this unit's tensors live on the device (`pipeline::resident`).
+    pub fn is_resident(&self) -> bool {
+        self.resident.is_some()
     }
 
     /// UNet rows per step: two per image with classifier-free guidance, else one.

@@ -8,6 +8,7 @@ pub mod noise;
 pub mod output;
 pub mod request;
 pub mod resample;
+mod resident;
 pub mod scheduler;
 pub mod tokenizer;
 

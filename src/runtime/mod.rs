@@ -5,6 +5,7 @@
 
 pub mod contract;
 pub mod external_data;
+pub mod graph;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::sync::Mutex;
 
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::ep;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
 use ort::session::Session;
 
@@ -128,6 +130,9 @@ pub struct SessionSettings {
     /// Let the shared pool's threads spin between operators instead of sleeping: faster under steady load, but
     /// idle threads burn CPU for a moment after each run.
     pub spin: bool,
+    /// Keep each request's latents, embeddings and scheduler history on the execution device between UNet
+    /// calls (`pipeline::resident`), instead of on the host.
+    pub resident_loop: bool,
 }
 
 impl Default for SessionSettings {
@@ -140,6 +145,7 @@ impl Default for SessionSettings {
             memory_pattern: true,
             share_prepacked_weights: true,
             spin: true,
+            resident_loop: true,
         }
     }
 }
@@ -204,7 +210,7 @@ impl Runtime {
             Error::model(folder, format!("{component}: {reason}"))
         })?;
         let prepacked = self.prepacked.as_ref();
-        match build_session(&self.env, &self.settings, prepacked, self.provider, path) {
+        match build_session(&self.env, &self.settings, prepacked, self.provider, Source::File(path)) {
             Ok(session) => Ok(session),
             Err(err) if self.requested == Device::Auto && self.provider != ExecutionProvider::Cpu => {
                 tracing::warn!(
@@ -213,12 +219,67 @@ impl Runtime {
                     "--device auto: the CUDA execution provider could not be registered; falling back to CPU"
                 );
                 self.provider = ExecutionProvider::Cpu;
-                build_session(&self.env, &self.settings, prepacked, self.provider, path)
+                build_session(&self.env, &self.settings, prepacked, self.provider, Source::File(path))
                     .map_err(|err| session_error(component, path, self.provider, err))
             }
             Err(err) => Err(session_error(component, path, self.provider, err)),
         }
     }
+}
+
+impl Runtime {
+    /// What builds sessions for graphs written in memory (see [`graph`]) later, on this runtime's settled
+    /// provider and with its settings, without the runtime at hand.
+    pub fn graph_sessions(&self) -> GraphSessions {
+        GraphSessions {
+            env: self.env.clone(),
+            settings: self.settings.clone(),
+            provider: self.provider,
+        }
+    }
+}
+
+/// Builds sessions for small graphs written in memory, as [`Runtime::session`] builds a model's.
+#[derive(Clone)]
+pub struct GraphSessions {
+    env: Environment,
+    settings: SessionSettings,
+    provider: ExecutionProvider,
+}
+
+impl GraphSessions {
+    pub fn provider(&self) -> ExecutionProvider {
+        self.provider
+    }
+
+    /// A session for `model` (a serialised ModelProto). `component` names it in errors.
+    pub fn session(&self, component: &str, model: &[u8]) -> Result<Session> {
+        build_session(&self.env, &self.settings, None, self.provider, Source::Memory(model)).map_err(|err| {
+            Error::Runtime(format!(
+                "cannot create the {component} graph's session on {}: {err}",
+                self.provider
+            ))
+        })
+    }
+}
+
+impl ExecutionProvider {
+    /// Where this provider's sessions keep their tensors: host memory for the CPU, the GPU's for CUDA.
+    pub fn memory_info(&self) -> ort::Result<MemoryInfo<'static>> {
+        match self {
+            ExecutionProvider::Cpu => {
+                MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)
+            }
+            ExecutionProvider::Cuda(id) => {
+                MemoryInfo::new(AllocationDevice::CUDA, *id, AllocatorType::Device, MemoryType::Default)
+            }
+        }
+    }
+}
+
+/// Host memory, where results a caller reads come back to.
+pub fn host_memory() -> ort::Result<MemoryInfo<'static>> {
+    MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)
 }
 
 /// ONNX Runtime allows one environment per process; every `Runtime` in the process shares it.
@@ -298,7 +359,7 @@ fn build_session(
     settings: &SessionSettings,
     prepacked: Option<&PrepackedWeights>,
     provider: ExecutionProvider,
-    path: &Path,
+    source: Source<'_>,
 ) -> ort::Result<Session> {
     let dispatch = match provider {
         ExecutionProvider::Cpu => ep::CPU::default().build().error_on_failure(),
@@ -318,7 +379,16 @@ fn build_session(
     if let Some(prepacked) = prepacked {
         builder = builder.with_prepacked_weights(prepacked)?;
     }
-    builder.commit_from_file(path)
+    match source {
+        Source::File(path) => builder.commit_from_file(path),
+        Source::Memory(model) => builder.commit_from_memory(model),
+    }
+}
+
+/// Where a session's graph comes from.
+enum Source<'a> {
+    File(&'a Path),
+    Memory(&'a [u8]),
 }
 
 #[cfg(test)]

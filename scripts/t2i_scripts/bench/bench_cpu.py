@@ -96,11 +96,19 @@ def measure(args: argparse.Namespace) -> dict:
             args.port + 1,
             library,
         )
+        host_loop = ServerProcess(
+            serve_command(
+                args.binary, args.model, **common, flags=[*flags, "on", "--resident-loop", "false"]
+            ),
+            args.port + 2,
+            library,
+        )
         try:
             pipe = optimum_pipeline(args.model, args.threads)
             sides = {
                 "optimised": lambda seed: generate(optimised, args, seed),
                 "original": lambda seed: generate(plain, args, seed),
+                "host_loop": lambda seed: generate(host_loop, args, seed),
                 "optimum": lambda seed: optimum_turn(pipe, args, seed),
             }
             for seed in range(args.warmup):
@@ -118,6 +126,7 @@ def measure(args: argparse.Namespace) -> dict:
                 print(json.dumps({"round": index, **{k: median_of(v) for k, v in times.items()}}), flush=True)
         finally:
             plain.stop()
+            host_loop.stop()
     finally:
         optimised.stop()
     manifest = json.loads((Path(args.model) / "optimized" / "optimized.json").read_text())
@@ -223,7 +232,10 @@ def summarise(data: dict) -> dict:
         "optimised_vs_optimum": ratios("optimised", "optimum"),
         "original_vs_optimum": ratios("original", "optimum"),
         "optimised_vs_original": ratios("optimised", "original"),
-        "outside_ort": {side: outside(side) for side in ("optimised", "original")},
+        "resident_vs_host_loop": ratios("optimised", "host_loop") if "host_loop" in per_round[0] else None,
+        "outside_ort": {
+            side: outside(side) for side in ("optimised", "original", "host_loop") if side in per_round[0]
+        },
         "outside_ort_split": {side: split(side) for side in ("optimised", "original")},
     }
 
@@ -240,6 +252,19 @@ def outside_split(summary: dict) -> str:
     return (
         f" Of the optimised side's share, {server:.1f}% of the request's time is in the server outside ONNX "
         f"Runtime (its `total_ms` minus `inference_ms`) and {http:.1f}% in HTTP and the Python client."
+    )
+
+
+def resident_row(summary: dict) -> str:
+    """The device-resident loop (the optimised side, `--resident-loop` on by default) against the host loop
+    on the same graphs (`--resident-loop false`)."""
+    ratios = summary.get("resident_vs_host_loop")
+    if not ratios:
+        return "| resident loop / host loop | not measured |"
+    outside = summary["outside_ort"]["host_loop"] * 100
+    return (
+        f"| resident loop / host loop, optimised graphs | {span(ratios)}; the host loop spends "
+        f"{outside:.1f}% outside ONNX Runtime |"
     )
 
 
@@ -317,11 +342,12 @@ def markdown(args: argparse.Namespace, figures: dict) -> str:
     return f"""{BEGIN}
 ## CPU: the optimised graphs, and one image against Optimum (#29)
 
-Measured by `make bench-cpu` (`{command}`), in one run, side by side. Three sides load
+Measured by `make bench-cpu` (`{command}`), in one run, side by side. Four sides load
 `{repo_relative(args.model)}` with onnxruntime {onnxruntime.__version__} on the CPU execution provider with
 {args.threads} intra-op threads:
-t2i-align with the transformer optimiser's graphs (`--optimize-graphs on`), t2i-align with the export's own
-graphs, and Optimum's `ORTStableDiffusionPipeline` on the export's own graphs. Each makes one
+t2i-align with the transformer optimiser's graphs (`--optimize-graphs on`, and the device-resident loop,
+the default), the same with `--resident-loop false` (latents on the host between UNet calls), t2i-align with
+the export's own graphs, and Optimum's `ORTStableDiffusionPipeline` on the export's own graphs. Each makes one
 {args.size}x{args.size} image with {args.steps} DDIM steps at guidance 7.5 (UNet at batch 2). The sides take
 turns with {args.pause} s of quiet before each call: {args.rounds} rounds of {args.runs} turns after
 {args.warmup} warm-up turns. Each round's medians give its ratios.
@@ -331,6 +357,7 @@ turns with {args.pause} s of quiet before each call: {args.rounds} rounds of {ar
 | t2i-align (optimised graphs) / Optimum | **{span(summary["optimised_vs_optimum"])}**, {judged} |
 | t2i-align (export's graphs) / Optimum | {span(summary["original_vs_optimum"])} |
 | optimised / export's graphs, t2i-align | {span(summary["optimised_vs_original"])} |
+{resident_row(summary)}
 
 The optimised graphs make a request take {gain:.3f}x the time of the export's own
 ({(1 - gain) * 100:.1f}% less).

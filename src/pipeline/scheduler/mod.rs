@@ -10,6 +10,7 @@ mod dpm_solver;
 mod euler;
 mod euler_ancestral;
 mod lcm;
+pub mod linear;
 mod numerics;
 mod pndm;
 
