@@ -12,11 +12,11 @@ use std::sync::Arc;
 use t2i_align::pipeline::request::InitImage;
 use t2i_align::pipeline::scheduler::SchedulerKind;
 use t2i_align::pipeline::{GenerateParams, ModelFolder, Pipeline, Sampled};
-use t2i_align::runtime::{Device, Runtime, SessionSettings};
+use t2i_align::runtime::{Device, ResidentLoop, Runtime, SessionSettings};
 
 /// The same model loaded twice: on the host loop, and on the resident loop.
 fn pipelines(model: &Path) -> (Pipeline, Pipeline) {
-    let load = |resident_loop: bool| {
+    let load = |resident_loop| {
         let settings = SessionSettings {
             resident_loop,
             ..SessionSettings::default()
@@ -24,7 +24,7 @@ fn pipelines(model: &Path) -> (Pipeline, Pipeline) {
         let mut runtime = Runtime::init(Some(&common::ort_dylib()), Device::Cpu, settings).unwrap();
         Pipeline::load(&mut runtime, Arc::new(ModelFolder::open(model).unwrap())).unwrap()
     };
-    (load(false), load(true))
+    (load(ResidentLoop::Off), load(ResidentLoop::On))
 }
 
 fn params(scheduler: SchedulerKind, steps: usize, images: usize, seed: u64) -> GenerateParams {
@@ -191,4 +191,48 @@ fn clamping_schedulers_and_guidance_rescale_stay_on_the_host() {
     };
     let (_, on_device) = run(&mut resident, &request);
     assert!(!on_device, "guidance_rescale is not linear and must run on the host");
+}
+
+/// Through the server: concurrent requests on `--resident-loop on` (sharing the batcher's calls) get the images
+/// `--resident-loop off` gives them, and a bad value is refused by name.
+#[test]
+fn the_server_serves_both_loops_alike() {
+    let bodies: Vec<String> = (0..3)
+        .map(|seed| {
+            format!(
+                r#"{{"prompt":"a red circle","steps":8,"seed":{seed},"n":{},"scheduler":"dpm++2m"}}"#,
+                1 + seed % 2
+            )
+        })
+        .collect();
+    let images = |flag: &str| {
+        let server = common::Server::start(&["--no-reward-model", "--resident-loop", flag]);
+        let responses: Vec<common::Response> = std::thread::scope(|scope| {
+            let handles: Vec<_> = bodies
+                .iter()
+                .map(|body| scope.spawn(|| server.post_json("/generate", body)))
+                .collect();
+            handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+        });
+        responses
+            .iter()
+            .map(|response| {
+                assert_eq!(response.status, 200, "{}", response.text());
+                common::generated_images(response)
+            })
+            .collect::<Vec<_>>()
+    };
+    let (host, device) = (images("off"), images("on"));
+    for (a, b) in host.iter().flatten().zip(device.iter().flatten()) {
+        let worst = common::max_level_difference(a.as_raw(), b.as_raw());
+        // Batched calls may round the last bits differently (tests/batching.rs allows a few levels).
+        assert!(worst <= 3, "the loops differ by {worst}/255");
+    }
+    assert_eq!(host.iter().flatten().count(), 4);
+    let refused = std::process::Command::new(common::binary())
+        .args(["serve", "--resident-loop", "sometimes"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--resident-loop"));
 }

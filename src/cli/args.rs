@@ -8,7 +8,7 @@ use clap::Args;
 use crate::http::ScoreLimits;
 use crate::pipeline::RequestLimits;
 use crate::reward::SelectionLimits;
-use crate::runtime::{Device, OptimizationLevel, SessionSettings};
+use crate::runtime::{Device, OptimizationLevel, ResidentLoop, SessionSettings};
 use crate::serving::graphs::GraphMode;
 use crate::serving::RewardSettings;
 
@@ -45,12 +45,12 @@ pub struct RuntimeArgs {
     /// Let the shared thread pool spin between operators (faster under load; burns CPU briefly when idle).
     #[arg(long, env = "T2I_SPIN", default_value_t = true, action = clap::ArgAction::Set)]
     pub spin: bool,
-    /// Keep latents, text embeddings and the schedulers' history on the execution device through the
-    /// denoising loop (only per-step scalars and noise go up, only the decoded image comes back); `false` keeps
-    /// them on the host between UNet calls. Requests whose scheduler clamps (`clip_sample`) or that ask for
-    /// `guidance_rescale` run on the host either way.
-    #[arg(long, env = "T2I_RESIDENT_LOOP", default_value_t = true, action = clap::ArgAction::Set)]
-    pub resident_loop: bool,
+    /// Where the denoising loop keeps latents, text embeddings and the schedulers' history between UNet calls:
+    /// `on` keeps them on the execution device (only per-step scalars and noise go up, only the decoded image
+    /// comes back), `off` on the host, `auto` on the device for CUDA and on the host for the CPU. Requests whose
+    /// scheduler clamps (`clip_sample`) or that ask for `guidance_rescale` run on the host either way.
+    #[arg(long, env = "T2I_RESIDENT_LOOP", value_enum, default_value_t = ResidentLoop::Auto)]
+    pub resident_loop: ResidentLoop,
     /// Graphs fused by ONNX Runtime's transformer optimiser (`<model>/optimized/`, docs/serving.md): `cached`
     /// loads them where a folder has them and they match its graphs; `on` also makes them at load (with
     /// `serve`'s --trainer-python), checked against the originals; `off` loads the export's own.

@@ -43,7 +43,7 @@ pub struct Pipeline {
     contract: Contract,
     /// Widths and heights this export renders are multiples of this (see [`Pipeline::size_multiple`]).
     size_multiple: usize,
-    /// The device-resident loop's graphs; `None` where `resident_loop` is off.
+    /// The device-resident loop's graphs; `None` where the runtime keeps the loop on the host.
     resident: Option<Resident>,
 }
 
@@ -83,7 +83,7 @@ impl Pipeline {
         let text_contracts: Vec<_> = text_encoders.iter().map(|encoder| &encoder.contract).collect();
         let contract = Contract::read(model.family, &text_contracts, &unet.contract, &vae_decoder.contract)?;
         let size_multiple = model.size_multiple;
-        let resident = if runtime.settings().resident_loop {
+        let resident = if runtime.resident_loop() {
             let edges = resident_edges(&contract, &unet)?;
             Some(Resident::new(runtime.graph_sessions(), edges)?)
         } else {

@@ -110,6 +110,16 @@ impl From<OptimizationLevel> for GraphOptimizationLevel {
     }
 }
 
+/// Where the denoising loop keeps its tensors between UNet calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResidentLoop {
+    /// On the device for CUDA, on the host for the CPU provider: there the device is host memory, and the
+    /// loop's small graphs cost more ONNX Runtime calls than the host's arithmetic (BENCHMARKS.md).
+    Auto,
+    On,
+    Off,
+}
+
 /// Per-session settings shared by every session this runtime builds.
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
@@ -130,9 +140,9 @@ pub struct SessionSettings {
     /// Let the shared pool's threads spin between operators instead of sleeping: faster under steady load, but
     /// idle threads burn CPU for a moment after each run.
     pub spin: bool,
-    /// Keep each request's latents, embeddings and scheduler history on the execution device between UNet
-    /// calls (`pipeline::resident`), instead of on the host.
-    pub resident_loop: bool,
+    /// Whether each request's latents, embeddings and scheduler history stay on the execution device between
+    /// UNet calls (`pipeline::resident`) instead of on the host.
+    pub resident_loop: ResidentLoop,
 }
 
 impl Default for SessionSettings {
@@ -145,7 +155,7 @@ impl Default for SessionSettings {
             memory_pattern: true,
             share_prepacked_weights: true,
             spin: true,
-            resident_loop: true,
+            resident_loop: ResidentLoop::Auto,
         }
     }
 }
@@ -199,6 +209,15 @@ impl Runtime {
 
     pub fn settings(&self) -> &SessionSettings {
         &self.settings
+    }
+
+    /// Whether pipelines keep the denoising loop's tensors on the device, `auto` settled by the provider.
+    pub fn resident_loop(&self) -> bool {
+        match self.settings.resident_loop {
+            ResidentLoop::On => true,
+            ResidentLoop::Off => false,
+            ResidentLoop::Auto => self.provider != ExecutionProvider::Cpu,
+        }
     }
 
     /// Builds a session for one ONNX file on the settled provider. `component` names it in errors.
