@@ -85,7 +85,7 @@ fn an_export_with_float16_inputs_and_outputs_serves_and_matches_float32() {
     use t2i_align::pipeline::output::NoProgress;
     use t2i_align::pipeline::scheduler::SchedulerKind;
     use t2i_align::pipeline::{GenerateParams, ModelFolder, Pipeline};
-    use t2i_align::runtime::{Device, Runtime, SessionSettings};
+    use t2i_align::runtime::{Device, ResidentLoop, Runtime, SessionSettings};
 
     let folder = tempfile::tempdir().unwrap();
     let out = folder.path().join("tiny-sd-fp16-io");
@@ -129,5 +129,19 @@ fn an_export_with_float16_inputs_and_outputs_serves_and_matches_float32() {
         let mean = a.iter().zip(&b).map(|(x, y)| f64::from(x.abs_diff(*y))).sum::<f64>() / a.len() as f64;
         eprintln!("float16 I/O against float32: worst {worst}/255, mean {mean:.3}/255");
         assert!(worst <= 2 && mean < 0.25, "worst {worst}/255, mean {mean}/255");
+    }
+    // The device-resident loop runs the float16 UNet in float16 and keeps its state in float32: the same
+    // images as the host loop on the same export.
+    let settings = SessionSettings {
+        resident_loop: ResidentLoop::On,
+        ..SessionSettings::default()
+    };
+    let mut runtime = Runtime::init(Some(&common::ort_dylib()), Device::Cpu, settings).unwrap();
+    let mut resident = Pipeline::load(&mut runtime, Arc::new(ModelFolder::open(&out).unwrap())).unwrap();
+    let on_device = resident.generate(&params, &mut NoProgress).unwrap();
+    for (a, b) in b.images.iter().zip(&on_device.images) {
+        let decode = |png: &[u8]| image::load_from_memory(png).unwrap().to_rgb8().into_raw();
+        let worst = common::max_level_difference(&decode(&a.png), &decode(&b.png));
+        assert!(worst <= 1, "float16 export, resident against host loop: {worst}/255");
     }
 }

@@ -206,7 +206,8 @@ impl Resident {
             ));
             owned.push((
                 format!("noise_{index}"),
-                self.upload_f32(vec![unit.images, per_image], unit.noise.clone())?,
+                // Bound from the host: ONNX Runtime copies it up as the graph's input.
+                host_f32(vec![unit.images, per_image], unit.noise.clone())?,
             ));
             owned.push((format!("uncond_rows_{index}"), host_i64(vec![unit.images], uncond)?));
             owned.push((format!("cond_rows_{index}"), host_i64(vec![unit.images], cond)?));
