@@ -433,3 +433,44 @@ fn generate_best_of_keeps_the_best_candidate() {
         stderr(&refused)
     );
 }
+
+/// `generate` takes the server's request limits, --max-work included, and refuses a request above one by
+/// naming the flag, before any image is made.
+#[test]
+fn generate_holds_a_request_to_max_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("refused.png");
+    let model = tiny_sd();
+    let args = |steps: &'static str| {
+        vec![
+            "generate".to_string(),
+            "a green triangle".into(),
+            "-n".into(),
+            "2".into(),
+            "--steps".into(),
+            steps.into(),
+            "--max-work".into(),
+            "100000".into(),
+            "-o".into(),
+            out.display().to_string(),
+            "--model".into(),
+            model.display().to_string(),
+        ]
+    };
+    // 2 images × 20 steps × 64×64 pixels = 163840 pixel-steps, above 100000.
+    let refused_args = args("20");
+    let refused_args: Vec<&str> = refused_args.iter().map(String::as_str).collect();
+    let refused = run(&refused_args, Some(&ort_dylib()));
+    assert!(!refused.status.success());
+    let message = stderr(&refused);
+    assert!(
+        message.contains("163840") && message.contains("100000 (--max-work)"),
+        "{message}"
+    );
+    assert!(!out.exists() && !dir.path().join("refused-0.png").exists());
+    // 2 × 10 × 64×64 = 81920 fits.
+    let allowed_args = args("10");
+    let allowed_args: Vec<&str> = allowed_args.iter().map(String::as_str).collect();
+    let allowed = run(&allowed_args, Some(&ort_dylib()));
+    assert!(allowed.status.success(), "{}", stderr(&allowed));
+}

@@ -245,3 +245,27 @@ fn configuration_md_is_deterministic() {
     );
     assert!(first.contains("`T2I_MODEL`") && first.contains("## `t2i-align serve`"));
 }
+
+/// Every flag and argument of every command says what it does: none is listed with "—" for a meaning.
+#[test]
+fn every_flag_says_what_it_does() {
+    fn walk(command: &Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments().filter(|arg| shown(arg)) {
+            if meaning(arg) == "—" {
+                missing.push(format!("{path} {}", flag(arg)));
+            }
+        }
+        for sub in command.get_subcommands().filter(|sub| sub.get_name() != "help") {
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+    let mut command = t2i_align::cli::Cli::command();
+    command.build();
+    let mut missing = Vec::new();
+    walk(&command, "t2i-align", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "flags without a doc comment: {}",
+        missing.join(", ")
+    );
+}

@@ -919,3 +919,26 @@ fn a_base_the_trainer_cannot_train_is_refused_up_front() {
         ],
     );
 }
+
+/// A job's sampling requests are held to --max-work as users' requests are: one prompt's images above it fail the
+/// job at its sample stage, before anything is sampled, with an error naming the field and the flag.
+#[test]
+fn a_job_whose_sampling_is_above_max_work_fails_naming_it() {
+    let data = tempfile::tempdir().unwrap();
+    // tiny-sd samples at 64×64 with its default 25 steps: 2 images are 204800 pixel-steps.
+    let server = start(data.path(), &["--max-work", "100000"]);
+    let created = server.post_json("/fine-tunes", &tiny_job(2).to_string());
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let done = wait_final(&server, &id);
+    assert_eq!(done["status"], "failed", "{done}");
+    let error = done["error"].as_str().unwrap();
+    assert!(
+        error.contains("images_per_prompt 2") && error.contains("100000 (--max-work)"),
+        "{error}"
+    );
+    assert!(
+        server.get("/models").text().matches("-ft-").count() == 0,
+        "nothing was registered"
+    );
+}

@@ -95,7 +95,7 @@ pub struct LimitArgs {
     #[arg(long, env = "T2I_DEFAULT_GUIDANCE_SCALE")]
     pub default_guidance_scale: Option<f64>,
     /// Most work one generation may ask for, in pixel-steps: images generated (n × best_of, or max_candidates)
-    /// × steps × width × height.
+    /// × steps × width × height. Holds for `/generate`, `generate` and each prompt a fine-tune job samples.
     #[arg(long, env = "T2I_MAX_WORK", default_value_t = crate::pipeline::request::DEFAULT_MAX_WORK)]
     pub max_work: u64,
 }

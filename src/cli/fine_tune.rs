@@ -42,14 +42,21 @@ pub struct CreateArgs {
     /// Draw this many of the shapes world's training prompts.
     #[arg(long)]
     pub prompt_count: Option<u32>,
+    /// Samples per prompt, scored by the reward model (`images_per_prompt`; default 8, 0 trains on feedback
+    /// alone).
     #[arg(long)]
     pub images_per_prompt: Option<u32>,
+    /// Optimiser steps (`hyperparameters.steps`; default 500, at most the server's --max-job-steps).
     #[arg(long)]
     pub steps: Option<i64>,
+    /// Weight of the pre-training term, in [0, 1e6] (`hyperparameters.beta`; default 1.0).
     #[arg(long)]
     pub beta: Option<f64>,
+    /// AdamW peak learning rate, in [1e-12, 1] (`hyperparameters.learning_rate`; default 1e-4).
     #[arg(long)]
     pub learning_rate: Option<f64>,
+    /// Rows per optimiser step, samples and pre-training data together (`hyperparameters.batch_size`;
+    /// default 32).
     #[arg(long)]
     pub batch_size: Option<i64>,
     /// What the samples train: rwr (reward-weighted, the default), dpo or kto (`hyperparameters.objective`).
@@ -58,6 +65,7 @@ pub struct CreateArgs {
     /// β of dpo or kto, in [1, 1e6] (`hyperparameters.objective_beta`).
     #[arg(long)]
     pub objective_beta: Option<f64>,
+    /// Seeds the prompts, the samples and the trainer (`seed`; default 0).
     #[arg(long)]
     pub seed: Option<u64>,
     /// Train only on ratings of images this version generated (`feedback_filter.model`); for an on-policy
@@ -82,6 +90,7 @@ pub struct ListArgs {
     /// Only jobs with this status.
     #[arg(long)]
     pub status: Option<String>,
+    /// How many jobs to list, newest first.
     #[arg(long, default_value_t = 20)]
     pub limit: u32,
     /// Print the JSON page instead of a table.
@@ -93,6 +102,7 @@ pub struct ListArgs {
 pub struct ShowArgs {
     #[command(flatten)]
     pub server: Server,
+    /// The job's id, as `fine-tune list` prints it.
     pub id: String,
     /// Follow the job with a progress bar until it ends.
     #[arg(long)]
@@ -103,6 +113,7 @@ pub struct ShowArgs {
 pub struct IdArgs {
     #[command(flatten)]
     pub server: Server,
+    /// The job's id, as `fine-tune list` prints it.
     pub id: String,
 }
 

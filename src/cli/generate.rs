@@ -11,7 +11,7 @@ use crate::batching::request::Candidates;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::pipeline::output::Progress;
-use crate::pipeline::{GenerateInput, GenerateOutput, Pipeline, RequestLimits};
+use crate::pipeline::{GenerateInput, GenerateOutput, Pipeline};
 use crate::reward::preprocess::decode_image;
 use crate::reward::{GeneratePlan, PlanInput, Scorer, SelectionInput};
 use crate::runtime::Runtime;
@@ -28,6 +28,7 @@ pub struct GenerateArgs {
     /// Output PNG path; with -n above 1, `-0`, `-1`, ... go before the extension.
     #[arg(short, long, default_value = "out.png")]
     pub output: PathBuf,
+    /// What to steer away from (classifier-free guidance's negative rows; default empty).
     #[arg(long)]
     pub negative_prompt: Option<String>,
     /// Number of images.
@@ -45,8 +46,10 @@ pub struct GenerateArgs {
     /// Seed of the first image (default: random, printed).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Image width in pixels, a multiple of the model's size multiple (default: the model's, or --init-image's).
     #[arg(long)]
     pub width: Option<i64>,
+    /// Image height in pixels, as --width.
     #[arg(long)]
     pub height: Option<i64>,
     /// DDIM eta in [0, 1].
@@ -166,12 +169,8 @@ pub fn run_generate(args: GenerateArgs) -> Result<Vec<PathBuf>> {
         },
         reward_model: None,
     };
-    // `generate` has never held a generation to --max-work (a server's guard against one request taking a
-    // worker for too long): the plan is checked against everything else.
-    let limits = RequestLimits {
-        max_work: u64::MAX,
-        ..args.limits.limits()
-    };
+    // Held to every request limit the server holds a request to, --max-work included: the flags are the same.
+    let limits = args.limits.limits();
     let plan =
         GeneratePlan::build(input, &pipeline.limits(), &limits, &reward.selection, &rewards).map_err(cli_flag_error)?;
     let params = &plan.params;

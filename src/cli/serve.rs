@@ -411,6 +411,8 @@ impl ServeArgs {
             .join(",");
         let mut jobs = self.jobs.config()?;
         jobs.worker = worker;
+        // A job's sampling requests are held to the same --max-work as users' requests.
+        jobs.limits.max_work = self.limits.max_work;
         Ok(ServeConfig {
             roles,
             auth: AuthConfig {

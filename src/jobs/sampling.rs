@@ -12,7 +12,8 @@ use crate::batching::Priority;
 use crate::error::{Error, Result};
 use crate::jobs::context::JobContext;
 use crate::jobs::spec::PromptSource;
-use crate::pipeline::GenerateParams;
+use crate::pipeline::request::check_work;
+use crate::pipeline::{GenerateParams, RequestLimits};
 use crate::reward::best_of::Selection;
 use crate::reward::{GeneratePlan, Scorer};
 use crate::serving::LoadedModel;
@@ -104,6 +105,23 @@ impl JobContext<'_> {
             aesthetic_score: Default::default(),
             init: None,
         };
+        // One prompt's images are one request through the batcher: held to --max-work as users' requests are,
+        // before anything is sampled.
+        let limits = RequestLimits {
+            max_work: self.services.config.limits.max_work,
+            ..RequestLimits::default()
+        };
+        check_work(&params(0, ""), per_prompt as usize, &limits).map_err(|err| {
+            let images_field = if stage == "evaluate" {
+                "eval_images_per_prompt"
+            } else {
+                "images_per_prompt"
+            };
+            Error::validation(
+                images_field,
+                format!("{images_field} {per_prompt} at this model's defaults: {err}"),
+            )
+        })?;
         // Several prompts in flight at once, so that the engine's continuous batcher denoises them in shared UNet
         // calls; answers come back in prompt order. At most half the queue, so users' requests still get in.
         let in_flight = (model.engine.batch_rows() / (2 * per_prompt as usize))

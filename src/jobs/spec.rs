@@ -422,6 +422,8 @@ pub struct JobLimits {
     pub max_images_per_prompt: u32,
     pub max_steps: i64,
     pub max_batch_size: i64,
+    /// `--max-work`: the most pixel-steps one sampling request of the job (one prompt's images) may take.
+    pub max_work: u64,
 }
 
 impl Default for JobLimits {
@@ -431,6 +433,7 @@ impl Default for JobLimits {
             max_images_per_prompt: 64,
             max_steps: 100_000,
             max_batch_size: 4096,
+            max_work: crate::pipeline::request::DEFAULT_MAX_WORK,
         }
     }
 }
