@@ -6,7 +6,17 @@ import { addVersions, append, checkedNumber, fieldError, formatNumber, h, pngSou
 const SCHEDULERS = ["ddim", "euler", "euler_a", "dpm++2m", "pndm", "lcm"];
 /** Bounds the form checks before sending. The server's own limits (--max-prompt-bytes, --max-steps,
  * --max-images, ...) come back as inline messages naming the field when they are tighter. */
-export const BOUNDS = { steps: [1, 200], guidance: [0, 30], n: [1, 8], bestOf: [1, 16] } as const;
+export const BOUNDS = { steps: [1, 200], guidance: [0, 30], n: [1, 8], bestOf: [1, 16], strength: [0.01, 1] } as const;
+
+/** A file's bytes as base64, as `init_image` takes them. */
+function fileBase64(file: File): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result).replace(/^data:[^,]*,/, ""));
+    reader.onerror = () => reject(reader.error ?? new Error(`cannot read ${file.name}`));
+    reader.readAsDataURL(file);
+  });
+}
 
 function numberField(name: string, label: string, attributes: Record<string, string | number>, hint: string) {
   return h(
@@ -35,6 +45,7 @@ export function playgroundPage(root: HTMLElement): () => void {
     ...SCHEDULERS.map((name) => h("option", { value: name }, name)),
   );
   const model = h("select", { name: "model" }, h("option", { value: "" }, "the active version"));
+  const initImage = h("input", { name: "init_image", type: "file", accept: "image/png,image/jpeg" });
   const bestOf = h("input", { name: "best_of", type: "range", min: BOUNDS.bestOf[0], max: BOUNDS.bestOf[1], value: 1 });
   const bestOfValue = h("output", { for: "best_of" }, "1");
   bestOf.addEventListener("input", () => (bestOfValue.textContent = bestOf.value));
@@ -62,6 +73,19 @@ export function playgroundPage(root: HTMLElement): () => void {
     h("label", {}, "Version", model),
     h(
       "label",
+      {},
+      "Start image (img2img)",
+      initImage,
+      h("small", { class: "muted" }, "optional PNG or JPEG; its size, rounded to the model's multiple"),
+    ),
+    numberField(
+      "strength",
+      "Strength",
+      { min: BOUNDS.strength[0], max: BOUNDS.strength[1], step: 0.05, placeholder: "0.8" },
+      "with a start image: how much of it is noised away",
+    ),
+    h(
+      "label",
       { class: "wide" },
       h("span", {}, "best_of: ", bestOfValue, " candidates per image, ranked by the reward model"),
       bestOf,
@@ -74,7 +98,7 @@ export function playgroundPage(root: HTMLElement): () => void {
   void addVersions(model);
 
   /** The request body, or null after marking the fields that are out of range. */
-  function body(): GenerateRequest | null {
+  async function body(): Promise<GenerateRequest | null> {
     showError(error, null, form);
     const data = new FormData(form);
     let valid = true;
@@ -85,11 +109,12 @@ export function playgroundPage(root: HTMLElement): () => void {
     }
     const request: GenerateRequest = { prompt: text };
     if (negative.value.trim()) request.negative_prompt = negative.value;
-    const numbers: ["steps" | "guidance_scale" | "seed" | "n", number, number, boolean][] = [
+    const numbers: ["steps" | "guidance_scale" | "seed" | "n" | "strength", number, number, boolean][] = [
       ["steps", BOUNDS.steps[0], BOUNDS.steps[1], true],
       ["guidance_scale", BOUNDS.guidance[0], BOUNDS.guidance[1], false],
       ["seed", 0, Number.MAX_SAFE_INTEGER, true],
       ["n", BOUNDS.n[0], BOUNDS.n[1], true],
+      ["strength", BOUNDS.strength[0], BOUNDS.strength[1], false],
     ];
     for (const [name, low, high, integer] of numbers) {
       const value = checkedNumber(form, name, String(data.get(name) ?? "").trim(), low, high, integer);
@@ -102,15 +127,30 @@ export function playgroundPage(root: HTMLElement): () => void {
     const best = Number(bestOf.value);
     if (best > 1) request.best_of = best;
     if (scores.checked) request.return_candidate_scores = true;
+    const file = initImage.files?.[0];
+    if (file) {
+      try {
+        request.init_image = await fileBase64(file);
+      } catch (err) {
+        fieldError(form, "init_image", `Cannot read ${file.name}: ${String(err)}`);
+        valid = false;
+      }
+    } else if (request.strength !== undefined) {
+      fieldError(form, "strength", "Strength applies to a start image: choose one, or leave strength empty.");
+      valid = false;
+    }
     return valid ? request : null;
   }
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (controller) return; // one request at a time: a double click does not send twice
-    const request = body();
-    if (!request) return;
     controller = new AbortController();
+    const request = await body();
+    if (!request) {
+      controller = null;
+      return;
+    }
     submit.disabled = true;
     cancel.hidden = false;
     const images = request.n ?? 1;

@@ -4,7 +4,7 @@
 // Screenshots of every page go to web/test-results/; UPDATE_DOCS=1 also writes them to docs/console/.
 
 import assert from "node:assert/strict";
-import { copyFileSync, mkdirSync } from "node:fs";
+import { copyFileSync, mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { chromium } from "playwright-core";
@@ -126,6 +126,50 @@ describe("the console in open mode", () => {
     assert.equal(await page.locator("[data-testid=candidate-scores] li.kept").count(), 2);
     assert.equal(await page.locator(".error:not([hidden])").count(), 0);
     await screenshot(page, "playground");
+  });
+
+  test("playground: img2img from a start image, and the start image's errors under its field", async () => {
+    // A 64×64 start image, made by the server itself.
+    const made = await fetch(`${server.url}/generate`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ prompt: "a blue square", steps: 4, seed: 1 }),
+    });
+    assert.equal(made.status, 200);
+    const start = path.join(ARTEFACTS, "start-image.png");
+    writeFileSync(start, Buffer.from((await made.json()).images[0].png_base64, "base64"));
+    const notImage = path.join(ARTEFACTS, "not-an-image.png");
+    writeFileSync(notImage, "this is text, not a PNG");
+
+    // A fresh form: the previous test left its fields filled.
+    await page.goto(`${server.url}/#/playground`);
+    await page.reload();
+    await page.waitForSelector(".health.ok");
+    const submit = page.locator("main form button[type=submit]");
+    await page.fill("textarea[name=prompt]", "a red circle on a blue background");
+    await page.fill("input[name=steps]", "10");
+
+    // Strength without a start image never leaves the page.
+    await page.fill("input[name=strength]", "0.6");
+    await submit.click();
+    assert.match(await page.locator(".field-error").first().innerText(), /start image/);
+
+    // A file that is not an image: the server's 422 names init_image, shown under the file field.
+    await page.setInputFiles("input[name=init_image]", notImage);
+    await submit.click();
+    await page.waitForSelector("input[name=init_image].invalid");
+    assert.match(await page.locator(".error").first().innerText(), /init_image/);
+
+    // The start image: one image back, at the start image's size.
+    await page.setInputFiles("input[name=init_image]", start);
+    await submit.click();
+    await page.waitForSelector("[data-testid=generated-image]", { timeout: 120_000 });
+    assert.equal(await page.locator("[data-testid=generated-image]").count(), 1);
+    const size = await page
+      .locator("[data-testid=generated-image] img")
+      .evaluate((image) => [image.naturalWidth, image.naturalHeight]);
+    assert.deepEqual(size, [64, 64]);
+    assert.equal(await page.locator(".error:not([hidden])").count(), 0);
   });
 
   test("rate: three images labelled by keyboard and click; a double click stores one row; undo deletes", async () => {
