@@ -236,3 +236,22 @@ fn the_server_serves_both_loops_alike() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--resident-loop"));
 }
+
+/// A pipeline that leaves the resident loop (as a worker whose warm-up failed on it under `auto` does) runs
+/// the units it begins from then on on the host, with the same images.
+#[test]
+fn a_pipeline_can_leave_the_resident_loop() {
+    let (mut host, mut resident) = pipelines(&common::shapes_sd());
+    assert!(resident.resident_loop() && !host.resident_loop());
+    // `on`, not `auto`: a failure must stand, not fall back.
+    assert!(!resident.resident_loop_by_auto());
+    let request = params(SchedulerKind::Euler, 5, 1, 31);
+    let (on_device, was_resident) = run(&mut resident, &request);
+    assert!(was_resident);
+    resident.leave_resident_loop();
+    assert!(!resident.resident_loop());
+    let (after, still_resident) = run(&mut resident, &request);
+    assert!(!still_resident);
+    assert_same_images("after leaving", &on_device, &after);
+    assert_same_images("against the host pipeline", &run(&mut host, &request).0, &after);
+}

@@ -28,7 +28,7 @@ use crate::pipeline::resident::{Condition, Edges, Resident, UnitState, UnitStep}
 use crate::pipeline::scheduler::linear::LinearPlan;
 use crate::pipeline::scheduler::{self, SchedulerOptions};
 use crate::runtime::contract::{ElementType, TensorSpec};
-use crate::runtime::{ExecutionProvider, Runtime};
+use crate::runtime::{ExecutionProvider, ResidentLoop, Runtime};
 
 pub struct Pipeline {
     model: Arc<ModelFolder>,
@@ -45,6 +45,9 @@ pub struct Pipeline {
     size_multiple: usize,
     /// The device-resident loop's graphs; `None` where the runtime keeps the loop on the host.
     resident: Option<Resident>,
+    /// Whether `--resident-loop auto` chose the resident loop (rather than `on`), so that a warm-up that fails
+    /// on it may fall back to the host loop.
+    resident_by_auto: bool,
 }
 
 impl Pipeline {
@@ -83,6 +86,7 @@ impl Pipeline {
         let text_contracts: Vec<_> = text_encoders.iter().map(|encoder| &encoder.contract).collect();
         let contract = Contract::read(model.family, &text_contracts, &unet.contract, &vae_decoder.contract)?;
         let size_multiple = model.size_multiple;
+        let resident_by_auto = runtime.settings().resident_loop == ResidentLoop::Auto;
         let resident = if runtime.resident_loop() {
             let edges = resident_edges(&contract, &unet)?;
             Some(Resident::new(runtime.graph_sessions(), edges)?)
@@ -90,6 +94,7 @@ impl Pipeline {
             None
         };
         let mut pipeline = Pipeline {
+            resident_by_auto,
             resident,
             provider: runtime.provider(),
             run_options,
@@ -162,6 +167,23 @@ impl Pipeline {
 
     pub fn model(&self) -> &Arc<ModelFolder> {
         &self.model
+    }
+
+    /// Whether units this pipeline begins run the device-resident loop (where their request allows it).
+    pub fn resident_loop(&self) -> bool {
+        self.resident.is_some()
+    }
+
+    /// Whether the resident loop runs because `--resident-loop auto` chose it: a caller may then fall back to
+    /// the host loop ([`Pipeline::leave_resident_loop`]) when it fails, where `on` must fail.
+    pub fn resident_loop_by_auto(&self) -> bool {
+        self.resident.is_some() && self.resident_by_auto
+    }
+
+    /// Runs every unit begun from now on on the host loop. Units already begun keep their device state and
+    /// must be finished first.
+    pub fn leave_resident_loop(&mut self) {
+        self.resident = None;
     }
 
     pub fn provider(&self) -> ExecutionProvider {

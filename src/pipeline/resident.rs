@@ -376,7 +376,7 @@ fn run_bound(
 ) -> Result<Vec<DynValue>> {
     let to_error = |err: ort::Error| Error::Inference {
         component,
-        message: err.to_string(),
+        message: format!("{err} (in the device-resident loop; --resident-loop off keeps it on the host)"),
     };
     let started = Instant::now();
     let mut binding = session.create_binding().map_err(to_error)?;

@@ -115,7 +115,21 @@ fn warm_up(pipeline: &mut Pipeline, worker: usize, settings: &EngineSettings) ->
                 init,
                 ..base.clone()
             };
-            pipeline.generate(&params, &mut crate::pipeline::output::NoProgress)?;
+            if let Err(err) = pipeline.generate(&params, &mut crate::pipeline::output::NoProgress) {
+                // `--resident-loop auto` chose the device-resident loop: a worker whose warm-up fails on it
+                // serves on the host loop, and says so; with `on`, or on the host loop, the failure stands.
+                if !pipeline.resident_loop_by_auto() {
+                    return Err(err);
+                }
+                tracing::warn!(
+                    worker,
+                    error = %err,
+                    "the warm-up failed on the device-resident loop; this worker keeps the denoising loop's \
+                     tensors on the host (as --resident-loop off)"
+                );
+                pipeline.leave_resident_loop();
+                pipeline.generate(&params, &mut crate::pipeline::output::NoProgress)?;
+            }
             tracing::info!(
                 worker,
                 height,
