@@ -12,7 +12,9 @@ The architecture is SD 1.5's, from its published configs:
 The weights are random (seeded), so the images are noise, but every kernel runs at SD 1.5's shapes. The
 tokenizer is CLIP's BPE vocabulary as shapes-sd carries it (49408 tokens), and the scheduler is DDIM with SD's
 betas. The export is Optimum's own text-to-image export (`main_export`), the layout `optimum-cli export onnx`
-writes; graphs over 2 GB keep their weights in `model.onnx_data`.
+writes; graphs over 2 GB keep their weights in `model.onnx_data`. Its UNet takes one timestep per batch row
+(t2i_trainer.build.unet_timestep, as the service's own exports do), so that requests at different steps share
+UNet calls in the batching section; `--scalar-timestep` keeps Optimum's scalar.
 
 `--scale tiny` keeps the block structure and shrinks the widths (32/64/64/64, text 32 wide, 2 layers), so the
 whole check can be rehearsed on a CPU in minutes. `--fp16` also writes `<out>-fp16`, converted by
@@ -108,9 +110,14 @@ def build_pipeline(scale: str, seed: int):
     )
 
 
-def export(pipeline_dir: Path, out: Path) -> None:
+def export(pipeline_dir: Path, out: Path, unet_config, per_row_timestep: bool) -> None:
     from optimum.exporters.onnx import main_export
 
+    custom = {}
+    if per_row_timestep:
+        from t2i_trainer.build.unet_timestep import BatchTimestepUNetOnnxConfig
+
+        custom["unet"] = BatchTimestepUNetOnnxConfig(unet_config, task="semantic-segmentation")
     main_export(
         str(pipeline_dir),
         output=out,
@@ -119,6 +126,7 @@ def export(pipeline_dir: Path, out: Path) -> None:
         device="cpu",
         local_files_only=True,
         do_validation=False,
+        custom_onnx_configs=custom,
     )
 
 
@@ -131,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fp16", action="store_true", help="also write <out>-fp16")
     parser.add_argument("--seed", type=int, default=0, help="the random weights' seed")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
+    parser.add_argument(
+        "--scalar-timestep", action="store_true", help="Optimum's scalar UNet timestep instead of one per row"
+    )
     args = parser.parse_args(argv)
     if not TOKENIZER.is_dir():
         parser.error(f"{TOKENIZER} is missing: the tokenizer comes from models/shapes-sd")
@@ -138,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    record = {"scale": args.scale, "seed": args.seed}
+    record = {"scale": args.scale, "seed": args.seed, "per_row_timestep": not args.scalar_timestep}
     if not (args.out / "model_index.json").is_file():
         partial = args.out.with_name(args.out.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
@@ -149,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         diffusers_dir = partial.with_name(partial.name + "-diffusers")
         shutil.rmtree(diffusers_dir, ignore_errors=True)
         pipeline.save_pretrained(diffusers_dir, safe_serialization=True)
+        unet_config = pipeline.unet.config
         del pipeline
-        export(diffusers_dir, partial)
+        export(diffusers_dir, partial, unet_config, per_row_timestep=not args.scalar_timestep)
         shutil.rmtree(diffusers_dir)
         defaults = {"default_steps": 20, "default_guidance_scale": 7.5}
         (partial / "t2i-align.json").write_text(json.dumps(defaults))

@@ -35,50 +35,16 @@ import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from optimum.exporters.onnx import main_export
-from optimum.exporters.onnx.model_configs import UNetOnnxConfig
-from optimum.utils.input_generators import DTYPE_MAPPER, DummyTimestepInputGenerator
 
 from t2i_trainer.build.build_test_model import drop_scratch_paths
 from t2i_trainer.build.onnx_contract import describe_exports
 from t2i_trainer.build.tune_defaults import tune, write_defaults
+from t2i_trainer.build.unet_timestep import BatchTimestepUNetOnnxConfig
 from t2i_trainer.common.stage_cli import begin_output, check_output_parent, emit, finish_output
 
 TOLERANCE = 1e-4
 # Distinct per row, so the UNet check would catch a graph that used one row's timestep for the whole batch.
 CHECK_TIMESTEPS = (421.0, 87.0)
-# The range of the dummy timesteps the exporter traces and validates with (Stable Diffusion's training range).
-NUM_TRAIN_TIMESTEPS = 1000
-
-
-class PerRowTimestepGenerator(DummyTimestepInputGenerator):
-    """optimum's timestep generator, but `timestep` is a float of shape [batch_size] with a different value in
-    every row (distinct integer parts plus a random fraction), so the exporter's own validation runs the graph
-    on per-row timesteps."""
-
-    def generate(
-        self, input_name: str, framework: str = "pt", int_dtype: str = "int64", float_dtype: str = "fp32"
-    ):
-        if input_name != "timestep":
-            return super().generate(input_name, framework, int_dtype, float_dtype)
-        if framework != "pt":
-            raise ValueError(f"only PyTorch dummy inputs are supported, not {framework!r}")
-        whole = torch.randperm(max(self.batch_size, NUM_TRAIN_TIMESTEPS))[: self.batch_size]
-        return (whole + torch.rand(self.batch_size)).to(DTYPE_MAPPER.pt(float_dtype))
-
-
-class BatchTimestepUNetOnnxConfig(UNetOnnxConfig):
-    """optimum's UNet config with `timestep` of shape [batch_size] (float32) instead of a scalar."""
-
-    DUMMY_INPUT_GENERATOR_CLASSES = tuple(
-        PerRowTimestepGenerator if generator is DummyTimestepInputGenerator else generator
-        for generator in UNetOnnxConfig.DUMMY_INPUT_GENERATOR_CLASSES
-    )
-
-    @property
-    def inputs(self) -> dict[str, dict[int, str]]:
-        inputs = super().inputs
-        inputs["timestep"] = {0: "batch_size"}
-        return inputs
 
 
 def export_onnx(pipeline_dir: Path, output: Path, unet_config) -> None:
