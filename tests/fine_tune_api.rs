@@ -696,6 +696,8 @@ fn a_dpo_job_trains_on_a_good_and_a_bad_rating_of_a_prompt_and_fails_naming_why_
     body["images_per_prompt"] = json!(0);
     body["hyperparameters"]["objective"] = json!("dpo");
     body["hyperparameters"]["objective_beta"] = json!(500.0);
+    // The pre-training term anchored to the base: the trainer gets it, and trains with it.
+    body["hyperparameters"]["pretrain_target"] = json!("base");
     let created = server.post_json("/fine-tunes", &body.to_string());
     assert_eq!(created.status, 201, "{}", created.text());
     let id = created.json()["id"].as_str().unwrap().to_string();
@@ -709,6 +711,7 @@ fn a_dpo_job_trains_on_a_good_and_a_bad_rating_of_a_prompt_and_fails_naming_why_
         .unwrap();
     assert_eq!(started["data"]["objective"], "dpo", "{started}");
     assert_eq!(started["data"]["objective_beta"], 500.0, "{started}");
+    assert_eq!(started["data"]["pretrain_target"], "base", "{started}");
     let formed = trainer_events
         .iter()
         .find(|event| event["message"] == "trainer: data")
@@ -763,6 +766,10 @@ fn bad_specs_get_a_422_naming_the_field() {
         (
             r#"{"hyperparameters": {"objective": "ppo"}}"#.to_string(),
             "hyperparameters.objective",
+        ),
+        (
+            r#"{"hyperparameters": {"pretrain_target": "ema"}}"#.to_string(),
+            "hyperparameters.pretrain_target",
         ),
         (
             r#"{"hyperparameters": {"objective_beta": 500}}"#.to_string(),

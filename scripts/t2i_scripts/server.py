@@ -36,6 +36,11 @@ def recorded_library() -> str:
     return recorded.read_text().strip()
 
 
+# For a measuring harness, the server's only client: no per-client request or work limit (#28's defaults, 1200
+# requests a minute from one address, would stop a rating loop that sends several requests per image).
+NO_RATE_LIMITS = ("--rate-limit-requests", "0", "--rate-limit-work", "0")
+
+
 def serve_command(
     binary: str | Path,
     model: str | Path,

@@ -247,7 +247,9 @@ def test_the_requests_share_the_compute_and_leave_defaults_out():
     }
     full = bodies["rwr-full"]
     # rwr with full weights is what a server without the new fields trains: nothing new is sent.
-    assert not {"objective", "lora_rank", "lora_alpha", "objective_beta"} & set(full["hyperparameters"])
+    assert not {"objective", "lora_rank", "lora_alpha", "objective_beta", "pretrain_target"} & set(
+        full["hyperparameters"]
+    )
     assert full["hyperparameters"]["learning_rate"] == 3e-4
     assert full["activate_on_success"] is False and "gate" not in full
     assert full["eval_prompts"] == {"generator": "shapes_world", "split": "heldout"}
@@ -477,6 +479,12 @@ def test_set_overrides_a_setting_for_every_configuration_and_refuses_what_is_not
     assert alignment.run_command(args).endswith(
         "--configs dpo-full --set beta=1 --set objective_beta.dpo=5000 --set learning_rate=1e-4"
     )
-    for wrong in ("betta=1", "beta", "beta=fast", "lora.rank.x=1", "steps=1.5"):
+    # The pre-training term's target goes into the request only away from the server's default (data).
+    anchored = alignment.parse_args([*common, "--set", "pretrain_target=base"])
+    assert alignment.hyperparameters(anchored.settings, anchored.configurations["dpo-full"])[
+        "pretrain_target"
+    ] == ("base")
+    assert "pretrain_target" not in values
+    for wrong in ("betta=1", "beta", "beta=fast", "lora.rank.x=1", "steps=1.5", "pretrain_target=1"):
         with pytest.raises(SystemExit):
             alignment.parse_args([*common, "--set", wrong])

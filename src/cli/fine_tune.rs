@@ -65,6 +65,10 @@ pub struct CreateArgs {
     /// β of dpo or kto, in [1, 1e6] (`hyperparameters.objective_beta`).
     #[arg(long)]
     pub objective_beta: Option<f64>,
+    /// The pre-training term's target: data (the added noise, the default) or base (the frozen base UNet's
+    /// prediction) (`hyperparameters.pretrain_target`).
+    #[arg(long, value_parser = ["data", "base"])]
+    pub pretrain_target: Option<String>,
     /// Seeds the prompts, the samples and the trainer (`seed`; default 0).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -254,6 +258,10 @@ fn create(args: CreateArgs) -> Result<()> {
         ("batch_size", args.batch_size.map(|value| json!(value))),
         ("objective", args.objective.as_ref().map(|value| json!(value))),
         ("objective_beta", args.objective_beta.map(|value| json!(value))),
+        (
+            "pretrain_target",
+            args.pretrain_target.as_ref().map(|value| json!(value)),
+        ),
     ] {
         if let Some(value) = value {
             if !body["hyperparameters"].is_object() {

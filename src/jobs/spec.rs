@@ -66,6 +66,9 @@ pub struct Hyperparameters {
     #[serde(default = "default_beta")]
     #[schema(minimum = 0.0, maximum = 1e6)]
     pub beta: f64,
+    /// What the pre-training term regresses the UNet's prediction on. Default `data`, the paper's term.
+    #[serde(default)]
+    pub pretrain_target: PretrainTarget,
     /// AdamW peak learning rate, in [1e-12, 1], reached after a linear warm-up over the first 5% of the steps.
     /// Default 1e-4.
     #[serde(default = "default_learning_rate")]
@@ -142,6 +145,21 @@ pub enum Objective {
     Kto,
 }
 
+/// The pre-training term's target, on the pre-training data's noisy images and captions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PretrainTarget {
+    /// The noise added to the image, as in pretraining and the paper's β · E_pretrain[L]: its optimum is the
+    /// best fit to the pre-training data, so it goes on moving the weights wherever the base had not
+    /// converged.
+    #[default]
+    Data,
+    /// The frozen base UNet's own prediction for the same noisy image, timestep and caption: the term is 0 at
+    /// the base and pulls the model back towards it, with no sampling noise in its target. Costs one
+    /// forward pass of the base per pre-training row.
+    Base,
+}
+
 /// The learning rate after its warm-up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -178,6 +196,7 @@ impl Default for Hyperparameters {
     fn default() -> Self {
         Hyperparameters {
             beta: default_beta(),
+            pretrain_target: PretrainTarget::default(),
             learning_rate: default_learning_rate(),
             lr_schedule: LrSchedule::default(),
             steps: default_steps(),
@@ -1150,9 +1169,24 @@ mod tests {
         let hyper = stored["hyperparameters"].as_object_mut().unwrap();
         hyper.remove("objective");
         hyper.remove("objective_beta");
+        hyper.remove("pretrain_target");
         let spec: JobSpec = serde_json::from_value(stored).unwrap();
         assert_eq!(spec.hyperparameters.objective, Objective::Rwr);
         assert_eq!(spec.hyperparameters.objective_beta, None);
+        assert_eq!(spec.hyperparameters.pretrain_target, PretrainTarget::Data);
+    }
+
+    #[test]
+    fn the_pretraining_target_defaults_to_the_data_and_takes_the_base() {
+        let spec = check(serde_json::json!({})).unwrap();
+        assert_eq!(spec.hyperparameters.pretrain_target, PretrainTarget::Data);
+        let spec = check(serde_json::json!({"hyperparameters": {"pretrain_target": "base"}})).unwrap();
+        assert_eq!(spec.hyperparameters.pretrain_target, PretrainTarget::Base);
+        let err = serde_json::from_value::<FineTuneRequest>(serde_json::json!({
+            "hyperparameters": {"pretrain_target": "ema"}
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown variant `ema`"), "{err}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::jobs::child::{log_tail, signal_group, RunningChild};
 use crate::jobs::context::JobContext;
 use crate::jobs::metrics::{LoraFigures, LossPoint, TrainerFigures};
-use crate::jobs::spec::{LrSchedule, Objective};
+use crate::jobs::spec::{LrSchedule, Objective, PretrainTarget};
 
 /// What `t2i_trainer.jobs.finetune --spec FILE` reads: fine-tuning of `base` on `samples` by `objective`
 /// (reward-weighted by default), with the pre-training term on `pretrain`, written to `out`.
@@ -33,6 +33,11 @@ pub struct TrainerSpec {
     /// Weight of the pre-training term (β in the paper).
     #[schema(minimum = 0.0, maximum = 1000000.0)]
     pub beta: f64,
+    /// The pre-training term's target: `data` (the added noise) or `base` (the frozen base UNet's
+    /// prediction). The trainer's default: data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(inline, nullable = false)]
+    pub pretrain_target: Option<PretrainTarget>,
     #[schema(minimum = 1e-12, maximum = 1.0)]
     pub learning_rate: f64,
     #[schema(inline)]
@@ -236,6 +241,7 @@ impl JobContext<'_> {
             samples: data.join("samples.jsonl").to_string_lossy().into_owned(),
             pretrain,
             beta: hyper.beta,
+            pretrain_target: Some(hyper.pretrain_target),
             learning_rate: hyper.learning_rate,
             lr_schedule: hyper.lr_schedule,
             steps: hyper.steps,
@@ -566,6 +572,7 @@ mod tests {
                 count_noise: None,
             },
             beta: 1.0,
+            pretrain_target: None,
             learning_rate: 1e-4,
             lr_schedule: LrSchedule::Cosine,
             steps: 10,
@@ -605,6 +612,7 @@ mod tests {
             "lora_alpha",
             "objective",
             "objective_beta",
+            "pretrain_target",
         ] {
             assert!(value.get(absent).is_none(), "{absent}");
         }

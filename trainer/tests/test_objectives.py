@@ -364,3 +364,90 @@ def test_an_objective_with_nothing_to_train_on_exits_2(
     assert events[-1]["message"].startswith("bad spec: objective ") and message in events[-1]["message"]
     assert not (tmp_path / "candidate").exists()
     assert not (tmp_path / "candidate.partial").exists()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The pre-training term anchored to the base (`pretrain_target` base)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_a_bad_pretrain_target_is_refused_naming_the_field(trainer_packages, tiny_base, tmp_path):
+    from t2i_trainer.jobs import finetune
+
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("")
+    spec = {"base": str(tiny_base), "out": str(tmp_path / "out"), "samples": str(samples)}
+    assert finetune.parse_spec(spec).pretrain_target == "data"
+    assert finetune.parse_spec({**spec, "pretrain_target": "base"}).pretrain_target == "base"
+    with pytest.raises(finetune.SpecError, match="`pretrain_target` must be one of data, base. Given: 'ema'"):
+        finetune.parse_spec({**spec, "pretrain_target": "ema"})
+
+
+def test_the_anchored_term_is_the_distance_to_the_references_prediction(trainer_packages, tiny_base):
+    import copy
+
+    import torch
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    from t2i_trainer.jobs import objectives
+
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None)
+    unet = pipeline.unet.train()
+    reference = copy.deepcopy(unet).eval().requires_grad_(False)
+    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    steps = scheduler.config.num_train_timesteps
+
+    def denoising(seed: int) -> objectives.Denoising:
+        return objectives.Denoising(
+            tokenizer=pipeline.tokenizer, text_encoder=pipeline.text_encoder, scheduler=scheduler,
+            snr_weight=torch.ones(steps), rng=np.random.default_rng(seed),
+            generator=torch.Generator().manual_seed(seed), caption_dropout=0.0, train_text_encoder=False,
+            device="cpu",
+        )  # fmt: skip
+
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    captions = ["a red circle", "two blue squares", ""]
+    # While the trained UNet is the base, its prediction is the target: the term is zero.
+    assert torch.equal(denoising(0).anchored_losses(unet, reference, latents, captions), torch.zeros(3))
+    with torch.no_grad():
+        for parameter in unet.parameters():
+            parameter.add_(0.01 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(2)))
+    losses = denoising(0).anchored_losses(unet, reference, latents, captions)
+    # The formula: same noise, timestep and caption for both UNets, the mean squared distance per row.
+    draw = denoising(0)
+    states, reference_states = draw.condition(captions, reference=True)
+    noise, timesteps = draw.noise(latents)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    with torch.no_grad():
+        expected = (
+            (unet(noisy, timesteps, states).sample - reference(noisy, timesteps, states).sample) ** 2
+        ).mean(dim=(1, 2, 3))
+    assert torch.allclose(losses.detach(), expected, rtol=1e-5, atol=1e-9) and (expected > 0).all()
+    # Its gradient pulls the trained UNet back to the reference: a small step along it shrinks the term.
+    losses.mean().backward()
+    before = float(losses.mean().detach())
+    with torch.no_grad():
+        for parameter in unet.parameters():
+            if parameter.grad is not None:
+                parameter.sub_(1e-2 * parameter.grad)
+    assert float(denoising(0).anchored_losses(unet, reference, latents, captions).mean()) < before
+
+
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_a_fine_tune_anchored_to_the_base_starts_at_zero_pretraining_loss(
+    trainer_packages, tiny_base, tmp_path, capsys, restore_sigterm, train_text_encoder
+):
+    from t2i_trainer.jobs import finetune
+
+    records = [("a red circle", 1.0), ("three triangles", 0.0), ("two blue squares", 0.6)]
+    status, events = run_finetune(
+        finetune, tmp_path, capsys, base=tiny_base, pretrain_target="base",
+        train_text_encoder=train_text_encoder, records=records,
+    )  # fmt: skip
+    assert status == 0, events[-1]
+    steps = [event for event in events if event["event"] == "step"]
+    assert len(steps) == 4
+    # Step 1: the trained UNet is the base, so the anchored term is 0; then it has moved and the base has not.
+    assert steps[0]["pretrain_loss"] == 0.0
+    assert all(step["pretrain_loss"] > 0 for step in steps[1:])
+    assert unet_changed(tiny_base, tmp_path / "candidate")

@@ -1087,6 +1087,8 @@ export interface components {
              *     `batch_size × pretrain_fraction` rounded, and at least one of each part (`pretrain_rows`).
              */
             pretrain_fraction?: number;
+            /** @description What the pre-training term regresses the UNet's prediction on. Default `data`, the paper's term. */
+            pretrain_target?: components["schemas"]["PretrainTarget"];
             /**
              * Format: int64
              * @description Optimiser steps, 1 to `--max-job-steps`. Default 500.
@@ -1492,6 +1494,11 @@ export interface components {
             kind?: "folder";
             path: string;
         });
+        /**
+         * @description The pre-training term's target, on the pre-training data's noisy images and captions.
+         * @enum {string}
+         */
+        PretrainTarget: "data" | "base";
         /**
          * @description Prompts drawn by `t2i_trainer.build.shapes_world prompts`: `count` distinct prompts of a split at random, or
          *     `per_category` of each category.

@@ -110,6 +110,7 @@ export type FineTuneEventOut = Schemas["FineTuneEventOut"];
 export type FineTuneEventPage = Schemas["FineTuneEventPage"];
 export type Hyperparameters = Schemas["Hyperparameters"];
 export type Objective = Schemas["Objective"];
+export type PretrainTarget = Schemas["PretrainTarget"];
 export type PromptGenerator = Schemas["PromptGenerator"];
 export type PretrainData = Schemas["PretrainData"];
 export type GateSpec = Schemas["GateSpec"];

@@ -16,6 +16,7 @@ import {
   type GenerateResponse,
   type Hyperparameters,
   type PretrainData,
+  type PretrainTarget,
   type PromptGenerator,
 } from "./api";
 import prompts from "./shapes-prompts.json";
@@ -53,6 +54,12 @@ const OBJECTIVES: Record<Objective, string> = {
   rwr: "rwr: reward-weighted likelihood (the paper)",
   dpo: "dpo: Diffusion-DPO on pairs of one prompt's images",
   kto: "kto: Diffusion-KTO on single images, good or bad",
+};
+
+/** What the β term regresses on (`hyperparameters.pretrain_target`), as the form names it. */
+const PRETRAIN_TARGETS: Record<PretrainTarget, string> = {
+  data: "data: the noise added to the render (the paper)",
+  base: "base: the frozen base model's prediction",
 };
 
 /** A field of the request (`FineTuneRequest`) the form sets: checked against the generated API types, so a
@@ -132,6 +139,12 @@ function jobList(root: HTMLElement): () => void {
     h("option", { value: "" }, "server default (rwr)"),
     ...Object.entries(OBJECTIVES).map(([value, label]) => h("option", { value }, label)),
   );
+  const pretrainTarget = h(
+    "select",
+    { name: "pretrain_target", "data-param": "hyperparameters.pretrain_target" },
+    h("option", { value: "" }, "server default (data)"),
+    ...Object.entries(PRETRAIN_TARGETS).map(([value, label]) => h("option", { value }, label)),
+  );
   const trainTextEncoder = h("input", { name: "train_text_encoder", type: "checkbox" });
   const checks = {
     use_feedback: h("input", { name: "use_feedback", type: "checkbox", checked: true }),
@@ -158,7 +171,12 @@ function jobList(root: HTMLElement): () => void {
   const defaults = h("button", { type: "button", class: "secondary" }, "Server defaults");
   const preview = h("pre", { class: "preview", "data-testid": "job-preview" });
   const error = h("div", { class: "error", hidden: true });
-  append(form, h("label", {}, "Base version", base), h("label", {}, "Objective", objective));
+  append(
+    form,
+    h("label", {}, "Base version", base),
+    h("label", {}, "Objective", objective),
+    h("label", {}, "β term's target", pretrainTarget),
+  );
   for (const field of FIELDS) {
     append(
       form,
@@ -224,9 +242,10 @@ function jobList(root: HTMLElement): () => void {
     if (body.eval_prompts) (body.eval_prompts as PromptGenerator).generator = "shapes_world";
     if (body.pretrain_data) body.pretrain_data.kind = "shapes_world";
     if (base.value) body.base_model = base.value;
-    if (objective.value || trainTextEncoder.checked) {
+    if (objective.value || pretrainTarget.value || trainTextEncoder.checked) {
       const hyper: Hyperparameters = body.hyperparameters ?? {};
       if (objective.value) hyper.objective = objective.value as Objective;
+      if (pretrainTarget.value) hyper.pretrain_target = pretrainTarget.value as PretrainTarget;
       if (trainTextEncoder.checked) hyper.train_text_encoder = true;
       body.hyperparameters = hyper;
     }
@@ -282,6 +301,7 @@ function jobList(root: HTMLElement): () => void {
   defaults.addEventListener("click", () => {
     form.querySelectorAll<HTMLInputElement>('input[type="number"]').forEach((input) => (input.value = ""));
     objective.value = "";
+    pretrainTarget.value = "";
     syncMethod();
     showPreview();
   });
@@ -518,13 +538,15 @@ function drawOutcome(box: HTMLElement, job: FineTuneOut): void {
   if (job.status === "succeeded" && job.result_model) append(box, compare(job.base_model, job.result_model, job.spec));
 }
 
-/** The objective and what it trains, from the stored spec: "rwr, full weights" or "kto, LoRA rank 8 (alpha 8)". */
+/** The objective and what it trains, from the stored spec: "rwr, full weights" or "kto, LoRA rank 8 (alpha 8)",
+ * and ", β term anchored to the base" when the pre-training term's target is the base's prediction. */
 function method(spec: Record<string, unknown>): string {
   const hyper = (spec.hyperparameters ?? {}) as Hyperparameters;
   const objective = hyper.objective ?? "rwr";
   const rank = hyper.lora_rank ?? 0;
   const weights = rank > 0 ? `LoRA rank ${rank} (alpha ${hyper.lora_alpha ?? rank})` : "full weights";
-  return `${objective}, ${weights}${hyper.train_text_encoder ? ", text encoder too" : ""}`;
+  const anchored = hyper.pretrain_target === "base" ? ", β term anchored to the base" : "";
+  return `${objective}, ${weights}${hyper.train_text_encoder ? ", text encoder too" : ""}${anchored}`;
 }
 
 /** A metric's figure: points for shares, four decimals for the reward and diversity. */

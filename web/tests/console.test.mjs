@@ -244,6 +244,12 @@ describe("the console in open mode", () => {
     await page.selectOption("select[name=objective]", "");
     assert.ok(await page.locator("input[name=objective_beta]").isDisabled());
     assert.equal((await preview()).hyperparameters.objective_beta, undefined);
+    // The β term's target is sent only when one is chosen.
+    assert.equal((await preview()).hyperparameters.pretrain_target, undefined);
+    await page.selectOption("select[name=pretrain_target]", "base");
+    assert.equal((await preview()).hyperparameters.pretrain_target, "base");
+    await page.selectOption("select[name=pretrain_target]", "");
+    assert.equal((await preview()).hyperparameters.pretrain_target, undefined);
     assert.ok(await page.locator("input[name=lora_alpha]").isDisabled());
     await page.fill("input[name=lora_rank]", "4");
     assert.ok(await page.locator("input[name=lora_alpha]").isEnabled());

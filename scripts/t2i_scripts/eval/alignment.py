@@ -74,10 +74,11 @@ FIELDS = {
     "lora_rank": "lora_rank",
     "lora_alpha": "lora_alpha",
     "lora_text_encoder": "train_text_encoder",
+    "pretrain_target": "pretrain_target",
 }
 # What the server takes when a field is absent; such values are not sent (and an absent field in a job's
 # stored spec reads as this).
-DEFAULTS = {"objective": "rwr", "lora_rank": 0}
+DEFAULTS = {"objective": "rwr", "lora_rank": 0, "pretrain_target": "data"}
 OBJECTIVES = ("rwr", "dpo", "kto")
 
 # The measured run. The job's settings are `make finetune-rounds`' (chosen by the trials in
@@ -94,6 +95,8 @@ FULL = {key: finetune_loop.FULL[key] for key in SHARED} | {
     "images_per_prompt": finetune_loop.FULL["rounds"][0]["images_per_prompt"],
     # β of dpo and kto; None leaves it to the trainer's default for the objective.
     "objective_beta": {"dpo": None, "kto": None},
+    # The pre-training term's target: `data` (the paper's) or `base` (the frozen base's prediction).
+    "pretrain_target": "data",
     # The LoRA configurations: rank and alpha (scale alpha / rank = 1), a higher learning rate than full
     # weights, and an adapter on the text encoder too.
     "lora": {"rank": 16, "alpha": 16, "learning_rate": 1e-3, "text_encoder": True},
@@ -242,6 +245,7 @@ def hyperparameters(settings: dict, config: dict) -> dict:
         "objective": config["objective"],
         "objective_beta": settings["objective_beta"].get(config["objective"]),
         "lora_rank": config["lora_rank"],
+        "pretrain_target": settings["pretrain_target"],
     }
     if lora:
         wanted |= {

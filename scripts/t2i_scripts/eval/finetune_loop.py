@@ -45,7 +45,7 @@ from t2i_scripts.bench import bench_reward
 from t2i_scripts.eval import heldout_eval, simulate_raters
 from t2i_scripts.eval.heldout_eval import percent
 from t2i_scripts.report import write_report
-from t2i_scripts.server import ROOT, ServerProcess, serve_command
+from t2i_scripts.server import NO_RATE_LIMITS, ROOT, ServerProcess, serve_command
 from t2i_trainer.build.shapes_world import choose_prompts
 
 ROUND_TRIP = ROOT / "models" / "vae-round-trip.json"
@@ -187,7 +187,8 @@ class Server(ServerProcess):
             args.binary, args.model, threads=args.threads, reward_model=args.reward_model,
             trainer_python=sys.executable,
             # A measured loop runs its jobs one after another for hours: no per-tenant job-time quota.
-            flags=["--max-best-of", "16", "--max-candidates", "128", "--tenant-job-minutes-per-day", "0"],
+            flags=["--max-best-of", "16", "--max-candidates", "128", "--tenant-job-minutes-per-day", "0",
+                   *NO_RATE_LIMITS],
         )  # fmt: skip
         super().__init__(command, args.port, image_retention=1_000_000)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from t2i_scripts.bench import bench_reward
 from t2i_scripts.report import write_report
-from t2i_scripts.server import ROOT, ServerProcess, serve_command
+from t2i_scripts.server import NO_RATE_LIMITS, ROOT, ServerProcess, serve_command
 from t2i_trainer.build.shapes_world import heldout_prompts
 from t2i_trainer.jobs.evaluate import judge_prompt
 
@@ -78,7 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def judge_version(args: argparse.Namespace, folder: str, prompts: list) -> tuple[list[dict], float]:
     """Per prompt, t2i_trainer.jobs.evaluate's row: each attribute's [right, judged], the good images' and the
     quality proxy's [count, judged] and the images' diversity; and the seconds taken."""
-    server = ServerProcess(serve_command(args.binary, folder, threads=args.threads), args.port)
+    server = ServerProcess(
+        serve_command(args.binary, folder, threads=args.threads, flags=NO_RATE_LIMITS), args.port
+    )
     started = time.perf_counter()
 
     def one(index: int) -> dict:

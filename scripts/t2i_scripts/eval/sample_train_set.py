@@ -31,7 +31,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from t2i_scripts.server import ROOT, ServerProcess, serve_command
+from t2i_scripts.server import NO_RATE_LIMITS, ROOT, ServerProcess, serve_command
 from t2i_trainer.build.rater import judge
 from t2i_trainer.build.shapes_world import train_prompts
 
@@ -96,7 +96,9 @@ def main() -> int:
     if args.prompts:
         prompts = prompts[: args.prompts]
     args.out.mkdir(parents=True)
-    command = serve_command(args.binary, args.model, threads=args.threads, reward_model=args.reward_model)
+    command = serve_command(
+        args.binary, args.model, threads=args.threads, reward_model=args.reward_model, flags=NO_RATE_LIMITS
+    )
     server = ServerProcess(command, args.port)
     records = []
     started = time.perf_counter()

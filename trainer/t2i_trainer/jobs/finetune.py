@@ -32,6 +32,12 @@ Spec (JSON; unknown keys are refused):
                       or {"kind": "folder", "path": ...}: image files each with a same-named .txt caption,
                       or a metadata.jsonl of {"file_name", "text"} (the Hugging Face imagefolder layout)
     beta              weight of the pre-training term (default 1.0)
+    pretrain_target   what the pre-training term regresses the UNet's prediction on: `data` (default), the
+                      noise that was added to the render, as the paper's term does; or `base`, the frozen
+                      base UNet's own prediction for the same noisy render, caption and timestep
+                      (objectives.Denoising.anchored_losses). `data`'s optimum is the best fit to the
+                      pre-training set, which goes on moving the weights wherever the base had not converged;
+                      `base`'s optimum is the base itself, and its target carries no sampling noise
     learning_rate     AdamW learning rate, reached after a 5% linear warm-up (default 1e-4)
     lr_schedule       after the warm-up: `constant` (default), or `cosine`, decayed to a tenth by the last
                       step as the pretraining's was (train_sd.py)
@@ -112,6 +118,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MIN_SNR_GAMMA = 5.0
 UNET_LAYERS = ("all", "cross_attention")
 LR_SCHEDULES = ("constant", "cosine")
+PRETRAIN_TARGETS = ("data", "base")
 MAX_LORA_RANK = 1024
 # How far (mean absolute difference, 0-255) the base's VAE may decode a sample's latent from its 8-bit image
 # and still be trusted as that image's latent: rounding to 8 bits costs about 0.25, and ONNX Runtime's
@@ -167,6 +174,7 @@ class Spec:
     samples: Path
     pretrain: dict = field(default_factory=lambda: {"kind": "shapes_world"})
     beta: float = 1.0
+    pretrain_target: str = "data"
     learning_rate: float = 1e-4
     steps: int = 1000
     batch_size: int = 32
@@ -259,6 +267,10 @@ def parse_spec(raw: dict) -> Spec:
     if spec.lr_schedule not in LR_SCHEDULES:
         raise SpecError(
             f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}. Given: {spec.lr_schedule!r}"
+        )
+    if spec.pretrain_target not in PRETRAIN_TARGETS:
+        raise SpecError(
+            f"`pretrain_target` must be one of {', '.join(PRETRAIN_TARGETS)}. Given: {spec.pretrain_target!r}"
         )
     if spec.objective not in objectives.OBJECTIVES:
         raise SpecError(
@@ -578,8 +590,11 @@ def train(spec: Spec, stop) -> dict:
         term = objectives.model_term(spec.objective, spec.objective_beta, prompts, rewards)
     except objectives.NothingToTrain as error:
         raise SpecError(str(error)) from None
-    # dpo and kto measure the trained UNet against the base's, frozen (and its text encoder, if that trains).
-    reference = None if term.name == "rwr" else copy.deepcopy(unet).eval().requires_grad_(False)
+    # dpo and kto measure the trained UNet against the base's, frozen (and its text encoder, if that trains),
+    # and so does the pre-training term whose target is the base's prediction.
+    anchored = spec.pretrain_target == "base" and spec.pretrain_rows > 0
+    needs_reference = term.name != "rwr" or anchored
+    reference = copy.deepcopy(unet).eval().requires_grad_(False) if needs_reference else None
     reference_text_encoder = None
     if reference is not None and spec.train_text_encoder:
         reference_text_encoder = copy.deepcopy(text_encoder).eval().requires_grad_(False)
@@ -677,7 +692,10 @@ def train(spec: Spec, stop) -> dict:
         if pretrain_set is not None:
             indices = rng.integers(len(pretrain_set.captions), size=spec.pretrain_rows)
             latents, captions = pretrain_set.draw(indices, generator)
-            pretrain_loss = denoising.weighted_losses(denoiser, latents, captions).mean()
+            if anchored:
+                pretrain_loss = denoising.anchored_losses(denoiser, reference, latents, captions).mean()
+            else:
+                pretrain_loss = denoising.weighted_losses(denoiser, latents, captions).mean()
             loss = loss + spec.beta * pretrain_loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss is not finite at step {step}: {loss.item()}")

@@ -234,6 +234,20 @@ class Denoising:
         noise, timesteps = self.noise(latents)
         return self.errors(unet, latents, noise, timesteps, states) * self.snr_weight[timesteps]
 
+    def anchored_losses(self, unet, reference, latents: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """The pre-training term anchored to the base (`pretrain_target` base), per row: the mean squared
+        distance between `unet`'s noise prediction and the frozen `reference`'s at the same x_t, timestep and
+        caption (the reference conditioned on its own text encoder's states), with the Min-SNR weight.
+        Zero while the trained UNet is the base; its gradient pulls the prediction back to the base's."""
+        states, reference_states = self.condition(captions, reference=True)
+        noise, timesteps = self.noise(latents)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        predicted = unet(noisy, timesteps, states).sample
+        with torch.no_grad():
+            target = reference(noisy, timesteps, reference_states).sample
+        errors = F.mse_loss(predicted, target, reduction="none").mean(dim=(1, 2, 3))
+        return errors * self.snr_weight[timesteps]
+
 
 @dataclass
 class Context:
