@@ -21,7 +21,7 @@ export ORT_DYLIB_PATH
 # The shared library inside the onnxruntime (or onnxruntime-gpu) wheel, as an absolute path.
 FIND_ORT = realpath $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) > $(VENV)/ort-dylib-path
 
-.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-cluster cluster cluster-down scaling test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-cpu gpu-pack gpu-slim gpu-restore gpu-check gpu-rehearsal bench-families bench-reward rater-accuracy simulate-raters finetune-loop finetune-rounds finetune-more reward-ablation trainer-venv models test-model clean
+.PHONY: help venv venv-gpu web web-api system-deps build run test test-rust test-api test-cluster cluster cluster-down scaling test-browser screenshots test-ops deploy-check dashboard-pngs docs schemas audit reliability soak test-python test-python-light lint fmt openapi bench bench-cpu bench-store gpu-pack gpu-slim gpu-restore gpu-check gpu-rehearsal bench-families bench-reward rater-accuracy simulate-raters finetune-loop finetune-rounds finetune-more reward-ablation trainer-venv models test-model clean
 
 help:
 	@echo "make run    - serve $(MODEL) on http://$(HOST):$(PORT) (CPU)"
@@ -235,6 +235,12 @@ bench: trainer-venv build
 # turns (#29): its section of BENCHMARKS.md and BENCHMARKS-cpu.json. About 3 minutes on 2 CPU cores.
 bench-cpu: trainer-venv build
 	.venv-trainer/bin/python -m t2i_scripts.bench.bench_cpu --binary $(BIN) --model $(MODEL)
+
+# What storing one generated image costs /generate at 100, 1,000 and 10,000 stored images (examples/image_store.rs);
+# writes its section of BENCHMARKS.md. About a minute.
+bench-store: venv
+	$(CARGO) build $(CARGO_FLAGS) --example image_store
+	$(VENV)/bin/python -m t2i_scripts.bench.bench_store --example $(dir $(BIN))examples/image_store
 
 # The GPU check (#29), step by step in docs/gpu.md. Here: `make gpu-pack` (the bundle: onnxruntime-gpu, Optimum's
 # wheels, the stripped binary and the models, xz-compressed and cut into .gpu/part-NN/), `make gpu-slim` (the

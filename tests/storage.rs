@@ -401,6 +401,31 @@ async fn keeps_the_newest_and_survives_a_reopen(db: TestDb) {
     assert_eq!(*last.png, vec![255u8; 16]);
 }
 
+/// Above 200 images of retention, the oldest are swept after every hundredth of the retention, so storing an
+/// image does not read every stored image's age each time: the count stays within that many of the limit.
+#[tokio::test]
+async fn a_large_retention_is_kept_by_sweeps_within_a_hundredth_of_it() {
+    let db = TestDb::sqlite();
+    assert_eq!(t2i_align::storage::retention_sweep_every(199), 1);
+    assert_eq!(t2i_align::storage::retention_sweep_every(300), 3);
+    let storage = db.open(300).await;
+    let mut ids = Vec::new();
+    for seed in 0..310u64 {
+        ids.push(storage.insert_image(&image(seed)).await.unwrap().unwrap());
+        let count = storage.image_count().await.unwrap();
+        assert!(
+            count <= 302 && count <= seed + 1,
+            "{count} images after {} stored",
+            seed + 1
+        );
+    }
+    // The 309th image swept the store down to 300; the 310th is one more.
+    assert_eq!(storage.image_count().await.unwrap(), 301);
+    assert!(storage.image(&ids[8], "id", None).await.is_err(), "the oldest are gone");
+    assert_eq!(storage.image(&ids[9], "id", None).await.unwrap().seed, 9);
+    assert!(!storage.blobs().exists(&format!("images/{}.png", ids[0])).await.unwrap());
+}
+
 async fn a_damaged_file_is_noticed(db: TestDb) {
     let storage = db.open(5).await;
     let id = storage.insert_image(&image(3)).await.unwrap().unwrap();

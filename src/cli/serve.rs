@@ -68,8 +68,8 @@ pub struct ServeArgs {
     /// power loss); `normal` only at checkpoints (faster; a killed process still loses nothing).
     #[arg(long, env = "T2I_DURABILITY", value_enum, default_value_t = crate::storage::Durability::Full)]
     pub durability: crate::storage::Durability,
-    /// Most generated images kept, so /score and /rerank can take their `image_id`s; the oldest go first
-    /// (0 keeps none).
+    /// Most generated images kept, so /score and /rerank can take their `image_id`s; the oldest go first,
+    /// swept after every hundredth of this many stored (0 keeps none).
     #[arg(long, env = "T2I_IMAGE_RETENTION", default_value_t = 10_000)]
     pub image_retention: u64,
     /// Address to listen on.
@@ -715,6 +715,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
             config.jobs.python.clone(),
             config.jobs.trainer_dir.clone(),
             config.jobs.trainer_threads,
+            crate::jobs::graphs::OPTIMIZER_DEADLINE,
         )),
     };
     let loader = {

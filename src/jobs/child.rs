@@ -72,6 +72,16 @@ fn python_path(trainer_dir: &Path, existing: Option<&OsStr>) -> String {
         .into_owned()
 }
 
+/// Run in a child between fork and exec (`pre_exec`): the kernel sends it SIGKILL when the server dies, even by
+/// SIGKILL, so no child outlives the server. Touches no memory of the parent.
+pub fn die_with_parent() -> std::io::Result<()> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG reads no pointer and is async-signal-safe.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 impl RunningChild {
     /// Starts `command[0]` with the rest as arguments, stderr appended to `log`, `trainer_dir` on PYTHONPATH.
     pub fn spawn(command: &[String], log: &Path, trainer_dir: &Path) -> Result<Self> {
@@ -114,14 +124,9 @@ impl RunningChild {
             .process_group(0)
             .kill_on_drop(true);
         // If the server dies (even by SIGKILL), the kernel kills the child too: no orphan keeps training.
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        // SAFETY: `die_with_parent` only calls prctl, which is async-signal-safe.
         unsafe {
-            builder.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            builder.pre_exec(die_with_parent);
         }
         let mut child = builder
             .spawn()

@@ -162,6 +162,15 @@ pub struct Storage {
     blobs: Blobs,
     /// Most images kept; the oldest go first. 0 keeps none.
     image_retention: u64,
+    /// Images this process stored since its last retention sweep (`insert_image`).
+    unswept: std::sync::atomic::AtomicU64,
+}
+
+/// How many images a process stores between retention sweeps: a hundredth of the retention, and every image
+/// below 200. So the images kept exceed `--image-retention` by under 1% (per replica) between sweeps, and a
+/// sweep's cost, which grows with the images kept, is shared by as many inserts.
+pub fn retention_sweep_every(image_retention: u64) -> u64 {
+    (image_retention / 100).max(1)
 }
 
 /// When a commit reaches the disk. SQLite runs in WAL mode either way, so a killed process never loses a
@@ -223,6 +232,7 @@ impl Storage {
             database: config.database.clone(),
             blobs,
             image_retention: config.image_retention,
+            unswept: Default::default(),
         };
         let swept = storage.sweep(storage.orphan_grace()).await?;
         if swept > 0 {
@@ -250,6 +260,7 @@ impl Storage {
             database: database.clone(),
             blobs: Blobs::open(&BlobConfig::default(), data_dir, true)?,
             image_retention: 0,
+            unswept: Default::default(),
         })
     }
 
@@ -336,7 +347,9 @@ impl Storage {
     }
 
     /// Stores a generated image and returns its id (`img_` and 32 hex digits), or `None` when retention is 0.
-    /// The oldest images beyond the retention limit are deleted, rows and files.
+    /// The oldest images beyond the retention limit are deleted, rows and files, by a sweep after every
+    /// [`retention_sweep_every`] images this process stores: the sweep reads every stored image's age, so
+    /// running it at each insert made storing an image cost time in proportion to the images kept.
     pub async fn insert_image(&self, image: &StoredImage) -> Result<Option<String>> {
         if !self.stores_images() {
             return Ok(None);
@@ -366,7 +379,11 @@ impl Storage {
             let _ = self.blobs.delete(&relative).await;
             return Err(self.database_error("cannot record the image", err));
         }
-        self.enforce_retention().await?;
+        let unswept = self.unswept.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if unswept >= retention_sweep_every(self.image_retention) {
+            self.unswept.store(0, std::sync::atomic::Ordering::Relaxed);
+            self.enforce_retention().await?;
+        }
         Ok(Some(id))
     }
 
