@@ -35,6 +35,20 @@ def test_the_gain_is_the_pooled_difference_and_its_interval_holds_it():
     assert heldout_eval.paired_gain(base, other, "background", resamples=10, seed=0) is None
 
 
+def test_diversity_gets_a_paired_interval_over_the_prompts_both_versions_judged():
+    base = [row((1, 4), (4, 4), good=g) for g in (0, 1, 2, 3)]
+    other = [row((1, 4), (4, 4), good=g + 1) for g in (0, 1, 2, 3)]
+    other[3]["diversity"] = None  # a prompt without a diversity is left out of both sides
+    gain = heldout_eval.paired_diversity_gain(base, other, resamples=500, seed=0)
+    assert gain["gain"] == pytest.approx(0.01)
+    # Every prompt gained exactly 0.01, so every resample does too.
+    assert gain["low"] == pytest.approx(0.01) and gain["high"] == pytest.approx(0.01)
+    mixed = [row((1, 4), (4, 4), good=g) for g in (2, 0, 3, 1)]
+    spread = heldout_eval.paired_diversity_gain(base, mixed, resamples=2000, seed=0)
+    assert spread["gain"] == pytest.approx(0.0) and spread["low"] < 0 < spread["high"]
+    assert heldout_eval.paired_diversity_gain(base, [dict(r, diversity=None) for r in base], 10, 0) is None
+
+
 def test_an_attribute_a_prompt_does_not_state_counts_as_judged_on_none_of_its_images():
     # judge_prompt's rows name only the attributes the prompt states: a colour prompt has no background.
     colour_only = row((1, 4), (4, 4))

@@ -295,7 +295,7 @@ def figures(row: dict) -> dict:
 
 def heldout_table(summary: dict, base_name: str, name: str) -> list[dict]:
     """t2i_scripts.eval.heldout_eval's figures for `name` against `base_name`, as gate-table rows:
-    intervals for the attributes and quality; good and diversity as figures alone; no reward (it does not
+    intervals for the attributes, quality and diversity; good as a figure alone; no reward (it does not
     score)."""
     base, other = summary[base_name], summary[name]
 

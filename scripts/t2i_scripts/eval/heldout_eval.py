@@ -5,7 +5,8 @@ bench_reward's prompts are another 20: a 15-point target on count cannot be sett
 prompts are drawn moves count by several points. This judges all 282 held-out prompts of the shapes world
 (6 colour, 6 count, 270 combination) for each version, through `/generate` with the same seeds for every
 version, and reports each attribute's accuracy with the gain over the first version and its 95% interval from
-a paired bootstrap over prompts (prompts resampled with replacement, the same draw for both versions).
+a paired bootstrap over prompts (prompts resampled with replacement, the same draw for both versions); the
+JSON's gains give diversity (the mean over prompts of a prompt's pairwise RMS distance) the same interval.
 
 Each version is served on its own from its folder (an Optimum export, such as a registered version's
 `<data-dir>/models/<id>/`; `t2i_scripts.eval.finetune_loop --keep-versions DIR` keeps the loop's).
@@ -144,6 +145,24 @@ def paired_gain(
     }
 
 
+def paired_diversity_gain(base: list[dict], other: list[dict], resamples: int, seed: int) -> dict | None:
+    """other's mean diversity minus base's, over the prompts where both have one, and the 2.5th and 97.5th
+    percentiles of that difference when those prompts are resampled with replacement (the same draw for
+    both)."""
+    pairs = [
+        (before["diversity"], after["diversity"])
+        for before, after in zip(base, other, strict=True)
+        if before.get("diversity") is not None and after.get("diversity") is not None
+    ]
+    if not pairs:
+        return None
+    differences = np.array([after - before for before, after in pairs], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(differences), size=(resamples, len(differences)))
+    low, high = np.percentile(differences[draws].mean(axis=1), [2.5, 97.5])
+    return {"gain": float(differences.mean()), "low": float(low), "high": float(high)}
+
+
 def summarise(results: dict, args: argparse.Namespace) -> dict:
     names = list(results)
     base = results[names[0]]["rows"]
@@ -160,7 +179,11 @@ def summarise(results: dict, args: argparse.Namespace) -> dict:
             "gains": {}
             if name == names[0]
             else {
-                measure: paired_gain(base, rows, measure, args.bootstrap, args.seed) for measure in MEASURES
+                **{
+                    measure: paired_gain(base, rows, measure, args.bootstrap, args.seed)
+                    for measure in MEASURES
+                },
+                "diversity": paired_diversity_gain(base, rows, args.bootstrap, args.seed),
             },
         }
     return summary
