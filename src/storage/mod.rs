@@ -162,8 +162,8 @@ pub struct Storage {
     blobs: Blobs,
     /// Most images kept; the oldest go first. 0 keeps none.
     image_retention: u64,
-    /// Images this process stored since its last retention sweep (`insert_image`).
-    unswept: std::sync::atomic::AtomicU64,
+    /// Images this process has stored (`insert_image`); every `retention_sweep_every`-th sweeps.
+    stored: std::sync::atomic::AtomicU64,
 }
 
 /// How many images a process stores between retention sweeps: a hundredth of the retention, and every image
@@ -232,7 +232,7 @@ impl Storage {
             database: config.database.clone(),
             blobs,
             image_retention: config.image_retention,
-            unswept: Default::default(),
+            stored: Default::default(),
         };
         let swept = storage.sweep(storage.orphan_grace()).await?;
         if swept > 0 {
@@ -260,7 +260,7 @@ impl Storage {
             database: database.clone(),
             blobs: Blobs::open(&BlobConfig::default(), data_dir, true)?,
             image_retention: 0,
-            unswept: Default::default(),
+            stored: Default::default(),
         })
     }
 
@@ -379,9 +379,8 @@ impl Storage {
             let _ = self.blobs.delete(&relative).await;
             return Err(self.database_error("cannot record the image", err));
         }
-        let unswept = self.unswept.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        if unswept >= retention_sweep_every(self.image_retention) {
-            self.unswept.store(0, std::sync::atomic::Ordering::Relaxed);
+        let stored = self.stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if stored.is_multiple_of(retention_sweep_every(self.image_retention)) {
             self.enforce_retention().await?;
         }
         Ok(Some(id))
