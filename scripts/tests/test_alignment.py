@@ -266,6 +266,11 @@ def test_the_requests_share_the_compute_and_leave_defaults_out():
     assert alignment.hyperparameters(beta, configs["kto-full"])["objective_beta"] == 500.0
     smoke = alignment.job_request(alignment.SMOKE, configs["rwr-full"], "shapes-sd", 3)
     assert smoke["eval_prompts"] == {"generator": "shapes_world", "split": "heldout", "count": 6, "seed": 3}
+    # `relabel` is off unless set, and then goes into the request as it is.
+    assert "relabel" not in full
+    words = {"words": ["one", "two"], "threshold": 0.5}
+    relabelled = alignment.job_request(settings | {"relabel": words}, configs["rwr-full"], "shapes-sd", 0)
+    assert relabelled["relabel"] == words
 
 
 def document(entries: list[dict]) -> dict:

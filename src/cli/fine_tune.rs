@@ -69,6 +69,14 @@ pub struct CreateArgs {
     /// prediction) (`hyperparameters.pretrain_target`).
     #[arg(long, value_parser = ["data", "base"])]
     pub pretrain_target: Option<String>,
+    /// Relabel images by the reward model among prompts that differ in one of these words, comma-separated
+    /// (`relabel.words`), e.g. one,two,three,four.
+    #[arg(long, value_delimiter = ',')]
+    pub relabel_words: Option<Vec<String>>,
+    /// The least reward model score, in (0, 1], that relabels an image (`relabel.threshold`; default 0.5).
+    /// Needs --relabel-words or a `relabel` in --file.
+    #[arg(long)]
+    pub relabel_threshold: Option<f64>,
     /// Seeds the prompts, the samples and the trainer (`seed`; default 0).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -242,6 +250,20 @@ fn create(args: CreateArgs) -> Result<()> {
     }
     if args.activate {
         body["activate_on_success"] = json!(true);
+    }
+    if let Some(words) = &args.relabel_words {
+        if !body["relabel"].is_object() {
+            body["relabel"] = json!({});
+        }
+        body["relabel"]["words"] = json!(words);
+    }
+    if let Some(threshold) = args.relabel_threshold {
+        if !body["relabel"].is_object() {
+            return Err(Error::Config(
+                "--relabel-threshold needs --relabel-words (or a `relabel` with its words in --file)".into(),
+            ));
+        }
+        body["relabel"]["threshold"] = json!(threshold);
     }
     for (name, value) in [("model", &args.feedback_model), ("rater", &args.feedback_rater)] {
         if let Some(value) = value {

@@ -48,6 +48,9 @@ pub struct TrainingSetFigures {
     pub samples: usize,
     pub rated: usize,
     pub reward_scored: usize,
+    /// Samples added by hindsight relabelling (`relabel`), of `relabel_candidates` images it scored.
+    pub relabelled: usize,
+    pub relabel_candidates: usize,
     pub mean_reward: f64,
 }
 

@@ -30,6 +30,7 @@ pub mod graphs;
 pub mod launch;
 pub mod manager;
 pub mod metrics;
+pub mod relabel;
 pub mod reward;
 pub mod sampling;
 pub mod spec;
@@ -217,7 +218,15 @@ impl JobContext<'_> {
                 figures.rescaled = Some(note);
             }
         }
+        let reward_scored = sampled.len();
         samples.extend(sampled);
+        let (mut relabelled, mut relabel_candidates) = (0, 0);
+        if let Some(relabel) = self.spec.relabel.clone() {
+            let found = self.relabel(&scorer, &relabel, &prompts, &samples, &data).await?;
+            relabel_candidates = found.candidates;
+            relabelled = found.samples.len();
+            samples.extend(found.samples);
+        }
         self.write_samples(&data, &samples)?;
         if !samples.iter().any(|sample| sample.reward > 0.0) {
             return Err(Error::Validation {
@@ -228,7 +237,9 @@ impl JobContext<'_> {
         self.metrics.training_set = Some(TrainingSetFigures {
             samples: samples.len(),
             rated,
-            reward_scored: samples.len() - rated,
+            reward_scored,
+            relabelled,
+            relabel_candidates,
             mean_reward: mean(samples.iter().map(|sample| sample.reward)),
         });
         let filter = &self.spec.feedback_filter;
@@ -244,9 +255,13 @@ impl JobContext<'_> {
         self.end(
             stage,
             &format!(
-                "{} training samples: {rated} rated by people{which}, {} scored by the reward model",
+                "{} training samples: {rated} rated by people{which}, {reward_scored} scored by the reward model{}",
                 samples.len(),
-                samples.len() - rated
+                if self.spec.relabel.is_some() {
+                    format!(", {relabelled} relabelled (of {relabel_candidates} images below the threshold with a sibling prompt)")
+                } else {
+                    String::new()
+                }
             ),
         )
         .await?;

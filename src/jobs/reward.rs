@@ -64,9 +64,10 @@ impl JobContext<'_> {
                 ))
             })?;
         let scorer = Arc::new(scorer);
-        // Re-score what the old reward model scored; people's ratings keep their labels.
+        // Re-score what the old reward model scored (relabelled images too, under their new prompts); people's
+        // ratings keep their labels.
         let indices: Vec<usize> = (0..samples.len())
-            .filter(|&index| samples[index].source == "reward_model")
+            .filter(|&index| matches!(samples[index].source, "reward_model" | "relabelled"))
             .collect();
         for chunk in indices.chunks(64) {
             self.check_cancelled()?;

@@ -57,6 +57,79 @@ pub struct FeedbackFilter {
     pub rater: Option<String>,
 }
 
+/// Hindsight relabelling (#26): an image the job would not train on under its own prompt (rated bad, or scored
+/// below `threshold`) is scored by the reward model against the job's other prompts that differ from its own
+/// in exactly one word, both words in `words` (say the number words: "three red circles" and "two red
+/// circles"). Where the best of those scores reaches `threshold` and beats the image's own prompt's score, the
+/// image is also trained on under that prompt, with that score as its reward.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Relabel {
+    /// The interchangeable words, 2 to 64 of them, distinct, each one word of 1 to 32 characters (compared as
+    /// the prompts' whitespace-separated words are, case-sensitively).
+    #[schema(min_items = 2, max_items = 64)]
+    pub words: Vec<String>,
+    /// The least reward model score, in (0, 1], that relabels an image. Default 0.5. Needs a reward model
+    /// whose scores are bounded in [0, 1].
+    #[serde(default = "default_relabel_threshold")]
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
+    pub threshold: f64,
+}
+
+fn default_relabel_threshold() -> f64 {
+    0.5
+}
+
+/// The most words a `relabel` may name.
+pub const MAX_RELABEL_WORDS: usize = 64;
+/// The longest word a `relabel` may name, in characters.
+pub const MAX_RELABEL_WORD: usize = 32;
+/// The characters a `relabel` word may not hold: Rust's whitespace (what splits a prompt into words) and
+/// U+FEFF, which JSON Schema's `\s` also counts, spelled out so that the document's pattern means the same
+/// to every regex engine.
+const WORD_SEPARATORS: [char; 26] = [
+    '\t', '\n', '\u{b}', '\u{c}', '\r', ' ', '\u{85}', '\u{a0}', '\u{1680}', '\u{2000}', '\u{2001}', '\u{2002}',
+    '\u{2003}', '\u{2004}', '\u{2005}', '\u{2006}', '\u{2007}', '\u{2008}', '\u{2009}', '\u{200a}', '\u{2028}',
+    '\u{2029}', '\u{202f}', '\u{205f}', '\u{3000}', '\u{feff}',
+];
+
+fn check_relabel(relabel: &Relabel) -> Result<()> {
+    let count = relabel.words.len();
+    if !(2..=MAX_RELABEL_WORDS).contains(&count) {
+        return Err(Error::validation(
+            "relabel.words",
+            format!("`relabel.words` must hold 2 to {MAX_RELABEL_WORDS} words. Given: {count}"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for word in &relabel.words {
+        let characters = word.chars().count();
+        if characters == 0 || characters > MAX_RELABEL_WORD || word.chars().any(|c| WORD_SEPARATORS.contains(&c)) {
+            return Err(Error::validation(
+                "relabel.words",
+                format!(
+                    "each of `relabel.words` must be one word of 1 to {MAX_RELABEL_WORD} characters, without \
+                     spaces. Given: {word:?}"
+                ),
+            ));
+        }
+        if !seen.insert(word.as_str()) {
+            return Err(Error::validation(
+                "relabel.words",
+                format!("`relabel.words` names {word:?} twice"),
+            ));
+        }
+    }
+    let threshold = relabel.threshold;
+    if !(threshold.is_finite() && threshold > 0.0 && threshold <= 1.0) {
+        return Err(Error::validation(
+            "relabel.threshold",
+            format!("`relabel.threshold` must be above 0 and at most 1. Given: {threshold}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The trainer's hyperparameters. The objective is the model's samples' term (`objective`; by default the
 /// paper's E_model[r · L]) + beta · E_pretrain[L].
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
@@ -370,6 +443,9 @@ pub struct FineTuneRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>, format = "reward-model")]
     pub reward_model: Option<String>,
+    /// Hindsight relabelling of the images the job would not train on. Default: off.
+    #[serde(default)]
+    pub relabel: Option<Relabel>,
     #[serde(default)]
     pub hyperparameters: Option<Hyperparameters>,
     #[serde(default)]
@@ -408,6 +484,9 @@ pub struct JobSpec {
     pub feedback_filter: FeedbackFilter,
     pub retrain_reward_model: bool,
     pub reward_model: Option<String>,
+    /// Absent in jobs stored before relabelling existed, and when off.
+    #[serde(default)]
+    pub relabel: Option<Relabel>,
     pub hyperparameters: Hyperparameters,
     pub pretrain_data: PretrainData,
     pub eval_prompts: PromptSource,
@@ -774,6 +853,9 @@ impl FineTuneRequest {
             }
         }
         let gate = gate_rule(self.gate.as_ref(), gate)?;
+        if let Some(relabel) = &self.relabel {
+            check_relabel(relabel)?;
+        }
         Ok(JobSpec {
             base_model,
             prompts,
@@ -782,6 +864,7 @@ impl FineTuneRequest {
             feedback_filter,
             retrain_reward_model,
             reward_model: self.reward_model,
+            relabel: self.relabel,
             hyperparameters: hyper,
             pretrain_data,
             eval_prompts,
@@ -848,6 +931,18 @@ pub fn schema_rules() -> Vec<(&'static str, serde_json::Value)> {
             ]),
         ),
         (
+            "Relabel",
+            json!([{"properties": {"words": {
+                "uniqueItems": true,
+                "items": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_RELABEL_WORD,
+                    "pattern": format!("^[^{}]+$", WORD_SEPARATORS.iter().collect::<String>())
+                }
+            }}}]),
+        ),
+        (
             "PretrainData",
             json!([{"oneOf": [
                 {"properties": {"kind": {"const": "shapes_world"}, "path": {"type": "null"}}},
@@ -874,12 +969,13 @@ pub fn schema_rules() -> Vec<(&'static str, serde_json::Value)> {
 /// The request's fields that hold an object. serde would also read a struct from an array of its fields in
 /// order (`"gate": [null, null]`), which the document does not allow.
 /// Nested fields are written with dots.
-const OBJECT_FIELDS: [&str; 5] = [
+const OBJECT_FIELDS: [&str; 6] = [
     "gate",
     "gate.max_drop",
     "hyperparameters",
     "pretrain_data",
     "feedback_filter",
+    "relabel",
 ];
 
 impl FineTuneRequest {
@@ -918,6 +1014,27 @@ mod tests {
 
     fn check(json: serde_json::Value) -> Result<JobSpec> {
         request(json).validate("base".into(), &JobLimits::default(), &GateRule::default())
+    }
+
+    #[test]
+    fn a_relabel_word_holds_no_character_that_splits_a_prompt_or_that_the_documents_pattern_refuses() {
+        let separators: Vec<char> = (0..=u32::from(char::MAX))
+            .filter_map(char::from_u32)
+            .filter(|c| c.is_whitespace() || *c == '\u{feff}')
+            .collect();
+        assert_eq!(separators, WORD_SEPARATORS.to_vec());
+        let words = |words: serde_json::Value| check(serde_json::json!({"relabel": {"words": words}}));
+        assert!(words(serde_json::json!(["two", "three"])).is_ok());
+        for bad in ["t\u{85}wo", "t\u{feff}wo", "two three", ""] {
+            let err = words(serde_json::json!(["one", bad])).unwrap_err();
+            assert!(
+                err.to_string().contains("relabel.words") || format!("{err:?}").contains("relabel.words"),
+                "{err:?}"
+            );
+        }
+        let long = "x".repeat(MAX_RELABEL_WORD + 1);
+        assert!(words(serde_json::json!(["one", long])).is_err());
+        assert!(words(serde_json::json!(["one", "x".repeat(MAX_RELABEL_WORD)])).is_ok());
     }
 
     #[test]

@@ -762,6 +762,7 @@ export interface components {
             images_per_prompt?: number | null;
             pretrain_data?: null | components["schemas"]["PretrainData"];
             prompts?: null | components["schemas"]["PromptSource"];
+            relabel?: null | components["schemas"]["Relabel"];
             /** @description Retrain the reward model on the ratings first and score with it (paper §3.2). Default false. */
             retrain_reward_model?: boolean | null;
             /**
@@ -1538,6 +1539,28 @@ export interface components {
          * @description The id of a stored rating (`id` in `POST /feedback` answers).
          */
         RatingId: string;
+        /**
+         * @description Hindsight relabelling (#26): an image the job would not train on under its own prompt (rated bad, or scored
+         *     below `threshold`) is scored by the reward model against the job's other prompts that differ from its own
+         *     in exactly one word, both words in `words` (say the number words: "three red circles" and "two red
+         *     circles"). Where the best of those scores reaches `threshold` and beats the image's own prompt's score, the
+         *     image is also trained on under that prompt, with that score as its reward.
+         */
+        Relabel: {
+            /**
+             * Format: double
+             * @description The least reward model score, in (0, 1], that relabels an image. Default 0.5. Needs a reward model
+             *     whose scores are bounded in [0, 1].
+             */
+            threshold?: number;
+            /**
+             * @description The interchangeable words, 2 to 64 of them, distinct, each one word of 1 to 32 characters (compared as
+             *     the prompts' whitespace-separated words are, case-sensitively).
+             */
+            words: string[];
+        } & {
+            words: unknown;
+        };
         /** @description What one replica serves. */
         ReplicaOut: {
             /** @description Whether it serves the rollout's generation. */

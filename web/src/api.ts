@@ -111,6 +111,7 @@ export type FineTuneEventPage = Schemas["FineTuneEventPage"];
 export type Hyperparameters = Schemas["Hyperparameters"];
 export type Objective = Schemas["Objective"];
 export type PretrainTarget = Schemas["PretrainTarget"];
+export type Relabel = Schemas["Relabel"];
 export type PromptGenerator = Schemas["PromptGenerator"];
 export type PretrainData = Schemas["PretrainData"];
 export type GateSpec = Schemas["GateSpec"];

@@ -18,6 +18,7 @@ import {
   type PretrainData,
   type PretrainTarget,
   type PromptGenerator,
+  type Relabel,
 } from "./api";
 import prompts from "./shapes-prompts.json";
 import {
@@ -165,6 +166,13 @@ function jobList(root: HTMLElement): () => void {
     placeholder: "any rater",
     maxlength: MAX_RATER_CHARS,
   });
+  // Hindsight relabelling (`relabel`): the words a reward-model relabel may swap, comma-separated.
+  const relabelWords = h("input", {
+    name: "relabel_words",
+    "data-param": "relabel.words",
+    type: "text",
+    placeholder: "off (e.g. one, two, three, four)",
+  });
   let activeVersion: string | null = null;
   const submit = h("button", { type: "submit" }, "Create job");
   const quick = h("button", { type: "button", class: "secondary" }, "Quick trial values");
@@ -204,6 +212,13 @@ function jobList(root: HTMLElement): () => void {
     h("label", {}, "Ratings of images from", feedbackModel, h("small", { class: "muted" }, "the version that generated them")),
     h("label", {}, "Ratings by", feedbackRater, h("small", { class: "muted" }, "one rater's name, or any")),
     h("label", { class: "check" }, checks.retrain_reward_model, "Retrain the reward model on them first"),
+    h(
+      "label",
+      {},
+      "Relabel among words",
+      relabelWords,
+      h("small", { class: "muted" }, "an image may be trained on under the prompt with one of these words swapped that the reward model prefers"),
+    ),
     h("label", { class: "check" }, checks.activate_on_success, "Activate the new version if it passes the gate"),
     h("div", { class: "row wide" }, submit, quick, defaults),
     h("details", { class: "wide" }, h("summary", {}, "The request this form sends"), preview),
@@ -265,6 +280,14 @@ function jobList(root: HTMLElement): () => void {
       if (Object.keys(filter).length > 0) body.feedback_filter = filter;
     }
     if (checks.retrain_reward_model.checked) body.retrain_reward_model = true;
+    const words = relabelWords.value
+      .split(",")
+      .map((word) => word.trim())
+      .filter((word) => word.length > 0);
+    if (words.length === 1) {
+      fieldError(form, "relabel.words", "Name at least two words to swap, separated by commas.");
+      valid = false;
+    } else if (words.length > 1) body.relabel = { words };
     if (checks.activate_on_success.checked) body.activate_on_success = true;
     return valid ? body : null;
   }
@@ -539,14 +562,17 @@ function drawOutcome(box: HTMLElement, job: FineTuneOut): void {
 }
 
 /** The objective and what it trains, from the stored spec: "rwr, full weights" or "kto, LoRA rank 8 (alpha 8)",
- * and ", β term anchored to the base" when the pre-training term's target is the base's prediction. */
+ * ", β term anchored to the base" when the pre-training term's target is the base's prediction, and the relabelling's
+ * words when the job relabels. */
 function method(spec: Record<string, unknown>): string {
   const hyper = (spec.hyperparameters ?? {}) as Hyperparameters;
   const objective = hyper.objective ?? "rwr";
   const rank = hyper.lora_rank ?? 0;
   const weights = rank > 0 ? `LoRA rank ${rank} (alpha ${hyper.lora_alpha ?? rank})` : "full weights";
   const anchored = hyper.pretrain_target === "base" ? ", β term anchored to the base" : "";
-  return `${objective}, ${weights}${hyper.train_text_encoder ? ", text encoder too" : ""}${anchored}`;
+  const relabel = spec.relabel as Relabel | null | undefined;
+  const relabelled = relabel ? `, relabelled among ${relabel.words.join("/")} (threshold ${relabel.threshold})` : "";
+  return `${objective}, ${weights}${hyper.train_text_encoder ? ", text encoder too" : ""}${anchored}${relabelled}`;
 }
 
 /** A metric's figure: points for shares, four decimals for the reward and diversity. */

@@ -250,6 +250,12 @@ describe("the console in open mode", () => {
     assert.equal((await preview()).hyperparameters.pretrain_target, "base");
     await page.selectOption("select[name=pretrain_target]", "");
     assert.equal((await preview()).hyperparameters.pretrain_target, undefined);
+    // Relabelling is sent with two or more words, and left out when the field is empty.
+    assert.equal((await preview()).relabel, undefined);
+    await page.fill("input[name=relabel_words]", "one, two");
+    assert.deepEqual((await preview()).relabel, { words: ["one", "two"] });
+    await page.fill("input[name=relabel_words]", "");
+    assert.equal((await preview()).relabel, undefined);
     assert.ok(await page.locator("input[name=lora_alpha]").isDisabled());
     await page.fill("input[name=lora_rank]", "4");
     assert.ok(await page.locator("input[name=lora_alpha]").isEnabled());

@@ -97,6 +97,9 @@ FULL = {key: finetune_loop.FULL[key] for key in SHARED} | {
     "objective_beta": {"dpo": None, "kto": None},
     # The pre-training term's target: `data` (the paper's) or `base` (the frozen base's prediction).
     "pretrain_target": "data",
+    # The job's `relabel` (hindsight relabelling by the reward model), e.g.
+    # {"words": ["one", "two", "three", "four"], "threshold": 0.5}; None leaves it off.
+    "relabel": None,
     # The LoRA configurations: rank and alpha (scale alpha / rank = 1), a higher learning rate than full
     # weights, and an adapter on the text encoder too.
     "lora": {"rank": 16, "alpha": 16, "learning_rate": 1e-3, "text_encoder": True},
@@ -264,7 +267,8 @@ def job_request(settings: dict, config: dict, base_model: str, seed: int) -> dic
     eval_prompts = {"generator": "shapes_world", "split": "heldout"}
     if settings["eval_prompts"] is not None:
         eval_prompts |= {"count": settings["eval_prompts"], "seed": seed}
-    return {
+    relabel = {} if settings["relabel"] is None else {"relabel": settings["relabel"]}
+    return relabel | {
         "base_model": base_model,
         "prompts": {"generator": "shapes_world", "split": "train", "count": settings["job_prompts"]},
         "images_per_prompt": settings["images_per_prompt"],

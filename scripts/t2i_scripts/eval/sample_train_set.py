@@ -57,6 +57,24 @@ def write_samples(out: Path, records: list[dict]) -> None:
         (out / name).write_text("\n".join(content) + "\n")
 
 
+def start_server(args: argparse.Namespace) -> ServerProcess:
+    """`t2i-align serve` with args' binary, model, reward model, threads and port, without rate limits."""
+    command = serve_command(
+        args.binary, args.model, threads=args.threads, reward_model=args.reward_model, flags=NO_RATE_LIMITS
+    )
+    return ServerProcess(command, args.port)
+
+
+def served(server: ServerProcess, prompt: str, number: int, images: int, seed: int) -> list[dict]:
+    """`images` images of the `number`th prompt from /generate, PER_REQUEST per request, their seeds fixed by
+    the prompt's number and `seed`."""
+    found = []
+    for part in range(images // PER_REQUEST):
+        body = {"prompt": prompt, "n": PER_REQUEST, "seed": seed * 100_000 + number * 10 + part}
+        found += server.post("/generate", body)[1]["images"]
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,22 +114,12 @@ def main() -> int:
     if args.prompts:
         prompts = prompts[: args.prompts]
     args.out.mkdir(parents=True)
-    command = serve_command(
-        args.binary, args.model, threads=args.threads, reward_model=args.reward_model, flags=NO_RATE_LIMITS
-    )
-    server = ServerProcess(command, args.port)
+    server = start_server(args)
     records = []
     started = time.perf_counter()
     try:
         for number, prompt in enumerate(prompts):
-            images = []
-            for part in range(args.images // PER_REQUEST):
-                body = {
-                    "prompt": prompt.text,
-                    "n": PER_REQUEST,
-                    "seed": args.seed * 100_000 + number * 10 + part,
-                }
-                images += server.post("/generate", body)[1]["images"]
+            images = served(server, prompt.text, number, args.images, args.seed)
             for index, image in enumerate(images):
                 png = base64.b64decode(image["png_base64"])
                 name = f"{args.seed}-{number}-{index}.png"
