@@ -84,10 +84,7 @@ impl Database {
                 if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent).map_err(|err| fail("cannot create its folder", &err))?;
                 }
-                let synchronous = match durability {
-                    Durability::Full => "FULL",
-                    Durability::Normal => "NORMAL",
-                };
+                let synchronous = durability.sqlite_synchronous();
                 // WAL, so a killed process never loses a committed row; the durability setting decides when a
                 // commit is fsynced. The Any driver takes options only as a URL, so these are set per connection.
                 let pragmas = format!(
@@ -117,6 +114,50 @@ impl Database {
         };
         migrated.map_err(|err| fail("cannot migrate it", &err))?;
         Ok(pool)
+    }
+}
+
+impl Database {
+    /// A second, small pool on the same database for writes that need not wait for the disk (the rate
+    /// counts every request makes): SQLite connections with `synchronous = OFF`, Postgres sessions with
+    /// `synchronous_commit = off`. A killed process keeps every committed row either way (SQLite's WAL, the
+    /// Postgres server); power loss or a database crash may drop the last of these commits. The schema is
+    /// the main pool's (`connect` migrates it first).
+    pub async fn connect_unsynced(&self) -> Result<AnyPool> {
+        let fail = |err: sqlx::Error| Error::Config(format!("database `{}`: cannot open it: {err}", self.shown()));
+        match self {
+            Database::Sqlite(path) => AnyPoolOptions::new()
+                .max_connections(1)
+                .after_connect(|connection, _| {
+                    Box::pin(async move {
+                        connection
+                            .execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; PRAGMA busy_timeout = 5000; \
+                                 PRAGMA foreign_keys = ON;",
+                            )
+                            .await
+                            .map(|_| ())
+                    })
+                })
+                .connect(&format!("sqlite://{}?mode=rwc", path.display()))
+                .await
+                .map_err(fail),
+            Database::Postgres(url) => AnyPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(Duration::from_secs(5))
+                .after_connect(|connection, _| {
+                    Box::pin(async move { connection.execute("SET synchronous_commit = off").await.map(|_| ()) })
+                })
+                .connect(url)
+                .await
+                .map_err(|err| {
+                    Error::Config(format!(
+                        "database `{}`: cannot connect: {}",
+                        self.shown(),
+                        redact_error(url, &err)
+                    ))
+                }),
+        }
     }
 }
 

@@ -254,6 +254,10 @@ impl Storage {
 impl Storage {
     /// Adds `requests` and `work` to `bucket`'s window starting at `window_start` and returns the window's
     /// totals after the addition, in one statement, so replicas counting at once never lose a count.
+    ///
+    /// Every request writes here, so the write goes through the pool that does not wait for the disk
+    /// (`Database::connect_unsynced`): a crashed process keeps every count, and power loss may drop the
+    /// last ones, which only lets a client a few more requests within the minute.
     pub async fn count_rate(&self, bucket: &str, window_start: i64, requests: i64, work: i64) -> Result<(i64, i64)> {
         let row = sqlx::query(
             "INSERT INTO rate_windows (bucket, window_start, requests, work) VALUES ($1, $2, $3, $4) \
@@ -265,7 +269,7 @@ impl Storage {
         .bind(window_start)
         .bind(requests)
         .bind(work)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.unsynced)
         .await
         .map_err(|err| self.database_error("cannot count the request against its rate limit", err))?;
         Ok((row.get("requests"), row.get("work")))

@@ -164,6 +164,8 @@ pub struct Storage {
     image_retention: u64,
     /// Images this process has stored (`insert_image`); every `retention_sweep_every`-th sweeps.
     stored: std::sync::atomic::AtomicU64,
+    /// The same database for writes that need not wait for the disk (`Database::connect_unsynced`).
+    unsynced: AnyPool,
 }
 
 /// How many images a process stores between retention sweeps: a hundredth of the retention, and every image
@@ -181,6 +183,16 @@ pub enum Durability {
     Full,
     /// fsync only at checkpoints: faster writes; power loss may drop the last commits (`synchronous=NORMAL`).
     Normal,
+}
+
+impl Durability {
+    /// SQLite's `synchronous` setting for this durability.
+    pub fn sqlite_synchronous(self) -> &'static str {
+        match self {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        }
+    }
 }
 
 /// Where a server keeps its state, from `--data-dir`, `--database-url` and the retention and durability flags.
@@ -233,6 +245,7 @@ impl Storage {
             blobs,
             image_retention: config.image_retention,
             stored: Default::default(),
+            unsynced: config.database.connect_unsynced().await?,
         };
         let swept = storage.sweep(storage.orphan_grace()).await?;
         if swept > 0 {
@@ -255,8 +268,10 @@ impl Storage {
                 data_dir.display()
             ))
         })?;
+        let pool = database.connect(Durability::Full).await?;
         Ok(Storage {
-            pool: database.connect(Durability::Full).await?,
+            unsynced: pool.clone(),
+            pool,
             database: database.clone(),
             blobs: Blobs::open(&BlobConfig::default(), data_dir, true)?,
             image_retention: 0,
