@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::jobs::context::JobContext;
-use crate::jobs::sampling::Sample;
+use crate::jobs::sampling::{sample_pixels, Sample};
 use crate::jobs::spec::Relabel;
-use crate::reward::preprocess::decode_image;
 use crate::reward::Scorer;
 
 /// Image-prompt pairs per call to the scorer.
@@ -105,8 +104,10 @@ impl JobContext<'_> {
         let siblings = siblings(&all, &relabel.words);
         let mut done = Relabelled::default();
         let preprocessor = scorer.preprocessor();
-        // Pairs waiting for a call: (sample index, prompts scored), and their prompts and pixels.
-        let mut pending: Vec<(usize, usize)> = Vec::new();
+        // Samples waiting for a call (index, siblings), and their pairs' prompts and pixels: the sample's own
+        // prompt, then each sibling.
+        let mut pending: Vec<(usize, &[&str])> = Vec::new();
+        let mut pixels = Vec::new();
         let mut pending_prompts: Vec<String> = Vec::new();
         let mut pending_pixels: Vec<f32> = Vec::new();
         for (index, sample) in samples.iter().enumerate() {
@@ -118,17 +119,14 @@ impl JobContext<'_> {
             };
             self.check_cancelled()?;
             done.candidates += 1;
-            let path = folder.join(&sample.image);
-            let bytes = std::fs::read(&path)
-                .map_err(|err| Error::Internal(format!("cannot read {}: {err}", path.display())))?;
-            let image = decode_image(&bytes, MAX_SAMPLE_PIXELS, "image")?;
-            let pixels = preprocessor.pixel_values(&image);
+            pixels.clear();
+            sample_pixels(folder, &sample.image, preprocessor, MAX_SAMPLE_PIXELS, &mut pixels)?;
             pending_prompts.push(sample.prompt.clone());
             pending_prompts.extend(others.iter().map(|other| other.to_string()));
             for _ in 0..=others.len() {
                 pending_pixels.extend_from_slice(&pixels);
             }
-            pending.push((index, others.len() + 1));
+            pending.push((index, others.as_slice()));
             if pending_prompts.len() >= PAIRS_PER_CALL {
                 let scores = score_patiently(
                     scorer,
@@ -136,49 +134,38 @@ impl JobContext<'_> {
                     std::mem::take(&mut pending_pixels),
                 )
                 .await?;
-                self.take_relabels(
-                    &mut done,
-                    samples,
-                    &siblings,
-                    relabel,
-                    &std::mem::take(&mut pending),
-                    &scores,
-                );
+                take_relabels(&mut done, samples, relabel, &std::mem::take(&mut pending), &scores);
             }
         }
         if !pending.is_empty() {
             let scores = score_patiently(scorer, pending_prompts, pending_pixels).await?;
-            self.take_relabels(&mut done, samples, &siblings, relabel, &pending, &scores);
+            take_relabels(&mut done, samples, relabel, &pending, &scores);
         }
         Ok(done)
     }
+}
 
-    fn take_relabels(
-        &self,
-        done: &mut Relabelled,
-        samples: &[Sample],
-        siblings: &HashMap<&str, Vec<&str>>,
-        relabel: &Relabel,
-        pending: &[(usize, usize)],
-        scores: &[f32],
-    ) {
-        let mut offset = 0;
-        for &(index, scored) in pending {
-            let sample = &samples[index];
-            let own = scores[offset];
-            let others = &scores[offset + 1..offset + scored];
-            offset += scored;
-            let Some(names) = siblings.get(sample.prompt.as_str()) else {
-                continue;
-            };
-            if let Some(best) = choose(own, others, relabel.threshold) {
-                done.samples.push(Sample {
-                    image: sample.image.clone(),
-                    prompt: names[best].to_string(),
-                    reward: f64::from(others[best]),
-                    source: "relabelled",
-                });
-            }
+/// Adds a sample for each of `pending` (sample index, siblings) whose scores, its own prompt's then its
+/// siblings' in `scores`, choose a sibling.
+fn take_relabels(
+    done: &mut Relabelled,
+    samples: &[Sample],
+    relabel: &Relabel,
+    pending: &[(usize, &[&str])],
+    scores: &[f32],
+) {
+    let mut offset = 0;
+    for &(index, names) in pending {
+        let own = scores[offset];
+        let others = &scores[offset + 1..offset + 1 + names.len()];
+        offset += 1 + names.len();
+        if let Some(best) = choose(own, others, relabel.threshold) {
+            done.samples.push(Sample {
+                image: samples[index].image.clone(),
+                prompt: names[best].to_string(),
+                reward: f64::from(others[best]),
+                source: "relabelled",
+            });
         }
     }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::jobs::context::{fmt, mean, JobContext};
 use crate::jobs::metrics::RewardModelFigures;
-use crate::jobs::sampling::Sample;
+use crate::jobs::sampling::{sample_pixels, Sample};
 use crate::registry::Candidate;
 use crate::reward::Scorer;
 
@@ -74,10 +74,13 @@ impl JobContext<'_> {
             let mut pixels = Vec::new();
             let mut prompts = Vec::new();
             for &index in chunk {
-                let bytes = std::fs::read(data.join(&samples[index].image))
-                    .map_err(|err| Error::Internal(format!("cannot read {}: {err}", samples[index].image)))?;
-                let image = crate::reward::preprocess::decode_image(&bytes, u64::MAX, "image")?;
-                scorer.preprocessor().pixel_values_into(&image, &mut pixels);
+                sample_pixels(
+                    data,
+                    &samples[index].image,
+                    scorer.preprocessor(),
+                    u64::MAX,
+                    &mut pixels,
+                )?;
                 prompts.push(samples[index].prompt.clone());
             }
             let scored = scorer.score(prompts, pixels).await?;

@@ -15,6 +15,7 @@ use crate::jobs::spec::PromptSource;
 use crate::pipeline::request::check_work;
 use crate::pipeline::{GenerateParams, RequestLimits};
 use crate::reward::best_of::Selection;
+use crate::reward::preprocess::{decode_image, Preprocessor};
 use crate::reward::{GeneratePlan, Scorer};
 use crate::serving::LoadedModel;
 use crate::storage::{FeedbackQuery, Label};
@@ -237,6 +238,23 @@ impl JobContext<'_> {
         }
         crate::storage::write_atomically(&folder.join("samples.jsonl"), text.as_bytes())
     }
+}
+
+/// Appends the reward model's pixel values of the job's image `name` (a file in `folder`) to `out`;
+/// `max_pixels` bounds the decoded image.
+pub(super) fn sample_pixels(
+    folder: &Path,
+    name: &str,
+    preprocessor: &Preprocessor,
+    max_pixels: u64,
+    out: &mut Vec<f32>,
+) -> Result<()> {
+    let path = folder.join(name);
+    let bytes =
+        std::fs::read(&path).map_err(|err| Error::Internal(format!("cannot read {}: {err}", path.display())))?;
+    let image = decode_image(&bytes, max_pixels, "image")?;
+    preprocessor.pixel_values_into(&image, out);
+    Ok(())
 }
 
 /// The paper weights each sample by its raw reward, "roughly in [0, 1]". A reward head trained towards 0/1

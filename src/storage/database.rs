@@ -74,91 +74,83 @@ impl Database {
     /// A pool on this database with its schema brought up to date. Errors name the database (never its
     /// password) and what failed.
     pub async fn connect(&self, durability: Durability) -> Result<AnyPool> {
-        static DRIVERS: Once = Once::new();
-        DRIVERS.call_once(sqlx::any::install_default_drivers);
-        let fail = |what: &str, err: &dyn std::fmt::Display| {
-            Error::Config(format!("database `{}`: {what}: {err}", self.shown()))
-        };
-        let pool = match self {
-            Database::Sqlite(path) => {
-                if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).map_err(|err| fail("cannot create its folder", &err))?;
-                }
-                let synchronous = durability.sqlite_synchronous();
-                // WAL, so a killed process never loses a committed row; the durability setting decides when a
-                // commit is fsynced. The Any driver takes options only as a URL, so these are set per connection.
-                let pragmas = format!(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000; \
-                     PRAGMA foreign_keys = ON;"
-                );
-                AnyPoolOptions::new()
-                    .max_connections(4)
-                    .after_connect(move |connection, _| {
-                        let pragmas = pragmas.clone();
-                        Box::pin(async move { connection.execute(pragmas.as_str()).await.map(|_| ()) })
-                    })
-                    .connect(&format!("sqlite://{}?mode=rwc", path.display()))
-                    .await
-                    .map_err(|err| fail("cannot open it", &err))?
-            }
-            Database::Postgres(url) => AnyPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect(url)
-                .await
-                .map_err(|err| fail("cannot connect", &redact_error(url, &err)))?,
-        };
+        let pool = self.pool(Commits::Durable(durability)).await?;
         let migrated = match self.backend() {
             Backend::Sqlite => sqlx::migrate!("src/storage/migrations/sqlite").run(&pool).await,
             Backend::Postgres => sqlx::migrate!("src/storage/migrations/postgres").run(&pool).await,
         };
-        migrated.map_err(|err| fail("cannot migrate it", &err))?;
+        migrated.map_err(|err| self.failed("cannot migrate it", &err))?;
         Ok(pool)
     }
-}
 
-impl Database {
     /// A second, small pool on the same database for writes that need not wait for the disk (the rate
     /// counts every request makes): SQLite connections with `synchronous = OFF`, Postgres sessions with
     /// `synchronous_commit = off`. A killed process keeps every committed row either way (SQLite's WAL, the
     /// Postgres server); power loss or a database crash may drop the last of these commits. The schema is
     /// the main pool's (`connect` migrates it first).
     pub async fn connect_unsynced(&self) -> Result<AnyPool> {
-        let fail = |err: sqlx::Error| Error::Config(format!("database `{}`: cannot open it: {err}", self.shown()));
-        match self {
-            Database::Sqlite(path) => AnyPoolOptions::new()
-                .max_connections(1)
-                .after_connect(|connection, _| {
-                    Box::pin(async move {
-                        connection
-                            .execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; PRAGMA busy_timeout = 5000; \
-                                 PRAGMA foreign_keys = ON;",
-                            )
-                            .await
-                            .map(|_| ())
-                    })
-                })
-                .connect(&format!("sqlite://{}?mode=rwc", path.display()))
-                .await
-                .map_err(fail),
-            Database::Postgres(url) => AnyPoolOptions::new()
-                .max_connections(2)
-                .acquire_timeout(Duration::from_secs(5))
-                .after_connect(|connection, _| {
-                    Box::pin(async move { connection.execute("SET synchronous_commit = off").await.map(|_| ()) })
-                })
-                .connect(url)
-                .await
-                .map_err(|err| {
-                    Error::Config(format!(
-                        "database `{}`: cannot connect: {}",
-                        self.shown(),
-                        redact_error(url, &err)
-                    ))
-                }),
-        }
+        self.pool(Commits::Unsynced).await
     }
+
+    /// A pool whose commits wait for the disk as `commits` says; the schema is left as it is.
+    async fn pool(&self, commits: Commits) -> Result<AnyPool> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let pool = match self {
+            Database::Sqlite(path) => {
+                if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|err| self.failed("cannot create its folder", &err))?;
+                }
+                let (synchronous, connections) = match commits {
+                    Commits::Durable(durability) => (durability.sqlite_synchronous(), 4),
+                    Commits::Unsynced => ("OFF", 1),
+                };
+                // WAL, so a killed process never loses a committed row; `synchronous` decides when a commit is
+                // fsynced. The Any driver takes options only as a URL, so these are set per connection.
+                let pragmas = format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000; \
+                     PRAGMA foreign_keys = ON;"
+                );
+                AnyPoolOptions::new()
+                    .max_connections(connections)
+                    .after_connect(move |connection, _| {
+                        let pragmas = pragmas.clone();
+                        Box::pin(async move { connection.execute(pragmas.as_str()).await.map(|_| ()) })
+                    })
+                    .connect(&format!("sqlite://{}?mode=rwc", path.display()))
+                    .await
+                    .map_err(|err| self.failed("cannot open it", &err))?
+            }
+            Database::Postgres(url) => {
+                let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(5));
+                let options = match commits {
+                    Commits::Durable(_) => options.max_connections(8),
+                    Commits::Unsynced => options.max_connections(2).after_connect(|connection, _| {
+                        Box::pin(async move { connection.execute("SET synchronous_commit = off").await.map(|_| ()) })
+                    }),
+                };
+                options
+                    .connect(url)
+                    .await
+                    .map_err(|err| self.failed("cannot connect", &redact_error(url, &err)))?
+            }
+        };
+        Ok(pool)
+    }
+
+    /// A configuration error naming this database (never its password) and what failed.
+    fn failed(&self, what: &str, err: &dyn std::fmt::Display) -> Error {
+        Error::Config(format!("database `{}`: {what}: {err}", self.shown()))
+    }
+}
+
+/// When a pool's commits reach the disk.
+#[derive(Debug, Clone, Copy)]
+enum Commits {
+    /// As the server's `--durability` says (a Postgres server keeps its own settings).
+    Durable(Durability),
+    /// Without waiting for it: SQLite `synchronous = OFF`, Postgres `synchronous_commit = off`.
+    Unsynced,
 }
 
 /// `url` with its password replaced by `***`.

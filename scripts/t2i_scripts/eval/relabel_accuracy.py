@@ -30,6 +30,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from t2i_scripts.eval import rater_accuracy
 from t2i_scripts.eval.sample_train_set import PER_REQUEST, served, start_server
 from t2i_scripts.report import command_line
 from t2i_scripts.server import ROOT, ServerProcess
@@ -70,17 +71,15 @@ def choose(own: float, scores: list[float], threshold: float) -> int | None:
     if not finite:
         return None
     score, negative_index = max(finite)
-    return -negative_index if score >= threshold and score > own else None
+    return -negative_index if score >= threshold and (score > own or not math.isfinite(own)) else None
 
 
-def wilson(right: int, total: int, z: float = 1.96) -> tuple[float, float] | None:
-    """The 95% Wilson score interval of a share, in points."""
+def wilson(right: int, total: int) -> tuple[float, float] | None:
+    """The 95% Wilson score interval of a share (rater_accuracy's), in points; None with no trials."""
     if total == 0:
         return None
-    share = right / total
-    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, round(100 * (centre - half), 1)), min(100.0, round(100 * (centre + half), 1))
+    low, high = rater_accuracy.wilson(right, total)
+    return round(100 * low, 1), round(100 * high, 1)
 
 
 def score_all(server: ServerProcess, pairs: list[tuple[str, str]]) -> list[float]:
