@@ -84,10 +84,13 @@ impl Database {
     }
 
     /// A second, small pool on the same database for writes that need not wait for the disk (the rate
-    /// counts every request makes): SQLite connections with `synchronous = OFF`, Postgres sessions with
-    /// `synchronous_commit = off`. A killed process keeps every committed row either way (SQLite's WAL, the
-    /// Postgres server); power loss or a database crash may drop the last of these commits. The schema is
-    /// the main pool's (`connect` migrates it first).
+    /// counts every request makes, generated images' rows): SQLite connections with `synchronous = NORMAL`,
+    /// Postgres sessions with `synchronous_commit = off`. A killed process keeps every committed row either way
+    /// (SQLite's WAL, the Postgres server); power loss or a database crash may drop the last of these commits,
+    /// and never damages the database. Not `OFF`: in WAL mode the connection whose commit fills the log runs
+    /// the checkpoint, and under `OFF` it would copy pages into the database file without syncing the log
+    /// first, so power loss could corrupt the file, rows committed with `--durability full` included. The
+    /// schema is the main pool's (`connect` migrates it first).
     pub async fn connect_unsynced(&self) -> Result<AnyPool> {
         self.pool(Commits::Unsynced).await
     }
@@ -103,7 +106,7 @@ impl Database {
                 }
                 let (synchronous, connections) = match commits {
                     Commits::Durable(durability) => (durability.sqlite_synchronous(), 4),
-                    Commits::Unsynced => ("OFF", 1),
+                    Commits::Unsynced => ("NORMAL", 1),
                 };
                 // WAL, so a killed process never loses a committed row; `synchronous` decides when a commit is
                 // fsynced. The Any driver takes options only as a URL, so these are set per connection.
@@ -149,7 +152,8 @@ impl Database {
 enum Commits {
     /// As the server's `--durability` says (a Postgres server keeps its own settings).
     Durable(Durability),
-    /// Without waiting for it: SQLite `synchronous = OFF`, Postgres `synchronous_commit = off`.
+    /// Without waiting for it: SQLite `synchronous = NORMAL` (the log is synced only at checkpoints),
+    /// Postgres `synchronous_commit = off`.
     Unsynced,
 }
 
@@ -200,5 +204,32 @@ mod tests {
         assert!(err.to_string().contains("--database-url"), "{err}");
         assert!(!err.to_string().contains("s3cret"), "{err}");
         assert!(Database::from_url(Some("sqlite://x.db?mode=ro"), dir).is_err());
+    }
+
+    /// SQLite's `synchronous` on a pool's connection: 0 OFF, 1 NORMAL, 2 FULL.
+    async fn synchronous(pool: &AnyPool) -> i64 {
+        sqlx::query_scalar::<_, i64>("PRAGMA synchronous")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_unsynced_pool_still_syncs_at_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = Database::Sqlite(dir.path().join("t.db"));
+        let durable = database.connect(Durability::Full).await.unwrap();
+        assert_eq!(synchronous(&durable).await, 2);
+        let normal = database.connect(Durability::Normal).await.unwrap();
+        assert_eq!(synchronous(&normal).await, 1);
+        // NORMAL, not OFF: its commits skip the fsync, but a checkpoint it runs syncs the log first, so power
+        // loss cannot corrupt the file the durable pool commits to.
+        let unsynced = database.connect_unsynced().await.unwrap();
+        assert_eq!(synchronous(&unsynced).await, 1);
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&unsynced)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
     }
 }

@@ -164,7 +164,8 @@ pub struct Storage {
     image_retention: u64,
     /// Images this process has stored (`insert_image`); every `retention_sweep_every`-th sweeps.
     stored: std::sync::atomic::AtomicU64,
-    /// The same database for writes that need not wait for the disk (`Database::connect_unsynced`).
+    /// The same database for writes that need not wait for the disk (`Database::connect_unsynced`): rate
+    /// counts and generated images' rows.
     unsynced: AnyPool,
 }
 
@@ -365,6 +366,15 @@ impl Storage {
     /// The oldest images beyond the retention limit are deleted, rows and files, by a sweep after every
     /// [`retention_sweep_every`] images this process stores: the sweep reads every stored image's age, so
     /// running it at each insert made storing an image cost time in proportion to the images kept.
+    ///
+    /// The file is written as durably as every other (fsynced with `--durability full`), then the row is
+    /// committed through the pool that does not wait for the disk (`Database::connect_unsynced`): every
+    /// `/generate` stores its images before it answers, and this keeps a log fsync off its path. A killed
+    /// process keeps every row; power loss may drop the rows of the last images stored, and with `full` never
+    /// leaves a row whose file is missing or torn (the file was synced first; a file left without its row is
+    /// swept). A
+    /// generated image can be made again from its prompt and seed, unlike a rating, whose row waits for the
+    /// disk as `--durability` says.
     pub async fn insert_image(&self, image: &StoredImage) -> Result<Option<String>> {
         if !self.stores_images() {
             return Ok(None);
@@ -388,7 +398,7 @@ impl Storage {
         .bind(image.png.len() as i64)
         .bind(&digest)
         .bind(&image.tenant)
-        .execute(&self.pool)
+        .execute(&self.unsynced)
         .await;
         if let Err(err) = inserted {
             let _ = self.blobs.delete(&relative).await;

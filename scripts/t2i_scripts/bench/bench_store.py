@@ -2,8 +2,9 @@
 ONNX Runtime).
 
 Runs `examples/image_store.rs` (build it with `cargo build --release --example image_store`) for `--rounds`
-rounds: each round fills a throwaway embedded store (SQLite and a local folder, full durability) to each size,
-with `--image-retention` at that size, then times `--inserts` more inserts, each of which is at the limit and
+rounds: each round fills a throwaway embedded store (SQLite and a local folder, full durability: files
+fsynced, image rows through the pool that does not wait for the disk) to each size, with
+`--image-retention` at that size, then times `--inserts` more inserts, each of which is at the limit and
 drops an old image, as on a server that has been up a while. The figures are the medians over the rounds of
 each round's median and p90 milliseconds per insert. Writes its section of BENCHMARKS.md between the markers
 below.
@@ -90,10 +91,10 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
         "Measured by `python -m t2i_scripts.bench.bench_store` (`examples/image_store.rs`) on"
         f" {platform.platform()}: {args.rounds} rounds of {args.inserts} inserts at each size, into a"
         " throwaway embedded store"
-        " (SQLite with `synchronous=FULL` and a local folder) filled to the size with `--image-retention` at"
-        " the"
-        " size, so that every insert is at the limit. Each `/generate` stores its images this way before it"
-        " answers. Medians over the rounds of each round's figures.",
+        " (SQLite and a local folder at `--durability full`: the file fsynced, then the row committed through"
+        " the pool that does not wait for the disk, `synchronous=NORMAL`) filled to the size with"
+        " `--image-retention` at the size, so that every insert is at the limit. Each `/generate` stores its"
+        " images this way before it answers. Medians over the rounds of each round's figures.",
         "",
         "| images stored | median ms per insert (rounds' range) | p90 ms | mean ms |",
         "|---|---|---|---|",
