@@ -98,16 +98,28 @@ def fusion_options(model_type: str, provider: str):
     return options
 
 
+# Timed runs of one graph in a row, and the quiet before them. Each session has its own ONNX Runtime thread
+# pool, whose threads spin for a moment after a run: taking turns run by run made each graph run while the
+# other's threads still spun on the same cores, which slowed both by up to 2x and by different amounts.
+BLOCK = 5
+QUIET_SECONDS = 0.05
+
+
 def timed_runs(sessions: list[ort.InferenceSession], feed: dict, rounds: int) -> list[tuple[list, float]]:
-    """Each session's outputs and median ms over `rounds` runs. The sessions take turns, run by run, so that a
-    drift in the machine's speed hits them alike."""
+    """Each session's outputs and median ms over `rounds` timed runs. The sessions take turns in blocks of
+    BLOCK runs, each block after a pause and one untimed run, so that a drift in the machine's speed hits them
+    alike and no session runs while another's threads spin."""
     outputs = [session.run(None, feed) for session in sessions]
     times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(rounds):
+    while len(times[0]) < rounds:
+        block = min(BLOCK, rounds - len(times[0]))
         for session, spent in zip(sessions, times, strict=True):
-            started = time.perf_counter()
+            time.sleep(QUIET_SECONDS)
             session.run(None, feed)
-            spent.append(time.perf_counter() - started)
+            for _ in range(block):
+                started = time.perf_counter()
+                session.run(None, feed)
+                spent.append(time.perf_counter() - started)
     return [(out, float(np.median(spent)) * 1e3) for out, spent in zip(outputs, times, strict=True)]
 
 
