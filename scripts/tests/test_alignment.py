@@ -271,6 +271,14 @@ def test_the_requests_share_the_compute_and_leave_defaults_out():
     words = {"words": ["one", "two"], "threshold": 0.5}
     relabelled = alignment.job_request(settings | {"relabel": words}, configs["rwr-full"], "shapes-sd", 0)
     assert relabelled["relabel"] == words
+    # Pre-training renders unless `pretrain_data` names other data; a relative folder is the repository's.
+    assert full["pretrain_data"] == {"kind": "shapes_world", "images": 4096}
+    folder = {"kind": "folder", "path": "build/filtered-pretrain"}
+    other = alignment.job_request(settings | {"pretrain_data": folder}, configs["rwr-full"], "shapes-sd", 0)
+    expected = str(alignment.ROOT / "build" / "filtered-pretrain")
+    assert other["pretrain_data"] == {"kind": "folder", "path": expected}
+    assert folder["path"] == "build/filtered-pretrain"  # the settings, as the report shows them, keep it
+    assert "`{" in alignment.pretrain_words(settings | {"pretrain_data": folder})
 
 
 def document(entries: list[dict]) -> dict:

@@ -100,6 +100,10 @@ FULL = {key: finetune_loop.FULL[key] for key in SHARED} | {
     # The job's `relabel` (hindsight relabelling by the reward model), e.g.
     # {"words": ["one", "two", "three", "four"], "threshold": 0.5}; None leaves it off.
     "relabel": None,
+    # The job's `pretrain_data` instead of `pretrain_images` renders with the pretraining's noisy captions,
+    # e.g. {"kind": "folder", "path": "build/filtered-pretrain"} (t2i_scripts.eval.filtered_pretrain); a
+    # relative path is read from the repository's root.
+    "pretrain_data": None,
     # The LoRA configurations: rank and alpha (scale alpha / rank = 1), a higher learning rate than full
     # weights, and an adapter on the text encoder too.
     "lora": {"rank": 16, "alpha": 16, "learning_rate": 1e-3, "text_encoder": True},
@@ -275,12 +279,32 @@ def job_request(settings: dict, config: dict, base_model: str, seed: int) -> dic
         "use_feedback": True,
         "feedback_filter": {"model": base_model},
         "hyperparameters": hyperparameters(settings, config),
-        "pretrain_data": {"kind": "shapes_world", "images": settings["pretrain_images"]},
+        "pretrain_data": pretrain_data(settings),
         "eval_prompts": eval_prompts,
         "eval_images_per_prompt": settings["eval_images"],
         "seed": seed,
         "activate_on_success": False,
     }
+
+
+def pretrain_data(settings: dict) -> dict:
+    """The job's pre-training data: `pretrain_data` when set (a relative folder read from the repository's
+    root, where the server can find it), else `pretrain_images` renders with the pretraining's captions."""
+    data = settings.get("pretrain_data")
+    if data is None:
+        return {"kind": "shapes_world", "images": settings["pretrain_images"]}
+    data = dict(data)
+    if data.get("kind") == "folder" and not Path(data.get("path", "")).is_absolute():
+        data["path"] = str(ROOT / data["path"])
+    return data
+
+
+def pretrain_words(settings: dict) -> str:
+    """What the pre-training rows are, for the report."""
+    data = settings.get("pretrain_data")
+    if data is None:
+        return "pre-training renders"
+    return f"pre-training images from `{json.dumps(data, sort_keys=True)}`"
 
 
 def figures(row: dict) -> dict:
@@ -675,7 +699,7 @@ def markdown(data: dict) -> str:
         )
         + f" on those ratings plus {s['job_prompts']} training prompts × {s['images_per_prompt']} samples "
         f"scored by the reward model, {s['steps']} steps of {s['batch_size']} rows ({compute} for every "
-        f"entry), {s['pretrain_fraction']:.0%} pre-training renders at beta {s['beta']}; learning rate "
+        f"entry), {s['pretrain_fraction']:.0%} {pretrain_words(s)} at beta {s['beta']}; learning rate "
         f"{s['learning_rate']} for full weights"
         + (
             f" and {lora['learning_rate']} for LoRA (alpha {lora['alpha']}, text encoder "

@@ -474,6 +474,21 @@ def render_wrong(prompt: Prompt, rng: np.random.Generator, kind: str, size: int 
 SPLITS = {"train": train_prompts, "heldout": heldout_prompts, "all": all_prompts}
 
 
+def pretrain_renders(
+    images: int, seed: int, count_noise: float = 0.5
+) -> list[tuple[Prompt, Image.Image, str]]:
+    """The pre-training data of a fine-tune job's `shapes_world` term: for each of `images`, a training prompt
+    drawn at random, its render and its noisy caption, as (prompt, render, caption)."""
+    prompts = train_prompts()
+    rng = np.random.default_rng(seed)
+    drawn = []
+    for _ in range(images):
+        prompt = prompts[rng.integers(len(prompts))]
+        image = render(prompt, rng)
+        drawn.append((prompt, image, noisy_caption(prompt, rng, count_noise)))
+    return drawn
+
+
 def sample_rng(seed: int, index: int) -> np.random.Generator:
     # One generator per sample: sample i is the same whatever --count is.
     return np.random.default_rng([seed, index])

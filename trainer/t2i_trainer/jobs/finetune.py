@@ -527,18 +527,10 @@ def load_caption_folder(folder: Path) -> tuple[list[np.ndarray], list[str]]:
 
 def shapes_world_pretrain(settings: dict, seed: int) -> tuple[list[np.ndarray], list[str]]:
     """Renders of the training prompts with the pretraining's noisy captions (train_sd.py's data)."""
-    from t2i_trainer.build.shapes_world import noisy_caption, render, train_prompts
+    from t2i_trainer.build.shapes_world import pretrain_renders
 
-    count = int(settings.get("images", 8192))
-    count_noise = float(settings.get("count_noise", 0.5))
-    prompts = train_prompts()
-    rng = np.random.default_rng(seed)
-    images, captions = [], []
-    for _ in range(count):
-        prompt = prompts[rng.integers(len(prompts))]
-        images.append(np.asarray(render(prompt, rng)))
-        captions.append(noisy_caption(prompt, rng, count_noise))
-    return images, captions
+    drawn = pretrain_renders(int(settings.get("images", 8192)), seed, float(settings.get("count_noise", 0.5)))
+    return [np.asarray(image) for _, image, _ in drawn], [caption for _, _, caption in drawn]
 
 
 # ----------------------------------------------------------------------------------------------------

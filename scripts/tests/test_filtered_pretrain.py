@@ -1,0 +1,35 @@
+"""The caption accounting of t2i_scripts.eval.filtered_pretrain, and the renders it draws."""
+
+from t2i_scripts.eval import filtered_pretrain
+
+
+def test_captions_are_right_when_they_state_the_true_count():
+    rows = [
+        (2, "two red circles"),
+        (3, "two red circles"),
+        (1, "a red circle"),
+        (2, "red circles"),  # no number: states no count, so not right
+    ]
+    figures = filtered_pretrain.accuracy(rows)
+    assert (figures["captions"], figures["right"]) == (4, 2)
+    table = figures["by_stated_count"]
+    assert (table["2"]["captions"], table["2"]["right"]) == (2, 1)
+    assert (table["1"]["captions"], table["1"]["right"]) == (1, 1)
+    assert (table["none"]["captions"], table["none"]["right"]) == (1, 0)
+    assert table["4"] == {"captions": 0, "right": 0, "interval": None}
+    low, high = table["2"]["interval"]
+    assert 0 < low < 50 < high < 100
+
+
+def test_the_drawn_renders_are_a_jobs_pre_training_renders():
+    from t2i_trainer.build.shapes_world import parse_prompt, pretrain_renders
+
+    drawn = filtered_pretrain.draw(6, 3, 0.5)
+    assert [(count, caption) for count, caption, _ in drawn] == [
+        (prompt.count, caption) for prompt, _, caption in pretrain_renders(6, 3, 0.5)
+    ]
+    # Half the captions state a wrong count or none; the rest state the render's own.
+    stated = [parse_prompt(caption).count for _, caption, _ in filtered_pretrain.draw(400, 0, 0.5)]
+    truths = [count for count, _, _ in filtered_pretrain.draw(400, 0, 0.5)]
+    right = sum(a == b for a, b in zip(stated, truths, strict=True))
+    assert 150 < right < 250
