@@ -19,7 +19,6 @@ Usage:
         --set 'pretrain_data={"kind": "folder", "path": "build/filtered-pretrain"}'
 """
 
-import argparse
 import base64
 import io
 import json
@@ -32,7 +31,7 @@ from pathlib import Path
 from PIL import Image
 
 from t2i_scripts.eval.relabel_accuracy import score_all, wilson
-from t2i_scripts.eval.sample_train_set import start_server
+from t2i_scripts.eval.sample_train_set import server_arguments, start_server
 from t2i_scripts.report import command_line
 from t2i_scripts.server import ROOT
 from t2i_trainer.build.shapes_world import COUNTS, parse_prompt, pretrain_renders
@@ -88,18 +87,11 @@ def write_folder(out: Path, kept: list[tuple[str, Image.Image]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--binary", default="target/release/t2i-align")
-    parser.add_argument("--model", default=str(ROOT / "models" / "shapes-sd"))
-    parser.add_argument("--reward-model", default=str(ROOT / "models" / "shapes-reward"))
+    parser = server_arguments(__doc__, 18141)
     parser.add_argument("--images", type=int, default=16384, help="renders drawn (default 16384)")
     parser.add_argument("--threshold", type=float, default=0.3, help="least score kept (default 0.3)")
     parser.add_argument("--count-noise", type=float, default=0.5, help="the captions' count noise (0.5)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--port", type=int, default=18141)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "filtered-pretrain")
     parser.add_argument("--json", type=Path, default=ROOT / "models" / "pretrain-filter.json")
     args = parser.parse_args(argv)

@@ -31,7 +31,7 @@ from pathlib import Path
 from PIL import Image
 
 from t2i_scripts.eval import rater_accuracy
-from t2i_scripts.eval.sample_train_set import PER_REQUEST, served, start_server
+from t2i_scripts.eval.sample_train_set import PER_REQUEST, served, server_arguments, start_server
 from t2i_scripts.report import command_line
 from t2i_scripts.server import ROOT, ServerProcess
 from t2i_trainer.build.rater import judge
@@ -211,20 +211,13 @@ def write_section(report: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--binary", default="target/release/t2i-align")
-    parser.add_argument("--model", default=str(ROOT / "models" / "shapes-sd"))
-    parser.add_argument("--reward-model", default=str(ROOT / "models" / "shapes-reward"))
+    parser = server_arguments(__doc__, 18131)
     parser.add_argument("--prompts", type=int, default=60, help="training prompts drawn at random")
     parser.add_argument(
         "--images", type=int, default=8, help=f"images per prompt, a multiple of {PER_REQUEST}"
     )
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--port", type=int, default=18131)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=ROOT / "models" / "relabel-accuracy.json")
     parser.add_argument("--report", type=Path, default=ROOT / "models" / "REPORT.md")
     args = parser.parse_args(argv)

@@ -75,13 +75,22 @@ def served(server: ServerProcess, prompt: str, number: int, images: int, seed: i
     return found
 
 
-def main() -> int:
+def server_arguments(description: str, port: int) -> argparse.ArgumentParser:
+    """A parser with the flags `start_server` reads: the binary, the model and reward model it serves, its
+    port (default `port`) and its threads."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--binary", default="target/release/t2i-align")
     parser.add_argument("--model", default=str(ROOT / "models" / "shapes-sd"))
     parser.add_argument("--reward-model", default=str(ROOT / "models" / "shapes-reward"))
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--threads", type=int, default=2)
+    return parser
+
+
+def main() -> int:
+    parser = server_arguments(__doc__, 18112)
     parser.add_argument("--out", type=Path, help="folder to write (must not exist)")
     parser.add_argument(
         "--rewrite",
@@ -93,8 +102,6 @@ def main() -> int:
     )
     parser.add_argument("--prompts", type=int, default=0, help="only the first N training prompts (0: all)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--port", type=int, default=18112)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if args.rewrite:
         if not (args.rewrite / "records.jsonl").is_file():
