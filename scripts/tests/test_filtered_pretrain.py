@@ -33,3 +33,26 @@ def test_the_drawn_renders_are_a_jobs_pre_training_renders():
     truths = [count for count, _, _ in filtered_pretrain.draw(400, 0, 0.5)]
     right = sum(a == b for a, b in zip(stated, truths, strict=True))
     assert 150 < right < 250
+
+
+def entry(count: tuple, colour: tuple, quality: tuple, minutes: float = 20.0) -> dict:
+    metrics = {
+        name: dict(zip(("gain", "low", "high"), values, strict=True))
+        for name, values in (("count", count), ("colour", colour), ("quality", quality))
+    }
+    metrics |= {name: {"gain": 0.0, "low": -1.0, "high": 1.0} for name in ("background", "shape")}
+    return {"metrics": metrics, "minutes": minutes, "gate": {"passed": False}, "file": "x.json"}
+
+
+def test_the_comparison_says_only_what_the_intervals_settle():
+    kept = entry((16.0, 12.0, 20.0), (-1.0, -2.5, 0.5), (-0.5, -2.0, 1.0))
+    every = entry((5.0, 2.0, 8.0), (-1.5, -2.8, 0.0), (-3.0, -5.0, -1.5))
+    lines = "\n".join(filtered_pretrain.comparison(kept, every))
+    count = "**Count**: +16.0 points on the kept renders against +5.0 on all of them; the kept renders' "
+    assert count + "interval lies above the other's" in lines
+    colour = "**Colour**: -1.0 points on the kept renders against -1.5 on all of them; the intervals overlap"
+    assert colour in lines
+    assert "lower ends): met by kept renders." in lines
+    slow = entry((16.0, 12.0, 20.0), (-1.0, -2.5, 0.5), (-0.5, -2.0, 1.0), minutes=61.0)
+    assert "met by neither" in "\n".join(filtered_pretrain.comparison(slow, every))
+    assert "lies below" in "\n".join(filtered_pretrain.comparison(every, kept))

@@ -13,6 +13,11 @@ Writes the kept renders to `--out` as a job's `folder` pre-training data (PNG fi
 renders and over the kept ones, per stated count. A caption's count is right when it states the render's
 number of objects; a caption without a number states none.
 
+With `--runs FILTERED UNFILTERED` (two t2i_scripts.eval.alignment results: a configuration run on the kept
+renders, and the same configuration on all the drawn renders, `--threshold` below every score) the section it
+writes in `--report` (models/REPORT.md) also sets the two runs' gains over the pretrained model side by side;
+`--render-only` writes that section from `--json` without drawing or scoring again.
+
 Usage:
     .venv-trainer/bin/python -m t2i_scripts.eval.filtered_pretrain --binary target/release/t2i-align
     .venv-trainer/bin/python -m t2i_scripts.eval.alignment --configs rwr-full \\
@@ -32,7 +37,7 @@ from PIL import Image
 
 from t2i_scripts.eval.relabel_accuracy import score_all, wilson
 from t2i_scripts.eval.sample_train_set import server_arguments, start_server
-from t2i_scripts.report import command_line
+from t2i_scripts.report import command_line, repo_relative, write_report
 from t2i_scripts.server import ROOT
 from t2i_trainer.build.shapes_world import COUNTS, parse_prompt, pretrain_renders
 
@@ -86,6 +91,115 @@ def write_folder(out: Path, kept: list[tuple[str, Image.Image]]) -> None:
     partial.rename(out)
 
 
+SECTION = "pretrain-filter"
+
+
+def markers() -> tuple[str, str]:
+    return f"<!-- {SECTION}:begin -->", f"<!-- {SECTION}:end -->"
+
+
+SHOWN = ("count", "colour", "background", "shape", "quality")
+# Issue #26's target, as alignment.py judges it.
+TARGET_COUNT, MAX_DROP = 15.0, 3.0
+
+
+def interval_text(share: dict) -> str:
+    interval = share["interval"]
+    return f"{share['right']} of {share['captions']}" + (
+        f" ({interval[0]:.1f}% to {interval[1]:.1f}%)" if interval else ""
+    )
+
+
+def run_entry(path: Path) -> dict:
+    """The one entry of an alignment.py result (one configuration, one round)."""
+    data = json.loads(path.read_text())
+    entries = data["entries"]
+    if len(entries) != 1:
+        raise SystemExit(f"{path}: expected one configuration's result, found {len(entries)}")
+    return entries[0] | {"file": repo_relative(path)}
+
+
+def comparison(filtered: dict, unfiltered: dict) -> list[str]:
+    """The two runs side by side, and what their intervals settle."""
+
+    def cell(entry: dict, metric: str) -> str:
+        value = entry["metrics"][metric]
+        return f"{value['gain']:+.1f} ({value['low']:+.1f} to {value['high']:+.1f})"
+
+    lines = [
+        "| pre-training data | result | minutes | " + " | ".join(SHOWN) + " | gate |",
+        "|---|---|---|" + "---|" * len(SHOWN) + "---|",
+    ]
+    for label, entry in (("kept renders", filtered), ("all renders", unfiltered)):
+        gate = "passed" if entry["gate"]["passed"] else "refused"
+        cells = " | ".join(cell(entry, metric) for metric in SHOWN)
+        lines.append(f"| {label} | `{entry['file']}` | {entry['minutes']:.1f} | {cells} | {gate} |")
+    lines.append("")
+    for metric in ("count", "colour", "quality"):
+        kept, every = filtered["metrics"][metric], unfiltered["metrics"][metric]
+        if kept["low"] > every["high"]:
+            verdict = "the kept renders' interval lies above the other's"
+        elif every["low"] > kept["high"]:
+            verdict = "the kept renders' interval lies below the other's"
+        else:
+            verdict = "the intervals overlap, so these two runs do not settle which is higher"
+        lines.append(
+            f"- **{metric.capitalize()}**: {kept['gain']:+.1f} points on the kept renders against "
+            f"{every['gain']:+.1f} on all of them; {verdict}."
+        )
+    meets = [
+        label
+        for label, entry in (("kept renders", filtered), ("all renders", unfiltered))
+        if entry["metrics"]["count"]["gain"] >= TARGET_COUNT
+        and all(entry["metrics"][metric]["low"] >= -MAX_DROP for metric in ("colour", "quality"))
+        and entry["minutes"] <= 60
+    ]
+    lines.append(
+        f"- **Target** (count +{TARGET_COUNT:.0f}, colour and quality no lower than -{MAX_DROP:.0f} at their "
+        f"intervals' lower ends): {'met by ' + ', '.join(meets) if meets else 'met by neither'}."
+    )
+    return lines
+
+
+def section(data: dict, runs: tuple[dict, dict] | None) -> str:
+    every, kept = data["all"], data["kept_captions"]
+    rows = []
+    for label, figures in (("drawn", every), ("kept", kept)):
+        stated = figures["by_stated_count"]
+        cells = " | ".join(interval_text(stated[key]) for key in ("1", "2", "3", "4"))
+        rows.append(
+            f"| {label} | {figures['captions']} | {interval_text(figures)} | {cells} | "
+            f"{stated['none']['captions']} |"
+        )
+    lines = [
+        f"<!-- {SECTION}:begin -->",
+        "## Pre-training renders filtered by the reward model (issue #26, an experiment)",
+        "",
+        f"Measured by `{data['command']}` on {data['machine']}: {data['images']} renders drawn as a job "
+        "draws its pre-training renders (a training prompt at random, its render, its caption with count "
+        f"noise {data['count_noise']}), each scored by shapes-reward against its caption (POST /score); "
+        f"{data['kept']} scored at least {data['threshold']} and were kept, as a job's `folder` pre-training "
+        "data. A caption's count is right when it states the render's number of objects (95% Wilson "
+        "intervals); one without a number states none.",
+        "",
+        "| renders | captions | count right | stating one: right | two | three | four | stating no number |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    if runs:
+        lines += [
+            "The same configuration through the service on the kept renders and on all the drawn renders "
+            "(the control), judged on every held-out prompt against the pretrained model (points, 95% paired "
+            "intervals; the runs' own sections below give their settings):",
+            "",
+            *comparison(*runs),
+            "",
+        ]
+    lines.append(f"<!-- {SECTION}:end -->")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = server_arguments(__doc__, 18141)
     parser.add_argument("--images", type=int, default=16384, help="renders drawn (default 16384)")
@@ -94,7 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "filtered-pretrain")
     parser.add_argument("--json", type=Path, default=ROOT / "models" / "pretrain-filter.json")
+    parser.add_argument("--report", type=Path, default=ROOT / "models" / "REPORT.md")
+    parser.add_argument(
+        "--runs", type=Path, nargs=2, metavar=("FILTERED", "UNFILTERED"),
+        help="alignment.py results of one configuration on the kept renders and on all of them",
+    )  # fmt: skip
+    parser.add_argument("--render-only", action="store_true", help="write the section from --json")
     args = parser.parse_args(argv)
+    runs = tuple(run_entry(path) for path in args.runs) if args.runs else None
+    if args.render_only:
+        write_report(args.report, section(json.loads(args.json.read_text()), runs), *markers())
+        return 0
     if args.images < 1:
         parser.error(f"--images must be at least 1. Given: {args.images}")
     if not 0 <= args.count_noise <= 1:
@@ -123,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "kept_captions": accuracy([(truth, caption) for truth, caption, _ in kept]),
     }
     args.json.write_text(json.dumps(data, indent=2) + "\n")
+    write_report(args.report, section(data, runs), *markers())
     print(json.dumps({"event": "done", "kept": len(kept), "json": str(args.json), "out": str(args.out)}))
     return 0
 
