@@ -56,3 +56,14 @@ def test_the_comparison_says_only_what_the_intervals_settle():
     slow = entry((16.0, 12.0, 20.0), (-1.0, -2.5, 0.5), (-0.5, -2.0, 1.0), minutes=61.0)
     assert "met by neither" in "\n".join(filtered_pretrain.comparison(slow, every))
     assert "lies below" in "\n".join(filtered_pretrain.comparison(every, kept))
+
+
+def test_the_kept_shares_show_what_the_filter_dropped():
+    drawn = ["a red circle on a black background"] * 4 + ["a red circle on a white background"] * 4
+    kept = ["a red circle on a black background"] + ["a red circle on a white background"] * 3
+    shares = filtered_pretrain.kept_shares(drawn, kept)
+    assert shares["background"]["black"] == {"drawn": 4, "kept": 1, "ratio": 0.5}
+    assert shares["background"]["white"] == {"drawn": 4, "kept": 3, "ratio": 1.5}
+    assert shares["colour"]["red"]["ratio"] == 1.0
+    text = "\n".join(filtered_pretrain.shares_lines(shares))
+    assert "The filter kept least of background `black`: 1 of 4, 0.50 times" in text

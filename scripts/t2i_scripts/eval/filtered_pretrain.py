@@ -31,6 +31,7 @@ import platform
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from PIL import Image
@@ -74,6 +75,25 @@ def accuracy(rows: list[tuple[int | None, str]]) -> dict:
         "interval": wilson(sum(every), len(every)),
         "by_stated_count": table,
     }
+
+
+def kept_shares(drawn: list[str], kept: list[str]) -> dict:
+    """Per background and per object colour named in the captions: the renders drawn, those kept, and the
+    kept share over the drawn share (1: the filter kept that kind as often as any other; `none`: the caption
+    names none)."""
+    table = {}
+    for attribute in ("background", "colour"):
+        every = Counter(getattr(parse_prompt(caption), attribute) or "none" for caption in drawn)
+        chosen = Counter(getattr(parse_prompt(caption), attribute) or "none" for caption in kept)
+        table[attribute] = {
+            value: {
+                "drawn": every[value],
+                "kept": chosen[value],
+                "ratio": round((chosen[value] / max(len(kept), 1)) / (every[value] / len(drawn)), 2),
+            }
+            for value in sorted(every)
+        }
+    return table
 
 
 def write_folder(out: Path, kept: list[tuple[str, Image.Image]]) -> None:
@@ -161,6 +181,27 @@ def comparison(filtered: dict, unfiltered: dict) -> list[str]:
     return lines
 
 
+def shares_lines(shares: dict | None) -> list[str]:
+    """What the filter kept of each background and colour, and the kind it kept least of."""
+    if not shares:
+        return []
+    lines = ["| attribute | value | drawn | kept | kept share / drawn share |", "|---|---|---|---|---|"]
+    for attribute, values in shares.items():
+        for value, row in values.items():
+            lines.append(f"| {attribute} | {value} | {row['drawn']} | {row['kept']} | {row['ratio']:.2f} |")
+    attribute, value, row = min(
+        ((attribute, value, row) for attribute, values in shares.items() for value, row in values.items()),
+        key=lambda item: item[2]["ratio"],
+    )
+    lines += [
+        "",
+        f"The filter kept least of {attribute} `{value}`: {row['kept']} of {row['drawn']}, "
+        f"{row['ratio']:.2f} times its share of the drawn renders.",
+        "",
+    ]
+    return lines
+
+
 def section(data: dict, runs: tuple[dict, dict] | None) -> str:
     every, kept = data["all"], data["kept_captions"]
     rows = []
@@ -186,6 +227,7 @@ def section(data: dict, runs: tuple[dict, dict] | None) -> str:
         "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
+        *shares_lines(data.get("kept_shares")),
     ]
     if runs:
         lines += [
@@ -245,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - started, 1),
         "all": accuracy([(truth, caption) for truth, caption, _ in drawn]),
         "kept_captions": accuracy([(truth, caption) for truth, caption, _ in kept]),
+        "kept_shares": kept_shares([caption for _, caption, _ in drawn], [caption for _, caption, _ in kept]),
     }
     args.json.write_text(json.dumps(data, indent=2) + "\n")
     write_report(args.report, section(data, runs), *markers())
