@@ -67,3 +67,16 @@ def test_the_kept_shares_show_what_the_filter_dropped():
     assert shares["colour"]["red"]["ratio"] == 1.0
     text = "\n".join(filtered_pretrain.shares_lines(shares))
     assert "The filter kept least of background `black`: 1 of 4, 0.50 times" in text
+
+
+def test_the_relative_rule_compares_a_caption_with_its_other_numbers():
+    assert filtered_pretrain.count_variants("red circles") is None
+    assert filtered_pretrain.count_variants("two red circles") == [
+        "a red circle",  # the world writes one object of a stated colour so
+        "two red circles",
+        "three red circles",
+        "four red circles",
+    ]
+    assert filtered_pretrain.relative_keep("two red circles", [0.1, 0.6, 0.5, 0.2])
+    assert not filtered_pretrain.relative_keep("two red circles", [0.1, 0.6, 0.6, 0.2])  # a tie is no win
+    assert not filtered_pretrain.relative_keep("three red circles", [0.1, 0.6, 0.5, 0.2])

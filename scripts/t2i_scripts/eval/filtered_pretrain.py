@@ -6,7 +6,10 @@ moved count by +20.5 points (models/REPORT.md, trial k). This script asks whethe
 the ratings, can stand in for the exact captions by filtering: it draws `--images` renders and captions as a
 job does (`shapes_world.pretrain_renders`: a training prompt at random, its render, its noisy caption), has
 `t2i-align serve` with shapes-reward score each render against its caption (POST /score), and keeps those
-scoring at least `--threshold`.
+scoring at least `--threshold` (`--rule score`). `--rule relative` instead keeps only renders whose caption
+states a number, and of those the ones whose caption the reward model scores above the same caption with each
+other number from one to four: a comparison within the image, which an image's overall score (low on some
+backgrounds) does not move.
 
 Writes the kept renders to `--out` as a job's `folder` pre-training data (PNG files and a metadata.jsonl of
 `{file_name, text}`), and to `--json` how right the captions' counts are, with 95% Wilson intervals: over all
@@ -25,6 +28,7 @@ Usage:
 """
 
 import base64
+import dataclasses
 import io
 import json
 import platform
@@ -96,6 +100,21 @@ def kept_shares(drawn: list[str], kept: list[str]) -> dict:
     return table
 
 
+def count_variants(caption: str) -> list[str] | None:
+    """The caption with each number from one to four, in order (its own among them), or None when it states
+    no number."""
+    prompt = parse_prompt(caption)
+    if prompt.count is None:
+        return None
+    return [dataclasses.replace(prompt, count=count).text for count in COUNTS]
+
+
+def relative_keep(caption: str, scores: list[float]) -> bool:
+    """Whether `caption` (stating a number) scored above each of its other count variants."""
+    own = COUNTS.index(parse_prompt(caption).count)
+    return all(scores[own] > score for index, score in enumerate(scores) if index != own)
+
+
 def write_folder(out: Path, kept: list[tuple[str, Image.Image]]) -> None:
     """The kept renders as a job's `folder` pre-training data, written beside `out` and renamed into place."""
     partial = out.with_name(out.name + ".partial")
@@ -114,8 +133,10 @@ def write_folder(out: Path, kept: list[tuple[str, Image.Image]]) -> None:
 SECTION = "pretrain-filter"
 
 
-def markers() -> tuple[str, str]:
-    return f"<!-- {SECTION}:begin -->", f"<!-- {SECTION}:end -->"
+def markers(rule: str = "score") -> tuple[str, str]:
+    """The section's fences in the report: one section per rule."""
+    name = SECTION if rule == "score" else f"{SECTION}-{rule}"
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
 
 
 SHOWN = ("count", "colour", "background", "shape", "quality")
@@ -202,6 +223,15 @@ def shares_lines(shares: dict | None) -> list[str]:
     return lines
 
 
+def kept_words(data: dict) -> str:
+    if data.get("rule", "score") == "score":
+        return f"{data['kept']} scored at least {data['threshold']} and were kept"
+    return (
+        f"{data['kept']} were kept: those whose caption states a number and scored above the same caption "
+        "with each other number from one to four (a caption without a number is not kept)"
+    )
+
+
 def section(data: dict, runs: tuple[dict, dict] | None) -> str:
     every, kept = data["all"], data["kept_captions"]
     rows = []
@@ -213,13 +243,14 @@ def section(data: dict, runs: tuple[dict, dict] | None) -> str:
             f"{stated['none']['captions']} |"
         )
     lines = [
-        f"<!-- {SECTION}:begin -->",
-        "## Pre-training renders filtered by the reward model (issue #26, an experiment)",
+        markers(data.get("rule", "score"))[0],
+        "## Pre-training renders filtered by the reward model (issue #26, an experiment)"
+        + ("" if data.get("rule", "score") == "score" else f", rule `{data['rule']}`"),
         "",
         f"Measured by `{data['command']}` on {data['machine']}: {data['images']} renders drawn as a job "
         "draws its pre-training renders (a training prompt at random, its render, its caption with count "
         f"noise {data['count_noise']}), each scored by shapes-reward against its caption (POST /score); "
-        f"{data['kept']} scored at least {data['threshold']} and were kept, as a job's `folder` pre-training "
+        f"{kept_words(data)}, as a job's `folder` pre-training "
         "data. A caption's count is right when it states the render's number of objects (95% Wilson "
         "intervals); one without a number states none.",
         "",
@@ -238,7 +269,7 @@ def section(data: dict, runs: tuple[dict, dict] | None) -> str:
             *comparison(*runs),
             "",
         ]
-    lines.append(f"<!-- {SECTION}:end -->")
+    lines.append(markers(data.get("rule", "score"))[1])
     return "\n".join(lines)
 
 
@@ -246,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = server_arguments(__doc__, 18141)
     parser.add_argument("--images", type=int, default=16384, help="renders drawn (default 16384)")
     parser.add_argument("--threshold", type=float, default=0.3, help="least score kept (default 0.3)")
+    parser.add_argument(
+        "--rule", choices=("score", "relative"), default="score",
+        help="keep by the caption's score (--threshold) or by its count against the other counts",
+    )  # fmt: skip
     parser.add_argument("--count-noise", type=float, default=0.5, help="the captions' count noise (0.5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "filtered-pretrain")
@@ -259,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = tuple(run_entry(path) for path in args.runs) if args.runs else None
     if args.render_only:
-        write_report(args.report, section(json.loads(args.json.read_text()), runs), *markers())
+        data = json.loads(args.json.read_text())
+        write_report(args.report, section(data, runs), *markers(data.get("rule", "score")))
         return 0
     if args.images < 1:
         parser.error(f"--images must be at least 1. Given: {args.images}")
@@ -271,15 +307,30 @@ def main(argv: list[str] | None = None) -> int:
     drawn = draw(args.images, args.seed, args.count_noise)
     server = start_server(args)
     try:
-        scores = score_all(server, [(png_base64(image), caption) for _, caption, image in drawn])
+        if args.rule == "score":
+            scores = score_all(server, [(png_base64(image), caption) for _, caption, image in drawn])
+            kept = [row for row, score in zip(drawn, scores, strict=True) if score >= args.threshold]
+        else:
+            stating = [(row, count_variants(row[1])) for row in drawn]
+            pairs = [
+                (png_base64(row[2]), text)
+                for row, variants in stating
+                if variants is not None
+                for text in variants
+            ]
+            scores = iter(score_all(server, pairs))
+            kept = []
+            for row, variants in stating:
+                if variants is not None and relative_keep(row[1], [next(scores) for _ in variants]):
+                    kept.append(row)
     finally:
         server.stop()
-    kept = [row for row, score in zip(drawn, scores, strict=True) if score >= args.threshold]
     write_folder(args.out, [(caption, image) for _, caption, image in kept])
     data = {
         "command": command_line("t2i_scripts.eval.filtered_pretrain", sys.argv[1:] if argv is None else argv),
         "machine": f"{platform.platform()}, {args.threads} ONNX Runtime threads",
         "images": args.images,
+        "rule": args.rule,
         "threshold": args.threshold,
         "count_noise": args.count_noise,
         "seed": args.seed,
@@ -290,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         "kept_shares": kept_shares([caption for _, caption, _ in drawn], [caption for _, caption, _ in kept]),
     }
     args.json.write_text(json.dumps(data, indent=2) + "\n")
-    write_report(args.report, section(data, runs), *markers())
+    write_report(args.report, section(data, runs), *markers(args.rule))
     print(json.dumps({"event": "done", "kept": len(kept), "json": str(args.json), "out": str(args.out)}))
     return 0
 
