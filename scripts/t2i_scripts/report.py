@@ -12,6 +12,11 @@ from pathlib import Path
 from t2i_scripts.server import ROOT
 
 
+def markers(section: str) -> tuple[str, str]:
+    """The comments that fence a report section, so that each measurement rewrites only its own."""
+    return f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+
+
 def write_report(path: Path, section: str, begin: str, end: str) -> None:
     """Replaces the report's section between the markers, or appends it."""
     text = path.read_text() if path.is_file() else ""

@@ -6,6 +6,8 @@ end. Its log is kept in memory for error messages."""
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import json
 import os
 import socket
@@ -90,6 +92,13 @@ class Answer:
 
     def json(self):
         return json.loads(self.body or b"{}")
+
+
+def png_base64(image) -> str:
+    """A PIL image as the base64 PNG text the API's `images` fields take."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def http(

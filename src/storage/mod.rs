@@ -372,9 +372,8 @@ impl Storage {
     /// `/generate` stores its images before it answers, and this keeps a log fsync off its path. A killed
     /// process keeps every row; power loss may drop the rows of the last images stored, and with `full` never
     /// leaves a row whose file is missing or torn (the file was synced first; a file left without its row is
-    /// swept). A
-    /// generated image can be made again from its prompt and seed, unlike a rating, whose row waits for the
-    /// disk as `--durability` says.
+    /// swept). A generated image can be made again from its prompt and seed, unlike a rating, whose row waits
+    /// for the disk as `--durability` says.
     pub async fn insert_image(&self, image: &StoredImage) -> Result<Option<String>> {
         if !self.stores_images() {
             return Ok(None);

@@ -19,8 +19,6 @@ figures show what contention costs here, not what separate GPU nodes would give.
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import os
 import random
@@ -34,7 +32,7 @@ from pathlib import Path
 
 from t2i_scripts.cluster.cluster import Cluster, Replica, alive, free_port
 from t2i_scripts.report import command_line, median_interval, ratio_interval, write_report
-from t2i_scripts.server import ROOT
+from t2i_scripts.server import ROOT, png_base64
 
 BEGIN = "<!-- scaling:begin -->"
 END = "<!-- scaling:end -->"
@@ -215,10 +213,7 @@ def png(seed: int) -> str:
     from PIL import Image
 
     rng = random.Random(seed)
-    image = Image.new("RGB", (16, 16), tuple(rng.randrange(256) for _ in range(3)))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+    return png_base64(Image.new("RGB", (16, 16), tuple(rng.randrange(256) for _ in range(3))))
 
 
 def storage_latency(shared: Replica, embedded: Replica, count: int) -> dict:

@@ -50,16 +50,11 @@ from t2i_scripts.eval.finetune_loop import (
     run_job,
     table,
 )
-from t2i_scripts.report import verdict, write_report
+from t2i_scripts.report import markers, verdict, write_report
 from t2i_scripts.server import ROOT
 
 SECTION = "alignment"
 TITLE = "Objectives and LoRA at equal compute (issue #26)"
-
-
-def markers(section: str) -> tuple[str, str]:
-    """The comments that fence a report section, so that each measurement rewrites only its own."""
-    return f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
 
 
 BEGIN, END = markers(SECTION)

@@ -27,9 +27,7 @@ Usage:
         --set 'pretrain_data={"kind": "folder", "path": "build/filtered-pretrain"}'
 """
 
-import base64
 import dataclasses
-import io
 import json
 import platform
 import shutil
@@ -42,8 +40,8 @@ from PIL import Image
 
 from t2i_scripts.eval.relabel_accuracy import score_all, wilson
 from t2i_scripts.eval.sample_train_set import server_arguments, start_server
-from t2i_scripts.report import command_line, repo_relative, write_report
-from t2i_scripts.server import ROOT
+from t2i_scripts.report import command_line, markers, repo_relative, write_report
+from t2i_scripts.server import ROOT, png_base64
 from t2i_trainer.build.shapes_world import COUNTS, parse_prompt, pretrain_renders
 
 
@@ -54,12 +52,6 @@ def draw(images: int, seed: int, count_noise: float) -> list[tuple[int | None, s
         (prompt.count, caption, image)
         for prompt, image, caption in pretrain_renders(images, seed, count_noise)
     ]
-
-
-def png_base64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def accuracy(rows: list[tuple[int | None, str]]) -> dict:
@@ -133,10 +125,9 @@ def write_folder(out: Path, kept: list[tuple[str, Image.Image]]) -> None:
 SECTION = "pretrain-filter"
 
 
-def markers(rule: str = "score") -> tuple[str, str]:
+def section_markers(rule: str = "score") -> tuple[str, str]:
     """The section's fences in the report: one section per rule."""
-    name = SECTION if rule == "score" else f"{SECTION}-{rule}"
-    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    return markers(SECTION if rule == "score" else f"{SECTION}-{rule}")
 
 
 SHOWN = ("count", "colour", "background", "shape", "quality")
@@ -243,7 +234,7 @@ def section(data: dict, runs: tuple[dict, dict] | None) -> str:
             f"{stated['none']['captions']} |"
         )
     lines = [
-        markers(data.get("rule", "score"))[0],
+        section_markers(data.get("rule", "score"))[0],
         "## Pre-training renders filtered by the reward model (issue #26, an experiment)"
         + ("" if data.get("rule", "score") == "score" else f", rule `{data['rule']}`"),
         "",
@@ -269,7 +260,7 @@ def section(data: dict, runs: tuple[dict, dict] | None) -> str:
             *comparison(*runs),
             "",
         ]
-    lines.append(markers(data.get("rule", "score"))[1])
+    lines.append(section_markers(data.get("rule", "score"))[1])
     return "\n".join(lines)
 
 
@@ -295,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = tuple(run_entry(path) for path in args.runs) if args.runs else None
     if args.render_only:
         data = json.loads(args.json.read_text())
-        write_report(args.report, section(data, runs), *markers(data.get("rule", "score")))
+        write_report(args.report, section(data, runs), *section_markers(data.get("rule", "score")))
         return 0
     if args.images < 1:
         parser.error(f"--images must be at least 1. Given: {args.images}")
@@ -312,12 +303,11 @@ def main(argv: list[str] | None = None) -> int:
             kept = [row for row, score in zip(drawn, scores, strict=True) if score >= args.threshold]
         else:
             stating = [(row, count_variants(row[1])) for row in drawn]
-            pairs = [
-                (png_base64(row[2]), text)
-                for row, variants in stating
-                if variants is not None
-                for text in variants
-            ]
+            pairs = []
+            for row, variants in stating:
+                if variants is not None:
+                    encoded = png_base64(row[2])  # once per render, for its four captions
+                    pairs += [(encoded, text) for text in variants]
             scores = iter(score_all(server, pairs))
             kept = []
             for row, variants in stating:
@@ -341,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "kept_shares": kept_shares([caption for _, caption, _ in drawn], [caption for _, caption, _ in kept]),
     }
     args.json.write_text(json.dumps(data, indent=2) + "\n")
-    write_report(args.report, section(data, runs), *markers(args.rule))
+    write_report(args.report, section(data, runs), *section_markers(args.rule))
     print(json.dumps({"event": "done", "kept": len(kept), "json": str(args.json), "out": str(args.out)}))
     return 0
 

@@ -23,8 +23,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import random
 import sqlite3
@@ -36,7 +34,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from t2i_scripts.server import ROOT, ServerProcess, http, serve_command, tool_arguments
+from t2i_scripts.server import ROOT, ServerProcess, http, png_base64, serve_command, tool_arguments
 
 BEGIN, END = "<!-- crash-safety:begin -->", "<!-- crash-safety:end -->"
 
@@ -60,10 +58,7 @@ def request(
 def png(seed: int) -> str:
     """A small PNG of its own for every rating, so that each stored file is distinct."""
     rng = random.Random(seed)
-    image = Image.new("RGB", (16, 16), tuple(rng.randrange(256) for _ in range(3)))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+    return png_base64(Image.new("RGB", (16, 16), tuple(rng.randrange(256) for _ in range(3))))
 
 
 JOB_LEASE_SECONDS = 2

@@ -9,8 +9,6 @@ Usage:
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import sys
@@ -19,7 +17,7 @@ import time
 
 from PIL import Image
 
-from t2i_scripts.server import ServerProcess, http, serve_command, tool_arguments
+from t2i_scripts.server import ServerProcess, http, png_base64, serve_command, tool_arguments
 
 BEGIN, END = "<!-- limits:begin -->", "<!-- limits:end -->"
 KEY = "limits-inference-key-0123456789"
@@ -37,9 +35,7 @@ def call(url: str, path: str, body: bytes | None, headers: dict | None = None) -
 
 
 def png(size: int) -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", (size, size), (200, 30, 30)).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+    return png_base64(Image.new("RGB", (size, size), (200, 30, 30)))
 
 
 def hold(url: str, body: dict, seconds: float) -> threading.Thread:

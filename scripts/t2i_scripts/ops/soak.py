@@ -12,9 +12,7 @@ Usage:
 
 from __future__ import annotations
 
-import base64
 import collections
-import io
 import random
 import statistics
 import sys
@@ -24,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from t2i_scripts.server import ROOT, ServerProcess, http, serve_command, tool_arguments
+from t2i_scripts.server import ROOT, ServerProcess, http, png_base64, serve_command, tool_arguments
 
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 
@@ -43,9 +41,7 @@ def post(url: str, body: dict) -> tuple[int, dict, float]:
 
 def png(seed: int) -> str:
     rng = random.Random(seed)
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), tuple(rng.randrange(256) for _ in range(3))).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+    return png_base64(Image.new("RGB", (64, 64), tuple(rng.randrange(256) for _ in range(3))))
 
 
 def main() -> int:
