@@ -80,3 +80,15 @@ def test_the_relative_rule_compares_a_caption_with_its_other_numbers():
     assert filtered_pretrain.relative_keep("two red circles", [0.1, 0.6, 0.5, 0.2])
     assert not filtered_pretrain.relative_keep("two red circles", [0.1, 0.6, 0.6, 0.2])  # a tie is no win
     assert not filtered_pretrain.relative_keep("three red circles", [0.1, 0.6, 0.5, 0.2])
+
+
+def test_balancing_keeps_the_same_share_of_every_stated_number():
+    drawn = ["one red circle"] * 4 + ["two red circles"] * 4 + ["red circles"] * 4
+    # The rule kept all four "one" captions but only two "two" captions (indices 5 and 7).
+    kept = [0, 1, 2, 3, 5, 7, 8]
+    chosen = filtered_pretrain.balance(drawn, kept)
+    # The least share kept of any number is 2 of 4: the first two kept of each number, none stating no number.
+    assert chosen == [0, 1, 5, 7]
+    assert filtered_pretrain.balance(["red circles"], []) == []
+    assert filtered_pretrain.variant({"rule": "relative", "balance": True}) == "relative-balanced"
+    assert filtered_pretrain.variant({"rule": "score"}) == "score"

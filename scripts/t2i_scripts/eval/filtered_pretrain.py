@@ -9,7 +9,10 @@ job does (`shapes_world.pretrain_renders`: a training prompt at random, its rend
 scoring at least `--threshold` (`--rule score`). `--rule relative` instead keeps only renders whose caption
 states a number, and of those the ones whose caption the reward model scores above the same caption with each
 other number from one to four: a comparison within the image, which an image's overall score (low on some
-backgrounds) does not move.
+backgrounds) does not move. It keeps far more of the numbers it judges best (one, four) than of the others;
+`--balance` then keeps of each stated number the same share of its drawn captions, the least share the rule
+kept of any number, so that the kept renders have the drawn renders' mix of numbers (draw more renders with
+`--images` to keep as many).
 
 Writes the kept renders to `--out` as a job's `folder` pre-training data (PNG files and a metadata.jsonl of
 `{file_name, text}`), and to `--json` how right the captions' counts are, with 95% Wilson intervals: over all
@@ -107,6 +110,33 @@ def relative_keep(caption: str, scores: list[float]) -> bool:
     return all(scores[own] > score for index, score in enumerate(scores) if index != own)
 
 
+def stated_key(caption: str) -> str:
+    """The number a caption states, as a key (`none`: it states none)."""
+    count = parse_prompt(caption).count
+    return str(count) if count is not None else "none"
+
+
+def balance(drawn: list[str], kept: list[int]) -> list[int]:
+    """The kept renders (indices into `drawn`, in drawing order) thinned so that each stated number keeps the
+    same share of its drawn captions: the smallest share the rule kept of any number. The kept set then has
+    the drawn set's mix of numbers rather than the rule's tilt towards the numbers it judges best."""
+    drawn_by = Counter(stated_key(caption) for caption in drawn)
+    kept_by = Counter(stated_key(drawn[index]) for index in kept)
+    numbers = [key for key in drawn_by if key != "none"]
+    if not numbers:
+        return []
+    share = min(kept_by[key] / drawn_by[key] for key in numbers)
+    quota = {key: round(share * drawn_by[key]) for key in numbers}
+    taken: Counter = Counter()
+    result = []
+    for index in sorted(kept):
+        key = stated_key(drawn[index])
+        if taken[key] < quota.get(key, 0):
+            taken[key] += 1
+            result.append(index)
+    return result
+
+
 def write_folder(out: Path, kept: list[tuple[str, Image.Image]]) -> None:
     """The kept renders as a job's `folder` pre-training data, written beside `out` and renamed into place."""
     partial = out.with_name(out.name + ".partial")
@@ -125,9 +155,15 @@ def write_folder(out: Path, kept: list[tuple[str, Image.Image]]) -> None:
 SECTION = "pretrain-filter"
 
 
-def section_markers(rule: str = "score") -> tuple[str, str]:
-    """The section's fences in the report: one section per rule."""
-    return markers(SECTION if rule == "score" else f"{SECTION}-{rule}")
+def variant(data: dict) -> str:
+    """The rule a result used: `score`, `relative`, or `relative-balanced` (with --balance)."""
+    rule = data.get("rule", "score")
+    return f"{rule}-balanced" if data.get("balance") else rule
+
+
+def section_markers(name: str = "score") -> tuple[str, str]:
+    """The section's fences in the report: one section per rule (`variant`)."""
+    return markers(SECTION if name == "score" else f"{SECTION}-{name}")
 
 
 SHOWN = ("count", "colour", "background", "shape", "quality")
@@ -217,9 +253,16 @@ def shares_lines(shares: dict | None) -> list[str]:
 def kept_words(data: dict) -> str:
     if data.get("rule", "score") == "score":
         return f"{data['kept']} scored at least {data['threshold']} and were kept"
+    relative = (
+        "those whose caption states a number and scored above the same caption with each other number from "
+        "one to four"
+    )
+    if not data.get("balance"):
+        return f"{data['kept']} were kept: {relative} (a caption without a number is not kept)"
     return (
-        f"{data['kept']} were kept: those whose caption states a number and scored above the same caption "
-        "with each other number from one to four (a caption without a number is not kept)"
+        f"{data['kept']} were kept: of {relative}, the same share of each stated number's drawn captions "
+        "(the least share the rule kept of any number), so the kept renders have the drawn renders' mix of "
+        "numbers (a caption without a number is not kept)"
     )
 
 
@@ -234,9 +277,10 @@ def section(data: dict, runs: tuple[dict, dict] | None) -> str:
             f"{stated['none']['captions']} |"
         )
     lines = [
-        section_markers(data.get("rule", "score"))[0],
+        section_markers(variant(data))[0],
         "## Pre-training renders filtered by the reward model (issue #26, an experiment)"
-        + ("" if data.get("rule", "score") == "score" else f", rule `{data['rule']}`"),
+        + ("" if variant(data) == "score" else f", rule `{data['rule']}`")
+        + (", balanced" if data.get("balance") else ""),
         "",
         f"Measured by `{data['command']}` on {data['machine']}: {data['images']} renders drawn as a job "
         "draws its pre-training renders (a training prompt at random, its render, its caption with count "
@@ -260,7 +304,7 @@ def section(data: dict, runs: tuple[dict, dict] | None) -> str:
             *comparison(*runs),
             "",
         ]
-    lines.append(section_markers(data.get("rule", "score"))[1])
+    lines.append(section_markers(variant(data))[1])
     return "\n".join(lines)
 
 
@@ -271,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rule", choices=("score", "relative"), default="score",
         help="keep by the caption's score (--threshold) or by its count against the other counts",
+    )  # fmt: skip
+    parser.add_argument(
+        "--balance", action="store_true",
+        help="with --rule relative: keep the same share of the drawn captions stating each number",
     )  # fmt: skip
     parser.add_argument("--count-noise", type=float, default=0.5, help="the captions' count noise (0.5)")
     parser.add_argument("--seed", type=int, default=0)
@@ -286,12 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     runs = tuple(run_entry(path) for path in args.runs) if args.runs else None
     if args.render_only:
         data = json.loads(args.json.read_text())
-        write_report(args.report, section(data, runs), *section_markers(data.get("rule", "score")))
+        write_report(args.report, section(data, runs), *section_markers(variant(data)))
         return 0
     if args.images < 1:
         parser.error(f"--images must be at least 1. Given: {args.images}")
     if not 0 <= args.count_noise <= 1:
         parser.error(f"--count-noise must be between 0 and 1. Given: {args.count_noise}")
+    if args.balance and args.rule != "relative":
+        parser.error("--balance needs --rule relative")
     if not Path(args.binary).is_file():
         parser.error(f"--binary {args.binary} does not exist; run `make build` first")
     started = time.perf_counter()
@@ -309,10 +359,14 @@ def main(argv: list[str] | None = None) -> int:
                     encoded = png_base64(row[2])  # once per render, for its four captions
                     pairs += [(encoded, text) for text in variants]
             scores = iter(score_all(server, pairs))
-            kept = []
-            for row, variants in stating:
-                if variants is not None and relative_keep(row[1], [next(scores) for _ in variants]):
-                    kept.append(row)
+            indices = [
+                index
+                for index, (row, variants) in enumerate(stating)
+                if variants is not None and relative_keep(row[1], [next(scores) for _ in variants])
+            ]
+            if args.balance:
+                indices = balance([caption for _, caption, _ in drawn], indices)
+            kept = [drawn[index] for index in indices]
     finally:
         server.stop()
     write_folder(args.out, [(caption, image) for _, caption, image in kept])
@@ -321,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.platform()}, {args.threads} ONNX Runtime threads",
         "images": args.images,
         "rule": args.rule,
+        "balance": args.balance,
         "threshold": args.threshold,
         "count_noise": args.count_noise,
         "seed": args.seed,
@@ -331,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         "kept_shares": kept_shares([caption for _, caption, _ in drawn], [caption for _, caption, _ in kept]),
     }
     args.json.write_text(json.dumps(data, indent=2) + "\n")
-    write_report(args.report, section(data, runs), *section_markers(args.rule))
+    write_report(args.report, section(data, runs), *section_markers(variant(data)))
     print(json.dumps({"event": "done", "kept": len(kept), "json": str(args.json), "out": str(args.out)}))
     return 0
 
