@@ -816,23 +816,144 @@ fn relabelling_adds_each_image_under_the_sibling_prompt_the_reward_model_prefers
 }
 
 #[test]
-fn the_cli_refuses_a_relabel_threshold_without_words_before_sending_anything() {
-    // Port 9 (discard) has no server: the flag is refused before any request.
-    let output = Command::new(binary())
-        .args([
-            "fine-tune",
-            "create",
-            "--url",
-            "http://127.0.0.1:9",
+fn the_pretrain_filter_keeps_the_renders_whose_caption_the_reward_model_prefers_balanced_across_words() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path(), &[]);
+    let words = ["one", "two", "three", "four"];
+    let mut body = tiny_job(2);
+    body["pretrain_data"] = json!({"kind": "shapes_world", "images": 48, "filter": {"words": words}});
+    let created = server.post_json("/fine-tunes", &body.to_string());
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let done = wait_final(&server, &id);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        done["spec"]["pretrain_data"]["filter"],
+        json!({"words": words, "balance": true}),
+        "{done}"
+    );
+
+    // The rule, checked against the reward model's own scores of the renders through POST /score: of the
+    // renders whose caption holds exactly one number, those whose caption scores above the same caption with
+    // each other number; then the same share of each number's captions, the first of each.
+    let folder = data.path().join("jobs").join(&id);
+    let read = |dir: &std::path::Path| -> Vec<(String, String)> {
+        std::fs::read_to_string(dir.join("metadata.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let row: Value = serde_json::from_str(line).unwrap();
+                (
+                    row["file_name"].as_str().unwrap().to_string(),
+                    row["text"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let renders = read(&folder.join("pretrain-renders"));
+    assert_eq!(renders.len(), 48);
+    let mut word_of = Vec::new();
+    let mut preferred = Vec::new();
+    for (index, (file, caption)) in renders.iter().enumerate() {
+        let tokens: Vec<&str> = caption.split_whitespace().collect();
+        let held: Vec<usize> = tokens
+            .iter()
+            .filter_map(|token| words.iter().position(|word| word == token))
+            .collect();
+        let [own] = held[..] else {
+            word_of.push(None);
+            continue;
+        };
+        word_of.push(Some(own));
+        let scores: Vec<f64> = words
+            .iter()
+            .map(|word| {
+                let variant: Vec<&str> = tokens
+                    .iter()
+                    .map(|token| if words.contains(token) { *word } else { *token })
+                    .collect();
+                score_file(&server, &folder.join("pretrain-renders").join(file), &variant.join(" "))
+            })
+            .collect();
+        if (0..words.len()).all(|other| other == own || scores[own] > scores[other]) {
+            preferred.push(index);
+        }
+    }
+    let captions = |word: usize| word_of.iter().filter(|of| **of == Some(word)).count();
+    let chosen = |word: usize| preferred.iter().filter(|&&index| word_of[index] == Some(word)).count();
+    let share = (0..words.len())
+        .filter(|&word| captions(word) > 0)
+        .map(|word| chosen(word) as f64 / captions(word) as f64)
+        .fold(f64::INFINITY, f64::min);
+    let mut taken = [0usize; 4];
+    let mut expected = Vec::new();
+    for &index in &preferred {
+        let word = word_of[index].unwrap();
+        if (taken[word] as f64) < (share * captions(word) as f64).round() {
+            taken[word] += 1;
+            expected.push(renders[index].clone());
+        }
+    }
+    assert!(
+        !expected.is_empty() && expected.len() < preferred.len(),
+        "{expected:?} of {preferred:?}"
+    );
+    let kept = read(&folder.join("pretrain"));
+    assert_eq!(
+        kept.iter().map(|(_, caption)| caption).collect::<Vec<_>>(),
+        expected.iter().map(|(_, caption)| caption).collect::<Vec<_>>()
+    );
+    for ((file, _), (source, _)) in kept.iter().zip(&expected) {
+        let bytes = std::fs::read(folder.join("pretrain").join(file)).unwrap();
+        assert_eq!(
+            bytes,
+            std::fs::read(folder.join("pretrain-renders").join(source)).unwrap()
+        );
+    }
+    let figures = &done["metrics"]["pretrain"];
+    assert_eq!(figures["images"], 48, "{figures}");
+    assert_eq!(figures["judged"], word_of.iter().flatten().count(), "{figures}");
+    assert_eq!(figures["preferred"], preferred.len(), "{figures}");
+    assert_eq!(figures["kept"], kept.len(), "{figures}");
+    for (word, name) in words.iter().enumerate() {
+        assert_eq!(
+            figures["by_word"][name],
+            json!({"captions": captions(word), "kept": taken[word]}),
+            "{figures}"
+        );
+    }
+    // The trainer trained on the kept renders alone.
+    let trainer_data = events(&server, &id)
+        .into_iter()
+        .find(|event| event["message"] == "trainer: data")
+        .unwrap();
+    assert_eq!(trainer_data["data"]["pretrain"], kept.len(), "{trainer_data}");
+}
+
+#[test]
+fn the_cli_refuses_a_relabel_threshold_or_a_filter_balance_without_words_before_sending_anything() {
+    for (flag, value, says) in [
+        (
             "--relabel-threshold",
             "0.5",
-        ])
-        .env("ORT_DYLIB_PATH", "")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--relabel-threshold needs --relabel-words"), "{stderr}");
+            "--relabel-threshold needs --relabel-words",
+        ),
+        (
+            "--pretrain-filter-balance",
+            "false",
+            "--pretrain-filter-balance needs --pretrain-filter-words",
+        ),
+    ] {
+        // Port 9 (discard) has no server: the flag is refused before any request.
+        let output = Command::new(binary())
+            .args(["fine-tune", "create", "--url", "http://127.0.0.1:9", flag, value])
+            .env("ORT_DYLIB_PATH", "")
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+    }
 }
 
 #[test]
@@ -899,6 +1020,18 @@ fn bad_specs_get_a_422_naming_the_field() {
         ),
         (r#"{"feedback_filter": {"models": ["tiny-sd"]}}"#.to_string(), "models"),
         (r#"{"relabel": {"words": ["two"]}}"#.to_string(), "relabel.words"),
+        (
+            r#"{"pretrain_data": {"kind": "shapes_world", "filter": {"words": ["two", "two"]}}}"#.to_string(),
+            "pretrain_data.filter.words",
+        ),
+        (
+            r#"{"pretrain_data": {"kind": "shapes_world", "filter": {"words": ["one", "a few"]}}}"#.to_string(),
+            "pretrain_data.filter.words",
+        ),
+        (
+            r#"{"pretrain_data": {"kind": "shapes_world", "filter": ["one", "two"]}}"#.to_string(),
+            "pretrain_data.filter",
+        ),
         (r#"{"relabel": {"words": ["two", "two"]}}"#.to_string(), "relabel.words"),
         (
             r#"{"relabel": {"words": ["two", "a few"]}}"#.to_string(),

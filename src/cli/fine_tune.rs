@@ -77,6 +77,14 @@ pub struct CreateArgs {
     /// Needs --relabel-words or a `relabel` in --file.
     #[arg(long)]
     pub relabel_threshold: Option<f64>,
+    /// Keep only the pre-training images whose caption the reward model prefers to the same caption with each
+    /// other of these words, comma-separated (`pretrain_data.filter.words`), e.g. one,two,three,four.
+    #[arg(long, value_delimiter = ',')]
+    pub pretrain_filter_words: Option<Vec<String>>,
+    /// Keep the same share of every word's captions (`pretrain_data.filter.balance`; default true). Needs
+    /// --pretrain-filter-words or a `pretrain_data.filter` in --file.
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub pretrain_filter_balance: Option<bool>,
     /// Seeds the prompts, the samples and the trainer (`seed`; default 0).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -264,6 +272,24 @@ fn create(args: CreateArgs) -> Result<()> {
             ));
         }
         body["relabel"]["threshold"] = json!(threshold);
+    }
+    if let Some(words) = &args.pretrain_filter_words {
+        if !body["pretrain_data"].is_object() {
+            body["pretrain_data"] = json!({"kind": "shapes_world"});
+        }
+        if !body["pretrain_data"]["filter"].is_object() {
+            body["pretrain_data"]["filter"] = json!({});
+        }
+        body["pretrain_data"]["filter"]["words"] = json!(words);
+    }
+    if let Some(balance) = args.pretrain_filter_balance {
+        if !body["pretrain_data"]["filter"].is_object() {
+            return Err(Error::Config(
+                "--pretrain-filter-balance needs --pretrain-filter-words (or a `pretrain_data.filter` in --file)"
+                    .into(),
+            ));
+        }
+        body["pretrain_data"]["filter"]["balance"] = json!(balance);
     }
     for (name, value) in [("model", &args.feedback_model), ("rater", &args.feedback_rater)] {
         if let Some(value) = value {

@@ -16,6 +16,9 @@ pub struct JobMetrics {
     /// The trainer's data: ratings and reward-scored samples (`label`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub training_set: Option<TrainingSetFigures>,
+    /// The pre-training images the reward model kept (`label`, with `pretrain_data.filter`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pretrain: Option<crate::jobs::pretrain_filter::PretrainFigures>,
     /// The retrained reward model (`reward`, with `retrain_reward_model`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reward_model: Option<RewardModelFigures>,

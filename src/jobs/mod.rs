@@ -30,6 +30,7 @@ pub mod graphs;
 pub mod launch;
 pub mod manager;
 pub mod metrics;
+pub mod pretrain_filter;
 pub mod relabel;
 pub mod reward;
 pub mod sampling;
@@ -252,10 +253,37 @@ impl JobContext<'_> {
         } else {
             format!(" (ratings {})", chosen.join(", "))
         };
+        // The pre-training data the reward model keeps (`pretrain_data.filter`), judged by the job's reward
+        // model as it is at this stage.
+        let mut pretrain_folder = None;
+        let mut pretrain_note = String::new();
+        if let Some(filter) = self.spec.pretrain_data.filter.clone() {
+            let source = match self.spec.pretrain_data.path.clone() {
+                Some(path) if self.spec.pretrain_data.kind == "folder" => PathBuf::from(path),
+                _ => {
+                    let renders = self.folder.join("pretrain-renders");
+                    let images = self.spec.pretrain_data.images.unwrap_or(8192);
+                    self.write_pretrain_renders(images, &renders).await?;
+                    renders
+                }
+            };
+            let kept = self.folder.join("pretrain");
+            let figures = self.filter_pretrain(&scorer, &filter, &source, &kept).await?;
+            pretrain_note = format!(
+                "; pre-training data: {} of {} images kept by the reward model ({} judged, {} preferred{})",
+                figures.kept,
+                figures.images,
+                figures.judged,
+                figures.preferred,
+                if figures.balance { ", balanced" } else { "" }
+            );
+            self.metrics.pretrain = Some(figures);
+            pretrain_folder = Some(kept);
+        }
         self.end(
             stage,
             &format!(
-                "{} training samples: {rated} rated by people{which}, {reward_scored} scored by the reward model{}",
+                "{} training samples: {rated} rated by people{which}, {reward_scored} scored by the reward model{}{pretrain_note}",
                 samples.len(),
                 if self.spec.relabel.is_some() {
                     format!(", {relabelled} relabelled (of {relabel_candidates} images below the threshold with a sibling prompt)")
@@ -278,7 +306,7 @@ impl JobContext<'_> {
 
         let stage = self.begin("train").await?;
         let candidate = self.folder.join("candidate");
-        self.train(&data, &candidate).await?;
+        self.train(&data, &candidate, pretrain_folder.as_deref()).await?;
         self.end(stage, "the trainer finished and exported the candidate")
             .await?;
 

@@ -171,7 +171,7 @@ fn take_relabels(
 }
 
 /// One scoring call, waiting and retrying while the scorer's queue is full (users' `/score` calls share it).
-async fn score_patiently(scorer: &Arc<Scorer>, prompts: Vec<String>, pixels: Vec<f32>) -> Result<Vec<f32>> {
+pub(super) async fn score_patiently(scorer: &Arc<Scorer>, prompts: Vec<String>, pixels: Vec<f32>) -> Result<Vec<f32>> {
     let expected = prompts.len();
     loop {
         match scorer.score(prompts.clone(), pixels.clone()).await {

@@ -93,33 +93,36 @@ const WORD_SEPARATORS: [char; 26] = [
     '\u{2029}', '\u{202f}', '\u{205f}', '\u{3000}', '\u{feff}',
 ];
 
-fn check_relabel(relabel: &Relabel) -> Result<()> {
-    let count = relabel.words.len();
+/// The rules of a list of interchangeable words (`relabel.words`, `pretrain_data.filter.words`), named `param`.
+fn check_words(param: &str, words: &[String]) -> Result<()> {
+    let count = words.len();
     if !(2..=MAX_RELABEL_WORDS).contains(&count) {
         return Err(Error::validation(
-            "relabel.words",
-            format!("`relabel.words` must hold 2 to {MAX_RELABEL_WORDS} words. Given: {count}"),
+            param,
+            format!("`{param}` must hold 2 to {MAX_RELABEL_WORDS} words. Given: {count}"),
         ));
     }
     let mut seen = std::collections::HashSet::new();
-    for word in &relabel.words {
+    for word in words {
         let characters = word.chars().count();
         if characters == 0 || characters > MAX_RELABEL_WORD || word.chars().any(|c| WORD_SEPARATORS.contains(&c)) {
             return Err(Error::validation(
-                "relabel.words",
+                param,
                 format!(
-                    "each of `relabel.words` must be one word of 1 to {MAX_RELABEL_WORD} characters, without \
-                     spaces. Given: {word:?}"
+                    "each of `{param}` must be one word of 1 to {MAX_RELABEL_WORD} characters, without spaces. \
+                     Given: {word:?}"
                 ),
             ));
         }
         if !seen.insert(word.as_str()) {
-            return Err(Error::validation(
-                "relabel.words",
-                format!("`relabel.words` names {word:?} twice"),
-            ));
+            return Err(Error::validation(param, format!("`{param}` names {word:?} twice")));
         }
     }
+    Ok(())
+}
+
+fn check_relabel(relabel: &Relabel) -> Result<()> {
+    check_words("relabel.words", &relabel.words)?;
     let threshold = relabel.threshold;
     if !(threshold.is_finite() && threshold > 0.0 && threshold <= 1.0) {
         return Err(Error::validation(
@@ -317,6 +320,33 @@ pub struct PretrainData {
     #[serde(default)]
     #[schema(format = "server-folder")]
     pub path: Option<String>,
+    /// Keep only the images whose caption the reward model judges right about one word. Default: off, every
+    /// image is trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<PretrainFilter>,
+}
+
+/// The pre-training images kept by the reward model (#26). Pre-training captions can be wrong (the shapes
+/// world's state a wrong number half the time, as web captions do). Of the images whose caption holds exactly
+/// one of `words` as a whitespace-separated word, the reward model scores the caption and the same caption
+/// with each other word in its place; an image is kept when its own caption scores above every other. Images
+/// whose caption holds none of the words, or more than one, are not kept. With `balance`, each word keeps the
+/// same share of the captions that hold it: the least share the comparison kept of any word.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainFilter {
+    /// The interchangeable words, 2 to 64 of them, distinct, each one word of 1 to 32 characters (say the
+    /// number words: `["one", "two", "three", "four"]`).
+    #[schema(min_items = 2, max_items = 64)]
+    pub words: Vec<String>,
+    /// Keep the same share of every word's captions. Default true: the comparison keeps more of the words the
+    /// reward model tells apart best, which would tilt the kept set towards them.
+    #[serde(default = "default_true")]
+    pub balance: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for PretrainData {
@@ -325,6 +355,7 @@ impl Default for PretrainData {
             kind: "shapes_world".into(),
             images: Some(8192),
             path: None,
+            filter: None,
         }
     }
 }
@@ -852,6 +883,9 @@ impl FineTuneRequest {
                 ))
             }
         }
+        if let Some(filter) = &pretrain_data.filter {
+            check_words("pretrain_data.filter.words", &filter.words)?;
+        }
         let gate = gate_rule(self.gate.as_ref(), gate)?;
         if let Some(relabel) = &self.relabel {
             check_relabel(relabel)?;
@@ -891,6 +925,16 @@ pub fn schema_rules() -> Vec<(&'static str, serde_json::Value)> {
     use serde_json::json;
     let defaults = JobLimits::default();
     let null_or = |schema: serde_json::Value| json!({"oneOf": [{"type": "null"}, schema]});
+    // `relabel.words` and `pretrain_data.filter.words` (`check_words`).
+    let words = json!([{"properties": {"words": {
+        "uniqueItems": true,
+        "items": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_RELABEL_WORD,
+            "pattern": format!("^[^{}]+$", WORD_SEPARATORS.iter().collect::<String>())
+        }
+    }}}]);
     vec![
         (
             "PromptSource",
@@ -930,18 +974,8 @@ pub fn schema_rules() -> Vec<(&'static str, serde_json::Value)> {
                 }
             ]),
         ),
-        (
-            "Relabel",
-            json!([{"properties": {"words": {
-                "uniqueItems": true,
-                "items": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": MAX_RELABEL_WORD,
-                    "pattern": format!("^[^{}]+$", WORD_SEPARATORS.iter().collect::<String>())
-                }
-            }}}]),
-        ),
+        ("Relabel", words.clone()),
+        ("PretrainFilter", words),
         (
             "PretrainData",
             json!([{"oneOf": [
@@ -969,11 +1003,12 @@ pub fn schema_rules() -> Vec<(&'static str, serde_json::Value)> {
 /// The request's fields that hold an object. serde would also read a struct from an array of its fields in
 /// order (`"gate": [null, null]`), which the document does not allow.
 /// Nested fields are written with dots.
-const OBJECT_FIELDS: [&str; 6] = [
+const OBJECT_FIELDS: [&str; 7] = [
     "gate",
     "gate.max_drop",
     "hyperparameters",
     "pretrain_data",
+    "pretrain_data.filter",
     "feedback_filter",
     "relabel",
 ];

@@ -206,7 +206,9 @@ pub fn trainer_spec_schema() -> String {
 }
 
 impl JobContext<'_> {
-    pub(super) async fn train(&mut self, data: &Path, candidate: &Path) -> Result<()> {
+    /// Trains on the samples in `data`, and on the pre-training folder `pretrain` when the job filtered its
+    /// pre-training data (else on its `pretrain_data`).
+    pub(super) async fn train(&mut self, data: &Path, candidate: &Path, pretrain: Option<&Path>) -> Result<()> {
         if candidate.exists() {
             std::fs::remove_dir_all(candidate)
                 .map_err(|err| Error::Internal(format!("cannot clear {}: {err}", candidate.display())))?;
@@ -221,8 +223,11 @@ impl JobContext<'_> {
             self.services.pool.registry().fetch(&version).await?
         };
         let hyper = &self.spec.hyperparameters;
-        let pretrain = match self.spec.pretrain_data.kind.as_str() {
-            "folder" => PretrainSpec::Folder {
+        let pretrain = match (pretrain, self.spec.pretrain_data.kind.as_str()) {
+            (Some(kept), _) => PretrainSpec::Folder {
+                path: kept.to_string_lossy().into_owned(),
+            },
+            (None, "folder") => PretrainSpec::Folder {
                 path: self.spec.pretrain_data.path.clone().unwrap_or_default(),
             },
             _ => PretrainSpec::ShapesWorld {

@@ -1471,6 +1471,7 @@ export interface components {
         };
         /** @description Where the pre-training term's data comes from. */
         PretrainData: {
+            filter?: null | components["schemas"]["PretrainFilter"];
             /**
              * Format: int32
              * @description Renders to draw for `shapes_world`, 1 to 1,000,000. Default 8192.
@@ -1495,6 +1496,28 @@ export interface components {
             kind?: "folder";
             path: string;
         });
+        /**
+         * @description The pre-training images kept by the reward model (#26). Pre-training captions can be wrong (the shapes
+         *     world's state a wrong number half the time, as web captions do). Of the images whose caption holds exactly
+         *     one of `words` as a whitespace-separated word, the reward model scores the caption and the same caption
+         *     with each other word in its place; an image is kept when its own caption scores above every other. Images
+         *     whose caption holds none of the words, or more than one, are not kept. With `balance`, each word keeps the
+         *     same share of the captions that hold it: the least share the comparison kept of any word.
+         */
+        PretrainFilter: {
+            /**
+             * @description Keep the same share of every word's captions. Default true: the comparison keeps more of the words the
+             *     reward model tells apart best, which would tilt the kept set towards them.
+             */
+            balance?: boolean;
+            /**
+             * @description The interchangeable words, 2 to 64 of them, distinct, each one word of 1 to 32 characters (say the
+             *     number words: `["one", "two", "three", "four"]`).
+             */
+            words: string[];
+        } & {
+            words: unknown;
+        };
         /**
          * @description The pre-training term's target, on the pre-training data's noisy images and captions.
          * @enum {string}

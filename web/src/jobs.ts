@@ -173,6 +173,13 @@ function jobList(root: HTMLElement): () => void {
     type: "text",
     placeholder: "off (e.g. one, two, three, four)",
   });
+  // The pre-training filter (`pretrain_data.filter`): the words whose caption variants the reward model compares.
+  const pretrainWords = h("input", {
+    name: "pretrain_filter_words",
+    "data-param": "pretrain_data.filter.words",
+    type: "text",
+    placeholder: "off (e.g. one, two, three, four)",
+  });
   let activeVersion: string | null = null;
   const submit = h("button", { type: "submit" }, "Create job");
   const quick = h("button", { type: "button", class: "secondary" }, "Quick trial values");
@@ -218,6 +225,13 @@ function jobList(root: HTMLElement): () => void {
       "Relabel among words",
       relabelWords,
       h("small", { class: "muted" }, "an image may be trained on under the prompt with one of these words swapped that the reward model prefers"),
+    ),
+    h(
+      "label",
+      {},
+      "Keep pre-training images by words",
+      pretrainWords,
+      h("small", { class: "muted" }, "only those whose caption's word the reward model prefers to each other word, the same share of each word"),
     ),
     h("label", { class: "check" }, checks.activate_on_success, "Activate the new version if it passes the gate"),
     h("div", { class: "row wide" }, submit, quick, defaults),
@@ -280,14 +294,25 @@ function jobList(root: HTMLElement): () => void {
       if (Object.keys(filter).length > 0) body.feedback_filter = filter;
     }
     if (checks.retrain_reward_model.checked) body.retrain_reward_model = true;
-    const words = relabelWords.value
-      .split(",")
-      .map((word) => word.trim())
-      .filter((word) => word.length > 0);
-    if (words.length === 1) {
-      fieldError(form, "relabel.words", "Name at least two words to swap, separated by commas.");
+    // A list of words, comma-separated: none leaves the option out, one is refused (it needs a second to compare).
+    const wordList = (input: HTMLInputElement, param: string, what: string): string[] | null => {
+      const words = input.value
+        .split(",")
+        .map((word) => word.trim())
+        .filter((word) => word.length > 0);
+      if (words.length !== 1) return words.length > 1 ? words : null;
+      fieldError(form, param, `Name at least two words to ${what}, separated by commas.`);
       valid = false;
-    } else if (words.length > 1) body.relabel = { words };
+      return null;
+    };
+    const words = wordList(relabelWords, "relabel.words", "swap");
+    if (words) body.relabel = { words };
+    const kept = wordList(pretrainWords, "pretrain_data.filter.words", "compare");
+    if (kept) {
+      // The filter applies to the pre-training renders, with any count the renders field set.
+      body.pretrain_data = body.pretrain_data ?? ({ kind: "shapes_world" } as PretrainData);
+      body.pretrain_data.filter = { words: kept };
+    }
     if (checks.activate_on_success.checked) body.activate_on_success = true;
     return valid ? body : null;
   }
@@ -563,7 +588,7 @@ function drawOutcome(box: HTMLElement, job: FineTuneOut): void {
 
 /** The objective and what it trains, from the stored spec: "rwr, full weights" or "kto, LoRA rank 8 (alpha 8)",
  * ", β term anchored to the base" when the pre-training term's target is the base's prediction, and the relabelling's
- * words when the job relabels. */
+ * words when the job relabels, and the pre-training filter's words when it filters. */
 function method(spec: Record<string, unknown>): string {
   const hyper = (spec.hyperparameters ?? {}) as Hyperparameters;
   const objective = hyper.objective ?? "rwr";
@@ -572,7 +597,9 @@ function method(spec: Record<string, unknown>): string {
   const anchored = hyper.pretrain_target === "base" ? ", β term anchored to the base" : "";
   const relabel = spec.relabel as Relabel | null | undefined;
   const relabelled = relabel ? `, relabelled among ${relabel.words.join("/")} (threshold ${relabel.threshold})` : "";
-  return `${objective}, ${weights}${hyper.train_text_encoder ? ", text encoder too" : ""}${anchored}${relabelled}`;
+  const filter = (spec.pretrain_data as PretrainData | null | undefined)?.filter;
+  const filtered = filter ? `, pre-training images kept by ${filter.words.join("/")}${filter.balance === false ? "" : ", balanced"}` : "";
+  return `${objective}, ${weights}${hyper.train_text_encoder ? ", text encoder too" : ""}${anchored}${relabelled}${filtered}`;
 }
 
 /** A metric's figure: points for shares, four decimals for the reward and diversity. */

@@ -1,0 +1,438 @@
+//! The pre-training images a job keeps by the reward model's judgement of their captions
+//! (`pretrain_data.filter`, #26). The pre-training term trains on captioned images whose captions may be wrong:
+//! the shapes world's pre-training captions state a wrong number (or none) half the time, as web captions do,
+//! which is why the base counts badly. The reward model, trained on people's ratings with the paper's
+//! prompt-classification loss, tells a prompt from its one-word perturbations. Here it compares each caption
+//! that holds exactly one of the filter's words with the same caption under each other word, and the image is
+//! kept when its own caption wins. Balanced, every word keeps the same share of the captions holding it.
+//!
+//! `shapes_world` renders are first written to the job's folder by `t2i_trainer.jobs.pretrain_renders` (the
+//! same draw the trainer makes); a `folder` is read where it is. The kept images go to the job's `pretrain`
+//! folder (hard links where the file system allows, else copies) with their captions in a `metadata.jsonl`,
+//! and the trainer reads that folder.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::jobs::context::JobContext;
+use crate::jobs::relabel::score_patiently;
+use crate::jobs::sampling::sample_pixels;
+use crate::jobs::spec::PretrainFilter;
+use crate::reward::Scorer;
+
+/// Image-caption pairs per call to the scorer.
+const PAIRS_PER_CALL: usize = 64;
+/// The largest pre-training image, in pixels.
+const MAX_IMAGE_PIXELS: u64 = 64 * 1024 * 1024;
+/// The image files a caption folder's `.txt` layout reads, as the trainer's `IMAGE_SUFFIXES`.
+const IMAGE_SUFFIXES: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
+
+/// What the filter did, stored in the job's metrics (`pretrain`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PretrainFigures {
+    /// Pre-training images read.
+    pub images: usize,
+    /// Of them, those whose caption holds exactly one of the words: the ones judged.
+    pub judged: usize,
+    /// Those whose own caption the reward model preferred to every other word's.
+    pub preferred: usize,
+    /// Those kept (after balancing): the pre-training data the trainer gets.
+    pub kept: usize,
+    pub balance: bool,
+    /// Per word: the captions holding it, and how many of them were kept.
+    pub by_word: BTreeMap<String, WordFigures>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WordFigures {
+    pub captions: usize,
+    pub kept: usize,
+}
+
+/// An image of a caption folder: its file (relative to the folder) and caption.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct CaptionedImage {
+    pub(super) file: String,
+    pub(super) caption: String,
+}
+
+/// The images of a caption folder, read as the trainer reads them: a `metadata.jsonl` of `{file_name, text}`,
+/// or else each image file with a same-named `.txt` caption, in file name order.
+pub(super) fn read_caption_folder(folder: &Path) -> Result<Vec<CaptionedImage>> {
+    let unreadable = |err: std::io::Error| Error::Internal(format!("cannot read {}: {err}", folder.display()));
+    let metadata = folder.join("metadata.jsonl");
+    if metadata.is_file() {
+        let text = std::fs::read_to_string(&metadata).map_err(unreadable)?;
+        let mut images = Vec::new();
+        for (number, line) in text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
+            let row: serde_json::Value = serde_json::from_str(line).map_err(|err| {
+                Error::Internal(format!("{} line {}: not JSON: {err}", metadata.display(), number + 1))
+            })?;
+            match (row["file_name"].as_str(), row["text"].as_str()) {
+                (Some(file), Some(caption)) => images.push(CaptionedImage {
+                    file: file.to_string(),
+                    caption: caption.to_string(),
+                }),
+                _ => {
+                    return Err(Error::Internal(format!(
+                        "{} line {}: needs string fields `file_name` and `text`",
+                        metadata.display(),
+                        number + 1
+                    )))
+                }
+            }
+        }
+        return Ok(images);
+    }
+    let mut names: Vec<String> = std::fs::read_dir(folder)
+        .map_err(unreadable)?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    let mut images = Vec::new();
+    for name in names {
+        let path = folder.join(&name);
+        let image_file = path
+            .extension()
+            .and_then(|extension| extension.to_str())
+            .is_some_and(|extension| IMAGE_SUFFIXES.contains(&extension.to_ascii_lowercase().as_str()));
+        let caption = path.with_extension("txt");
+        if image_file && caption.is_file() {
+            let text = std::fs::read_to_string(&caption).map_err(unreadable)?;
+            images.push(CaptionedImage {
+                file: name,
+                caption: text.trim().to_string(),
+            });
+        }
+    }
+    Ok(images)
+}
+
+/// For a caption holding exactly one of `words` as a whitespace-separated word: that word's index, and the
+/// caption with each word in its place, in the order of `words` (its own among them; words joined by single
+/// spaces). None for a caption holding none of them, or more than one.
+pub(super) fn variants(caption: &str, words: &[String]) -> Option<(usize, Vec<String>)> {
+    let tokens: Vec<&str> = caption.split_whitespace().collect();
+    let mut found = tokens
+        .iter()
+        .enumerate()
+        .filter_map(|(position, token)| words.iter().position(|word| word == token).map(|word| (position, word)));
+    let (position, own) = found.next()?;
+    if found.next().is_some() {
+        return None;
+    }
+    let mut variant = tokens.clone();
+    let all = words
+        .iter()
+        .map(|word| {
+            variant[position] = word.as_str();
+            variant.join(" ")
+        })
+        .collect();
+    Some((own, all))
+}
+
+/// Whether the caption's own word (`own`) scored above every other word's caption.
+pub(super) fn preferred(own: usize, scores: &[f32]) -> bool {
+    let mine = scores[own];
+    mine.is_finite()
+        && scores
+            .iter()
+            .enumerate()
+            .all(|(index, &score)| index == own || mine > score)
+}
+
+/// Thins the preferred images (indices into `words_of`, each image's word) so that each word keeps the same
+/// share of the captions that hold it: the least share preferred of any word present, rounded. The first
+/// preferred images of each word are kept. Returns the kept indices in order.
+pub(super) fn balance(words_of: &[Option<usize>], preferred: &[usize]) -> Vec<usize> {
+    let mut captions: HashMap<usize, usize> = HashMap::new();
+    for word in words_of.iter().flatten() {
+        *captions.entry(*word).or_default() += 1;
+    }
+    let mut chosen: HashMap<usize, usize> = HashMap::new();
+    for &index in preferred {
+        if let Some(word) = words_of[index] {
+            *chosen.entry(word).or_default() += 1;
+        }
+    }
+    let share = captions
+        .iter()
+        .map(|(word, &count)| chosen.get(word).copied().unwrap_or(0) as f64 / count as f64)
+        .fold(f64::INFINITY, f64::min);
+    if !share.is_finite() {
+        return Vec::new();
+    }
+    let mut taken: HashMap<usize, usize> = HashMap::new();
+    let mut kept = Vec::new();
+    for &index in preferred {
+        let Some(word) = words_of[index] else { continue };
+        let quota = (share * captions[&word] as f64).round() as usize;
+        let count = taken.entry(word).or_default();
+        if *count < quota {
+            *count += 1;
+            kept.push(index);
+        }
+    }
+    kept
+}
+
+/// Puts `from` at `to`: a hard link, or a copy where the file system refuses one.
+fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if std::fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|err| Error::Internal(format!("cannot copy {} to {}: {err}", from.display(), to.display())))
+}
+
+impl JobContext<'_> {
+    /// Writes the `shapes_world` pre-training renders the trainer would draw (`images`, the trainer's seed) to
+    /// `out`, through `t2i_trainer.jobs.pretrain_renders`.
+    pub(super) async fn write_pretrain_renders(&self, images: u32, out: &Path) -> Result<()> {
+        let mut command = self.python("jobs.pretrain_renders");
+        // The trainer draws its `shapes_world` renders with the job's seed + 1 (finetune.py).
+        for (flag, value) in [
+            ("--images", images.to_string()),
+            ("--seed", self.spec.seed.wrapping_add(1).to_string()),
+            ("--out", out.to_string_lossy().into_owned()),
+        ] {
+            command.extend([flag.to_string(), value]);
+        }
+        self.run_tool(&command, "pretrain_renders").await?;
+        Ok(())
+    }
+
+    /// Judges the captions of the caption folder `source` with `scorer` and writes the kept images to `out`
+    /// as a caption folder.
+    pub(super) async fn filter_pretrain(
+        &self,
+        scorer: &Arc<Scorer>,
+        filter: &PretrainFilter,
+        source: &Path,
+        out: &Path,
+    ) -> Result<PretrainFigures> {
+        let images = read_caption_folder(source)?;
+        let judged: Vec<Option<(usize, Vec<String>)>> = images
+            .iter()
+            .map(|image| variants(&image.caption, &filter.words))
+            .collect();
+        let words_of: Vec<Option<usize>> = judged.iter().map(|entry| entry.as_ref().map(|(own, _)| *own)).collect();
+        let preprocessor = scorer.preprocessor();
+        let mut winners = Vec::new();
+        let mut pending: Vec<usize> = Vec::new();
+        let mut prompts: Vec<String> = Vec::new();
+        let mut pixels: Vec<f32> = Vec::new();
+        let mut one = Vec::new();
+        let words = filter.words.len();
+        for (index, entry) in judged.iter().enumerate() {
+            let Some((_, captions)) = entry else { continue };
+            self.check_cancelled()?;
+            one.clear();
+            sample_pixels(source, &images[index].file, preprocessor, MAX_IMAGE_PIXELS, &mut one)?;
+            for caption in captions {
+                prompts.push(caption.clone());
+                pixels.extend_from_slice(&one);
+            }
+            pending.push(index);
+            if prompts.len() >= PAIRS_PER_CALL {
+                let scores = score_patiently(scorer, std::mem::take(&mut prompts), std::mem::take(&mut pixels)).await?;
+                take_winners(&mut winners, &std::mem::take(&mut pending), &words_of, &scores, words);
+            }
+        }
+        if !pending.is_empty() {
+            let scores = score_patiently(scorer, prompts, pixels).await?;
+            take_winners(&mut winners, &pending, &words_of, &scores, words);
+        }
+        let kept = if filter.balance {
+            balance(&words_of, &winners)
+        } else {
+            winners.clone()
+        };
+        let mut by_word: BTreeMap<String, WordFigures> = filter
+            .words
+            .iter()
+            .map(|word| (word.clone(), WordFigures { captions: 0, kept: 0 }))
+            .collect();
+        for word in words_of.iter().flatten() {
+            if let Some(figures) = by_word.get_mut(&filter.words[*word]) {
+                figures.captions += 1;
+            }
+        }
+        for &index in &kept {
+            if let Some(figures) = words_of[index].and_then(|word| by_word.get_mut(&filter.words[word])) {
+                figures.kept += 1;
+            }
+        }
+        let figures = PretrainFigures {
+            images: images.len(),
+            judged: words_of.iter().flatten().count(),
+            preferred: winners.len(),
+            kept: kept.len(),
+            balance: filter.balance,
+            by_word,
+        };
+        if kept.is_empty() {
+            return Err(Error::validation(
+                "pretrain_data.filter",
+                format!(
+                    "the pre-training filter kept no image: of {} images, {} have a caption holding exactly one of \
+                     `pretrain_data.filter.words`, and the reward model preferred {} of those captions to every \
+                     other word's",
+                    figures.images, figures.judged, figures.preferred
+                ),
+            ));
+        }
+        write_kept(source, out, &images, &kept)?;
+        Ok(figures)
+    }
+}
+
+/// Adds to `winners` each of `pending` whose own caption won: `scores` holds each one's captions' scores in
+/// turn, `words` of them each.
+fn take_winners(winners: &mut Vec<usize>, pending: &[usize], words_of: &[Option<usize>], scores: &[f32], words: usize) {
+    for (slot, &index) in pending.iter().enumerate() {
+        let own = words_of[index].unwrap_or(0);
+        if preferred(own, &scores[slot * words..(slot + 1) * words]) {
+            winners.push(index);
+        }
+    }
+}
+
+/// The kept images as a caption folder at `out` (written beside it and renamed into place).
+fn write_kept(source: &Path, out: &Path, images: &[CaptionedImage], kept: &[usize]) -> Result<()> {
+    let failed = |path: &Path, err: std::io::Error| Error::Internal(format!("cannot write {}: {err}", path.display()));
+    let partial: PathBuf = out.with_file_name(format!(
+        "{}.partial",
+        out.file_name().map(|name| name.to_string_lossy()).unwrap_or_default()
+    ));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(|err| failed(&partial, err))?;
+    }
+    std::fs::create_dir_all(&partial).map_err(|err| failed(&partial, err))?;
+    let mut lines = String::new();
+    for (number, &index) in kept.iter().enumerate() {
+        let image = &images[index];
+        let extension = Path::new(&image.file)
+            .extension()
+            .map(|extension| extension.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "png".into());
+        let name = format!("{number:07}.{extension}");
+        link_or_copy(&source.join(&image.file), &partial.join(&name))?;
+        lines.push_str(&serde_json::json!({"file_name": name, "text": image.caption}).to_string());
+        lines.push('\n');
+    }
+    let metadata = partial.join("metadata.jsonl");
+    std::fs::write(&metadata, lines).map_err(|err| failed(&metadata, err))?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|err| failed(out, err))?;
+    }
+    std::fs::rename(&partial, out).map_err(|err| failed(out, err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbers() -> Vec<String> {
+        ["one", "two", "three", "four"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn a_caption_with_exactly_one_of_the_words_gets_one_variant_per_word() {
+        let (own, all) = variants("three  red circles", &numbers()).unwrap();
+        assert_eq!(own, 2);
+        assert_eq!(
+            all,
+            [
+                "one red circles",
+                "two red circles",
+                "three red circles",
+                "four red circles"
+            ]
+        );
+        assert_eq!(variants("red circles", &numbers()), None);
+        assert_eq!(variants("two red circles and one square", &numbers()), None);
+        // Whole words only, case-sensitively.
+        assert_eq!(variants("someone's Two red circles", &numbers()), None);
+    }
+
+    #[test]
+    fn a_caption_is_preferred_only_when_it_beats_every_other_word() {
+        assert!(preferred(1, &[0.1, 0.6, 0.5, 0.2]));
+        assert!(!preferred(1, &[0.1, 0.6, 0.6, 0.2]), "a tie is no win");
+        assert!(!preferred(2, &[0.1, 0.6, 0.5, 0.2]));
+        assert!(!preferred(0, &[f32::NAN, 0.1]));
+        assert!(
+            !preferred(0, &[0.9, f32::NAN]),
+            "a score that cannot be compared is not beaten"
+        );
+    }
+
+    #[test]
+    fn balancing_keeps_the_same_share_of_every_word() {
+        // Four captions with word 0, four with word 1, two with none.
+        let words_of = [
+            Some(0),
+            Some(0),
+            Some(0),
+            Some(0),
+            Some(1),
+            Some(1),
+            Some(1),
+            Some(1),
+            None,
+            None,
+        ];
+        // Every word-0 caption won, two word-1 captions did: the least share is 2 of 4.
+        let preferred = [0, 1, 2, 3, 5, 7];
+        assert_eq!(balance(&words_of, &preferred), [0, 1, 5, 7]);
+        // A word none of whose captions won keeps nothing of any word.
+        assert_eq!(balance(&words_of, &[0, 1]), Vec::<usize>::new());
+        assert_eq!(balance(&[None, None], &[]), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn a_caption_folder_reads_as_the_trainer_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.png"), b"png").unwrap();
+        std::fs::write(dir.path().join("b.txt"), "two red circles\n").unwrap();
+        std::fs::write(dir.path().join("a.PNG"), b"png").unwrap();
+        std::fs::write(dir.path().join("a.txt"), "one red circle").unwrap();
+        std::fs::write(dir.path().join("c.png"), b"no caption").unwrap();
+        let read = read_caption_folder(dir.path()).unwrap();
+        let pairs: Vec<(&str, &str)> = read
+            .iter()
+            .map(|image| (image.file.as_str(), image.caption.as_str()))
+            .collect();
+        assert_eq!(pairs, [("a.PNG", "one red circle"), ("b.png", "two red circles")]);
+        // A metadata.jsonl wins over the .txt files, and the kept images are written as one.
+        std::fs::write(
+            dir.path().join("metadata.jsonl"),
+            "{\"file_name\": \"b.png\", \"text\": \"four red circles\"}\n\n{\"file_name\": \"c.png\", \"text\": \"x\"}\n",
+        )
+        .unwrap();
+        let read = read_caption_folder(dir.path()).unwrap();
+        assert_eq!(read.len(), 2);
+        let out = dir.path().join("kept");
+        write_kept(dir.path(), &out, &read, &[1]).unwrap();
+        let kept = read_caption_folder(&out).unwrap();
+        assert_eq!(
+            kept,
+            [CaptionedImage {
+                file: "0000000.png".into(),
+                caption: "x".into()
+            }]
+        );
+        assert_eq!(std::fs::read(out.join("0000000.png")).unwrap(), b"no caption");
+        std::fs::write(dir.path().join("metadata.jsonl"), "{\"file_name\": 3}\n").unwrap();
+        let err = read_caption_folder(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("file_name"), "{err}");
+    }
+}
