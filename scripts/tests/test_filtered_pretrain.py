@@ -84,11 +84,23 @@ def test_the_relative_rule_compares_a_caption_with_its_other_numbers():
 
 def test_balancing_keeps_the_same_share_of_every_stated_number():
     drawn = ["one red circle"] * 4 + ["two red circles"] * 4 + ["red circles"] * 4
+    keys = [filtered_pretrain.stated_key(caption) for caption in drawn]
     # The rule kept all four "one" captions but only two "two" captions (indices 5 and 7).
     kept = [0, 1, 2, 3, 5, 7, 8]
-    chosen = filtered_pretrain.balance(drawn, kept)
+    chosen = filtered_pretrain.balance(keys, kept)
     # The least share kept of any number is 2 of 4: the first two kept of each number, none stating no number.
     assert chosen == [0, 1, 5, 7]
-    assert filtered_pretrain.balance(["red circles"], []) == []
+    assert filtered_pretrain.balance(["none"], []) == []
     assert filtered_pretrain.variant({"rule": "relative", "balance": True}) == "relative-balanced"
     assert filtered_pretrain.variant({"rule": "score"}) == "score"
+
+
+def test_the_words_rule_swaps_the_number_word_alone_as_the_job_does():
+    assert filtered_pretrain.word_variants("two red circles") == [
+        "one red circles",
+        "two red circles",
+        "three red circles",
+        "four red circles",
+    ]
+    assert filtered_pretrain.word_variants("a red circle") is None
+    assert filtered_pretrain.word_variants("one red circle and two stars") is None

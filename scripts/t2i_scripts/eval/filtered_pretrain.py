@@ -104,6 +104,20 @@ def count_variants(caption: str) -> list[str] | None:
     return [dataclasses.replace(prompt, count=count).text for count in COUNTS]
 
 
+NUMBER_WORDS = ("one", "two", "three", "four")
+
+
+def word_variants(caption: str) -> list[str] | None:
+    """The job's `pretrain_data.filter` over the number words (src/jobs/pretrain_filter.rs): for a caption
+    holding exactly one of them as a word, the caption with each in its place, nothing else changed (so
+    "two red circles" becomes "one red circles"); None for any other caption ("a red circle" holds none)."""
+    tokens = caption.split()
+    positions = [index for index, token in enumerate(tokens) if token in NUMBER_WORDS]
+    if len(positions) != 1:
+        return None
+    return [" ".join(tokens[: positions[0]] + [word] + tokens[positions[0] + 1 :]) for word in NUMBER_WORDS]
+
+
 def relative_keep(caption: str, scores: list[float]) -> bool:
     """Whether `caption` (stating a number) scored above each of its other count variants."""
     own = COUNTS.index(parse_prompt(caption).count)
@@ -116,12 +130,13 @@ def stated_key(caption: str) -> str:
     return str(count) if count is not None else "none"
 
 
-def balance(drawn: list[str], kept: list[int]) -> list[int]:
-    """The kept renders (indices into `drawn`, in drawing order) thinned so that each stated number keeps the
-    same share of its drawn captions: the smallest share the rule kept of any number. The kept set then has
-    the drawn set's mix of numbers rather than the rule's tilt towards the numbers it judges best."""
-    drawn_by = Counter(stated_key(caption) for caption in drawn)
-    kept_by = Counter(stated_key(drawn[index]) for index in kept)
+def balance(keys: list[str], kept: list[int]) -> list[int]:
+    """The kept renders (indices into `keys`, each drawn render's `stated_key`, in drawing order) thinned so
+    that each stated number keeps the same share of its drawn captions: the smallest share the rule kept of
+    any number (`none` takes no part). The kept set then has the drawn set's mix of numbers rather than the
+    rule's tilt towards the numbers it judges best."""
+    drawn_by = Counter(keys)
+    kept_by = Counter(keys[index] for index in kept)
     numbers = [key for key in drawn_by if key != "none"]
     if not numbers:
         return []
@@ -130,7 +145,7 @@ def balance(drawn: list[str], kept: list[int]) -> list[int]:
     taken: Counter = Counter()
     result = []
     for index in sorted(kept):
-        key = stated_key(drawn[index])
+        key = keys[index]
         if taken[key] < quota.get(key, 0):
             taken[key] += 1
             result.append(index)
@@ -256,6 +271,10 @@ def kept_words(data: dict) -> str:
     relative = (
         "those whose caption states a number and scored above the same caption with each other number from "
         "one to four"
+        if data["rule"] == "relative"
+        else "those whose caption holds exactly one of the words one to four and scored above the same "
+        "caption with each other of those words in its place, nothing else changed (the job's "
+        "`pretrain_data.filter`; balanced over the captions it judged)"
     )
     if not data.get("balance"):
         return f"{data['kept']} were kept: {relative} (a caption without a number is not kept)"
@@ -313,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=16384, help="renders drawn (default 16384)")
     parser.add_argument("--threshold", type=float, default=0.3, help="least score kept (default 0.3)")
     parser.add_argument(
-        "--rule", choices=("score", "relative"), default="score",
+        "--rule", choices=("score", "relative", "words"), default="score",
         help="keep by the caption's score (--threshold) or by its count against the other counts",
     )  # fmt: skip
     parser.add_argument(
@@ -340,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--images must be at least 1. Given: {args.images}")
     if not 0 <= args.count_noise <= 1:
         parser.error(f"--count-noise must be between 0 and 1. Given: {args.count_noise}")
-    if args.balance and args.rule != "relative":
-        parser.error("--balance needs --rule relative")
+    if args.balance and args.rule == "score":
+        parser.error("--balance needs --rule relative or words")
     if not Path(args.binary).is_file():
         parser.error(f"--binary {args.binary} does not exist; run `make build` first")
     started = time.perf_counter()
@@ -352,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             scores = score_all(server, [(png_base64(image), caption) for _, caption, image in drawn])
             kept = [row for row, score in zip(drawn, scores, strict=True) if score >= args.threshold]
         else:
-            stating = [(row, count_variants(row[1])) for row in drawn]
+            variants_of = count_variants if args.rule == "relative" else word_variants
+            stating = [(row, variants_of(row[1])) for row in drawn]
             pairs = []
             for row, variants in stating:
                 if variants is not None:
@@ -365,7 +385,12 @@ def main(argv: list[str] | None = None) -> int:
                 if variants is not None and relative_keep(row[1], [next(scores) for _ in variants])
             ]
             if args.balance:
-                indices = balance([caption for _, caption, _ in drawn], indices)
+                # Each number's share of its drawn captions; under `words`, of the judged ones, as the job's.
+                keys = [
+                    stated_key(row[1]) if args.rule == "relative" or variants else "none"
+                    for row, variants in stating
+                ]
+                indices = balance(keys, indices)
             kept = [drawn[index] for index in indices]
     finally:
         server.stop()
