@@ -2,6 +2,8 @@
 //! with the version it registers. Typed here, so each stage writes its own part and the gate's decision is read
 //! as a field, not looked up in JSON.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 pub use crate::jobs::gate::GateDecision;
@@ -18,7 +20,7 @@ pub struct JobMetrics {
     pub training_set: Option<TrainingSetFigures>,
     /// The pre-training images the reward model kept (`label`, with `pretrain_data.filter`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pretrain: Option<crate::jobs::pretrain_filter::PretrainFigures>,
+    pub pretrain: Option<PretrainFigures>,
     /// The retrained reward model (`reward`, with `retrain_reward_model`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reward_model: Option<RewardModelFigures>,
@@ -55,6 +57,28 @@ pub struct TrainingSetFigures {
     pub relabelled: usize,
     pub relabel_candidates: usize,
     pub mean_reward: f64,
+}
+
+/// What the pre-training filter did (`pretrain_data.filter`, `jobs::pretrain_filter`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PretrainFigures {
+    /// Pre-training images read.
+    pub images: usize,
+    /// Of them, those whose caption holds exactly one of the words: the ones judged.
+    pub judged: usize,
+    /// Those whose own caption the reward model preferred to every other word's.
+    pub preferred: usize,
+    /// Those kept (after balancing): the pre-training data the trainer gets.
+    pub kept: usize,
+    pub balance: bool,
+    /// Per word: the captions holding it, and how many of them were kept.
+    pub by_word: BTreeMap<String, WordFigures>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WordFigures {
+    pub captions: usize,
+    pub kept: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]

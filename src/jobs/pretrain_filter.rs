@@ -15,10 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use crate::error::{Error, Result};
 use crate::jobs::context::JobContext;
+use crate::jobs::metrics::{PretrainFigures, WordFigures};
 use crate::jobs::relabel::score_patiently;
 use crate::jobs::sampling::sample_pixels;
 use crate::jobs::spec::PretrainFilter;
@@ -30,28 +29,6 @@ const PAIRS_PER_CALL: usize = 64;
 const MAX_IMAGE_PIXELS: u64 = 64 * 1024 * 1024;
 /// The image files a caption folder's `.txt` layout reads, as the trainer's `IMAGE_SUFFIXES`.
 const IMAGE_SUFFIXES: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
-
-/// What the filter did, stored in the job's metrics (`pretrain`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PretrainFigures {
-    /// Pre-training images read.
-    pub images: usize,
-    /// Of them, those whose caption holds exactly one of the words: the ones judged.
-    pub judged: usize,
-    /// Those whose own caption the reward model preferred to every other word's.
-    pub preferred: usize,
-    /// Those kept (after balancing): the pre-training data the trainer gets.
-    pub kept: usize,
-    pub balance: bool,
-    /// Per word: the captions holding it, and how many of them were kept.
-    pub by_word: BTreeMap<String, WordFigures>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct WordFigures {
-    pub captions: usize,
-    pub kept: usize,
-}
 
 /// An image of a caption folder: its file (relative to the folder) and caption.
 #[derive(Debug, Clone, PartialEq)]
