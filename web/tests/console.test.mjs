@@ -257,11 +257,14 @@ describe("the console in open mode", () => {
     await page.fill("input[name=relabel_words]", "");
     assert.equal((await preview()).relabel, undefined);
     // The pre-training filter too: its words go in `pretrain_data.filter`, beside the data's other fields.
-    assert.equal((await preview()).pretrain_data, undefined);
+    const data = (await preview()).pretrain_data;
     await page.fill("input[name=pretrain_filter_words]", "one, two, three");
-    assert.deepEqual((await preview()).pretrain_data, { kind: "shapes_world", filter: { words: ["one", "two", "three"] } });
+    assert.deepEqual((await preview()).pretrain_data, {
+      ...(data ?? { kind: "shapes_world" }),
+      filter: { words: ["one", "two", "three"] },
+    });
     await page.fill("input[name=pretrain_filter_words]", "");
-    assert.equal((await preview()).pretrain_data, undefined);
+    assert.deepEqual((await preview()).pretrain_data, data);
     assert.ok(await page.locator("input[name=lora_alpha]").isDisabled());
     await page.fill("input[name=lora_rank]", "4");
     assert.ok(await page.locator("input[name=lora_alpha]").isEnabled());
