@@ -262,8 +262,8 @@ impl JobContext<'_> {
                 Some(path) if self.spec.pretrain_data.kind == "folder" => PathBuf::from(path),
                 _ => {
                     let renders = self.folder.join("pretrain-renders");
-                    let images = self.spec.pretrain_data.images.unwrap_or(8192);
-                    self.write_pretrain_renders(images, &renders).await?;
+                    self.write_pretrain_renders(self.spec.pretrain_data.render_count(), &renders)
+                        .await?;
                     renders
                 }
             };

@@ -18,13 +18,11 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::jobs::context::JobContext;
 use crate::jobs::metrics::{PretrainFigures, WordFigures};
-use crate::jobs::relabel::score_patiently;
+use crate::jobs::relabel::{score_patiently, PAIRS_PER_CALL};
 use crate::jobs::sampling::sample_pixels;
 use crate::jobs::spec::PretrainFilter;
 use crate::reward::Scorer;
 
-/// Image-caption pairs per call to the scorer.
-const PAIRS_PER_CALL: usize = 64;
 /// The largest pre-training image, in pixels.
 const MAX_IMAGE_PIXELS: u64 = 64 * 1024 * 1024;
 /// The image files a caption folder's `.txt` layout reads, as the trainer's `IMAGE_SUFFIXES`.

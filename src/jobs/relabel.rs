@@ -17,8 +17,8 @@ use crate::jobs::sampling::{sample_pixels, Sample};
 use crate::jobs::spec::Relabel;
 use crate::reward::Scorer;
 
-/// Image-prompt pairs per call to the scorer.
-const PAIRS_PER_CALL: usize = 64;
+/// Image-prompt pairs per call to the scorer (relabelling and the pre-training filter).
+pub(super) const PAIRS_PER_CALL: usize = 64;
 /// The largest image, in pixels, a job's own sample may be: the samples are the server's own PNGs.
 const MAX_SAMPLE_PIXELS: u64 = 64 * 1024 * 1024;
 

@@ -349,11 +349,21 @@ fn default_true() -> bool {
     true
 }
 
+/// The `shapes_world` renders a job draws when `pretrain_data.images` is absent.
+pub const DEFAULT_PRETRAIN_IMAGES: u32 = 8192;
+
+impl PretrainData {
+    /// The `shapes_world` renders to draw: `images`, or the default.
+    pub fn render_count(&self) -> u32 {
+        self.images.unwrap_or(DEFAULT_PRETRAIN_IMAGES)
+    }
+}
+
 impl Default for PretrainData {
     fn default() -> Self {
         PretrainData {
             kind: "shapes_world".into(),
-            images: Some(8192),
+            images: Some(DEFAULT_PRETRAIN_IMAGES),
             path: None,
             filter: None,
         }

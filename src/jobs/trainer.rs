@@ -231,7 +231,7 @@ impl JobContext<'_> {
                 path: self.spec.pretrain_data.path.clone().unwrap_or_default(),
             },
             _ => PretrainSpec::ShapesWorld {
-                images: self.spec.pretrain_data.images.unwrap_or(8192),
+                images: self.spec.pretrain_data.render_count(),
                 count_noise: None,
             },
         };
