@@ -833,16 +833,22 @@ fn the_pretrain_filter_keeps_the_renders_whose_caption_the_reward_model_prefers_
         "{done}"
     );
 
-    // The rule, checked against the reward model's own scores of the renders through POST /score: of the
-    // renders whose caption holds exactly one number, those whose caption scores above the same caption with
-    // each other number; then the same share of each number's captions, the first of each.
+    // The rule, checked against the reward model's own scores of the renders through POST /score: each
+    // render whose caption states a number carries its variants in the world's grammar (the caption with each
+    // number, "a red circle" among them); kept are those whose caption scores above each other variant, then
+    // the same share of each number's captions, the first of each.
     let folder = data.path().join("jobs").join(&id);
-    let read = |dir: &std::path::Path| -> Vec<(String, String)> {
+    let rows = |dir: &std::path::Path| -> Vec<Value> {
         std::fs::read_to_string(dir.join("metadata.jsonl"))
             .unwrap()
             .lines()
-            .map(|line| {
-                let row: Value = serde_json::from_str(line).unwrap();
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let read = |dir: &std::path::Path| -> Vec<(String, String)> {
+        rows(dir)
+            .iter()
+            .map(|row| {
                 (
                     row["file_name"].as_str().unwrap().to_string(),
                     row["text"].as_str().unwrap().to_string(),
@@ -850,30 +856,36 @@ fn the_pretrain_filter_keeps_the_renders_whose_caption_the_reward_model_prefers_
             })
             .collect()
     };
+    let render_rows = rows(&folder.join("pretrain-renders"));
     let renders = read(&folder.join("pretrain-renders"));
     assert_eq!(renders.len(), 48);
+    assert!(
+        render_rows
+            .iter()
+            .any(|row| row["text"].as_str().unwrap().starts_with("a ") && row["variants"].is_object()),
+        "the world's singular captions are judged too: {render_rows:?}"
+    );
     let mut word_of = Vec::new();
     let mut preferred = Vec::new();
-    for (index, (file, caption)) in renders.iter().enumerate() {
-        let tokens: Vec<&str> = caption.split_whitespace().collect();
-        let held: Vec<usize> = tokens
-            .iter()
-            .filter_map(|token| words.iter().position(|word| word == token))
-            .collect();
-        let [own] = held[..] else {
+    for (index, row) in render_rows.iter().enumerate() {
+        let caption = row["text"].as_str().unwrap();
+        let Some(variants) = row["variants"].as_object() else {
+            // The world's captions state their number first.
+            let first = caption.split_whitespace().next().unwrap();
+            assert!(
+                !(words.contains(&first) || first == "a" || first == "an"),
+                "a caption stating a number has variants: {row}"
+            );
             word_of.push(None);
             continue;
         };
+        let texts: Vec<&str> = words.iter().map(|word| variants[*word].as_str().unwrap()).collect();
+        let own = texts.iter().position(|text| *text == caption).unwrap();
         word_of.push(Some(own));
-        let scores: Vec<f64> = words
+        let file = row["file_name"].as_str().unwrap();
+        let scores: Vec<f64> = texts
             .iter()
-            .map(|word| {
-                let variant: Vec<&str> = tokens
-                    .iter()
-                    .map(|token| if words.contains(token) { *word } else { *token })
-                    .collect();
-                score_file(&server, &folder.join("pretrain-renders").join(file), &variant.join(" "))
-            })
+            .map(|text| score_file(&server, &folder.join("pretrain-renders").join(file), text))
             .collect();
         if (0..words.len()).all(|other| other == own || scores[own] > scores[other]) {
             preferred.push(index);
@@ -928,6 +940,27 @@ fn the_pretrain_filter_keeps_the_renders_whose_caption_the_reward_model_prefers_
         .find(|event| event["message"] == "trainer: data")
         .unwrap();
     assert_eq!(trainer_data["data"]["pretrain"], kept.len(), "{trainer_data}");
+    assert!(figures.get("reused_from").is_none(), "{figures}");
+
+    // A second job with the same reward model, data and filter (a next round) links the first job's kept
+    // images instead of rendering and judging again, and says so.
+    let created = server.post_json("/fine-tunes", &body.to_string());
+    assert_eq!(created.status, 201, "{}", created.text());
+    let second = created.json()["id"].as_str().unwrap().to_string();
+    let again = wait_final(&server, &second);
+    assert_eq!(again["status"], "succeeded", "{again}");
+    let second_folder = data.path().join("jobs").join(&second);
+    assert!(!second_folder.join("pretrain-renders").exists());
+    assert_eq!(rows(&second_folder.join("pretrain")), rows(&folder.join("pretrain")));
+    let mut reused = figures.clone();
+    reused["reused_from"] = json!(id);
+    assert_eq!(again["metrics"]["pretrain"], reused, "{again}");
+    let label = events(&server, &second)
+        .into_iter()
+        .filter_map(|event| event["message"].as_str().map(str::to_string))
+        .find(|message| message.starts_with("label: done"))
+        .unwrap();
+    assert!(label.contains(&format!("as judged by job {id}")), "{label}");
 }
 
 #[test]

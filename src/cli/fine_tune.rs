@@ -77,8 +77,9 @@ pub struct CreateArgs {
     /// Needs --relabel-words or a `relabel` in --file.
     #[arg(long)]
     pub relabel_threshold: Option<f64>,
-    /// Keep only the pre-training images whose caption the reward model prefers to the same caption with each
-    /// other of these words, comma-separated (`pretrain_data.filter.words`), e.g. one,two,three,four.
+    /// Keep only the pre-training images whose caption the reward model prefers to its variant for each other
+    /// of these words (the data's variants, or else the word swapped), comma-separated
+    /// (`pretrain_data.filter.words`), e.g. one,two,three,four.
     #[arg(long, value_delimiter = ',')]
     pub pretrain_filter_words: Option<Vec<String>>,
     /// Keep the same share of every word's captions (`pretrain_data.filter.balance`; default true). Needs

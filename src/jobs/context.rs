@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::jobs::child::{run_to_end, Follower};
-use crate::jobs::metrics::JobMetrics;
+use crate::jobs::metrics::{JobMetrics, PretrainFigures};
 use crate::jobs::spec::JobSpec;
 use crate::jobs::{JobConfig, STAGES};
 use crate::metrics::Metrics;
@@ -27,6 +27,17 @@ pub struct JobServices {
     pub(super) rewards: Arc<RewardSet>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) config: JobConfig,
+    /// The pre-training filter's results this worker has made, by what they depend on (`jobs::pretrain_filter`).
+    pub(super) kept_pretrain: std::sync::Mutex<std::collections::HashMap<u64, KeptPretrain>>,
+}
+
+/// A pre-training filter's result that a later job on this worker may link rather than judge again: the job
+/// that judged, the folder it kept, and its figures.
+#[derive(Debug, Clone)]
+pub(super) struct KeptPretrain {
+    pub(super) job: String,
+    pub(super) folder: PathBuf,
+    pub(super) figures: PretrainFigures,
 }
 
 /// A stage in progress: its name (one of `STAGES`) and when it began.

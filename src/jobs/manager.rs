@@ -89,6 +89,7 @@ impl JobManager {
                 rewards,
                 metrics,
                 config,
+                kept_pretrain: Default::default(),
             },
             jobs_dir,
             wake: Notify::new(),

@@ -64,15 +64,20 @@ pub struct TrainingSetFigures {
 pub struct PretrainFigures {
     /// Pre-training images read.
     pub images: usize,
-    /// Of them, those whose caption holds exactly one of the words: the ones judged.
+    /// Of them, those judged: a caption with its variant for every word, its own among them (the data's
+    /// variants, or else the word swap of a caption holding exactly one of the words).
     pub judged: usize,
     /// Those whose own caption the reward model preferred to every other word's.
     pub preferred: usize,
     /// Those kept (after balancing): the pre-training data the trainer gets.
     pub kept: usize,
     pub balance: bool,
-    /// Per word: the captions holding it, and how many of them were kept.
+    /// Per word: the captions it judged (their own word), and how many of them were kept.
     pub by_word: BTreeMap<String, WordFigures>,
+    /// Set when the job linked an earlier job's kept images (same reward model, data and filter, on this
+    /// worker) rather than judging again: that job's id. The figures are its.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

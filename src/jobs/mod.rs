@@ -258,24 +258,20 @@ impl JobContext<'_> {
         let mut pretrain_folder = None;
         let mut pretrain_note = String::new();
         if let Some(filter) = self.spec.pretrain_data.filter.clone() {
-            let source = match self.spec.pretrain_data.path.clone() {
-                Some(path) if self.spec.pretrain_data.kind == "folder" => PathBuf::from(path),
-                _ => {
-                    let renders = self.folder.join("pretrain-renders");
-                    self.write_pretrain_renders(self.spec.pretrain_data.render_count(), &renders)
-                        .await?;
-                    renders
-                }
-            };
             let kept = self.folder.join("pretrain");
-            let figures = self.filter_pretrain(&scorer, &filter, &source, &kept).await?;
+            let figures = self.pretrain_kept(&scorer, &filter, &kept).await?;
             pretrain_note = format!(
-                "; pre-training data: {} of {} images kept by the reward model ({} judged, {} preferred{})",
+                "; pre-training data: {} of {} images kept by the reward model ({} judged, {} preferred{}{})",
                 figures.kept,
                 figures.images,
                 figures.judged,
                 figures.preferred,
-                if figures.balance { ", balanced" } else { "" }
+                if figures.balance { ", balanced" } else { "" },
+                figures
+                    .reused_from
+                    .as_ref()
+                    .map(|job| format!("; as judged by job {job}"))
+                    .unwrap_or_default()
             );
             self.metrics.pretrain = Some(figures);
             pretrain_folder = Some(kept);

@@ -3,20 +3,28 @@
 //! the shapes world's pre-training captions state a wrong number (or none) half the time, as web captions do,
 //! which is why the base counts badly. The reward model, trained on people's ratings with the paper's
 //! prompt-classification loss, tells a prompt from its one-word perturbations. Here it compares each caption
-//! that holds exactly one of the filter's words with the same caption under each other word, and the image is
-//! kept when its own caption wins. Balanced, every word keeps the same share of the captions holding it.
+//! with its variants, one per filter word, and the image is kept when its own caption wins. The variants are
+//! the data's own where its `metadata.jsonl` row gives them (`"variants": {"one": "a red circle", "two": "two
+//! red circles", ...}`, written in the caption's grammar); otherwise a caption holding exactly one of the
+//! words is compared with the same caption under each other word. Balanced, every word keeps the same share
+//! of the captions it judges.
 //!
 //! `shapes_world` renders are first written to the job's folder by `t2i_trainer.jobs.pretrain_renders` (the
-//! same draw the trainer makes); a `folder` is read where it is. The kept images go to the job's `pretrain`
-//! folder (hard links where the file system allows, else copies) with their captions in a `metadata.jsonl`,
-//! and the trainer reads that folder.
+//! same draw the trainer makes, with the world's count variants); a `folder` is read where it is. The kept
+//! images go to the job's `pretrain` folder (hard links where the file system allows, else copies) with their
+//! captions in a `metadata.jsonl`, and the trainer reads that folder.
+//!
+//! The judgement depends only on the reward model, the data and the filter, so a worker remembers it: a later
+//! job on the same worker with the same three (a fine-tune round after round) links the earlier job's kept
+//! folder instead of judging again.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::jobs::context::JobContext;
+use crate::jobs::context::{JobContext, KeptPretrain};
 use crate::jobs::metrics::{PretrainFigures, WordFigures};
 use crate::jobs::relabel::{score_patiently, PAIRS_PER_CALL};
 use crate::jobs::sampling::sample_pixels;
@@ -28,11 +36,13 @@ const MAX_IMAGE_PIXELS: u64 = 64 * 1024 * 1024;
 /// The image files a caption folder's `.txt` layout reads, as the trainer's `IMAGE_SUFFIXES`.
 const IMAGE_SUFFIXES: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
 
-/// An image of a caption folder: its file (relative to the folder) and caption.
+/// An image of a caption folder: its file (relative to the folder), caption, and the caption's variants by
+/// word where the folder's `metadata.jsonl` gives them.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct CaptionedImage {
     pub(super) file: String,
     pub(super) caption: String,
+    pub(super) variants: Option<BTreeMap<String, String>>,
 }
 
 /// The images of a caption folder, read as the trainer reads them: a `metadata.jsonl` of `{file_name, text}`,
@@ -47,10 +57,21 @@ pub(super) fn read_caption_folder(folder: &Path) -> Result<Vec<CaptionedImage>> 
             let row: serde_json::Value = serde_json::from_str(line).map_err(|err| {
                 Error::Internal(format!("{} line {}: not JSON: {err}", metadata.display(), number + 1))
             })?;
+            let variants = match row.get("variants") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(given) => Some(serde_json::from_value(given.clone()).map_err(|_| {
+                    Error::Internal(format!(
+                        "{} line {}: `variants` must be an object of word to caption text",
+                        metadata.display(),
+                        number + 1
+                    ))
+                })?),
+            };
             match (row["file_name"].as_str(), row["text"].as_str()) {
                 (Some(file), Some(caption)) => images.push(CaptionedImage {
                     file: file.to_string(),
                     caption: caption.to_string(),
+                    variants,
                 }),
                 _ => {
                     return Err(Error::Internal(format!(
@@ -82,14 +103,15 @@ pub(super) fn read_caption_folder(folder: &Path) -> Result<Vec<CaptionedImage>> 
             images.push(CaptionedImage {
                 file: name,
                 caption: text.trim().to_string(),
+                variants: None,
             });
         }
     }
     Ok(images)
 }
 
-/// For a caption holding exactly one of `words` as a whitespace-separated word: that word's index, and the
-/// caption with each word in its place, in the order of `words` (its own among them; words joined by single
+/// The word swap, for data without variants. For a caption holding exactly one of `words` as a
+/// whitespace-separated word: that word's index, and the caption with each word in its place, in the order of `words` (its own among them; words joined by single
 /// spaces). None for a caption holding none of them, or more than one.
 pub(super) fn variants(caption: &str, words: &[String]) -> Option<(usize, Vec<String>)> {
     let tokens: Vec<&str> = caption.split_whitespace().collect();
@@ -110,6 +132,29 @@ pub(super) fn variants(caption: &str, words: &[String]) -> Option<(usize, Vec<St
         })
         .collect();
     Some((own, all))
+}
+
+/// What the filter compares for one image: its own word's index and the caption of every word, in the order
+/// of `words`. With the data's variants: every word must have one, and exactly one of them must be the caption
+/// itself (else the image is not judged). Without them: the word swap of `variants`.
+pub(super) fn judgement(image: &CaptionedImage, words: &[String]) -> Option<(usize, Vec<String>)> {
+    let Some(given) = &image.variants else {
+        return variants(&image.caption, words);
+    };
+    let all: Vec<String> = words
+        .iter()
+        .map(|word| given.get(word).cloned())
+        .collect::<Option<_>>()?;
+    let mut own = all
+        .iter()
+        .enumerate()
+        .filter(|(_, text)| **text == image.caption)
+        .map(|(index, _)| index);
+    let first = own.next()?;
+    if own.next().is_some() {
+        return None;
+    }
+    Some((first, all))
 }
 
 /// Whether the caption's own word (`own`) scored above every other word's caption.
@@ -167,15 +212,139 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
         .map_err(|err| Error::Internal(format!("cannot copy {} to {}: {err}", from.display(), to.display())))
 }
 
+/// Links every file of the caption folder `from` into a new folder `to` (written beside it and renamed into
+/// place).
+fn link_folder(from: &Path, to: &Path) -> Result<()> {
+    let failed = |path: &Path, err: std::io::Error| Error::Internal(format!("cannot write {}: {err}", path.display()));
+    let partial = partial_of(to);
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(|err| failed(&partial, err))?;
+    }
+    std::fs::create_dir_all(&partial).map_err(|err| failed(&partial, err))?;
+    let entries =
+        std::fs::read_dir(from).map_err(|err| Error::Internal(format!("cannot read {}: {err}", from.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(|err| Error::Internal(format!("cannot read {}: {err}", from.display())))?;
+        link_or_copy(&entry.path(), &partial.join(entry.file_name()))?;
+    }
+    if to.exists() {
+        std::fs::remove_dir_all(to).map_err(|err| failed(to, err))?;
+    }
+    std::fs::rename(&partial, to).map_err(|err| failed(to, err))
+}
+
+/// `<out>.partial`, where a folder is written before it is renamed into place.
+fn partial_of(out: &Path) -> PathBuf {
+    out.with_file_name(format!(
+        "{}.partial",
+        out.file_name().map(|name| name.to_string_lossy()).unwrap_or_default()
+    ))
+}
+
+/// What a caption folder holds, as a hash of each file's name, length and modification time: a folder
+/// changed since it was judged hashes differently.
+fn folder_fingerprint(folder: &Path, hasher: &mut impl Hasher) -> Result<()> {
+    let entries =
+        std::fs::read_dir(folder).map_err(|err| Error::Internal(format!("cannot read {}: {err}", folder.display())))?;
+    let mut files: Vec<(String, u64, Option<std::time::SystemTime>)> = entries
+        .filter_map(|entry| entry.ok())
+        .map(|entry| {
+            let metadata = entry.metadata().ok();
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                metadata.as_ref().map(|metadata| metadata.len()).unwrap_or(0),
+                metadata.and_then(|metadata| metadata.modified().ok()),
+            )
+        })
+        .collect();
+    files.sort();
+    files.hash(hasher);
+    Ok(())
+}
+
 impl JobContext<'_> {
+    /// The filter's kept pre-training images, written to `out` as a caption folder: linked from an earlier
+    /// job on this worker that judged the same data with the same reward model and filter, else judged here.
+    pub(super) async fn pretrain_kept(
+        &self,
+        scorer: &Arc<Scorer>,
+        filter: &PretrainFilter,
+        out: &Path,
+    ) -> Result<PretrainFigures> {
+        let folder_source = match &self.spec.pretrain_data.path {
+            Some(path) if self.spec.pretrain_data.kind == "folder" => Some(PathBuf::from(path)),
+            _ => None,
+        };
+        // What the judgement depends on: the reward model (this process's instance), the filter and the data.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (
+            scorer.name(),
+            Arc::as_ptr(scorer) as usize,
+            &filter.words,
+            filter.balance,
+        )
+            .hash(&mut hasher);
+        match &folder_source {
+            Some(folder) => {
+                folder.hash(&mut hasher);
+                folder_fingerprint(folder, &mut hasher)?;
+            }
+            None => (
+                "shapes_world",
+                self.spec.pretrain_data.render_count(),
+                self.pretrain_render_seed(),
+            )
+                .hash(&mut hasher),
+        }
+        let key = hasher.finish();
+        let earlier = self
+            .services
+            .kept_pretrain
+            .lock()
+            .ok()
+            .and_then(|kept| kept.get(&key).cloned());
+        if let Some(earlier) = earlier.filter(|earlier| earlier.folder.join("metadata.jsonl").is_file()) {
+            link_folder(&earlier.folder, out)?;
+            return Ok(PretrainFigures {
+                reused_from: Some(earlier.job),
+                ..earlier.figures
+            });
+        }
+        let source = match folder_source {
+            Some(folder) => folder,
+            None => {
+                let renders = self.folder.join("pretrain-renders");
+                self.write_pretrain_renders(self.spec.pretrain_data.render_count(), &renders)
+                    .await?;
+                renders
+            }
+        };
+        let figures = self.filter_pretrain(scorer, filter, &source, out).await?;
+        if let Ok(mut kept) = self.services.kept_pretrain.lock() {
+            kept.insert(
+                key,
+                KeptPretrain {
+                    job: self.job.id.clone(),
+                    folder: out.to_path_buf(),
+                    figures: figures.clone(),
+                },
+            );
+        }
+        Ok(figures)
+    }
+
+    /// The seed of the trainer's `shapes_world` pre-training draw: the job's seed + 1 (finetune.py).
+    fn pretrain_render_seed(&self) -> u64 {
+        self.spec.seed.wrapping_add(1)
+    }
+
     /// Writes the `shapes_world` pre-training renders the trainer would draw (`images`, the trainer's seed) to
     /// `out`, through `t2i_trainer.jobs.pretrain_renders`.
-    pub(super) async fn write_pretrain_renders(&self, images: u32, out: &Path) -> Result<()> {
+    async fn write_pretrain_renders(&self, images: u32, out: &Path) -> Result<()> {
         let mut command = self.python("jobs.pretrain_renders");
-        // The trainer draws its `shapes_world` renders with the job's seed + 1 (finetune.py).
         for (flag, value) in [
             ("--images", images.to_string()),
-            ("--seed", self.spec.seed.wrapping_add(1).to_string()),
+            ("--seed", self.pretrain_render_seed().to_string()),
             ("--out", out.to_string_lossy().into_owned()),
         ] {
             command.extend([flag.to_string(), value]);
@@ -186,7 +355,7 @@ impl JobContext<'_> {
 
     /// Judges the captions of the caption folder `source` with `scorer` and writes the kept images to `out`
     /// as a caption folder.
-    pub(super) async fn filter_pretrain(
+    async fn filter_pretrain(
         &self,
         scorer: &Arc<Scorer>,
         filter: &PretrainFilter,
@@ -194,10 +363,8 @@ impl JobContext<'_> {
         out: &Path,
     ) -> Result<PretrainFigures> {
         let images = read_caption_folder(source)?;
-        let judged: Vec<Option<(usize, Vec<String>)>> = images
-            .iter()
-            .map(|image| variants(&image.caption, &filter.words))
-            .collect();
+        let judged: Vec<Option<(usize, Vec<String>)>> =
+            images.iter().map(|image| judgement(image, &filter.words)).collect();
         let words_of: Vec<Option<usize>> = judged.iter().map(|entry| entry.as_ref().map(|(own, _)| *own)).collect();
         let preprocessor = scorer.preprocessor();
         let mut winners = Vec::new();
@@ -252,6 +419,7 @@ impl JobContext<'_> {
             kept: kept.len(),
             balance: filter.balance,
             by_word,
+            reused_from: None,
         };
         if kept.is_empty() {
             return Err(Error::validation(
@@ -283,10 +451,7 @@ fn take_winners(winners: &mut Vec<usize>, pending: &[usize], words_of: &[Option<
 /// The kept images as a caption folder at `out` (written beside it and renamed into place).
 fn write_kept(source: &Path, out: &Path, images: &[CaptionedImage], kept: &[usize]) -> Result<()> {
     let failed = |path: &Path, err: std::io::Error| Error::Internal(format!("cannot write {}: {err}", path.display()));
-    let partial: PathBuf = out.with_file_name(format!(
-        "{}.partial",
-        out.file_name().map(|name| name.to_string_lossy()).unwrap_or_default()
-    ));
+    let partial = partial_of(out);
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(|err| failed(&partial, err))?;
     }
@@ -300,7 +465,11 @@ fn write_kept(source: &Path, out: &Path, images: &[CaptionedImage], kept: &[usiz
             .unwrap_or_else(|| "png".into());
         let name = format!("{number:07}.{extension}");
         link_or_copy(&source.join(&image.file), &partial.join(&name))?;
-        lines.push_str(&serde_json::json!({"file_name": name, "text": image.caption}).to_string());
+        let mut row = serde_json::json!({"file_name": name, "text": image.caption});
+        if let Some(variants) = &image.variants {
+            row["variants"] = serde_json::json!(variants);
+        }
+        lines.push_str(&row.to_string());
         lines.push('\n');
     }
     let metadata = partial.join("metadata.jsonl");
@@ -336,6 +505,64 @@ mod tests {
         assert_eq!(variants("two red circles and one square", &numbers()), None);
         // Whole words only, case-sensitively.
         assert_eq!(variants("someone's Two red circles", &numbers()), None);
+    }
+
+    #[test]
+    fn the_datas_own_variants_are_compared_when_given() {
+        let image = |caption: &str, variants: &[(&str, &str)]| CaptionedImage {
+            file: "0.png".into(),
+            caption: caption.into(),
+            variants: Some(
+                variants
+                    .iter()
+                    .map(|(word, text)| (word.to_string(), text.to_string()))
+                    .collect(),
+            ),
+        };
+        let world = [
+            ("one", "a red circle"),
+            ("two", "two red circles"),
+            ("three", "three red circles"),
+            ("four", "four red circles"),
+        ];
+        // "a red circle" holds no number word; its variants judge it all the same, in the world's grammar.
+        let (own, all) = judgement(&image("a red circle", &world), &numbers()).unwrap();
+        assert_eq!(own, 0);
+        assert_eq!(all, world.map(|(_, text)| text));
+        let (own, _) = judgement(&image("three red circles", &world), &numbers()).unwrap();
+        assert_eq!(own, 2);
+        // Not judged: a word without a variant, a caption that is none of them, a caption that is two of them.
+        assert_eq!(judgement(&image("two red circles", &world[..3]), &numbers()), None);
+        assert_eq!(judgement(&image("red circles", &world), &numbers()), None);
+        let twice = [
+            ("one", "a red circle"),
+            ("two", "a red circle"),
+            ("three", "x"),
+            ("four", "y"),
+        ];
+        assert_eq!(judgement(&image("a red circle", &twice), &numbers()), None);
+        // Words the variants do not cover at all: the filter's words pick the entries it needs.
+        let words: Vec<String> = vec!["two".into(), "four".into()];
+        assert_eq!(
+            judgement(&image("four red circles", &world), &words),
+            Some((1, vec!["two red circles".into(), "four red circles".into()]))
+        );
+        // Without variants the word swap applies.
+        let plain = CaptionedImage {
+            variants: None,
+            ..image("two red circles", &[])
+        };
+        assert_eq!(judgement(&plain, &numbers()).unwrap().0, 1);
+        assert_eq!(
+            judgement(
+                &CaptionedImage {
+                    variants: None,
+                    ..image("a red circle", &[])
+                },
+                &numbers()
+            ),
+            None
+        );
     }
 
     #[test]
@@ -402,10 +629,37 @@ mod tests {
             kept,
             [CaptionedImage {
                 file: "0000000.png".into(),
-                caption: "x".into()
+                caption: "x".into(),
+                variants: None,
             }]
         );
         assert_eq!(std::fs::read(out.join("0000000.png")).unwrap(), b"no caption");
+        // Variants are read, and kept with their image.
+        std::fs::write(
+            dir.path().join("metadata.jsonl"),
+            "{\"file_name\": \"b.png\", \"text\": \"a circle\", \"variants\": {\"one\": \"a circle\", \"two\": \"two circles\"}}\n",
+        )
+        .unwrap();
+        let read = read_caption_folder(dir.path()).unwrap();
+        let variants = read[0].variants.clone().unwrap();
+        assert_eq!(variants["two"], "two circles");
+        write_kept(dir.path(), &out, &read, &[0]).unwrap();
+        assert_eq!(read_caption_folder(&out).unwrap()[0].variants, Some(variants));
+        // A linked copy of a kept folder holds the same files.
+        let linked = dir.path().join("linked");
+        link_folder(&out, &linked).unwrap();
+        assert_eq!(
+            read_caption_folder(&linked).unwrap(),
+            read_caption_folder(&out).unwrap()
+        );
+        assert_eq!(std::fs::read(linked.join("0000000.png")).unwrap(), b"png");
+        std::fs::write(
+            dir.path().join("metadata.jsonl"),
+            "{\"file_name\": \"b.png\", \"text\": \"a\", \"variants\": [\"a\"]}\n",
+        )
+        .unwrap();
+        let err = read_caption_folder(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("`variants`"), "{err}");
         std::fs::write(dir.path().join("metadata.jsonl"), "{\"file_name\": 3}\n").unwrap();
         let err = read_caption_folder(dir.path()).unwrap_err().to_string();
         assert!(err.contains("line 1") && err.contains("file_name"), "{err}");

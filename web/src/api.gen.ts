@@ -1498,11 +1498,13 @@ export interface components {
         });
         /**
          * @description The pre-training images kept by the reward model (#26). Pre-training captions can be wrong (the shapes
-         *     world's state a wrong number half the time, as web captions do). Of the images whose caption holds exactly
-         *     one of `words` as a whitespace-separated word, the reward model scores the caption and the same caption
-         *     with each other word in its place; an image is kept when its own caption scores above every other. Images
-         *     whose caption holds none of the words, or more than one, are not kept. With `balance`, each word keeps the
-         *     same share of the captions that hold it: the least share the comparison kept of any word.
+         *     world's state a wrong number half the time, as web captions do). The reward model scores each judged
+         *     caption and its variant for every other word; an image is kept when its own caption scores above every
+         *     other. The variants are the data's own where its metadata.jsonl row gives them (`"variants": {"one": "a red
+         *     circle", "two": "two red circles", ...}`, as `shapes_world` renders carry them); otherwise a caption
+         *     holding exactly one of `words` as a whitespace-separated word is compared with the same caption with each
+         *     other word in its place. Other captions are not kept. With `balance`, each word keeps the same share of
+         *     the captions it judged: the least share the comparison kept of any word.
          */
         PretrainFilter: {
             /**

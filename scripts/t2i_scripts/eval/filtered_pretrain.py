@@ -8,11 +8,13 @@ job does (`shapes_world.pretrain_renders`: a training prompt at random, its rend
 `t2i-align serve` with shapes-reward score each render against its caption (POST /score), and keeps those
 scoring at least `--threshold` (`--rule score`). `--rule relative` instead keeps only renders whose caption
 states a number, and of those the ones whose caption the reward model scores above the same caption with each
-other number from one to four: a comparison within the image, which an image's overall score (low on some
-backgrounds) does not move. It keeps far more of the numbers it judges best (one, four) than of the others;
-`--balance` then keeps of each stated number the same share of its drawn captions, the least share the rule
-kept of any number, so that the kept renders have the drawn renders' mix of numbers (draw more renders with
-`--images` to keep as many).
+other number from one to four, written in the world's grammar: a comparison within the image, which an
+image's overall score (low on some backgrounds) does not move. It is the rule a job's `pretrain_data.filter`
+applies to its `shapes_world` renders, whose metadata carries these variants; `--rule words` is the job's word
+swap, for data without variants. It keeps far more of the numbers it judges best (one, four) than of the
+others; `--balance` then keeps of each stated number the same share of its drawn captions, the least share
+the rule kept of any number, so that the kept renders have the drawn renders' mix of numbers (draw more
+renders with `--images` to keep as many).
 
 Writes the kept renders to `--out` as a job's `folder` pre-training data (PNG files and a metadata.jsonl of
 `{file_name, text}`), and to `--json` how right the captions' counts are, with 95% Wilson intervals: over all
@@ -30,7 +32,6 @@ Usage:
         --set 'pretrain_data={"kind": "folder", "path": "build/filtered-pretrain"}'
 """
 
-import dataclasses
 import json
 import platform
 import shutil
@@ -46,6 +47,7 @@ from t2i_scripts.eval.sample_train_set import server_arguments, start_server
 from t2i_scripts.report import command_line, markers, repo_relative, write_report
 from t2i_scripts.server import ROOT, png_base64
 from t2i_trainer.build.shapes_world import COUNTS, parse_prompt, pretrain_renders
+from t2i_trainer.jobs.pretrain_renders import count_variants as world_count_variants
 
 
 def draw(images: int, seed: int, count_noise: float) -> list[tuple[int | None, str, Image.Image]]:
@@ -97,18 +99,17 @@ def kept_shares(drawn: list[str], kept: list[str]) -> dict:
 
 def count_variants(caption: str) -> list[str] | None:
     """The caption with each number from one to four, in order (its own among them), or None when it states
-    no number."""
-    prompt = parse_prompt(caption)
-    if prompt.count is None:
-        return None
-    return [dataclasses.replace(prompt, count=count).text for count in COUNTS]
+    no number: the variants a job's `shapes_world` renders carry (`t2i_trainer.jobs.pretrain_renders`)."""
+    variants = world_count_variants(caption)
+    return None if variants is None else list(variants.values())
 
 
 NUMBER_WORDS = ("one", "two", "three", "four")
 
 
 def word_variants(caption: str) -> list[str] | None:
-    """The job's `pretrain_data.filter` over the number words (src/jobs/pretrain_filter.rs): for a caption
+    """The job's `pretrain_data.filter` over the number words for data without variants, the word swap
+    (src/jobs/pretrain_filter.rs): for a caption
     holding exactly one of them as a word, the caption with each in its place, nothing else changed (so
     "two red circles" becomes "one red circles"); None for any other caption ("a red circle" holds none)."""
     tokens = caption.split()

@@ -6,6 +6,11 @@ trainer's own `shapes_world` data does (`shapes_world.pretrain_renders`: a train
 render, its caption with the pretraining's count noise) and writes them in the Hugging Face imagefolder layout
 the trainer's `folder` data reads: numbered PNG files and a `metadata.jsonl` of `{"file_name", "text"}`.
 
+A caption that states a number also gets `"variants"`: the caption with each number word's count, written in
+the world's grammar (`{"one": "a red circle", "two": "two red circles", ...}`). The job's filter compares a
+caption with these rather than swapping the number word alone, which would write "one red circles" and could
+not judge "a red circle" at all (#26). The trainer reads `file_name` and `text` and ignores the rest.
+
 The folder is written as `<out>.partial` and renamed into place; an existing `<out>` is replaced. Progress and
 the result are JSON lines on stdout, as the other job tools print them.
 
@@ -14,12 +19,13 @@ Usage:
 """
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
 from pathlib import Path
 
-from t2i_trainer.build.shapes_world import pretrain_renders
+from t2i_trainer.build.shapes_world import COUNTS, NUMBER_WORDS, parse_prompt, pretrain_renders
 
 # The most renders one call writes: the job's own bound on `pretrain_data.images`.
 MAX_IMAGES = 1_000_000
@@ -27,6 +33,14 @@ MAX_IMAGES = 1_000_000
 
 def emit(event: str, **fields) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def count_variants(caption: str) -> dict[str, str] | None:
+    """The caption with each count in the world's grammar, keyed by number word; None when it states none."""
+    prompt = parse_prompt(caption)
+    if prompt.count is None:
+        return None
+    return {NUMBER_WORDS[count]: dataclasses.replace(prompt, count=count).text for count in COUNTS}
 
 
 def write(out: Path, images: int, seed: int, count_noise: float) -> int:
@@ -38,7 +52,11 @@ def write(out: Path, images: int, seed: int, count_noise: float) -> int:
     for index, (_, image, caption) in enumerate(pretrain_renders(images, seed, count_noise)):
         name = f"{index:07d}.png"
         image.save(partial / name)
-        lines.append(json.dumps({"file_name": name, "text": caption}))
+        row = {"file_name": name, "text": caption}
+        variants = count_variants(caption)
+        if variants is not None:
+            row["variants"] = variants
+        lines.append(json.dumps(row))
     (partial / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
