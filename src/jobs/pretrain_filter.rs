@@ -111,8 +111,9 @@ pub(super) fn read_caption_folder(folder: &Path) -> Result<Vec<CaptionedImage>> 
 }
 
 /// The word swap, for data without variants. For a caption holding exactly one of `words` as a
-/// whitespace-separated word: that word's index, and the caption with each word in its place, in the order of `words` (its own among them; words joined by single
-/// spaces). None for a caption holding none of them, or more than one.
+/// whitespace-separated word: that word's index, and the caption with each word in its place, in the order of
+/// `words` (its own among them; words joined by single spaces). None for a caption holding none of them, or
+/// more than one.
 pub(super) fn variants(caption: &str, words: &[String]) -> Option<(usize, Vec<String>)> {
     let tokens: Vec<&str> = caption.split_whitespace().collect();
     let mut found = tokens
@@ -215,22 +216,30 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
 /// Links every file of the caption folder `from` into a new folder `to` (written beside it and renamed into
 /// place).
 fn link_folder(from: &Path, to: &Path) -> Result<()> {
+    replace_folder(to, |partial| {
+        let unreadable = |err: std::io::Error| Error::Internal(format!("cannot read {}: {err}", from.display()));
+        for entry in std::fs::read_dir(from).map_err(unreadable)? {
+            let entry = entry.map_err(unreadable)?;
+            link_or_copy(&entry.path(), &partial.join(entry.file_name()))?;
+        }
+        Ok(())
+    })
+}
+
+/// Writes the folder `out` whole: `fill` writes it as `<out>.partial` (emptied first), which then replaces
+/// `out`.
+fn replace_folder(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let failed = |path: &Path, err: std::io::Error| Error::Internal(format!("cannot write {}: {err}", path.display()));
-    let partial = partial_of(to);
+    let partial = partial_of(out);
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(|err| failed(&partial, err))?;
     }
     std::fs::create_dir_all(&partial).map_err(|err| failed(&partial, err))?;
-    let entries =
-        std::fs::read_dir(from).map_err(|err| Error::Internal(format!("cannot read {}: {err}", from.display())))?;
-    for entry in entries {
-        let entry = entry.map_err(|err| Error::Internal(format!("cannot read {}: {err}", from.display())))?;
-        link_or_copy(&entry.path(), &partial.join(entry.file_name()))?;
+    fill(&partial)?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|err| failed(out, err))?;
     }
-    if to.exists() {
-        std::fs::remove_dir_all(to).map_err(|err| failed(to, err))?;
-    }
-    std::fs::rename(&partial, to).map_err(|err| failed(to, err))
+    std::fs::rename(&partial, out).map_err(|err| failed(out, err))
 }
 
 /// `<out>.partial`, where a folder is written before it is renamed into place.
@@ -450,34 +459,27 @@ fn take_winners(winners: &mut Vec<usize>, pending: &[usize], words_of: &[Option<
 
 /// The kept images as a caption folder at `out` (written beside it and renamed into place).
 fn write_kept(source: &Path, out: &Path, images: &[CaptionedImage], kept: &[usize]) -> Result<()> {
-    let failed = |path: &Path, err: std::io::Error| Error::Internal(format!("cannot write {}: {err}", path.display()));
-    let partial = partial_of(out);
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial).map_err(|err| failed(&partial, err))?;
-    }
-    std::fs::create_dir_all(&partial).map_err(|err| failed(&partial, err))?;
-    let mut lines = String::new();
-    for (number, &index) in kept.iter().enumerate() {
-        let image = &images[index];
-        let extension = Path::new(&image.file)
-            .extension()
-            .map(|extension| extension.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "png".into());
-        let name = format!("{number:07}.{extension}");
-        link_or_copy(&source.join(&image.file), &partial.join(&name))?;
-        let mut row = serde_json::json!({"file_name": name, "text": image.caption});
-        if let Some(variants) = &image.variants {
-            row["variants"] = serde_json::json!(variants);
+    replace_folder(out, |partial| {
+        let mut lines = String::new();
+        for (number, &index) in kept.iter().enumerate() {
+            let image = &images[index];
+            let extension = Path::new(&image.file)
+                .extension()
+                .map(|extension| extension.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "png".into());
+            let name = format!("{number:07}.{extension}");
+            link_or_copy(&source.join(&image.file), &partial.join(&name))?;
+            let mut row = serde_json::json!({"file_name": name, "text": image.caption});
+            if let Some(variants) = &image.variants {
+                row["variants"] = serde_json::json!(variants);
+            }
+            lines.push_str(&row.to_string());
+            lines.push('\n');
         }
-        lines.push_str(&row.to_string());
-        lines.push('\n');
-    }
-    let metadata = partial.join("metadata.jsonl");
-    std::fs::write(&metadata, lines).map_err(|err| failed(&metadata, err))?;
-    if out.exists() {
-        std::fs::remove_dir_all(out).map_err(|err| failed(out, err))?;
-    }
-    std::fs::rename(&partial, out).map_err(|err| failed(out, err))
+        let metadata = partial.join("metadata.jsonl");
+        std::fs::write(&metadata, lines)
+            .map_err(|err| Error::Internal(format!("cannot write {}: {err}", metadata.display())))
+    })
 }
 
 #[cfg(test)]
